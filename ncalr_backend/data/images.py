@@ -1,0 +1,90 @@
+"""Task image -> float32 array, with an on-disk cache of downloaded files.
+
+Files are cached under ``MODEL_DIR/cache/<sha256(url)>`` (written atomically), so a cycle
+downloads each image once over the backend's life. Decoding: PIL, converted to grayscale
+(``IMAGE_CHANNELS=1``) or RGB (``3``), resized to ``IMAGE_SIZE`` x ``IMAGE_SIZE``, scaled to
+[0, 1], channels first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Refuse decompression bombs outright (PIL only warns below 2x this limit).
+Image.MAX_IMAGE_PIXELS = 64_000_000
+
+
+class BrokenImage(ValueError):
+    """The bytes are not an image PIL can decode."""
+
+
+def decode_image(data: bytes, size: int = 32, channels: int = 3) -> np.ndarray:
+    """Decode image bytes to float32 [channels, size, size] in [0, 1]."""
+    if channels not in (1, 3):
+        raise ValueError("channels must be 1 or 3")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            img = img.convert("L" if channels == 1 else "RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BrokenImage(f"not a readable image ({exc.__class__.__name__}: {exc})") from None
+    if channels == 1:
+        arr = arr[None, :, :]
+    else:
+        arr = np.transpose(arr, (2, 0, 1))
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class ImageCache:
+    """Downloaded image files on disk, keyed by the hash of their URL."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, url: str) -> Path:
+        h = hashlib.sha256(url.encode("utf-8")).hexdigest()
+        return self.root / h[:2] / h
+
+    def get(self, url: str, fetch: Callable[[str], bytes]) -> bytes:
+        path = self.path_for(url)
+        if path.exists():
+            return path.read_bytes()
+        data = fetch(url)
+        atomic_write_bytes(path, data)
+        return data
+
+    def evict(self, url: str) -> None:
+        try:
+            self.path_for(url).unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,99 @@
+"""Parse a Label Studio labeling config into what the backend needs: one Image, one Choices.
+
+The backend classifies whole images into one of a fixed set of classes. It accepts a config with
+exactly one ``<Image>`` and exactly one single-choice ``<Choices>`` bound to it (``toName`` = the
+image's ``name``); anything else gets a :class:`LabelConfigError` whose message shows the config
+it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from lxml import etree
+
+EXAMPLE_CONFIG = (
+    '<View><Image name="image" value="$image"/>'
+    '<Choices name="label" toName="image" choice="single">'
+    '<Choice value="cat"/><Choice value="dog"/></Choices></View>'
+)
+
+
+class LabelConfigError(ValueError):
+    """The labeling config is not one this backend can serve."""
+
+    def __init__(self, problem: str):
+        super().__init__(
+            f"{problem}. This backend needs a labeling config with exactly one <Image> and one "
+            f"single-choice <Choices> bound to it (toName = the Image's name), for example: "
+            f"{EXAMPLE_CONFIG}")
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class ImageClassConfig:
+    image_name: str        # <Image name=...>: the result's to_name
+    data_key: str          # task.data key holding the image URL ($image -> "image")
+    choices_name: str      # <Choices name=...>: the result's from_name
+    labels: tuple          # class names in config order; index = class id
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def index(self, label: str) -> Optional[int]:
+        try:
+            return self.labels.index(label)
+        except ValueError:
+            return None
+
+
+def _tag(el) -> str:
+    return el.tag if isinstance(el.tag, str) else ""
+
+
+def parse_label_config(xml: Optional[str]) -> ImageClassConfig:
+    if not xml or not str(xml).strip():
+        raise LabelConfigError("The labeling config is empty")
+    try:
+        parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+        root = etree.fromstring(str(xml).encode("utf-8"), parser)
+    except etree.XMLSyntaxError as exc:
+        raise LabelConfigError(f"The labeling config is not valid XML ({exc})") from None
+
+    images = [el for el in root.iter() if _tag(el) == "Image"]
+    choices = [el for el in root.iter() if _tag(el) == "Choices"]
+    if len(images) != 1:
+        raise LabelConfigError(f"Found {len(images)} <Image> tags, need exactly 1")
+    image = images[0]
+    image_name = image.get("name")
+    value = (image.get("value") or "").strip()
+    if not image_name or not value.startswith("$") or len(value) < 2:
+        raise LabelConfigError('The <Image> needs a name and a value like "$image"')
+    bound = [c for c in choices if image_name in [t.strip() for t in (c.get("toName") or "").split(",")]]
+    if len(choices) != 1 or len(bound) != 1:
+        raise LabelConfigError(
+            f"Found {len(choices)} <Choices> tags ({len(bound)} bound to the image {image_name!r}), "
+            "need exactly 1 bound to it")
+    ch = bound[0]
+    mode = (ch.get("choice") or "single").strip().lower()
+    if mode not in ("single", "single-radio"):
+        raise LabelConfigError(f'<Choices choice="{mode}"> is not supported yet (multiple choice is '
+                               'planned); use choice="single"')
+    if not ch.get("name"):
+        raise LabelConfigError("The <Choices> needs a name")
+    labels = []
+    for c in ch.iter():
+        if _tag(c) != "Choice":
+            continue
+        label = c.get("alias") or c.get("value")
+        if not label:
+            raise LabelConfigError("Every <Choice> needs a value")
+        if label in labels:
+            raise LabelConfigError(f"The choice {label!r} appears twice")
+        labels.append(label)
+    if len(labels) < 2:
+        raise LabelConfigError(f"The <Choices> has {len(labels)} <Choice> values, need at least 2")
+    return ImageClassConfig(image_name=image_name, data_key=value[1:], choices_name=ch.get("name"),
+                            labels=tuple(labels))
