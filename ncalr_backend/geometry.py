@@ -1,0 +1,296 @@
+"""Neural-collapse geometry: class means, class-mean alignment (CMA), CMAP, FF, z-fusion, NC1-NC4.
+
+References
+----------
+- NCAL-R (arXiv 2510.09740): CMA, CMAP, FF and their z-scored fusion.
+- Papyan, Han & Donoho (2020), "Prevalence of neural collapse during the terminal phase of deep
+  learning training": NC1-NC4 and the simplex equiangular tight frame (ETF).
+
+Shapes in comments: N labeled samples, M candidates, C classes, d feature dimension.
+
+CMAP definition used here (exact, O(M C d)): with class means mu_c over the labeled features and a
+centre g (the labeled set's global mean when centred, 0 for raw means), CMA = mean over class pairs
+i<j of cos(mu_i - g, mu_j - g). Adding candidate x (feature h, predicted class c) changes only
+mu_c -> (n_c mu_c + h) / (n_c + 1), so only row c of the cosine matrix changes:
+CMAP(x) = CMA(L + {x}) - CMA(L). The centre g is held at the labeled set's global mean: one sample
+would move it by (h - g) / (N + 1), and holding it fixed is what keeps the change to one row. A
+candidate predicted as a class with no labeled sample yet adds that class (mean h) to the set.
+``cmap_bruteforce`` recomputes the same quantity from scratch and must agree.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+_EPS = 1e-12
+
+
+# --------------------------------------------------------------------------------------------
+# class means and CMA
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ClassGeometry:
+    """Class means of the labeled features and what CMAP needs from them."""
+
+    means: np.ndarray  # [C, d] float64 (rows of absent classes are 0)
+    counts: np.ndarray  # [C] int64
+    center: np.ndarray  # [d] float64 (0 when raw means are used)
+
+    @property
+    def present(self) -> np.ndarray:  # [C] bool
+        return self.counts > 0
+
+
+def class_geometry(feats: np.ndarray, labels: np.ndarray, num_classes: int, centered: bool = True) -> ClassGeometry:
+    feats = np.asarray(feats, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if feats.ndim != 2 or labels.shape != (feats.shape[0],):
+        raise ValueError(f"feats must be [N, d] and labels [N]; got {feats.shape} and {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must be in 0..{num_classes - 1}")
+    counts = np.bincount(labels, minlength=num_classes).astype(np.int64)
+    sums = np.zeros((num_classes, feats.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, feats)
+    means = sums / np.maximum(counts, 1)[:, None]
+    center = feats.mean(axis=0) if (centered and feats.shape[0]) else np.zeros(feats.shape[1])
+    return ClassGeometry(means=means, counts=counts, center=center)
+
+
+def cma(vectors: np.ndarray) -> float:
+    """Mean pairwise cosine over the rows of ``vectors`` ([m, d]); 0 for fewer than two rows."""
+    v = np.asarray(vectors, dtype=np.float64)
+    m = v.shape[0]
+    if m < 2:
+        return 0.0
+    vn = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), _EPS)
+    cos = vn @ vn.T
+    iu = np.triu_indices(m, k=1)
+    return float(cos[iu].mean())
+
+
+def cmap_bruteforce(geom: ClassGeometry, feats: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Reference CMAP: for each candidate, rebuild the class means with it added and recompute CMA.
+
+    O(M C^2 d); for tests and for the speed ratio in the scoring benchmark.
+    """
+    feats = np.asarray(feats, dtype=np.float64)
+    base = cma(geom.means[geom.present] - geom.center)
+    out = np.empty(len(feats))
+    for i, (h, c) in enumerate(zip(feats, pred)):
+        means, counts = geom.means.copy(), geom.counts.copy()
+        means[c] = (counts[c] * means[c] + h) / (counts[c] + 1)
+        counts[c] += 1
+        out[i] = cma(means[counts > 0] - geom.center) - base
+    return out
+
+
+def cmap_scores(geom: ClassGeometry, feats: np.ndarray | torch.Tensor, pred: np.ndarray,
+                chunk: int = 65536) -> np.ndarray:
+    """Exact CMAP for every candidate with one [M, d] x [d, C] product (done in chunks).
+
+    The product runs in the features' dtype (float32 for speed); everything after it in float64.
+    """
+    present = geom.present
+    idx = np.flatnonzero(present)  # present classes, in class order
+    m = len(idx)
+    C = len(geom.counts)
+    pos = np.full(C, -1, dtype=np.int64)
+    pos[idx] = np.arange(m)
+    V = geom.means[idx] - geom.center  # [m, d] centred present means
+    vnorm = np.maximum(np.linalg.norm(V, axis=1), _EPS)  # [m]
+    G = V @ V.T  # [m, m]
+    cos = G / np.outer(vnorm, vnorm)
+    np.fill_diagonal(cos, 0.0)
+    rowsum = cos.sum(axis=1)  # [m]  sum_{j != c} cos(c, j)
+    pairs = m * (m - 1) / 2
+    S = cos.sum() / 2  # sum over pairs
+    base = S / pairs if pairs else 0.0
+    gV = V @ geom.center  # [m]  g . v_j
+    A = G + gV[None, :]  # A[c, j] = mu_c . v_j = (v_c + g) . v_j
+    g2 = float(geom.center @ geom.center)
+    cnt = geom.counts[idx].astype(np.float64)
+
+    feats_t = torch.as_tensor(feats)
+    Vt = torch.as_tensor(V, dtype=feats_t.dtype)
+    gt = torch.as_tensor(geom.center, dtype=feats_t.dtype)
+    pred = np.asarray(pred, dtype=np.int64)
+    out = np.empty(len(pred), dtype=np.float64)
+    with torch.no_grad():
+        for s in range(0, len(pred), chunk):
+            h = feats_t[s:s + chunk]
+            P = (h @ Vt.T).double().numpy()  # [b, m]  h . v_j
+            hg = (h @ gt).double().numpy()  # [b]     h . g
+            hh = (h.double() ** 2).sum(1).numpy()  # [b]     |h|^2
+            c_all = pred[s:s + chunk]
+            p = pos[c_all]  # [b] position of the predicted class among present ones (-1: absent)
+            res = np.zeros(len(c_all))
+
+            known = p >= 0
+            if known.any() and m >= 2:
+                r = np.flatnonzero(known)
+                pc = p[r]
+                k = 1.0 / (cnt[pc] + 1.0)  # 1 / (n_c + 1)
+                Pr = P[r]
+                dot = G[pc] + (Pr - A[pc]) * k[:, None]  # [b, m] v_c' . v_j
+                vc_u = (Pr[np.arange(len(r)), pc] - A[pc, pc]) * k  # v_c . u
+                h_mu = Pr[np.arange(len(r)), pc] + hg[r]  # h . mu_c
+                mu2 = G[pc, pc] + 2 * gV[pc] + g2  # |mu_c|^2
+                u2 = (hh[r] - 2 * h_mu + mu2) * k * k  # |u|^2
+                n2 = np.maximum(G[pc, pc] + 2 * vc_u + u2, 0.0)
+                newcos = dot / (np.maximum(np.sqrt(n2), _EPS)[:, None] * vnorm[None, :])
+                newcos[np.arange(len(r)), pc] = 0.0
+                res[r] = (newcos.sum(1) - rowsum[pc]) / pairs
+
+            new = ~known
+            if new.any() and m >= 1:
+                r = np.flatnonzero(new)
+                dot = P[r] - gV[None, :]  # (h - g) . v_j
+                nh = np.sqrt(np.maximum(hh[r] - 2 * hg[r] + g2, 0.0))
+                newcos = dot / (np.maximum(nh, _EPS)[:, None] * vnorm[None, :])
+                res[r] = (S + newcos.sum(1)) / (pairs + m) - base
+            out[s:s + chunk] = res
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# FF and fusion
+# --------------------------------------------------------------------------------------------
+def flip_counts(pred_history: np.ndarray) -> np.ndarray:
+    """FF: number of consecutive checkpoints at which the predicted class changes. [T, M] -> [M]."""
+    h = np.asarray(pred_history)
+    if h.ndim != 2:
+        raise ValueError(f"pred_history must be [T, M]; got shape {h.shape}")
+    if h.shape[0] < 2:
+        return np.zeros(h.shape[1], dtype=np.int64)
+    return (h[1:] != h[:-1]).sum(axis=0).astype(np.int64)
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    """z-score over the pool; a constant (or empty) score gives zeros rather than NaN."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return x
+    sd = x.std()
+    if not np.isfinite(sd) or sd < 1e-12 * max(1.0, float(np.abs(x).max())):
+        return np.zeros_like(x)
+    return (x - x.mean()) / sd
+
+
+def signed_cmap(cmap: np.ndarray, sign: str) -> np.ndarray:
+    if sign == "pos":
+        return cmap
+    if sign == "neg":
+        return -cmap
+    if sign == "abs":
+        return np.abs(cmap)
+    raise ValueError(f"cmap sign {sign!r}: choose pos, neg or abs")
+
+
+def fuse(cmap: np.ndarray, ff: np.ndarray, cmap_weight: float = 0.5) -> np.ndarray:
+    """NCAL-R score: w z(CMAP) + (1 - w) z(FF); highest is queried first."""
+    return cmap_weight * zscore(cmap) + (1.0 - cmap_weight) * zscore(ff)
+
+
+def rank_desc(score: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Indices ordered by score, highest first; ties broken at random (seeded) rather than by id."""
+    score = np.asarray(score, dtype=np.float64)
+    if np.isnan(score).any():
+        raise ValueError("scores contain NaN")
+    rng = rng or np.random.default_rng(0)
+    perm = rng.permutation(len(score))
+    order = np.argsort(-score[perm], kind="stable")
+    return perm[order].astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# neural-collapse metrics
+# --------------------------------------------------------------------------------------------
+def simplex_etf_gram(C: int) -> np.ndarray:
+    """Normalised Gram of the simplex ETF: (I - 11^T / C) / sqrt(C - 1), Frobenius norm 1."""
+    E = np.eye(C) - np.ones((C, C)) / C
+    return E / np.linalg.norm(E)
+
+
+def gram_distance(G: np.ndarray, target: np.ndarray) -> float:
+    """|| G / ||G||_F - T / ||T||_F ||_F."""
+    G = np.asarray(G, dtype=np.float64)
+    return float(np.linalg.norm(G / max(np.linalg.norm(G), _EPS) - target / max(np.linalg.norm(target), _EPS)))
+
+
+def _equiangularity(V: np.ndarray) -> float:
+    C = V.shape[0]
+    if C < 2:
+        return 0.0
+    vn = V / np.maximum(np.linalg.norm(V, axis=1, keepdims=True), _EPS)
+    cos = vn @ vn.T
+    off = ~np.eye(C, dtype=bool)
+    return float(np.abs(cos[off] + 1.0 / (C - 1)).mean())
+
+
+def _equinorm(V: np.ndarray) -> float:
+    n = np.linalg.norm(V, axis=1)
+    return float(n.std() / max(n.mean(), _EPS))
+
+
+def nc_metrics(feats: np.ndarray, labels: np.ndarray, W: np.ndarray | None = None,
+               b: np.ndarray | None = None, num_classes: int | None = None,
+               max_samples: int | None = None, rng: np.random.Generator | None = None) -> dict:
+    """NC1-NC4 (Papyan et al. 2020) on the classes present in ``labels``.
+
+    feats [N, d]; labels [N]; W [C, d] classifier rows; b [C] bias. ``max_samples`` subsamples.
+    Returns nc1, nc2_equinorm_means/_weights, nc2_equiangular_means/_weights, nc2_etf_means/_weights
+    (distance of the normalised Gram to the simplex ETF), nc3 (self-duality), nc4 (classifier vs
+    nearest class mean disagreement).
+    """
+    feats = np.asarray(feats, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if max_samples is not None and len(feats) > max_samples:
+        rng = rng or np.random.default_rng(0)
+        sel = rng.choice(len(feats), size=max_samples, replace=False)
+        feats, labels = feats[sel], labels[sel]
+    C_all = num_classes if num_classes is not None else int(labels.max()) + 1
+    classes = np.unique(labels)
+    C = len(classes)
+    out: dict = {"classes": int(C), "samples": int(len(feats))}
+    if C < 2:
+        return out
+    remap = np.full(C_all, -1)
+    remap[classes] = np.arange(C)
+    y = remap[labels]
+    mu = np.stack([feats[y == k].mean(0) for k in range(C)])  # [C, d]
+    mu_g = feats.mean(0)
+    M = mu - mu_g  # [C, d] centred class means (rows)
+    within = feats - mu[y]
+    Sw = within.T @ within / len(feats)  # [d, d]
+    Sb = M.T @ M / C  # [d, d]
+    # pinv of Sigma_B from its top C-1 eigenpairs
+    evals, evecs = np.linalg.eigh(Sb)
+    top = np.argsort(evals)[::-1][: C - 1]
+    lam, U = evals[top], evecs[:, top]
+    keep = lam > _EPS * max(lam.max(), _EPS)
+    lam, U = lam[keep], U[:, keep]
+    # tr(Sw pinv(Sb)) = sum_k (U^T Sw U)_kk / lambda_k
+    out["nc1"] = float(np.sum(np.einsum("dk,de,ek->k", U, Sw, U) / lam) / C)
+    out["nc2_equinorm_means"] = _equinorm(M)
+    out["nc2_equiangular_means"] = _equiangularity(M)
+    out["nc2_etf_means"] = gram_distance(M @ M.T, simplex_etf_gram(C))
+    if W is not None:
+        Wc = np.asarray(W, dtype=np.float64)[classes]  # [C, d]
+        out["nc2_equinorm_weights"] = _equinorm(Wc)
+        out["nc2_equiangular_weights"] = _equiangularity(Wc)
+        out["nc2_etf_weights"] = gram_distance(Wc @ Wc.T, simplex_etf_gram(C))
+        out["nc3"] = float(np.linalg.norm(Wc / max(np.linalg.norm(Wc), _EPS) - M / max(np.linalg.norm(M), _EPS)) ** 2)
+        bc = np.zeros(C) if b is None else np.asarray(b, dtype=np.float64)[classes]
+        clf = np.argmax(feats @ Wc.T + bc, axis=1)
+        d2 = (feats ** 2).sum(1)[:, None] - 2 * feats @ mu.T + (mu ** 2).sum(1)[None, :]  # [N, C]
+        ncc = np.argmin(d2, axis=1)
+        out["nc4"] = float((clf != ncc).mean())
+    return out
+
+
+def finite_or_none(d: dict) -> dict:
+    """JSON-safe copy: NaN/inf become None."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}

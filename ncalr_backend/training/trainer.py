@@ -1,0 +1,169 @@
+"""Training into the terminal phase of training (TPT), recording what NCAL-R needs.
+
+Per epoch: one pass of SGD over the labeled set (shuffled, optionally translated), then one
+eval-mode pass over the labeled set that gives the clean training accuracy and the NC1-NC4
+diagnostics. T_i is the first epoch whose training accuracy reaches the threshold; training goes on
+for ``tpt_window`` more epochs, and at T_i and each of those epochs the predicted class of every pool
+sample is recorded (FF). If the epoch cap comes first, ``tpt.reached`` is False and FF is taken over
+the last window of epochs before the cap instead (said in the result, never hidden).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ncalr_backend.config import EngineConfig
+from ncalr_backend.geometry import nc_metrics
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    tpt: dict
+    pred_history: np.ndarray  # [T, M] int16/int32 predicted class of each pool sample per checkpoint
+    feats_lab: np.ndarray  # [N, d] float32, final model
+    feats_pool: np.ndarray  # [M, d] float32
+    logits_pool: np.ndarray  # [M, K] float32
+    seconds: float = 0.0
+    images_seen: int = 0
+    extras: dict = field(default_factory=dict)
+
+
+def _random_translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to ``pad`` pixels in each direction (zero fill), vectorised."""
+    B, C, H, W = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (B,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (B,), generator=gen).to(x.device)
+    rows = (torch.arange(H, device=x.device)[None, :] + dy[:, None])  # [B, H]
+    cols = (torch.arange(W, device=x.device)[None, :] + dx[:, None])  # [B, W]
+    b = torch.arange(B, device=x.device)[:, None, None, None]
+    c = torch.arange(C, device=x.device)[None, :, None, None]
+    return xp[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+@torch.no_grad()
+def forward_all(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int,
+                amp: bool = False, with_features: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Eval-mode features [n, d] and logits [n, K] (float32, on the CPU) in batches."""
+    model.eval()
+    feats, logits = [], []
+    for s in range(0, len(x), batch_size):
+        xb = x[s:s + batch_size].to(device, non_blocking=True)
+        if device.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            h = model.features(xb)
+            z = model.fc(h)
+        if with_features:
+            feats.append(h.float().cpu())
+        logits.append(z.float().cpu())
+    K = model.fc.out_features
+    d = model.fc.in_features
+    lg = torch.cat(logits) if logits else torch.zeros(0, K)
+    ft = (torch.cat(feats) if feats else torch.zeros(0, d)) if with_features else None
+    return ft, lg
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    perm = torch.randperm(n, generator=gen)
+    bs = min(batch_size, n)
+    out = [perm[s:s + bs] for s in range(0, n, bs)]
+    if len(out) > 1 and len(out[-1]) == 1:  # BatchNorm cannot train on a batch of one
+        out[-2] = torch.cat([out[-2], out[-1]])
+        out.pop()
+    return out
+
+
+def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_pool: torch.Tensor,
+                 config: EngineConfig, device: torch.device,
+                 progress: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train ``model`` on (x_lab, y_lab) into the terminal phase; see the module docstring."""
+    t0 = time.perf_counter()
+    N = len(x_lab)
+    if N < 2:
+        raise ValueError(f"training needs at least 2 labeled samples; got {N}")
+    gen = torch.Generator().manual_seed(config.seed)
+    use_amp = bool(config.amp and device.type == "cuda")
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    xl = x_lab.to(device)
+    yl = y_lab.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    pad = max(1, x_lab.shape[-1] // 8)
+    window = config.tpt_window
+    fallback_from = config.max_epochs - window  # record pool predictions from here if TPT not reached yet
+    history: list[dict] = []
+    preds: list[np.ndarray] = []
+    pred_epochs: list[int] = []
+    t_i = None
+    images = 0
+    nc_rng = np.random.default_rng(config.seed)
+    y_np = y_lab.cpu().numpy()
+    epoch = 0
+    for epoch in range(1, config.max_epochs + 1):
+        lr = config.lr
+        if config.lr_schedule == "tpt-cosine" and t_i is not None:
+            frac = min(1.0, (epoch - t_i) / window)
+            lr = config.lr * (config.lr_min_factor + (1 - config.lr_min_factor) * 0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        model.train()
+        loss_sum, seen = 0.0, 0
+        for idx in _batches(N, config.batch_size, gen):
+            idx = idx.to(device)
+            xb, yb = xl[idx], yl[idx]
+            if config.augment:
+                xb = _random_translate(xb, pad, gen)
+            if device.type == "cuda":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        images += seen
+        feats_l, logits_l = forward_all(model, x_lab, device, config.eval_batch_size, use_amp)
+        train_acc = float((logits_l.argmax(1).numpy() == y_np).mean())
+        nc = nc_metrics(feats_l.numpy(), y_np, W=model.fc.weight.detach().float().cpu().numpy(),
+                        b=model.fc.bias.detach().float().cpu().numpy(), num_classes=model.fc.out_features,
+                        max_samples=config.nc_subsample, rng=nc_rng)
+        if t_i is None and train_acc >= config.train_acc_threshold and epoch >= config.min_epochs:
+            t_i = epoch
+            preds.clear()
+            pred_epochs.clear()
+        record = t_i is not None or epoch > fallback_from
+        if record and len(x_pool):
+            _, lp = forward_all(model, x_pool, device, config.eval_batch_size, use_amp, with_features=False)
+            preds.append(lp.argmax(1).numpy().astype(np.int32))
+            pred_epochs.append(epoch)
+        row = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "train_acc": train_acc, "lr": lr,
+               "tpt": t_i is not None, **{k: v for k, v in nc.items() if k not in ("classes", "samples")}}
+        history.append(row)
+        if progress is not None:
+            progress(dict(row))
+        if t_i is not None and epoch - t_i >= window:
+            break
+    if len(x_pool) == 0:
+        preds, pred_epochs = [], []
+    feats_l, _ = forward_all(model, x_lab, device, config.eval_batch_size, use_amp)
+    feats_p, logits_p = forward_all(model, x_pool, device, config.eval_batch_size, use_amp)
+    M = len(x_pool)
+    pred_hist = np.stack(preds) if preds else np.zeros((0, M), dtype=np.int32)
+    tpt = {"reached": t_i is not None, "t_i": t_i, "epochs": epoch, "window": window,
+           "checkpoints": pred_epochs, "threshold": config.train_acc_threshold,
+           "final_train_acc": history[-1]["train_acc"] if history else None}
+    return TrainResult(history=history, tpt=tpt, pred_history=pred_hist,
+                       feats_lab=feats_l.numpy(), feats_pool=feats_p.numpy(),
+                       logits_pool=logits_p.numpy(), seconds=time.perf_counter() - t0, images_seen=images)
