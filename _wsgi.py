@@ -34,6 +34,11 @@ logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
 log = logging.getLogger("ncalr_backend.wsgi")
 
 SETTINGS = Settings.from_env()
+# Validate the engine's settings at start (a typo in NCALR_* fails here, not in the first cycle);
+# this also imports torch once, before the first webhook.
+from ncalr_backend.config import EngineConfig  # noqa: E402
+
+ENGINE_CONFIG = EngineConfig.from_env(prefix="NCALR_")
 app = init_app(model_class=NCALRBackend, model_dir=str(SETTINGS.model_dir))
 app.json.sort_keys = False
 
@@ -49,6 +54,8 @@ def get_scheduler():
     with _scheduler_lock:
         if _scheduler is None:
             _scheduler = make_scheduler(SETTINGS)
+            if not SETTINGS.redis_url:  # warm the engine import (torch) off the request path
+                threading.Thread(target=__import__, args=("ncalr_backend.engine",), daemon=True).start()
             try:
                 recovered = _scheduler.recover()
                 if recovered:

@@ -17,7 +17,7 @@ BASIC_AUTH_USER / _PASS        (unset: no auth)            HTTP basic auth for e
 TRAIN_TRIGGER_FRACTION         ``0.02``                    New annotations (fraction of the project's
                                                            tasks) that start a cycle
 TRAIN_TRIGGER_MIN              ``10``                      Floor of that count
-IMAGE_SIZE                     ``32``                      Images are resized to this square size
+IMAGE_SIZE                     ``32`` (or NCALR_IMAGE_SIZE) Images are resized to this square size
 IMAGE_CHANNELS                 ``3``                       1 (grayscale) or 3 (RGB)
 ALLOWED_IMAGE_HOSTS            (Label Studio's host)       Extra hosts images may come from (comma list)
 SET_SAMPLING                   ``true``                    Switch the project to "Uncertainty sampling"
@@ -139,7 +139,7 @@ class Settings:
             basic_auth_pass=pw,
             train_trigger_fraction=_float(env, "TRAIN_TRIGGER_FRACTION", 0.02, 0.0, 1.0),
             train_trigger_min=_int(env, "TRAIN_TRIGGER_MIN", 10, 1),
-            image_size=_int(env, "IMAGE_SIZE", 32, 8, 1024),
+            image_size=_int(env, "IMAGE_SIZE", _int(env, "NCALR_IMAGE_SIZE", 32, 8, 1024), 8, 1024),
             image_channels=channels,
             allowed_image_hosts=hosts,
             set_sampling=_bool(env, "SET_SAMPLING", True),
