@@ -1,0 +1,220 @@
+"""The quality benchmark's adapter to the engine: one training per cycle, several rankings.
+
+``train_and_rank`` calls the service's ``run_cycle`` once and ranks the same trained model's view
+of the pool (``PoolView``: probabilities, features, TPT prediction history, head) with every
+strategy that shares that training (all strategies at cycle 0, which start from the same initial
+labeled set). It does so through a bench-only entry in the engine's own strategy registry, so the
+scores are exactly those the service computes; nothing of the engine is re-implemented here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+_BENCH = "_bench_multi"
+_JOB: dict = {}
+_WIDTH = {"width": 64}
+
+
+def install(width: int = 64) -> None:
+    """Register the bench's multi-ranking strategy; optionally narrow the ResNet-18 (see --width)."""
+    from ncalr_backend import acquisition, engine
+    from ncalr_backend.acquisition.base import Strategy
+
+    class _Multi(Strategy):
+        name = _BENCH
+        cites = "benchmark only: ranks one trained model's PoolView with several strategies"
+
+        def rank(self, view):  # noqa: D401
+            return _rank_all(view)
+
+    acquisition.STRATEGIES[_BENCH] = _Multi()
+    acquisition.NEEDS_HISTORY.add(_BENCH)
+    try:
+        from ncalr_backend.bench import quality_strategies
+
+        quality_strategies.register()
+    except ImportError:
+        pass
+    _WIDTH["width"] = int(width)
+    if width != 64 and not getattr(engine.build_model, "_bench_narrow", False):
+        orig = engine.build_model
+
+        def build_model(num_classes, in_channels, image_size, pretrained_path=""):
+            import torch.nn as nn
+
+            m = orig(num_classes, in_channels, image_size, pretrained_path)
+            m.backbone = narrow_resnet18_backbone(_WIDTH["width"], in_channels, m.small_stem)
+            m.feature_dim = 8 * _WIDTH["width"]
+            m.fc = nn.Linear(m.feature_dim, num_classes)
+            return m
+
+        build_model._bench_narrow = True
+        engine.build_model = build_model
+
+
+def narrow_resnet18_backbone(width: int, in_channels: int, small_stem: bool):
+    """torchvision's ResNet-18 (BasicBlock, [2, 2, 2, 2]) with base width ``width`` instead of 64:
+    channels width, 2w, 4w, 8w; same depth, strides, stem and initialisation."""
+    import torch.nn as nn
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    net = ResNet(BasicBlock, [2, 2, 2, 2])
+    net.inplanes = width
+    if small_stem:
+        net.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    else:
+        net.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    net.layer1 = net._make_layer(BasicBlock, width, 2)
+    net.layer2 = net._make_layer(BasicBlock, 2 * width, 2, stride=2)
+    net.layer3 = net._make_layer(BasicBlock, 4 * width, 2, stride=2)
+    net.layer4 = net._make_layer(BasicBlock, 8 * width, 2, stride=2)
+    net.fc = nn.Identity()
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+    return net
+
+
+def make_config(settings: dict):
+    from ncalr_backend.config import EngineConfig
+
+    return EngineConfig.from_mapping(settings)
+
+
+def training_key(cfg) -> str:
+    """Settings that change the trained model (scoring-only settings removed)."""
+    from ncalr_backend.bench.quality import SCORING_FIELDS
+
+    d = {k: v for k, v in cfg.to_dict().items() if k not in SCORING_FIELDS}
+    return repr(sorted(d.items()))
+
+
+def train_and_rank(x_lab, y_lab, x_pool, num_classes, cfg, specs, scoring, init_state, verbose=False):
+    """One engine cycle; returns (CycleResult, {label: ranked}, {label: seconds selecting})."""
+    from ncalr_backend.engine import run_cycle
+
+    _JOB.clear()
+    _JOB.update(specs=list(specs), scoring=scoring, ranked={}, seconds={})
+    progress = None
+    if verbose:
+        progress = lambda row: print(f"    epoch {row['epoch']:3d} loss {row['loss']:.3f} train acc {row['train_acc']:.3f}", flush=True)
+    res = run_cycle(x_lab, y_lab, x_pool, num_classes=num_classes,
+                    config=dataclasses.replace(cfg, strategy=_BENCH), init_state=init_state, progress=progress)
+    return res, dict(_JOB["ranked"]), dict(_JOB["seconds"])
+
+
+def _rank_all(view):
+    from ncalr_backend.acquisition import get_strategy
+
+    first = None
+    for spec in _JOB["specs"]:
+        cfg = _JOB["scoring"][spec.label]
+        v = dataclasses.replace(view, config=cfg, rng=np.random.default_rng(cfg.seed + 7919))
+        t0 = time.perf_counter()
+        ranking, scores, extras = get_strategy(cfg.strategy).rank(v)
+        entry = {"ranking": ranking, "scores": scores, "probs": view.probs}
+        if spec.library:
+            from ncalr_backend.bench import quality_library
+
+            lib_rank, lib_scores = quality_library.rank(spec.library, view.probs, extras.get("mc_probs"))
+            entry.update(ranking=lib_rank, engine_scores=scores["score"], library_scores=lib_scores)
+            entry["agreement"] = quality_library.agreement(scores["score"], lib_scores)
+        elif cfg.strategy in ("bald", "entropy"):
+            try:
+                from ncalr_backend.bench import quality_library
+
+                lib = "baal-bald" if cfg.strategy == "bald" else "baal-entropy"
+                _, lib_scores = quality_library.rank(lib, view.probs, extras.get("mc_probs"))
+                entry["library_scores"] = lib_scores
+                entry["agreement"] = quality_library.agreement(scores["score"], lib_scores)
+            except ImportError:
+                pass
+        _JOB["seconds"][spec.label] = time.perf_counter() - t0
+        _JOB["ranked"][spec.label] = entry
+        if first is None:
+            first = (ranking, scores, {})
+    if first is None:
+        return np.arange(view.size, dtype=np.int64), {"score": np.zeros(view.size)}, {}
+    return first
+
+
+def predict(model, x) -> np.ndarray:
+    from ncalr_backend.engine import predict_proba
+
+    return predict_proba(model, x, device="cpu")
+
+
+def selection_diagnostics(pool, picked: np.ndarray, ranked: dict, n_query: int) -> dict:
+    """What was picked: wrong oracle answers, OOD items, class spread, and score-level signals."""
+    C = pool.num_classes
+    true = pool.y_pool_true[picked]
+    ind = true[true >= 0]
+    counts = np.bincount(ind, minlength=C) if len(ind) else np.zeros(C, dtype=np.int64)
+    p = counts / max(counts.sum(), 1)
+    nz = p[p > 0]
+    d = {"picked_noisy": float(pool.oracle.corrupted(picked).mean()),
+         "picked_ood": float((true < 0).mean()),
+         "picked_class_entropy": float(-(nz * np.log(nz)).sum() / np.log(C)),
+         "picked_class_counts": counts.tolist()}
+    order = ranked["ranking"][:n_query]
+    probs = ranked.get("probs")
+    if probs is not None and len(probs):
+        conf = probs.max(1)
+        d["picked_confidence"] = float(conf[order].mean())
+        d["pool_confidence"] = float(conf.mean())
+    s = ranked["scores"]
+    if "ff" in s:
+        ff = s["ff"]
+        d["ff_zero_fraction"] = float((ff == 0).mean())
+        d["ff_max"] = float(ff.max()) if len(ff) else 0.0
+        d["picked_ff_mean"] = float(ff[order].mean())
+        if "cmap" in s:
+            from ncalr_backend.bench.quality import _spearman
+
+            d["cmap_ff_spearman"] = _spearman(s["cmap"], ff)
+            if probs is not None and len(probs):
+                ent = -(np.clip(probs, 1e-12, 1) * np.log(np.clip(probs, 1e-12, 1))).sum(1)
+                d["cmap_entropy_spearman"] = _spearman(s["cmap"], ent)
+                d["ff_entropy_spearman"] = _spearman(ff, ent)
+            d["cmap_positive_fraction"] = float((s["cmap"] > 0).mean())
+    if "agreement" in ranked:
+        a = dict(ranked["agreement"])
+        eng = ranked.get("engine_scores", s.get("score"))
+        lib = ranked.get("library_scores")
+        if eng is not None and lib is not None:
+            a["top_overlap"] = float(len(np.intersect1d(np.argsort(-eng)[:n_query], np.argsort(-lib)[:n_query])) / n_query)
+        d["library_agreement"] = a
+    return d
+
+
+def library_agreement(summary: dict) -> dict:
+    """Per strategy with a library counterpart: mean Spearman of scores on the same samples, and the
+    AULC difference engine vs library (mean, std of the per-seed differences, and |diff| / pooled std)."""
+    out = {}
+    for lab, r in summary.items():
+        rhos = [c["library_agreement"]["spearman"] for cyc in r["cycles"].values() for c in cyc
+                if "library_agreement" in c and c["library_agreement"].get("spearman") is not None]
+        tops = [c["library_agreement"].get("top_overlap") for cyc in r["cycles"].values() for c in cyc
+                if "library_agreement" in c and c["library_agreement"].get("top_overlap") is not None]
+        if rhos:
+            out.setdefault(lab, {})["score_spearman_mean"] = float(np.mean(rhos))
+            out[lab]["score_spearman_min"] = float(np.min(rhos))
+            out[lab]["top_batch_overlap_mean"] = float(np.mean(tops)) if tops else None
+    for lib_label, eng in (("baal-bald", "bald"), ("baal-entropy", "entropy")):
+        if lib_label in summary and eng in summary:
+            a, b = np.array(summary[lib_label]["aulc_per_seed"]), np.array(summary[eng]["aulc_per_seed"])
+            diff = b - a
+            pooled = float(np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)) if len(a) > 1 else 0.0
+            out.setdefault(f"{eng} vs {lib_label}", {}).update(
+                aulc_engine=float(b.mean()), aulc_library=float(a.mean()), aulc_diff_mean=float(diff.mean()),
+                aulc_diff_std=float(diff.std(ddof=1)) if len(diff) > 1 else 0.0,
+                within_noise=bool(abs(diff.mean()) <= max(2 * pooled, 2 * (diff.std(ddof=1) if len(diff) > 1 else 0.0), 0.005)))
+    return out
