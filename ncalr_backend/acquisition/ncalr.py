@@ -15,7 +15,7 @@ def _components(view: PoolView) -> dict:
     sign = getattr(cfg, "cmap_sign", "pos")
     geom = class_geometry(view.feats_lab, view.y_lab, view.num_classes, centered=centered)
     pred = view.probs.argmax(1)
-    cmap = cmap_scores(geom, view.feats.astype(np.float32), pred)
+    cmap = cmap_scores(geom, view.feats, pred)
     if view.pred_history is None or len(view.pred_history) == 0:
         ff = np.zeros(view.size)
     else:
