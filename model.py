@@ -130,7 +130,7 @@ class NCALRBackend(LabelStudioMLBase):
 
     def _predict_on_the_fly(self, tasks, positions, results, cfg: ImageClassConfig, served: _Served):
         try:
-            from ncalr_backend.cycle import load_images, make_client
+            from ncalr_backend.cycle import load_images, make_client, result_for_predict
             from ncalr_backend.data.images import ImageCache
             from ncalr_backend.engine import predict_proba
             client = make_client(self.settings)

@@ -241,7 +241,8 @@ def label_from_name(name_or_url: str) -> int:
 
 def backend_env(ls_url: str, token: str, model_dir: Path, **extra) -> Dict[str, str]:
     env = {"LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": token, "MODEL_DIR": str(model_dir),
-           "IMAGE_CHANNELS": "1", "IMAGE_SIZE": "32"}
+           # digits are 8x8 grayscale: no point in upscaling them
+           "IMAGE_CHANNELS": os.environ.get("IMAGE_CHANNELS", "1"), "IMAGE_SIZE": os.environ.get("IMAGE_SIZE", "8")}
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -262,6 +263,7 @@ def main(argv=None) -> int:
     print(f"starting Label Studio on {ls.url} (first start takes about a minute) ...", flush=True)
     ls.start()
     env = backend_env(ls.url, ls.token, work / "model_dir",
+                      **{k: os.environ[k] for k in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS") if os.environ.get(k)},
                       NCALR_MAX_EPOCHS=os.environ.get("NCALR_MAX_EPOCHS", "30"),
                       NCALR_TPT_WINDOW=os.environ.get("NCALR_TPT_WINDOW", "5"))
     backend = BackendProcess(env, port=args.backend_port, log_path=work / "backend.log").start()
@@ -269,7 +271,8 @@ def main(argv=None) -> int:
     pid = admin.create_project("Digits (NCAL-R demo)")
     files = [(name, data) for name, data, _ in digit_pngs(args.images)]
     n = admin.upload_files(pid, files)
-    ml = admin.connect_ml(pid, backend.url)
+    basic = (env["BASIC_AUTH_USER"], env["BASIC_AUTH_PASS"]) if env.get("BASIC_AUTH_USER") else None
+    ml = admin.connect_ml(pid, backend.url, basic_auth=basic)
     print("\n" + "=" * 70)
     print(f" Label Studio : {ls.url}/projects/{pid}/data")
     print(f" login        : {ls.username}  /  {ls.password}")

@@ -1,0 +1,24 @@
+# The NCAL-R Label Studio ML backend. The same image serves the web app (gunicorn) and, with
+# REDIS_URL set, the cycle workers (`rq worker`); torch from requirements.txt is the CUDA build, so
+# a worker started with a GPU (docker run --gpus all / compose `devices`) trains on it.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MODEL_DIR=/data/model_dir PORT=9090 THREADS=8
+WORKDIR /app
+
+COPY requirements.txt requirements-sdk.txt ./
+RUN pip install -r requirements.txt \
+ && pip install --no-deps -r requirements-sdk.txt
+
+COPY model.py _wsgi.py ./
+COPY ncalr_backend ./ncalr_backend
+
+RUN useradd --create-home --uid 10001 app && mkdir -p /data && chown app /data
+USER app
+VOLUME /data
+EXPOSE 9090
+
+# ONE worker process: the embedded scheduler (no REDIS_URL) must be the only one; threads serve
+# /predict and /webhook concurrently.
+CMD ["sh", "-c", "exec gunicorn --workers 1 --threads ${THREADS} --timeout 120 --bind 0.0.0.0:${PORT} _wsgi:app"]

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the backend's environment (.venv) from the project's own pinned files and, unless
+# SKIP_LABEL_STUDIO=1, Label Studio 1.23.2 into its own virtual environment (cached between runs).
+# Sourced by scripts/test.sh and scripts/run.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+# label-studio-ml's own 2021 pins (Flask 1.1 / Werkzeug 2.0, known CVEs) are not installed: --no-deps.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-sdk.txt
+export NCALR_LS_VENV=${NCALR_LS_VENV:-$HOME/.cache/ncalr-backend/label-studio-1.23.2}
+if [ "${SKIP_LABEL_STUDIO:-0}" != "1" ] && [ ! -x "$NCALR_LS_VENV/bin/label-studio" ]; then
+  echo "installing label-studio==1.23.2 into $NCALR_LS_VENV (first run only, a few minutes)"
+  "$PY" -m venv "$NCALR_LS_VENV"
+  "$NCALR_LS_VENV/bin/python" -m pip install -q --disable-pip-version-check label-studio==1.23.2
+fi
