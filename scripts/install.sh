@@ -10,6 +10,15 @@ if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 # label-studio-ml's own 2021 pins (Flask 1.1 / Werkzeug 2.0, known CVEs) are not installed: --no-deps.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-sdk.txt
 export NCALR_LS_VENV=${NCALR_LS_VENV:-$HOME/.cache/ncalr-backend/label-studio-1.23.2}
+# redis-server for the scale-out (REDIS_URL + rq worker) integration test; Debian package.
+if [ "${NCALR_NEED_REDIS:-0}" = "1" ] && ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing redis-server (apt-get; first run only)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null
+  else
+    echo "redis-server is missing: install it (e.g. apt-get install redis-server) for the RQ test" >&2
+  fi
+fi
 if [ "${SKIP_LABEL_STUDIO:-0}" != "1" ] && [ ! -x "$NCALR_LS_VENV/bin/label-studio" ]; then
   echo "installing label-studio==1.23.2 into $NCALR_LS_VENV (first run only, a few minutes)"
   "$PY" -m venv "$NCALR_LS_VENV"

@@ -6,5 +6,5 @@
 # over HTTP on localhost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/install.sh
+NCALR_NEED_REDIS=1 source scripts/install.sh
 exec .venv/bin/python -m pytest tests "$@"
