@@ -16,7 +16,7 @@ import torch
 from ncalr_backend.acquisition import NEEDS_HISTORY, PoolView, get_strategy
 from ncalr_backend.atomic import atomic_save_npz, atomic_torch_save, atomic_write_json
 from ncalr_backend.config import EngineConfig
-from ncalr_backend.geometry import finite_or_none, nc_metrics
+from ncalr_backend.geometry import class_geometry, finite_or_none, geometry_target_distances, nc_metrics
 from ncalr_backend.training import ResNet18Classifier, build_model, pick_device, train_to_tpt
 from ncalr_backend.training.trainer import forward_all
 
@@ -124,6 +124,10 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
     diag = nc_metrics(tr.feats_lab, y_lab, W=fc.weight.detach().numpy(), b=fc.bias.detach().numpy(),
                       num_classes=num_classes, max_samples=config.nc_subsample,
                       rng=np.random.default_rng(config.seed))
+    geom = class_geometry(tr.feats_lab, y_lab, num_classes, centered=False)
+    diag.update(geometry_target_distances(fc.weight.detach().numpy(), geom.means, geom.counts))
+    # under imbalance the simplex ETF is the wrong yardstick (SELI, seed 003): say which one applies
+    diag["geometry_target"] = "seli" if diag.get("imbalance_ratio", 1.0) > 1.5 else "etf"
     diag = finite_or_none(diag)
     at_ti = next((h for h in tr.history if h["epoch"] == tr.tpt["t_i"]), None)
     if at_ti is not None and "nc1" in at_ti:

@@ -306,3 +306,56 @@ def nc_metrics(feats: np.ndarray, labels: np.ndarray, W: np.ndarray | None = Non
 def finite_or_none(d: dict) -> dict:
     """JSON-safe copy: NaN/inf become None."""
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# SELI: the neural-collapse geometry under class imbalance (Thrampoulidis et al. 2022, seed 003)
+# --------------------------------------------------------------------------------------------
+def psd_sqrt(A: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix (eigenvalues clipped at 0)."""
+    w, U = np.linalg.eigh((A + A.T) / 2)
+    return (U * np.sqrt(np.clip(w, 0.0, None))) @ U.T
+
+
+def seli_gram_targets(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SELI Gram targets (up to scale) for class counts n_c: (classifier Gram, class-mean Gram).
+
+    With D = diag(n), S = I - 11^T/k: G_W = (S D S)^(1/2) and
+    G_mu = D^(-1/2) (D^(1/2) S D^(1/2))^(1/2) D^(-1/2); equal counts give the simplex ETF.
+    Both have rows summing to 0, so compare them with centred W and centred class means
+    (centre = the unweighted mean of the rows).
+    """
+    n = np.asarray(counts, dtype=np.float64)
+    if n.ndim != 1 or len(n) < 2 or (n <= 0).any():
+        raise ValueError("SELI targets need >= 2 classes with positive counts")
+    k = len(n)
+    S = np.eye(k) - np.ones((k, k)) / k
+    gw = psd_sqrt(S @ np.diag(n) @ S)
+    dh, dmh = np.diag(np.sqrt(n)), np.diag(1.0 / np.sqrt(n))
+    gm = dmh @ psd_sqrt(dh @ S @ dh) @ dmh
+    return gw, gm
+
+
+def geometry_target_distances(W: np.ndarray | None, means: np.ndarray, counts: np.ndarray) -> dict:
+    """Distances || G/||G||_F - T/||T||_F ||_F of the centred classifier Gram and the centred
+    class-mean Gram to the SELI target (from ``counts``) and to the simplex ETF.
+
+    W [C, d] classifier rows, means [C, d] class means, counts [C] (classes with n_c > 0 only).
+    """
+    counts = np.asarray(counts)
+    keep = counts > 0
+    if keep.sum() < 2:
+        return {}
+    n = counts[keep].astype(np.float64)
+    gw_t, gm_t = seli_gram_targets(n)
+    etf = simplex_etf_gram(len(n))
+    M = np.asarray(means, dtype=np.float64)[keep]
+    M = M - M.mean(0)
+    out = {"seli_dist_means": gram_distance(M @ M.T, gm_t), "etf_dist_means": gram_distance(M @ M.T, etf),
+           "imbalance_ratio": float(n.max() / n.min())}
+    if W is not None:
+        Wc = np.asarray(W, dtype=np.float64)[keep]
+        Wc = Wc - Wc.mean(0)
+        out["seli_dist_weights"] = gram_distance(Wc @ Wc.T, gw_t)
+        out["etf_dist_weights"] = gram_distance(Wc @ Wc.T, etf)
+    return out

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ncalr_backend.config import EngineConfig
-from ncalr_backend.geometry import nc_metrics
+from ncalr_backend.geometry import class_geometry, geometry_target_distances, nc_metrics
 
 
 @dataclass
@@ -136,9 +136,11 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
         images += seen
         feats_l, logits_l = forward_all(model, x_lab, device, config.eval_batch_size, use_amp)
         train_acc = float((logits_l.argmax(1).numpy() == y_np).mean())
-        nc = nc_metrics(feats_l.numpy(), y_np, W=model.fc.weight.detach().float().cpu().numpy(),
-                        b=model.fc.bias.detach().float().cpu().numpy(), num_classes=model.fc.out_features,
-                        max_samples=config.nc_subsample, rng=nc_rng)
+        W = model.fc.weight.detach().float().cpu().numpy()
+        nc = nc_metrics(feats_l.numpy(), y_np, W=W, b=model.fc.bias.detach().float().cpu().numpy(),
+                        num_classes=model.fc.out_features, max_samples=config.nc_subsample, rng=nc_rng)
+        geom = class_geometry(feats_l.numpy(), y_np, model.fc.out_features, centered=False)
+        nc.update(geometry_target_distances(W, geom.means, geom.counts))  # SELI vs ETF targets
         if t_i is None and train_acc >= config.train_acc_threshold and epoch >= config.min_epochs:
             t_i = epoch
             preds.clear()

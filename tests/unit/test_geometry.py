@@ -133,3 +133,36 @@ def test_simplex_etf_gram():
     E = simplex_etf_gram(4)
     assert np.linalg.norm(E) == pytest.approx(1)
     assert np.allclose(E.sum(1), 0)
+
+
+def test_seli_equals_etf_on_balanced_counts():
+    from ncalr_backend.geometry import gram_distance, seli_gram_targets
+    gw, gm = seli_gram_targets(np.full(6, 25))
+    assert gram_distance(gw, simplex_etf_gram(6)) < 1e-6 and gram_distance(gm, simplex_etf_gram(6)) < 1e-6
+
+
+def test_seli_closed_form_imbalance_10():
+    # method.md: k = 10, half the classes 10x larger: ||w_maj||^2/||w_min||^2 = 2.67, ||mu_maj||^2/||mu_min||^2 = 0.35
+    from ncalr_backend.geometry import seli_gram_targets
+    gw, gm = seli_gram_targets(np.array([10] * 5 + [1] * 5))
+    assert gw[0, 0] / gw[-1, -1] == pytest.approx(2.67, abs=0.005)
+    assert gm[0, 0] / gm[-1, -1] == pytest.approx(0.35, abs=0.005)
+    # the SVD form of seed 003: W W^T is proportional to U L U^T of S_hat = (I - 11^T/k) Y
+    counts = np.array([10] * 5 + [1] * 5)
+    Y = np.repeat(np.eye(10), counts, axis=1)  # [k, n] one-hot columns
+    S_hat = (np.eye(10) - np.ones((10, 10)) / 10) @ Y
+    U, L, _ = np.linalg.svd(S_hat, full_matrices=False)
+    np.testing.assert_allclose(gw / np.linalg.norm(gw), (U * L) @ U.T / np.linalg.norm((U * L) @ U.T), atol=1e-8)
+
+
+def test_geometry_target_distances_pick_the_right_target():
+    from ncalr_backend.geometry import geometry_target_distances, psd_sqrt, seli_gram_targets
+    counts = np.array([50, 50, 5, 5])
+    gw, gm = seli_gram_targets(counts)
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.normal(size=(12, 4)))
+    W = psd_sqrt(gw) @ Q.T  # rows realise the SELI classifier Gram exactly
+    means = psd_sqrt(gm) @ Q.T + 3.0  # a common offset is removed by centring
+    d = geometry_target_distances(W, means, counts)
+    assert d["seli_dist_weights"] < 1e-6 and d["seli_dist_means"] < 1e-6
+    assert d["etf_dist_weights"] > 0.05 and d["etf_dist_means"] > 0.05
