@@ -111,3 +111,20 @@ def test_config_validation_and_env():
         EngineConfig.from_env(environ={"NCALR_MAX_EPOCHS": "seven"})
     with pytest.raises(ConfigError, match="unknown engine settings"):
         EngineConfig.from_mapping({"max_epoch": "3"})
+
+
+def test_local_pretrained_weights_initialise_the_backbone(tmp_path):
+    import torch
+    import torchvision
+
+    from ncalr_backend.training.model import build_model
+
+    src = torchvision.models.resnet18(weights=None)  # a torchvision-format file, as an admin would have
+    torch.nn.init.constant_(src.layer3[0].conv1.weight, 0.125)
+    path = tmp_path / "resnet18.pth"
+    torch.save(src.state_dict(), path)
+    model = build_model(10, 1, 8, pretrained_path=str(path))  # grayscale, small stem: conv1 and fc do not fit
+    assert torch.all(model.backbone.layer3[0].conv1.weight == 0.125)
+    assert model.backbone.conv1.weight.shape == (64, 1, 3, 3)
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
+        build_model(10, 1, 8, pretrained_path=str(tmp_path / "missing.pth"))
