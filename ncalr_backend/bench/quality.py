@@ -91,6 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         for k, v in QUICK.items():
             if getattr(args, k, None) in (None, defaults.get(k)):
                 setattr(args, k, v)
+        if not any(kv.startswith("batch_size=") for kv in args.set):
+            args.set = list(args.set) + ["batch_size=16"]  # a few SGD steps per epoch on 35 images
     return args
 
 

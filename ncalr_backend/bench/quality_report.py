@@ -1,0 +1,149 @@
+"""Summarise several quality-benchmark runs: one figure with a panel per run, markdown tables,
+the goal check and per-strategy selection diagnostics.
+
+``python -m ncalr_backend.bench.quality_report RUN_DIR [RUN_DIR ...] --out docs/quality/summary``
+(optionally ``--merge A=B``: add the strategies of run B to run A, e.g. ablations run separately
+with the same seeds and settings as the full run; a strategy already in A is kept from A).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+BASELINES = ("random", "entropy", "margin", "coreset", "bald", "baal-bald", "least_confidence")
+DIAG_KEYS = ("picked_noisy", "picked_class_entropy", "picked_confidence", "ff_zero_fraction",
+             "cmap_ff_spearman", "cmap_entropy_spearman", "ff_entropy_spearman", "cmap_positive_fraction")
+
+
+def load(run: str) -> dict:
+    return json.loads((Path(run) / "results.json").read_text())
+
+
+def diagnostics(r: dict) -> dict:
+    out = {}
+    cyc = [c for seed in r["cycles"].values() for c in seed]
+    sel = [c for c in cyc if "picked_noisy" in c]
+    for k in DIAG_KEYS:
+        vals = [c[k] for c in sel if c.get(k) is not None]
+        if vals:
+            out[k] = float(np.mean(vals))
+    out["tpt_reached"] = float(np.mean([c["tpt_reached"] for c in cyc]))
+    out["labeled_noise_final"] = float(np.mean([seed[-1]["labeled_noise"] for seed in r["cycles"].values()]))
+    return out
+
+
+def goal(res: dict, method: str = "ncalr") -> dict:
+    s = res["strategies"]
+    if method not in s:
+        return {}
+    m = np.array(s[method]["aulc_per_seed"])
+    out = {"method": method, "aulc": float(m.mean()), "aulc_std": float(m.std(ddof=1)) if len(m) > 1 else 0.0,
+           "vs": {}}
+    beats_all = True
+    for b in BASELINES:
+        if b in s:
+            o = np.array(s[b]["aulc_per_seed"])
+            d = m - o
+            out["vs"][b] = {"diff": float(d.mean()), "diff_std": float(d.std(ddof=1)) if len(d) > 1 else 0.0}
+            beats_all &= bool(d.mean() >= 0)
+    out["at_least_every_baseline"] = beats_all
+    if "random" in s:
+        r = np.array(s["random"]["aulc_per_seed"])
+        d = m - r
+        sd_r = float(r.std(ddof=1)) if len(r) > 1 else 0.0
+        sd_m = out["aulc_std"]
+        out["ahead_of_random_by_more_than_1std"] = bool(d.mean() > max(sd_r, sd_m))
+    return out
+
+
+def md_table(res: dict, labels: list[str] | None = None) -> str:
+    from ncalr_backend.bench.quality import table
+
+    s = res["strategies"] if labels is None else {k: res["strategies"][k] for k in labels if k in res["strategies"]}
+    return table(s)
+
+
+def figure(runs: list[tuple[str, dict]], path: Path, only: list[str] | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.6), squeeze=False)
+    for ax, (name, res) in zip(axes[0], runs):
+        for lab, r in res["strategies"].items():
+            if only and lab not in only:
+                continue
+            x = 100 * np.array(r["budget_fractions"])
+            m, sd = 100 * np.array(r["acc_mean"]), 100 * np.array(r["acc_std"])
+            style = "--" if r.get("library") else "-"
+            lw = 2.6 if lab.startswith("ncalr") else 1.3
+            (ln,) = ax.plot(x, m, style, marker="o", ms=3, lw=lw, label=f"{lab} ({100 * r['aulc_mean']:.1f})")
+            ax.fill_between(x, m - sd, m + sd, color=ln.get_color(), alpha=0.1)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("labeled fraction of the pool (%)")
+        ax.set_ylabel("clean test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right", title="strategy (AULC)", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ncalr_backend.bench.quality_report")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--merge", action="append", default=[], metavar="RUN=EXTRA_RUN")
+    p.add_argument("--out", required=True)
+    p.add_argument("--only", default="", help="comma list of strategies for the figure")
+    p.add_argument("--method", default="ncalr")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for run in args.runs:
+        res = load(run)
+        for m in args.merge:
+            a, b = m.split("=", 1)
+            if Path(a) == Path(run):
+                extra = load(b)
+                for k, v in extra["strategies"].items():
+                    res["strategies"].setdefault(k, v)
+        c = res["config"]
+        runs.append((f"noise {c['noise_type']} {c['noise_rate']}" + (f", imbalance {c['imbalance_factor']}" if c["imbalance_factor"] != 1 else "")
+                     + (f", OOD {c['ood_fraction']}" if c["ood_fraction"] else ""), res))
+    only = [s for s in args.only.split(",") if s] or None
+    figure(runs, out / "curves.png", only)
+    lines, summary = [], {}
+    for name, res in runs:
+        g = goal(res, args.method)
+        diag = {k: diagnostics(v) for k, v in res["strategies"].items()}
+        summary[name] = {"goal": g, "diagnostics": diag,
+                         "aulc": {k: [v["aulc_mean"], v["aulc_std"]] for k, v in res["strategies"].items()},
+                         "elapsed_min": res.get("elapsed_s", 0) / 60, "library_agreement": res.get("library_agreement")}
+        lines.append(f"### {name}  ({res.get('elapsed_s', 0) / 60:.1f} min)\n")
+        lines.append(md_table(res))
+        if g:
+            lines.append("")
+            lines.append(f"Goal ({args.method}): at least every baseline: **{g['at_least_every_baseline']}**; "
+                         f"ahead of random by more than 1 std: **{g.get('ahead_of_random_by_more_than_1std')}**. "
+                         "AULC differences (points, mean ± std over seeds): "
+                         + ", ".join(f"{b} {100 * v['diff']:+.2f}±{100 * v['diff_std']:.2f}" for b, v in g["vs"].items()))
+        lines.append("\nSelection diagnostics (means over seeds and cycles):\n")
+        keys = ["tpt_reached", "labeled_noise_final", *DIAG_KEYS]
+        lines.append("| strategy | " + " | ".join(keys) + " |")
+        lines.append("|---" * (len(keys) + 1) + "|")
+        for k, d in diag.items():
+            lines.append(f"| {k} | " + " | ".join(f"{d[x]:.3f}" if x in d else "" for x in keys) + " |")
+        lines.append("")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
