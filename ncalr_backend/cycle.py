@@ -158,6 +158,25 @@ def result_for_predict(entry: dict, cfg: ImageClassConfig, model_version: str) -
 
 
 # ---------------------------------------------------------------------------- the cycle
+def _drop_orphans(client: LabelStudioClient, store: ProjectStore, project_id: int) -> None:
+    """Delete predictions of versions a crash or a failure left half-written (never switched to)."""
+    orphans = list(store.state().get("orphan_versions") or [])
+    if not orphans:
+        return
+    current = (store.latest() or {}).get("model_version")
+    left = []
+    for v in orphans:
+        if v == current:
+            continue
+        try:
+            client.delete_model_version(project_id, v)
+            log.info("project %s: deleted the predictions of interrupted version %s", project_id, v)
+        except LabelStudioError as exc:
+            log.warning("project %s: could not delete interrupted version %s: %s", project_id, v, exc)
+            left.append(v)
+    store.update_state(orphan_versions=left)
+
+
 def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual",
                       triggered_at: Optional[float] = None, engine_config=None,
                       client: Optional[LabelStudioClient] = None, progress: Optional[Callable] = None) -> dict:
@@ -169,14 +188,16 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
     client = client or make_client(settings)
     store = ProjectStore(settings.model_dir, project_id)
     cycle = store.next_cycle_number()
-    store.update_state(in_progress={"cycle": cycle, "reason": reason, "started_at": t0,
+    version = model_version_name(project_id, cycle, t0)
+    store.update_state(in_progress={"cycle": cycle, "reason": reason, "started_at": t0, "model_version": version,
                                     "triggered_at": triggered_at}, cycles_started=cycle)
     work = store.new_workdir(cycle)
-    version = model_version_name(project_id, cycle, t0)
     report = {"project": int(project_id), "cycle": cycle, "model_version": version, "reason": reason,
               "triggered_at": triggered_at, "started_at": t0, "status": "running", "timings": {}}
     timings = report["timings"]
+    wrote = False
     try:
+        _drop_orphans(client, store, project_id)
         # ---- fetch
         t = time.time()
         project = client.get_project(project_id)
@@ -247,6 +268,7 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
 
         # ---- write back, check, switch
         t = time.time()
+        wrote = bool(items)
         created = client.import_predictions(project_id, items, settings.prediction_chunk_size) if items else 0
         timings["write_s"] = time.time() - t
         report["predictions_sent"] = len(items)
@@ -283,6 +305,12 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
     except Exception as exc:
         report.update(status="failed", error=str(exc) if isinstance(exc, (CycleError, LabelStudioError, ValueError))
                       else f"{exc.__class__.__name__}: {exc}", finished_at=time.time())
+        if wrote:  # leave no half-written version behind in Label Studio
+            try:
+                client.delete_model_version(project_id, version)
+            except Exception as exc2:
+                log.warning("could not delete the predictions of failed version %s: %s", version, exc2)
+                store.update_state(orphan_versions=sorted(set(store.state().get("orphan_versions") or []) | {version}))
         try:
             atomic_write_json(work / "report.json", report)
             store.fail(work, cycle, utcstamp())

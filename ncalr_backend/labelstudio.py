@@ -151,6 +151,12 @@ class LabelStudioClient:
                 on_chunk(start, len(chunk), n)
         return created
 
+    def delete_model_version(self, project_id: int, model_version: str) -> None:
+        """Delete every prediction of ``model_version`` (Label Studio resets the project's
+        model_version only when it is that version)."""
+        self.request("DELETE", f"/api/projects/{int(project_id)}/model-versions/",
+                     json={"model_version": model_version})
+
     def model_versions(self, project_id: int) -> dict:
         return self.get_json(f"/api/projects/{int(project_id)}/model-versions/")
 

@@ -66,7 +66,10 @@ class BaseScheduler:
             s = st.state()
             if s.get("in_progress") or s.get("pending"):
                 removed = st.clean_workdirs()
-                st.update_state(in_progress=None)
+                orphans = set(s.get("orphan_versions") or [])
+                if (s.get("in_progress") or {}).get("model_version"):
+                    orphans.add(s["in_progress"]["model_version"])
+                st.update_state(in_progress=None, orphan_versions=sorted(orphans))
                 log.warning("project %s: cycle interrupted or waiting at shutdown (%d partial dirs removed); "
                             "running it again", pid, removed)
                 self.request_cycle(pid, "recovered")

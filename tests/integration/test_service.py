@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from ncalr_backend.demo import DIGITS_CONFIG, label_from_name
+from ncalr_backend.demo import DIGITS_CONFIG, digit_pngs, label_from_name
 
 from .conftest import BASIC, N_DIGITS, TRIGGER_MIN
 
@@ -186,6 +186,26 @@ def test_predict_serves_the_latest_cycle(admin, backend, digits_project):
     bad = backend.http.post(f"{backend.url}/predict", json={"tasks": "x", "project": "1.1"})
     assert bad.status_code == 400
     _no_internals(bad)
+
+
+def test_new_tasks_get_a_queue_place_without_retraining(admin, backend, digits_project):
+    pid = digits_project["id"]
+    before = backend.status(pid)
+    known = {t["id"] for t in admin.tasks(pid)}
+    new = [(f"new_{n}", d) for n, d, _ in digit_pngs(4, seed=99)]
+    assert admin.upload_files(pid, new) == 4  # Label Studio sends TASKS_CREATED
+    new_ids = [t["id"] for t in admin.tasks(pid) if t["id"] not in known]
+    assert len(new_ids) == 4
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        preds = {tid: [p for p in _predictions(admin, tid) if p["model_version"] == STATE["v1"]] for tid in new_ids}
+        if all(preds.values()):
+            break
+        time.sleep(0.5)
+    assert all(len(p) == 1 and 0.0 <= p[0]["score"] <= 1.0 for p in preds.values()), preds
+    after = backend.status(pid)
+    assert after["scheduler"]["cycles_run"] == before["scheduler"]["cycles_run"]
+    assert after["last_completed"] == 1 and admin.project(pid)["model_version"] == STATE["v1"]
 
 
 def test_events_during_a_cycle_give_exactly_one_follow_up(admin, backend, digits_project):
