@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 CMAP_SIGNS = ("pos", "neg", "abs")
 LR_SCHEDULES = ("constant", "tpt-cosine")
+LOSSES = ("ce", "logit_adjusted")
+SPA_MODES = ("none", "proj", "slerp", "reg")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -58,6 +60,20 @@ class EngineConfig:
     """Random translations (pad-and-crop, no flips: digits and text do not survive a flip)."""
     warm_start: bool = False
     """Start from the previous cycle's weights when their shapes match."""
+    loss: str = "ce"
+    """'ce', or 'logit_adjusted' (Menon et al. 2021; the usual long-tail baseline)."""
+    la_tau: float = 1.0
+    spa: str = "none"
+    """Space alignment for long-tailed data (seed 001): 'none', 'proj' (SpA-Proj on the classifier
+    gradient), 'slerp' (SpA-SLERP of classifier rows toward class centres), 'reg' (SpA-Reg)."""
+    spa_gamma: float = 0.4
+    """SpA-Proj: share of the raw gradient kept (1 disables it; 0.2-0.6 in the paper)."""
+    spa_alpha_max: float = 0.01
+    """SpA-SLERP: largest fraction of the angle rotated per step (0.002-0.02 in the paper)."""
+    spa_lambda: float = 0.1
+    """SpA-Reg: weight of the alignment term."""
+    spa_momentum: float = 0.9
+    """EMA momentum of the per-class feature centres."""
     image_size: int = 32
     """Side length images are resized to (the service); the engine reads it off the arrays."""
     pretrained_path: str = ""
@@ -81,6 +97,12 @@ class EngineConfig:
             problems.append(f"cmap_sign={self.cmap_sign!r}: choose one of {list(CMAP_SIGNS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"lr_schedule={self.lr_schedule!r}: choose one of {list(LR_SCHEDULES)}")
+        if self.loss not in LOSSES:
+            problems.append(f"loss={self.loss!r}: choose one of {list(LOSSES)}")
+        if self.spa not in SPA_MODES:
+            problems.append(f"spa={self.spa!r}: choose one of {list(SPA_MODES)}")
+        if not 0.0 <= self.spa_gamma <= 1.0 or not 0.0 <= self.spa_alpha_max <= 1.0 or self.spa_lambda < 0:
+            problems.append("spa_gamma and spa_alpha_max must be in [0, 1], spa_lambda >= 0")
         if self.device not in DEVICES:
             problems.append(f"device={self.device!r}: choose one of {list(DEVICES)}")
         for name in ("max_epochs", "batch_size", "mc_samples", "nc_subsample", "eval_batch_size",

@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ncalr_backend.config import EngineConfig
+from ncalr_backend.training.longtail import ClassCentres, slerp_alpha, spa_proj_, spa_reg_loss, spa_slerp_
+from ncalr_backend.training.losses import logit_adjusted_ce
 from ncalr_backend.geometry import class_geometry, geometry_target_distances, nc_metrics
 
 
@@ -109,6 +111,11 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     images = 0
     nc_rng = np.random.default_rng(config.seed)
     y_np = y_lab.cpu().numpy()
+    K = model.fc.out_features
+    counts = torch.bincount(yl, minlength=K).float()
+    centres = ClassCentres(K, model.fc.in_features, config.spa_momentum, device) if config.spa != "none" else None
+    steps_total = config.max_epochs * len(_batches(N, config.batch_size, torch.Generator()))
+    step = 0
     epoch = 0
     for epoch in range(1, config.max_epochs + 1):
         lr = config.lr
@@ -127,10 +134,24 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
             if device.type == "cuda":
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = F.cross_entropy(model(xb), yb)
+                h = model.features(xb)
+                logits = model.fc(h)
+                if config.loss == "logit_adjusted":
+                    loss = logit_adjusted_ce(logits.float(), yb, counts, config.la_tau)
+                else:
+                    loss = F.cross_entropy(logits.float(), yb)
+            if centres is not None:
+                centres.update(h, yb)
+                if config.spa == "reg":
+                    loss = loss + spa_reg_loss(model.fc.weight, centres, config.spa_lambda)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if config.spa == "proj":
+                spa_proj_(model.fc.weight.grad, model.fc.weight.detach(), centres, config.spa_gamma)
             opt.step()
+            step += 1
+            if config.spa == "slerp":
+                spa_slerp_(model.fc.weight.data, centres, slerp_alpha(config.spa_alpha_max, step, steps_total))
             loss_sum += float(loss.detach()) * len(idx)
             seen += len(idx)
         images += seen
