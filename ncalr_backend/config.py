@@ -74,6 +74,9 @@ class EngineConfig:
     """SpA-Reg: weight of the alignment term."""
     spa_momentum: float = 0.9
     """EMA momentum of the per-class feature centres."""
+    width: int = 64
+    """ResNet-18 base width: 64 is torchvision's ResNet-18 (the product's model). Narrower widths keep
+    the depth, strides and blocks (channels w, 2w, 4w, 8w) for CPU-bound experiments."""
     image_size: int = 32
     """Side length images are resized to (the service); the engine reads it off the arrays."""
     pretrained_path: str = ""
@@ -106,7 +109,7 @@ class EngineConfig:
         if self.device not in DEVICES:
             problems.append(f"device={self.device!r}: choose one of {list(DEVICES)}")
         for name in ("max_epochs", "batch_size", "mc_samples", "nc_subsample", "eval_batch_size",
-                     "coreset_max_greedy", "image_size", "min_epochs"):
+                     "coreset_max_greedy", "image_size", "min_epochs", "width"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
         if self.tpt_window < 1:

@@ -5,6 +5,7 @@ The Label Studio service and the benchmarks call ``run_cycle``; nothing else re-
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,14 +14,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ncalr_backend.acquisition import NEEDS_HISTORY, PoolView, get_strategy
+from ncalr_backend.acquisition import PoolView, get_strategy
 from ncalr_backend.atomic import atomic_save_npz, atomic_torch_save, atomic_write_json
 from ncalr_backend.config import EngineConfig
 from ncalr_backend.geometry import class_geometry, finite_or_none, geometry_target_distances, nc_metrics
 from ncalr_backend.training import ResNet18Classifier, build_model, pick_device, train_to_tpt
 from ncalr_backend.training.trainer import forward_all
 
-__all__ = ["EngineConfig", "CycleResult", "run_cycle", "load_model", "predict_proba", "InputError"]
+__all__ = ["EngineConfig", "CycleResult", "run_cycle", "rerank", "load_model", "predict_proba", "InputError"]
 
 
 class InputError(ValueError):
@@ -42,6 +43,7 @@ class CycleResult:
     timings: dict
     config: EngineConfig
     extras: dict = field(default_factory=dict)
+    view: PoolView | None = field(default=None, repr=False)  # what the strategies saw; for rerank()
 
     @property
     def model_state(self) -> dict:
@@ -102,7 +104,7 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
     torch.manual_seed(config.seed)
     strategy = get_strategy(config.strategy)
     t0 = time.perf_counter()
-    model = build_model(num_classes, x_lab.shape[1], x_lab.shape[2], config.pretrained_path)
+    model = build_model(num_classes, x_lab.shape[1], x_lab.shape[2], config.pretrained_path, config.width)
     warm = False
     if init_state is not None and config.warm_start:
         own = model.state_dict()
@@ -117,7 +119,7 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
     fc = model.fc
     view = PoolView(probs=probs, feats=tr.feats_pool, feats_lab=tr.feats_lab, y_lab=y_lab,
                     num_classes=num_classes,
-                    pred_history=tr.pred_history if config.strategy in NEEDS_HISTORY else None,
+                    pred_history=tr.pred_history,
                     head=lambda h: fc(h), rng=np.random.default_rng(config.seed + 7919), config=config)
     ranking, scores, extras = strategy.rank(view)
     t2 = time.perf_counter()
@@ -139,10 +141,23 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
         history=tr.history, tpt=tr.tpt, diagnostics=diag,
         timings={"train_s": t1 - t0, "score_s": t2 - t1, "images_per_s": tr.images_seen / max(tr.seconds, 1e-9),
                  "device": str(device)},
-        config=config, extras=extras)
+        config=config, extras=extras, view=view)
     if out_dir is not None:
         save_cycle(res, out_dir)
     return res
+
+
+def rerank(res: CycleResult, config: EngineConfig) -> tuple[np.ndarray, dict, dict]:
+    """Rank the same trained model's view of the pool with ``config.strategy`` (and its scoring
+    settings: CMAP sign and centring, fusion weight, ...): (ranking, scores, extras).
+
+    Training settings in ``config`` are ignored; the benchmarks use this to compare strategies on
+    one trained model without training it again.
+    """
+    if res.view is None:
+        raise ValueError("this CycleResult carries no pool view (was it loaded from disk?)")
+    view = dataclasses.replace(res.view, config=config, rng=np.random.default_rng(config.seed + 7919))
+    return get_strategy(config.strategy).rank(view)
 
 
 def save_cycle(res: CycleResult, out_dir: str | Path) -> Path:
@@ -159,7 +174,7 @@ def load_model(path: str | Path) -> tuple[ResNet18Classifier, dict]:
     """Rebuild the model saved by ``run_cycle`` (``torch.load(weights_only=True)``)."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     meta = blob["meta"]
-    model = ResNet18Classifier(meta["num_classes"], meta["in_channels"], meta["image_size"])
+    model = ResNet18Classifier(meta["num_classes"], meta["in_channels"], meta["image_size"], meta.get("width", 64))
     model.load_state_dict(blob["state_dict"])
     return model.eval(), meta
 

@@ -26,23 +26,27 @@ class ResNet18Classifier(nn.Module):
     that every caller (trainer, service, benchmarks) feeds the same thing.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32):
+    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32, width: int = 64):
         super().__init__()
-        if num_classes < 1 or in_channels not in (1, 3) or image_size < 4:
-            raise ValueError("need num_classes >= 1, in_channels in {1, 3}, image_size >= 4; got "
-                             f"{num_classes}, {in_channels}, {image_size}")
+        if num_classes < 1 or in_channels not in (1, 3) or image_size < 4 or width < 4:
+            raise ValueError("need num_classes >= 1, in_channels in {1, 3}, image_size >= 4, width >= 4; got "
+                             f"{num_classes}, {in_channels}, {image_size}, {width}")
         net = torchvision.models.resnet18(weights=None)
+        if width != 64:
+            _narrow(net, width)
         self.small_stem = image_size <= SMALL_IMAGE_MAX
         if self.small_stem:
-            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            net.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
             net.maxpool = nn.Identity()
-        elif in_channels != 3:
-            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.feature_dim = net.fc.in_features
+        elif in_channels != 3 or width != 64:
+            net.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
+        for m in (net.conv1,):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.feature_dim = 8 * width
         net.fc = nn.Identity()
         self.backbone = net
         self.fc = nn.Linear(self.feature_dim, num_classes)
-        self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
+        self.num_classes, self.in_channels, self.image_size, self.width = num_classes, in_channels, image_size, width
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, 512]
         return self.backbone((x - 0.5) / 0.25)
@@ -52,11 +56,32 @@ class ResNet18Classifier(nn.Module):
 
     def meta(self) -> dict:
         return {"arch": "resnet18", "num_classes": self.num_classes, "in_channels": self.in_channels,
-                "image_size": self.image_size, "small_stem": self.small_stem}
+                "image_size": self.image_size, "small_stem": self.small_stem, "width": self.width}
 
 
-def build_model(num_classes: int, in_channels: int, image_size: int, pretrained_path: str = "") -> ResNet18Classifier:
-    model = ResNet18Classifier(num_classes, in_channels, image_size)
+def _narrow(net: torchvision.models.ResNet, width: int) -> None:
+    """ResNet-18 topology (BasicBlock, [2, 2, 2, 2], same strides) with channels w, 2w, 4w, 8w
+    instead of 64..512; torchvision's own initialisation. For CPU-bound experiments only: the
+    product's default is torchvision's ResNet-18 (width 64)."""
+    from torchvision.models.resnet import BasicBlock
+
+    net.inplanes = width
+    net.bn1 = nn.BatchNorm2d(width)
+    net.layer1 = net._make_layer(BasicBlock, width, 2)
+    net.layer2 = net._make_layer(BasicBlock, 2 * width, 2, stride=2)
+    net.layer3 = net._make_layer(BasicBlock, 4 * width, 2, stride=2)
+    net.layer4 = net._make_layer(BasicBlock, 8 * width, 2, stride=2)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+
+
+def build_model(num_classes: int, in_channels: int, image_size: int, pretrained_path: str = "",
+                width: int = 64) -> ResNet18Classifier:
+    model = ResNet18Classifier(num_classes, in_channels, image_size, width)
     if pretrained_path:
         load_backbone_weights(model, pretrained_path)
     return model

@@ -128,3 +128,25 @@ def test_local_pretrained_weights_initialise_the_backbone(tmp_path):
     assert model.backbone.conv1.weight.shape == (64, 1, 3, 3)
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         build_model(10, 1, 8, pretrained_path=str(tmp_path / "missing.pth"))
+
+
+def test_rerank_equals_a_cycle_run_with_that_strategy(cycle):
+    from ncalr_backend.engine import rerank
+
+    res, _, (x, y, px, _) = cycle
+    for name in ("entropy", "cmap", "ff"):
+        direct = run_cycle(x, y, px, 4, FAST.replace(strategy=name)) if name == "entropy" else None
+        ranking, scores, _ = rerank(res, FAST.replace(strategy=name))
+        assert sorted(ranking) == list(range(len(px)))
+        if direct is not None:  # same seed, same training: the same model and the same order
+            np.testing.assert_array_equal(ranking, direct.ranking)
+        else:
+            np.testing.assert_allclose(scores[name], res.scores[name])
+
+
+def test_narrow_width_is_a_saved_setting(tmp_path):
+    x, y = separable(n_per=4)
+    res = run_cycle(x, y, x[:6], 4, FAST.replace(max_epochs=2, tpt_window=1, width=8), out_dir=tmp_path)
+    assert res.model.feature_dim == 64 and res.meta["width"] == 8
+    model, meta = load_model(tmp_path / "model.pt")
+    np.testing.assert_allclose(predict_proba(model, x[:6]), res.probs, atol=1e-5)
