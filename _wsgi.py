@@ -41,6 +41,12 @@ from ncalr_backend.config import EngineConfig  # noqa: E402
 ENGINE_CONFIG = EngineConfig.from_env(prefix="NCALR_")
 app = init_app(model_class=NCALRBackend, model_dir=str(SETTINGS.model_dir))
 app.json.sort_keys = False
+app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+# The SDK logs every request's headers and body at DEBUG, basic-auth credentials included: drop that.
+for _key, _funcs in list(app.before_request_funcs.items()):
+    app.before_request_funcs[_key] = [f for f in _funcs if f.__name__ != "log_request_info"]
+for _key, _funcs in list(app.after_request_funcs.items()):
+    app.after_request_funcs[_key] = [f for f in _funcs if f.__name__ != "log_response_info"]
 
 COUNTED = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 IGNORED_FOR_TRAINING = ("PROJECT_UPDATED",)
@@ -241,7 +247,8 @@ def webhook():
         ids = []
         for t in tasks:
             try:
-                ids.append(int(t["id"]))
+                ids.append({"id": int(t["id"]), "data": t.get("data") if isinstance(t.get("data"), dict) else None,
+                            "annotations": []})
             except (TypeError, ValueError):
                 raise BadRequest("TASKS_CREATED: task ids must be integers")
         out = sched.request_placement(pid, ids)

@@ -2,7 +2,7 @@
 
 * ``predict`` serves pre-annotations from the latest COMPLETED cycle of the project (label +
   confidence, and the task's NCAL-R queue score when the cycle ranked it; tasks the cycle did not
-  see are classified on the fly by the same model).
+  see are classified on the fly by the same model and placed like TASKS_CREATED places them).
 * Training never happens here or in a request: webhooks request cycles from the scheduler
   (``ncalr_backend.scheduler``), which runs ``ncalr_backend.cycle.run_project_cycle``.
 
@@ -130,7 +130,7 @@ class NCALRBackend(LabelStudioMLBase):
 
     def _predict_on_the_fly(self, tasks, positions, results, cfg: ImageClassConfig, served: _Served):
         try:
-            from ncalr_backend.cycle import load_images, make_client, result_for_predict
+            from ncalr_backend.cycle import load_images, make_client, placement_score, result_for_predict
             from ncalr_backend.data.images import ImageCache
             from ncalr_backend.engine import predict_proba
             client = make_client(self.settings)
@@ -147,7 +147,9 @@ class NCALRBackend(LabelStudioMLBase):
         probs = predict_proba(served.model(), x)
         for k, i in enumerate(ok_idx):
             p = probs[k]
-            entry = {"label": cfg.labels[int(p.argmax())], "confidence": float(p.max()), "score": None}
+            c = float(p.max())
+            entry = {"label": cfg.labels[int(p.argmax())], "confidence": c,
+                     "score": placement_score(c, served.entries)}
             results[positions[i]] = result_for_predict(entry, cfg, served.version)
 
     # -------------------------------------------------------------------- fit

@@ -324,13 +324,30 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
 
 
 # ---------------------------------------------------------------------------- new tasks
-def place_new_tasks(settings: Settings, project_id: int, task_ids: Sequence[int],
-                    client: Optional[LabelStudioClient] = None) -> dict:
+def placement_score(confidence: float, entries: dict, k: int = 5) -> float:
+    """Queue score for a task the latest cycle did not rank (created after it).
+
+    The median queue score of the ``k`` ranked tasks whose confidence is closest: an uncertain new
+    image lands among the uncertain ranked ones, until the next cycle ranks everything with NCAL-R.
+    Used by both TASKS_CREATED placement and /predict, so both give a task the same place.
+    """
+    if not entries:
+        return float(min(1.0, max(0.0, 1.0 - confidence)))
+    conf = np.asarray([e["confidence"] for e in entries.values()], dtype=np.float64)
+    score = np.asarray([e["score"] for e in entries.values()], dtype=np.float64)
+    near = np.argsort(np.abs(conf - confidence), kind="stable")[:k]
+    return float(np.median(score[near]))
+
+
+def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client: Optional[LabelStudioClient] = None
+                    ) -> dict:
     """Give tasks created after the latest cycle a queue place from the current model (no training).
 
-    Their label and confidence come from the latest model; their queue score is the median queue
-    score of the 5 ranked tasks whose confidence is closest (an uncertain new image lands among the
-    uncertain ranked ones) until the next cycle ranks everything with NCAL-R.
+    ``tasks``: the TASKS_CREATED payload's tasks (``{"id", "data"}``) or bare ids. A task that
+    already has a prediction of the current version (Label Studio may have asked /predict for it
+    meanwhile, which gives the same place) is left alone. Note: reading a task through
+    ``GET /api/tasks/<id>/`` makes Label Studio call /predict itself, so the data comes from the
+    webhook payload (or the paginated list) instead.
     """
     from .engine import load_model, predict_proba
 
@@ -339,42 +356,41 @@ def place_new_tasks(settings: Settings, project_id: int, task_ids: Sequence[int]
     if not latest or not latest.get("live"):
         return {"placed": 0, "reason": "no completed cycle yet: the next cycle ranks them"}
     client = client or make_client(settings)
-    preds = read_json(latest["path"] / "predictions.json", {}) or {}
-    known = preds.get("tasks", {})
-    ids = [int(t) for t in task_ids if str(t) not in known]
-    if not ids:
+    known = (read_json(latest["path"] / "predictions.json", {}) or {}).get("tasks", {})
+    given = [t if isinstance(t, dict) else {"id": int(t)} for t in tasks]
+    given = [t for t in given if str(t["id"]) not in known]
+    if not given:
         return {"placed": 0}
     project = client.get_project(project_id)
     cfg = parse_label_config(project.get("label_config"))
     if list(cfg.labels) != list(latest.get("labels", [])):
         return {"placed": 0, "reason": "labeling config changed since the latest cycle"}
-    tasks = []
-    for tid in ids:
-        try:
-            tasks.append(client.get_json(f"/api/tasks/{tid}/"))
-        except LabelStudioError as exc:
-            log.warning("new task %s not fetched: %s", tid, exc)
-    tasks = [t for t in tasks if winning_annotation(t) is None]
-    x, ok_idx, failures = load_images(client, ImageCache(settings.model_dir / "cache"), tasks, cfg,
+    if any(not isinstance(t.get("data"), dict) for t in given):
+        wanted = {int(t["id"]) for t in given}
+        given = [t for t in client.iter_tasks(project_id, settings.page_size) if t["id"] in wanted]
+    version = latest["model_version"]
+    todo = []
+    for t in given:
+        if winning_annotation(t) is not None:
+            continue
+        existing = client.get_json("/api/predictions/", params={"task": int(t["id"])})
+        if any(p.get("model_version") == version for p in existing):
+            continue
+        todo.append(t)
+    x, ok_idx, failures = load_images(client, ImageCache(settings.model_dir / "cache"), todo, cfg,
                                       settings.image_size, settings.image_channels, settings.download_workers)
     if not ok_idx:
         return {"placed": 0, "failures": failures}
     model, _meta = load_model(latest["path"] / "model.pt")
     probs = predict_proba(model, x)
-    ref_conf = np.asarray([e["confidence"] for e in known.values()], dtype=np.float64)
-    ref_score = np.asarray([e["score"] for e in known.values()], dtype=np.float64)
-    version = latest["model_version"]
     items = []
     for k, i in enumerate(ok_idx):
         p = probs[k]
         c = float(p.max())
-        if len(ref_conf):
-            near = np.argsort(np.abs(ref_conf - c))[:5]
-            qs = float(np.median(ref_score[near]))
-        else:
-            qs = 1.0 - c
-        items.append(prediction_item(tasks[i]["id"], cfg.labels[int(p.argmax())], c, qs, cfg, version))
+        items.append(prediction_item(todo[i]["id"], cfg.labels[int(p.argmax())], c, placement_score(c, known),
+                                     cfg, version))
     created = client.import_predictions(project_id, items, settings.prediction_chunk_size)
     if created != len(items):
         raise CycleError(f"Label Studio created {created} of {len(items)} predictions for new tasks")
+    log.info("project %s: placed %d new tasks under %s", project_id, created, version)
     return {"placed": created, "failures": failures, "model_version": version}

@@ -38,9 +38,9 @@ def _default_cycle(settings: Settings, project_id: int, reason: str, triggered_a
     return run_project_cycle(settings, project_id, reason=reason, triggered_at=triggered_at)
 
 
-def _default_place(settings: Settings, project_id: int, task_ids) -> dict:
+def _default_place(settings: Settings, project_id: int, tasks) -> dict:
     from .cycle import place_new_tasks
-    return place_new_tasks(settings, project_id, sorted(task_ids))
+    return place_new_tasks(settings, project_id, list(tasks.values()) if isinstance(tasks, dict) else list(tasks))
 
 
 class BaseScheduler:
@@ -52,7 +52,7 @@ class BaseScheduler:
     def request_cycle(self, project_id: int, reason: str, triggered_at: Optional[float] = None) -> dict:
         raise NotImplementedError
 
-    def request_placement(self, project_id: int, task_ids: Iterable[int]) -> dict:
+    def request_placement(self, project_id: int, tasks: Iterable) -> dict:
         raise NotImplementedError
 
     def status(self, project_id: int) -> dict:
@@ -133,12 +133,13 @@ class EmbeddedScheduler(BaseScheduler):
             self._cv.notify_all()
             return {"queued": True, "coalesced": False, "running": self._running == pid}
 
-    def request_placement(self, project_id: int, task_ids: Iterable[int]) -> dict:
+    def request_placement(self, project_id: int, tasks: Iterable) -> dict:
+        """``tasks``: ``{"id", "data"}`` dicts (the TASKS_CREATED payload) or bare ids."""
         pid = int(project_id)
-        ids = {int(t) for t in task_ids}
+        ids = {int(t["id"]) if isinstance(t, dict) else int(t): t for t in tasks}
         with self._cv:
             job = self._waiting.setdefault(pid, {})
-            job.setdefault("tasks", set()).update(ids)
+            job.setdefault("tasks", {}).update(ids)
             self._ensure_thread()
             self._cv.notify_all()
         return {"queued_tasks": len(ids)}
@@ -219,9 +220,9 @@ def rq_cycle_job(project_id: int):
         return _default_cycle(settings, int(project_id), info["reason"], info["triggered_at"])
 
 
-def rq_place_job(project_id: int, task_ids):
+def rq_place_job(project_id: int, tasks):
     settings = Settings.from_env()
-    return _default_place(settings, int(project_id), task_ids)
+    return _default_place(settings, int(project_id), tasks)
 
 
 class RQScheduler(BaseScheduler):
@@ -254,10 +255,10 @@ class RQScheduler(BaseScheduler):
                                  failure_ttl=7 * 24 * 3600, description=f"ncalr cycle project {pid}")
         return {"queued": True, "coalesced": False, "job": job.id}
 
-    def request_placement(self, project_id: int, task_ids: Iterable[int]) -> dict:
-        ids = sorted({int(t) for t in task_ids})
-        job = self.queue.enqueue(rq_place_job, int(project_id), ids, job_timeout=3600)
-        return {"queued_tasks": len(ids), "job": job.id}
+    def request_placement(self, project_id: int, tasks: Iterable) -> dict:
+        tasks = [{"id": int(t["id"]), "data": t.get("data")} if isinstance(t, dict) else int(t) for t in tasks]
+        job = self.queue.enqueue(rq_place_job, int(project_id), tasks, job_timeout=3600)
+        return {"queued_tasks": len(tasks), "job": job.id}
 
     def status(self, project_id: int) -> dict:
         k = _keys(int(project_id))
