@@ -125,7 +125,8 @@ class NCALRBackend(LabelStudioMLBase):
                 missing.append(i)
         if missing:
             self._predict_on_the_fly([tasks[i] for i in missing], missing, results, cfg, served)
-        return [r if r is not None else {"result": [], "score": 0.0, "model_version": served.version}
+        # nothing to say (image missing or broken): score 1.0 puts such a task at the END of the queue
+        return [r if r is not None else {"result": [], "score": 1.0, "model_version": served.version}
                 for r in results]
 
     def _predict_on_the_fly(self, tasks, positions, results, cfg: ImageClassConfig, served: _Served):
