@@ -85,13 +85,12 @@ def main(argv=None) -> int:
         ml = admin.connect_ml(pid, backend.url, basic_auth=auth)
         time.sleep(3)  # the backend adds its auth header to the new webhook
         tasks = admin.tasks(pid)
-        st = requests.get(f"{backend.url}/status", params={"project": pid}, auth=auth, timeout=10).json()
         threshold = max(int(os.environ.get("TRAIN_TRIGGER_MIN", 10)), -(-len(tasks) * 2 // 100))
         t = time.time()
         for task in tasks[:threshold]:
             admin.annotate(task["id"], label_from_name(task["data"]["image"]))
         out["annotate_s_each"] = (time.time() - t) / threshold
-        s1 = _wait_cycle(backend, auth, pid, 1)
+        _wait_cycle(backend, auth, pid, 1)
         rep1 = json.loads((work / "model_dir" / "projects" / str(pid) / "cycles" / "0001" / "report.json").read_text())
         out["cycle1"] = {k: rep1[k] for k in ("num_tasks", "num_labeled", "num_pool", "predictions_created",
                                               "timings", "write_per_s", "reason")}
@@ -110,6 +109,16 @@ def main(argv=None) -> int:
         _wait_cycle(backend, auth, pid, 2)
         rep2 = json.loads((work / "model_dir" / "projects" / str(pid) / "cycles" / "0002" / "report.json").read_text())
         out["cycle2"] = {k: rep2[k] for k in ("num_labeled", "num_pool", "timings", "write_per_s", "reason")}
+        # /webhook latency as Label Studio sees it (counting only: a project whose threshold is far away)
+        lat = []
+        for i in range(200):
+            t = time.perf_counter()
+            requests.post(f"{backend.url}/webhook", auth=auth, timeout=10, json={
+                "action": "ANNOTATION_UPDATED", "project": {"id": 999999, "task_number": 10**9},
+                "annotation": {"id": i}}).raise_for_status()
+            lat.append(time.perf_counter() - t)
+        lat.sort()
+        out["webhook_ms"] = {"p50": 1000 * lat[100], "p95": 1000 * lat[190], "max": 1000 * lat[-1]}
     finally:
         if backend:
             backend.stop()
@@ -126,6 +135,7 @@ def main(argv=None) -> int:
               f"(+ queue/import {t['trigger_to_live_s'] - t['cycle_s']:.2f});  write-back {rep['write_per_s']:.0f}/s")
     for r in out["raw_bulk_import"]:
         print(f"raw bulk import, chunk {r['chunk']}: {r['per_s']:.0f} predictions/s ({r['n']} in {r['seconds']:.2f}s)")
+    print("webhook latency (ms): p50 {p50:.1f}  p95 {p95:.1f}  max {max:.1f}".format(**out["webhook_ms"]))
     print(f"saved {args.out}")
     return 0
 
