@@ -136,7 +136,13 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def base_settings(args: argparse.Namespace) -> dict:
+    import dataclasses as _dc
+
+    from ncalr_backend.config import EngineConfig
+
     s = {"device": "cpu" if os.environ.get("NCALR_BENCH_DEVICE", "auto") == "cpu" else "auto"}
+    if "width" in {f.name for f in _dc.fields(EngineConfig)}:
+        s["width"] = str(args.width)
     for k in ("max_epochs", "tpt_window", "train_acc_threshold", "warm_start"):
         v = getattr(args, k)
         if v is not None:
@@ -396,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     per_seed = {}
     for seed in seeds:
         per_seed[seed] = runner.run_seed(seed, data)
+        if seed != seeds[-1]:  # partial results, in case a long run is cut short
+            part = {"partial": True, "seeds_done": sorted(per_seed), "command": "python -m ncalr_backend.bench quality "
+                    + " ".join(argv if argv is not None else sys.argv[1:]), "strategies": summarise(per_seed, specs)}
+            (out / "results.partial.json").write_text(json.dumps(_jsonable(part), indent=1))
     summary = summarise(per_seed, specs)
     agreement = qe.library_agreement(summary)
     elapsed = time.perf_counter() - runner.t_start
@@ -414,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": elapsed,
     }
     (out / "results.json").write_text(json.dumps(_jsonable(result), indent=1))
+    (out / "results.partial.json").unlink(missing_ok=True)
     tab = table(summary)
     title = (f"{data.source}: noise {args.noise_type} {args.noise_rate}, imbalance {args.imbalance_factor}, "
              f"OOD {args.ood_fraction}, {len(seeds)} seeds")

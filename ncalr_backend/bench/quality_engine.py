@@ -39,6 +39,10 @@ def install(width: int = 64) -> None:
     except ImportError:
         pass
     _WIDTH["width"] = int(width)
+    from ncalr_backend.config import EngineConfig
+
+    if "width" in {f.name for f in dataclasses.fields(EngineConfig)}:
+        return  # the engine narrows the ResNet-18 itself (EngineConfig.width); see base_settings
     if width != 64 and not getattr(engine.build_model, "_bench_narrow", False):
         orig = engine.build_model
 
