@@ -281,6 +281,12 @@ def main(argv=None) -> int:
     print(f" demo project : {n} digit images. Label ~10 (or press 'Start training' under")
     print("                Settings > Model), then 'Label All Tasks' serves them in NCAL-R order.")
     print("=" * 70 + "\n Ctrl-C stops both.", flush=True)
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
         while backend.proc.poll() is None and ls.proc.poll() is None:
             time.sleep(1)
