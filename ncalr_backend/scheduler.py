@@ -78,10 +78,12 @@ class BaseScheduler:
 
     def _threshold(self, project_id: int, num_tasks: Optional[int]) -> int:
         st = ProjectStore(self.settings.model_dir, project_id)
+        known = st.state().get("num_tasks")
         if num_tasks is not None:
-            st.update_state(num_tasks=int(num_tasks))
+            if known != int(num_tasks):
+                st.update_state(num_tasks=int(num_tasks))
         else:
-            num_tasks = int(st.state().get("num_tasks") or 0)
+            num_tasks = int(known or 0)
         return self.settings.trigger_threshold(num_tasks)
 
 
@@ -203,6 +205,9 @@ class EmbeddedScheduler(BaseScheduler):
 
 
 # ---------------------------------------------------------------------------- RQ
+LOCK_TTL = 120  # seconds
+
+
 def _keys(pid: int) -> dict:
     return {"queued": f"ncalr:{pid}:queued", "lock": f"ncalr:{pid}:running", "count": f"ncalr:{pid}:count"}
 
@@ -213,11 +218,31 @@ def rq_cycle_job(project_id: int):
     settings = Settings.from_env()
     r = Redis.from_url(settings.redis_url)
     k = _keys(int(project_id))
-    with r.lock(k["lock"], timeout=24 * 3600, blocking_timeout=None):
+    # A short lock kept alive while the cycle runs: a worker killed mid-cycle frees the project
+    # within LOCK_TTL seconds instead of blocking it.
+    lock = r.lock(k["lock"], timeout=LOCK_TTL, blocking_timeout=None)
+    lock.acquire()
+    done = threading.Event()
+
+    def keep_alive():
+        while not done.wait(LOCK_TTL / 4):
+            try:
+                lock.reacquire()
+            except Exception as exc:  # pragma: no cover - Redis gone: the cycle goes on
+                log.warning("could not extend the cycle lock of project %s: %s", project_id, exc)
+
+    threading.Thread(target=keep_alive, daemon=True).start()
+    try:
         raw = r.getdel(k["queued"])  # from here on, new requests enqueue the (one) next job
         info = json.loads(raw) if raw else {"reason": "queued", "triggered_at": time.time()}
         ProjectStore(settings.model_dir, project_id).update_state(pending=None)
         return _default_cycle(settings, int(project_id), info["reason"], info["triggered_at"])
+    finally:
+        done.set()
+        try:
+            lock.release()
+        except Exception:  # pragma: no cover - expired meanwhile
+            pass
 
 
 def rq_place_job(project_id: int, tasks):
