@@ -22,6 +22,25 @@ def load(run: str) -> dict:
     return json.loads((Path(run) / "results.json").read_text())
 
 
+def restrict_seeds(res: dict, seeds: list[int]) -> dict:
+    """The same results, on a subset of the seeds (per-seed lists are in sorted-seed order)."""
+    all_seeds = sorted(res["config"]["seeds"])
+    idx = [all_seeds.index(s) for s in seeds]
+    out = dict(res)
+    out["config"] = {**res["config"], "seeds": list(seeds)}
+    strategies = {}
+    for k, r in res["strategies"].items():
+        acc = np.array(r["acc_per_seed"])[idx]
+        au = np.array(r["aulc_per_seed"])[idx]
+        sd = (lambda v: float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+        strategies[k] = {**r, "acc_per_seed": acc.tolist(), "acc_mean": acc.mean(0).tolist(),
+                         "acc_std": [sd(acc[:, j]) for j in range(acc.shape[1])],
+                         "aulc_per_seed": au.tolist(), "aulc_mean": float(au.mean()), "aulc_std": sd(au),
+                         "cycles": {str(s): r["cycles"][str(s)] for s in seeds}}
+    out["strategies"] = strategies
+    return out
+
+
 def diagnostics(r: dict) -> dict:
     out = {}
     cyc = [c for seed in r["cycles"].values() for c in seed]
@@ -110,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             a, b = m.split("=", 1)
             if Path(a) == Path(run):
                 extra = load(b)
+                common = sorted(set(res["config"]["seeds"]) & set(extra["config"]["seeds"]))
+                res = restrict_seeds(res, common)
+                extra = restrict_seeds(extra, common)
                 for k, v in extra["strategies"].items():
                     res["strategies"].setdefault(k, v)
         c = res["config"]
