@@ -7,4 +7,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NCALR_NEED_REDIS=1 source scripts/install.sh
-exec .venv/bin/python -m pytest tests "$@"
+# no arguments: the whole suite; otherwise pytest arguments (paths, -k, ...)
+exec .venv/bin/python -m pytest "${@:-tests}"
