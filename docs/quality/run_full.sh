@@ -3,7 +3,8 @@
 # (10% -> 35% of the pool). One process, one torch thread (fastest on the shared 2-core machine).
 # Results: docs/quality/full/noise_<rate>/{results.json,curves.png,table.md,run.log}.
 #   noise 0.0 ran with STRATEGIES=ncalr,random,entropy,margin,coreset,bald,baal-bald
-#   noise 0.2 / 0.4 ran with STRATEGIES=ncalr,random,entropy,margin,coreset,bald,ncalr_plus
+#   noise 0.2 ran with STRATEGIES=ncalr,random,entropy,margin,coreset,bald,ncalr_plus
+#   noise 0.4 ran with STRATEGIES=ncalr,random,entropy,margin,coreset,bald
 #   (baal-bald ranks exactly as the engine's bald on the same MC samples, so under noise its
 #    trajectory would repeat bald's; the per-cycle score agreement with baal is still recorded).
 set -euo pipefail
