@@ -11,12 +11,14 @@ from typing import Any, Callable
 import numpy as np
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    return _atomic(path, lambda f: f.write(data))
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> Path:
+    """``durable=False`` skips the fsync (still atomic: readers see the old or the new file), for
+    small files rewritten often, such as webhook counters."""
+    return _atomic(path, lambda f: f.write(data), durable)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode())
+def atomic_write_json(path: str | os.PathLike, obj: Any, durable: bool = True) -> Path:
+    return atomic_write_bytes(path, json.dumps(obj, indent=1, default=json_default).encode(), durable)
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
@@ -33,15 +35,16 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _atomic(path: str | os.PathLike, write: Callable) -> Path:
+def _atomic(path: str | os.PathLike, write: Callable, durable: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -52,7 +55,7 @@ def _atomic(path: str | os.PathLike, write: Callable) -> Path:
     return path
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

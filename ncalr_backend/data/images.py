@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from ncalr_backend.atomic import atomic_write_bytes
 
 # Refuse decompression bombs outright (PIL only warns below 2x this limit).
 Image.MAX_IMAGE_PIXELS = 64_000_000
@@ -44,24 +44,6 @@ def decode_image(data: bytes, size: int = 32, channels: int = 3) -> np.ndarray:
     else:
         arr = np.transpose(arr, (2, 0, 1))
     return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class ImageCache:
