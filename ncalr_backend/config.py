@@ -58,8 +58,10 @@ class EngineConfig:
     lr_min_factor: float = 0.1
     augment: bool = True
     """Random translations (pad-and-crop, no flips: digits and text do not survive a flip)."""
-    warm_start: bool = False
-    """Start from the previous cycle's weights when their shapes match."""
+    warm_start: bool = True
+    """Start from the previous cycle's weights when their shapes match. On by measurement
+    (docs/quality/README.md): +3.5 +- 1.4 AULC points on digits, and the terminal phase is reached
+    far more often than from scratch."""
     loss: str = "ce"
     """'ce', or 'logit_adjusted' (Menon et al. 2021; the usual long-tail baseline)."""
     la_tau: float = 1.0
