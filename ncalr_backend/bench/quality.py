@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     from ncalr_backend.bench import quality_engine as qe
 
-    qe.install(width=args.width)
+    qe.install()
     specs = parse_strategies(args.strategies)
     ok, why = library_available(specs)
     if not ok:

@@ -15,12 +15,11 @@ import numpy as np
 
 _BENCH = "_bench_multi"
 _JOB: dict = {}
-_WIDTH = {"width": 64}
 
 
-def install(width: int = 64) -> None:
-    """Register the bench's multi-ranking strategy; optionally narrow the ResNet-18 (see --width)."""
-    from ncalr_backend import acquisition, engine
+def install() -> None:
+    """Register the bench's multi-ranking strategy (the ResNet-18 width is EngineConfig.width)."""
+    from ncalr_backend import acquisition
     from ncalr_backend.acquisition.base import Strategy
 
     class _Multi(Strategy):
@@ -38,53 +37,6 @@ def install(width: int = 64) -> None:
         quality_strategies.register()
     except ImportError:
         pass
-    _WIDTH["width"] = int(width)
-    from ncalr_backend.config import EngineConfig
-
-    if "width" in {f.name for f in dataclasses.fields(EngineConfig)}:
-        return  # the engine narrows the ResNet-18 itself (EngineConfig.width); see base_settings
-    if width != 64 and not getattr(engine.build_model, "_bench_narrow", False):
-        orig = engine.build_model
-
-        def build_model(num_classes, in_channels, image_size, pretrained_path=""):
-            import torch.nn as nn
-
-            m = orig(num_classes, in_channels, image_size, pretrained_path)
-            m.backbone = narrow_resnet18_backbone(_WIDTH["width"], in_channels, m.small_stem)
-            m.feature_dim = 8 * _WIDTH["width"]
-            m.fc = nn.Linear(m.feature_dim, num_classes)
-            return m
-
-        build_model._bench_narrow = True
-        engine.build_model = build_model
-
-
-def narrow_resnet18_backbone(width: int, in_channels: int, small_stem: bool):
-    """torchvision's ResNet-18 (BasicBlock, [2, 2, 2, 2]) with base width ``width`` instead of 64:
-    channels width, 2w, 4w, 8w; same depth, strides, stem and initialisation."""
-    import torch.nn as nn
-    from torchvision.models.resnet import BasicBlock, ResNet
-
-    net = ResNet(BasicBlock, [2, 2, 2, 2])
-    net.inplanes = width
-    if small_stem:
-        net.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
-        net.maxpool = nn.Identity()
-    else:
-        net.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
-    net.bn1 = nn.BatchNorm2d(width)
-    net.layer1 = net._make_layer(BasicBlock, width, 2)
-    net.layer2 = net._make_layer(BasicBlock, 2 * width, 2, stride=2)
-    net.layer3 = net._make_layer(BasicBlock, 4 * width, 2, stride=2)
-    net.layer4 = net._make_layer(BasicBlock, 8 * width, 2, stride=2)
-    net.fc = nn.Identity()
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.constant_(m.weight, 1)
-            nn.init.constant_(m.bias, 0)
-    return net
 
 
 def make_config(settings: dict):
