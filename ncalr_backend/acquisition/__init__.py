@@ -9,9 +9,6 @@ from ncalr_backend.acquisition.uncertainty import BALD, Entropy, LeastConfidence
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
     NCALR(), CMAPOnly(), FFOnly(), Random(), Entropy(), Margin(), LeastConfidence(), CoreSet(), BALD())}
 
-#: strategies that need the per-checkpoint pool predictions of the terminal phase
-NEEDS_HISTORY = {"ncalr", "ff", "cmap"}
-
 
 def get_strategy(name: str) -> Strategy:
     try:
@@ -20,4 +17,4 @@ def get_strategy(name: str) -> Strategy:
         raise KeyError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}") from None
 
 
-__all__ = ["STRATEGIES", "NEEDS_HISTORY", "PoolView", "Strategy", "get_strategy"]
+__all__ = ["STRATEGIES", "PoolView", "Strategy", "get_strategy"]

@@ -337,16 +337,10 @@ def plot(summary: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ncalr_backend.bench.quality_report import draw_curves
+
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    for lab, r in summary.items():
-        x = 100 * np.array(r["budget_fractions"])
-        m, s = 100 * np.array(r["acc_mean"]), 100 * np.array(r["acc_std"])
-        style = "--" if r.get("library") else "-"
-        lw = 2.4 if lab.startswith("ncalr") else 1.4
-        (line,) = ax.plot(x, m, style, marker="o", ms=3, lw=lw, label=f"{lab} (AULC {100 * r['aulc_mean']:.1f})")
-        ax.fill_between(x, m - s, m + s, color=line.get_color(), alpha=0.12)
-    ax.set_xlabel("labeled fraction of the pool (%)")
-    ax.set_ylabel("clean test accuracy (%)")
+    draw_curves(ax, summary)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

@@ -30,7 +30,6 @@ def install() -> None:
             return _rank_all(view)
 
     acquisition.STRATEGIES[_BENCH] = _Multi()
-    acquisition.NEEDS_HISTORY.add(_BENCH)
     try:
         from ncalr_backend.bench import quality_strategies
 

@@ -85,6 +85,21 @@ def md_table(res: dict, labels: list[str] | None = None) -> str:
     return table(s)
 
 
+def draw_curves(ax, strategies: dict, label_fmt: str = "{lab} (AULC {aulc:.1f})", lw_ncalr: float = 2.4,
+                lw: float = 1.4, alpha: float = 0.12) -> None:
+    """Mean +- std learning curves of ``strategies`` (results.json's per-strategy entries) on ``ax``;
+    library baselines dashed, NCAL-R variants drawn thicker."""
+    for lab, r in strategies.items():
+        x = 100 * np.array(r["budget_fractions"])
+        m, sd = 100 * np.array(r["acc_mean"]), 100 * np.array(r["acc_std"])
+        style = "--" if r.get("library") else "-"
+        (ln,) = ax.plot(x, m, style, marker="o", ms=3, lw=lw_ncalr if lab.startswith("ncalr") else lw,
+                        label=label_fmt.format(lab=lab, aulc=100 * r["aulc_mean"]))
+        ax.fill_between(x, m - sd, m + sd, color=ln.get_color(), alpha=alpha)
+    ax.set_xlabel("labeled fraction of the pool (%)")
+    ax.set_ylabel("clean test accuracy (%)")
+
+
 def figure(runs: list[tuple[str, dict]], path: Path, only: list[str] | None = None) -> None:
     import matplotlib
 
@@ -93,18 +108,9 @@ def figure(runs: list[tuple[str, dict]], path: Path, only: list[str] | None = No
 
     fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.6), squeeze=False)
     for ax, (name, res) in zip(axes[0], runs):
-        for lab, r in res["strategies"].items():
-            if only and lab not in only:
-                continue
-            x = 100 * np.array(r["budget_fractions"])
-            m, sd = 100 * np.array(r["acc_mean"]), 100 * np.array(r["acc_std"])
-            style = "--" if r.get("library") else "-"
-            lw = 2.6 if lab.startswith("ncalr") else 1.3
-            (ln,) = ax.plot(x, m, style, marker="o", ms=3, lw=lw, label=f"{lab} ({100 * r['aulc_mean']:.1f})")
-            ax.fill_between(x, m - sd, m + sd, color=ln.get_color(), alpha=0.1)
+        strategies = {k: v for k, v in res["strategies"].items() if not only or k in only}
+        draw_curves(ax, strategies, label_fmt="{lab} ({aulc:.1f})", lw_ncalr=2.6, lw=1.3, alpha=0.1)
         ax.set_title(name, fontsize=10)
-        ax.set_xlabel("labeled fraction of the pool (%)")
-        ax.set_ylabel("clean test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right", title="strategy (AULC)", title_fontsize=7)
     fig.tight_layout()

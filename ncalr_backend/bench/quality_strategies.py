@@ -109,4 +109,3 @@ def register() -> None:
 
     for s in (NCALRTieBreak(), NCALRBalanced(), NCALRPlus()):
         acquisition.STRATEGIES.setdefault(s.name, s)
-        acquisition.NEEDS_HISTORY.add(s.name)
