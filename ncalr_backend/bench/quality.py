@@ -11,8 +11,23 @@ colons (``ncalr:cmap_sign=neg:tpt_window=5``, used for ablations), or library ba
 ``requirements-bench.txt``) applied to the engine's MC-dropout samples / probabilities.
 
 Outputs in ``--out``: ``results.json`` (config, per strategy: budgets, mean/std/per-seed test
-accuracy, AULC, seconds spent selecting, per-cycle diagnostics), ``curves.png`` and the table
-printed at the end (also saved as ``table.md``).
+accuracy, AULC, seconds spent selecting, per-cycle diagnostics and the engine's per-epoch history),
+``curves.png``, ``geometry.png`` (SELI vs ETF distances over training, when the engine logs them)
+and the tables printed at the end (also saved as ``table.md``).
+
+Long tail (``--imbalance-factor``): besides accuracy, the per-class test accuracy (recall; the test
+split is balanced), the balanced accuracy (mean per-class accuracy) and its mean over the classes
+of each frequency group. Groups come from the pool's class counts (the same for every strategy of
+a seed): classes ranked by pool count, most frequent first (ties: lower class index first); the top
+``round(C/3)`` are *many*, the bottom ``round(C/3)`` *few*, the rest *medium* (3 / 4 / 3 on ten
+digits). ImageNet-LT's fixed thresholds (> 100, 20-100, < 20 images) do not fit a pool of a few
+hundred images.
+
+Multi-label (``--dataset digits-multilabel``): the PAL paper's construction (pairs of digits of
+different classes overlaid with an element-wise max, plus single digits; see
+``datasets.build_multilabel_pool``); the oracle answers the true label set. "Accuracy" (curves,
+AULC) is then the exact-set-match accuracy on the clean test set; micro-F1 and macro-F1 of the
+predicted sets and the engine's multi-label neural-collapse diagnostics are reported beside it.
 
 AULC: the area under the test-accuracy-vs-labeled-fraction curve (trapezoids) divided by the
 width of the budget range, i.e. the curve's mean height, in [0, 1]; computed per seed, then mean
@@ -32,13 +47,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ncalr_backend.data.datasets import NOISE_TYPES, build_pool, load_images
+from ncalr_backend.data.datasets import NOISE_TYPES, build_multilabel_pool, build_pool, load_images
 
 LIBRARY_STRATEGIES = {"baal-bald": "bald", "baal-entropy": "entropy"}  # label -> engine strategy trained
 # settings that change scoring only; everything else changes what is trained
 SCORING_FIELDS = {"strategy", "cmap_center", "cmap_sign", "cmap_weight", "mc_samples", "mc_dropout",
                   "coreset_max_greedy", "nc_subsample", "eval_batch_size", "warm_start"}
 DEFAULT_STRATEGIES = "ncalr,random,entropy,margin,coreset,bald,baal-bald"
+MULTILABEL_DATASETS = ("digits-multilabel",)
+# per-epoch engine history kept in results.json (per strategy, seed and cycle)
+HISTORY_KEYS = ("epoch", "loss", "train_acc", "tpt", "nc1", "seli_dist_weights", "etf_dist_weights",
+                "seli_dist_means", "etf_dist_means", "imbalance_ratio")
+GEOMETRY_KEYS = ("seli_dist_weights", "etf_dist_weights", "seli_dist_means", "etf_dist_means", "imbalance_ratio")
+GROUPS = ("many", "medium", "few")
 QUICK = {"subsample": 500, "seeds": "1", "cycles": 2, "initial": 0.1, "query": 0.05,
          "strategies": "ncalr,random,entropy,bald,baal-bald", "max_epochs": 12, "tpt_window": 3,
          "width": 8, "train_acc_threshold": 0.9}
@@ -51,7 +72,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ncalr_backend.bench quality", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", default="digits", help="'digits', an .npz file (x, y) or a folder of class sub-folders")
+    d.add_argument("--dataset", default="digits",
+                   help="'digits', 'digits-multilabel' (overlaid digit pairs + single digits, multi-hot labels), "
+                        "an .npz file (x, y) or a folder of class sub-folders")
+    d.add_argument("--multilabel-pairs-fraction", type=float, default=0.5,
+                   help="digits-multilabel: share of pool and test samples that are two-digit overlays")
     d.add_argument("--image-size", type=int, default=32, help="side length for image folders")
     d.add_argument("--channels", type=int, default=1, choices=(1, 3), help="channels for image folders")
     d.add_argument("--subsample", type=int, default=0, help="use a stratified random subset of this many images (0 = all)")
@@ -181,9 +206,76 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def frequency_groups(counts) -> dict[str, list[int]]:
+    """many / medium / few classes from the pool's class counts: ranked most frequent first (ties:
+    lower class index first), the top round(C/3) are 'many', the bottom round(C/3) 'few', the rest
+    'medium' (3 / 4 / 3 on ten classes)."""
+    counts = np.asarray(counts)
+    C = len(counts)
+    order = sorted(range(C), key=lambda c: (-counts[c], c))
+    k = max(1, int(round(C / 3))) if C >= 3 else 1
+    return {"many": sorted(order[:k]), "medium": sorted(order[k:C - k]), "few": sorted(order[C - k:])}
+
+
+def per_class_accuracy(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """[C] share of each class's test items predicted as that class (NaN for a class with none)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    out = np.full(num_classes, np.nan)
+    for c in range(num_classes):
+        sel = y_true == c
+        if sel.any():
+            out[c] = float((y_pred[sel] == c).mean())
+    return out
+
+
+def group_accuracy(per_class: np.ndarray, groups: dict) -> dict:
+    """Mean per-class accuracy over each group's classes (None when a group has no class)."""
+    pc = np.asarray(per_class, dtype=np.float64)
+    out = {}
+    for g, cls in groups.items():
+        v = pc[list(cls)] if len(cls) else np.array([])
+        v = v[np.isfinite(v)]
+        out[g] = float(v.mean()) if len(v) else None
+    return out
+
+
+def set_metrics(true_sets, pred_sets) -> dict:
+    """Exact-set-match accuracy, micro-F1 (TP, FP, FN pooled over all labels) and macro-F1 (mean of
+    the per-label F1 over the labels that occur in the truth or the prediction) of predicted sets."""
+    t = np.asarray(true_sets).astype(bool)
+    p = np.asarray(pred_sets).astype(bool)
+    tp = (t & p).sum(0).astype(np.float64)
+    fp = (~t & p).sum(0).astype(np.float64)
+    fn = (t & ~p).sum(0).astype(np.float64)
+    den = 2 * tp + fp + fn
+    micro = float(2 * tp.sum() / den.sum()) if den.sum() else 1.0
+    used = den > 0
+    macro = float((2 * tp[used] / den[used]).mean()) if used.any() else 1.0
+    return {"exact_match": float((t == p).all(1).mean()), "micro_f1": micro, "macro_f1": macro}
+
+
 # ----------------------------------------------------------------------------------------------
 # the simulation
 # ----------------------------------------------------------------------------------------------
+def evaluate(pool, res, probs: np.ndarray) -> dict:
+    """Clean test metrics of one trained model. Single-label: accuracy, per-class accuracy,
+    balanced accuracy and frequency-group accuracy. Multi-label: exact-set-match accuracy (as
+    'acc'), micro-F1 and macro-F1 of the sets predicted by the engine's rule."""
+    if pool.multilabel:
+        from ncalr_backend.multilabel import predict_sets
+
+        thr = (res.meta or {}).get("set_threshold", getattr(res.config, "set_threshold", 0.3))
+        m = set_metrics(pool.y_test, predict_sets(probs, thr))
+        return {"acc": m["exact_match"], **m}
+    pred = probs.argmax(1)
+    pc = per_class_accuracy(pool.y_test, pred, pool.num_classes)
+    out = {"acc": float((pred == pool.y_test).mean()), "balanced_acc": float(np.nanmean(pc)),
+           "per_class_acc": [None if not np.isfinite(v) else float(v) for v in pc]}
+    if "frequency_groups" in pool.info:
+        out["group_acc"] = group_accuracy(pc, pool.info["frequency_groups"])
+    return out
+
+
 class Runner:
     """Runs all (seed, strategy) trajectories; shares the initial cycle's training between
     strategies whose training settings are identical (same seed, same initial labeled set)."""
@@ -207,9 +299,14 @@ class Runner:
 
     def run_seed(self, seed: int, data) -> dict:
         args, qe = self.args, self.qe
-        pool = build_pool(data, seed, test_fraction=args.test_fraction, noise_type=args.noise_type,
-                          noise_rate=args.noise_rate, imbalance_factor=args.imbalance_factor,
-                          ood_fraction=args.ood_fraction, ood_label=args.ood_label)
+        if args.dataset in MULTILABEL_DATASETS:
+            pool = build_multilabel_pool(data, seed, test_fraction=args.test_fraction,
+                                         pairs_fraction=args.multilabel_pairs_fraction)
+        else:
+            pool = build_pool(data, seed, test_fraction=args.test_fraction, noise_type=args.noise_type,
+                              noise_rate=args.noise_rate, imbalance_factor=args.imbalance_factor,
+                              ood_fraction=args.ood_fraction, ood_label=args.ood_label)
+            pool.info["frequency_groups"] = frequency_groups(pool.info["class_counts"])
         M = len(pool.x_pool)
         n_init = max(2, int(round(args.initial * M)))
         n_query = max(1, int(round(args.query * M)))
@@ -234,8 +331,11 @@ class Runner:
     def _cycle(self, pool, lab_idx, specs, cfg, seed, cycle, init_state):
         qe, args = self.qe, self.args
         answers = pool.oracle.query(lab_idx)
-        keep = answers >= 0  # OOD items with ood_label='drop' are not trained on
-        x_lab, y_lab = pool.x_pool[lab_idx[keep]], answers[keep]
+        if pool.multilabel:  # multi-hot [n, K] label sets
+            x_lab, y_lab = pool.x_pool[lab_idx], answers
+        else:
+            keep = answers >= 0  # OOD items with ood_label='drop' are not trained on
+            x_lab, y_lab = pool.x_pool[lab_idx[keep]], answers[keep]
         mask = np.ones(len(pool.x_pool), dtype=bool)
         mask[lab_idx] = False
         cand = np.flatnonzero(mask)
@@ -243,8 +343,7 @@ class Runner:
         scoring = {s.label: dataclasses.replace(self.cfgs[s.label], seed=seed * 1000 + cycle) for s in specs}
         res, ranked, sel_s = qe.train_and_rank(x_lab, y_lab, pool.x_pool[cand], pool.num_classes, cfg_c,
                                                specs, scoring, init_state, verbose=args.verbose)
-        acc = float((qe.predict(res.model, pool.x_test).argmax(1) == pool.y_test).mean())
-        res.bench = {"acc": acc, "cand": cand, "n_lab": int(len(lab_idx))}
+        res.bench = {**evaluate(pool, res, qe.predict(res.model, pool.x_test)), "cand": cand, "n_lab": int(len(lab_idx))}
         return res, ranked, sel_s
 
     def _trajectory(self, pool, init_idx, n_query, spec: Spec, seed: int, first) -> dict:
@@ -268,7 +367,12 @@ class Runner:
                  "tpt_reached": bool(res.tpt["reached"]), "t_i": res.tpt["t_i"], "epochs": int(res.tpt["epochs"]),
                  "train_s": round(float(res.timings["train_s"]), 2),
                  "labeled_noise": float(pool.oracle.corrupted(lab_idx).mean()),
-                 "nc1": (res.diagnostics or {}).get("nc1")}
+                 "nc1": (res.diagnostics or {}).get("nc1"),
+                 **{k: res.bench[k] for k in ("balanced_acc", "group_acc", "per_class_acc", "exact_match",
+                                              "micro_f1", "macro_f1") if k in res.bench},
+                 "diagnostics": {k: v for k, v in (res.diagnostics or {}).items()
+                                 if isinstance(v, (int, float, bool, str, type(None)))},
+                 "history": [{k: row[k] for k in HISTORY_KEYS if k in row} for row in (res.history or [])]}
             if cycle < args.cycles:
                 cand = res.bench["cand"]
                 picked = cand[ranked["ranking"][:n_query]]
@@ -305,7 +409,123 @@ def summarise(per_seed: dict, specs: list[Spec]) -> dict:
             "train_seconds_mean": float(np.mean([sum(r["train_s"]) for r in runs])),
             "cycles": {str(seed): per_seed[seed]["strategies"][s.label]["cycles"] for seed in sorted(per_seed)},
         }
+        out[s.label].update(extra_metrics(runs))
     return out
+
+
+def _curve_stats(fr: np.ndarray, v: np.ndarray) -> dict:
+    """[S, B] values -> per-budget mean/std, AULC mean/std/per seed, final-budget mean/std."""
+    au = np.array([aulc(f, a) for f, a in zip(fr, v)])
+    return {"mean": v.mean(0).tolist(), "std": [_std(v[:, j]) for j in range(v.shape[1])],
+            "aulc_mean": float(au.mean()), "aulc_std": _std(au), "aulc_per_seed": au.tolist(),
+            "final_mean": float(v[:, -1].mean()), "final_std": _std(v[:, -1])}
+
+
+def extra_metrics(runs: list[dict]) -> dict:
+    """Balanced / frequency-group accuracy (single-label), set metrics (multi-label), the SELI and
+    ETF distances at the end of training and the engine's final-cycle diagnostics, over seeds."""
+    out = {}
+    fr = np.array([r["fractions"] for r in runs])
+    cyc = [r["cycles"] for r in runs]
+    for k in ("balanced_acc", "exact_match", "micro_f1", "macro_f1"):
+        if all(k in c for cs in cyc for c in cs):
+            out[k] = _curve_stats(fr, np.array([[c[k] for c in cs] for cs in cyc], dtype=np.float64))
+    if all("group_acc" in c for cs in cyc for c in cs):
+        out["group_acc"] = {}
+        for g in GROUPS:
+            v = np.array([[np.nan if c["group_acc"].get(g) is None else c["group_acc"][g] for c in cs] for cs in cyc])
+            if np.isfinite(v).all():
+                out["group_acc"][g] = _curve_stats(fr, v)
+    # geometry at the end of training: the last epoch of the last cycle, per seed
+    last = [cs[-1]["history"][-1] for cs in cyc if cs[-1].get("history")]
+    geo = {}
+    for k in GEOMETRY_KEYS:
+        v = np.array([h[k] for h in last if h.get(k) is not None], dtype=np.float64)
+        if len(v) == len(runs) and len(v):
+            geo[k] = {"mean": float(v.mean()), "std": _std(v), "per_seed": v.tolist()}
+    if geo:
+        out["geometry_final"] = geo
+    diag = {}
+    for k in sorted({k for cs in cyc for k in cs[-1].get("diagnostics", {})}):
+        v = [cs[-1]["diagnostics"].get(k) for cs in cyc]
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            v = np.asarray(v, dtype=np.float64)
+            diag[k] = {"mean": float(v.mean()), "std": _std(v)}
+    if diag:
+        out["diagnostics_final"] = diag
+    return out
+
+
+def _pm(d: dict | None, key: str = "final", scale: float = 100.0, digits: int = 1) -> str:
+    if not d:
+        return ""
+    return f"{scale * d[key + '_mean']:.{digits}f}±{scale * d[key + '_std']:.{digits}f}"
+
+
+def _md(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(c[i]) for c in rows)) if rows else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(head), sep] + [line(c) for c in rows])
+
+
+def group_table(summary: dict) -> str:
+    """Long tail: balanced accuracy (AULC, final budget) and per frequency group (final budget, AULC)."""
+    labs = [k for k in summary if "group_acc" in summary[k]]
+    if not labs:
+        return ""
+    head = ["strategy", "acc AULC", "balanced AULC", "balanced final", "many final", "medium final", "few final",
+            "many AULC", "medium AULC", "few AULC"]
+    rows = []
+    for lab in sorted(labs, key=lambda k: -summary[k]["balanced_acc"]["aulc_mean"]):
+        r = summary[lab]
+        g = r["group_acc"]
+        rows.append([lab, f"{100 * r['aulc_mean']:.2f}±{100 * r['aulc_std']:.2f}", _pm(r["balanced_acc"], "aulc", digits=2),
+                     _pm(r["balanced_acc"])] + [_pm(g.get(x)) for x in GROUPS] + [_pm(g.get(x), "aulc") for x in GROUPS])
+    return _md(head, rows)
+
+
+# the engine's multi-label NC diagnostics (multilabel.multilabel_geometry_report): NC1 on the
+# multiplicity-1 samples; tag-wise average check on the multiplicity-2 ones (angle between the
+# mean feature of {i, j} and mu_i + mu_j, the same against the other pairs, and their ratio)
+ML_DIAG_KEYS = {"nc1": ("NC1 (single-label)", 3), "tagwise_angle_deg": ("tag-wise angle °", 1),
+                "reference_angle_deg": ("reference angle °", 1), "tagwise_ratio": ("tag-wise ratio", 3)}
+
+
+def multilabel_table(summary: dict) -> str:
+    """Multi-label: set metrics (AULC, final budget) and the engine's multi-label NC diagnostics
+    at the last cycle (mean ± std over seeds)."""
+    labs = [k for k in summary if "micro_f1" in summary[k]]
+    if not labs:
+        return ""
+    dkeys = [k for k in ML_DIAG_KEYS if any(k in summary[x].get("diagnostics_final", {}) for x in labs)]
+    head = ["strategy", "exact AULC", "exact final", "micro-F1 AULC", "micro-F1 final", "macro-F1 AULC",
+            "macro-F1 final"] + [ML_DIAG_KEYS[k][0] for k in dkeys]
+    rows = []
+    for lab in sorted(labs, key=lambda k: -summary[k]["aulc_mean"]):
+        r = summary[lab]
+        d = r.get("diagnostics_final", {})
+        rows.append([lab, f"{100 * r['aulc_mean']:.2f}±{100 * r['aulc_std']:.2f}", _pm(r["exact_match"]),
+                     _pm(r["micro_f1"], "aulc", digits=2), _pm(r["micro_f1"]), _pm(r["macro_f1"], "aulc", digits=2),
+                     _pm(r["macro_f1"])]
+                    + [f"{d[k]['mean']:.{ML_DIAG_KEYS[k][1]}f}±{d[k]['std']:.{ML_DIAG_KEYS[k][1]}f}" if k in d else ""
+                       for k in dkeys])
+    return _md(head, rows)
+
+
+def geometry_table(summary: dict) -> str:
+    """SELI vs ETF distances at the end of training (last epoch of the last cycle), mean ± std."""
+    labs = [k for k in summary if "geometry_final" in summary[k]]
+    if not labs:
+        return ""
+    head = ["strategy", "labeled imbalance", "W: SELI dist", "W: ETF dist", "means: SELI dist", "means: ETF dist"]
+    rows = []
+    for lab in labs:
+        g = summary[lab]["geometry_final"]
+        f = lambda k: f"{g[k]['mean']:.3f}±{g[k]['std']:.3f}" if k in g else ""
+        rows.append([lab, f"{g['imbalance_ratio']['mean']:.1f}" if "imbalance_ratio" in g else "",
+                     f("seli_dist_weights"), f("etf_dist_weights"), f("seli_dist_means"), f("etf_dist_means")])
+    return _md(head, rows)
 
 
 def table(summary: dict, reference: str | None = "random") -> str:
@@ -331,7 +551,9 @@ def table(summary: dict, reference: str | None = "random") -> str:
     return "\n".join([line(head), sep] + [line(c) for c in rows])
 
 
-def plot(summary: dict, path: Path, title: str) -> None:
+def plot(summary: dict, path: Path, title: str, ylabel: str = "clean test accuracy (%)") -> None:
+    """Mean ± std learning curves; with frequency groups (long tail) a second panel shows the
+    few-shot group's accuracy (mean per-class accuracy of the least frequent third of the classes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -339,11 +561,20 @@ def plot(summary: dict, path: Path, title: str) -> None:
 
     from ncalr_backend.bench.quality_report import draw_curves
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    draw_curves(ax, summary)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    few = {k: {**r, "acc_mean": r["group_acc"]["few"]["mean"], "acc_std": r["group_acc"]["few"]["std"],
+               "aulc_mean": r["group_acc"]["few"]["aulc_mean"]}
+           for k, r in summary.items() if "few" in r.get("group_acc", {})}
+    panels = [(summary, ylabel, title, "lower right")]
+    if few:
+        panels.append((few, "few-group test accuracy (%)", "few-shot third of the classes (mean per-class accuracy; "
+                       "AULC in legend)", "upper left"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5), squeeze=False)
+    for ax, (strategies, yl, t, loc) in zip(axes[0], panels):
+        draw_curves(ax, strategies)
+        ax.set_ylabel(yl)
+        ax.set_title(t, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc=loc)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -377,6 +608,9 @@ def main(argv: list[str] | None = None) -> int:
             specs = [s for s in specs if not s.library]
         else:
             raise SystemExit(f"library baselines need baal (pip install --no-deps -r requirements-bench.txt): {why}")
+    if args.dataset in MULTILABEL_DATASETS and (args.noise_type != "none" or args.imbalance_factor != 1.0
+                                                or args.ood_fraction):
+        raise SystemExit(f"--dataset {args.dataset}: noise, imbalance and OOD are single-label options")
     seeds = parse_seeds(args.seeds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -386,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _, sub = split_test(data.y, args.subsample / len(data.y), np.random.default_rng(12345))
         data = ImageSet(data.x[sub], data.y[sub], data.class_names, data.source + f"[subsample {len(sub)}]")
+    provenance = engine_provenance()  # before anything trains: what this process imports
     runner = Runner(args, specs)
     n_groups = len({qe.training_key(runner.cfgs[s.label]) for s in specs})
     runner.units_total = len(seeds) * (n_groups + len(specs) * args.cycles)
@@ -415,23 +650,73 @@ def main(argv: list[str] | None = None) -> int:
                            "mean and sample std (ddof=1) over seeds",
         "strategies": summary,
         "library_agreement": agreement,
+        "engine": provenance,
         "elapsed_s": elapsed,
     }
     (out / "results.json").write_text(json.dumps(_jsonable(result), indent=1))
     (out / "results.partial.json").unlink(missing_ok=True)
     tab = table(summary)
-    title = (f"{data.source}: noise {args.noise_type} {args.noise_rate}, imbalance {args.imbalance_factor}, "
-             f"OOD {args.ood_fraction}, {len(seeds)} seeds")
-    (out / "table.md").write_text(f"{title}\n\n{tab}\n")
+    if args.dataset in MULTILABEL_DATASETS:
+        title = (f"{data.source}: {100 * args.multilabel_pairs_fraction:.0f}% two-digit overlays, exact-set-match "
+                 f"accuracy, {len(seeds)} seeds")
+    else:
+        title = (f"{data.source}: noise {args.noise_type} {args.noise_rate}, imbalance {args.imbalance_factor:g}, "
+                 f"OOD {args.ood_fraction}, {len(seeds)} seeds")
+    extra = []
+    if args.imbalance_factor != 1.0:
+        g = group_table(summary)
+        if g:
+            groups = {s: per_seed[s]["pool"]["frequency_groups"] for s in seeds}
+            extra.append("Balanced (mean per-class) test accuracy and per frequency group (mean per-class accuracy "
+                         "of the group's classes; groups = thirds of the classes by pool count, "
+                         f"{json.dumps(groups[seeds[0]])} for seed {seeds[0]}; final = last budget):\n\n" + g)
+    m = multilabel_table(summary)
+    if m:
+        extra.append("Multi-label: exact-set-match accuracy, micro/macro-F1 of the predicted sets, and the engine's "
+                     "multi-label NC diagnostics at the last cycle:\n\n" + m)
+    gt = geometry_table(summary)
+    if gt:
+        extra.append("Distance of the centred classifier Gram (W) and class-mean Gram (means) to the SELI and the "
+                     "simplex-ETF targets, last epoch of the last cycle (mean ± std over seeds):\n\n" + gt)
+    text = "\n\n".join([tab] + extra)
+    (out / "table.md").write_text(f"{title}\n\n{text}\n")
     if not args.no_plot:
-        plot(summary, out / "curves.png", title)
+        plot(summary, out / "curves.png", title,
+             "exact-set-match test accuracy (%)" if args.dataset in MULTILABEL_DATASETS else "clean test accuracy (%)")
+        from ncalr_backend.bench.quality_report import geometry_figure
+
+        geometry_figure([(title, result)], out / "geometry.png")
     print()
     print(title)
-    print(tab)
+    print(text)
     if agreement:
         print("library agreement:", json.dumps(agreement))
     print(f"done in {elapsed / 60:.1f} min -> {out}/results.json, {out}/curves.png", flush=True)
     return 0
+
+
+def engine_provenance() -> dict:
+    """Which engine produced the numbers: git HEAD, the engine files that differ from it (other
+    engineers edit the same working tree) and a hash of the engine sources as imported."""
+    import hashlib
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    pkg = root / "ncalr_backend"
+    files = sorted(p for p in pkg.rglob("*.py") if "bench" not in p.parts)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    out = {"engine_sources_sha256": h.hexdigest()[:16]}
+    try:
+        git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=20).stdout.strip()
+        out["git_head"] = git("rev-parse", "--short", "HEAD")
+        out["engine_files_modified"] = [l.strip() for l in git("status", "--porcelain", "--", "ncalr_backend").splitlines()
+                                        if "/bench/" not in l and "/data/" not in l]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
 
 
 def _jsonable(o):

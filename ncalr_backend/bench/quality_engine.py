@@ -1,10 +1,10 @@
 """The quality benchmark's adapter to the engine: one training per cycle, several rankings.
 
-``train_and_rank`` calls the service's ``run_cycle`` once and ranks the same trained model's view
-of the pool (``PoolView``: probabilities, features, TPT prediction history, head) with every
-strategy that shares that training (all strategies at cycle 0, which start from the same initial
-labeled set). It does so through a bench-only entry in the engine's own strategy registry, so the
-scores are exactly those the service computes; nothing of the engine is re-implemented here.
+``train_and_rank`` calls the service's ``run_cycle`` once, ranking with the first strategy that
+shares that training, and ranks the same trained model's view of the pool with every other such
+strategy (all strategies at cycle 0, which start from the same initial labeled set) through the
+engine's ``rerank``; so the scores are exactly those the service computes, and nothing of the
+engine is re-implemented here.
 """
 from __future__ import annotations
 
@@ -13,23 +13,9 @@ import time
 
 import numpy as np
 
-_BENCH = "_bench_multi"
-_JOB: dict = {}
-
 
 def install() -> None:
-    """Register the bench's multi-ranking strategy (the ResNet-18 width is EngineConfig.width)."""
-    from ncalr_backend import acquisition
-    from ncalr_backend.acquisition.base import Strategy
-
-    class _Multi(Strategy):
-        name = _BENCH
-        cites = "benchmark only: ranks one trained model's PoolView with several strategies"
-
-        def rank(self, view):  # noqa: D401
-            return _rank_all(view)
-
-    acquisition.STRATEGIES[_BENCH] = _Multi()
+    """Register the benchmark-only candidate strategies (``quality_strategies``)."""
     try:
         from ncalr_backend.bench import quality_strategies
 
@@ -53,52 +39,56 @@ def training_key(cfg) -> str:
 
 
 def train_and_rank(x_lab, y_lab, x_pool, num_classes, cfg, specs, scoring, init_state, verbose=False):
-    """One engine cycle; returns (CycleResult, {label: ranked}, {label: seconds selecting})."""
-    from ncalr_backend.engine import run_cycle
+    """One engine cycle; returns (CycleResult, {label: ranked}, {label: seconds selecting}).
 
-    _JOB.clear()
-    _JOB.update(specs=list(specs), scoring=scoring, ranked={}, seconds={})
+    ``cfg`` holds the training settings (shared by ``specs``); ``scoring[label]`` each spec's full
+    config. The first spec ranks inside ``run_cycle``, the others through ``engine.rerank`` on the
+    same trained model (same view, same rng seed: identical to ranking inside ``run_cycle``). With
+    no spec (the last cycle) the engine ranks with 'random', the cheapest."""
+    from ncalr_backend.engine import rerank, run_cycle
+
+    specs = list(specs)
+    run_cfg = scoring[specs[0].label] if specs else dataclasses.replace(cfg, strategy="random")
     progress = None
     if verbose:
         progress = lambda row: print(f"    epoch {row['epoch']:3d} loss {row['loss']:.3f} train acc {row['train_acc']:.3f}", flush=True)
-    res = run_cycle(x_lab, y_lab, x_pool, num_classes=num_classes,
-                    config=dataclasses.replace(cfg, strategy=_BENCH), init_state=init_state, progress=progress)
-    return res, dict(_JOB["ranked"]), dict(_JOB["seconds"])
-
-
-def _rank_all(view):
-    from ncalr_backend.acquisition import get_strategy
-
-    first = None
-    for spec in _JOB["specs"]:
-        cfg = _JOB["scoring"][spec.label]
-        v = dataclasses.replace(view, config=cfg, rng=np.random.default_rng(cfg.seed + 7919))
+    res = run_cycle(x_lab, y_lab, x_pool, num_classes=num_classes, config=run_cfg, init_state=init_state,
+                    progress=progress)
+    ranked, seconds = {}, {}
+    for i, spec in enumerate(specs):
+        c = scoring[spec.label]
         t0 = time.perf_counter()
-        ranking, scores, extras = get_strategy(cfg.strategy).rank(v)
-        entry = {"ranking": ranking, "scores": scores, "probs": view.probs}
-        if spec.library:
+        if i == 0:
+            ranking, scores, extras = res.ranking, res.scores, res.extras
+            base_s = float(res.timings.get("score_s", 0.0))
+        else:
+            ranking, scores, extras = rerank(res, c)
+            base_s = 0.0
+        entry = _library_entry(spec, c, ranking, scores, extras, res.probs)
+        seconds[spec.label] = base_s + time.perf_counter() - t0
+        ranked[spec.label] = entry
+    return res, ranked, seconds
+
+
+def _library_entry(spec, cfg, ranking, scores, extras, probs) -> dict:
+    entry = {"ranking": ranking, "scores": scores, "probs": probs}
+    if spec.library:
+        from ncalr_backend.bench import quality_library
+
+        lib_rank, lib_scores = quality_library.rank(spec.library, probs, extras.get("mc_probs"))
+        entry.update(ranking=lib_rank, engine_scores=scores["score"], library_scores=lib_scores)
+        entry["agreement"] = quality_library.agreement(scores["score"], lib_scores)
+    elif cfg.strategy in ("bald", "entropy"):
+        try:
             from ncalr_backend.bench import quality_library
 
-            lib_rank, lib_scores = quality_library.rank(spec.library, view.probs, extras.get("mc_probs"))
-            entry.update(ranking=lib_rank, engine_scores=scores["score"], library_scores=lib_scores)
+            lib = "baal-bald" if cfg.strategy == "bald" else "baal-entropy"
+            _, lib_scores = quality_library.rank(lib, probs, extras.get("mc_probs"))
+            entry["library_scores"] = lib_scores
             entry["agreement"] = quality_library.agreement(scores["score"], lib_scores)
-        elif cfg.strategy in ("bald", "entropy"):
-            try:
-                from ncalr_backend.bench import quality_library
-
-                lib = "baal-bald" if cfg.strategy == "bald" else "baal-entropy"
-                _, lib_scores = quality_library.rank(lib, view.probs, extras.get("mc_probs"))
-                entry["library_scores"] = lib_scores
-                entry["agreement"] = quality_library.agreement(scores["score"], lib_scores)
-            except ImportError:
-                pass
-        _JOB["seconds"][spec.label] = time.perf_counter() - t0
-        _JOB["ranked"][spec.label] = entry
-        if first is None:
-            first = (ranking, scores, {})
-    if first is None:
-        return np.arange(view.size, dtype=np.int64), {"score": np.zeros(view.size)}, {}
-    return first
+        except ImportError:
+            pass
+    return entry
 
 
 def predict(model, x) -> np.ndarray:
@@ -111,14 +101,21 @@ def selection_diagnostics(pool, picked: np.ndarray, ranked: dict, n_query: int) 
     """What was picked: wrong oracle answers, OOD items, class spread, and score-level signals."""
     C = pool.num_classes
     true = pool.y_pool_true[picked]
-    ind = true[true >= 0]
-    counts = np.bincount(ind, minlength=C) if len(ind) else np.zeros(C, dtype=np.int64)
+    if getattr(pool, "multilabel", False):  # multi-hot sets: count every label of the picked items
+        counts = true.sum(0).astype(np.int64)
+        ood = np.zeros(len(true), dtype=bool)
+    else:
+        ind = true[true >= 0]
+        counts = np.bincount(ind, minlength=C) if len(ind) else np.zeros(C, dtype=np.int64)
+        ood = true < 0
     p = counts / max(counts.sum(), 1)
     nz = p[p > 0]
     d = {"picked_noisy": float(pool.oracle.corrupted(picked).mean()),
-         "picked_ood": float((true < 0).mean()),
+         "picked_ood": float(ood.mean()),
          "picked_class_entropy": float(-(nz * np.log(nz)).sum() / np.log(C)),
          "picked_class_counts": counts.tolist()}
+    if getattr(pool, "multilabel", False):
+        d["picked_multi_fraction"] = float((true.sum(1) >= 2).mean())
     order = ranked["ranking"][:n_query]
     probs = ranked.get("probs")
     if probs is not None and len(probs):

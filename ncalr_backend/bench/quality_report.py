@@ -100,6 +100,95 @@ def draw_curves(ax, strategies: dict, label_fmt: str = "{lab} (AULC {aulc:.1f})"
     ax.set_ylabel("clean test accuracy (%)")
 
 
+def geometry_series(r: dict, seed: str) -> dict:
+    """One strategy's per-epoch history over all cycles of one seed, epochs made cumulative:
+    {x, <distance keys>, boundaries (cumulative epoch where each cycle starts), ratios (labeled
+    set's imbalance ratio per cycle)}."""
+    x, vals, bounds, ratios = [], {}, [], []
+    off = 0
+    for c in r["cycles"][seed]:
+        hist = c.get("history") or []
+        bounds.append(off)
+        ratios.append(hist[-1].get("imbalance_ratio") if hist else None)
+        for h in hist:
+            x.append(off + h["epoch"])
+            for k in ("seli_dist_weights", "etf_dist_weights", "seli_dist_means", "etf_dist_means"):
+                vals.setdefault(k, []).append(h.get(k, np.nan) if h.get(k) is not None else np.nan)
+        off += len(hist)
+    return {"x": np.array(x), **{k: np.array(v, dtype=np.float64) for k, v in vals.items()},
+            "boundaries": bounds, "ratios": ratios}
+
+
+def geometry_figure(runs: list[tuple[str, dict]], path: Path, strategies: list[str] | None = None) -> bool:
+    """SELI vs ETF over training. Rows 1-2: distance of the centred classifier Gram (W W^T) and of
+    the centred class-mean Gram (M M^T) to the SELI target (blue) and to the simplex ETF (red);
+    row 3: ETF distance minus SELI distance (> 0: the geometry is nearer SELI than the ETF) for
+    both Grams. Epochs are counted across the active-learning cycles (dotted lines: a new cycle
+    starts with more labels; "IR" = the labeled set's imbalance ratio n_max/n_min in that cycle,
+    first seed). One column per run, one thin line per seed; a second strategy is dashed.
+    Returns False when no run logged the distances."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = []
+    for name, res in runs:
+        strat = res["strategies"]
+        chosen = [k for k in (strategies or []) if k in strat] or [k for k in strat if k == "ncalr"] or list(strat)[:1]
+        chosen = [k for k in chosen if any(c.get("history") and "seli_dist_means" in c["history"][0]
+                                           for cs in strat[k]["cycles"].values() for c in cs)]
+        if chosen:
+            cols.append((name, strat, chosen))
+    if not cols:
+        return False
+    fig, axes = plt.subplots(3, len(cols), figsize=(6.4 * len(cols), 10), squeeze=False, sharex="col",
+                             gridspec_kw={"height_ratios": [1, 1, 0.8]})
+    styles = ["-", "--", ":", "-."]
+    for j, (name, strat, chosen) in enumerate(cols):
+        for si, lab in enumerate(chosen):
+            ls = styles[si % len(styles)]
+            tag = f"{lab}: " if len(chosen) > 1 else ""
+            for n, seed in enumerate(sorted(strat[lab]["cycles"], key=int)):
+                g = geometry_series(strat[lab], seed)
+                first = n == 0
+                for row, kind in enumerate(("weights", "means")):
+                    ax = axes[row, j]
+                    ax.plot(g["x"], g[f"seli_dist_{kind}"], ls, color="tab:blue", lw=1.3, alpha=0.8,
+                            label=f"{tag}to SELI" if first else None)
+                    ax.plot(g["x"], g[f"etf_dist_{kind}"], ls, color="tab:red", lw=1.3, alpha=0.8,
+                            label=f"{tag}to ETF" if first else None)
+                ax = axes[2, j]
+                ax.plot(g["x"], g["etf_dist_weights"] - g["seli_dist_weights"], ls, color="tab:green", lw=1.3,
+                        alpha=0.8, label=f"{tag}classifier W" if first else None)
+                ax.plot(g["x"], g["etf_dist_means"] - g["seli_dist_means"], ls, color="tab:purple", lw=1.3,
+                        alpha=0.8, label=f"{tag}class means" if first else None)
+                if si == 0 and first:
+                    for row in range(3):
+                        for b in g["boundaries"][1:]:
+                            axes[row, j].axvline(b + 0.5, color="0.6", lw=0.8, ls=":")
+                    for b, ratio in zip(g["boundaries"], g["ratios"]):
+                        if ratio is not None:
+                            axes[0, j].annotate(f"IR {ratio:.0f}", (b + 1, 0.03), xycoords=("data", "axes fraction"),
+                                                fontsize=7, color="0.3")
+        axes[0, j].set_title(f"{name}  [{', '.join(chosen)}]\nclassifier Gram W W^T", fontsize=9)
+        axes[1, j].set_title("class-mean Gram M M^T", fontsize=9)
+        axes[2, j].set_title("ETF distance - SELI distance (> 0: nearer SELI)", fontsize=9)
+        axes[2, j].axhline(0, color="k", lw=0.8)
+        axes[2, j].set_xlabel("epoch, cumulative over cycles (one line per seed)")
+        for row in range(3):
+            ax = axes[row, j]
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="upper right")
+            if row < 2:
+                ax.set_ylim(bottom=0)
+                ax.set_ylabel("|| G/||G|| - T/||T|| ||_F")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def figure(runs: list[tuple[str, dict]], path: Path, only: list[str] | None = None) -> None:
     import matplotlib
 
@@ -118,6 +207,13 @@ def figure(runs: list[tuple[str, dict]], path: Path, only: list[str] | None = No
     plt.close(fig)
 
 
+def run_title(c: dict) -> str:
+    if c.get("dataset") == "digits-multilabel":
+        return f"multi-label digits, pairs {c.get('multilabel_pairs_fraction')}"
+    return (f"noise {c['noise_type']} {c['noise_rate']}" + (f", imbalance {c['imbalance_factor']:g}" if c["imbalance_factor"] != 1 else "")
+            + (f", OOD {c['ood_fraction']}" if c["ood_fraction"] else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ncalr_backend.bench.quality_report")
     p.add_argument("runs", nargs="+")
@@ -125,7 +221,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--only", default="", help="comma list of strategies for the figure")
     p.add_argument("--method", default="ncalr")
+    p.add_argument("--geometry", action="store_true",
+                   help="only draw geometry.png: SELI vs ETF distances over training, one column per run")
+    p.add_argument("--geometry-strategies", default="ncalr", help="comma list of strategies for --geometry")
+    p.add_argument("--replot", action="store_true",
+                   help="only re-draw each run's curves.png and geometry.png from its results.json (into the run folder)")
     args = p.parse_args(argv)
+    if args.replot:
+        from ncalr_backend.bench.quality import plot
+
+        for run in args.runs:
+            res = load(run)
+            c = res["config"]
+            ml = c.get("dataset") == "digits-multilabel"
+            title = (f"{c['dataset']}: {100 * c['multilabel_pairs_fraction']:.0f}% two-digit overlays, exact-set-match "
+                     f"accuracy, {len(c['seeds'])} seeds") if ml else (
+                f"{c['dataset']}: noise {c['noise_type']} {c['noise_rate']}, imbalance {c['imbalance_factor']:g}, "
+                f"OOD {c['ood_fraction']}, {len(c['seeds'])} seeds")
+            plot(res["strategies"], Path(run) / "curves.png", title,
+                 "exact-set-match test accuracy (%)" if ml else "clean test accuracy (%)")
+            geometry_figure([(title, res)], Path(run) / "geometry.png")
+        return 0
+    if args.geometry:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        runs = [(run_title(load(r)["config"]), load(r)) for r in args.runs]
+        ok = geometry_figure(runs, out / "geometry.png", [s for s in args.geometry_strategies.split(",") if s])
+        print(f"{out / 'geometry.png'}" if ok else "no run logged SELI/ETF distances")
+        return 0 if ok else 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
@@ -140,9 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra = restrict_seeds(extra, common)
                 for k, v in extra["strategies"].items():
                     res["strategies"].setdefault(k, v)
-        c = res["config"]
-        runs.append((f"noise {c['noise_type']} {c['noise_rate']}" + (f", imbalance {c['imbalance_factor']}" if c["imbalance_factor"] != 1 else "")
-                     + (f", OOD {c['ood_fraction']}" if c["ood_fraction"] else ""), res))
+        runs.append((run_title(res["config"]), res))
     only = [s for s in args.only.split(",") if s] or None
     figure(runs, out / "curves.png", only)
     lines, summary = [], {}

@@ -17,6 +17,10 @@ What lives here (and nothing that trains or scores):
   strategy that queries the same item gets the same (possibly wrong) label, and a strategy's
   advantage can only come from *which* items it queries.
 - ``build_pool``: all of the above in one call, returning a ``Pool``.
+- ``overlay_pairs`` / ``build_multilabel_pool``: the multi-label variant made as the PAL paper
+  (M-lab neural collapse) does: pairs of images of two *different* classes overlaid with an
+  element-wise max (a multi-hot label with two ones) next to single images (one label); pool and
+  test sides are built from disjoint source images, and the oracle answers the true label set.
 """
 from __future__ import annotations
 
@@ -43,13 +47,13 @@ class ImageSet:
 
 def load_images(source: str = "digits", image_size: int = 32, channels: int = 1) -> ImageSet:
     """Load a labelled image set; ``image_size`` and ``channels`` apply to image folders only."""
-    if source == "digits":
+    if source in ("digits", "digits-multilabel"):  # the multi-label set is built per seed (build_multilabel_pool)
         from sklearn.datasets import load_digits
 
         d = load_digits()
         x = (d.images.astype(np.float32) / 16.0)[:, None, :, :]  # pixel values are 0..16
         return ImageSet(np.ascontiguousarray(x), d.target.astype(np.int64),
-                        [str(c) for c in range(10)], "digits")
+                        [str(c) for c in range(10)], source)
     path = Path(source)
     if path.is_file() and path.suffix == ".npz":
         return _load_npz(path)
@@ -254,7 +258,13 @@ class Pool:
     info: dict = field(default_factory=dict)
 
     @property
+    def multilabel(self) -> bool:
+        return self.y_pool_true.ndim == 2
+
+    @property
     def is_ood(self) -> np.ndarray:
+        if self.multilabel:
+            return np.zeros(len(self.y_pool_true), dtype=bool)
         return self.y_pool_true < 0
 
 
@@ -291,3 +301,88 @@ def build_pool(data: ImageSet, seed: int, test_fraction: float = 0.3, noise_type
     return Pool(x_pool=np.ascontiguousarray(xp), y_pool_true=yp,
                 x_test=np.ascontiguousarray(data.x[test_idx]), y_test=data.y[test_idx],
                 oracle=oracle, num_classes=C, class_names=data.class_names, info=info)
+
+
+# ----------------------------------------------------------------------------------------------
+# multi-label digits (PAL paper construction)
+# ----------------------------------------------------------------------------------------------
+def overlay_pairs(x: np.ndarray, y: np.ndarray, n_pairs: int, num_classes: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n_pairs`` images made by overlaying two source images of different classes with an
+    element-wise max. Returns (images [n, C, H, W], multi-hot label sets [n, K] with exactly two
+    ones, source index pairs [n, 2]). The first image of each pair is uniform over ``x``; the second
+    is uniform over the images of the other classes, so a class is never paired with itself."""
+    x = np.asarray(x)
+    y = np.asarray(y, dtype=np.int64)
+    if len(np.unique(y)) < 2 and n_pairs > 0:
+        raise ValueError("overlay pairs need images of at least two classes")
+    i = rng.integers(0, len(y), size=n_pairs)
+    j = np.empty(n_pairs, dtype=np.int64)
+    for t, a in enumerate(i):
+        other = np.flatnonzero(y != y[a])
+        j[t] = other[rng.integers(0, len(other))]
+    imgs = np.maximum(x[i], x[j]).astype(np.float32)
+    sets = np.zeros((n_pairs, num_classes), dtype=np.int64)
+    sets[np.arange(n_pairs), y[i]] = 1
+    sets[np.arange(n_pairs), y[j]] = 1
+    return imgs, sets, np.stack([i, j], axis=1) if n_pairs else np.zeros((0, 2), dtype=np.int64)
+
+
+def multilabel_side(x: np.ndarray, y: np.ndarray, num_classes: int, pairs_fraction: float,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """As many samples as source images: ``pairs_fraction`` of them overlay pairs, the rest single
+    images (a random subset of the sources, each used once), shuffled. -> (x, multi-hot sets)."""
+    n = len(y)
+    n_pairs = int(round(pairs_fraction * n))
+    singles = rng.choice(n, size=n - n_pairs, replace=False)
+    xp, sp, _ = overlay_pairs(x, y, n_pairs, num_classes, rng)
+    ss = np.zeros((len(singles), num_classes), dtype=np.int64)
+    ss[np.arange(len(singles)), y[singles]] = 1
+    xs = np.concatenate([x[singles].astype(np.float32), xp])
+    sets = np.concatenate([ss, sp])
+    order = rng.permutation(len(xs))
+    return np.ascontiguousarray(xs[order]), sets[order]
+
+
+@dataclass
+class SetOracle:
+    """Multi-label oracle: answers the true label set (multi-hot [n, K]) of each queried item."""
+
+    true_sets: np.ndarray  # [M, K] 0/1
+    queried: int = 0
+    noise_type: str = "none"
+    noise_rate: float = 0.0
+
+    @property
+    def answers(self) -> np.ndarray:
+        return self.true_sets
+
+    def query(self, idx: np.ndarray) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64)
+        self.queried += len(idx)
+        return self.true_sets[idx].copy()
+
+    def corrupted(self, idx: np.ndarray) -> np.ndarray:
+        return np.zeros(len(np.asarray(idx)), dtype=bool)
+
+
+def build_multilabel_pool(data: ImageSet, seed: int, test_fraction: float = 0.3,
+                          pairs_fraction: float = 0.5) -> Pool:
+    """Multi-label pool and clean test set from ``seed``: the images are split (stratified) into
+    pool sources and test sources first, then each side gets ``pairs_fraction`` overlay pairs and
+    single images from its own sources only, so no test sample shares a source image with the pool.
+    ``y_pool_true`` and ``y_test`` are multi-hot [n, K]."""
+    if not 0.0 <= pairs_fraction <= 1.0:
+        raise ValueError(f"pairs_fraction must be in [0, 1]; got {pairs_fraction}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 20261]))
+    C = data.num_classes
+    pool_idx, test_idx = split_test(data.y, test_fraction, rng)
+    xp, sp = multilabel_side(data.x[pool_idx], data.y[pool_idx], C, pairs_fraction, rng)
+    xt, st = multilabel_side(data.x[test_idx], data.y[test_idx], C, pairs_fraction, rng)
+    size = sp.sum(1)
+    info = {"pool_size": int(len(xp)), "test_size": int(len(xt)), "ood_items": 0, "multilabel": True,
+            "pairs_fraction": pairs_fraction, "pool_pairs": int((size == 2).sum()),
+            "test_pairs": int((st.sum(1) == 2).sum()), "class_counts": sp.sum(0).tolist(),
+            "realised_noise_rate": 0.0, "flip_map": None}
+    return Pool(x_pool=xp, y_pool_true=sp, x_test=xt, y_test=st, oracle=SetOracle(sp), num_classes=C,
+                class_names=data.class_names, info=info)

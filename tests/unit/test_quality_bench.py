@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ncalr_backend.bench.quality import aulc, parse_seeds
-from ncalr_backend.data.datasets import (ImageSet, build_pool, confusable_map, load_images,
-                                         long_tail_indices, make_ood, make_oracle)
+from ncalr_backend.bench.quality import (aulc, evaluate, extra_metrics, frequency_groups, group_accuracy,
+                                         parse_seeds, per_class_accuracy, set_metrics)
+from ncalr_backend.data.datasets import (ImageSet, build_multilabel_pool, build_pool, confusable_map,
+                                         load_images, long_tail_indices, make_ood, make_oracle,
+                                         overlay_pairs)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,6 +102,115 @@ def test_aulc_and_seeds():
     assert aulc([0.1, 0.2, 0.3], [0.5, 0.5, 0.5]) == pytest.approx(0.5)
     assert aulc([0.1, 0.3], [0.4, 0.6]) == pytest.approx(0.5)
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("4,7") == [4, 7]
+
+
+def test_overlay_pairs_max_two_labels_never_the_same_class():
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 1, 4, 4)).astype(np.float32)
+    y = np.repeat(np.arange(3), 20)
+    imgs, sets, src = overlay_pairs(x, y, 200, 5, rng)
+    assert imgs.shape == (200, 1, 4, 4) and sets.shape == (200, 5)
+    assert np.array_equal(imgs, np.maximum(x[src[:, 0]], x[src[:, 1]]))  # element-wise max
+    assert (y[src[:, 0]] != y[src[:, 1]]).all()  # two different classes, always
+    assert (sets.sum(1) == 2).all()
+    assert (sets[np.arange(200), y[src[:, 0]]] == 1).all() and (sets[np.arange(200), y[src[:, 1]]] == 1).all()
+    assert sets[:, 3:].sum() == 0  # only classes that occur
+
+
+def test_multilabel_pool(digits):
+    p = build_multilabel_pool(digits, seed=0, test_fraction=0.3, pairs_fraction=0.4)
+    assert p.multilabel and p.y_pool_true.shape == (len(p.x_pool), 10) and p.y_test.shape == (len(p.x_test), 10)
+    assert len(p.x_pool) + len(p.x_test) == 1797
+    for sets in (p.y_pool_true, p.y_test):
+        size = sets.sum(1)
+        assert set(np.unique(size)) == {1, 2} and (size == 2).mean() == pytest.approx(0.4, abs=0.01)
+    # the oracle answers the true set; nothing is corrupted
+    idx = np.arange(30)
+    assert np.array_equal(p.oracle.query(idx), p.y_pool_true[idx]) and not p.oracle.corrupted(idx).any()
+    # single test images are never pool images (pool and test come from disjoint sources)
+    pool_rows = {r.tobytes() for r in p.x_pool}
+    single_test = p.x_test[p.y_test.sum(1) == 1]
+    assert not any(r.tobytes() in pool_rows for r in single_test)
+    # single samples are untouched digits, pairs are the max of two of them
+    single = p.y_pool_true.sum(1) == 1
+    digit_rows = {r.tobytes() for r in digits.x}
+    assert all(r.tobytes() in digit_rows for r in p.x_pool[single][:50])
+
+
+def test_frequency_groups_hand_example():
+    # ranked by count: 1 (50), 6 (40), 3 (30), 5 (20), 2 (10), 0 (5), 4 (1); round(7/3) = 2 per end
+    g = frequency_groups([5, 50, 10, 30, 1, 20, 40])
+    assert g == {"many": [1, 6], "medium": [2, 3, 5], "few": [0, 4]}
+    # ten long-tailed classes (class 0 the head): 3 / 4 / 3; ties broken by the lower class index
+    assert frequency_groups([100, 77, 59, 46, 35, 27, 21, 16, 12, 10]) == {
+        "many": [0, 1, 2], "medium": [3, 4, 5, 6], "few": [7, 8, 9]}
+    assert frequency_groups([4, 4, 4]) == {"many": [0], "medium": [1], "few": [2]}
+
+
+def test_per_class_group_and_balanced_accuracy_by_hand():
+    y = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 3])
+    pred = np.array([0, 0, 0, 1, 1, 0, 2, 2, 0, 3])
+    pc = per_class_accuracy(y, pred, 5)
+    assert pc[:4].tolist() == [0.75, 0.5, 2 / 3, 1.0] and np.isnan(pc[4])
+    g = group_accuracy(pc, {"many": [0, 1], "medium": [2], "few": [3, 4]})
+    assert g == pytest.approx({"many": 0.625, "medium": 2 / 3, "few": 1.0})
+
+    class _Pool:  # evaluate() on a hand-made single-label pool
+        multilabel = False
+        y_test = y
+        num_classes = 5
+        info = {"frequency_groups": {"many": [0, 1], "medium": [2], "few": [3, 4]}}
+
+    probs = np.eye(5)[pred]
+    m = evaluate(_Pool(), None, probs)
+    assert m["acc"] == pytest.approx(0.7)
+    assert m["balanced_acc"] == pytest.approx((0.75 + 0.5 + 2 / 3 + 1.0) / 4)
+    assert m["group_acc"] == pytest.approx(g)
+
+
+def test_set_metrics_by_hand():
+    t = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 1], [0, 1, 1]])
+    p = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 0], [0, 1, 1]])
+    m = set_metrics(t, p)
+    # exact: rows 0 and 3; per label TP 2 / 2 / 1, FP 0 / 1 / 0, FN 0 / 0 / 1
+    assert m["exact_match"] == 0.5
+    assert m["micro_f1"] == pytest.approx(2 * 5 / (2 * 5 + 1 + 1))
+    f1 = [2 * 2 / (4 + 0 + 0), 2 * 2 / (4 + 1 + 0), 2 * 1 / (2 + 0 + 1)]
+    assert m["macro_f1"] == pytest.approx(np.mean(f1))
+
+    class _Pool:  # evaluate() with the engine's set rule (threshold from the result's meta)
+        multilabel = True
+        y_test = t
+
+    class _Res:
+        meta = {"set_threshold": 0.3}
+        config = None
+
+    probs = np.array([[0.5, 0.45, 0.05], [0.6, 0.35, 0.05], [0.5, 0.25, 0.25], [0.1, 0.45, 0.45]])
+    e = evaluate(_Pool(), _Res(), probs)
+    # p >= 0.3 plus the argmax: {0, 1}, {0, 1}, {0}, {1, 2}: rows 0 and 3 exactly right
+    assert e == pytest.approx({"acc": 0.5, **set_metrics(t, [[1, 1, 0], [1, 1, 0], [1, 0, 0], [0, 1, 1]])})
+    assert e["exact_match"] == 0.5
+
+
+def test_extra_metrics_geometry_and_groups():
+    def cycles(seed):
+        out = []
+        for c in range(3):
+            hist = [{"epoch": e, "seli_dist_weights": 0.5 - 0.1 * e, "etf_dist_weights": 0.6, "seli_dist_means": 0.4,
+                     "etf_dist_means": 0.7 + seed, "imbalance_ratio": 10.0} for e in (1, 2)]
+            out.append({"balanced_acc": 0.5 + 0.1 * c, "group_acc": {"many": 0.9, "medium": 0.6, "few": 0.1 * c},
+                        "diagnostics": {"nc1": 1.0 + seed, "geometry_target": "seli"}, "history": hist})
+        return out
+
+    runs = [{"fractions": [0.1, 0.2, 0.3], "cycles": cycles(s)} for s in (0, 1)]
+    m = extra_metrics(runs)
+    assert m["balanced_acc"]["aulc_mean"] == pytest.approx(0.6)
+    assert m["group_acc"]["few"]["final_mean"] == pytest.approx(0.2)
+    assert m["group_acc"]["few"]["aulc_mean"] == pytest.approx(0.1)
+    g = m["geometry_final"]
+    assert g["seli_dist_weights"]["mean"] == pytest.approx(0.3) and g["etf_dist_means"]["per_seed"] == [0.7, 1.7]
+    assert m["diagnostics_final"]["nc1"]["mean"] == pytest.approx(1.5) and "geometry_target" not in m["diagnostics_final"]
 
 
 def _finite_in(v, lo, hi):
