@@ -309,7 +309,8 @@ def status():
                     "model_version": latest["model_version"] if latest else None,
                     "latest_report": {k: report.get(k) for k in (
                         "cycle", "model_version", "reason", "num_tasks", "num_labeled", "num_pool",
-                        "predictions_created", "timings", "image_failures", "unusable_annotations",
+                        "predictions_created", "timings", "image_failures", "unusable_annotations", "multilabel",
+                        "class_counts", "label_set_sizes", "predicted_set_sizes",
                         "triggered_at", "finished_at")} if report else None})
 
 

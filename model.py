@@ -3,6 +3,9 @@
 * ``predict`` serves pre-annotations from the latest COMPLETED cycle of the project (label +
   confidence, and the task's NCAL-R queue score when the cycle ranked it; tasks the cycle did not
   see are classified on the fly by the same model and placed like TASKS_CREATED places them).
+  Multi-label projects (``<Choices choice="multiple">``) get the predicted label SET (the engine's
+  set rule), the softmax mass on it as the result's score and ``{label: probability}`` under
+  ``result[0]["choice_probs"]``.
 * Training never happens here or in a request: webhooks request cycles from the scheduler
   (``ncalr_backend.scheduler``), which runs ``ncalr_backend.cycle.run_project_cycle``.
 
@@ -60,15 +63,20 @@ class _Served:
         preds = read_json(path / "predictions.json", {}) or {}
         self.entries = preds.get("tasks", {})
         self.labels = list(preds.get("labels") or pointer.get("labels") or [])
+        self.multilabel = bool(preds.get("multilabel", pointer.get("multilabel", False)))
         self._model = None
+        self._meta = None
         self._lock = threading.Lock()
 
     def model(self):
+        return self.model_and_meta()[0]
+
+    def model_and_meta(self):
         with self._lock:
             if self._model is None:
                 from ncalr_backend.engine import load_model
-                self._model, _meta = load_model(self.path / "model.pt")
-            return self._model
+                self._model, self._meta = load_model(self.path / "model.pt")
+            return self._model, self._meta
 
 
 class NCALRBackend(LabelStudioMLBase):
@@ -112,7 +120,7 @@ class NCALRBackend(LabelStudioMLBase):
         if project_id is None:
             return []
         served = self.served(self.settings.model_dir, project_id)
-        if served is None or served.labels != list(cfg.labels):
+        if served is None or served.labels != list(cfg.labels) or served.multilabel != cfg.multilabel:
             return []
         from ncalr_backend.cycle import result_for_predict
         results: List[Optional[dict]] = [None] * len(tasks)
@@ -131,7 +139,8 @@ class NCALRBackend(LabelStudioMLBase):
 
     def _predict_on_the_fly(self, tasks, positions, results, cfg: ImageClassConfig, served: _Served):
         try:
-            from ncalr_backend.cycle import load_images, make_client, placement_score, result_for_predict
+            from ncalr_backend.cycle import (load_images, make_client, placement_score, predicted_sets,
+                                             prediction_entry, result_for_predict)
             from ncalr_backend.data.images import ImageCache
             from ncalr_backend.engine import predict_proba
             client = make_client(self.settings)
@@ -145,12 +154,12 @@ class NCALRBackend(LabelStudioMLBase):
             log.warning("/predict: task %s: %s", f["task"], f["reason"])
         if not ok_idx:
             return
-        probs = predict_proba(served.model(), x)
+        model, meta = served.model_and_meta()
+        probs = predict_proba(model, x)
+        sets = predicted_sets(probs, meta) if cfg.multilabel else None
         for k, i in enumerate(ok_idx):
-            p = probs[k]
-            c = float(p.max())
-            entry = {"label": cfg.labels[int(p.argmax())], "confidence": c,
-                     "score": placement_score(c, served.entries)}
+            entry = prediction_entry(probs[k], cfg, None if sets is None else sets[k])
+            entry["score"] = placement_score(entry["confidence"], served.entries)
             results[positions[i]] = result_for_predict(entry, cfg, served.version)
 
     # -------------------------------------------------------------------- fit

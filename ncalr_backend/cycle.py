@@ -10,6 +10,13 @@ cancelled (skipped). If it has several, a ground-truth annotation wins; among eq
 recently updated one wins (ties: the highest id). Its first choice of the config's ``<Choices>`` is
 the label. A labeled task whose winning annotation has no usable choice (empty, or a value not in
 the config) is left out of both training and the queue, and reported.
+
+Multi-label projects (``<Choices choice="multiple">``): the label is the SET of the winning
+annotation's choices, a multi-hot row of ``y_lab`` [N, K]. An annotation with no choice, or with
+any value not in the config, is unusable (left out and reported with the offending value), never
+silently shrunk. Predictions carry the predicted label SET (the engine's set rule,
+``multilabel.predict_sets``), most probable first; the result's ``score`` is the softmax mass on
+the set and ``result[0]["choice_probs"]`` holds ``{label: probability}`` for the chosen labels.
 """
 
 from __future__ import annotations
@@ -75,10 +82,34 @@ def annotation_label(ann: dict, cfg: ImageClassConfig) -> Optional[int]:
     return None
 
 
+def annotation_label_set(ann: dict, cfg: ImageClassConfig):
+    """Multi-label: ``(sorted class indices, None)`` for the annotation's choices, or
+    ``(None, reason)`` when it has no choice or a value that is not in the config."""
+    chosen, seen_result = [], False
+    for r in ann.get("result") or []:
+        if not isinstance(r, dict) or r.get("from_name") != cfg.choices_name:
+            continue
+        seen_result = True
+        choices = (r.get("value") or {}).get("choices") or []
+        if not isinstance(choices, list):
+            choices = [choices]
+        for c in choices:
+            k = cfg.index(c) if isinstance(c, str) else None
+            if k is None:
+                return None, (f"annotation {ann.get('id')} has the choice {c!r}, which is not one of "
+                              f"{cfg.labels} of <Choices name={cfg.choices_name!r}>")
+            if k not in chosen:
+                chosen.append(k)
+    if not chosen:
+        return None, (f"annotation {ann.get('id')} has no choice for <Choices name={cfg.choices_name!r}>"
+                      + ("" if seen_result else " (no result for that control)"))
+    return sorted(chosen), None
+
+
 @dataclass
 class Split:
     labeled: List[dict] = field(default_factory=list)     # tasks
-    labels: List[int] = field(default_factory=list)
+    labels: List = field(default_factory=list)            # class index, or (multi-label) sorted index list
     pool: List[dict] = field(default_factory=list)
     unusable: List[dict] = field(default_factory=list)    # {"task", "reason"}
 
@@ -90,6 +121,14 @@ def split_tasks(tasks: Sequence[dict], cfg: ImageClassConfig) -> Split:
         if ann is None:
             s.pool.append(t)
             continue
+        if cfg.multilabel:
+            y, why = annotation_label_set(ann, cfg)
+            if y is None:
+                s.unusable.append({"task": t["id"], "reason": why})
+                continue
+            s.labeled.append(t)
+            s.labels.append(y)
+            continue
         y = annotation_label(ann, cfg)
         if y is None:
             s.unusable.append({"task": t["id"], "reason": f"annotation {ann.get('id')} has no choice of "
@@ -98,6 +137,27 @@ def split_tasks(tasks: Sequence[dict], cfg: ImageClassConfig) -> Split:
         s.labeled.append(t)
         s.labels.append(y)
     return s
+
+
+def label_matrix(labels: Sequence, cfg: ImageClassConfig) -> np.ndarray:
+    """``y_lab`` for the engine: [N] int64 class ids, or (multi-label) [N, K] float32 multi-hot 0/1."""
+    if not cfg.multilabel:
+        return np.asarray(list(labels), dtype=np.int64)
+    y = np.zeros((len(labels), cfg.num_classes), dtype=np.float32)
+    for i, ks in enumerate(labels):
+        y[i, list(ks)] = 1.0
+    return y
+
+
+def label_report(y_lab: np.ndarray, cfg: ImageClassConfig) -> dict:
+    """report.json's label counts: per label, every sample carrying it; multi-label adds the
+    histogram of label-set sizes."""
+    if not cfg.multilabel:
+        return {"class_counts": {cfg.labels[k]: int((y_lab == k).sum()) for k in range(cfg.num_classes)}}
+    y = np.asarray(y_lab).reshape(-1, cfg.num_classes) > 0
+    sizes = y.sum(1)
+    return {"class_counts": {cfg.labels[k]: int(y[:, k].sum()) for k in range(cfg.num_classes)},
+            "label_set_sizes": {str(int(v)): int(c) for v, c in zip(*np.unique(sizes, return_counts=True))}}
 
 
 # ---------------------------------------------------------------------------- images
@@ -133,24 +193,68 @@ def load_images(client: LabelStudioClient, cache: ImageCache, tasks: Sequence[di
 
 
 # ---------------------------------------------------------------------------- predictions
-def prediction_item(task_id: int, label: str, confidence: float, queue_score: float,
-                    cfg: ImageClassConfig, model_version: str) -> dict:
+# Where a multi-label prediction keeps its per-choice probabilities: an extra key of the result
+# item. Label Studio 1.23 stores a prediction's result list as given (the import endpoint and the
+# /predict path keep only task/result/score/model_version at the top level, but every key of a
+# result item), returns it in /api/predictions/, the task API, exports and the Data Manager's
+# "Prediction results" column; its validation looks at from_name/to_name/type/value only.
+PROBS_KEY = "choice_probs"
+
+
+def predicted_sets(probs: np.ndarray, meta: Optional[dict]) -> np.ndarray:
+    """The engine's set rule for a multi-label model: bool [n, K]."""
+    from .multilabel import predict_sets
+    return predict_sets(np.asarray(probs), float((meta or {}).get("set_threshold", 0.3)))
+
+
+def prediction_entry(p: np.ndarray, cfg: ImageClassConfig, label_set: Optional[np.ndarray] = None,
+                     confidence: Optional[float] = None) -> dict:
+    """What a prediction says about one image, from its softmax ``p`` [K].
+
+    Single-label: ``{"label", "confidence"}`` (argmax, max probability). Multi-label (``label_set``
+    a bool [K] row of the set rule): ``{"label": most probable, "labels": the set, most probable
+    first, "probs": {label: probability}, "confidence": the softmax mass on the set}``;
+    ``confidence`` overrides the computed one (the cycle passes the engine's).
+    """
+    p = np.asarray(p, dtype=np.float64)
+    if not cfg.multilabel:
+        c = float(p.max()) if confidence is None else float(confidence)
+        return {"label": cfg.labels[int(p.argmax())], "confidence": c}
+    ks = np.flatnonzero(np.asarray(label_set, dtype=bool))
+    if len(ks) == 0:  # the set rule always keeps the argmax; be safe anyway
+        ks = np.asarray([int(p.argmax())])
+    ks = ks[np.argsort(-p[ks], kind="stable")]
+    c = float(p[ks].sum()) if confidence is None else float(confidence)
+    return {"label": cfg.labels[int(ks[0])], "labels": [cfg.labels[int(k)] for k in ks],
+            "probs": {cfg.labels[int(k)]: round(float(p[k]), 6) for k in ks}, "confidence": c}
+
+
+def _result_item(entry: dict, cfg: ImageClassConfig, score: float) -> dict:
+    item = {"from_name": cfg.choices_name, "to_name": cfg.image_name, "type": "choices",
+            "value": {"choices": list(entry.get("labels") or [entry["label"]])}, "score": score}
+    if entry.get("probs") is not None:
+        item[PROBS_KEY] = dict(entry["probs"])
+    return item
+
+
+def prediction_item(task_id: int, label, confidence: float, queue_score: float,
+                    cfg: ImageClassConfig, model_version: str, probs: Optional[dict] = None) -> dict:
+    """One prediction for the bulk import. ``label``: a label, or (multi-label) the list of
+    predicted labels; ``probs``: their probabilities (multi-label), kept under ``PROBS_KEY``."""
+    entry = {"label": label} if isinstance(label, str) else {"label": label[0], "labels": list(label)}
+    entry["probs"] = probs
     return {
         "task": int(task_id),
-        "result": [{
-            "from_name": cfg.choices_name, "to_name": cfg.image_name, "type": "choices",
-            "value": {"choices": [label]}, "score": round(float(confidence), 6),
-        }],
+        "result": [_result_item(entry, cfg, round(float(confidence), 6))],
         "score": round(float(queue_score), 6),
         "model_version": model_version,
     }
 
 
 def result_for_predict(entry: dict, cfg: ImageClassConfig, model_version: str) -> dict:
-    """A /predict result from a stored prediction entry."""
+    """A /predict result from a stored prediction entry (see ``prediction_entry``)."""
     out = {
-        "result": [{"from_name": cfg.choices_name, "to_name": cfg.image_name, "type": "choices",
-                    "value": {"choices": [entry["label"]]}, "score": float(entry["confidence"])}],
+        "result": [_result_item(entry, cfg, float(entry["confidence"]))],
         "score": float(entry["score"]) if entry.get("score") is not None else float(entry["confidence"]),
         "model_version": model_version,
     }
@@ -217,13 +321,15 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         pool_ok = [i - n_lab for i in ok_idx if i >= n_lab]
         pos = {i: k for k, i in enumerate(ok_idx)}
         x_lab = x_all[[pos[i] for i in lab_ok]] if lab_ok else x_all[:0]
-        y_lab = np.asarray([split.labels[i] for i in lab_ok], dtype=np.int64)
+        y_lab = label_matrix([split.labels[i] for i in lab_ok], cfg)
         x_pool = x_all[[pos[i + n_lab] for i in pool_ok]] if pool_ok else x_all[:0]
         lab_ids = [split.labeled[i]["id"] for i in lab_ok]
         pool_ids = [split.pool[i]["id"] for i in pool_ok]
         report.update(num_tasks=len(tasks), num_labeled=len(lab_ids), num_pool=len(pool_ids),
                       image_failures=failures, unusable_annotations=split.unusable,
-                      class_counts={cfg.labels[k]: int((y_lab == k).sum()) for k in range(cfg.num_classes)})
+                      multilabel=cfg.multilabel, **label_report(y_lab, cfg))
+        for u in split.unusable:
+            log.warning("project %s cycle %s: task %s left out: %s", project_id, cycle, u["task"], u["reason"])
         for f in failures:
             log.warning("project %s cycle %s: task %s left out: %s", project_id, cycle, f["task"], f["reason"])
         if len(lab_ids) == 0:
@@ -236,7 +342,9 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         if getattr(ecfg, "warm_start", False) and latest and (latest["path"] / "model.pt").exists():
             try:
                 prev, meta = load_model(latest["path"] / "model.pt")
-                if int(meta.get("num_classes", -1)) == cfg.num_classes:
+                # same head size AND the same kind of task (old checkpoints: single-label)
+                if (int(meta.get("num_classes", -1)) == cfg.num_classes
+                        and bool(meta.get("multilabel", False)) == cfg.multilabel):
                     init_state = prev.state_dict()
             except Exception as exc:  # a stale checkpoint must not stop the cycle
                 log.warning("warm start skipped: %s", exc)
@@ -255,16 +363,34 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
             raise CycleError("the engine's ranking is not a permutation of the pool")
         rank_of = np.empty(m, dtype=np.int64)
         rank_of[ranking] = np.arange(m)
+        sets = None
+        if cfg.multilabel and m:
+            if not getattr(res, "multilabel", False):
+                raise CycleError("the engine did not train in multi-label mode for a multi-label project")
+            sets = getattr(res, "pred_sets", None)
+            if sets is None:
+                sets = predicted_sets(res.probs, res.meta)
+            sets = np.asarray(sets, dtype=bool)
+            if sets.shape != (m, cfg.num_classes):
+                raise CycleError(f"the engine's predicted label sets have shape {sets.shape}, "
+                                 f"expected {(m, cfg.num_classes)}")
         entries, items = {}, []
         for j, tid in enumerate(pool_ids):
-            label = cfg.labels[int(res.pred[j])]
-            conf = float(res.confidence[j])
+            e = prediction_entry(res.probs[j], cfg, None if sets is None else sets[j],
+                                 confidence=float(res.confidence[j]))
+            if not cfg.multilabel:  # exactly as before: the engine's argmax
+                e["label"] = cfg.labels[int(res.pred[j])]
             qs = float(rank_of[j]) / m
-            entries[str(tid)] = {"label": label, "confidence": conf, "score": qs, "rank": int(rank_of[j])}
-            items.append(prediction_item(tid, label, conf, qs, cfg, version))
+            entries[str(tid)] = {**e, "score": qs, "rank": int(rank_of[j])}
+            items.append(prediction_item(tid, e.get("labels") or e["label"], e["confidence"], qs, cfg, version,
+                                         probs=e.get("probs")))
+        if sets is not None:
+            report["predicted_set_sizes"] = {str(int(v)): int(c) for v, c in
+                                             zip(*np.unique(sets.sum(1), return_counts=True))}
         atomic_write_json(work / "predictions.json", {"model_version": version, "labels": list(cfg.labels),
-                                                       "tasks": entries})
-        atomic_write_json(work / "tasks.json", {"labeled": lab_ids, "labels": y_lab.tolist(), "pool": pool_ids})
+                                                       "multilabel": cfg.multilabel, "tasks": entries})
+        atomic_write_json(work / "tasks.json", {"labeled": lab_ids, "pool": pool_ids, "multilabel": cfg.multilabel,
+                                                "labels": [split.labels[i] for i in lab_ok]})
 
         # ---- write back, check, switch
         t = time.time()
@@ -297,6 +423,7 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         atomic_write_json(work / "report.json", report)
         store.commit(work, cycle, {"model_version": version, "finished_at": done,
                                    "num_classes": cfg.num_classes, "labels": list(cfg.labels),
+                                   "multilabel": cfg.multilabel,
                                    "data_key": cfg.data_key, "live": bool(items)})
         store.update_state(in_progress=None, last_completed=cycle, last_model_version=version)
         log.info("project %s cycle %s (%s) completed: %d labeled, %d ranked, %.1fs trigger-to-live",
@@ -363,7 +490,8 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
         return {"placed": 0}
     project = client.get_project(project_id)
     cfg = parse_label_config(project.get("label_config"))
-    if list(cfg.labels) != list(latest.get("labels", [])):
+    if (list(cfg.labels) != list(latest.get("labels", []))
+            or cfg.multilabel != bool(latest.get("multilabel", False))):
         return {"placed": 0, "reason": "labeling config changed since the latest cycle"}
     if any(not isinstance(t.get("data"), dict) for t in given):
         wanted = {int(t["id"]) for t in given}
@@ -381,14 +509,15 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
                                       settings.image_size, settings.image_channels, settings.download_workers)
     if not ok_idx:
         return {"placed": 0, "failures": failures}
-    model, _meta = load_model(latest["path"] / "model.pt")
+    model, meta = load_model(latest["path"] / "model.pt")
     probs = predict_proba(model, x)
+    sets = predicted_sets(probs, meta) if cfg.multilabel else None
     items = []
     for k, i in enumerate(ok_idx):
-        p = probs[k]
-        c = float(p.max())
-        items.append(prediction_item(todo[i]["id"], cfg.labels[int(p.argmax())], c, placement_score(c, known),
-                                     cfg, version))
+        e = prediction_entry(probs[k], cfg, None if sets is None else sets[k])
+        c = e["confidence"]
+        items.append(prediction_item(todo[i]["id"], e.get("labels") or e["label"], c, placement_score(c, known),
+                                     cfg, version, probs=e.get("probs")))
     created = client.import_predictions(project_id, items, settings.prediction_chunk_size)
     if created != len(items):
         raise CycleError(f"Label Studio created {created} of {len(items)} predictions for new tasks")

@@ -195,9 +195,11 @@ class LSAdmin:
             body.update(auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
         return self.req("POST", "/api/ml/", json=body).json()
 
-    def annotate(self, task_id: int, label: str, from_name="digit", to_name="image", cancelled=False) -> dict:
+    def annotate(self, task_id: int, label, from_name="digit", to_name="image", cancelled=False) -> dict:
+        """Annotate a task with one choice, or (a list) several choices of a multiple-choice config."""
+        choices = [str(x) for x in label] if isinstance(label, (list, tuple)) else [str(label)]
         result = [] if cancelled else [{"from_name": from_name, "to_name": to_name, "type": "choices",
-                                        "value": {"choices": [str(label)]}}]
+                                        "value": {"choices": choices}}]
         return self.req("POST", f"/api/tasks/{task_id}/annotations/",
                         json={"result": result, "was_cancelled": cancelled}).json()
 
@@ -231,6 +233,40 @@ def digit_pngs(n: int, seed: int = 0, scale: int = 4) -> List[Tuple[str, bytes, 
         img.save(buf, format="PNG")
         out.append((f"digit_{int(i):04d}_{int(d.target[i])}.png", buf.getvalue(), int(d.target[i])))
     return out
+
+
+def digit_set_pngs(n: int, classes: Sequence[int] = (0, 1, 4, 7), pair_fraction: float = 0.4, seed: int = 0,
+                   scale: int = 4) -> List[Tuple[str, bytes, Tuple[int, ...]]]:
+    """``n`` multi-label images: a single digit of ``classes`` (label set {d}) or, for about
+    ``pair_fraction`` of them, two digits of different classes overlaid with an element-wise max
+    (label set {d1, d2}; the construction of the multi-label neural-collapse benchmarks).
+    Returns (name, PNG bytes, sorted label tuple); the name ends in ``_<d1>-<d2>.png``."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    rng = np.random.default_rng(seed)
+    by_class = {c: np.flatnonzero(d.target == c) for c in classes}
+    out = []
+    for k in range(n):
+        if rng.random() < pair_fraction:
+            labels = tuple(sorted(int(c) for c in rng.choice(list(classes), 2, replace=False)))
+        else:
+            labels = (int(rng.choice(list(classes))),)
+        img = np.max([d.images[rng.choice(by_class[c])] for c in labels], axis=0)
+        im = Image.fromarray((img * (255.0 / 16.0)).astype(np.uint8), mode="L")
+        if scale > 1:
+            im = im.resize((8 * scale, 8 * scale), Image.Resampling.NEAREST)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        out.append((f"digits_{k:04d}_{'-'.join(map(str, labels))}.png", buf.getvalue(), labels))
+    return out
+
+
+def label_set_from_name(name_or_url: str) -> List[str]:
+    """The true label set from a ``digit_set_pngs`` name (``..._<d1>-<d2>.png``), as choice values."""
+    stem = Path(str(name_or_url)).name.rsplit(".", 1)[0]
+    return stem.rsplit("_", 1)[-1].split("-")
 
 
 def label_from_name(name_or_url: str) -> int:

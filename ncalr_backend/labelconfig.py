@@ -1,9 +1,11 @@
 """Parse a Label Studio labeling config into what the backend needs: one Image, one Choices.
 
-The backend classifies whole images into one of a fixed set of classes. It accepts a config with
-exactly one ``<Image>`` and exactly one single-choice ``<Choices>`` bound to it (``toName`` = the
-image's ``name``); anything else gets a :class:`LabelConfigError` whose message shows the config
-it needs.
+The backend classifies whole images into a fixed set of classes. It accepts a config with exactly
+one ``<Image>`` and exactly one ``<Choices>`` bound to it (``toName`` = the image's ``name``).
+``choice="single"`` / ``"single-radio"`` (the default) is single-label classification: one class
+per image. ``choice="multiple"`` is multi-label: each image carries a SET of one or more labels
+(``ImageClassConfig.multilabel``). Anything else gets a :class:`LabelConfigError` whose message
+shows the config it needs.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ class LabelConfigError(ValueError):
     def __init__(self, problem: str):
         super().__init__(
             f"{problem}. This backend needs a labeling config with exactly one <Image> and one "
-            f"single-choice <Choices> bound to it (toName = the Image's name), for example: "
+            f"<Choices> bound to it (toName = the Image's name; choice=\"single\" for one class per "
+            f"image, or choice=\"multiple\" for a set of labels per image), for example: "
             f"{EXAMPLE_CONFIG}")
         self.problem = problem
 
@@ -37,6 +40,7 @@ class ImageClassConfig:
     data_key: str          # task.data key holding the image URL ($image -> "image")
     choices_name: str      # <Choices name=...>: the result's from_name
     labels: tuple          # class names in config order; index = class id
+    multilabel: bool = False  # choice="multiple": an image carries a set of labels
 
     @property
     def num_classes(self) -> int:
@@ -78,9 +82,9 @@ def parse_label_config(xml: Optional[str]) -> ImageClassConfig:
             "need exactly 1 bound to it")
     ch = bound[0]
     mode = (ch.get("choice") or "single").strip().lower()
-    if mode not in ("single", "single-radio"):
-        raise LabelConfigError(f'<Choices choice="{mode}"> is not supported yet (multiple choice is '
-                               'planned); use choice="single"')
+    if mode not in ("single", "single-radio", "multiple"):
+        raise LabelConfigError(f'<Choices choice="{mode}"> is not supported; use choice="single" '
+                               '(one class per image) or choice="multiple" (a set of labels per image)')
     if not ch.get("name"):
         raise LabelConfigError("The <Choices> needs a name")
     labels = []
@@ -96,4 +100,4 @@ def parse_label_config(xml: Optional[str]) -> ImageClassConfig:
     if len(labels) < 2:
         raise LabelConfigError(f"The <Choices> has {len(labels)} <Choice> values, need at least 2")
     return ImageClassConfig(image_name=image_name, data_key=value[1:], choices_name=ch.get("name"),
-                            labels=tuple(labels))
+                            labels=tuple(labels), multilabel=mode == "multiple")

@@ -12,11 +12,15 @@ from PIL import Image
 
 from ncalr_backend.config import EngineConfig
 from ncalr_backend.cycle import CycleError, run_project_cycle
+from ncalr_backend.demo import digit_set_pngs
 from ncalr_backend.settings import Settings
 from ncalr_backend.store import ProjectStore
 
 CFG = ('<View><Image name="image" value="$image"/><Choices name="digit" toName="image">'
        '<Choice value="a"/><Choice value="b"/></Choices></View>')
+# multi-label: digit images showing one or two of the digits 0, 1, 7 (overlaid); label = that set
+MULTI_CFG = ('<View><Image name="image" value="$image"/><Choices name="digit" toName="image" choice="multiple">'
+             '<Choice value="0"/><Choice value="1"/><Choice value="7"/></Choices></View>')
 
 
 def _png(v):
@@ -28,20 +32,23 @@ def _png(v):
 class FakeLS:
     url = "http://ls.test"
 
-    def __init__(self, n=24, n_labeled=8, drop=0):
+    def __init__(self, n=24, n_labeled=8, drop=0, config=CFG, choices=lambda i: ["a" if i % 2 else "b"],
+                 images=None):
+        self.config = config
+        self.images = images or {}
         self.tasks = []
         for i in range(1, n + 1):
             anns = []
             if i <= n_labeled:
-                ch = "a" if i % 2 else "b"
                 anns = [{"id": 100 + i, "was_cancelled": False, "updated_at": "2024", "result": [
-                    {"from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": [ch]}}]}]
+                    {"from_name": "digit", "to_name": "image", "type": "choices",
+                     "value": {"choices": choices(i)}}]}]
             self.tasks.append({"id": i, "data": {"image": f"/data/upload/1/{i}.png"}, "annotations": anns})
         self.tasks.append({"id": 999, "data": {"image": "http://elsewhere.test/x.png"}, "annotations": []})
         self.drop, self.imported, self.patches, self.deleted = drop, [], [], []
 
     def get_project(self, pid):
-        return {"id": pid, "label_config": CFG}
+        return {"id": pid, "label_config": self.config}
 
     def list_tasks(self, pid, page_size=100):
         return list(self.tasks)
@@ -51,7 +58,7 @@ class FakeLS:
             from ncalr_backend.labelstudio import ImageRefused
             raise ImageRefused("image host 'elsewhere.test' is not Label Studio's host")
         i = int(url.rsplit("/", 1)[1].split(".")[0])
-        return _png(40 if i % 2 else 220)
+        return self.images[i] if i in self.images else _png(40 if i % 2 else 220)
 
     def import_predictions(self, pid, items, chunk_size=500, on_chunk=None):
         self.imported += items
@@ -119,3 +126,85 @@ def test_a_dropped_prediction_fails_the_cycle_loudly_and_switches_nothing(settin
 def test_no_labels_yet_is_a_clear_failure(settings):
     with pytest.raises(CycleError, match="no labeled task"):
         run_project_cycle(settings, 2, "x", engine_config=ENGINE, client=FakeLS(n_labeled=0))
+
+
+_SETS = digit_set_pngs(40, classes=(0, 1, 7), pair_fraction=0.5, seed=3)
+IMAGES = {i + 1: data for i, (_, data, _) in enumerate(_SETS)}
+TRUTH = {i + 1: [str(d) for d in labels] for i, (_, _, labels) in enumerate(_SETS)}
+
+
+def _multi_choices(i):
+    if i == 3:
+        return ["0", "9"]  # not in the config: reported, left out
+    if i == 5:
+        return []  # nothing chosen: reported, left out
+    return TRUTH[i]
+
+
+# batch 4: 4 SGD steps per epoch on the 14 usable labels (after a handful of single steps the
+# eval-mode outputs are still saturated, one label at probability 1.0, and no set can form)
+ML_ENGINE = EngineConfig(max_epochs=10, tpt_window=2, train_acc_threshold=0.9, batch_size=4, nc_subsample=50,
+                         width=16)
+
+
+def test_multilabel_cycle_writes_label_sets_with_their_probabilities(settings):
+    from ncalr_backend.cycle import PROBS_KEY
+    from ncalr_backend.engine import load_model
+    ls = FakeLS(n=40, n_labeled=16, config=MULTI_CFG, choices=_multi_choices, images=IMAGES)
+    rep = run_project_cycle(settings, 1, "test", engine_config=ML_ENGINE, client=ls)
+    assert rep["status"] == "completed" and rep["multilabel"] is True
+    assert sorted(u["task"] for u in rep["unusable_annotations"]) == [3, 5]
+    assert "'9'" in [u for u in rep["unusable_annotations"] if u["task"] == 3][0]["reason"]
+    usable = [TRUTH[i] for i in range(1, 17) if i not in (3, 5)]
+    assert rep["num_labeled"] == 14
+    # every sample counts for each of its labels; the histogram of set sizes
+    assert rep["class_counts"] == {c: sum(c in s for s in usable) for c in ("0", "1", "7")}
+    assert rep["label_set_sizes"] == {str(k): sum(len(s) == k for s in usable) for k in (1, 2)}
+    assert {it["task"] for it in ls.imported} == set(range(17, 41))  # 24 unlabeled
+    v = rep["model_version"]
+    sizes = []
+    for it in ls.imported:
+        r = it["result"][0]
+        chosen = r["value"]["choices"]
+        probs = r[PROBS_KEY]
+        assert chosen and set(chosen) <= {"0", "1", "7"} and len(set(chosen)) == len(chosen)
+        assert list(probs) == chosen  # the probabilities of exactly the chosen labels, highest first
+        assert [probs[c] for c in chosen] == sorted(probs.values(), reverse=True)
+        assert all(p >= 0.3 for p in list(probs.values())[1:])  # the set rule (threshold 0.3)
+        assert r["score"] == pytest.approx(sum(probs.values()), abs=1e-4)  # softmax mass on the set
+        assert 0.0 <= it["score"] < 1.0 and it["model_version"] == v
+        sizes.append(len(chosen))
+    assert max(sizes) >= 2, sizes
+    assert rep["predicted_set_sizes"] == {str(k): sizes.count(k) for k in sorted(set(sizes))}
+    assert ls.patches == [{"model_version": v, "sampling": "Uncertainty sampling"}]
+    latest = ProjectStore(settings.model_dir, 1).latest()
+    assert latest["multilabel"] is True
+    _, meta = load_model(latest["path"] / "model.pt")
+    assert meta["multilabel"] is True
+    stored = json.loads((latest["path"] / "predictions.json").read_text())
+    assert stored["multilabel"] is True
+    assert all(e["labels"] == ls_item["result"][0]["value"]["choices"]
+               for ls_item in ls.imported for e in [stored["tasks"][str(ls_item["task"])]])
+
+
+def test_warm_start_only_from_the_same_kind_of_model(settings, monkeypatch):
+    """A single-label checkpoint with the same number of classes never seeds a multi-label cycle."""
+    import ncalr_backend.engine as engine
+    seen = []
+    real = engine.run_cycle
+
+    def spy(*a, **kw):
+        seen.append(kw.get("init_state") is not None)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(engine, "run_cycle", spy)
+    warm = EngineConfig(max_epochs=1, tpt_window=1, train_acc_threshold=0.5, batch_size=8, nc_subsample=50,
+                        warm_start=True, width=16)
+    three = CFG.replace('<Choice value="a"/><Choice value="b"/>',
+                        '<Choice value="0"/><Choice value="1"/><Choice value="7"/>')
+    run_project_cycle(settings, 1, "single", engine_config=warm,
+                      client=FakeLS(config=three, choices=lambda i: [TRUTH[i][0]], images=IMAGES))
+    for reason in ("multi", "multi again"):
+        run_project_cycle(settings, 1, reason, engine_config=warm,
+                          client=FakeLS(config=MULTI_CFG, choices=lambda i: TRUTH[i], images=IMAGES))
+    assert seen == [False, False, True]

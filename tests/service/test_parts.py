@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ncalr_backend.cycle import annotation_label, split_tasks, winning_annotation
+from ncalr_backend.cycle import (PROBS_KEY, annotation_label, annotation_label_set, label_matrix, label_report,
+                                 prediction_entry, prediction_item, result_for_predict, split_tasks,
+                                 winning_annotation)
 from ncalr_backend.data.images import BrokenImage, ImageCache, decode_image
 from ncalr_backend.labelconfig import LabelConfigError, parse_label_config
 from ncalr_backend.labelstudio import ImageRefused, LabelStudioClient, looks_like_jwt
@@ -22,12 +24,23 @@ from ncalr_backend.store import ProjectStore
 CFG = ('<View><Image name="img" value="$image"/><Choices name="cls" toName="img" choice="single">'
        '<Choice value="cat"/><Choice value="dog" alias="DOG"/><Choice value="eel"/></Choices></View>')
 
+MULTI = CFG.replace('choice="single"', 'choice="multiple"')
+
 
 # ------------------------------------------------------------------ label config
 def test_label_config_image_choices():
     c = parse_label_config(CFG)
     assert (c.image_name, c.data_key, c.choices_name, c.labels) == ("img", "image", "cls", ("cat", "DOG", "eel"))
     assert c.index("eel") == 2 and c.index("nope") is None
+    assert c.multilabel is False
+    assert parse_label_config(CFG.replace('choice="single"', 'choice="single-radio"')).multilabel is False
+    assert parse_label_config(CFG.replace(' choice="single"', '')).multilabel is False
+
+
+def test_label_config_multiple_choice_is_multilabel():
+    c = parse_label_config(MULTI)
+    assert c.multilabel is True and c.labels == ("cat", "DOG", "eel") and c.num_classes == 3
+    assert (c.image_name, c.data_key, c.choices_name) == ("img", "image", "cls")
 
 
 @pytest.mark.parametrize("xml,words", [
@@ -38,8 +51,13 @@ def test_label_config_image_choices():
     ('<View><Image name="a" value="$a"/></View>', "0 <Choices>"),
     ('<View><Image name="a" value="$a"/><Choices name="c" toName="other"><Choice value="x"/>'
      '<Choice value="y"/></Choices></View>', "0 bound"),
+    ('<View><Image name="a" value="$a"/><Choices name="c" toName="a" choice="several"><Choice value="x"/>'
+     '<Choice value="y"/></Choices></View>', 'choice="several"'),
     ('<View><Image name="a" value="$a"/><Choices name="c" toName="a" choice="multiple"><Choice value="x"/>'
-     '<Choice value="y"/></Choices></View>', "multiple"),
+     '</Choices></View>', "at least 2"),
+    ('<View><Image name="a" value="$a"/><Choices name="c" toName="a" choice="multiple"><Choice value="x"/>'
+     '<Choice value="y"/></Choices><Choices name="d" toName="a" choice="multiple"><Choice value="x"/>'
+     '<Choice value="y"/></Choices></View>', "2 <Choices>"),
     ('<View><Image name="a" value="$a"/><Choices name="c" toName="a"><Choice value="x"/></Choices></View>',
      "at least 2"),
 ])
@@ -118,6 +136,72 @@ def test_winning_annotation_rules():
     s = split_tasks([t, {"id": 2, "annotations": []}, {"id": 3, "annotations": [ann(8, "zebra", "x")]}], cfg)
     assert [x["id"] for x in s.labeled] == [1] and s.labels == [2]
     assert [x["id"] for x in s.pool] == [2] and s.unusable[0]["task"] == 3
+
+
+def _mann(i, choices, upd="2024", from_name="cls", **kw):
+    return {"id": i, "updated_at": upd, "result": [
+        {"from_name": from_name, "to_name": "img", "type": "choices", "value": {"choices": choices}}], **kw}
+
+
+def test_multilabel_annotations_become_multi_hot_rows_and_bad_ones_are_reported():
+    cfg = parse_label_config(MULTI)
+    assert annotation_label_set(_mann(1, ["eel", "cat"]), cfg) == ([0, 2], None)
+    assert annotation_label_set(_mann(2, ["DOG"]), cfg) == ([1], None)
+    assert annotation_label_set(_mann(3, ["DOG", "DOG"]), cfg) == ([1], None)
+    # a value not in the config makes the whole annotation unusable, and the reason names the value
+    none, why = annotation_label_set(_mann(4, ["cat", "zebra"]), cfg)
+    assert none is None and "'zebra'" in why and "annotation 4" in why
+    # "dog" is the value of an aliased choice: the label is its alias "DOG"
+    assert annotation_label_set(_mann(5, ["dog"]), cfg)[0] is None
+    none, why = annotation_label_set(_mann(6, []), cfg)
+    assert none is None and "no choice" in why
+    none, why = annotation_label_set(_mann(7, ["cat"], from_name="other"), cfg)
+    assert none is None and "no choice" in why and "no result" in why
+    tasks = [
+        {"id": 10, "annotations": [_mann(11, ["cat", "eel"])]},
+        {"id": 20, "annotations": [_mann(21, ["DOG"], "2024-01-01"), _mann(22, ["cat"], "2024-02-01")]},
+        {"id": 30, "annotations": [_mann(31, ["cat", "zebra"])]},
+        {"id": 40, "annotations": [_mann(41, [])]},
+        {"id": 50, "annotations": []},
+        {"id": 60, "annotations": [_mann(61, ["eel"], was_cancelled=True)]},
+        {"id": 70, "annotations": [_mann(71, ["cat", "DOG", "eel"])]},
+    ]
+    s = split_tasks(tasks, cfg)
+    assert [t["id"] for t in s.labeled] == [10, 20, 70]
+    assert s.labels == [[0, 2], [0], [0, 1, 2]]  # task 20: the latest annotation wins
+    assert [t["id"] for t in s.pool] == [50, 60]
+    assert [u["task"] for u in s.unusable] == [30, 40]
+    assert "'zebra'" in s.unusable[0]["reason"] and "no choice" in s.unusable[1]["reason"]
+    y = label_matrix(s.labels, cfg)
+    assert y.dtype == np.float32 and y.tolist() == [[1, 0, 1], [1, 0, 0], [1, 1, 1]]
+    rep = label_report(y, cfg)
+    assert rep == {"class_counts": {"cat": 3, "DOG": 1, "eel": 2}, "label_set_sizes": {"1": 1, "2": 1, "3": 1}}
+    # single-label stays as it was: first choice, int ids, one count per sample
+    single = parse_label_config(CFG)
+    s1 = split_tasks(tasks[:2], single)
+    assert s1.labels == [0, 0] and label_matrix(s1.labels, single).dtype == np.int64
+    assert label_report(label_matrix(s1.labels, single), single) == {"class_counts": {"cat": 2, "DOG": 0, "eel": 0}}
+
+
+def test_multilabel_prediction_carries_the_set_and_its_probabilities():
+    cfg = parse_label_config(MULTI)
+    p = np.array([0.2, 0.5, 0.3], np.float32)
+    e = prediction_entry(p, cfg, np.array([False, True, True]))
+    assert e["labels"] == ["DOG", "eel"] and e["label"] == "DOG"  # most probable first
+    assert e["probs"] == {"DOG": 0.5, "eel": pytest.approx(0.3)} and e["confidence"] == pytest.approx(0.8)
+    item = prediction_item(7, e["labels"], e["confidence"], 0.25, cfg, "v1", probs=e["probs"])
+    r = item["result"][0]
+    assert r["value"] == {"choices": ["DOG", "eel"]} and r["score"] == pytest.approx(0.8)
+    assert r[PROBS_KEY] == e["probs"] and item["score"] == 0.25 and item["task"] == 7
+    out = result_for_predict({**e, "score": 0.25}, cfg, "v1")
+    assert out["result"][0] == {**r, "score": pytest.approx(0.8)} and out["score"] == 0.25
+    # single-label: no extra key, one choice (unchanged format)
+    single = parse_label_config(CFG)
+    e1 = prediction_entry(p, single)
+    assert e1 == {"label": "DOG", "confidence": pytest.approx(0.5)}
+    item1 = prediction_item(7, "DOG", 0.5, 0.1, single, "v1")
+    assert item1["result"][0] == {"from_name": "cls", "to_name": "img", "type": "choices",
+                                  "value": {"choices": ["DOG"]}, "score": 0.5}
 
 
 # ------------------------------------------------------------------ scheduler
