@@ -59,8 +59,8 @@ def admin(label_studio) -> LSAdmin:
 class Backend:
     """The backend process, restartable on the same port and MODEL_DIR (restart/crash tests)."""
 
-    def __init__(self, label_studio, model_dir: Path, log_path: Path):
-        self.env = backend_env(label_studio.url, label_studio.token, model_dir, **BACKEND_SETTINGS)
+    def __init__(self, label_studio, model_dir: Path, log_path: Path, **overrides):
+        self.env = backend_env(label_studio.url, label_studio.token, model_dir, **{**BACKEND_SETTINGS, **overrides})
         self.model_dir = model_dir
         self.log_path = log_path
         self.port = free_port()

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.integration
 TEXT_CONFIG = ('<View><Text name="t" value="$text"/><Choices name="c" toName="t">'
                '<Choice value="a"/><Choice value="b"/></Choices></View>')
 MULTI_CONFIG = DIGITS_CONFIG.replace('choice="single"', 'choice="multiple"')
+BAD_MODE_CONFIG = DIGITS_CONFIG.replace('choice="single"', 'choice="several"')
 
 STATE = {}  # what later tests need from earlier ones (same module, file order)
 
@@ -41,9 +42,10 @@ def _versions(admin, pid):
 
 # ------------------------------------------------------------------------------ connect
 def test_setup_accepts_image_choices_and_rejects_other_configs(admin, backend):
-    ok = backend.http.post(f"{backend.url}/setup", json={"project": "1.1", "schema": DIGITS_CONFIG})
-    assert ok.status_code == 200 and ok.json()["model_version"]
-    for cfg, words in ((TEXT_CONFIG, "<Image>"), (MULTI_CONFIG, "multiple"), ("<View>", "<Image>"),
+    for good in (DIGITS_CONFIG, MULTI_CONFIG):  # single and multiple choice
+        ok = backend.http.post(f"{backend.url}/setup", json={"project": "1.1", "schema": good})
+        assert ok.status_code == 200 and ok.json()["model_version"]
+    for cfg, words in ((TEXT_CONFIG, "<Image>"), (BAD_MODE_CONFIG, 'choice="several"'), ("<View>", "<Image>"),
                        ("not xml <", "not valid XML")):
         r = backend.http.post(f"{backend.url}/setup", json={"project": "1.1", "schema": cfg})
         assert r.status_code == 400, r.text
