@@ -257,6 +257,11 @@ def set_metrics(true_sets, pred_sets) -> dict:
 # ----------------------------------------------------------------------------------------------
 # the simulation
 # ----------------------------------------------------------------------------------------------
+def _round(v, digits: int = 4):
+    """Per-epoch history values are stored to 4 decimals (results.json stays a few hundred kB)."""
+    return round(float(v), digits) if isinstance(v, (float, np.floating)) else v
+
+
 def evaluate(pool, res, probs: np.ndarray) -> dict:
     """Clean test metrics of one trained model. Single-label: accuracy, per-class accuracy,
     balanced accuracy and frequency-group accuracy. Multi-label: exact-set-match accuracy (as
@@ -372,7 +377,7 @@ class Runner:
                                               "micro_f1", "macro_f1") if k in res.bench},
                  "diagnostics": {k: v for k, v in (res.diagnostics or {}).items()
                                  if isinstance(v, (int, float, bool, str, type(None)))},
-                 "history": [{k: row[k] for k in HISTORY_KEYS if k in row} for row in (res.history or [])]}
+                 "history": [{k: _round(row[k]) for k in HISTORY_KEYS if k in row} for row in (res.history or [])]}
             if cycle < args.cycles:
                 cand = res.bench["cand"]
                 picked = cand[ranked["ranking"][:n_query]]
@@ -634,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         if seed != seeds[-1]:  # partial results, in case a long run is cut short
             part = {"partial": True, "seeds_done": sorted(per_seed), "command": "python -m ncalr_backend.bench quality "
                     + " ".join(argv if argv is not None else sys.argv[1:]), "strategies": summarise(per_seed, specs)}
-            (out / "results.partial.json").write_text(json.dumps(_jsonable(part), indent=1))
+            (out / "results.partial.json").write_text(dump_json(part))
     summary = summarise(per_seed, specs)
     agreement = qe.library_agreement(summary)
     elapsed = time.perf_counter() - runner.t_start
@@ -653,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine": provenance,
         "elapsed_s": elapsed,
     }
-    (out / "results.json").write_text(json.dumps(_jsonable(result), indent=1))
+    (out / "results.json").write_text(dump_json(result))
     (out / "results.partial.json").unlink(missing_ok=True)
     tab = table(summary)
     if args.dataset in MULTILABEL_DATASETS:
@@ -717,6 +722,18 @@ def engine_provenance() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return out
+
+
+def dump_json(obj) -> str:
+    """JSON with indent 1, but flat lists of numbers and flat objects (e.g. one epoch of history)
+    on one line each, so per-epoch histories stay compact."""
+    import re
+
+    text = json.dumps(_jsonable(obj), indent=1)
+    text = re.sub(r"\[\s*([-0-9.eE,\s]*?|(?:null|true|false|[-0-9.eE]+)(?:,\s*(?:null|true|false|[-0-9.eE]+))*)\s*\]",
+                  lambda m: "[" + re.sub(r"\s*\n\s*", " ", m.group(1)).strip() + "]", text)
+    text = re.sub(r"\{\n\s*([^{}\[\]]*?)\n\s*\}", lambda m: "{" + re.sub(r"\s*\n\s*", " ", m.group(1)) + "}", text)
+    return text
 
 
 def _jsonable(o):

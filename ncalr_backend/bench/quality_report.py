@@ -142,7 +142,7 @@ def geometry_figure(runs: list[tuple[str, dict]], path: Path, strategies: list[s
             cols.append((name, strat, chosen))
     if not cols:
         return False
-    fig, axes = plt.subplots(3, len(cols), figsize=(6.4 * len(cols), 10), squeeze=False, sharex="col",
+    fig, axes = plt.subplots(3, len(cols), figsize=(6.4 * len(cols), 10), squeeze=False, sharex="col", sharey="row",
                              gridspec_kw={"height_ratios": [1, 1, 0.8]})
     styles = ["-", "--", ":", "-."]
     for j, (name, strat, chosen) in enumerate(cols):
@@ -181,8 +181,10 @@ def geometry_figure(runs: list[tuple[str, dict]], path: Path, strategies: list[s
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="upper right")
             if row < 2:
-                ax.set_ylim(bottom=0)
                 ax.set_ylabel("|| G/||G|| - T/||T|| ||_F")
+    for row in range(2):  # rows share y: set the limits once all columns are drawn
+        top = max(np.nanmax(ln.get_ydata()) for ax in axes[row] for ln in ax.get_lines() if len(ln.get_ydata()) > 2)
+        axes[row, 0].set_ylim(0, 1.05 * top)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -207,10 +209,12 @@ def figure(runs: list[tuple[str, dict]], path: Path, only: list[str] | None = No
     plt.close(fig)
 
 
-def run_title(c: dict) -> str:
+def run_title(c: dict, imbalance: bool = False) -> str:
+    """A run's name in figures and summaries; ``imbalance`` names the imbalance factor even when 1."""
     if c.get("dataset") == "digits-multilabel":
         return f"multi-label digits, pairs {c.get('multilabel_pairs_fraction')}"
-    return (f"noise {c['noise_type']} {c['noise_rate']}" + (f", imbalance {c['imbalance_factor']:g}" if c["imbalance_factor"] != 1 else "")
+    return (f"noise {c['noise_type']} {c['noise_rate']}"
+            + (f", imbalance {c['imbalance_factor']:g}" if c["imbalance_factor"] != 1 or imbalance else "")
             + (f", OOD {c['ood_fraction']}" if c["ood_fraction"] else ""))
 
 
@@ -245,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.geometry:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        runs = [(run_title(load(r)["config"]), load(r)) for r in args.runs]
+        runs = [(run_title(load(r)["config"], imbalance=True), load(r)) for r in args.runs]
         ok = geometry_figure(runs, out / "geometry.png", [s for s in args.geometry_strategies.split(",") if s])
         print(f"{out / 'geometry.png'}" if ok else "no run logged SELI/ETF distances")
         return 0 if ok else 1
