@@ -17,7 +17,8 @@ import torch
 from ncalr_backend.acquisition import PoolView, get_strategy
 from ncalr_backend.atomic import atomic_save_npz, atomic_torch_save, atomic_write_json
 from ncalr_backend.config import EngineConfig
-from ncalr_backend.geometry import class_geometry, finite_or_none, geometry_target_distances, nc_metrics
+from ncalr_backend.geometry import finite_or_none, geometry_report
+from ncalr_backend.multilabel import multilabel_geometry_report, predict_sets
 from ncalr_backend.training import ResNet18Classifier, build_model, pick_device, train_to_tpt
 from ncalr_backend.training.trainer import forward_all
 
@@ -32,8 +33,8 @@ class InputError(ValueError):
 class CycleResult:
     ranking: np.ndarray  # [M] int64 indices into the pool, query first
     scores: dict  # name -> [M] float64; "score" is what was ranked
-    pred: np.ndarray  # [M] int64
-    confidence: np.ndarray  # [M] float32
+    pred: np.ndarray  # [M] int64 most probable class
+    confidence: np.ndarray  # [M] float32: max probability; multi-label: softmax mass on the predicted set
     probs: np.ndarray  # [M, K] float32
     model: ResNet18Classifier
     meta: dict
@@ -44,13 +45,16 @@ class CycleResult:
     config: EngineConfig
     extras: dict = field(default_factory=dict)
     view: PoolView | None = field(default=None, repr=False)  # what the strategies saw; for rerank()
+    multilabel: bool = False
+    pred_sets: np.ndarray | None = None  # [M, K] bool predicted label sets (multi-label mode only)
 
     @property
     def model_state(self) -> dict:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def summary(self) -> dict:
-        s = {"strategy": self.config.strategy, "pool": int(len(self.ranking)), "tpt": self.tpt,
+        s = {"strategy": self.config.strategy, "pool": int(len(self.ranking)), "multilabel": self.multilabel,
+             "tpt": self.tpt,
              "diagnostics": self.diagnostics, "timings": self.timings, "config": self.config.to_dict(),
              "meta": self.meta}
         if "ff" in self.scores and len(self.ranking):
@@ -59,6 +63,9 @@ class CycleResult:
             s["ff_zero_fraction"] = float((ff == 0).mean())
             if ff.std() > 0 and self.scores["cmap"].std() > 0:
                 s["cmap_ff_corr"] = float(np.corrcoef(self.scores["cmap"], ff)[0, 1])
+        if self.pred_sets is not None and len(self.pred_sets):
+            sizes = self.pred_sets.sum(1)
+            s["pred_set_sizes"] = {str(int(v)): int(c) for v, c in zip(*np.unique(sizes, return_counts=True))}
         return s
 
 
@@ -76,18 +83,29 @@ def _check(x_lab, y_lab, x_pool, num_classes) -> tuple[np.ndarray, np.ndarray, n
         raise InputError(f"images need 1 (grayscale) or 3 (RGB) channels; got {x_lab.shape[1]}")
     if x_lab.shape[2] != x_lab.shape[3]:
         raise InputError(f"images must be square (resize first); got {x_lab.shape[2]}x{x_lab.shape[3]}")
-    if y_lab.shape != (len(x_lab),):
-        raise InputError(f"y_lab must be [N] = [{len(x_lab)}]; got {y_lab.shape}")
     if len(x_lab) < 2:
         raise InputError(f"need at least 2 labeled images to train; got {len(x_lab)}")
     if num_classes < 2:
         raise InputError(f"need at least 2 classes; got num_classes={num_classes}")
-    if y_lab.min() < 0 or y_lab.max() >= num_classes:
-        raise InputError(f"labels must be integers in 0..{num_classes - 1}; got range {y_lab.min()}..{y_lab.max()}")
+    if y_lab.ndim == 2:  # multi-label: multi-hot rows
+        if y_lab.shape != (len(x_lab), num_classes):
+            raise InputError(f"multi-hot y_lab must be [N, K] = [{len(x_lab)}, {num_classes}]; got {y_lab.shape}")
+        if y_lab.size and not np.isin(y_lab, (0, 1)).all():
+            raise InputError("multi-hot y_lab must hold only 0 and 1")
+        empty = np.flatnonzero(y_lab.sum(1) == 0)
+        if len(empty):
+            raise InputError(f"every labeled image needs at least one label; rows {empty[:10].tolist()} have none")
+        y_out = y_lab.astype(np.float32)
+    else:
+        if y_lab.shape != (len(x_lab),):
+            raise InputError(f"y_lab must be [N] = [{len(x_lab)}] class ids, or multi-hot [N, K]; got {y_lab.shape}")
+        if y_lab.min() < 0 or y_lab.max() >= num_classes:
+            raise InputError(f"labels must be integers in 0..{num_classes - 1}; got range {y_lab.min()}..{y_lab.max()}")
+        y_out = y_lab.astype(np.int64)
     for name, a in (("x_lab", x_lab), ("x_pool", x_pool)):
         if a.size and (not np.isfinite(a).all() or a.min() < -1e-6 or a.max() > 1 + 1e-6):
             raise InputError(f"{name} must be finite floats in [0, 1]")
-    return x_lab.astype(np.float32, copy=False), y_lab.astype(np.int64), x_pool.astype(np.float32, copy=False)
+    return x_lab.astype(np.float32, copy=False), y_out, x_pool.astype(np.float32, copy=False)
 
 
 def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | None = None,
@@ -95,16 +113,23 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
               progress: Callable[[dict], None] | None = None) -> CycleResult:
     """Train into the terminal phase, score and rank the pool with ``config.strategy``.
 
+    ``y_lab``: class ids [N] (single-label), or multi-hot [N, K] (multi-label: pick-all-labels
+    loss, FF over predicted sets, CMAP over single-label class means; ``pred_sets`` in the result).
+
     If ``out_dir`` is given, writes ``model.pt`` (state dict + meta), ``scores.npz`` and
     ``metrics.json`` there, each atomically.
     """
     config = config or EngineConfig()
     x_lab, y_lab, x_pool = _check(x_lab, y_lab, x_pool, num_classes)
     device = pick_device(config.device)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     strategy = get_strategy(config.strategy)
     t0 = time.perf_counter()
-    model = build_model(num_classes, x_lab.shape[1], x_lab.shape[2], config.pretrained_path, config.width)
+    multilabel = y_lab.ndim == 2
+    model = build_model(num_classes, x_lab.shape[1], x_lab.shape[2], config.pretrained_path, config.width,
+                        config.classifier)
     warm = False
     if init_state is not None and config.warm_start:
         own = model.state_dict()
@@ -117,31 +142,38 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
     t1 = time.perf_counter()
     probs = torch.softmax(torch.from_numpy(tr.logits_pool), dim=1).numpy().astype(np.float32)
     fc = model.fc
-    view = PoolView(probs=probs, feats=tr.feats_pool, feats_lab=tr.feats_lab, y_lab=y_lab,
-                    num_classes=num_classes,
+    pred_sets = predict_sets(probs, config.set_threshold) if multilabel else None
+    view = PoolView(probs=probs, feats=tr.feats_pool, feats_lab=tr.feats_lab,
+                    y_lab=y_lab.argmax(1) if multilabel else y_lab, num_classes=num_classes,
                     pred_history=tr.pred_history,
-                    head=lambda h: fc(h), rng=np.random.default_rng(config.seed + 7919), config=config)
+                    head=lambda h: fc(h), rng=np.random.default_rng(config.seed + 7919), config=config,
+                    label_sets=y_lab.astype(bool) if multilabel else None, pred_sets=pred_sets)
     ranking, scores, extras = strategy.rank(view)
     t2 = time.perf_counter()
-    diag = nc_metrics(tr.feats_lab, y_lab, W=fc.weight.detach().numpy(), b=fc.bias.detach().numpy(),
-                      num_classes=num_classes, max_samples=config.nc_subsample,
-                      rng=np.random.default_rng(config.seed))
-    geom = class_geometry(tr.feats_lab, y_lab, num_classes, centered=False)
-    diag.update(geometry_target_distances(fc.weight.detach().numpy(), geom.means, geom.counts))
-    # under imbalance the simplex ETF is the wrong yardstick (SELI, seed 003): say which one applies
-    diag["geometry_target"] = "seli" if diag.get("imbalance_ratio", 1.0) > 1.5 else "etf"
+    W, b = fc.weight.detach().numpy(), fc.bias.detach().numpy()
+    rng = np.random.default_rng(config.seed)
+    if multilabel:
+        diag = multilabel_geometry_report(tr.feats_lab, y_lab, W, b, config.nc_subsample, rng)
+    else:
+        diag = geometry_report(tr.feats_lab, y_lab, W, b, num_classes, config.nc_subsample, rng)
     diag = finite_or_none(diag)
     at_ti = next((h for h in tr.history if h["epoch"] == tr.tpt["t_i"]), None)
     if at_ti is not None and "nc1" in at_ti:
         diag["nc1_at_t_i"] = at_ti["nc1"]
-    meta = {**model.meta(), "warm_started": warm, "strategy": config.strategy, "device": str(device)}
+    meta = {**model.meta(), "warm_started": warm, "strategy": config.strategy, "device": str(device),
+            "multilabel": multilabel, "set_threshold": config.set_threshold}
+    M = len(probs)
+    if multilabel:
+        confidence = (probs * pred_sets).sum(1).astype(np.float32) if M else np.zeros(0, np.float32)
+    else:
+        confidence = probs.max(1) if M else np.zeros(0, np.float32)
     res = CycleResult(
-        ranking=ranking, scores=scores, pred=probs.argmax(1).astype(np.int64) if len(probs) else np.zeros(0, np.int64),
-        confidence=probs.max(1) if len(probs) else np.zeros(0, np.float32), probs=probs, model=model, meta=meta,
+        ranking=ranking, scores=scores, pred=probs.argmax(1).astype(np.int64) if M else np.zeros(0, np.int64),
+        confidence=confidence, probs=probs, model=model, meta=meta,
         history=tr.history, tpt=tr.tpt, diagnostics=diag,
         timings={"train_s": t1 - t0, "score_s": t2 - t1, "images_per_s": tr.images_seen / max(tr.seconds, 1e-9),
                  "device": str(device)},
-        config=config, extras=extras, view=view)
+        config=config, extras=extras, view=view, multilabel=multilabel, pred_sets=pred_sets)
     if out_dir is not None:
         save_cycle(res, out_dir)
     return res
@@ -164,8 +196,9 @@ def save_cycle(res: CycleResult, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(out / "model.pt", {"state_dict": res.model.state_dict(), "meta": res.meta})
+    sets = {"pred_sets": res.pred_sets} if res.pred_sets is not None else {}
     atomic_save_npz(out / "scores.npz", ranking=res.ranking, pred=res.pred, confidence=res.confidence,
-                    **{f"score_{k}": v for k, v in res.scores.items()})
+                    **sets, **{f"score_{k}": v for k, v in res.scores.items()})
     atomic_write_json(out / "metrics.json", {"summary": res.summary(), "history": res.history})
     return out
 
@@ -174,7 +207,8 @@ def load_model(path: str | Path) -> tuple[ResNet18Classifier, dict]:
     """Rebuild the model saved by ``run_cycle`` (``torch.load(weights_only=True)``)."""
     blob = torch.load(path, map_location="cpu", weights_only=True)
     meta = blob["meta"]
-    model = ResNet18Classifier(meta["num_classes"], meta["in_channels"], meta["image_size"], meta.get("width", 64))
+    model = ResNet18Classifier(meta["num_classes"], meta["in_channels"], meta["image_size"], meta.get("width", 64),
+                               meta.get("classifier", "learned"))
     model.load_state_dict(blob["state_dict"])
     return model.eval(), meta
 

@@ -359,3 +359,29 @@ def geometry_target_distances(W: np.ndarray | None, means: np.ndarray, counts: n
         out["seli_dist_weights"] = gram_distance(Wc @ Wc.T, gw_t)
         out["etf_dist_weights"] = gram_distance(Wc @ Wc.T, etf)
     return out
+
+
+IMBALANCED_ABOVE = 1.5
+"""Largest/smallest class count ratio above which SELI (not the simplex ETF) is the geometry the
+terminal phase is measured against."""
+
+
+def geometry_report(feats: np.ndarray, labels: np.ndarray, W: np.ndarray | None, b: np.ndarray | None,
+                    num_classes: int, max_samples: int | None = None,
+                    rng: np.random.Generator | None = None) -> dict:
+    """NC1-NC4 plus the classifier / class-mean Gram distances to SELI and to the ETF, and the
+    target in force: ``geometry_target`` is 'seli' when the labeled classes are imbalanced
+    (ratio > IMBALANCED_ABOVE) else 'etf', and ``target_dist_weights`` / ``target_dist_means`` are
+    the distances to that target (what the terminal-phase check and the cycle report use)."""
+    out = nc_metrics(feats, labels, W=W, b=b, num_classes=num_classes, max_samples=max_samples, rng=rng)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels):
+        geom = class_geometry(np.asarray(feats), labels, num_classes, centered=False)
+        out.update(geometry_target_distances(W, geom.means, geom.counts))
+    if "imbalance_ratio" in out:
+        target = "seli" if out["imbalance_ratio"] > IMBALANCED_ABOVE else "etf"
+        out["geometry_target"] = target
+        out["target_dist_means"] = out[f"{target}_dist_means"]
+        if f"{target}_dist_weights" in out:
+            out["target_dist_weights"] = out[f"{target}_dist_weights"]
+    return out

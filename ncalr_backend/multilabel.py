@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ncalr_backend.geometry import ClassGeometry, class_geometry, cma, cmap_scores
+from ncalr_backend.geometry import ClassGeometry, class_geometry, cma, cmap_scores, geometry_report
 
 _EPS = 1e-12
 
@@ -23,10 +23,19 @@ def predict_sets(probs: np.ndarray, threshold: float = 0.3) -> np.ndarray:
     return out
 
 
+def pack_sets(sets: np.ndarray) -> np.ndarray:
+    """bool [..., K] -> uint8 [..., ceil(K/8)]: how the trainer stores the per-checkpoint pool sets
+    (a 1M-item pool with 100 labels takes 13 MB per checkpoint instead of 100 MB)."""
+    return np.packbits(np.asarray(sets, dtype=bool), axis=-1)
+
+
 def set_flip_counts(set_history: np.ndarray) -> np.ndarray:
     """FF over label sets: a flip is any change of the predicted set between consecutive
-    checkpoints. bool [T, M, K] -> [M]."""
-    h = np.asarray(set_history, dtype=bool)
+    checkpoints. bool [T, M, K], or the same packed by ``pack_sets`` (uint8 [T, M, ceil(K/8)]:
+    two sets are equal exactly when their packed bytes are) -> [M]."""
+    h = np.asarray(set_history)
+    if h.dtype != np.uint8:
+        h = h.astype(bool)
     if h.ndim != 3:
         raise ValueError(f"set_history must be [T, M, K]; got {h.shape}")
     if h.shape[0] < 2:
@@ -143,4 +152,36 @@ def tagwise_average_check(feats: np.ndarray, sets: np.ndarray) -> dict:
         allang = np.degrees(np.arccos(np.clip(P @ D.T, -1, 1)))
         ref = float(allang[~np.eye(len(D), dtype=bool)].mean())
         out.update(reference_angle_deg=ref, tagwise_ratio=float(ang.mean() / max(ref, _EPS)))
+    return out
+
+
+def set_metrics(pred_sets: np.ndarray, true_sets: np.ndarray) -> dict:
+    """Exact-set-match accuracy, micro-F1 and macro-F1 (over labels that occur in either) of
+    predicted label sets against the true ones; bool [n, K] each."""
+    p = np.asarray(pred_sets, dtype=bool)
+    t = np.asarray(true_sets, dtype=bool)
+    if p.shape != t.shape:
+        raise ValueError(f"pred_sets {p.shape} and true_sets {t.shape} differ in shape")
+    tp = (p & t).sum(0).astype(np.float64)
+    fp = (p & ~t).sum(0).astype(np.float64)
+    fn = (~p & t).sum(0).astype(np.float64)
+    micro = 2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), _EPS)
+    occurs = (tp + fp + fn) > 0
+    per = 2 * tp[occurs] / (2 * tp[occurs] + fp[occurs] + fn[occurs])
+    return {"exact_match": float((p == t).all(1).mean()) if len(p) else float("nan"),
+            "micro_f1": float(micro), "macro_f1": float(per.mean()) if occurs.any() else float("nan")}
+
+
+def multilabel_geometry_report(feats: np.ndarray, sets: np.ndarray, W: np.ndarray | None, b: np.ndarray | None,
+                               max_samples: int | None = None, rng: np.random.Generator | None = None) -> dict:
+    """The multi-label neural-collapse metrics (seed 002): NC1-NC4 and the SELI / ETF distances on
+    the multiplicity-1 samples (their class means are the ones the theory says form an ETF aligned
+    with W), plus the tag-wise average check on the multiplicity-2 ones."""
+    feats = np.asarray(feats)
+    sets = np.asarray(sets, dtype=bool)
+    single = sets.sum(1) == 1
+    out = geometry_report(feats[single], sets[single].argmax(1), W, b, sets.shape[1], max_samples, rng)
+    out["single_label_samples"] = int(single.sum())
+    out["multi_label_samples"] = int((~single).sum())
+    out.update(tagwise_average_check(feats, sets))
     return out

@@ -20,12 +20,19 @@ class PoolView:
     probs: np.ndarray  # [M, K] softmax of the final model on the pool
     feats: np.ndarray  # [M, d] penultimate features of the pool
     feats_lab: np.ndarray  # [N, d] penultimate features of the labeled set
-    y_lab: np.ndarray  # [N] labels used for training
+    y_lab: np.ndarray  # [N] labels used for training (multi-label: argmax of label_sets; use label_sets)
     num_classes: int
-    pred_history: np.ndarray | None = None  # [T, M] predicted class at each TPT checkpoint
+    pred_history: np.ndarray | None = None  # [T, M] predicted class at each TPT checkpoint (multi-label:
+    # uint8 [T, M, ceil(K/8)], the predicted sets packed by multilabel.pack_sets)
     head: Callable[[torch.Tensor], torch.Tensor] | None = None  # features [b, d] -> logits [b, K]
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     config: object = None  # EngineConfig
+    label_sets: np.ndarray | None = None  # [N, K] bool training label sets (multi-label mode only)
+    pred_sets: np.ndarray | None = None  # [M, K] bool predicted sets of the final model (multi-label mode only)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.label_sets is not None
 
     @property
     def size(self) -> int:

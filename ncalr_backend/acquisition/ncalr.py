@@ -7,19 +7,24 @@ import numpy as np
 
 from ncalr_backend.acquisition.base import PoolView, Strategy
 from ncalr_backend.geometry import class_geometry, cmap_scores, flip_counts, fuse, signed_cmap
+from ncalr_backend.multilabel import cmap_multilabel, set_flip_counts, single_label_geometry
 
 
 def _components(view: PoolView) -> dict:
+    """CMAP and FF. Multi-label (seed 002): class means from the single-label samples, a candidate
+    is added to the mean of every label in its predicted set, and a flip is a change of the set."""
     cfg = view.config
     centered = getattr(cfg, "cmap_center", True)
     sign = getattr(cfg, "cmap_sign", "pos")
-    geom = class_geometry(view.feats_lab, view.y_lab, view.num_classes, centered=centered)
-    pred = view.probs.argmax(1)
-    cmap = cmap_scores(geom, view.feats, pred)
-    if view.pred_history is None or len(view.pred_history) == 0:
-        ff = np.zeros(view.size)
+    no_history = view.pred_history is None or len(view.pred_history) == 0
+    if view.multilabel:
+        geom = single_label_geometry(view.feats_lab, view.label_sets, centered=centered)
+        cmap = cmap_multilabel(geom, view.feats, view.pred_sets)
+        ff = np.zeros(view.size) if no_history else set_flip_counts(view.pred_history).astype(np.float64)
     else:
-        ff = flip_counts(view.pred_history).astype(np.float64)
+        geom = class_geometry(view.feats_lab, view.y_lab, view.num_classes, centered=centered)
+        cmap = cmap_scores(geom, view.feats, view.probs.argmax(1))
+        ff = np.zeros(view.size) if no_history else flip_counts(view.pred_history).astype(np.float64)
     return {"cmap": cmap, "cmap_signed": signed_cmap(cmap, sign), "ff": ff}
 
 

@@ -1,12 +1,14 @@
 """torchvision ResNet-18 with a configurable head, input channels and small-image stem."""
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 import torch.nn as nn
 import torchvision
 
+CLASSIFIERS = ("learned", "etf")
 SMALL_IMAGE_MAX = 64  # inputs this size or smaller get the 3x3 stride-1 stem and no max-pool
 
 
@@ -24,13 +26,24 @@ class ResNet18Classifier(nn.Module):
 
     Inputs are float images in [0, 1], shape [B, C, H, W]; they are normalised inside the model so
     that every caller (trainer, service, benchmarks) feeds the same thing.
+
+    ``classifier="etf"``: the parameter-efficient variant of seed 002 (and of fixed-classifier
+    neural-collapse work): the head's weight is fixed to the simplex ETF
+    ``W = sqrt(K/(K-1)) (I - 11^T/K)`` (unit-norm rows, pairwise cosine -1/(K-1)), the feature
+    dimension is K (a trainable linear projection of the backbone's output) and only the bias of
+    the head trains.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32, width: int = 64):
+    def __init__(self, num_classes: int, in_channels: int = 3, image_size: int = 32, width: int = 64,
+                 classifier: str = "learned"):
         super().__init__()
         if num_classes < 1 or in_channels not in (1, 3) or image_size < 4 or width < 4:
             raise ValueError("need num_classes >= 1, in_channels in {1, 3}, image_size >= 4, width >= 4; got "
                              f"{num_classes}, {in_channels}, {image_size}, {width}")
+        if classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier={classifier!r}: choose one of {list(CLASSIFIERS)}")
+        if classifier == "etf" and num_classes < 2:
+            raise ValueError("a simplex-ETF classifier needs at least 2 classes")
         net = torchvision.models.resnet18(weights=None)
         if width != 64:
             _narrow(net, width)
@@ -42,21 +55,40 @@ class ResNet18Classifier(nn.Module):
             net.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
         for m in (net.conv1,):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        self.feature_dim = 8 * width
+        self.backbone_dim = 8 * width
         net.fc = nn.Identity()
         self.backbone = net
-        self.fc = nn.Linear(self.feature_dim, num_classes)
+        self.classifier = classifier
+        if classifier == "etf":
+            self.feature_dim = num_classes
+            self.proj = nn.Linear(self.backbone_dim, num_classes)
+            self.fc = nn.Linear(num_classes, num_classes)
+            with torch.no_grad():
+                self.fc.weight.copy_(simplex_etf(num_classes))
+                self.fc.bias.zero_()
+            self.fc.weight.requires_grad_(False)
+        else:
+            self.feature_dim = self.backbone_dim
+            self.proj = nn.Identity()
+            self.fc = nn.Linear(self.feature_dim, num_classes)
         self.num_classes, self.in_channels, self.image_size, self.width = num_classes, in_channels, image_size, width
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, 512]
-        return self.backbone((x - 0.5) / 0.25)
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, d]
+        return self.proj(self.backbone((x - 0.5) / 0.25))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # -> logits [B, K]
         return self.fc(self.features(x))
 
     def meta(self) -> dict:
         return {"arch": "resnet18", "num_classes": self.num_classes, "in_channels": self.in_channels,
-                "image_size": self.image_size, "small_stem": self.small_stem, "width": self.width}
+                "image_size": self.image_size, "small_stem": self.small_stem, "width": self.width,
+                "classifier": self.classifier, "feature_dim": self.feature_dim}
+
+
+def simplex_etf(k: int) -> torch.Tensor:
+    """[k, k] simplex ETF rows: unit norm, pairwise cosine -1/(k-1) (method.md, seed 002)."""
+    eye = torch.eye(k)
+    return math.sqrt(k / (k - 1)) * (eye - torch.ones(k, k) / k)
 
 
 def _narrow(net: torchvision.models.ResNet, width: int) -> None:
@@ -80,8 +112,8 @@ def _narrow(net: torchvision.models.ResNet, width: int) -> None:
 
 
 def build_model(num_classes: int, in_channels: int, image_size: int, pretrained_path: str = "",
-                width: int = 64) -> ResNet18Classifier:
-    model = ResNet18Classifier(num_classes, in_channels, image_size, width)
+                width: int = 64, classifier: str = "learned") -> ResNet18Classifier:
+    model = ResNet18Classifier(num_classes, in_channels, image_size, width, classifier)
     if pretrained_path:
         load_backbone_weights(model, pretrained_path)
     return model

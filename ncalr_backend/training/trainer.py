@@ -6,6 +6,15 @@ diagnostics. T_i is the first epoch whose training accuracy reaches the threshol
 for ``tpt_window`` more epochs, and at T_i and each of those epochs the predicted class of every pool
 sample is recorded (FF). If the epoch cap comes first, ``tpt.reached`` is False and FF is taken over
 the last window of epochs before the cap instead (said in the result, never hidden).
+
+Multi-label mode (``y_lab`` multi-hot [N, K]): the pick-all-labels loss; "training accuracy" is the
+exact-set-match rate of the set rule (``multilabel.predict_sets``); the NC metrics are taken on the
+multiplicity-1 samples plus the tag-wise average check; and the pool's predicted SETS are recorded
+at each checkpoint (packed bits), so FF counts set changes.
+
+With ``tpt_geometry_tol`` > 0 the terminal phase also needs the classifier Gram to be within that
+distance of the geometry target in force: SELI from the class counts when the classes are
+imbalanced, the simplex ETF otherwise (``geometry.geometry_report``).
 """
 from __future__ import annotations
 
@@ -21,15 +30,16 @@ import torch.nn.functional as F
 
 from ncalr_backend.config import EngineConfig
 from ncalr_backend.training.longtail import ClassCentres, slerp_alpha, spa_proj_, spa_reg_loss, spa_slerp_
-from ncalr_backend.training.losses import logit_adjusted_ce
-from ncalr_backend.geometry import class_geometry, geometry_target_distances, nc_metrics
+from ncalr_backend.training.losses import logit_adjusted_ce, pal_loss
+from ncalr_backend.geometry import geometry_report
+from ncalr_backend.multilabel import multilabel_geometry_report, pack_sets, predict_sets
 
 
 @dataclass
 class TrainResult:
     history: list[dict]
     tpt: dict
-    pred_history: np.ndarray  # [T, M] int16/int32 predicted class of each pool sample per checkpoint
+    pred_history: np.ndarray  # [T, M] int32 predicted class per checkpoint; multi-label: uint8 [T, M, ceil(K/8)] packed sets
     feats_lab: np.ndarray  # [N, d] float32, final model
     feats_pool: np.ndarray  # [M, d] float32
     logits_pool: np.ndarray  # [M, K] float32
@@ -75,13 +85,10 @@ def forward_all(model: nn.Module, x: torch.Tensor, device: torch.device, batch_s
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """A shuffled epoch in ceil(n / batch_size) batches of near-equal size (never a tail batch of
+    one or two that BatchNorm cannot normalise: 18 samples at batch size 16 give 9 + 9, not 16 + 2)."""
     perm = torch.randperm(n, generator=gen)
-    bs = min(batch_size, n)
-    out = [perm[s:s + bs] for s in range(0, n, bs)]
-    if len(out) > 1 and len(out[-1]) == 1:  # BatchNorm cannot train on a batch of one
-        out[-2] = torch.cat([out[-2], out[-1]])
-        out.pop()
-    return out
+    return list(torch.tensor_split(perm, max(1, min(math.ceil(n / batch_size), n // 2))))
 
 
 def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_pool: torch.Tensor,
@@ -92,14 +99,16 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     N = len(x_lab)
     if N < 2:
         raise ValueError(f"training needs at least 2 labeled samples; got {N}")
+    multilabel = y_lab.ndim == 2
     gen = torch.Generator().manual_seed(config.seed)
     use_amp = bool(config.amp and device.type == "cuda")
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     xl = x_lab.to(device)
-    yl = y_lab.to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+    yl = (y_lab.float() if multilabel else y_lab).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]  # the fixed ETF head stays fixed
+    opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, nesterov=config.momentum > 0)
     pad = max(1, x_lab.shape[-1] // 8)
     window = config.tpt_window
@@ -111,8 +120,14 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     images = 0
     nc_rng = np.random.default_rng(config.seed)
     y_np = y_lab.cpu().numpy()
+    sets_np = y_np.astype(bool) if multilabel else None
     K = model.fc.out_features
-    counts = torch.bincount(yl, minlength=K).float()
+    if multilabel:
+        single = yl.sum(1) == 1  # SpA centres: from multiplicity-1 samples (their means form the ETF)
+        y_single = yl.argmax(1)
+        counts = yl.sum(0)  # label frequencies (the prior of logit adjustment)
+    else:
+        counts = torch.bincount(yl, minlength=K).float()
     centres = ClassCentres(K, model.fc.in_features, config.spa_momentum, device) if config.spa != "none" else None
     steps_total = config.max_epochs * len(_batches(N, config.batch_size, torch.Generator()))
     step = 0
@@ -136,12 +151,23 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 h = model.features(xb)
                 logits = model.fc(h)
-                if config.loss == "logit_adjusted":
-                    loss = logit_adjusted_ce(logits.float(), yb, counts, config.la_tau)
-                else:
-                    loss = F.cross_entropy(logits.float(), yb)
+            logits = logits.float()
+            if multilabel:
+                if config.loss == "logit_adjusted":  # PAL on prior-adjusted logits
+                    prior = counts.clamp_min(1) / counts.clamp_min(1).sum()
+                    logits = logits + config.la_tau * torch.log(prior)[None, :]
+                loss = pal_loss(logits, yb, average=config.pal_average)
+            elif config.loss == "logit_adjusted":
+                loss = logit_adjusted_ce(logits, yb, counts, config.la_tau)
+            else:
+                loss = F.cross_entropy(logits, yb)
             if centres is not None:
-                centres.update(h, yb)
+                if multilabel:
+                    sb = single[idx]
+                    if sb.any():
+                        centres.update(h[sb], y_single[idx][sb])
+                else:
+                    centres.update(h, yb)
                 if config.spa == "reg":
                     loss = loss + spa_reg_loss(model.fc.weight, centres, config.spa_lambda)
             opt.zero_grad(set_to_none=True)
@@ -156,20 +182,28 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
             seen += len(idx)
         images += seen
         feats_l, logits_l = forward_all(model, x_lab, device, config.eval_batch_size, use_amp)
-        train_acc = float((logits_l.argmax(1).numpy() == y_np).mean())
         W = model.fc.weight.detach().float().cpu().numpy()
-        nc = nc_metrics(feats_l.numpy(), y_np, W=W, b=model.fc.bias.detach().float().cpu().numpy(),
-                        num_classes=model.fc.out_features, max_samples=config.nc_subsample, rng=nc_rng)
-        geom = class_geometry(feats_l.numpy(), y_np, model.fc.out_features, centered=False)
-        nc.update(geometry_target_distances(W, geom.means, geom.counts))  # SELI vs ETF targets
-        if t_i is None and train_acc >= config.train_acc_threshold and epoch >= config.min_epochs:
+        b = model.fc.bias.detach().float().cpu().numpy()
+        if multilabel:
+            train_acc = float((predict_sets(torch.softmax(logits_l, 1).numpy(), config.set_threshold)
+                               == sets_np).all(1).mean())
+            nc = multilabel_geometry_report(feats_l.numpy(), sets_np, W, b, config.nc_subsample, nc_rng)
+        else:
+            train_acc = float((logits_l.argmax(1).numpy() == y_np).mean())
+            nc = geometry_report(feats_l.numpy(), y_np, W, b, K, config.nc_subsample, nc_rng)
+        geometry_ok = (config.tpt_geometry_tol <= 0
+                       or nc.get("target_dist_weights", float("inf")) <= config.tpt_geometry_tol)
+        if t_i is None and train_acc >= config.train_acc_threshold and epoch >= config.min_epochs and geometry_ok:
             t_i = epoch
             preds.clear()
             pred_epochs.clear()
         record = t_i is not None or epoch > fallback_from
         if record and len(x_pool):
             _, lp = forward_all(model, x_pool, device, config.eval_batch_size, use_amp, with_features=False)
-            preds.append(lp.argmax(1).numpy().astype(np.int32))
+            if multilabel:
+                preds.append(pack_sets(predict_sets(torch.softmax(lp, 1).numpy(), config.set_threshold)))
+            else:
+                preds.append(lp.argmax(1).numpy().astype(np.int32))
             pred_epochs.append(epoch)
         row = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "train_acc": train_acc, "lr": lr,
                "tpt": t_i is not None, **{k: v for k, v in nc.items() if k not in ("classes", "samples")}}
@@ -183,10 +217,25 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     feats_l, _ = forward_all(model, x_lab, device, config.eval_batch_size, use_amp)
     feats_p, logits_p = forward_all(model, x_pool, device, config.eval_batch_size, use_amp)
     M = len(x_pool)
-    pred_hist = np.stack(preds) if preds else np.zeros((0, M), dtype=np.int32)
+    if preds:
+        pred_hist = np.stack(preds)
+    else:
+        pred_hist = np.zeros((0, M, (K + 7) // 8), np.uint8) if multilabel else np.zeros((0, M), np.int32)
     tpt = {"reached": t_i is not None, "t_i": t_i, "epochs": epoch, "window": window,
            "checkpoints": pred_epochs, "threshold": config.train_acc_threshold,
+           "accuracy": "exact set match" if multilabel else "top-1",
            "final_train_acc": history[-1]["train_acc"] if history else None}
+    # the geometry the terminal phase is measured against, and how the run moved toward it
+    last = history[-1] if history else {}
+    if "geometry_target" in last:
+        at_ti = next((h for h in history if h["epoch"] == t_i), None)
+        tpt["geometry_target"] = last["geometry_target"]
+        tpt["geometry_tol"] = config.tpt_geometry_tol or None
+        tpt["target_dist_weights_end"] = last.get("target_dist_weights")
+        tpt["target_dist_means_end"] = last.get("target_dist_means")
+        if at_ti is not None:
+            tpt["target_dist_weights_at_t_i"] = at_ti.get("target_dist_weights")
+            tpt["target_dist_means_at_t_i"] = at_ti.get("target_dist_means")
     return TrainResult(history=history, tpt=tpt, pred_history=pred_hist,
                        feats_lab=feats_l.numpy(), feats_pool=feats_p.numpy(),
                        logits_pool=logits_p.numpy(), seconds=time.perf_counter() - t0, images_seen=images)
