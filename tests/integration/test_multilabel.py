@@ -164,6 +164,16 @@ def test_predict_serves_label_sets(admin, backend, ml_project):
     assert [len(x["result"][0]["value"]["choices"]) >= 2 for x in res[:len(multi)]] == [True] * len(multi)
     _check_result(res[-1]["result"][0])
     assert 0.0 <= res[-1]["score"] <= 1.0
+    # Label Studio asking /predict by itself (Data Manager > "Retrieve predictions") stores the
+    # result items with their per-choice probabilities too
+    asked = [t["id"] for t in ml_project["tasks"][:2]]  # labeled: no prediction of the version yet
+    admin.req("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},
+              json={"selectedItems": {"all": False, "included": asked}})
+    for tid in asked:
+        got = [p for p in admin.req("GET", "/api/predictions/", params={"task": tid}).json()
+               if p["model_version"] == version]
+        assert len(got) == 1, got
+        _check_result(got[0]["result"][0])
 
 
 def test_new_tasks_get_label_set_predictions_without_retraining(admin, backend, ml_project):
