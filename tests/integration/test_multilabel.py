@@ -50,10 +50,11 @@ def backend(label_studio, tmp_path_factory):
     """This module's backend. The shared settings train 18 labels for 8 single steps (batch 32),
     after which the network's eval-mode outputs are saturated (one class at probability 1.0 for
     every image): fine for the mechanics the other modules check, but a label SET needs a model
-    that has trained a little. Batch 8 gives 3 steps per epoch; width 16 pays for them."""
+    that has trained a little. Batch 8 gives 3 steps per epoch; width 16 pays for them. One torch
+    thread: next to Label Studio on two cores, more threads only oversubscribe."""
     d = tmp_path_factory.mktemp("backend-ml")
     b = Backend(label_studio, d / "model_dir", d / "backend.log", NCALR_BATCH_SIZE=8, NCALR_WIDTH=16,
-                NCALR_MAX_EPOCHS=12).start()
+                NCALR_MAX_EPOCHS=12, NCALR_THREADS=1).start()
     yield b
     b.stop()
 
