@@ -24,7 +24,8 @@ def k_center_greedy(pool: np.ndarray, labeled: np.ndarray, steps: int,
     """Greedy order of up to ``steps`` picks, each the pool point farthest from all centres so far.
 
     Returns (order of the picked indices, distance of every pool point to its nearest centre after
-    the picks). With no labeled centre the first pick is random.
+    the picks). With no labeled centre the first pick is random. A point is never picked twice,
+    even when every remaining distance is 0 (duplicate images, or features that collapsed).
     """
     x = torch.as_tensor(pool, dtype=torch.float64)
     d = _min_sq_dist(x, torch.as_tensor(labeled, dtype=torch.float64))
@@ -34,9 +35,12 @@ def k_center_greedy(pool: np.ndarray, labeled: np.ndarray, steps: int,
         first = int((rng or np.random.default_rng(0)).integers(len(x)))
         order.append(first)
         d = ((x - x[first]) ** 2).sum(1)
+    picked = torch.zeros(len(x), dtype=torch.bool)
+    picked[order] = True
     while len(order) < steps:
-        i = int(torch.argmax(d))
+        i = int(torch.argmax(torch.where(picked, -1.0, d)))  # distances are >= 0
         order.append(i)
+        picked[i] = True
         d = torch.minimum(d, ((x - x[i]) ** 2).sum(1))
     return np.asarray(order, dtype=np.int64), d.numpy()
 

@@ -97,3 +97,12 @@ def test_empty_pool():
     for name in STRATEGIES:
         r, s, _ = get_strategy(name).rank(_view(np.zeros((0, 3)), feats=np.zeros((0, 2)), hist=np.zeros((0, 0))))
         assert len(r) == 0
+
+
+def test_coreset_never_picks_a_point_twice_when_points_coincide():
+    from ncalr_backend.acquisition.coreset import k_center_greedy
+    pool = np.zeros((6, 3))
+    pool[:2] = 1.0  # two distinct places; every distance becomes 0 after two picks
+    order, dist = k_center_greedy(pool, np.zeros((1, 3)) + 5.0, steps=6)
+    assert sorted(order.tolist()) == list(range(6))
+    assert np.all(dist == 0)
