@@ -311,16 +311,30 @@ def overlay_pairs(x: np.ndarray, y: np.ndarray, n_pairs: int, num_classes: int,
     """``n_pairs`` images made by overlaying two source images of different classes with an
     element-wise max. Returns (images [n, C, H, W], multi-hot label sets [n, K] with exactly two
     ones, source index pairs [n, 2]). The first image of each pair is uniform over ``x``; the second
-    is uniform over the images of the other classes, so a class is never paired with itself."""
+    is uniform over the images of the other classes, so a class is never paired with itself. No
+    two pairs use the same two source images (a repeated pair would be a duplicate image)."""
     x = np.asarray(x)
     y = np.asarray(y, dtype=np.int64)
     if len(np.unique(y)) < 2 and n_pairs > 0:
         raise ValueError("overlay pairs need images of at least two classes")
-    i = rng.integers(0, len(y), size=n_pairs)
+    counts = np.bincount(y)
+    possible = (int(counts.sum()) ** 2 - int((counts.astype(np.int64) ** 2).sum())) // 2
+    if n_pairs > possible:
+        raise ValueError(f"only {possible} distinct cross-class pairs exist; asked for {n_pairs}")
+    i = np.empty(n_pairs, dtype=np.int64)
     j = np.empty(n_pairs, dtype=np.int64)
-    for t, a in enumerate(i):
+    seen: set[tuple[int, int]] = set()
+    t = 0
+    while t < n_pairs:
+        a = int(rng.integers(0, len(y)))
         other = np.flatnonzero(y != y[a])
-        j[t] = other[rng.integers(0, len(other))]
+        b = int(other[rng.integers(0, len(other))])
+        key = (min(a, b), max(a, b))
+        if key in seen:
+            continue
+        seen.add(key)
+        i[t], j[t] = a, b
+        t += 1
     imgs = np.maximum(x[i], x[j]).astype(np.float32)
     sets = np.zeros((n_pairs, num_classes), dtype=np.int64)
     sets[np.arange(n_pairs), y[i]] = 1

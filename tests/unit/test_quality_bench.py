@@ -115,6 +115,7 @@ def test_overlay_pairs_max_two_labels_never_the_same_class():
     assert (sets.sum(1) == 2).all()
     assert (sets[np.arange(200), y[src[:, 0]]] == 1).all() and (sets[np.arange(200), y[src[:, 1]]] == 1).all()
     assert sets[:, 3:].sum() == 0  # only classes that occur
+    assert len({(min(a, b), max(a, b)) for a, b in src}) == 200  # no repeated pair (duplicate image)
 
 
 def test_multilabel_pool(digits):
@@ -131,6 +132,7 @@ def test_multilabel_pool(digits):
     pool_rows = {r.tobytes() for r in p.x_pool}
     single_test = p.x_test[p.y_test.sum(1) == 1]
     assert not any(r.tobytes() in pool_rows for r in single_test)
+    assert len(pool_rows) == len(p.x_pool)  # no duplicate image in the pool
     # single samples are untouched digits, pairs are the max of two of them
     single = p.y_pool_true.sum(1) == 1
     digit_rows = {r.tobytes() for r in digits.x}
