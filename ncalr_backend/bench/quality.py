@@ -617,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 or args.ood_fraction):
         raise SystemExit(f"--dataset {args.dataset}: noise, imbalance and OOD are single-label options")
     seeds = parse_seeds(args.seeds)
+    if not seeds:
+        raise SystemExit(f"--seeds {args.seeds!r}: no seed (N means seeds 0..N-1; one seed s: --seeds s,)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_images(args.dataset, args.image_size, args.channels)
