@@ -16,6 +16,7 @@ LOSSES = ("ce", "logit_adjusted")
 SPA_MODES = ("none", "proj", "slerp", "reg")
 DEVICES = ("auto", "cpu", "cuda")
 CLASSIFIERS = ("learned", "etf")
+TPT_CRITERIA = ("accuracy", "plateau")
 
 
 class ConfigError(ValueError):
@@ -89,6 +90,17 @@ class EngineConfig:
     pal_average: bool = False
     """Pick-all-labels loss: False = the sum over the set (the paper's definition); True = divided
     by |S| (the soft-target form of the released code)."""
+    tpt_criterion: str = "accuracy"
+    """'accuracy': T_i = first epoch whose training accuracy reaches ``train_acc_threshold``.
+    'plateau': that, or the first epoch at which the training accuracy has stopped rising (the
+    best of the last ``tpt_patience`` epochs beats the best before them by less than
+    ``tpt_plateau_delta``), for label noise and multi-label sets where the threshold is out of
+    reach."""
+    tpt_patience: int = 5
+    tpt_plateau_delta: float = 0.01
+    tpt_plateau_min_acc: float = 0.5
+    """A plateau counts only once the training accuracy has reached this (a network that has not
+    started learning is flat too)."""
     tpt_geometry_tol: float = 0.0
     """0 = the terminal phase starts when the training accuracy reaches ``train_acc_threshold``.
     > 0 additionally requires the classifier Gram's distance to the geometry target in force (SELI
@@ -146,6 +158,11 @@ class EngineConfig:
                      "coreset_max_greedy", "image_size", "min_epochs", "width"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.tpt_criterion not in TPT_CRITERIA:
+            problems.append(f"tpt_criterion={self.tpt_criterion!r}: choose one of {list(TPT_CRITERIA)}")
+        if (self.tpt_patience < 1 or not 0.0 <= self.tpt_plateau_delta <= 1.0
+                or not 0.0 <= self.tpt_plateau_min_acc <= 1.0):
+            problems.append("tpt_patience must be >= 1, tpt_plateau_delta and tpt_plateau_min_acc in [0, 1]")
         if self.threads < 0:
             problems.append(f"threads={self.threads}: must be >= 0 (0 = torch's default)")
         if self.tpt_window < 1:

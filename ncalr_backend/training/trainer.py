@@ -12,6 +12,11 @@ exact-set-match rate of the set rule (``multilabel.predict_sets``); the NC metri
 multiplicity-1 samples plus the tag-wise average check; and the pool's predicted SETS are recorded
 at each checkpoint (packed bits), so FF counts set changes.
 
+With ``tpt_criterion='plateau'`` the terminal phase also starts when the training accuracy stops
+rising (``_plateaued``): under label noise, or for exact-set accuracy in multi-label mode, the
+network cannot reach ``train_acc_threshold`` without memorising, and the window then starts where
+training has settled instead of at the epoch cap. ``tpt['by']`` says which criterion fired.
+
 With ``tpt_geometry_tol`` > 0 the terminal phase also needs the classifier Gram to be within that
 distance of the geometry target in force: SELI from the class counts when the classes are
 imbalanced, the simplex ETF otherwise (``geometry.geometry_report``).
@@ -91,6 +96,14 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor
     return list(torch.tensor_split(perm, max(1, min(math.ceil(n / batch_size), n // 2))))
 
 
+def _plateaued(accs: list[float], patience: int, delta: float) -> bool:
+    """The training accuracy has stopped rising: the best of the last ``patience`` epochs beats the
+    best before them by less than ``delta``."""
+    if len(accs) <= patience:
+        return False
+    return max(accs[-patience:]) - max(accs[:-patience]) < delta
+
+
 def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_pool: torch.Tensor,
                  config: EngineConfig, device: torch.device,
                  progress: Callable[[dict], None] | None = None) -> TrainResult:
@@ -117,6 +130,8 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     preds: list[np.ndarray] = []
     pred_epochs: list[int] = []
     t_i = None
+    t_i_by = None
+    accs: list[float] = []
     images = 0
     nc_rng = np.random.default_rng(config.seed)
     y_np = y_lab.cpu().numpy()
@@ -193,10 +208,16 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
             nc = geometry_report(feats_l.numpy(), y_np, W, b, K, config.nc_subsample, nc_rng)
         geometry_ok = (config.tpt_geometry_tol <= 0
                        or nc.get("target_dist_weights", float("inf")) <= config.tpt_geometry_tol)
-        if t_i is None and train_acc >= config.train_acc_threshold and epoch >= config.min_epochs and geometry_ok:
-            t_i = epoch
-            preds.clear()
-            pred_epochs.clear()
+        accs.append(train_acc)
+        if t_i is None and epoch >= config.min_epochs and geometry_ok:
+            if train_acc >= config.train_acc_threshold:
+                t_i, t_i_by = epoch, "accuracy"
+            elif (config.tpt_criterion == "plateau" and max(accs) >= config.tpt_plateau_min_acc
+                  and _plateaued(accs, config.tpt_patience, config.tpt_plateau_delta)):
+                t_i, t_i_by = epoch, "plateau"
+            if t_i is not None:
+                preds.clear()
+                pred_epochs.clear()
         record = t_i is not None or epoch > fallback_from
         if record and len(x_pool):
             _, lp = forward_all(model, x_pool, device, config.eval_batch_size, use_amp, with_features=False)
@@ -221,7 +242,8 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
         pred_hist = np.stack(preds)
     else:
         pred_hist = np.zeros((0, M, (K + 7) // 8), np.uint8) if multilabel else np.zeros((0, M), np.int32)
-    tpt = {"reached": t_i is not None, "t_i": t_i, "epochs": epoch, "window": window,
+    tpt = {"reached": t_i is not None, "t_i": t_i, "by": t_i_by, "criterion": config.tpt_criterion,
+           "epochs": epoch, "window": window,
            "checkpoints": pred_epochs, "threshold": config.train_acc_threshold,
            "accuracy": "exact set match" if multilabel else "top-1",
            "final_train_acc": history[-1]["train_acc"] if history else None}

@@ -187,3 +187,31 @@ def test_terminal_phase_geometry_tolerance_is_honoured():
     assert not strict.tpt["reached"]
     assert any(h["train_acc"] >= base.train_acc_threshold for h in strict.history)
     assert strict.tpt["target_dist_weights_end"] > 1e-9
+
+
+def test_plateau_criterion_by_hand_and_in_training():
+    from ncalr_backend.training.trainer import _plateaued
+    assert not _plateaued([0.1, 0.2, 0.3], 3, 0.01)  # too short to tell
+    assert not _plateaued([0.1, 0.2, 0.3, 0.5], 3, 0.01)  # 0.5 - 0.1 >= 0.01: still rising
+    assert _plateaued([0.5, 0.6, 0.605, 0.6, 0.6], 3, 0.01)  # best of last 3 (0.605) - best before (0.6) < 0.01
+    assert not _plateaued([0.5, 0.6, 0.62, 0.6, 0.6], 3, 0.01)
+    # noisy labels the network cannot fit: half the labels are random, the threshold is out of reach
+    x, y = quadrant_sets(n_single=8, n_pair=0)
+    yk = y.argmax(1)
+    yk[::2] = (yk[::2] + 1) % K
+    cfg = FAST.replace(max_epochs=30, tpt_criterion="plateau", tpt_patience=3, tpt_plateau_delta=0.05,
+                       augment=True)
+    res = run_cycle(x, yk, x[:4], K, cfg)
+    accs = [h["train_acc"] for h in res.history]
+    assert res.tpt["reached"] and res.tpt["by"] == "plateau", (res.tpt, accs)
+    t = res.tpt["t_i"]
+    assert accs[t - 1] < cfg.train_acc_threshold and _plateaued(accs[:t], 3, 0.05)
+    # the first epoch at which the accuracy had reached 0.5 and stopped rising; a flat start
+    # (a network that has not begun to learn) does not count
+    assert not any(max(accs[:e]) >= 0.5 and _plateaued(accs[:e], 3, 0.05) for e in range(1, t))
+    # the accuracy criterion alone never starts the terminal phase on these labels
+    plain = run_cycle(x, yk, x[:4], K, cfg.replace(tpt_criterion="accuracy"))
+    assert not plain.tpt["reached"] and plain.tpt["by"] is None
+    assert res.tpt["epochs"] == t + cfg.tpt_window
+    with pytest.raises(ConfigError, match="tpt_criterion"):
+        EngineConfig(tpt_criterion="loss")
