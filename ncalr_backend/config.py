@@ -95,7 +95,7 @@ class EngineConfig:
     'plateau': that, or the first epoch at which the training accuracy has stopped rising (the
     best of the last ``tpt_patience`` epochs beats the best before them by less than
     ``tpt_plateau_delta``), for label noise and multi-label sets where the threshold is out of
-    reach. Measured on digits (docs/quality/README.md): +1.7 / +7.7 / +12.8 AULC points at
+    reach. Measured on digits (docs/quality/README.md): +1.7 / +7.7 / +12.6 AULC points at
     0 / 20 / 40% label noise and +2.3 on multi-label digits, every seed positive. Not the default
     yet: it can fire on a transient plateau early in training (a unit-test case sat at 0.5 for 5
     epochs before learning), which the benchmarks did not show but a guard should rule out."""
