@@ -237,15 +237,13 @@ def _result_item(entry: dict, cfg: ImageClassConfig, score: float) -> dict:
     return item
 
 
-def prediction_item(task_id: int, label, confidence: float, queue_score: float,
-                    cfg: ImageClassConfig, model_version: str, probs: Optional[dict] = None) -> dict:
-    """One prediction for the bulk import. ``label``: a label, or (multi-label) the list of
-    predicted labels; ``probs``: their probabilities (multi-label), kept under ``PROBS_KEY``."""
-    entry = {"label": label} if isinstance(label, str) else {"label": label[0], "labels": list(label)}
-    entry["probs"] = probs
+def prediction_item(task_id: int, entry: dict, queue_score: float, cfg: ImageClassConfig,
+                    model_version: str) -> dict:
+    """One prediction for the bulk import from a ``prediction_entry`` (label or label set, its
+    confidence and, multi-label, the per-choice probabilities kept under ``PROBS_KEY``)."""
     return {
         "task": int(task_id),
-        "result": [_result_item(entry, cfg, round(float(confidence), 6))],
+        "result": [_result_item(entry, cfg, round(float(entry["confidence"]), 6))],
         "score": round(float(queue_score), 6),
         "model_version": model_version,
     }
@@ -367,10 +365,7 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         if cfg.multilabel and m:
             if not getattr(res, "multilabel", False):
                 raise CycleError("the engine did not train in multi-label mode for a multi-label project")
-            sets = getattr(res, "pred_sets", None)
-            if sets is None:
-                sets = predicted_sets(res.probs, res.meta)
-            sets = np.asarray(sets, dtype=bool)
+            sets = np.asarray(res.pred_sets, dtype=bool)
             if sets.shape != (m, cfg.num_classes):
                 raise CycleError(f"the engine's predicted label sets have shape {sets.shape}, "
                                  f"expected {(m, cfg.num_classes)}")
@@ -378,12 +373,9 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         for j, tid in enumerate(pool_ids):
             e = prediction_entry(res.probs[j], cfg, None if sets is None else sets[j],
                                  confidence=float(res.confidence[j]))
-            if not cfg.multilabel:  # exactly as before: the engine's argmax
-                e["label"] = cfg.labels[int(res.pred[j])]
             qs = float(rank_of[j]) / m
             entries[str(tid)] = {**e, "score": qs, "rank": int(rank_of[j])}
-            items.append(prediction_item(tid, e.get("labels") or e["label"], e["confidence"], qs, cfg, version,
-                                         probs=e.get("probs")))
+            items.append(prediction_item(tid, e, qs, cfg, version))
         if sets is not None:
             report["predicted_set_sizes"] = {str(int(v)): int(c) for v, c in
                                              zip(*np.unique(sets.sum(1), return_counts=True))}
@@ -515,9 +507,7 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
     items = []
     for k, i in enumerate(ok_idx):
         e = prediction_entry(probs[k], cfg, None if sets is None else sets[k])
-        c = e["confidence"]
-        items.append(prediction_item(todo[i]["id"], e.get("labels") or e["label"], c, placement_score(c, known),
-                                     cfg, version, probs=e.get("probs")))
+        items.append(prediction_item(todo[i]["id"], e, placement_score(e["confidence"], known), cfg, version))
     created = client.import_predictions(project_id, items, settings.prediction_chunk_size)
     if created != len(items):
         raise CycleError(f"Label Studio created {created} of {len(items)} predictions for new tasks")

@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         from ncalr_backend.cycle import prediction_item
         from ncalr_backend.labelconfig import parse_label_config
         cfg = parse_label_config(admin.project(pid)["label_config"])
-        items = [prediction_item(int(tid), e["label"], e["confidence"], e["score"], cfg, "x")
+        items = [prediction_item(int(tid), e, e["score"], cfg, "x")
                  for tid, e in preds["tasks"].items()]
         out["raw_bulk_import"] = [_raw_import(admin, pid, items, "raw-one-request", len(items)),
                                   _raw_import(admin, pid, items, "raw-chunked", args.chunk)]

@@ -141,6 +141,9 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
         single = yl.sum(1) == 1  # SpA centres: from multiplicity-1 samples (their means form the ETF)
         y_single = yl.argmax(1)
         counts = yl.sum(0)  # label frequencies (the prior of logit adjustment)
+        log_prior = None
+        if config.loss == "logit_adjusted":
+            log_prior = torch.log(counts.clamp_min(1) / counts.clamp_min(1).sum())
     else:
         counts = torch.bincount(yl, minlength=K).float()
     centres = ClassCentres(K, model.fc.in_features, config.spa_momentum, device) if config.spa != "none" else None
@@ -168,9 +171,8 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
                 logits = model.fc(h)
             logits = logits.float()
             if multilabel:
-                if config.loss == "logit_adjusted":  # PAL on prior-adjusted logits
-                    prior = counts.clamp_min(1) / counts.clamp_min(1).sum()
-                    logits = logits + config.la_tau * torch.log(prior)[None, :]
+                if log_prior is not None:  # PAL on prior-adjusted logits
+                    logits = logits + config.la_tau * log_prior[None, :]
                 loss = pal_loss(logits, yb, average=config.pal_average)
             elif config.loss == "logit_adjusted":
                 loss = logit_adjusted_ce(logits, yb, counts, config.la_tau)

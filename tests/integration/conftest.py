@@ -130,13 +130,17 @@ def digits_project(admin, backend):
     broken = [t["id"] for t in tasks if "broken_" in t["data"]["image"]]
     foreign = [t["id"] for t in tasks if "elsewhere_" in t["data"]["image"]]
     digits = [t for t in tasks if "digit_" in t["data"]["image"]]
-    # the backend adds its basic-auth header to the webhook Label Studio created for it
-    deadline = time.time() + 30
+    wait_for_webhook_auth(admin, pid)
+    return {"id": pid, "ml": ml["id"], "digits": digits, "broken": broken, "foreign": foreign}
+
+
+def wait_for_webhook_auth(admin, pid: int, timeout: float = 30.0) -> None:
+    """Annotations count only once the backend has added its basic-auth header to the webhook
+    Label Studio created for it; wait for that."""
+    deadline = time.time() + timeout
     while time.time() < deadline:
         hooks = admin.req("GET", "/api/webhooks/", params={"project": pid}).json()
         if hooks and all((h.get("headers") or {}).get("Authorization", "").startswith("Basic ") for h in hooks):
-            break
+            return
         time.sleep(0.5)
-    else:
-        raise AssertionError(f"webhook headers not set: {hooks}")
-    return {"id": pid, "ml": ml["id"], "digits": digits, "broken": broken, "foreign": foreign}
+    raise AssertionError(f"webhook headers not set: {hooks}")

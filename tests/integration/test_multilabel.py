@@ -14,7 +14,7 @@ import pytest
 
 from ncalr_backend.demo import digit_set_pngs, label_set_from_name
 
-from .conftest import BASIC, TRIGGER_MIN, Backend
+from .conftest import BASIC, TRIGGER_MIN, Backend, wait_for_webhook_auth
 
 pytestmark = pytest.mark.integration
 
@@ -68,15 +68,7 @@ def ml_project(admin, backend):
     assert ml["state"] == "CO", ml
     tasks = admin.tasks(pid)
     assert len(tasks) == N_IMAGES
-    # annotations count only once the backend has added its basic-auth header to the webhook
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        hooks = admin.req("GET", "/api/webhooks/", params={"project": pid}).json()
-        if hooks and all((h.get("headers") or {}).get("Authorization", "").startswith("Basic ") for h in hooks):
-            break
-        time.sleep(0.5)
-    else:
-        raise AssertionError(f"webhook headers not set: {hooks}")
+    wait_for_webhook_auth(admin, pid)
     return {"id": pid, "ml": ml["id"], "tasks": tasks}
 
 

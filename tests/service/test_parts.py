@@ -189,7 +189,7 @@ def test_multilabel_prediction_carries_the_set_and_its_probabilities():
     e = prediction_entry(p, cfg, np.array([False, True, True]))
     assert e["labels"] == ["DOG", "eel"] and e["label"] == "DOG"  # most probable first
     assert e["probs"] == {"DOG": 0.5, "eel": pytest.approx(0.3)} and e["confidence"] == pytest.approx(0.8)
-    item = prediction_item(7, e["labels"], e["confidence"], 0.25, cfg, "v1", probs=e["probs"])
+    item = prediction_item(7, e, 0.25, cfg, "v1")
     r = item["result"][0]
     assert r["value"] == {"choices": ["DOG", "eel"]} and r["score"] == pytest.approx(0.8)
     assert r[PROBS_KEY] == e["probs"] and item["score"] == 0.25 and item["task"] == 7
@@ -199,7 +199,7 @@ def test_multilabel_prediction_carries_the_set_and_its_probabilities():
     single = parse_label_config(CFG)
     e1 = prediction_entry(p, single)
     assert e1 == {"label": "DOG", "confidence": pytest.approx(0.5)}
-    item1 = prediction_item(7, "DOG", 0.5, 0.1, single, "v1")
+    item1 = prediction_item(7, e1, 0.1, single, "v1")
     assert item1["result"][0] == {"from_name": "cls", "to_name": "img", "type": "choices",
                                   "value": {"choices": ["DOG"]}, "score": 0.5}
 
