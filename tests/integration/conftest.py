@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from ncalr_backend.demo import (BackendProcess, LocalLabelStudio, LSAdmin, backend_env, digit_pngs,
                                 free_port)
@@ -68,6 +70,12 @@ class Backend:
         self.url = f"http://127.0.0.1:{self.port}"
         self.http = requests.Session()
         self.http.auth = BASIC
+        # gunicorn closes idle keep-alive connections after 2 s; a GET that reuses one just as it
+        # closes gets "Remote end closed connection" (seen once in CI after a 2 s sleep). Retry
+        # GETs only: webhooks and other POSTs must never be sent twice.
+        retry = Retry(total=3, connect=3, read=3, status=0, backoff_factor=0.2,
+                      allowed_methods=frozenset({"GET"}), raise_on_status=False)
+        self.http.mount("http://", HTTPAdapter(max_retries=retry))
 
     def start(self):
         self.proc = BackendProcess(self.env, port=self.port, log_path=self.log_path).start(timeout=90)
