@@ -14,4 +14,4 @@ if [ -n "${LABEL_STUDIO_URL:-}" ]; then
 fi
 source scripts/install.sh
 export IMAGE_SIZE=${IMAGE_SIZE:-8} IMAGE_CHANNELS=${IMAGE_CHANNELS:-1}   # digits are 8x8 grayscale
-exec .venv/bin/python -m ncalr_backend.demo "$@"
+exec .venv/bin/python -m ncalr_backend.service.demo "$@"

@@ -47,19 +47,18 @@ from pathlib import Path
 
 import numpy as np
 
+from ncalr_backend.bench.quality_metrics import (GROUPS, _round, _std, aulc, frequency_groups, group_accuracy,  # noqa: F401
+                                                 per_class_accuracy, set_metrics, spearman)
+from ncalr_backend.bench.quality_report import geometry_table, group_table, multilabel_table, plot, table  # noqa: F401
 from ncalr_backend.data.datasets import NOISE_TYPES, build_multilabel_pool, build_pool, load_images
 
 LIBRARY_STRATEGIES = {"baal-bald": "bald", "baal-entropy": "entropy"}  # label -> engine strategy trained
-# settings that change scoring only; everything else changes what is trained
-SCORING_FIELDS = {"strategy", "cmap_center", "cmap_sign", "cmap_weight", "mc_samples", "mc_dropout",
-                  "coreset_max_greedy", "nc_subsample", "eval_batch_size", "warm_start"}
 DEFAULT_STRATEGIES = "ncalr,random,entropy,margin,coreset,bald,baal-bald"
 MULTILABEL_DATASETS = ("digits-multilabel",)
 # per-epoch engine history kept in results.json (per strategy, seed and cycle)
 HISTORY_KEYS = ("epoch", "loss", "train_acc", "tpt", "nc1", "seli_dist_weights", "etf_dist_weights",
                 "seli_dist_means", "etf_dist_means", "imbalance_ratio")
 GEOMETRY_KEYS = ("seli_dist_weights", "etf_dist_weights", "seli_dist_means", "etf_dist_means", "imbalance_ratio")
-GROUPS = ("many", "medium", "few")
 QUICK = {"subsample": 500, "seeds": "1", "cycles": 2, "initial": 0.1, "query": 0.05,
          "strategies": "ncalr,random,entropy,bald,baal-bald", "max_epochs": 12, "tpt_window": 3,
          "width": 8, "train_acc_threshold": 0.9}
@@ -130,7 +129,7 @@ class Spec:
 
 
 def parse_strategies(text: str) -> list[Spec]:
-    from ncalr_backend.acquisition import STRATEGIES
+    from ncalr_backend.engine.acquisition import STRATEGIES
 
     specs = []
     for item in [s.strip() for s in text.split(",") if s.strip()]:
@@ -163,7 +162,7 @@ def parse_seeds(text: str) -> list[int]:
 def base_settings(args: argparse.Namespace) -> dict:
     import dataclasses as _dc
 
-    from ncalr_backend.config import EngineConfig
+    from ncalr_backend.engine.config import EngineConfig
 
     s = {"device": "cpu" if os.environ.get("NCALR_BENCH_DEVICE", "auto") == "cpu" else "auto"}
     if "width" in {f.name for f in _dc.fields(EngineConfig)}:
@@ -183,91 +182,15 @@ def base_settings(args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------------------------
 # metrics
 # ----------------------------------------------------------------------------------------------
-def aulc(fractions: list[float] | np.ndarray, acc: list[float] | np.ndarray) -> float:
-    """Normalised area under the learning curve: trapezoids / budget range (mean curve height)."""
-    x = np.asarray(fractions, dtype=np.float64)
-    y = np.asarray(acc, dtype=np.float64)
-    if len(x) == 1:
-        return float(y[0])
-    return float(np.trapezoid(y, x) / (x[-1] - x[0]))
-
-
-def _std(v) -> float:
-    v = np.asarray(v, dtype=np.float64)
-    return float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if len(a) < 3 or a.std() == 0 or b.std() == 0:
-        return None
-    ra = np.argsort(np.argsort(a)).astype(np.float64)
-    rb = np.argsort(np.argsort(b)).astype(np.float64)
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def frequency_groups(counts) -> dict[str, list[int]]:
-    """many / medium / few classes from the pool's class counts: ranked most frequent first (ties:
-    lower class index first), the top round(C/3) are 'many', the bottom round(C/3) 'few', the rest
-    'medium' (3 / 4 / 3 on ten classes)."""
-    counts = np.asarray(counts)
-    C = len(counts)
-    order = sorted(range(C), key=lambda c: (-counts[c], c))
-    k = max(1, int(round(C / 3))) if C >= 3 else 1
-    return {"many": sorted(order[:k]), "medium": sorted(order[k:C - k]), "few": sorted(order[C - k:])}
-
-
-def per_class_accuracy(y_true, y_pred, num_classes: int) -> np.ndarray:
-    """[C] share of each class's test items predicted as that class (NaN for a class with none)."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    out = np.full(num_classes, np.nan)
-    for c in range(num_classes):
-        sel = y_true == c
-        if sel.any():
-            out[c] = float((y_pred[sel] == c).mean())
-    return out
-
-
-def group_accuracy(per_class: np.ndarray, groups: dict) -> dict:
-    """Mean per-class accuracy over each group's classes (None when a group has no class)."""
-    pc = np.asarray(per_class, dtype=np.float64)
-    out = {}
-    for g, cls in groups.items():
-        v = pc[list(cls)] if len(cls) else np.array([])
-        v = v[np.isfinite(v)]
-        out[g] = float(v.mean()) if len(v) else None
-    return out
-
-
-def set_metrics(true_sets, pred_sets) -> dict:
-    """Exact-set-match accuracy, micro-F1 (TP, FP, FN pooled over all labels) and macro-F1 (mean of
-    the per-label F1 over the labels that occur in the truth or the prediction) of predicted sets."""
-    t = np.asarray(true_sets).astype(bool)
-    p = np.asarray(pred_sets).astype(bool)
-    tp = (t & p).sum(0).astype(np.float64)
-    fp = (~t & p).sum(0).astype(np.float64)
-    fn = (t & ~p).sum(0).astype(np.float64)
-    den = 2 * tp + fp + fn
-    micro = float(2 * tp.sum() / den.sum()) if den.sum() else 1.0
-    used = den > 0
-    macro = float((2 * tp[used] / den[used]).mean()) if used.any() else 1.0
-    return {"exact_match": float((t == p).all(1).mean()), "micro_f1": micro, "macro_f1": macro}
-
-
 # ----------------------------------------------------------------------------------------------
 # the simulation
 # ----------------------------------------------------------------------------------------------
-def _round(v, digits: int = 4):
-    """Per-epoch history values are stored to 4 decimals (results.json stays a few hundred kB)."""
-    return round(float(v), digits) if isinstance(v, (float, np.floating)) else v
-
-
 def evaluate(pool, res, probs: np.ndarray) -> dict:
     """Clean test metrics of one trained model. Single-label: accuracy, per-class accuracy,
     balanced accuracy and frequency-group accuracy. Multi-label: exact-set-match accuracy (as
     'acc'), micro-F1 and macro-F1 of the sets predicted by the engine's rule."""
     if pool.multilabel:
-        from ncalr_backend.multilabel import predict_sets
+        from ncalr_backend.engine.multilabel import predict_sets
 
         thr = (res.meta or {}).get("set_threshold", getattr(res.config, "set_threshold", 0.3))
         m = set_metrics(pool.y_test, predict_sets(probs, thr))
@@ -459,130 +382,6 @@ def extra_metrics(runs: list[dict]) -> dict:
     if diag:
         out["diagnostics_final"] = diag
     return out
-
-
-def _pm(d: dict | None, key: str = "final", scale: float = 100.0, digits: int = 1) -> str:
-    if not d:
-        return ""
-    return f"{scale * d[key + '_mean']:.{digits}f}±{scale * d[key + '_std']:.{digits}f}"
-
-
-def _md(head: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(c[i]) for c in rows)) if rows else len(h) for i, h in enumerate(head)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(head), sep] + [line(c) for c in rows])
-
-
-def group_table(summary: dict) -> str:
-    """Long tail: balanced accuracy (AULC, final budget) and per frequency group (final budget, AULC)."""
-    labs = [k for k in summary if "group_acc" in summary[k]]
-    if not labs:
-        return ""
-    head = ["strategy", "acc AULC", "balanced AULC", "balanced final", "many final", "medium final", "few final",
-            "many AULC", "medium AULC", "few AULC"]
-    rows = []
-    for lab in sorted(labs, key=lambda k: -summary[k]["balanced_acc"]["aulc_mean"]):
-        r = summary[lab]
-        g = r["group_acc"]
-        rows.append([lab, f"{100 * r['aulc_mean']:.2f}±{100 * r['aulc_std']:.2f}", _pm(r["balanced_acc"], "aulc", digits=2),
-                     _pm(r["balanced_acc"])] + [_pm(g.get(x)) for x in GROUPS] + [_pm(g.get(x), "aulc") for x in GROUPS])
-    return _md(head, rows)
-
-
-# the engine's multi-label NC diagnostics (multilabel.multilabel_geometry_report): NC1 on the
-# multiplicity-1 samples; tag-wise average check on the multiplicity-2 ones (angle between the
-# mean feature of {i, j} and mu_i + mu_j, the same against the other pairs, and their ratio)
-ML_DIAG_KEYS = {"nc1": ("NC1 (single-label)", 3), "tagwise_angle_deg": ("tag-wise angle °", 1),
-                "reference_angle_deg": ("reference angle °", 1), "tagwise_ratio": ("tag-wise ratio", 3)}
-
-
-def multilabel_table(summary: dict) -> str:
-    """Multi-label: set metrics (AULC, final budget) and the engine's multi-label NC diagnostics
-    at the last cycle (mean ± std over seeds)."""
-    labs = [k for k in summary if "micro_f1" in summary[k]]
-    if not labs:
-        return ""
-    dkeys = [k for k in ML_DIAG_KEYS if any(k in summary[x].get("diagnostics_final", {}) for x in labs)]
-    head = ["strategy", "exact AULC", "exact final", "micro-F1 AULC", "micro-F1 final", "macro-F1 AULC",
-            "macro-F1 final"] + [ML_DIAG_KEYS[k][0] for k in dkeys]
-    rows = []
-    for lab in sorted(labs, key=lambda k: -summary[k]["aulc_mean"]):
-        r = summary[lab]
-        d = r.get("diagnostics_final", {})
-        rows.append([lab, f"{100 * r['aulc_mean']:.2f}±{100 * r['aulc_std']:.2f}", _pm(r["exact_match"]),
-                     _pm(r["micro_f1"], "aulc", digits=2), _pm(r["micro_f1"]), _pm(r["macro_f1"], "aulc", digits=2),
-                     _pm(r["macro_f1"])]
-                    + [f"{d[k]['mean']:.{ML_DIAG_KEYS[k][1]}f}±{d[k]['std']:.{ML_DIAG_KEYS[k][1]}f}" if k in d else ""
-                       for k in dkeys])
-    return _md(head, rows)
-
-
-def geometry_table(summary: dict) -> str:
-    """SELI vs ETF distances at the end of training (last epoch of the last cycle), mean ± std."""
-    labs = [k for k in summary if "geometry_final" in summary[k]]
-    if not labs:
-        return ""
-    head = ["strategy", "labeled imbalance", "W: SELI dist", "W: ETF dist", "means: SELI dist", "means: ETF dist"]
-    rows = []
-    for lab in labs:
-        g = summary[lab]["geometry_final"]
-        f = lambda k: f"{g[k]['mean']:.3f}±{g[k]['std']:.3f}" if k in g else ""
-        rows.append([lab, f"{g['imbalance_ratio']['mean']:.1f}" if "imbalance_ratio" in g else "",
-                     f("seli_dist_weights"), f("etf_dist_weights"), f("seli_dist_means"), f("etf_dist_means")])
-    return _md(head, rows)
-
-
-def table(summary: dict, reference: str | None = "random") -> str:
-    labels = list(summary)
-    first = summary[labels[0]]
-    head = ["strategy"] + [f"{100 * f:.0f}%" for f in first["budget_fractions"]] + ["AULC", "vs random", "select s"]
-    rows = []
-    ref = summary.get(reference) if reference else None
-    for lab in sorted(labels, key=lambda k: -summary[k]["aulc_mean"]):
-        r = summary[lab]
-        cells = [lab] + [f"{100 * m:.1f}±{100 * s:.1f}" for m, s in zip(r["acc_mean"], r["acc_std"])]
-        cells.append(f"{100 * r['aulc_mean']:.2f}±{100 * r['aulc_std']:.2f}")
-        if ref is not None and lab != reference:
-            diff = np.array(r["aulc_per_seed"]) - np.array(ref["aulc_per_seed"])
-            cells.append(f"{100 * diff.mean():+.2f}±{100 * _std(diff):.2f}")
-        else:
-            cells.append("")
-        cells.append(f"{r['select_seconds_mean']:.2f}")
-        rows.append(cells)
-    widths = [max(len(h), *(len(c[i]) for c in rows)) for i, h in enumerate(head)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(head), sep] + [line(c) for c in rows])
-
-
-def plot(summary: dict, path: Path, title: str, ylabel: str = "clean test accuracy (%)") -> None:
-    """Mean ± std learning curves; with frequency groups (long tail) a second panel shows the
-    few-shot group's accuracy (mean per-class accuracy of the least frequent third of the classes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ncalr_backend.bench.quality_report import draw_curves
-
-    few = {k: {**r, "acc_mean": r["group_acc"]["few"]["mean"], "acc_std": r["group_acc"]["few"]["std"],
-               "aulc_mean": r["group_acc"]["few"]["aulc_mean"]}
-           for k, r in summary.items() if "few" in r.get("group_acc", {})}
-    panels = [(summary, ylabel, title, "lower right")]
-    if few:
-        panels.append((few, "few-group test accuracy (%)", "few-shot third of the classes (mean per-class accuracy; "
-                       "AULC in legend)", "upper left"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5), squeeze=False)
-    for ax, (strategies, yl, t, loc) in zip(axes[0], panels):
-        draw_curves(ax, strategies)
-        ax.set_ylabel(yl)
-        ax.set_title(t, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc=loc)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
 def library_available(specs: list[Spec]) -> tuple[bool, str]:

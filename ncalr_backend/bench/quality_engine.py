@@ -13,27 +13,29 @@ import time
 
 import numpy as np
 
+from ncalr_backend.bench.quality_metrics import spearman
+
 
 def install() -> None:
     """Register the benchmark-only candidate strategies (``quality_strategies``)."""
-    try:
-        from ncalr_backend.bench import quality_strategies
+    from ncalr_backend.bench import quality_strategies
 
-        quality_strategies.register()
-    except ImportError:
-        pass
+    quality_strategies.register()
 
 
 def make_config(settings: dict):
-    from ncalr_backend.config import EngineConfig
+    from ncalr_backend.engine.config import EngineConfig
 
     return EngineConfig.from_mapping(settings)
 
 
+# settings that change scoring only; everything else changes what is trained
+SCORING_FIELDS = {"strategy", "cmap_center", "cmap_sign", "cmap_weight", "mc_samples", "mc_dropout",
+                  "coreset_max_greedy", "nc_subsample", "eval_batch_size", "warm_start"}
+
+
 def training_key(cfg) -> str:
     """Settings that change the trained model (scoring-only settings removed)."""
-    from ncalr_backend.bench.quality import SCORING_FIELDS
-
     d = {k: v for k, v in cfg.to_dict().items() if k not in SCORING_FIELDS}
     return repr(sorted(d.items()))
 
@@ -129,13 +131,11 @@ def selection_diagnostics(pool, picked: np.ndarray, ranked: dict, n_query: int) 
         d["ff_max"] = float(ff.max()) if len(ff) else 0.0
         d["picked_ff_mean"] = float(ff[order].mean())
         if "cmap" in s:
-            from ncalr_backend.bench.quality import _spearman
-
-            d["cmap_ff_spearman"] = _spearman(s["cmap"], ff)
+            d["cmap_ff_spearman"] = spearman(s["cmap"], ff)
             if probs is not None and len(probs):
                 ent = -(np.clip(probs, 1e-12, 1) * np.log(np.clip(probs, 1e-12, 1))).sum(1)
-                d["cmap_entropy_spearman"] = _spearman(s["cmap"], ent)
-                d["ff_entropy_spearman"] = _spearman(ff, ent)
+                d["cmap_entropy_spearman"] = spearman(s["cmap"], ent)
+                d["ff_entropy_spearman"] = spearman(ff, ent)
             d["cmap_positive_fraction"] = float((s["cmap"] > 0).mean())
     if "agreement" in ranked:
         a = dict(ranked["agreement"])

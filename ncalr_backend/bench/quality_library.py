@@ -42,7 +42,7 @@ def rank(library: str, probs: np.ndarray, mc_probs: np.ndarray | None) -> tuple[
 
 
 def agreement(engine_scores: np.ndarray, library_scores: np.ndarray) -> dict:
-    from ncalr_backend.bench.quality import _spearman
+    from ncalr_backend.bench.quality_metrics import spearman
 
     e, lib = np.asarray(engine_scores, np.float64), np.asarray(library_scores, np.float64)
-    return {"spearman": _spearman(e, lib), "max_abs_diff": float(np.abs(e - lib).max()) if len(e) else 0.0}
+    return {"spearman": spearman(e, lib), "max_abs_diff": float(np.abs(e - lib).max()) if len(e) else 0.0}

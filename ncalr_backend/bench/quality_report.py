@@ -13,9 +13,133 @@ from pathlib import Path
 
 import numpy as np
 
+from ncalr_backend.bench.quality_metrics import GROUPS, _std
+
 BASELINES = ("random", "entropy", "margin", "coreset", "bald", "baal-bald", "least_confidence")
 DIAG_KEYS = ("picked_noisy", "picked_class_entropy", "picked_confidence", "ff_zero_fraction",
              "cmap_ff_spearman", "cmap_entropy_spearman", "ff_entropy_spearman", "cmap_positive_fraction")
+
+
+def _pm(d: dict | None, key: str = "final", scale: float = 100.0, digits: int = 1) -> str:
+    if not d:
+        return ""
+    return f"{scale * d[key + '_mean']:.{digits}f}±{scale * d[key + '_std']:.{digits}f}"
+
+
+def _md(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(c[i]) for c in rows)) if rows else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(head), sep] + [line(c) for c in rows])
+
+
+def group_table(summary: dict) -> str:
+    """Long tail: balanced accuracy (AULC, final budget) and per frequency group (final budget, AULC)."""
+    labs = [k for k in summary if "group_acc" in summary[k]]
+    if not labs:
+        return ""
+    head = ["strategy", "acc AULC", "balanced AULC", "balanced final", "many final", "medium final", "few final",
+            "many AULC", "medium AULC", "few AULC"]
+    rows = []
+    for lab in sorted(labs, key=lambda k: -summary[k]["balanced_acc"]["aulc_mean"]):
+        r = summary[lab]
+        g = r["group_acc"]
+        rows.append([lab, f"{100 * r['aulc_mean']:.2f}±{100 * r['aulc_std']:.2f}", _pm(r["balanced_acc"], "aulc", digits=2),
+                     _pm(r["balanced_acc"])] + [_pm(g.get(x)) for x in GROUPS] + [_pm(g.get(x), "aulc") for x in GROUPS])
+    return _md(head, rows)
+
+
+# the engine's multi-label NC diagnostics (multilabel.multilabel_geometry_report): NC1 on the
+# multiplicity-1 samples; tag-wise average check on the multiplicity-2 ones (angle between the
+# mean feature of {i, j} and mu_i + mu_j, the same against the other pairs, and their ratio)
+ML_DIAG_KEYS = {"nc1": ("NC1 (single-label)", 3), "tagwise_angle_deg": ("tag-wise angle °", 1),
+                "reference_angle_deg": ("reference angle °", 1), "tagwise_ratio": ("tag-wise ratio", 3)}
+
+
+def multilabel_table(summary: dict) -> str:
+    """Multi-label: set metrics (AULC, final budget) and the engine's multi-label NC diagnostics
+    at the last cycle (mean ± std over seeds)."""
+    labs = [k for k in summary if "micro_f1" in summary[k]]
+    if not labs:
+        return ""
+    dkeys = [k for k in ML_DIAG_KEYS if any(k in summary[x].get("diagnostics_final", {}) for x in labs)]
+    head = ["strategy", "exact AULC", "exact final", "micro-F1 AULC", "micro-F1 final", "macro-F1 AULC",
+            "macro-F1 final"] + [ML_DIAG_KEYS[k][0] for k in dkeys]
+    rows = []
+    for lab in sorted(labs, key=lambda k: -summary[k]["aulc_mean"]):
+        r = summary[lab]
+        d = r.get("diagnostics_final", {})
+        rows.append([lab, f"{100 * r['aulc_mean']:.2f}±{100 * r['aulc_std']:.2f}", _pm(r["exact_match"]),
+                     _pm(r["micro_f1"], "aulc", digits=2), _pm(r["micro_f1"]), _pm(r["macro_f1"], "aulc", digits=2),
+                     _pm(r["macro_f1"])]
+                    + [f"{d[k]['mean']:.{ML_DIAG_KEYS[k][1]}f}±{d[k]['std']:.{ML_DIAG_KEYS[k][1]}f}" if k in d else ""
+                       for k in dkeys])
+    return _md(head, rows)
+
+
+def geometry_table(summary: dict) -> str:
+    """SELI vs ETF distances at the end of training (last epoch of the last cycle), mean ± std."""
+    labs = [k for k in summary if "geometry_final" in summary[k]]
+    if not labs:
+        return ""
+    head = ["strategy", "labeled imbalance", "W: SELI dist", "W: ETF dist", "means: SELI dist", "means: ETF dist"]
+    rows = []
+    for lab in labs:
+        g = summary[lab]["geometry_final"]
+        f = lambda k: f"{g[k]['mean']:.3f}±{g[k]['std']:.3f}" if k in g else ""
+        rows.append([lab, f"{g['imbalance_ratio']['mean']:.1f}" if "imbalance_ratio" in g else "",
+                     f("seli_dist_weights"), f("etf_dist_weights"), f("seli_dist_means"), f("etf_dist_means")])
+    return _md(head, rows)
+
+
+def table(summary: dict, reference: str | None = "random") -> str:
+    labels = list(summary)
+    first = summary[labels[0]]
+    head = ["strategy"] + [f"{100 * f:.0f}%" for f in first["budget_fractions"]] + ["AULC", "vs random", "select s"]
+    rows = []
+    ref = summary.get(reference) if reference else None
+    for lab in sorted(labels, key=lambda k: -summary[k]["aulc_mean"]):
+        r = summary[lab]
+        cells = [lab] + [f"{100 * m:.1f}±{100 * s:.1f}" for m, s in zip(r["acc_mean"], r["acc_std"])]
+        cells.append(f"{100 * r['aulc_mean']:.2f}±{100 * r['aulc_std']:.2f}")
+        if ref is not None and lab != reference:
+            diff = np.array(r["aulc_per_seed"]) - np.array(ref["aulc_per_seed"])
+            cells.append(f"{100 * diff.mean():+.2f}±{100 * _std(diff):.2f}")
+        else:
+            cells.append("")
+        cells.append(f"{r['select_seconds_mean']:.2f}")
+        rows.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(head), sep] + [line(c) for c in rows])
+
+
+def plot(summary: dict, path: Path, title: str, ylabel: str = "clean test accuracy (%)") -> None:
+    """Mean ± std learning curves; with frequency groups (long tail) a second panel shows the
+    few-shot group's accuracy (mean per-class accuracy of the least frequent third of the classes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    few = {k: {**r, "acc_mean": r["group_acc"]["few"]["mean"], "acc_std": r["group_acc"]["few"]["std"],
+               "aulc_mean": r["group_acc"]["few"]["aulc_mean"]}
+           for k, r in summary.items() if "few" in r.get("group_acc", {})}
+    panels = [(summary, ylabel, title, "lower right")]
+    if few:
+        panels.append((few, "few-group test accuracy (%)", "few-shot third of the classes (mean per-class accuracy; "
+                       "AULC in legend)", "upper left"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5), squeeze=False)
+    for ax, (strategies, yl, t, loc) in zip(axes[0], panels):
+        draw_curves(ax, strategies)
+        ax.set_ylabel(yl)
+        ax.set_title(t, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc=loc)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
 
 
 def load(run: str) -> dict:
@@ -79,7 +203,6 @@ def goal(res: dict, method: str = "ncalr") -> dict:
 
 
 def md_table(res: dict, labels: list[str] | None = None) -> str:
-    from ncalr_backend.bench.quality import table
 
     s = res["strategies"] if labels is None else {k: res["strategies"][k] for k in labels if k in res["strategies"]}
     return table(s)
@@ -232,7 +355,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="only re-draw each run's curves.png and geometry.png from its results.json (into the run folder)")
     args = p.parse_args(argv)
     if args.replot:
-        from ncalr_backend.bench.quality import plot
 
         for run in args.runs:
             res = load(run)

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ncalr_backend.acquisition.base import PoolView, Strategy
+from ncalr_backend.engine.acquisition.base import PoolView, Strategy
 
 
 def ncm_margin(view: PoolView) -> np.ndarray:
     """[M] in [0, 2]: cos to the nearest centred class mean minus cos to the second nearest."""
-    from ncalr_backend.geometry import class_geometry
+    from ncalr_backend.engine.geometry import class_geometry
 
     centered = getattr(view.config, "cmap_center", True)
     geom = class_geometry(view.feats_lab, view.y_lab, view.num_classes, centered=centered)
@@ -44,7 +44,7 @@ def ncm_margin(view: PoolView) -> np.ndarray:
 def balanced_order(score: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Round-robin over groups (classes), each group in descending score; the group visited first in
     each round is the one whose next candidate has the highest score."""
-    from ncalr_backend.geometry import rank_desc
+    from ncalr_backend.engine.geometry import rank_desc
 
     base = rank_desc(score, rng)
     queues = {}
@@ -66,8 +66,8 @@ class _Base(Strategy):
     balanced = False
 
     def compute(self, view: PoolView) -> dict:
-        from ncalr_backend.acquisition.ncalr import _components
-        from ncalr_backend.geometry import fuse
+        from ncalr_backend.engine.acquisition.ncalr import _components
+        from ncalr_backend.engine.geometry import fuse
 
         c = _components(view)
         ff = c["ff"]
@@ -105,7 +105,7 @@ class NCALRPlus(_Base):
 
 
 def register() -> None:
-    from ncalr_backend import acquisition
+    from ncalr_backend.engine import acquisition
 
     for s in (NCALRTieBreak(), NCALRBalanced(), NCALRPlus()):
         acquisition.STRATEGIES.setdefault(s.name, s)

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from ncalr_backend.bench.common import emit, machine, peak_rss_mb
-from ncalr_backend.geometry import class_geometry, cmap_bruteforce, cmap_scores, flip_counts, fuse, rank_desc
+from ncalr_backend.engine.geometry import class_geometry, cmap_bruteforce, cmap_scores, flip_counts, fuse, rank_desc
 
 
 def main(argv: list[str] | None = None) -> int:

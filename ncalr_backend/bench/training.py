@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from ncalr_backend.bench.common import emit, machine, peak_rss_mb
-from ncalr_backend.config import EngineConfig
+from ncalr_backend.engine.config import EngineConfig
 from ncalr_backend.data.digits import load_digits_images
 from ncalr_backend.engine import run_cycle
-from ncalr_backend.training import build_model, pick_device
+from ncalr_backend.engine.training import build_model, pick_device
 
 
 def throughput(device: torch.device, size: int, channels_last: bool, batch: int, steps: int) -> dict:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import requests
 
-from ncalr_backend.demo import (BackendProcess, LocalLabelStudio, LSAdmin, backend_env, digit_pngs,
+from ncalr_backend.service.demo import (BackendProcess, LocalLabelStudio, LSAdmin, backend_env, digit_pngs,
                                 label_from_name)
 
 ENGINE_DEFAULTS = {"NCALR_MAX_EPOCHS": "30", "NCALR_TPT_WINDOW": "5", "IMAGE_SIZE": "8"}
@@ -97,8 +97,8 @@ def main(argv=None) -> int:
         out["cycle1"]["engine_tpt"] = rep1.get("engine", {}).get("tpt")
         preds = json.loads((work / "model_dir" / "projects" / str(pid) / "cycles" / "0001" /
                             "predictions.json").read_text())
-        from ncalr_backend.cycle import prediction_item
-        from ncalr_backend.labelconfig import parse_label_config
+        from ncalr_backend.service.cycle import prediction_item
+        from ncalr_backend.service.labelconfig import parse_label_config
         cfg = parse_label_config(admin.project(pid)["label_config"])
         items = [prediction_item(int(tid), e, e["score"], cfg, "x")
                  for tid, e in preds["tasks"].items()]

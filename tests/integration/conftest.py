@@ -16,7 +16,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from ncalr_backend.demo import (BackendProcess, LocalLabelStudio, LSAdmin, backend_env, digit_pngs,
+from ncalr_backend.service.demo import (BackendProcess, LocalLabelStudio, LSAdmin, backend_env, digit_pngs,
                                 free_port)
 
 N_DIGITS = int(os.environ.get("NCALR_IT_DIGITS", "300"))

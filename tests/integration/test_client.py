@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from ncalr_backend.demo import DIGITS_CONFIG, digit_pngs
-from ncalr_backend.labelstudio import ImageRefused, LabelStudioClient, LabelStudioError
+from ncalr_backend.service.demo import digit_pngs
+from ncalr_backend.service.labelstudio import ImageRefused, LabelStudioClient, LabelStudioError
 
 pytestmark = pytest.mark.integration
 

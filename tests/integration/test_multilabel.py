@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from ncalr_backend.demo import digit_set_pngs, label_set_from_name
+from ncalr_backend.service.demo import digit_set_pngs, label_set_from_name
 
 from .conftest import BASIC, TRIGGER_MIN, Backend, wait_for_webhook_auth
 

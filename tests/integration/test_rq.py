@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from ncalr_backend.demo import ROOT, BackendProcess, backend_env, digit_pngs, free_port, label_from_name, wait_http
+from ncalr_backend.service.demo import ROOT, BackendProcess, backend_env, digit_pngs, free_port, label_from_name
 
 from .conftest import BACKEND_SETTINGS, _tail
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from ncalr_backend.demo import DIGITS_CONFIG, digit_pngs, label_from_name
+from ncalr_backend.service.demo import DIGITS_CONFIG, digit_pngs, label_from_name
 
 from .conftest import BASIC, N_DIGITS, TRIGGER_MIN
 
@@ -259,13 +259,22 @@ def test_deleting_annotations_counts_towards_the_next_cycle(admin, backend, digi
     STATE["v4"] = s["model_version"]
 
 
-def test_project_updated_by_the_backend_never_retrains(backend, digits_project):
-    """Each cycle PATCHes the project (PROJECT_UPDATED comes back): no cycle may follow by itself."""
+def test_project_updated_by_the_backend_never_retrains(admin, backend, digits_project):
+    """Each cycle PATCHes the project and Label Studio sends PROJECT_UPDATED back: it must arrive,
+    be ignored, and no cycle may follow. The same PATCH the cycle sends is made here, and the test
+    waits until the backend has seen the webhook it causes."""
     pid = digits_project["id"]
-    n = backend.status(pid)["scheduler"]["cycles_run"]
-    time.sleep(3)
+    before = backend.status(pid)
+    n = before["scheduler"]["cycles_run"]
+    seen = before["webhooks_seen"].get("PROJECT_UPDATED", 0)
+    admin.req("PATCH", f"/api/projects/{pid}", json={"model_version": before["model_version"],
+                                                     "sampling": "Uncertainty sampling"})
+    backend.wait(pid, lambda s: s["webhooks_seen"].get("PROJECT_UPDATED", 0) > seen, timeout=30,
+                 what="PROJECT_UPDATED to arrive")
+    time.sleep(2)  # a cycle it wrongly requested would be waiting or running by now
     s = backend.status(pid)
     assert s["scheduler"]["cycles_run"] == n and not s["scheduler"]["running"] and not s["scheduler"]["waiting"]
+    assert s["pending"] is None and s["new_annotations"] == before["new_annotations"]
 
 
 # ------------------------------------------------------------------------------ state survives

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ncalr_backend.config import EngineConfig
-from ncalr_backend.cycle import CycleError, run_project_cycle
-from ncalr_backend.demo import digit_set_pngs
-from ncalr_backend.settings import Settings
-from ncalr_backend.store import ProjectStore
+from ncalr_backend.engine.config import EngineConfig
+from ncalr_backend.service.cycle import CycleError, run_project_cycle
+from ncalr_backend.service.demo import digit_set_pngs
+from ncalr_backend.service.settings import Settings
+from ncalr_backend.service.store import ProjectStore
 
 CFG = ('<View><Image name="image" value="$image"/><Choices name="digit" toName="image">'
        '<Choice value="a"/><Choice value="b"/></Choices></View>')
@@ -33,7 +33,7 @@ class FakeLS:
     url = "http://ls.test"
 
     def __init__(self, n=24, n_labeled=8, drop=0, config=CFG, choices=lambda i: ["a" if i % 2 else "b"],
-                 images=None):
+                 images=None, silent_drop=0):
         self.config = config
         self.images = images or {}
         self.tasks = []
@@ -45,7 +45,10 @@ class FakeLS:
                      "value": {"choices": choices(i)}}]}]
             self.tasks.append({"id": i, "data": {"image": f"/data/upload/1/{i}.png"}, "annotations": anns})
         self.tasks.append({"id": 999, "data": {"image": "http://elsewhere.test/x.png"}, "annotations": []})
-        self.drop, self.imported, self.patches, self.deleted = drop, [], [], []
+        # drop: predictions Label Studio refuses and says so (its "created" count is lower);
+        # silent_drop: ones it loses without saying so (the count claims them, the listing lacks them)
+        self.drop, self.silent_drop = drop, silent_drop
+        self.imported, self.stored, self.patches, self.deleted = [], [], [], []
 
     def get_project(self, pid):
         return {"id": pid, "label_config": self.config}
@@ -55,18 +58,19 @@ class FakeLS:
 
     def download(self, url):
         if "elsewhere" in url:
-            from ncalr_backend.labelstudio import ImageRefused
+            from ncalr_backend.service.labelstudio import ImageRefused
             raise ImageRefused("image host 'elsewhere.test' is not Label Studio's host")
         i = int(url.rsplit("/", 1)[1].split(".")[0])
         return self.images[i] if i in self.images else _png(40 if i % 2 else 220)
 
     def import_predictions(self, pid, items, chunk_size=500, on_chunk=None):
         self.imported += items
+        self.stored += items[self.drop + self.silent_drop:]
         return len(items) - self.drop
 
     def model_versions(self, pid):
         out = {}
-        for it in self.imported:
+        for it in self.stored:
             out[it["model_version"]] = out.get(it["model_version"], 0) + 1
         return out
 
@@ -76,6 +80,7 @@ class FakeLS:
 
     def delete_model_version(self, pid, v):
         self.deleted.append(v)
+        self.stored = [it for it in self.stored if it["model_version"] != v]
 
 
 @pytest.fixture
@@ -123,6 +128,20 @@ def test_a_dropped_prediction_fails_the_cycle_loudly_and_switches_nothing(settin
     assert st.state()["last_error"] and st.state()["in_progress"] is None
 
 
+def test_predictions_lost_without_a_word_fail_the_cycle_before_the_switch(settings):
+    """Label Studio's import answer counts all 16, but only 14 are listed under the version: the
+    listing check catches it, nothing is switched, and the half-written version is deleted."""
+    ok = FakeLS()
+    run_project_cycle(settings, 1, "first", engine_config=ENGINE, client=ok)
+    v1 = ProjectStore(settings.model_dir, 1).latest()["model_version"]
+    bad = FakeLS(silent_drop=2)
+    with pytest.raises(CycleError, match="lists 14 predictions under .* expected 16; the project was NOT switched"):
+        run_project_cycle(settings, 1, "second", engine_config=ENGINE, client=bad)
+    v2 = bad.imported[0]["model_version"]
+    assert bad.patches == [] and bad.deleted == [v2] and bad.model_versions(1) == {}
+    assert ProjectStore(settings.model_dir, 1).latest()["model_version"] == v1
+
+
 def test_no_labels_yet_is_a_clear_failure(settings):
     with pytest.raises(CycleError, match="no labeled task"):
         run_project_cycle(settings, 2, "x", engine_config=ENGINE, client=FakeLS(n_labeled=0))
@@ -148,7 +167,7 @@ ML_ENGINE = EngineConfig(max_epochs=10, tpt_window=2, train_acc_threshold=0.9, b
 
 
 def test_multilabel_cycle_writes_label_sets_with_their_probabilities(settings):
-    from ncalr_backend.cycle import PROBS_KEY
+    from ncalr_backend.service.cycle import PROBS_KEY
     from ncalr_backend.engine import load_model
     ls = FakeLS(n=40, n_labeled=16, config=MULTI_CFG, choices=_multi_choices, images=IMAGES)
     rep = run_project_cycle(settings, 1, "test", engine_config=ML_ENGINE, client=ls)

@@ -1,0 +1,236 @@
+"""Engine settings: one dataclass, documented defaults, validated, readable from the environment.
+
+The service's own settings (Label Studio URL, auth, MODEL_DIR, ...) live in ``settings.py``; this
+module holds what changes the learning: training into the terminal phase and the NCAL-R scores.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+CMAP_SIGNS = ("pos", "neg", "abs")
+LR_SCHEDULES = ("constant", "tpt-cosine")
+LOSSES = ("ce", "logit_adjusted")
+SPA_MODES = ("none", "proj", "slerp", "reg")
+DEVICES = ("auto", "cpu", "cuda")
+CLASSIFIERS = ("learned", "etf")
+TPT_CRITERIA = ("accuracy", "plateau")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the engine cannot use; the message says which and what is allowed."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    # --- acquisition -------------------------------------------------------------------------
+    strategy: str = "ncalr"
+    """Name in ``ncalr_backend.engine.acquisition.STRATEGIES`` (ncalr, cmap, ff, random, entropy, margin,
+    least_confidence, coreset, bald)."""
+    cmap_center: bool = True
+    """Centre class means on the labeled set's global mean (the neural-collapse convention, where a
+    simplex ETF has cosine -1/(C-1)); False uses raw class means."""
+    cmap_sign: str = "pos"
+    """Which CMAP change ranks first: 'pos' = largest increase of the mean inter-class cosine,
+    'neg' = largest decrease (pushes class means apart), 'abs' = largest magnitude."""
+    cmap_weight: float = 0.5
+    """Fusion weight of z(CMAP); FF gets 1 - cmap_weight (the paper: 0.5 / 0.5)."""
+    mc_samples: int = 20
+    """BALD: dropout passes through the last layer."""
+    mc_dropout: float = 0.5
+    coreset_max_greedy: int = 2000
+    """Core-set: k-center greedy steps; the rest of the pool is ordered by distance to the centres."""
+    # --- training into the terminal phase -----------------------------------------------------
+    max_epochs: int = 60
+    """Epoch cap. If the terminal phase is not reached by then, the cycle says so (tpt.reached)."""
+    min_epochs: int = 1
+    train_acc_threshold: float = 0.99
+    """T_i = first epoch whose (clean, eval-mode) training accuracy reaches this."""
+    tpt_window: int = 10
+    """Epochs trained after T_i; FF counts prediction flips over the window's checkpoints."""
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "tpt-cosine"
+    """'constant', or 'tpt-cosine': constant until T_i, then cosine to lr_min_factor * lr over the
+    window."""
+    lr_min_factor: float = 0.1
+    augment: bool = True
+    """Random translations (pad-and-crop, no flips: digits and text do not survive a flip)."""
+    warm_start: bool = True
+    """Start from the previous cycle's weights when their shapes match. On by measurement
+    (docs/quality/README.md): +3.5 +- 1.4 AULC points on digits, and the terminal phase is reached
+    far more often than from scratch."""
+    loss: str = "ce"
+    """'ce', or 'logit_adjusted' (Menon et al. 2021; the usual long-tail baseline)."""
+    la_tau: float = 1.0
+    spa: str = "none"
+    """Space alignment for long-tailed data (seed 001): 'none', 'proj' (SpA-Proj on the classifier
+    gradient), 'slerp' (SpA-SLERP of classifier rows toward class centres), 'reg' (SpA-Reg)."""
+    spa_gamma: float = 0.4
+    """SpA-Proj: share of the raw gradient kept (1 disables it; 0.2-0.6 in the paper)."""
+    spa_alpha_max: float = 0.01
+    """SpA-SLERP: largest fraction of the angle rotated per step (0.002-0.02 in the paper)."""
+    spa_lambda: float = 0.1
+    """SpA-Reg: weight of the alignment term."""
+    spa_momentum: float = 0.9
+    """EMA momentum of the per-class feature centres."""
+    classifier: str = "learned"
+    """'learned' (a trainable linear head), or 'etf': the head is fixed to the simplex ETF, the
+    feature dimension is the number of classes and only the head's bias trains (seed 002's
+    parameter-efficient variant). Not combinable with space alignment (nothing to align)."""
+    # --- multi-label (used when y_lab is multi-hot [N, K]) ------------------------------------
+    set_threshold: float = 0.3
+    """Set prediction rule: every label with softmax probability >= this, and always the most
+    probable one. Under the pick-all-labels loss a sample with |S| labels puts about 1/|S| of the
+    mass on each, so 0.3 admits sets of up to three labels."""
+    pal_average: bool = False
+    """Pick-all-labels loss: False = the sum over the set (the paper's definition); True = divided
+    by |S| (the soft-target form of the released code)."""
+    tpt_criterion: str = "accuracy"
+    """'accuracy': T_i = first epoch whose training accuracy reaches ``train_acc_threshold``.
+    'plateau': that, or the first epoch at which the training accuracy has stopped rising (the
+    best of the last ``tpt_patience`` epochs beats the best before them by less than
+    ``tpt_plateau_delta``), for label noise and multi-label sets where the threshold is out of
+    reach. Measured on digits (docs/quality/README.md): +1.7 / +7.7 / +12.6 AULC points at
+    0 / 20 / 40% label noise and +2.3 on multi-label digits, every seed positive. Not the default
+    yet: it can fire on a transient plateau early in training (a unit-test case sat at 0.5 for 5
+    epochs before learning), which the benchmarks did not show but a guard should rule out."""
+    tpt_patience: int = 5
+    tpt_plateau_delta: float = 0.01
+    tpt_plateau_min_acc: float = 0.5
+    """A plateau counts only once the training accuracy has reached this (a network that has not
+    started learning is flat too)."""
+    tpt_geometry_tol: float = 0.0
+    """0 = the terminal phase starts when the training accuracy reaches ``train_acc_threshold``.
+    > 0 additionally requires the classifier Gram's distance to the geometry target in force (SELI
+    from the class counts when the classes are imbalanced, else the simplex ETF) to be at most
+    this."""
+    width: int = 64
+    """ResNet-18 base width: 64 is torchvision's ResNet-18 (the product's model). Narrower widths keep
+    the depth, strides and blocks (channels w, 2w, 4w, 8w) for CPU-bound experiments."""
+    image_size: int = 32
+    """Side length images are resized to (the service); the engine reads it off the arrays."""
+    pretrained_path: str = ""
+    """Optional local weights file to initialise the backbone (never downloaded)."""
+    nc_subsample: int = 2000
+    """Neural-collapse diagnostics use at most this many labeled samples."""
+    seed: int = 0
+    device: str = "auto"
+    """'auto' picks CUDA when present, else the CPU."""
+    threads: int = 0
+    """torch CPU threads for training and scoring (process-wide); 0 = torch's default (one per
+    core). On a machine shared with other busy processes, oversubscribed threads are far slower
+    than fewer: a small cycle measured 0.66 s with 1 thread and 23.9 s with 2 on a 2-core machine
+    at load average 5."""
+    amp: bool = True
+    """bf16 autocast + channels-last on CUDA (ignored on the CPU)."""
+    eval_batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        from ncalr_backend.engine.acquisition import STRATEGIES  # late import: the registry imports torch
+
+        problems = []
+        if self.strategy not in STRATEGIES:
+            problems.append(f"strategy={self.strategy!r}: choose one of {sorted(STRATEGIES)}")
+        if self.cmap_sign not in CMAP_SIGNS:
+            problems.append(f"cmap_sign={self.cmap_sign!r}: choose one of {list(CMAP_SIGNS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule={self.lr_schedule!r}: choose one of {list(LR_SCHEDULES)}")
+        if self.loss not in LOSSES:
+            problems.append(f"loss={self.loss!r}: choose one of {list(LOSSES)}")
+        if self.spa not in SPA_MODES:
+            problems.append(f"spa={self.spa!r}: choose one of {list(SPA_MODES)}")
+        if not 0.0 <= self.spa_gamma <= 1.0 or not 0.0 <= self.spa_alpha_max <= 1.0 or self.spa_lambda < 0:
+            problems.append("spa_gamma and spa_alpha_max must be in [0, 1], spa_lambda >= 0")
+        if self.classifier not in CLASSIFIERS:
+            problems.append(f"classifier={self.classifier!r}: choose one of {list(CLASSIFIERS)}")
+        elif self.classifier == "etf" and self.spa != "none":
+            problems.append("classifier='etf' fixes the classifier rows, so space alignment has nothing to align: "
+                            "use spa='none' with it")
+        if not 0.0 < self.set_threshold <= 1.0:
+            problems.append(f"set_threshold={self.set_threshold}: must be in (0, 1]")
+        if not 0.0 <= self.tpt_geometry_tol < 2.0:
+            problems.append(f"tpt_geometry_tol={self.tpt_geometry_tol}: must be in [0, 2) (0 = off)")
+        if self.device not in DEVICES:
+            problems.append(f"device={self.device!r}: choose one of {list(DEVICES)}")
+        for name in ("max_epochs", "batch_size", "mc_samples", "nc_subsample", "eval_batch_size",
+                     "coreset_max_greedy", "image_size", "min_epochs", "width"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.tpt_criterion not in TPT_CRITERIA:
+            problems.append(f"tpt_criterion={self.tpt_criterion!r}: choose one of {list(TPT_CRITERIA)}")
+        if (self.tpt_patience < 1 or not 0.0 <= self.tpt_plateau_delta <= 1.0
+                or not 0.0 <= self.tpt_plateau_min_acc <= 1.0):
+            problems.append("tpt_patience must be >= 1, tpt_plateau_delta and tpt_plateau_min_acc in [0, 1]")
+        if self.threads < 0:
+            problems.append(f"threads={self.threads}: must be >= 0 (0 = torch's default)")
+        if self.tpt_window < 1:
+            problems.append(f"tpt_window={self.tpt_window}: must be >= 1 (FF needs two checkpoints)")
+        if not 0.0 < self.train_acc_threshold <= 1.0:
+            problems.append(f"train_acc_threshold={self.train_acc_threshold}: must be in (0, 1]")
+        if not 0.0 <= self.cmap_weight <= 1.0:
+            problems.append(f"cmap_weight={self.cmap_weight}: must be in [0, 1]")
+        if not 0.0 <= self.mc_dropout < 1.0:
+            problems.append(f"mc_dropout={self.mc_dropout}: must be in [0, 1)")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            problems.append("lr must be > 0, weight_decay >= 0, momentum in [0, 1)")
+        if not 0.0 < self.lr_min_factor <= 1.0:
+            problems.append(f"lr_min_factor={self.lr_min_factor}: must be in (0, 1]")
+        if problems:
+            raise ConfigError("invalid engine settings: " + "; ".join(problems))
+
+    def replace(self, **changes: Any) -> "EngineConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "EngineConfig":
+        """Build from strings (environment, CLI); unknown keys are an error, not ignored."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown engine settings {unknown}; known: {sorted(known)}")
+        kwargs = {}
+        for key, raw in values.items():
+            kwargs[key] = _coerce(key, known[key].type, raw)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_env(cls, prefix: str = "NCALR_", environ: Mapping[str, str] | None = None) -> "EngineConfig":
+        """Read ``NCALR_<FIELD>`` variables (e.g. NCALR_MAX_EPOCHS=30, NCALR_STRATEGY=ncalr)."""
+        environ = os.environ if environ is None else environ
+        names = {f.name for f in fields(cls)}
+        values = {}
+        for key, raw in environ.items():
+            if key.startswith(prefix):
+                name = key[len(prefix):].lower()
+                if name in names:
+                    values[name] = raw
+        return cls.from_mapping(values)
+
+
+def _coerce(key: str, type_name: Any, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    t = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
+    try:
+        if t == "bool":
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if t == "int":
+            return int(raw)
+        if t == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"engine setting {key}={raw!r} is not a valid {t}") from None
+    return raw

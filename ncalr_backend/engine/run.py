@@ -1,0 +1,224 @@
+"""One active-learning cycle, offline: labeled images + labels and a pool in; a model trained into
+the terminal phase, per-sample scores, the ranking, predictions and per-epoch metrics out.
+
+The Label Studio service and the benchmarks call ``run_cycle``; nothing else re-implements it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ncalr_backend.engine.acquisition import PoolView, get_strategy
+from ncalr_backend.atomic import atomic_save_npz, atomic_torch_save, atomic_write_json
+from ncalr_backend.engine.config import EngineConfig
+from ncalr_backend.engine.geometry import finite_or_none, geometry_report
+from ncalr_backend.engine.multilabel import multilabel_geometry_report, predict_sets
+from ncalr_backend.engine.training import ResNet18Classifier, build_model, pick_device, train_to_tpt
+from ncalr_backend.engine.training.trainer import forward_all
+
+__all__ = ["EngineConfig", "CycleResult", "run_cycle", "rerank", "load_model", "predict_proba", "InputError"]
+
+
+class InputError(ValueError):
+    """The arrays handed to the engine are not what it needs; the message says what to fix."""
+
+
+@dataclass
+class CycleResult:
+    ranking: np.ndarray  # [M] int64 indices into the pool, query first
+    scores: dict  # name -> [M] float64; "score" is what was ranked
+    pred: np.ndarray  # [M] int64 most probable class
+    confidence: np.ndarray  # [M] float32: max probability; multi-label: softmax mass on the predicted set
+    probs: np.ndarray  # [M, K] float32
+    model: ResNet18Classifier
+    meta: dict
+    history: list
+    tpt: dict
+    diagnostics: dict
+    timings: dict
+    config: EngineConfig
+    extras: dict = field(default_factory=dict)
+    view: PoolView | None = field(default=None, repr=False)  # what the strategies saw; for rerank()
+    multilabel: bool = False
+    pred_sets: np.ndarray | None = None  # [M, K] bool predicted label sets (multi-label mode only)
+
+    @property
+    def model_state(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def summary(self) -> dict:
+        s = {"strategy": self.config.strategy, "pool": int(len(self.ranking)), "multilabel": self.multilabel,
+             "tpt": self.tpt,
+             "diagnostics": self.diagnostics, "timings": self.timings, "config": self.config.to_dict(),
+             "meta": self.meta}
+        if "ff" in self.scores and len(self.ranking):
+            ff = self.scores["ff"]
+            s["ff_histogram"] = {str(int(v)): int(c) for v, c in zip(*np.unique(ff, return_counts=True))}
+            s["ff_zero_fraction"] = float((ff == 0).mean())
+            if ff.std() > 0 and self.scores["cmap"].std() > 0:
+                s["cmap_ff_corr"] = float(np.corrcoef(self.scores["cmap"], ff)[0, 1])
+        if self.pred_sets is not None and len(self.pred_sets):
+            sizes = self.pred_sets.sum(1)
+            s["pred_set_sizes"] = {str(int(v)): int(c) for v, c in zip(*np.unique(sizes, return_counts=True))}
+        return s
+
+
+def _check(x_lab, y_lab, x_pool, num_classes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x_lab = np.asarray(x_lab)
+    y_lab = np.asarray(y_lab)
+    x_pool = np.asarray(x_pool)
+    if x_lab.ndim != 4:
+        raise InputError(f"x_lab must be [N, C, H, W]; got shape {x_lab.shape}")
+    if x_pool.size == 0:
+        x_pool = np.zeros((0,) + x_lab.shape[1:], dtype=np.float32)
+    if x_pool.ndim != 4 or x_pool.shape[1:] != x_lab.shape[1:]:
+        raise InputError(f"x_pool must be [M, {', '.join(map(str, x_lab.shape[1:]))}] like x_lab; got {x_pool.shape}")
+    if x_lab.shape[1] not in (1, 3):
+        raise InputError(f"images need 1 (grayscale) or 3 (RGB) channels; got {x_lab.shape[1]}")
+    if x_lab.shape[2] != x_lab.shape[3]:
+        raise InputError(f"images must be square (resize first); got {x_lab.shape[2]}x{x_lab.shape[3]}")
+    if len(x_lab) < 2:
+        raise InputError(f"need at least 2 labeled images to train; got {len(x_lab)}")
+    if num_classes < 2:
+        raise InputError(f"need at least 2 classes; got num_classes={num_classes}")
+    if y_lab.ndim == 2:  # multi-label: multi-hot rows
+        if y_lab.shape != (len(x_lab), num_classes):
+            raise InputError(f"multi-hot y_lab must be [N, K] = [{len(x_lab)}, {num_classes}]; got {y_lab.shape}")
+        if y_lab.size and not np.isin(y_lab, (0, 1)).all():
+            raise InputError("multi-hot y_lab must hold only 0 and 1")
+        empty = np.flatnonzero(y_lab.sum(1) == 0)
+        if len(empty):
+            raise InputError(f"every labeled image needs at least one label; rows {empty[:10].tolist()} have none")
+        y_out = y_lab.astype(np.float32)
+    else:
+        if y_lab.shape != (len(x_lab),):
+            raise InputError(f"y_lab must be [N] = [{len(x_lab)}] class ids, or multi-hot [N, K]; got {y_lab.shape}")
+        if y_lab.min() < 0 or y_lab.max() >= num_classes:
+            raise InputError(f"labels must be integers in 0..{num_classes - 1}; got range {y_lab.min()}..{y_lab.max()}")
+        y_out = y_lab.astype(np.int64)
+    for name, a in (("x_lab", x_lab), ("x_pool", x_pool)):
+        if a.size and (not np.isfinite(a).all() or a.min() < -1e-6 or a.max() > 1 + 1e-6):
+            raise InputError(f"{name} must be finite floats in [0, 1]")
+    return x_lab.astype(np.float32, copy=False), y_out, x_pool.astype(np.float32, copy=False)
+
+
+def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | None = None,
+              out_dir: str | Path | None = None, init_state: dict | None = None,
+              progress: Callable[[dict], None] | None = None) -> CycleResult:
+    """Train into the terminal phase, score and rank the pool with ``config.strategy``.
+
+    ``y_lab``: class ids [N] (single-label), or multi-hot [N, K] (multi-label: pick-all-labels
+    loss, FF over predicted sets, CMAP over single-label class means; ``pred_sets`` in the result).
+
+    If ``out_dir`` is given, writes ``model.pt`` (state dict + meta), ``scores.npz`` and
+    ``metrics.json`` there, each atomically.
+    """
+    config = config or EngineConfig()
+    x_lab, y_lab, x_pool = _check(x_lab, y_lab, x_pool, num_classes)
+    device = pick_device(config.device)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    strategy = get_strategy(config.strategy)
+    t0 = time.perf_counter()
+    multilabel = y_lab.ndim == 2
+    model = build_model(num_classes, x_lab.shape[1], x_lab.shape[2], config.pretrained_path, config.width,
+                        config.classifier)
+    warm = False
+    if init_state is not None and config.warm_start:
+        own = model.state_dict()
+        if all(k in own and own[k].shape == v.shape for k, v in init_state.items()) and len(init_state) == len(own):
+            model.load_state_dict(init_state)
+            warm = True
+    tr = train_to_tpt(model, torch.from_numpy(x_lab), torch.from_numpy(y_lab), torch.from_numpy(x_pool),
+                      config, device, progress)
+    model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    t1 = time.perf_counter()
+    probs = torch.softmax(torch.from_numpy(tr.logits_pool), dim=1).numpy().astype(np.float32)
+    fc = model.fc
+    pred_sets = predict_sets(probs, config.set_threshold) if multilabel else None
+    view = PoolView(probs=probs, feats=tr.feats_pool, feats_lab=tr.feats_lab,
+                    y_lab=y_lab.argmax(1) if multilabel else y_lab, num_classes=num_classes,
+                    pred_history=tr.pred_history,
+                    head=lambda h: fc(h), rng=np.random.default_rng(config.seed + 7919), config=config,
+                    label_sets=y_lab.astype(bool) if multilabel else None, pred_sets=pred_sets)
+    ranking, scores, extras = strategy.rank(view)
+    t2 = time.perf_counter()
+    W, b = fc.weight.detach().numpy(), fc.bias.detach().numpy()
+    rng = np.random.default_rng(config.seed)
+    if multilabel:
+        diag = multilabel_geometry_report(tr.feats_lab, y_lab, W, b, config.nc_subsample, rng)
+    else:
+        diag = geometry_report(tr.feats_lab, y_lab, W, b, num_classes, config.nc_subsample, rng)
+    diag = finite_or_none(diag)
+    at_ti = next((h for h in tr.history if h["epoch"] == tr.tpt["t_i"]), None)
+    if at_ti is not None and "nc1" in at_ti:
+        diag["nc1_at_t_i"] = at_ti["nc1"]
+    meta = {**model.meta(), "warm_started": warm, "strategy": config.strategy, "device": str(device),
+            "multilabel": multilabel, "set_threshold": config.set_threshold}
+    M = len(probs)
+    if multilabel:
+        confidence = (probs * pred_sets).sum(1).astype(np.float32) if M else np.zeros(0, np.float32)
+    else:
+        confidence = probs.max(1) if M else np.zeros(0, np.float32)
+    res = CycleResult(
+        ranking=ranking, scores=scores, pred=probs.argmax(1).astype(np.int64) if M else np.zeros(0, np.int64),
+        confidence=confidence, probs=probs, model=model, meta=meta,
+        history=tr.history, tpt=tr.tpt, diagnostics=diag,
+        timings={"train_s": t1 - t0, "score_s": t2 - t1, "images_per_s": tr.images_seen / max(tr.seconds, 1e-9),
+                 "device": str(device)},
+        config=config, extras=extras, view=view, multilabel=multilabel, pred_sets=pred_sets)
+    if out_dir is not None:
+        save_cycle(res, out_dir)
+    return res
+
+
+def rerank(res: CycleResult, config: EngineConfig) -> tuple[np.ndarray, dict, dict]:
+    """Rank the same trained model's view of the pool with ``config.strategy`` (and its scoring
+    settings: CMAP sign and centring, fusion weight, ...): (ranking, scores, extras).
+
+    Training settings in ``config`` are ignored; the benchmarks use this to compare strategies on
+    one trained model without training it again.
+    """
+    if res.view is None:
+        raise ValueError("this CycleResult carries no pool view (was it loaded from disk?)")
+    view = dataclasses.replace(res.view, config=config, rng=np.random.default_rng(config.seed + 7919))
+    return get_strategy(config.strategy).rank(view)
+
+
+def save_cycle(res: CycleResult, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(out / "model.pt", {"state_dict": res.model.state_dict(), "meta": res.meta})
+    sets = {"pred_sets": res.pred_sets} if res.pred_sets is not None else {}
+    atomic_save_npz(out / "scores.npz", ranking=res.ranking, pred=res.pred, confidence=res.confidence,
+                    **sets, **{f"score_{k}": v for k, v in res.scores.items()})
+    atomic_write_json(out / "metrics.json", {"summary": res.summary(), "history": res.history})
+    return out
+
+
+def load_model(path: str | Path) -> tuple[ResNet18Classifier, dict]:
+    """Rebuild the model saved by ``run_cycle`` (``torch.load(weights_only=True)``)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    meta = blob["meta"]
+    model = ResNet18Classifier(meta["num_classes"], meta["in_channels"], meta["image_size"], meta.get("width", 64),
+                               meta.get("classifier", "learned"))
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), meta
+
+
+def predict_proba(model: ResNet18Classifier, x, device: str | torch.device | None = None,
+                  batch_size: int = 512) -> np.ndarray:
+    """Softmax probabilities [n, K] for images [n, C, H, W] in [0, 1]."""
+    dev = pick_device("auto") if device is None else torch.device(device)
+    x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    model = model.to(dev)
+    _, logits = forward_all(model, x, dev, batch_size, amp=False, with_features=False)
+    model.to("cpu")
+    return torch.softmax(logits, dim=1).numpy().astype(np.float32)

@@ -1,0 +1,344 @@
+"""Training into the terminal phase of training (TPT), recording what NCAL-R needs.
+
+Per epoch: one pass of SGD over the labeled set (shuffled, optionally translated), then one
+eval-mode pass over the labeled set that gives the clean training accuracy and the NC1-NC4
+diagnostics. T_i is the first epoch whose training accuracy reaches the threshold; training goes on
+for ``tpt_window`` more epochs, and at T_i and each of those epochs the predicted class of every pool
+sample is recorded (FF). If the epoch cap comes first, ``tpt.reached`` is False and FF is taken over
+the last window of epochs before the cap instead (said in the result, never hidden).
+
+Multi-label mode (``y_lab`` multi-hot [N, K]): the pick-all-labels loss; "training accuracy" is the
+exact-set-match rate of the set rule (``multilabel.predict_sets``); the NC metrics are taken on the
+multiplicity-1 samples plus the tag-wise average check; and the pool's predicted SETS are recorded
+at each checkpoint (packed bits), so FF counts set changes.
+
+With ``tpt_criterion='plateau'`` the terminal phase also starts when the training accuracy stops
+rising (``_plateaued``): under label noise, or for exact-set accuracy in multi-label mode, the
+network cannot reach ``train_acc_threshold`` without memorising, and the window then starts where
+training has settled instead of at the epoch cap. ``tpt['by']`` says which criterion fired.
+
+With ``tpt_geometry_tol`` > 0 the terminal phase also needs the classifier Gram to be within that
+distance of the geometry target in force: SELI from the class counts when the classes are
+imbalanced, the simplex ETF otherwise (``geometry.geometry_report``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ncalr_backend.engine.config import EngineConfig
+from ncalr_backend.engine.training.longtail import ClassCentres, slerp_alpha, spa_proj_, spa_reg_loss, spa_slerp_
+from ncalr_backend.engine.training.losses import logit_adjusted_ce, pal_loss
+from ncalr_backend.engine.geometry import geometry_report
+from ncalr_backend.engine.multilabel import multilabel_geometry_report, pack_sets, predict_sets
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    tpt: dict
+    pred_history: np.ndarray  # [T, M] int32 predicted class per checkpoint; multi-label: uint8 [T, M, ceil(K/8)] packed sets
+    feats_lab: np.ndarray  # [N, d] float32, final model
+    feats_pool: np.ndarray  # [M, d] float32
+    logits_pool: np.ndarray  # [M, K] float32
+    seconds: float = 0.0
+    images_seen: int = 0
+    extras: dict = field(default_factory=dict)
+
+
+def _random_translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to ``pad`` pixels in each direction (zero fill), vectorised."""
+    B, C, H, W = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (B,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (B,), generator=gen).to(x.device)
+    rows = (torch.arange(H, device=x.device)[None, :] + dy[:, None])  # [B, H]
+    cols = (torch.arange(W, device=x.device)[None, :] + dx[:, None])  # [B, W]
+    b = torch.arange(B, device=x.device)[:, None, None, None]
+    c = torch.arange(C, device=x.device)[None, :, None, None]
+    return xp[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+@torch.no_grad()
+def forward_all(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int,
+                amp: bool = False, with_features: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Eval-mode features [n, d] and logits [n, K] (float32, on the CPU) in batches."""
+    model.eval()
+    feats, logits = [], []
+    for s in range(0, len(x), batch_size):
+        xb = x[s:s + batch_size].to(device, non_blocking=True)
+        if device.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            h = model.features(xb)
+            z = model.fc(h)
+        if with_features:
+            feats.append(h.float().cpu())
+        logits.append(z.float().cpu())
+    K = model.fc.out_features
+    d = model.fc.in_features
+    lg = torch.cat(logits) if logits else torch.zeros(0, K)
+    ft = (torch.cat(feats) if feats else torch.zeros(0, d)) if with_features else None
+    return ft, lg
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """A shuffled epoch in ceil(n / batch_size) batches of near-equal size (never a tail batch of
+    one or two that BatchNorm cannot normalise: 18 samples at batch size 16 give 9 + 9, not 16 + 2)."""
+    perm = torch.randperm(n, generator=gen)
+    return list(torch.tensor_split(perm, max(1, min(math.ceil(n / batch_size), n // 2))))
+
+
+def _plateaued(accs: list[float], patience: int, delta: float) -> bool:
+    """The training accuracy has stopped rising: the best of the last ``patience`` epochs beats the
+    best before them by less than ``delta``."""
+    if len(accs) <= patience:
+        return False
+    return max(accs[-patience:]) - max(accs[:-patience]) < delta
+
+
+class _Loss:
+    """The training loss of one batch: CE, logit-adjusted CE, or (multi-label) PAL, plus SpA-Reg."""
+
+    def __init__(self, yl: torch.Tensor, K: int, config: EngineConfig, multilabel: bool):
+        self.config, self.multilabel = config, multilabel
+        self.log_prior = None
+        if multilabel:
+            self.single = yl.sum(1) == 1  # SpA centres: from multiplicity-1 samples (their means form the ETF)
+            self.y_single = yl.argmax(1)
+            self.counts = yl.sum(0)  # label frequencies (the prior of logit adjustment)
+            if config.loss == "logit_adjusted":
+                self.log_prior = torch.log(self.counts.clamp_min(1) / self.counts.clamp_min(1).sum())
+        else:
+            self.counts = torch.bincount(yl, minlength=K).float()
+
+    def __call__(self, logits, yb, h, idx, centres, fc_weight) -> torch.Tensor:
+        config = self.config
+        if self.multilabel:
+            if self.log_prior is not None:  # PAL on prior-adjusted logits
+                logits = logits + config.la_tau * self.log_prior[None, :]
+            loss = pal_loss(logits, yb, average=config.pal_average)
+        elif config.loss == "logit_adjusted":
+            loss = logit_adjusted_ce(logits, yb, self.counts, config.la_tau)
+        else:
+            loss = F.cross_entropy(logits, yb)
+        if centres is not None:
+            if self.multilabel:
+                sb = self.single[idx]
+                if sb.any():
+                    centres.update(h[sb], self.y_single[idx][sb])
+            else:
+                centres.update(h, yb)
+            if config.spa == "reg":
+                loss = loss + spa_reg_loss(fc_weight, centres, config.spa_lambda)
+        return loss
+
+
+@dataclass
+class _Run:
+    """What one training run holds fixed across its epochs."""
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    xl: torch.Tensor
+    yl: torch.Tensor
+    loss: _Loss
+    centres: ClassCentres | None
+    config: EngineConfig
+    device: torch.device
+    gen: torch.Generator
+    use_amp: bool
+    pad: int
+    steps_total: int
+    step: int = 0
+
+
+def train_one_epoch(run: _Run, lr: float) -> tuple[float, int]:
+    """One shuffled pass of SGD over the labeled set at ``lr``; returns (mean loss, images seen)."""
+    model, config, device = run.model, run.config, run.device
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    model.train()
+    loss_sum, seen = 0.0, 0
+    for idx in _batches(len(run.xl), config.batch_size, run.gen):
+        idx = idx.to(device)
+        xb, yb = run.xl[idx], run.yl[idx]
+        if config.augment:
+            xb = _random_translate(xb, run.pad, run.gen)
+        if device.type == "cuda":
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=run.use_amp):
+            h = model.features(xb)
+            logits = model.fc(h)
+        loss = run.loss(logits.float(), yb, h, idx, run.centres, model.fc.weight)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.spa == "proj":
+            spa_proj_(model.fc.weight.grad, model.fc.weight.detach(), run.centres, config.spa_gamma)
+        run.opt.step()
+        run.step += 1
+        if config.spa == "slerp":
+            spa_slerp_(model.fc.weight.data, run.centres, slerp_alpha(config.spa_alpha_max, run.step, run.steps_total))
+        loss_sum += float(loss.detach()) * len(idx)
+        seen += len(idx)
+    return loss_sum / max(seen, 1), seen
+
+
+def evaluate_train(model: nn.Module, x_lab: torch.Tensor, y_np: np.ndarray, config: EngineConfig,
+                   device: torch.device, use_amp: bool, nc_rng: np.random.Generator) -> tuple[float, dict]:
+    """Eval-mode pass over the labeled set: the clean training accuracy (multi-label: exact set
+    match of the set rule) and the NC1-NC4 / SELI / ETF diagnostics."""
+    feats_l, logits_l = forward_all(model, x_lab, device, config.eval_batch_size, use_amp)
+    W = model.fc.weight.detach().float().cpu().numpy()
+    b = model.fc.bias.detach().float().cpu().numpy()
+    if y_np.ndim == 2:
+        sets_np = y_np.astype(bool)
+        train_acc = float((predict_sets(torch.softmax(logits_l, 1).numpy(), config.set_threshold)
+                           == sets_np).all(1).mean())
+        nc = multilabel_geometry_report(feats_l.numpy(), sets_np, W, b, config.nc_subsample, nc_rng)
+    else:
+        train_acc = float((logits_l.argmax(1).numpy() == y_np).mean())
+        nc = geometry_report(feats_l.numpy(), y_np, W, b, model.fc.out_features, config.nc_subsample, nc_rng)
+    return train_acc, nc
+
+
+class TerminalPhase:
+    """When the terminal phase starts (T_i), the learning rate in it, and which epochs are
+    checkpoints for FF (T_i and the ``tpt_window`` epochs after it; or, while T_i has not come, the
+    last window before the epoch cap)."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.window = config.tpt_window
+        self.fallback_from = config.max_epochs - self.window
+        self.t_i: int | None = None
+        self.by: str | None = None
+        self.accs: list[float] = []
+
+    def lr(self, epoch: int) -> float:
+        c = self.config
+        if c.lr_schedule == "tpt-cosine" and self.t_i is not None:
+            frac = min(1.0, (epoch - self.t_i) / self.window)
+            return c.lr * (c.lr_min_factor + (1 - c.lr_min_factor) * 0.5 * (1 + math.cos(math.pi * frac)))
+        return c.lr
+
+    def observe(self, epoch: int, train_acc: float, nc: dict) -> bool:
+        """Record the epoch's accuracy; True when the terminal phase starts at this epoch."""
+        c = self.config
+        geometry_ok = c.tpt_geometry_tol <= 0 or nc.get("target_dist_weights", float("inf")) <= c.tpt_geometry_tol
+        self.accs.append(train_acc)
+        if self.t_i is not None or epoch < c.min_epochs or not geometry_ok:
+            return False
+        if train_acc >= c.train_acc_threshold:
+            self.t_i, self.by = epoch, "accuracy"
+        elif (c.tpt_criterion == "plateau" and max(self.accs) >= c.tpt_plateau_min_acc
+              and _plateaued(self.accs, c.tpt_patience, c.tpt_plateau_delta)):
+            self.t_i, self.by = epoch, "plateau"
+        return self.t_i is not None
+
+    def records(self, epoch: int) -> bool:
+        return self.t_i is not None or epoch > self.fallback_from
+
+    def done(self, epoch: int) -> bool:
+        return self.t_i is not None and epoch - self.t_i >= self.window
+
+
+def pool_checkpoint(model: nn.Module, x_pool: torch.Tensor, config: EngineConfig, device: torch.device,
+                    use_amp: bool, multilabel: bool) -> np.ndarray:
+    """The pool's predictions at one checkpoint: [M] int32 classes, or [M, ceil(K/8)] packed sets."""
+    _, lp = forward_all(model, x_pool, device, config.eval_batch_size, use_amp, with_features=False)
+    if multilabel:
+        return pack_sets(predict_sets(torch.softmax(lp, 1).numpy(), config.set_threshold))
+    return lp.argmax(1).numpy().astype(np.int32)
+
+
+def tpt_summary(phase: TerminalPhase, history: list[dict], pred_epochs: list[int], epoch: int,
+                multilabel: bool) -> dict:
+    """``TrainResult.tpt``: whether and how the terminal phase came, and the geometry at T_i / the end."""
+    config = phase.config
+    tpt = {"reached": phase.t_i is not None, "t_i": phase.t_i, "by": phase.by, "criterion": config.tpt_criterion,
+           "epochs": epoch, "window": phase.window,
+           "checkpoints": pred_epochs, "threshold": config.train_acc_threshold,
+           "accuracy": "exact set match" if multilabel else "top-1",
+           "final_train_acc": history[-1]["train_acc"] if history else None}
+    last = history[-1] if history else {}
+    if "geometry_target" in last:
+        at_ti = next((h for h in history if h["epoch"] == phase.t_i), None)
+        tpt["geometry_target"] = last["geometry_target"]
+        tpt["geometry_tol"] = config.tpt_geometry_tol or None
+        tpt["target_dist_weights_end"] = last.get("target_dist_weights")
+        tpt["target_dist_means_end"] = last.get("target_dist_means")
+        if at_ti is not None:
+            tpt["target_dist_weights_at_t_i"] = at_ti.get("target_dist_weights")
+            tpt["target_dist_means_at_t_i"] = at_ti.get("target_dist_means")
+    return tpt
+
+
+def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_pool: torch.Tensor,
+                 config: EngineConfig, device: torch.device,
+                 progress: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train ``model`` on (x_lab, y_lab) into the terminal phase; see the module docstring."""
+    t0 = time.perf_counter()
+    N = len(x_lab)
+    if N < 2:
+        raise ValueError(f"training needs at least 2 labeled samples; got {N}")
+    multilabel = y_lab.ndim == 2
+    use_amp = bool(config.amp and device.type == "cuda")
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    yl = (y_lab.float() if multilabel else y_lab).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]  # the fixed ETF head stays fixed
+    K = model.fc.out_features
+    run = _Run(model=model, xl=x_lab.to(device), yl=yl, loss=_Loss(yl, K, config, multilabel),
+               opt=torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                   weight_decay=config.weight_decay, nesterov=config.momentum > 0),
+               centres=(ClassCentres(K, model.fc.in_features, config.spa_momentum, device)
+                        if config.spa != "none" else None),
+               config=config, device=device, gen=torch.Generator().manual_seed(config.seed), use_amp=use_amp,
+               pad=max(1, x_lab.shape[-1] // 8),
+               steps_total=config.max_epochs * len(_batches(N, config.batch_size, torch.Generator())))
+    phase = TerminalPhase(config)
+    nc_rng = np.random.default_rng(config.seed)
+    y_np = y_lab.cpu().numpy()
+    history: list[dict] = []
+    preds: list[np.ndarray] = []
+    pred_epochs: list[int] = []
+    images = 0
+    epoch = 0
+    for epoch in range(1, config.max_epochs + 1):
+        lr = phase.lr(epoch)
+        loss, seen = train_one_epoch(run, lr)
+        images += seen
+        train_acc, nc = evaluate_train(model, x_lab, y_np, config, device, use_amp, nc_rng)
+        if phase.observe(epoch, train_acc, nc):  # FF counts from T_i on: drop the fallback window
+            preds.clear()
+            pred_epochs.clear()
+        if phase.records(epoch) and len(x_pool):
+            preds.append(pool_checkpoint(model, x_pool, config, device, use_amp, multilabel))
+            pred_epochs.append(epoch)
+        row = {"epoch": epoch, "loss": loss, "train_acc": train_acc, "lr": lr,
+               "tpt": phase.t_i is not None, **{k: v for k, v in nc.items() if k not in ("classes", "samples")}}
+        history.append(row)
+        if progress is not None:
+            progress(dict(row))
+        if phase.done(epoch):
+            break
+    if len(x_pool) == 0:
+        preds, pred_epochs = [], []
+    feats_l, _ = forward_all(model, x_lab, device, config.eval_batch_size, use_amp)
+    feats_p, logits_p = forward_all(model, x_pool, device, config.eval_batch_size, use_amp)
+    M = len(x_pool)
+    if preds:
+        pred_hist = np.stack(preds)
+    else:
+        pred_hist = np.zeros((0, M, (K + 7) // 8), np.uint8) if multilabel else np.zeros((0, M), np.int32)
+    return TrainResult(history=history, tpt=tpt_summary(phase, history, pred_epochs, epoch, multilabel),
+                       pred_history=pred_hist, feats_lab=feats_l.numpy(), feats_pool=feats_p.numpy(),
+                       logits_pool=logits_p.numpy(), seconds=time.perf_counter() - t0, images_seen=images)

@@ -1,0 +1,349 @@
+"""The web service: label-studio-ml's Flask app with this backend's routes.
+
+``create_app(model_class)`` builds it (``_wsgi.py`` does, for gunicorn). label-studio-ml's
+``init_app`` provides the Flask app and its routes; the handlers are replaced where the SDK does not
+fit Label Studio 1.23 (see model.py for the list of gaps), and ``GET /versions`` and ``GET /status``
+are added. Webhooks are validated, counted or turned into requests to the scheduler, and answered
+in milliseconds; nothing trains in a request.
+
+ONE gunicorn worker process: the embedded cycle scheduler lives in the process, and two processes
+would each run their own (threads are fine and are what keeps /webhook fast). With ``REDIS_URL``
+set the scheduler is in Redis and more web processes are safe.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import threading
+import time
+import uuid
+from typing import Optional
+
+from flask import jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from ncalr_backend.service.labelconfig import LabelConfigError
+from ncalr_backend.service.labelstudio import make_client
+from ncalr_backend.service.scheduler import make_scheduler
+from ncalr_backend.service.serving import UNTRAINED_VERSION
+from ncalr_backend.service.settings import Settings
+from ncalr_backend.service.store import ProjectStore, read_json
+
+log = logging.getLogger("ncalr_backend.wsgi")
+
+COUNTED = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+IGNORED_FOR_TRAINING = ("PROJECT_UPDATED",)
+
+
+def project_id_from(value) -> Optional[int]:
+    """Label Studio sends projects as "<id>.<created_ts>", an int, or a dict with "id"."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    try:
+        pid = int(str(value).split(".")[0])
+    except (TypeError, ValueError):
+        return None
+    return pid if pid > 0 else None
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
+def _error(message: str, status: int):
+    return jsonify({"error": message}), status
+
+
+def _json_body() -> dict:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object (Content-Type: application/json)")
+    return data
+
+
+def _annotation_count(action: str, data: dict) -> int:
+    if action == "ANNOTATIONS_DELETED":
+        anns = data.get("annotations")
+        if not isinstance(anns, list) or not anns or not all(isinstance(a, dict) and "id" in a for a in anns):
+            raise BadRequest("ANNOTATIONS_DELETED needs 'annotations': a non-empty list of {\"id\": ...}")
+        return len(anns)
+    ann = data.get("annotation")
+    if not isinstance(ann, dict) or "id" not in ann:
+        raise BadRequest(f"{action} needs 'annotation': an object with an 'id'")
+    if action == "ANNOTATION_CREATED" and ann.get("was_cancelled"):
+        return 0  # a skipped task adds no label
+    return 1
+
+
+class Backend:
+    """The routes' state: settings, the model class, the scheduler (started on first use)."""
+
+    def __init__(self, model_class, settings: Settings):
+        self.model_class = model_class
+        self.settings = settings
+        self._scheduler = None
+        self._scheduler_lock = threading.Lock()
+        self._webhook_auth_done = set()
+        self._webhooks_seen: dict = {}  # project -> {action: count} received by this process
+        self._webhooks_lock = threading.Lock()
+
+    def saw_webhook(self, project_id: Optional[int], action: str) -> None:
+        if project_id is None:
+            return
+        with self._webhooks_lock:
+            seen = self._webhooks_seen.setdefault(project_id, {})
+            seen[action] = seen.get(action, 0) + 1
+
+    def webhooks_seen(self, project_id: int) -> dict:
+        with self._webhooks_lock:
+            return dict(self._webhooks_seen.get(project_id, {}))
+
+    # ------------------------------------------------------------------ scheduler
+    def scheduler(self):
+        with self._scheduler_lock:
+            if self._scheduler is None:
+                self._scheduler = make_scheduler(self.settings)
+                if not self.settings.redis_url:  # warm the engine import (torch) off the request path
+                    threading.Thread(target=__import__, args=("ncalr_backend.engine",), daemon=True).start()
+                try:
+                    recovered = self._scheduler.recover()
+                    if recovered:
+                        log.warning("re-running interrupted cycles for projects %s", recovered)
+                except Exception as exc:
+                    log.error("recovery of interrupted cycles failed: %s", exc)
+            return self._scheduler
+
+    # ------------------------------------------------------------------ basic auth
+    def auth_ok(self) -> bool:
+        s = self.settings
+        if not s.basic_auth_user:
+            return True
+        auth = request.authorization
+        if auth is None or auth.type != "basic":
+            return False
+        return (hmac.compare_digest((auth.username or "").encode(), s.basic_auth_user.encode())
+                and hmac.compare_digest((auth.password or "").encode(), s.basic_auth_pass.encode()))
+
+    def check_auth(self):
+        if not self.auth_ok():
+            resp, status = _error("authentication required", 401)
+            resp.headers["WWW-Authenticate"] = 'Basic realm="ncalr-backend"'
+            return resp, status
+
+    def basic_header(self) -> str:
+        s = self.settings
+        return "Basic " + base64.b64encode(f"{s.basic_auth_user}:{s.basic_auth_pass}".encode()).decode()
+
+    def ensure_webhook_auth(self, project_id: int):
+        """Label Studio creates the backend's webhook without headers; with basic auth on, add them."""
+        try:
+            client = make_client(self.settings)
+        except Exception:
+            return
+        for delay in (0.5, 2, 5, 15):
+            time.sleep(delay)
+            try:
+                urls = {b["url"].rstrip("/") + "/webhook" for b in client.list_ml_backends(project_id)
+                        if b.get("basic_auth_user") == self.settings.basic_auth_user}
+                hooks = [h for h in client.list_webhooks(project_id) if h.get("url", "").rstrip("/") in urls]
+                for h in hooks:
+                    if (h.get("headers") or {}).get("Authorization") != self.basic_header():
+                        client.patch_webhook(h["id"], {"headers": {**(h.get("headers") or {}),
+                                                                   "Authorization": self.basic_header()}})
+                        log.info("project %s: added basic auth to webhook %s", project_id, h["id"])
+                if hooks:
+                    return
+            except Exception as exc:
+                log.warning("project %s: cannot update the webhook's auth header yet: %s", project_id, exc)
+        self._webhook_auth_done.discard(project_id)
+
+    # ------------------------------------------------------------------ routes
+    def health(self):
+        return jsonify({"status": "UP", "model_class": self.model_class.__name__,
+                        "scheduler": "rq" if self.settings.redis_url else "embedded"})
+
+    def setup(self):
+        data = _json_body()
+        schema = data.get("schema")
+        try:
+            self.model_class.check_config(schema)
+        except LabelConfigError as exc:
+            # Label Studio shows only the HTTP status line of an error: put the reason there too.
+            reason = " ".join(str(exc).split())[:400].encode("latin-1", "replace").decode("latin-1")
+            resp = jsonify({"error": str(exc)})
+            resp.status = f"400 {reason}"
+            return resp
+        pid = project_id_from(data.get("project"))
+        if pid is not None and self.settings.basic_auth_user and pid not in self._webhook_auth_done:
+            self._webhook_auth_done.add(pid)
+            threading.Thread(target=self.ensure_webhook_auth, args=(pid,), daemon=True).start()
+        model = self.model_class(label_config=schema, settings=self.settings)
+        return jsonify({"model_version": model.current_version(pid)})
+
+    def predict(self):
+        data = _json_body()
+        tasks = data.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise BadRequest("'tasks' must be a list of task objects")
+        label_config = data.get("label_config")
+        try:
+            self.model_class.check_config(label_config)
+        except LabelConfigError as exc:
+            raise BadRequest(str(exc))
+        pid = project_id_from(data.get("project"))
+        if pid is None:
+            raise BadRequest("'project' must be the project id (or '<id>.<timestamp>')")
+        model = self.model_class(label_config=label_config, settings=self.settings)
+        results = model.predict(tasks, project_id=pid)
+        return jsonify({"results": results, "model_version": model.current_version(pid)})
+
+    def webhook(self):
+        """Validate, count or request, answer in milliseconds. Never trains in the request."""
+        data = _json_body()
+        action = data.get("action")
+        if not isinstance(action, str) or not action:
+            raise BadRequest("missing 'action' (e.g. ANNOTATION_CREATED, START_TRAINING)")
+        project = data.get("project")
+        pid = project_id_from(project)
+        if action in IGNORED_FOR_TRAINING:
+            self.saw_webhook(pid, action)
+            return jsonify({"status": "ignored", "action": action,
+                            "reason": "project updates never start training"})
+        if action not in COUNTED + ("START_TRAINING", "TASKS_CREATED"):
+            return jsonify({"status": "ignored", "action": action, "reason": "unknown action"})
+        if pid is None:
+            raise BadRequest(f"{action} needs 'project': an object with a positive integer 'id'")
+        self.saw_webhook(pid, action)
+        sched = self.scheduler()
+        if action == "START_TRAINING":
+            out = sched.request_cycle(pid, "START_TRAINING")
+        elif action == "TASKS_CREATED":
+            tasks = data.get("tasks")
+            if not isinstance(tasks, list) or not all(isinstance(t, dict) and "id" in t for t in tasks):
+                raise BadRequest("TASKS_CREATED needs 'tasks': a list of {\"id\": ...}")
+            ids = []
+            for t in tasks:
+                try:
+                    ids.append({"id": int(t["id"]), "annotations": [],
+                                "data": t.get("data") if isinstance(t.get("data"), dict) else None})
+                except (TypeError, ValueError):
+                    raise BadRequest("TASKS_CREATED: task ids must be integers")
+            out = sched.request_placement(pid, ids)
+        else:
+            n = _annotation_count(action, data)
+            num_tasks = project.get("task_number") if isinstance(project, dict) else None
+            num_tasks = num_tasks if isinstance(num_tasks, int) and num_tasks >= 0 else None
+            out = sched.count_annotations(pid, n, num_tasks) if n else {"counted": 0}
+        return jsonify({"status": "ok", "action": action, "project": pid, **out}), 201
+
+    def train(self):
+        """Deprecated /train (Label Studio < 1.4.1): treated like START_TRAINING."""
+        pid = project_id_from(_json_body().get("project"))
+        if pid is None:
+            raise BadRequest("'project' must be the project id")
+        return jsonify(self.scheduler().request_cycle(pid, "train")), 201
+
+    def versions(self):
+        """GET or POST (gap 8): the project's completed model versions, newest last."""
+        pid = project_id_from(request.args.get("project") or (request.get_json(silent=True) or {}).get("project"))
+        if pid is None:
+            raise BadRequest("'project' is required")
+        st = ProjectStore(self.settings.model_dir, pid)
+        vers = []
+        for d in sorted((st.root / "cycles").glob("[0-9]*")):
+            rep = read_json(d / "report.json", {}) or {}
+            if rep.get("model_version"):
+                vers.append(rep["model_version"])
+        return jsonify({"versions": vers or [UNTRAINED_VERSION]})
+
+    def is_training(self):
+        pid = project_id_from(request.args.get("project"))
+        if pid is None:
+            raise BadRequest("'project' is required")
+        s = self.scheduler().status(pid)
+        return jsonify({"is_training": bool(s.get("running")), **s})
+
+    def status(self):
+        """Per-project state for operators and tests: scheduler, counters, latest cycle, last error."""
+        pid = project_id_from(request.args.get("project"))
+        if pid is None:
+            raise BadRequest("'project' is required")
+        st = ProjectStore(self.settings.model_dir, pid)
+        s = st.state()
+        latest = st.latest()
+        report = read_json(latest["path"] / "report.json", {}) if latest else None
+        return jsonify({"project": pid, "scheduler": self.scheduler().status(pid),
+                        "new_annotations": s.get("new_annotations"), "pending": s.get("pending"),
+                        "in_progress": s.get("in_progress"), "last_error": s.get("last_error"),
+                        "last_failed": s.get("last_failed"), "last_completed": s.get("last_completed"),
+                        "model_version": latest["model_version"] if latest else None,
+                        "webhooks_seen": self.webhooks_seen(pid),
+                        "latest_report": {k: report.get(k) for k in (
+                            "cycle", "model_version", "reason", "num_tasks", "num_labeled", "num_pool",
+                            "predictions_created", "timings", "image_failures", "unusable_annotations",
+                            "multilabel", "class_counts", "label_set_sizes", "predicted_set_sizes",
+                            "triggered_at", "finished_at")} if report else None})
+
+
+def create_app(model_class, settings: Optional[Settings] = None, autostart: bool = True):
+    """The Flask app gunicorn serves; ``autostart`` starts the scheduler (and re-runs interrupted
+    cycles) as soon as the worker process builds the app."""
+    from label_studio_ml.api import init_app
+
+    settings = settings or Settings.from_env()
+    # Validate the engine's settings at start (a typo in NCALR_* fails here, not in the first cycle);
+    # this also imports torch once, before the first webhook.
+    from ncalr_backend.engine.config import EngineConfig
+    EngineConfig.from_env(prefix="NCALR_")
+
+    app = init_app(model_class=model_class, model_dir=str(settings.model_dir))
+    app.json.sort_keys = False
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024 * 1024
+    # The SDK logs every request's headers and body at DEBUG, basic-auth credentials included: drop that.
+    for key, funcs in list(app.before_request_funcs.items()):
+        app.before_request_funcs[key] = [f for f in funcs if f.__name__ != "log_request_info"]
+    for key, funcs in list(app.after_request_funcs.items()):
+        app.after_request_funcs[key] = [f for f in funcs if f.__name__ != "log_response_info"]
+
+    backend = Backend(model_class, settings)
+    app.extensions["ncalr"] = backend
+
+    # errors (gap 7): a JSON {"error"} without internals
+    app.register_error_handler(BadRequest, lambda exc: _error(exc.message, exc.status))
+    app.register_error_handler(HTTPException, lambda exc: _error(exc.description or exc.name, exc.code or 500))
+
+    def internal(exc: Exception):
+        rid = uuid.uuid4().hex[:12]
+        log.error("request %s %s failed (id %s)", request.method, request.path, rid, exc_info=exc)
+        return jsonify({"error": "internal error; see the backend log", "request_id": rid}), 500
+
+    for cls in (Exception, FileNotFoundError, AssertionError, IndexError):
+        app.register_error_handler(cls, internal)
+    try:  # the SDK registers a handler that echoes the message
+        from rq.exceptions import NoSuchJobError
+        app.register_error_handler(NoSuchJobError, internal)
+    except ImportError:  # pragma: no cover
+        pass
+
+    app.before_request(backend.check_auth)
+    app.view_functions["health"] = backend.health
+    app.view_functions["metrics"] = lambda: jsonify({})
+    app.view_functions["_setup"] = backend.setup
+    app.view_functions["_predict"] = backend.predict
+    app.view_functions["webhook"] = backend.webhook
+    app.view_functions["_train"] = backend.train
+    app.view_functions["_is_training"] = backend.is_training
+    app.view_functions["get_version"] = backend.versions
+    app.add_url_rule("/versions", "get_version_get", backend.versions, methods=["GET"])
+    app.add_url_rule("/status", "status", backend.status, methods=["GET"])
+    if autostart:
+        backend.scheduler()
+    return app

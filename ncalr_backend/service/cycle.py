@@ -1,0 +1,185 @@
+"""One active-learning cycle for one Label Studio project, as five stages.
+
+```
+snapshot   (snapshot.py)     label config, tasks + annotations, images      -> Snapshot
+train      (train_and_score) the engine: train into the terminal phase, score, rank -> CycleResult
+predict    (predictions.py)  one prediction per ranked pool task, queue score = rank / M
+write back (writeback.py)    bulk import under a new model_version, verified, then the switch
+commit     (commit)          the cycle's directory moves into place, latest.json is switched
+```
+A failure in any stage raises ``CycleError``; predictions already sent are deleted again, the
+work directory moves to ``failed/`` with its report, and the previous version stays live.
+Annotation rules: ``annotations.py``; what is stored where: ``store.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+from ncalr_backend.atomic import atomic_write_json
+from ncalr_backend.service.errors import CycleError
+from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError, make_client
+from ncalr_backend.service.predictions import PROBS_KEY, QueuePredictions, queue_predictions  # noqa: F401
+from ncalr_backend.service.settings import Settings
+from ncalr_backend.service.snapshot import Snapshot, take_snapshot
+from ncalr_backend.service.store import ProjectStore
+from ncalr_backend.service.writeback import WriteBack, delete_version, drop_orphans, write_back
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CycleError", "run_project_cycle", "model_version_name", "utcstamp"]
+
+
+def utcstamp(t: Optional[float] = None) -> str:
+    return datetime.fromtimestamp(t if t is not None else time.time(), timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def model_version_name(project_id: int, cycle: int, t: Optional[float] = None) -> str:
+    return f"ncalr-{int(project_id)}-c{cycle:04d}-{utcstamp(t)}"
+
+
+@dataclass
+class CycleRun:
+    """The bookkeeping of one cycle: its number, version, work directory and report."""
+    project_id: int
+    store: ProjectStore
+    cycle: int
+    version: str
+    work: Path
+    report: dict
+    started_at: float
+    triggered_at: float
+
+    @classmethod
+    def begin(cls, settings: Settings, project_id: int, reason: str, triggered_at: Optional[float]) -> "CycleRun":
+        t0 = time.time()
+        triggered_at = triggered_at or t0
+        store = ProjectStore(settings.model_dir, project_id)
+        cycle = store.next_cycle_number()
+        version = model_version_name(project_id, cycle, t0)
+        store.update_state(in_progress={"cycle": cycle, "reason": reason, "started_at": t0, "model_version": version,
+                                        "triggered_at": triggered_at}, cycles_started=cycle)
+        report = {"project": int(project_id), "cycle": cycle, "model_version": version, "reason": reason,
+                  "triggered_at": triggered_at, "started_at": t0, "status": "running", "timings": {}}
+        return cls(int(project_id), store, cycle, version, store.new_workdir(cycle), report, t0, triggered_at)
+
+    @property
+    def timings(self) -> dict:
+        return self.report["timings"]
+
+
+# ---------------------------------------------------------------------------- stage 2: the engine
+def warm_start_state(store: ProjectStore, cfg, ecfg) -> Optional[dict]:
+    """The latest model's weights when it can seed this cycle: same head size and the same kind of
+    task (old checkpoints: single-label); otherwise None (train from scratch)."""
+    from ncalr_backend.engine import load_model
+    latest = store.latest()
+    if not (getattr(ecfg, "warm_start", False) and latest and (latest["path"] / "model.pt").exists()):
+        return None
+    try:
+        prev, meta = load_model(latest["path"] / "model.pt")
+        if (int(meta.get("num_classes", -1)) == cfg.num_classes
+                and bool(meta.get("multilabel", False)) == cfg.multilabel):
+            return prev.state_dict()
+    except Exception as exc:  # a stale checkpoint must not stop the cycle
+        log.warning("warm start skipped: %s", exc)
+    return None
+
+
+def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress: Optional[Callable] = None):
+    """Run the engine on the snapshot (writes model.pt, scores.npz, metrics.json into the work dir)."""
+    import ncalr_backend.engine as engine  # the engine is heavy: import on use
+    if len(snap.lab_ids) == 0:
+        raise CycleError("no labeled task with a readable image yet: nothing to train on")
+    ecfg = engine_config or engine.EngineConfig.from_env(prefix="NCALR_")
+    init_state = warm_start_state(run.store, snap.cfg, ecfg)
+    t = time.time()
+    res = engine.run_cycle(snap.x_lab, snap.y_lab, snap.x_pool, num_classes=snap.cfg.num_classes, config=ecfg,
+                           out_dir=run.work, init_state=init_state, progress=progress)
+    wall = time.time() - t
+    train_s = float(res.timings.get("train_s", wall))
+    run.timings.update(train_s=train_s, score_s=float(res.timings.get("score_s", max(0.0, wall - train_s))),
+                       engine_s=wall)
+    return res
+
+
+# ---------------------------------------------------------------------------- stage 5: commit
+def save_predictions(run: CycleRun, snap: Snapshot, preds: QueuePredictions) -> None:
+    """What /predict and placement read later: the cycle's predictions and its task split."""
+    cfg = snap.cfg
+    atomic_write_json(run.work / "predictions.json", {"model_version": run.version, "labels": list(cfg.labels),
+                                                      "multilabel": cfg.multilabel, "tasks": preds.entries})
+    atomic_write_json(run.work / "tasks.json", {"labeled": snap.lab_ids, "pool": snap.pool_ids,
+                                                "multilabel": cfg.multilabel, "labels": snap.lab_labels})
+
+
+def commit(run: CycleRun, snap: Snapshot, res, wb: WriteBack, settings: Settings) -> dict:
+    done = time.time()
+    run.timings.update(trigger_to_live_s=done - run.triggered_at, cycle_s=done - run.started_at)
+    run.report.update(status="completed", finished_at=done, live=wb.live,
+                      engine=res.summary() if hasattr(res, "summary") else {}, settings=settings.public())
+    atomic_write_json(run.work / "report.json", run.report)
+    cfg = snap.cfg
+    run.store.commit(run.work, run.cycle, {"model_version": run.version, "finished_at": done,
+                                           "num_classes": cfg.num_classes, "labels": list(cfg.labels),
+                                           "multilabel": cfg.multilabel, "data_key": cfg.data_key, "live": wb.live})
+    run.store.update_state(in_progress=None, last_completed=run.cycle, last_model_version=run.version)
+    log.info("project %s cycle %s (%s) completed: %d labeled, %d ranked, %.1fs trigger-to-live",
+             run.project_id, run.cycle, run.version, len(snap.lab_ids), len(snap.pool_ids),
+             run.timings["trigger_to_live_s"])
+    return run.report
+
+
+def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool) -> CycleError:
+    """Leave no half-written version behind; keep the failed cycle's report under failed/."""
+    known = isinstance(exc, (CycleError, LabelStudioError, ValueError))
+    run.report.update(status="failed", error=str(exc) if known else f"{exc.__class__.__name__}: {exc}",
+                      finished_at=time.time())
+    if wrote:
+        delete_version(client, run.store, run.project_id, run.version)
+    try:
+        atomic_write_json(run.work / "report.json", run.report)
+        run.store.fail(run.work, run.cycle, utcstamp())
+    finally:
+        run.store.update_state(in_progress=None, last_failed=run.cycle, last_error=run.report["error"])
+    log.error("project %s cycle %s failed: %s", run.project_id, run.cycle, run.report["error"],
+              exc_info=not isinstance(exc, (CycleError, LabelStudioError)))
+    return exc if isinstance(exc, CycleError) else CycleError(run.report["error"])
+
+
+# ---------------------------------------------------------------------------- the cycle
+def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual",
+                      triggered_at: Optional[float] = None, engine_config=None,
+                      client: Optional[LabelStudioClient] = None, progress: Optional[Callable] = None) -> dict:
+    """Run one cycle for ``project_id``; returns its report. Raises CycleError on failure."""
+    client = client or make_client(settings)
+    run = CycleRun.begin(settings, project_id, reason, triggered_at)
+    wrote = False
+    try:
+        drop_orphans(client, run.store, project_id)
+        snap = take_snapshot(client, settings, project_id)
+        run.timings.update(snap.timings)
+        run.report.update(snap.report())
+        for item in snap.unusable + snap.image_failures:
+            log.warning("project %s cycle %s: task %s left out: %s", project_id, run.cycle, item["task"],
+                        item["reason"])
+        res = train_and_score(snap, run, engine_config, progress)
+        preds = queue_predictions(res, snap.cfg, snap.pool_ids, run.version)
+        if preds.predicted_set_sizes is not None:
+            run.report["predicted_set_sizes"] = preds.predicted_set_sizes
+        save_predictions(run, snap, preds)
+        wrote = bool(preds.items)
+        wb = write_back(client, settings, project_id, run.version, preds.items)
+        run.timings.update(write_s=wb.write_s, switch_s=wb.switch_s)
+        run.report.update(wb.report())
+        return commit(run, snap, res, wb, settings)
+    except Exception as exc:
+        err = fail(run, exc, client, wrote)
+        if err is exc:
+            raise
+        raise err from exc

@@ -1,0 +1,337 @@
+"""A local Label Studio + this backend + a demo project of digit images, for trying it out.
+
+Used by ``scripts/run.sh`` (the "start it" command), by the integration tests and by the write-back
+benchmark, so all three exercise the same path: a real Label Studio 1.23.2 started headless on
+localhost (its own virtual environment), this backend under gunicorn, images imported as uploaded
+files, the backend connected through ``POST /api/ml``.
+
+    python -m ncalr_backend.service.demo            # start both, create the demo project, print URL + login
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_LS_VENV = Path.home() / ".cache" / "ncalr-backend" / "label-studio-1.23.2"
+
+DIGITS_CONFIG = (
+    '<View>\n  <Image name="image" value="$image" zoom="true"/>\n'
+    '  <Choices name="digit" toName="image" choice="single" showInLine="true">\n'
+    + "".join(f'    <Choice value="{d}"/>\n' for d in range(10))
+    + "  </Choices>\n</View>"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, auth=None, proc: Optional[subprocess.Popen] = None, what="service") -> None:
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready")
+        try:
+            r = requests.get(url, timeout=2, auth=auth)
+            if r.status_code == 200:
+                return
+            last = r.status_code
+        except requests.RequestException as exc:
+            last = exc.__class__.__name__
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} at {url} not ready after {timeout:.0f}s (last: {last})")
+
+
+class LocalLabelStudio:
+    """Label Studio 1.23.2 started headless on localhost, with a legacy API token."""
+
+    def __init__(self, data_dir: Path, port: Optional[int] = None, venv: Optional[Path] = None,
+                 username: str = "admin@example.com", password: Optional[str] = None,
+                 token: Optional[str] = None, log_path: Optional[Path] = None):
+        self.venv = Path(venv or os.environ.get("NCALR_LS_VENV") or DEFAULT_LS_VENV)
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.username = username
+        self.password = password or secrets.token_urlsafe(12)
+        self.token = token or secrets.token_hex(20)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_path or self.data_dir / "label-studio.log")
+        self.proc: Optional[subprocess.Popen] = None
+
+    def env(self) -> Dict[str, str]:
+        env = dict(os.environ)
+        for k in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "MODEL_DIR", "REDIS_URL"):
+            env.pop(k, None)
+        env.update(
+            LABEL_STUDIO_BASE_DATA_DIR=str(self.data_dir), LABEL_STUDIO_USERNAME=self.username,
+            LABEL_STUDIO_PASSWORD=self.password, LABEL_STUDIO_USER_TOKEN=self.token,
+            LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true", ML_BLOCK_LOCAL_IP="false",
+            SSRF_PROTECTION_ENABLED="false", LATEST_VERSION_CHECK="false", COLLECT_ANALYTICS="false",
+            SENTRY_DSN="", FRONTEND_SENTRY_DSN="", DJANGO_DB="sqlite", LOG_LEVEL="WARNING",
+        )
+        return env
+
+    def start(self, timeout: float = 240) -> "LocalLabelStudio":
+        exe = self.venv / "bin" / "label-studio"
+        if not exe.exists():
+            raise RuntimeError(f"Label Studio is not installed at {self.venv} (scripts/test.sh installs it)")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(exe), "start", "--no-browser", "--port", str(self.port), "--internal-host", "127.0.0.1"],
+            env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_http(f"{self.url}/health", timeout, proc=self.proc, what="Label Studio")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+class BackendProcess:
+    """This backend under gunicorn (one worker process, threads), like production."""
+
+    def __init__(self, env: Dict[str, str], port: Optional[int] = None, log_path: Optional[Path] = None,
+                 threads: int = 8):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env
+        self.log_path = Path(log_path) if log_path else None
+        self.threads = threads
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, timeout: float = 60) -> "BackendProcess":
+        env = {**os.environ, **self.env}
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        cmd = [sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", str(self.threads),
+               "--timeout", "120", "--bind", f"127.0.0.1:{self.port}", "--chdir", str(ROOT), "_wsgi:app"]
+        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        auth = (env["BASIC_AUTH_USER"], env["BASIC_AUTH_PASS"]) if env.get("BASIC_AUTH_USER") else None
+        wait_http(f"{self.url}/health", timeout, auth=auth, proc=self.proc, what="the backend")
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+# ---------------------------------------------------------------------------- LS API helpers
+class LSAdmin:
+    """What an admin or an annotator does through Label Studio's API (tests and the demo)."""
+
+    def __init__(self, url: str, token: str):
+        self.url = url.rstrip("/")
+        self.s = requests.Session()
+        self.s.headers["Authorization"] = f"Token {token}"
+
+    def req(self, method, path, ok=(200, 201, 204), **kw):
+        r = self.s.request(method, f"{self.url}{path}", timeout=kw.pop("timeout", 120), **kw)
+        if ok and r.status_code not in ok:
+            raise RuntimeError(f"{method} {path} -> {r.status_code}: {r.text[:500]}")
+        return r
+
+    def create_project(self, title: str, label_config: str = DIGITS_CONFIG) -> int:
+        return self.req("POST", "/api/projects/", json={"title": title, "label_config": label_config}).json()["id"]
+
+    def upload_files(self, project_id: int, files: Sequence[Tuple[str, bytes]], per_request: int = 100) -> int:
+        """Import files as uploads: each file its own form field, at most 100 per request."""
+        n = 0
+        for start in range(0, len(files), per_request):
+            chunk = files[start:start + per_request]
+            form = {f"file{start + i}": (name, data, "image/png") for i, (name, data) in enumerate(chunk)}
+            body = self.req("POST", f"/api/projects/{project_id}/import", files=form).json()
+            n += int(body.get("task_count", 0))
+        return n
+
+    def import_tasks(self, project_id: int, tasks: List[dict]) -> int:
+        return int(self.req("POST", f"/api/projects/{project_id}/import", json=tasks).json().get("task_count", 0))
+
+    def tasks(self, project_id: int) -> List[dict]:
+        out, page = [], 1
+        while True:
+            r = self.req("GET", "/api/tasks/", ok=(200, 404), params={
+                "project": project_id, "page": page, "page_size": 100, "fields": "all"})
+            if r.status_code == 404:
+                return out
+            body = r.json()
+            out += body["tasks"]
+            if not body["tasks"] or len(out) >= body.get("total", 0):
+                return out
+            page += 1
+
+    def connect_ml(self, project_id: int, url: str, title: str = "NCAL-R",
+                   basic_auth: Optional[Tuple[str, str]] = None) -> dict:
+        body = {"url": url, "project": project_id, "title": title, "is_interactive": False}
+        if basic_auth:
+            body.update(auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
+        return self.req("POST", "/api/ml/", json=body).json()
+
+    def annotate(self, task_id: int, label, from_name="digit", to_name="image", cancelled=False) -> dict:
+        """Annotate a task with one choice, or (a list) several choices of a multiple-choice config."""
+        choices = [str(x) for x in label] if isinstance(label, (list, tuple)) else [str(label)]
+        result = [] if cancelled else [{"from_name": from_name, "to_name": to_name, "type": "choices",
+                                        "value": {"choices": choices}}]
+        return self.req("POST", f"/api/tasks/{task_id}/annotations/",
+                        json={"result": result, "was_cancelled": cancelled}).json()
+
+    def delete_annotation(self, annotation_id: int) -> None:
+        self.req("DELETE", f"/api/annotations/{annotation_id}/")
+
+    def project(self, project_id: int) -> dict:
+        return self.req("GET", f"/api/projects/{project_id}/").json()
+
+    def next_task(self, project_id: int) -> Optional[dict]:
+        r = self.req("GET", f"/api/projects/{project_id}/next/", ok=(200, 404))
+        return r.json() if r.status_code == 200 else None
+
+    def start_training(self, ml_id: int) -> None:
+        self.req("POST", f"/api/ml/{ml_id}/train", json={})
+
+
+def digit_pngs(n: int, seed: int = 0, scale: int = 4) -> List[Tuple[str, bytes, int]]:
+    """``n`` digits from scikit-learn as PNG files: (name, bytes, label)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    idx = np.random.default_rng(seed).permutation(len(d.target))[:n]
+    out = []
+    for i in idx:
+        img = Image.fromarray((d.images[i] * (255.0 / 16.0)).astype(np.uint8), mode="L")
+        if scale > 1:
+            img = img.resize((8 * scale, 8 * scale), Image.Resampling.NEAREST)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        out.append((f"digit_{int(i):04d}_{int(d.target[i])}.png", buf.getvalue(), int(d.target[i])))
+    return out
+
+
+def digit_set_pngs(n: int, classes: Sequence[int] = (0, 1, 4, 7), pair_fraction: float = 0.4, seed: int = 0,
+                   scale: int = 4) -> List[Tuple[str, bytes, Tuple[int, ...]]]:
+    """``n`` multi-label images: a single digit of ``classes`` (label set {d}) or, for about
+    ``pair_fraction`` of them, two digits of different classes overlaid with an element-wise max
+    (label set {d1, d2}; the construction of the multi-label neural-collapse benchmarks).
+    Returns (name, PNG bytes, sorted label tuple); the name ends in ``_<d1>-<d2>.png``."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    rng = np.random.default_rng(seed)
+    by_class = {c: np.flatnonzero(d.target == c) for c in classes}
+    out = []
+    for k in range(n):
+        if rng.random() < pair_fraction:
+            labels = tuple(sorted(int(c) for c in rng.choice(list(classes), 2, replace=False)))
+        else:
+            labels = (int(rng.choice(list(classes))),)
+        img = np.max([d.images[rng.choice(by_class[c])] for c in labels], axis=0)
+        im = Image.fromarray((img * (255.0 / 16.0)).astype(np.uint8), mode="L")
+        if scale > 1:
+            im = im.resize((8 * scale, 8 * scale), Image.Resampling.NEAREST)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        out.append((f"digits_{k:04d}_{'-'.join(map(str, labels))}.png", buf.getvalue(), labels))
+    return out
+
+
+def label_set_from_name(name_or_url: str) -> List[str]:
+    """The true label set from a ``digit_set_pngs`` name (``..._<d1>-<d2>.png``), as choice values."""
+    stem = Path(str(name_or_url)).name.rsplit(".", 1)[0]
+    return stem.rsplit("_", 1)[-1].split("-")
+
+
+def label_from_name(name_or_url: str) -> int:
+    """The true digit, from the file name ``digit_<index>_<label>.png`` (kept in the upload name)."""
+    stem = Path(str(name_or_url)).name.rsplit(".", 1)[0]
+    return int(stem.rsplit("_", 1)[-1])
+
+
+def backend_env(ls_url: str, token: str, model_dir: Path, **extra) -> Dict[str, str]:
+    env = {"LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": token, "MODEL_DIR": str(model_dir),
+           # digits are 8x8 grayscale: no point in upscaling them
+           "IMAGE_CHANNELS": os.environ.get("IMAGE_CHANNELS", "1"), "IMAGE_SIZE": os.environ.get("IMAGE_SIZE", "8")}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+# ---------------------------------------------------------------------------- demo entry point
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=500, help="digit images in the demo project")
+    ap.add_argument("--ls-port", type=int, default=int(os.environ.get("LS_PORT", 8080)))
+    ap.add_argument("--backend-port", type=int, default=int(os.environ.get("BACKEND_PORT", 9090)))
+    ap.add_argument("--workdir", default=os.environ.get("DEMO_DIR", str(ROOT / "runs" / "demo")))
+    args = ap.parse_args(argv)
+
+    work = Path(args.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(10)
+    ls = LocalLabelStudio(work / "label-studio", port=args.ls_port, password=password)
+    print(f"starting Label Studio on {ls.url} (first start takes about a minute) ...", flush=True)
+    ls.start()
+    env = backend_env(ls.url, ls.token, work / "model_dir",
+                      **{k: os.environ[k] for k in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS") if os.environ.get(k)},
+                      NCALR_MAX_EPOCHS=os.environ.get("NCALR_MAX_EPOCHS", "30"),
+                      NCALR_TPT_WINDOW=os.environ.get("NCALR_TPT_WINDOW", "5"))
+    backend = BackendProcess(env, port=args.backend_port, log_path=work / "backend.log").start()
+    admin = LSAdmin(ls.url, ls.token)
+    pid = admin.create_project("Digits (NCAL-R demo)")
+    files = [(name, data) for name, data, _ in digit_pngs(args.images)]
+    n = admin.upload_files(pid, files)
+    basic = (env["BASIC_AUTH_USER"], env["BASIC_AUTH_PASS"]) if env.get("BASIC_AUTH_USER") else None
+    ml = admin.connect_ml(pid, backend.url, basic_auth=basic)
+    print("\n" + "=" * 70)
+    print(f" Label Studio : {ls.url}/projects/{pid}/data")
+    print(f" login        : {ls.username}  /  {ls.password}")
+    print(f" API token    : {ls.token}")
+    print(f" backend      : {backend.url}  (ML backend id {ml['id']}, logs in {work}/backend.log)")
+    print(f" demo project : {n} digit images. Label ~10 (or press 'Start training' under")
+    print("                Settings > Model), then 'Label All Tasks' serves them in NCAL-R order.")
+    print("=" * 70 + "\n Ctrl-C stops both.", flush=True)
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while backend.proc.poll() is None and ls.proc.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        backend.stop()
+        ls.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

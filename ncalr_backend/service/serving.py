@@ -1,0 +1,117 @@
+"""``/predict``: pre-annotations from the latest COMPLETED cycle of a project.
+
+A task the cycle ranked gets its stored prediction (label or label set, confidence) with its
+NCAL-R queue score. A task the cycle did not see (created after it) is classified on the fly by
+the same model and placed like TASKS_CREATED places it (``predictions.placement_score``). A task
+whose image cannot be read gets an empty result with score 1.0 (the END of the queue).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import List, Optional
+
+from ncalr_backend.data.images import ImageCache
+from ncalr_backend.service.labelconfig import ImageClassConfig
+from ncalr_backend.service.labelstudio import make_client
+from ncalr_backend.service.predictions import classify, placement_score, result_for_predict
+from ncalr_backend.service.settings import Settings
+from ncalr_backend.service.snapshot import load_images
+from ncalr_backend.service.store import ProjectStore, read_json
+
+log = logging.getLogger(__name__)
+
+UNTRAINED_VERSION = "ncalr-untrained"
+
+
+class ServedCycle:
+    """The latest completed cycle of one project, loaded once (reloaded when a new one completes)."""
+
+    _cache: dict = {}
+    _cache_lock = threading.Lock()
+
+    def __init__(self, path: Path, pointer: dict):
+        self.path = path
+        self.pointer = pointer
+        self.version = pointer["model_version"]
+        preds = read_json(path / "predictions.json", {}) or {}
+        self.entries = preds.get("tasks", {})
+        self.labels = list(preds.get("labels") or pointer.get("labels") or [])
+        self.multilabel = bool(preds.get("multilabel", pointer.get("multilabel", False)))
+        self._model = None
+        self._meta = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def latest(cls, model_dir: Path, project_id: int) -> Optional["ServedCycle"]:
+        latest = ProjectStore(model_dir, project_id).latest()
+        if not latest:
+            return None
+        with cls._cache_lock:
+            cur = cls._cache.get((str(model_dir), project_id))
+            if cur is None or cur.path != latest["path"]:
+                cur = cls(latest["path"], latest)
+                cls._cache[(str(model_dir), project_id)] = cur
+            return cur
+
+    def serves(self, cfg: ImageClassConfig) -> bool:
+        """Whether this cycle's model answers for ``cfg`` (same labels in the same order, same kind)."""
+        return self.labels == list(cfg.labels) and self.multilabel == cfg.multilabel
+
+    def model_and_meta(self):
+        with self._lock:
+            if self._model is None:
+                from ncalr_backend.engine import load_model
+                self._model, self._meta = load_model(self.path / "model.pt")
+            return self._model, self._meta
+
+
+def current_version(settings: Settings, project_id: Optional[int]) -> str:
+    if project_id is None:
+        return UNTRAINED_VERSION
+    latest = ProjectStore(settings.model_dir, project_id).latest()
+    return latest["model_version"] if latest else UNTRAINED_VERSION
+
+
+def predict_tasks(settings: Settings, cfg: ImageClassConfig, tasks: List[dict], project_id: Optional[int]
+                  ) -> List[dict]:
+    """One result per task (an empty ``result`` where nothing can be said), or [] before any cycle."""
+    if project_id is None:
+        return []
+    served = ServedCycle.latest(settings.model_dir, project_id)
+    if served is None or not served.serves(cfg):
+        return []
+    results: List[Optional[dict]] = [None] * len(tasks)
+    missing = []
+    for i, t in enumerate(tasks):
+        entry = served.entries.get(str(t.get("id")))
+        if entry is not None:
+            results[i] = result_for_predict(entry, cfg, served.version)
+        else:
+            missing.append(i)
+    if missing:
+        _predict_on_the_fly(settings, [tasks[i] for i in missing], missing, results, cfg, served)
+    # nothing to say (image missing or broken): score 1.0 puts such a task at the END of the queue
+    return [r if r is not None else {"result": [], "score": 1.0, "model_version": served.version}
+            for r in results]
+
+
+def _predict_on_the_fly(settings: Settings, tasks, positions, results, cfg: ImageClassConfig, served: ServedCycle):
+    try:
+        client = make_client(settings)
+    except Exception as exc:  # no Label Studio credentials: nothing to download with
+        log.warning("/predict cannot fetch images: %s", exc)
+        return
+    x, ok_idx, failures = load_images(client, ImageCache(settings.model_dir / "cache"), tasks, cfg,
+                                      settings.image_size, settings.image_channels,
+                                      min(4, settings.download_workers))
+    for f in failures:
+        log.warning("/predict: task %s: %s", f["task"], f["reason"])
+    if not ok_idx:
+        return
+    model, meta = served.model_and_meta()
+    for i, entry in zip(ok_idx, classify(model, meta, x, cfg)):
+        entry["score"] = placement_score(entry["confidence"], served.entries)
+        results[positions[i]] = result_for_predict(entry, cfg, served.version)

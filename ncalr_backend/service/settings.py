@@ -1,0 +1,176 @@
+"""Service settings, read once from the environment and validated.
+
+Every setting of the Label Studio service lives here (the engine's own settings are
+``EngineConfig.from_env(prefix="NCALR_")`` in :mod:`ncalr_backend.engine`). A bad value fails at
+start-up with a message that names the variable and says what it accepts.
+
+=============================  ==========================  =========================================
+Variable                       Default                     Meaning
+=============================  ==========================  =========================================
+LABEL_STUDIO_URL               (required for cycles)       Base URL of Label Studio, e.g.
+                                                           ``http://localhost:8080``
+LABEL_STUDIO_API_KEY           (required for cycles)       Legacy token or personal access token
+MODEL_DIR                      ``./model_dir``             Weights, scores, reports, image cache
+REDIS_URL                      (unset: embedded worker)    Send cycles to an RQ queue instead
+RQ_QUEUE                       ``ncalr``                   RQ queue name
+BASIC_AUTH_USER / _PASS        (unset: no auth)            HTTP basic auth for every route (/health too)
+TRAIN_TRIGGER_FRACTION         ``0.02``                    New annotations (fraction of the project's
+                                                           tasks) that start a cycle
+TRAIN_TRIGGER_MIN              ``10``                      Floor of that count
+IMAGE_SIZE                     ``32`` (or NCALR_IMAGE_SIZE) Images are resized to this square size
+IMAGE_CHANNELS                 ``3``                       1 (grayscale) or 3 (RGB)
+ALLOWED_IMAGE_HOSTS            (Label Studio's host)       Extra hosts images may come from (comma list)
+SET_SAMPLING                   ``true``                    Switch the project to "Uncertainty sampling"
+PREDICTION_CHUNK_SIZE          ``500``                     Predictions per bulk-import request
+PAGE_SIZE                      ``100``                     Tasks per page when fetching
+HTTP_TIMEOUT                   ``60``                      Seconds per Label Studio request
+DOWNLOAD_WORKERS               ``8``                       Parallel image downloads
+=============================  ==========================  =========================================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping, Optional
+from urllib.parse import urlsplit
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot use."""
+
+
+def _get(env: Mapping[str, str], name: str) -> Optional[str]:
+    value = env.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _int(env, name, default, lo=None, hi=None) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected an integer") from None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise SettingsError(f"{name}={value}: expected a value in [{lo}, {hi}]")
+    return value
+
+
+def _float(env, name, default, lo=None, hi=None) -> float:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a number") from None
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise SettingsError(f"{name}={value}: expected a value in [{lo}, {hi}]")
+    return value
+
+
+def _bool(env, name, default) -> bool:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    low = raw.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r}: expected true/false")
+
+
+def _url(name: str, raw: Optional[str]) -> Optional[str]:
+    if raw is None:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"{name}={raw!r}: expected an http(s) URL such as http://localhost:8080")
+    return raw.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Settings:
+    label_studio_url: Optional[str] = None
+    label_studio_api_key: Optional[str] = field(default=None, repr=False)
+    model_dir: Path = Path("model_dir")
+    redis_url: Optional[str] = None
+    rq_queue: str = "ncalr"
+    basic_auth_user: Optional[str] = None
+    basic_auth_pass: Optional[str] = field(default=None, repr=False)
+    train_trigger_fraction: float = 0.02
+    train_trigger_min: int = 10
+    image_size: int = 32
+    image_channels: int = 3
+    allowed_image_hosts: tuple = ()
+    set_sampling: bool = True
+    prediction_chunk_size: int = 500
+    page_size: int = 100
+    http_timeout: float = 60.0
+    download_workers: int = 8
+
+    @classmethod
+    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
+        env = os.environ if env is None else env
+        user, pw = _get(env, "BASIC_AUTH_USER"), _get(env, "BASIC_AUTH_PASS")
+        if bool(user) != bool(pw):
+            raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        redis_url = _get(env, "REDIS_URL")
+        if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise SettingsError(f"REDIS_URL={redis_url!r}: expected redis://host:port/db")
+        channels = _int(env, "IMAGE_CHANNELS", 3)
+        if channels not in (1, 3):
+            raise SettingsError(f"IMAGE_CHANNELS={channels}: expected 1 (grayscale) or 3 (RGB)")
+        hosts = tuple(h.strip().lower() for h in (_get(env, "ALLOWED_IMAGE_HOSTS") or "").split(",") if h.strip())
+        return cls(
+            label_studio_url=_url("LABEL_STUDIO_URL", _get(env, "LABEL_STUDIO_URL")),
+            label_studio_api_key=_get(env, "LABEL_STUDIO_API_KEY"),
+            model_dir=Path(_get(env, "MODEL_DIR") or "model_dir").expanduser().resolve(),
+            redis_url=redis_url,
+            rq_queue=_get(env, "RQ_QUEUE") or "ncalr",
+            basic_auth_user=user,
+            basic_auth_pass=pw,
+            train_trigger_fraction=_float(env, "TRAIN_TRIGGER_FRACTION", 0.02, 0.0, 1.0),
+            train_trigger_min=_int(env, "TRAIN_TRIGGER_MIN", 10, 1),
+            image_size=_int(env, "IMAGE_SIZE", _int(env, "NCALR_IMAGE_SIZE", 32, 8, 1024), 8, 1024),
+            image_channels=channels,
+            allowed_image_hosts=hosts,
+            set_sampling=_bool(env, "SET_SAMPLING", True),
+            prediction_chunk_size=_int(env, "PREDICTION_CHUNK_SIZE", 500, 1, 10000),
+            page_size=_int(env, "PAGE_SIZE", 100, 1, 1000),
+            http_timeout=_float(env, "HTTP_TIMEOUT", 60.0, 1.0),
+            download_workers=_int(env, "DOWNLOAD_WORKERS", 8, 1, 64),
+        )
+
+    def require_label_studio(self) -> None:
+        """Raise unless the backend can reach Label Studio's API on its own."""
+        missing = [n for n, v in (("LABEL_STUDIO_URL", self.label_studio_url),
+                                  ("LABEL_STUDIO_API_KEY", self.label_studio_api_key)) if not v]
+        if missing:
+            raise SettingsError(
+                f"{' and '.join(missing)} not set: the backend needs its own Label Studio URL and API key "
+                "(a legacy token or a personal access token) to fetch tasks and write predictions")
+
+    def trigger_threshold(self, num_tasks: int) -> int:
+        """New annotations needed to start a cycle for a project with ``num_tasks`` tasks."""
+        import math
+        return max(self.train_trigger_min, math.ceil(self.train_trigger_fraction * max(num_tasks, 0)))
+
+    def public(self) -> dict:
+        """Settings without secrets (for the cycle reports)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("label_studio_api_key", "basic_auth_pass"):
+                v = "***" if v else None
+            elif f.name == "redis_url" and v:
+                v = "set"
+            out[f.name] = str(v) if isinstance(v, Path) else (list(v) if isinstance(v, tuple) else v)
+        return out

@@ -1,0 +1,140 @@
+"""What the backend keeps on disk under ``MODEL_DIR``, all written atomically.
+
+```
+MODEL_DIR/
+  cache/                          downloaded image files, keyed by sha256(url)
+  projects/<id>/
+    state.json                    counters, pending flag, the cycle in progress (crash marker)
+    latest.json                   pointer to the latest COMPLETED cycle (replaced atomically)
+    cycles/0001/                  one completed cycle: model.pt, scores.npz, metrics.json (engine),
+                                  predictions.json (task -> label, confidence, queue score),
+                                  report.json (timings, counts, failures, settings)
+    failed/0002-<ts>/             a cycle that failed (report.json says why); never served
+    .work-0003-xxxx/              a cycle being computed; renamed to cycles/0003 when complete
+```
+A cycle's directory appears under ``cycles/`` only after Label Studio has accepted every
+prediction and the project points at the new version, and ``latest.json`` is switched after that
+rename: a crash at any point leaves either the previous cycle or the new one, never a mix. A crash
+leaves ``state.json`` with ``in_progress`` set; on start the backend removes the ``.work-*``
+leftovers and runs that cycle again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional
+
+from ncalr_backend.atomic import atomic_write_json
+
+_lock = threading.RLock()
+
+
+def read_json(path: Path, default=None):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return default
+    except (json.JSONDecodeError, OSError):
+        return default
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class ProjectStore:
+    def __init__(self, model_dir: Path, project_id: int):
+        self.project_id = int(project_id)
+        self.root = Path(model_dir) / "projects" / str(self.project_id)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # ---------------------------------------------------------------- state
+    @property
+    def state_path(self) -> Path:
+        return self.root / "state.json"
+
+    def state(self) -> dict:
+        s = read_json(self.state_path, {}) or {}
+        s.setdefault("new_annotations", 0)
+        s.setdefault("pending", None)
+        s.setdefault("in_progress", None)
+        s.setdefault("cycles_started", 0)
+        return s
+
+    def update_state(self, **changes) -> dict:
+        with _lock:
+            s = self.state()
+            s.update(changes)
+            atomic_write_json(self.state_path, s)
+            return s
+
+    def add_annotations(self, n: int) -> int:
+        with _lock:
+            s = self.state()
+            s["new_annotations"] = int(s["new_annotations"]) + int(n)
+            atomic_write_json(self.state_path, s, durable=False)  # a counter: no fsync per webhook
+            return s["new_annotations"]
+
+    # --------------------------------------------------------------- cycles
+    def latest(self) -> Optional[dict]:
+        """The latest completed cycle's pointer, or None."""
+        p = read_json(self.root / "latest.json")
+        if not p:
+            return None
+        d = self.root / p["dir"]
+        return {**p, "path": d} if d.is_dir() else None
+
+    def next_cycle_number(self) -> int:
+        nums = [int(d.name) for d in (self.root / "cycles").glob("[0-9]*") if d.name.isdigit()]
+        failed = [int(d.name.split("-")[0]) for d in (self.root / "failed").glob("[0-9]*")]
+        s = self.state()
+        return max(nums + failed + [int(s.get("cycles_started", 0))]) + 1
+
+    def new_workdir(self, cycle: int) -> Path:
+        return Path(tempfile.mkdtemp(dir=self.root, prefix=f".work-{cycle:04d}-"))
+
+    def commit(self, workdir: Path, cycle: int, pointer: dict) -> Path:
+        """Move a finished cycle into place and switch ``latest.json`` to it."""
+        final = self.root / "cycles" / f"{cycle:04d}"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(workdir, final)
+        fsync_dir(final.parent)
+        atomic_write_json(self.root / "latest.json", {**pointer, "cycle": cycle, "dir": f"cycles/{cycle:04d}"})
+        return final
+
+    def fail(self, workdir: Path, cycle: int, stamp: str) -> Path:
+        dest = self.root / "failed" / f"{cycle:04d}-{stamp}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(workdir, dest)
+        return dest
+
+    def clean_workdirs(self) -> int:
+        n = 0
+        for d in self.root.glob(".work-*"):
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
+        return n
+
+
+def list_projects(model_dir: Path):
+    root = Path(model_dir) / "projects"
+    if not root.is_dir():
+        return []
+    return sorted(int(d.name) for d in root.iterdir() if d.is_dir() and d.name.isdigit())

@@ -1,0 +1,165 @@
+"""The trainer and run_cycle on small synthetic data: terminal phase, shapes, reproducibility, errors."""
+import json
+
+import numpy as np
+import pytest
+
+from ncalr_backend.engine.config import ConfigError, EngineConfig
+from ncalr_backend.engine import InputError, load_model, predict_proba, run_cycle
+
+
+def separable(n_per=12, classes=4, size=8, seed=0):
+    """Class k = a bright 2x2 block at its own place, plus noise."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for k in range(classes):
+        for _ in range(n_per):
+            img = rng.uniform(0, 0.2, (1, size, size))
+            r, c = divmod(k, 2)
+            img[0, 2 + 3 * r:4 + 3 * r, 1 + 4 * c:3 + 4 * c] = 1.0
+            xs.append(img); ys.append(k)
+    return np.asarray(xs, dtype=np.float32), np.asarray(ys)
+
+
+FAST = EngineConfig(max_epochs=25, tpt_window=3, batch_size=16, lr=0.05, augment=False)
+
+
+@pytest.fixture(scope="module")
+def cycle(tmp_path_factory):
+    x, y = separable(n_per=8)
+    px, py = separable(n_per=5, seed=1)
+    out = tmp_path_factory.mktemp("cycle")
+    return run_cycle(x, y, px, 4, FAST, out_dir=out), out, (x, y, px, py)
+
+
+def test_reaches_terminal_phase_with_right_shapes(cycle):
+    res, out, (x, y, px, py) = cycle
+    M = len(px)
+    assert res.tpt["reached"] and res.tpt["t_i"] is not None
+    assert res.tpt["epochs"] == res.tpt["t_i"] + FAST.tpt_window
+    assert len(res.tpt["checkpoints"]) == FAST.tpt_window + 1
+    assert res.history[res.tpt["t_i"] - 1]["train_acc"] >= FAST.train_acc_threshold
+    assert sorted(res.ranking) == list(range(M))
+    assert res.probs.shape == (M, 4) and np.allclose(res.probs.sum(1), 1, atol=1e-5)
+    assert set(res.scores) >= {"score", "cmap", "ff"} and all(len(v) == M for v in res.scores.values())
+    assert (res.pred == py).mean() > 0.9  # the blocks are learnable
+    for row in res.history:
+        assert {"epoch", "loss", "train_acc", "lr", "nc1", "nc2_etf_means", "nc3", "nc4"} <= set(row)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["summary"]["tpt"]["reached"] is True
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt", "scores.npz"]
+    model, meta = load_model(out / "model.pt")
+    assert meta["small_stem"] and meta["in_channels"] == 1
+    np.testing.assert_allclose(predict_proba(model, px), res.probs, atol=1e-5)
+
+
+def test_seeded_runs_are_reproducible_on_cpu(cycle):
+    res, _, (x, y, px, _) = cycle
+    again = run_cycle(x, y, px, 4, FAST)
+    np.testing.assert_array_equal(again.ranking, res.ranking)
+    np.testing.assert_allclose(again.scores["score"], res.scores["score"], atol=1e-6)
+
+
+def test_honest_when_terminal_phase_not_reached():
+    x, y = separable(n_per=6)
+    rng = np.random.default_rng(0)
+    y_noisy = rng.permutation(y)  # random labels cannot be memorised in 3 epochs
+    res = run_cycle(x, y_noisy, x[:5], 4, FAST.replace(max_epochs=3, tpt_window=2))
+    assert res.tpt["reached"] is False and res.tpt["t_i"] is None and res.tpt["epochs"] == 3
+    assert len(res.tpt["checkpoints"]) == 2  # FF falls back to the last window before the cap
+
+
+def test_warm_start_loads_previous_weights(cycle):
+    res, _, (x, y, px, _) = cycle
+    warm = run_cycle(x, y, px, 4, FAST.replace(warm_start=True), init_state=res.model_state)
+    cold = run_cycle(x, y, px, 4, FAST.replace(warm_start=False), init_state=res.model_state)
+    assert warm.meta["warm_started"] and not cold.meta["warm_started"]
+    assert warm.tpt["t_i"] <= cold.tpt["t_i"]  # already fits the data
+
+
+def test_rgb_and_empty_pool():
+    x, y = separable(n_per=4)
+    rgb = np.repeat(x, 3, axis=1)
+    res = run_cycle(rgb, y, rgb[:0], 4, FAST.replace(max_epochs=2, tpt_window=1, strategy="entropy"))
+    assert len(res.ranking) == 0 and res.meta["in_channels"] == 3
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(x_lab=np.zeros((4, 8, 8))), r"\[N, C, H, W\]"),
+    (dict(y_lab=np.array([0, 1, 2, 9])), r"0\.\.3"),
+    (dict(x_lab=np.full((4, 1, 8, 8), 2.0)), r"\[0, 1\]"),
+    (dict(x_pool=np.zeros((3, 1, 6, 6))), "like x_lab"),
+    (dict(x_lab=np.zeros((1, 1, 8, 8)), y_lab=np.array([0])), "at least 2"),
+])
+def test_bad_input_is_refused_with_a_clear_message(bad, match):
+    args = dict(x_lab=np.zeros((4, 1, 8, 8), np.float32), y_lab=np.array([0, 1, 2, 3]),
+                x_pool=np.zeros((3, 1, 8, 8), np.float32))
+    args.update(bad)
+    with pytest.raises(InputError, match=match):
+        run_cycle(args["x_lab"], args["y_lab"], args["x_pool"], 4, FAST)
+
+
+def test_config_validation_and_env():
+    with pytest.raises(ConfigError, match="strategy='bogus'"):
+        EngineConfig(strategy="bogus")
+    with pytest.raises(ConfigError, match="tpt_window"):
+        EngineConfig(tpt_window=0)
+    cfg = EngineConfig.from_env(environ={"NCALR_MAX_EPOCHS": "7", "NCALR_CMAP_SIGN": "neg",
+                                         "NCALR_AUGMENT": "false", "OTHER": "x"})
+    assert (cfg.max_epochs, cfg.cmap_sign, cfg.augment) == (7, "neg", False)
+    with pytest.raises(ConfigError, match="not a valid int"):
+        EngineConfig.from_env(environ={"NCALR_MAX_EPOCHS": "seven"})
+    with pytest.raises(ConfigError, match="unknown engine settings"):
+        EngineConfig.from_mapping({"max_epoch": "3"})
+
+
+def test_local_pretrained_weights_initialise_the_backbone(tmp_path):
+    import torch
+    import torchvision
+
+    from ncalr_backend.engine.training.model import build_model
+
+    src = torchvision.models.resnet18(weights=None)  # a torchvision-format file, as an admin would have
+    torch.nn.init.constant_(src.layer3[0].conv1.weight, 0.125)
+    path = tmp_path / "resnet18.pth"
+    torch.save(src.state_dict(), path)
+    model = build_model(10, 1, 8, pretrained_path=str(path))  # grayscale, small stem: conv1 and fc do not fit
+    assert torch.all(model.backbone.layer3[0].conv1.weight == 0.125)
+    assert model.backbone.conv1.weight.shape == (64, 1, 3, 3)
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
+        build_model(10, 1, 8, pretrained_path=str(tmp_path / "missing.pth"))
+
+
+def test_rerank_equals_a_cycle_run_with_that_strategy(cycle):
+    from ncalr_backend.engine import rerank
+
+    res, _, (x, y, px, _) = cycle
+    for name in ("entropy", "cmap", "ff"):
+        direct = run_cycle(x, y, px, 4, FAST.replace(strategy=name)) if name == "entropy" else None
+        ranking, scores, _ = rerank(res, FAST.replace(strategy=name))
+        assert sorted(ranking) == list(range(len(px)))
+        if direct is not None:  # same seed, same training: the same model and the same order
+            np.testing.assert_array_equal(ranking, direct.ranking)
+        assert np.all(np.diff(scores["score"][ranking]) <= 1e-12)  # served highest score first
+    # the components, recomputed independently of the strategies from what the training recorded
+    from ncalr_backend.engine.geometry import class_geometry, cmap_bruteforce
+
+    v = res.view
+    _, scores, _ = rerank(res, FAST.replace(strategy="cmap"))
+    geom = class_geometry(v.feats_lab, v.y_lab, 4, centered=True)
+    np.testing.assert_allclose(scores["cmap"], cmap_bruteforce(geom, v.feats, v.probs.argmax(1)), rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(scores["score"], scores["cmap"])  # cmap_sign=pos: the score is CMAP itself
+    _, scores, _ = rerank(res, FAST.replace(strategy="ff"))
+    hist = np.asarray(v.pred_history)
+    assert len(hist) >= 2
+    by_hand = [sum(int(hist[t, j] != hist[t - 1, j]) for t in range(1, len(hist))) for j in range(hist.shape[1])]
+    np.testing.assert_array_equal(scores["ff"], by_hand)
+    np.testing.assert_array_equal(scores["score"], by_hand)
+
+
+def test_narrow_width_is_a_saved_setting(tmp_path):
+    x, y = separable(n_per=4)
+    res = run_cycle(x, y, x[:6], 4, FAST.replace(max_epochs=2, tpt_window=1, width=8), out_dir=tmp_path)
+    assert res.model.feature_dim == 64 and res.meta["width"] == 8
+    model, meta = load_model(tmp_path / "model.pt")
+    np.testing.assert_allclose(predict_proba(model, x[:6]), res.probs, atol=1e-5)

@@ -1,0 +1,168 @@
+"""Engine math against brute-force / textbook computations on small inputs."""
+import numpy as np
+import pytest
+
+from ncalr_backend.engine.geometry import (class_geometry, cma, cmap_bruteforce, cmap_scores, flip_counts, fuse,
+                                    nc_metrics, rank_desc, signed_cmap, simplex_etf_gram, zscore)
+
+
+def _simplex_etf(C, d, scale=3.0, rng=None):
+    """C unit-norm class means in R^d with pairwise cosine -1/(C-1), randomly rotated."""
+    rng = rng or np.random.default_rng(0)
+    E = (np.eye(C) - np.ones((C, C)) / C) * np.sqrt(C / (C - 1))  # rows: ETF in R^C
+    Q, _ = np.linalg.qr(rng.normal(size=(d, C)))
+    return scale * E @ Q.T  # [C, d]
+
+
+@pytest.mark.parametrize("centered", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cmap_matches_bruteforce(centered, seed):
+    rng = np.random.default_rng(seed)
+    C, d, N, M = 6, 16, 40, 50
+    y = rng.integers(0, C, N)
+    feats = rng.normal(size=(N, d)) + rng.normal(size=(C, d))[y] * 2
+    geom = class_geometry(feats, y, C, centered=centered)
+    cand = rng.normal(size=(M, d)) * 2
+    pred = rng.integers(0, C, M)
+    fast = cmap_scores(geom, cand, pred)
+    slow = cmap_bruteforce(geom, cand, pred)
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
+    assert np.abs(slow).max() > 1e-4  # the test is not vacuous
+
+
+def test_cmap_float32_product_close_to_bruteforce():
+    rng = np.random.default_rng(3)
+    feats = rng.normal(size=(30, 8)); y = rng.integers(0, 4, 30)
+    geom = class_geometry(feats, y, 4)
+    cand = rng.normal(size=(20, 8)); pred = rng.integers(0, 4, 20)
+    np.testing.assert_allclose(cmap_scores(geom, cand.astype(np.float32), pred),
+                               cmap_bruteforce(geom, cand, pred), atol=1e-6)
+
+
+def test_cmap_absent_class_and_single_class():
+    rng = np.random.default_rng(4)
+    feats = rng.normal(size=(12, 5))
+    y = np.array([0] * 6 + [2] * 6)  # class 1 and 3 have no labeled sample
+    geom = class_geometry(feats, y, 4)
+    cand = rng.normal(size=(9, 5))
+    pred = np.array([0, 1, 2, 3, 1, 0, 3, 2, 1])
+    np.testing.assert_allclose(cmap_scores(geom, cand, pred), cmap_bruteforce(geom, cand, pred), atol=1e-12)
+    # one class only (raw means: centred, its single mean would be the zero vector): CMA is 0
+    # before; adding to it keeps 0, adding a new class creates one pair
+    geom1 = class_geometry(feats[:6], y[:6], 4, centered=False)
+    fast = cmap_scores(geom1, cand, pred)
+    np.testing.assert_allclose(fast, cmap_bruteforce(geom1, cand, pred), atol=1e-12)
+    assert np.all(fast[pred == 0] == 0) and np.any(fast[pred != 0] != 0)
+
+
+def test_cmap_hand_example():
+    # two raw class means e1 (n=1) and e2 (n=1): cos = 0. Adding h = e2 to class 0 moves mu_0 to
+    # (e1 + e2) / 2, cos(mu_0', mu_1) = 1/sqrt(2): CMAP = 0.7071...
+    feats = np.array([[1.0, 0.0], [0.0, 1.0]]); y = np.array([0, 1])
+    geom = class_geometry(feats, y, 2, centered=False)
+    out = cmap_scores(geom, np.array([[0.0, 1.0]]), np.array([0]))
+    assert out[0] == pytest.approx(1 / np.sqrt(2))
+
+
+def test_cma_of_simplex_etf():
+    for C in (2, 3, 10):
+        assert cma(_simplex_etf(C, 32)) == pytest.approx(-1 / (C - 1))
+
+
+def test_flip_counts_hand_histories():
+    hist = np.array([[0, 1, 2, 3],
+                     [0, 2, 2, 3],
+                     [0, 1, 2, 4],
+                     [0, 1, 5, 3]])
+    np.testing.assert_array_equal(flip_counts(hist), [0, 2, 1, 2])
+    np.testing.assert_array_equal(flip_counts(hist[:1]), [0, 0, 0, 0])
+    with pytest.raises(ValueError):
+        flip_counts(np.zeros(3))
+
+
+def test_zscore_and_fusion_guard_constant_scores():
+    assert np.all(zscore(np.full(5, 3.0)) == 0)
+    z = zscore(np.array([1.0, 2.0, 3.0]))
+    np.testing.assert_allclose(z, [-1.2247449, 0, 1.2247449], rtol=1e-6)
+    cm = np.array([0.1, 0.3, 0.2]); ff = np.zeros(3)
+    fused = fuse(cm, ff)
+    np.testing.assert_allclose(fused, 0.5 * zscore(cm))
+    assert np.isfinite(fuse(np.zeros(3), np.zeros(3))).all()
+    np.testing.assert_allclose(signed_cmap(np.array([-1.0, 2.0]), "neg"), [1.0, -2.0])
+    np.testing.assert_allclose(signed_cmap(np.array([-1.0, 2.0]), "abs"), [1.0, 2.0])
+
+
+def test_rank_desc_orders_and_breaks_ties_randomly():
+    s = np.array([0.1, 0.9, 0.5, 0.9])
+    r = rank_desc(s, np.random.default_rng(0))
+    assert set(r[:2]) == {1, 3} and list(r[2:]) == [2, 0]
+    firsts = {rank_desc(np.zeros(6), np.random.default_rng(k))[0] for k in range(20)}
+    assert len(firsts) > 1  # ties are not resolved by id
+    with pytest.raises(ValueError):
+        rank_desc(np.array([np.nan, 1.0]))
+
+
+def test_nc_metrics_zero_on_exact_etf_and_nonzero_on_random():
+    C, d, per = 5, 20, 8
+    mu = _simplex_etf(C, d)
+    y = np.repeat(np.arange(C), per)
+    feats = mu[y]  # every feature on its class mean: NC1 = 0
+    W = mu / np.linalg.norm(mu, axis=1, keepdims=True)  # self-dual classifier
+    m = nc_metrics(feats, y, W=W, b=np.zeros(C))
+    for k in ("nc1", "nc2_equinorm_means", "nc2_equiangular_means", "nc2_etf_means", "nc2_equinorm_weights",
+              "nc2_equiangular_weights", "nc2_etf_weights", "nc3", "nc4"):
+        assert m[k] == pytest.approx(0, abs=1e-8), k
+    rng = np.random.default_rng(0)
+    r = nc_metrics(rng.normal(size=(C * per, d)), y, W=rng.normal(size=(C, d)), b=np.zeros(C))
+    assert r["nc1"] > 1.0 and r["nc2_etf_means"] > 0.1 and r["nc2_etf_weights"] > 0.1 and r["nc3"] > 0.1
+
+
+def test_nc1_textbook_formula():
+    rng = np.random.default_rng(1)
+    C, d = 3, 4
+    y = np.repeat(np.arange(C), 10)
+    feats = rng.normal(size=(30, d)) + 4 * rng.normal(size=(C, d))[y]
+    mu = np.stack([feats[y == c].mean(0) for c in range(C)]); g = feats.mean(0)
+    Sw = sum(np.outer(h - mu[c], h - mu[c]) for h, c in zip(feats, y)) / 30
+    Sb = sum(np.outer(m - g, m - g) for m in mu) / C
+    expected = np.trace(Sw @ np.linalg.pinv(Sb, rcond=1e-10)) / C  # rank C-1
+    assert nc_metrics(feats, y)["nc1"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_simplex_etf_gram():
+    E = simplex_etf_gram(4)
+    assert np.linalg.norm(E) == pytest.approx(1)
+    assert np.allclose(E.sum(1), 0)
+
+
+def test_seli_equals_etf_on_balanced_counts():
+    from ncalr_backend.engine.geometry import gram_distance, seli_gram_targets
+    gw, gm = seli_gram_targets(np.full(6, 25))
+    assert gram_distance(gw, simplex_etf_gram(6)) < 1e-6 and gram_distance(gm, simplex_etf_gram(6)) < 1e-6
+
+
+def test_seli_closed_form_imbalance_10():
+    # method.md: k = 10, half the classes 10x larger: ||w_maj||^2/||w_min||^2 = 2.67, ||mu_maj||^2/||mu_min||^2 = 0.35
+    from ncalr_backend.engine.geometry import seli_gram_targets
+    gw, gm = seli_gram_targets(np.array([10] * 5 + [1] * 5))
+    assert gw[0, 0] / gw[-1, -1] == pytest.approx(2.67, abs=0.005)
+    assert gm[0, 0] / gm[-1, -1] == pytest.approx(0.35, abs=0.005)
+    # the SVD form of seed 003: W W^T is proportional to U L U^T of S_hat = (I - 11^T/k) Y
+    counts = np.array([10] * 5 + [1] * 5)
+    Y = np.repeat(np.eye(10), counts, axis=1)  # [k, n] one-hot columns
+    S_hat = (np.eye(10) - np.ones((10, 10)) / 10) @ Y
+    U, L, _ = np.linalg.svd(S_hat, full_matrices=False)
+    np.testing.assert_allclose(gw / np.linalg.norm(gw), (U * L) @ U.T / np.linalg.norm((U * L) @ U.T), atol=1e-8)
+
+
+def test_geometry_target_distances_pick_the_right_target():
+    from ncalr_backend.engine.geometry import geometry_target_distances, psd_sqrt, seli_gram_targets
+    counts = np.array([50, 50, 5, 5])
+    gw, gm = seli_gram_targets(counts)
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.normal(size=(12, 4)))
+    W = psd_sqrt(gw) @ Q.T  # rows realise the SELI classifier Gram exactly
+    means = psd_sqrt(gm) @ Q.T + 3.0  # a common offset is removed by centring
+    d = geometry_target_distances(W, means, counts)
+    assert d["seli_dist_weights"] < 1e-6 and d["seli_dist_means"] < 1e-6
+    assert d["etf_dist_weights"] > 0.05 and d["etf_dist_means"] > 0.05

@@ -1,0 +1,74 @@
+"""Which annotation wins, and the labels (single and multi-label) the engine trains on."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ncalr_backend.service.annotations import annotation_label, annotation_label_set, label_matrix, label_report, split_tasks, winning_annotation
+from ncalr_backend.service.labelconfig import parse_label_config
+
+CFG = ('<View><Image name="img" value="$image"/><Choices name="cls" toName="img" choice="single">'
+       '<Choice value="cat"/><Choice value="dog" alias="DOG"/><Choice value="eel"/></Choices></View>')
+
+MULTI = CFG.replace('choice="single"', 'choice="multiple"')
+
+
+def test_winning_annotation_rules():
+    cfg = parse_label_config(CFG)
+    ann = lambda i, ch, upd, **kw: {"id": i, "updated_at": upd, "result": [  # noqa: E731
+        {"from_name": "cls", "to_name": "img", "type": "choices", "value": {"choices": [ch]}}], **kw}
+    t = {"id": 1, "annotations": [ann(1, "cat", "2024-01-02"), ann(2, "DOG", "2024-01-03"),
+                                  ann(3, "eel", "2024-01-09", was_cancelled=True)]}
+    assert winning_annotation(t)["id"] == 2  # latest non-cancelled
+    t["annotations"].append(ann(4, "eel", "2023-01-01", ground_truth=True))
+    assert winning_annotation(t)["id"] == 4  # ground truth first
+    assert winning_annotation({"id": 2, "annotations": [ann(5, "cat", "x", was_cancelled=True)]}) is None
+    assert annotation_label(ann(6, "DOG", "x"), cfg) == 1 and annotation_label(ann(7, "zebra", "x"), cfg) is None
+    s = split_tasks([t, {"id": 2, "annotations": []}, {"id": 3, "annotations": [ann(8, "zebra", "x")]}], cfg)
+    assert [x["id"] for x in s.labeled] == [1] and s.labels == [2]
+    assert [x["id"] for x in s.pool] == [2] and s.unusable[0]["task"] == 3
+
+
+def _mann(i, choices, upd="2024", from_name="cls", **kw):
+    return {"id": i, "updated_at": upd, "result": [
+        {"from_name": from_name, "to_name": "img", "type": "choices", "value": {"choices": choices}}], **kw}
+
+
+def test_multilabel_annotations_become_multi_hot_rows_and_bad_ones_are_reported():
+    cfg = parse_label_config(MULTI)
+    assert annotation_label_set(_mann(1, ["eel", "cat"]), cfg) == ([0, 2], None)
+    assert annotation_label_set(_mann(2, ["DOG"]), cfg) == ([1], None)
+    assert annotation_label_set(_mann(3, ["DOG", "DOG"]), cfg) == ([1], None)
+    # a value not in the config makes the whole annotation unusable, and the reason names the value
+    none, why = annotation_label_set(_mann(4, ["cat", "zebra"]), cfg)
+    assert none is None and "'zebra'" in why and "annotation 4" in why
+    # "dog" is the value of an aliased choice: the label is its alias "DOG"
+    assert annotation_label_set(_mann(5, ["dog"]), cfg)[0] is None
+    none, why = annotation_label_set(_mann(6, []), cfg)
+    assert none is None and "no choice" in why
+    none, why = annotation_label_set(_mann(7, ["cat"], from_name="other"), cfg)
+    assert none is None and "no choice" in why and "no result" in why
+    tasks = [
+        {"id": 10, "annotations": [_mann(11, ["cat", "eel"])]},
+        {"id": 20, "annotations": [_mann(21, ["DOG"], "2024-01-01"), _mann(22, ["cat"], "2024-02-01")]},
+        {"id": 30, "annotations": [_mann(31, ["cat", "zebra"])]},
+        {"id": 40, "annotations": [_mann(41, [])]},
+        {"id": 50, "annotations": []},
+        {"id": 60, "annotations": [_mann(61, ["eel"], was_cancelled=True)]},
+        {"id": 70, "annotations": [_mann(71, ["cat", "DOG", "eel"])]},
+    ]
+    s = split_tasks(tasks, cfg)
+    assert [t["id"] for t in s.labeled] == [10, 20, 70]
+    assert s.labels == [[0, 2], [0], [0, 1, 2]]  # task 20: the latest annotation wins
+    assert [t["id"] for t in s.pool] == [50, 60]
+    assert [u["task"] for u in s.unusable] == [30, 40]
+    assert "'zebra'" in s.unusable[0]["reason"] and "no choice" in s.unusable[1]["reason"]
+    y = label_matrix(s.labels, cfg)
+    assert y.dtype == np.float32 and y.tolist() == [[1, 0, 1], [1, 0, 0], [1, 1, 1]]
+    rep = label_report(y, cfg)
+    assert rep == {"class_counts": {"cat": 3, "DOG": 1, "eel": 2}, "label_set_sizes": {"1": 1, "2": 1, "3": 1}}
+    # single-label stays as it was: first choice, int ids, one count per sample
+    single = parse_label_config(CFG)
+    s1 = split_tasks(tasks[:2], single)
+    assert s1.labels == [0, 0] and label_matrix(s1.labels, single).dtype == np.int64
+    assert label_report(label_matrix(s1.labels, single), single) == {"class_counts": {"cat": 2, "DOG": 0, "eel": 0}}

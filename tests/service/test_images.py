@@ -1,0 +1,46 @@
+"""Images: decoding, the download cache, and which URLs the backend fetches."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ncalr_backend.data.images import BrokenImage, ImageCache, decode_image
+from ncalr_backend.service.labelstudio import ImageRefused, LabelStudioClient, looks_like_jwt
+
+
+def _png(mode="L", size=(8, 8)):
+    buf = io.BytesIO()
+    Image.new(mode, size, 200).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_decode_image_shapes_and_broken_bytes():
+    a = decode_image(_png("RGB", (20, 10)), size=16, channels=1)
+    assert a.shape == (1, 16, 16) and a.dtype == np.float32 and 0 <= a.min() <= a.max() <= 1
+    assert decode_image(_png("L"), size=8, channels=3).shape == (3, 8, 8)
+    with pytest.raises(BrokenImage):
+        decode_image(b"\x89PNG garbage", 8, 1)
+
+
+def test_image_cache_downloads_once(tmp_path):
+    calls = []
+    cache = ImageCache(tmp_path)
+    fetch = lambda u: calls.append(u) or b"abc"  # noqa: E731
+    assert cache.get("http://x/1.png", fetch) == b"abc" == cache.get("http://x/1.png", fetch)
+    assert calls == ["http://x/1.png"]
+
+
+def test_images_only_from_label_studio_or_allow_list():
+    c = LabelStudioClient("http://ls.local:8080", "0" * 40, allowed_hosts=("cdn.example.com",))
+    assert c.resolve_image_url("/data/upload/1/a.png") == ("http://ls.local:8080/data/upload/1/a.png", True)
+    assert c.resolve_image_url("http://ls.local:8080/data/x.png")[1] is True
+    assert c.resolve_image_url("https://cdn.example.com/a.png") == ("https://cdn.example.com/a.png", False)
+    for bad in ("http://evil.example.com/a.png", "http://ls.local:9999/a.png", "file:///etc/passwd",
+                "s3://bucket/a.png", "", None):
+        with pytest.raises(ImageRefused):
+            c.resolve_image_url(bad)
+    assert looks_like_jwt("eyJa.eyJb.c") and not looks_like_jwt("0" * 40)

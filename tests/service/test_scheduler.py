@@ -1,0 +1,77 @@
+"""The scheduler: coalescing, the annotation threshold, failures, crash recovery."""
+
+from __future__ import annotations
+
+import threading
+
+from ncalr_backend.service.scheduler import EmbeddedScheduler
+from ncalr_backend.service.settings import Settings
+from ncalr_backend.service.store import ProjectStore
+
+
+def test_a_hundred_requests_during_a_cycle_give_exactly_one_follow_up(tmp_path):
+    gate, started, runs = threading.Event(), threading.Event(), []
+
+    def cycle(settings, pid, reason, t):
+        runs.append((pid, reason))
+        started.set()
+        gate.wait(10)
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "TRAIN_TRIGGER_MIN": "5"})
+    sch = EmbeddedScheduler(s, cycle_fn=cycle)
+    sch.request_cycle(1, "START_TRAINING")
+    assert started.wait(5)
+    outs = [sch.request_cycle(1, "again") for _ in range(50)]
+    outs += [sch.count_annotations(1, 1, 10) for _ in range(50)]  # crosses the threshold 10 times
+    assert outs[0]["queued"] and all(o["coalesced"] for o in outs[1:50])
+    assert sch.status(1)["running"] and sch.status(1)["waiting"]
+    sch.request_cycle(2, "other project")  # another project waits independently
+    gate.set()
+    assert sch.wait_idle(10)
+    assert runs == [(1, "START_TRAINING"), (1, "again"), (2, "other project")]
+    assert sch.status(1)["cycles_run"] == 2
+
+
+def test_threshold_counts_annotations_and_resets(tmp_path):
+    runs = []
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "TRAIN_TRIGGER_MIN": "3", "TRAIN_TRIGGER_FRACTION": "0.1"})
+    sch = EmbeddedScheduler(s, cycle_fn=lambda *a: runs.append(a[2]))
+    assert sch.count_annotations(7, 1, 50)["threshold"] == 5
+    for _ in range(3):
+        assert sch.count_annotations(7, 1, 50)["cycle"] is None
+    out = sch.count_annotations(7, 1, 50)
+    assert out["cycle"]["queued"] and sch.wait_idle(5) and len(runs) == 1
+    assert ProjectStore(tmp_path, 7).state()["new_annotations"] == 0
+    assert sch.count_annotations(7, 4, None)["cycle"] is None  # threshold remembered: 4 < 5
+
+
+def test_failed_cycle_does_not_stop_the_worker(tmp_path):
+    runs = []
+
+    def cycle(settings, pid, reason, t):
+        runs.append(pid)
+        if pid == 1:
+            raise RuntimeError("boom")
+
+    sch = EmbeddedScheduler(Settings.from_env({"MODEL_DIR": str(tmp_path)}), cycle_fn=cycle)
+    sch.request_cycle(1, "x")
+    sch.request_cycle(2, "y")
+    assert sch.wait_idle(5) and runs == [1, 2]
+    assert sch.status(1)["cycles_failed"] == 1 and sch.status(2)["cycles_run"] == 1
+
+
+def test_recover_reruns_interrupted_and_waiting_cycles(tmp_path):
+    st = ProjectStore(tmp_path, 3)
+    st.update_state(in_progress={"cycle": 4}, cycles_started=4)
+    work = st.new_workdir(4)
+    (work / "model.pt").write_bytes(b"half")
+    ProjectStore(tmp_path, 5).update_state(pending={"reason": "x", "triggered_at": 1.0})
+    ProjectStore(tmp_path, 6).update_state(in_progress=None)
+    runs = []
+    sch = EmbeddedScheduler(Settings.from_env({"MODEL_DIR": str(tmp_path)}),
+                            cycle_fn=lambda s, pid, reason, t: runs.append((pid, reason)))
+    assert sorted(sch.recover()) == [3, 5]
+    assert sch.wait_idle(5)
+    assert sorted(runs) == [(3, "recovered"), (5, "recovered")]
+    assert not work.exists() and st.state()["in_progress"] is None
+    assert st.next_cycle_number() == 5  # never reuses a started cycle's number
