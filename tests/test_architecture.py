@@ -135,3 +135,23 @@ def test_the_cycle_detector_finds_a_circle(monkeypatch):
     fake = {"ncalr_backend.service.store": {"ncalr_backend.service.cycle"}}
     monkeypatch.setitem(globals(), "imports_of", lambda m: real(m) | fake.get(m, set()))
     assert any("ncalr_backend.service.store" in c for c in _cycles())
+
+
+def test_every_import_of_our_names_resolves():
+    """``from ncalr_backend.x import y`` anywhere in the package, the entry points, the tests and
+    the scripts names something ``x`` has (a moved function breaks here, not in a benchmark run)."""
+    import importlib
+
+    files = [p for d in ("ncalr_backend", "tests", "scripts") for p in (ROOT / d).rglob("*.py")]
+    files += [ROOT / "model.py", ROOT / "_wsgi.py"]
+    missing = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                    and node.module.split(".")[0] in ("ncalr_backend", "model")):
+                continue
+            mod = importlib.import_module(node.module)
+            for a in node.names:
+                if not hasattr(mod, a.name) and f"{node.module}.{a.name}" not in MODULES:
+                    missing.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.module} has no {a.name}")
+    assert missing == []

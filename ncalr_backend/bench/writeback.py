@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         out["cycle1"]["engine_tpt"] = rep1.get("engine", {}).get("tpt")
         preds = json.loads((work / "model_dir" / "projects" / str(pid) / "cycles" / "0001" /
                             "predictions.json").read_text())
-        from ncalr_backend.service.cycle import prediction_item
+        from ncalr_backend.service.predictions import prediction_item
         from ncalr_backend.service.labelconfig import parse_label_config
         cfg = parse_label_config(admin.project(pid)["label_config"])
         items = [prediction_item(int(tid), e, e["score"], cfg, "x")

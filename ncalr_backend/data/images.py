@@ -1,7 +1,8 @@
 """Task image -> float32 array, with an on-disk cache of downloaded files.
 
-Files are cached under ``MODEL_DIR/cache/<sha256(url)>`` (written atomically), so a cycle
-downloads each image once over the backend's life. Decoding: PIL, converted to grayscale
+Files are cached under ``MODEL_DIR/cache/<sha256(url)>`` (written atomically, without fsync: it
+is a cache), so a cycle downloads each image once while it stays in the cache; ``prune`` keeps the
+cache under a size cap, least recently used first. Decoding: PIL, converted to grayscale
 (``IMAGE_CHANNELS=1``) or RGB (``3``), resized to ``IMAGE_SIZE`` x ``IMAGE_SIZE``, scaled to
 [0, 1], channels first.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -59,11 +61,38 @@ class ImageCache:
 
     def get(self, url: str, fetch: Callable[[str], bytes]) -> bytes:
         path = self.path_for(url)
-        if path.exists():
-            return path.read_bytes()
+        try:
+            data = path.read_bytes()
+            os.utime(path)  # least recently used goes first when the cache is pruned
+            return data
+        except FileNotFoundError:
+            pass
         data = fetch(url)
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, durable=False)  # a cache: re-downloaded if a crash loses it
         return data
+
+    def prune(self, max_bytes: int) -> int:
+        """Delete the least recently used files until the cache holds at most ``max_bytes``;
+        returns how many went."""
+        files = []
+        for p in self.root.glob("*/*"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            files.append((st.st_mtime, st.st_size, p))
+        total = sum(f[1] for f in files)
+        n = 0
+        for _, size, p in sorted(files):
+            if total <= max_bytes:
+                break
+            try:
+                p.unlink()
+                total -= size
+                n += 1
+            except FileNotFoundError:
+                pass
+        return n
 
     def evict(self, url: str) -> None:
         try:

@@ -20,9 +20,10 @@ from ncalr_backend.engine.config import EngineConfig
 from ncalr_backend.engine.geometry import finite_or_none, geometry_report
 from ncalr_backend.engine.multilabel import multilabel_geometry_report, predict_sets
 from ncalr_backend.engine.training import ResNet18Classifier, build_model, pick_device, train_to_tpt
-from ncalr_backend.engine.training.trainer import forward_all
+from ncalr_backend.engine.training.trainer import Interrupted, forward_all
 
-__all__ = ["EngineConfig", "CycleResult", "run_cycle", "rerank", "load_model", "predict_proba", "InputError"]
+__all__ = ["EngineConfig", "CycleResult", "run_cycle", "rerank", "load_model", "predict_proba", "InputError",
+           "Interrupted"]
 
 
 class InputError(ValueError):
@@ -110,8 +111,12 @@ def _check(x_lab, y_lab, x_pool, num_classes) -> tuple[np.ndarray, np.ndarray, n
 
 def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | None = None,
               out_dir: str | Path | None = None, init_state: dict | None = None,
-              progress: Callable[[dict], None] | None = None) -> CycleResult:
+              progress: Callable[[dict], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> CycleResult:
     """Train into the terminal phase, score and rank the pool with ``config.strategy``.
+
+    ``should_stop`` (optional) is asked before every training batch; when it returns True the
+    run ends with ``Interrupted`` (nothing is written).
 
     ``y_lab``: class ids [N] (single-label), or multi-hot [N, K] (multi-label: pick-all-labels
     loss, FF over predicted sets, CMAP over single-label class means; ``pred_sets`` in the result).
@@ -137,7 +142,7 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
             model.load_state_dict(init_state)
             warm = True
     tr = train_to_tpt(model, torch.from_numpy(x_lab), torch.from_numpy(y_lab), torch.from_numpy(x_pool),
-                      config, device, progress)
+                      config, device, progress, should_stop)
     model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     t1 = time.perf_counter()
     probs = torch.softmax(torch.from_numpy(tr.logits_pool), dim=1).numpy().astype(np.float32)

@@ -13,21 +13,23 @@ set the scheduler is in Redis and more web processes are safe.
 
 from __future__ import annotations
 
-import base64
-import hmac
+import atexit
+import fcntl
 import logging
+import os
+import socket
 import threading
-import time
 import uuid
+from pathlib import Path
 from typing import Optional
 
 from flask import jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from ncalr_backend.service.auth import SECRET_HEADER, Auth
 from ncalr_backend.service.labelconfig import LabelConfigError
-from ncalr_backend.service.labelstudio import make_client
 from ncalr_backend.service.scheduler import make_scheduler
-from ncalr_backend.service.serving import UNTRAINED_VERSION
+from ncalr_backend.service.predictions import UNTRAINED_VERSION
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.store import ProjectStore, read_json
 
@@ -50,6 +52,28 @@ def project_id_from(value) -> Optional[int]:
     except (TypeError, ValueError):
         return None
     return pid if pid > 0 else None
+
+
+def lock_model_dir(model_dir: Path):
+    """Hold ``MODEL_DIR/.backend.lock`` for this process's life, or raise saying who holds it: two
+    embedded-mode processes on one MODEL_DIR would race on state.json and cycle numbers."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    f = open(model_dir / ".backend.lock", "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise RuntimeError(f"MODEL_DIR={model_dir} is in use by another backend process ({holder}). Run ONE "
+                           "process per MODEL_DIR (gunicorn --workers 1), give each backend its own MODEL_DIR, "
+                           "or set REDIS_URL to run cycles in RQ workers with any number of web processes") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    return f
 
 
 class BadRequest(Exception):
@@ -91,7 +115,7 @@ class Backend:
         self.settings = settings
         self._scheduler = None
         self._scheduler_lock = threading.Lock()
-        self._webhook_auth_done = set()
+        self.auth = Auth(settings)
         self._webhooks_seen: dict = {}  # project -> {action: count} received by this process
         self._webhooks_lock = threading.Lock()
 
@@ -110,6 +134,8 @@ class Backend:
     def scheduler(self):
         with self._scheduler_lock:
             if self._scheduler is None:
+                if not self.settings.redis_url:
+                    self._lock_file = lock_model_dir(self.settings.model_dir)  # one process per MODEL_DIR
                 self._scheduler = make_scheduler(self.settings)
                 if not self.settings.redis_url:  # warm the engine import (torch) off the request path
                     threading.Thread(target=__import__, args=("ncalr_backend.engine",), daemon=True).start()
@@ -119,51 +145,36 @@ class Backend:
                         log.warning("re-running interrupted cycles for projects %s", recovered)
                 except Exception as exc:
                     log.error("recovery of interrupted cycles failed: %s", exc)
+                if self.settings.redis_url:
+                    self._scheduler.start_reaper()
+                atexit.register(self.shutdown)
             return self._scheduler
 
-    # ------------------------------------------------------------------ basic auth
-    def auth_ok(self) -> bool:
-        s = self.settings
-        if not s.basic_auth_user:
-            return True
-        auth = request.authorization
-        if auth is None or auth.type != "basic":
-            return False
-        return (hmac.compare_digest((auth.username or "").encode(), s.basic_auth_user.encode())
-                and hmac.compare_digest((auth.password or "").encode(), s.basic_auth_pass.encode()))
+    def shutdown(self, timeout: float = 20.0) -> None:
+        """On exit (gunicorn's SIGTERM ends the worker through sys.exit): interrupt a running cycle
+        at its next batch and wait for it, so the process never dies under torch's threads."""
+        if self._scheduler is not None:
+            if not self._scheduler.stop(timeout=timeout):
+                log.warning("the cycle did not stop within %.0f s", timeout)
 
+    # ------------------------------------------------------------------ auth (auth.py)
     def check_auth(self):
-        if not self.auth_ok():
+        if not self.auth.basic_ok(request.authorization):
             resp, status = _error("authentication required", 401)
             resp.headers["WWW-Authenticate"] = 'Basic realm="ncalr-backend"'
             return resp, status
 
-    def basic_header(self) -> str:
-        s = self.settings
-        return "Basic " + base64.b64encode(f"{s.basic_auth_user}:{s.basic_auth_pass}".encode()).decode()
-
-    def ensure_webhook_auth(self, project_id: int):
-        """Label Studio creates the backend's webhook without headers; with basic auth on, add them."""
-        try:
-            client = make_client(self.settings)
-        except Exception:
-            return
-        for delay in (0.5, 2, 5, 15):
-            time.sleep(delay)
-            try:
-                urls = {b["url"].rstrip("/") + "/webhook" for b in client.list_ml_backends(project_id)
-                        if b.get("basic_auth_user") == self.settings.basic_auth_user}
-                hooks = [h for h in client.list_webhooks(project_id) if h.get("url", "").rstrip("/") in urls]
-                for h in hooks:
-                    if (h.get("headers") or {}).get("Authorization") != self.basic_header():
-                        client.patch_webhook(h["id"], {"headers": {**(h.get("headers") or {}),
-                                                                   "Authorization": self.basic_header()}})
-                        log.info("project %s: added basic auth to webhook %s", project_id, h["id"])
-                if hooks:
-                    return
-            except Exception as exc:
-                log.warning("project %s: cannot update the webhook's auth header yet: %s", project_id, exc)
-        self._webhook_auth_done.discard(project_id)
+    def authentic_or_401(self, action: str, pid: Optional[int]):
+        """None when the state-changing request is authentic (auth.py), else the 401 answer."""
+        if self.auth.webhook_ok(request.headers):
+            return None
+        if action in ("START_TRAINING", "train") and pid is not None and self.auth.project_has_us(pid, request.host):
+            return None  # Label Studio's "Start training" button: no custom header, checked with Label Studio
+        if pid is not None:
+            self.auth.resync_soon(pid, request.host)
+        return _error(f"webhook not authenticated: the {SECRET_HEADER} header is missing or wrong. Label Studio's "
+                      "webhook for this backend gets it automatically (see docs/security.md); nothing was changed",
+                      401)
 
     # ------------------------------------------------------------------ routes
     def health(self):
@@ -182,9 +193,8 @@ class Backend:
             resp.status = f"400 {reason}"
             return resp
         pid = project_id_from(data.get("project"))
-        if pid is not None and self.settings.basic_auth_user and pid not in self._webhook_auth_done:
-            self._webhook_auth_done.add(pid)
-            threading.Thread(target=self.ensure_webhook_auth, args=(pid,), daemon=True).start()
+        if pid is not None:  # Label Studio creates the webhook without our headers: add them
+            self.auth.resync_soon(pid, request.host)
         model = self.model_class(label_config=schema, settings=self.settings)
         return jsonify({"model_version": model.current_version(pid)})
 
@@ -213,6 +223,9 @@ class Backend:
             raise BadRequest("missing 'action' (e.g. ANNOTATION_CREATED, START_TRAINING)")
         project = data.get("project")
         pid = project_id_from(project)
+        denied = self.authentic_or_401(action, pid)
+        if denied is not None:
+            return denied
         if action in IGNORED_FOR_TRAINING:
             self.saw_webhook(pid, action)
             return jsonify({"status": "ignored", "action": action,
@@ -229,11 +242,10 @@ class Backend:
             tasks = data.get("tasks")
             if not isinstance(tasks, list) or not all(isinstance(t, dict) and "id" in t for t in tasks):
                 raise BadRequest("TASKS_CREATED needs 'tasks': a list of {\"id\": ...}")
-            ids = []
+            ids = []  # only the ids: the placement reads the tasks from Label Studio itself
             for t in tasks:
                 try:
-                    ids.append({"id": int(t["id"]), "annotations": [],
-                                "data": t.get("data") if isinstance(t.get("data"), dict) else None})
+                    ids.append(int(t["id"]))
                 except (TypeError, ValueError):
                     raise BadRequest("TASKS_CREATED: task ids must be integers")
             out = sched.request_placement(pid, ids)
@@ -249,6 +261,9 @@ class Backend:
         pid = project_id_from(_json_body().get("project"))
         if pid is None:
             raise BadRequest("'project' must be the project id")
+        denied = self.authentic_or_401("train", pid)
+        if denied is not None:
+            return denied
         return jsonify(self.scheduler().request_cycle(pid, "train")), 201
 
     def versions(self):

@@ -7,8 +7,14 @@ predict    (predictions.py)  one prediction per ranked pool task, queue score = 
 write back (writeback.py)    bulk import under a new model_version, verified, then the switch
 commit     (commit)          the cycle's directory moves into place, latest.json is switched
 ```
-A failure in any stage raises ``CycleError``; predictions already sent are deleted again, the
-work directory moves to ``failed/`` with its report, and the previous version stays live.
+A failure before the switch raises ``CycleError``; predictions already sent are deleted again, the
+work directory moves to ``failed/`` with its report, and the previous version stays live. Once the
+project has switched to the new version, nothing rolls it back: a later failure (say the local
+report cannot be written) is reported, and the version stays live. ``CycleError.retryable`` says
+whether the scheduler should try again later; ``should_stop`` (the backend is stopping) ends the
+cycle between stages and between training batches, leaving it marked in progress for the next
+start. After a commit, older prediction versions in Label Studio and old cycle directories are
+pruned (``KEEP_CYCLES``, ``KEEP_FAILED``, ``CACHE_MAX_MB``).
 Annotation rules: ``annotations.py``; what is stored where: ``store.py``.
 """
 
@@ -28,7 +34,7 @@ from ncalr_backend.service.predictions import PROBS_KEY, QueuePredictions, queue
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.snapshot import Snapshot, take_snapshot
 from ncalr_backend.service.store import ProjectStore
-from ncalr_backend.service.writeback import WriteBack, delete_version, drop_orphans, write_back
+from ncalr_backend.service.writeback import WriteBack, delete_version, drop_orphans, prune_versions, write_back
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +81,16 @@ class CycleRun:
 
 # ---------------------------------------------------------------------------- stage 2: the engine
 def warm_start_state(store: ProjectStore, cfg, ecfg) -> Optional[dict]:
-    """The latest model's weights when it can seed this cycle: same head size and the same kind of
-    task (old checkpoints: single-label); otherwise None (train from scratch)."""
+    """The latest model's weights when it can seed this cycle: the same labels in the same order
+    (a head trained on reordered or renamed choices would be permuted), the same head size and the
+    same kind of task; otherwise None (train from scratch, said in the log)."""
     from ncalr_backend.engine import load_model
     latest = store.latest()
     if not (getattr(ecfg, "warm_start", False) and latest and (latest["path"] / "model.pt").exists()):
+        return None
+    if list(latest.get("labels") or []) != list(cfg.labels):
+        log.warning("project %s: the labeling config's choices changed (%s -> %s): training from scratch",
+                    store.project_id, latest.get("labels"), list(cfg.labels))
         return None
     try:
         prev, meta = load_model(latest["path"] / "model.pt")
@@ -91,16 +102,18 @@ def warm_start_state(store: ProjectStore, cfg, ecfg) -> Optional[dict]:
     return None
 
 
-def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress: Optional[Callable] = None):
+def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress: Optional[Callable] = None,
+                    should_stop: Optional[Callable[[], bool]] = None):
     """Run the engine on the snapshot (writes model.pt, scores.npz, metrics.json into the work dir)."""
     import ncalr_backend.engine as engine  # the engine is heavy: import on use
     if len(snap.lab_ids) == 0:
         raise CycleError("no labeled task with a readable image yet: nothing to train on")
     ecfg = engine_config or engine.EngineConfig.from_env(prefix="NCALR_")
     init_state = warm_start_state(run.store, snap.cfg, ecfg)
+    run.report["warm_start"] = init_state is not None
     t = time.time()
     res = engine.run_cycle(snap.x_lab, snap.y_lab, snap.x_pool, num_classes=snap.cfg.num_classes, config=ecfg,
-                           out_dir=run.work, init_state=init_state, progress=progress)
+                           out_dir=run.work, init_state=init_state, progress=progress, should_stop=should_stop)
     wall = time.time() - t
     train_s = float(res.timings.get("train_s", wall))
     run.timings.update(train_s=train_s, score_s=float(res.timings.get("score_s", max(0.0, wall - train_s))),
@@ -135,51 +148,103 @@ def commit(run: CycleRun, snap: Snapshot, res, wb: WriteBack, settings: Settings
     return run.report
 
 
-def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool) -> CycleError:
-    """Leave no half-written version behind; keep the failed cycle's report under failed/."""
-    known = isinstance(exc, (CycleError, LabelStudioError, ValueError))
-    run.report.update(status="failed", error=str(exc) if known else f"{exc.__class__.__name__}: {exc}",
-                      finished_at=time.time())
-    if wrote:
+def tidy(client: LabelStudioClient, settings: Settings, run: CycleRun, previous: Optional[str]) -> None:
+    """After a commit: older prediction versions out of Label Studio, old cycle directories and
+    least recently used cached images off the disk. Failures are logged, never fatal."""
+    try:
+        prune_versions(client, run.project_id, keep=[v for v in (run.version, previous) if v])
+        run.store.prune(settings.keep_cycles, settings.keep_failed)
+        from ncalr_backend.data.images import ImageCache
+        ImageCache(settings.model_dir / "cache").prune(settings.cache_max_mb * 1024 * 1024)
+    except Exception as exc:  # tidying must never fail a committed cycle
+        log.warning("project %s: tidying after cycle %s failed: %s", run.project_id, run.cycle, exc)
+
+
+def _classify(exc: Exception, live: bool) -> CycleError:
+    """The CycleError for ``exc``: its message, and whether it may pass by itself."""
+    from ncalr_backend.engine import Interrupted
+    if isinstance(exc, CycleError):
+        exc.live = exc.live or live
+        return exc
+    known = isinstance(exc, (LabelStudioError, ValueError))
+    msg = str(exc) if known else f"{exc.__class__.__name__}: {exc}"
+    if live:
+        msg = f"the new version is live in Label Studio, but finishing the cycle failed: {msg}"
+    return CycleError(msg, retryable=(isinstance(exc, LabelStudioError) and exc.retryable)
+                      or (isinstance(exc, OSError) and not live),
+                      interrupted=isinstance(exc, Interrupted), live=live)
+
+
+def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool, live: bool) -> CycleError:
+    """Leave no half-written version behind (never the live one); keep the report under failed/.
+    An interrupted cycle (shutdown) stays marked in progress, so the next start runs it again."""
+    err = _classify(exc, live)
+    if wrote and not live:
         delete_version(client, run.store, run.project_id, run.version)
+    if err.interrupted and not live:
+        import shutil
+        shutil.rmtree(run.work, ignore_errors=True)
+        log.warning("project %s cycle %s interrupted: %s", run.project_id, run.cycle, err)
+        return err
+    run.report.update(status="failed", error=str(err), retryable=err.retryable, live=live, finished_at=time.time())
     try:
         atomic_write_json(run.work / "report.json", run.report)
         run.store.fail(run.work, run.cycle, utcstamp())
     finally:
-        run.store.update_state(in_progress=None, last_failed=run.cycle, last_error=run.report["error"])
-    log.error("project %s cycle %s failed: %s", run.project_id, run.cycle, run.report["error"],
+        changes = dict(in_progress=None, last_failed=run.cycle, last_error=str(err))
+        if live:
+            changes["last_model_version"] = run.version
+        run.store.update_state(**changes)
+    log.error("project %s cycle %s failed: %s", run.project_id, run.cycle, err,
               exc_info=not isinstance(exc, (CycleError, LabelStudioError)))
-    return exc if isinstance(exc, CycleError) else CycleError(run.report["error"])
+    return err
 
 
 # ---------------------------------------------------------------------------- the cycle
 def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual",
                       triggered_at: Optional[float] = None, engine_config=None,
-                      client: Optional[LabelStudioClient] = None, progress: Optional[Callable] = None) -> dict:
+                      client: Optional[LabelStudioClient] = None, progress: Optional[Callable] = None,
+                      should_stop: Optional[Callable[[], bool]] = None) -> dict:
     """Run one cycle for ``project_id``; returns its report. Raises CycleError on failure."""
     client = client or make_client(settings)
     run = CycleRun.begin(settings, project_id, reason, triggered_at)
-    wrote = False
+    previous = (run.store.latest() or {}).get("model_version")
+    wrote = live = False
+
+    def stage(name: str):
+        """Between stages: stop if asked to, and say in state.json (so /status) where the cycle is."""
+        if should_stop is not None and should_stop():
+            from ncalr_backend.engine import Interrupted
+            raise Interrupted("the backend is stopping")
+        run.store.update_state(in_progress={**(run.store.state().get("in_progress") or {}), "stage": name},
+                               durable=False)
+
     try:
         drop_orphans(client, run.store, project_id)
+        stage("snapshot")
         snap = take_snapshot(client, settings, project_id)
         run.timings.update(snap.timings)
         run.report.update(snap.report())
         for item in snap.unusable + snap.image_failures:
             log.warning("project %s cycle %s: task %s left out: %s", project_id, run.cycle, item["task"],
                         item["reason"])
-        res = train_and_score(snap, run, engine_config, progress)
+        stage("train")
+        res = train_and_score(snap, run, engine_config, progress, should_stop)
+        stage("write-back")
         preds = queue_predictions(res, snap.cfg, snap.pool_ids, run.version)
         if preds.predicted_set_sizes is not None:
             run.report["predicted_set_sizes"] = preds.predicted_set_sizes
         save_predictions(run, snap, preds)
         wrote = bool(preds.items)
         wb = write_back(client, settings, project_id, run.version, preds.items)
+        live = wb.live
         run.timings.update(write_s=wb.write_s, switch_s=wb.switch_s)
         run.report.update(wb.report())
-        return commit(run, snap, res, wb, settings)
+        report = commit(run, snap, res, wb, settings)
     except Exception as exc:
-        err = fail(run, exc, client, wrote)
+        err = fail(run, exc, client, wrote, live)
         if err is exc:
             raise
         raise err from exc
+    tidy(client, settings, run, previous)
+    return report

@@ -2,4 +2,13 @@
 
 
 class CycleError(RuntimeError):
-    """The cycle cannot complete; the message says why (nothing was switched)."""
+    """The cycle cannot complete; the message says why.
+
+    ``retryable``: the cause may pass by itself (Label Studio unreachable or failing, a full disk),
+    so the scheduler tries again later. ``interrupted``: the backend is stopping; the cycle runs
+    again on the next start. ``live``: the new version was already switched to in Label Studio
+    when the failure came (it is never rolled back then)."""
+
+    def __init__(self, message: str, retryable: bool = False, interrupted: bool = False, live: bool = False):
+        super().__init__(message)
+        self.retryable, self.interrupted, self.live = retryable, interrupted, live

@@ -5,18 +5,21 @@ or a personal access token, which in Label Studio >= 1.20 is a JWT *refresh* tok
 exchanged at ``POST /api/token/refresh/`` for a short-lived access token sent as ``Bearer``; the
 access token is refreshed when it expires (on a 401) and the request is retried once.
 
-Downloads are restricted to Label Studio's own host (plus an explicit allow-list); the API key is
-only ever sent to Label Studio's host.
+Every URL goes through one parser (``urls.parse_http_url``) and the parsed, canonical URL is what
+is fetched. The API key is only ever sent to Label Studio's origin (scheme, host and port); images
+elsewhere come only from ``ALLOWED_IMAGE_HOSTS`` (host and port), without the key; redirects are
+followed only to allowed hosts, never with the key. See docs/security.md.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import Iterator, List, Optional, Sequence
-from urllib.parse import urljoin, urlsplit
-
 import requests
+
+from ncalr_backend.service.urls import SafeURL, URLRefused, join, parse_host_rules, parse_http_url
 
 log = logging.getLogger(__name__)
 
@@ -24,22 +27,25 @@ MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 
 
 class LabelStudioError(RuntimeError):
-    """Label Studio answered with an error (or not at all)."""
+    """Label Studio answered with an error (``status``), or not at all (``status`` None)."""
+
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        """Unreachable, overloaded or failing on its side: it may pass by itself."""
+        return self.status is None or self.status >= 500 or self.status == 429
 
 
-class ImageRefused(ValueError):
-    """An image URL the backend will not fetch (wrong host or scheme)."""
+ImageRefused = URLRefused  # an image URL the backend will not fetch; the message says why
+MAX_REDIRECTS = 3
 
 
 def looks_like_jwt(key: str) -> bool:
     parts = key.split(".")
     return len(parts) == 3 and key.startswith("eyJ") and all(parts)
-
-
-def _origin(url: str):
-    p = urlsplit(url)
-    port = p.port or (443 if p.scheme == "https" else 80)
-    return p.scheme, (p.hostname or "").lower(), port
 
 
 class LabelStudioClient:
@@ -48,9 +54,10 @@ class LabelStudioClient:
         if not url or not api_key:
             raise ValueError("Label Studio URL and API key are required")
         self.url = url.rstrip("/")
+        self.origin = parse_http_url(self.url + "/").origin
         self.api_key = api_key.strip()
         self.timeout = timeout
-        self.allowed_hosts = tuple(h.lower() for h in allowed_hosts)
+        self.allowed = parse_host_rules(allowed_hosts)
         self.session = session or requests.Session()
         self.pat = looks_like_jwt(self.api_key)
         self._access: Optional[str] = None
@@ -78,7 +85,15 @@ class LabelStudioClient:
             return {"Authorization": f"Bearer {self._access}"}
 
     def request(self, method: str, path: str, *, ok=(200, 201, 204), stream=False, **kw) -> requests.Response:
-        url = path if path.startswith("http") else f"{self.url}{path}"
+        """A request that carries the key: ``path`` on Label Studio, or an absolute URL whose
+        parsed origin is exactly Label Studio's (anything else is refused before any I/O)."""
+        if not path.startswith("/"):
+            safe = parse_http_url(path)
+            if safe.origin != self.origin:
+                raise URLRefused(f"refusing to send the API key to {safe.origin} (Label Studio is {self.origin})")
+            url = safe.url
+        else:
+            url = f"{self.url}{path}"
         kw.setdefault("timeout", self.timeout)
         headers = dict(kw.pop("headers", None) or {})
         try:
@@ -89,15 +104,16 @@ class LabelStudioClient:
                 r = self.session.request(method, url, headers={**headers, **self._auth_header(True)},
                                          allow_redirects=False, stream=stream, **kw)
         except requests.RequestException as exc:
-            raise LabelStudioError(f"{method} {path}: Label Studio not reachable ({exc.__class__.__name__})") from exc
+            raise LabelStudioError(f"{method} {path}: Label Studio not reachable ({exc.__class__.__name__})",
+                                   None) from exc
         if ok and r.status_code not in ok:
             body = r.text[:300] if not stream else ""
             if r.status_code == 401:
                 raise LabelStudioError(
                     f"{method} {path}: 401 from Label Studio: LABEL_STUDIO_API_KEY is not accepted "
                     "(legacy tokens are off by default in Label Studio 1.23; use a personal access "
-                    "token or enable legacy tokens)")
-            raise LabelStudioError(f"{method} {path}: HTTP {r.status_code}: {body}")
+                    "token or enable legacy tokens)", 401)
+            raise LabelStudioError(f"{method} {path}: HTTP {r.status_code}: {body}", r.status_code)
         return r
 
     def get_json(self, path: str, **kw):
@@ -132,6 +148,20 @@ class LabelStudioClient:
                 return
             page += 1
 
+    def get_tasks(self, project_id: int, ids: Sequence[int], chunk: int = 100) -> List[dict]:
+        """The tasks ``ids`` of the project with their data and annotations, as Label Studio has
+        them now (a Data Manager selection: no per-task GET, which would make Label Studio call
+        /predict for each)."""
+        out = []
+        ids = [int(i) for i in ids]
+        for s in range(0, len(ids), chunk):
+            part = ids[s:s + chunk]
+            query = json.dumps({"selectedItems": {"all": False, "included": part}})
+            body = self.get_json("/api/tasks/", params={"project": int(project_id), "query": query,
+                                                        "fields": "all", "page_size": len(part), "page": 1})
+            out += [t for t in body.get("tasks", []) if t.get("id") in set(part)]
+        return out
+
     # --------------------------------------------------------- predictions
     def import_predictions(self, project_id: int, predictions: Sequence[dict], chunk_size: int = 500,
                            on_chunk=None) -> int:
@@ -143,13 +173,18 @@ class LabelStudioClient:
         created = 0
         for start in range(0, len(predictions), chunk_size):
             chunk = list(predictions[start:start + chunk_size])
-            body = self.request("POST", f"/api/projects/{int(project_id)}/import/predictions",
-                                json=chunk).json()
-            n = int(body.get("created", 0)) if isinstance(body, dict) else 0
+            n = self.import_prediction_chunk(project_id, chunk)
             created += n
             if on_chunk:
                 on_chunk(start, len(chunk), n)
         return created
+
+    def import_prediction_chunk(self, project_id: int, chunk: Sequence[dict]) -> int:
+        """One bulk-import request; returns Label Studio's "created" count. Keep chunks at or
+        below 500: Label Studio creates a larger request in batches of 500 and an error in a later
+        batch leaves the earlier ones created."""
+        body = self.request("POST", f"/api/projects/{int(project_id)}/import/predictions", json=list(chunk)).json()
+        return int(body.get("created", 0)) if isinstance(body, dict) else 0
 
     def delete_model_version(self, project_id: int, model_version: str) -> None:
         """Delete every prediction of ``model_version`` (Label Studio resets the project's
@@ -171,42 +206,50 @@ class LabelStudioClient:
         return self.request("PATCH", f"/api/webhooks/{int(webhook_id)}/", json=data).json()
 
     # ------------------------------------------------------------- images
+    def allowed_origin(self, safe: SafeURL) -> bool:
+        return any(rule.matches(safe.origin) for rule in self.allowed)
+
     def resolve_image_url(self, url: str) -> tuple:
-        """(absolute URL, send_auth) for a task's image reference, or raise ImageRefused."""
-        if not isinstance(url, str) or not url.strip():
+        """(SafeURL, send_auth) for a task's image reference, or raise ImageRefused."""
+        if not isinstance(url, str) or not url:
             raise ImageRefused("the task has no image URL")
-        url = url.strip()
-        if url.startswith("/"):
-            url = urljoin(self.url + "/", url.lstrip("/"))
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            raise ImageRefused(f"unsupported image URL scheme {parts.scheme or '(none)'!r}; "
-                               "only Label Studio uploads and http(s) URLs on allowed hosts are fetched")
-        if _origin(url) == _origin(self.url):
-            return url, True
-        if (parts.hostname or "").lower() in self.allowed_hosts:
-            return url, False
-        raise ImageRefused(f"image host {parts.hostname!r} is not Label Studio's host and not in "
+        safe = parse_http_url(join(self.url, url))
+        if safe.origin == self.origin:
+            return safe, True
+        if self.allowed_origin(safe):
+            return safe, False
+        raise ImageRefused(f"image origin {safe.origin} is not Label Studio's ({self.origin}) and not in "
                            "ALLOWED_IMAGE_HOSTS")
 
     def download(self, url: str) -> bytes:
-        absolute, send_auth = self.resolve_image_url(url)
-        try:
-            if send_auth:
-                r = self.request("GET", absolute, ok=None, stream=True)
-            else:
-                r = self.session.get(absolute, timeout=self.timeout, stream=True, allow_redirects=False)
-        except (LabelStudioError, requests.RequestException) as exc:
-            raise LabelStudioError(f"image download failed: {exc}") from exc
-        with r:
-            if r.status_code != 200:
-                raise LabelStudioError(f"image download failed: HTTP {r.status_code}")
-            data = bytearray()
-            for block in r.iter_content(64 * 1024):
-                data += block
-                if len(data) > MAX_DOWNLOAD_BYTES:
-                    raise LabelStudioError(f"image larger than {MAX_DOWNLOAD_BYTES // (1024 * 1024)} MB")
-        return bytes(data)
+        """The image's bytes. The key goes only to Label Studio's origin; a redirect is followed
+        (at most MAX_REDIRECTS) only to an allowed origin and without the key."""
+        safe, send_auth = self.resolve_image_url(url)
+        for hop in range(MAX_REDIRECTS + 1):
+            try:
+                if send_auth:
+                    r = self.request("GET", safe.url, ok=None, stream=True)
+                else:
+                    r = self.session.get(safe.url, timeout=self.timeout, stream=True, allow_redirects=False)
+            except (LabelStudioError, requests.RequestException) as exc:
+                raise LabelStudioError(f"image download failed: {exc}") from exc
+            with r:
+                if r.status_code in (301, 302, 303, 307, 308) and r.headers.get("Location"):
+                    nxt = parse_http_url(join(safe.url, r.headers["Location"]))
+                    if not self.allowed_origin(nxt):
+                        raise ImageRefused(f"image URL redirects to {nxt.origin}, which is not in "
+                                           "ALLOWED_IMAGE_HOSTS (redirects never carry the API key)")
+                    safe, send_auth = nxt, False
+                    continue
+                if r.status_code != 200:
+                    raise LabelStudioError(f"image download failed: HTTP {r.status_code}")
+                data = bytearray()
+                for block in r.iter_content(64 * 1024):
+                    data += block
+                    if len(data) > MAX_DOWNLOAD_BYTES:
+                        raise LabelStudioError(f"image larger than {MAX_DOWNLOAD_BYTES // (1024 * 1024)} MB")
+                return bytes(data)
+        raise ImageRefused(f"image URL redirects more than {MAX_REDIRECTS} times")
 
 
 def make_client(settings) -> LabelStudioClient:

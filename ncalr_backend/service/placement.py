@@ -27,11 +27,10 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
                     ) -> dict:
     """Give tasks created after the latest cycle a queue place from the current model.
 
-    ``tasks``: the TASKS_CREATED payload's tasks (``{"id", "data"}``) or bare ids. A task that
-    already has a prediction of the current version (Label Studio may have asked /predict for it
-    meanwhile, which gives the same place) is left alone. Note: reading a task through
-    ``GET /api/tasks/<id>/`` makes Label Studio call /predict itself, so the data comes from the
-    webhook payload (or the paginated list) instead.
+    ``tasks``: task ids (or ``{"id"}`` dicts). Their data is read again from Label Studio (never
+    taken from a webhook payload). A task that already has a prediction of the current version
+    (Label Studio may have asked /predict for it meanwhile, which gives the same place) is left
+    alone; a task that no longer exists is skipped.
     """
     from ncalr_backend.engine import load_model
 
@@ -41,18 +40,16 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
         return {"placed": 0, "reason": "no completed cycle yet: the next cycle ranks them"}
     client = client or make_client(settings)
     known = (read_json(latest["path"] / "predictions.json", {}) or {}).get("tasks", {})
-    given = [t if isinstance(t, dict) else {"id": int(t)} for t in tasks]
-    given = [t for t in given if str(t["id"]) not in known]
-    if not given:
+    ids = [int(t["id"]) if isinstance(t, dict) else int(t) for t in tasks]
+    ids = [i for i in dict.fromkeys(ids) if str(i) not in known]
+    if not ids:
         return {"placed": 0}
     project = client.get_project(project_id)
     cfg = parse_label_config(project.get("label_config"))
     if (list(cfg.labels) != list(latest.get("labels", []))
             or cfg.multilabel != bool(latest.get("multilabel", False))):
         return {"placed": 0, "reason": "labeling config changed since the latest cycle"}
-    if any(not isinstance(t.get("data"), dict) for t in given):
-        wanted = {int(t["id"]) for t in given}
-        given = [t for t in client.iter_tasks(project_id, settings.page_size) if t["id"] in wanted]
+    given = client.get_tasks(project_id, ids)
     version = latest["model_version"]
     todo = []
     for t in given:

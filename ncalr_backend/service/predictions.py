@@ -24,6 +24,7 @@ from ncalr_backend.service.errors import CycleError
 from ncalr_backend.service.labelconfig import ImageClassConfig
 
 PROBS_KEY = "choice_probs"
+UNTRAINED_VERSION = "ncalr-untrained"  # what /predict answers under before the first cycle
 
 
 def predicted_sets(probs: np.ndarray, meta: Optional[dict]) -> np.ndarray:

@@ -16,6 +16,15 @@ Two ways to run the cycles:
 
 Both persist enough to survive a crash: a cycle in progress (``state.json: in_progress``) or
 waiting (``pending``) is requested again when the backend starts.
+
+Faults (see docs/security.md): a cycle that fails for a reason that may pass (Label Studio
+unreachable or answering 5xx, a full disk) is tried again after ``CYCLE_RETRY_DELAYS`` seconds
+(its trigger is kept in ``state.json: pending`` meanwhile, so a restart also retries it); a cycle
+that fails for a reason that will not pass by itself (no labels yet, predictions refused) is not.
+Stopping the backend (SIGTERM) interrupts a running cycle at the next batch: it is left marked in
+progress and re-run on the next start. In RQ mode, recovery never touches a project whose cycle
+lock is held, and every web process runs a reaper that re-requests a cycle whose worker died
+(its lock expired with ``in_progress`` still set), without a web restart.
 """
 
 from __future__ import annotations
@@ -33,14 +42,23 @@ from ncalr_backend.service.store import ProjectStore, list_projects
 log = logging.getLogger(__name__)
 
 
-def _default_cycle(settings: Settings, project_id: int, reason: str, triggered_at: float) -> dict:
+def _default_cycle(settings: Settings, project_id: int, reason: str, triggered_at: float, should_stop=None) -> dict:
     from ncalr_backend.service.cycle import run_project_cycle
-    return run_project_cycle(settings, project_id, reason=reason, triggered_at=triggered_at)
+    return run_project_cycle(settings, project_id, reason=reason, triggered_at=triggered_at, should_stop=should_stop)
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether a cycle failure may pass by itself (see ``CycleError.retryable``)."""
+    return bool(getattr(exc, "retryable", False))
+
+
+def interrupted(exc: BaseException) -> bool:
+    return bool(getattr(exc, "interrupted", False))
 
 
 def _default_place(settings: Settings, project_id: int, tasks) -> dict:
     from ncalr_backend.service.placement import place_new_tasks
-    return place_new_tasks(settings, project_id, list(tasks.values()) if isinstance(tasks, dict) else list(tasks))
+    return place_new_tasks(settings, project_id, list(tasks))  # ids (a dict iterates its keys)
 
 
 class BaseScheduler:
@@ -58,13 +76,18 @@ class BaseScheduler:
     def status(self, project_id: int) -> dict:
         raise NotImplementedError
 
+    def is_running_elsewhere(self, project_id: int) -> bool:
+        """True when another process is running this project's cycle right now (RQ: its lock)."""
+        return False
+
     def recover(self) -> list:
-        """Request again every cycle a crash interrupted (or that was waiting)."""
+        """Request again every cycle a crash interrupted (or that was waiting); never one that
+        another process is running."""
         out = []
         for pid in list_projects(self.settings.model_dir):
             st = ProjectStore(self.settings.model_dir, pid)
             s = st.state()
-            if s.get("in_progress") or s.get("pending"):
+            if (s.get("in_progress") or s.get("pending")) and not self.is_running_elsewhere(pid):
                 removed = st.clean_workdirs()
                 orphans = set(s.get("orphan_versions") or [])
                 if (s.get("in_progress") or {}).get("model_version"):
@@ -72,7 +95,8 @@ class BaseScheduler:
                 st.update_state(in_progress=None, orphan_versions=sorted(orphans))
                 log.warning("project %s: cycle interrupted or waiting at shutdown (%d partial dirs removed); "
                             "running it again", pid, removed)
-                self.request_cycle(pid, "recovered")
+                pending = s.get("pending") or {}
+                self.request_cycle(pid, "recovered", attempt=int(pending.get("attempt", 0)))
                 out.append(pid)
         return out
 
@@ -94,6 +118,7 @@ class EmbeddedScheduler(BaseScheduler):
         self.settings = settings
         self.cycle_fn = cycle_fn or _default_cycle
         self.place_fn = place_fn or _default_place
+        self._cancel = threading.Event()  # set by stop(): a running cycle ends at its next batch
         self._cv = threading.Condition()
         self._waiting: "OrderedDict[int, dict]" = OrderedDict()  # project -> {"cycle": {...}, "tasks": set}
         self._running: Optional[int] = None
@@ -120,7 +145,8 @@ class EmbeddedScheduler(BaseScheduler):
         return {"counted": n, "new_annotations": count, "threshold": thr,
                 "cycle": self.request_cycle(pid, f"{count} new annotations (threshold {thr})")}
 
-    def request_cycle(self, project_id: int, reason: str, triggered_at: Optional[float] = None) -> dict:
+    def request_cycle(self, project_id: int, reason: str, triggered_at: Optional[float] = None,
+                      attempt: int = 0, delay: float = 0.0) -> dict:
         pid = int(project_id)
         now = triggered_at or time.time()
         with self._cv:
@@ -128,17 +154,19 @@ class EmbeddedScheduler(BaseScheduler):
             if "cycle" in job:
                 job["cycle"]["coalesced"] += 1
                 return {"queued": False, "coalesced": True, "running": self._running == pid}
-            job["cycle"] = {"reason": reason, "triggered_at": now, "coalesced": 0}
+            job["cycle"] = {"reason": reason, "triggered_at": now, "coalesced": 0, "attempt": attempt,
+                            "not_before": time.time() + delay}
             ProjectStore(self.settings.model_dir, pid).update_state(
-                pending={"reason": reason, "triggered_at": now}, new_annotations=0)
+                pending={"reason": reason, "triggered_at": now, "attempt": attempt,
+                         "retry_at": job["cycle"]["not_before"] if delay else None}, new_annotations=0)
             self._ensure_thread()
             self._cv.notify_all()
             return {"queued": True, "coalesced": False, "running": self._running == pid}
 
     def request_placement(self, project_id: int, tasks: Iterable) -> dict:
-        """``tasks``: ``{"id", "data"}`` dicts (the TASKS_CREATED payload) or bare ids."""
+        """``tasks``: task ids (or ``{"id"}`` dicts); placement reads them from Label Studio."""
         pid = int(project_id)
-        ids = {int(t["id"]) if isinstance(t, dict) else int(t): t for t in tasks}
+        ids = {int(t["id"]) if isinstance(t, dict) else int(t): None for t in tasks}
         with self._cv:
             job = self._waiting.setdefault(pid, {})
             job.setdefault("tasks", {}).update(ids)
@@ -147,36 +175,69 @@ class EmbeddedScheduler(BaseScheduler):
         return {"queued_tasks": len(ids)}
 
     # ------------------------------------------------------------ worker
+    def _next_job(self):
+        """Under the lock: wait for a job whose time has come (a retry waits for its delay)."""
+        while True:
+            if self._stop:
+                return None
+            now = time.time()
+            for pid, job in self._waiting.items():
+                if job.get("cycle", {}).get("not_before", 0) <= now:
+                    del self._waiting[pid]
+                    return pid, job
+            waits = [j["cycle"]["not_before"] - now for j in self._waiting.values() if "cycle" in j]
+            self._cv.wait(max(0.05, min(waits)) if waits else None)
+
     def _loop(self):
         while True:
             with self._cv:
-                while not self._waiting and not self._stop:
-                    self._cv.wait()
-                if self._stop:
+                nxt = self._next_job()
+                if nxt is None:
                     return
-                pid, job = self._waiting.popitem(last=False)
+                pid, job = nxt
                 self._running = pid
                 self._running_kind = "cycle" if "cycle" in job else "placement"
             try:
                 if "cycle" in job:
-                    c = job["cycle"]
-                    ProjectStore(self.settings.model_dir, pid).update_state(pending=None)
-                    log.info("project %s: cycle starts (%s; %d more requests folded in)", pid, c["reason"],
-                             c["coalesced"])
-                    # new tasks created before this point are fetched and ranked by the cycle itself
-                    self.cycle_fn(self.settings, pid, c["reason"], c["triggered_at"])
-                    self._counts["cycles_run"][pid] = self._counts["cycles_run"].get(pid, 0) + 1
+                    self._run_cycle(pid, job["cycle"])
                 elif job.get("tasks"):
                     self.place_fn(self.settings, pid, job["tasks"])
-            except Exception as exc:  # the worker must survive any cycle failure
-                if "cycle" in job:
-                    self._counts["cycles_failed"][pid] = self._counts["cycles_failed"].get(pid, 0) + 1
-                log.error("project %s: %s failed: %s", pid, self._running_kind, exc)
+            except Exception as exc:  # the worker must survive any failure (cycles log their own)
+                if "cycle" not in job:
+                    log.error("project %s: placement failed: %s", pid, exc)
             finally:
                 with self._cv:
                     self._running = None
                     self._running_kind = None
                     self._cv.notify_all()
+
+    def _run_cycle(self, pid: int, c: dict) -> None:
+        st = ProjectStore(self.settings.model_dir, pid)
+        st.update_state(pending=None)
+        log.info("project %s: cycle starts (%s; %d more requests folded in%s)", pid, c["reason"], c["coalesced"],
+                 f"; attempt {c['attempt'] + 1}" if c.get("attempt") else "")
+        try:
+            # new tasks created before this point are fetched and ranked by the cycle itself
+            self.cycle_fn(self.settings, pid, c["reason"], c["triggered_at"], should_stop=self._cancel.is_set)
+            self._counts["cycles_run"][pid] = self._counts["cycles_run"].get(pid, 0) + 1
+        except Exception as exc:
+            if interrupted(exc):
+                log.warning("project %s: cycle interrupted by shutdown; it runs again on the next start", pid)
+                st.update_state(pending={"reason": c["reason"], "triggered_at": c["triggered_at"],
+                                         "attempt": c.get("attempt", 0), "retry_at": None})
+                return
+            self._counts["cycles_failed"][pid] = self._counts["cycles_failed"].get(pid, 0) + 1
+            delays = self.settings.cycle_retry_delays
+            attempt = int(c.get("attempt", 0))
+            if retryable(exc) and attempt < len(delays):
+                log.warning("project %s: cycle failed (%s); trying again in %.0f s (attempt %d of %d)",
+                            pid, exc, delays[attempt], attempt + 2, len(delays) + 1)
+                self.request_cycle(pid, c["reason"], c["triggered_at"], attempt=attempt + 1, delay=delays[attempt])
+            else:
+                log.error("project %s: cycle failed%s: %s", pid,
+                          " (no more retries)" if retryable(exc) else " (not retried: it will not pass by itself)",
+                          exc)
+            raise
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         deadline = time.time() + timeout
@@ -188,55 +249,78 @@ class EmbeddedScheduler(BaseScheduler):
                 self._cv.wait(left)
         return True
 
-    def stop(self):
+    def stop(self, timeout: float = 0.0) -> bool:
+        """Stop taking jobs and interrupt a running cycle at its next batch; with ``timeout``, wait
+        that long for the worker thread to end. True when it has ended."""
+        self._cancel.set()
         with self._cv:
             self._stop = True
             self._cv.notify_all()
+        if timeout and self._thread is not None:
+            self._thread.join(timeout)
+        return self._thread is None or not self._thread.is_alive()
 
     def status(self, project_id: int) -> dict:
         pid = int(project_id)
         with self._cv:
             job = self._waiting.get(pid, {})
+            retry_at = job.get("cycle", {}).get("not_before") if job.get("cycle", {}).get("attempt") else None
             return {"mode": "embedded", "running": self._running == pid and self._running_kind == "cycle",
                     "placing": self._running == pid and self._running_kind == "placement",
                     "waiting": "cycle" in job, "waiting_tasks": len(job.get("tasks", ())),
+                    "retry_at": retry_at, "attempt": job.get("cycle", {}).get("attempt"),
                     "cycles_run": self._counts["cycles_run"].get(pid, 0),
                     "cycles_failed": self._counts["cycles_failed"].get(pid, 0)}
 
 
 # ---------------------------------------------------------------------------- RQ
-LOCK_TTL = 120  # seconds
-
-
 def _keys(pid: int) -> dict:
     return {"queued": f"ncalr:{pid}:queued", "lock": f"ncalr:{pid}:running", "count": f"ncalr:{pid}:count"}
 
 
 def rq_cycle_job(project_id: int):
-    """RQ job: run one cycle for the project (one at a time per project, via a Redis lock)."""
+    """RQ job: run one cycle for the project (one at a time per project, via a Redis lock).
+
+    The lock is short (``RQ_LOCK_TTL``) and kept alive while the cycle runs, so a worker killed
+    mid-cycle frees the project within that time; the web processes' reaper then re-requests the
+    cycle. A failure that may pass is not retried here: the job records when to try again
+    (``pending.retry_at``) and the reaper requests it then (no RQ scheduler needed)."""
     from redis import Redis
     settings = Settings.from_env()
     r = Redis.from_url(settings.redis_url)
     k = _keys(int(project_id))
-    # A short lock kept alive while the cycle runs: a worker killed mid-cycle frees the project
-    # within LOCK_TTL seconds instead of blocking it.
-    lock = r.lock(k["lock"], timeout=LOCK_TTL, blocking_timeout=None)
+    ttl = settings.rq_lock_ttl
+    # thread_local=False: the keep-alive thread must be able to extend the lock this thread took
+    lock = r.lock(k["lock"], timeout=ttl, blocking_timeout=None, thread_local=False)
     lock.acquire()
     done = threading.Event()
 
     def keep_alive():
-        while not done.wait(LOCK_TTL / 4):
+        while not done.wait(ttl / 4):
             try:
                 lock.reacquire()
             except Exception as exc:  # pragma: no cover - Redis gone: the cycle goes on
                 log.warning("could not extend the cycle lock of project %s: %s", project_id, exc)
 
     threading.Thread(target=keep_alive, daemon=True).start()
+    st = ProjectStore(settings.model_dir, project_id)
     try:
         raw = r.getdel(k["queued"])  # from here on, new requests enqueue the (one) next job
         info = json.loads(raw) if raw else {"reason": "queued", "triggered_at": time.time()}
-        ProjectStore(settings.model_dir, project_id).update_state(pending=None)
-        return _default_cycle(settings, int(project_id), info["reason"], info["triggered_at"])
+        attempt = int(info.get("attempt", 0))
+        st.update_state(pending=None)
+        try:
+            return _default_cycle(settings, int(project_id), info["reason"], info["triggered_at"])
+        except Exception as exc:
+            delays = settings.cycle_retry_delays
+            if retryable(exc) and attempt < len(delays):
+                retry_at = time.time() + delays[attempt]
+                st.update_state(pending={"reason": info["reason"], "triggered_at": info["triggered_at"],
+                                         "attempt": attempt + 1, "retry_at": retry_at})
+                log.warning("project %s: cycle failed (%s); the reaper retries it in %.0f s", project_id, exc,
+                            delays[attempt])
+                return {"status": "failed", "error": str(exc), "retry_at": retry_at}
+            raise
     finally:
         done.set()
         try:
@@ -257,6 +341,11 @@ class RQScheduler(BaseScheduler):
         self.settings = settings
         self.redis = connection or Redis.from_url(settings.redis_url)
         self.queue = Queue(settings.rq_queue, connection=self.redis)
+        self._reaper: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+
+    def is_running_elsewhere(self, project_id: int) -> bool:
+        return bool(self.redis.exists(_keys(int(project_id))["lock"]))
 
     def count_annotations(self, project_id: int, n: int, num_tasks: Optional[int]) -> dict:
         pid = int(project_id)
@@ -268,22 +357,71 @@ class RQScheduler(BaseScheduler):
         return {"counted": n, "new_annotations": count, "threshold": thr,
                 "cycle": self.request_cycle(pid, f"{count} new annotations (threshold {thr})")}
 
-    def request_cycle(self, project_id: int, reason: str, triggered_at: Optional[float] = None) -> dict:
+    def request_cycle(self, project_id: int, reason: str, triggered_at: Optional[float] = None,
+                      attempt: int = 0, delay: float = 0.0) -> dict:
         pid = int(project_id)
         now = triggered_at or time.time()
         k = _keys(pid)
-        if not self.redis.set(k["queued"], json.dumps({"reason": reason, "triggered_at": now}), nx=True):
+        if not self.redis.set(k["queued"], json.dumps({"reason": reason, "triggered_at": now, "attempt": attempt}),
+                              nx=True):
             return {"queued": False, "coalesced": True}
         self.redis.delete(k["count"])
-        ProjectStore(self.settings.model_dir, pid).update_state(pending={"reason": reason, "triggered_at": now})
+        ProjectStore(self.settings.model_dir, pid).update_state(
+            pending={"reason": reason, "triggered_at": now, "attempt": attempt, "retry_at": None})
         job = self.queue.enqueue(rq_cycle_job, pid, job_timeout=24 * 3600, result_ttl=7 * 24 * 3600,
                                  failure_ttl=7 * 24 * 3600, description=f"ncalr cycle project {pid}")
         return {"queued": True, "coalesced": False, "job": job.id}
 
     def request_placement(self, project_id: int, tasks: Iterable) -> dict:
-        tasks = [{"id": int(t["id"]), "data": t.get("data")} if isinstance(t, dict) else int(t) for t in tasks]
+        tasks = [int(t["id"]) if isinstance(t, dict) else int(t) for t in tasks]
         job = self.queue.enqueue(rq_place_job, int(project_id), tasks, job_timeout=3600)
         return {"queued_tasks": len(tasks), "job": job.id}
+
+    # ------------------------------------------------------------------ reaper
+    def reap_once(self) -> list:
+        """Re-request cycles whose worker died (``in_progress`` set, no lock before and after
+        reading it: a live worker holds the lock from before it sets ``in_progress`` until after
+        it clears it) and retries that are due. Returns what it did, as (project, why) pairs."""
+        did = []
+        for pid in list_projects(self.settings.model_dir):
+            k = _keys(pid)
+            if self.redis.exists(k["lock"]) or self.redis.exists(k["queued"]):
+                continue
+            st = ProjectStore(self.settings.model_dir, pid)
+            s = st.state()
+            if self.redis.exists(k["lock"]):
+                continue
+            ip, pending = s.get("in_progress"), s.get("pending") or {}
+            if ip:
+                removed = st.clean_workdirs()
+                orphans = set(s.get("orphan_versions") or []) | ({ip["model_version"]} if ip.get("model_version") else set())
+                st.update_state(in_progress=None, orphan_versions=sorted(orphans))
+                log.warning("project %s: the worker running cycle %s died (%d partial dirs removed); running it again",
+                            pid, ip.get("cycle"), removed)
+                self.request_cycle(pid, f"re-run: the worker of cycle {ip.get('cycle')} died",
+                                   ip.get("triggered_at"), attempt=int(pending.get("attempt", 0)))
+                did.append((pid, "dead worker"))
+            elif pending.get("retry_at") and pending["retry_at"] <= time.time():
+                self.request_cycle(pid, pending.get("reason") or "retry", pending.get("triggered_at"),
+                                   attempt=int(pending.get("attempt", 0)))
+                did.append((pid, "retry"))
+        return did
+
+    def start_reaper(self, every: float = 5.0) -> None:
+        def loop():
+            while not self._stop.wait(every):
+                try:
+                    self.reap_once()
+                except Exception as exc:  # Redis or the disk away for a moment: try again later
+                    log.warning("reaper: %s", exc)
+
+        if self._reaper is None:
+            self._reaper = threading.Thread(target=loop, name="ncalr-reaper", daemon=True)
+            self._reaper.start()
+
+    def stop(self, timeout: float = 0.0) -> bool:
+        self._stop.set()
+        return True
 
     def status(self, project_id: int) -> dict:
         k = _keys(int(project_id))

@@ -16,14 +16,14 @@ from typing import List, Optional
 from ncalr_backend.data.images import ImageCache
 from ncalr_backend.service.labelconfig import ImageClassConfig
 from ncalr_backend.service.labelstudio import make_client
-from ncalr_backend.service.predictions import classify, placement_score, result_for_predict
+from ncalr_backend.service.predictions import UNTRAINED_VERSION, classify, placement_score, result_for_predict
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.snapshot import load_images
 from ncalr_backend.service.store import ProjectStore, read_json
 
 log = logging.getLogger(__name__)
 
-UNTRAINED_VERSION = "ncalr-untrained"
+__all__ = ["UNTRAINED_VERSION", "ServedCycle", "current_version", "predict_tasks"]
 
 
 class ServedCycle:
@@ -77,12 +77,12 @@ def current_version(settings: Settings, project_id: Optional[int]) -> str:
 
 def predict_tasks(settings: Settings, cfg: ImageClassConfig, tasks: List[dict], project_id: Optional[int]
                   ) -> List[dict]:
-    """One result per task (an empty ``result`` where nothing can be said), or [] before any cycle."""
-    if project_id is None:
-        return []
-    served = ServedCycle.latest(settings.model_dir, project_id)
+    """One result per task; an empty ``result`` where nothing can be said yet (before the first
+    cycle, or after the labeling config changed): Label Studio accepts that without logging an
+    error, and the first live cycle deletes those placeholders (``writeback.prune_versions``)."""
+    served = ServedCycle.latest(settings.model_dir, project_id) if project_id is not None else None
     if served is None or not served.serves(cfg):
-        return []
+        return [{"result": [], "score": 1.0, "model_version": UNTRAINED_VERSION} for _ in tasks]
     results: List[Optional[dict]] = [None] * len(tasks)
     missing = []
     for i, t in enumerate(tasks):

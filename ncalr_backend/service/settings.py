@@ -14,17 +14,27 @@ MODEL_DIR                      ``./model_dir``             Weights, scores, repo
 REDIS_URL                      (unset: embedded worker)    Send cycles to an RQ queue instead
 RQ_QUEUE                       ``ncalr``                   RQ queue name
 BASIC_AUTH_USER / _PASS        (unset: no auth)            HTTP basic auth for every route (/health too)
+WEBHOOK_SECRET                 (generated, in MODEL_DIR)   Secret Label Studio's webhooks must carry
+                                                           (header X-NCALR-Webhook-Secret)
 TRAIN_TRIGGER_FRACTION         ``0.02``                    New annotations (fraction of the project's
                                                            tasks) that start a cycle
 TRAIN_TRIGGER_MIN              ``10``                      Floor of that count
 IMAGE_SIZE                     ``32`` (or NCALR_IMAGE_SIZE) Images are resized to this square size
 IMAGE_CHANNELS                 ``3``                       1 (grayscale) or 3 (RGB)
-ALLOWED_IMAGE_HOSTS            (Label Studio's host)       Extra hosts images may come from (comma list)
+ALLOWED_IMAGE_HOSTS            (none)                      Other origins images may come from, never with
+                                                           the key (comma list of host, host:port or
+                                                           scheme://host[:port]; host alone = port 80/443)
 SET_SAMPLING                   ``true``                    Switch the project to "Uncertainty sampling"
-PREDICTION_CHUNK_SIZE          ``500``                     Predictions per bulk-import request
+PREDICTION_CHUNK_SIZE          ``500``                     Predictions per bulk-import request (<= 500)
 PAGE_SIZE                      ``100``                     Tasks per page when fetching
 HTTP_TIMEOUT                   ``60``                      Seconds per Label Studio request
 DOWNLOAD_WORKERS               ``8``                       Parallel image downloads
+CYCLE_RETRY_DELAYS             ``10,30,60,120,300,600,900`` Seconds before each retry of a cycle that
+                                                           failed for a reason that may pass
+RQ_LOCK_TTL                    ``60``                      Seconds a dead RQ worker holds a project
+KEEP_CYCLES                    ``5``                       Completed cycle directories kept on disk
+KEEP_FAILED                    ``10``                      Failed cycle directories kept on disk
+CACHE_MAX_MB                   ``2048``                    Image cache size cap (least recently used go)
 =============================  ==========================  =========================================
 """
 
@@ -87,6 +97,22 @@ def _bool(env, name, default) -> bool:
     raise SettingsError(f"{name}={raw!r}: expected true/false")
 
 
+def _delays(env, name, default) -> tuple:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    if raw.lower() == "none":
+        return ()
+    try:
+        out = tuple(float(x) for x in raw.split(",") if x.strip())
+    except ValueError:
+        out = (-1.0,)
+    if any(v < 0 for v in out):
+        raise SettingsError(f"{name}={raw!r}: expected a comma list of seconds >= 0, e.g. 10,30,60 "
+                            "(none: never retry)")
+    return out
+
+
 def _url(name: str, raw: Optional[str]) -> Optional[str]:
     if raw is None:
         return None
@@ -105,6 +131,7 @@ class Settings:
     rq_queue: str = "ncalr"
     basic_auth_user: Optional[str] = None
     basic_auth_pass: Optional[str] = field(default=None, repr=False)
+    webhook_secret: Optional[str] = field(default=None, repr=False)
     train_trigger_fraction: float = 0.02
     train_trigger_min: int = 10
     image_size: int = 32
@@ -115,6 +142,11 @@ class Settings:
     page_size: int = 100
     http_timeout: float = 60.0
     download_workers: int = 8
+    cycle_retry_delays: tuple = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0)
+    rq_lock_ttl: int = 60
+    keep_cycles: int = 5
+    keep_failed: int = 10
+    cache_max_mb: int = 2048
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -129,6 +161,12 @@ class Settings:
         if channels not in (1, 3):
             raise SettingsError(f"IMAGE_CHANNELS={channels}: expected 1 (grayscale) or 3 (RGB)")
         hosts = tuple(h.strip().lower() for h in (_get(env, "ALLOWED_IMAGE_HOSTS") or "").split(",") if h.strip())
+        from ncalr_backend.service.urls import URLRefused, parse_host_rules
+        try:
+            parse_host_rules(hosts)
+        except URLRefused as exc:
+            raise SettingsError(f"ALLOWED_IMAGE_HOSTS: {exc}; expected a comma list of host, host:port or "
+                                "scheme://host[:port]") from None
         return cls(
             label_studio_url=_url("LABEL_STUDIO_URL", _get(env, "LABEL_STUDIO_URL")),
             label_studio_api_key=_get(env, "LABEL_STUDIO_API_KEY"),
@@ -137,16 +175,22 @@ class Settings:
             rq_queue=_get(env, "RQ_QUEUE") or "ncalr",
             basic_auth_user=user,
             basic_auth_pass=pw,
+            webhook_secret=_get(env, "WEBHOOK_SECRET"),
             train_trigger_fraction=_float(env, "TRAIN_TRIGGER_FRACTION", 0.02, 0.0, 1.0),
             train_trigger_min=_int(env, "TRAIN_TRIGGER_MIN", 10, 1),
             image_size=_int(env, "IMAGE_SIZE", _int(env, "NCALR_IMAGE_SIZE", 32, 8, 1024), 8, 1024),
             image_channels=channels,
             allowed_image_hosts=hosts,
             set_sampling=_bool(env, "SET_SAMPLING", True),
-            prediction_chunk_size=_int(env, "PREDICTION_CHUNK_SIZE", 500, 1, 10000),
+            prediction_chunk_size=_int(env, "PREDICTION_CHUNK_SIZE", 500, 1, 500),
             page_size=_int(env, "PAGE_SIZE", 100, 1, 1000),
             http_timeout=_float(env, "HTTP_TIMEOUT", 60.0, 1.0),
             download_workers=_int(env, "DOWNLOAD_WORKERS", 8, 1, 64),
+            cycle_retry_delays=_delays(env, "CYCLE_RETRY_DELAYS", (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0)),
+            rq_lock_ttl=_int(env, "RQ_LOCK_TTL", 60, 4, 3600),
+            keep_cycles=_int(env, "KEEP_CYCLES", 5, 2, 10000),
+            keep_failed=_int(env, "KEEP_FAILED", 10, 0, 10000),
+            cache_max_mb=_int(env, "CACHE_MAX_MB", 2048, 1),
         )
 
     def require_label_studio(self) -> None:
@@ -168,7 +212,7 @@ class Settings:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("label_studio_api_key", "basic_auth_pass"):
+            if f.name in ("label_studio_api_key", "basic_auth_pass", "webhook_secret"):
                 v = "***" if v else None
             elif f.name == "redis_url" and v:
                 v = "set"

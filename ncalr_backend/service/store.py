@@ -2,14 +2,19 @@
 
 ```
 MODEL_DIR/
-  cache/                          downloaded image files, keyed by sha256(url)
+  webhook_secret                  the secret Label Studio's webhooks carry (mode 0600; auth.py)
+  .backend.lock                   held by the one embedded-mode process using this MODEL_DIR
+  cache/                          downloaded image files, keyed by sha256(url); least recently
+                                  used files go beyond CACHE_MAX_MB
   projects/<id>/
     state.json                    counters, pending flag, the cycle in progress (crash marker)
     latest.json                   pointer to the latest COMPLETED cycle (replaced atomically)
     cycles/0001/                  one completed cycle: model.pt, scores.npz, metrics.json (engine),
                                   predictions.json (task -> label, confidence, queue score),
-                                  report.json (timings, counts, failures, settings)
-    failed/0002-<ts>/             a cycle that failed (report.json says why); never served
+                                  report.json (timings, counts, failures, settings);
+                                  the newest KEEP_CYCLES (5) are kept
+    failed/0002-<ts>/             a cycle that failed (report.json says why); never served;
+                                  the newest KEEP_FAILED (10) are kept
     .work-0003-xxxx/              a cycle being computed; renamed to cycles/0003 when complete
 ```
 A cycle's directory appears under ``cycles/`` only after Label Studio has accepted every
@@ -61,7 +66,15 @@ class ProjectStore:
     def __init__(self, model_dir: Path, project_id: int):
         self.project_id = int(project_id)
         self.root = Path(model_dir) / "projects" / str(self.project_id)
+        # nothing is created until something is written: reading (/status, /predict, /versions of a
+        # project id nobody connected) leaves MODEL_DIR as it was
+
+    def _ensure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def exists(self) -> bool:
+        return self.root.is_dir()
 
     # ---------------------------------------------------------------- state
     @property
@@ -76,15 +89,17 @@ class ProjectStore:
         s.setdefault("cycles_started", 0)
         return s
 
-    def update_state(self, **changes) -> dict:
+    def update_state(self, durable: bool = True, **changes) -> dict:
         with _lock:
+            self._ensure()
             s = self.state()
             s.update(changes)
-            atomic_write_json(self.state_path, s)
+            atomic_write_json(self.state_path, s, durable=durable)
             return s
 
     def add_annotations(self, n: int) -> int:
         with _lock:
+            self._ensure()
             s = self.state()
             s["new_annotations"] = int(s["new_annotations"]) + int(n)
             atomic_write_json(self.state_path, s, durable=False)  # a counter: no fsync per webhook
@@ -106,6 +121,7 @@ class ProjectStore:
         return max(nums + failed + [int(s.get("cycles_started", 0))]) + 1
 
     def new_workdir(self, cycle: int) -> Path:
+        self._ensure()
         return Path(tempfile.mkdtemp(dir=self.root, prefix=f".work-{cycle:04d}-"))
 
     def commit(self, workdir: Path, cycle: int, pointer: dict) -> Path:
@@ -124,6 +140,24 @@ class ProjectStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(workdir, dest)
         return dest
+
+    def prune(self, keep_cycles: int, keep_failed: int) -> int:
+        """Delete all but the newest ``keep_cycles`` completed cycle directories (never the one
+        ``latest.json`` points to) and all but the newest ``keep_failed`` failed ones."""
+        latest = read_json(self.root / "latest.json") or {}
+        live = self.root / latest["dir"] if latest.get("dir") else None
+        n = 0
+        done = sorted((d for d in (self.root / "cycles").glob("[0-9]*") if d.name.isdigit()), key=lambda d: int(d.name))
+        for d in done[:max(0, len(done) - keep_cycles)]:
+            if live is not None and d.resolve() == live.resolve():
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
+        failed = sorted((self.root / "failed").glob("[0-9]*"), key=lambda d: d.name)
+        for d in failed[:max(0, len(failed) - keep_failed)]:
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
+        return n
 
     def clean_workdirs(self) -> int:
         n = 0

@@ -6,19 +6,26 @@ config) and lists them under that version, then switches the project to the vers
 "Uncertainty sampling"), so that "Label All Tasks" serves in the new order. A failed check raises
 ``CycleError`` before the switch: the project keeps serving the previous version.
 
+A task deleted in Label Studio after the snapshot makes the import of its chunk fail; the chunk is
+sent again without the deleted tasks, which are listed in the report (``skipped_deleted``), and the
+cycle goes on.
+
 ``delete_version`` removes a half-written version; ``drop_orphans`` retries that for versions an
-earlier crash or failure left behind.
+earlier crash or failure left behind; ``prune_versions`` deletes this backend's older versions
+once a newer one is live (the live one and the one before stay), so Label Studio's prediction
+table does not grow by one version per cycle.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
 
 from ncalr_backend.service.errors import CycleError
 from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
+from ncalr_backend.service.predictions import UNTRAINED_VERSION
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.store import ProjectStore
 
@@ -31,37 +38,92 @@ class WriteBack:
     created: int
     write_s: float
     switch_s: float
+    skipped_deleted: List[int] = field(default_factory=list)
 
     @property
     def live(self) -> bool:
-        return self.sent > 0
+        return self.created > 0
 
     def report(self) -> dict:
         return {"predictions_sent": self.sent, "predictions_created": self.created,
+                "skipped_deleted_tasks": self.skipped_deleted,
                 "write_per_s": (self.sent / self.write_s) if self.write_s > 0 and self.sent else None}
+
+
+def import_all(client: LabelStudioClient, project_id: int, items: List[dict], chunk_size: int):
+    """Bulk-import in chunks; a chunk refused because some of its tasks were deleted meanwhile is
+    sent again without them. Returns (created, sent, skipped task ids)."""
+    created, sent, skipped = 0, 0, []
+    for start in range(0, len(items), chunk_size):
+        chunk = items[start:start + chunk_size]
+        try:
+            created += client.import_prediction_chunk(project_id, chunk)
+            sent += len(chunk)
+            continue
+        except LabelStudioError as exc:
+            if exc.status != 400:
+                raise
+            ids = [int(it["task"]) for it in chunk]
+            alive = {int(t["id"]) for t in client.get_tasks(project_id, ids)}
+            gone = [i for i in ids if i not in alive]
+            if not gone:
+                raise
+        log.warning("project %s: %d task(s) deleted since the snapshot; their predictions are skipped: %s",
+                    project_id, len(gone), gone[:20])
+        skipped += gone
+        rest = [it for it in chunk if int(it["task"]) not in set(gone)]
+        if rest:
+            created += client.import_prediction_chunk(project_id, rest)
+            sent += len(rest)
+    return created, sent, skipped
 
 
 def write_back(client: LabelStudioClient, settings: Settings, project_id: int, version: str,
                items: List[dict]) -> WriteBack:
     """Import ``items`` under ``version``, verify, switch the project (see the module docstring)."""
     t = time.time()
-    created = client.import_predictions(project_id, items, settings.prediction_chunk_size) if items else 0
+    created, sent, skipped = import_all(client, project_id, items, settings.prediction_chunk_size) if items \
+        else (0, 0, [])
     write_s = time.time() - t
-    if created != len(items):
-        raise CycleError(f"Label Studio created {created} of {len(items)} predictions for {version} "
+    if created != sent:
+        raise CycleError(f"Label Studio created {created} of {sent} predictions for {version} "
                          "(it drops predictions that do not match the labeling config); "
                          "the project was NOT switched to this version")
     t = time.time()
-    if items:
+    if sent:
         counts = client.model_versions(project_id)
-        if int(counts.get(version, 0)) < len(items):
+        if int(counts.get(version, 0)) < sent:
             raise CycleError(f"Label Studio lists {counts.get(version, 0)} predictions under {version}, "
-                             f"expected {len(items)}; the project was NOT switched")
+                             f"expected {sent}; the project was NOT switched")
         patch = {"model_version": version}
         if settings.set_sampling:
             patch["sampling"] = "Uncertainty sampling"
         client.patch_project(project_id, patch)
-    return WriteBack(sent=len(items), created=created, write_s=write_s, switch_s=time.time() - t)
+    return WriteBack(sent=sent, created=created, write_s=write_s, switch_s=time.time() - t, skipped_deleted=skipped)
+
+
+def prune_versions(client: LabelStudioClient, project_id: int, keep: Sequence[str]) -> List[str]:
+    """Delete this backend's prediction versions of the project except ``keep`` (the live one and
+    the one before): ``ncalr-<project>-...`` and the untrained placeholder. Returns what went;
+    a failure is logged and left for the next cycle."""
+    gone = []
+    try:
+        versions = client.model_versions(project_id)
+    except LabelStudioError as exc:
+        log.warning("project %s: cannot list prediction versions to prune: %s", project_id, exc)
+        return gone
+    mine = [v for v in versions if v == UNTRAINED_VERSION or str(v).startswith(f"ncalr-{int(project_id)}-")]
+    for v in mine:
+        if v in keep:
+            continue
+        try:
+            client.delete_model_version(project_id, v)
+            gone.append(v)
+        except LabelStudioError as exc:
+            log.warning("project %s: cannot delete old prediction version %s: %s", project_id, v, exc)
+    if gone:
+        log.info("project %s: deleted %d older prediction version(s) from Label Studio", project_id, len(gone))
+    return gone
 
 
 def delete_version(client: LabelStudioClient, store: ProjectStore, project_id: int, version: str) -> None:

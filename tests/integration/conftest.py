@@ -81,6 +81,11 @@ class Backend:
         self.proc = BackendProcess(self.env, port=self.port, log_path=self.log_path).start(timeout=90)
         return self
 
+    @property
+    def secret(self) -> str:
+        """The webhook secret the backend generated in its MODEL_DIR on first start."""
+        return (self.model_dir / "webhook_secret").read_text().strip()
+
     def stop(self, kill=False):
         if self.proc:
             self.proc.stop(kill=kill)
@@ -142,13 +147,20 @@ def digits_project(admin, backend):
     return {"id": pid, "ml": ml["id"], "digits": digits, "broken": broken, "foreign": foreign}
 
 
-def wait_for_webhook_auth(admin, pid: int, timeout: float = 30.0) -> None:
-    """Annotations count only once the backend has added its basic-auth header to the webhook
-    Label Studio created for it; wait for that."""
+SECRET_HEADER = "X-NCALR-Webhook-Secret"
+
+
+def wait_for_webhook_auth(admin, pid: int, timeout: float = 30.0, basic: bool = True, secret: str = None) -> list:
+    """Annotations count only once the backend has added its headers (the webhook secret, and
+    basic auth when it is on) to the webhook Label Studio created for it; wait for that."""
     deadline = time.time() + timeout
+    hooks = None
     while time.time() < deadline:
         hooks = admin.req("GET", "/api/webhooks/", params={"project": pid}).json()
-        if hooks and all((h.get("headers") or {}).get("Authorization", "").startswith("Basic ") for h in hooks):
-            return
+        if hooks and all(
+                (h.get("headers") or {}).get(SECRET_HEADER) and (secret is None or h["headers"][SECRET_HEADER] == secret)
+                and (not basic or (h.get("headers") or {}).get("Authorization", "").startswith("Basic "))
+                for h in hooks):
+            return hooks
         time.sleep(0.5)
     raise AssertionError(f"webhook headers not set: {hooks}")

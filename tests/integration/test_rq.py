@@ -16,9 +16,10 @@ import requests
 
 from ncalr_backend.service.demo import ROOT, BackendProcess, backend_env, digit_pngs, free_port, label_from_name
 
-from .conftest import BACKEND_SETTINGS, _tail
+from .conftest import BACKEND_SETTINGS, _tail, wait_for_webhook_auth
 
 pytestmark = pytest.mark.integration
+STATE = {}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,9 @@ def rq_stack(label_studio, tmp_path_factory):
                              stdout=open(d / "redis.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"redis://127.0.0.1:{port}/0"
     settings = {k: v for k, v in BACKEND_SETTINGS.items() if not k.startswith("BASIC_AUTH")}
+    # a short cycle lock, so that a killed worker frees its project within seconds (test below)
     env = backend_env(label_studio.url, label_studio.token, d / "model_dir", REDIS_URL=url, RQ_QUEUE="ncalr-it",
-                      **settings)
+                      RQ_LOCK_TTL=6, **settings)
     procs = []
     try:
         deadline = time.time() + 20
@@ -46,12 +48,18 @@ def rq_stack(label_studio, tmp_path_factory):
                     raise
                 time.sleep(0.2)
         backend = BackendProcess(env, log_path=d / "backend.log").start(timeout=90)
-        for i in range(2):
-            log = open(d / f"worker{i}.log", "wb")
+
+        def start_worker():
+            log = open(d / f"worker{len(procs)}.log", "wb")
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "rq.cli", "worker", "--url", url, "--path", str(ROOT), "ncalr-it"],
                 cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        yield {"backend": backend, "dir": d, "url": url, "model_dir": d / "model_dir"}
+            return procs[-1]
+
+        for _ in range(2):
+            start_worker()
+        yield {"backend": backend, "dir": d, "url": url, "model_dir": d / "model_dir", "workers": procs,
+               "start_worker": start_worker}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -71,18 +79,20 @@ def _status(stack, pid):
     return requests.get(f"{stack['backend'].url}/status", params={"project": pid}, timeout=10).json()
 
 
+def _logs(stack):
+    return "\n".join(f"--- {p.name}\n{_tail(p)}" for p in sorted(stack["dir"].glob("*.log")))
+
+
 def _wait(stack, pid, cycle, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
         s = _status(stack, pid)
         if (s.get("last_failed") or 0) >= cycle:
-            raise AssertionError(f"cycle failed: {s.get('last_error')}\n{_tail(stack['dir'] / 'worker0.log')}\n"
-                                 f"{_tail(stack['dir'] / 'worker1.log')}")
+            raise AssertionError(f"cycle failed: {s.get('last_error')}\n{_logs(stack)}")
         if (s.get("last_completed") or 0) >= cycle and not s["scheduler"]["running"] and not s["scheduler"]["waiting"]:
             return s
         time.sleep(0.5)
-    raise AssertionError(f"cycle {cycle} not done; {s}\n{_tail(stack['dir'] / 'worker0.log')}\n"
-                         f"{_tail(stack['dir'] / 'worker1.log')}\n{_tail(stack['dir'] / 'backend.log')}")
+    raise AssertionError(f"cycle {cycle} not done; {s}\n{_logs(stack)}")
 
 
 def test_cycles_run_in_rq_workers_one_at_a_time_per_project(admin, rq_stack):
@@ -93,6 +103,8 @@ def test_cycles_run_in_rq_workers_one_at_a_time_per_project(admin, rq_stack):
     admin.upload_files(pid, [(n, d) for n, d, _ in files])
     ml = admin.connect_ml(pid, backend.url)
     assert ml["state"] == "CO"
+    secret = (rq_stack["model_dir"] / "webhook_secret").read_text().strip()
+    wait_for_webhook_auth(admin, pid, basic=False, secret=secret)  # no basic auth: the secret alone
     tasks = admin.tasks(pid)
     for t in tasks[:BACKEND_SETTINGS["TRAIN_TRIGGER_MIN"]]:
         admin.annotate(t["id"], label_from_name(t["data"]["image"]))
@@ -115,3 +127,43 @@ def test_cycles_run_in_rq_workers_one_at_a_time_per_project(admin, rq_stack):
                    (json.loads((c / "report.json").read_text()) for c in root.iterdir()))
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans  # no overlap
     assert admin.project(pid)["model_version"] == s["model_version"] != v1
+    STATE.update(pid=pid, cycles=s["last_completed"])
+
+
+def test_a_worker_killed_mid_cycle_is_rerun_by_the_reaper_without_a_web_restart(admin, rq_stack):
+    """SIGKILL every worker while a cycle runs; start a fresh worker. The cycle lock expires
+    (RQ_LOCK_TTL=6 s), the web process's reaper re-requests the cycle, the new worker runs it, and
+    only one new version goes live (the killed cycle's never does)."""
+    pid, done = STATE["pid"], STATE["cycles"]
+    backend = rq_stack["backend"]
+    secret = (rq_stack["model_dir"] / "webhook_secret").read_text().strip()
+    r = requests.post(f"{backend.url}/webhook", json={"action": "START_TRAINING", "project": {"id": pid}},
+                      headers={"X-NCALR-Webhook-Secret": secret}, timeout=10)
+    assert r.status_code == 201 and r.json()["queued"], r.text
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        ip = _status(rq_stack, pid).get("in_progress") or {}
+        if ip.get("cycle") == done + 1:
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError(f"the cycle never started\n{_logs(rq_stack)}")
+    killed = ip["cycle"]
+    import psutil
+    for p in rq_stack["workers"]:  # each worker and its work horse (RQ puts the horse in its own session)
+        if p.poll() is None:
+            for proc in psutil.Process(p.pid).children(recursive=True) + [psutil.Process(p.pid)]:
+                proc.kill()
+            p.wait(10)
+    assert _status(rq_stack, pid)["in_progress"]["cycle"] == killed  # the dead cycle is still marked
+    rq_stack["start_worker"]()
+    s = _wait(rq_stack, pid, killed + 1, timeout=180)
+    assert s["last_completed"] == killed + 1 and s["in_progress"] is None
+    assert "worker" in s["latest_report"]["reason"] and "died" in s["latest_report"]["reason"]
+    root = rq_stack["model_dir"] / "projects" / str(pid)
+    assert not (root / "cycles" / f"{killed:04d}").exists()  # the killed cycle never completed
+    assert not list(root.glob(".work-*"))
+    versions = admin.req("GET", f"/api/projects/{pid}/model-versions/").json()
+    assert admin.project(pid)["model_version"] == s["model_version"] in versions
+    assert not any(v.startswith(f"ncalr-{pid}-c{killed:04d}-") for v in versions), versions
+    assert "reaper" in _tail(rq_stack["dir"] / "backend.log", 400) or "died" in _tail(rq_stack["dir"] / "backend.log", 400)

@@ -137,7 +137,7 @@ def test_first_cycle_ranks_every_unlabeled_task_and_drives_the_queue(admin, back
     reasons = {f["task"]: f["reason"] for f in rep["image_failures"]}
     assert set(reasons) == set(digits_project["broken"] + digits_project["foreign"])
     assert "not a readable image" in reasons[digits_project["broken"][0]]
-    assert "not Label Studio's host" in reasons[digits_project["foreign"][0]]
+    assert "is not Label Studio's" in reasons[digits_project["foreign"][0]] and "ALLOWED_IMAGE_HOSTS" in reasons[digits_project["foreign"][0]]
     unlabeled = [t["id"] for t in digits if t["id"] not in labeled]  # includes the skipped task
     assert rep["num_pool"] == len(unlabeled) == rep["predictions_created"]
     # every unlabeled task has exactly one prediction under the new version; the project points at it

@@ -63,10 +63,26 @@ class FakeLS:
         i = int(url.rsplit("/", 1)[1].split(".")[0])
         return self.images[i] if i in self.images else _png(40 if i % 2 else 220)
 
-    def import_predictions(self, pid, items, chunk_size=500, on_chunk=None):
+    def import_prediction_chunk(self, pid, items):
+        """Like Label Studio: a chunk naming a task that no longer exists is refused whole (HTTP
+        400); refused items (``drop``) lower the created count; ``silent_drop`` ones are lost
+        without a word. Drops apply to the first chunk only."""
+        from ncalr_backend.service.labelstudio import LabelStudioError
+        alive = {t["id"] for t in self.tasks}
+        if any(it["task"] not in alive for it in items):
+            raise LabelStudioError("POST /api/projects/1/import/predictions: HTTP 400: task ID not found", 400)
+        items = list(items)
         self.imported += items
-        self.stored += items[self.drop + self.silent_drop:]
-        return len(items) - self.drop
+        d, sd = self.drop, self.silent_drop
+        self.drop = self.silent_drop = 0
+        self.stored += items[d + sd:]
+        return len(items) - d
+
+    def import_predictions(self, pid, items, chunk_size=500, on_chunk=None):
+        return sum(self.import_prediction_chunk(pid, items[s:s + chunk_size]) for s in range(0, len(items), chunk_size))
+
+    def get_tasks(self, pid, ids):
+        return [t for t in self.tasks if t["id"] in set(ids)]
 
     def model_versions(self, pid):
         out = {}
@@ -81,6 +97,9 @@ class FakeLS:
     def delete_model_version(self, pid, v):
         self.deleted.append(v)
         self.stored = [it for it in self.stored if it["model_version"] != v]
+
+    def delete_task(self, tid):
+        self.tasks = [t for t in self.tasks if t["id"] != tid]
 
 
 @pytest.fixture
@@ -227,3 +246,106 @@ def test_warm_start_only_from_the_same_kind_of_model(settings, monkeypatch):
         run_project_cycle(settings, 1, reason, engine_config=warm,
                           client=FakeLS(config=MULTI_CFG, choices=lambda i: TRUTH[i], images=IMAGES))
     assert seen == [False, False, True]
+
+
+def test_reordered_choices_never_warm_start_a_permuted_head(settings, monkeypatch):
+    """Same number of classes, choices in another order (or renamed): train from scratch."""
+    import ncalr_backend.engine as engine
+    seen = []
+    real = engine.run_cycle
+
+    def spy(*a, **kw):
+        seen.append(kw.get("init_state") is not None)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(engine, "run_cycle", spy)
+    warm = EngineConfig(max_epochs=1, tpt_window=1, train_acc_threshold=0.5, batch_size=8, nc_subsample=50,
+                        warm_start=True, width=16)
+    swapped = CFG.replace('<Choice value="a"/><Choice value="b"/>', '<Choice value="b"/><Choice value="a"/>')
+    renamed = CFG.replace('<Choice value="b"/>', '<Choice value="c"/>')
+    for cfg in (CFG, CFG, swapped, swapped, renamed):
+        run_project_cycle(settings, 1, "c", engine_config=warm,
+                          client=FakeLS(config=cfg, choices=lambda i: ["a" if i % 2 else ("c" if "c\"" in cfg else "b")]))
+    assert seen == [False, True, False, True, False]
+
+
+def test_a_task_deleted_mid_cycle_is_skipped_and_reported_not_fatal(settings):
+    """Task 12 is deleted in Label Studio after the snapshot: its chunk is refused, sent again
+    without it, the cycle completes, and the report names it."""
+    ls = FakeLS()
+    real = ls.import_prediction_chunk
+
+    def delete_then_import(pid, items):
+        ls.delete_task(12)
+        return real(pid, items)
+
+    ls.import_prediction_chunk = delete_then_import
+    rep = run_project_cycle(settings, 1, "test", engine_config=ENGINE, client=ls)
+    assert rep["status"] == "completed" and rep["skipped_deleted_tasks"] == [12]
+    assert rep["predictions_sent"] == rep["predictions_created"] == 15
+    assert {it["task"] for it in ls.stored} == set(range(9, 25)) - {12}
+    assert ls.patches and ls.patches[-1]["model_version"] == rep["model_version"]
+
+
+def test_label_studio_down_is_a_retryable_failure_and_no_half_state(settings):
+    from ncalr_backend.service.labelstudio import LabelStudioError
+
+    class Down(FakeLS):
+        def list_tasks(self, pid, page_size=100):
+            raise LabelStudioError("GET /api/tasks/: Label Studio not reachable (ConnectionError)", None)
+
+    with pytest.raises(CycleError) as e:
+        run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=Down())
+    assert e.value.retryable and not e.value.live
+    st = ProjectStore(settings.model_dir, 1)
+    assert st.state()["in_progress"] is None and not list(st.root.glob(".work-*"))
+    with pytest.raises(CycleError) as e:  # no labels: will not pass by itself
+        run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=FakeLS(n_labeled=0))
+    assert not e.value.retryable
+
+
+def test_a_failure_after_the_switch_never_rolls_back_the_live_version(settings, monkeypatch):
+    """The state write after the switch hits a full disk: the version stays live in Label Studio
+    (nothing deleted), and the failure says so."""
+    import ncalr_backend.service.cycle as cycle_mod
+    ls = FakeLS()
+
+    def disk_full(*a, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cycle_mod, "commit", disk_full)
+    with pytest.raises(CycleError, match="live in Label Studio") as e:
+        run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    v = ls.imported[0]["model_version"]
+    assert e.value.live and not e.value.retryable
+    assert ls.deleted == [] and ls.model_versions(1) == {v: 16} and ls.patches[-1]["model_version"] == v
+
+
+def test_stopping_interrupts_training_and_leaves_the_cycle_to_rerun(settings):
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) > 3  # the backend is asked to stop during training
+
+    ls = FakeLS()
+    with pytest.raises(CycleError) as e:
+        run_project_cycle(settings, 1, "t", engine_config=ENGINE.replace(max_epochs=50), client=ls,
+                          should_stop=should_stop)
+    assert e.value.interrupted and ls.imported == [] and ls.patches == []
+    st = ProjectStore(settings.model_dir, 1)
+    assert st.state()["in_progress"]["cycle"] == 1  # still marked: the next start runs it again
+    assert not list(st.root.glob(".work-*")) and not (st.root / "failed").exists()
+
+
+def test_old_versions_and_cycle_dirs_are_pruned(settings):
+    s = settings.__class__(**{**settings.__dict__, "keep_cycles": 2})
+    ls = FakeLS()
+    versions = []
+    for _ in range(4):
+        versions.append(run_project_cycle(s, 1, "t", engine_config=ENGINE, client=ls)["model_version"])
+    assert set(ls.model_versions(1)) == set(versions[-2:])  # the live one and the one before
+    assert sorted(ls.deleted) == sorted(versions[:2])
+    st = ProjectStore(s.model_dir, 1)
+    assert sorted(d.name for d in (st.root / "cycles").iterdir()) == ["0003", "0004"]
+    assert st.latest()["model_version"] == versions[-1]

@@ -68,7 +68,7 @@ def test_queue_predictions_refuse_what_they_cannot_trust():
 
 
 def test_write_back_switches_only_after_every_prediction_is_listed(settings):
-    items = [{"task": i, "result": [], "score": 0.0, "model_version": "v9"} for i in range(5)]
+    items = [{"task": i, "result": [], "score": 0.0, "model_version": "v9"} for i in range(1, 6)]
     ls = FakeLS()
     wb = write_back(ls, settings, 1, "v9", items)
     assert (wb.sent, wb.created, wb.live) == (5, 5, True)

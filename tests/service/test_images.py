@@ -36,9 +36,11 @@ def test_image_cache_downloads_once(tmp_path):
 
 def test_images_only_from_label_studio_or_allow_list():
     c = LabelStudioClient("http://ls.local:8080", "0" * 40, allowed_hosts=("cdn.example.com",))
-    assert c.resolve_image_url("/data/upload/1/a.png") == ("http://ls.local:8080/data/upload/1/a.png", True)
+    safe, auth = c.resolve_image_url("/data/upload/1/a.png")
+    assert (safe.url, auth) == ("http://ls.local:8080/data/upload/1/a.png", True)
     assert c.resolve_image_url("http://ls.local:8080/data/x.png")[1] is True
-    assert c.resolve_image_url("https://cdn.example.com/a.png") == ("https://cdn.example.com/a.png", False)
+    safe, auth = c.resolve_image_url("https://cdn.example.com/a.png")
+    assert (safe.url, auth) == ("https://cdn.example.com:443/a.png", False)
     for bad in ("http://evil.example.com/a.png", "http://ls.local:9999/a.png", "file:///etc/passwd",
                 "s3://bucket/a.png", "", None):
         with pytest.raises(ImageRefused):

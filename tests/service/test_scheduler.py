@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from ncalr_backend.service.scheduler import EmbeddedScheduler
 from ncalr_backend.service.settings import Settings
@@ -12,7 +13,7 @@ from ncalr_backend.service.store import ProjectStore
 def test_a_hundred_requests_during_a_cycle_give_exactly_one_follow_up(tmp_path):
     gate, started, runs = threading.Event(), threading.Event(), []
 
-    def cycle(settings, pid, reason, t):
+    def cycle(settings, pid, reason, t, **kw):
         runs.append((pid, reason))
         started.set()
         gate.wait(10)
@@ -35,7 +36,7 @@ def test_a_hundred_requests_during_a_cycle_give_exactly_one_follow_up(tmp_path):
 def test_threshold_counts_annotations_and_resets(tmp_path):
     runs = []
     s = Settings.from_env({"MODEL_DIR": str(tmp_path), "TRAIN_TRIGGER_MIN": "3", "TRAIN_TRIGGER_FRACTION": "0.1"})
-    sch = EmbeddedScheduler(s, cycle_fn=lambda *a: runs.append(a[2]))
+    sch = EmbeddedScheduler(s, cycle_fn=lambda *a, **kw: runs.append(a[2]))
     assert sch.count_annotations(7, 1, 50)["threshold"] == 5
     for _ in range(3):
         assert sch.count_annotations(7, 1, 50)["cycle"] is None
@@ -48,7 +49,7 @@ def test_threshold_counts_annotations_and_resets(tmp_path):
 def test_failed_cycle_does_not_stop_the_worker(tmp_path):
     runs = []
 
-    def cycle(settings, pid, reason, t):
+    def cycle(settings, pid, reason, t, **kw):
         runs.append(pid)
         if pid == 1:
             raise RuntimeError("boom")
@@ -69,9 +70,69 @@ def test_recover_reruns_interrupted_and_waiting_cycles(tmp_path):
     ProjectStore(tmp_path, 6).update_state(in_progress=None)
     runs = []
     sch = EmbeddedScheduler(Settings.from_env({"MODEL_DIR": str(tmp_path)}),
-                            cycle_fn=lambda s, pid, reason, t: runs.append((pid, reason)))
+                            cycle_fn=lambda s, pid, reason, t, **kw: runs.append((pid, reason)))
     assert sorted(sch.recover()) == [3, 5]
     assert sch.wait_idle(5)
     assert sorted(runs) == [(3, "recovered"), (5, "recovered")]
     assert not work.exists() and st.state()["in_progress"] is None
     assert st.next_cycle_number() == 5  # never reuses a started cycle's number
+
+
+def test_a_failure_that_may_pass_is_retried_with_backoff_and_its_trigger_kept(tmp_path):
+    from ncalr_backend.service.errors import CycleError
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "CYCLE_RETRY_DELAYS": "0.2,0.4"})
+    runs = []
+
+    def cycle(settings, pid, reason, t, **kw):
+        runs.append((time.time(), reason))
+        if len(runs) < 3:
+            raise CycleError("Label Studio not reachable", retryable=True)
+
+    sch = EmbeddedScheduler(s, cycle_fn=cycle)
+    sch.request_cycle(5, "ten annotations")
+    time.sleep(0.1)
+    assert ProjectStore(s.model_dir, 5).state()["pending"]["attempt"] == 1  # kept while waiting to retry
+    assert sch.wait_idle(10)
+    assert [r for _, r in runs] == ["ten annotations"] * 3
+    gaps = [b[0] - a[0] for a, b in zip(runs, runs[1:])]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4  # backoff
+    assert ProjectStore(s.model_dir, 5).state()["pending"] is None
+    st = sch.status(5)
+    assert st["cycles_run"] == 1 and st["cycles_failed"] == 2
+
+
+def test_a_failure_that_will_not_pass_is_not_retried(tmp_path):
+    from ncalr_backend.service.errors import CycleError
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "CYCLE_RETRY_DELAYS": "0.05"})
+    runs = []
+
+    def cycle(settings, pid, reason, t, **kw):
+        runs.append(reason)
+        raise CycleError("no labeled task with a readable image yet", retryable=False)
+
+    sch = EmbeddedScheduler(s, cycle_fn=cycle)
+    sch.request_cycle(5, "manual")
+    assert sch.wait_idle(5) and runs == ["manual"]
+    time.sleep(0.2)
+    assert runs == ["manual"]
+
+
+def test_stop_interrupts_the_running_cycle_and_keeps_it_for_the_next_start(tmp_path):
+    from ncalr_backend.service.errors import CycleError
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path)})
+    started = threading.Event()
+
+    def cycle(settings, pid, reason, t, should_stop=None, **kw):
+        started.set()
+        while not should_stop():
+            time.sleep(0.01)
+        raise CycleError("the backend is stopping", interrupted=True)
+
+    sch = EmbeddedScheduler(s, cycle_fn=cycle)
+    sch.request_cycle(3, "manual")
+    assert started.wait(5)
+    assert sch.stop(timeout=5)  # the worker thread ended
+    assert ProjectStore(s.model_dir, 3).state()["pending"]["reason"] == "manual"  # re-run on start
+    again = []
+    sch2 = EmbeddedScheduler(s, cycle_fn=lambda *a, **kw: again.append(a[2]))
+    assert sch2.recover() == [3] and sch2.wait_idle(5) and again == ["recovered"]

@@ -40,6 +40,10 @@ from ncalr_backend.engine.geometry import geometry_report
 from ncalr_backend.engine.multilabel import multilabel_geometry_report, pack_sets, predict_sets
 
 
+class Interrupted(RuntimeError):
+    """Training was asked to stop (``should_stop`` returned True); nothing it made is usable."""
+
+
 @dataclass
 class TrainResult:
     history: list[dict]
@@ -157,6 +161,11 @@ class _Run:
     pad: int
     steps_total: int
     step: int = 0
+    should_stop: Callable[[], bool] | None = None
+
+    def check_stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise Interrupted("training interrupted (the backend is stopping)")
 
 
 def train_one_epoch(run: _Run, lr: float) -> tuple[float, int]:
@@ -167,6 +176,7 @@ def train_one_epoch(run: _Run, lr: float) -> tuple[float, int]:
     model.train()
     loss_sum, seen = 0.0, 0
     for idx in _batches(len(run.xl), config.batch_size, run.gen):
+        run.check_stop()
         idx = idx.to(device)
         xb, yb = run.xl[idx], run.yl[idx]
         if config.augment:
@@ -282,8 +292,10 @@ def tpt_summary(phase: TerminalPhase, history: list[dict], pred_epochs: list[int
 
 def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_pool: torch.Tensor,
                  config: EngineConfig, device: torch.device,
-                 progress: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train ``model`` on (x_lab, y_lab) into the terminal phase; see the module docstring."""
+                 progress: Callable[[dict], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Train ``model`` on (x_lab, y_lab) into the terminal phase; see the module docstring.
+    ``should_stop`` is asked before every batch; when it says True, ``Interrupted`` is raised."""
     t0 = time.perf_counter()
     N = len(x_lab)
     if N < 2:
@@ -303,7 +315,8 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
                         if config.spa != "none" else None),
                config=config, device=device, gen=torch.Generator().manual_seed(config.seed), use_amp=use_amp,
                pad=max(1, x_lab.shape[-1] // 8),
-               steps_total=config.max_epochs * len(_batches(N, config.batch_size, torch.Generator())))
+               steps_total=config.max_epochs * len(_batches(N, config.batch_size, torch.Generator())),
+               should_stop=should_stop)
     phase = TerminalPhase(config)
     nc_rng = np.random.default_rng(config.seed)
     y_np = y_lab.cpu().numpy()
@@ -321,6 +334,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
             preds.clear()
             pred_epochs.clear()
         if phase.records(epoch) and len(x_pool):
+            run.check_stop()
             preds.append(pool_checkpoint(model, x_pool, config, device, use_amp, multilabel))
             pred_epochs.append(epoch)
         row = {"epoch": epoch, "loss": loss, "train_acc": train_acc, "lr": lr,

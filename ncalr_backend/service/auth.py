@@ -1,0 +1,174 @@
+"""Who may talk to the backend: HTTP basic auth (optional) and the webhook secret (always).
+
+* **Basic auth** (``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS``): every route, ``/health`` included.
+  Label Studio sends it on every ML-backend call when the connection is set up with it.
+* **Webhook secret** (on by default): ``/webhook`` and ``/train`` change state (they count
+  annotations and start cycles), so they need proof that Label Studio sent them. On first start the
+  backend generates a secret (``MODEL_DIR/webhook_secret``, mode 0600; ``WEBHOOK_SECRET`` overrides)
+  and adds it as the ``X-NCALR-Webhook-Secret`` header to the project webhook Label Studio creates
+  for it (``ensure_webhook_headers``: on ``/setup``, and again whenever a webhook arrives without
+  it). A webhook without the secret gets 401 and changes nothing; with basic auth on, a request
+  that passed basic auth is authentic too.
+* **Start training** is the one exception Label Studio forces: its button posts ``START_TRAINING``
+  to ``/webhook`` through the ML-backend connection, which carries basic auth but no custom
+  header. Without basic auth such a request is checked against Label Studio itself (the project
+  exists and has an ML backend at this backend's address) before a cycle is requested.
+See docs/security.md for the threat model.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlsplit
+
+from ncalr_backend.service.labelstudio import make_client
+from ncalr_backend.service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SECRET_HEADER = "X-NCALR-Webhook-Secret"
+SECRET_FILE = "webhook_secret"
+RESYNC_EVERY_S = 30.0  # at most one header repair (or connection check) per project in this time
+MAX_RESYNCS = 20  # ... and at most this many projects' repairs in that time
+
+
+def load_or_create_secret(model_dir: Path, override: Optional[str] = None) -> str:
+    """The webhook secret: ``override`` if given, else the one in ``model_dir`` (created once,
+    atomically, readable by the owner only; concurrent first starts agree on one)."""
+    if override:
+        return override
+    path = Path(model_dir) / SECRET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another process may be writing it right now
+            value = path.read_text().strip()
+            if value:
+                return value
+            time.sleep(0.02)
+        raise RuntimeError(f"{path} is empty: delete it and restart to generate a new webhook secret")
+    value = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return value
+
+
+class Auth:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.secret = load_or_create_secret(settings.model_dir, settings.webhook_secret)
+        self._resync_at: dict = {}
+        self._checked: dict = {}  # (project, host) -> (when, has this backend)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ checks
+    def basic_ok(self, authorization) -> bool:
+        s = self.settings
+        if not s.basic_auth_user:
+            return True
+        if authorization is None or authorization.type != "basic":
+            return False
+        return (hmac.compare_digest((authorization.username or "").encode(), s.basic_auth_user.encode())
+                and hmac.compare_digest((authorization.password or "").encode(), s.basic_auth_pass.encode()))
+
+    def webhook_ok(self, headers) -> bool:
+        """A request to /webhook or /train is authentic (basic auth was checked before this)."""
+        if self.settings.basic_auth_user:
+            return True
+        given = headers.get(SECRET_HEADER) or ""
+        return hmac.compare_digest(given.encode(), self.secret.encode())
+
+    def basic_header(self) -> str:
+        s = self.settings
+        return "Basic " + base64.b64encode(f"{s.basic_auth_user}:{s.basic_auth_pass}".encode()).decode()
+
+    def wanted_headers(self) -> dict:
+        h = {SECRET_HEADER: self.secret}
+        if self.settings.basic_auth_user:
+            h["Authorization"] = self.basic_header()
+        return h
+
+    # ------------------------------------------------------------------ Label Studio side
+    def _our_backends(self, client, project_id: int, host: Optional[str]) -> list:
+        """The project's ML backends that are this backend: at this address (the Host header Label
+        Studio used to reach us), or the only one there is; with basic auth, the same user."""
+        backends = client.list_ml_backends(project_id)
+        if self.settings.basic_auth_user:
+            backends = [b for b in backends if b.get("basic_auth_user") == self.settings.basic_auth_user]
+        if host:
+            ours = [b for b in backends if urlsplit(str(b.get("url") or "")).netloc.lower() == host.lower()]
+            if ours:
+                return ours
+        return backends if len(backends) == 1 else []
+
+    def project_has_us(self, project_id: int, host: Optional[str]) -> bool:
+        """Label Studio says project ``project_id`` exists and has this backend connected. The
+        answer is kept for RESYNC_EVERY_S, so unauthenticated requests cannot make the backend
+        hammer Label Studio."""
+        key, now = (project_id, host), time.time()
+        with self._lock:
+            hit = self._checked.get(key)
+            if hit is not None and now - hit[0] < RESYNC_EVERY_S:
+                return hit[1]
+            if len(self._checked) > 10000:
+                self._checked.clear()
+        try:
+            ok = bool(self._our_backends(make_client(self.settings), project_id, host))
+        except Exception as exc:
+            log.warning("project %s: cannot check the ML backend connection with Label Studio: %s", project_id, exc)
+            ok = False
+        with self._lock:
+            self._checked[key] = (now, ok)
+        return ok
+
+    def ensure_webhook_headers(self, project_id: int, host: Optional[str], delays=(0.5, 2, 5, 15)) -> bool:
+        """Add the secret (and basic auth) to the webhook Label Studio created for this backend."""
+        try:
+            client = make_client(self.settings)
+        except Exception:
+            return False
+        want = self.wanted_headers()
+        for delay in delays:
+            time.sleep(delay)
+            try:
+                urls = {str(b["url"]).rstrip("/") + "/webhook" for b in self._our_backends(client, project_id, host)}
+                hooks = [h for h in client.list_webhooks(project_id) if str(h.get("url", "")).rstrip("/") in urls]
+                for h in hooks:
+                    have = h.get("headers") or {}
+                    if any(have.get(k) != v for k, v in want.items()):
+                        client.patch_webhook(h["id"], {"headers": {**have, **want}})
+                        log.info("project %s: set the webhook secret%s on webhook %s", project_id,
+                                 " and basic auth" if "Authorization" in want else "", h["id"])
+                if hooks:
+                    return True
+            except Exception as exc:
+                log.warning("project %s: cannot update the webhook's headers yet: %s", project_id, exc)
+        log.warning("project %s: found no webhook of this backend to add its secret to; webhooks from Label "
+                    "Studio will be refused until it has the header %s (see docs/security.md)",
+                    project_id, SECRET_HEADER)
+        return False
+
+    def resync_soon(self, project_id: int, host: Optional[str]) -> None:
+        """Repair the webhook's headers in the background, at most once per RESYNC_EVERY_S."""
+        now = time.time()
+        with self._lock:
+            if now - self._resync_at.get(project_id, 0.0) < RESYNC_EVERY_S:
+                return
+            recent = [t for t in self._resync_at.values() if now - t < RESYNC_EVERY_S]
+            if len(recent) >= MAX_RESYNCS:  # many project ids at once: not Label Studio, refuse the work
+                return
+            if len(self._resync_at) > 10000:
+                self._resync_at = {p: t for p, t in self._resync_at.items() if now - t < RESYNC_EVERY_S}
+            self._resync_at[project_id] = now
+        threading.Thread(target=self.ensure_webhook_headers, args=(project_id, host), daemon=True).start()

@@ -1,0 +1,153 @@
+"""The one URL parser: which URLs the backend fetches, and which of them get the API key.
+
+Every URL that comes from outside (a task's image reference, a redirect's ``Location``, the
+``ALLOWED_IMAGE_HOSTS`` entries) goes through :func:`parse_http_url`, and the download fetches
+the canonical URL it returns, never the raw string. It parses with the parser of the library that
+downloads (urllib3's ``parse_url``, which requests uses) and refuses whatever another parser could
+read differently: backslashes, user-info (``user@host``), whitespace and control characters,
+percent-encoded or otherwise odd host names, schemes other than http(s), ports out of range. As a
+second check, the standard library's ``urlsplit`` must find the same host and port in the
+canonical URL. The API key is attached only when the parsed origin (scheme, host, port) is
+exactly Label Studio's. See docs/security.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Iterable, Optional, Tuple
+from urllib.parse import urljoin, urlsplit
+
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class URLRefused(ValueError):
+    """A URL the backend will not fetch; the message says why and what to change."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    scheme: str
+    host: str  # lower case; an IPv6 address without brackets
+    port: int
+
+    def __str__(self) -> str:
+        h = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{h}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SafeURL:
+    origin: Origin
+    target: str  # path + query, percent-encoded, starts with "/"
+
+    @property
+    def url(self) -> str:
+        """The canonical URL: what is fetched."""
+        return f"{self.origin}{self.target}"
+
+
+def _check_host(host: str, raw: str) -> str:
+    host = host.lower()
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return str(ipaddress.IPv6Address(host[1:-1]))
+        except ValueError:
+            raise URLRefused(f"{raw!r}: {host} is not an IPv6 address") from None
+    host = host.rstrip(".")
+    if not host or len(host) > 253 or not all(_LABEL.match(p) for p in host.split(".")):
+        raise URLRefused(f"{raw!r}: host {host!r} is not a plain host name or IP address "
+                         "(letters, digits, '-' and '.' only)")
+    last = host.rsplit(".", 1)[-1]
+    if last.isdigit() or last.startswith("0x"):  # looks like an IPv4 address: only the dotted-quad form
+        try:
+            if str(ipaddress.IPv4Address(host)) != host:
+                raise ValueError
+        except ValueError:
+            raise URLRefused(f"{raw!r}: {host!r} is not a dotted-quad IPv4 address (resolvers read "
+                             "short, octal and hex forms differently)") from None
+    return host
+
+
+def parse_http_url(raw: str) -> SafeURL:
+    """Parse an absolute http(s) URL under the policy above, or raise URLRefused."""
+    if not isinstance(raw, str) or not raw:
+        raise URLRefused("no URL")
+    if len(raw) > 8192:
+        raise URLRefused(f"URL of {len(raw)} characters (at most 8192)")
+    bad = sorted({c for c in raw if ord(c) <= 0x20 or ord(c) == 0x7F})
+    if bad:
+        raise URLRefused(f"{raw[:200]!r}: whitespace or control characters {bad!r} in the URL")
+    m = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)", raw)
+    if m and "%" in m.group(1):
+        raise URLRefused(f"{raw[:200]!r}: a percent-encoded character in the host part")
+    if "\\" in raw:
+        raise URLRefused(f"{raw[:200]!r}: a backslash in the URL (parsers disagree on what it means)")
+    try:
+        u = parse_url(raw)
+    except (LocationParseError, ValueError) as exc:
+        raise URLRefused(f"{raw[:200]!r}: not a URL ({exc})") from None
+    scheme = (u.scheme or "").lower()
+    if scheme not in DEFAULT_PORTS:
+        raise URLRefused(f"{raw[:200]!r}: scheme {scheme or '(none)'!r}; only http and https are fetched")
+    if u.auth is not None or "@" in (u.netloc or ""):
+        raise URLRefused(f"{raw[:200]!r}: user info ('user@host') in the URL")
+    host = _check_host(u.host or "", raw[:200])
+    port = DEFAULT_PORTS[scheme] if u.port is None else int(u.port)
+    if not 0 < port < 65536:
+        raise URLRefused(f"{raw[:200]!r}: port {port} out of range")
+    target = (u.path or "/") + (f"?{u.query}" if u.query is not None else "")
+    if not target.startswith("/"):
+        raise URLRefused(f"{raw[:200]!r}: the path must start with '/'")
+    safe = SafeURL(Origin(scheme, host, port), target)
+    # second opinion: the standard library must read the canonical URL the same way
+    s = urlsplit(safe.url)
+    if (s.scheme, (s.hostname or "").rstrip("."), s.port or DEFAULT_PORTS.get(s.scheme)) != (scheme, host, port) \
+            or s.username is not None:
+        raise URLRefused(f"{raw[:200]!r}: parsers disagree about this URL")
+    return safe
+
+
+def join(base: str, ref: str) -> str:
+    """``ref`` (absolute, or a path such as Label Studio's ``/data/upload/1/x.png``) against
+    ``base``; a path keeps ``base``'s own path prefix (Label Studio served under a sub-path)."""
+    if ref.startswith("/") and not ref.startswith("//"):
+        return urljoin(base.rstrip("/") + "/", ref.lstrip("/"))
+    return urljoin(base, ref)
+
+
+@dataclass(frozen=True)
+class HostRule:
+    """One ``ALLOWED_IMAGE_HOSTS`` entry: ``host`` (http on 80 and https on 443), ``host:port``
+    (either scheme on that port) or ``scheme://host[:port]`` (exactly that origin)."""
+    host: str
+    port: Optional[int] = None
+    scheme: Optional[str] = None
+
+    def matches(self, o: Origin) -> bool:
+        if o.host != self.host or (self.scheme and o.scheme != self.scheme):
+            return False
+        if self.port is None:
+            return o.port == DEFAULT_PORTS[o.scheme]
+        return o.port == self.port
+
+
+def parse_host_rule(entry: str) -> HostRule:
+    e = entry.strip()
+    if "://" in e:
+        u = parse_http_url(e if e.count("/") > 2 else e + "/")
+        explicit = re.search(r"://(\[[^\]]*\]|[^/:]*):(\d+)", e) is not None
+        return HostRule(u.origin.host, u.origin.port if explicit else DEFAULT_PORTS[u.origin.scheme],
+                        u.origin.scheme)
+    u = parse_http_url(f"http://{e}/")
+    explicit = re.search(r"^(\[[^\]]*\]|[^/:]*):(\d+)$", e) is not None
+    return HostRule(u.origin.host, u.origin.port if explicit else None)
+
+
+def parse_host_rules(entries: Iterable[str]) -> Tuple[HostRule, ...]:
+    return tuple(parse_host_rule(e) for e in entries if e.strip())

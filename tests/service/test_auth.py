@@ -1,0 +1,62 @@
+"""The webhook secret and its limits (service/auth.py), without Label Studio."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from types import SimpleNamespace
+
+from ncalr_backend.service import auth as auth_mod
+from ncalr_backend.service.auth import SECRET_HEADER, Auth, load_or_create_secret
+from ncalr_backend.service.settings import Settings
+
+
+def test_the_secret_is_made_once_owner_only_and_shared_by_concurrent_starts(tmp_path):
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(load_or_create_secret(tmp_path))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(got)) == 1 and len(got[0]) >= 40
+    assert os.stat(tmp_path / "webhook_secret").st_mode & 0o077 == 0
+    assert load_or_create_secret(tmp_path) == got[0]
+    assert load_or_create_secret(tmp_path, override="from-env") == "from-env"
+
+
+def test_webhook_check_needs_the_exact_secret_unless_basic_auth_is_on(tmp_path):
+    a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path)}))
+    assert a.webhook_ok({SECRET_HEADER: a.secret})
+    for bad in ({}, {SECRET_HEADER: ""}, {SECRET_HEADER: a.secret + "x"}, {SECRET_HEADER: a.secret[:-1]}):
+        assert not a.webhook_ok(bad)
+    b = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p"}))
+    assert b.webhook_ok({})  # basic auth was checked before (every route)
+    assert b.wanted_headers() == {SECRET_HEADER: b.secret, "Authorization": "Basic dTpw"}
+    assert b.basic_ok(SimpleNamespace(type="basic", username="u", password="p"))
+    assert not b.basic_ok(SimpleNamespace(type="basic", username="u", password="q")) and not b.basic_ok(None)
+
+
+def test_unauthenticated_requests_cannot_make_the_backend_hammer_label_studio(tmp_path, monkeypatch):
+    a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
+                                "LABEL_STUDIO_API_KEY": "k"}))
+    calls = []
+
+    class LS:
+        def list_ml_backends(self, pid):
+            calls.append(pid)
+            return [{"url": "http://backend:9090"}] if pid == 1 else []
+
+    monkeypatch.setattr(auth_mod, "make_client", lambda settings: LS())
+    for _ in range(50):
+        assert a.project_has_us(1, "backend:9090") and not a.project_has_us(2, "backend:9090")
+    assert calls == [1, 2]  # once per project and host, then remembered
+    started = []
+    monkeypatch.setattr(a, "ensure_webhook_headers", lambda pid, host: started.append(pid))
+    for pid in range(100):
+        for _ in range(3):
+            a.resync_soon(pid, "backend:9090")
+    deadline = time.time() + 5
+    while len(started) < auth_mod.MAX_RESYNCS and time.time() < deadline:
+        time.sleep(0.01)
+    assert sorted(started) == list(range(auth_mod.MAX_RESYNCS))
