@@ -288,13 +288,19 @@ def plot(results: list[dict], path: Path) -> None:
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.4 * rows), squeeze=False)
-    styles = {"ncalr": dict(color="C3", lw=2.6), "cleanlab": dict(color="C0", lw=2.2),
-              "cleanlab-pbar": dict(color="C0", lw=1.4, ls="--"), "signal:last": dict(color="0.4", lw=1.6, ls=":")}
+    # the product, the K-fold baseline, the memorised model and the other signals; combos and the
+    # rankings identical to ncalr's (signal:p_mean, cleanlab-pbar) are in the table, not drawn
+    styles = {"ncalr": dict(color="C3", lw=2.8, zorder=5), "cleanlab": dict(color="C0", lw=2.2, zorder=4),
+              "signal:last": dict(color="0.3", lw=1.6, ls=":"), "signal:aum": dict(color="C2", lw=1.2),
+              "signal:learned_late": dict(color="C4", lw=1.2), "signal:fluctuation": dict(color="C5", lw=1.2)}
+    names = {"ncalr": "ncalr (product)", "cleanlab": "cleanlab, 5-fold CV", "signal:last": "final model 1 - p(y)",
+             "signal:aum": "AUM", "signal:learned_late": "learned late", "signal:fluctuation": "TPT fluctuation"}
     for ax, res in zip(axes.flat, results):
         grid = res.get("recall_grid", RECALL_GRID.tolist())
-        for i, (m, r) in enumerate(res["methods"].items()):
-            st = styles.get(m, dict(color=f"C{(i % 6) + 4}", lw=1.0, alpha=0.8))
-            ax.plot(grid, r["pr_curve_mean"], label=f"{m} (AUPRC {r['auprc_mean']:.2f})", **st)
+        for m, st in styles.items():
+            r = res["methods"].get(m)
+            if r is not None:
+                ax.plot(grid, r["pr_curve_mean"], label=f"{names[m]} ({r['auprc_mean']:.2f})", **st)
         rate = np.mean([s["noise_rate"] for s in res["per_seed"].values()])
         ax.axhline(rate, color="k", lw=0.8, ls="--", label=f"random ({rate:.2f})")
         ax.set_title(setting_title(res["config"]), fontsize=10)
@@ -303,10 +309,11 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7.5, loc="lower left", title="method (AUPRC)", title_fontsize=7.5, framealpha=0.9)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle("Finding wrong labels in the labeled set (mean interpolated precision-recall over seeds)", fontsize=11)
+    fig.suptitle("Finding wrong labels in the labeled set: mean interpolated precision-recall over seeds "
+                 "(ncalr = one training; cleanlab = 5 trainings)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
