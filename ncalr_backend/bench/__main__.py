@@ -1,4 +1,4 @@
-"""python -m ncalr_backend.bench {scoring,training,quality,writeback} [options]"""
+"""python -m ncalr_backend.bench {scoring,training,quality,writeback,label-errors,relabel} [options]"""
 from __future__ import annotations
 
 import importlib
@@ -9,6 +9,8 @@ COMMANDS = {
     "training": "ncalr_backend.bench.training",
     "quality": "ncalr_backend.bench.quality",
     "writeback": "ncalr_backend.bench.writeback",
+    "label-errors": "ncalr_backend.bench.label_errors",
+    "relabel": "ncalr_backend.bench.relabel",
 }
 
 

@@ -70,6 +70,39 @@ QUICK = {"subsample": 500, "seeds": "1", "cycles": 2, "initial": 0.1, "query": 0
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ncalr_backend.bench quality", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_data_arguments(p)
+    a = p.add_argument_group("protocol")
+    a.add_argument("--initial", type=float, default=0.1, help="fraction of the pool labeled at random first")
+    a.add_argument("--query", type=float, default=0.05, help="fraction of the pool queried per cycle")
+    a.add_argument("--cycles", type=int, default=5, help="query cycles (budgets: initial + k * query, k = 0..cycles)")
+    a.add_argument("--seeds", default="3", help="N (seeds 0..N-1) or a comma list of seeds")
+    a.add_argument("--strategies", default=DEFAULT_STRATEGIES,
+                   help="comma list: registry names, name:setting=value:..., baal-bald, baal-entropy")
+    a.add_argument("--out", default="runs/quality", help="output folder")
+    a.add_argument("--quick", action="store_true", help="smoke run (~1-2 minutes): small subset, 1 seed, 2 cycles, short training")
+    e = add_engine_arguments(p)
+    e.add_argument("--require-library", action="store_true",
+                   help="fail if a library baseline cannot be imported (default: skip it in --quick, fail otherwise)")
+    e.add_argument("--no-plot", action="store_true")
+    e.add_argument("--verbose", action="store_true", help="print every training epoch")
+    args = p.parse_args(argv)
+    if args.quick:
+        apply_quick(p, args, QUICK)
+    return args
+
+
+def apply_quick(p: argparse.ArgumentParser, args: argparse.Namespace, quick: dict) -> None:
+    """``--quick``: the smoke-run values for every option left at its default."""
+    defaults = {a.dest: a.default for a in p._actions}
+    for k, v in quick.items():
+        if getattr(args, k, None) in (None, defaults.get(k)):
+            setattr(args, k, v)
+    if not any(kv.startswith("batch_size=") for kv in args.set):
+        args.set = list(args.set) + ["batch_size=16"]  # a few SGD steps per epoch on 35 images
+
+
+def add_data_arguments(p: argparse.ArgumentParser):
+    """The data and oracle options (shared with ``bench label-errors``)."""
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="digits",
                    help="'digits', 'digits-multilabel' (overlaid digit pairs + single digits, multi-hot labels), "
@@ -86,15 +119,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d.add_argument("--ood-fraction", type=float, default=0.0, help="share of the pool that is out-of-distribution")
     d.add_argument("--ood-label", default="random", choices=("random", "drop"),
                    help="what the oracle answers for an OOD item: a random class, or nothing (budget spent, not trained on)")
-    a = p.add_argument_group("protocol")
-    a.add_argument("--initial", type=float, default=0.1, help="fraction of the pool labeled at random first")
-    a.add_argument("--query", type=float, default=0.05, help="fraction of the pool queried per cycle")
-    a.add_argument("--cycles", type=int, default=5, help="query cycles (budgets: initial + k * query, k = 0..cycles)")
-    a.add_argument("--seeds", default="3", help="N (seeds 0..N-1) or a comma list of seeds")
-    a.add_argument("--strategies", default=DEFAULT_STRATEGIES,
-                   help="comma list: registry names, name:setting=value:..., baal-bald, baal-entropy")
-    a.add_argument("--out", default="runs/quality", help="output folder")
-    a.add_argument("--quick", action="store_true", help="smoke run (~1-2 minutes): small subset, 1 seed, 2 cycles, short training")
+    return d
+
+
+def add_engine_arguments(p: argparse.ArgumentParser):
+    """The engine-setting options (shared with ``bench label-errors``)."""
     e = p.add_argument_group("engine (EngineConfig; anything else via --set)")
     e.add_argument("--max-epochs", type=int, default=None)
     e.add_argument("--tpt-window", type=int, default=None)
@@ -105,19 +134,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="ResNet-18 base width (64 = torchvision's ResNet-18; narrower keeps the depth/topology and "
                         "makes CPU runs affordable)")
     e.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
-    e.add_argument("--require-library", action="store_true",
-                   help="fail if a library baseline cannot be imported (default: skip it in --quick, fail otherwise)")
-    e.add_argument("--no-plot", action="store_true")
-    e.add_argument("--verbose", action="store_true", help="print every training epoch")
-    args = p.parse_args(argv)
-    if args.quick:
-        defaults = {a.dest: a.default for a in p._actions}
-        for k, v in QUICK.items():
-            if getattr(args, k, None) in (None, defaults.get(k)):
-                setattr(args, k, v)
-        if not any(kv.startswith("batch_size=") for kv in args.set):
-            args.set = list(args.set) + ["batch_size=16"]  # a few SGD steps per epoch on 35 images
-    return args
+    return e
 
 
 @dataclass
@@ -204,6 +221,29 @@ def evaluate(pool, res, probs: np.ndarray) -> dict:
     return out
 
 
+def make_pool(args: argparse.Namespace, data, seed: int):
+    """One seed's pool, clean test split and oracle from the data options."""
+    if args.dataset in MULTILABEL_DATASETS:
+        return build_multilabel_pool(data, seed, test_fraction=args.test_fraction,
+                                     pairs_fraction=args.multilabel_pairs_fraction)
+    pool = build_pool(data, seed, test_fraction=args.test_fraction, noise_type=args.noise_type,
+                      noise_rate=args.noise_rate, imbalance_factor=args.imbalance_factor,
+                      ood_fraction=args.ood_fraction, ood_label=args.ood_label)
+    pool.info["frequency_groups"] = frequency_groups(pool.info["class_counts"])
+    return pool
+
+
+def load_data(args: argparse.Namespace):
+    """The images of ``--dataset``, subsampled (stratified) with ``--subsample``."""
+    data = load_images(args.dataset, args.image_size, args.channels)
+    if args.subsample and args.subsample < len(data.y):
+        from ncalr_backend.data.datasets import ImageSet, split_test
+
+        _, sub = split_test(data.y, args.subsample / len(data.y), np.random.default_rng(12345))
+        data = ImageSet(data.x[sub], data.y[sub], data.class_names, data.source + f"[subsample {len(sub)}]")
+    return data
+
+
 class Runner:
     """Runs all (seed, strategy) trajectories; shares the initial cycle's training between
     strategies whose training settings are identical (same seed, same initial labeled set)."""
@@ -227,14 +267,7 @@ class Runner:
 
     def run_seed(self, seed: int, data) -> dict:
         args, qe = self.args, self.qe
-        if args.dataset in MULTILABEL_DATASETS:
-            pool = build_multilabel_pool(data, seed, test_fraction=args.test_fraction,
-                                         pairs_fraction=args.multilabel_pairs_fraction)
-        else:
-            pool = build_pool(data, seed, test_fraction=args.test_fraction, noise_type=args.noise_type,
-                              noise_rate=args.noise_rate, imbalance_factor=args.imbalance_factor,
-                              ood_fraction=args.ood_fraction, ood_label=args.ood_label)
-            pool.info["frequency_groups"] = frequency_groups(pool.info["class_counts"])
+        pool = make_pool(args, data, seed)
         M = len(pool.x_pool)
         n_init = max(2, int(round(args.initial * M)))
         n_query = max(1, int(round(args.query * M)))
@@ -420,12 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--seeds {args.seeds!r}: no seed (N means seeds 0..N-1; one seed s: --seeds s,)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_images(args.dataset, args.image_size, args.channels)
-    if args.subsample and args.subsample < len(data.y):
-        from ncalr_backend.data.datasets import ImageSet, split_test
-
-        _, sub = split_test(data.y, args.subsample / len(data.y), np.random.default_rng(12345))
-        data = ImageSet(data.x[sub], data.y[sub], data.class_names, data.source + f"[subsample {len(sub)}]")
+    data = load_data(args)
     provenance = engine_provenance()  # before anything trains: what this process imports
     runner = Runner(args, specs)
     n_groups = len({qe.training_key(runner.cfgs[s.label]) for s in specs})

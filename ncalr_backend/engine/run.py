@@ -18,6 +18,7 @@ from ncalr_backend.engine.acquisition import PoolView, get_strategy
 from ncalr_backend.atomic import atomic_save_npz, atomic_torch_save, atomic_write_json
 from ncalr_backend.engine.config import EngineConfig
 from ncalr_backend.engine.geometry import finite_or_none, geometry_report
+from ncalr_backend.engine.label_errors import LabelReport, report as label_error_report
 from ncalr_backend.engine.multilabel import multilabel_geometry_report, predict_sets
 from ncalr_backend.engine.training import ResNet18Classifier, build_model, pick_device, train_to_tpt
 from ncalr_backend.engine.training.trainer import Interrupted, forward_all
@@ -48,6 +49,12 @@ class CycleResult:
     view: PoolView | None = field(default=None, repr=False)  # what the strategies saw; for rerank()
     multilabel: bool = False
     pred_sets: np.ndarray | None = None  # [M, K] bool predicted label sets (multi-label mode only)
+    # suspect labels of the LABELED set (engine/label_errors.py), in the order of x_lab / y_lab:
+    label_suspicion: np.ndarray | None = None  # [N] float64, higher = more likely a wrong label
+    flagged: np.ndarray | None = None  # [N] bool, confident-learning flag (per-class thresholds)
+    suggested: np.ndarray | None = None  # [N] int64 suggested class; multi-label: [N, K] bool suggested set
+    suspect_label: np.ndarray | None = None  # [N] int64 the given label most likely wrong (single-label: y)
+    label_report: LabelReport | None = field(default=None, repr=False)  # signals, per-label flags (multi-label)
 
     @property
     def model_state(self) -> dict:
@@ -67,6 +74,8 @@ class CycleResult:
         if self.pred_sets is not None and len(self.pred_sets):
             sizes = self.pred_sets.sum(1)
             s["pred_set_sizes"] = {str(int(v)): int(c) for v, c in zip(*np.unique(sizes, return_counts=True))}
+        if self.label_report is not None:
+            s["label_errors"] = self.label_report.summary()
         return s
 
 
@@ -154,6 +163,9 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
                     head=lambda h: fc(h), rng=np.random.default_rng(config.seed + 7919), config=config,
                     label_sets=y_lab.astype(bool) if multilabel else None, pred_sets=pred_sets)
     ranking, scores, extras = strategy.rank(view)
+    t_lab = time.perf_counter()
+    labels = label_error_report(tr.label_dynamics)
+    label_s = time.perf_counter() - t_lab
     t2 = time.perf_counter()
     W, b = fc.weight.detach().numpy(), fc.bias.detach().numpy()
     rng = np.random.default_rng(config.seed)
@@ -176,9 +188,11 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
         ranking=ranking, scores=scores, pred=probs.argmax(1).astype(np.int64) if M else np.zeros(0, np.int64),
         confidence=confidence, probs=probs, model=model, meta=meta,
         history=tr.history, tpt=tr.tpt, diagnostics=diag,
-        timings={"train_s": t1 - t0, "score_s": t2 - t1, "images_per_s": tr.images_seen / max(tr.seconds, 1e-9),
+        timings={"train_s": t1 - t0, "score_s": t2 - t1, "label_errors_s": label_s, "images_per_s": tr.images_seen / max(tr.seconds, 1e-9),
                  "device": str(device)},
-        config=config, extras=extras, view=view, multilabel=multilabel, pred_sets=pred_sets)
+        config=config, extras=extras, view=view, multilabel=multilabel, pred_sets=pred_sets,
+        label_suspicion=labels.suspicion, flagged=labels.flagged, suggested=labels.suggested,
+        suspect_label=labels.suspect_label, label_report=labels)
     if out_dir is not None:
         save_cycle(res, out_dir)
     return res
@@ -203,8 +217,23 @@ def save_cycle(res: CycleResult, out_dir: str | Path) -> Path:
     atomic_torch_save(out / "model.pt", {"state_dict": res.model.state_dict(), "meta": res.meta})
     sets = {"pred_sets": res.pred_sets} if res.pred_sets is not None else {}
     atomic_save_npz(out / "scores.npz", ranking=res.ranking, pred=res.pred, confidence=res.confidence,
-                    **sets, **{f"score_{k}": v for k, v in res.scores.items()})
+                    **sets, **{f"score_{k}": v for k, v in res.scores.items()}, **label_arrays(res))
     atomic_write_json(out / "metrics.json", {"summary": res.summary(), "history": res.history})
+    return out
+
+
+def label_arrays(res: CycleResult) -> dict:
+    """The labeled set's suspect-label arrays as saved in ``scores.npz`` (index = position in y_lab):
+    ``label_suspicion``, ``label_flagged``, ``label_suggested``, ``label_suspect``, one
+    ``label_signal_<name>`` per signal, and in multi-label mode ``label_flagged_labels`` /
+    ``label_missing_labels`` ([N, K] bool)."""
+    r = res.label_report
+    if r is None:
+        return {}
+    out = {"label_suspicion": r.suspicion, "label_flagged": r.flagged, "label_suggested": r.suggested,
+           "label_suspect": r.suspect_label, **{f"label_signal_{k}": v for k, v in r.signals.items()}}
+    if r.flagged_labels is not None:
+        out.update(label_flagged_labels=r.flagged_labels, label_missing_labels=r.missing_labels)
     return out
 
 

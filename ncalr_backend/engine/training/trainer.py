@@ -37,6 +37,7 @@ from ncalr_backend.engine.config import EngineConfig
 from ncalr_backend.engine.training.longtail import ClassCentres, slerp_alpha, spa_proj_, spa_reg_loss, spa_slerp_
 from ncalr_backend.engine.training.losses import logit_adjusted_ce, pal_loss
 from ncalr_backend.engine.geometry import geometry_report
+from ncalr_backend.engine.label_errors import LabelDynamics
 from ncalr_backend.engine.multilabel import multilabel_geometry_report, pack_sets, predict_sets
 
 
@@ -55,6 +56,7 @@ class TrainResult:
     seconds: float = 0.0
     images_seen: int = 0
     extras: dict = field(default_factory=dict)
+    label_dynamics: LabelDynamics | None = None  # the labeled set per epoch (label_errors.py)
 
 
 def _random_translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -201,10 +203,14 @@ def train_one_epoch(run: _Run, lr: float) -> tuple[float, int]:
 
 
 def evaluate_train(model: nn.Module, x_lab: torch.Tensor, y_np: np.ndarray, config: EngineConfig,
-                   device: torch.device, use_amp: bool, nc_rng: np.random.Generator) -> tuple[float, dict]:
+                   device: torch.device, use_amp: bool, nc_rng: np.random.Generator,
+                   dynamics: LabelDynamics | None = None, epoch: int = 0) -> tuple[float, dict]:
     """Eval-mode pass over the labeled set: the clean training accuracy (multi-label: exact set
-    match of the set rule) and the NC1-NC4 / SELI / ETF diagnostics."""
+    match of the set rule) and the NC1-NC4 / SELI / ETF diagnostics. With ``dynamics``, the same
+    pass's logits are recorded there (per-sample label-error signals, ``engine/label_errors.py``)."""
     feats_l, logits_l = forward_all(model, x_lab, device, config.eval_batch_size, use_amp)
+    if dynamics is not None:
+        dynamics.observe(epoch, logits_l.numpy())
     W = model.fc.weight.detach().float().cpu().numpy()
     b = model.fc.bias.detach().float().cpu().numpy()
     if y_np.ndim == 2:
@@ -323,16 +329,21 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     history: list[dict] = []
     preds: list[np.ndarray] = []
     pred_epochs: list[int] = []
+    dynamics = LabelDynamics.for_labels(y_np, K, config.set_threshold)
+    window: list[int] = []  # the terminal-phase checkpoint epochs, kept even when the pool is empty
     images = 0
     epoch = 0
     for epoch in range(1, config.max_epochs + 1):
         lr = phase.lr(epoch)
         loss, seen = train_one_epoch(run, lr)
         images += seen
-        train_acc, nc = evaluate_train(model, x_lab, y_np, config, device, use_amp, nc_rng)
+        train_acc, nc = evaluate_train(model, x_lab, y_np, config, device, use_amp, nc_rng, dynamics, epoch)
         if phase.observe(epoch, train_acc, nc):  # FF counts from T_i on: drop the fallback window
             preds.clear()
             pred_epochs.clear()
+            window.clear()
+        if phase.records(epoch):
+            window.append(epoch)
         if phase.records(epoch) and len(x_pool):
             run.check_stop()
             preds.append(pool_checkpoint(model, x_pool, config, device, use_amp, multilabel))
@@ -346,6 +357,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
             break
     if len(x_pool) == 0:
         preds, pred_epochs = [], []
+    dynamics.mark_window(window)
     feats_l, _ = forward_all(model, x_lab, device, config.eval_batch_size, use_amp)
     feats_p, logits_p = forward_all(model, x_pool, device, config.eval_batch_size, use_amp)
     M = len(x_pool)
@@ -355,4 +367,5 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
         pred_hist = np.zeros((0, M, (K + 7) // 8), np.uint8) if multilabel else np.zeros((0, M), np.int32)
     return TrainResult(history=history, tpt=tpt_summary(phase, history, pred_epochs, epoch, multilabel),
                        pred_history=pred_hist, feats_lab=feats_l.numpy(), feats_pool=feats_p.numpy(),
-                       logits_pool=logits_p.numpy(), seconds=time.perf_counter() - t0, images_seen=images)
+                       logits_pool=logits_p.numpy(), seconds=time.perf_counter() - t0, images_seen=images,
+                       label_dynamics=dynamics)
