@@ -24,7 +24,9 @@ from typing import Callable, Optional
 from ncalr_backend.atomic import atomic_write_json
 from ncalr_backend.service.errors import CycleError
 from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError, make_client
+from ncalr_backend.service.insight import record_cycle_extras
 from ncalr_backend.service.predictions import PROBS_KEY, QueuePredictions, queue_predictions  # noqa: F401
+from ncalr_backend.service.progress import CycleProgress
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.snapshot import Snapshot, take_snapshot
 from ncalr_backend.service.store import ProjectStore
@@ -159,27 +161,31 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
     """Run one cycle for ``project_id``; returns its report. Raises CycleError on failure."""
     client = client or make_client(settings)
     run = CycleRun.begin(settings, project_id, reason, triggered_at)
+    prog = CycleProgress.begin(settings, run)  # progress.json, one log line per stage, /status
     wrote = False
     try:
         drop_orphans(client, run.store, project_id)
-        snap = take_snapshot(client, settings, project_id)
+        snap = take_snapshot(client, settings, project_id, prog)
         run.timings.update(snap.timings)
         run.report.update(snap.report())
         for item in snap.unusable + snap.image_failures:
             log.warning("project %s cycle %s: task %s left out: %s", project_id, run.cycle, item["task"],
                         item["reason"])
-        res = train_and_score(snap, run, engine_config, progress)
+        res = train_and_score(snap, run, engine_config, prog.training(progress, engine_config))
         preds = queue_predictions(res, snap.cfg, snap.pool_ids, run.version)
         if preds.predicted_set_sizes is not None:
             run.report["predicted_set_sizes"] = preds.predicted_set_sizes
         save_predictions(run, snap, preds)
+        record_cycle_extras(run, snap, res, preds)  # dashboard.json; report: previous cycle's accuracy
         wrote = bool(preds.items)
-        wb = write_back(client, settings, project_id, run.version, preds.items)
+        wb = write_back(client, settings, project_id, run.version, preds.items, prog)
         run.timings.update(write_s=wb.write_s, switch_s=wb.switch_s)
         run.report.update(wb.report())
-        return commit(run, snap, res, wb, settings)
+        prog.stage("commit")
+        return prog.finished(commit(run, snap, res, wb, settings))
     except Exception as exc:
         err = fail(run, exc, client, wrote)
+        prog.finish("failed", run.report.get("error"))
         if err is exc:
             raise
         raise err from exc

@@ -19,6 +19,7 @@ from typing import List, Optional
 
 from ncalr_backend.service.errors import CycleError
 from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
+from ncalr_backend.service.progress import NO_PROGRESS
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.store import ProjectStore
 
@@ -42,16 +43,19 @@ class WriteBack:
 
 
 def write_back(client: LabelStudioClient, settings: Settings, project_id: int, version: str,
-               items: List[dict]) -> WriteBack:
+               items: List[dict], progress=NO_PROGRESS) -> WriteBack:
     """Import ``items`` under ``version``, verify, switch the project (see the module docstring)."""
     t = time.time()
-    created = client.import_predictions(project_id, items, settings.prediction_chunk_size) if items else 0
+    progress.stage("write_back", n=len(items))
+    created = (client.import_predictions(project_id, items, settings.prediction_chunk_size, on_chunk=progress.on_chunk)
+               if items else 0)
     write_s = time.time() - t
     if created != len(items):
         raise CycleError(f"Label Studio created {created} of {len(items)} predictions for {version} "
                          "(it drops predictions that do not match the labeling config); "
                          "the project was NOT switched to this version")
     t = time.time()
+    progress.stage("switch")
     if items:
         counts = client.model_versions(project_id)
         if int(counts.get(version, 0)) < len(items):

@@ -56,6 +56,9 @@ class FakeLS:
     def list_tasks(self, pid, page_size=100):
         return list(self.tasks)
 
+    def iter_tasks(self, pid, page_size=100):
+        return iter(self.list_tasks(pid, page_size))
+
     def download(self, url):
         if "elsewhere" in url:
             from ncalr_backend.service.labelstudio import ImageRefused
