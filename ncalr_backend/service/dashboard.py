@@ -40,7 +40,7 @@ def e(v) -> str:
 def when(t) -> str:
     if not isinstance(t, (int, float)):
         return "–"
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def secs(v) -> str:
@@ -122,11 +122,11 @@ def progress_section(pid: int, p: Optional[dict], state: dict, sched: Optional[d
                      f'{e(secs(p.get("elapsed_s")))} elapsed · <span class="eta">{e(eta_txt)}</span></p>')
     elif status == "failed":
         lines.append(f'<p class="headline failed"><b>Cycle {e(p.get("cycle"))} failed</b> in '
-                     f'{e(STAGE_TITLES.get(p.get("failed_stage"), p.get("failed_stage") or "?"))} at '
-                     f'{e(when(p.get("finished_at")))}: <span class="error">{e(p.get("error"))}</span></p>')
+                     f'{e(STAGE_TITLES.get(p.get("failed_stage")) or "its start (reading the project)")} at '
+                     f'{e(when(p.get("finished_at")))} UTC: <span class="error">{e(p.get("error"))}</span></p>')
     elif status == "completed":
         lines.append(f'<p class="headline"><b>Idle.</b> Cycle {e(p.get("cycle"))} completed at '
-                     f'{e(when(p.get("finished_at")))}, {e(secs((p.get("finished_at") or 0) - (p.get("triggered_at") or 0)))}'
+                     f'{e(when(p.get("finished_at")))} UTC, {e(secs((p.get("finished_at") or 0) - (p.get("triggered_at") or 0)))}'
                      f' from trigger to live.</p>')
     elif status == "interrupted":
         lines.append(f'<p class="headline failed"><b>Cycle {e(p.get("cycle"))} was interrupted</b> '
@@ -168,7 +168,7 @@ def history_table(rows: list) -> str:
     legend = "".join(f'<span class="key"><i style="background:{c}"></i>{e(n)}</span>'
                      for n, c in [("queue wait", STAGE_COLORS["wait"])]
                      + [(STAGE_TITLES[s], STAGE_COLORS[s]) for s in TIMING_KEYS])
-    head = ("<tr><th>cycle</th><th>finished</th><th>reason</th><th>labels seen</th><th>pool</th>"
+    head = ("<tr><th>cycle</th><th>finished (UTC)</th><th>reason</th><th>labels seen</th><th>pool</th>"
             "<th>trigger → live</th><th>split by stage</th><th>terminal phase</th>"
             "<th>accuracy on next labels (estimate)</th><th>status</th></tr>")
     body = []
@@ -189,12 +189,13 @@ def history_table(rows: list) -> str:
         total = t.get("trigger_to_live_s")
         ok = r.get("status") == "completed"
         status = "completed" if ok else f"{r.get('status')}: {r.get('error') or ''}"
+        short = status if len(status) <= 160 else status[:157] + "..."
         body.append(
             f'<tr class="cycle {"ok" if ok else "failed"}" data-cycle="{e(r.get("cycle"))}">'
-            f'<td>{e(r.get("cycle"))}</td><td>{e(when(r.get("finished_at")))}</td><td>{e(r.get("reason"))}</td>'
+            f'<td>{e(r.get("cycle"))}</td><td class="when">{e(when(r.get("finished_at")))}</td><td>{e(r.get("reason"))}</td>'
             f'<td>{e(r.get("num_labeled"))}</td><td>{e(r.get("num_pool"))}</td><td>{e(secs(total))}</td>'
-            f'<td>{stacked_bar(_split(r), total)}</td><td>{e(tpt_txt)}</td><td>{e(est_txt)}</td>'
-            f'<td class="status">{e(status)}</td></tr>')
+            f'<td>{stacked_bar(_split(r), total) if total else ""}</td><td>{e(tpt_txt)}</td><td>{e(est_txt)}</td>'
+            f'<td class="status" title="{e(status)}">{e(short)}</td></tr>')
     return (f'<div class="legend">{legend}</div><table class="history">{head}' + "".join(body) + "</table>")
 
 
@@ -290,7 +291,8 @@ header{background:#243447;color:#fff;padding:10px 18px}header h1{font-size:18px;
 header span{margin-left:14px;opacity:.8;font-size:13px}
 section.project{background:#fff;margin:14px;padding:10px 18px 18px;border-radius:6px;box-shadow:0 1px 3px #0002}
 h2{font-size:17px;margin:8px 0}h3{font-size:14px;margin:18px 0 6px;color:#345}
-.muted{color:#888}.headline{font-size:14px}.failed,.error{color:#b00020}
+.muted{color:#888}.headline{font-size:14px}.counter,.waiting{font-size:13px}
+td.when{white-space:nowrap}.failed,.error{color:#b00020}
 table{border-collapse:collapse;font-size:12px}td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left;
 vertical-align:middle}th{background:#f0f2f5}
 table.stages td:first-child{width:110px}table.stages .pending{color:#aaa}table.stages .current{font-weight:600}
@@ -347,8 +349,8 @@ def project_section(view: dict, p: Optional[dict], sched: Optional[dict], now: f
                 'cycle, per epoch (T_i: start of the terminal phase).')
     return (f'<section class="project" id="project-{pid}" data-project="{pid}">'
             f'<h2>Project {pid} <small class="muted">{sub}</small></h2>'
-            f'<p class="muted">labels: {e(", ".join(map(str, labels)))}</p>'
-            f'<h3>Now</h3>{progress_section(pid, p, state, sched, now)}'
+            + (f'<p class="muted">labels: {e(", ".join(map(str, labels)))}</p>' if labels else "")
+            + f'<h3>Now</h3>{progress_section(pid, p, state, sched, now)}'
             f'<h3>Cycles</h3>{history_table(view.get("history") or [])}'
             f'<h3>Plots</h3><p class="note">{est_note}</p><div class="plots">{"".join(plots)}</div>'
             f'<h3>Next in the queue</h3><p class="note">What "Label All Tasks" serves next and why: the fused '
@@ -372,7 +374,7 @@ def render_page(views: list, progress: dict, scheds: dict, now: float, mode: str
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<title>ncalr-backend dashboard</title><style>{CSS}</style></head><body>'
             f'<header><h1>ncalr-backend</h1><span>NCAL-R active learning · scheduler: {e(mode)} · '
-            f'rendered {e(when(now))}</span> <span>{nav}</span></header>'
+            f'rendered {e(when(now))} UTC</span> <span>{nav}</span></header>'
             f'{sections}{more}<script>{SCRIPT}</script></body></html>')
 
 

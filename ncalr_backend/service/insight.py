@@ -190,12 +190,13 @@ def project_view(model_dir: Path, project_id: int) -> dict:
 
 
 def active_projects(model_dir: Path) -> List[int]:
-    """Projects with a cycle (completed, failed, running or waiting); others never trained."""
+    """Projects that sent annotations or have a cycle (completed, failed, running or waiting)."""
     out = []
     for pid in list_projects(model_dir):
         st = ProjectStore(model_dir, pid)
         s = st.state()
-        if s.get("cycles_started") or s.get("in_progress") or s.get("pending") or cycle_dirs(st):
+        if (s.get("cycles_started") or s.get("in_progress") or s.get("pending") or s.get("new_annotations")
+                or cycle_dirs(st)):
             out.append(pid)
     return out
 
