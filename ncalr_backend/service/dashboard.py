@@ -125,9 +125,9 @@ def progress_section(pid: int, p: Optional[dict], state: dict, sched: Optional[d
                      f'{e(STAGE_TITLES.get(p.get("failed_stage")) or "its start (reading the project)")} at '
                      f'{e(when(p.get("finished_at")))} UTC: <span class="error">{e(p.get("error"))}</span></p>')
     elif status == "completed":
+        took = (p.get("finished_at") or 0) - (p.get("triggered_at") or 0)
         lines.append(f'<p class="headline"><b>Idle.</b> Cycle {e(p.get("cycle"))} completed at '
-                     f'{e(when(p.get("finished_at")))} UTC, {e(secs((p.get("finished_at") or 0) - (p.get("triggered_at") or 0)))}'
-                     f' from trigger to live.</p>')
+                     f'{e(when(p.get("finished_at")))} UTC, {e(secs(took))} from trigger to live.</p>')
     elif status == "interrupted":
         lines.append(f'<p class="headline failed"><b>Cycle {e(p.get("cycle"))} was interrupted</b> '
                      f'(the backend stopped during {e(STAGE_TITLES.get(p.get("stage"), p.get("stage")))}); '
@@ -192,7 +192,8 @@ def history_table(rows: list) -> str:
         short = status if len(status) <= 160 else status[:157] + "..."
         body.append(
             f'<tr class="cycle {"ok" if ok else "failed"}" data-cycle="{e(r.get("cycle"))}">'
-            f'<td>{e(r.get("cycle"))}</td><td class="when">{e(when(r.get("finished_at")))}</td><td>{e(r.get("reason"))}</td>'
+            f'<td>{e(r.get("cycle"))}</td><td class="when">{e(when(r.get("finished_at")))}</td>'
+            f'<td>{e(r.get("reason"))}</td>'
             f'<td>{e(r.get("num_labeled"))}</td><td>{e(r.get("num_pool"))}</td><td>{e(secs(total))}</td>'
             f'<td>{stacked_bar(_split(r), total) if total else ""}</td><td>{e(tpt_txt)}</td><td>{e(est_txt)}</td>'
             f'<td class="status" title="{e(status)}">{e(short)}</td></tr>')

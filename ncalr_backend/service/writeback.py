@@ -47,8 +47,8 @@ def write_back(client: LabelStudioClient, settings: Settings, project_id: int, v
     """Import ``items`` under ``version``, verify, switch the project (see the module docstring)."""
     t = time.time()
     progress.stage("write_back", n=len(items))
-    created = (client.import_predictions(project_id, items, settings.prediction_chunk_size, on_chunk=progress.on_chunk)
-               if items else 0)
+    created = (client.import_predictions(project_id, items, settings.prediction_chunk_size,
+                                         on_chunk=progress.on_chunk) if items else 0)
     write_s = time.time() - t
     if created != len(items):
         raise CycleError(f"Label Studio created {created} of {len(items)} predictions for {version} "
