@@ -19,6 +19,16 @@ if [ "${NCALR_NEED_REDIS:-0}" = "1" ] && ! command -v redis-server >/dev/null 2>
     echo "redis-server is missing: install it (e.g. apt-get install redis-server) for the RQ test" >&2
   fi
 fi
+# Debian's chromium + chromium-driver for the dashboard's browser test (tests/integration/test_dashboard.py);
+# Selenium (requirements-dev.txt) drives /usr/bin/chromedriver and never downloads a browser.
+if [ "${NCALR_NEED_BROWSER:-0}" = "1" ] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; }; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium + chromium-driver (apt-get; first run only)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null
+  else
+    echo "chromium / chromedriver missing: install them (apt-get install chromium chromium-driver) for the browser test" >&2
+  fi
+fi
 if [ "${SKIP_LABEL_STUDIO:-0}" != "1" ] && [ ! -x "$NCALR_LS_VENV/bin/label-studio" ]; then
   echo "installing label-studio==1.23.2 into $NCALR_LS_VENV (first run only, a few minutes)"
   "$PY" -m venv "$NCALR_LS_VENV"

@@ -6,6 +6,6 @@
 # over HTTP on localhost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NCALR_NEED_REDIS=1 source scripts/install.sh
+NCALR_NEED_REDIS=1 NCALR_NEED_BROWSER=1 source scripts/install.sh
 # no arguments: the whole suite; otherwise pytest arguments (paths, -k, ...)
 exec .venv/bin/python -m pytest "${@:-tests}"

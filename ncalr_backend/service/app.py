@@ -26,8 +26,10 @@ from typing import Optional
 from flask import jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from ncalr_backend.service import dashboard
 from ncalr_backend.service.auth import SECRET_HEADER, Auth
 from ncalr_backend.service.labelconfig import LabelConfigError
+from ncalr_backend.service.progress import read_progress
 from ncalr_backend.service.scheduler import make_scheduler
 from ncalr_backend.service.predictions import UNTRAINED_VERSION
 from ncalr_backend.service.settings import Settings
@@ -301,6 +303,7 @@ class Backend:
                         "last_failed": s.get("last_failed"), "last_completed": s.get("last_completed"),
                         "model_version": latest["model_version"] if latest else None,
                         "webhooks_seen": self.webhooks_seen(pid),
+                        "progress": read_progress(self.settings.model_dir, pid),
                         "latest_report": {k: report.get(k) for k in (
                             "cycle", "model_version", "reason", "num_tasks", "num_labeled", "num_pool",
                             "predictions_created", "timings", "image_failures", "unusable_annotations",
@@ -359,6 +362,7 @@ def create_app(model_class, settings: Optional[Settings] = None, autostart: bool
     app.view_functions["get_version"] = backend.versions
     app.add_url_rule("/versions", "get_version_get", backend.versions, methods=["GET"])
     app.add_url_rule("/status", "status", backend.status, methods=["GET"])
+    dashboard.register(app, backend)  # GET / (the page), /dashboard/progress, /dashboard/thumb/...
     if autostart:
         backend.scheduler()
     return app

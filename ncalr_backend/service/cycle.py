@@ -30,7 +30,9 @@ from typing import Callable, Optional
 from ncalr_backend.atomic import atomic_write_json
 from ncalr_backend.service.errors import CycleError
 from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError, make_client
+from ncalr_backend.service.insight import record_cycle_extras
 from ncalr_backend.service.predictions import PROBS_KEY, QueuePredictions, queue_predictions  # noqa: F401
+from ncalr_backend.service.progress import CycleProgress
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.snapshot import Snapshot, take_snapshot
 from ncalr_backend.service.store import ProjectStore
@@ -208,6 +210,7 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
     """Run one cycle for ``project_id``; returns its report. Raises CycleError on failure."""
     client = client or make_client(settings)
     run = CycleRun.begin(settings, project_id, reason, triggered_at)
+    prog = CycleProgress.begin(settings, run)  # progress.json, one log line per stage, /status
     previous = (run.store.latest() or {}).get("model_version")
     wrote = live = False
 
@@ -222,27 +225,30 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
     try:
         drop_orphans(client, run.store, project_id)
         stage("snapshot")
-        snap = take_snapshot(client, settings, project_id)
+        snap = take_snapshot(client, settings, project_id, prog)
         run.timings.update(snap.timings)
         run.report.update(snap.report())
         for item in snap.unusable + snap.image_failures:
             log.warning("project %s cycle %s: task %s left out: %s", project_id, run.cycle, item["task"],
                         item["reason"])
         stage("train")
-        res = train_and_score(snap, run, engine_config, progress, should_stop)
+        res = train_and_score(snap, run, engine_config, prog.training(progress, engine_config), should_stop)
         stage("write-back")
         preds = queue_predictions(res, snap.cfg, snap.pool_ids, run.version)
         if preds.predicted_set_sizes is not None:
             run.report["predicted_set_sizes"] = preds.predicted_set_sizes
         save_predictions(run, snap, preds)
+        record_cycle_extras(run, snap, res, preds)  # dashboard.json; report: previous cycle's accuracy
         wrote = bool(preds.items)
-        wb = write_back(client, settings, project_id, run.version, preds.items)
+        wb = write_back(client, settings, project_id, run.version, preds.items, prog)
         live = wb.live
         run.timings.update(write_s=wb.write_s, switch_s=wb.switch_s)
         run.report.update(wb.report())
-        report = commit(run, snap, res, wb, settings)
+        prog.stage("commit")
+        report = prog.finished(commit(run, snap, res, wb, settings))
     except Exception as exc:
         err = fail(run, exc, client, wrote, live)
+        prog.finish("interrupted" if err.interrupted else "failed", str(err))
         if err is exc:
             raise
         raise err from exc

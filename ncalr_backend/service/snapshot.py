@@ -20,13 +20,14 @@ from ncalr_backend.data.images import BrokenImage, ImageCache, decode_image
 from ncalr_backend.service.annotations import label_matrix, label_report, split_tasks
 from ncalr_backend.service.labelconfig import ImageClassConfig, parse_label_config
 from ncalr_backend.service.labelstudio import ImageRefused, LabelStudioClient, LabelStudioError
+from ncalr_backend.service.progress import NO_PROGRESS, track
 from ncalr_backend.service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 def load_images(client: LabelStudioClient, cache: ImageCache, tasks: Sequence[dict], cfg: ImageClassConfig,
-                size: int, channels: int, workers: int = 8):
+                size: int, channels: int, workers: int = 8, progress=NO_PROGRESS):
     """Arrays for ``tasks`` ([n, C, H, W]) and the per-task failures; failed tasks are left out."""
 
     def one(task):
@@ -44,7 +45,7 @@ def load_images(client: LabelStudioClient, cache: ImageCache, tasks: Sequence[di
             return None, str(exc)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
-        results = list(ex.map(one, tasks))
+        results = list(track(ex.map(one, tasks), progress, "fetch_images", len(tasks)))
     ok_idx, arrays, failures = [], [], []
     for i, (arr, err) in enumerate(results):
         if arr is None:
@@ -70,6 +71,7 @@ class Snapshot:
     unusable: List[dict] = field(default_factory=list)  # {"task", "reason"}: annotation unusable
     image_failures: List[dict] = field(default_factory=list)  # {"task", "reason"}: image unreadable
     timings: dict = field(default_factory=dict)
+    urls: dict = field(default_factory=dict)  # pool task id -> image URL (dashboard thumbnails)
 
     def report(self) -> dict:
         """The snapshot's part of report.json."""
@@ -78,17 +80,19 @@ class Snapshot:
                     multilabel=self.cfg.multilabel, **label_report(self.y_lab, self.cfg))
 
 
-def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int) -> Snapshot:
+def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int,
+                  progress=NO_PROGRESS) -> Snapshot:
     t = time.time()
     project = client.get_project(project_id)
     cfg = parse_label_config(project.get("label_config"))
-    tasks = client.list_tasks(project_id, settings.page_size)
+    tasks = list(track(client.iter_tasks(project_id, settings.page_size), progress, "fetch_tasks",
+                       project.get("task_number")))
     fetch_tasks_s = time.time() - t
     split = split_tasks(tasks, cfg)
     t = time.time()
     x_all, ok_idx, failures = load_images(client, ImageCache(settings.model_dir / "cache"),
                                           split.labeled + split.pool, cfg, settings.image_size,
-                                          settings.image_channels, settings.download_workers)
+                                          settings.image_channels, settings.download_workers, progress)
     fetch_images_s = time.time() - t
     n_lab = len(split.labeled)
     pos = {i: k for k, i in enumerate(ok_idx)}
@@ -103,5 +107,6 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
         x_pool=x_all[[pos[i + n_lab] for i in pool_ok]] if pool_ok else x_all[:0],
         pool_ids=[split.pool[i]["id"] for i in pool_ok],
         unusable=split.unusable, image_failures=failures,
+        urls={split.pool[i]["id"]: (split.pool[i].get("data") or {}).get(cfg.data_key) for i in pool_ok},
         timings={"fetch_tasks_s": fetch_tasks_s, "fetch_images_s": fetch_images_s,
                  "fetch_s": fetch_tasks_s + fetch_images_s})

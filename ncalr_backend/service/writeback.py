@@ -26,6 +26,7 @@ from typing import List, Optional, Sequence
 from ncalr_backend.service.errors import CycleError
 from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
 from ncalr_backend.service.predictions import UNTRAINED_VERSION
+from ncalr_backend.service.progress import NO_PROGRESS
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.store import ProjectStore
 
@@ -50,15 +51,19 @@ class WriteBack:
                 "write_per_s": (self.sent / self.write_s) if self.write_s > 0 and self.sent else None}
 
 
-def import_all(client: LabelStudioClient, project_id: int, items: List[dict], chunk_size: int):
+def import_all(client: LabelStudioClient, project_id: int, items: List[dict], chunk_size: int, on_chunk=None):
     """Bulk-import in chunks; a chunk refused because some of its tasks were deleted meanwhile is
-    sent again without them. Returns (created, sent, skipped task ids)."""
+    sent again without them. Returns (created, sent, skipped task ids). ``on_chunk(start, size,
+    created)`` after each chunk (progress)."""
     created, sent, skipped = 0, 0, []
     for start in range(0, len(items), chunk_size):
         chunk = items[start:start + chunk_size]
         try:
-            created += client.import_prediction_chunk(project_id, chunk)
+            n = client.import_prediction_chunk(project_id, chunk)
+            created += n
             sent += len(chunk)
+            if on_chunk is not None:
+                on_chunk(start, len(chunk), n)
             continue
         except LabelStudioError as exc:
             if exc.status != 400:
@@ -72,24 +77,28 @@ def import_all(client: LabelStudioClient, project_id: int, items: List[dict], ch
                     project_id, len(gone), gone[:20])
         skipped += gone
         rest = [it for it in chunk if int(it["task"]) not in set(gone)]
-        if rest:
-            created += client.import_prediction_chunk(project_id, rest)
-            sent += len(rest)
+        n = client.import_prediction_chunk(project_id, rest) if rest else 0
+        created += n
+        sent += len(rest)
+        if on_chunk is not None:
+            on_chunk(start, len(chunk), n)
     return created, sent, skipped
 
 
 def write_back(client: LabelStudioClient, settings: Settings, project_id: int, version: str,
-               items: List[dict]) -> WriteBack:
+               items: List[dict], progress=NO_PROGRESS) -> WriteBack:
     """Import ``items`` under ``version``, verify, switch the project (see the module docstring)."""
     t = time.time()
-    created, sent, skipped = import_all(client, project_id, items, settings.prediction_chunk_size) if items \
-        else (0, 0, [])
+    progress.stage("write_back", n=len(items))
+    created, sent, skipped = (import_all(client, project_id, items, settings.prediction_chunk_size,
+                                         on_chunk=progress.on_chunk) if items else (0, 0, []))
     write_s = time.time() - t
     if created != sent:
         raise CycleError(f"Label Studio created {created} of {sent} predictions for {version} "
                          "(it drops predictions that do not match the labeling config); "
                          "the project was NOT switched to this version")
     t = time.time()
+    progress.stage("switch")
     if sent:
         counts = client.model_versions(project_id)
         if int(counts.get(version, 0)) < sent:

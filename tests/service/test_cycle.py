@@ -56,6 +56,9 @@ class FakeLS:
     def list_tasks(self, pid, page_size=100):
         return list(self.tasks)
 
+    def iter_tasks(self, pid, page_size=100):
+        return iter(self.list_tasks(pid, page_size))
+
     def download(self, url):
         if "elsewhere" in url:
             from ncalr_backend.service.labelstudio import ImageRefused
@@ -291,8 +294,8 @@ def test_label_studio_down_is_a_retryable_failure_and_no_half_state(settings):
     from ncalr_backend.service.labelstudio import LabelStudioError
 
     class Down(FakeLS):
-        def list_tasks(self, pid, page_size=100):
-            raise LabelStudioError("GET /api/tasks/: Label Studio not reachable (ConnectionError)", None)
+        def get_project(self, pid):
+            raise LabelStudioError(f"GET /api/projects/{pid}/: Label Studio not reachable (ConnectionError)", None)
 
     with pytest.raises(CycleError) as e:
         run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=Down())

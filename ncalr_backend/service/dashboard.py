@@ -1,0 +1,476 @@
+"""The admin dashboard at ``GET /``: what the backend is doing, per connected project.
+
+Server-rendered HTML with inline SVG plots (``svgplot.py``), read from the files the cycles write
+(``insight.project_view``, ``progress.read_progress``); no front-end stack, no request to Label
+Studio. Per project: the running cycle's stage, counts and ETA (the section refreshes itself every
+2 s from ``/dashboard/progress``, and the page reloads when a cycle ends); the history of cycles;
+plots (learning-curve estimate, score distributions, NC1-NC4 and SELI/ETF distances per epoch,
+training accuracy); the next tasks of the queue with thumbnails and their score components; the
+label-error flags once a cycle writes them.
+
+Everything from outside (labels, task data, error messages) goes through ``html.escape``.
+Thumbnails come only from the image cache (``MODEL_DIR/cache``), only for tasks the latest cycle
+lists as next, re-encoded as PNG: a request never makes the backend fetch a URL. The routes sit
+behind the app's basic auth like every other route (``app.before_request``).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import Optional
+
+from ncalr_backend.service.insight import active_projects, project_view, thumbnail_url_for
+from ncalr_backend.service.progress import STAGE_TITLES, STAGES, TIMING_KEYS, read_progress
+from ncalr_backend.service.svgplot import PALETTE, empty_plot, fmt, histogram, line_plot, stacked_bar
+
+REFRESH_MS = 2000
+THUMB = 64
+STAGE_COLORS = dict(zip(("wait",) + STAGES, ("#bbbbbb",) + PALETTE))
+
+
+def e(v) -> str:
+    """Escape anything for HTML text or a quoted attribute."""
+    return escape("" if v is None else str(v), quote=True)
+
+
+def when(t) -> str:
+    if not isinstance(t, (int, float)):
+        return "–"
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def secs(v) -> str:
+    if not isinstance(v, (int, float)):
+        return "–"
+    if v < 60:
+        return f"{v:.1f} s"
+    return f"{int(v // 60)} min {int(v % 60):02d} s"
+
+
+def pct(v) -> str:
+    return f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "–"
+
+
+# ---------------------------------------------------------------------------- progress section
+def _stage_rows(p: dict, now: float) -> str:
+    done = {d["stage"]: d for d in p.get("done") or []}
+    cur = p.get("stage") if p.get("status") == "running" else None
+    rows = []
+    for s in STAGES:
+        d = done.get(s)
+        if s == cur:
+            k, n, unit = p.get("k") or 0, p.get("n"), p.get("unit") or ""
+            frac = (k / n) if n else None
+            count = f"{k}/{n} {unit}" if n is not None else (f"{k} {unit}" if k else "")
+            bar = (f'<progress max="{n}" value="{k}"></progress>' if n else '<progress></progress>')
+            detail = _train_detail(p.get("extra") or {}, k, n) if s == "train" else ""
+            if s == "write_back" and (p.get("extra") or {}).get("created") is not None:
+                detail = f'{p["extra"]["created"]} created so far'
+            rows.append(f'<tr class="stage current" data-stage="{e(s)}"><td>▶ {e(STAGE_TITLES[s])}</td>'
+                        f'<td class="count">{e(count)}</td><td>{bar}</td>'
+                        f'<td>{e(secs(now - (p.get("stage_started_at") or now)))}'
+                        f'{" · " + e(pct(frac)) if frac is not None else ""}</td><td>{e(detail)}</td></tr>')
+        elif d:
+            count = (f"{d['k']}/{d['n']} {d.get('unit') or ''}" if d.get("n") is not None
+                     else (f"{d['k']} {d.get('unit') or ''}" if d.get("k") else ""))
+            detail = _train_detail(d.get("extra") or {}, d.get("k"), d.get("n"), final=True) if s == "train" else ""
+            rows.append(f'<tr class="stage done" data-stage="{e(s)}"><td>✓ {e(STAGE_TITLES[s])}</td>'
+                        f'<td class="count">{e(count)}</td><td></td><td>{e(secs(d.get("seconds")))}</td>'
+                        f'<td>{e(detail)}</td></tr>')
+        else:
+            failed = p.get("status") == "failed" and p.get("failed_stage") == s
+            mark = "✗" if failed else "·"
+            rows.append(f'<tr class="stage {"failed" if failed else "pending"}" data-stage="{e(s)}">'
+                        f'<td>{mark} {e(STAGE_TITLES[s])}</td><td></td><td></td><td></td><td></td></tr>')
+    return '<table class="stages">' + "".join(rows) + "</table>"
+
+
+def _train_detail(x: dict, k, n, final: bool = False) -> str:
+    parts = []
+    if x.get("train_acc") is not None:
+        parts.append(f"train acc {x['train_acc']:.3f}")
+    if x.get("t_i") is not None:
+        parts.append(f"terminal phase since epoch {x['t_i']} (window {x.get('window')})")
+    elif "t_i" in x:
+        thr = x.get("threshold")
+        parts.append("terminal phase not reached" if final else
+                     f"before the terminal phase (needs train acc ≥ {thr:.2f})" if isinstance(thr, float)
+                     else "before the terminal phase")
+    return " · ".join(parts)
+
+
+def progress_section(pid: int, p: Optional[dict], state: dict, sched: Optional[dict], now: float) -> str:
+    """The self-refreshing part: the running (or last) cycle's stages, counts and ETA."""
+    status = (p or {}).get("status") or "none"
+    last_completed = state.get("last_completed") or 0
+    attrs = (f'id="progress-{pid}" class="progress status-{e(status)}" data-project="{pid}" '
+             f'data-status="{e(status)}" data-cycle="{e((p or {}).get("cycle"))}" '
+             f'data-last-completed="{e(last_completed)}" data-stage="{e((p or {}).get("stage") or "")}"')
+    waiting = bool((sched or {}).get("waiting")) or bool(state.get("pending"))
+    lines = []
+    if status == "running":
+        eta = p.get("eta_s")
+        eta_txt = (f"ETA {secs(eta)}" if eta is not None else
+                   (f"this stage about {secs(p['stage_eta_s'])} more; total ETA known after the first cycle"
+                    if p.get("stage_eta_s") is not None else "ETA unknown until a cycle has completed"))
+        lines.append(f'<p class="headline"><b>Cycle {e(p.get("cycle"))} running</b>: '
+                     f'<span class="stage-name">{e(STAGE_TITLES.get(p.get("stage"), p.get("stage")))}</span> · '
+                     f'{e(secs(p.get("elapsed_s")))} elapsed · <span class="eta">{e(eta_txt)}</span></p>')
+    elif status == "failed":
+        lines.append(f'<p class="headline failed"><b>Cycle {e(p.get("cycle"))} failed</b> in '
+                     f'{e(STAGE_TITLES.get(p.get("failed_stage")) or "its start (reading the project)")} at '
+                     f'{e(when(p.get("finished_at")))} UTC: <span class="error">{e(p.get("error"))}</span></p>')
+    elif status == "completed":
+        took = (p.get("finished_at") or 0) - (p.get("triggered_at") or 0)
+        lines.append(f'<p class="headline"><b>Idle.</b> Cycle {e(p.get("cycle"))} completed at '
+                     f'{e(when(p.get("finished_at")))} UTC, {e(secs(took))} from trigger to live.</p>')
+    elif status == "interrupted":
+        lines.append(f'<p class="headline failed"><b>Cycle {e(p.get("cycle"))} was interrupted</b> '
+                     f'(the backend stopped during {e(STAGE_TITLES.get(p.get("stage"), p.get("stage")))}); '
+                     f'it is run again on restart.</p>')
+    else:
+        lines.append('<p class="headline"><b>No cycle yet.</b></p>')
+    if waiting:
+        pend = state.get("pending") or {}
+        lines.append(f'<p class="waiting">A cycle is waiting: {e(pend.get("reason") or "requested")}.</p>')
+    lines.append(f'<p class="counter">{e(state.get("new_annotations") or 0)} new annotations since the last '
+                 f'trigger{" · threshold " + e(state.get("threshold")) if state.get("threshold") else ""}.</p>')
+    if p:
+        lines.append(_stage_rows(p, now))
+        accs = (p.get("extra") or {}).get("train_accs") if status == "running" else None
+        if accs:
+            lines.append(line_plot([("train acc", list(range(1, len(accs) + 1)), accs)],
+                                   "training accuracy, this cycle", "epoch", "", width=300, height=150,
+                                   y_range=(0, 1.02), integer_x=True, cls="live-train"))
+    return f"<div {attrs}>" + "".join(lines) + "</div>"
+
+
+# ---------------------------------------------------------------------------- history
+def _split(rep: dict):
+    t = rep.get("timings") or {}
+    segs = []
+    wait = (rep.get("started_at") or 0) - (rep.get("triggered_at") or 0)
+    if rep.get("started_at") and rep.get("triggered_at") and wait > 0:
+        segs.append(("queue wait", wait, STAGE_COLORS["wait"]))
+    for s, k in TIMING_KEYS.items():
+        if isinstance(t.get(k), (int, float)):
+            segs.append((STAGE_TITLES[s], float(t[k]), STAGE_COLORS[s]))
+    return segs
+
+
+def history_table(rows: list) -> str:
+    if not rows:
+        return '<p class="muted">No cycle has run yet.</p>'
+    legend = "".join(f'<span class="key"><i style="background:{c}"></i>{e(n)}</span>'
+                     for n, c in [("queue wait", STAGE_COLORS["wait"])]
+                     + [(STAGE_TITLES[s], STAGE_COLORS[s]) for s in TIMING_KEYS])
+    head = ("<tr><th>cycle</th><th>finished (UTC)</th><th>reason</th><th>labels seen</th><th>pool</th>"
+            "<th>trigger → live</th><th>split by stage</th><th>terminal phase</th>"
+            "<th>accuracy on next labels (estimate)</th><th>status</th></tr>")
+    body = []
+    for r in reversed(rows):
+        tpt = ((r.get("engine") or {}).get("tpt")) or {}
+        if tpt:
+            tpt_txt = (f"reached at epoch {tpt.get('t_i')} by {tpt.get('by')}" if tpt.get("reached")
+                       else f"not reached ({tpt.get('epochs')} epochs, train acc "
+                            f"{fmt(tpt.get('final_train_acc'))} < {fmt(tpt.get('threshold'))})")
+        else:
+            tpt_txt = "–"
+        est = r.get("next_labels_accuracy") or {}
+        est_txt = (f"{pct(est.get('accuracy'))} of {est.get('n')}" if est.get("n") else
+                   ("no new labels" if est else "–"))
+        if est.get("ci95") and est.get("n"):
+            est_txt += f" (95% CI {pct(est['ci95'][0])}–{pct(est['ci95'][1])})"
+        t = r.get("timings") or {}
+        total = t.get("trigger_to_live_s")
+        ok = r.get("status") == "completed"
+        status = "completed" if ok else f"{r.get('status')}: {r.get('error') or ''}"
+        short = status if len(status) <= 160 else status[:157] + "..."
+        body.append(
+            f'<tr class="cycle {"ok" if ok else "failed"}" data-cycle="{e(r.get("cycle"))}">'
+            f'<td>{e(r.get("cycle"))}</td><td class="when">{e(when(r.get("finished_at")))}</td>'
+            f'<td>{e(r.get("reason"))}</td>'
+            f'<td>{e(r.get("num_labeled"))}</td><td>{e(r.get("num_pool"))}</td><td>{e(secs(total))}</td>'
+            f'<td>{stacked_bar(_split(r), total) if total else ""}</td><td>{e(tpt_txt)}</td><td>{e(est_txt)}</td>'
+            f'<td class="status" title="{e(status)}">{e(short)}</td></tr>')
+    return (f'<div class="legend">{legend}</div><table class="history">{head}' + "".join(body) + "</table>")
+
+
+# ---------------------------------------------------------------------------- plots
+def learning_curve(rows: list) -> str:
+    pts = [(r.get("num_labeled"), r["next_labels_accuracy"]) for r in rows
+           if r.get("status") == "completed" and (r.get("next_labels_accuracy") or {}).get("n")]
+    xs = [x for x, _ in pts]
+    ys = [a["accuracy"] for _, a in pts]
+    tips = [[f"cycle {a.get('cycle')}: {a['correct']}/{a['n']} = {pct(a['accuracy'])} "
+             f"(95% CI {pct((a.get('ci95') or [None])[0])}–{pct((a.get('ci95') or [None, None])[1])})"
+             for _, a in pts]]
+    return line_plot([("accuracy (estimate)", xs, ys)], "Learning curve (estimate)", "labels seen by the cycle",
+                     "accuracy", y_range=(0, 1.02), cls="learning-curve", tooltips=tips,
+                     bands=[(xs, [(a.get("ci95") or [None, None])[0] for _, a in pts],
+                             [(a.get("ci95") or [None, None])[1] for _, a in pts])])
+
+
+def score_plots(dash: Optional[dict]) -> list:
+    hist = (dash or {}).get("score_hist") or {}
+    out = []
+    for key, title, color in (("cmap", "CMAP (pool, latest cycle)", PALETTE[0]),
+                              ("ff", "FF: prediction flips (pool)", PALETTE[1]),
+                              ("score", "fused score (pool)", PALETTE[2])):
+        h = hist.get(key)
+        out.append(histogram(h["edges"], h["counts"], title, key, cls=f"hist hist-{key}", color=color,
+                             integer=bool(h.get("integer"))) if h else
+                   empty_plot(title, "no data yet", cls=f"hist hist-{key}"))
+    return out
+
+
+def epoch_plots(metrics: Optional[dict]) -> list:
+    hist = (metrics or {}).get("history") or []
+    tpt = (((metrics or {}).get("summary") or {}).get("tpt")) or {}
+    ep = [h.get("epoch") for h in hist]
+    vl = [(tpt["t_i"], "T_i")] if tpt.get("t_i") else []
+    out = [line_plot([("train acc", ep, [h.get("train_acc") for h in hist])], "Training accuracy per epoch",
+                     "epoch", "", y_range=(0, 1.02), vlines=vl, integer_x=True, cls="nc nc-acc",
+                     hlines=[(tpt.get("threshold"), "terminal-phase threshold")])]
+    for key, title in (("nc1", "NC1: within-class variability"), ("nc2_etf_means", "NC2: class means vs ETF"),
+                       ("nc3", "NC3: classifier vs class means"), ("nc4", "NC4: nearest-class-mean mismatch")):
+        out.append(line_plot([(key, ep, [h.get(key) for h in hist])], title, "epoch", "", vlines=vl,
+                             integer_x=True, cls=f"nc nc-{key.split('_')[0]}"))
+    series = [(name, ep, [h.get(k) for h in hist]) for name, k in
+              (("SELI means", "seli_dist_means"), ("ETF means", "etf_dist_means"),
+               ("SELI weights", "seli_dist_weights"), ("ETF weights", "etf_dist_weights"))]
+    out.append(line_plot(series, "Gram distance to SELI / ETF", "epoch", "", vlines=vl, integer_x=True,
+                         cls="nc seli-etf", width=420))
+    return out
+
+
+# ---------------------------------------------------------------------------- next tasks, label errors
+def next_tasks(pid: int, dash: Optional[dict], limit: int = 12) -> str:
+    items = ((dash or {}).get("next_tasks") or [])[:limit]
+    if not items:
+        return '<p class="muted">No queue yet.</p>'
+    out = []
+    for t in items:
+        label = ", ".join(map(str, t.get("labels") or [])) or t.get("label")
+        why = []
+        for k, name in (("score", "fused"), ("cmap", "CMAP"), ("ff", "FF")):
+            if isinstance(t.get(k), (int, float)):
+                zk = "z_cmap_signed" if k == "cmap" else f"z_{k}"
+                z = t.get(zk)
+                why.append(f"{name} {fmt(t[k])}" + (f" (z {z:+.2f})" if isinstance(z, (int, float)) else ""))
+        out.append(
+            f'<li class="next-task" data-task="{e(t.get("task"))}">'
+            f'<img class="thumb" alt="task {e(t.get("task"))}" width="{THUMB}" height="{THUMB}" '
+            f'src="dashboard/thumb/{int(pid)}/{int(t.get("task"))}.png">'
+            f'<div><b>#{e(t.get("rank", 0) + 1)}</b> task {e(t.get("task"))}<br>'
+            f'predicted <span class="label">{e(label)}</span> ({e(pct(t.get("confidence")))})<br>'
+            f'<span class="why">{e(" · ".join(why))}</span></div></li>')
+    return '<ol class="next-tasks">' + "".join(out) + "</ol>"
+
+
+def label_error_table(flags: Optional[list]) -> str:
+    if flags is None:
+        return '<p class="muted">No label-error flags from this cycle.</p>'
+    if not flags:
+        return '<p class="muted">The latest cycle flagged no label.</p>'
+    rows = "".join(f'<tr><td>{e(f.get("task"))}</td><td class="label">{e(f.get("label"))}</td>'
+                   f'<td class="label">{e(f.get("suggested") or f.get("predicted"))}</td>'
+                   f'<td>{e(fmt(f.get("score")) if isinstance(f.get("score"), (int, float)) else f.get("score"))}'
+                   f'</td></tr>' for f in flags[:50])
+    return ('<table class="label-errors"><tr><th>task</th><th>label</th><th>suggested</th><th>score</th></tr>'
+            + rows + "</table>")
+
+
+# ---------------------------------------------------------------------------- page
+CSS = """
+body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#222}
+header{background:#243447;color:#fff;padding:10px 18px}header h1{font-size:18px;margin:0;display:inline}
+header span{margin-left:14px;opacity:.8;font-size:13px}
+section.project{background:#fff;margin:14px;padding:10px 18px 18px;border-radius:6px;box-shadow:0 1px 3px #0002}
+h2{font-size:17px;margin:8px 0}h3{font-size:14px;margin:18px 0 6px;color:#345}
+.muted{color:#888}.headline{font-size:14px}.counter,.waiting{font-size:13px}
+td.when{white-space:nowrap}.failed,.error{color:#b00020}
+table{border-collapse:collapse;font-size:12px}td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left;
+vertical-align:middle}th{background:#f0f2f5}
+table.stages td:first-child{width:110px}table.stages .pending{color:#aaa}table.stages .current{font-weight:600}
+progress{width:160px}
+.plots{display:flex;flex-wrap:wrap;gap:10px}.plots svg{background:#fff;border:1px solid #e4e6ea;border-radius:4px}
+.note{font-size:12px;color:#555;max-width:900px}
+ol.next-tasks{display:flex;flex-wrap:wrap;gap:8px;list-style:none;padding:0}
+li.next-task{display:flex;gap:6px;align-items:center;border:1px solid #e4e6ea;border-radius:4px;padding:4px;
+font-size:12px;width:260px}img.thumb{image-rendering:pixelated;background:#000;border-radius:3px}
+.why{color:#555}.legend{font-size:11px;margin:4px 0}.key{margin-right:10px}
+.key i{display:inline-block;width:10px;height:10px;margin-right:3px;vertical-align:middle}
+"""
+
+SCRIPT = """
+(function(){
+  function refresh(el){
+    var pid = el.getAttribute('data-project');
+    fetch('dashboard/progress?project=' + encodeURIComponent(pid), {credentials: 'same-origin'})
+      .then(function(r){ return r.ok ? r.text() : null; })
+      .then(function(html){
+        if (html === null) return;
+        var box = document.createElement('div'); box.innerHTML = html;
+        var fresh = box.firstElementChild; if (!fresh) return;
+        var ended = el.getAttribute('data-last-completed') !== fresh.getAttribute('data-last-completed')
+          || (el.getAttribute('data-status') === 'running' && fresh.getAttribute('data-status') !== 'running');
+        el.replaceWith(fresh);
+        if (ended) { location.reload(); }
+      }).catch(function(){});
+  }
+  setInterval(function(){
+    document.querySelectorAll('div.progress[data-project]').forEach(refresh);
+  }, %d);
+})();
+""" % REFRESH_MS
+
+
+def project_section(view: dict, p: Optional[dict], sched: Optional[dict], now: float, threshold=None) -> str:
+    pid = view["project"]
+    latest = view.get("latest") or {}
+    rep = latest.get("report") or {}
+    labels = latest.get("labels") or []
+    state = dict(view.get("state") or {})
+    if threshold:
+        state["threshold"] = threshold
+    sub = (f'{e(rep.get("num_tasks"))} tasks · {e(rep.get("num_labeled"))} labeled · live version '
+           f'<code>{e(latest.get("model_version"))}</code>' if latest else "no completed cycle yet")
+    plots = [learning_curve(view.get("history") or [])] + score_plots(view.get("dashboard")) \
+        + epoch_plots(view.get("metrics"))
+    est_note = ('The learning curve is an <b>estimate</b>: for each cycle, the accuracy of its predictions '
+                'on the tasks of its pool that were labeled after it (the next cycle computes it; '
+                'those labels were never trained on). They are the tasks the queue served first, the '
+                'ones NCAL-R found most informative, so the figure tends to under-state the accuracy on '
+                'a random task. Bars: Wilson 95% interval. NC and SELI/ETF plots: the latest completed '
+                'cycle, per epoch (T_i: start of the terminal phase).')
+    return (f'<section class="project" id="project-{pid}" data-project="{pid}">'
+            f'<h2>Project {pid} <small class="muted">{sub}</small></h2>'
+            + (f'<p class="muted">labels: {e(", ".join(map(str, labels)))}</p>' if labels else "")
+            + f'<h3>Now</h3>{progress_section(pid, p, state, sched, now)}'
+            f'<h3>Cycles</h3>{history_table(view.get("history") or [])}'
+            f'<h3>Plots</h3><p class="note">{est_note}</p><div class="plots">{"".join(plots)}</div>'
+            f'<h3>Next in the queue</h3><p class="note">What "Label All Tasks" serves next and why: the fused '
+            f'NCAL-R score (z-scored CMAP and FF; higher = served first), CMAP (how much labeling the task '
+            f'would move the class means), FF (prediction flips across terminal-phase checkpoints).</p>'
+            f'{next_tasks(pid, view.get("dashboard"))}'
+            f'<h3>Label-error flags</h3>{label_error_table(view.get("label_errors"))}</section>')
+
+
+def render_page(views: list, progress: dict, scheds: dict, now: float, mode: str = "embedded",
+                thresholds: Optional[dict] = None, idle: Optional[list] = None) -> str:
+    sections = "".join(project_section(v, progress.get(v["project"]), scheds.get(v["project"]), now,
+                                       (thresholds or {}).get(v["project"])) for v in views)
+    if not views:
+        sections = ('<section class="project"><p>No project has run a cycle yet. Connect the backend to a Label '
+                    'Studio project and label a few tasks (or press Start training).</p></section>')
+    nav = " · ".join(f'<a href="#project-{v["project"]}">project {v["project"]}</a>' for v in views)
+    more = (f'<p class="muted" style="margin:14px">Projects without a cycle: {e(", ".join(map(str, idle)))}</p>'
+            if idle else "")
+    return ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>ncalr-backend dashboard</title><style>{CSS}</style></head><body>'
+            f'<header><h1>ncalr-backend</h1><span>NCAL-R active learning · scheduler: {e(mode)} · '
+            f'rendered {e(when(now))} UTC</span> <span>{nav}</span></header>'
+            f'{sections}{more}<script>{SCRIPT}</script></body></html>')
+
+
+# ---------------------------------------------------------------------------- Flask
+def thumbnail_png(data: bytes, size: int = THUMB) -> bytes:
+    """Cached image bytes -> a PNG thumbnail (never the original bytes, whatever they are)."""
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        img = img.convert("RGB" if img.mode not in ("L", "RGB") else img.mode)
+        w, h = img.size
+        scale = size / max(w, h)
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                         Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+
+
+def register(app, backend) -> None:
+    """Add the dashboard's routes; ``/`` (label-studio-ml's second URL of its health view) becomes
+    the page, ``/health`` stays JSON (Label Studio's health check)."""
+    from flask import Response, abort, request
+
+    from ncalr_backend.data.images import ImageCache
+    settings = backend.settings
+    model_dir = Path(settings.model_dir)
+
+    def _known(pid: int) -> bool:
+        return (model_dir / "projects" / str(pid)).is_dir()
+
+    def _sched(pid):
+        try:
+            return backend.scheduler().status(pid)
+        except Exception:  # the page must render without Redis
+            return None
+
+    def _threshold(view):
+        n = (view.get("state") or {}).get("num_tasks") or ((view.get("latest") or {}).get("report") or {}).get(
+            "num_tasks")
+        return settings.trigger_threshold(int(n)) if isinstance(n, int) else None
+
+    def page():
+        now = time.time()
+        from ncalr_backend.service.store import list_projects
+        pids = active_projects(model_dir)
+        views = [project_view(model_dir, pid) for pid in pids]
+        prog = {pid: read_progress(model_dir, pid, now) for pid in pids}
+        idle = [pid for pid in list_projects(model_dir) if pid not in pids]
+        html = render_page(views, prog, {pid: _sched(pid) for pid in pids}, now,
+                           "rq" if settings.redis_url else "embedded",
+                           {v["project"]: _threshold(v) for v in views}, idle)
+        resp = Response(html, mimetype="text/html")
+        resp.headers["Cache-Control"] = "no-store"
+        resp.headers["Content-Security-Policy"] = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
+                                                   "script-src 'unsafe-inline'; connect-src 'self'")
+        return resp
+
+    def progress_fragment():
+        try:
+            pid = int(request.args.get("project", ""))
+        except ValueError:
+            abort(400, "'project' must be a project id")
+        if not _known(pid):
+            abort(404, "no such project")
+        now = time.time()
+        view = project_view(model_dir, pid)
+        state = dict(view["state"])
+        thr = _threshold(view)
+        if thr:
+            state["threshold"] = thr
+        resp = Response(progress_section(pid, read_progress(model_dir, pid, now), state, _sched(pid), now),
+                        mimetype="text/html")
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    def thumb(project_id: int, task_id: int):
+        if not _known(project_id):
+            abort(404, "no such project")
+        url = thumbnail_url_for(model_dir, project_id, task_id)
+        if not url:
+            abort(404, "no thumbnail for this task")
+        path = ImageCache(model_dir / "cache").path_for(url)
+        if not path.is_file():
+            abort(404, "image not in the cache")
+        try:
+            png = thumbnail_png(path.read_bytes())
+        except Exception:
+            abort(404, "cached image cannot be read")
+        resp = Response(png, mimetype="image/png")
+        resp.headers["Cache-Control"] = "private, max-age=300"
+        return resp
+
+    health = app.view_functions["health"]
+    app.view_functions["health"] = lambda: page() if request.path == "/" else health()
+    app.add_url_rule("/dashboard/progress", "dashboard_progress", progress_fragment, methods=["GET"])
+    app.add_url_rule("/dashboard/thumb/<int:project_id>/<int:task_id>.png", "dashboard_thumb", thumb,
+                     methods=["GET"])

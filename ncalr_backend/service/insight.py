@@ -1,0 +1,213 @@
+"""What the dashboard shows, from files the cycle writes (no Label Studio call, no recomputation).
+
+At cycle time (``record_cycle_extras``, one hook in ``cycle.py``, never fails the cycle):
+
+* ``report.json["previous_cycle_accuracy"]``: the LEARNING-CURVE ESTIMATE. The accuracy of the
+  previous cycle's predictions (its ``predictions.json``) on the tasks that were in its pool and
+  have been labeled since: labels the previous model never trained on, so the figure is honest
+  and costs no extra training and no held-out labels. It is an estimate with a bias: those tasks
+  are the ones the queue served first (the ones NCAL-R found most informative, often the hardest),
+  so it tends to under-state the accuracy on a random task. Multi-label: exact set match. With a
+  Wilson 95% interval; ``n`` says how many labels it rests on.
+* ``dashboard.json`` in the cycle directory: the next tasks the queue serves (rank, predicted
+  label, confidence, the score components CMAP / FF / fused and their z-scores over the pool, the
+  image URL the thumbnail route looks up in the image cache), and histograms of the score
+  components over the pool.
+
+At page time (``project_view``): the cycle history from ``cycles/*/report.json`` and
+``failed/*/report.json``, the latest cycle's ``metrics.json`` (per-epoch NC1-NC4, SELI/ETF
+distances), ``dashboard.json``, and label-error flags once a cycle writes them
+(``label_errors.json`` in the cycle directory, or ``report.json["label_errors"]``: a list of
+``{"task", "label", "suggested", "score"}``, or ``{"flags": [...]}``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from ncalr_backend.atomic import atomic_write_json
+from ncalr_backend.service.store import ProjectStore, list_projects, read_json
+
+log = logging.getLogger(__name__)
+
+NEXT_TASKS = 24
+HIST_BINS = 20
+ESTIMATE_HOW = ("accuracy of this cycle's predictions on the tasks of its pool that were labeled after it "
+                "(computed by the next cycle); those are the tasks the queue served first, so it tends to "
+                "under-state accuracy on a random task")
+
+
+# ---------------------------------------------------------------------------- at cycle time
+def wilson(correct: int, n: int, z: float = 1.96):
+    if n <= 0:
+        return None, None
+    p = correct / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def next_labels_accuracy(store: ProjectStore, lab_ids, lab_labels, labels, multilabel: bool) -> Optional[dict]:
+    """The previous completed cycle's accuracy on labels that arrived after it (see the module doc)."""
+    latest = store.latest()
+    if not latest:
+        return None
+    prev = read_json(latest["path"] / "predictions.json", {}) or {}
+    entries = prev.get("tasks") or {}
+    rep = read_json(latest["path"] / "report.json", {}) or {}
+    out = {"cycle": latest.get("cycle"), "model_version": latest.get("model_version"),
+           "num_labeled": rep.get("num_labeled"), "how": ESTIMATE_HOW}
+    if bool(prev.get("multilabel", False)) != bool(multilabel):
+        return {**out, "n": 0, "correct": 0, "accuracy": None, "note": "single/multi-label mode changed"}
+    n = correct = 0
+    for tid, lab in zip(lab_ids, lab_labels):
+        e = entries.get(str(tid))
+        if not isinstance(e, dict):
+            continue  # labeled before that cycle, or not in its pool
+        if multilabel:
+            truth = {labels[int(i)] for i in lab}
+            pred = set(e.get("labels") or [e.get("label")])
+        else:
+            truth, pred = labels[int(lab)], e.get("label")
+        n += 1
+        correct += int(truth == pred)
+    lo, hi = wilson(correct, n)
+    return {**out, "n": n, "correct": correct, "accuracy": (correct / n) if n else None, "ci95": [lo, hi]}
+
+
+def _hist(v: np.ndarray, integer: bool) -> dict:
+    v = np.asarray(v, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return {"edges": [], "counts": [], "n": 0}
+    if integer:
+        lo, hi = int(v.min()), int(v.max())
+        edges = np.arange(lo, hi + 2) - 0.5
+    else:
+        lo, hi = float(v.min()), float(v.max())
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, HIST_BINS + 1)
+    counts, edges = np.histogram(v, bins=edges)
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts], "n": int(len(v)),
+            "mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()), "integer": integer}
+
+
+def _z(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    s = v.std()
+    return (v - v.mean()) / s if s > 0 else np.zeros_like(v)
+
+
+def dashboard_record(res, pool_ids, entries: dict, urls: dict, top: int = NEXT_TASKS) -> dict:
+    """``dashboard.json``: the next tasks with their score components, and the score histograms."""
+    scores = {k: np.asarray(v, dtype=np.float64) for k, v in (res.scores or {}).items()}
+    z = {k: _z(scores[k]) for k in ("cmap_signed", "ff", "score") if k in scores and len(scores[k])}
+    nxt = []
+    for rank, j in enumerate(np.asarray(res.ranking, dtype=np.int64)[:top]):
+        tid = int(pool_ids[int(j)])
+        e = entries.get(str(tid)) or {}
+        item = {"task": tid, "rank": rank, "url": urls.get(tid), "label": e.get("label"), "labels": e.get("labels"),
+                "confidence": e.get("confidence"), "queue_score": e.get("score")}
+        for k, v in scores.items():
+            item[k] = float(v[int(j)])
+        for k, v in z.items():
+            item[f"z_{k}"] = float(v[int(j)])
+        nxt.append(item)
+    hist = {k: _hist(scores[k], k == "ff") for k in ("cmap", "ff", "score") if k in scores}
+    return {"next_tasks": nxt, "score_hist": hist, "pool": int(len(pool_ids)),
+            "strategy": getattr(getattr(res, "config", None), "strategy", None)}
+
+
+def record_cycle_extras(run, snap, res, preds) -> None:
+    """The cycle's hook (after its predictions are saved, before write-back); never raises."""
+    try:
+        est = next_labels_accuracy(run.store, snap.lab_ids, snap.lab_labels, list(snap.cfg.labels),
+                                   snap.cfg.multilabel)
+        if est is not None:
+            run.report["previous_cycle_accuracy"] = est
+        atomic_write_json(run.work / "dashboard.json",
+                          {"cycle": run.cycle, "model_version": run.version,
+                           **dashboard_record(res, snap.pool_ids, preds.entries, getattr(snap, "urls", {}) or {})},
+                          durable=False)
+    except Exception as exc:  # the dashboard must never fail a cycle
+        log.warning("project %s cycle %s: dashboard data not written: %s", run.project_id, run.cycle, exc,
+                    exc_info=True)
+
+
+# ---------------------------------------------------------------------------- at page time
+def cycle_dirs(store: ProjectStore) -> List[Path]:
+    dirs = [d for d in (store.root / "cycles").glob("[0-9]*") if d.is_dir()]
+    dirs += [d for d in (store.root / "failed").glob("[0-9]*") if d.is_dir()]
+    return sorted(dirs, key=lambda d: (int(d.name.split("-")[0]), d.parent.name))
+
+
+def history(store: ProjectStore) -> List[dict]:
+    """Every cycle's report (completed and failed), oldest first, with the estimate moved onto the
+    cycle it is about (``next_labels_accuracy``)."""
+    rows = []
+    for d in cycle_dirs(store):
+        rep = read_json(d / "report.json", {}) or {}
+        if not rep:
+            continue
+        rep.setdefault("cycle", int(d.name.split("-")[0]))
+        rep.setdefault("status", "failed" if d.parent.name == "failed" else "completed")
+        rows.append(rep)
+    by_cycle = {r["cycle"]: r for r in rows if r.get("status") == "completed"}
+    for r in rows:
+        est = r.get("previous_cycle_accuracy")
+        if isinstance(est, dict) and est.get("cycle") in by_cycle:
+            by_cycle[est["cycle"]]["next_labels_accuracy"] = est
+    return rows
+
+
+def label_errors(cycle_dir: Path, report: dict) -> Optional[list]:
+    raw = read_json(cycle_dir / "label_errors.json")
+    if raw is None:
+        raw = report.get("label_errors")
+    if isinstance(raw, dict):
+        raw = raw.get("flags") or raw.get("tasks")
+    return [f for f in raw if isinstance(f, dict)] if isinstance(raw, list) else None
+
+
+def project_view(model_dir: Path, project_id: int) -> dict:
+    """Everything the page shows for one project, from MODEL_DIR."""
+    st = ProjectStore(model_dir, project_id)
+    latest = st.latest()
+    out = {"project": int(project_id), "state": st.state(), "history": history(st), "latest": None,
+           "metrics": None, "dashboard": None, "label_errors": None}
+    if latest:
+        rep = read_json(latest["path"] / "report.json", {}) or {}
+        out["latest"] = {**{k: v for k, v in latest.items() if k != "path"}, "report": rep}
+        out["metrics"] = read_json(latest["path"] / "metrics.json")
+        out["dashboard"] = read_json(latest["path"] / "dashboard.json")
+        out["label_errors"] = label_errors(latest["path"], rep)
+    return out
+
+
+def active_projects(model_dir: Path) -> List[int]:
+    """Projects that sent annotations or have a cycle (completed, failed, running or waiting)."""
+    out = []
+    for pid in list_projects(model_dir):
+        st = ProjectStore(model_dir, pid)
+        s = st.state()
+        if (s.get("cycles_started") or s.get("in_progress") or s.get("pending") or s.get("new_annotations")
+                or cycle_dirs(st)):
+            out.append(pid)
+    return out
+
+
+def thumbnail_url_for(model_dir: Path, project_id: int, task_id: int) -> Optional[str]:
+    """The image URL of a task the latest cycle lists as next (the only tasks with thumbnails)."""
+    latest = ProjectStore(model_dir, project_id).latest()
+    if not latest:
+        return None
+    dash = read_json(latest["path"] / "dashboard.json", {}) or {}
+    for t in dash.get("next_tasks") or []:
+        if t.get("task") == task_id and isinstance(t.get("url"), str):
+            return t["url"]
+    return None

@@ -1,0 +1,173 @@
+"""The dashboard's HTML builders and routes without a browser: escaping of hostile text, plots
+that are non-empty SVG, the learning-curve estimate, thumbnails from the cache only, auth."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ncalr_backend.atomic import atomic_write_json
+from ncalr_backend.data.images import ImageCache
+from ncalr_backend.service import dashboard, svgplot
+from ncalr_backend.service.insight import dashboard_record, history, next_labels_accuracy, wilson
+from ncalr_backend.service.store import ProjectStore
+
+HOSTILE = '<script>alert("x")</script>'
+
+
+def _no_raw_script(html: str):
+    assert "<script>alert" not in html and HOSTILE not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
+
+
+def test_svg_plots_are_well_formed_and_non_empty():
+    svg = svgplot.line_plot([("a", [1, 2, 3], [0.1, 0.5, 0.9]), ("b", [1, 2, 3], [0.2, float("nan"), 0.3])],
+                            "t", "x", "y", vlines=[(2, "T_i")])
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(root.findall(f".//{ns}polyline")) == 2 and len(root.findall(f".//{ns}circle")) == 5  # NaN skipped
+    h = svgplot.histogram([0, 1, 2, 3], [4, 0, 2], "h")
+    assert len(ET.fromstring(h).findall(f".//{ns}rect[@class='bar']")) == 2
+    assert "no data" in svgplot.line_plot([("a", [], [])], "t")
+    assert "no data" in svgplot.histogram([], [], "h")
+    assert svgplot.nice_ticks(0, 1, 4) == [0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_hostile_labels_and_errors_are_escaped_everywhere():
+    view = {"project": 5, "state": {"new_annotations": 2, "pending": {"reason": HOSTILE}},
+            "history": [{"cycle": 1, "status": "failed", "error": HOSTILE, "reason": HOSTILE, "timings": {}},
+                        {"cycle": 2, "status": "completed", "reason": "x", "num_labeled": 10, "num_pool": 5,
+                         "timings": {"train_s": 1.0, "trigger_to_live_s": 2.0},
+                         "engine": {"tpt": {"reached": True, "t_i": 3, "by": HOSTILE}}}],
+            "latest": {"model_version": HOSTILE, "labels": [HOSTILE, "b"], "report": {"num_tasks": 9}},
+            "metrics": None,
+            "dashboard": {"next_tasks": [{"task": 7, "rank": 0, "label": HOSTILE, "confidence": 0.5, "score": 1.0,
+                                          "cmap": 0.1, "ff": 2.0, "z_ff": 1.0}],
+                          "score_hist": {}},
+            "label_errors": [{"task": 3, "label": HOSTILE, "suggested": HOSTILE, "score": 0.9}]}
+    prog = {"status": "failed", "cycle": 3, "error": HOSTILE, "failed_stage": "write_back", "done": []}
+    html = dashboard.render_page([view], {5: prog}, {5: {"waiting": True}}, now=1e9, idle=[6])
+    _no_raw_script(html)
+    assert html.count("<script>") == 1  # the page's own refresh script, nothing else
+    running = {"status": "running", "cycle": 4, "stage": "train", "k": 2, "n": 8, "unit": "epochs",
+               "extra": {"train_acc": 0.5, "t_i": None, "threshold": 0.9, "train_accs": [0.3, 0.5]},
+               "stage_started_at": 1e9 - 3, "started_at": 1e9 - 10, "elapsed_s": 10, "eta_s": 12.0, "done": []}
+    frag = dashboard.progress_section(5, running, {"pending": {"reason": HOSTILE}}, None, now=1e9)
+    _no_raw_script(frag)
+    assert 'data-stage="train"' in frag and "2/8 epochs" in frag and "ETA 12.0 s" in frag
+
+
+def test_page_sections_and_plots_for_a_completed_cycle():
+    hist = [{"epoch": i, "train_acc": 0.5 + 0.1 * i, "nc1": 1.0 / i, "nc2_etf_means": 0.5 / i, "nc3": 0.3,
+             "nc4": 0.1, "seli_dist_means": 0.2, "etf_dist_means": 0.25, "seli_dist_weights": 0.3,
+             "etf_dist_weights": 0.35} for i in range(1, 5)]
+    view = {"project": 1, "state": {}, "latest": {"model_version": "v", "labels": ["a", "b"], "report": {}},
+            "history": [{"cycle": 1, "status": "completed", "num_labeled": 20, "timings": {},
+                         "next_labels_accuracy": {"cycle": 1, "n": 10, "correct": 7, "accuracy": 0.7,
+                                                  "ci95": [0.4, 0.9]}},
+                        {"cycle": 2, "status": "completed", "num_labeled": 30, "timings": {}}],
+            "metrics": {"history": hist, "summary": {"tpt": {"t_i": 3, "threshold": 0.9}}},
+            "dashboard": {"next_tasks": [], "score_hist": {
+                "cmap": {"edges": [0, 1, 2], "counts": [3, 4]},
+                "ff": {"edges": [-0.5, 0.5, 1.5], "counts": [5, 2], "integer": True},
+                "score": {"edges": [0, 1], "counts": [7]}}},
+            "label_errors": None}
+    html = dashboard.render_page([view], {}, {}, now=1e9)
+    for cls in ("learning-curve", "hist-cmap", "hist-ff", "hist-score", "nc-nc1", "nc-nc2", "nc-nc3", "nc-nc4",
+                "seli-etf", "nc-acc"):
+        m = re.search(rf'<svg class="plot [^"]*\b{cls}\b[^"]*".*?</svg>', html, re.S)
+        assert m, cls
+        assert "no data" not in m.group(0), cls
+        ET.fromstring(m.group(0))
+    assert "estimate" in html and "Wilson 95% interval" in html
+
+
+def test_learning_curve_estimate_is_the_previous_cycles_accuracy_on_later_labels(tmp_path):
+    st = ProjectStore(tmp_path, 1)
+    d = st.root / "cycles" / "0001"
+    d.mkdir(parents=True)
+    atomic_write_json(d / "predictions.json", {"multilabel": False, "tasks": {
+        "10": {"label": "a"}, "11": {"label": "b"}, "12": {"label": "a"}, "13": {"label": "b"}}})
+    atomic_write_json(d / "report.json", {"cycle": 1, "status": "completed", "num_labeled": 4})
+    atomic_write_json(st.root / "latest.json", {"cycle": 1, "dir": "cycles/0001", "model_version": "v1"})
+    # now labeled: 1, 2 (trained on by cycle 1: not in its pool), 10, 11, 12 (labeled after it)
+    est = next_labels_accuracy(st, [1, 2, 10, 11, 12], [0, 1, 0, 0, 0], ["a", "b"], False)
+    assert est["cycle"] == 1 and est["n"] == 3 and est["correct"] == 2 and est["accuracy"] == pytest.approx(2 / 3)
+    lo, hi = est["ci95"]
+    assert 0 < lo < 2 / 3 < hi < 1 and (lo, hi) == wilson(2, 3)
+    ml = next_labels_accuracy(st, [10], [[0, 1]], ["a", "b"], True)
+    assert ml["accuracy"] is None and ml["n"] == 0  # mode changed: nothing compared
+    # the next cycle stores it; the history puts it on cycle 1
+    d2 = st.root / "cycles" / "0002"
+    d2.mkdir()
+    atomic_write_json(d2 / "report.json", {"cycle": 2, "status": "completed", "previous_cycle_accuracy": est})
+    rows = history(st)
+    assert rows[0]["next_labels_accuracy"]["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_dashboard_record_lists_the_queue_head_with_score_components():
+    class Res:
+        ranking = np.array([2, 0, 1])
+        scores = {"score": np.array([0.1, -1.0, 2.0]), "cmap": np.array([0.5, 0.1, 0.9]),
+                  "cmap_signed": np.array([0.5, 0.1, 0.9]), "ff": np.array([1.0, 0.0, 3.0])}
+    rec = dashboard_record(Res(), [100, 101, 102], {"102": {"label": "a", "confidence": 0.4, "score": 0.0}},
+                           {102: "/data/upload/1/x.png"}, top=2)
+    first = rec["next_tasks"][0]
+    assert first["task"] == 102 and first["url"] == "/data/upload/1/x.png" and first["ff"] == 3.0
+    assert first["z_ff"] > 0 and rec["next_tasks"][1]["task"] == 100
+    assert rec["score_hist"]["ff"]["counts"] == [1, 1, 0, 1] and rec["score_hist"]["ff"]["integer"]
+
+
+# ---------------------------------------------------------------------------- routes (Flask test client)
+@pytest.fixture
+def app_and_dir(tmp_path):
+    from model import NCALRBackend
+    from ncalr_backend.service.app import create_app
+    from ncalr_backend.service.settings import Settings
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
+                           "LABEL_STUDIO_API_KEY": "k", "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p"})
+    return create_app(NCALRBackend, s, autostart=False), tmp_path
+
+
+AUTH = {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
+
+
+def test_routes_need_auth_and_thumbnails_come_from_the_cache_only(app_and_dir):
+    app, md = app_and_dir
+    c = app.test_client()
+    st = ProjectStore(md, 4)
+    st.update_state(cycles_started=1)
+    d = st.root / "cycles" / "0001"
+    d.mkdir(parents=True)
+    url, missing = "/data/upload/4/a.png", "http://example.invalid/never-fetched.png"
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(buf, format="PNG")
+    ImageCache(md / "cache").get(url, lambda u: buf.getvalue())
+    atomic_write_json(d / "dashboard.json", {"next_tasks": [{"task": 1, "rank": 0, "url": url},
+                                                            {"task": 2, "rank": 1, "url": missing}]})
+    atomic_write_json(d / "report.json", {"cycle": 1, "status": "completed"})
+    atomic_write_json(st.root / "latest.json", {"cycle": 1, "dir": "cycles/0001", "model_version": "v1"})
+    for path in ("/", "/dashboard/progress?project=4", "/dashboard/thumb/4/1.png"):
+        r = c.get(path)
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Basic"), path
+    r = c.get("/", headers=AUTH)
+    assert r.status_code == 200 and r.mimetype == "text/html" and 'id="project-4"' in r.get_data(as_text=True)
+    assert c.get("/health", headers=AUTH).get_json()["status"] == "UP"  # Label Studio's check stays JSON
+    r = c.get("/dashboard/thumb/4/1.png", headers=AUTH)
+    assert r.status_code == 200 and r.mimetype == "image/png"
+    assert Image.open(io.BytesIO(r.data)).size == (64, 64)
+    assert c.get("/dashboard/thumb/4/2.png", headers=AUTH).status_code == 404  # not cached: never fetched
+    assert c.get("/dashboard/thumb/4/3.png", headers=AUTH).status_code == 404  # not a next task
+    assert c.get("/dashboard/thumb/77/1.png", headers=AUTH).status_code == 404
+    assert not (md / "projects" / "77").exists()
+    r = c.get("/dashboard/progress?project=4", headers=AUTH)
+    assert r.status_code == 200 and 'data-project="4"' in r.get_data(as_text=True)
+    assert c.get("/dashboard/progress?project=x", headers=AUTH).status_code == 400
+    s = c.get("/status?project=4", headers=AUTH).get_json()
+    assert "progress" in s
