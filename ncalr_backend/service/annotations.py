@@ -14,6 +14,7 @@ silently shrunk.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
@@ -72,6 +73,7 @@ def annotation_label_set(ann: dict, cfg: ImageClassConfig):
 class Split:
     labeled: List[dict] = field(default_factory=list)     # tasks
     labels: List = field(default_factory=list)            # class index, or (multi-label) sorted index list
+    fingerprints: List[str] = field(default_factory=list)  # per labeled task: annotation_fingerprint
     pool: List[dict] = field(default_factory=list)
     unusable: List[dict] = field(default_factory=list)    # {"task", "reason"}
 
@@ -90,6 +92,7 @@ def split_tasks(tasks: Sequence[dict], cfg: ImageClassConfig) -> Split:
                 continue
             s.labeled.append(t)
             s.labels.append(y)
+            s.fingerprints.append(annotation_fingerprint(ann, y))
             continue
         y = annotation_label(ann, cfg)
         if y is None:
@@ -98,7 +101,24 @@ def split_tasks(tasks: Sequence[dict], cfg: ImageClassConfig) -> Split:
             continue
         s.labeled.append(t)
         s.labels.append(y)
+        s.fingerprints.append(annotation_fingerprint(ann, y))
     return s
+
+
+def annotation_fingerprint(ann: dict, label) -> str:
+    """What a task's label is, as a string that changes exactly when the label does: the winning
+    annotation's id and its label (class index or sorted index list). Re-submitting the same
+    choice keeps it; another choice, or another annotation winning, changes it."""
+    return f"{ann.get('id')}:{json.dumps(label)}"
+
+
+def task_fingerprint(task: dict, cfg: ImageClassConfig) -> Optional[str]:
+    """``annotation_fingerprint`` of the task's winning annotation, or None when it has no usable one."""
+    ann = winning_annotation(task)
+    if ann is None:
+        return None
+    y = annotation_label_set(ann, cfg)[0] if cfg.multilabel else annotation_label(ann, cfg)
+    return None if y is None else annotation_fingerprint(ann, y)
 
 
 def label_matrix(labels: Sequence, cfg: ImageClassConfig) -> np.ndarray:

@@ -17,6 +17,7 @@ import atexit
 import fcntl
 import logging
 import os
+import signal
 import socket
 import threading
 import uuid
@@ -28,7 +29,9 @@ from werkzeug.exceptions import HTTPException
 
 from ncalr_backend.service import dashboard
 from ncalr_backend.service.auth import SECRET_HEADER, Auth
+from ncalr_backend.service import review
 from ncalr_backend.service.labelconfig import LabelConfigError
+from ncalr_backend.service.labelstudio import make_client
 from ncalr_backend.service.progress import read_progress
 from ncalr_backend.service.scheduler import make_scheduler
 from ncalr_backend.service.predictions import UNTRAINED_VERSION
@@ -118,6 +121,7 @@ class Backend:
         self._scheduler = None
         self._scheduler_lock = threading.Lock()
         self.auth = Auth(settings)
+        self.reviews = review.ReviewClearer(settings, lambda: make_client(settings))
         self._webhooks_seen: dict = {}  # project -> {action: count} received by this process
         self._webhooks_lock = threading.Lock()
 
@@ -150,7 +154,26 @@ class Backend:
                 if self.settings.redis_url:
                     self._scheduler.start_reaper()
                 atexit.register(self.shutdown)
+                self._cancel_on_sigterm()
             return self._scheduler
+
+    def _cancel_on_sigterm(self) -> None:
+        """SIGTERM (gunicorn's graceful stop, docker stop) interrupts a running cycle at once: the
+        cycle stops at its next training batch and stays marked for the next start. The handler
+        gunicorn installed runs after ours (it stops the worker gracefully)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        prev = signal.getsignal(signal.SIGTERM)
+
+        def on_term(signum, frame):
+            if self._scheduler is not None:
+                self._scheduler.stop(timeout=0)
+            if callable(prev):
+                prev(signum, frame)
+            else:
+                raise SystemExit(0)  # atexit's shutdown waits for the cycle to end
+
+        signal.signal(signal.SIGTERM, on_term)
 
     def shutdown(self, timeout: float = 20.0) -> None:
         """On exit (gunicorn's SIGTERM ends the worker through sys.exit): interrupt a running cycle
@@ -252,11 +275,29 @@ class Backend:
                     raise BadRequest("TASKS_CREATED: task ids must be integers")
             out = sched.request_placement(pid, ids)
         else:
+            self.review_changed(pid, action, data)
             n = _annotation_count(action, data)
             num_tasks = project.get("task_number") if isinstance(project, dict) else None
             num_tasks = num_tasks if isinstance(num_tasks, int) and num_tasks >= 0 else None
             out = sched.count_annotations(pid, n, num_tasks) if n else {"counted": 0}
         return jsonify({"status": "ok", "action": action, "project": pid, **out}), 201
+
+    def review_changed(self, pid: int, action: str, data: dict) -> None:
+        """An annotation created, updated or deleted on a task listed as a suspected label error:
+        take it off the list in the background (review.py)."""
+        store = ProjectStore(self.settings.model_dir, pid)
+        if not (store.root / "review.json").exists():
+            return
+        if action == "ANNOTATIONS_DELETED":
+            anns = [a.get("id") for a in data.get("annotations") or [] if isinstance(a, dict)]
+            tids = review.tasks_of_annotations(store, [a for a in anns if isinstance(a, int)])
+        else:
+            task = data.get("task") if isinstance(data.get("task"), dict) else {}
+            ann = data.get("annotation") if isinstance(data.get("annotation"), dict) else {}
+            tid = task.get("id", ann.get("task"))
+            tids = [tid] if isinstance(tid, int) and str(tid) in review.ReviewState(store).listed_tasks() else []
+        if tids:
+            self.reviews.request(pid, tids)
 
     def train(self):
         """Deprecated /train (Label Studio < 1.4.1): treated like START_TRAINING."""
@@ -303,6 +344,9 @@ class Backend:
                         "last_failed": s.get("last_failed"), "last_completed": s.get("last_completed"),
                         "model_version": latest["model_version"] if latest else None,
                         "webhooks_seen": self.webhooks_seen(pid),
+                        "label_errors": {**(report.get("label_errors") or {}), **(s.get("review") or {}),
+                                         "listed_now": len(review.ReviewState(st).listed_tasks())}
+                        if report and report.get("label_errors") else None,
                         "progress": read_progress(self.settings.model_dir, pid),
                         "latest_report": {k: report.get(k) for k in (
                             "cycle", "model_version", "reason", "num_tasks", "num_labeled", "num_pool",

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ncalr_backend.atomic import atomic_write_json
+from ncalr_backend.service import review
 from ncalr_backend.service.errors import CycleError
 from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError, make_client
 from ncalr_backend.service.insight import record_cycle_extras
@@ -150,9 +151,18 @@ def commit(run: CycleRun, snap: Snapshot, res, wb: WriteBack, settings: Settings
     return run.report
 
 
-def tidy(client: LabelStudioClient, settings: Settings, run: CycleRun, previous: Optional[str]) -> None:
-    """After a commit: older prediction versions out of Label Studio, old cycle directories and
-    least recently used cached images off the disk. Failures are logged, never fatal."""
+def tidy(client: LabelStudioClient, settings: Settings, run: CycleRun, previous: Optional[str],
+         label_errors: Optional[list] = None) -> None:
+    """After a commit: the suspected label errors into Label Studio's review tab (review.py);
+    older prediction versions out of Label Studio, old cycle directories and least recently used
+    cached images off the disk. Failures are logged, never fatal."""
+    if label_errors is not None:
+        try:
+            out = review.publish(client, run.store, run.project_id, label_errors)
+            run.store.update_state(review={**out, "cycle": run.cycle})
+        except Exception as exc:
+            log.warning("project %s: could not publish the suspected label errors of cycle %s: %s",
+                        run.project_id, run.cycle, exc)
     try:
         prune_versions(client, run.project_id, keep=[v for v in (run.version, previous) if v])
         run.store.prune(settings.keep_cycles, settings.keep_failed)
@@ -238,6 +248,10 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         if preds.predicted_set_sizes is not None:
             run.report["predicted_set_sizes"] = preds.predicted_set_sizes
         save_predictions(run, snap, preds)
+        label_errors = review.label_error_entries(res, snap)
+        flags = [e for e in label_errors if e["flagged"]]
+        atomic_write_json(run.work / "label_errors.json", {"flags": flags, "entries": label_errors})
+        run.report["label_errors"] = review.summary(label_errors)
         record_cycle_extras(run, snap, res, preds)  # dashboard.json; report: previous cycle's accuracy
         wrote = bool(preds.items)
         wb = write_back(client, settings, project_id, run.version, preds.items, prog)
@@ -252,5 +266,5 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         if err is exc:
             raise
         raise err from exc
-    tidy(client, settings, run, previous)
+    tidy(client, settings, run, previous, label_errors)
     return report

@@ -148,17 +148,19 @@ class LabelStudioClient:
                 return
             page += 1
 
-    def get_tasks(self, project_id: int, ids: Sequence[int], chunk: int = 100) -> List[dict]:
+    def get_tasks(self, project_id: int, ids: Sequence[int], chunk: int = 100, resolve_uri: bool = True) -> List[dict]:
         """The tasks ``ids`` of the project with their data and annotations, as Label Studio has
         them now (a Data Manager selection: no per-task GET, which would make Label Studio call
-        /predict for each)."""
+        /predict for each). ``resolve_uri=False``: the data as stored (storage URIs unresolved),
+        which is what may be written back."""
         out = []
         ids = [int(i) for i in ids]
         for s in range(0, len(ids), chunk):
             part = ids[s:s + chunk]
             query = json.dumps({"selectedItems": {"all": False, "included": part}})
             body = self.get_json("/api/tasks/", params={"project": int(project_id), "query": query,
-                                                        "fields": "all", "page_size": len(part), "page": 1})
+                                                        "fields": "all", "page_size": len(part), "page": 1,
+                                                        "resolve_uri": "true" if resolve_uri else "false"})
             out += [t for t in body.get("tasks", []) if t.get("id") in set(part)]
         return out
 

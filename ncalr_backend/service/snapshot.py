@@ -66,6 +66,7 @@ class Snapshot:
     y_lab: np.ndarray  # [N] int64, or multi-label [N, K] float32 multi-hot
     lab_ids: List[int]
     lab_labels: List  # class index, or (multi-label) sorted index list, per labeled task
+    lab_fingerprints: List[str]  # per labeled task: annotations.annotation_fingerprint
     x_pool: np.ndarray  # [M, C, H, W] float32
     pool_ids: List[int]
     unusable: List[dict] = field(default_factory=list)  # {"task", "reason"}: annotation unusable
@@ -104,6 +105,7 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
         y_lab=label_matrix([split.labels[i] for i in lab_ok], cfg),
         lab_ids=[split.labeled[i]["id"] for i in lab_ok],
         lab_labels=[split.labels[i] for i in lab_ok],
+        lab_fingerprints=[split.fingerprints[i] for i in lab_ok],
         x_pool=x_all[[pos[i + n_lab] for i in pool_ok]] if pool_ok else x_all[:0],
         pool_ids=[split.pool[i]["id"] for i in pool_ok],
         unusable=split.unusable, image_failures=failures,

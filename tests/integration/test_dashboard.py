@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,22 +24,8 @@ from .conftest import BASIC, TRIGGER_MIN, Backend, _tail, wait_for_webhook_auth
 pytestmark = pytest.mark.integration
 
 N_IMAGES = 200
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 OUT = Path(os.environ.get("NCALR_TEST_OUTPUT", Path(__file__).resolve().parents[2] / "test-output")) / "dashboard"
 STATE = {}
-
-
-def _need_browser():
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("selenium (requirements-dev.txt)")
-    if missing:
-        msg = f"the browser test needs {missing}: scripts/install.sh installs them (NCALR_NEED_BROWSER=1)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
 
 
 @pytest.fixture(scope="module")
@@ -53,25 +38,6 @@ def shots(tmp_path_factory):
         shutil.copy(d / f"{name}.png", OUT / f"{name}.png")
         return d / f"{name}.png"
     return save
-
-
-@pytest.fixture(scope="module")
-def browser():
-    _need_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    profile = tempfile.mkdtemp(prefix="ncalr-chromium-")
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              f"--user-data-dir={profile}", "--window-size=1400,1000"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

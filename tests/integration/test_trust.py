@@ -57,11 +57,12 @@ def listener():
 
 @pytest.fixture(scope="module")
 def backend(label_studio, tmp_path_factory):
-    """No basic auth (the default). Training long enough (16 px, width 16, a 25-epoch terminal
-    window) that a test can act while a cycle trains; short retry delays; one torch thread."""
+    """No basic auth (the default). Training long enough (16 px, width 16, a 60-epoch terminal
+    window: a few seconds) that a test can act while a cycle trains; short retry delays; one
+    torch thread."""
     d = tmp_path_factory.mktemp("backend-trust")
     b = Backend(label_studio, d / "model_dir", d / "backend.log", BASIC_AUTH_USER="", BASIC_AUTH_PASS="",
-                IMAGE_SIZE=16, NCALR_WIDTH=16, NCALR_MAX_EPOCHS=40, NCALR_TPT_WINDOW=25, NCALR_THREADS=1,
+                IMAGE_SIZE=16, NCALR_WIDTH=16, NCALR_MAX_EPOCHS=80, NCALR_TPT_WINDOW=60, NCALR_THREADS=1,
                 CYCLE_RETRY_DELAYS="3,6,12,24,48,96").start()
     b.http.auth = None
     yield b

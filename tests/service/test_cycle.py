@@ -49,6 +49,7 @@ class FakeLS:
         # silent_drop: ones it loses without saying so (the count claims them, the listing lacks them)
         self.drop, self.silent_drop = drop, silent_drop
         self.imported, self.stored, self.patches, self.deleted = [], [], [], []
+        self.task_patches, self.views = [], {}
 
     def get_project(self, pid):
         return {"id": pid, "label_config": self.config}
@@ -84,8 +85,37 @@ class FakeLS:
     def import_predictions(self, pid, items, chunk_size=500, on_chunk=None):
         return sum(self.import_prediction_chunk(pid, items[s:s + chunk_size]) for s in range(0, len(items), chunk_size))
 
-    def get_tasks(self, pid, ids):
+    def get_tasks(self, pid, ids, resolve_uri=True):
         return [t for t in self.tasks if t["id"] in set(ids)]
+
+    # the few generic API calls review.py makes: task data PATCH, Data Manager views
+    def request(self, method, path, json=None, **kw):
+        from types import SimpleNamespace
+        from ncalr_backend.service.labelstudio import LabelStudioError
+        parts = [p for p in path.split("/") if p]
+        if parts[:2] == ["api", "tasks"] and method == "PATCH":
+            task = next((t for t in self.tasks if t["id"] == int(parts[2])), None)
+            if task is None:
+                raise LabelStudioError(f"{method} {path}: HTTP 404", 404)
+            task["data"] = dict(json["data"])
+            self.task_patches.append((task["id"], dict(json["data"])))
+            return SimpleNamespace(json=lambda: task)
+        if parts[:3] == ["api", "dm", "views"]:
+            if method == "POST":
+                vid = len(self.views) + 1
+                self.views[vid] = {"id": vid, **json}
+                return SimpleNamespace(json=lambda: self.views[vid])
+            vid = int(parts[3])
+            if vid not in self.views:
+                raise LabelStudioError(f"{method} {path}: HTTP 404", 404)
+            self.views[vid] = {"id": vid, **json}
+            return SimpleNamespace(json=lambda: self.views[vid])
+        raise AssertionError(f"FakeLS does not know {method} {path}")
+
+    def get_json(self, path, params=None, **kw):
+        if path == "/api/dm/views/":
+            return list(self.views.values())
+        raise AssertionError(f"FakeLS does not know GET {path}")
 
     def model_versions(self, pid):
         out = {}

@@ -1,0 +1,276 @@
+"""Suspected label errors, for reviewers, in Label Studio's own Data Manager.
+
+Each cycle the engine scores every labeled task (``engine/label_errors.py``: the epoch-averaged
+probability of the given label, with confident-learning per-class thresholds for the flags). This
+module turns that into what a reviewer sees in Label Studio Community 1.23, as it is:
+
+* ``label_error_entries``: one entry per labeled task (``label_errors.json`` in the cycle
+  directory, ``report.json["label_errors"]``, the dashboard, ``/status``): task, given label, the
+  model's suggestion, a score in [0, 1] (1 - the epoch-averaged probability of the given label;
+  multi-label: of the given label most likely wrong, times the set size) and the flag.
+* ``publish``: every flagged task gets three keys in its task data, ``ncalr_suspicion`` (the
+  score, > 0), ``ncalr_label`` (the label it is about) and ``ncalr_suggested`` (the model's
+  suggestion), and a Data Manager tab "Suspected label
+  errors" filters on ``ncalr_suspicion > 0``, labeled tasks only, most suspect first. Why task data
+  and not a prediction under a review version: the Data Manager can filter on a prediction's
+  version but sorts by the score of the project's own version only, and task data is the only
+  other per-task field it can filter and sort on numerically (``meta`` has no column). Writing
+  task data changes no annotation and fires no webhook; the unlabeled queue is unaffected (it is
+  driven by the predictions of the project's version, and these tasks are labeled anyway). A task
+  that leaves the list gets ``null`` in the keys (never removed: a tab whose filter column
+  disappears from every task shows all tasks).
+* ``clear``: an annotation created, updated or deleted on a listed task (the reviewer corrected
+  it, or re-submitted it to confirm it) takes it off the list at once, and the task's current
+  label is remembered as reviewed: later cycles do not list it again unless its label changes
+  (``annotations.annotation_fingerprint``).
+
+State: ``MODEL_DIR/projects/<id>/review.json`` (the view's id, what is set on which task, the
+reviewed fingerprints), changed under a file lock (web processes and RQ workers share it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import threading
+from contextlib import contextmanager
+from typing import Dict, Iterable, List, Optional
+
+import numpy as np
+
+from ncalr_backend.atomic import atomic_write_json
+from ncalr_backend.service.annotations import task_fingerprint
+from ncalr_backend.service.labelconfig import ImageClassConfig, parse_label_config
+from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
+from ncalr_backend.service.store import ProjectStore, read_json
+
+log = logging.getLogger(__name__)
+
+VIEW_TITLE = "Suspected label errors"
+KEY_SCORE = "ncalr_suspicion"
+KEY_SUGGESTED = "ncalr_suggested"
+KEY_LABEL = "ncalr_label"  # the label the score is about, as plain text (the annotation column is raw JSON)
+_thread_lock = threading.RLock()
+
+
+# ---------------------------------------------------------------------------- entries
+def label_error_entries(res, snap) -> List[dict]:
+    """One entry per labeled task of the cycle, most suspect first (see the module docstring).
+    Empty when the engine gave no label report (an engine without it, or no labels)."""
+    rep = getattr(res, "label_report", None)
+    if rep is None or not len(snap.lab_ids):
+        return []
+    cfg: ImageClassConfig = snap.cfg
+    p = np.asarray(rep.prob_mean, dtype=np.float64)
+    order = np.argsort(-np.asarray(rep.suspicion, dtype=np.float64), kind="stable")
+    out = []
+    for i in order:
+        given = snap.lab_labels[i]
+        if cfg.multilabel:
+            ks = list(given)
+            suspect = int(rep.suspect_label[i])
+            score = 1.0 - min(1.0, len(ks) * float(p[i, suspect]))
+            sug = [cfg.labels[k] for k in np.flatnonzero(np.asarray(rep.suggested[i], dtype=bool))]
+            label, suggested = [cfg.labels[k] for k in ks], sug
+            extra = {"suspect": cfg.labels[suspect]}
+        else:
+            score = 1.0 - float(p[i, int(given)])
+            label, suggested = cfg.labels[int(given)], cfg.labels[int(rep.suggested[i])]
+            extra = {}
+        out.append({"task": int(snap.lab_ids[i]), "label": label, "suggested": suggested,
+                    "score": round(max(0.0, score), 4), "flagged": bool(rep.flagged[i]),
+                    "fingerprint": snap.lab_fingerprints[i], **extra})
+    return out
+
+
+def summary(entries: List[dict], top: int = 20) -> dict:
+    flagged = [e for e in entries if e["flagged"]]
+    return {"labeled": len(entries), "flagged": len(flagged),
+            "top": [{k: e[k] for k in ("task", "label", "suggested", "score")} for e in flagged[:top]]}
+
+
+# ---------------------------------------------------------------------------- state
+class ReviewState:
+    """``review.json``: ``view`` (the tab's id), ``listed`` {task: {score, suggested, fingerprint}}
+    (what Label Studio shows now), ``reviewed`` {task: fingerprint}, ``keys_written`` (the tab's
+    filter column exists)."""
+
+    def __init__(self, store: ProjectStore):
+        self.store = store
+        self.path = store.root / "review.json"
+
+    @contextmanager
+    def locked(self):
+        """Read-modify-write under a lock shared by threads and processes; saved on exit."""
+        with _thread_lock:
+            self.store.root.mkdir(parents=True, exist_ok=True)
+            with open(self.store.root / ".review.lock", "a") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                try:
+                    data = self.read()
+                    yield data
+                    atomic_write_json(self.path, data, durable=False)
+                finally:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def read(self) -> dict:
+        d = read_json(self.path, {}) or {}
+        d.setdefault("view", None)
+        d.setdefault("listed", {})
+        d.setdefault("reviewed", {})
+        d.setdefault("keys_written", False)
+        return d
+
+    def listed_tasks(self) -> Dict[str, dict]:
+        return self.read()["listed"]
+
+
+# ---------------------------------------------------------------------------- Label Studio
+def _write_keys(client: LabelStudioClient, project_id: int, values: Dict[int, Optional[dict]]) -> List[int]:
+    """Set (or null) the two keys on each task; returns the tasks that no longer exist."""
+    if not values:
+        return []
+    tasks = {int(t["id"]): t for t in client.get_tasks(project_id, list(values), resolve_uri=False)}
+    gone = []
+    for tid, v in values.items():
+        t = tasks.get(int(tid))
+        if t is None:
+            gone.append(int(tid))
+            continue
+        data = dict(t.get("data") or {})
+        data[KEY_SCORE] = None if v is None else v["score"]
+        data[KEY_LABEL] = None if v is None else v.get("label")
+        data[KEY_SUGGESTED] = None if v is None else v["suggested"]
+        client.request("PATCH", f"/api/tasks/{int(tid)}/", json={"data": data})
+    return gone
+
+
+# Data Manager columns the tab hides, so that the task, its image, its current label, the score and
+# the suggestion fit on one screen (a reviewer can show them again under "Columns")
+HIDDEN = ["tasks:inner_id", "tasks:completed_at", "tasks:annotations_results", "tasks:total_annotations", "tasks:cancelled_annotations",
+          "tasks:total_predictions", "tasks:annotators", "tasks:annotations_ids", "tasks:predictions_score",
+          "tasks:predictions_model_versions", "tasks:predictions_results", "tasks:file_upload",
+          "tasks:storage_filename", "tasks:created_at", "tasks:updated_at", "tasks:updated_by",
+          "tasks:avg_lead_time", "tasks:draft_exists"]
+
+
+def view_payload(project_id: int) -> dict:
+    return {"project": int(project_id), "data": {
+        "title": VIEW_TITLE, "type": "list", "target": "tasks",
+        "hiddenColumns": {"explore": HIDDEN, "labeling": HIDDEN},
+        "filters": {"conjunction": "and", "items": [
+            {"filter": f"filter:tasks:data.{KEY_SCORE}", "operator": "greater", "type": "Number", "value": 0},
+            {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]},
+        "ordering": [f"-tasks:data.{KEY_SCORE}"],
+        "columnsDisplayType": {f"tasks:data.{KEY_SCORE}": "Number"}}}
+
+
+def ensure_view(client: LabelStudioClient, project_id: int, view_id: Optional[int]) -> int:
+    """Create the tab, or put it back as it should be (a reviewer may have changed its filters)."""
+    body = view_payload(project_id)
+    if view_id is not None:
+        try:
+            client.request("PATCH", f"/api/dm/views/{int(view_id)}/", json=body)
+            return int(view_id)
+        except LabelStudioError as exc:
+            if exc.status != 404:
+                raise
+    for v in client.get_json("/api/dm/views/", params={"project": int(project_id)}):
+        if (v.get("data") or {}).get("title") == VIEW_TITLE:  # ours, from an earlier MODEL_DIR
+            client.request("PATCH", f"/api/dm/views/{int(v['id'])}/", json=body)
+            return int(v["id"])
+    return int(client.request("POST", "/api/dm/views/", json=body).json()["id"])
+
+
+def publish(client: LabelStudioClient, store: ProjectStore, project_id: int, entries: List[dict]) -> dict:
+    """Make Label Studio list this cycle's flagged tasks (not those reviewed at their current
+    label), and no other; keep the tab. Writes only what changed."""
+    with ReviewState(store).locked() as st:
+        reviewed = st["reviewed"]
+        target = {str(e["task"]): {"score": max(e["score"], 1e-4), "suggested": _label_text(e["suggested"]),
+                                   "label": _label_text(e["label"]), "fingerprint": e["fingerprint"]}
+                  for e in entries if e["flagged"] and reviewed.get(str(e["task"])) != e["fingerprint"]}
+        listed = st["listed"]
+        changes: Dict[int, Optional[dict]] = {int(t): None for t in listed if t not in target}
+        changes.update({int(t): v for t, v in target.items()
+                        if {k: v[k] for k in ("score", "suggested", "label")}
+                        != {k: (listed.get(t) or {}).get(k) for k in ("score", "suggested", "label")}})
+        gone = _write_keys(client, project_id, changes)
+        st["listed"] = {t: v for t, v in target.items() if int(t) not in gone}
+        if st["listed"] or st["keys_written"]:
+            st["keys_written"] = True
+            st["view"] = ensure_view(client, project_id, st["view"])
+        out = {"listed": len(st["listed"]), "written": len(changes) - len(gone), "view": st["view"],
+               "suppressed_as_reviewed": sum(1 for e in entries if e["flagged"]
+                                             and reviewed.get(str(e["task"])) == e["fingerprint"])}
+    log.info("project %s: %d suspected label errors listed in Label Studio (tab %s; %d task data writes)",
+             project_id, out["listed"], out["view"], out["written"])
+    return out
+
+
+def clear(client: LabelStudioClient, store: ProjectStore, project_id: int, task_ids: Iterable[int]) -> List[int]:
+    """Take tasks off the list (their annotation changed or was confirmed) and remember their
+    current label as reviewed. Returns the tasks taken off."""
+    wanted = {str(int(t)) for t in task_ids}
+    if not wanted & set(ReviewState(store).listed_tasks()):
+        return []
+    cfg = parse_label_config(client.get_project(project_id).get("label_config"))
+    with ReviewState(store).locked() as st:
+        ids = [int(t) for t in wanted if t in st["listed"]]
+        tasks = {int(t["id"]): t for t in client.get_tasks(project_id, ids, resolve_uri=False)}
+        _write_keys(client, project_id, {t: None for t in ids})
+        for t in ids:
+            fp = task_fingerprint(tasks[t], cfg) if t in tasks else None
+            if fp is not None:
+                st["reviewed"][str(t)] = fp
+            st["listed"].pop(str(t), None)
+    if ids:
+        log.info("project %s: %d task(s) reviewed, off the suspected-label-errors list: %s", project_id, len(ids), ids)
+    return ids
+
+
+def tasks_of_annotations(store: ProjectStore, annotation_ids: Iterable[int]) -> List[int]:
+    """Listed tasks whose winning annotation is one of ``annotation_ids`` (ANNOTATIONS_DELETED
+    names annotations only)."""
+    ann = {str(int(a)) for a in annotation_ids}
+    return [int(t) for t, v in ReviewState(store).listed_tasks().items()
+            if str(v.get("fingerprint", "")).split(":", 1)[0] in ann]
+
+
+def _label_text(label) -> str:
+    return ", ".join(label) if isinstance(label, list) else str(label)
+
+
+class ReviewClearer:
+    """Clears reviewed tasks off the list in the background (the webhook answers at once)."""
+
+    def __init__(self, settings, client_factory):
+        self.settings = settings
+        self.client_factory = client_factory
+        self._cv = threading.Condition()
+        self._todo: Dict[int, set] = {}
+        self._thread: Optional[threading.Thread] = None
+
+    def request(self, project_id: int, task_ids: Iterable[int]) -> int:
+        ids = {int(t) for t in task_ids}
+        if not ids:
+            return 0
+        with self._cv:
+            self._todo.setdefault(int(project_id), set()).update(ids)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="ncalr-review", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+        return len(ids)
+
+    def _loop(self):
+        while True:
+            with self._cv:
+                while not self._todo:
+                    if not self._cv.wait(60):
+                        return
+                pid, ids = self._todo.popitem()
+            try:
+                clear(self.client_factory(), ProjectStore(self.settings.model_dir, pid), pid, ids)
+            except Exception as exc:  # Label Studio away: the next cycle's publish sets it right
+                log.warning("project %s: could not take reviewed tasks %s off the list: %s", pid, sorted(ids), exc)

@@ -1,0 +1,95 @@
+"""Suspected label errors (service/review.py) on the in-process fake client: entries and scores,
+the review tab, taking reviewed tasks off the list, and keeping them off until their label changes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ncalr_backend.service import review
+from ncalr_backend.service.cycle import run_project_cycle
+from ncalr_backend.service.store import ProjectStore
+from tests.service.test_cycle import ENGINE, FakeLS, settings  # noqa: F401  (the fixture)
+
+WRONG = {3, 6}  # tasks labeled against their image (odd ids are dark = "a", even light = "b")
+TRAIN = ENGINE.replace(max_epochs=12, tpt_window=4, train_acc_threshold=0.99, seed=1)
+
+
+def truthful_except(wrong):
+    return lambda i: [("b" if i % 2 else "a") if i in wrong else ("a" if i % 2 else "b")]
+
+
+def _listed(ls):
+    return {t["id"]: t["data"][review.KEY_SCORE] for t in ls.tasks if t["data"].get(review.KEY_SCORE)}
+
+
+def test_wrong_labels_are_listed_most_suspect_first_and_reviewers_take_them_off(settings):
+    ls = FakeLS(n=40, n_labeled=16, choices=truthful_except(WRONG))
+    rep = run_project_cycle(settings, 1, "t", engine_config=TRAIN, client=ls)
+    st = ProjectStore(settings.model_dir, 1)
+    cycle_dir = st.latest()["path"]
+    out = json.loads((cycle_dir / "label_errors.json").read_text())
+    entries = out["entries"]
+    # one entry per labeled task, most suspect first, scores in [0, 1] by their definition
+    assert sorted(e["task"] for e in entries) == list(range(1, 17))
+    assert [e["score"] for e in entries] == sorted((e["score"] for e in entries), reverse=True)
+    top2 = {e["task"] for e in entries[:2]}
+    assert top2 == WRONG, entries[:4]
+    for e in entries[:2]:
+        assert e["suggested"] != e["label"] and e["flagged"] and e["score"] > 0.5
+    assert rep["label_errors"]["flagged"] == len(out["flags"]) >= 2
+    # Label Studio: the flagged tasks carry the keys, nothing else does; one tab, as specified
+    listed = _listed(ls)
+    assert set(listed) == {e["task"] for e in out["flags"]} and WRONG <= set(listed)
+    assert all(t["data"]["image"] for t in ls.tasks)  # the task's own data is kept
+    (view,) = ls.views.values()
+    assert view["data"]["title"] == review.VIEW_TITLE
+    assert view["data"]["ordering"] == [f"-tasks:data.{review.KEY_SCORE}"]
+    assert view["data"]["filters"]["items"][0]["operator"] == "greater"
+    assert ls.patches[-1]["model_version"] == rep["model_version"]  # the unlabeled queue went on as always
+
+    # a reviewer corrects task 3 and confirms task 6 as it is (re-submits the same choice)
+    t3 = next(t for t in ls.tasks if t["id"] == 3)
+    t3["annotations"][0]["result"][0]["value"]["choices"] = ["a"]
+    t3["annotations"][0]["updated_at"] = "2025"
+    assert sorted(review.clear(ls, st, 1, [3, 6, 7])) == [3, 6]  # 7 was never listed: nothing to do
+    assert not ({3, 6} & set(_listed(ls)))
+    reviewed = review.ReviewState(st).read()["reviewed"]
+    assert set(reviewed) == {"3", "6"}
+
+    # the next cycle: task 6 is still suspect to the model but was confirmed at this label: not listed
+    run_project_cycle(settings, 1, "t2", engine_config=TRAIN, client=ls)
+    flags = {e["task"] for e in json.loads((st.latest()["path"] / "label_errors.json").read_text())["flags"]}
+    assert 3 not in _listed(ls) and 6 not in _listed(ls)  # reviewed at their current labels
+    assert ProjectStore(settings.model_dir, 1).state()["review"]["suppressed_as_reviewed"] >= (1 if 6 in flags else 0)
+    assert len(ls.views) == 1  # the same tab, kept
+
+    # ... until its label changes: relabeled to "b" (still wrong), it may be listed again
+    t6 = next(t for t in ls.tasks if t["id"] == 6)
+    t6["annotations"][0]["id"] = 999  # another annotation wins now
+    run_project_cycle(settings, 1, "t3", engine_config=TRAIN, client=ls)
+    e6 = next(e for e in json.loads((st.latest()["path"] / "label_errors.json").read_text())["entries"]
+              if e["task"] == 6)
+    assert (6 in _listed(ls)) == e6["flagged"]
+
+
+def test_entries_by_hand():
+    from types import SimpleNamespace
+
+    from ncalr_backend.service.labelconfig import parse_label_config
+    from tests.service.test_cycle import CFG, MULTI_CFG
+    snap = SimpleNamespace(cfg=parse_label_config(CFG), lab_ids=[10, 11], lab_labels=[0, 1],
+                           lab_fingerprints=["1:0", "2:1"])
+    rep = SimpleNamespace(prob_mean=np.array([[0.9, 0.1], [0.7, 0.3]]), suspicion=np.array([-1.0, 1.0]),
+                          suggested=np.array([0, 0]), suspect_label=np.array([0, 1]), flagged=np.array([False, True]))
+    e = review.label_error_entries(SimpleNamespace(label_report=rep), snap)
+    assert [(x["task"], x["label"], x["suggested"], x["score"], x["flagged"]) for x in e] == [
+        (11, "b", "a", 0.7, True), (10, "a", "a", 0.1, False)]
+    ml = SimpleNamespace(cfg=parse_label_config(MULTI_CFG), lab_ids=[5], lab_labels=[[0, 2]], lab_fingerprints=["7:[0, 2]"])
+    rep = SimpleNamespace(prob_mean=np.array([[0.45, 0.5, 0.05]]), suspicion=np.array([2.0]),
+                          suggested=np.array([[True, True, False]]), suspect_label=np.array([2]),
+                          flagged=np.array([True]))
+    (x,) = review.label_error_entries(SimpleNamespace(label_report=rep), ml)
+    # the suspect label "7" has p = 0.05 in a set of 2: score 1 - 2 x 0.05
+    assert (x["label"], x["suggested"], x["suspect"], x["score"]) == (["0", "7"], ["0", "1"], "7", 0.9)
