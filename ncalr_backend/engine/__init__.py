@@ -9,8 +9,8 @@ checks it). The service and the benchmarks call it through these names:
 * ``EngineConfig``: every setting (``EngineConfig.from_env(prefix="NCALR_")``)
 """
 from ncalr_backend.engine.config import ConfigError, EngineConfig
-from ncalr_backend.engine.run import (CycleResult, InputError, Interrupted, load_model, predict_proba, rerank,
-                                     run_cycle)
+from ncalr_backend.engine.run import (CycleResult, Diverged, InputError, Interrupted, load_model, predict_proba,
+                                     rerank, run_cycle)
 
-__all__ = ["ConfigError", "EngineConfig", "CycleResult", "InputError", "Interrupted", "load_model", "predict_proba",
+__all__ = ["ConfigError", "EngineConfig", "CycleResult", "Diverged", "InputError", "Interrupted", "load_model", "predict_proba",
            "rerank", "run_cycle"]

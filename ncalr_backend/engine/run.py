@@ -21,10 +21,10 @@ from ncalr_backend.engine.geometry import finite_or_none, geometry_report
 from ncalr_backend.engine.label_errors import LabelReport, report as label_error_report
 from ncalr_backend.engine.multilabel import multilabel_geometry_report, predict_sets
 from ncalr_backend.engine.training import ResNet18Classifier, build_model, pick_device, train_to_tpt
-from ncalr_backend.engine.training.trainer import Interrupted, forward_all
+from ncalr_backend.engine.training.trainer import Diverged, Interrupted, forward_all
 
 __all__ = ["EngineConfig", "CycleResult", "run_cycle", "rerank", "load_model", "predict_proba", "InputError",
-           "Interrupted"]
+           "Interrupted", "Diverged"]
 
 
 class InputError(ValueError):

@@ -40,6 +40,7 @@ from ncalr_backend.service.store import ProjectStore
 from ncalr_backend.service.writeback import WriteBack, delete_version, drop_orphans, prune_versions, write_back
 
 log = logging.getLogger(__name__)
+DIVERGED_LR_FACTOR = 0.3
 
 __all__ = ["CycleError", "run_project_cycle", "model_version_name", "utcstamp"]
 
@@ -115,8 +116,22 @@ def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress:
     init_state = warm_start_state(run.store, snap.cfg, ecfg)
     run.report["warm_start"] = init_state is not None
     t = time.time()
-    res = engine.run_cycle(snap.x_lab, snap.y_lab, snap.x_pool, num_classes=snap.cfg.num_classes, config=ecfg,
-                           out_dir=run.work, init_state=init_state, progress=progress, should_stop=should_stop)
+    try:
+        res = engine.run_cycle(snap.x_lab, snap.y_lab, snap.x_pool, num_classes=snap.cfg.num_classes, config=ecfg,
+                               out_dir=run.work, init_state=init_state, progress=progress, should_stop=should_stop)
+    except engine.Diverged as exc:
+        # never ship a broken model: once more, at a third of the learning rate, with another seed
+        retry = ecfg.replace(lr=ecfg.lr * DIVERGED_LR_FACTOR, seed=ecfg.seed + 1)
+        log.warning("project %s cycle %s: %s; training again at learning rate %g", run.project_id, run.cycle,
+                    exc, retry.lr)
+        run.report["diverged"] = {"first": str(exc), "retried_with_lr": retry.lr}
+        try:
+            res = engine.run_cycle(snap.x_lab, snap.y_lab, snap.x_pool, num_classes=snap.cfg.num_classes,
+                                   config=retry, out_dir=run.work, init_state=init_state, progress=progress,
+                                   should_stop=should_stop)
+        except engine.Diverged as exc2:
+            raise CycleError(f"training diverged twice ({exc}; then at learning rate {retry.lr:g}: {exc2}); "
+                             "nothing was written and the previous version stays live") from exc2
     wall = time.time() - t
     train_s = float(res.timings.get("train_s", wall))
     run.timings.update(train_s=train_s, score_s=float(res.timings.get("score_s", max(0.0, wall - train_s))),

@@ -163,3 +163,20 @@ def test_narrow_width_is_a_saved_setting(tmp_path):
     assert res.model.feature_dim == 64 and res.meta["width"] == 8
     model, meta = load_model(tmp_path / "model.pt")
     np.testing.assert_allclose(predict_proba(model, x[:6]), res.probs, atol=1e-5)
+
+
+def test_collapse_rule_by_hand():
+    from ncalr_backend.engine.training.trainer import collapsed
+    assert collapsed([0.2, 0.5, 0.81, 0.19, 0.09, 0.16])  # the run seen live: 0.81, then 0.19 ... 0.16
+    assert not collapsed([0.2, 0.5, 0.62, 0.60, 0.58])  # label noise: a low plateau, no collapse
+    assert not collapsed([0.3, 0.9, 0.7])  # a dip, not a collapse (0.7 >= 0.5 x 0.9)
+    assert not collapsed([0.1, 0.05])  # never learned anything: nothing to collapse from
+    assert not collapsed([0.5])
+
+
+def test_training_made_to_diverge_raises_and_writes_nothing(tmp_path):
+    from ncalr_backend.engine import Diverged
+    x, y = separable(n_per=6)
+    with pytest.raises(Diverged, match="loss became|collapsed"):
+        run_cycle(x, y, x[:5], 4, FAST.replace(lr=1e6, momentum=0.0, max_epochs=6, tpt_window=2), out_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -382,3 +382,33 @@ def test_old_versions_and_cycle_dirs_are_pruned(settings):
     st = ProjectStore(s.model_dir, 1)
     assert sorted(d.name for d in (st.root / "cycles").iterdir()) == ["0003", "0004"]
     assert st.latest()["model_version"] == versions[-1]
+
+
+def test_a_diverging_training_is_retried_at_a_lower_rate_and_never_ships(settings, monkeypatch):
+    """First run diverges: trained again at 0.3 x the learning rate, and that model goes live.
+    Both diverge: the cycle fails cleanly, nothing is written, the previous version stays live."""
+    import ncalr_backend.engine as engine
+    real, lrs = engine.run_cycle, []
+
+    def diverge_first(*a, **kw):
+        lrs.append(kw["config"].lr)
+        if len(lrs) == 1:
+            raise engine.Diverged("the training loss became nan at epoch 3 (learning rate 0.05)")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(engine, "run_cycle", diverge_first)
+    ls = FakeLS()
+    rep = run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    assert rep["status"] == "completed" and lrs == [ENGINE.lr, pytest.approx(ENGINE.lr * 0.3)]
+    assert rep["diverged"]["retried_with_lr"] == pytest.approx(ENGINE.lr * 0.3)
+    v1 = rep["model_version"]
+
+    def always(*a, **kw):
+        raise engine.Diverged("the training accuracy collapsed from 0.81 to 0.16 by epoch 30")
+
+    monkeypatch.setattr(engine, "run_cycle", always)
+    n = len(ls.imported)
+    with pytest.raises(CycleError, match="diverged twice") as e:
+        run_project_cycle(settings, 1, "t2", engine_config=ENGINE, client=ls)
+    assert not e.value.live and len(ls.imported) == n and ls.patches[-1]["model_version"] == v1
+    assert ProjectStore(settings.model_dir, 1).latest()["model_version"] == v1

@@ -45,6 +45,24 @@ class Interrupted(RuntimeError):
     """Training was asked to stop (``should_stop`` returned True); nothing it made is usable."""
 
 
+class Diverged(RuntimeError):
+    """Training diverged: the loss became non-finite, or the clean training accuracy collapsed
+    (``collapsed``). Nothing it made may go live; the caller may retry with a lower learning rate."""
+
+
+COLLAPSE_DROP = 0.3  # the final training accuracy below the best by this much ...
+COLLAPSE_RATIO = 0.5  # ... and below this fraction of the best: the run collapsed (not noise)
+
+
+def collapsed(accs: list[float]) -> bool:
+    """The clean training accuracy fell far from its best and stayed there at the end (seen once:
+    0.81 at epoch 27, then 0.19, 0.09, 0.16). Label noise lowers the best, not the last against it."""
+    if len(accs) < 2:
+        return False
+    best, last = max(accs), accs[-1]
+    return best - last > COLLAPSE_DROP and last < COLLAPSE_RATIO * best
+
+
 @dataclass
 class TrainResult:
     history: list[dict]
@@ -337,6 +355,8 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
         lr = phase.lr(epoch)
         loss, seen = train_one_epoch(run, lr)
         images += seen
+        if not math.isfinite(loss):
+            raise Diverged(f"the training loss became {loss} at epoch {epoch} (learning rate {lr:g})")
         train_acc, nc = evaluate_train(model, x_lab, y_np, config, device, use_amp, nc_rng, dynamics, epoch)
         if phase.observe(epoch, train_acc, nc):  # FF counts from T_i on: drop the fallback window
             preds.clear()
@@ -355,6 +375,9 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
             progress(dict(row))
         if phase.done(epoch):
             break
+    accs = [h["train_acc"] for h in history]
+    if collapsed(accs):
+        raise Diverged(f"the training accuracy collapsed from {max(accs):.2f} to {accs[-1]:.2f} by epoch {epoch}")
     if len(x_pool) == 0:
         preds, pred_epochs = [], []
     dynamics.mark_window(window)
