@@ -27,11 +27,21 @@ def _ts(a: dict) -> str:
     return str(a.get("updated_at") or a.get("created_at") or "")
 
 
-def winning_annotation(task: dict) -> Optional[dict]:
-    """The annotation that labels ``task`` (see the module docstring), or None if unlabeled."""
+def winning_annotation(task: dict, cfg: Optional[ImageClassConfig] = None, prefer: Optional[dict] = None
+                       ) -> Optional[dict]:
+    """The annotation that labels ``task`` (see the module docstring), or None if unlabeled.
+
+    ``prefer`` ({class index: probability}, single-label): the task was sent for re-annotation
+    (``RELABEL_SHARE``); when its annotations disagree, the one whose label the model found more
+    likely wins (a ground-truth annotation still wins over all)."""
     anns = [a for a in (task.get("annotations") or []) if isinstance(a, dict) and not a.get("was_cancelled")]
     if not anns:
         return None
+    if prefer and cfg is not None and not cfg.multilabel and not any(a.get("ground_truth") for a in anns):
+        def likely(a):
+            k = annotation_label(a, cfg)
+            return (-1.0 if k is None else float(prefer.get(str(k), prefer.get(k, 0.0)))), _ts(a), int(a.get("id") or 0)
+        return max(anns, key=likely)
     return max(anns, key=lambda a: (bool(a.get("ground_truth")), _ts(a), int(a.get("id") or 0)))
 
 
@@ -78,10 +88,12 @@ class Split:
     unusable: List[dict] = field(default_factory=list)    # {"task", "reason"}
 
 
-def split_tasks(tasks: Sequence[dict], cfg: ImageClassConfig) -> Split:
+def split_tasks(tasks: Sequence[dict], cfg: ImageClassConfig, prefer: Optional[dict] = None) -> Split:
+    """``prefer``: {str(task id): {class: probability}} for tasks sent for re-annotation."""
     s = Split()
+    prefer = prefer or {}
     for t in tasks:
-        ann = winning_annotation(t)
+        ann = winning_annotation(t, cfg, prefer.get(str(t.get("id"))))
         if ann is None:
             s.pool.append(t)
             continue

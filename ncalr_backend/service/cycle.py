@@ -167,7 +167,7 @@ def commit(run: CycleRun, snap: Snapshot, res, wb: WriteBack, settings: Settings
 
 
 def tidy(client: LabelStudioClient, settings: Settings, run: CycleRun, previous: Optional[str],
-         label_errors: Optional[list] = None) -> None:
+         label_errors: Optional[list] = None, relabel=None) -> None:
     """After a commit: the suspected label errors into Label Studio's review tab (review.py);
     older prediction versions out of Label Studio, old cycle directories and least recently used
     cached images off the disk. Failures are logged, never fatal."""
@@ -178,6 +178,11 @@ def tidy(client: LabelStudioClient, settings: Settings, run: CycleRun, previous:
         except Exception as exc:
             log.warning("project %s: could not publish the suspected label errors of cycle %s: %s",
                         run.project_id, run.cycle, exc)
+    if relabel is not None and relabel.new:
+        try:
+            review.request_relabel(client, run.store, run.project_id, relabel)
+        except Exception as exc:
+            log.warning("project %s: could not send tasks for re-annotation: %s", run.project_id, exc)
     try:
         prune_versions(client, run.project_id, keep=[v for v in (run.version, previous) if v])
         run.store.prune(settings.keep_cycles, settings.keep_failed)
@@ -262,11 +267,15 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         preds = queue_predictions(res, snap.cfg, snap.pool_ids, run.version)
         if preds.predicted_set_sizes is not None:
             run.report["predicted_set_sizes"] = preds.predicted_set_sizes
-        save_predictions(run, snap, preds)
         label_errors = review.label_error_entries(res, snap)
         flags = [e for e in label_errors if e["flagged"]]
         atomic_write_json(run.work / "label_errors.json", {"flags": flags, "entries": label_errors})
         run.report["label_errors"] = review.summary(label_errors)
+        relabel = review.relabel_plan(settings, snap, res, label_errors, run.store, run.version)
+        if relabel is not None:
+            review.queue_first(preds, relabel)
+            run.report["relabel"] = {"new": sorted(relabel.new), "waiting": relabel.pending}
+        save_predictions(run, snap, preds)
         record_cycle_extras(run, snap, res, preds)  # dashboard.json; report: previous cycle's accuracy
         wrote = bool(preds.items)
         wb = write_back(client, settings, project_id, run.version, preds.items, prog)
@@ -281,5 +290,5 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         if err is exc:
             raise
         raise err from exc
-    tidy(client, settings, run, previous, label_errors)
+    tidy(client, settings, run, previous, label_errors, relabel)
     return report

@@ -34,6 +34,7 @@ import fcntl
 import logging
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional
 
 import numpy as np
@@ -42,6 +43,7 @@ from ncalr_backend.atomic import atomic_write_json
 from ncalr_backend.service.annotations import task_fingerprint
 from ncalr_backend.service.labelconfig import ImageClassConfig, parse_label_config
 from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
+from ncalr_backend.service.predictions import prediction_item
 from ncalr_backend.service.store import ProjectStore, read_json
 
 log = logging.getLogger(__name__)
@@ -274,3 +276,87 @@ class ReviewClearer:
                 clear(self.client_factory(), ProjectStore(self.settings.model_dir, pid), pid, ids)
             except Exception as exc:  # Label Studio away: the next cycle's publish sets it right
                 log.warning("project %s: could not take reviewed tasks %s off the list: %s", pid, sorted(ids), exc)
+
+
+# ---------------------------------------------------------------------------- re-annotation
+@dataclass
+class RelabelPlan:
+    """Labeled tasks to put back into the queue for another annotator (``RELABEL_SHARE``)."""
+    new: Dict[int, dict]  # task -> {"probs": {class: p}, "annotations": count now}
+    pending: List[int]  # sent earlier, still waiting for their extra annotation
+    items: List[dict]  # queue predictions (the model's suggestion), served before every ranked task
+
+
+def relabel_plan(settings, snap, res, entries: List[dict], store: ProjectStore, version: str) -> Optional[RelabelPlan]:
+    """The most suspect labels, up to ``RELABEL_SHARE`` x the trigger threshold at a time (those
+    still waiting count), as measured in docs/quality/README.md (relabeling). Single-label only."""
+    share = float(getattr(settings, "relabel_share", 0.0) or 0.0)
+    rep = getattr(res, "label_report", None)
+    if share <= 0 or snap.cfg.multilabel or rep is None or not entries:
+        return None
+    st = ReviewState(store).read()
+    sent = st.get("relabel") or {}
+    k = int(round(share * settings.trigger_threshold(snap.num_tasks)))
+    pending = [int(t) for t, r in sent.items()
+               if int(t) in snap.annotation_counts and snap.annotation_counts[int(t)] <= int(r["annotations"])]
+    index = {int(t): i for i, t in enumerate(snap.lab_ids)}
+    new = {}
+    for e in entries:
+        if len(pending) + len(new) >= k:
+            break
+        t = e["task"]
+        if str(t) in sent or st["reviewed"].get(str(t)) == e["fingerprint"] or t not in index:
+            continue
+        p = np.asarray(rep.prob_mean[index[t]], dtype=np.float64)
+        new[t] = {"probs": {str(c): round(float(v), 6) for c, v in enumerate(p)},
+                  "annotations": int(snap.annotation_counts.get(t, 1))}
+    queue = pending + list(new)
+    # Label Studio's import refuses a prediction with an empty result: each carries the model's
+    # suggestion (with its epoch-averaged probability), as every queued task carries a prediction
+    by_task = {e["task"]: e for e in entries}
+    items = []
+    for i, t in enumerate(queue):
+        if t not in by_task or t not in index:
+            continue
+        sug = by_task[t]["suggested"]
+        conf = float(rep.prob_mean[index[t]][snap.cfg.index(sug)])
+        items.append(prediction_item(t, {"label": sug, "confidence": conf}, float(i), snap.cfg, version))
+    return RelabelPlan(new=new, pending=pending, items=items)
+
+
+def queue_first(preds, plan: RelabelPlan) -> None:
+    """Put the plan's tasks before every ranked one. Label Studio refuses scores outside [0, 1],
+    so with q of them the M ranked tasks move from rank / M to (rank + q) / (M + q), and the i-th
+    re-annotation gets i / (M + q); the order among the ranked tasks is unchanged."""
+    q, m = len(plan.items), len(preds.items)
+    if not q:
+        return
+    for it in preds.items:
+        it["score"] = round((preds.entries[str(it["task"])]["rank"] + q) / (m + q), 6)
+    for e in preds.entries.values():
+        e["score"] = (e["rank"] + q) / (m + q)
+    for it in plan.items:
+        it["score"] = round(it["score"] / (m + q), 6)
+    preds.items.extend(plan.items)
+
+
+def request_relabel(client: LabelStudioClient, store: ProjectStore, project_id: int, plan: RelabelPlan) -> dict:
+    """Make each new task need one more annotation (``overlap`` + 1, unlabeled again), so "Label
+    All Tasks" serves it to an annotator who has not annotated it yet (Label Studio never serves a
+    task to its own annotator again), and remember the model's probabilities for the tie-break."""
+    done = []
+    with ReviewState(store).locked() as st:
+        rel = st.setdefault("relabel", {})
+        for t, info in plan.new.items():
+            try:
+                client.request("PATCH", f"/api/tasks/{int(t)}/",
+                               json={"overlap": int(info["annotations"]) + 1, "is_labeled": False})
+            except LabelStudioError as exc:
+                log.warning("project %s: cannot send task %s for re-annotation: %s", project_id, t, exc)
+                continue
+            rel[str(t)] = info
+            done.append(int(t))
+    if done or plan.pending:
+        log.info("project %s: %d task(s) sent for re-annotation, %d still waiting", project_id, len(done),
+                 len(plan.pending))
+    return {"sent": done, "waiting": plan.pending}

@@ -35,6 +35,8 @@ RQ_LOCK_TTL                    ``60``                      Seconds a dead RQ wor
 KEEP_CYCLES                    ``5``                       Completed cycle directories kept on disk
 KEEP_FAILED                    ``10``                      Failed cycle directories kept on disk
 CACHE_MAX_MB                   ``2048``                    Image cache size cap (least recently used go)
+RELABEL_SHARE                  ``0`` (off)                 Share of a cycle's annotation budget spent on
+                                                           re-annotating the most suspect labels
 =============================  ==========================  =========================================
 """
 
@@ -147,6 +149,7 @@ class Settings:
     keep_cycles: int = 5
     keep_failed: int = 10
     cache_max_mb: int = 2048
+    relabel_share: float = 0.0
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -191,6 +194,7 @@ class Settings:
             keep_cycles=_int(env, "KEEP_CYCLES", 5, 2, 10000),
             keep_failed=_int(env, "KEEP_FAILED", 10, 0, 10000),
             cache_max_mb=_int(env, "CACHE_MAX_MB", 2048, 1),
+            relabel_share=_float(env, "RELABEL_SHARE", 0.0, 0.0, 0.9),
         )
 
     def require_label_studio(self) -> None:

@@ -22,6 +22,7 @@ from ncalr_backend.service.labelconfig import ImageClassConfig, parse_label_conf
 from ncalr_backend.service.labelstudio import ImageRefused, LabelStudioClient, LabelStudioError
 from ncalr_backend.service.progress import NO_PROGRESS, track
 from ncalr_backend.service.settings import Settings
+from ncalr_backend.service.store import ProjectStore
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Snapshot:
     x_pool: np.ndarray  # [M, C, H, W] float32
     pool_ids: List[int]
     unusable: List[dict] = field(default_factory=list)  # {"task", "reason"}: annotation unusable
+    annotation_counts: dict = field(default_factory=dict)  # labeled task id -> non-cancelled annotations
     image_failures: List[dict] = field(default_factory=list)  # {"task", "reason"}: image unreadable
     timings: dict = field(default_factory=dict)
     urls: dict = field(default_factory=dict)  # pool task id -> image URL (dashboard thumbnails)
@@ -89,7 +91,10 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
     tasks = list(track(client.iter_tasks(project_id, settings.page_size), progress, "fetch_tasks",
                        project.get("task_number")))
     fetch_tasks_s = time.time() - t
-    split = split_tasks(tasks, cfg)
+    from ncalr_backend.service.review import ReviewState
+    relabel = ReviewState(ProjectStore(settings.model_dir, project_id)).read().get("relabel") or {}
+    split = split_tasks(tasks, cfg, {t: r.get("probs") or {} for t, r in relabel.items()})
+    counts = {int(t["id"]): sum(1 for a in t.get("annotations") or [] if not a.get("was_cancelled")) for t in tasks}
     t = time.time()
     x_all, ok_idx, failures = load_images(client, ImageCache(settings.model_dir / "cache"),
                                           split.labeled + split.pool, cfg, settings.image_size,
@@ -109,6 +114,7 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
         x_pool=x_all[[pos[i + n_lab] for i in pool_ok]] if pool_ok else x_all[:0],
         pool_ids=[split.pool[i]["id"] for i in pool_ok],
         unusable=split.unusable, image_failures=failures,
+        annotation_counts={i: counts.get(int(i), 0) for i in [split.labeled[j]["id"] for j in lab_ok]},
         urls={split.pool[i]["id"]: (split.pool[i].get("data") or {}).get(cfg.data_key) for i in pool_ok},
         timings={"fetch_tasks_s": fetch_tasks_s, "fetch_images_s": fetch_images_s,
                  "fetch_s": fetch_tasks_s + fetch_images_s})

@@ -97,8 +97,10 @@ class FakeLS:
             task = next((t for t in self.tasks if t["id"] == int(parts[2])), None)
             if task is None:
                 raise LabelStudioError(f"{method} {path}: HTTP 404", 404)
-            task["data"] = dict(json["data"])
-            self.task_patches.append((task["id"], dict(json["data"])))
+            if "data" in json:
+                task["data"] = dict(json["data"])
+            task.update({k: v for k, v in json.items() if k in ("overlap", "is_labeled")})
+            self.task_patches.append((task["id"], dict(json)))
             return SimpleNamespace(json=lambda: task)
         if parts[:3] == ["api", "dm", "views"]:
             if method == "POST":

@@ -93,3 +93,46 @@ def test_entries_by_hand():
     (x,) = review.label_error_entries(SimpleNamespace(label_report=rep), ml)
     # the suspect label "7" has p = 0.05 in a set of 2: score 1 - 2 x 0.05
     assert (x["label"], x["suggested"], x["suspect"], x["score"]) == (["0", "7"], ["0", "1"], "7", 0.9)
+
+
+def test_relabel_share_sends_the_most_suspect_back_and_the_model_breaks_ties(settings):
+    """RELABEL_SHARE=0.5 with a trigger of 4: two of the most suspect labeled tasks go back into the
+    queue (one more annotation needed, served before every ranked task); when the second annotation
+    disagrees, the label the model found more likely wins, whatever came last."""
+    s = settings.__class__(**{**settings.__dict__, "relabel_share": 0.5, "train_trigger_min": 4})
+    ls = FakeLS(n=40, n_labeled=16, choices=truthful_except(WRONG))
+    rep = run_project_cycle(s, 1, "t", engine_config=TRAIN, client=ls)
+    sent = rep["relabel"]["new"]
+    assert len(sent) == 2 and set(sent) == WRONG  # the two most suspect: the wrong ones
+    front = sorted((it for it in ls.imported if it["model_version"] == rep["model_version"]), key=lambda it: it["score"])
+    assert {it["task"] for it in front[:2]} == set(sent)
+    assert [it["score"] for it in front[:2]] == [0.0, round(1 / 26, 6)]  # 24 ranked + 2: i / 26 first
+    assert all(0 <= it["score"] <= 1 for it in front)
+    # each carries the model's suggestion (Label Studio refuses an empty result on import)
+    assert all(it["result"][0]["value"]["choices"] for it in front[:2])
+    assert sorted(it["score"] for it in front[2:]) == [round((r + 2) / 26, 6) for r in range(24)]
+    for t in ls.tasks:
+        if t["id"] in sent:
+            assert (t["overlap"], t["is_labeled"]) == (2, False)
+    rel = review.ReviewState(ProjectStore(s.model_dir, 1)).read()["relabel"]
+    assert set(rel) == {str(t) for t in sent}
+    # task 3 (dark: truly "a", labeled "b") gets a second annotation, also "b", newer: still "b".
+    # task 6 (light: truly "b", labeled "a") gets "b": the model favours "b", so "b" wins.
+    for tid, choice in ((3, "b"), (6, "b")):
+        t = next(t for t in ls.tasks if t["id"] == tid)
+        t["annotations"].append({"id": 500 + tid, "was_cancelled": False, "updated_at": "2030", "result": [
+            {"from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": [choice]}}]})
+    probs6 = rel["6"]["probs"]
+    assert probs6["1"] > probs6["0"]  # the model's own view of task 6: "b"
+    run_project_cycle(s, 1, "t2", engine_config=TRAIN, client=ls)
+    tasks = json.loads((ProjectStore(s.model_dir, 1).latest()["path"] / "tasks.json").read_text())
+    labels = dict(zip(tasks["labeled"], tasks["labels"]))
+    assert labels[6] == 1 and labels[3] == 1
+    # an annotation the model disagrees with does not win just by coming last
+    t3 = next(t for t in ls.tasks if t["id"] == 3)
+    t3["annotations"][-1]["result"][0]["value"]["choices"] = ["a"]
+    t3["annotations"][0]["updated_at"] = "2031"  # the first ("b") is now the newest
+    run_project_cycle(s, 1, "t3", engine_config=TRAIN, client=ls)
+    tasks = json.loads((ProjectStore(s.model_dir, 1).latest()["path"] / "tasks.json").read_text())
+    assert rel["3"]["probs"]["0"] > rel["3"]["probs"]["1"]  # the model saw task 3 as "a" (it is dark)
+    assert dict(zip(tasks["labeled"], tasks["labels"]))[3] == 0  # "a" wins, though "b" is newer
