@@ -71,7 +71,7 @@ class Snapshot:
     x_pool: np.ndarray  # [M, C, H, W] float32
     pool_ids: List[int]
     unusable: List[dict] = field(default_factory=list)  # {"task", "reason"}: annotation unusable
-    annotation_counts: dict = field(default_factory=dict)  # labeled task id -> non-cancelled annotations
+    annotation_counts: dict = field(default_factory=dict)  # labeled task id -> distinct annotators (not skipped)
     image_failures: List[dict] = field(default_factory=list)  # {"task", "reason"}: image unreadable
     timings: dict = field(default_factory=dict)
     urls: dict = field(default_factory=dict)  # pool task id -> image URL (dashboard thumbnails)
@@ -94,7 +94,9 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
     from ncalr_backend.service.review import ReviewState
     relabel = ReviewState(ProjectStore(settings.model_dir, project_id)).read().get("relabel") or {}
     split = split_tasks(tasks, cfg, {t: r.get("probs") or {} for t, r in relabel.items()})
-    counts = {int(t["id"]): sum(1 for a in t.get("annotations") or [] if not a.get("was_cancelled")) for t in tasks}
+    # Label Studio's is_labeled counts distinct annotators against the task's overlap
+    counts = {int(t["id"]): len({a.get("completed_by", a.get("id")) for a in t.get("annotations") or []
+                                 if isinstance(a, dict) and not a.get("was_cancelled")}) for t in tasks}
     t = time.time()
     x_all, ok_idx, failures = load_images(client, ImageCache(settings.model_dir / "cache"),
                                           split.labeled + split.pool, cfg, settings.image_size,
