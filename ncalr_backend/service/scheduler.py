@@ -61,6 +61,18 @@ def _default_place(settings: Settings, project_id: int, tasks) -> dict:
     return place_new_tasks(settings, project_id, list(tasks))  # ids (a dict iterates its keys)
 
 
+def abandon_in_progress(st: ProjectStore, s: dict) -> int:
+    """A cycle nobody runs any more (a crash, a dead worker): remove its partial directories, and
+    remember its version as an orphan (the next cycle deletes whatever it wrote into Label Studio).
+    Returns how many directories went."""
+    removed = st.clean_workdirs()
+    orphans = set(s.get("orphan_versions") or [])
+    if (s.get("in_progress") or {}).get("model_version"):
+        orphans.add(s["in_progress"]["model_version"])
+    st.update_state(in_progress=None, orphan_versions=sorted(orphans))
+    return removed
+
+
 class BaseScheduler:
     settings: Settings
 
@@ -88,11 +100,7 @@ class BaseScheduler:
             st = ProjectStore(self.settings.model_dir, pid)
             s = st.state()
             if (s.get("in_progress") or s.get("pending")) and not self.is_running_elsewhere(pid):
-                removed = st.clean_workdirs()
-                orphans = set(s.get("orphan_versions") or [])
-                if (s.get("in_progress") or {}).get("model_version"):
-                    orphans.add(s["in_progress"]["model_version"])
-                st.update_state(in_progress=None, orphan_versions=sorted(orphans))
+                removed = abandon_in_progress(st, s)
                 log.warning("project %s: cycle interrupted or waiting at shutdown (%d partial dirs removed); "
                             "running it again", pid, removed)
                 pending = s.get("pending") or {}
@@ -393,9 +401,7 @@ class RQScheduler(BaseScheduler):
                 continue
             ip, pending = s.get("in_progress"), s.get("pending") or {}
             if ip:
-                removed = st.clean_workdirs()
-                orphans = set(s.get("orphan_versions") or []) | ({ip["model_version"]} if ip.get("model_version") else set())
-                st.update_state(in_progress=None, orphan_versions=sorted(orphans))
+                removed = abandon_in_progress(st, s)
                 log.warning("project %s: the worker running cycle %s died (%d partial dirs removed); running it again",
                             pid, ip.get("cycle"), removed)
                 self.request_cycle(pid, f"re-run: the worker of cycle {ip.get('cycle')} died",

@@ -260,17 +260,22 @@ def test_multilabel_cycle_writes_label_sets_with_their_probabilities(settings):
                for ls_item in ls.imported for e in [stored["tasks"][str(ls_item["task"])]])
 
 
-def test_warm_start_only_from_the_same_kind_of_model(settings, monkeypatch):
-    """A single-label checkpoint with the same number of classes never seeds a multi-label cycle."""
+def _spy_warm_start(monkeypatch) -> list:
+    """Record, per engine run, whether the cycle handed it previous weights (a warm start)."""
     import ncalr_backend.engine as engine
-    seen = []
-    real = engine.run_cycle
+    seen, real = [], engine.run_cycle
 
     def spy(*a, **kw):
         seen.append(kw.get("init_state") is not None)
         return real(*a, **kw)
 
     monkeypatch.setattr(engine, "run_cycle", spy)
+    return seen
+
+
+def test_warm_start_only_from_the_same_kind_of_model(settings, monkeypatch):
+    """A single-label checkpoint with the same number of classes never seeds a multi-label cycle."""
+    seen = _spy_warm_start(monkeypatch)
     warm = EngineConfig(max_epochs=1, tpt_window=1, train_acc_threshold=0.5, batch_size=8, nc_subsample=50,
                         warm_start=True, width=16)
     three = CFG.replace('<Choice value="a"/><Choice value="b"/>',
@@ -285,15 +290,7 @@ def test_warm_start_only_from_the_same_kind_of_model(settings, monkeypatch):
 
 def test_reordered_choices_never_warm_start_a_permuted_head(settings, monkeypatch):
     """Same number of classes, choices in another order (or renamed): train from scratch."""
-    import ncalr_backend.engine as engine
-    seen = []
-    real = engine.run_cycle
-
-    def spy(*a, **kw):
-        seen.append(kw.get("init_state") is not None)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(engine, "run_cycle", spy)
+    seen = _spy_warm_start(monkeypatch)
     warm = EngineConfig(max_epochs=1, tpt_window=1, train_acc_threshold=0.5, batch_size=8, nc_subsample=50,
                         warm_start=True, width=16)
     swapped = CFG.replace('<Choice value="a"/><Choice value="b"/>', '<Choice value="b"/><Choice value="a"/>')
