@@ -36,6 +36,7 @@ from ncalr_backend.service.progress import read_progress
 from ncalr_backend.service.scheduler import make_scheduler
 from ncalr_backend.service.predictions import UNTRAINED_VERSION
 from ncalr_backend.service.settings import Settings
+from ncalr_backend.service.mirror import TaskMirror, hinted_task_ids
 from ncalr_backend.service.store import ProjectStore, read_json
 
 log = logging.getLogger("ncalr_backend.wsgi")
@@ -255,11 +256,16 @@ class Backend:
             self.saw_webhook(pid, action)
             return jsonify({"status": "ignored", "action": action,
                             "reason": "project updates never start training"})
-        if action not in COUNTED + ("START_TRAINING", "TASKS_CREATED"):
+        if action not in COUNTED + ("START_TRAINING", "TASKS_CREATED", "TASKS_DELETED"):
             return jsonify({"status": "ignored", "action": action, "reason": "unknown action"})
         if pid is None:
             raise BadRequest(f"{action} needs 'project': an object with a positive integer 'id'")
         self.saw_webhook(pid, action)
+        hints = hinted_task_ids(action, data)
+        if hints:  # the next cycle re-reads these tasks from Label Studio (mirror.py)
+            TaskMirror(ProjectStore(self.settings.model_dir, pid).root).mark(hints)
+        if action == "TASKS_DELETED":
+            return jsonify({"status": "ok", "action": action, "project": pid, "hinted": len(hints)}), 201
         sched = self.scheduler()
         if action == "START_TRAINING":
             out = sched.request_cycle(pid, "START_TRAINING")

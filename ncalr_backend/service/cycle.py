@@ -4,7 +4,8 @@
 snapshot   (snapshot.py)     label config, tasks + annotations, images      -> Snapshot
 train      (train_and_score) the engine: train into the terminal phase, score, rank -> CycleResult
 predict    (predictions.py)  one prediction per ranked pool task, queue score = rank / M
-write back (writeback.py)    bulk import under a new model_version, verified, then the switch
+write back (writeback.py)    the head of the order (WRITE_BACK_TOP) imported under a new
+                             model_version, verified, then the switch
 commit     (commit)          the cycle's directory moves into place, latest.json is switched
 ```
 A failure before the switch raises ``CycleError``; predictions already sent are deleted again, the
@@ -140,11 +141,13 @@ def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress:
 
 
 # ---------------------------------------------------------------------------- stage 5: commit
-def save_predictions(run: CycleRun, snap: Snapshot, preds: QueuePredictions) -> None:
-    """What /predict and placement read later: the cycle's predictions and its task split."""
+def save_predictions(run: CycleRun, snap: Snapshot, preds: QueuePredictions, written: int) -> None:
+    """What /predict and placement read later: the cycle's predictions of EVERY ranked task (those
+    of rank >= ``written`` are not in Label Studio) and its task split."""
     cfg = snap.cfg
     atomic_write_json(run.work / "predictions.json", {"model_version": run.version, "labels": list(cfg.labels),
-                                                      "multilabel": cfg.multilabel, "tasks": preds.entries})
+                                                      "multilabel": cfg.multilabel, "written_ranks": written,
+                                                      "tasks": preds.entries})
     atomic_write_json(run.work / "tasks.json", {"labeled": snap.lab_ids, "pool": snap.pool_ids,
                                                 "multilabel": cfg.multilabel, "labels": snap.lab_labels})
 
@@ -275,10 +278,13 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         if relabel is not None:
             review.queue_first(preds, relabel)
             run.report["relabel"] = {"new": sorted(relabel.new), "waiting": relabel.pending}
-        save_predictions(run, snap, preds)
+        head = settings.write_back_count(len(snap.pool_ids), snap.num_tasks)
+        items = preds.head(head)  # the head of the order; /predict serves the rest (WRITE_BACK_TOP)
+        run.report["written_ranks"] = {"ranked": len(snap.pool_ids), "written": head}
+        save_predictions(run, snap, preds, head)
         record_cycle_extras(run, snap, res, preds)  # dashboard.json; report: previous cycle's accuracy
-        wrote = bool(preds.items)
-        wb = write_back(client, settings, project_id, run.version, preds.items, prog)
+        wrote = bool(items)
+        wb = write_back(client, settings, project_id, run.version, items, prog)
         live = wb.live
         run.timings.update(write_s=wb.write_s, switch_s=wb.switch_s)
         run.report.update(wb.report())

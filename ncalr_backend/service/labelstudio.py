@@ -18,6 +18,7 @@ import logging
 import threading
 from typing import Iterator, List, Optional, Sequence
 import requests
+import requests.adapters
 
 from ncalr_backend.service.urls import SafeURL, URLRefused, join, parse_host_rules, parse_http_url
 
@@ -50,7 +51,8 @@ def looks_like_jwt(key: str) -> bool:
 
 class LabelStudioClient:
     def __init__(self, url: str, api_key: str, timeout: float = 60.0,
-                 allowed_hosts: Sequence[str] = (), session: Optional[requests.Session] = None):
+                 allowed_hosts: Sequence[str] = (), session: Optional[requests.Session] = None,
+                 pool_size: int = 10):
         if not url or not api_key:
             raise ValueError("Label Studio URL and API key are required")
         self.url = url.rstrip("/")
@@ -58,7 +60,12 @@ class LabelStudioClient:
         self.api_key = api_key.strip()
         self.timeout = timeout
         self.allowed = parse_host_rules(allowed_hosts)
-        self.session = session or requests.Session()
+        if session is None:  # keep-alive connections for every parallel download (requests keeps 10)
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=max(10, int(pool_size)))
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self.session = session
         self.pat = looks_like_jwt(self.api_key)
         self._access: Optional[str] = None
         self._lock = threading.Lock()
@@ -130,23 +137,58 @@ class LabelStudioClient:
         """Every task of the project with its annotations (all pages)."""
         return list(self.iter_tasks(project_id, page_size))
 
-    def iter_tasks(self, project_id: int, page_size: int = 100) -> Iterator[dict]:
-        page, seen = 1, 0
+    def iter_tasks(self, project_id: int, page_size: int = 100, updated_since: Optional[str] = None,
+                   fields: str = "all") -> Iterator[dict]:
+        """Every task of the project with its annotations, by id; with ``updated_since`` (an ISO
+        timestamp on Label Studio's clock) only the tasks updated after it (Label Studio moves a
+        task's ``updated_at`` when its annotations change).
+
+        Pages are read by an id cursor (a Data Manager filter ``id > last id seen``, ordered by id,
+        always page 1), not by page number: a task deleted or updated while the pages are read
+        would shift the later pages and make a numbered read skip a task."""
+        after = 0
         while True:
+            items = [{"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": after}]
+            if updated_since is not None:
+                items.append({"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
+                              "value": updated_since})
+            query = {"filters": {"conjunction": "and", "items": items}, "ordering": ["tasks:id"]}
             r = self.request("GET", "/api/tasks/", ok=(200, 404), params={
-                "project": int(project_id), "page": page, "page_size": page_size, "fields": "all"})
-            if r.status_code == 404:  # past the last page
+                "project": int(project_id), "page": 1, "page_size": int(page_size), "fields": fields,
+                "query": json.dumps(query)})
+            if r.status_code == 404:
                 return
             body = r.json()
             tasks = body.get("tasks", body if isinstance(body, list) else [])
-            if not tasks:
+            ids = [t.get("id") for t in tasks if isinstance(t, dict) and isinstance(t.get("id"), int)]
+            if not ids:
                 return
+            if min(ids) <= after or ids != sorted(ids):
+                raise LabelStudioError(f"GET /api/tasks/: the id filter or the ordering by id was not applied "
+                                       f"(ids {ids[:5]}... after {after}); refusing to read the project by pages")
             yield from tasks
-            seen += len(tasks)
-            total = body.get("total") if isinstance(body, dict) else None
-            if total is not None and seen >= total:
+            if len(tasks) < page_size:
                 return
-            page += 1
+            after = max(ids)
+
+    def task_ids(self, project_id: int, page_size: int = 1000) -> List[int]:
+        """The ids of every task of the project (no annotations, no data: the cheap listing)."""
+        return [int(t["id"]) for t in self.iter_tasks(project_id, page_size, fields="task_only")
+                if isinstance(t.get("id"), int)]
+
+    def server_time(self) -> str:
+        """Label Studio's clock now (its ``Date`` header, UTC, ISO 8601); this machine's clock if
+        the header is missing."""
+        from datetime import datetime, timezone
+        from email.utils import parsedate_to_datetime
+        r = self.request("GET", "/api/version", ok=None)
+        try:
+            t = parsedate_to_datetime(r.headers["Date"]).astimezone(timezone.utc)
+        except (KeyError, TypeError, ValueError):
+            t = datetime.now(timezone.utc)
+        finally:
+            r.close()
+        return ls_datetime(t)
 
     def get_tasks(self, project_id: int, ids: Sequence[int], chunk: int = 100, resolve_uri: bool = True) -> List[dict]:
         """The tasks ``ids`` of the project with their data and annotations, as Label Studio has
@@ -254,8 +296,16 @@ class LabelStudioClient:
         raise ImageRefused(f"image URL redirects more than {MAX_REDIRECTS} times")
 
 
+def ls_datetime(t) -> str:
+    """A UTC datetime in the one form the Data Manager's Datetime filters accept (1.23:
+    ``%Y-%m-%dT%H:%M:%S.%fZ``; anything else is a 500)."""
+    from datetime import timezone
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def make_client(settings) -> LabelStudioClient:
     """The client for ``settings``' Label Studio (raises SettingsError when it is not configured)."""
     settings.require_label_studio()
     return LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key,
-                             timeout=settings.http_timeout, allowed_hosts=settings.allowed_image_hosts)
+                             timeout=settings.http_timeout, allowed_hosts=settings.allowed_image_hosts,
+                             pool_size=settings.download_workers)

@@ -1,7 +1,7 @@
 """Queue places for tasks created after the latest cycle, from the current model (no training).
 
 A new task gets a prediction under the live version, with the queue score of ranked tasks of
-similar confidence (``predictions.placement_score``), so that "Label All Tasks" serves it among
+similar confidence (``predictions.PlacementIndex``), so that "Label All Tasks" serves it among
 them until the next cycle ranks everything with NCAL-R.
 """
 
@@ -15,7 +15,7 @@ from ncalr_backend.service.annotations import winning_annotation
 from ncalr_backend.service.errors import CycleError
 from ncalr_backend.service.labelconfig import parse_label_config
 from ncalr_backend.service.labelstudio import LabelStudioClient, make_client
-from ncalr_backend.service.predictions import classify, placement_score, prediction_item
+from ncalr_backend.service.predictions import PlacementIndex, classify, prediction_item
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.snapshot import load_images
 from ncalr_backend.service.store import ProjectStore, read_json
@@ -23,14 +23,20 @@ from ncalr_backend.service.store import ProjectStore, read_json
 log = logging.getLogger(__name__)
 
 
+BATCH = 500  # tasks read, classified and written per round
+
+
 def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client: Optional[LabelStudioClient] = None
                     ) -> dict:
     """Give tasks created after the latest cycle a queue place from the current model.
 
     ``tasks``: task ids (or ``{"id"}`` dicts). Their data is read again from Label Studio (never
-    taken from a webhook payload). A task that already has a prediction of the current version
-    (Label Studio may have asked /predict for it meanwhile, which gives the same place) is left
-    alone; a task that no longer exists is skipped.
+    taken from a webhook payload), in batches of ``BATCH``: one Data Manager read per 100 tasks
+    (which also says whether a task already has a prediction of the current version: Label Studio
+    may have asked /predict for it meanwhile, which gives the same place), one decode, one forward
+    pass and one bulk import per batch. Each place is a binary search among the ranked tasks
+    (``PlacementIndex``), so placing n tasks costs O(n log M), not O(n M). A task that no longer
+    exists is skipped.
     """
     from ncalr_backend.engine import load_model
 
@@ -49,25 +55,33 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
     if (list(cfg.labels) != list(latest.get("labels", []))
             or cfg.multilabel != bool(latest.get("multilabel", False))):
         return {"placed": 0, "reason": "labeling config changed since the latest cycle"}
-    given = client.get_tasks(project_id, ids)
     version = latest["model_version"]
-    todo = []
-    for t in given:
-        if winning_annotation(t) is not None:
-            continue
-        existing = client.get_json("/api/predictions/", params={"task": int(t["id"])})
-        if any(p.get("model_version") == version for p in existing):
-            continue
-        todo.append(t)
-    x, ok_idx, failures = load_images(client, ImageCache(settings.model_dir / "cache"), todo, cfg,
-                                      settings.image_size, settings.image_channels, settings.download_workers)
-    if not ok_idx:
-        return {"placed": 0, "failures": failures}
     model, meta = load_model(latest["path"] / "model.pt")
-    items = [prediction_item(todo[i]["id"], e, placement_score(e["confidence"], known), cfg, version)
-             for i, e in zip(ok_idx, classify(model, meta, x, cfg))]
-    created = client.import_predictions(project_id, items, settings.prediction_chunk_size)
-    if created != len(items):
-        raise CycleError(f"Label Studio created {created} of {len(items)} predictions for new tasks")
-    log.info("project %s: placed %d new tasks under %s", project_id, created, version)
-    return {"placed": created, "failures": failures, "model_version": version}
+    index = PlacementIndex(known)
+    cache = ImageCache(settings.model_dir / "cache")
+    placed, failures = 0, []
+    for s in range(0, len(ids), BATCH):
+        todo = [t for t in client.get_tasks(project_id, ids[s:s + BATCH])
+                if winning_annotation(t) is None and not _has_version(t, version)]
+        if not todo:
+            continue
+        x, ok_idx, failed = load_images(client, cache, todo, cfg, settings.image_size, settings.image_channels,
+                                        settings.download_workers)
+        failures += failed
+        if not ok_idx:
+            continue
+        items = [prediction_item(todo[i]["id"], e, index.place(e["confidence"]), cfg, version)
+                 for i, e in zip(ok_idx, classify(model, meta, x, cfg))]
+        created = client.import_predictions(project_id, items, settings.prediction_chunk_size)
+        if created != len(items):
+            raise CycleError(f"Label Studio created {created} of {len(items)} predictions for new tasks")
+        placed += created
+    if placed:
+        log.info("project %s: placed %d new tasks under %s", project_id, placed, version)
+    return {"placed": placed, "failures": failures, "model_version": version}
+
+
+def _has_version(task: dict, version: str) -> bool:
+    """Whether the task (as the Data Manager lists it, ``fields=all``) has a prediction of ``version``."""
+    preds = task.get("predictions") or []
+    return any(isinstance(p, dict) and p.get("model_version") == version for p in preds)

@@ -101,19 +101,42 @@ def result_for_predict(entry: dict, cfg: ImageClassConfig, model_version: str) -
     }
 
 
-def placement_score(confidence: float, entries: dict, k: int = 5) -> float:
-    """Queue score for a task the latest cycle did not rank (created after it).
+class PlacementIndex:
+    """Queue places for tasks the latest cycle did not rank (created after it), in O(log M) each.
 
-    The median queue score of the ``k`` ranked tasks whose confidence is closest: an uncertain new
-    image lands among the uncertain ranked ones, until the next cycle ranks everything with NCAL-R.
-    Used by both TASKS_CREATED placement and /predict, so both give a task the same place.
-    """
-    if not entries:
-        return float(min(1.0, max(0.0, 1.0 - confidence)))
-    conf = np.asarray([e["confidence"] for e in entries.values()], dtype=np.float64)
-    score = np.asarray([e["score"] for e in entries.values()], dtype=np.float64)
-    near = np.argsort(np.abs(conf - confidence), kind="stable")[:k]
-    return float(np.median(score[near]))
+    A new task gets the median queue score of the ``k`` ranked tasks whose confidence is closest to
+    its own: an uncertain new image lands among the uncertain ranked ones, until the next cycle
+    ranks everything with NCAL-R. Used by both TASKS_CREATED placement and /predict, so both give a
+    task the same place. The ranked tasks are sorted by confidence once; each lookup is a binary
+    search plus a walk over ``k`` neighbours (the old way sorted all M entries per task)."""
+
+    def __init__(self, entries: dict, k: int = 5):
+        self.k = k
+        rows = sorted(((float(e["confidence"]), float(e["score"]), int(e.get("rank", 0)))
+                       for e in entries.values()), key=lambda r: (r[0], r[2]))
+        self.conf = np.asarray([r[0] for r in rows], dtype=np.float64)
+        self.score = np.asarray([r[1] for r in rows], dtype=np.float64)
+
+    def place(self, confidence: float) -> float:
+        m = len(self.conf)
+        if m == 0:
+            return float(min(1.0, max(0.0, 1.0 - confidence)))
+        hi = int(np.searchsorted(self.conf, confidence))
+        lo = hi - 1
+        near = []
+        while len(near) < min(self.k, m):  # merge outwards from the insertion point, nearest first
+            if lo >= 0 and (hi >= m or confidence - self.conf[lo] <= self.conf[hi] - confidence):
+                near.append(lo)
+                lo -= 1
+            else:
+                near.append(hi)
+                hi += 1
+        return float(np.median(self.score[near]))
+
+
+def placement_score(confidence: float, entries: dict, k: int = 5) -> float:
+    """``PlacementIndex(entries, k).place(confidence)`` for one task (build the index once for many)."""
+    return PlacementIndex(entries, k).place(confidence)
 
 
 @dataclass
@@ -122,6 +145,16 @@ class QueuePredictions:
     entries: dict  # str(task id) -> prediction entry + "score" (rank / M) + "rank"
     items: List[dict]  # the bulk-import items, in pool order
     predicted_set_sizes: Optional[dict] = None  # multi-label: {set size: count}
+
+    def head(self, k: int) -> List[dict]:
+        """The items Label Studio gets: the ranked tasks of rank < ``k`` (the head of the queue)
+        and every item that is not a ranked pool task (re-annotations queued first)."""
+        out = []
+        for it in self.items:
+            e = self.entries.get(str(it["task"]))
+            if e is None or e["rank"] < k:
+                out.append(it)
+        return out
 
 
 def queue_predictions(res, cfg: ImageClassConfig, pool_ids: Sequence[int], version: str) -> QueuePredictions:

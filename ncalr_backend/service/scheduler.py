@@ -66,6 +66,10 @@ def abandon_in_progress(st: ProjectStore, s: dict) -> int:
     remember its version as an orphan (the next cycle deletes whatever it wrote into Label Studio).
     Returns how many directories went."""
     removed = st.clean_workdirs()
+    from ncalr_backend.service.mirror import TaskMirror
+    mirror = TaskMirror(st.root)
+    if mirror.path.exists():  # after a crash, read the whole project once (mirror.py)
+        mirror.doubt("recovered after an interrupted cycle")
     orphans = set(s.get("orphan_versions") or [])
     if (s.get("in_progress") or {}).get("model_version"):
         orphans.add(s["in_progress"]["model_version"])

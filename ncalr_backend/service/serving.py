@@ -1,8 +1,9 @@
 """``/predict``: pre-annotations from the latest COMPLETED cycle of a project.
 
 A task the cycle ranked gets its stored prediction (label or label set, confidence) with its
-NCAL-R queue score. A task the cycle did not see (created after it) is classified on the fly by
-the same model and placed like TASKS_CREATED places it (``predictions.placement_score``). A task
+NCAL-R queue score, whether or not the cycle wrote it to Label Studio (a cycle writes the head of
+the order, ``WRITE_BACK_TOP``; Label Studio asks /predict for a task opened without a prediction). A task the cycle did not see (created after it) is classified on the fly by
+the same model and placed like TASKS_CREATED places it (``predictions.PlacementIndex``). A task
 whose image cannot be read gets an empty result with score 1.0 (the END of the queue).
 """
 
@@ -16,7 +17,7 @@ from typing import List, Optional
 from ncalr_backend.data.images import ImageCache
 from ncalr_backend.service.labelconfig import ImageClassConfig
 from ncalr_backend.service.labelstudio import make_client
-from ncalr_backend.service.predictions import UNTRAINED_VERSION, classify, placement_score, result_for_predict
+from ncalr_backend.service.predictions import UNTRAINED_VERSION, PlacementIndex, classify, result_for_predict
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.snapshot import load_images
 from ncalr_backend.service.store import ProjectStore, read_json
@@ -42,6 +43,7 @@ class ServedCycle:
         self.multilabel = bool(preds.get("multilabel", pointer.get("multilabel", False)))
         self._model = None
         self._meta = None
+        self._index: Optional[PlacementIndex] = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -59,6 +61,12 @@ class ServedCycle:
     def serves(self, cfg: ImageClassConfig) -> bool:
         """Whether this cycle's model answers for ``cfg`` (same labels in the same order, same kind)."""
         return self.labels == list(cfg.labels) and self.multilabel == cfg.multilabel
+
+    def placement(self) -> PlacementIndex:
+        with self._lock:
+            if self._index is None:
+                self._index = PlacementIndex(self.entries)
+            return self._index
 
     def model_and_meta(self):
         with self._lock:
@@ -112,6 +120,7 @@ def _predict_on_the_fly(settings: Settings, tasks, positions, results, cfg: Imag
     if not ok_idx:
         return
     model, meta = served.model_and_meta()
+    index = served.placement()
     for i, entry in zip(ok_idx, classify(model, meta, x, cfg)):
-        entry["score"] = placement_score(entry["confidence"], served.entries)
+        entry["score"] = index.place(entry["confidence"])
         results[positions[i]] = result_for_predict(entry, cfg, served.version)

@@ -26,9 +26,14 @@ ALLOWED_IMAGE_HOSTS            (none)                      Other origins images 
                                                            scheme://host[:port]; host alone = port 80/443)
 SET_SAMPLING                   ``true``                    Switch the project to "Uncertainty sampling"
 PREDICTION_CHUNK_SIZE          ``500``                     Predictions per bulk-import request (<= 500)
-PAGE_SIZE                      ``100``                     Tasks per page when fetching
+PAGE_SIZE                      ``500``                     Tasks per request when reading tasks
 HTTP_TIMEOUT                   ``60``                      Seconds per Label Studio request
-DOWNLOAD_WORKERS               ``8``                       Parallel image downloads
+DOWNLOAD_WORKERS               ``16``                      Parallel image downloads (kept-alive
+                                                           connections, one pool per worker)
+WRITE_BACK_TOP                 ``auto``                    Ranked tasks a cycle writes to Label Studio,
+                                                           the head of the order: auto = max(1000,
+                                                           3 x the cycle trigger), N = exactly N,
+                                                           0 = all; /predict serves the rest
 CYCLE_RETRY_DELAYS             ``10,30,60,120,300,600,900`` Seconds before each retry of a cycle that
                                                            failed for a reason that may pass
 RQ_LOCK_TTL                    ``60``                      Seconds a dead RQ worker holds a project
@@ -47,6 +52,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping, Optional
 from urllib.parse import urlsplit
+
+
+AUTO_WRITE_BACK_TOP = 1000
 
 
 class SettingsError(ValueError):
@@ -141,9 +149,10 @@ class Settings:
     allowed_image_hosts: tuple = ()
     set_sampling: bool = True
     prediction_chunk_size: int = 500
-    page_size: int = 100
+    page_size: int = 500
     http_timeout: float = 60.0
-    download_workers: int = 8
+    download_workers: int = 16
+    write_back_top: Optional[int] = None  # None = auto
     cycle_retry_delays: tuple = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0)
     rq_lock_ttl: int = 60
     keep_cycles: int = 5
@@ -186,9 +195,11 @@ class Settings:
             allowed_image_hosts=hosts,
             set_sampling=_bool(env, "SET_SAMPLING", True),
             prediction_chunk_size=_int(env, "PREDICTION_CHUNK_SIZE", 500, 1, 500),
-            page_size=_int(env, "PAGE_SIZE", 100, 1, 1000),
+            page_size=_int(env, "PAGE_SIZE", 500, 1, 1000),
             http_timeout=_float(env, "HTTP_TIMEOUT", 60.0, 1.0),
-            download_workers=_int(env, "DOWNLOAD_WORKERS", 8, 1, 64),
+            download_workers=_int(env, "DOWNLOAD_WORKERS", 16, 1, 64),
+            write_back_top=(None if (_get(env, "WRITE_BACK_TOP") or "auto").lower() == "auto"
+                            else _int(env, "WRITE_BACK_TOP", 0, 0)),
             cycle_retry_delays=_delays(env, "CYCLE_RETRY_DELAYS", (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0)),
             rq_lock_ttl=_int(env, "RQ_LOCK_TTL", 60, 4, 3600),
             keep_cycles=_int(env, "KEEP_CYCLES", 5, 2, 10000),
@@ -210,6 +221,17 @@ class Settings:
         """New annotations needed to start a cycle for a project with ``num_tasks`` tasks."""
         import math
         return max(self.train_trigger_min, math.ceil(self.train_trigger_fraction * max(num_tasks, 0)))
+
+    def write_back_count(self, num_ranked: int, num_tasks: int) -> int:
+        """How many of the ``num_ranked`` ranked tasks a cycle writes, the head of the order. Auto:
+        1000, or more where the cycle trigger is larger, so that the head outlasts three cycle
+        triggers of labeling (a cycle that fails leaves the previous head serving); an explicit
+        ``WRITE_BACK_TOP=N`` is taken as it is; 0 = every ranked task."""
+        if self.write_back_top is None:
+            return min(num_ranked, max(AUTO_WRITE_BACK_TOP, 3 * self.trigger_threshold(num_tasks)))
+        if self.write_back_top == 0:
+            return num_ranked
+        return min(num_ranked, self.write_back_top)
 
     def public(self) -> dict:
         """Settings without secrets (for the cycle reports)."""

@@ -1,9 +1,11 @@
 """Stage 1 of a cycle: what Label Studio holds for a project, as arrays the engine can train on.
 
-``take_snapshot`` reads the project's label config and every task with its annotations (paginated),
-decides each task's label (``annotations.split_tasks``), and downloads the images (cached under
-``MODEL_DIR/cache``). Tasks whose image cannot be read and annotations that cannot be used are left
-out and listed with their reason, never dropped silently.
+``take_snapshot`` reads the project's label config, brings the local task mirror up to date with
+what changed in Label Studio (``mirror.py``: a delta read, a full one only when the mirror is new
+or in doubt), decides each task's label (``annotations.split_tasks``), and decodes the images
+(cached under ``MODEL_DIR/cache``) straight into the labeled and the pool arrays. Tasks whose image
+cannot be read and annotations that cannot be used are left out and listed with their reason,
+never dropped silently.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -20,6 +22,7 @@ from ncalr_backend.data.images import BrokenImage, ImageCache, decode_image
 from ncalr_backend.service.annotations import label_matrix, label_report, split_tasks
 from ncalr_backend.service.labelconfig import ImageClassConfig, parse_label_config
 from ncalr_backend.service.labelstudio import ImageRefused, LabelStudioClient, LabelStudioError
+from ncalr_backend.service.mirror import TaskMirror
 from ncalr_backend.service.progress import NO_PROGRESS, track
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.store import ProjectStore
@@ -30,32 +33,52 @@ log = logging.getLogger(__name__)
 def load_images(client: LabelStudioClient, cache: ImageCache, tasks: Sequence[dict], cfg: ImageClassConfig,
                 size: int, channels: int, workers: int = 8, progress=NO_PROGRESS):
     """Arrays for ``tasks`` ([n, C, H, W]) and the per-task failures; failed tasks are left out."""
+    (x, ok_idx, failures), = load_image_groups(client, cache, [tasks], cfg, size, channels, workers, progress)
+    return x, ok_idx, failures
 
-    def one(task):
+
+def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequence[Sequence[dict]],
+                      cfg: ImageClassConfig, size: int, channels: int, workers: int = 8, progress=NO_PROGRESS):
+    """Download (or read from the cache) and decode the images of several task lists at once,
+    each straight into its own preallocated float32 array [n, C, H, W]: no per-image list, no
+    stacked copy, no cast copy, so the decoded images cost their size once (``snapshot`` keeps
+    labeled and pool tasks apart this way). Returns per group ``(x, ok_idx, failures)``: the rows
+    of the tasks whose image was read, in order (failed rows are compacted out in place), their
+    positions in the group, and ``{"task", "reason"}`` for the others."""
+    arrays = [np.empty((len(g), channels, size, size), np.float32) for g in groups]
+    errors: List[List[Optional[str]]] = [[None] * len(g) for g in groups]
+    jobs = [(gi, i) for gi, g in enumerate(groups) for i in range(len(g))]
+
+    def one(job):
+        gi, i = job
+        task = groups[gi][i]
         url = (task.get("data") or {}).get(cfg.data_key)
         try:
             if not isinstance(url, str):
                 raise ImageRefused(f"task data has no {cfg.data_key!r} string")
             data = cache.get(url, client.download)
             try:
-                return decode_image(data, size, channels), None
+                arrays[gi][i] = decode_image(data, size, channels)
             except BrokenImage:
                 cache.evict(url)
                 raise
         except (ImageRefused, BrokenImage, LabelStudioError) as exc:
-            return None, str(exc)
+            errors[gi][i] = str(exc)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
-        results = list(track(ex.map(one, tasks), progress, "fetch_images", len(tasks)))
-    ok_idx, arrays, failures = [], [], []
-    for i, (arr, err) in enumerate(results):
-        if arr is None:
-            failures.append({"task": tasks[i]["id"], "reason": err})
-        else:
-            ok_idx.append(i)
-            arrays.append(arr)
-    x = np.stack(arrays).astype(np.float32) if arrays else np.zeros((0, channels, size, size), np.float32)
-    return x, ok_idx, failures
+        for _ in track(ex.map(one, jobs), progress, "fetch_images", len(jobs)):
+            pass
+    out = []
+    for g, x, errs in zip(groups, arrays, errors):
+        ok_idx = [i for i, e in enumerate(errs) if e is None]
+        failures = [{"task": g[i]["id"], "reason": e} for i, e in enumerate(errs) if e is not None]
+        if failures:  # compact in place: row k takes the k-th readable image (k <= its row)
+            for k, i in enumerate(ok_idx):
+                if k != i:
+                    x[k] = x[i]
+            x = x[:len(ok_idx)]
+        out.append((x, ok_idx, failures))
+    return out
 
 
 @dataclass
@@ -74,49 +97,54 @@ class Snapshot:
     annotation_counts: dict = field(default_factory=dict)  # labeled task id -> distinct annotators (not skipped)
     image_failures: List[dict] = field(default_factory=list)  # {"task", "reason"}: image unreadable
     timings: dict = field(default_factory=dict)
+    sync: dict = field(default_factory=dict)  # how the task mirror was brought up to date (mirror.py)
     urls: dict = field(default_factory=dict)  # pool task id -> image URL (dashboard thumbnails)
 
     def report(self) -> dict:
         """The snapshot's part of report.json."""
         return dict(num_tasks=self.num_tasks, num_labeled=len(self.lab_ids), num_pool=len(self.pool_ids),
+                    image_bytes=int(self.x_lab.nbytes + self.x_pool.nbytes), task_sync=self.sync,
                     image_failures=self.image_failures, unusable_annotations=self.unusable,
                     multilabel=self.cfg.multilabel, **label_report(self.y_lab, self.cfg))
 
 
 def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int,
                   progress=NO_PROGRESS) -> Snapshot:
+    """The project as the cycle trains on it. Tasks and annotations come from the local mirror,
+    brought up to date with what changed in Label Studio (``mirror.py``); images from the cache
+    or Label Studio, decoded straight into the labeled and the pool arrays."""
     t = time.time()
     project = client.get_project(project_id)
     cfg = parse_label_config(project.get("label_config"))
-    tasks = list(track(client.iter_tasks(project_id, settings.page_size), progress, "fetch_tasks",
-                       project.get("task_number")))
+    store = ProjectStore(settings.model_dir, project_id)
+    mirror = TaskMirror(store.root)
+    task_number = project.get("task_number")
+    sync = mirror.sync(client, project_id, task_number if isinstance(task_number, int) else None,
+                       settings.page_size, progress)
+    tasks = mirror.tasks()
     fetch_tasks_s = time.time() - t
     from ncalr_backend.service.review import ReviewState
-    relabel = ReviewState(ProjectStore(settings.model_dir, project_id)).read().get("relabel") or {}
+    relabel = ReviewState(store).read().get("relabel") or {}
     split = split_tasks(tasks, cfg, {t: r.get("probs") or {} for t, r in relabel.items()})
     # Label Studio's is_labeled counts distinct annotators against the task's overlap
     counts = {int(t["id"]): len({a.get("completed_by", a.get("id")) for a in t.get("annotations") or []
-                                 if isinstance(a, dict) and not a.get("was_cancelled")}) for t in tasks}
+                                 if isinstance(a, dict) and not a.get("was_cancelled")}) for t in split.labeled}
     t = time.time()
-    x_all, ok_idx, failures = load_images(client, ImageCache(settings.model_dir / "cache"),
-                                          split.labeled + split.pool, cfg, settings.image_size,
-                                          settings.image_channels, settings.download_workers, progress)
+    (x_lab, lab_ok, lab_failed), (x_pool, pool_ok, pool_failed) = load_image_groups(
+        client, ImageCache(settings.model_dir / "cache"), [split.labeled, split.pool], cfg, settings.image_size,
+        settings.image_channels, settings.download_workers, progress)
     fetch_images_s = time.time() - t
-    n_lab = len(split.labeled)
-    pos = {i: k for k, i in enumerate(ok_idx)}
-    lab_ok = [i for i in ok_idx if i < n_lab]
-    pool_ok = [i - n_lab for i in ok_idx if i >= n_lab]
+    lab_ids = [split.labeled[i]["id"] for i in lab_ok]
     return Snapshot(
         cfg=cfg, num_tasks=len(tasks),
-        x_lab=x_all[[pos[i] for i in lab_ok]] if lab_ok else x_all[:0],
-        y_lab=label_matrix([split.labels[i] for i in lab_ok], cfg),
-        lab_ids=[split.labeled[i]["id"] for i in lab_ok],
+        x_lab=x_lab, y_lab=label_matrix([split.labels[i] for i in lab_ok], cfg),
+        lab_ids=lab_ids,
         lab_labels=[split.labels[i] for i in lab_ok],
         lab_fingerprints=[split.fingerprints[i] for i in lab_ok],
-        x_pool=x_all[[pos[i + n_lab] for i in pool_ok]] if pool_ok else x_all[:0],
-        pool_ids=[split.pool[i]["id"] for i in pool_ok],
-        unusable=split.unusable, image_failures=failures,
-        annotation_counts={i: counts.get(int(i), 0) for i in [split.labeled[j]["id"] for j in lab_ok]},
+        x_pool=x_pool, pool_ids=[split.pool[i]["id"] for i in pool_ok],
+        unusable=split.unusable, image_failures=lab_failed + pool_failed,
+        annotation_counts={i: counts.get(int(i), 0) for i in lab_ids},
         urls={split.pool[i]["id"]: (split.pool[i].get("data") or {}).get(cfg.data_key) for i in pool_ok},
+        sync=sync.report(),
         timings={"fetch_tasks_s": fetch_tasks_s, "fetch_images_s": fetch_images_s,
                  "fetch_s": fetch_tasks_s + fetch_images_s})

@@ -29,6 +29,11 @@ def _png(v):
     return buf.getvalue()
 
 
+def _stamp(tick: int) -> str:
+    from datetime import datetime, timedelta, timezone
+    return (datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=tick)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 class FakeLS:
     url = "http://ls.test"
 
@@ -52,13 +57,35 @@ class FakeLS:
         self.task_patches, self.views = [], {}
 
     def get_project(self, pid):
-        return {"id": pid, "label_config": self.config}
+        return {"id": pid, "label_config": self.config, "task_number": len(self.tasks)}
+
+    # Label Studio moves a task's updated_at whenever its data or annotations change (verified on
+    # 1.23.2: annotation created, updated, deleted, skipped); the fake does the same for any change
+    # a test makes to ``self.tasks``, on a clock that server_time() reads.
+    def _touch(self):
+        hashes = self.__dict__.setdefault("_hashes", {})
+        for t in self.tasks:
+            h = json.dumps([t.get("data"), t.get("annotations")], sort_keys=True, default=str)
+            if hashes.get(t["id"]) != h:
+                hashes[t["id"]] = h
+                self._tick = getattr(self, "_tick", 0) + 1
+                t["updated_at"] = _stamp(self._tick)
+
+    def server_time(self):
+        self._touch()
+        self._tick = getattr(self, "_tick", 0) + 10
+        return _stamp(self._tick)
 
     def list_tasks(self, pid, page_size=100):
+        self._touch()
         return list(self.tasks)
 
-    def iter_tasks(self, pid, page_size=100):
-        return iter(self.list_tasks(pid, page_size))
+    def iter_tasks(self, pid, page_size=100, updated_since=None, fields="all"):
+        self.reads = getattr(self, "reads", 0) + 1
+        return iter([t for t in self.list_tasks(pid, page_size) if updated_since is None or t["updated_at"] > updated_since])
+
+    def task_ids(self, pid, page_size=1000):
+        return [t["id"] for t in self.tasks]
 
     def download(self, url):
         if "elsewhere" in url:
@@ -86,6 +113,7 @@ class FakeLS:
         return sum(self.import_prediction_chunk(pid, items[s:s + chunk_size]) for s in range(0, len(items), chunk_size))
 
     def get_tasks(self, pid, ids, resolve_uri=True):
+        self._touch()
         return [t for t in self.tasks if t["id"] in set(ids)]
 
     # the few generic API calls review.py makes: task data PATCH, Data Manager views

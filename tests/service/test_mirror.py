@@ -1,0 +1,117 @@
+"""The task mirror (mirror.py): a delta read picks up every change, deletions are found, a mirror in
+doubt is read again in full, webhook ids are only hints. Against the FakeLS of test_cycle, whose
+``updated_at`` moves exactly when Label Studio 1.23.2's does (the integration test checks the real
+one)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ncalr_backend.service.mirror import MAX_HINTS, TaskMirror, hinted_task_ids, trim_task
+from tests.service.test_cycle import FakeLS
+
+
+def _ann(i, label):
+    return {"id": 1000 + i, "was_cancelled": False, "updated_at": f"2025-{i}", "completed_by": 1,
+            "result": [{"from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]}
+
+
+def _labels(mirror):
+    return {t["id"]: [a["result"][0]["value"]["choices"][0] for a in t["annotations"]] for t in mirror.tasks()}
+
+
+def _sync(mirror, ls):
+    return mirror.sync(ls, 1, len(ls.tasks), page_size=100)
+
+
+def test_first_sync_is_full_then_deltas_read_only_what_changed(tmp_path):
+    ls = FakeLS(n=30, n_labeled=5)
+    m = TaskMirror(tmp_path)
+    rep = _sync(m, ls)
+    assert (rep.mode, rep.reason, rep.tasks) == ("full", "no mirror yet", 31)
+    rep = _sync(m, ls)  # nothing changed: a delta that reads (almost) nothing
+    assert rep.mode == "delta" and rep.changed <= 1 and rep.tasks == 31
+    assert _labels(m) == {t["id"]: [a["result"][0]["value"]["choices"][0] for a in t["annotations"]] for t in ls.tasks}
+
+    ls.tasks[10]["annotations"] = [_ann(11, "a")]  # a new annotation
+    ls.tasks[2]["annotations"][0]["result"][0]["value"]["choices"] = ["b"]  # an updated one (was "a")
+    ls.tasks[3]["annotations"] = []  # a deleted one
+    rep = _sync(m, ls)
+    assert rep.mode == "delta" and 3 <= rep.changed <= 4
+    got = _labels(m)
+    assert got[11] == ["a"] and got[3] == ["b"] and got[4] == []
+    assert got == {t["id"]: [a["result"][0]["value"]["choices"][0] for a in t["annotations"]] for t in ls.tasks}
+
+
+def test_created_and_deleted_tasks_are_found_with_and_without_webhook_hints(tmp_path):
+    ls = FakeLS(n=20, n_labeled=4)
+    m = TaskMirror(tmp_path)
+    _sync(m, ls)
+    ls.tasks.append({"id": 50, "data": {"image": "/data/upload/1/50.png"}, "annotations": []})
+    ls.delete_task(7)  # deleted, and a webhook says so
+    m.mark([7])
+    rep = _sync(m, ls)
+    assert rep.mode == "delta" and rep.removed == 1 and rep.tasks == len(ls.tasks)
+    ids = {t["id"] for t in m.tasks()}
+    assert 50 in ids and 7 not in ids and m.state()["hints"] == 0
+    ls.delete_task(8)  # deleted, no webhook: the task count disagrees, the ids are listed
+    rep = _sync(m, ls)
+    assert 8 not in {t["id"] for t in m.tasks()} and rep.removed == 1 and "ids listed" in rep.reason
+    assert rep.tasks == len(ls.tasks)
+
+
+def test_count_mismatch_that_listing_cannot_explain_reads_everything(tmp_path):
+    ls = FakeLS(n=10, n_labeled=2)
+    m = TaskMirror(tmp_path)
+    _sync(m, ls)
+    rep = m.sync(ls, 1, len(ls.tasks) + 5, page_size=100)  # Label Studio claims 5 more than it lists
+    assert rep.mode == "full" and "after listing ids" in rep.reason
+
+
+def test_doubt_and_format_change_force_a_full_read(tmp_path):
+    ls = FakeLS(n=10, n_labeled=2)
+    m = TaskMirror(tmp_path)
+    _sync(m, ls)
+    m.doubt("recovered after an interrupted cycle")
+    rep = _sync(m, ls)
+    assert rep.mode == "full" and "recovered" in rep.reason
+    assert _sync(m, ls).mode == "delta"  # the doubt is cleared by the full read
+    assert m.state()["full_reads"] == 2
+
+
+def test_a_flood_of_hints_is_one_full_read_not_thousands_of_lookups(tmp_path):
+    ls = FakeLS(n=5, n_labeled=1)
+    m = TaskMirror(tmp_path)
+    _sync(m, ls)
+    m.mark(range(1, MAX_HINTS + 10))
+    rep = _sync(m, ls)
+    assert rep.mode == "full" and "hinted" in rep.reason and m.state()["hints"] == 0
+
+
+def test_hints_accept_only_positive_integer_ids():
+    assert hinted_task_ids("TASKS_CREATED", {"tasks": [{"id": 3}, {"id": "4"}, {"id": True}, {"id": -1}, 5]}) == [3, 5]
+    assert hinted_task_ids("ANNOTATION_CREATED", {"task": {"id": 9}, "annotation": {"task": 9}}) == [9]
+    assert hinted_task_ids("ANNOTATION_UPDATED", {"annotation": {"id": 1, "task": 12}}) == [12]
+    assert hinted_task_ids("ANNOTATIONS_DELETED", {"annotations": [{"id": 1, "task": 4}, {"id": 2, "task": {"id": 6}},
+                                                                   "x", {"id": 3}]}) == [4, 6]
+    assert hinted_task_ids("ANNOTATIONS_DELETED", {"annotations": "everything"}) == []
+    assert hinted_task_ids("TASKS_DELETED", {"tasks": None}) == []
+    assert hinted_task_ids("PROJECT_UPDATED", {"tasks": [{"id": 1}]}) == []
+
+
+def test_trim_keeps_what_the_snapshot_reads():
+    t = {"id": 1, "data": {"image": "u"}, "annotations": [{**_ann(1, "a"), "lead_time": 3.0, "draft_created_at": 1}],
+         "predictions": [{"result": []}] * 5, "drafts": [], "updated_at": "x", "comment_authors": []}
+    out = trim_task(t)
+    assert set(out) == {"id", "data", "annotations", "updated_at"}
+    assert set(out["annotations"][0]) == {"id", "result", "was_cancelled", "completed_by", "updated_at"}
+
+
+@pytest.mark.parametrize("n", [0, 1, 57])
+def test_mirror_round_trips_tasks_in_id_order(tmp_path, n):
+    ls = FakeLS(n=n, n_labeled=min(n, 3))
+    m = TaskMirror(tmp_path)
+    _sync(m, ls)
+    ids = [t["id"] for t in m.tasks()]
+    assert ids == sorted(t["id"] for t in ls.tasks) and len(np.unique(ids)) == len(ids)

@@ -1,0 +1,97 @@
+"""Issue 13's pieces, checked against brute force: placement by binary search, images decoded
+straight into preallocated arrays, the head of the order a cycle writes, and a second cycle that
+reads only what changed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ncalr_backend.service.cycle import run_project_cycle
+from ncalr_backend.service.labelconfig import parse_label_config
+from ncalr_backend.service.predictions import PlacementIndex, QueuePredictions
+from ncalr_backend.service.settings import Settings
+from ncalr_backend.service.snapshot import load_image_groups
+from ncalr_backend.service.store import ProjectStore, read_json
+from tests.service.test_cycle import CFG, ENGINE, FakeLS, _png, settings  # noqa: F401  (the fixture)
+
+
+def _brute_place(confidence, entries, k=5):
+    conf = np.asarray([e["confidence"] for e in entries.values()])
+    score = np.asarray([e["score"] for e in entries.values()])
+    near = np.argsort(np.abs(conf - confidence), kind="stable")[:k]
+    return float(np.median(score[near]))
+
+
+@pytest.mark.parametrize("m", [1, 3, 5, 6, 200])
+def test_placement_index_matches_the_brute_force_neighbours(m):
+    rng = np.random.default_rng(m)
+    entries = {str(i): {"confidence": float(c), "score": float(r) / m, "rank": int(r)}
+               for i, (c, r) in enumerate(zip(rng.random(m), rng.permutation(m)))}
+    index = PlacementIndex(entries)
+    for c in list(rng.random(50)) + [0.0, 1.0, -0.5, 2.0] + [e["confidence"] for e in list(entries.values())[:5]]:
+        assert index.place(c) == pytest.approx(_brute_place(c, entries)), c
+    assert PlacementIndex({}).place(0.9) == pytest.approx(0.1)
+
+
+def test_images_go_straight_into_their_arrays_and_failures_are_compacted_out(tmp_path):
+    from ncalr_backend.data.images import ImageCache
+
+    class Client:
+        def download(self, url):
+            if "bad" in url:
+                return b"not an image"
+            return _png(int(url.rsplit("/", 1)[1]))
+
+    cfg = parse_label_config(CFG)
+    lab = [{"id": i, "data": {"image": f"http://x/{v}"}} for i, v in ((1, 10), (2, 20))]
+    pool = [{"id": 10 + i, "data": {"image": "http://x/bad" if i in (0, 3, 4) else f"http://x/{i * 20}"}}
+            for i in range(8)]
+    pool.append({"id": 99, "data": {}})  # no image key
+    (xl, okl, fl), (xp, okp, fp) = load_image_groups(Client(), ImageCache(tmp_path), [lab, pool], cfg, 8, 1, 3)
+    assert xl.shape == (2, 1, 8, 8) and okl == [0, 1] and fl == []
+    assert okp == [1, 2, 5, 6, 7] and xp.shape == (5, 1, 8, 8)
+    assert sorted(f["task"] for f in fp) == [10, 13, 14, 99]
+    expect = np.stack([np.full((1, 8, 8), i * 20 / 255.0, np.float32) for i in okp])
+    np.testing.assert_allclose(xp, expect, atol=1e-6)  # each row is its own task's image, in order
+    assert xp.dtype == np.float32 and xp.base is not None  # a view of the one buffer: no copy made
+
+
+def test_write_back_count_auto_explicit_and_all():
+    s = Settings.from_env({})
+    assert s.write_back_top is None
+    assert s.write_back_count(50_000, 60_000) == 3 * s.trigger_threshold(60_000) == 3600
+    assert s.write_back_count(5_000, 6_000) == 1000 and s.write_back_count(300, 400) == 300
+    assert Settings.from_env({"WRITE_BACK_TOP": "25"}).write_back_count(50_000, 60_000) == 25
+    assert Settings.from_env({"WRITE_BACK_TOP": "0"}).write_back_count(50_000, 60_000) == 50_000
+    with pytest.raises(ValueError, match="WRITE_BACK_TOP"):
+        Settings.from_env({"WRITE_BACK_TOP": "-3"})
+
+
+def test_head_is_the_ranks_below_k_plus_every_item_that_is_not_a_ranked_task():
+    entries = {str(t): {"rank": r, "score": r / 4} for t, r in ((1, 2), (2, 0), (3, 3), (4, 1))}
+    items = [{"task": t} for t in (1, 2, 3, 4)] + [{"task": 77}]  # 77: a re-annotation queued first
+    preds = QueuePredictions(entries=entries, items=items)
+    assert [it["task"] for it in preds.head(2)] == [2, 4, 77]
+    assert [it["task"] for it in preds.head(10)] == [1, 2, 3, 4, 77]
+
+
+def test_a_cycle_writes_the_head_and_the_next_cycle_reads_only_what_changed(tmp_path):
+    st = Settings.from_env({"MODEL_DIR": str(tmp_path), "IMAGE_SIZE": "8", "IMAGE_CHANNELS": "1",
+                            "LABEL_STUDIO_URL": "http://ls.test", "LABEL_STUDIO_API_KEY": "k", "WRITE_BACK_TOP": "5"})
+    ls = FakeLS(n=40, n_labeled=8)
+    rep = run_project_cycle(st, 1, "test", engine_config=ENGINE, client=ls)
+    assert rep["task_sync"]["mode"] == "full" and rep["written_ranks"] == {"ranked": 32, "written": 5}
+    assert rep["image_bytes"] == 40 * 8 * 8 * 4
+    v = rep["model_version"]
+    written = [it for it in ls.stored if it["model_version"] == v]
+    preds = read_json(ProjectStore(tmp_path, 1).latest()["path"] / "predictions.json")
+    ranks = {int(t): e["rank"] for t, e in preds["tasks"].items()}
+    assert len(preds["tasks"]) == 32 and preds["written_ranks"] == 5  # /predict knows every ranked task
+    assert sorted(ranks[it["task"]] for it in written) == [0, 1, 2, 3, 4]
+    assert all(it["score"] == pytest.approx(ranks[it["task"]] / 32) for it in written)
+    ls.tasks[20]["annotations"] = [{"id": 500, "was_cancelled": False, "updated_at": "2025", "result": [
+        {"from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": ["a"]}}]}]
+    rep2 = run_project_cycle(st, 1, "test", engine_config=ENGINE, client=ls)
+    assert rep2["task_sync"]["mode"] == "delta" and rep2["task_sync"]["changed"] == 1
+    assert rep2["num_labeled"] == 9 and rep2["written_ranks"] == {"ranked": 31, "written": 5}
