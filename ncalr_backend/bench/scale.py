@@ -145,6 +145,24 @@ def result_line(tasks: int, report: dict, *, peak_rss_mb: Optional[float], rss_p
     return line
 
 
+TABLE_COLUMNS = ("tasks", "cycle", "labeled", "trigger_to_live_s", "fetch_tasks_s", "fetch_images_s", "train_s",
+                 "score_s", "write_s", "switch_s", "overhead_s", "peak_rss_mb", "image_bytes", "import_s", "label_s",
+                 "tidy_s", "run_wall_s")
+
+
+def table(lines: Sequence[dict], columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    """A markdown table of the lines (seconds with 2 decimals, MB with 0)."""
+    def fmt(v):
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.0f}" if abs(v) >= 100 else f"{v:.2f}" if abs(v) >= 0.01 else f"{v:.3f}"
+        return str(v)
+    rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    rows += ["| " + " | ".join(fmt(ln.get(c)) for c in columns) + " |" for ln in lines]
+    return "\n".join(rows)
+
+
 def plot(lines: Sequence[dict], path: Path, title: str = "") -> Path:
     """Each stage's seconds against N (log-log), one colour per stage, cycle 1 solid, cycle 2 dashed;
     a second panel with the worker's peak RSS and the import time."""
@@ -444,6 +462,7 @@ def main(argv=None) -> int:
         print(f"[N={n}] whole run {run.facts['wall_s']:.0f}s", file=sys.stderr, flush=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    print(table(results["lines"]), file=sys.stderr)
     print(f"saved {out / 'results.json'} and {out / 'scale.png'}", file=sys.stderr)
     return 0
 

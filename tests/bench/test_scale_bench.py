@@ -57,6 +57,14 @@ def test_result_line_overhead_and_image_bytes():
     json.dumps(line2)  # one JSON line
 
 
+def test_table():
+    line = scale.result_line(2000, fake_report(), peak_rss_mb=812.5, rss_process="w", channels=1, size=8,
+                             import_s=3.0, label_s=5.0, labels_added=50)
+    rows = scale.table([line], ("tasks", "cycle", "overhead_s", "peak_rss_mb", "score_s", "tidy_s")).splitlines()
+    assert rows[0] == "| tasks | cycle | overhead_s | peak_rss_mb | score_s | tidy_s |"
+    assert rows[2] == "| 2000 | 1 | 5.50 | 812 | 0.50 |  |" and len(rows) == 3
+
+
 def test_scale_pngs_distinct_and_labelled():
     items = list(scale.scale_pngs(1800))
     names = [n for n, _, _ in items]
