@@ -1,4 +1,4 @@
-"""python -m ncalr_backend.bench {scoring,training,quality,writeback,label-errors,relabel} [options]"""
+"""python -m ncalr_backend.bench {scoring,training,quality,writeback,label-errors,relabel,scale} [options]"""
 from __future__ import annotations
 
 import importlib
@@ -11,6 +11,7 @@ COMMANDS = {
     "writeback": "ncalr_backend.bench.writeback",
     "label-errors": "ncalr_backend.bench.label_errors",
     "relabel": "ncalr_backend.bench.relabel",
+    "scale": "ncalr_backend.bench.scale",
 }
 
 

@@ -64,7 +64,8 @@ class LocalLabelStudio:
 
     def __init__(self, data_dir: Path, port: Optional[int] = None, venv: Optional[Path] = None,
                  username: str = "admin@example.com", password: Optional[str] = None,
-                 token: Optional[str] = None, log_path: Optional[Path] = None):
+                 token: Optional[str] = None, log_path: Optional[Path] = None,
+                 extra_env: Optional[Dict[str, str]] = None):
         self.venv = Path(venv or os.environ.get("NCALR_LS_VENV") or DEFAULT_LS_VENV)
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
@@ -73,6 +74,7 @@ class LocalLabelStudio:
         self.token = token or secrets.token_hex(20)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path or self.data_dir / "label-studio.log")
+        self.extra_env = {k: str(v) for k, v in (extra_env or {}).items()}  # e.g. local-files serving
         self.proc: Optional[subprocess.Popen] = None
 
     def env(self) -> Dict[str, str]:
@@ -86,6 +88,7 @@ class LocalLabelStudio:
             SSRF_PROTECTION_ENABLED="false", LATEST_VERSION_CHECK="false", COLLECT_ANALYTICS="false",
             SENTRY_DSN="", FRONTEND_SENTRY_DSN="", DJANGO_DB="sqlite", LOG_LEVEL="WARNING",
         )
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 240) -> "LocalLabelStudio":
