@@ -32,7 +32,7 @@ DOWNLOAD_WORKERS               ``16``                      Parallel image downlo
                                                            connections, one pool per worker)
 WRITE_BACK_TOP                 ``auto``                    Ranked tasks a cycle writes to Label Studio,
                                                            the head of the order: auto = max(1000,
-                                                           3 x the cycle trigger), N = exactly N,
+                                                           2 x the cycle trigger), N = exactly N,
                                                            0 = all; /predict serves the rest
 CYCLE_RETRY_DELAYS             ``10,30,60,120,300,600,900`` Seconds before each retry of a cycle that
                                                            failed for a reason that may pass
@@ -224,11 +224,11 @@ class Settings:
 
     def write_back_count(self, num_ranked: int, num_tasks: int) -> int:
         """How many of the ``num_ranked`` ranked tasks a cycle writes, the head of the order. Auto:
-        1000, or more where the cycle trigger is larger, so that the head outlasts three cycle
-        triggers of labeling (a cycle that fails leaves the previous head serving); an explicit
+        1000, or more where the cycle trigger is larger, so that the head outlasts two cycle
+        triggers of labeling (one failed cycle leaves the previous head serving); an explicit
         ``WRITE_BACK_TOP=N`` is taken as it is; 0 = every ranked task."""
         if self.write_back_top is None:
-            return min(num_ranked, max(AUTO_WRITE_BACK_TOP, 3 * self.trigger_threshold(num_tasks)))
+            return min(num_ranked, max(AUTO_WRITE_BACK_TOP, 2 * self.trigger_threshold(num_tasks)))
         if self.write_back_top == 0:
             return num_ranked
         return min(num_ranked, self.write_back_top)

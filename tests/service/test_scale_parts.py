@@ -60,7 +60,7 @@ def test_images_go_straight_into_their_arrays_and_failures_are_compacted_out(tmp
 def test_write_back_count_auto_explicit_and_all():
     s = Settings.from_env({})
     assert s.write_back_top is None
-    assert s.write_back_count(50_000, 60_000) == 3 * s.trigger_threshold(60_000) == 3600
+    assert s.write_back_count(50_000, 60_000) == 2 * s.trigger_threshold(60_000) == 2400
     assert s.write_back_count(5_000, 6_000) == 1000 and s.write_back_count(300, 400) == 300
     assert Settings.from_env({"WRITE_BACK_TOP": "25"}).write_back_count(50_000, 60_000) == 25
     assert Settings.from_env({"WRITE_BACK_TOP": "0"}).write_back_count(50_000, 60_000) == 50_000
