@@ -18,12 +18,33 @@ def peak_rss_mb() -> float:
 
 def machine() -> dict:
     info = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+        with open("/proc/meminfo") as f:
+            info["mem_total_mb"] = int(f.readline().split()[1]) // 1024
+        info["loadavg_at_start"] = os.getloadavg()
+    except OSError:
+        pass
     torch = sys.modules.get("torch")  # describe torch only where the benchmark uses it
     if torch is not None:
         info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def git_state(root: Path = Path(__file__).resolve().parents[2]) -> dict:
+    """The repository's commit, branch and whether tracked files differ from it (results record it)."""
+    import subprocess
+
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=20).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"error": str(exc)}
 
 
 def emit(result: dict, out: str | None, name: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
@@ -38,16 +39,38 @@ def load_images(client: LabelStudioClient, cache: ImageCache, tasks: Sequence[di
 
 
 def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequence[Sequence[dict]],
-                      cfg: ImageClassConfig, size: int, channels: int, workers: int = 8, progress=NO_PROGRESS):
+                      cfg: ImageClassConfig, size: int, channels: int, workers: int = 8, progress=NO_PROGRESS,
+                      decoded: Optional[TaskMirror] = None):
     """Download (or read from the cache) and decode the images of several task lists at once,
     each straight into its own preallocated float32 array [n, C, H, W]: no per-image list, no
     stacked copy, no cast copy, so the decoded images cost their size once (``snapshot`` keeps
     labeled and pool tasks apart this way). Returns per group ``(x, ok_idx, failures)``: the rows
     of the tasks whose image was read, in order (failed rows are compacted out in place), their
-    positions in the group, and ``{"task", "reason"}`` for the others."""
-    arrays = [np.empty((len(g), channels, size, size), np.float32) for g in groups]
+    positions in the group, and ``{"task", "reason"}`` for the others.
+
+    With ``decoded`` (the project's mirror), an image already decoded at this size for the same
+    task and URL is copied from there, and newly decoded ones are added to it."""
+    shape = (channels, size, size)
+    arrays = [np.empty((len(g),) + shape, np.float32) for g in groups]
     errors: List[List[Optional[str]]] = [[None] * len(g) for g in groups]
     jobs = [(gi, i) for gi, g in enumerate(groups) for i in range(len(g))]
+    fresh: deque = deque()  # newly decoded (task id, url, uint8 image), stored in batches
+    if decoded is not None:
+        where = {}
+        for gi, g in enumerate(groups):
+            for i, t in enumerate(g):
+                url = (t.get("data") or {}).get(cfg.data_key)
+                if isinstance(url, str) and isinstance(t.get("id"), int):
+                    where[t["id"]] = (gi, i, url)
+        done = set()
+        nbytes = int(np.prod(shape))
+        for tid, url, blob in decoded.iter_pixels(shape):
+            w = where.get(tid)
+            if w is not None and w[2] == url and len(blob) == nbytes:
+                np.divide(np.frombuffer(blob, np.uint8).reshape(shape), 255.0, out=arrays[w[0]][w[1]],
+                          dtype=np.float32)
+                done.add((w[0], w[1]))
+        jobs = [j for j in jobs if j not in done]
 
     def one(job):
         gi, i = job
@@ -62,12 +85,23 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
             except BrokenImage:
                 cache.evict(url)
                 raise
+            if decoded is not None and isinstance(task.get("id"), int):
+                fresh.append((task["id"], url, np.rint(arrays[gi][i] * 255.0).astype(np.uint8)))
         except (ImageRefused, BrokenImage, LabelStudioError) as exc:
             errors[gi][i] = str(exc)
 
+    def keep(batch: int) -> None:
+        rows = []
+        while fresh and len(rows) < batch:
+            rows.append(fresh.popleft())
+        decoded.store_pixels(shape, rows)
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
         for _ in track(ex.map(one, jobs), progress, "fetch_images", len(jobs)):
-            pass
+            if decoded is not None and len(fresh) >= 2048:
+                keep(2048)
+    while decoded is not None and fresh:
+        keep(2048)
     out = []
     for g, x, errs in zip(groups, arrays, errors):
         ok_idx = [i for i, e in enumerate(errs) if e is None]
@@ -132,7 +166,7 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
     t = time.time()
     (x_lab, lab_ok, lab_failed), (x_pool, pool_ok, pool_failed) = load_image_groups(
         client, ImageCache(settings.model_dir / "cache"), [split.labeled, split.pool], cfg, settings.image_size,
-        settings.image_channels, settings.download_workers, progress)
+        settings.image_channels, settings.download_workers, progress, decoded=mirror)
     fetch_images_s = time.time() - t
     lab_ids = [split.labeled[i]["id"] for i in lab_ok]
     return Snapshot(

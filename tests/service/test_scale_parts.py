@@ -95,3 +95,27 @@ def test_a_cycle_writes_the_head_and_the_next_cycle_reads_only_what_changed(tmp_
     rep2 = run_project_cycle(st, 1, "test", engine_config=ENGINE, client=ls)
     assert rep2["task_sync"]["mode"] == "delta" and rep2["task_sync"]["changed"] == 1
     assert rep2["num_labeled"] == 9 and rep2["written_ranks"] == {"ranked": 31, "written": 5}
+
+
+def test_decoded_images_are_kept_and_reused_exactly_and_a_changed_url_is_decoded_again(tmp_path):
+    from ncalr_backend.data.images import ImageCache
+    from ncalr_backend.service.mirror import TaskMirror
+
+    class Client:
+        calls = 0
+
+        def download(self, url):
+            Client.calls += 1
+            return _png(int(url.rsplit("/", 1)[1]))
+
+    cfg = parse_label_config(CFG)
+    tasks = [{"id": i, "data": {"image": f"http://x/{i * 8}"}} for i in range(1, 30)]
+    mirror, cache = TaskMirror(tmp_path / "m"), ImageCache(tmp_path / "c")
+    (x1, ok1, _), = load_image_groups(Client(), cache, [tasks], cfg, 8, 3, 4, decoded=mirror)
+    first = Client.calls
+    cache.prune(0)  # the file cache is gone: only the mirror's decoded images can serve
+    (x2, ok2, _), = load_image_groups(Client(), cache, [tasks], cfg, 8, 3, 4, decoded=mirror)
+    assert Client.calls == first and ok1 == ok2 and np.array_equal(x1, x2)  # bit-identical, no download
+    tasks[4] = {"id": 5, "data": {"image": "http://x/200"}}  # the task's image changed
+    (x3, _, _), = load_image_groups(Client(), cache, [tasks], cfg, 8, 3, 4, decoded=mirror)
+    assert Client.calls == first + 1 and np.allclose(x3[4], 200 / 255.0) and np.array_equal(x3[5:], x1[5:])
