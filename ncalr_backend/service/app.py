@@ -262,7 +262,9 @@ class Backend:
             raise BadRequest(f"{action} needs 'project': an object with a positive integer 'id'")
         self.saw_webhook(pid, action)
         hints = hinted_task_ids(action, data)
-        if hints:  # the next cycle re-reads these tasks from Label Studio (mirror.py)
+        if hints and not self.settings.redis_url:
+            # the next cycle re-reads these tasks (mirror.py). With RQ the mirror belongs to the
+            # workers, which may be other machines: they rely on updated_at and the count check alone
             TaskMirror(ProjectStore(self.settings.model_dir, pid).root).mark(hints)
         if action == "TASKS_DELETED":
             return jsonify({"status": "ok", "action": action, "project": pid, "hinted": len(hints)}), 201
