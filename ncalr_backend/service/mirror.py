@@ -45,6 +45,8 @@ MAX_HINTS = 5000  # more webhook hints than this: one full read is cheaper than 
 TASK_KEYS = ("id", "data", "updated_at", "total_annotations", "cancelled_annotations")
 ANNOTATION_KEYS = ("id", "result", "was_cancelled", "ground_truth", "completed_by", "created_at", "updated_at",
                    "task")
+# what Label Studio serialises for the mirror (not the predictions of every version, drafts, ...)
+INCLUDE = ",".join(dict.fromkeys(TASK_KEYS + ("annotations",) + ANNOTATION_KEYS))
 
 
 def trim_task(task: dict) -> dict:
@@ -200,7 +202,7 @@ class TaskMirror:
         with self._db() as db:
             hints = [i for (i,) in db.execute("SELECT id FROM hints")]
             full_reads = self._meta(db, "full_reads", 0)
-        tasks = list(track(client.iter_tasks(project_id, page_size), progress, "fetch_tasks", None))
+        tasks = list(track(client.iter_tasks(project_id, page_size, include=INCLUDE), progress, "fetch_tasks", None))
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM tasks")
@@ -214,8 +216,8 @@ class TaskMirror:
     def _delta(self, client, project_id: int, watermark: str, hints: List[int], page_size: int,
                progress, started: str) -> SyncReport:
         from ncalr_backend.service.progress import track
-        changed = list(track(client.iter_tasks(project_id, page_size, updated_since=_behind(watermark, OVERLAP_S)),
-                             progress, "fetch_tasks", None))
+        changed = list(track(client.iter_tasks(project_id, page_size, updated_since=_behind(watermark, OVERLAP_S),
+                                              include=INCLUDE), progress, "fetch_tasks", None))
         seen = {t.get("id") for t in changed}
         ask = [i for i in hints if i not in seen]
         again = client.get_tasks(project_id, ask) if ask else []

@@ -80,7 +80,7 @@ class FakeLS:
         self._touch()
         return list(self.tasks)
 
-    def iter_tasks(self, pid, page_size=100, updated_since=None, fields="all"):
+    def iter_tasks(self, pid, page_size=100, updated_since=None, fields="all", include=None):
         self.reads = getattr(self, "reads", 0) + 1
         return iter([t for t in self.list_tasks(pid, page_size) if updated_since is None or t["updated_at"] > updated_since])
 
