@@ -163,58 +163,96 @@ def table(lines: Sequence[dict], columns: Sequence[str] = TABLE_COLUMNS) -> str:
     return "\n".join(rows)
 
 
+def _by_n(lines: Sequence[dict], key: str, later: bool) -> List[Tuple[int, float]]:
+    """(N, value) per N: the first cycle's, or (``later``) the worst of the later cycles'."""
+    out = {}
+    for r in lines:
+        if (int(r["cycle"]) > 1) != later or r.get(key) is None:
+            continue
+        out[r["tasks"]] = max(out.get(r["tasks"], float("-inf")), float(r[key]))
+    return sorted(out.items())
+
+
 def plot(lines: Sequence[dict], path: Path, title: str = "") -> Path:
-    """Each stage's seconds against N (log-log), one colour per stage, cycle 1 solid, cycle 2 dashed;
-    a second panel with the worker's peak RSS and the import time."""
+    """Three panels against N (log x): the first cycle's stages (it reads everything), the later
+    cycles' stages (the worst of them, which must not grow with N or from cycle to cycle), and
+    memory: the worker's peak RSS, its RSS before the cycle, and the decoded image tensor."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 7), gridspec_kw={"width_ratios": [2.2, 1]})
+    fig, axes = plt.subplots(1, 3, figsize=(17, 6.2), gridspec_kw={"width_ratios": [1.2, 1.2, 1]})
     colours = plt.get_cmap("tab10")
-    cycles = sorted({int(r["cycle"]) for r in lines})
-    styles = {c: s for c, s in zip(cycles, ("-", "--", ":", "-."))}
-    markers = {c: m for c, m in zip(cycles, ("o", "s", "^", "D"))}
-    for k, stage in enumerate(STAGES):
-        for c in cycles:
-            pts = sorted((r["tasks"], max(float(r[stage]), 1e-3)) for r in lines if int(r["cycle"]) == c)
-            if not pts:
-                continue
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, styles[c], marker=markers[c], color=colours(k), lw=2.4 if stage == "trigger_to_live_s" else 1.4,
-                    label=f"{stage[:-2]} (cycle {c})")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("tasks in the project (N)")
-    ax.set_ylabel("seconds (values below 1 ms drawn at 1 ms)")
-    ax.set_title("cycle stages: solid = cycle 1, dashed = cycle 2")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.13))
-    for c in cycles:
-        pts = sorted((r["tasks"], r["peak_rss_mb"]) for r in lines if int(r["cycle"]) == c and r.get("peak_rss_mb"))
+    for ax, later, name in ((axes[0], False, "first cycle (reads and downloads everything)"),
+                            (axes[1], True, "later cycles (worst of cycles 2+)")):
+        for k, stage in enumerate(STAGES):
+            pts = [(n, max(v, 1e-3)) for n, v in _by_n(lines, stage, later)]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, "-", marker="o", color=colours(k), lw=2.6 if stage in ("trigger_to_live_s",
+                                                                                         "overhead_s") else 1.3,
+                        label=stage[:-2])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tasks in the project (N)")
+        ax.set_ylabel("seconds (below 1 ms drawn at 1 ms)")
+        ax.set_title(name)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+    ax = axes[2]
+    for key, label, style in (("peak_rss_mb", "worker peak RSS (worst cycle)", "-"),
+                              ("rss_before_mb", "worker RSS before the cycle", ":")):
+        pts = sorted({n: max(v for m, v in _by_n(lines, key, False) + _by_n(lines, key, True) if m == n)
+                      for n, _ in _by_n(lines, key, False) + _by_n(lines, key, True)}.items())
         if pts:
             xs, ys = zip(*pts)
-            ax2.plot(xs, ys, styles[c], marker=markers[c], color="black", label=f"backend worker peak RSS (cycle {c})")
-    imp = sorted({(r["tasks"], r["import_s"]) for r in lines if int(r["cycle"]) == cycles[0]}) if cycles else []
-    ax2.set_xscale("log")
-    ax2.set_xlabel("tasks in the project (N)")
-    ax2.set_ylabel("MB")
-    ax2.grid(True, which="both", alpha=0.3)
-    if imp:
-        ax3 = ax2.twinx()
-        xs, ys = zip(*imp)
-        ax3.plot(xs, ys, "-", marker="x", color="tab:red", label="import into Label Studio (s)")
-        ax3.set_ylabel("import seconds", color="tab:red")
-        h3, l3 = ax3.get_legend_handles_labels()
-    else:
-        h3, l3 = [], []
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax2.legend(h2 + h3, l2 + l3, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13))
-    ax2.set_title("memory and import")
+            ax.plot(xs, ys, style, marker="o", color="black", label=label)
+    pts = sorted({r["tasks"]: r["image_bytes"] / 2 ** 20 for r in lines if r.get("image_bytes")}.items())
+    if pts:
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, "--", marker="s", color="tab:blue", label="decoded image tensor (float32)")
+    ax.set_xscale("log")
+    ax.set_xlabel("tasks in the project (N)")
+    ax.set_ylabel("MB")
+    ax.set_title("memory")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
     fig.suptitle(title or "ncalr-backend scale benchmark")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_compare(runs: Dict[str, Sequence[dict]], path: Path) -> Path:
+    """Before/after: the later cycles' overhead (trigger-to-live minus train and score) and the
+    write-back against N, one line per results file."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for (name, lines), c in zip(runs.items(), ("tab:red", "tab:green", "tab:blue", "tab:purple")):
+        for ax, key in zip(axes, ("overhead_s", "write_s")):
+            pts = _by_n(lines, key, True)
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, "-", marker="o", color=c, label=name)
+                for x, y in pts:
+                    ax.annotate(f"{y:.1f} s", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for ax, what in zip(axes, ("overhead: trigger-to-live minus train and score", "write-back")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tasks in the project (N)")
+        ax.set_ylabel("seconds, worst later cycle")
+        ax.set_title(what)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=9)
+    fig.suptitle("scale: second and later cycles, before and after issue 13")
+    fig.tight_layout()
+    path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -409,13 +447,21 @@ def settings_env() -> Dict[str, str]:
                                    **{k: os.environ.get(k, v) for k, v in ENGINE_DEFAULTS.items()}}.items()}
 
 
-def settings_record() -> dict:
-    return {"backend_env": settings_env(), "gunicorn": "--workers 1 --threads 8 (service/demo.py BackendProcess)",
+def settings_record(image_size: int = 8, channels: int = 1) -> dict:
+    return {"backend_env": {**settings_env(), "IMAGE_SIZE": str(image_size), "IMAGE_CHANNELS": str(channels)}, "gunicorn": "--workers 1 --threads 8 (service/demo.py BackendProcess)",
             "other_backend_settings": "service defaults (see service/settings.py at the recorded commit); "
                                       "WRITE_BACK_TOP set per N to what the default trigger gives (runs[].write_back_top)",
             "trigger": "TRAIN_TRIGGER_MIN out of reach; both cycles by 'Start training' (POST /api/ml/{id}/train)",
             "import_path": "Local Files storage attached (not synced) + JSON task list of /data/local-files/?d=... "
                            "URLs; Label Studio serves the images (LOCAL_FILES_SERVING_ENABLED=true)"}
+
+
+def _title(results: dict) -> str:
+    env = (results.get("settings") or {}).get("backend_env") or {}
+    runs = results.get("runs") or [{}]
+    size, ch = runs[0].get("image_size", env.get("IMAGE_SIZE")), runs[0].get("channels", env.get("IMAGE_CHANNELS"))
+    return (f"scale benchmark, git {results['git'].get('commit', '')[:10]}"
+            f"{' (dirty)' if results['git'].get('dirty') else ''}, {size}x{size}x{ch} images, 2 CPU cores")
 
 
 def main(argv=None) -> int:
@@ -429,12 +475,26 @@ def main(argv=None) -> int:
     ap.add_argument("--channels", type=int, default=3, choices=(1, 3), help="IMAGE_CHANNELS of the backend")
     ap.add_argument("--out", default="runs/bench/scale")
     ap.add_argument("--keep", action="store_true", help="keep each N's work directory (Label Studio, MODEL_DIR)")
+    ap.add_argument("--compare", nargs="+", metavar="NAME=RESULTS.json",
+                    help="no run: plot the later cycles of these results side by side into OUT/compare.png")
+    ap.add_argument("--replot", action="store_true", help="no run: redraw OUT/scale.png from OUT/results.json")
     args = ap.parse_args(argv)
-    sizes = parse_sizes(args.tasks)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.compare:
+        runs = {}
+        for item in args.compare:
+            name, _, path = item.rpartition("=")
+            runs[name or path] = json.loads(Path(path).read_text())["lines"]
+        print(f"saved {plot_compare(runs, out / 'compare.png')}", file=sys.stderr)
+        return 0
+    if args.replot:
+        res = json.loads((out / "results.json").read_text())
+        print(f"saved {plot(res['lines'], out / 'scale.png', _title(res))}", file=sys.stderr)
+        return 0
+    sizes = parse_sizes(args.tasks)
     results = {"benchmark": "scale", "command": "python -m ncalr_backend.bench scale " + " ".join(argv or sys.argv[1:]),
-               "git": git_state(), "machine": machine(), "settings": settings_record(),
+               "git": git_state(), "machine": machine(), "settings": settings_record(args.image_size, args.channels),
                "labeled": args.labeled, "more": args.more, "runs": [], "lines": []}
     for n in sizes:
         work = Path(tempfile.mkdtemp(prefix=f"ncalr-scale-{n}-"))
@@ -452,8 +512,7 @@ def main(argv=None) -> int:
         results["runs"].append(run.facts)
         results["lines"] += lines
         atomic_write_json(out / "results.json", results)
-        plot(results["lines"], out / "scale.png", title=f"scale benchmark, git {results['git'].get('commit', '')[:10]}"
-             f"{' (dirty)' if results['git'].get('dirty') else ''}")
+        plot(results["lines"], out / "scale.png", title=_title(results))
         print(f"[N={n}] whole run {run.facts['wall_s']:.0f}s", file=sys.stderr, flush=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -131,3 +131,14 @@ def test_tiny_real_run(tmp_path):
     assert res["runs"][0]["wall_s"] > 0 and "error" not in res["runs"][0]
     assert res["git"]["commit"] and res["settings"]["backend_env"]["TRAIN_TRIGGER_MIN"] == str(scale.NEVER)
     assert (out / "scale.png").stat().st_size > 10000
+
+
+def test_later_cycles_take_the_worst_and_the_comparison_plot_is_written(tmp_path):
+    from ncalr_backend.bench.scale import _by_n, plot_compare
+    lines = [{"tasks": n, "cycle": c, "overhead_s": v, "write_s": v / 2}
+             for n, c, v in ((100, 1, 50.0), (100, 2, 3.0), (100, 3, 4.0), (1000, 1, 90.0), (1000, 2, 6.0))]
+    assert _by_n(lines, "overhead_s", later=False) == [(100, 50.0), (1000, 90.0)]
+    assert _by_n(lines, "overhead_s", later=True) == [(100, 4.0), (1000, 6.0)]
+    path = plot_compare({"a": lines, "b": [dict(r, overhead_s=r["overhead_s"] * 2) for r in lines]},
+                        tmp_path / "compare.png")
+    assert path.stat().st_size > 10_000
