@@ -56,7 +56,7 @@ LIBRARY_STRATEGIES = {"baal-bald": "bald", "baal-entropy": "entropy"}  # label -
 DEFAULT_STRATEGIES = "ncalr,random,entropy,margin,coreset,bald,baal-bald"
 MULTILABEL_DATASETS = ("digits-multilabel",)
 # per-epoch engine history kept in results.json (per strategy, seed and cycle)
-HISTORY_KEYS = ("epoch", "loss", "train_acc", "tpt", "nc1", "seli_dist_weights", "etf_dist_weights",
+HISTORY_KEYS = ("epoch", "loss", "train_acc", "fit_acc", "tpt", "nc1", "seli_dist_weights", "etf_dist_weights",
                 "seli_dist_means", "etf_dist_means", "imbalance_ratio")
 GEOMETRY_KEYS = ("seli_dist_weights", "etf_dist_weights", "seli_dist_means", "etf_dist_means", "imbalance_ratio")
 QUICK = {"subsample": 500, "seeds": "1", "cycles": 2, "initial": 0.1, "query": 0.05,

@@ -205,7 +205,7 @@ def test_terminal_phase_geometry_tolerance_is_honoured():
 
 
 def test_plateau_criterion_by_hand_and_in_training():
-    from ncalr_backend.engine.training.trainer import _plateaued
+    from ncalr_backend.engine.training.trainer import _plateaued, plateau_starts
     assert not _plateaued([0.1, 0.2, 0.3], 3, 0.01)  # too short to tell
     assert not _plateaued([0.1, 0.2, 0.3, 0.5], 3, 0.01)  # 0.5 - 0.1 >= 0.01: still rising
     assert _plateaued([0.5, 0.6, 0.605, 0.6, 0.6], 3, 0.01)  # best of last 3 (0.605) - best before (0.6) < 0.01
@@ -218,12 +218,14 @@ def test_plateau_criterion_by_hand_and_in_training():
                        augment=True)
     res = run_cycle(x, yk, x[:4], K, cfg)
     accs = [h["train_acc"] for h in res.history]
+    fits = [h["fit_acc"] for h in res.history]
     assert res.tpt["reached"] and res.tpt["by"] == "plateau", (res.tpt, accs)
     t = res.tpt["t_i"]
     assert accs[t - 1] < cfg.train_acc_threshold and _plateaued(accs[:t], 3, 0.05)
-    # the first epoch at which the accuracy had reached 0.5 and stopped rising; a flat start
-    # (a network that has not begun to learn) does not count
-    assert not any(max(accs[:e]) >= 0.5 and _plateaued(accs[:e], 3, 0.05) for e in range(1, t))
+    assert all(f - a <= cfg.tpt_plateau_max_gap for a, f in zip(accs[t - 3:t], fits[t - 3:t]))
+    # the first epoch at which the accuracy had reached 0.5, stopped rising and was not trailing
+    # the SGD pass; a flat start (a network that has not begun to learn) does not count
+    assert not any(plateau_starts(accs[:e], fits[:e], 3, 0.05, 0.5, cfg.tpt_plateau_max_gap) for e in range(1, t))
     # the accuracy criterion alone never starts the terminal phase on these labels
     plain = run_cycle(x, yk, x[:4], K, cfg.replace(tpt_criterion="accuracy"))
     assert not plain.tpt["reached"] and plain.tpt["by"] is None

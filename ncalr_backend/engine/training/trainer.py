@@ -128,6 +128,20 @@ def _plateaued(accs: list[float], patience: int, delta: float) -> bool:
     return max(accs[-patience:]) - max(accs[:-patience]) < delta
 
 
+def plateau_starts(accs: list[float], fit_accs: list[float], patience: int, delta: float, min_acc: float,
+                   max_gap: float) -> bool:
+    """The plateau criterion at the latest epoch: the (eval-mode) training accuracy has reached
+    ``min_acc`` and stopped rising (``_plateaued``), and it is settled, not lagging: at every one of
+    the last ``patience`` epochs it is at most ``max_gap`` below the fit accuracy of that epoch's
+    SGD pass (``train_one_epoch``). A transient plateau has the SGD pass fitting the labels while
+    the eval-mode accuracy trails it (seen: BatchNorm running statistics still catching up with
+    two steps per epoch, fit accuracy 1.0 and eval accuracy 0.5 for eight epochs); a network that
+    cannot fit noisy labels has both flat at the same level."""
+    if len(accs) <= patience or max(accs) < min_acc or not _plateaued(accs, patience, delta):
+        return False
+    return all(f - a <= max_gap for a, f in zip(accs[-patience:], fit_accs[-patience:]))
+
+
 class _Loss:
     """The training loss of one batch: CE, logit-adjusted CE, or (multi-label) PAL, plus SpA-Reg."""
 
@@ -188,13 +202,28 @@ class _Run:
             raise Interrupted("training interrupted (the backend is stopping)")
 
 
-def train_one_epoch(run: _Run, lr: float) -> tuple[float, int]:
-    """One shuffled pass of SGD over the labeled set at ``lr``; returns (mean loss, images seen)."""
+def _fit_hits(logits: torch.Tensor, yb: torch.Tensor, multilabel: bool, set_threshold: float) -> int:
+    """How many of a batch's samples the train-mode logits get right (top-1; multi-label: exact
+    set match of the set rule, as ``multilabel.predict_sets``)."""
+    with torch.no_grad():
+        if not multilabel:
+            return int((logits.argmax(1) == yb).sum())
+        p = torch.softmax(logits, 1)
+        sets = p >= set_threshold
+        sets[torch.arange(len(p), device=p.device), p.argmax(1)] = True
+        return int((sets == (yb > 0.5)).all(1).sum())
+
+
+def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
+    """One shuffled pass of SGD over the labeled set at ``lr``; returns (mean loss, images seen,
+    fit accuracy: the share of the batches' samples the train-mode logits got right as they were
+    trained on, the SGD pass's own view of how well the labels are fitted)."""
     model, config, device = run.model, run.config, run.device
     for g in run.opt.param_groups:
         g["lr"] = lr
     model.train()
-    loss_sum, seen = 0.0, 0
+    loss_sum, seen, hits = 0.0, 0, 0
+    multilabel = run.yl.ndim == 2
     for idx in _batches(len(run.xl), config.batch_size, run.gen):
         run.check_stop()
         idx = idx.to(device)
@@ -217,7 +246,8 @@ def train_one_epoch(run: _Run, lr: float) -> tuple[float, int]:
             spa_slerp_(model.fc.weight.data, run.centres, slerp_alpha(config.spa_alpha_max, run.step, run.steps_total))
         loss_sum += float(loss.detach()) * len(idx)
         seen += len(idx)
-    return loss_sum / max(seen, 1), seen
+        hits += _fit_hits(logits.detach().float(), yb, multilabel, config.set_threshold)
+    return loss_sum / max(seen, 1), seen, hits / max(seen, 1)
 
 
 def evaluate_train(model: nn.Module, x_lab: torch.Tensor, y_np: np.ndarray, config: EngineConfig,
@@ -254,6 +284,7 @@ class TerminalPhase:
         self.t_i: int | None = None
         self.by: str | None = None
         self.accs: list[float] = []
+        self.fit_accs: list[float] = []
 
     def lr(self, epoch: int) -> float:
         c = self.config
@@ -262,17 +293,20 @@ class TerminalPhase:
             return c.lr * (c.lr_min_factor + (1 - c.lr_min_factor) * 0.5 * (1 + math.cos(math.pi * frac)))
         return c.lr
 
-    def observe(self, epoch: int, train_acc: float, nc: dict) -> bool:
-        """Record the epoch's accuracy; True when the terminal phase starts at this epoch."""
+    def observe(self, epoch: int, train_acc: float, nc: dict, fit_acc: float | None = None) -> bool:
+        """Record the epoch's accuracies (eval-mode, and the SGD pass's fit accuracy; None = the
+        same as ``train_acc``); True when the terminal phase starts at this epoch."""
         c = self.config
         geometry_ok = c.tpt_geometry_tol <= 0 or nc.get("target_dist_weights", float("inf")) <= c.tpt_geometry_tol
         self.accs.append(train_acc)
+        self.fit_accs.append(train_acc if fit_acc is None else fit_acc)
         if self.t_i is not None or epoch < c.min_epochs or not geometry_ok:
             return False
         if train_acc >= c.train_acc_threshold:
             self.t_i, self.by = epoch, "accuracy"
-        elif (c.tpt_criterion == "plateau" and max(self.accs) >= c.tpt_plateau_min_acc
-              and _plateaued(self.accs, c.tpt_patience, c.tpt_plateau_delta)):
+        elif c.tpt_criterion == "plateau" and plateau_starts(self.accs, self.fit_accs, c.tpt_patience,
+                                                             c.tpt_plateau_delta, c.tpt_plateau_min_acc,
+                                                             c.tpt_plateau_max_gap):
             self.t_i, self.by = epoch, "plateau"
         return self.t_i is not None
 
@@ -353,12 +387,12 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     epoch = 0
     for epoch in range(1, config.max_epochs + 1):
         lr = phase.lr(epoch)
-        loss, seen = train_one_epoch(run, lr)
+        loss, seen, fit_acc = train_one_epoch(run, lr)
         images += seen
         if not math.isfinite(loss):
             raise Diverged(f"the training loss became {loss} at epoch {epoch} (learning rate {lr:g})")
         train_acc, nc = evaluate_train(model, x_lab, y_np, config, device, use_amp, nc_rng, dynamics, epoch)
-        if phase.observe(epoch, train_acc, nc):  # FF counts from T_i on: drop the fallback window
+        if phase.observe(epoch, train_acc, nc, fit_acc):  # FF counts from T_i on: drop the fallback window
             preds.clear()
             pred_epochs.clear()
             window.clear()
@@ -368,7 +402,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
             run.check_stop()
             preds.append(pool_checkpoint(model, x_pool, config, device, use_amp, multilabel))
             pred_epochs.append(epoch)
-        row = {"epoch": epoch, "loss": loss, "train_acc": train_acc, "lr": lr,
+        row = {"epoch": epoch, "loss": loss, "train_acc": train_acc, "fit_acc": fit_acc, "lr": lr,
                "tpt": phase.t_i is not None, **{k: v for k, v in nc.items() if k not in ("classes", "samples")}}
         history.append(row)
         if progress is not None:
