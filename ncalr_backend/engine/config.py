@@ -17,6 +17,7 @@ SPA_MODES = ("none", "proj", "slerp", "reg")
 DEVICES = ("auto", "cpu", "cuda")
 CLASSIFIERS = ("learned", "etf")
 TPT_CRITERIA = ("accuracy", "plateau")
+SERVE = ("onset", "tpt")
 
 
 class ConfigError(ValueError):
@@ -114,6 +115,14 @@ class EngineConfig:
     with few steps per epoch: a 48-image case sat at 0.5 for eight epochs with the pass at 1.0),
     the plateau is transient and does not count; noisy labels leave both flat at one level.
     1 turns the guard off."""
+    serve: str = "onset"
+    """Which weights answer for the labels (pre-annotations, ``/predict``, placement; ``model.pt``,
+    ``CycleResult.model``, ``probs``, ``pred``, ``confidence``, ``pred_sets``); the pool is always
+    RANKED by the terminal-phase model (``CycleResult.tpt_model``). 'onset' (the default): when the
+    terminal phase started by the plateau, the checkpoint at T_i, before the window's decaying
+    learning rate memorises the labels the network could not fit (label noise); when it started
+    at the threshold (the labels were fitted) or was not reached, the final model. 'tpt': always
+    the final (terminal-phase) model, as before issue 11. Measured in docs/quality/README.md."""
     tpt_geometry_tol: float = 0.0
     """0 = the terminal phase starts when the training accuracy reaches ``train_acc_threshold``.
     > 0 additionally requires the classifier Gram's distance to the geometry target in force (SELI
@@ -171,6 +180,8 @@ class EngineConfig:
                      "coreset_max_greedy", "image_size", "min_epochs", "width"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.serve not in SERVE:
+            problems.append(f"serve={self.serve!r}: choose one of {list(SERVE)}")
         if self.tpt_criterion not in TPT_CRITERIA:
             problems.append(f"tpt_criterion={self.tpt_criterion!r}: choose one of {list(TPT_CRITERIA)}")
         if (self.tpt_patience < 1 or not 0.0 <= self.tpt_plateau_delta <= 1.0

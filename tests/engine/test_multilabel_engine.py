@@ -232,3 +232,78 @@ def test_plateau_criterion_by_hand_and_in_training():
     assert res.tpt["epochs"] == t + cfg.tpt_window
     with pytest.raises(ConfigError, match="tpt_criterion"):
         EngineConfig(tpt_criterion="loss")
+
+
+def _noisy_quadrants():
+    x, y = quadrant_sets(n_single=8, n_pair=0)
+    yk = y.argmax(1)
+    yk[::2] = (yk[::2] + 1) % K  # half the labels wrong: the threshold is out of reach
+    return x, yk
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_served_checkpoint_is_the_onset_of_a_plateau_and_ranking_stays_terminal(tmp_path):
+    """Labels the network cannot fit: the terminal phase starts by the plateau at T_i, the window
+    memorises; the served model (labels, confidences, model.pt) is the checkpoint at T_i, the
+    ranking is the final model's. Checked against a second run stopped at T_i (the same epochs at
+    the same constant learning rate, so the same weights)."""
+    x, yk = _noisy_quadrants()
+    px, _ = quadrant_sets(n_single=4, n_pair=0, seed=1)
+    cfg = FAST.replace(max_epochs=30, tpt_patience=3, tpt_plateau_delta=0.05, augment=True)
+    assert cfg.serve == "onset"
+    res = run_cycle(x, yk, px, K, cfg, out_dir=tmp_path)
+    t = res.tpt["t_i"]
+    assert res.tpt["by"] == "plateau" and res.tpt["served"]["checkpoint"] == "onset", res.tpt
+    assert res.tpt["served"]["epoch"] == t and res.meta["served"]["epoch"] == t
+    assert res.tpt_model is not res.model and not _same_weights(res.model, res.tpt_model)
+    stopped = run_cycle(x, yk, px, K, cfg.replace(max_epochs=t))
+    assert stopped.tpt["t_i"] == t and stopped.tpt["epochs"] == t
+    assert _same_weights(res.model, stopped.tpt_model)  # the served weights are those at T_i
+    # labels and confidences from the served model; everything that ranks from the terminal one
+    np.testing.assert_allclose(res.probs, predict_proba(res.model, px), atol=1e-5)
+    np.testing.assert_allclose(res.view.probs, predict_proba(res.tpt_model, px), atol=1e-5)
+    assert not np.allclose(res.probs, res.view.probs, atol=1e-3)
+    np.testing.assert_array_equal(res.pred, res.probs.argmax(1))
+    np.testing.assert_allclose(res.confidence, res.probs.max(1), atol=1e-6)
+    again = run_cycle(x, yk, px, K, cfg.replace(serve="tpt"))
+    np.testing.assert_array_equal(again.ranking, res.ranking)  # serving changes no ranking
+    assert again.model is again.tpt_model and again.tpt["served"]["checkpoint"] == "final"
+    np.testing.assert_allclose(again.probs, res.view.probs, atol=1e-6)
+    # model.pt is the served model (what /predict, placement and the next warm start read)
+    served, meta = load_model(tmp_path / "model.pt")
+    assert meta["served"]["checkpoint"] == "onset"
+    np.testing.assert_allclose(predict_proba(served, px), res.probs, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(list(res.model_state.values())[0]),
+                               np.asarray(list(served.state_dict().values())[0]))
+    with pytest.raises(ConfigError, match="serve"):
+        EngineConfig(serve="best")
+
+
+def test_fitted_labels_serve_the_final_model(ml_cycle):
+    res, out, (x, y, px, py) = ml_cycle
+    assert res.tpt["by"] == "accuracy" and res.tpt["served"]["checkpoint"] == "final"
+    assert res.model is res.tpt_model
+    np.testing.assert_array_equal(res.pred_sets, predict_sets(res.probs, FAST.set_threshold))
+    np.testing.assert_array_equal(res.view.pred_sets, res.pred_sets)
+
+
+def test_multilabel_plateau_serves_the_onset_sets():
+    """Multi-label: wrong label sets (every other set swapped for another label) keep the exact-set
+    accuracy below the threshold; the plateau on exact-set accuracy picks the served checkpoint and
+    the served sets are the set rule on the served probabilities."""
+    x, y = quadrant_sets(n_single=8, n_pair=4)
+    y = y.copy()
+    y[::2] = np.roll(y[::2], 1, axis=1)
+    px, _ = quadrant_sets(n_single=3, n_pair=3, seed=2)
+    cfg = FAST.replace(max_epochs=30, tpt_patience=3, tpt_plateau_delta=0.05, augment=True)
+    res = run_cycle(x, y, px, K, cfg)
+    assert res.tpt["by"] == "plateau" and res.tpt["served"]["checkpoint"] == "onset", \
+        (res.tpt, [h["train_acc"] for h in res.history])
+    np.testing.assert_array_equal(res.pred_sets, predict_sets(res.probs, cfg.set_threshold))
+    np.testing.assert_array_equal(res.view.pred_sets, predict_sets(res.view.probs, cfg.set_threshold))
+    np.testing.assert_allclose(res.confidence, (res.probs * res.pred_sets).sum(1), atol=1e-6)
+    np.testing.assert_allclose(res.probs, predict_proba(res.model, px), atol=1e-5)

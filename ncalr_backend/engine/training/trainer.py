@@ -12,10 +12,14 @@ exact-set-match rate of the set rule (``multilabel.predict_sets``); the NC metri
 multiplicity-1 samples plus the tag-wise average check; and the pool's predicted SETS are recorded
 at each checkpoint (packed bits), so FF counts set changes.
 
-With ``tpt_criterion='plateau'`` the terminal phase also starts when the training accuracy stops
-rising (``_plateaued``): under label noise, or for exact-set accuracy in multi-label mode, the
-network cannot reach ``train_acc_threshold`` without memorising, and the window then starts where
-training has settled instead of at the epoch cap. ``tpt['by']`` says which criterion fired.
+With ``tpt_criterion='plateau'`` (the default) the terminal phase also starts when the training
+accuracy has settled below the threshold (``plateau_starts``): under label noise, or for exact-set
+accuracy in multi-label mode, the network cannot reach ``train_acc_threshold`` without memorising,
+and the window then starts where training has settled instead of at the epoch cap. A plateau
+counts only while the eval-mode accuracy does not trail the SGD pass's own fit accuracy
+(``fit_acc``) by more than ``tpt_plateau_max_gap``: the guard against a transient plateau.
+``tpt['by']`` says which criterion fired. When the plateau fired, the weights at T_i are kept as
+the served checkpoint (``EngineConfig.serve``, ``TrainResult.served_state``, ``tpt['served']``).
 
 With ``tpt_geometry_tol`` > 0 the terminal phase also needs the classifier Gram to be within that
 distance of the geometry target in force: SELI from the class counts when the classes are
@@ -75,6 +79,7 @@ class TrainResult:
     images_seen: int = 0
     extras: dict = field(default_factory=dict)
     label_dynamics: LabelDynamics | None = None  # the labeled set per epoch (label_errors.py)
+    served_state: dict | None = None  # weights to serve when not the final model's (``served_checkpoint``)
 
 
 def _random_translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -326,6 +331,18 @@ def pool_checkpoint(model: nn.Module, x_pool: torch.Tensor, config: EngineConfig
     return lp.argmax(1).numpy().astype(np.int32)
 
 
+def served_checkpoint(phase: TerminalPhase, epoch: int, onset: bool) -> dict:
+    """Which weights the cycle serves (``EngineConfig.serve``): the checkpoint at T_i when the
+    terminal phase started by the plateau (``"onset"``), else the final model (``"final"``)."""
+    if onset:
+        return {"checkpoint": "onset", "epoch": phase.t_i,
+                "why": "the labels could not be fitted (plateau below the threshold): serve the model "
+                       "before the terminal phase memorises them"}
+    return {"checkpoint": "final", "epoch": epoch,
+            "why": ("the labels were fitted (threshold reached)" if phase.by == "accuracy" else
+                    "serve='tpt'" if phase.config.serve == "tpt" else "the terminal phase was not reached")}
+
+
 def tpt_summary(phase: TerminalPhase, history: list[dict], pred_epochs: list[int], epoch: int,
                 multilabel: bool) -> dict:
     """``TrainResult.tpt``: whether and how the terminal phase came, and the geometry at T_i / the end."""
@@ -383,6 +400,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     pred_epochs: list[int] = []
     dynamics = LabelDynamics.for_labels(y_np, K, config.set_threshold)
     window: list[int] = []  # the terminal-phase checkpoint epochs, kept even when the pool is empty
+    onset_state: dict | None = None  # the weights at T_i (the served checkpoint when the plateau fired)
     images = 0
     epoch = 0
     for epoch in range(1, config.max_epochs + 1):
@@ -393,6 +411,8 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
             raise Diverged(f"the training loss became {loss} at epoch {epoch} (learning rate {lr:g})")
         train_acc, nc = evaluate_train(model, x_lab, y_np, config, device, use_amp, nc_rng, dynamics, epoch)
         if phase.observe(epoch, train_acc, nc, fit_acc):  # FF counts from T_i on: drop the fallback window
+            if config.serve == "onset" and phase.by == "plateau":
+                onset_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             preds.clear()
             pred_epochs.clear()
             window.clear()
@@ -422,7 +442,9 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
         pred_hist = np.stack(preds)
     else:
         pred_hist = np.zeros((0, M, (K + 7) // 8), np.uint8) if multilabel else np.zeros((0, M), np.int32)
-    return TrainResult(history=history, tpt=tpt_summary(phase, history, pred_epochs, epoch, multilabel),
+    tpt = tpt_summary(phase, history, pred_epochs, epoch, multilabel)
+    tpt["served"] = served_checkpoint(phase, epoch, onset_state is not None)
+    return TrainResult(history=history, tpt=tpt, served_state=onset_state,
                        pred_history=pred_hist, feats_lab=feats_l.numpy(), feats_pool=feats_p.numpy(),
                        logits_pool=logits_p.numpy(), seconds=time.perf_counter() - t0, images_seen=images,
                        label_dynamics=dynamics)
