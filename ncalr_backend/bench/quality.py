@@ -186,6 +186,7 @@ def base_settings(args: argparse.Namespace) -> dict:
     s = {"device": "cpu" if os.environ.get("NCALR_BENCH_DEVICE", "auto") == "cpu" else "auto"}
     if "width" in {f.name for f in _dc.fields(EngineConfig)}:
         s["width"] = str(args.width)
+    s["threads"] = str(max(1, args.threads))  # run_cycle sets torch's threads from this every cycle
     for k in ("max_epochs", "tpt_window", "train_acc_threshold", "warm_start"):
         v = getattr(args, k)
         if v is not None:

@@ -141,10 +141,13 @@ class EngineConfig:
     device: str = "auto"
     """'auto' picks CUDA when present, else the CPU."""
     threads: int = 0
-    """torch CPU threads for training and scoring (process-wide); 0 = torch's default (one per
-    core). On a machine shared with other busy processes, oversubscribed threads are far slower
-    than fewer: a small cycle measured 0.66 s with 1 thread and 23.9 s with 2 on a 2-core machine
-    at load average 5."""
+    """torch CPU threads for training and scoring (process-wide), set at the start of every cycle.
+    0 (the default) = chosen per cycle from the machine (``run.auto_threads``): the cores this
+    process may use minus the 1-minute load average, rounded, at least 1 and at most the cores.
+    On a machine shared with busy processes, oversubscribed threads are far slower than fewer: a
+    small cycle measured 0.66 s with 1 thread and 23.9 s with 2 on a 2-core machine at load
+    average 5, which torch's own default (one thread per core, the behaviour of 0 before issue 11)
+    ran into. N > 0 = exactly N threads."""
     amp: bool = True
     """bf16 autocast + channels-last on CUDA (ignored on the CPU)."""
     eval_batch_size: int = 512
@@ -189,7 +192,7 @@ class EngineConfig:
             problems.append("tpt_patience must be >= 1; tpt_plateau_delta, tpt_plateau_min_acc and "
                             "tpt_plateau_max_gap in [0, 1]")
         if self.threads < 0:
-            problems.append(f"threads={self.threads}: must be >= 0 (0 = torch's default)")
+            problems.append(f"threads={self.threads}: must be >= 0 (0 = chosen per cycle from cores and load)")
         if self.tpt_window < 1:
             problems.append(f"tpt_window={self.tpt_window}: must be >= 1 (FF needs two checkpoints)")
         if not 0.0 < self.train_acc_threshold <= 1.0:

@@ -6,6 +6,7 @@ The Label Studio service and the benchmarks call ``run_cycle``; nothing else re-
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,25 @@ def _check(x_lab, y_lab, x_pool, num_classes) -> tuple[np.ndarray, np.ndarray, n
     return x_lab.astype(np.float32, copy=False), y_out, x_pool.astype(np.float32, copy=False)
 
 
+def auto_threads(cores: int | None = None, load: float | None = None) -> int:
+    """torch threads for a cycle when ``EngineConfig.threads`` is 0: the cores this process may
+    use (``os.sched_getaffinity``, else ``os.cpu_count()``) minus the 1-minute load average
+    (``os.getloadavg``), rounded, clipped to [1, cores]. One thread per busy neighbour fewer, so
+    the cycle's threads do not fight other processes for cores (oversubscribed, torch's
+    OpenMP threads wait on each other: 36x slower measured on 2 cores at load 5)."""
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load average on this platform: torch's default
+            return max(1, cores)
+    return int(min(cores, max(1, round(cores - load))))
+
+
 def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | None = None,
               out_dir: str | Path | None = None, init_state: dict | None = None,
               progress: Callable[[dict], None] | None = None,
@@ -152,8 +172,7 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
     config = config or EngineConfig()
     x_lab, y_lab, x_pool = _check(x_lab, y_lab, x_pool, num_classes)
     device = pick_device(config.device)
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
+    torch.set_num_threads(config.threads if config.threads > 0 else auto_threads())
     torch.manual_seed(config.seed)
     strategy = get_strategy(config.strategy)
     t0 = time.perf_counter()

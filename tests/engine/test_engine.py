@@ -222,3 +222,26 @@ def test_default_criterion_waits_out_a_transient_plateau():
     assert res.tpt["reached"] and res.tpt["by"] == "accuracy", (res.tpt, accs, fits)
     assert accs[res.tpt["t_i"] - 1] >= FAST.train_acc_threshold
     assert (res.pred == py).mean() > 0.9
+
+
+def test_auto_threads_leave_busy_cores_alone(monkeypatch):
+    from ncalr_backend.engine import run as run_mod
+    from ncalr_backend.engine.run import auto_threads
+    assert auto_threads(2, 0.1) == 2  # idle: every core
+    assert auto_threads(2, 0.7) == 1  # one busy neighbour on two cores: one thread
+    assert auto_threads(2, 5.0) == 1  # never fewer than one
+    assert auto_threads(16, 3.2) == 13 and auto_threads(16, 0.0) == 16 and auto_threads(1, 0.0) == 1
+    monkeypatch.setattr(run_mod.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(run_mod.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert auto_threads() == 3
+    # a cycle with threads=0 sets torch's threads from the machine; threads=N sets N
+    import torch
+    before = torch.get_num_threads()
+    try:
+        x, y = separable(n_per=3)
+        run_cycle(x, y, x[:2], 4, FAST.replace(max_epochs=1, tpt_window=1))
+        assert torch.get_num_threads() == 3
+        run_cycle(x, y, x[:2], 4, FAST.replace(max_epochs=1, tpt_window=1, threads=2))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

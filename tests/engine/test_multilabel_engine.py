@@ -292,12 +292,12 @@ def test_fitted_labels_serve_the_final_model(ml_cycle):
 
 
 def test_multilabel_plateau_serves_the_onset_sets():
-    """Multi-label: wrong label sets (every other set swapped for another label) keep the exact-set
+    """Multi-label: wrong label sets (every fourth set shifted to other labels) keep the exact-set
     accuracy below the threshold; the plateau on exact-set accuracy picks the served checkpoint and
     the served sets are the set rule on the served probabilities."""
     x, y = quadrant_sets(n_single=8, n_pair=4)
     y = y.copy()
-    y[::2] = np.roll(y[::2], 1, axis=1)
+    y[::4] = np.roll(y[::4], 1, axis=1)
     px, _ = quadrant_sets(n_single=3, n_pair=3, seed=2)
     cfg = FAST.replace(max_epochs=30, tpt_patience=3, tpt_plateau_delta=0.05, augment=True)
     res = run_cycle(x, y, px, K, cfg)
