@@ -17,7 +17,7 @@ SPA_MODES = ("none", "proj", "slerp", "reg")
 DEVICES = ("auto", "cpu", "cuda")
 CLASSIFIERS = ("learned", "etf")
 TPT_CRITERIA = ("accuracy", "plateau")
-SERVE = ("onset", "tpt")
+SERVE = ("holdout", "tpt")
 
 
 class ConfigError(ValueError):
@@ -115,14 +115,23 @@ class EngineConfig:
     with few steps per epoch: a 48-image case sat at 0.5 for eight epochs with the pass at 1.0),
     the plateau is transient and does not count; noisy labels leave both flat at one level.
     1 turns the guard off."""
-    serve: str = "onset"
+    serve: str = "holdout"
     """Which weights answer for the labels (pre-annotations, ``/predict``, placement; ``model.pt``,
     ``CycleResult.model``, ``probs``, ``pred``, ``confidence``, ``pred_sets``); the pool is always
-    RANKED by the terminal-phase model (``CycleResult.tpt_model``). 'onset' (the default): when the
-    terminal phase started by the plateau, the checkpoint at T_i, before the window's decaying
-    learning rate memorises the labels the network could not fit (label noise); when it started
-    at the threshold (the labels were fitted) or was not reached, the final model. 'tpt': always
-    the final (terminal-phase) model, as before issue 11. Measured in docs/quality/README.md."""
+    RANKED by the terminal-phase model (``CycleResult.tpt_model``). 'holdout' (the default): a
+    slice of the labeled set (``serve_holdout``) is not trained on, and of the FF checkpoints (T_i
+    and the window after it) the one with the best accuracy on that slice is served (ties: the
+    later one, so the final model unless an earlier one is strictly better). Under label noise the
+    window's decaying learning rate memorises the wrong labels and an earlier checkpoint
+    generalises better; with clean labels the final model usually wins. Multi-label: exact set
+    match of the set rule on the slice. 'tpt': no slice, the final model always (before issue 11).
+    Measured in docs/quality/README.md."""
+    serve_holdout: float = 0.1
+    """Share of the labeled set held out from training to choose the served checkpoint
+    (stratified by class in single-label mode, never a class's last sample)."""
+    serve_holdout_min: int = 10
+    """Fewer held-out samples than this (small labeled sets): nothing is held out and the final
+    model is served (a handful of labels cannot tell checkpoints apart)."""
     tpt_geometry_tol: float = 0.0
     """0 = the terminal phase starts when the training accuracy reaches ``train_acc_threshold``.
     > 0 additionally requires the classifier Gram's distance to the geometry target in force (SELI
@@ -185,6 +194,8 @@ class EngineConfig:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
         if self.serve not in SERVE:
             problems.append(f"serve={self.serve!r}: choose one of {list(SERVE)}")
+        if not 0.0 < self.serve_holdout < 0.5 or self.serve_holdout_min < 1:
+            problems.append("serve_holdout must be in (0, 0.5) and serve_holdout_min >= 1")
         if self.tpt_criterion not in TPT_CRITERIA:
             problems.append(f"tpt_criterion={self.tpt_criterion!r}: choose one of {list(TPT_CRITERIA)}")
         if (self.tpt_patience < 1 or not 0.0 <= self.tpt_plateau_delta <= 1.0

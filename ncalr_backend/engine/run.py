@@ -147,6 +147,29 @@ def auto_threads(cores: int | None = None, load: float | None = None) -> int:
     return int(min(cores, max(1, round(cores - load))))
 
 
+def serve_holdout(y_lab: np.ndarray, config: EngineConfig) -> np.ndarray | None:
+    """The labeled samples held out from training to choose the served checkpoint (bool [N]), or
+    None (``serve='tpt'``, or fewer than ``serve_holdout_min`` would be held out). Single-label:
+    per class, ``serve_holdout`` of its samples with stochastic rounding, never its last one;
+    multi-label: a random ``serve_holdout`` of the rows. Seeded by ``config.seed``."""
+    if config.serve != "holdout":
+        return None
+    rng = np.random.default_rng([config.seed, 104729])
+    N = len(y_lab)
+    mask = np.zeros(N, dtype=bool)
+    if y_lab.ndim == 2:
+        mask[rng.choice(N, size=int(round(config.serve_holdout * N)), replace=False)] = True
+    else:
+        for c in np.unique(y_lab):
+            idx = np.flatnonzero(y_lab == c)
+            k = min(len(idx) - 1, int(np.floor(config.serve_holdout * len(idx) + rng.random())))
+            if k > 0:
+                mask[rng.choice(idx, size=k, replace=False)] = True
+    if mask.sum() < config.serve_holdout_min or N - mask.sum() < 2:
+        return None
+    return mask
+
+
 def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | None = None,
               out_dir: str | Path | None = None, init_state: dict | None = None,
               progress: Callable[[dict], None] | None = None,
@@ -161,10 +184,12 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
 
     The pool is ranked by the terminal-phase model (``tpt_model``; ``view``); the labels and
     confidences (``probs``, ``pred``, ``confidence``, ``pred_sets``) and ``model`` (saved as
-    model.pt) come from the served checkpoint, ``EngineConfig.serve``: with the default, the
-    weights at T_i when the terminal phase started by the plateau (labels the network could not
-    fit: it memorises them in the window), else the final model. ``tpt['served']`` and
-    ``meta['served']`` say which.
+    model.pt) come from the served checkpoint, ``EngineConfig.serve``: with the default, a slice
+    of the labeled set (``serve_holdout``) is held out from training and the FF checkpoint with
+    the best accuracy on it is served (ties: the later; ``serve_holdout``). ``tpt['served']``
+    and ``meta['served']`` say which (checkpoint 'final' or 'window', epoch, held-out size and
+    accuracies). The held-out samples still get label-error signals and count in CMAP's class
+    means.
 
     If ``out_dir`` is given, writes ``model.pt`` (state dict + meta), ``scores.npz`` and
     ``metrics.json`` there, each atomically.
@@ -185,8 +210,9 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
         if all(k in own and own[k].shape == v.shape for k, v in init_state.items()) and len(init_state) == len(own):
             model.load_state_dict(init_state)
             warm = True
+    holdout = serve_holdout(y_lab, config)
     tr = train_to_tpt(model, torch.from_numpy(x_lab), torch.from_numpy(y_lab), torch.from_numpy(x_pool),
-                      config, device, progress, should_stop)
+                      config, device, progress, should_stop, holdout=holdout)
     model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     t1 = time.perf_counter()
     tpt_probs = torch.softmax(torch.from_numpy(tr.logits_pool), dim=1).numpy().astype(np.float32)
