@@ -11,8 +11,8 @@ OUT=${OUT:-docs/quality/threads/results.jsonl}
 CORES=$(nproc)
 : > "$OUT"
 measure() { for rep in 1 2 3; do
-  "$PY" docs/quality/threads/measure.py "$CORES" "$1/old" >> "$OUT"
-  "$PY" docs/quality/threads/measure.py 0 "$1/new" >> "$OUT"; done; }
+  PYTHONPATH=. "$PY" docs/quality/threads/measure.py "$CORES" "$1/old" >> "$OUT"
+  PYTHONPATH=. "$PY" docs/quality/threads/measure.py 0 "$1/new" >> "$OUT"; done; }
 sleep "${SETTLE:-60}"  # let the load average of earlier work decay
 measure idle
 "$PY" -c 'while True: pass' & NB=$!
