@@ -246,14 +246,16 @@ def _same_weights(a, b) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-HOLD = FAST.replace(max_epochs=30, tpt_patience=3, tpt_plateau_delta=0.05, augment=True, serve_holdout=0.25,
-                    serve_holdout_min=4)
+HOLD = FAST.replace(max_epochs=30, tpt_patience=3, tpt_plateau_delta=0.05, augment=True, serve="holdout",
+                    serve_holdout=0.25, serve_holdout_min=4)
 
 
 def test_holdout_slice_by_hand():
     from ncalr_backend.engine.run import serve_holdout
     y = np.array([0] * 10 + [1] * 5 + [2])
-    cfg = EngineConfig(serve_holdout=0.2, serve_holdout_min=1)
+    assert EngineConfig().serve == "tpt"  # the default: nothing held out
+    assert serve_holdout(y, EngineConfig()) is None
+    cfg = EngineConfig(serve="holdout", serve_holdout=0.2, serve_holdout_min=1)
     for seed in range(20):
         m = serve_holdout(y, cfg.replace(seed=seed))
         counts = [int(m[y == c].sum()) for c in range(3)]
@@ -355,8 +357,11 @@ def test_served_window_checkpoint_is_the_weights_of_that_epoch():
 
 
 def test_fitted_small_sets_serve_the_final_model(ml_cycle):
-    res, out, (x, y, px, py) = ml_cycle  # 42 labeled: 4 would be held out, below the minimum of 10
+    res, out, (x, y, px, py) = ml_cycle  # the default serves the final model
     assert res.tpt["served"]["checkpoint"] == "final" and res.tpt["served"]["holdout"] == 0
+    # with serve='holdout', 42 labeled would hold out 4, below the minimum of 10: the final model too
+    from ncalr_backend.engine.run import serve_holdout
+    assert serve_holdout(y, FAST.replace(serve="holdout")) is None
     assert res.model is res.tpt_model
     np.testing.assert_array_equal(res.pred_sets, predict_sets(res.probs, FAST.set_threshold))
     np.testing.assert_array_equal(res.view.pred_sets, res.pred_sets)
