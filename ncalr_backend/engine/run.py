@@ -184,12 +184,12 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
 
     The pool is ranked by the terminal-phase model (``tpt_model``; ``view``); the labels and
     confidences (``probs``, ``pred``, ``confidence``, ``pred_sets``) and ``model`` (saved as
-    model.pt) come from the served checkpoint, ``EngineConfig.serve``: with the default, a slice
-    of the labeled set (``serve_holdout``) is held out from training and the FF checkpoint with
-    the best accuracy on it is served (ties: the later; ``serve_holdout``). ``tpt['served']``
-    and ``meta['served']`` say which (checkpoint 'final' or 'window', epoch, held-out size and
-    accuracies). The held-out samples still get label-error signals and count in CMAP's class
-    means.
+    model.pt) come from the served checkpoint, ``EngineConfig.serve``: by default the final
+    model (then ``model is tpt_model``); with ``serve='holdout'`` a slice of the labeled set
+    (``serve_holdout``) is held out from training and the FF checkpoint with the best accuracy on
+    it is served (ties: the later). ``tpt['served']`` and ``meta['served']`` say which
+    (checkpoint 'final' or 'window', epoch, held-out size and accuracies). Held-out samples still
+    get label-error signals and count in CMAP's class means.
 
     If ``out_dir`` is given, writes ``model.pt`` (state dict + meta), ``scores.npz`` and
     ``metrics.json`` there, each atomically.
