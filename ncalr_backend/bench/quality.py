@@ -56,7 +56,7 @@ LIBRARY_STRATEGIES = {"baal-bald": "bald", "baal-entropy": "entropy"}  # label -
 DEFAULT_STRATEGIES = "ncalr,random,entropy,margin,coreset,bald,baal-bald"
 MULTILABEL_DATASETS = ("digits-multilabel",)
 # per-epoch engine history kept in results.json (per strategy, seed and cycle)
-HISTORY_KEYS = ("epoch", "loss", "train_acc", "tpt", "nc1", "seli_dist_weights", "etf_dist_weights",
+HISTORY_KEYS = ("epoch", "loss", "train_acc", "fit_acc", "tpt", "nc1", "seli_dist_weights", "etf_dist_weights",
                 "seli_dist_means", "etf_dist_means", "imbalance_ratio")
 GEOMETRY_KEYS = ("seli_dist_weights", "etf_dist_weights", "seli_dist_means", "etf_dist_means", "imbalance_ratio")
 QUICK = {"subsample": 500, "seeds": "1", "cycles": 2, "initial": 0.1, "query": 0.05,
@@ -81,6 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.add_argument("--out", default="runs/quality", help="output folder")
     a.add_argument("--quick", action="store_true", help="smoke run (~1-2 minutes): small subset, 1 seed, 2 cycles, short training")
     e = add_engine_arguments(p)
+    e.add_argument("--warm-from", choices=("served", "tpt"), default="served",
+                   help="warm start from the served checkpoint (what the service does: model.pt) or the terminal-phase model")
     e.add_argument("--require-library", action="store_true",
                    help="fail if a library baseline cannot be imported (default: skip it in --quick, fail otherwise)")
     e.add_argument("--no-plot", action="store_true")
@@ -184,6 +186,7 @@ def base_settings(args: argparse.Namespace) -> dict:
     s = {"device": "cpu" if os.environ.get("NCALR_BENCH_DEVICE", "auto") == "cpu" else "auto"}
     if "width" in {f.name for f in _dc.fields(EngineConfig)}:
         s["width"] = str(args.width)
+    s["threads"] = str(max(1, args.threads))  # run_cycle sets torch's threads from this every cycle
     for k in ("max_epochs", "tpt_window", "train_acc_threshold", "warm_start"):
         v = getattr(args, k)
         if v is not None:
@@ -305,6 +308,10 @@ class Runner:
         res, ranked, sel_s = qe.train_and_rank(x_lab, y_lab, pool.x_pool[cand], pool.num_classes, cfg_c,
                                                specs, scoring, init_state, verbose=args.verbose)
         res.bench = {**evaluate(pool, res, qe.predict(res.model, pool.x_test)), "cand": cand, "n_lab": int(len(lab_idx))}
+        if res.tpt_model is not None and res.tpt_model is not res.model:  # served != terminal-phase model
+            res.bench["acc_tpt"] = evaluate(pool, res, qe.predict(res.tpt_model, pool.x_test))["acc"]
+        else:
+            res.bench["acc_tpt"] = res.bench["acc"]
         return res, ranked, sel_s
 
     def _trajectory(self, pool, init_idx, n_query, spec: Spec, seed: int, first) -> dict:
@@ -325,9 +332,12 @@ class Runner:
             budgets.append(int(len(lab_idx)))
             train_secs.append(float(res.timings["train_s"]))
             d = {"cycle": cycle, "labeled": int(len(lab_idx)), "acc": res.bench["acc"],
+                 "acc_tpt": res.bench["acc_tpt"], "served": (res.tpt.get("served") or {}).get("checkpoint"),
+                 "served_epoch": (res.tpt.get("served") or {}).get("epoch"), "tpt_by": res.tpt.get("by"),
                  "tpt_reached": bool(res.tpt["reached"]), "t_i": res.tpt["t_i"], "epochs": int(res.tpt["epochs"]),
                  "train_s": round(float(res.timings["train_s"]), 2),
                  "labeled_noise": float(pool.oracle.corrupted(lab_idx).mean()),
+                 "flagged_fraction": None if res.flagged is None else float(np.mean(res.flagged)),
                  "nc1": (res.diagnostics or {}).get("nc1"),
                  **{k: res.bench[k] for k in ("balanced_acc", "group_acc", "per_class_acc", "exact_match",
                                               "micro_f1", "macro_f1") if k in res.bench},
@@ -342,7 +352,7 @@ class Runner:
                 d["select_s"] = round(float(sel_s), 4)
                 lab_idx = np.concatenate([lab_idx, picked])
             diags.append(d)
-            prev_state = res.model_state if cfg.warm_start else None
+            prev_state = (res.tpt_model_state if args.warm_from == "tpt" else res.model_state) if cfg.warm_start else None
             self.log(f"seed {seed} {spec.label:<28s} cycle {cycle}/{args.cycles} labeled {budgets[-1]:4d} "
                      f"acc {100 * accs[-1]:5.1f}%  train {train_secs[-1]:5.1f}s  "
                      f"tpt {'@' + str(res.tpt['t_i']) if res.tpt['reached'] else 'not reached'} ({res.tpt['epochs']} ep)"

@@ -66,7 +66,7 @@ def train_and_rank(x_lab, y_lab, x_pool, num_classes, cfg, specs, scoring, init_
         else:
             ranking, scores, extras = rerank(res, c)
             base_s = 0.0
-        entry = _library_entry(spec, c, ranking, scores, extras, res.probs)
+        entry = _library_entry(spec, c, ranking, scores, extras, res.view.probs)  # the ranking model's
         seconds[spec.label] = base_s + time.perf_counter() - t0
         ranked[spec.label] = entry
     return res, ranked, seconds

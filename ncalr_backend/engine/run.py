@@ -6,6 +6,7 @@ The Label Studio service and the benchmarks call ``run_cycle``; nothing else re-
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +38,8 @@ class CycleResult:
     scores: dict  # name -> [M] float64; "score" is what was ranked
     pred: np.ndarray  # [M] int64 most probable class
     confidence: np.ndarray  # [M] float32: max probability; multi-label: softmax mass on the predicted set
-    probs: np.ndarray  # [M, K] float32
-    model: ResNet18Classifier
+    probs: np.ndarray  # [M, K] float32, of the served model (``model``)
+    model: ResNet18Classifier  # the served model (``EngineConfig.serve``; saved as model.pt)
     meta: dict
     history: list
     tpt: dict
@@ -55,10 +56,19 @@ class CycleResult:
     suggested: np.ndarray | None = None  # [N] int64 suggested class; multi-label: [N, K] bool suggested set
     suspect_label: np.ndarray | None = None  # [N] int64 the given label most likely wrong (single-label: y)
     label_report: LabelReport | None = field(default=None, repr=False)  # signals, per-label flags (multi-label)
+    # the terminal-phase model that RANKED the pool (``view`` holds its probabilities); the same
+    # object as ``model`` when the final model is served
+    tpt_model: ResNet18Classifier | None = field(default=None, repr=False)
 
     @property
     def model_state(self) -> dict:
+        """The served model's weights (what model.pt holds and the service warm-starts from)."""
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    @property
+    def tpt_model_state(self) -> dict:
+        """The terminal-phase model's weights."""
+        return {k: v.detach().clone() for k, v in (self.tpt_model or self.model).state_dict().items()}
 
     def summary(self) -> dict:
         s = {"strategy": self.config.strategy, "pool": int(len(self.ranking)), "multilabel": self.multilabel,
@@ -118,6 +128,48 @@ def _check(x_lab, y_lab, x_pool, num_classes) -> tuple[np.ndarray, np.ndarray, n
     return x_lab.astype(np.float32, copy=False), y_out, x_pool.astype(np.float32, copy=False)
 
 
+def auto_threads(cores: int | None = None, load: float | None = None) -> int:
+    """torch threads for a cycle when ``EngineConfig.threads`` is 0: the cores this process may
+    use (``os.sched_getaffinity``, else ``os.cpu_count()``) minus the 1-minute load average
+    (``os.getloadavg``), rounded, clipped to [1, cores]. One thread per busy neighbour fewer, so
+    the cycle's threads do not fight other processes for cores (oversubscribed, torch's
+    OpenMP threads wait on each other: 36x slower measured on 2 cores at load 5)."""
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load average on this platform: torch's default
+            return max(1, cores)
+    return int(min(cores, max(1, round(cores - load))))
+
+
+def serve_holdout(y_lab: np.ndarray, config: EngineConfig) -> np.ndarray | None:
+    """The labeled samples held out from training to choose the served checkpoint (bool [N]), or
+    None (``serve='tpt'``, or fewer than ``serve_holdout_min`` would be held out). Single-label:
+    per class, ``serve_holdout`` of its samples with stochastic rounding, never its last one;
+    multi-label: a random ``serve_holdout`` of the rows. Seeded by ``config.seed``."""
+    if config.serve != "holdout":
+        return None
+    rng = np.random.default_rng([config.seed, 104729])
+    N = len(y_lab)
+    mask = np.zeros(N, dtype=bool)
+    if y_lab.ndim == 2:
+        mask[rng.choice(N, size=int(round(config.serve_holdout * N)), replace=False)] = True
+    else:
+        for c in np.unique(y_lab):
+            idx = np.flatnonzero(y_lab == c)
+            k = min(len(idx) - 1, int(np.floor(config.serve_holdout * len(idx) + rng.random())))
+            if k > 0:
+                mask[rng.choice(idx, size=k, replace=False)] = True
+    if mask.sum() < config.serve_holdout_min or N - mask.sum() < 2:
+        return None
+    return mask
+
+
 def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | None = None,
               out_dir: str | Path | None = None, init_state: dict | None = None,
               progress: Callable[[dict], None] | None = None,
@@ -130,14 +182,22 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
     ``y_lab``: class ids [N] (single-label), or multi-hot [N, K] (multi-label: pick-all-labels
     loss, FF over predicted sets, CMAP over single-label class means; ``pred_sets`` in the result).
 
+    The pool is ranked by the terminal-phase model (``tpt_model``; ``view``); the labels and
+    confidences (``probs``, ``pred``, ``confidence``, ``pred_sets``) and ``model`` (saved as
+    model.pt) come from the served checkpoint, ``EngineConfig.serve``: by default the final
+    model (then ``model is tpt_model``); with ``serve='holdout'`` a slice of the labeled set
+    (``serve_holdout``) is held out from training and the FF checkpoint with the best accuracy on
+    it is served (ties: the later). ``tpt['served']`` and ``meta['served']`` say which
+    (checkpoint 'final' or 'window', epoch, held-out size and accuracies). Held-out samples still
+    get label-error signals and count in CMAP's class means.
+
     If ``out_dir`` is given, writes ``model.pt`` (state dict + meta), ``scores.npz`` and
     ``metrics.json`` there, each atomically.
     """
     config = config or EngineConfig()
     x_lab, y_lab, x_pool = _check(x_lab, y_lab, x_pool, num_classes)
     device = pick_device(config.device)
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
+    torch.set_num_threads(config.threads if config.threads > 0 else auto_threads())
     torch.manual_seed(config.seed)
     strategy = get_strategy(config.strategy)
     t0 = time.perf_counter()
@@ -150,18 +210,30 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
         if all(k in own and own[k].shape == v.shape for k, v in init_state.items()) and len(init_state) == len(own):
             model.load_state_dict(init_state)
             warm = True
+    holdout = serve_holdout(y_lab, config)
     tr = train_to_tpt(model, torch.from_numpy(x_lab), torch.from_numpy(y_lab), torch.from_numpy(x_pool),
-                      config, device, progress, should_stop)
+                      config, device, progress, should_stop, holdout=holdout)
     model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     t1 = time.perf_counter()
-    probs = torch.softmax(torch.from_numpy(tr.logits_pool), dim=1).numpy().astype(np.float32)
+    tpt_probs = torch.softmax(torch.from_numpy(tr.logits_pool), dim=1).numpy().astype(np.float32)
     fc = model.fc
-    pred_sets = predict_sets(probs, config.set_threshold) if multilabel else None
-    view = PoolView(probs=probs, feats=tr.feats_pool, feats_lab=tr.feats_lab,
+    tpt_sets = predict_sets(tpt_probs, config.set_threshold) if multilabel else None
+    view = PoolView(probs=tpt_probs, feats=tr.feats_pool, feats_lab=tr.feats_lab,
                     y_lab=y_lab.argmax(1) if multilabel else y_lab, num_classes=num_classes,
                     pred_history=tr.pred_history,
                     head=lambda h: fc(h), rng=np.random.default_rng(config.seed + 7919), config=config,
-                    label_sets=y_lab.astype(bool) if multilabel else None, pred_sets=pred_sets)
+                    label_sets=y_lab.astype(bool) if multilabel else None, pred_sets=tpt_sets)
+    served, probs, pred_sets = model, tpt_probs, tpt_sets
+    if tr.served_state is not None:  # the labels come from another checkpoint than the ranking
+        served = build_model(num_classes, x_lab.shape[1], x_lab.shape[2], "", config.width, config.classifier)
+        served.load_state_dict(tr.served_state)
+        served.eval()
+        if len(x_pool):
+            _, lp = forward_all(served.to(device), torch.from_numpy(x_pool), device, config.eval_batch_size,
+                                bool(config.amp and device.type == "cuda"), with_features=False)
+            served.to("cpu")
+            probs = torch.softmax(lp, dim=1).numpy().astype(np.float32)
+        pred_sets = predict_sets(probs, config.set_threshold) if multilabel else None
     ranking, scores, extras = strategy.rank(view)
     t_lab = time.perf_counter()
     labels = label_error_report(tr.label_dynamics)
@@ -178,7 +250,7 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
     if at_ti is not None and "nc1" in at_ti:
         diag["nc1_at_t_i"] = at_ti["nc1"]
     meta = {**model.meta(), "warm_started": warm, "strategy": config.strategy, "device": str(device),
-            "multilabel": multilabel, "set_threshold": config.set_threshold}
+            "multilabel": multilabel, "set_threshold": config.set_threshold, "served": tr.tpt.get("served")}
     M = len(probs)
     if multilabel:
         confidence = (probs * pred_sets).sum(1).astype(np.float32) if M else np.zeros(0, np.float32)
@@ -186,7 +258,7 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
         confidence = probs.max(1) if M else np.zeros(0, np.float32)
     res = CycleResult(
         ranking=ranking, scores=scores, pred=probs.argmax(1).astype(np.int64) if M else np.zeros(0, np.int64),
-        confidence=confidence, probs=probs, model=model, meta=meta,
+        confidence=confidence, probs=probs, model=served, tpt_model=model, meta=meta,
         history=tr.history, tpt=tr.tpt, diagnostics=diag,
         timings={"train_s": t1 - t0, "score_s": t2 - t1, "label_errors_s": label_s, "images_per_s": tr.images_seen / max(tr.seconds, 1e-9),
                  "device": str(device)},

@@ -180,3 +180,68 @@ def test_training_made_to_diverge_raises_and_writes_nothing(tmp_path):
     with pytest.raises(Diverged, match="loss became|collapsed"):
         run_cycle(x, y, x[:5], 4, FAST.replace(lr=1e6, momentum=0.0, max_epochs=6, tpt_window=2), out_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plateau_guard_by_hand():
+    from ncalr_backend.engine.training.trainer import plateau_starts
+    flat = [0.3, 0.6, 0.7, 0.7, 0.7, 0.7]
+    # noisy labels: eval and fit accuracy flat at one level -> the plateau counts
+    assert plateau_starts(flat, [0.3, 0.55, 0.68, 0.7, 0.69, 0.7], 3, 0.01, 0.5, 0.1)
+    # the SGD pass already fits every label while the eval accuracy trails: transient, no plateau
+    assert not plateau_starts(flat, [0.3, 0.9, 1.0, 1.0, 1.0, 1.0], 3, 0.01, 0.5, 0.1)
+    # one lagging epoch inside the window is enough to wait; the same epoch before the window is not
+    assert not plateau_starts(flat, [0.3, 0.6, 0.7, 0.81, 0.7, 0.7], 3, 0.01, 0.5, 0.1)
+    assert plateau_starts(flat, [0.3, 0.6, 0.9, 0.7, 0.7, 0.7], 3, 0.01, 0.5, 0.1)
+    # a gap of exactly max_gap still counts; max_gap = 1 turns the guard off
+    assert plateau_starts(flat, [0.3, 0.6, 0.7, 0.8, 0.8, 0.8], 3, 0.01, 0.5, 0.1 + 1e-12)
+    assert plateau_starts(flat, [1.0] * 6, 3, 0.01, 0.5, 1.0)
+    # the guards that were there before: below min_acc, still rising, too short
+    assert not plateau_starts([0.3, 0.4, 0.4, 0.4, 0.4], [0.4] * 5, 3, 0.01, 0.5, 0.1)
+    assert not plateau_starts([0.5, 0.6, 0.65, 0.7, 0.75], [0.75] * 5, 3, 0.01, 0.5, 0.1)
+    assert not plateau_starts([0.7, 0.7, 0.7], [0.7] * 3, 3, 0.01, 0.5, 0.1)
+
+
+def test_default_criterion_waits_out_a_transient_plateau():
+    """Two SGD steps per epoch: the network fits the blocks within three epochs (fit accuracy 1.0)
+    while the eval-mode accuracy, behind BatchNorm's running statistics, sits at 0.25 and then at
+    0.5 for eight epochs. The unguarded plateau fired at 0.5 (a terminal phase on a half-learned
+    model); the default must wait for the real thing: the threshold, with the model fully learned."""
+    assert EngineConfig().tpt_criterion == "plateau"
+    x, y = separable(n_per=8)
+    px, py = separable(n_per=5, seed=1)
+    res = run_cycle(x, y, px, 4, FAST)
+    accs = [h["train_acc"] for h in res.history]
+    fits = [h["fit_acc"] for h in res.history]
+    # the case is what it is said to be: a long flat stretch at 0.5 while the SGD pass is at 1.0 ...
+    flat = [e for e, (a, f) in enumerate(zip(accs, fits), 1) if a == 0.5 and f == 1.0]
+    assert len(flat) >= FAST.tpt_patience, (accs, fits)
+    # ... where the guard-less plateau fires, on a model that gets only half the pool right
+    unguarded = run_cycle(x, y, px, 4, FAST.replace(tpt_plateau_max_gap=1.0))
+    assert unguarded.tpt["by"] == "plateau" and unguarded.tpt["t_i"] <= flat[-1], unguarded.tpt
+    # the default waits: the terminal phase starts at the threshold, with the pool learned
+    assert res.tpt["reached"] and res.tpt["by"] == "accuracy", (res.tpt, accs, fits)
+    assert accs[res.tpt["t_i"] - 1] >= FAST.train_acc_threshold
+    assert (res.pred == py).mean() > 0.9
+
+
+def test_auto_threads_leave_busy_cores_alone(monkeypatch):
+    from ncalr_backend.engine import run as run_mod
+    from ncalr_backend.engine.run import auto_threads
+    assert auto_threads(2, 0.1) == 2  # idle: every core
+    assert auto_threads(2, 0.7) == 1  # one busy neighbour on two cores: one thread
+    assert auto_threads(2, 5.0) == 1  # never fewer than one
+    assert auto_threads(16, 3.2) == 13 and auto_threads(16, 0.0) == 16 and auto_threads(1, 0.0) == 1
+    monkeypatch.setattr(run_mod.os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(run_mod.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert auto_threads() == 3
+    # a cycle with threads=0 sets torch's threads from the machine; threads=N sets N
+    import torch
+    before = torch.get_num_threads()
+    try:
+        x, y = separable(n_per=3)
+        run_cycle(x, y, x[:2], 4, FAST.replace(max_epochs=1, tpt_window=1))
+        assert torch.get_num_threads() == 3
+        run_cycle(x, y, x[:2], 4, FAST.replace(max_epochs=1, tpt_window=1, threads=2))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -12,10 +12,18 @@ exact-set-match rate of the set rule (``multilabel.predict_sets``); the NC metri
 multiplicity-1 samples plus the tag-wise average check; and the pool's predicted SETS are recorded
 at each checkpoint (packed bits), so FF counts set changes.
 
-With ``tpt_criterion='plateau'`` the terminal phase also starts when the training accuracy stops
-rising (``_plateaued``): under label noise, or for exact-set accuracy in multi-label mode, the
-network cannot reach ``train_acc_threshold`` without memorising, and the window then starts where
-training has settled instead of at the epoch cap. ``tpt['by']`` says which criterion fired.
+With ``tpt_criterion='plateau'`` (the default) the terminal phase also starts when the training
+accuracy has settled below the threshold (``plateau_starts``): under label noise, or for exact-set
+accuracy in multi-label mode, the network cannot reach ``train_acc_threshold`` without memorising,
+and the window then starts where training has settled instead of at the epoch cap. A plateau
+counts only while the eval-mode accuracy does not trail the SGD pass's own fit accuracy
+(``fit_acc``) by more than ``tpt_plateau_max_gap``: the guard against a transient plateau.
+``tpt['by']`` says which criterion fired.
+
+With a ``holdout`` mask (``EngineConfig.serve='holdout'``, chosen in ``run_cycle``), those labeled
+samples are not trained on; the eval pass scores them too, and the FF checkpoint with the best
+held-out accuracy (ties: the later) is the served checkpoint (``ServedCheckpoint``,
+``TrainResult.served_state``, ``tpt['served']``).
 
 With ``tpt_geometry_tol`` > 0 the terminal phase also needs the classifier Gram to be within that
 distance of the geometry target in force: SELI from the class counts when the classes are
@@ -75,6 +83,7 @@ class TrainResult:
     images_seen: int = 0
     extras: dict = field(default_factory=dict)
     label_dynamics: LabelDynamics | None = None  # the labeled set per epoch (label_errors.py)
+    served_state: dict | None = None  # weights to serve when not the final model's (``served_checkpoint``)
 
 
 def _random_translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -126,6 +135,20 @@ def _plateaued(accs: list[float], patience: int, delta: float) -> bool:
     if len(accs) <= patience:
         return False
     return max(accs[-patience:]) - max(accs[:-patience]) < delta
+
+
+def plateau_starts(accs: list[float], fit_accs: list[float], patience: int, delta: float, min_acc: float,
+                   max_gap: float) -> bool:
+    """The plateau criterion at the latest epoch: the (eval-mode) training accuracy has reached
+    ``min_acc`` and stopped rising (``_plateaued``), and it is settled, not lagging: at every one of
+    the last ``patience`` epochs it is at most ``max_gap`` below the fit accuracy of that epoch's
+    SGD pass (``train_one_epoch``). A transient plateau has the SGD pass fitting the labels while
+    the eval-mode accuracy trails it (seen: BatchNorm running statistics still catching up with
+    two steps per epoch, fit accuracy 1.0 and eval accuracy 0.5 for eight epochs); a network that
+    cannot fit noisy labels has both flat at the same level."""
+    if len(accs) <= patience or max(accs) < min_acc or not _plateaued(accs, patience, delta):
+        return False
+    return all(f - a <= max_gap for a, f in zip(accs[-patience:], fit_accs[-patience:]))
 
 
 class _Loss:
@@ -188,13 +211,28 @@ class _Run:
             raise Interrupted("training interrupted (the backend is stopping)")
 
 
-def train_one_epoch(run: _Run, lr: float) -> tuple[float, int]:
-    """One shuffled pass of SGD over the labeled set at ``lr``; returns (mean loss, images seen)."""
+def _fit_hits(logits: torch.Tensor, yb: torch.Tensor, multilabel: bool, set_threshold: float) -> int:
+    """How many of a batch's samples the train-mode logits get right (top-1; multi-label: exact
+    set match of the set rule, as ``multilabel.predict_sets``)."""
+    with torch.no_grad():
+        if not multilabel:
+            return int((logits.argmax(1) == yb).sum())
+        p = torch.softmax(logits, 1)
+        sets = p >= set_threshold
+        sets[torch.arange(len(p), device=p.device), p.argmax(1)] = True
+        return int((sets == (yb > 0.5)).all(1).sum())
+
+
+def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
+    """One shuffled pass of SGD over the labeled set at ``lr``; returns (mean loss, images seen,
+    fit accuracy: the share of the batches' samples the train-mode logits got right as they were
+    trained on, the SGD pass's own view of how well the labels are fitted)."""
     model, config, device = run.model, run.config, run.device
     for g in run.opt.param_groups:
         g["lr"] = lr
     model.train()
-    loss_sum, seen = 0.0, 0
+    loss_sum, seen, hits = 0.0, 0, 0
+    multilabel = run.yl.ndim == 2
     for idx in _batches(len(run.xl), config.batch_size, run.gen):
         run.check_stop()
         idx = idx.to(device)
@@ -217,29 +255,44 @@ def train_one_epoch(run: _Run, lr: float) -> tuple[float, int]:
             spa_slerp_(model.fc.weight.data, run.centres, slerp_alpha(config.spa_alpha_max, run.step, run.steps_total))
         loss_sum += float(loss.detach()) * len(idx)
         seen += len(idx)
-    return loss_sum / max(seen, 1), seen
+        hits += _fit_hits(logits.detach().float(), yb, multilabel, config.set_threshold)
+    return loss_sum / max(seen, 1), seen, hits / max(seen, 1)
+
+
+def _accuracy(logits: torch.Tensor, y_np: np.ndarray, set_threshold: float) -> float:
+    """Top-1 accuracy, or (multi-hot ``y_np``) exact set match of the set rule."""
+    if len(y_np) == 0:
+        return float("nan")
+    if y_np.ndim == 2:
+        return float((predict_sets(torch.softmax(logits, 1).numpy(), set_threshold) == y_np.astype(bool)).all(1).mean())
+    return float((logits.argmax(1).numpy() == y_np).mean())
 
 
 def evaluate_train(model: nn.Module, x_lab: torch.Tensor, y_np: np.ndarray, config: EngineConfig,
                    device: torch.device, use_amp: bool, nc_rng: np.random.Generator,
-                   dynamics: LabelDynamics | None = None, epoch: int = 0) -> tuple[float, dict]:
+                   dynamics: LabelDynamics | None = None, epoch: int = 0,
+                   trained: np.ndarray | None = None) -> tuple[float, dict, float | None]:
     """Eval-mode pass over the labeled set: the clean training accuracy (multi-label: exact set
-    match of the set rule) and the NC1-NC4 / SELI / ETF diagnostics. With ``dynamics``, the same
-    pass's logits are recorded there (per-sample label-error signals, ``engine/label_errors.py``)."""
+    match of the set rule) and the NC1-NC4 / SELI / ETF diagnostics, both over the samples trained
+    on (``trained``, a bool mask; None = all), and the accuracy on the held-out rest (None when
+    nothing is held out). With ``dynamics``, the same pass's logits of every labeled sample are
+    recorded there (per-sample label-error signals, ``engine/label_errors.py``)."""
     feats_l, logits_l = forward_all(model, x_lab, device, config.eval_batch_size, use_amp)
     if dynamics is not None:
         dynamics.observe(epoch, logits_l.numpy())
+    hold_acc = None
+    if trained is not None and not trained.all():
+        t = torch.from_numpy(trained)
+        hold_acc = _accuracy(logits_l[~t], y_np[~trained], config.set_threshold)
+        feats_l, logits_l, y_np = feats_l[t], logits_l[t], y_np[trained]
     W = model.fc.weight.detach().float().cpu().numpy()
     b = model.fc.bias.detach().float().cpu().numpy()
+    train_acc = _accuracy(logits_l, y_np, config.set_threshold)
     if y_np.ndim == 2:
-        sets_np = y_np.astype(bool)
-        train_acc = float((predict_sets(torch.softmax(logits_l, 1).numpy(), config.set_threshold)
-                           == sets_np).all(1).mean())
-        nc = multilabel_geometry_report(feats_l.numpy(), sets_np, W, b, config.nc_subsample, nc_rng)
+        nc = multilabel_geometry_report(feats_l.numpy(), y_np.astype(bool), W, b, config.nc_subsample, nc_rng)
     else:
-        train_acc = float((logits_l.argmax(1).numpy() == y_np).mean())
         nc = geometry_report(feats_l.numpy(), y_np, W, b, model.fc.out_features, config.nc_subsample, nc_rng)
-    return train_acc, nc
+    return train_acc, nc, hold_acc
 
 
 class TerminalPhase:
@@ -254,6 +307,7 @@ class TerminalPhase:
         self.t_i: int | None = None
         self.by: str | None = None
         self.accs: list[float] = []
+        self.fit_accs: list[float] = []
 
     def lr(self, epoch: int) -> float:
         c = self.config
@@ -262,17 +316,20 @@ class TerminalPhase:
             return c.lr * (c.lr_min_factor + (1 - c.lr_min_factor) * 0.5 * (1 + math.cos(math.pi * frac)))
         return c.lr
 
-    def observe(self, epoch: int, train_acc: float, nc: dict) -> bool:
-        """Record the epoch's accuracy; True when the terminal phase starts at this epoch."""
+    def observe(self, epoch: int, train_acc: float, nc: dict, fit_acc: float | None = None) -> bool:
+        """Record the epoch's accuracies (eval-mode, and the SGD pass's fit accuracy; None = the
+        same as ``train_acc``); True when the terminal phase starts at this epoch."""
         c = self.config
         geometry_ok = c.tpt_geometry_tol <= 0 or nc.get("target_dist_weights", float("inf")) <= c.tpt_geometry_tol
         self.accs.append(train_acc)
+        self.fit_accs.append(train_acc if fit_acc is None else fit_acc)
         if self.t_i is not None or epoch < c.min_epochs or not geometry_ok:
             return False
         if train_acc >= c.train_acc_threshold:
             self.t_i, self.by = epoch, "accuracy"
-        elif (c.tpt_criterion == "plateau" and max(self.accs) >= c.tpt_plateau_min_acc
-              and _plateaued(self.accs, c.tpt_patience, c.tpt_plateau_delta)):
+        elif c.tpt_criterion == "plateau" and plateau_starts(self.accs, self.fit_accs, c.tpt_patience,
+                                                             c.tpt_plateau_delta, c.tpt_plateau_min_acc,
+                                                             c.tpt_plateau_max_gap):
             self.t_i, self.by = epoch, "plateau"
         return self.t_i is not None
 
@@ -290,6 +347,37 @@ def pool_checkpoint(model: nn.Module, x_pool: torch.Tensor, config: EngineConfig
     if multilabel:
         return pack_sets(predict_sets(torch.softmax(lp, 1).numpy(), config.set_threshold))
     return lp.argmax(1).numpy().astype(np.int32)
+
+
+class ServedCheckpoint:
+    """The checkpoint to serve (``EngineConfig.serve='holdout'``): among the FF checkpoints (T_i and
+    the window after it; the fallback window while T_i has not come), the one with the best
+    accuracy on the held-out slice of the labeled set; ties go to the later epoch, so the final
+    model is served unless an earlier checkpoint is strictly better on the held-out labels."""
+
+    def __init__(self):
+        self.best_acc = -1.0
+        self.epoch: int | None = None
+        self.state: dict | None = None
+        self.accs: dict[int, float] = {}
+
+    def reset(self) -> None:
+        self.__init__()
+
+    def offer(self, epoch: int, acc: float, model: nn.Module) -> None:
+        self.accs[epoch] = acc
+        if acc >= self.best_acc:
+            self.best_acc, self.epoch = acc, epoch
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    def summary(self, final_epoch: int, n_holdout: int) -> dict:
+        if self.epoch is None or self.epoch == final_epoch:
+            return {"checkpoint": "final", "epoch": final_epoch, "holdout": n_holdout,
+                    "holdout_acc": self.accs.get(final_epoch), "final_holdout_acc": self.accs.get(final_epoch),
+                    "candidates": {str(e): a for e, a in self.accs.items()}}
+        return {"checkpoint": "window", "epoch": self.epoch, "holdout": n_holdout, "holdout_acc": self.best_acc,
+                "final_holdout_acc": self.accs.get(final_epoch),
+                "candidates": {str(e): a for e, a in self.accs.items()}}
 
 
 def tpt_summary(phase: TerminalPhase, history: list[dict], pred_epochs: list[int], epoch: int,
@@ -317,10 +405,17 @@ def tpt_summary(phase: TerminalPhase, history: list[dict], pred_epochs: list[int
 def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_pool: torch.Tensor,
                  config: EngineConfig, device: torch.device,
                  progress: Callable[[dict], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> TrainResult:
+                 should_stop: Callable[[], bool] | None = None, holdout: np.ndarray | None = None) -> TrainResult:
     """Train ``model`` on (x_lab, y_lab) into the terminal phase; see the module docstring.
-    ``should_stop`` is asked before every batch; when it says True, ``Interrupted`` is raised."""
+    ``should_stop`` is asked before every batch; when it says True, ``Interrupted`` is raised.
+    ``holdout`` (bool [N], optional): labeled samples NOT trained on; their accuracy at each FF
+    checkpoint picks the served checkpoint (``ServedCheckpoint``, ``TrainResult.served_state``).
+    They are still in the eval pass (label-error signals) and in ``feats_lab``."""
     t0 = time.perf_counter()
+    trained = None if holdout is None or not np.any(holdout) else ~np.asarray(holdout, dtype=bool)
+    x_all, y_all = x_lab, y_lab
+    if trained is not None:
+        x_lab, y_lab = x_lab[torch.from_numpy(trained)], y_lab[torch.from_numpy(trained)]
     N = len(x_lab)
     if N < 2:
         raise ValueError(f"training needs at least 2 labeled samples; got {N}")
@@ -343,32 +438,37 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
                should_stop=should_stop)
     phase = TerminalPhase(config)
     nc_rng = np.random.default_rng(config.seed)
-    y_np = y_lab.cpu().numpy()
+    y_np = y_all.cpu().numpy()
     history: list[dict] = []
     preds: list[np.ndarray] = []
     pred_epochs: list[int] = []
     dynamics = LabelDynamics.for_labels(y_np, K, config.set_threshold)
     window: list[int] = []  # the terminal-phase checkpoint epochs, kept even when the pool is empty
+    served = ServedCheckpoint()
     images = 0
     epoch = 0
     for epoch in range(1, config.max_epochs + 1):
         lr = phase.lr(epoch)
-        loss, seen = train_one_epoch(run, lr)
+        loss, seen, fit_acc = train_one_epoch(run, lr)
         images += seen
         if not math.isfinite(loss):
             raise Diverged(f"the training loss became {loss} at epoch {epoch} (learning rate {lr:g})")
-        train_acc, nc = evaluate_train(model, x_lab, y_np, config, device, use_amp, nc_rng, dynamics, epoch)
-        if phase.observe(epoch, train_acc, nc):  # FF counts from T_i on: drop the fallback window
+        train_acc, nc, hold_acc = evaluate_train(model, x_all, y_np, config, device, use_amp, nc_rng, dynamics,
+                                                 epoch, trained)
+        if phase.observe(epoch, train_acc, nc, fit_acc):  # FF counts from T_i on: drop the fallback window
             preds.clear()
             pred_epochs.clear()
             window.clear()
+            served.reset()
         if phase.records(epoch):
             window.append(epoch)
+            if hold_acc is not None:
+                served.offer(epoch, hold_acc, model)
         if phase.records(epoch) and len(x_pool):
             run.check_stop()
             preds.append(pool_checkpoint(model, x_pool, config, device, use_amp, multilabel))
             pred_epochs.append(epoch)
-        row = {"epoch": epoch, "loss": loss, "train_acc": train_acc, "lr": lr,
+        row = {"epoch": epoch, "loss": loss, "train_acc": train_acc, "fit_acc": fit_acc, "holdout_acc": hold_acc, "lr": lr,
                "tpt": phase.t_i is not None, **{k: v for k, v in nc.items() if k not in ("classes", "samples")}}
         history.append(row)
         if progress is not None:
@@ -381,14 +481,19 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     if len(x_pool) == 0:
         preds, pred_epochs = [], []
     dynamics.mark_window(window)
-    feats_l, _ = forward_all(model, x_lab, device, config.eval_batch_size, use_amp)
+    feats_l, _ = forward_all(model, x_all, device, config.eval_batch_size, use_amp)
     feats_p, logits_p = forward_all(model, x_pool, device, config.eval_batch_size, use_amp)
     M = len(x_pool)
     if preds:
         pred_hist = np.stack(preds)
     else:
         pred_hist = np.zeros((0, M, (K + 7) // 8), np.uint8) if multilabel else np.zeros((0, M), np.int32)
-    return TrainResult(history=history, tpt=tpt_summary(phase, history, pred_epochs, epoch, multilabel),
+    tpt = tpt_summary(phase, history, pred_epochs, epoch, multilabel)
+    n_hold = 0 if trained is None else int((~trained).sum())
+    tpt["served"] = (served.summary(epoch, n_hold) if trained is not None else
+                     {"checkpoint": "final", "epoch": epoch, "holdout": 0})
+    served_state = served.state if tpt["served"]["checkpoint"] == "window" else None
+    return TrainResult(history=history, tpt=tpt, served_state=served_state,
                        pred_history=pred_hist, feats_lab=feats_l.numpy(), feats_pool=feats_p.numpy(),
                        logits_pool=logits_p.numpy(), seconds=time.perf_counter() - t0, images_seen=images,
                        label_dynamics=dynamics)
