@@ -173,6 +173,17 @@ def _by_n(lines: Sequence[dict], key: str, later: bool) -> List[Tuple[int, float
     return sorted(out.items())
 
 
+def _n_axis(ax, lines: Sequence[dict]) -> None:
+    """Log x axis labelled at the measured N only (no crowded minor labels)."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+    ns = sorted({int(r["tasks"]) for r in lines})
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(ns))
+    ax.set_xticklabels([f"{n:,}" for n in ns])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def plot(lines: Sequence[dict], path: Path, title: str = "") -> Path:
     """Three panels against N (log x): the first cycle's stages (it reads everything), the later
     cycles' stages (the worst of them, which must not grow with N or from cycle to cycle), and
@@ -192,7 +203,7 @@ def plot(lines: Sequence[dict], path: Path, title: str = "") -> Path:
                 ax.plot(xs, ys, "-", marker="o", color=colours(k), lw=2.6 if stage in ("trigger_to_live_s",
                                                                                          "overhead_s") else 1.3,
                         label=stage[:-2])
-        ax.set_xscale("log")
+        _n_axis(ax, lines)
         ax.set_yscale("log")
         ax.set_xlabel("tasks in the project (N)")
         ax.set_ylabel("seconds (below 1 ms drawn at 1 ms)")
@@ -211,7 +222,7 @@ def plot(lines: Sequence[dict], path: Path, title: str = "") -> Path:
     if pts:
         xs, ys = zip(*pts)
         ax.plot(xs, ys, "--", marker="s", color="tab:blue", label="decoded image tensor (float32)")
-    ax.set_xscale("log")
+    _n_axis(ax, lines)
     ax.set_xlabel("tasks in the project (N)")
     ax.set_ylabel("MB")
     ax.set_title("memory")
@@ -243,7 +254,7 @@ def plot_compare(runs: Dict[str, Sequence[dict]], path: Path) -> Path:
                 for x, y in pts:
                     ax.annotate(f"{y:.1f} s", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     for ax, what in zip(axes, ("overhead: trigger-to-live minus train and score", "write-back")):
-        ax.set_xscale("log")
+        _n_axis(ax, [r for lines in runs.values() for r in lines])
         ax.set_yscale("log")
         ax.set_xlabel("tasks in the project (N)")
         ax.set_ylabel("seconds, worst later cycle")
