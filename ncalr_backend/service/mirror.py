@@ -40,7 +40,8 @@ from typing import Iterable, Iterator, List, Optional
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-OVERLAP_S = 2.0  # re-read this far behind the watermark (the Date header has whole seconds)
+OVERLAP_S = 5.0  # re-read this far behind the watermark: the Date header has whole seconds, and a
+#                   change is stamped when saved, a little before its transaction commits
 MAX_HINTS = 5000  # more webhook hints than this: one full read is cheaper than reading them by id
 TASK_KEYS = ("id", "data", "updated_at", "total_annotations", "cancelled_annotations")
 ANNOTATION_KEYS = ("id", "result", "was_cancelled", "ground_truth", "completed_by", "created_at", "updated_at",
