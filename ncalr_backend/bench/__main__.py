@@ -1,4 +1,4 @@
-"""python -m ncalr_backend.bench {scoring,training,quality,writeback,label-errors,relabel,scale} [options]"""
+"""python -m ncalr_backend.bench {scoring,training,quality,writeback,label-errors,relabel,scale,live} [options]"""
 from __future__ import annotations
 
 import importlib
@@ -12,6 +12,7 @@ COMMANDS = {
     "label-errors": "ncalr_backend.bench.label_errors",
     "relabel": "ncalr_backend.bench.relabel",
     "scale": "ncalr_backend.bench.scale",
+    "live": "ncalr_backend.bench.live",
 }
 
 

@@ -301,7 +301,10 @@ class ScaleRun:
     """One N: a fresh Label Studio and backend, the project, labels, two cycles."""
 
     def __init__(self, n: int, labeled: int, more: int, work: Path, log=print, cycles: int = 2,
-                 image_size: int = 8, channels: int = 1):
+                 image_size: int = 8, channels: int = 1, backend_settings: Optional[Dict[str, str]] = None):
+        """``backend_settings``: the backend's variables beyond Label Studio's URL, key and basic
+        auth; default: this benchmark's (``settings_env()``, the image size and channels given, and
+        ``WRITE_BACK_TOP`` as the default trigger gives it)."""
         self.n, self.labeled, self.more, self.work, self.log = n, labeled, more, Path(work), log
         self.cycles = cycles
         self.files = self.work / "files"
@@ -310,11 +313,13 @@ class ScaleRun:
         self.ls = LocalLabelStudio(self.work / "ls", extra_env={
             "LOCAL_FILES_SERVING_ENABLED": "true", "LOCAL_FILES_DOCUMENT_ROOT": str(self.files)})
         self.model_dir = self.work / "model_dir"
+        if backend_settings is None:
+            backend_settings = {**settings_env(), "IMAGE_SIZE": str(image_size), "IMAGE_CHANNELS": str(channels),
+                                "WRITE_BACK_TOP": str(default_head(n))}
+            self.facts.update(write_back_top=default_head(n))
         self.env = backend_env(self.ls.url, self.ls.token, self.model_dir, BASIC_AUTH_USER=AUTH[0],
-                               BASIC_AUTH_PASS=AUTH[1], **{**settings_env(), "IMAGE_SIZE": str(image_size),
-                                                           "IMAGE_CHANNELS": str(channels),
-                                                           "WRITE_BACK_TOP": str(default_head(n))})
-        self.facts.update(write_back_top=default_head(n), image_size=image_size, channels=channels)
+                               BASIC_AUTH_PASS=AUTH[1], **backend_settings)
+        self.facts.update(image_size=int(self.env["IMAGE_SIZE"]), channels=int(self.env["IMAGE_CHANNELS"]))
         self.backend: Optional[BackendProcess] = None
         self.http = requests.Session()
         self.http.auth = AUTH
@@ -373,46 +378,58 @@ class ScaleRun:
         line.update(rss_before_mb=before["VmRSS"], rss_after_mb=after["VmRSS"])
         return line
 
+    def setup(self) -> Tuple[LSAdmin, int, dict]:
+        """Images, Label Studio, the backend, the project (Local Files), the backend connected with
+        its webhook headers set: (admin client, project id, the ML backend record). Times go to
+        ``facts``; ``stop()`` ends both servers."""
+        t = time.time()
+        img_dir = self.files / self.rel_dir
+        img_dir.mkdir(parents=True, exist_ok=True)
+        names = []
+        for name, data, _ in scale_pngs(self.n):
+            (img_dir / name).write_bytes(data)
+            names.append(name)
+        self.facts["generate_s"] = time.time() - t
+        t = time.time()
+        self.ls.start(timeout=300)
+        self.facts["label_studio_start_s"] = time.time() - t
+        t = time.time()
+        self.backend = BackendProcess(self.env, log_path=self.work / "backend.log").start(timeout=180)
+        self.facts["backend_start_s"] = time.time() - t
+        admin = LSAdmin(self.ls.url, self.ls.token)
+        pid = admin.create_project(f"Digits at scale ({self.n})")
+        t = time.time()
+        admin.req("POST", "/api/storages/localfiles/", json={
+            "project": pid, "path": str(img_dir), "title": "scale images", "use_blob_urls": True})
+        tasks = local_files_tasks(names, self.rel_dir)
+        created = 0
+        for i in range(0, len(tasks), 10000):
+            created += admin.import_tasks(pid, tasks[i:i + 10000])
+        self.facts["import_s"] = time.time() - t
+        if created != self.n:
+            raise RuntimeError(f"imported {created} tasks, expected {self.n}")
+        self.log(f"[N={self.n}] generated in {self.facts['generate_s']:.1f}s, imported in "
+                 f"{self.facts['import_s']:.1f}s", file=sys.stderr)
+        # Label Studio serves the images itself
+        r = admin.req("GET", tasks[0]["image"])
+        if not r.content.startswith(b"\x89PNG"):
+            raise RuntimeError("Label Studio did not serve the imported image")
+        t = time.time()
+        ml = admin.connect_ml(pid, self.backend.url, basic_auth=AUTH)
+        self.wait_webhook_headers(admin, pid)
+        self.facts["connect_s"] = time.time() - t
+        return admin, pid, ml
+
+    def stop(self) -> None:
+        if self.backend:
+            self.backend.stop()
+        self.ls.stop()
+
     def run(self) -> List[dict]:
         t_all = time.time()
         lines = []
         try:
-            t = time.time()
-            img_dir = self.files / self.rel_dir
-            img_dir.mkdir(parents=True, exist_ok=True)
-            names = []
-            for name, data, _ in scale_pngs(self.n):
-                (img_dir / name).write_bytes(data)
-                names.append(name)
-            self.facts["generate_s"] = time.time() - t
-            t = time.time()
-            self.ls.start(timeout=300)
-            self.facts["label_studio_start_s"] = time.time() - t
-            t = time.time()
-            self.backend = BackendProcess(self.env, log_path=self.work / "backend.log").start(timeout=180)
-            self.facts["backend_start_s"] = time.time() - t
-            admin = LSAdmin(self.ls.url, self.ls.token)
-            pid = admin.create_project(f"Digits at scale ({self.n})")
-            t = time.time()
-            admin.req("POST", "/api/storages/localfiles/", json={
-                "project": pid, "path": str(img_dir), "title": "scale images", "use_blob_urls": True})
-            tasks = local_files_tasks(names, self.rel_dir)
-            created = 0
-            for i in range(0, len(tasks), 10000):
-                created += admin.import_tasks(pid, tasks[i:i + 10000])
-            self.facts["import_s"] = time.time() - t
-            if created != self.n:
-                raise RuntimeError(f"imported {created} tasks, expected {self.n}")
-            self.log(f"[N={self.n}] generated in {self.facts['generate_s']:.1f}s, imported in "
-                     f"{self.facts['import_s']:.1f}s", file=sys.stderr)
-            # Label Studio serves the images itself
-            r = admin.req("GET", tasks[0]["image"])
-            if not r.content.startswith(b"\x89PNG"):
-                raise RuntimeError("Label Studio did not serve the imported image")
-            t = time.time()
-            ml = admin.connect_ml(pid, self.backend.url, basic_auth=AUTH)
-            self.wait_webhook_headers(admin, pid)
-            self.facts["connect_s"] = time.time() - t
+            admin, pid, ml = self.setup()
             # cycle 1: label the first L tasks (task order, Label Studio's sequential order before any cycle)
             t = time.time()
             first = admin.req("GET", "/api/tasks/", params={"project": pid, "page": 1,
@@ -434,9 +451,7 @@ class ScaleRun:
                 lines.append(self.cycle(admin, pid, ml["id"], c, label_s, self.more))
                 print(json.dumps(lines[-1]), flush=True)
         finally:
-            if self.backend:
-                self.backend.stop()
-            self.ls.stop()
+            self.stop()
         self.facts["wall_s"] = time.time() - t_all
         for line in lines:
             line["run_wall_s"] = self.facts["wall_s"]
