@@ -265,10 +265,10 @@ def plot(runs: Sequence[dict], path: Path, title: str = "") -> Path:
     n = max(1, len(runs))
     fig, axes = plt.subplots(n, 2, figsize=(15, 4.8 * n), squeeze=False,
                              gridspec_kw={"width_ratios": [3, 1]})
-    ymax = max([ln["trigger_to_live_s"] for r in runs for ln in r["cycles"] if ln.get("trigger_to_live_s")]
-               + [TARGET_BUSY_S if any(int(r["args"].get("busy", 0)) for r in runs) else TARGET_IDLE_S]) * 1.08
     for row, res in enumerate(runs):
         ax, ax2 = axes[row]
+        ymax = max([ln["trigger_to_live_s"] for ln in res["cycles"] if ln.get("trigger_to_live_s")]
+                   + [res["summary"]["target_s"]]) * 1.08
         done = [ln for ln in res["cycles"] if ln.get("trigger_to_live_s") is not None]
         xs = np.array([ln["labels_at_trigger"] for ln in done], float)
         width = max(2.0, 0.7 * float(np.min(np.diff(np.sort(xs))))) if len(xs) > 1 else 5.0
@@ -439,8 +439,8 @@ class LiveRun(ScaleRun):
         """Set ``s['check']``: the served task against the first unlabeled task of the live order."""
         mine = f"ncalr-{pid}-c"  # a cycle's version; before the first one Label Studio has none or "ncalr-untrained"
         before, after = (v if v.startswith(mine) else "" for v in (before, after))
-        if not before and not after:
-            s["check"] = "no_version"
+        if not before:  # served before the first cycle's version was live (Label Studio's own order), or
+            s["check"] = "no_version"  # while it was switched to it: nothing to compare with
             return
         versions = [v for v in dict.fromkeys((before, after)) if v]
         orders = {v: self.order_of(pid, v) for v in versions}

@@ -163,6 +163,7 @@ def test_check_against_the_live_order(tmp_path):
     cases = [({"task": 5}, v1, v1, set(), "ok"), ({"task": 3}, v1, v1, {5}, "ok"),
              ({"task": 4}, v1, v1, {5}, "violation"), ({"task": 4}, v1, v2, {5}, "switch_ok"),
              ({"task": 3}, v1, v2, set(), "switch_violation"), ({"task": 1}, "", "ncalr-untrained", set(), "no_version"),
+             ({"task": 1}, "ncalr-untrained", v1, set(), "no_version"),  # the first switch: the serve may predate it
              ({"task": 1}, "ncalr-7-c0009-x", "ncalr-7-c0009-x", set(), "unknown_version")]
     for s, before, after, labeled, want in cases:
         run.check(7, s, before, after, labeled)
