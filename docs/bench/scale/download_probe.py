@@ -17,7 +17,11 @@ float32, with
 each once with an empty cache (download + decode) and once from the cache (decode only), and the
 peak of numpy/Python allocations during the call (tracemalloc). Output: download_probe.json.
 
-    flock /tmp/ncalr-heavy.lock .venv/bin/python docs/bench/scale/download_probe.py [N]
+    flock /tmp/ncalr-heavy.lock .venv/bin/python docs/bench/scale/download_probe.py [N] [python|nginx]
+
+``nginx`` (Debian's nginx, one worker process, keep-alive) stands in for a production image host
+far better than Python's server, which itself takes a core of this 2-core machine; the output
+then goes to download_probe_nginx.json.
 """
 from __future__ import annotations
 
@@ -82,16 +86,42 @@ def measure(fn, client, cache, tasks):
             "tensor_mb": (xl.nbytes + xp.nbytes) / 2 ** 20}
 
 
-def main(n: int = 5000) -> int:
+NGINX_CONF = """user root;
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log;
+events {{ worker_connections 512; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 60;
+  server {{ listen 127.0.0.1:{port}; root {root}; }}
+}}
+"""
+
+
+def start_server(kind: str, port: int, root: Path, work: Path) -> subprocess.Popen:
+    if kind == "nginx":
+        (work / "nginx").mkdir(exist_ok=True)
+        conf = work / "nginx" / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(prefix=work / "nginx", port=port, root=root))
+        return subprocess.Popen(["/usr/sbin/nginx", "-c", str(conf), "-p", str(work / "nginx")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                             "--protocol", "HTTP/1.1", "--directory", str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main(n: int = 5000, kind: str = "python") -> int:
     work = Path(tempfile.mkdtemp(prefix="ncalr-download-probe-"))
     (work / "img").mkdir()
     for name, data, _ in scale_pngs(n):
         (work / "img" / name).write_bytes(data)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                               "--protocol", "HTTP/1.1", "--directory", str(work / "img")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out = {"images": n, "image_size": SIZE, "channels": CH, "server": "python -m http.server --protocol HTTP/1.1",
+    server = start_server(kind, port, work / "img", work)
+    out = {"images": n, "image_size": SIZE, "channels": CH,
+           "server": "nginx 1 worker, keep-alive" if kind == "nginx" else "python -m http.server --protocol HTTP/1.1",
            "git": git_state(), "machine": machine()}
     try:
         base = f"http://127.0.0.1:{port}"
@@ -111,11 +141,11 @@ def main(n: int = 5000) -> int:
     finally:
         server.terminate()
         server.wait(10)
-    path = Path(__file__).with_name("download_probe.json")
+    path = Path(__file__).with_name("download_probe.json" if kind == "python" else f"download_probe_{kind}.json")
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps({k: v for k, v in out.items() if k.startswith("ratio")}, indent=1))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 5000))
+    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 5000, sys.argv[2] if len(sys.argv) > 2 else "python"))
