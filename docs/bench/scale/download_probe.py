@@ -125,8 +125,8 @@ def main(n: int = 5000, kind: str = "python") -> int:
            "git": git_state(), "machine": machine()}
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_http(base + "/", 30, what="image server")
         tasks = [{"id": i, "data": {"image": f"{base}/{p.name}"}} for i, p in enumerate(sorted((work / "img").iterdir()))]
+        wait_http(tasks[0]["data"]["image"], 30, proc=server, what="image server")
         for name, fn, client in (
                 ("old", old_loader, LabelStudioClient("http://ls.invalid:9", "k", allowed_hosts=[f"127.0.0.1:{port}"],
                                                       session=requests.Session())),
