@@ -171,7 +171,7 @@ class TaskMirror:
                   else f"{len(hints)} tasks hinted by webhooks (more than {MAX_HINTS})" if len(hints) > MAX_HINTS
                   else "")
         if reason:
-            rep = self._full(client, project_id, page_size, reason, progress, started)
+            rep = self._full(client, project_id, page_size, reason, progress, started, task_number)
         else:
             rep = self._delta(client, project_id, watermark, hints, page_size, progress, started)
             if task_number is not None and rep.tasks != int(task_number):
@@ -198,12 +198,13 @@ class TaskMirror:
         self._set_meta(db, format=FORMAT, watermark=started, synced_at=time.time(), **meta)
         return db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
 
-    def _full(self, client, project_id: int, page_size: int, reason: str, progress, started: str) -> SyncReport:
+    def _full(self, client, project_id: int, page_size: int, reason: str, progress, started: str,
+              total: Optional[int] = None) -> SyncReport:
         from ncalr_backend.service.progress import track
         with self._db() as db:
             hints = [i for (i,) in db.execute("SELECT id FROM hints")]
             full_reads = self._meta(db, "full_reads", 0)
-        tasks = list(track(client.iter_tasks(project_id, page_size, include=INCLUDE), progress, "fetch_tasks", None))
+        tasks = list(track(client.iter_tasks(project_id, page_size, include=INCLUDE), progress, "fetch_tasks", total))
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM tasks")
@@ -257,7 +258,7 @@ class TaskMirror:
         rep.reason = f"task count differed from Label Studio's {task_number}: ids listed"
         if n != task_number:
             return self._full(client, project_id, page_size, f"still {n} tasks vs Label Studio's {task_number} "
-                                                              "after listing ids", progress, started)
+                                                              "after listing ids", progress, started, task_number)
         return rep
 
 

@@ -172,6 +172,10 @@ def test_collapse_rule_by_hand():
     assert not collapsed([0.3, 0.9, 0.7])  # a dip, not a collapse (0.7 >= 0.5 x 0.9)
     assert not collapsed([0.1, 0.05])  # never learned anything: nothing to collapse from
     assert not collapsed([0.5])
+    # the fall must be at least COLLAPSE_MIN_SAMPLES (10) labeled images when the size is known
+    assert collapsed([0.2, 0.5, 0.81, 0.19, 0.09, 0.16], n=100)  # 65 images
+    assert not collapsed([0.3, 0.6, 0.1], n=10)  # the first 10 labels: five images, not a divergence
+    assert collapsed([0.3, 0.6, 0.1], n=20) and not collapsed([0.3, 0.6, 0.1], n=19)  # 10 vs 9.5 images
 
 
 def test_training_made_to_diverge_raises_and_writes_nothing(tmp_path):

@@ -60,14 +60,21 @@ class Diverged(RuntimeError):
 
 COLLAPSE_DROP = 0.3  # the final training accuracy below the best by this much ...
 COLLAPSE_RATIO = 0.5  # ... and below this fraction of the best: the run collapsed (not noise)
+COLLAPSE_MIN_SAMPLES = 10  # ... and by at least this many labeled samples
 
 
-def collapsed(accs: list[float]) -> bool:
+def collapsed(accs: list[float], n: int | None = None) -> bool:
     """The clean training accuracy fell far from its best and stayed there at the end (seen once:
-    0.81 at epoch 27, then 0.19, 0.09, 0.16). Label noise lowers the best, not the last against it."""
+    0.81 at epoch 27, then 0.19, 0.09, 0.16). Label noise lowers the best, not the last against it.
+    With ``n`` (the labeled samples the accuracy is over), the fall must also be at least
+    ``COLLAPSE_MIN_SAMPLES`` samples: on a project's first 10 labels the eval-mode accuracy swings
+    by whole images (0.6 -> 0.1 is five), which failed a first cycle depending only on the thread
+    count's rounding; a non-finite loss is still caught at any size."""
     if len(accs) < 2:
         return False
     best, last = max(accs), accs[-1]
+    if n is not None and (best - last) * n < COLLAPSE_MIN_SAMPLES:
+        return False
     return best - last > COLLAPSE_DROP and last < COLLAPSE_RATIO * best
 
 
@@ -476,7 +483,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
         if phase.done(epoch):
             break
     accs = [h["train_acc"] for h in history]
-    if collapsed(accs):
+    if collapsed(accs, int(trained.sum()) if trained is not None else N):
         raise Diverged(f"the training accuracy collapsed from {max(accs):.2f} to {accs[-1]:.2f} by epoch {epoch}")
     if len(x_pool) == 0:
         preds, pred_epochs = [], []
