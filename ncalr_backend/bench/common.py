@@ -47,6 +47,17 @@ def git_state(root: Path = Path(__file__).resolve().parents[2]) -> dict:
         return {"error": str(exc)}
 
 
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def emit(result: dict, out: str | None, name: str) -> None:
     """Print one JSON line and, if ``out`` is a directory, save ``<out>/<name>.json``."""
     print(json.dumps(result), flush=True)

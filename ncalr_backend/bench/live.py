@@ -54,7 +54,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ncalr_backend.atomic import atomic_write_json
-from ncalr_backend.bench.common import git_state, machine
+from ncalr_backend.bench.common import git_state, machine, save_figure
 from ncalr_backend.bench.scale import ScaleRun
 from ncalr_backend.service.demo import LSAdmin, label_from_name
 
@@ -307,12 +307,7 @@ def plot(runs: Sequence[dict], path: Path, title: str = "") -> Path:
         ax2.grid(True, alpha=0.3)
         ax2.legend(fontsize=7)
     fig.suptitle(title or "ncalr-backend live benchmark: cycle lag while an annotator labels")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 # ---------------------------------------------------------------------------- /proc

@@ -48,7 +48,7 @@ import numpy as np
 import requests
 
 from ncalr_backend.atomic import atomic_write_json
-from ncalr_backend.bench.common import git_state, machine
+from ncalr_backend.bench.common import git_state, machine, save_figure
 from ncalr_backend.bench.writeback import ENGINE_DEFAULTS
 from ncalr_backend.service.demo import (BackendProcess, LocalLabelStudio, LSAdmin, backend_env,
                                         label_from_name)
@@ -229,12 +229,7 @@ def plot(lines: Sequence[dict], path: Path, title: str = "") -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.suptitle(title or "ncalr-backend scale benchmark")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_compare(runs: Dict[str, Sequence[dict]], path: Path) -> Path:
@@ -262,11 +257,7 @@ def plot_compare(runs: Dict[str, Sequence[dict]], path: Path) -> Path:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=9)
     fig.suptitle("scale: second and later cycles, before and after issue 13")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # ---------------------------------------------------------------------------- /proc

@@ -4,7 +4,7 @@ The chain is written once: softmax probabilities -> (multi-label) the engine's s
 ``prediction_entry`` (label or label set, confidence, per-choice probabilities) -> either a bulk
 import item (``prediction_item``) or a ``/predict`` result (``result_for_predict``), with a queue
 score: the cycle's rank / M (``queue_predictions``), or for a task the cycle did not rank, the
-place of ranked tasks of similar confidence (``placement_score``).
+place of ranked tasks of similar confidence (``PlacementIndex``).
 
 Where a multi-label prediction keeps its per-choice probabilities: an extra key of the result
 item. Label Studio 1.23 stores a prediction's result list as given (the import endpoint and the
@@ -132,11 +132,6 @@ class PlacementIndex:
                 near.append(hi)
                 hi += 1
         return float(np.median(self.score[near]))
-
-
-def placement_score(confidence: float, entries: dict, k: int = 5) -> float:
-    """``PlacementIndex(entries, k).place(confidence)`` for one task (build the index once for many)."""
-    return PlacementIndex(entries, k).place(confidence)
 
 
 @dataclass
