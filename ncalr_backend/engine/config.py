@@ -18,6 +18,7 @@ DEVICES = ("auto", "cpu", "cuda")
 CLASSIFIERS = ("learned", "etf")
 TPT_CRITERIA = ("accuracy", "plateau")
 SERVE = ("holdout", "tpt")
+FF_MODES = ("flips", "flips+margin", "margin")
 
 
 class ConfigError(ValueError):
@@ -38,6 +39,25 @@ class EngineConfig:
     'neg' = largest decrease (pushes class means apart), 'abs' = largest magnitude."""
     cmap_weight: float = 0.5
     """Fusion weight of z(CMAP); FF gets 1 - cmap_weight (the paper: 0.5 / 0.5)."""
+    ff_mode: str = "flips"
+    """FF: 'flips' = the number of prediction changes over the terminal-phase checkpoints (the
+    paper); 'flips+margin' = that count plus the mean over the checkpoints of 1 - margin (in [0, 1],
+    so it only orders items with equal counts: FF is 0 for most of the pool on clean labels);
+    'margin' = the mean of 1 - margin alone (how close to flipping the item stays across the
+    window). Margin: top-1 minus top-2 probability (multi-label: a label's distance to
+    ``set_threshold``), ``trainer.pool_margin``."""
+    cmap_trusted: bool = False
+    """CMAP's class means from the labeled samples the cycle's own label check does not flag
+    (``label_errors``: the early-learning ensemble contradicts the label), so wrong labels do not
+    drag the means; a class whose samples are all flagged keeps them."""
+    ood_mad: float = 0.0
+    """OOD guard (0 = off): a pool item whose centred feature lies less in the span of the centred
+    class means (``span_alignment``: the share of its length inside that span) than the trusted
+    labeled samples' median minus ``ood_mad`` robust standard deviations (1.4826 x the median
+    absolute deviation) is queried after all the others. Median and MAD, not a quantile: labeled
+    OOD items that kept their (random) label would drag a low quantile down with them. Under neural collapse in-distribution
+    features lie in the span of the class means (an item between two classes too); a feature
+    mostly outside it belongs to no class."""
     mc_samples: int = 20
     """BALD: dropout passes through the last layer."""
     mc_dropout: float = 0.5
@@ -173,6 +193,10 @@ class EngineConfig:
             problems.append(f"strategy={self.strategy!r}: choose one of {sorted(STRATEGIES)}")
         if self.cmap_sign not in CMAP_SIGNS:
             problems.append(f"cmap_sign={self.cmap_sign!r}: choose one of {list(CMAP_SIGNS)}")
+        if self.ood_mad < 0:
+            problems.append(f"ood_mad={self.ood_mad}: must be >= 0 (0 = off)")
+        if self.ff_mode not in FF_MODES:
+            problems.append(f"ff_mode={self.ff_mode!r}: choose one of {list(FF_MODES)}")
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"lr_schedule={self.lr_schedule!r}: choose one of {list(LR_SCHEDULES)}")
         if self.loss not in LOSSES:

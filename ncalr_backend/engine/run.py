@@ -220,7 +220,7 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
     tpt_sets = predict_sets(tpt_probs, config.set_threshold) if multilabel else None
     view = PoolView(probs=tpt_probs, feats=tr.feats_pool, feats_lab=tr.feats_lab,
                     y_lab=y_lab.argmax(1) if multilabel else y_lab, num_classes=num_classes,
-                    pred_history=tr.pred_history,
+                    pred_history=tr.pred_history, margin_history=tr.margin_history,
                     head=lambda h: fc(h), rng=np.random.default_rng(config.seed + 7919), config=config,
                     label_sets=y_lab.astype(bool) if multilabel else None, pred_sets=tpt_sets)
     served, probs, pred_sets = model, tpt_probs, tpt_sets
@@ -234,10 +234,11 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
             served.to("cpu")
             probs = torch.softmax(lp, dim=1).numpy().astype(np.float32)
         pred_sets = predict_sets(probs, config.set_threshold) if multilabel else None
-    ranking, scores, extras = strategy.rank(view)
     t_lab = time.perf_counter()
     labels = label_error_report(tr.label_dynamics)
     label_s = time.perf_counter() - t_lab
+    view.trusted_lab = ~np.asarray(labels.flagged, dtype=bool)
+    ranking, scores, extras = strategy.rank(view)
     t2 = time.perf_counter()
     W, b = fc.weight.detach().numpy(), fc.bias.detach().numpy()
     rng = np.random.default_rng(config.seed)

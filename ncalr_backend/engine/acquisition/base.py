@@ -24,6 +24,8 @@ class PoolView:
     num_classes: int
     pred_history: np.ndarray | None = None  # [T, M] predicted class at each TPT checkpoint (multi-label:
     # uint8 [T, M, ceil(K/8)], the predicted sets packed by multilabel.pack_sets)
+    margin_history: np.ndarray | None = None  # [T, M] float16 margin (closeness to flipping) per checkpoint
+    trusted_lab: np.ndarray | None = None  # [N] bool labeled samples the cycle's label check does not flag
     head: Callable[[torch.Tensor], torch.Tensor] | None = None  # features [b, d] -> logits [b, K]
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     config: object = None  # EngineConfig

@@ -10,22 +10,89 @@ from ncalr_backend.engine.geometry import class_geometry, cmap_scores, flip_coun
 from ncalr_backend.engine.multilabel import cmap_multilabel, set_flip_counts, single_label_geometry
 
 
+def trusted_subset(feats_lab: np.ndarray, y_lab: np.ndarray, trusted: np.ndarray | None,
+                   label_sets: np.ndarray | None = None):
+    """(feats, labels[, sets]) of the trusted labeled samples, keeping every sample of a class none of
+    whose samples is trusted (a class mean must not vanish because its samples were all flagged)."""
+    if trusted is None:
+        return feats_lab, y_lab, label_sets
+    keep = np.asarray(trusted, dtype=bool).copy()
+    for c in np.unique(y_lab):
+        members = y_lab == c
+        if not keep[members].any():
+            keep[members] = True
+    return feats_lab[keep], y_lab[keep], (None if label_sets is None else label_sets[keep])
+
+
+def fluctuation(view: PoolView) -> np.ndarray:
+    """FF per ``EngineConfig.ff_mode`` (see there): flips, flips + mean(1 - margin), or mean(1 - margin)."""
+    mode = getattr(view.config, "ff_mode", "flips")
+    if view.pred_history is None or len(view.pred_history) == 0:
+        return np.zeros(view.size)
+    flips = (set_flip_counts(view.pred_history) if view.multilabel else flip_counts(view.pred_history))
+    flips = flips.astype(np.float64)
+    if mode == "flips" or view.margin_history is None or len(view.margin_history) == 0:
+        return flips
+    closeness = 1.0 - np.clip(np.asarray(view.margin_history, dtype=np.float64), 0.0, 1.0).mean(0)
+    return closeness if mode == "margin" else flips + closeness
+
+
 def _components(view: PoolView) -> dict:
     """CMAP and FF. Multi-label (seed 002): class means from the single-label samples, a candidate
     is added to the mean of every label in its predicted set, and a flip is a change of the set."""
     cfg = view.config
     centered = getattr(cfg, "cmap_center", True)
     sign = getattr(cfg, "cmap_sign", "pos")
-    no_history = view.pred_history is None or len(view.pred_history) == 0
+    trusted = view.trusted_lab if getattr(cfg, "cmap_trusted", False) else None
+    feats_lab, y_lab, sets = trusted_subset(view.feats_lab, view.y_lab, trusted, view.label_sets)
     if view.multilabel:
-        geom = single_label_geometry(view.feats_lab, view.label_sets, centered=centered)
+        geom = single_label_geometry(feats_lab, sets, centered=centered)
         cmap = cmap_multilabel(geom, view.feats, view.pred_sets)
-        ff = np.zeros(view.size) if no_history else set_flip_counts(view.pred_history).astype(np.float64)
     else:
-        geom = class_geometry(view.feats_lab, view.y_lab, view.num_classes, centered=centered)
+        geom = class_geometry(feats_lab, y_lab, view.num_classes, centered=centered)
         cmap = cmap_scores(geom, view.feats, view.probs.argmax(1))
-        ff = np.zeros(view.size) if no_history else flip_counts(view.pred_history).astype(np.float64)
-    return {"cmap": cmap, "cmap_signed": signed_cmap(cmap, sign), "ff": ff}
+    return {"cmap": cmap, "cmap_signed": signed_cmap(cmap, sign), "ff": fluctuation(view)}
+
+
+def span_alignment(geom, feats: np.ndarray) -> np.ndarray:
+    """[n] in [0, 1]: the share of a centred feature's length that lies in the span of the centred
+    class means, ||P (h - g)|| / ||h - g||. Under neural collapse in-distribution features lie in
+    that span (an item between two classes too: it is a mix of their means); a feature mostly
+    outside it is aligned with no class."""
+    mu = geom.means[geom.present] - geom.center
+    h = np.asarray(feats, dtype=np.float64) - geom.center
+    if len(mu) == 0:
+        return np.ones(len(h))
+    u, sv, _ = np.linalg.svd(mu.T, full_matrices=False)
+    basis = u[:, sv > sv.max() * 1e-9]  # [d, r] orthonormal basis of the means' span
+    inside = np.linalg.norm(h @ basis, axis=1)
+    return inside / np.maximum(np.linalg.norm(h, axis=1), 1e-12)
+
+
+def ood_suspects(view: PoolView, k: float) -> np.ndarray:
+    """[M] bool: pool items whose ``span_alignment`` is below the trusted labeled samples' median
+    minus k robust standard deviations (``EngineConfig.ood_mad``). Multi-label: the single-label samples' means."""
+    trusted = view.trusted_lab
+    feats_lab, y_lab, sets = trusted_subset(view.feats_lab, view.y_lab, trusted, view.label_sets)
+    if view.multilabel:
+        geom = single_label_geometry(feats_lab, sets, centered=True)
+    else:
+        geom = class_geometry(feats_lab, y_lab, view.num_classes, centered=True)
+    if geom.present.sum() < 2 or len(feats_lab) < 10:
+        return np.zeros(view.size, dtype=bool)
+    lab = span_alignment(geom, feats_lab)
+    med = float(np.median(lab))
+    thr = med - k * 1.4826 * float(np.median(np.abs(lab - med)))
+    return span_alignment(geom, view.feats) < thr
+
+
+def demote(score: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The same order within each group, every masked item after every other."""
+    if not mask.any() or mask.all():
+        return score
+    out = np.asarray(score, dtype=np.float64).copy()
+    out[mask] -= out.max() - out.min() + 1.0
+    return out
 
 
 class NCALR(Strategy):
@@ -35,7 +102,12 @@ class NCALR(Strategy):
     def compute(self, view: PoolView) -> dict:
         c = _components(view)
         w = getattr(view.config, "cmap_weight", 0.5)
-        return {"score": fuse(c["cmap_signed"], c["ff"], w), **c}
+        score = fuse(c["cmap_signed"], c["ff"], w)
+        k = getattr(view.config, "ood_mad", 0.0)
+        if k > 0:
+            c["ood_suspect"] = ood_suspects(view, k).astype(np.float64)
+            score = demote(score, c["ood_suspect"] > 0)
+        return {"score": score, **c}
 
 
 class CMAPOnly(Strategy):

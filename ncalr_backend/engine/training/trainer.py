@@ -83,6 +83,7 @@ class TrainResult:
     history: list[dict]
     tpt: dict
     pred_history: np.ndarray  # [T, M] int32 predicted class per checkpoint; multi-label: uint8 [T, M, ceil(K/8)] packed sets
+    margin_history: np.ndarray | None  # [T, M] float16 closeness-to-flipping per checkpoint (``pool_margin``)
     feats_lab: np.ndarray  # [N, d] float32, final model
     feats_pool: np.ndarray  # [M, d] float32
     logits_pool: np.ndarray  # [M, K] float32
@@ -347,13 +348,32 @@ class TerminalPhase:
         return self.t_i is not None and epoch - self.t_i >= self.window
 
 
-def pool_checkpoint(model: nn.Module, x_pool: torch.Tensor, config: EngineConfig, device: torch.device,
-                    use_amp: bool, multilabel: bool) -> np.ndarray:
-    """The pool's predictions at one checkpoint: [M] int32 classes, or [M, ceil(K/8)] packed sets."""
-    _, lp = forward_all(model, x_pool, device, config.eval_batch_size, use_amp, with_features=False)
+def pool_margin(probs: np.ndarray, multilabel: bool, set_threshold: float) -> np.ndarray:
+    """[M] in [0, 1]: how far each prediction is from changing. Single-label: the top-1 minus the
+    top-2 probability. Multi-label (a set changes when one label crosses ``set_threshold``): the
+    smallest distance of any label's probability to the threshold, over the largest such distance
+    possible (max(t, 1 - t)). 0 = on the edge of flipping."""
+    if probs.shape[0] == 0:
+        return np.zeros(0, np.float32)
     if multilabel:
-        return pack_sets(predict_sets(torch.softmax(lp, 1).numpy(), config.set_threshold))
-    return lp.argmax(1).numpy().astype(np.int32)
+        t = float(set_threshold)
+        return (np.abs(probs - t).min(1) / max(t, 1.0 - t)).astype(np.float32)
+    if probs.shape[1] < 2:
+        return np.ones(probs.shape[0], np.float32)
+    top2 = np.partition(probs, -2, axis=1)[:, -2:]
+    return (top2[:, 1] - top2[:, 0]).astype(np.float32)
+
+
+def pool_checkpoint(model: nn.Module, x_pool: torch.Tensor, config: EngineConfig, device: torch.device,
+                    use_amp: bool, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The pool's predictions at one checkpoint: ([M] int32 classes, or [M, ceil(K/8)] packed sets;
+    [M] float16 ``pool_margin``)."""
+    _, lp = forward_all(model, x_pool, device, config.eval_batch_size, use_amp, with_features=False)
+    probs = torch.softmax(lp, 1).numpy()
+    margin = pool_margin(probs, multilabel, config.set_threshold).astype(np.float16)
+    if multilabel:
+        return pack_sets(predict_sets(probs, config.set_threshold)), margin
+    return lp.argmax(1).numpy().astype(np.int32), margin
 
 
 class ServedCheckpoint:
@@ -448,6 +468,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     y_np = y_all.cpu().numpy()
     history: list[dict] = []
     preds: list[np.ndarray] = []
+    margins: list[np.ndarray] = []
     pred_epochs: list[int] = []
     dynamics = LabelDynamics.for_labels(y_np, K, config.set_threshold)
     window: list[int] = []  # the terminal-phase checkpoint epochs, kept even when the pool is empty
@@ -464,6 +485,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
                                                  epoch, trained)
         if phase.observe(epoch, train_acc, nc, fit_acc):  # FF counts from T_i on: drop the fallback window
             preds.clear()
+            margins.clear()
             pred_epochs.clear()
             window.clear()
             served.reset()
@@ -473,7 +495,9 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
                 served.offer(epoch, hold_acc, model)
         if phase.records(epoch) and len(x_pool):
             run.check_stop()
-            preds.append(pool_checkpoint(model, x_pool, config, device, use_amp, multilabel))
+            pred, margin = pool_checkpoint(model, x_pool, config, device, use_amp, multilabel)
+            preds.append(pred)
+            margins.append(margin)
             pred_epochs.append(epoch)
         row = {"epoch": epoch, "loss": loss, "train_acc": train_acc, "fit_acc": fit_acc, "holdout_acc": hold_acc, "lr": lr,
                "tpt": phase.t_i is not None, **{k: v for k, v in nc.items() if k not in ("classes", "samples")}}
@@ -486,14 +510,16 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     if collapsed(accs, int(trained.sum()) if trained is not None else N):
         raise Diverged(f"the training accuracy collapsed from {max(accs):.2f} to {accs[-1]:.2f} by epoch {epoch}")
     if len(x_pool) == 0:
-        preds, pred_epochs = [], []
+        preds, margins, pred_epochs = [], [], []
     dynamics.mark_window(window)
     feats_l, _ = forward_all(model, x_all, device, config.eval_batch_size, use_amp)
     feats_p, logits_p = forward_all(model, x_pool, device, config.eval_batch_size, use_amp)
     M = len(x_pool)
     if preds:
         pred_hist = np.stack(preds)
+        margin_hist = np.stack(margins)
     else:
+        margin_hist = np.zeros((0, M), np.float16)
         pred_hist = np.zeros((0, M, (K + 7) // 8), np.uint8) if multilabel else np.zeros((0, M), np.int32)
     tpt = tpt_summary(phase, history, pred_epochs, epoch, multilabel)
     n_hold = 0 if trained is None else int((~trained).sum())
@@ -501,6 +527,6 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
                      {"checkpoint": "final", "epoch": epoch, "holdout": 0})
     served_state = served.state if tpt["served"]["checkpoint"] == "window" else None
     return TrainResult(history=history, tpt=tpt, served_state=served_state,
-                       pred_history=pred_hist, feats_lab=feats_l.numpy(), feats_pool=feats_p.numpy(),
+                       pred_history=pred_hist, margin_history=margin_hist, feats_lab=feats_l.numpy(), feats_pool=feats_p.numpy(),
                        logits_pool=logits_p.numpy(), seconds=time.perf_counter() - t0, images_seen=images,
                        label_dynamics=dynamics)
