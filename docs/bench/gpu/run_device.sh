@@ -32,6 +32,7 @@ timeout 150 $PY docs/bench/gpu/cycle_probe.py "${CP[@]}" --out "$OUT/probe" > "$
 STRATS=${STRATS:-ncalr,margin,entropy,random}
 job() { local setting=$1 seed=$2; local args
   case $setting in
+    sym00) args=(--noise-type none);;
     sym02) args=(--noise-type symmetric --noise-rate 0.2);;
     sym04) args=(--noise-type symmetric --noise-rate 0.4);;
     asym03) args=(--noise-type asymmetric --noise-rate 0.3);;
