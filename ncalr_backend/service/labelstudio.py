@@ -253,6 +253,12 @@ class LabelStudioClient:
     def patch_webhook(self, webhook_id: int, data: dict) -> dict:
         return self.request("PATCH", f"/api/webhooks/{int(webhook_id)}/", json=data).json()
 
+    def local_files_storages(self, project_id: int) -> List[str]:
+        """The ``path`` of each Local Files (import) storage of the project."""
+        body = self.get_json("/api/storages/localfiles/", params={"project": int(project_id)})
+        return [s["path"] for s in body if isinstance(s, dict) and isinstance(s.get("path"), str)] \
+            if isinstance(body, list) else []
+
     # ------------------------------------------------------------- images
     def allowed_origin(self, safe: SafeURL) -> bool:
         return any(rule.matches(safe.origin) for rule in self.allowed)

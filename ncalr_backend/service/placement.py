@@ -17,6 +17,7 @@ from ncalr_backend.service.labelconfig import parse_label_config
 from ncalr_backend.service.labelstudio import LabelStudioClient, make_client
 from ncalr_backend.service.predictions import PlacementIndex, classify, prediction_item
 from ncalr_backend.service.settings import Settings
+from ncalr_backend.service.localfiles import direct_reader
 from ncalr_backend.service.snapshot import load_images
 from ncalr_backend.service.store import ProjectStore, read_json
 
@@ -60,13 +61,14 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
     index = PlacementIndex(known)
     cache = ImageCache(settings.model_dir / "cache")
     placed, failures = 0, []
+    direct = direct_reader(client, settings.local_files_document_root, project_id)
     for s in range(0, len(ids), BATCH):
         todo = [t for t in client.get_tasks(project_id, ids[s:s + BATCH])
                 if winning_annotation(t) is None and not _has_version(t, version)]
         if not todo:
             continue
         x, ok_idx, failed = load_images(client, cache, todo, cfg, settings.image_size, settings.image_channels,
-                                        settings.download_workers)
+                                        settings.download_workers, direct=direct)
         failures += failed
         if not ok_idx:
             continue

@@ -42,6 +42,10 @@ KEEP_FAILED                    ``10``                      Failed cycle director
 CACHE_MAX_MB                   ``2048``                    Image cache size cap (least recently used go)
 RELABEL_SHARE                  ``0`` (off)                 Share of a cycle's annotation budget spent on
                                                            re-annotating the most suspect labels
+LOCAL_FILES_DOCUMENT_ROOT      (unset: off)                Label Studio's LOCAL_FILES_DOCUMENT_ROOT, seen
+                                                           at the same path on this machine: read Local
+                                                           Files images from the disk, not over HTTP
+                                                           (``service/localfiles.py``)
 =============================  ==========================  =========================================
 """
 
@@ -123,6 +127,23 @@ def _delays(env, name, default) -> tuple:
     return out
 
 
+def _document_root(env, name) -> Optional[str]:
+    raw = _get(env, name)
+    if raw is None:
+        return None
+    if "\x00" in raw or not os.path.isabs(raw):
+        raise SettingsError(f"{name}={raw!r}: expected an absolute directory path (Label Studio's "
+                            "LOCAL_FILES_DOCUMENT_ROOT, where this machine sees the same disk)")
+    path = os.path.normpath(raw)
+    if path == os.sep:
+        raise SettingsError(f"{name}={raw!r}: the file system root would make every readable file a "
+                            "Local File; use the directory Label Studio's storages live under")
+    if not os.path.isdir(path):
+        raise SettingsError(f"{name}={raw!r}: not a directory on this machine (unset it to fetch Local "
+                            "Files over HTTP)")
+    return path
+
+
 def _url(name: str, raw: Optional[str]) -> Optional[str]:
     if raw is None:
         return None
@@ -159,6 +180,7 @@ class Settings:
     keep_failed: int = 10
     cache_max_mb: int = 2048
     relabel_share: float = 0.0
+    local_files_document_root: Optional[str] = None
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -206,6 +228,7 @@ class Settings:
             keep_failed=_int(env, "KEEP_FAILED", 10, 0, 10000),
             cache_max_mb=_int(env, "CACHE_MAX_MB", 2048, 1),
             relabel_share=_float(env, "RELABEL_SHARE", 0.0, 0.0, 0.9),
+            local_files_document_root=_document_root(env, "LOCAL_FILES_DOCUMENT_ROOT"),
         )
 
     def require_label_studio(self) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from ncalr_backend.data.images import BrokenImage, ImageCache, decode_image
 from ncalr_backend.service.annotations import label_matrix, label_report, split_tasks
 from ncalr_backend.service.labelconfig import ImageClassConfig, parse_label_config
+from ncalr_backend.service.localfiles import DirectReader, direct_reader
 from ncalr_backend.service.labelstudio import ImageRefused, LabelStudioClient, LabelStudioError
 from ncalr_backend.service.mirror import TaskMirror
 from ncalr_backend.service.progress import NO_PROGRESS, track
@@ -32,15 +33,17 @@ log = logging.getLogger(__name__)
 
 
 def load_images(client: LabelStudioClient, cache: ImageCache, tasks: Sequence[dict], cfg: ImageClassConfig,
-                size: int, channels: int, workers: int = 8, progress=NO_PROGRESS):
+                size: int, channels: int, workers: int = 8, progress=NO_PROGRESS,
+                direct: Optional["DirectReader"] = None):
     """Arrays for ``tasks`` ([n, C, H, W]) and the per-task failures; failed tasks are left out."""
-    (x, ok_idx, failures), = load_image_groups(client, cache, [tasks], cfg, size, channels, workers, progress)
+    (x, ok_idx, failures), = load_image_groups(client, cache, [tasks], cfg, size, channels, workers, progress,
+                                               direct=direct)
     return x, ok_idx, failures
 
 
 def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequence[Sequence[dict]],
                       cfg: ImageClassConfig, size: int, channels: int, workers: int = 8, progress=NO_PROGRESS,
-                      decoded: Optional[TaskMirror] = None):
+                      decoded: Optional[TaskMirror] = None, direct: Optional[DirectReader] = None):
     """Download (or read from the cache) and decode the images of several task lists at once,
     each straight into its own preallocated float32 array [n, C, H, W]: no per-image list, no
     stacked copy, no cast copy, so the decoded images cost their size once (``snapshot`` keeps
@@ -49,7 +52,9 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
     positions in the group, and ``{"task", "reason"}`` for the others.
 
     With ``decoded`` (the project's mirror), an image already decoded at this size for the same
-    task and URL is copied from there, and newly decoded ones are added to it."""
+    task and URL is copied from there, and newly decoded ones are added to it. With ``direct``
+    (``LOCAL_FILES_DOCUMENT_ROOT``), Label Studio's Local Files are read from the shared disk
+    (not through the image cache: they are on disk already), the rest as before."""
     shape = (channels, size, size)
     arrays = [np.empty((len(g),) + shape, np.float32) for g in groups]
     errors: List[List[Optional[str]]] = [[None] * len(g) for g in groups]
@@ -79,11 +84,15 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
         try:
             if not isinstance(url, str):
                 raise ImageRefused(f"task data has no {cfg.data_key!r} string")
-            data = cache.get(url, client.download)
+            data = direct.read(url) if direct is not None else None
+            from_disk = data is not None
+            if data is None:
+                data = cache.get(url, client.download)
             try:
                 arrays[gi][i] = decode_image(data, size, channels)
             except BrokenImage:
-                cache.evict(url)
+                if not from_disk:
+                    cache.evict(url)
                 raise
             if decoded is not None and isinstance(task.get("id"), int):
                 fresh.append((task["id"], url, np.rint(arrays[gi][i] * 255.0).astype(np.uint8)))
@@ -133,13 +142,15 @@ class Snapshot:
     timings: dict = field(default_factory=dict)
     sync: dict = field(default_factory=dict)  # how the task mirror was brought up to date (mirror.py)
     urls: dict = field(default_factory=dict)  # pool task id -> image URL (dashboard thumbnails)
+    local_files: dict = field(default_factory=dict)  # direct reads (LOCAL_FILES_DOCUMENT_ROOT), if on
 
     def report(self) -> dict:
         """The snapshot's part of report.json."""
         return dict(num_tasks=self.num_tasks, num_labeled=len(self.lab_ids), num_pool=len(self.pool_ids),
                     image_bytes=int(self.x_lab.nbytes + self.x_pool.nbytes), task_sync=self.sync,
                     image_failures=self.image_failures, unusable_annotations=self.unusable,
-                    multilabel=self.cfg.multilabel, **label_report(self.y_lab, self.cfg))
+                    multilabel=self.cfg.multilabel, **({"local_files": self.local_files} if self.local_files else {}),
+                    **label_report(self.y_lab, self.cfg))
 
 
 def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int,
@@ -164,9 +175,10 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
     counts = {int(t["id"]): len({a.get("completed_by", a.get("id")) for a in t.get("annotations") or []
                                  if isinstance(a, dict) and not a.get("was_cancelled")}) for t in split.labeled}
     t = time.time()
+    direct = direct_reader(client, settings.local_files_document_root, project_id)
     (x_lab, lab_ok, lab_failed), (x_pool, pool_ok, pool_failed) = load_image_groups(
         client, ImageCache(settings.model_dir / "cache"), [split.labeled, split.pool], cfg, settings.image_size,
-        settings.image_channels, settings.download_workers, progress, decoded=mirror)
+        settings.image_channels, settings.download_workers, progress, decoded=mirror, direct=direct)
     fetch_images_s = time.time() - t
     lab_ids = [split.labeled[i]["id"] for i in lab_ok]
     return Snapshot(
@@ -179,6 +191,6 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
         unusable=split.unusable, image_failures=lab_failed + pool_failed,
         annotation_counts={i: counts.get(int(i), 0) for i in lab_ids},
         urls={split.pool[i]["id"]: (split.pool[i].get("data") or {}).get(cfg.data_key) for i in pool_ok},
-        sync=sync.report(),
+        sync=sync.report(), local_files=direct.report() if direct is not None else {},
         timings={"fetch_tasks_s": fetch_tasks_s, "fetch_images_s": fetch_images_s,
                  "fetch_s": fetch_tasks_s + fetch_images_s})

@@ -151,3 +151,29 @@ def parse_host_rule(entry: str) -> HostRule:
 
 def parse_host_rules(entries: Iterable[str]) -> Tuple[HostRule, ...]:
     return tuple(parse_host_rule(e) for e in entries if e.strip())
+
+
+LOCAL_FILES_PATH = "/data/local-files/"
+
+
+def local_files_ref(safe: SafeURL, base: Origin, base_path: str = "") -> Optional[str]:
+    """The ``d`` of a Label Studio Local Files URL (``/data/local-files/?d=<path>``), decoded once
+    the way Label Studio's view reads it (``request.GET.get("d")``: the query split on ``&``, ``+``
+    a space, percent-decoded once, the last ``d`` wins); None when ``safe`` is not such a URL on
+    Label Studio's origin ``base`` (under its path prefix ``base_path``, if it is served under one).
+    Raises URLRefused for a ``d`` the backend will not look up on disk (missing, not UTF-8)."""
+    if safe.origin != base:
+        return None
+    path, _, query = safe.target.partition("?")
+    if path not in (base_path.rstrip("/") + LOCAL_FILES_PATH, base_path.rstrip("/") + LOCAL_FILES_PATH[:-1]):
+        return None
+    from urllib.parse import parse_qsl
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, encoding="utf-8", errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise URLRefused(f"{safe.url[:200]!r}: the Local Files path (d=) is not valid UTF-8 once "
+                         "percent-decoded") from None
+    values = [v for k, v in pairs if k == "d"]
+    if not values or not values[-1]:
+        raise URLRefused(f"{safe.url[:200]!r}: a Local Files URL without a path (d=)")
+    return values[-1]

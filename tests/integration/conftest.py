@@ -82,7 +82,9 @@ def _tail(path: Path, n: int = 40) -> str:
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory):
     d = tmp_path_factory.mktemp("label-studio")
-    ls = LocalLabelStudio(d / "data")
+    (d / "files").mkdir()  # Local Files storages live under it (test_localfiles.py)
+    ls = LocalLabelStudio(d / "data", extra_env={"LOCAL_FILES_SERVING_ENABLED": "true",
+                                                 "LOCAL_FILES_DOCUMENT_ROOT": str(d / "files")})
     try:
         ls.start(timeout=300)
     except Exception:
