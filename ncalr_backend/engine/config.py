@@ -137,6 +137,12 @@ class EngineConfig:
     with few steps per epoch: a 48-image case sat at 0.5 for eight epochs with the pass at 1.0),
     the plateau is transient and does not count; noisy labels leave both flat at one level.
     1 turns the guard off."""
+    tpt_exclude_flagged: bool = False
+    """At T_i, the labeled samples the label check flags from the training so far (the
+    early-learning ensemble contradicts the label, ``label_errors``) are left out of training for
+    the terminal-phase window, so the window does not memorise them (a class keeps its samples
+    when all are flagged). They stay in the eval pass, their signals and ``feats_lab``.
+    ``tpt.excluded`` counts them."""
     serve: str = "tpt"
     """Which weights answer for the labels (pre-annotations, ``/predict``, placement; ``model.pt``,
     ``CycleResult.model``, ``probs``, ``pred``, ``confidence``, ``pred_sets``); the pool is always

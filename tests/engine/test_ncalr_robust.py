@@ -135,3 +135,31 @@ def test_new_settings_are_validated():
         EngineConfig(ff_mode="nope")
     with pytest.raises(ConfigError, match="ood_mad"):
         EngineConfig(ood_mad=-1)
+
+
+def test_tpt_exclude_flagged_leaves_out_mostly_wrong_labels_and_only_with_the_setting():
+    from ncalr_backend.data.digits import load_digits_images
+    from ncalr_backend.engine import run_cycle
+
+    x, y = load_digits_images()
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(x))[:300]
+    xl, yl = x[idx], y[idx].copy()
+    wrong = rng.choice(300, 60, replace=False)
+    yl[wrong] = (yl[wrong] + rng.integers(1, 10, 60)) % 10  # 20% symmetric noise
+    pool = x[rng.permutation(len(x))[:50]]
+    base = EngineConfig(width=8, max_epochs=40, batch_size=32, threads=1, seed=0)
+    off = run_cycle(xl, yl, pool, 10, base)
+    assert off.tpt["excluded"] == 0
+    on = run_cycle(xl, yl, pool, 10, base.replace(tpt_exclude_flagged=True))
+    assert on.tpt["reached"]
+    n = on.tpt["excluded"]
+    assert 10 <= n <= 120, n
+    # what was left out is mostly the wrong labels: the flags at T_i, checked through the final
+    # report's flags (the final flags include the T_i ones' samples the window did not refit)
+    flagged = np.flatnonzero(on.flagged)
+    assert np.isin(flagged, wrong).mean() > 0.6
+    # the window did not memorise what it left out: those samples are fitted less than without
+    fit_on = (on.label_report.prob_mean.argmax(1) == yl)[wrong].mean()
+    fit_off = (off.label_report.prob_mean.argmax(1) == yl)[wrong].mean()
+    assert fit_on <= fit_off

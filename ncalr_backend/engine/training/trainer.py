@@ -45,7 +45,7 @@ from ncalr_backend.engine.config import EngineConfig
 from ncalr_backend.engine.training.longtail import ClassCentres, slerp_alpha, spa_proj_, spa_reg_loss, spa_slerp_
 from ncalr_backend.engine.training.losses import logit_adjusted_ce, pal_loss
 from ncalr_backend.engine.geometry import geometry_report
-from ncalr_backend.engine.label_errors import LabelDynamics
+from ncalr_backend.engine.label_errors import LabelDynamics, report as label_report
 from ncalr_backend.engine.multilabel import multilabel_geometry_report, pack_sets, predict_sets
 
 
@@ -348,6 +348,28 @@ class TerminalPhase:
         return self.t_i is not None and epoch - self.t_i >= self.window
 
 
+def exclude_flagged(run: "_Run", dynamics: LabelDynamics, trained: np.ndarray | None, K: int,
+                    multilabel: bool) -> int:
+    """``EngineConfig.tpt_exclude_flagged``: drop from ``run``'s training data the samples the
+    label check flags on the epochs so far (never every sample of a class); returns how many."""
+    flagged = np.asarray(label_report(dynamics).flagged, dtype=bool)
+    if trained is not None:
+        flagged = flagged[trained]
+    y = run.yl.detach().cpu().numpy()
+    cls = y.argmax(1) if multilabel else y
+    keep = ~flagged
+    for c in np.unique(cls):
+        members = cls == c
+        if not keep[members].any():
+            keep[members] = True
+    if keep.all() or keep.sum() < 2:
+        return 0
+    idx = torch.from_numpy(np.flatnonzero(keep)).to(run.xl.device)
+    run.xl, run.yl = run.xl[idx], run.yl[idx]
+    run.loss = _Loss(run.yl, K, run.config, multilabel)
+    return int((~keep).sum())
+
+
 def pool_margin(probs: np.ndarray, multilabel: bool, set_threshold: float) -> np.ndarray:
     """[M] in [0, 1]: how far each prediction is from changing. Single-label: the top-1 minus the
     top-2 probability. Multi-label (a set changes when one label crosses ``set_threshold``): the
@@ -471,6 +493,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     margins: list[np.ndarray] = []
     pred_epochs: list[int] = []
     dynamics = LabelDynamics.for_labels(y_np, K, config.set_threshold)
+    excluded = 0
     window: list[int] = []  # the terminal-phase checkpoint epochs, kept even when the pool is empty
     served = ServedCheckpoint()
     images = 0
@@ -484,6 +507,8 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
         train_acc, nc, hold_acc = evaluate_train(model, x_all, y_np, config, device, use_amp, nc_rng, dynamics,
                                                  epoch, trained)
         if phase.observe(epoch, train_acc, nc, fit_acc):  # FF counts from T_i on: drop the fallback window
+            if config.tpt_exclude_flagged:
+                excluded = exclude_flagged(run, dynamics, trained, K, multilabel)
             preds.clear()
             margins.clear()
             pred_epochs.clear()
@@ -522,6 +547,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
         margin_hist = np.zeros((0, M), np.float16)
         pred_hist = np.zeros((0, M, (K + 7) // 8), np.uint8) if multilabel else np.zeros((0, M), np.int32)
     tpt = tpt_summary(phase, history, pred_epochs, epoch, multilabel)
+    tpt["excluded"] = excluded
     n_hold = 0 if trained is None else int((~trained).sum())
     tpt["served"] = (served.summary(epoch, n_hold) if trained is not None else
                      {"checkpoint": "final", "epoch": epoch, "holdout": 0})
