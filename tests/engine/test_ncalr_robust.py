@@ -149,8 +149,12 @@ def test_tpt_exclude_flagged_leaves_out_mostly_wrong_labels_and_only_with_the_se
     yl[wrong] = (yl[wrong] + rng.integers(1, 10, 60)) % 10  # 20% symmetric noise
     pool = x[rng.permutation(len(x))[:50]]
     base = EngineConfig(width=8, max_epochs=40, batch_size=32, threads=1, seed=0)
-    off = run_cycle(xl, yl, pool, 10, base)
+    assert base.tpt_exclude_flagged  # the default
+    off = run_cycle(xl, yl, pool, 10, base.replace(tpt_exclude_flagged=False))
     assert off.tpt["excluded"] == 0
+    # 300 labels of 10 classes = 30 per class: below a minimum of 31 per class nothing is excluded
+    few = run_cycle(xl, yl, pool, 10, base.replace(tpt_exclude_min_per_class=31))
+    assert few.tpt["excluded"] == 0
     on = run_cycle(xl, yl, pool, 10, base.replace(tpt_exclude_flagged=True))
     assert on.tpt["reached"]
     n = on.tpt["excluded"]

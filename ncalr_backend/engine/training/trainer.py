@@ -507,7 +507,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
         train_acc, nc, hold_acc = evaluate_train(model, x_all, y_np, config, device, use_amp, nc_rng, dynamics,
                                                  epoch, trained)
         if phase.observe(epoch, train_acc, nc, fit_acc):  # FF counts from T_i on: drop the fallback window
-            if config.tpt_exclude_flagged:
+            if config.tpt_exclude_flagged and len(run.yl) >= config.tpt_exclude_min_per_class * K:
                 excluded = exclude_flagged(run, dynamics, trained, K, multilabel)
             preds.clear()
             margins.clear()
