@@ -5,6 +5,7 @@
 # chunks and a chunk's results can be committed on their own:
 #   bash docs/quality/issue11/run.sh [SETTING ...]        (default: all; SEEDS="0 1 2 3 4", PAR=1)
 # Outputs: docs/quality/issue11/<setting>/s<seed>/{results.json,table.md,run.log};
+# The opt-in OOD guard on the same seeds: OUT_ROOT=docs/quality/issue11/guard STRATS=ncalr:ood_mad=2 bash docs/quality/issue11/run.sh ood02 sym02
 # summary, table and figure: .venv/bin/python docs/quality/issue11/summarise.py
 set -uo pipefail
 cd "$(dirname "$0")/../../.."

@@ -9,6 +9,7 @@ picked (OOD items, wrong oracle answers), and the share of cycles that reached t
 """
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -28,8 +29,14 @@ REF = "ncalr"
 def load(setting: str) -> dict:
     """{strategy: {seed: {...}}} from every finished seed of a setting."""
     out: dict = {}
-    for f in sorted((ROOT / setting).glob("s*/results.json")):
-        r = json.loads(f.read_text())
+    files = []
+    for d in (ROOT / setting, ROOT / "guard" / setting):  # guard/: the opt-in OOD guard (same seeds and first cycle: they pair)
+        for run in sorted(d.glob("s*")):
+            f = run / "results.json" if (run / "results.json").exists() else run / "results.json.gz"
+            if f.exists():
+                files.append(f)
+    for f in files:
+        r = json.loads(gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_text())
         for name, s in r["strategies"].items():
             for i, (seed, cycles) in enumerate(sorted(s["cycles"].items(), key=lambda t: int(t[0]))):
                 picked = [c for c in cycles if c.get("picked_noisy") is not None]
@@ -120,6 +127,10 @@ def plot(summ: list[dict], datas: dict) -> Path:
     cols = min(4, n)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    names = sorted({n for s in present for n in datas[s["setting"]]} - {REF})
+    palette = plt.get_cmap("tab10").colors
+    color = {n: palette[i % len(palette)] for i, n in enumerate(names)}
+    color[REF] = "black"
     for ax, s in zip(axes.flat, present):
         data = datas[s["setting"]]
         for name in sorted(data, key=lambda x: (x != REF, x)):
@@ -128,8 +139,8 @@ def plot(summ: list[dict], datas: dict) -> Path:
             fr = 100 * np.array(next(iter(per.values()))["fractions"])
             m, e = acc.mean(0), acc.std(0, ddof=1) if len(acc) > 1 else np.zeros(acc.shape[1])
             lw = 2.4 if name == REF else 1.1
-            ax.plot(fr, m, label=name, lw=lw, color="black" if name == REF else None)
-            ax.fill_between(fr, m - e, m + e, alpha=0.08 if name != REF else 0.15, color="black" if name == REF else None)
+            ax.plot(fr, m, label=name, lw=lw, color=color[name], ls="--" if name.startswith(REF + ":") else "-")
+            ax.fill_between(fr, m - e, m + e, alpha=0.08 if name != REF else 0.15, color=color[name])
         ax.set_title(f"{dict(SETTINGS).get(s['setting'], s['setting'])} ({len(s['strategies'][REF]['seeds'])} seeds)",
                      fontsize=10)
         ax.set_xlabel("labeled, % of the pool")
@@ -137,7 +148,11 @@ def plot(summ: list[dict], datas: dict) -> Path:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    seen: dict = {}
+    for ax in list(axes.flat)[:n]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    labels, handles = list(seen), list(seen.values())
     spare = list(axes.flat)[n:]
     if spare:  # the legend fills the empty panel
         spare[0].legend(handles, labels, loc="center", fontsize=9, title="strategy")
