@@ -142,6 +142,17 @@ class LabelDynamics:
         return self.prob_sum / max(len(self.epochs), 1)
 
 
+def keep_each_class(keep: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """``keep`` (bool [N]) with every sample of a class none of whose samples is kept put back: a
+    class must not vanish because all its labels were flagged. Returns a new array."""
+    keep = np.asarray(keep, dtype=bool).copy()
+    for c in np.unique(classes):
+        members = classes == c
+        if not keep[members].any():
+            keep[members] = True
+    return keep
+
+
 def learned_epoch(fitted: np.ndarray) -> np.ndarray:
     """[E, N] bool -> [N] the 0-based epoch index from which the sample stays fitted to the end;
     E when it is not fitted at the last epoch."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ncalr_backend.engine.acquisition.base import PoolView, Strategy
+from ncalr_backend.engine.label_errors import keep_each_class
 from ncalr_backend.engine.geometry import class_geometry, cmap_scores, flip_counts, fuse, signed_cmap
 from ncalr_backend.engine.multilabel import cmap_multilabel, set_flip_counts, single_label_geometry
 
@@ -16,11 +17,7 @@ def trusted_subset(feats_lab: np.ndarray, y_lab: np.ndarray, trusted: np.ndarray
     whose samples is trusted (a class mean must not vanish because its samples were all flagged)."""
     if trusted is None:
         return feats_lab, y_lab, label_sets
-    keep = np.asarray(trusted, dtype=bool).copy()
-    for c in np.unique(y_lab):
-        members = y_lab == c
-        if not keep[members].any():
-            keep[members] = True
+    keep = keep_each_class(trusted, np.asarray(y_lab))
     return feats_lab[keep], y_lab[keep], (None if label_sets is None else label_sets[keep])
 
 

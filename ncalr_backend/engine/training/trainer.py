@@ -45,7 +45,7 @@ from ncalr_backend.engine.config import EngineConfig
 from ncalr_backend.engine.training.longtail import ClassCentres, slerp_alpha, spa_proj_, spa_reg_loss, spa_slerp_
 from ncalr_backend.engine.training.losses import logit_adjusted_ce, pal_loss
 from ncalr_backend.engine.geometry import geometry_report
-from ncalr_backend.engine.label_errors import LabelDynamics, report as label_report
+from ncalr_backend.engine.label_errors import LabelDynamics, keep_each_class, report as label_report
 from ncalr_backend.engine.multilabel import multilabel_geometry_report, pack_sets, predict_sets
 
 
@@ -357,11 +357,7 @@ def exclude_flagged(run: "_Run", dynamics: LabelDynamics, trained: np.ndarray | 
         flagged = flagged[trained]
     y = run.yl.detach().cpu().numpy()
     cls = y.argmax(1) if multilabel else y
-    keep = ~flagged
-    for c in np.unique(cls):
-        members = cls == c
-        if not keep[members].any():
-            keep[members] = True
+    keep = keep_each_class(~flagged, cls)
     if keep.all() or keep.sum() < 2:
         return 0
     idx = torch.from_numpy(np.flatnonzero(keep)).to(run.xl.device)
