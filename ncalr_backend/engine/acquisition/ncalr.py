@@ -21,6 +21,15 @@ def trusted_subset(feats_lab: np.ndarray, y_lab: np.ndarray, trusted: np.ndarray
     return feats_lab[keep], y_lab[keep], (None if label_sets is None else label_sets[keep])
 
 
+def labeled_geometry(view: PoolView, trusted: np.ndarray | None, centered: bool):
+    """(class geometry, the labeled features it was built from): the means of the ``trusted``
+    labeled samples (all when None; ``trusted_subset``), multi-label: of the single-label ones."""
+    feats_lab, y_lab, sets = trusted_subset(view.feats_lab, view.y_lab, trusted, view.label_sets)
+    if view.multilabel:
+        return single_label_geometry(feats_lab, sets, centered=centered), feats_lab
+    return class_geometry(feats_lab, y_lab, view.num_classes, centered=centered), feats_lab
+
+
 def fluctuation(view: PoolView) -> np.ndarray:
     """FF per ``EngineConfig.ff_mode`` (see there): flips, flips + mean(1 - margin), or mean(1 - margin)."""
     mode = getattr(view.config, "ff_mode", "flips")
@@ -41,12 +50,10 @@ def _components(view: PoolView) -> dict:
     centered = getattr(cfg, "cmap_center", True)
     sign = getattr(cfg, "cmap_sign", "pos")
     trusted = view.trusted_lab if getattr(cfg, "cmap_trusted", False) else None
-    feats_lab, y_lab, sets = trusted_subset(view.feats_lab, view.y_lab, trusted, view.label_sets)
+    geom, _ = labeled_geometry(view, trusted, centered)
     if view.multilabel:
-        geom = single_label_geometry(feats_lab, sets, centered=centered)
         cmap = cmap_multilabel(geom, view.feats, view.pred_sets)
     else:
-        geom = class_geometry(feats_lab, y_lab, view.num_classes, centered=centered)
         cmap = cmap_scores(geom, view.feats, view.probs.argmax(1))
     return {"cmap": cmap, "cmap_signed": signed_cmap(cmap, sign), "ff": fluctuation(view)}
 
@@ -69,12 +76,7 @@ def span_alignment(geom, feats: np.ndarray) -> np.ndarray:
 def ood_suspects(view: PoolView, k: float) -> np.ndarray:
     """[M] bool: pool items whose ``span_alignment`` is below the trusted labeled samples' median
     minus k robust standard deviations (``EngineConfig.ood_mad``). Multi-label: the single-label samples' means."""
-    trusted = view.trusted_lab
-    feats_lab, y_lab, sets = trusted_subset(view.feats_lab, view.y_lab, trusted, view.label_sets)
-    if view.multilabel:
-        geom = single_label_geometry(feats_lab, sets, centered=True)
-    else:
-        geom = class_geometry(feats_lab, y_lab, view.num_classes, centered=True)
+    geom, feats_lab = labeled_geometry(view, view.trusted_lab, centered=True)
     if geom.present.sum() < 2 or len(feats_lab) < 10:
         return np.zeros(view.size, dtype=bool)
     lab = span_alignment(geom, feats_lab)
