@@ -274,6 +274,7 @@ class Runner:
         M = len(pool.x_pool)
         n_init = max(2, int(round(args.initial * M)))
         n_query = max(1, int(round(args.query * M)))
+        self.n_query = n_query  # what a strategy with batch diversity diversifies for (diversity_batch=0)
         rng = np.random.default_rng(np.random.SeedSequence([seed, 777]))
         init_idx = rng.choice(M, size=n_init, replace=False)
         out = {"pool": pool.info, "strategies": {}}
@@ -304,7 +305,9 @@ class Runner:
         mask[lab_idx] = False
         cand = np.flatnonzero(mask)
         cfg_c = dataclasses.replace(cfg, seed=seed * 1000 + cycle)
-        scoring = {s.label: dataclasses.replace(self.cfgs[s.label], seed=seed * 1000 + cycle) for s in specs}
+        scoring = {s.label: dataclasses.replace(self.cfgs[s.label], seed=seed * 1000 + cycle,
+                                                diversity_batch=self.cfgs[s.label].diversity_batch or self.n_query)
+                   for s in specs}
         res, ranked, sel_s = qe.train_and_rank(x_lab, y_lab, pool.x_pool[cand], pool.num_classes, cfg_c,
                                                specs, scoring, init_state, verbose=args.verbose)
         res.bench = {**evaluate(pool, res, qe.predict(res.model, pool.x_test)), "cand": cand, "n_lab": int(len(lab_idx))}

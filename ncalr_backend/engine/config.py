@@ -19,6 +19,7 @@ CLASSIFIERS = ("learned", "etf")
 TPT_CRITERIA = ("accuracy", "plateau")
 SERVE = ("holdout", "tpt")
 FF_MODES = ("flips", "flips+margin", "margin")
+DIVERSITY = ("none", "clusters")
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,16 @@ class EngineConfig:
     OOD items that kept their (random) label would drag a low quantile down with them. Under neural collapse in-distribution
     features lie in the span of the class means (an item between two classes too); a feature
     mostly outside it belongs to no class."""
+    diversity: str = "none"
+    """Batch diversity of the serve order (``acquisition/diversity.py``): 'none' = by score alone;
+    'clusters' = the top ``diversity_candidates`` x ``diversity_batch`` tasks are clustered (k-means
+    on penultimate features) into ``diversity_batch`` groups and served round robin over them, each
+    group's best-ranked task first (Label Studio's own rule for clustered predictions)."""
+    diversity_batch: int = 0
+    """How many tasks are labeled before the next ranking: the service sets it to its cycle trigger,
+    the benchmark to its query size; 0 with nobody setting it = no diversity."""
+    diversity_candidates: float = 4.0
+    """Candidates per group: the head of the ranking that is clustered is this x ``diversity_batch``."""
     mc_samples: int = 20
     """BALD: dropout passes through the last layer."""
     mc_dropout: float = 0.5
@@ -211,6 +222,11 @@ class EngineConfig:
             problems.append(f"cmap_sign={self.cmap_sign!r}: choose one of {list(CMAP_SIGNS)}")
         if self.ood_mad < 0:
             problems.append(f"ood_mad={self.ood_mad}: must be >= 0 (0 = off)")
+        if self.diversity not in DIVERSITY:
+            problems.append(f"diversity={self.diversity!r}: choose one of {list(DIVERSITY)}")
+        if self.diversity_batch < 0 or not self.diversity_candidates >= 1.0:
+            problems.append(f"diversity_batch={self.diversity_batch}, diversity_candidates={self.diversity_candidates}: "
+                            "the batch must be >= 0 (0 = off) and the candidates per group >= 1")
         if self.ff_mode not in FF_MODES:
             problems.append(f"ff_mode={self.ff_mode!r}: choose one of {list(FF_MODES)}")
         if self.lr_schedule not in LR_SCHEDULES:

@@ -12,6 +12,7 @@ from typing import Callable, ClassVar
 import numpy as np
 import torch
 
+from ncalr_backend.engine.acquisition.diversity import cluster_round_robin
 from ncalr_backend.engine.geometry import rank_desc
 
 
@@ -61,4 +62,9 @@ class Strategy:
             ranking = np.asarray(extras.pop("order"), dtype=np.int64)
         else:
             ranking = rank_desc(scores["score"], view.rng)
+        cfg = view.config
+        if getattr(cfg, "diversity", "none") == "clusters" and getattr(cfg, "diversity_batch", 0) > 1:
+            ranking, groups = cluster_round_robin(ranking, view.feats, cfg.diversity_batch,
+                                                  cfg.diversity_candidates, seed=int(cfg.seed))
+            scores["diversity_group"] = groups
         return ranking, {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}, extras

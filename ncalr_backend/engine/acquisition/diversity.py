@@ -1,0 +1,81 @@
+"""Batch diversity: the serve order a batch of annotations takes, not only each task's score.
+
+A ranking by score alone gives the annotators its head: in batch mode (a cycle comes after
+``diversity_batch`` new labels, not after each one) that head is often many near-copies of one
+confusion. ``cluster_round_robin`` re-orders the head of the ranking so that every stretch of
+about ``batch`` tasks spreads over the feature space (Zhdanov 2019, "Diverse mini-batch active
+learning": the top beta*k by informativeness, clustered into k groups; Citovsky et al. 2021,
+Cluster-Margin: round robin over clusters of the top candidates):
+
+1. the candidates are the top ``ceil(factor * batch)`` tasks of the ranking;
+2. k-means (scikit-learn) clusters their L2-normalised penultimate features into ``batch`` groups;
+3. the candidates are served round robin over the groups, each group's best-ranked task first, and
+   the groups in the order of their best remaining task: sort by (place within the group, rank).
+   That is Label Studio's own rule for predictions that carry a ``cluster`` (projects/functions/
+   next_task.py, ``_try_uncertainty_sampling``: the cluster the annotator has solved least, then
+   the lowest score) when the counts start at zero, decided here once for the whole team;
+4. every other task keeps its place after the candidates.
+
+The service writes the result as the prediction score (rank / N), without ``cluster``: Label Studio
+counts a user's solved tasks per cluster id over every prediction a task ever had (all model
+versions) and per annotator, so ids would have to stay meaningful across cycles; a rank decides
+the same order for one annotator and a shared one for a team.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def round_robin_order(groups: np.ndarray) -> np.ndarray:
+    """Positions 0..n-1 (already in rank order) re-ordered by (place within its group, position):
+    each group's first member, then each group's second, ... [n] -> [n] permutation."""
+    groups = np.asarray(groups)
+    n = len(groups)
+    place = np.empty(n, dtype=np.int64)
+    seen: dict = {}
+    for i, g in enumerate(groups.tolist()):
+        place[i] = seen.get(g, 0)
+        seen[g] = place[i] + 1
+    return np.lexsort((np.arange(n), place)).astype(np.int64)
+
+
+def serve_order_bruteforce(groups: np.ndarray) -> np.ndarray:
+    """Reference for ``round_robin_order``: Label Studio's serving rule step by step. The next task
+    is the unserved one whose group has been served least so far, ties by rank."""
+    groups = list(np.asarray(groups).tolist())
+    served, count, out = set(), {}, []
+    for _ in range(len(groups)):
+        best = min((i for i in range(len(groups)) if i not in served), key=lambda i: (count.get(groups[i], 0), i))
+        served.add(best)
+        count[groups[best]] = count.get(groups[best], 0) + 1
+        out.append(best)
+    return np.asarray(out, dtype=np.int64)
+
+
+def cluster_groups(feats: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means (scikit-learn, k-means++ start, 3 restarts) on L2-normalised rows: [n, d] -> [n] group ids."""
+    from sklearn.cluster import KMeans
+
+    x = np.asarray(feats, dtype=np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    k = max(1, min(int(k), len(np.unique(x, axis=0))))
+    if k == 1:
+        return np.zeros(len(x), dtype=np.int64)
+    return KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(x).astype(np.int64)
+
+
+def cluster_round_robin(ranking: np.ndarray, feats: np.ndarray, batch: int, factor: float,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(new ranking [M], group id per pool item [M], -1 outside the candidates). ``feats`` is
+    indexed by pool item, ``ranking`` lists pool items query-first."""
+    ranking = np.asarray(ranking, dtype=np.int64)
+    groups = np.full(len(ranking), -1, dtype=np.int64)
+    n_cand = min(len(ranking), int(math.ceil(factor * batch)))
+    if batch < 2 or n_cand < 2:
+        return ranking, groups
+    cand = ranking[:n_cand]
+    g = cluster_groups(np.asarray(feats)[cand], min(batch, n_cand), seed)
+    groups[cand] = g
+    return np.concatenate([cand[round_robin_order(g)], ranking[n_cand:]]), groups
