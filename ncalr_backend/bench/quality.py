@@ -178,6 +178,17 @@ def parse_seeds(text: str) -> list[int]:
     return list(range(int(text)))
 
 
+# NCAL-R and its two components run with the product's defaults; every other strategy is a baseline
+# from the literature and runs as published: by its score alone, without the product's batch
+# diversity (a strategy spec or --set can still switch it on, e.g. margin:diversity=clusters).
+NCALR_FAMILY = ("ncalr", "cmap", "ff")
+AS_PUBLISHED = {"diversity": "none"}
+
+
+def baseline_settings(strategy: str) -> dict:
+    return {} if strategy in NCALR_FAMILY else dict(AS_PUBLISHED)
+
+
 def base_settings(args: argparse.Namespace) -> dict:
     import dataclasses as _dc
 
@@ -256,7 +267,8 @@ class Runner:
 
         self.args, self.specs, self.qe = args, specs, qe
         self.base = base_settings(args)
-        self.cfgs = {s.label: qe.make_config({**self.base, **s.overrides, "strategy": s.strategy}) for s in specs}
+        self.cfgs = {s.label: qe.make_config({**baseline_settings(s.strategy), **self.base, **s.overrides,
+                                              "strategy": s.strategy}) for s in specs}
         self.t_start = time.perf_counter()
         self.units_done, self.units_total = 0, 0
 

@@ -108,12 +108,16 @@ def warm_start_state(store: ProjectStore, cfg, ecfg) -> Optional[dict]:
 
 
 def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress: Optional[Callable] = None,
-                    should_stop: Optional[Callable[[], bool]] = None):
-    """Run the engine on the snapshot (writes model.pt, scores.npz, metrics.json into the work dir)."""
+                    should_stop: Optional[Callable[[], bool]] = None, batch: int = 0):
+    """Run the engine on the snapshot (writes model.pt, scores.npz, metrics.json into the work dir).
+    ``batch``: the labels expected before the next cycle (the cycle trigger), what batch diversity
+    (``NCALR_DIVERSITY=clusters``) diversifies for unless ``NCALR_DIVERSITY_BATCH`` says otherwise."""
     import ncalr_backend.engine as engine  # the engine is heavy: import on use
     if len(snap.lab_ids) == 0:
         raise CycleError("no labeled task with a readable image yet: nothing to train on")
     ecfg = engine_config or engine.EngineConfig.from_env(prefix="NCALR_")
+    if ecfg.diversity != "none" and ecfg.diversity_batch == 0 and batch > 0:
+        ecfg = ecfg.replace(diversity_batch=int(batch))
     init_state = warm_start_state(run.store, snap.cfg, ecfg)
     run.report["warm_start"] = init_state is not None
     t = time.time()
@@ -265,7 +269,8 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
             log.warning("project %s cycle %s: task %s left out: %s", project_id, run.cycle, item["task"],
                         item["reason"])
         stage("train")
-        res = train_and_score(snap, run, engine_config, prog.training(progress, engine_config), should_stop)
+        res = train_and_score(snap, run, engine_config, prog.training(progress, engine_config), should_stop,
+                              batch=settings.trigger_threshold(snap.num_tasks))
         stage("write-back")
         preds = queue_predictions(res, snap.cfg, snap.pool_ids, run.version)
         if preds.predicted_set_sizes is not None:

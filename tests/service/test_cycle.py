@@ -439,3 +439,19 @@ def test_a_diverging_training_is_retried_at_a_lower_rate_and_never_ships(setting
         run_project_cycle(settings, 1, "t2", engine_config=ENGINE, client=ls)
     assert not e.value.live and len(ls.imported) == n and ls.patches[-1]["model_version"] == v1
     assert ProjectStore(settings.model_dir, 1).latest()["model_version"] == v1
+
+
+def test_batch_diversity_diversifies_for_the_cycle_trigger(settings):
+    """NCALR_DIVERSITY=clusters: the engine is told the cycle trigger as its batch (25 tasks: the floor
+    of 10 labels), clusters the head of the ranking into that many groups, and Label Studio still
+    gets one prediction per task with score rank / N (the diversified order)."""
+    ls = FakeLS(images=IMAGES)
+    rep = run_project_cycle(settings, 1, "test", engine_config=ENGINE.replace(diversity="clusters"), client=ls)
+    assert settings.trigger_threshold(25) == 10
+    st = ProjectStore(settings.model_dir, 1)
+    with np.load(st.latest()["path"] / "scores.npz") as z:
+        groups = z["score_diversity_group"]
+    assert len(groups) == 16 and (groups >= 0).all()  # 16 unlabeled < 10 x 10 candidates: all clustered
+    assert 2 <= len(np.unique(groups)) <= 10
+    assert sorted(it["score"] for it in ls.imported) == pytest.approx([r / 16 for r in range(16)])
+    assert rep["status"] == "completed"

@@ -308,8 +308,10 @@ class TerminalPhase:
     checkpoints for FF (T_i and the ``tpt_window`` epochs after it; or, while T_i has not come, the
     last window before the epoch cap)."""
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, multilabel: bool = False):
         self.config = config
+        # the plateau's floor: exact-set accuracy (multi-label) has its own, see EngineConfig
+        self.min_acc = config.tpt_plateau_min_acc_multilabel if multilabel else config.tpt_plateau_min_acc
         self.window = config.tpt_window
         self.fallback_from = config.max_epochs - self.window
         self.t_i: int | None = None
@@ -336,7 +338,7 @@ class TerminalPhase:
         if train_acc >= c.train_acc_threshold:
             self.t_i, self.by = epoch, "accuracy"
         elif c.tpt_criterion == "plateau" and plateau_starts(self.accs, self.fit_accs, c.tpt_patience,
-                                                             c.tpt_plateau_delta, c.tpt_plateau_min_acc,
+                                                             c.tpt_plateau_delta, self.min_acc,
                                                              c.tpt_plateau_max_gap):
             self.t_i, self.by = epoch, "plateau"
         return self.t_i is not None
@@ -481,7 +483,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
                pad=max(1, x_lab.shape[-1] // 8),
                steps_total=config.max_epochs * len(_batches(N, config.batch_size, torch.Generator())),
                should_stop=should_stop)
-    phase = TerminalPhase(config)
+    phase = TerminalPhase(config, multilabel)
     nc_rng = np.random.default_rng(config.seed)
     y_np = y_all.cpu().numpy()
     history: list[dict] = []

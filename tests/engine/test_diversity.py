@@ -1,0 +1,84 @@
+"""Batch diversity (``acquisition/diversity.py``): the round robin is Label Studio's serving rule for
+clustered predictions, step by step; the clustering splits what is separable; the head keeps only
+the ranking's own candidates; the setting is validated, and on by default once a batch size is known."""
+import numpy as np
+import pytest
+
+from ncalr_backend.engine.acquisition import PoolView, get_strategy
+from ncalr_backend.engine.acquisition.diversity import (cluster_groups, cluster_round_robin, round_robin_order,
+                                                        serve_order_bruteforce)
+from ncalr_backend.engine.config import ConfigError, EngineConfig
+
+
+def test_round_robin_is_label_studios_rule_step_by_step():
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        groups = rng.integers(0, rng.integers(1, 9), size=rng.integers(1, 40))
+        np.testing.assert_array_equal(round_robin_order(groups), serve_order_bruteforce(groups))
+
+
+def test_round_robin_hand_worked():
+    # ranks 0..5 in groups a a b a c b: a's best, b's best, c's best, then a's second, b's second, a's third
+    order = round_robin_order(np.array([0, 0, 1, 0, 2, 1]))
+    np.testing.assert_array_equal(order, [0, 2, 4, 1, 5, 3])
+
+
+def test_cluster_groups_separate_separable_blobs():
+    rng = np.random.default_rng(0)
+    centres = np.eye(4, 8) * 10
+    x = np.concatenate([c + rng.normal(scale=0.1, size=(25, 8)) for c in centres])
+    g = cluster_groups(x, 4, seed=0)
+    for b in range(4):
+        assert len(set(g[b * 25:(b + 1) * 25])) == 1
+    assert len(set(g)) == 4
+
+
+def test_cluster_round_robin_spreads_the_head_over_the_blobs():
+    """The ranking's head is ten near-copies from one blob; with diversity the first batch holds the
+    best-ranked item of each blob among the candidates, in rank order, and nothing outside them."""
+    rng = np.random.default_rng(1)
+    centres = np.eye(5, 8) * 10
+    feats = np.concatenate([c + rng.normal(scale=0.1, size=(20, 8)) for c in centres])  # items 20b..20b+19
+    blob = np.repeat(np.arange(5), 20)
+    ranking = np.concatenate([np.arange(0, 10), np.arange(20, 100), np.arange(10, 20)])  # blob 0 first
+    new, groups = cluster_round_robin(ranking, feats, batch=5, factor=4.0, seed=0)
+    assert sorted(new.tolist()) == list(range(100))
+    head = new[:5]
+    cand = ranking[:20]  # 4 x 5 candidates: blob 0's first ten, then blob 1's first ten
+    assert set(head) <= set(cand)
+    assert set(blob[head]) == {0, 1}  # two blobs among the candidates, both served early
+    assert head[0] == ranking[0]  # the best task stays first
+    np.testing.assert_array_equal(new[20:], ranking[20:])  # the rest keeps its order
+    assert (groups[ranking[20:]] == -1).all() and (groups[cand] >= 0).all()
+
+
+def _view(cfg, M=60, d=6, K=3):
+    rng = np.random.default_rng(2)
+    probs = rng.dirichlet(np.ones(K), size=M).astype(np.float32)
+    return PoolView(probs=probs, feats=rng.normal(size=(M, d)), feats_lab=rng.normal(size=(K * 4, d)),
+                    y_lab=np.repeat(np.arange(K), 4), num_classes=K, config=cfg)
+
+
+def test_strategy_rank_applies_it_only_when_asked():
+    plain = get_strategy("margin").rank(_view(EngineConfig(strategy="margin", diversity="none")))[0]
+    off = get_strategy("margin").rank(_view(EngineConfig(strategy="margin", diversity="clusters")))[0]
+    np.testing.assert_array_equal(plain, off)  # no batch size: nothing to diversify for
+    on, scores, _ = get_strategy("margin").rank(_view(EngineConfig(strategy="margin", diversity="clusters",
+                                                                   diversity_batch=5, diversity_candidates=4,
+                                                                   seed=4)))
+    assert sorted(on.tolist()) == list(range(60))
+    assert set(on[:20]) == set(plain[:20])  # the candidates are the ranking's head
+    np.testing.assert_array_equal(on[20:], plain[20:])
+    assert (scores["diversity_group"][plain[:20]] >= 0).all()
+    assert not np.array_equal(on, plain)
+
+
+@pytest.mark.parametrize("bad", [{"diversity": "kmeans"}, {"diversity_batch": -1}, {"diversity_candidates": 0.5}])
+def test_settings_are_validated(bad):
+    with pytest.raises(ConfigError):
+        EngineConfig(**bad)
+
+
+def test_on_by_default_once_a_batch_is_known():
+    cfg = EngineConfig()
+    assert (cfg.diversity, cfg.diversity_batch, cfg.diversity_candidates) == ("clusters", 0, 10.0)
