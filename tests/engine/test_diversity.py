@@ -82,3 +82,19 @@ def test_settings_are_validated(bad):
 def test_on_by_default_once_a_batch_is_known():
     cfg = EngineConfig()
     assert (cfg.diversity, cfg.diversity_batch, cfg.diversity_candidates) == ("clusters", 0, 10.0)
+
+
+def test_a_huge_batch_is_bounded():
+    """A 50,000-task project triggers every 1,000 labels: the candidates and groups are capped so
+    that k-means stays small; the order is still a permutation with the candidates first."""
+    from ncalr_backend.engine.acquisition import diversity as dv
+
+    rng = np.random.default_rng(5)
+    feats = rng.normal(size=(12000, 8)).astype(np.float32)
+    ranking = rng.permutation(12000)
+    new, groups = cluster_round_robin(ranking, feats, batch=1000, factor=10.0, seed=0)
+    assert sorted(new.tolist()) == list(range(12000))
+    assert (groups >= 0).sum() == dv.MAX_CANDIDATES
+    assert len(np.unique(groups[groups >= 0])) == dv.MAX_GROUPS
+    assert set(new[:dv.MAX_CANDIDATES]) == set(ranking[:dv.MAX_CANDIDATES])
+    np.testing.assert_array_equal(new[dv.MAX_CANDIDATES:], ranking[dv.MAX_CANDIDATES:])

@@ -30,14 +30,20 @@ def load(setting: str) -> dict:
     """{strategy: {seed: {...}}} from every finished seed of a setting."""
     out: dict = {}
     files = []
-    for d in (ROOT / setting, ROOT / "guard" / setting):  # guard/: the opt-in OOD guard (same seeds and first cycle: they pair)
+    # guard/: the opt-in OOD guard; diverse/: NCAL-R under the batch-diversity default, run after the
+    # grid (same seeds and first cycle: they pair). Where diverse/ has a setting, the grid's own
+    # NCAL-R (scored before that default) is listed as ncalr:diversity=none.
+    renamed = (ROOT / "diverse" / setting).is_dir()
+    for d in (ROOT / setting, ROOT / "guard" / setting, ROOT / "diverse" / setting):
         for run in sorted(d.glob("s*")):
             f = run / "results.json" if (run / "results.json").exists() else run / "results.json.gz"
             if f.exists():
-                files.append(f)
-    for f in files:
+                files.append((f, renamed and d == ROOT / setting))
+    for f, rename in files:
         r = json.loads(gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_text())
         for name, s in r["strategies"].items():
+            if rename and name == REF:
+                name = "ncalr:diversity=none"
             for i, (seed, cycles) in enumerate(sorted(s["cycles"].items(), key=lambda t: int(t[0]))):
                 picked = [c for c in cycles if c.get("picked_noisy") is not None]
                 out.setdefault(name, {})[int(seed)] = {

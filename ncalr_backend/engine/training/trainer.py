@@ -467,6 +467,8 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     if N < 2:
         raise ValueError(f"training needs at least 2 labeled samples; got {N}")
     multilabel = y_lab.ndim == 2
+    if multilabel and config.multilabel_lr_factor != 1.0:  # PAL sums over a sample's labels
+        config = config.replace(lr=config.lr * config.multilabel_lr_factor)
     use_amp = bool(config.amp and device.type == "cuda")
     model.to(device)
     if device.type == "cuda":
