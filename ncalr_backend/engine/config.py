@@ -154,10 +154,10 @@ class EngineConfig:
     tpt_plateau_min_acc_multilabel: float = 0.3
     """The same floor in multi-label mode, where the training accuracy is exact-set accuracy: chance
     is near 0 (not 1/K), and a sample of two labels counts only when both clear ``set_threshold``
-    and no third does. With 0.5, multi-label digits reached the terminal phase in 16 of 18 cycles
-    (seeds 10-12, 40-epoch cap) and 80% of the issue-11 grid's cycles, still climbing slowly
-    at the high constant rate; with 0.3 in 18 of 18, median T_i 11 instead of 21, AULC -0.41 +- 0.78
-    (docs/quality/issue11/ablation.md)."""
+    and no third does. With 0.5, multi-label digits reached the terminal phase in 80% of the
+    issue-11 grid's cycles, still climbing slowly at the cap; with 0.3 alone in 98-100%, but an
+    earlier T_i at the high rate cost about 1.5 AULC points, so it comes with
+    ``multilabel_lr_factor`` (docs/quality/issue11/ablation.md)."""
     tpt_plateau_max_gap: float = 0.1
     """The guard against a transient plateau: a plateau counts only if, at each of its last
     ``tpt_patience`` epochs, the eval-mode training accuracy is at most this below the accuracy the

@@ -262,6 +262,9 @@ def next_tasks(pid: int, dash: Optional[dict], limit: int = 12) -> str:
                 zk = "z_cmap_signed" if k == "cmap" else f"z_{k}"
                 z = t.get(zk)
                 why.append(f"{name} {fmt(t[k])}" + (f" (z {z:+.2f})" if isinstance(z, (int, float)) else ""))
+        group = t.get("diversity_group")
+        if isinstance(group, (int, float)) and group >= 0:  # batch diversity: served round robin over groups
+            why.append(f"group {int(group)}")
         out.append(
             f'<li class="next-task" data-task="{e(t.get("task"))}">'
             f'<img class="thumb" alt="task {e(t.get("task"))}" width="{THUMB}" height="{THUMB}" '

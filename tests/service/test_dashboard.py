@@ -124,6 +124,14 @@ def test_dashboard_record_lists_the_queue_head_with_score_components():
     assert rec["score_hist"]["ff"]["counts"] == [1, 1, 0, 1] and rec["score_hist"]["ff"]["integer"]
 
 
+def test_the_queue_says_which_diversity_group_a_task_was_served_for():
+    items = [{"task": 4, "rank": 0, "label": "a", "confidence": 0.5, "score": 1.0, "diversity_group": 3.0},
+             {"task": 5, "rank": 1, "label": "b", "confidence": 0.5, "score": 0.5, "diversity_group": -1.0}]
+    html = dashboard.next_tasks(1, {"next_tasks": items})
+    first, second = html.split('data-task="5"')
+    assert "group 3" in first and "group" not in second
+
+
 # ---------------------------------------------------------------------------- routes (Flask test client)
 @pytest.fixture
 def app_and_dir(tmp_path):
