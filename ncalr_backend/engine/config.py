@@ -126,13 +126,6 @@ class EngineConfig:
     pal_average: bool = False
     """Pick-all-labels loss: False = the sum over the set (the paper's definition); True = divided
     by |S| (the soft-target form of the released code)."""
-    multilabel_lr_factor: float = 0.4
-    """Multi-label mode trains at ``lr`` x this (0.02 with the defaults). The pick-all-labels loss
-    sums the cross-entropy over a sample's labels, so a two-label sample pulls about twice as hard
-    as a single-label one, and at the single-label rate the exact-set training accuracy kept
-    creeping up at the 40-epoch cap. Screened on multi-label digits (seeds 10-12, with the
-    multi-label plateau floor): terminal phase in 17/18 cycles, AULC +2.41 +- 1.63 (3/3 seeds)
-    over the single-label rate (docs/quality/issue11/ablation.md). 1 = the same rate."""
     tpt_criterion: str = "plateau"
     """'plateau' (the default): T_i = the first epoch whose training accuracy reaches
     ``train_acc_threshold``, or the first at which it has settled below it (``plateau_starts`` in
@@ -151,13 +144,6 @@ class EngineConfig:
     tpt_plateau_min_acc: float = 0.5
     """A plateau counts only once the training accuracy has reached this (a network that has not
     started learning is flat too)."""
-    tpt_plateau_min_acc_multilabel: float = 0.3
-    """The same floor in multi-label mode, where the training accuracy is exact-set accuracy: chance
-    is near 0 (not 1/K), and a sample of two labels counts only when both clear ``set_threshold``
-    and no third does. With 0.5, multi-label digits reached the terminal phase in 80% of the
-    issue-11 grid's cycles, still climbing slowly at the cap; with 0.3 alone in 98-100%, but an
-    earlier T_i at the high rate cost about 1.5 AULC points, so it comes with
-    ``multilabel_lr_factor`` (docs/quality/issue11/ablation.md)."""
     tpt_plateau_max_gap: float = 0.1
     """The guard against a transient plateau: a plateau counts only if, at each of its last
     ``tpt_patience`` epochs, the eval-mode training accuracy is at most this below the accuracy the
@@ -260,8 +246,6 @@ class EngineConfig:
         elif self.classifier == "etf" and self.spa != "none":
             problems.append("classifier='etf' fixes the classifier rows, so space alignment has nothing to align: "
                             "use spa='none' with it")
-        if not 0.0 < self.multilabel_lr_factor <= 10.0:
-            problems.append(f"multilabel_lr_factor={self.multilabel_lr_factor}: must be in (0, 10]")
         if not 0.0 < self.set_threshold <= 1.0:
             problems.append(f"set_threshold={self.set_threshold}: must be in (0, 1]")
         if not 0.0 <= self.tpt_geometry_tol < 2.0:
@@ -279,10 +263,9 @@ class EngineConfig:
         if self.tpt_criterion not in TPT_CRITERIA:
             problems.append(f"tpt_criterion={self.tpt_criterion!r}: choose one of {list(TPT_CRITERIA)}")
         if (self.tpt_patience < 1 or not 0.0 <= self.tpt_plateau_delta <= 1.0
-                or not 0.0 <= self.tpt_plateau_min_acc <= 1.0 or not 0.0 <= self.tpt_plateau_max_gap <= 1.0
-                or not 0.0 <= self.tpt_plateau_min_acc_multilabel <= 1.0):
-            problems.append("tpt_patience must be >= 1; tpt_plateau_delta, tpt_plateau_min_acc, "
-                            "tpt_plateau_min_acc_multilabel and tpt_plateau_max_gap in [0, 1]")
+                or not 0.0 <= self.tpt_plateau_min_acc <= 1.0 or not 0.0 <= self.tpt_plateau_max_gap <= 1.0):
+            problems.append("tpt_patience must be >= 1; tpt_plateau_delta, tpt_plateau_min_acc and "
+                            "tpt_plateau_max_gap in [0, 1]")
         if self.tpt_exclude_min_per_class < 0:
             problems.append(f"tpt_exclude_min_per_class={self.tpt_exclude_min_per_class}: must be >= 0")
         if self.threads < 0:

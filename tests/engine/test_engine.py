@@ -205,26 +205,6 @@ def test_plateau_guard_by_hand():
     assert not plateau_starts([0.7, 0.7, 0.7], [0.7] * 3, 3, 0.01, 0.5, 0.1)
 
 
-def test_multilabel_exact_set_accuracy_has_its_own_plateau_floor():
-    """Exact-set accuracy settled at 0.38 starts the terminal phase in multi-label mode (floor
-    0.3), not in single-label mode (floor 0.5); a flat start below the floor starts neither, and the
-    guard against a transient plateau holds in both."""
-    from ncalr_backend.engine.training.trainer import TerminalPhase
-
-    def first(accs, fits, multilabel):
-        phase = TerminalPhase(EngineConfig(tpt_patience=3), multilabel)
-        return next((e for e, (a, f) in enumerate(zip(accs, fits), 1) if phase.observe(e, a, {}, f)), None)
-
-    settled = [0.05, 0.2, 0.36, 0.38, 0.37, 0.38, 0.38]
-    assert first(settled, settled, multilabel=True) == 7  # best of epochs 5-7 (0.38) vs before (0.38)
-    assert first(settled, settled, multilabel=False) is None
-    assert first([0.1, 0.2] + [0.25] * 6, [0.25] * 8, multilabel=True) is None  # below 0.3
-    assert first(settled, [0.05, 0.2, 0.9, 1.0, 1.0, 1.0, 1.0], multilabel=True) is None  # transient
-    assert EngineConfig().tpt_plateau_min_acc_multilabel == 0.3
-    with pytest.raises(ConfigError, match="tpt_plateau_min_acc_multilabel"):
-        EngineConfig(tpt_plateau_min_acc_multilabel=1.5)
-
-
 def test_default_criterion_waits_out_a_transient_plateau():
     """Two SGD steps per epoch: the network fits the blocks within three epochs (fit accuracy 1.0)
     while the eval-mode accuracy, behind BatchNorm's running statistics, sits at 0.25 and then at

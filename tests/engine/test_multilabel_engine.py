@@ -385,24 +385,3 @@ def test_multilabel_served_checkpoint_by_exact_set_match():
     np.testing.assert_array_equal(res.view.pred_sets, predict_sets(res.view.probs, HOLD.set_threshold))
     np.testing.assert_allclose(res.confidence, (res.probs * res.pred_sets).sum(1), atol=1e-6)
     np.testing.assert_allclose(res.probs, predict_proba(res.model, px), atol=1e-5)
-
-
-def test_multilabel_training_runs_at_its_own_learning_rate(monkeypatch):
-    """Multi-label mode trains at lr x multilabel_lr_factor; single-label at lr."""
-    import ncalr_backend.engine.training.trainer as tr
-    seen = []
-    real = torch.optim.SGD
-
-    def sgd(params, lr, **kw):
-        seen.append(lr)
-        return real(params, lr=lr, **kw)
-
-    monkeypatch.setattr(tr.torch.optim, "SGD", sgd)
-    x, y = quadrant_sets(n_single=4, n_pair=2)
-    cfg = FAST.replace(max_epochs=2, tpt_window=1, lr=0.05, multilabel_lr_factor=0.4)
-    run_cycle(x, y, x[:2], K, cfg)
-    run_cycle(x, y.argmax(1), x[:2], K, cfg)
-    assert seen == [pytest.approx(0.02), pytest.approx(0.05)]
-    assert EngineConfig().multilabel_lr_factor == 0.4
-    with pytest.raises(ConfigError, match="multilabel_lr_factor"):
-        EngineConfig(multilabel_lr_factor=0)

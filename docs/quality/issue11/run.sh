@@ -24,6 +24,9 @@ args() {
     ood02) echo "--set batch_size=32 --noise-type symmetric --noise-rate 0.2 --ood-fraction 0.2";;
     lt10) echo "--set batch_size=32 --imbalance-factor 10";;
     multilabel) echo "--set batch_size=16 --dataset digits-multilabel --multilabel-pairs-fraction 0.5";;
+    # the same at the product's own epoch cap (EngineConfig.max_epochs = 60): the 40-epoch cap above
+    # stops 20% of multi-label cycles before the plateau
+    multilabel60) echo "--set batch_size=16 --dataset digits-multilabel --multilabel-pairs-fraction 0.5 --max-epochs 60";;
     *) echo "unknown setting $1" >&2; return 2;;
   esac
 }

@@ -22,7 +22,8 @@ from ncalr_backend.bench.common import git_state, save_figure  # noqa: E402
 
 SETTINGS = [("sym00", "clean labels"), ("sym02", "20% symmetric noise"), ("sym04", "40% symmetric noise"),
             ("asym03", "30% asymmetric noise"), ("ood02", "20% OOD + 20% sym. noise"),
-            ("lt10", "imbalance factor 10"), ("multilabel", "multi-label digits")]
+            ("lt10", "imbalance factor 10"), ("multilabel", "multi-label digits"),
+            ("multilabel60", "multi-label digits, 60-epoch cap")]
 REF = "ncalr"
 
 

@@ -308,10 +308,8 @@ class TerminalPhase:
     checkpoints for FF (T_i and the ``tpt_window`` epochs after it; or, while T_i has not come, the
     last window before the epoch cap)."""
 
-    def __init__(self, config: EngineConfig, multilabel: bool = False):
+    def __init__(self, config: EngineConfig):
         self.config = config
-        # the plateau's floor: exact-set accuracy (multi-label) has its own, see EngineConfig
-        self.min_acc = config.tpt_plateau_min_acc_multilabel if multilabel else config.tpt_plateau_min_acc
         self.window = config.tpt_window
         self.fallback_from = config.max_epochs - self.window
         self.t_i: int | None = None
@@ -338,7 +336,7 @@ class TerminalPhase:
         if train_acc >= c.train_acc_threshold:
             self.t_i, self.by = epoch, "accuracy"
         elif c.tpt_criterion == "plateau" and plateau_starts(self.accs, self.fit_accs, c.tpt_patience,
-                                                             c.tpt_plateau_delta, self.min_acc,
+                                                             c.tpt_plateau_delta, c.tpt_plateau_min_acc,
                                                              c.tpt_plateau_max_gap):
             self.t_i, self.by = epoch, "plateau"
         return self.t_i is not None
@@ -467,8 +465,6 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     if N < 2:
         raise ValueError(f"training needs at least 2 labeled samples; got {N}")
     multilabel = y_lab.ndim == 2
-    if multilabel and config.multilabel_lr_factor != 1.0:  # PAL sums over a sample's labels
-        config = config.replace(lr=config.lr * config.multilabel_lr_factor)
     use_amp = bool(config.amp and device.type == "cuda")
     model.to(device)
     if device.type == "cuda":
@@ -485,7 +481,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
                pad=max(1, x_lab.shape[-1] // 8),
                steps_total=config.max_epochs * len(_batches(N, config.batch_size, torch.Generator())),
                should_stop=should_stop)
-    phase = TerminalPhase(config, multilabel)
+    phase = TerminalPhase(config)
     nc_rng = np.random.default_rng(config.seed)
     y_np = y_all.cpu().numpy()
     history: list[dict] = []
