@@ -164,7 +164,7 @@ def plot(summ: list[dict], datas: dict) -> Path:
     if spare:  # the legend fills the empty panel
         spare[0].legend(handles, labels, loc="center", fontsize=9, title="strategy")
     else:
-        axes.flat[0].legend(fontsize=7, loc="lower right")
+        axes.flat[0].legend(handles, labels, fontsize=7, loc="lower right")  # every panel's strategies
     fig.suptitle("NCAL-R (engine defaults, black) against the baselines: mean ± std over seeds", fontsize=11)
     return save_figure(fig, ROOT / "curves.png")
 
