@@ -317,8 +317,7 @@ class Runner:
         mask[lab_idx] = False
         cand = np.flatnonzero(mask)
         cfg_c = dataclasses.replace(cfg, seed=seed * 1000 + cycle)
-        scoring = {s.label: dataclasses.replace(self.cfgs[s.label], seed=seed * 1000 + cycle,
-                                                diversity_batch=self.cfgs[s.label].diversity_batch or self.n_query)
+        scoring = {s.label: self.cfgs[s.label].replace(seed=seed * 1000 + cycle).for_batch(self.n_query)
                    for s in specs}
         res, ranked, sel_s = qe.train_and_rank(x_lab, y_lab, pool.x_pool[cand], pool.num_classes, cfg_c,
                                                specs, scoring, init_state, verbose=args.verbose)

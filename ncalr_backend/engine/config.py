@@ -288,6 +288,13 @@ class EngineConfig:
     def replace(self, **changes: Any) -> "EngineConfig":
         return dataclasses.replace(self, **changes)
 
+    def for_batch(self, batch: int) -> "EngineConfig":
+        """This config with batch diversity sized for ``batch`` labels before the next ranking (the
+        service's cycle trigger, the benchmark's query size), unless ``diversity_batch`` is set."""
+        if self.diversity_batch or batch <= 0:
+            return self
+        return self.replace(diversity_batch=int(batch))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -116,8 +116,7 @@ def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress:
     if len(snap.lab_ids) == 0:
         raise CycleError("no labeled task with a readable image yet: nothing to train on")
     ecfg = engine_config or engine.EngineConfig.from_env(prefix="NCALR_")
-    if ecfg.diversity != "none" and ecfg.diversity_batch == 0 and batch > 0:
-        ecfg = ecfg.replace(diversity_batch=int(batch))
+    ecfg = ecfg.for_batch(batch)
     init_state = warm_start_state(run.store, snap.cfg, ecfg)
     run.report["warm_start"] = init_state is not None
     t = time.time()

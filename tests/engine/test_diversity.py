@@ -82,6 +82,9 @@ def test_settings_are_validated(bad):
 def test_on_by_default_once_a_batch_is_known():
     cfg = EngineConfig()
     assert (cfg.diversity, cfg.diversity_batch, cfg.diversity_candidates) == ("clusters", 0, 10.0)
+    assert cfg.for_batch(63).diversity_batch == 63  # the caller's batch
+    assert cfg.for_batch(0) is cfg
+    assert EngineConfig(diversity_batch=5).for_batch(63).diversity_batch == 5  # a set batch wins
 
 
 def test_a_huge_batch_is_bounded():
