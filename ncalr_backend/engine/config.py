@@ -213,8 +213,19 @@ class EngineConfig:
     average 5, which torch's own default (one thread per core, the behaviour of 0 before issue 11)
     ran into. N > 0 = exactly N threads."""
     amp: bool = True
-    """bf16 autocast + channels-last on CUDA (ignored on the CPU)."""
-    eval_batch_size: int = 512
+    """bf16 autocast on CUDA (ignored on the CPU)."""
+    channels_last: bool = True
+    """Channels-last memory layout for the model and its inputs on CUDA (ignored on the CPU)."""
+    eval_batch_size: int = 0
+    """Images per batch of the eval-mode passes (FF checkpoints over the pool, the label check, the
+    final scoring). 0 (the default) = 512 on the CPU, 2048 on CUDA: on an H200 the eval forward ran
+    at 161k images/s at 512 and 226k at 2048 (1.40x; docs/bench/gpu/h200). N > 0 = exactly N."""
+
+    def eval_batch(self, device) -> int:
+        """``eval_batch_size`` on ``device`` (a torch.device), with 0 resolved per device."""
+        if self.eval_batch_size > 0:
+            return self.eval_batch_size
+        return 2048 if getattr(device, "type", str(device)) == "cuda" else 512
 
     def __post_init__(self) -> None:
         from ncalr_backend.engine.acquisition import STRATEGIES  # late import: the registry imports torch
@@ -252,7 +263,9 @@ class EngineConfig:
             problems.append(f"tpt_geometry_tol={self.tpt_geometry_tol}: must be in [0, 2) (0 = off)")
         if self.device not in DEVICES:
             problems.append(f"device={self.device!r}: choose one of {list(DEVICES)}")
-        for name in ("max_epochs", "batch_size", "mc_samples", "nc_subsample", "eval_batch_size",
+        if self.eval_batch_size < 0:
+            problems.append(f"eval_batch_size={self.eval_batch_size}: must be >= 0 (0 = 512 on the CPU, 2048 on CUDA)")
+        for name in ("max_epochs", "batch_size", "mc_samples", "nc_subsample",
                      "coreset_max_greedy", "image_size", "min_epochs", "width"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")

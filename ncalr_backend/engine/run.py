@@ -229,7 +229,7 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
         served.load_state_dict(tr.served_state)
         served.eval()
         if len(x_pool):
-            _, lp = forward_all(served.to(device), torch.from_numpy(x_pool), device, config.eval_batch_size,
+            _, lp = forward_all(served.to(device), torch.from_numpy(x_pool), device, config.eval_batch(device),
                                 bool(config.amp and device.type == "cuda"), with_features=False)
             served.to("cpu")
             probs = torch.softmax(lp, dim=1).numpy().astype(np.float32)

@@ -21,7 +21,8 @@ def separable(n_per=12, classes=4, size=8, seed=0):
     return np.asarray(xs, dtype=np.float32), np.asarray(ys)
 
 
-FAST = EngineConfig(max_epochs=25, tpt_window=3, batch_size=16, lr=0.05, augment=False)
+# one thread: with 0 (chosen from the load average) two runs can differ in float rounding on a busy machine
+FAST = EngineConfig(max_epochs=25, tpt_window=3, batch_size=16, lr=0.05, augment=False, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -243,9 +244,42 @@ def test_auto_threads_leave_busy_cores_alone(monkeypatch):
     before = torch.get_num_threads()
     try:
         x, y = separable(n_per=3)
-        run_cycle(x, y, x[:2], 4, FAST.replace(max_epochs=1, tpt_window=1))
+        run_cycle(x, y, x[:2], 4, FAST.replace(max_epochs=1, tpt_window=1, threads=0))
         assert torch.get_num_threads() == 3
         run_cycle(x, y, x[:2], 4, FAST.replace(max_epochs=1, tpt_window=1, threads=2))
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_memory_layout_follows_the_model_and_gives_the_same_outputs():
+    """forward_all feeds inputs in the model's own layout (EngineConfig.channels_last decides it on
+    CUDA); both layouts give the same features and logits (here on the CPU, where torch supports both)."""
+    import torch
+
+    from ncalr_backend.engine.training import build_model
+    from ncalr_backend.engine.training.trainer import forward_all, is_channels_last
+
+    torch.manual_seed(0)
+    for channels in (1, 3):  # one input channel: the first conv weight is both layouts at once
+        model = build_model(10, channels, 16, "", 8).eval()
+        x = torch.rand(37, channels, 16, 16)
+        assert not is_channels_last(model)
+        f0, z0 = forward_all(model, x, torch.device("cpu"), 16)
+        model = model.to(memory_format=torch.channels_last)
+        assert is_channels_last(model)
+        f1, z1 = forward_all(model, x, torch.device("cpu"), 16)
+        assert f1.shape == f0.shape == (37, model.fc.in_features) and z1.shape == (37, 10)
+        assert torch.allclose(f0, f1, atol=1e-5) and torch.allclose(z0, z1, atol=1e-5)
+
+
+def test_eval_batch_resolves_per_device():
+    import torch
+
+    cfg = EngineConfig()
+    assert cfg.eval_batch_size == 0
+    assert cfg.eval_batch(torch.device("cpu")) == 512 and cfg.eval_batch(torch.device("cuda")) == 2048
+    assert EngineConfig(eval_batch_size=100).eval_batch(torch.device("cuda")) == 100
+    with pytest.raises(ConfigError, match="eval_batch_size"):
+        EngineConfig(eval_batch_size=-1)
+    assert EngineConfig.from_mapping({"channels_last": "false"}).channels_last is False

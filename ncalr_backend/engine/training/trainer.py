@@ -107,15 +107,26 @@ def _random_translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.
     return xp[b, c, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def is_channels_last(model: nn.Module) -> bool:
+    """True when the model's convolution weights are stored channels-last (a weight with one input
+    channel and a 1x1 kernel is both layouts at once, so the first one that tells decides)."""
+    for p in model.parameters():
+        if p.dim() == 4 and p.is_contiguous() != p.is_contiguous(memory_format=torch.channels_last):
+            return p.is_contiguous(memory_format=torch.channels_last)
+    return False
+
+
 @torch.no_grad()
 def forward_all(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int,
                 amp: bool = False, with_features: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Eval-mode features [n, d] and logits [n, K] (float32, on the CPU) in batches."""
+    """Eval-mode features [n, d] and logits [n, K] (float32, on the CPU) in batches. The inputs take
+    the model's own memory layout (channels-last when its weights are, ``EngineConfig.channels_last``)."""
     model.eval()
     feats, logits = [], []
+    cl = is_channels_last(model)
     for s in range(0, len(x), batch_size):
         xb = x[s:s + batch_size].to(device, non_blocking=True)
-        if device.type == "cuda":
+        if cl:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             h = model.features(xb)
@@ -209,6 +220,7 @@ class _Run:
     device: torch.device
     gen: torch.Generator
     use_amp: bool
+    channels_last: bool
     pad: int
     steps_total: int
     step: int = 0
@@ -247,7 +259,7 @@ def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
         xb, yb = run.xl[idx], run.yl[idx]
         if config.augment:
             xb = _random_translate(xb, run.pad, run.gen)
-        if device.type == "cuda":
+        if run.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=run.use_amp):
             h = model.features(xb)
@@ -285,7 +297,7 @@ def evaluate_train(model: nn.Module, x_lab: torch.Tensor, y_np: np.ndarray, conf
     on (``trained``, a bool mask; None = all), and the accuracy on the held-out rest (None when
     nothing is held out). With ``dynamics``, the same pass's logits of every labeled sample are
     recorded there (per-sample label-error signals, ``engine/label_errors.py``)."""
-    feats_l, logits_l = forward_all(model, x_lab, device, config.eval_batch_size, use_amp)
+    feats_l, logits_l = forward_all(model, x_lab, device, config.eval_batch(device), use_amp)
     if dynamics is not None:
         dynamics.observe(epoch, logits_l.numpy())
     hold_acc = None
@@ -386,7 +398,7 @@ def pool_checkpoint(model: nn.Module, x_pool: torch.Tensor, config: EngineConfig
                     use_amp: bool, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
     """The pool's predictions at one checkpoint: ([M] int32 classes, or [M, ceil(K/8)] packed sets;
     [M] float16 ``pool_margin``)."""
-    _, lp = forward_all(model, x_pool, device, config.eval_batch_size, use_amp, with_features=False)
+    _, lp = forward_all(model, x_pool, device, config.eval_batch(device), use_amp, with_features=False)
     probs = torch.softmax(lp, 1).numpy()
     margin = pool_margin(probs, multilabel, config.set_threshold).astype(np.float16)
     if multilabel:
@@ -467,7 +479,8 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     multilabel = y_lab.ndim == 2
     use_amp = bool(config.amp and device.type == "cuda")
     model.to(device)
-    if device.type == "cuda":
+    channels_last = bool(config.channels_last and device.type == "cuda")
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     yl = (y_lab.float() if multilabel else y_lab).to(device)
     params = [p for p in model.parameters() if p.requires_grad]  # the fixed ETF head stays fixed
@@ -478,7 +491,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
                centres=(ClassCentres(K, model.fc.in_features, config.spa_momentum, device)
                         if config.spa != "none" else None),
                config=config, device=device, gen=torch.Generator().manual_seed(config.seed), use_amp=use_amp,
-               pad=max(1, x_lab.shape[-1] // 8),
+               channels_last=channels_last, pad=max(1, x_lab.shape[-1] // 8),
                steps_total=config.max_epochs * len(_batches(N, config.batch_size, torch.Generator())),
                should_stop=should_stop)
     phase = TerminalPhase(config)
@@ -533,8 +546,8 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     if len(x_pool) == 0:
         preds, margins, pred_epochs = [], [], []
     dynamics.mark_window(window)
-    feats_l, _ = forward_all(model, x_all, device, config.eval_batch_size, use_amp)
-    feats_p, logits_p = forward_all(model, x_pool, device, config.eval_batch_size, use_amp)
+    feats_l, _ = forward_all(model, x_all, device, config.eval_batch(device), use_amp)
+    feats_p, logits_p = forward_all(model, x_pool, device, config.eval_batch(device), use_amp)
     M = len(x_pool)
     if preds:
         pred_hist = np.stack(preds)
