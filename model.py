@@ -22,14 +22,14 @@ from typing import List, Optional
 
 from label_studio_ml.model import LabelStudioMLBase
 
-from ncalr_backend.service.labelconfig import ImageClassConfig, parse_label_config
+from ncalr_backend.service.labelconfig import ImageClassConfig, parse_label_config, without_xml_declaration
 from ncalr_backend.service.serving import current_version, predict_tasks
 from ncalr_backend.service.settings import Settings
 
 
 class NCALRBackend(LabelStudioMLBase):
     def __init__(self, label_config=None, train_output=None, settings: Optional[Settings] = None, **kwargs):
-        super().__init__(label_config=label_config, train_output=train_output, **kwargs)
+        super().__init__(label_config=without_xml_declaration(label_config), train_output=train_output, **kwargs)
         self.settings = settings or Settings.from_env()
 
     @staticmethod

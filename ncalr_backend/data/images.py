@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ncalr_backend.atomic import atomic_write_bytes
 
@@ -39,7 +39,9 @@ def decode_image(data: bytes, size: int = 32, channels: int = 3) -> np.ndarray:
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise anything on crafted files
+        # (UnidentifiedImageError, OSError, ValueError, DecompressionBombError, and on fuzzed
+        # files also TypeError, NotImplementedError, ...): every one is this image's fault
         raise BrokenImage(f"not a readable image ({exc.__class__.__name__}: {exc})") from None
     if channels == 1:
         arr = arr[None, :, :]
@@ -56,7 +58,8 @@ class ImageCache:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, url: str) -> Path:
-        h = hashlib.sha256(url.encode("utf-8")).hexdigest()
+        # surrogatepass: a JSON string may hold a lone surrogate, which plain UTF-8 cannot encode
+        h = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
         return self.root / h[:2] / h
 
     def get(self, url: str, fetch: Callable[[str], bytes]) -> bytes:

@@ -124,9 +124,11 @@ def annotation_fingerprint(ann: dict, label) -> str:
     return f"{ann.get('id')}:{json.dumps(label)}"
 
 
-def task_fingerprint(task: dict, cfg: ImageClassConfig) -> Optional[str]:
-    """``annotation_fingerprint`` of the task's winning annotation, or None when it has no usable one."""
-    ann = winning_annotation(task)
+def task_fingerprint(task: dict, cfg: ImageClassConfig, prefer: Optional[dict] = None) -> Optional[str]:
+    """``annotation_fingerprint`` of the task's winning annotation, or None when it has no usable
+    one; ``prefer`` as in ``split_tasks`` (a task sent for re-annotation), so that this names the
+    annotation a cycle trains on."""
+    ann = winning_annotation(task, cfg, prefer)
     if ann is None:
         return None
     y = annotation_label_set(ann, cfg)[0] if cfg.multilabel else annotation_label(ann, cfg)

@@ -45,19 +45,24 @@ COUNTED = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 IGNORED_FOR_TRAINING = ("PROJECT_UPDATED",)
 
 
+MAX_ID = 2 ** 63 - 1  # Label Studio's ids are database integers (at most 64-bit)
+
+
 def project_id_from(value) -> Optional[int]:
-    """Label Studio sends projects as "<id>.<created_ts>", an int, or a dict with "id"."""
+    """Label Studio sends projects as "<id>.<created_ts>", an int, or a dict with "id". None for
+    anything else, and for ids no database holds (< 1 or > MAX_ID: a project's files are named by it)."""
     if isinstance(value, dict):
         value = value.get("id")
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        return value if value > 0 else None
-    try:
-        pid = int(str(value).split(".")[0])
-    except (TypeError, ValueError):
-        return None
-    return pid if pid > 0 else None
+        pid = value
+    else:
+        head = str(value).split(".")[0]
+        if not head.isascii() or not head.isdigit() or len(head) > 19:
+            return None
+        pid = int(head)
+    return pid if 0 < pid <= MAX_ID else None
 
 
 def lock_model_dir(model_dir: Path):
@@ -319,7 +324,10 @@ class Backend:
 
     def versions(self):
         """GET or POST (gap 8): the project's completed model versions, newest last."""
-        pid = project_id_from(request.args.get("project") or (request.get_json(silent=True) or {}).get("project"))
+        body = request.get_json(silent=True) if request.method == "POST" else None
+        if body is not None and not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object such as {\"project\": 1}")
+        pid = project_id_from(request.args.get("project") or (body or {}).get("project"))
         if pid is None:
             raise BadRequest("'project' is required")
         st = ProjectStore(self.settings.model_dir, pid)

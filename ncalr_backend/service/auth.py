@@ -100,9 +100,11 @@ class Auth:
         return h
 
     # ------------------------------------------------------------------ Label Studio side
-    def _our_backends(self, client, project_id: int, host: Optional[str]) -> list:
+    def _our_backends(self, client, project_id: int, host: Optional[str], only_one_counts: bool = True) -> list:
         """The project's ML backends that are this backend: at this address (the Host header Label
-        Studio used to reach us), or the only one there is; with basic auth, the same user."""
+        Studio used to reach us), or (``only_one_counts``) the only one there is; with basic auth,
+        the same user. The fallback serves adding our headers to the webhook (a proxy may rewrite
+        the Host), never authorisation: the only backend of a project may be another service."""
         backends = client.list_ml_backends(project_id)
         if self.settings.basic_auth_user:
             backends = [b for b in backends if b.get("basic_auth_user") == self.settings.basic_auth_user]
@@ -110,10 +112,11 @@ class Auth:
             ours = [b for b in backends if urlsplit(str(b.get("url") or "")).netloc.lower() == host.lower()]
             if ours:
                 return ours
-        return backends if len(backends) == 1 else []
+        return backends if only_one_counts and len(backends) == 1 else []
 
     def project_has_us(self, project_id: int, host: Optional[str]) -> bool:
-        """Label Studio says project ``project_id`` exists and has this backend connected. The
+        """Label Studio says project ``project_id`` exists and has this backend connected at the
+        address the request came to (``host``: its Host header must be that backend's URL). The
         answer is kept for RESYNC_EVERY_S, so unauthenticated requests cannot make the backend
         hammer Label Studio."""
         key, now = (project_id, host), time.time()
@@ -124,7 +127,8 @@ class Auth:
             if len(self._checked) > 10000:
                 self._checked.clear()
         try:
-            ok = bool(self._our_backends(make_client(self.settings), project_id, host))
+            ok = bool(host) and bool(self._our_backends(make_client(self.settings), project_id, host,
+                                                        only_one_counts=False))
         except Exception as exc:
             log.warning("project %s: cannot check the ML backend connection with Label Studio: %s", project_id, exc)
             ok = False

@@ -10,6 +10,7 @@ shows the config it needs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -57,7 +58,18 @@ def _tag(el) -> str:
     return el.tag if isinstance(el.tag, str) else ""
 
 
+_DECLARATION = re.compile(r"^\ufeff?\s*<\?xml\b[^>]*\?>", re.IGNORECASE)
+
+
+def without_xml_declaration(xml):
+    """The config without a leading ``<?xml ...?>`` declaration (and byte-order mark). Label Studio
+    accepts one; label-studio-ml's own parser (lxml on a str) raises ValueError on an encoding
+    declaration, so the backend hands every parser the config without it."""
+    return _DECLARATION.sub("", xml, count=1) if isinstance(xml, str) else xml
+
+
 def parse_label_config(xml: Optional[str]) -> ImageClassConfig:
+    xml = without_xml_declaration(xml)
     if not xml or not str(xml).strip():
         raise LabelConfigError("The labeling config is empty")
     try:

@@ -15,7 +15,7 @@ from ncalr_backend.service.annotations import winning_annotation
 from ncalr_backend.service.errors import CycleError
 from ncalr_backend.service.labelconfig import parse_label_config
 from ncalr_backend.service.labelstudio import LabelStudioClient, make_client
-from ncalr_backend.service.predictions import PlacementIndex, classify, prediction_item
+from ncalr_backend.service.predictions import PlacementIndex, classify, model_input, prediction_item
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.localfiles import direct_reader
 from ncalr_backend.service.snapshot import load_images
@@ -58,6 +58,7 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
         return {"placed": 0, "reason": "labeling config changed since the latest cycle"}
     version = latest["model_version"]
     model, meta = load_model(latest["path"] / "model.pt")
+    size, channels = model_input(meta, settings)
     index = PlacementIndex(known)
     cache = ImageCache(settings.model_dir / "cache")
     placed, failures = 0, []
@@ -67,8 +68,8 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
                 if winning_annotation(t) is None and not _has_version(t, version)]
         if not todo:
             continue
-        x, ok_idx, failed = load_images(client, cache, todo, cfg, settings.image_size, settings.image_channels,
-                                        settings.download_workers, direct=direct)
+        x, ok_idx, failed = load_images(client, cache, todo, cfg, size, channels, settings.download_workers,
+                                        direct=direct)
         failures += failed
         if not ok_idx:
             continue

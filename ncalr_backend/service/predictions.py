@@ -177,3 +177,13 @@ def queue_predictions(res, cfg: ImageClassConfig, pool_ids: Sequence[int], versi
     if sets is not None:
         sizes = {str(int(v)): int(c) for v, c in zip(*np.unique(sets.sum(1), return_counts=True))}
     return QueuePredictions(entries=entries, items=items, predicted_set_sizes=sizes)
+
+
+def model_input(meta: dict, settings) -> tuple:
+    """(image size, channels) a saved model was trained on, from its metadata: images for it are
+    decoded that way even after IMAGE_SIZE / IMAGE_CHANNELS changed (the next cycle follows the
+    settings); the settings only for a model saved without them."""
+    size, channels = meta.get("image_size", settings.image_size), meta.get("in_channels", settings.image_channels)
+    if not isinstance(size, int) or not isinstance(channels, int) or channels not in (1, 3) or size < 4:
+        raise ValueError(f"model metadata has no usable input shape (image_size={size!r}, in_channels={channels!r})")
+    return size, channels

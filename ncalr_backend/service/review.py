@@ -222,7 +222,8 @@ def clear(client: LabelStudioClient, store: ProjectStore, project_id: int, task_
         tasks = {int(t["id"]): t for t in client.get_tasks(project_id, ids, resolve_uri=False)}
         _write_keys(client, project_id, {t: None for t in ids})
         for t in ids:
-            fp = task_fingerprint(tasks[t], cfg) if t in tasks else None
+            prefer = ((st.get("relabel") or {}).get(str(t)) or {}).get("probs") or None  # as the cycle's split
+            fp = task_fingerprint(tasks[t], cfg, prefer) if t in tasks else None
             if fp is not None:
                 st["reviewed"][str(t)] = fp
             st["listed"].pop(str(t), None)

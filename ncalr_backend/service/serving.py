@@ -17,7 +17,8 @@ from typing import List, Optional
 from ncalr_backend.data.images import ImageCache
 from ncalr_backend.service.labelconfig import ImageClassConfig
 from ncalr_backend.service.labelstudio import make_client
-from ncalr_backend.service.predictions import UNTRAINED_VERSION, PlacementIndex, classify, result_for_predict
+from ncalr_backend.service.predictions import (UNTRAINED_VERSION, PlacementIndex, classify, model_input,
+                                               result_for_predict)
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.snapshot import load_images
 from ncalr_backend.service.store import ProjectStore, read_json
@@ -112,14 +113,14 @@ def _predict_on_the_fly(settings: Settings, tasks, positions, results, cfg: Imag
     except Exception as exc:  # no Label Studio credentials: nothing to download with
         log.warning("/predict cannot fetch images: %s", exc)
         return
+    model, meta = served.model_and_meta()
+    size, channels = model_input(meta, settings)
     x, ok_idx, failures = load_images(client, ImageCache(settings.model_dir / "cache"), tasks, cfg,
-                                      settings.image_size, settings.image_channels,
-                                      min(4, settings.download_workers))
+                                      size, channels, min(4, settings.download_workers))
     for f in failures:
         log.warning("/predict: task %s: %s", f["task"], f["reason"])
     if not ok_idx:
         return
-    model, meta = served.model_and_meta()
     index = served.placement()
     for i, entry in zip(ok_idx, classify(model, meta, x, cfg)):
         entry["score"] = index.place(entry["confidence"])

@@ -51,11 +51,14 @@ LOCAL_FILES_DOCUMENT_ROOT      (unset: off)                Label Studio's LOCAL_
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping, Optional
 from urllib.parse import urlsplit
+
+from ncalr_backend.service.urls import URLRefused, parse_http_url
 
 
 AUTO_WRITE_BACK_TOP = 1000
@@ -94,6 +97,8 @@ def _float(env, name, default, lo=None, hi=None) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r}: expected a number") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{name}={raw!r}: expected a finite number")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise SettingsError(f"{name}={value}: expected a value in [{lo}, {hi}]")
     return value
@@ -121,7 +126,7 @@ def _delays(env, name, default) -> tuple:
         out = tuple(float(x) for x in raw.split(",") if x.strip())
     except ValueError:
         out = (-1.0,)
-    if any(v < 0 for v in out):
+    if any(not math.isfinite(v) or v < 0 for v in out):
         raise SettingsError(f"{name}={raw!r}: expected a comma list of seconds >= 0, e.g. 10,30,60 "
                             "(none: never retry)")
     return out
@@ -147,10 +152,12 @@ def _document_root(env, name) -> Optional[str]:
 def _url(name: str, raw: Optional[str]) -> Optional[str]:
     if raw is None:
         return None
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(f"{name}={raw!r}: expected an http(s) URL such as http://localhost:8080")
-    return raw.rstrip("/")
+    url = raw.rstrip("/")
+    try:  # the parser the Label Studio client uses on it (labelstudio.py): one decides
+        parse_http_url(url + "/")
+    except URLRefused as exc:
+        raise SettingsError(f"{name}={raw!r}: expected an http(s) URL such as http://localhost:8080 ({exc})") from None
+    return url
 
 
 @dataclass(frozen=True)

@@ -81,23 +81,27 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
         gi, i = job
         task = groups[gi][i]
         url = (task.get("data") or {}).get(cfg.data_key)
+        cached = False
         try:
             if not isinstance(url, str):
                 raise ImageRefused(f"task data has no {cfg.data_key!r} string")
             data = direct.read(url) if direct is not None else None
-            from_disk = data is not None
             if data is None:
+                cached = True
                 data = cache.get(url, client.download)
-            try:
-                arrays[gi][i] = decode_image(data, size, channels)
-            except BrokenImage:
-                if not from_disk:
-                    cache.evict(url)
-                raise
+            arrays[gi][i] = decode_image(data, size, channels)
             if decoded is not None and isinstance(task.get("id"), int):
                 fresh.append((task["id"], url, np.rint(arrays[gi][i] * 255.0).astype(np.uint8)))
         except (ImageRefused, BrokenImage, LabelStudioError) as exc:
             errors[gi][i] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one task's image must never fail the whole cycle
+            log.exception("task %s: unexpected error reading its image", task.get("id"))
+            errors[gi][i] = f"unexpected error reading the image ({exc.__class__.__name__}: {exc})"
+        if errors[gi][i] is not None and cached:
+            try:  # a broken or unreadable file must not stay cached to fail every later cycle
+                cache.evict(url)
+            except Exception:  # noqa: BLE001
+                log.exception("could not evict %r from the image cache", url)
 
     def keep(batch: int) -> None:
         rows = []

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ncalr_backend.service.annotations import annotation_label, annotation_label_set, label_matrix, label_report, split_tasks, winning_annotation
+from ncalr_backend.service.annotations import (annotation_label, annotation_label_set, label_matrix, label_report,
+                                              split_tasks, task_fingerprint, winning_annotation)
 from ncalr_backend.service.labelconfig import parse_label_config
 
 CFG = ('<View><Image name="img" value="$image"/><Choices name="cls" toName="img" choice="single">'
@@ -72,3 +73,18 @@ def test_multilabel_annotations_become_multi_hot_rows_and_bad_ones_are_reported(
     s1 = split_tasks(tasks[:2], single)
     assert s1.labels == [0, 0] and label_matrix(s1.labels, single).dtype == np.int64
     assert label_report(label_matrix(s1.labels, single), single) == {"class_counts": {"cat": 2, "DOG": 0, "eel": 0}}
+
+
+def test_a_review_names_the_annotation_the_cycle_trains_on_for_a_re_annotated_task():
+    """Found by review: for a task sent for re-annotation the cycle's split prefers the annotation
+    the model finds likelier, and the review's fingerprint (review.clear) must name that same one,
+    or a reviewed task is never recognised and comes back on the list."""
+    cfg = parse_label_config(CFG)
+    ann = lambda i, ch, upd: {"id": i, "updated_at": upd, "result": [  # noqa: E731
+        {"from_name": "cls", "to_name": "img", "type": "choices", "value": {"choices": [ch]}}]}
+    t = {"id": 7, "annotations": [ann(1, "cat", "2024-01-02"), ann(2, "DOG", "2024-01-03")]}
+    prefer = {"0": 0.8, "1": 0.1}  # the model: cat
+    s = split_tasks([t], cfg, {"7": prefer})
+    assert s.fingerprints == ["1:0"]
+    assert task_fingerprint(t, cfg, prefer) == s.fingerprints[0]
+    assert task_fingerprint(t, cfg) == split_tasks([t], cfg).fingerprints[0] == "2:1"  # no preference: the latest

@@ -51,6 +51,9 @@ def test_unauthenticated_requests_cannot_make_the_backend_hammer_label_studio(tm
     for _ in range(50):
         assert a.project_has_us(1, "backend:9090") and not a.project_has_us(2, "backend:9090")
     assert calls == [1, 2]  # once per project and host, then remembered
+    # the project's only ML backend is another service: an unauthenticated "train" for it is refused
+    assert not a.project_has_us(1, "attacker-chosen-host") and not a.project_has_us(1, None)
+    assert calls == [1, 2, 1]
     started = []
     monkeypatch.setattr(a, "ensure_webhook_headers", lambda pid, host: started.append(pid))
     for pid in range(100):

@@ -135,6 +135,11 @@ def test_the_queue_says_which_diversity_group_a_task_was_served_for():
 # ---------------------------------------------------------------------------- routes (Flask test client)
 @pytest.fixture
 def app_and_dir(tmp_path):
+    import importlib
+
+    import label_studio_ml.api
+
+    importlib.reload(label_studio_ml.api)  # a fresh module-global Flask app (another file may have made one)
     from model import NCALRBackend
     from ncalr_backend.service.app import create_app
     from ncalr_backend.service.settings import Settings

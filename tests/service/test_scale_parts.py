@@ -119,3 +119,77 @@ def test_decoded_images_are_kept_and_reused_exactly_and_a_changed_url_is_decoded
     tasks[4] = {"id": 5, "data": {"image": "http://x/200"}}  # the task's image changed
     (x3, _, _), = load_image_groups(Client(), cache, [tasks], cfg, 8, 3, 4, decoded=mirror)
     assert Client.calls == first + 1 and np.allclose(x3[4], 200 / 255.0) and np.array_equal(x3[5:], x1[5:])
+
+
+# Files a Pillow fuzz produced that make its decoders raise TypeError / NotImplementedError rather
+# than an image error (found by review, 2026-11-30): one such upload used to fail every cycle.
+CRASH_TIFF = "SUkqAAgAAAAKAAABBAABAAAAEAAAAAEBBAABAAAAEAAAAAIBAwADAAAAhgAAAAMBAwABAAAAAQAAAAYBAwABAAAAAgAAABEBBwABAAAAjAAAABUBAwABAAAAAwAAABYBBAABAAAAEAAAABcBBAABAAAAAAMAABwBAwABAAAAAQAAAAAAAAAIAAgACAAKFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4tFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4="
+CRASH_DDS = "RERTIHwAAAAPEAAAEAAAABAAAAAwAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAARwAAAAAAAAAA4d4AAAAAAAAAAAAAIAAAAEAAAAAAAAAAGAAAAAAA/wAA/wAA/wAAAAAAAAAAEAAAAAAAAAAAAAAAAAAAAAAAAB4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCpoUCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4Ucx4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCi4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCnMUCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCg=="
+
+
+def test_an_image_that_crashes_its_decoder_is_one_task_failure_and_leaves_the_cache(tmp_path, monkeypatch):
+    import base64
+
+    from ncalr_backend.data.images import BrokenImage, ImageCache, decode_image
+    from ncalr_backend.service import snapshot
+
+    files = {"tiff": base64.b64decode(CRASH_TIFF), "dds": base64.b64decode(CRASH_DDS)}
+    for name, blob in files.items():
+        with pytest.raises(BrokenImage, match="not a readable image"):
+            decode_image(blob, 8, 3)
+
+    class Client:
+        def download(self, url):
+            key = url.rsplit("/", 1)[1]
+            return files[key] if key in files else _png(int(key))
+
+    cfg = parse_label_config(CFG)
+    pool = [{"id": 1, "data": {"image": "http://x/tiff"}}, {"id": 2, "data": {"image": "http://x/40"}},
+            {"id": 3, "data": {"image": "http://x/dds"}}, {"id": 4, "data": {"image": "http://x/\ud800"}},
+            {"id": 5, "data": {"image": "http://x/boom"}}]
+    real = snapshot.decode_image
+
+    def decode(data, size, channels):  # an error no one planned for, in one task only
+        if data == b"boom":
+            raise RuntimeError("decoder bug")
+        return real(data, size, channels)
+
+    files["boom"] = b"boom"
+    monkeypatch.setattr(snapshot, "decode_image", decode)
+    cache = ImageCache(tmp_path)
+    (xp, okp, fp), = load_image_groups(Client(), cache, [pool], cfg, 8, 1, 2)
+    assert okp == [1] and xp.shape == (1, 1, 8, 8)  # the readable image survives its neighbours
+    np.testing.assert_allclose(xp[0], np.full((1, 8, 8), 40 / 255.0, np.float32), atol=1e-6)
+    reasons = {f["task"]: f["reason"] for f in fp}
+    assert sorted(reasons) == [1, 3, 4, 5]
+    assert "TypeError" in reasons[1] and "NotImplementedError" in reasons[3]
+    assert "RuntimeError: decoder bug" in reasons[5]
+    for url in ("http://x/tiff", "http://x/dds", "http://x/boom"):  # not kept to fail the next cycle
+        assert not cache.path_for(url).exists()
+    assert cache.path_for("http://x/40").exists()
+
+
+def test_predict_and_placement_decode_for_the_served_model_after_the_image_settings_change(tmp_path, monkeypatch):
+    """A model trained on 8 px grayscale keeps answering /predict and placing new tasks after a
+    restart with IMAGE_SIZE=16 / IMAGE_CHANNELS=3: images for it are decoded as it was trained
+    (once a 500, 'expected input to have 1 channels'; a size change gave silent wrong answers)."""
+    from ncalr_backend.service import placement, serving
+    from ncalr_backend.service.predictions import model_input
+
+    env = {"MODEL_DIR": str(tmp_path), "IMAGE_SIZE": "8", "IMAGE_CHANNELS": "1",
+           "LABEL_STUDIO_URL": "http://ls.test", "LABEL_STUDIO_API_KEY": "k"}
+    ls = FakeLS()
+    rep = run_project_cycle(Settings.from_env(env), 1, "test", engine_config=ENGINE, client=ls)
+    changed = Settings.from_env({**env, "IMAGE_SIZE": "16", "IMAGE_CHANNELS": "3"})
+    assert model_input({"image_size": 8, "in_channels": 1}, changed) == (8, 1)
+    assert model_input({}, changed) == (16, 3)
+    with pytest.raises(ValueError, match="input shape"):
+        model_input({"image_size": "8", "in_channels": 1}, changed)
+    monkeypatch.setattr(serving, "make_client", lambda settings: ls)
+    new = {"id": 500, "data": {"image": "/data/upload/1/500.png"}}  # not in the cycle's predictions
+    out = serving.predict_tasks(changed, parse_label_config(CFG), [new], 1)
+    assert out[0]["model_version"] == rep["model_version"] and out[0]["result"], out
+    assert 0.0 <= out[0]["score"] <= 1.0
+    ls.tasks.append({**new, "annotations": [], "predictions": []})
+    placed = placement.place_new_tasks(changed, 1, [500], client=ls)
+    assert placed["placed"] == 1 and not placed["failures"], placed

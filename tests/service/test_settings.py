@@ -23,3 +23,28 @@ def test_settings_defaults_and_validation(tmp_path):
         Settings.from_env({"LABEL_STUDIO_URL": "http://ls:8080"}).require_label_studio()
     pub = Settings.from_env({"LABEL_STUDIO_API_KEY": "k", "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p"}).public()
     assert pub["label_studio_api_key"] == "***" and pub["basic_auth_pass"] == "***"
+
+
+def test_non_finite_numbers_and_urls_the_client_would_refuse_fail_at_start(tmp_path):
+    """Found by review: TRAIN_TRIGGER_FRACTION=nan passed the range check (every comparison with
+    NaN is false) and then every annotation webhook answered 500; LABEL_STUDIO_URL values that the
+    Label Studio client's parser refuses passed the start and failed every cycle later. One
+    parser (urls.parse_http_url) decides for both now."""
+    base = {"MODEL_DIR": str(tmp_path)}
+    for name in ("TRAIN_TRIGGER_FRACTION", "RELABEL_SHARE", "HTTP_TIMEOUT"):
+        for bad in ("nan", "inf", "-inf", "NaN"):
+            with pytest.raises(SettingsError, match=f"{name}=.*finite"):
+                Settings.from_env({**base, name: bad})
+    for bad in ("nan", "10,inf", "10,nan,30"):
+        with pytest.raises(SettingsError, match="CYCLE_RETRY_DELAYS"):
+            Settings.from_env({**base, "CYCLE_RETRY_DELAYS": bad})
+    for bad in ("http://label_studio:8080", "http://admin:pw@ls:8080", "http://ls:99999", "ftp://ls",
+                "http://ls:8080\\@evil", "http://l s:8080"):
+        with pytest.raises(SettingsError, match="LABEL_STUDIO_URL="):
+            Settings.from_env({**base, "LABEL_STUDIO_URL": bad})
+    from ncalr_backend.service.labelstudio import LabelStudioClient
+
+    for good in ("http://localhost:8080/", "https://ls.example.com", "http://127.0.0.1:8080/ls/"):
+        s = Settings.from_env({**base, "LABEL_STUDIO_URL": good})
+        assert not s.label_studio_url.endswith("/")
+        assert LabelStudioClient(s.label_studio_url, "k").url == s.label_studio_url  # the client takes it as is

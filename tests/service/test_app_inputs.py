@@ -1,0 +1,55 @@
+"""Hostile request bodies and ids on the Flask app (found by review, 2026-11-30), without Label
+Studio: each gets a 4xx that says what to fix, or is read the way Label Studio means it."""
+
+from __future__ import annotations
+
+import pytest
+
+from ncalr_backend.service.app import MAX_ID, project_id_from
+
+CONFIG = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
+          '<Choice value="a"/><Choice value="b"/></Choices></View>')
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):  # one app per process: label-studio-ml's Flask app is a module global
+    from model import NCALRBackend
+    from ncalr_backend.service.app import create_app
+    from ncalr_backend.service.settings import Settings
+
+    import importlib
+
+    import label_studio_ml.api
+
+    importlib.reload(label_studio_ml.api)  # a fresh module-global Flask app for this file's app
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path_factory.mktemp("app")), "LABEL_STUDIO_URL": "http://ls.test", "LABEL_STUDIO_API_KEY": "k"})
+    return create_app(NCALRBackend, s, autostart=False).test_client()
+
+
+@pytest.mark.parametrize("value, pid", [
+    (7, 7), ("7", 7), ("7.1712345678", 7), ({"id": 7}, 7), ({"id": "7.1"}, 7), (MAX_ID, MAX_ID),
+    (0, None), (-3, None), ("-3.1", None), (True, None), (None, None), ("", None), ("x", None), (7.5, 7),
+    ("9" * 300, None), (MAX_ID + 1, None), (str(MAX_ID + 1), None), ("\u0661\u0662", None), ("+7", None),
+    ([7], None), ({"id": None}, None),
+])
+def test_project_ids_are_database_integers(value, pid):
+    assert project_id_from(value) == pid
+
+
+def test_a_config_with_an_xml_declaration_connects_like_label_studio_accepts_it(client):
+    for decl in ('<?xml version="1.0" encoding="UTF-8"?>', "\ufeff<?xml version='1.0'?>\n", ""):
+        r = client.post("/setup", json={"schema": decl + CONFIG, "project": "1.123"})
+        assert r.status_code == 200, (decl, r.get_json())
+        r = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": "/data/upload/1/x.png"}}],
+                                          "label_config": decl + CONFIG, "project": "1.123"})
+        assert r.status_code == 200 and r.get_json()["results"][0]["result"] == [], r.get_json()
+
+
+def test_versions_needs_an_object_body_and_a_real_project(client):
+    r = client.post("/versions", json=[1])
+    assert r.status_code == 400 and "JSON object" in r.get_json()["error"]
+    assert client.post("/versions", json={"project": 1}).status_code == 200
+    assert client.get("/versions?project=1").status_code == 200
+    for bad in ("9" * 300, "0", "abc"):
+        r = client.get(f"/versions?project={bad}")
+        assert r.status_code == 400 and "project" in r.get_json()["error"]
