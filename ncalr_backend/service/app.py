@@ -288,8 +288,8 @@ class Backend:
                     raise BadRequest("TASKS_CREATED: task ids must be integers")
             out = sched.request_placement(pid, ids)
         else:
+            n = _annotation_count(action, data)  # validates the payload before anything reads it
             self.review_changed(pid, action, data)
-            n = _annotation_count(action, data)
             num_tasks = project.get("task_number") if isinstance(project, dict) else None
             num_tasks = num_tasks if isinstance(num_tasks, int) and num_tasks >= 0 else None
             out = sched.count_annotations(pid, n, num_tasks) if n else {"counted": 0}

@@ -23,7 +23,9 @@ def client(tmp_path_factory):  # one app per process: label-studio-ml's Flask ap
 
     importlib.reload(label_studio_ml.api)  # a fresh module-global Flask app for this file's app
     s = Settings.from_env({"MODEL_DIR": str(tmp_path_factory.mktemp("app")), "LABEL_STUDIO_URL": "http://ls.test", "LABEL_STUDIO_API_KEY": "k"})
-    return create_app(NCALRBackend, s, autostart=False).test_client()
+    c = create_app(NCALRBackend, s, autostart=False).test_client()
+    c.model_dir = s.model_dir
+    return c
 
 
 @pytest.mark.parametrize("value, pid", [
@@ -53,3 +55,17 @@ def test_versions_needs_an_object_body_and_a_real_project(client):
     for bad in ("9" * 300, "0", "abc"):
         r = client.get(f"/versions?project={bad}")
         assert r.status_code == 400 and "project" in r.get_json()["error"]
+
+
+def test_a_malformed_annotations_deleted_is_refused_before_the_review_list_reads_it(client):
+    from ncalr_backend.service.auth import SECRET_HEADER
+    from ncalr_backend.service.store import ProjectStore
+
+    store = ProjectStore(client.model_dir, 1)
+    store.root.mkdir(parents=True, exist_ok=True)
+    (store.root / "review.json").write_text("{}")  # a project with a suspected-label-errors list
+    secret = (client.model_dir / "webhook_secret").read_text().strip()
+    for bad in (5, "x", [5], [{"no_id": 1}], None):
+        r = client.post("/webhook", headers={SECRET_HEADER: secret},
+                        json={"action": "ANNOTATIONS_DELETED", "project": {"id": 1}, "annotations": bad})
+        assert r.status_code == 400 and "ANNOTATIONS_DELETED" in r.get_json()["error"], (bad, r.get_json())
