@@ -165,7 +165,8 @@ def commit(run: CycleRun, snap: Snapshot, res, wb: WriteBack, settings: Settings
     run.store.commit(run.work, run.cycle, {"model_version": run.version, "finished_at": done,
                                            "num_classes": cfg.num_classes, "labels": list(cfg.labels),
                                            "multilabel": cfg.multilabel, "data_key": cfg.data_key, "live": wb.live})
-    run.store.update_state(in_progress=None, last_completed=run.cycle, last_model_version=run.version)
+    run.store.update_state(in_progress=None, last_completed=run.cycle, last_model_version=run.version,
+                           crashed_cycles=0)
     log.info("project %s cycle %s (%s) completed: %d labeled, %d ranked, %.1fs trigger-to-live",
              run.project_id, run.cycle, run.version, len(snap.lab_ids), len(snap.pool_ids),
              run.timings["trigger_to_live_s"])
@@ -213,7 +214,8 @@ def _classify(exc: Exception, live: bool) -> CycleError:
                       interrupted=isinstance(exc, Interrupted), live=live)
 
 
-def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool, live: bool) -> CycleError:
+def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool, live: bool,
+         keep_failed: Optional[int] = None) -> CycleError:
     """Leave no half-written version behind (never the live one); keep the report under failed/.
     An interrupted cycle (shutdown) stays marked in progress, so the next start runs it again."""
     err = _classify(exc, live)
@@ -222,14 +224,18 @@ def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool, 
     if err.interrupted and not live:
         import shutil
         shutil.rmtree(run.work, ignore_errors=True)
+        # still in progress (the next start runs it again), but stopped by a shutdown, not a crash
+        run.store.update_state(in_progress={**(run.store.state().get("in_progress") or {}), "interrupted": True})
         log.warning("project %s cycle %s interrupted: %s", run.project_id, run.cycle, err)
         return err
     run.report.update(status="failed", error=str(err), retryable=err.retryable, live=live, finished_at=time.time())
     try:
         atomic_write_json(run.work / "report.json", run.report)
         run.store.fail(run.work, run.cycle, utcstamp())
+        if keep_failed is not None:  # cycles that keep failing must not fill the disk (KEEP_FAILED)
+            run.store.prune_failed(keep_failed)
     finally:
-        changes = dict(in_progress=None, last_failed=run.cycle, last_error=str(err))
+        changes = dict(in_progress=None, last_failed=run.cycle, last_error=str(err), crashed_cycles=0)
         if live:
             changes["last_model_version"] = run.version
         run.store.update_state(**changes)
@@ -295,7 +301,7 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         prog.stage("commit")
         report = prog.finished(commit(run, snap, res, wb, settings))
     except Exception as exc:
-        err = fail(run, exc, client, wrote, live)
+        err = fail(run, exc, client, wrote, live, keep_failed=settings.keep_failed)
         prog.finish("interrupted" if err.interrupted else "failed", str(err))
         if err is exc:
             raise

@@ -71,10 +71,30 @@ def abandon_in_progress(st: ProjectStore, s: dict) -> int:
     if mirror.path.exists():  # after a crash, read the whole project once (mirror.py)
         mirror.doubt("recovered after an interrupted cycle")
     orphans = set(s.get("orphan_versions") or [])
-    if (s.get("in_progress") or {}).get("model_version"):
-        orphans.add(s["in_progress"]["model_version"])
-    st.update_state(in_progress=None, orphan_versions=sorted(orphans))
+    ip = s.get("in_progress") or {}
+    if ip.get("model_version"):
+        orphans.add(ip["model_version"])
+    # a cycle that died with its process (not one a shutdown stopped at a batch): counted, so that
+    # one that kills the process every time (out of memory) is not re-run for ever (MAX_CRASHES)
+    crashes = int(s.get("crashed_cycles") or 0) + (1 if ip and not ip.get("interrupted") else 0)
+    st.update_state(in_progress=None, orphan_versions=sorted(orphans), crashed_cycles=crashes)
     return removed
+
+
+MAX_CRASHES = 3
+
+
+def crash_looping(st: ProjectStore) -> bool:
+    """True (and says so in the project's state) when its last MAX_CRASHES cycles each died with
+    their process: recovery stops re-running it; the next trigger or "Start training" still does."""
+    n = int(st.state().get("crashed_cycles") or 0)
+    if n < MAX_CRASHES:
+        return False
+    msg = (f"the last {n} cycles each ended with their process (killed: out of memory?); not re-run "
+           "automatically. Check the worker's memory and log; the next trigger or Start training runs it again")
+    log.error("project %s: %s", st.project_id, msg)
+    st.update_state(pending=None, last_error=msg)
+    return True
 
 
 class BaseScheduler:
@@ -101,15 +121,20 @@ class BaseScheduler:
         another process is running."""
         out = []
         for pid in list_projects(self.settings.model_dir):
-            st = ProjectStore(self.settings.model_dir, pid)
-            s = st.state()
-            if (s.get("in_progress") or s.get("pending")) and not self.is_running_elsewhere(pid):
-                removed = abandon_in_progress(st, s)
-                log.warning("project %s: cycle interrupted or waiting at shutdown (%d partial dirs removed); "
-                            "running it again", pid, removed)
-                pending = s.get("pending") or {}
-                self.request_cycle(pid, "recovered", attempt=int(pending.get("attempt", 0)))
-                out.append(pid)
+            try:  # one project's broken files must not stop the others' recovery
+                st = ProjectStore(self.settings.model_dir, pid)
+                s = st.state()
+                if (s.get("in_progress") or s.get("pending")) and not self.is_running_elsewhere(pid):
+                    removed = abandon_in_progress(st, s)
+                    if crash_looping(st):
+                        continue
+                    log.warning("project %s: cycle interrupted or waiting at shutdown (%d partial dirs removed); "
+                                "running it again", pid, removed)
+                    pending = s.get("pending") or {}
+                    self.request_cycle(pid, "recovered", attempt=int(pending.get("attempt", 0)))
+                    out.append(pid)
+            except Exception as exc:  # noqa: BLE001
+                log.error("project %s: cannot recover its interrupted cycle: %s", pid, exc)
         return out
 
     def _threshold(self, project_id: int, num_tasks: Optional[int]) -> int:
@@ -394,28 +419,44 @@ class RQScheduler(BaseScheduler):
         """Re-request cycles whose worker died (``in_progress`` set, no lock before and after
         reading it: a live worker holds the lock from before it sets ``in_progress`` until after
         it clears it) and retries that are due. Returns what it did, as (project, why) pairs."""
+        from redis.exceptions import RedisError as ConnectionError_
+
         did = []
         for pid in list_projects(self.settings.model_dir):
-            k = _keys(pid)
-            if self.redis.exists(k["lock"]) or self.redis.exists(k["queued"]):
+            try:  # one project's broken files must not stop the others' recovery
+                why = self._reap_project(pid)
+            except ConnectionError_:
+                raise  # Redis away: the loop tries again later
+            except Exception as exc:  # noqa: BLE001
+                log.error("project %s: cannot check for a dead worker or a due retry: %s", pid, exc)
                 continue
-            st = ProjectStore(self.settings.model_dir, pid)
-            s = st.state()
-            if self.redis.exists(k["lock"]):
-                continue
-            ip, pending = s.get("in_progress"), s.get("pending") or {}
-            if ip:
-                removed = abandon_in_progress(st, s)
-                log.warning("project %s: the worker running cycle %s died (%d partial dirs removed); running it again",
-                            pid, ip.get("cycle"), removed)
-                self.request_cycle(pid, f"re-run: the worker of cycle {ip.get('cycle')} died",
-                                   ip.get("triggered_at"), attempt=int(pending.get("attempt", 0)))
-                did.append((pid, "dead worker"))
-            elif pending.get("retry_at") and pending["retry_at"] <= time.time():
-                self.request_cycle(pid, pending.get("reason") or "retry", pending.get("triggered_at"),
-                                   attempt=int(pending.get("attempt", 0)))
-                did.append((pid, "retry"))
+            if why:
+                did.append((pid, why))
         return did
+
+    def _reap_project(self, pid: int) -> Optional[str]:
+        k = _keys(pid)
+        if self.redis.exists(k["lock"]) or self.redis.exists(k["queued"]):
+            return None
+        st = ProjectStore(self.settings.model_dir, pid)
+        s = st.state()
+        if self.redis.exists(k["lock"]):
+            return None
+        ip, pending = s.get("in_progress"), s.get("pending") or {}
+        if ip:
+            removed = abandon_in_progress(st, s)
+            if crash_looping(st):
+                return "crash loop: not re-run"
+            log.warning("project %s: the worker running cycle %s died (%d partial dirs removed); running it again",
+                        pid, ip.get("cycle"), removed)
+            self.request_cycle(pid, f"re-run: the worker of cycle {ip.get('cycle')} died",
+                               ip.get("triggered_at"), attempt=int(pending.get("attempt", 0)))
+            return "dead worker"
+        if pending.get("retry_at") and pending["retry_at"] <= time.time():
+            self.request_cycle(pid, pending.get("reason") or "retry", pending.get("triggered_at"),
+                               attempt=int(pending.get("attempt", 0)))
+            return "retry"
+        return None
 
     def start_reaper(self, every: float = 5.0) -> None:
         def loop():

@@ -153,7 +153,12 @@ class ProjectStore:
                 continue
             shutil.rmtree(d, ignore_errors=True)
             n += 1
+        return n + self.prune_failed(keep_failed)
+
+    def prune_failed(self, keep_failed: int) -> int:
+        """Delete all but the newest ``keep_failed`` failed cycle directories; returns how many went."""
         failed = sorted((self.root / "failed").glob("[0-9]*"), key=lambda d: d.name)
+        n = 0
         for d in failed[:max(0, len(failed) - keep_failed)]:
             shutil.rmtree(d, ignore_errors=True)
             n += 1

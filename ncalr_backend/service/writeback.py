@@ -135,9 +135,29 @@ def prune_versions(client: LabelStudioClient, project_id: int, keep: Sequence[st
     return gone
 
 
-def delete_version(client: LabelStudioClient, store: ProjectStore, project_id: int, version: str) -> None:
-    """Remove a version's predictions; if Label Studio cannot be reached, remember it as an orphan."""
+def live_in_label_studio(client: LabelStudioClient, project_id: int) -> Optional[str]:
+    """The ``model_version`` the project uses in Label Studio now ('' for none), or None when Label
+    Studio cannot say (then nothing may be deleted: it could be the live one)."""
     try:
+        v = client.get_project(project_id).get("model_version")
+    except Exception as exc:  # noqa: BLE001 - unknown means: keep everything
+        log.warning("project %s: cannot read its current model version: %s", project_id, exc)
+        return None
+    return "" if v is None else str(v)
+
+
+def delete_version(client: LabelStudioClient, store: ProjectStore, project_id: int, version: str) -> None:
+    """Remove a failed version's predictions, unless Label Studio already uses it (a switch that
+    went through although its answer was lost); if Label Studio cannot say or cannot be reached,
+    remember it as an orphan for the next cycle."""
+    current = live_in_label_studio(client, project_id)
+    if current == version:
+        log.warning("project %s: Label Studio already uses version %s (its switch went through): its "
+                    "predictions stay until a later version goes live", project_id, version)
+        return
+    try:
+        if current is None:
+            raise LabelStudioError("the project's current model version is unknown", None)
         client.delete_model_version(project_id, version)
     except Exception as exc:
         log.warning("could not delete the predictions of failed version %s: %s", version, exc)
@@ -151,9 +171,17 @@ def drop_orphans(client: LabelStudioClient, store: ProjectStore, project_id: int
     if not orphans:
         return
     current = current if current is not None else (store.latest() or {}).get("model_version")
+    in_use = live_in_label_studio(client, project_id)  # a crash right after the switch: that one is live
+    if in_use is None:
+        return  # cannot tell which version Label Studio serves: delete nothing now
     left = []
     for v in orphans:
         if v == current:
+            continue
+        if v == in_use:
+            log.warning("project %s: interrupted version %s is the one Label Studio uses (the crash came "
+                        "after its switch): kept until a later version goes live", project_id, v)
+            left.append(v)
             continue
         try:
             client.delete_model_version(project_id, v)

@@ -13,6 +13,7 @@ from PIL import Image
 from ncalr_backend.engine.config import EngineConfig
 from ncalr_backend.service.cycle import CycleError, run_project_cycle
 from ncalr_backend.service.demo import digit_set_pngs
+from ncalr_backend.service.labelstudio import LabelStudioError
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.store import ProjectStore
 
@@ -55,9 +56,11 @@ class FakeLS:
         self.drop, self.silent_drop = drop, silent_drop
         self.imported, self.stored, self.patches, self.deleted = [], [], [], []
         self.task_patches, self.views = [], {}
+        self.model_version = ""  # as Label Studio: PATCH sets it, GET /api/projects/{id}/ returns it
 
     def get_project(self, pid):
-        return {"id": pid, "label_config": self.config, "task_number": len(self.tasks)}
+        return {"id": pid, "label_config": self.config, "task_number": len(self.tasks),
+                "model_version": self.model_version}
 
     # Label Studio moves a task's updated_at whenever its data or annotations change (verified on
     # 1.23.2: annotation created, updated, deleted, skipped); the fake does the same for any change
@@ -155,6 +158,7 @@ class FakeLS:
 
     def patch_project(self, pid, data):
         self.patches.append(data)
+        self.model_version = data.get("model_version", self.model_version)
         return data
 
     def delete_model_version(self, pid, v):
@@ -395,7 +399,11 @@ def test_stopping_interrupts_training_and_leaves_the_cycle_to_rerun(settings):
     assert e.value.interrupted and ls.imported == [] and ls.patches == []
     st = ProjectStore(settings.model_dir, 1)
     assert st.state()["in_progress"]["cycle"] == 1  # still marked: the next start runs it again
+    assert st.state()["in_progress"]["interrupted"]  # ... as stopped by a shutdown, not a crash
     assert not list(st.root.glob(".work-*")) and not (st.root / "failed").exists()
+    from ncalr_backend.service.scheduler import abandon_in_progress
+    abandon_in_progress(st, st.state())
+    assert st.state()["crashed_cycles"] == 0
 
 
 def test_old_versions_and_cycle_dirs_are_pruned(settings):
@@ -455,3 +463,53 @@ def test_batch_diversity_diversifies_for_the_cycle_trigger(settings):
     assert 2 <= len(np.unique(groups)) <= 10
     assert sorted(it["score"] for it in ls.imported) == pytest.approx([r / 16 for r in range(16)])
     assert rep["status"] == "completed"
+
+
+def test_a_crash_right_after_the_switch_never_deletes_the_version_label_studio_serves(settings):
+    """Found by review: a cycle killed between the switch (PATCH model_version) and its commit left
+    its version as an 'orphan' (abandon_in_progress), and the next cycle deleted its predictions
+    while Label Studio served them. Orphans and failed versions are now checked against the
+    project's model_version in Label Studio before they are deleted."""
+    from ncalr_backend.service.scheduler import abandon_in_progress
+    from ncalr_backend.service.store import ProjectStore
+    from ncalr_backend.service.writeback import delete_version, drop_orphans
+
+    ls = FakeLS()
+    a = run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)["model_version"]
+    st = ProjectStore(settings.model_dir, 1)
+    b = "ncalr-1-c0002-crashed"
+    ls.stored += [{"task": t, "model_version": b, "score": 0.5, "result": []} for t in (9, 10, 11)]
+    ls.patch_project(1, {"model_version": b})  # the switch went through ...
+    st.update_state(in_progress={"cycle": 2, "model_version": b})  # ... and then the process died
+    abandon_in_progress(st, st.state())
+    assert st.state()["orphan_versions"] == [b]
+    drop_orphans(ls, st, 1)
+    assert b not in ls.deleted and ls.model_versions(1)[b] == 3  # what Label Studio serves stays
+    delete_version(ls, st, 1, b)  # a failure whose PATCH answer was lost: the same rule
+    assert b not in ls.deleted
+    ls.patch_project(1, {"model_version": a})  # once another version is live, it goes
+    drop_orphans(ls, st, 1)
+    assert b in ls.deleted and b not in ls.model_versions(1) and st.state()["orphan_versions"] == []
+    assert a not in ls.deleted
+
+    class Blind(FakeLS):  # Label Studio cannot say which version it serves: nothing is deleted
+        def get_project(self, pid):
+            raise LabelStudioError("GET /api/projects/1/: Label Studio not reachable (ConnectionError)", None)
+
+    blind = Blind()
+    st.update_state(orphan_versions=["ncalr-1-c0003-x"])
+    drop_orphans(blind, st, 1)
+    delete_version(blind, st, 1, "ncalr-1-c0004-y")
+    assert blind.deleted == [] and st.state()["orphan_versions"] == ["ncalr-1-c0003-x", "ncalr-1-c0004-y"]
+
+
+def test_cycles_that_keep_failing_keep_only_keep_failed_reports(tmp_path):
+    """Found by review: failed/ was pruned only after a successful cycle, so a project whose
+    write-back Label Studio kept refusing filled the disk with a model per retry."""
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "IMAGE_SIZE": "8", "IMAGE_CHANNELS": "1", "KEEP_FAILED": "2",
+                           "LABEL_STUDIO_URL": "http://ls.test", "LABEL_STUDIO_API_KEY": "k"})
+    for i in range(4):
+        with pytest.raises(CycleError, match="created 15 of 16"):
+            run_project_cycle(s, 1, f"try{i}", engine_config=ENGINE, client=FakeLS(drop=1))
+    failed = sorted(d.name for d in (ProjectStore(tmp_path, 1).root / "failed").iterdir())
+    assert len(failed) == 2 and failed[0].startswith("0003-") and failed[1].startswith("0004-"), failed

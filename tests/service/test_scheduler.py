@@ -136,3 +136,43 @@ def test_stop_interrupts_the_running_cycle_and_keeps_it_for_the_next_start(tmp_p
     again = []
     sch2 = EmbeddedScheduler(s, cycle_fn=lambda *a, **kw: again.append(a[2]))
     assert sch2.recover() == [3] and sch2.wait_idle(5) and again == ["recovered"]
+
+
+def test_one_projects_broken_files_do_not_stop_the_others_recovery(tmp_path):
+    """Found by review: an unreadable mirror.sqlite in project 2 made recover() raise, and project 4's
+    interrupted cycle was never run again."""
+    from ncalr_backend.service.mirror import TaskMirror
+
+    broken = ProjectStore(tmp_path, 2)
+    broken.update_state(in_progress={"cycle": 1})
+    TaskMirror(broken.root).path.write_bytes(b"this is not a database" * 100)
+    ProjectStore(tmp_path, 4).update_state(in_progress={"cycle": 2})
+    runs = []
+    sch = EmbeddedScheduler(Settings.from_env({"MODEL_DIR": str(tmp_path)}),
+                            cycle_fn=lambda s, pid, reason, t, **kw: runs.append((pid, reason)))
+    assert sch.recover() == [4]
+    assert sch.wait_idle(5) and runs == [(4, "recovered")]
+
+
+def test_a_cycle_that_kills_its_process_every_time_is_not_re_run_for_ever(tmp_path):
+    """Found by review: a cycle that dies with its process (out of memory) was re-run at every start
+    with attempt 0. After MAX_CRASHES deaths in a row recovery stops and says why; a cycle stopped by
+    a shutdown (interrupted at a batch) is not a crash; a finished cycle resets the count."""
+    from ncalr_backend.service.scheduler import MAX_CRASHES
+
+    st = ProjectStore(tmp_path, 7)
+    runs = []
+    sch = EmbeddedScheduler(Settings.from_env({"MODEL_DIR": str(tmp_path)}),
+                            cycle_fn=lambda s, pid, reason, t, **kw: runs.append(pid))
+    for i in range(MAX_CRASHES - 1):  # died twice: still re-run
+        st.update_state(in_progress={"cycle": i + 1})
+        assert sch.recover() == [7] and sch.wait_idle(5)
+    st.update_state(in_progress={"cycle": 9, "interrupted": True})  # a shutdown: not counted
+    assert sch.recover() == [7] and sch.wait_idle(5)
+    assert st.state()["crashed_cycles"] == MAX_CRASHES - 1
+    st.update_state(in_progress={"cycle": 10})  # the third death in a row
+    assert sch.recover() == [] and sch.wait_idle(5)
+    s = st.state()
+    assert s["crashed_cycles"] == MAX_CRASHES and s["in_progress"] is None and "not re-run" in s["last_error"]
+    assert runs == [7] * MAX_CRASHES
+    assert sch.recover() == []  # nothing left to recover until a trigger runs it
