@@ -71,6 +71,10 @@ class CycleRun:
         t0 = time.time()
         triggered_at = triggered_at or t0
         store = ProjectStore(settings.model_dir, project_id)
+        stale = store.state()
+        if stale.get("in_progress"):  # a dead cycle's marks (only one cycle of a project runs at a time):
+            from ncalr_backend.service.scheduler import abandon_in_progress  # its dirs and its version go
+            abandon_in_progress(store, stale)
         cycle = store.next_cycle_number()
         version = model_version_name(project_id, cycle, t0)
         store.update_state(in_progress={"cycle": cycle, "reason": reason, "started_at": t0, "model_version": version,

@@ -33,6 +33,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from typing import Callable, Iterable, Optional
 
@@ -315,6 +316,30 @@ def _keys(pid: int) -> dict:
     return {"queued": f"ncalr:{pid}:queued", "lock": f"ncalr:{pid}:running", "count": f"ncalr:{pid}:count"}
 
 
+def keep_lock(lock, every: float, done: threading.Event, lost: threading.Event, project_id: int) -> None:
+    """Extend a running cycle's lock every ``every`` seconds until ``done``. If it expired meanwhile
+    (Redis away for longer than its TTL) it is taken again when free; when another worker holds it,
+    ``lost`` is set (the cycle stops at its next batch or stage) and the loop ends."""
+    from redis.exceptions import LockNotOwnedError
+
+    while not done.wait(every):
+        try:
+            lock.reacquire()
+        except LockNotOwnedError:
+            try:
+                mine = lock.acquire(blocking=False)
+            except Exception as exc:  # noqa: BLE001 - Redis away again: next tick
+                log.warning("could not take back the cycle lock of project %s: %s", project_id, exc)
+                continue
+            if not mine:
+                log.error("project %s: the cycle lock was lost to another worker; stopping this cycle", project_id)
+                lost.set()
+                return
+            log.warning("project %s: the cycle lock had expired; taken back", project_id)
+        except Exception as exc:  # noqa: BLE001 - Redis away for a moment: try again at the next tick
+            log.warning("could not extend the cycle lock of project %s: %s", project_id, exc)
+
+
 def rq_cycle_job(project_id: int):
     """RQ job: run one cycle for the project (one at a time per project, via a Redis lock).
 
@@ -330,16 +355,8 @@ def rq_cycle_job(project_id: int):
     # thread_local=False: the keep-alive thread must be able to extend the lock this thread took
     lock = r.lock(k["lock"], timeout=ttl, blocking_timeout=None, thread_local=False)
     lock.acquire()
-    done = threading.Event()
-
-    def keep_alive():
-        while not done.wait(ttl / 4):
-            try:
-                lock.reacquire()
-            except Exception as exc:  # pragma: no cover - Redis gone: the cycle goes on
-                log.warning("could not extend the cycle lock of project %s: %s", project_id, exc)
-
-    threading.Thread(target=keep_alive, daemon=True).start()
+    done, lost = threading.Event(), threading.Event()
+    threading.Thread(target=keep_lock, args=(lock, ttl / 4, done, lost, project_id), daemon=True).start()
     st = ProjectStore(settings.model_dir, project_id)
     try:
         raw = r.getdel(k["queued"])  # from here on, new requests enqueue the (one) next job
@@ -347,7 +364,8 @@ def rq_cycle_job(project_id: int):
         attempt = int(info.get("attempt", 0))
         st.update_state(pending=None)
         try:
-            return _default_cycle(settings, int(project_id), info["reason"], info["triggered_at"])
+            return _default_cycle(settings, int(project_id), info["reason"], info["triggered_at"],
+                                  should_stop=lost.is_set)
         except Exception as exc:
             delays = settings.cycle_retry_delays
             if retryable(exc) and attempt < len(delays):
@@ -399,15 +417,47 @@ class RQScheduler(BaseScheduler):
         pid = int(project_id)
         now = triggered_at or time.time()
         k = _keys(pid)
-        if not self.redis.set(k["queued"], json.dumps({"reason": reason, "triggered_at": now, "attempt": attempt}),
-                              nx=True):
+        job_id = f"ncalr-cycle-{pid}-{uuid.uuid4().hex}"  # in the key, so the reaper can tell a lost job
+        if not self.redis.set(k["queued"], json.dumps({"reason": reason, "triggered_at": now, "attempt": attempt,
+                                                       "job": job_id}), nx=True):
             return {"queued": False, "coalesced": True}
         self.redis.delete(k["count"])
         ProjectStore(self.settings.model_dir, pid).update_state(
             pending={"reason": reason, "triggered_at": now, "attempt": attempt, "retry_at": None})
-        job = self.queue.enqueue(rq_cycle_job, pid, job_timeout=24 * 3600, result_ttl=7 * 24 * 3600,
+        job = self.queue.enqueue(rq_cycle_job, pid, job_id=job_id, job_timeout=24 * 3600, result_ttl=7 * 24 * 3600,
                                  failure_ttl=7 * 24 * 3600, description=f"ncalr cycle project {pid}")
         return {"queued": True, "coalesced": False, "job": job.id}
+
+    def _queued_job_lost(self, key: str) -> bool:
+        """The project's queued-cycle key names a job that will never run (deleted, or failed or
+        stopped with its worker, e.g. a worker killed while it waited for the project's lock): the
+        key is removed (only if unchanged) and True returned. A key without a job id (written before
+        job ids were kept) or a job still queued or running: False."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job, JobStatus
+
+        raw = self.redis.get(key)
+        if raw is None:
+            return False
+        try:
+            job_id = json.loads(raw).get("job")
+        except (ValueError, AttributeError):
+            job_id = None
+        if not job_id:
+            return False
+        try:
+            status = Job.fetch(job_id, connection=self.redis).get_status(refresh=True)
+        except NoSuchJobError:
+            status = None
+        if status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED,
+                      JobStatus.CREATED):
+            return False
+        gone = self.redis.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
+                               "else return 0 end", 1, key, raw)
+        if gone:
+            log.warning("the queued cycle job %s was lost (%s); requesting the cycle again", job_id,
+                        status.value if status is not None else "gone from Redis")
+        return bool(gone)
 
     def request_placement(self, project_id: int, tasks: Iterable) -> dict:
         tasks = [int(t["id"]) if isinstance(t, dict) else int(t) for t in tasks]
@@ -436,7 +486,9 @@ class RQScheduler(BaseScheduler):
 
     def _reap_project(self, pid: int) -> Optional[str]:
         k = _keys(pid)
-        if self.redis.exists(k["lock"]) or self.redis.exists(k["queued"]):
+        if self.redis.exists(k["lock"]):
+            return None
+        if self.redis.exists(k["queued"]) and not self._queued_job_lost(k["queued"]):
             return None
         st = ProjectStore(self.settings.model_dir, pid)
         s = st.state()
@@ -452,6 +504,11 @@ class RQScheduler(BaseScheduler):
             self.request_cycle(pid, f"re-run: the worker of cycle {ip.get('cycle')} died",
                                ip.get("triggered_at"), attempt=int(pending.get("attempt", 0)))
             return "dead worker"
+        if pending and not pending.get("retry_at") and not self.redis.exists(k["queued"]):
+            # requested, but its job is gone (above) before it started: request it again
+            self.request_cycle(pid, pending.get("reason") or "requested", pending.get("triggered_at"),
+                               attempt=int(pending.get("attempt", 0)))
+            return "lost job"
         if pending.get("retry_at") and pending["retry_at"] <= time.time():
             self.request_cycle(pid, pending.get("reason") or "retry", pending.get("triggered_at"),
                                attempt=int(pending.get("attempt", 0)))
