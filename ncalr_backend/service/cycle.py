@@ -184,7 +184,7 @@ def tidy(client: LabelStudioClient, settings: Settings, run: CycleRun, previous:
     cached images off the disk. Failures are logged, never fatal."""
     if label_errors is not None:
         try:
-            out = review.publish(client, run.store, run.project_id, label_errors)
+            out = review.publish(client, run.store, run.project_id, label_errors, since=run.started_at)
             run.store.update_state(review={**out, "cycle": run.cycle})
         except Exception as exc:
             log.warning("project %s: could not publish the suspected label errors of cycle %s: %s",

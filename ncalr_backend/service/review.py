@@ -33,6 +33,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional
@@ -94,8 +95,8 @@ def summary(entries: List[dict], top: int = 20) -> dict:
 # ---------------------------------------------------------------------------- state
 class ReviewState:
     """``review.json``: ``view`` (the tab's id), ``listed`` {task: {score, suggested, fingerprint}}
-    (what Label Studio shows now), ``reviewed`` {task: fingerprint}, ``keys_written`` (the tab's
-    filter column exists)."""
+    (what Label Studio shows now), ``reviewed`` {task: fingerprint}, ``reviewed_at`` {task: when},
+    ``keys_written`` (the tab's filter column exists)."""
 
     def __init__(self, store: ProjectStore):
         self.store = store
@@ -121,6 +122,7 @@ class ReviewState:
         d.setdefault("listed", {})
         d.setdefault("reviewed", {})
         d.setdefault("keys_written", False)
+        d.setdefault("reviewed_at", {})  # {task: unix time of its review}
         return d
 
     def listed_tasks(self) -> Dict[str, dict]:
@@ -184,14 +186,19 @@ def ensure_view(client: LabelStudioClient, project_id: int, view_id: Optional[in
     return int(client.request("POST", "/api/dm/views/", json=body).json()["id"])
 
 
-def publish(client: LabelStudioClient, store: ProjectStore, project_id: int, entries: List[dict]) -> dict:
+def publish(client: LabelStudioClient, store: ProjectStore, project_id: int, entries: List[dict],
+            since: Optional[float] = None) -> dict:
     """Make Label Studio list this cycle's flagged tasks (not those reviewed at their current
-    label), and no other; keep the tab. Writes only what changed."""
+    label), and no other; keep the tab. Writes only what changed. ``since``: when the cycle
+    started; a task reviewed after that was judged on a label this cycle may not have seen, so it
+    is not listed again now (the next cycle decides on its current label)."""
     with ReviewState(store).locked() as st:
         reviewed = st["reviewed"]
+        newer = {t for t, at in st["reviewed_at"].items() if since is not None and at >= since}
         target = {str(e["task"]): {"score": max(e["score"], 1e-4), "suggested": _label_text(e["suggested"]),
                                    "label": _label_text(e["label"]), "fingerprint": e["fingerprint"]}
-                  for e in entries if e["flagged"] and reviewed.get(str(e["task"])) != e["fingerprint"]}
+                  for e in entries if e["flagged"] and reviewed.get(str(e["task"])) != e["fingerprint"]
+                  and str(e["task"]) not in newer}
         listed = st["listed"]
         changes: Dict[int, Optional[dict]] = {int(t): None for t in listed if t not in target}
         changes.update({int(t): v for t, v in target.items()
@@ -226,6 +233,7 @@ def clear(client: LabelStudioClient, store: ProjectStore, project_id: int, task_
             fp = task_fingerprint(tasks[t], cfg, prefer) if t in tasks else None
             if fp is not None:
                 st["reviewed"][str(t)] = fp
+                st["reviewed_at"][str(t)] = time.time()
             st["listed"].pop(str(t), None)
     if ids:
         log.info("project %s: %d task(s) reviewed, off the suspected-label-errors list: %s", project_id, len(ids), ids)

@@ -137,3 +137,21 @@ def test_relabel_share_sends_the_most_suspect_back_and_the_model_breaks_ties(set
     tasks = json.loads((ProjectStore(s.model_dir, 1).latest()["path"] / "tasks.json").read_text())
     assert rel["3"]["probs"]["0"] > rel["3"]["probs"]["1"]  # the model saw task 3 as "a" (it is dark)
     assert dict(zip(tasks["labeled"], tasks["labels"]))[3] == 0  # "a" wins, though "b" is newer
+
+
+def test_a_task_reviewed_while_a_cycle_ran_is_not_listed_again_with_its_old_label(settings):
+    """Found by review: the cycle's entries carry the label it read at its snapshot; a reviewer who
+    corrected the task meanwhile took it off the list, and the cycle's publish put it back with the
+    old label. Reviews newer than the cycle's start now win until the next cycle."""
+    import time
+
+    ls = FakeLS(n=12, n_labeled=6)
+    store = ProjectStore(settings.model_dir, 1)
+    entry = {"task": 3, "flagged": True, "score": 0.9, "suggested": "b", "label": "a", "fingerprint": "103:0"}
+    started = time.time()
+    with review.ReviewState(store).locked() as st:  # the reviewer's correction, after the cycle began
+        st["reviewed"]["3"], st["reviewed_at"]["3"] = "555:1", started + 1.0
+    out = review.publish(ls, store, 1, [entry], since=started)
+    assert out["listed"] == 0 and 3 not in _listed(ls)
+    out = review.publish(ls, store, 1, [entry], since=started + 2.0)  # a later cycle flags it again
+    assert out["listed"] == 1 and 3 in _listed(ls)
