@@ -38,6 +38,7 @@ from ncalr_backend.service.progress import CycleProgress
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.snapshot import Snapshot, take_snapshot
 from ncalr_backend.service.store import ProjectStore
+from ncalr_backend.service.recovery import abandon_in_progress
 from ncalr_backend.service.writeback import WriteBack, delete_version, drop_orphans, prune_versions, write_back
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,7 @@ class CycleRun:
         store = ProjectStore(settings.model_dir, project_id)
         stale = store.state()
         if stale.get("in_progress"):  # a dead cycle's marks (only one cycle of a project runs at a time):
-            from ncalr_backend.service.scheduler import abandon_in_progress  # its dirs and its version go
-            abandon_in_progress(store, stale)
+            abandon_in_progress(store, stale)  # its dirs and its version go
         cycle = store.next_cycle_number()
         version = model_version_name(project_id, cycle, t0)
         store.update_state(in_progress={"cycle": cycle, "reason": reason, "started_at": t0, "model_version": version,

@@ -401,7 +401,7 @@ def test_stopping_interrupts_training_and_leaves_the_cycle_to_rerun(settings):
     assert st.state()["in_progress"]["cycle"] == 1  # still marked: the next start runs it again
     assert st.state()["in_progress"]["interrupted"]  # ... as stopped by a shutdown, not a crash
     assert not list(st.root.glob(".work-*")) and not (st.root / "failed").exists()
-    from ncalr_backend.service.scheduler import abandon_in_progress
+    from ncalr_backend.service.recovery import abandon_in_progress
     abandon_in_progress(st, st.state())
     assert st.state()["crashed_cycles"] == 0
 
@@ -470,7 +470,7 @@ def test_a_crash_right_after_the_switch_never_deletes_the_version_label_studio_s
     its version as an 'orphan' (abandon_in_progress), and the next cycle deleted its predictions
     while Label Studio served them. Orphans and failed versions are now checked against the
     project's model_version in Label Studio before they are deleted."""
-    from ncalr_backend.service.scheduler import abandon_in_progress
+    from ncalr_backend.service.recovery import abandon_in_progress
     from ncalr_backend.service.store import ProjectStore
     from ncalr_backend.service.writeback import delete_version, drop_orphans
 

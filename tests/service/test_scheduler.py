@@ -158,7 +158,7 @@ def test_a_cycle_that_kills_its_process_every_time_is_not_re_run_for_ever(tmp_pa
     """Found by review: a cycle that dies with its process (out of memory) was re-run at every start
     with attempt 0. After MAX_CRASHES deaths in a row recovery stops and says why; a cycle stopped by
     a shutdown (interrupted at a batch) is not a crash; a finished cycle resets the count."""
-    from ncalr_backend.service.scheduler import MAX_CRASHES
+    from ncalr_backend.service.recovery import MAX_CRASHES
 
     st = ProjectStore(tmp_path, 7)
     runs = []
