@@ -171,8 +171,8 @@ class LabelStudioClient:
                 raise LabelStudioError(f"GET /api/tasks/: the id filter or the ordering by id was not applied "
                                        f"(ids {ids[:5]}... after {after}); refusing to read the project by pages")
             yield from tasks
-            if len(tasks) < page_size:
-                return
+            # not "a short page is the last": Label Studio caps page_size (TASK_API_PAGE_SIZE_MAX), so
+            # a full page may be shorter than asked; only an empty page ends the read (one more GET)
             after = max(ids)
 
     def task_ids(self, project_id: int, page_size: int = 1000) -> List[int]:
@@ -203,11 +203,17 @@ class LabelStudioClient:
         ids = [int(i) for i in ids]
         for s in range(0, len(ids), chunk):
             part = ids[s:s + chunk]
-            query = json.dumps({"selectedItems": {"all": False, "included": part}})
-            body = self.get_json("/api/tasks/", params={"project": int(project_id), "query": query,
-                                                        "fields": "all", "page_size": len(part), "page": 1,
-                                                        "resolve_uri": "true" if resolve_uri else "false"})
-            out += [t for t in body.get("tasks", []) if t.get("id") in set(part)]
+            left = set(part)
+            while left:  # Label Studio may answer fewer than asked per page (TASK_API_PAGE_SIZE_MAX)
+                query = json.dumps({"selectedItems": {"all": False, "included": sorted(left)}})
+                body = self.get_json("/api/tasks/", params={"project": int(project_id), "query": query,
+                                                            "fields": "all", "page_size": len(left), "page": 1,
+                                                            "resolve_uri": "true" if resolve_uri else "false"})
+                got = [t for t in body.get("tasks", []) if isinstance(t, dict) and t.get("id") in left]
+                if not got:
+                    break  # the rest no longer exist
+                out += got
+                left -= {t["id"] for t in got}
         return out
 
     # --------------------------------------------------------- predictions

@@ -20,6 +20,7 @@ from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.localfiles import direct_reader
 from ncalr_backend.service.snapshot import load_images
 from ncalr_backend.service.store import ProjectStore, read_json
+from ncalr_backend.service.writeback import import_all
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,10 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
             continue
         items = [prediction_item(todo[i]["id"], e, index.place(e["confidence"]), cfg, version)
                  for i, e in zip(ok_idx, classify(model, meta, x, cfg))]
-        created = client.import_predictions(project_id, items, settings.prediction_chunk_size)
-        if created != len(items):
-            raise CycleError(f"Label Studio created {created} of {len(items)} predictions for new tasks")
+        # a task deleted since it was read is skipped (its chunk is sent again without it), as in a cycle
+        created, sent, gone = import_all(client, project_id, items, settings.prediction_chunk_size)
+        if created != sent:
+            raise CycleError(f"Label Studio created {created} of {sent} predictions for new tasks")
         placed += created
     if placed:
         log.info("project %s: placed %d new tasks under %s", project_id, placed, version)

@@ -193,3 +193,27 @@ def test_predict_and_placement_decode_for_the_served_model_after_the_image_setti
     ls.tasks.append({**new, "annotations": [], "predictions": []})
     placed = placement.place_new_tasks(changed, 1, [500], client=ls)
     assert placed["placed"] == 1 and not placed["failures"], placed
+
+
+def test_placement_skips_a_task_deleted_mid_batch_and_places_the_rest(tmp_path):
+    """Found by review: a task deleted between placement's read and its import made Label Studio
+    refuse the whole chunk, and placement dropped that batch and every later one."""
+    from ncalr_backend.service import placement
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "IMAGE_SIZE": "8", "IMAGE_CHANNELS": "1",
+                           "LABEL_STUDIO_URL": "http://ls.test", "LABEL_STUDIO_API_KEY": "k"})
+    ls = FakeLS()
+    v = run_project_cycle(s, 1, "test", engine_config=ENGINE, client=ls)["model_version"]
+    new = [500, 501, 502]
+    ls.tasks += [{"id": i, "data": {"image": f"/data/upload/1/{i}.png"}, "annotations": [], "predictions": []}
+                 for i in new]
+
+    class Deleting(type(ls)):  # task 501 is deleted after placement read it, before the import
+        def import_prediction_chunk(self, pid, items):
+            self.tasks = [t for t in self.tasks if t["id"] != 501]
+            return super().import_prediction_chunk(pid, items)
+
+    ls.__class__ = Deleting
+    out = placement.place_new_tasks(s, 1, new, client=ls)
+    assert out["placed"] == 2
+    assert sorted(it["task"] for it in ls.stored if it["model_version"] == v and it["task"] in new) == [500, 502]
