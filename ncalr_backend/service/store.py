@@ -26,11 +26,13 @@ leftovers and runs that cycle again.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -89,17 +91,28 @@ class ProjectStore:
         s.setdefault("cycles_started", 0)
         return s
 
-    def update_state(self, durable: bool = True, **changes) -> dict:
+    @contextmanager
+    def _state_locked(self):
+        """state.json's read-modify-write, one at a time across threads AND processes (the web
+        process and RQ workers write it too: a per-process lock alone lost updates)."""
         with _lock:
             self._ensure()
+            with open(self.root / ".state.lock", "a") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def update_state(self, durable: bool = True, **changes) -> dict:
+        with self._state_locked():
             s = self.state()
             s.update(changes)
             atomic_write_json(self.state_path, s, durable=durable)
             return s
 
     def add_annotations(self, n: int) -> int:
-        with _lock:
-            self._ensure()
+        with self._state_locked():
             s = self.state()
             s["new_annotations"] = int(s["new_annotations"]) + int(n)
             atomic_write_json(self.state_path, s, durable=False)  # a counter: no fsync per webhook

@@ -176,3 +176,23 @@ def test_a_cycle_that_kills_its_process_every_time_is_not_re_run_for_ever(tmp_pa
     assert s["crashed_cycles"] == MAX_CRASHES and s["in_progress"] is None and "not re-run" in s["last_error"]
     assert runs == [7] * MAX_CRASHES
     assert sch.recover() == []  # nothing left to recover until a trigger runs it
+
+
+def test_state_updates_from_several_processes_are_never_lost(tmp_path):
+    """Raised in review: state.json's read-modify-write was guarded per process only, while the web
+    process and RQ workers write it too. Four processes, each counting 100 annotations and setting
+    its own key, lose nothing."""
+    import subprocess
+    import sys
+
+    from ncalr_backend.service.demo import ROOT
+
+    code = ("import sys; from pathlib import Path; from ncalr_backend.service.store import ProjectStore\n"
+            "st = ProjectStore(Path(sys.argv[1]), 1); w = sys.argv[2]\n"
+            "for i in range(100):\n"
+            "    st.add_annotations(1); st.update_state(durable=False, **{'w' + w: i})\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(w)], cwd=ROOT) for w in range(4)]
+    assert [p.wait(120) for p in procs] == [0] * 4
+    s = ProjectStore(tmp_path, 1).state()
+    assert s["new_annotations"] == 400
+    assert [s.get(f"w{w}") for w in range(4)] == [99] * 4
