@@ -13,6 +13,8 @@ at the start of every cycle (``sync``):
 * **hinted tasks**: the task ids named by webhooks since the last sync (``mark``; created,
   annotated or deleted tasks), read back by id: a task that is no longer returned is gone. A
   webhook's ids are only ever hints of what to re-read, never data;
+* **duplicates of deleted tasks**: read again, because Label Studio's "Remove Duplicated Tasks"
+  moves their annotations onto the task it keeps without moving its ``updated_at``;
 * **checks**: the project's task count must equal the mirror's; otherwise (a deletion nobody
   told us about) the ids are listed to find what went, and when even that does not agree, or the
   mirror is missing, of another format, or marked in doubt (``doubt``: recovery after a crash), the
@@ -95,6 +97,23 @@ class TaskMirror:
             db.execute("CREATE TABLE IF NOT EXISTS pixels (id INTEGER, shape TEXT, url TEXT, data BLOB, "
                        "PRIMARY KEY (id, shape))")
             yield db
+
+    def _same_data(self, gone: List[int]) -> List[int]:
+        """Tasks of the mirror (not in ``gone``) whose data equals a task in ``gone``. Label
+        Studio's "Remove Duplicated Tasks" moves the removed duplicates' annotations onto the task it
+        keeps by a bulk update that does not move that task's ``updated_at``, then deletes them: a
+        delta read would never see the moved annotations, so the duplicates of a deleted task are
+        read again. Only when tasks went (one scan of the mirror's bodies)."""
+        if not gone:
+            return []
+        with self._db() as db:
+            marks = {_data_key(b) for (b,) in db.execute(
+                f"SELECT body FROM tasks WHERE id IN ({','.join('?' * len(gone))})", [int(i) for i in gone])}
+            marks.discard(None)
+            if not marks:
+                return []
+            out = [i for i, b in db.execute("SELECT id, body FROM tasks") if i not in set(gone) and _data_key(b) in marks]
+        return out
 
     def _meta(self, db: sqlite3.Connection, key: str, default=None):
         row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -225,6 +244,8 @@ class TaskMirror:
         again = client.get_tasks(project_id, ask) if ask else []
         back = {t.get("id") for t in again}
         gone = [i for i in ask if i not in back]
+        twins = [i for i in self._same_data(gone) if i not in seen and i not in back]
+        again += client.get_tasks(project_id, twins) if twins else []
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             self._store(db, changed + again)
@@ -243,7 +264,7 @@ class TaskMirror:
         with self._db() as db:
             mine = {i for (i,) in db.execute("SELECT id FROM tasks")}
         gone, missing = sorted(mine - ids), sorted(ids - mine)
-        fresh = client.get_tasks(project_id, missing) if missing else []
+        fresh = client.get_tasks(project_id, missing + self._same_data(gone)) if missing or gone else []
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             if gone:
@@ -260,6 +281,15 @@ class TaskMirror:
             return self._full(client, project_id, page_size, f"still {n} tasks vs Label Studio's {task_number} "
                                                               "after listing ids", progress, started, task_number)
         return rep
+
+
+def _data_key(body: str):
+    """A task's data as a canonical string (what "the same data" means for duplicates), or None."""
+    try:
+        data = json.loads(body).get("data")
+    except (ValueError, AttributeError):
+        return None
+    return None if data is None else json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def _behind(stamp: str, seconds: float) -> str:

@@ -101,3 +101,29 @@ def test_label_all_tasks_follows_the_written_head_then_predict_gives_every_other
     assert len(mine) == 1, opened.get("predictions")
     assert mine[0]["result"] and mine[0]["result"][0]["value"]["choices"] == [preds["tasks"][str(outside)]["label"]]
     assert mine[0]["score"] == pytest.approx(rank[outside] / 48, abs=1e-6)  # its place in the NCAL-R order
+
+
+def test_the_mirror_sees_annotations_that_remove_duplicated_tasks_moved(admin, label_studio, tmp_path):
+    """Found by review: Label Studio's "Remove Duplicated Tasks" moves the duplicates' annotations
+    onto the task it keeps by a bulk update (the kept task's updated_at does not move) and deletes
+    them. The mirror reads the duplicates of a deleted task again, so it sees the moved annotation."""
+    pid = admin.create_project("mirror duplicates (integration)")
+    same = {"image": "/data/upload/dup/one.png"}
+    assert admin.import_tasks(pid, [same, same, {"image": "/data/upload/dup/other.png"}]) == 3
+    a, b, other = sorted(admin.tasks(pid), key=lambda t: t["id"])
+    client = LabelStudioClient(label_studio.url, label_studio.token)
+    admin.annotate(a["id"], "1")
+    time.sleep(1.1)
+    admin.annotate(b["id"], "7")  # the newer annotation, on the duplicate that will be removed
+    time.sleep(OVERLAP_S + 1.5)  # both out of the next delta's overlap window
+    mirror = TaskMirror(tmp_path)
+    mirror.sync(client, pid, admin.project(pid)["task_number"], page_size=7)
+    assert _view(mirror.tasks()) == _view(admin.tasks(pid))
+    admin.req("POST", "/api/dm/actions", params={"id": "remove_duplicates", "project": pid},
+              json={"selectedItems": {"all": True, "excluded": []}})
+    now = admin.tasks(pid)
+    assert sorted(t["id"] for t in now) == [a["id"], other["id"]]  # b went; its annotation moved to a
+    assert len(next(t for t in now if t["id"] == a["id"])["annotations"]) == 2
+    rep = mirror.sync(client, pid, admin.project(pid)["task_number"], page_size=7)
+    assert rep.tasks == 2, rep
+    assert _view(mirror.tasks()) == _view(now)
