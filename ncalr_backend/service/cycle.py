@@ -229,7 +229,7 @@ def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool, 
         import shutil
         shutil.rmtree(run.work, ignore_errors=True)
         # still in progress (the next start runs it again), but stopped by a shutdown, not a crash
-        run.store.update_state(in_progress={**(run.store.state().get("in_progress") or {}), "interrupted": True})
+        run.store.mark_in_progress(interrupted=True)
         log.warning("project %s cycle %s interrupted: %s", run.project_id, run.cycle, err)
         return err
     run.report.update(status="failed", error=str(err), retryable=err.retryable, live=live, finished_at=time.time())
@@ -265,8 +265,7 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         if should_stop is not None and should_stop():
             from ncalr_backend.engine import Interrupted
             raise Interrupted("the backend is stopping")
-        run.store.update_state(in_progress={**(run.store.state().get("in_progress") or {}), "stage": name},
-                               durable=False)
+        run.store.mark_in_progress(durable=False, stage=name)
 
     try:
         drop_orphans(client, run.store, project_id)

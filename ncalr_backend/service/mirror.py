@@ -112,8 +112,8 @@ class TaskMirror:
             marks.discard(None)
             if not marks:
                 return []
-            out = [i for i, b in db.execute("SELECT id, body FROM tasks") if i not in set(gone) and _data_key(b) in marks]
-        return out
+            went = set(gone)
+            return [i for i, b in db.execute("SELECT id, body FROM tasks") if i not in went and _data_key(b) in marks]
 
     def _meta(self, db: sqlite3.Connection, key: str, default=None):
         row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -434,13 +434,13 @@ class RQScheduler(BaseScheduler):
         """Re-request cycles whose worker died (``in_progress`` set, no lock before and after
         reading it: a live worker holds the lock from before it sets ``in_progress`` until after
         it clears it) and retries that are due. Returns what it did, as (project, why) pairs."""
-        from redis.exceptions import RedisError as ConnectionError_
+        from redis.exceptions import RedisError
 
         did = []
         for pid in list_projects(self.settings.model_dir):
             try:  # one project's broken files must not stop the others' recovery
                 why = self._reap_project(pid)
-            except ConnectionError_:
+            except RedisError:
                 raise  # Redis away: the loop tries again later
             except Exception as exc:  # noqa: BLE001
                 log.error("project %s: cannot check for a dead worker or a due retry: %s", pid, exc)

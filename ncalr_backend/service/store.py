@@ -111,6 +111,15 @@ class ProjectStore:
             atomic_write_json(self.state_path, s, durable=durable)
             return s
 
+    def mark_in_progress(self, durable: bool = True, **fields) -> dict:
+        """Add ``fields`` to the running cycle's ``in_progress`` marker (read and written under the
+        state lock, so a concurrent update of another key is not lost)."""
+        with self._state_locked():
+            s = self.state()
+            s["in_progress"] = {**(s.get("in_progress") or {}), **fields}
+            atomic_write_json(self.state_path, s, durable=durable)
+            return s
+
     def add_annotations(self, n: int) -> int:
         with self._state_locked():
             s = self.state()
