@@ -26,12 +26,22 @@ file again (at 50,000 real photos, decoding alone would cost minutes per cycle).
 
 One writer at a time per project (the cycle; the web process only inserts hints), SQLite in WAL
 mode, so webhooks and a running cycle never block each other for long.
+
+The mirror is a cache of Label Studio's data, so a damaged file (SQLite says the disk image is
+malformed or the file is not a database: a full disk mid-write, a bad copy or restore of
+``MODEL_DIR``) is set aside as ``mirror.sqlite.corrupt`` (the newest one kept, for a post-mortem)
+and the call is made again on a new, empty mirror: the next sync reads the whole project. Before,
+every cycle of the project failed and every webhook naming a task was a 500, so its annotations
+went uncounted.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
 import logging
+import os
 import sqlite3
 import time
 from contextlib import closing, contextmanager
@@ -50,6 +60,31 @@ ANNOTATION_KEYS = ("id", "result", "was_cancelled", "ground_truth", "completed_b
                    "task")
 # what Label Studio serialises for the mirror (not the predictions of every version, drafts, ...)
 INCLUDE = ",".join(dict.fromkeys(TASK_KEYS + ("annotations",) + ANNOTATION_KEYS))
+
+
+class MirrorReset(RuntimeError):
+    """The mirror was damaged and set aside between a sync and a read of it."""
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """SQLite says the file is damaged (not: locked, busy, full, read-only)."""
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    return isinstance(exc, sqlite3.DatabaseError) and name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
+def _heals(fn):
+    """Run ``fn``; when the mirror's file turns out to be damaged, set it aside and run it once
+    more on a new, empty mirror (see the module docstring)."""
+    @functools.wraps(fn)
+    def run(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise
+            self.set_aside(exc)
+            return fn(self, *args, **kwargs)
+    return run
 
 
 def trim_task(task: dict) -> dict:
@@ -83,12 +118,14 @@ class TaskMirror:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.path = self.root / "mirror.sqlite"
+        self._opened = None  # (device, inode) of the file the last connection opened
 
     # ------------------------------------------------------------------ storage
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         self.root.mkdir(parents=True, exist_ok=True)
         with closing(sqlite3.connect(self.path, timeout=30.0, isolation_level=None)) as db:
+            self._opened = _identity(self.path)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("CREATE TABLE IF NOT EXISTS tasks (id INTEGER PRIMARY KEY, updated_at TEXT, body TEXT NOT NULL)")
@@ -97,6 +134,25 @@ class TaskMirror:
             db.execute("CREATE TABLE IF NOT EXISTS pixels (id INTEGER, shape TEXT, url TEXT, data BLOB, "
                        "PRIMARY KEY (id, shape))")
             yield db
+
+    def set_aside(self, why: BaseException) -> None:
+        """Move the damaged mirror (and its WAL: replayed onto a new file it would do harm) to
+        ``mirror.sqlite.corrupt*``, unless another thread or process already replaced the file this
+        instance found damaged. Under a file lock, so two finders never move a new mirror."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".mirror.lock", "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                if self._opened is None or _identity(self.path) != self._opened:
+                    return  # already replaced: the retry opens the new one
+                for suffix in ("", "-wal", "-shm"):
+                    src = self.path.with_name(self.path.name + suffix)
+                    if src.exists():
+                        os.replace(src, self.path.with_name(self.path.name + ".corrupt" + suffix))
+                log.error("%s is damaged (%s): set aside as %s.corrupt; the next sync reads the whole "
+                          "project again", self.path, why, self.path.name)
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def _same_data(self, gone: List[int]) -> List[int]:
         """Tasks of the mirror (not in ``gone``) whose data equals a task in ``gone``. Label
@@ -124,6 +180,7 @@ class TaskMirror:
         db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                        [(k, json.dumps(v)) for k, v in values.items()])
 
+    @_heals
     def mark(self, task_ids: Iterable[int]) -> int:
         """Webhook hints: these tasks changed (or appeared, or went). Only positive integers are
         kept; returns how many."""
@@ -134,11 +191,13 @@ class TaskMirror:
             db.executemany("INSERT OR IGNORE INTO hints (id) VALUES (?)", [(i,) for i in ids])
         return len(ids)
 
+    @_heals
     def doubt(self, why: str) -> None:
         """The mirror may be wrong (e.g. a crash mid-sync): the next sync reads everything."""
         with self._db() as db:
             self._set_meta(db, doubt=why)
 
+    @_heals
     def state(self) -> dict:
         if not self.path.exists():
             return {"exists": False}
@@ -150,9 +209,16 @@ class TaskMirror:
                     "synced_at": self._meta(db, "synced_at"), "full_reads": self._meta(db, "full_reads", 0)}
 
     def tasks(self) -> List[dict]:
-        """Every mirrored task, by id."""
-        with self._db() as db:
-            return [json.loads(b) for (b,) in db.execute("SELECT body FROM tasks ORDER BY id")]
+        """Every mirrored task, by id. A damaged mirror is set aside and ``MirrorReset`` raised:
+        a new, empty mirror must not pass for a project without tasks (sync again, then read)."""
+        try:
+            with self._db() as db:
+                return [json.loads(b) for (b,) in db.execute("SELECT body FROM tasks ORDER BY id")]
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise
+            self.set_aside(exc)
+            raise MirrorReset(f"{self.path} was damaged ({exc}) and set aside; sync again") from exc
 
     # ------------------------------------------------------------------ decoded images
     def iter_pixels(self, shape: tuple) -> Iterator[tuple]:
@@ -161,9 +227,15 @@ class TaskMirror:
         key = "x".join(map(str, shape))
         if not self.path.exists():
             return
-        with self._db() as db:
-            yield from db.execute("SELECT id, url, data FROM pixels WHERE shape = ?", (key,))
+        try:
+            with self._db() as db:
+                yield from db.execute("SELECT id, url, data FROM pixels WHERE shape = ?", (key,))
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise
+            self.set_aside(exc)  # the images not yielded yet are decoded again: a cache miss
 
+    @_heals
     def store_pixels(self, shape: tuple, rows: Iterable[tuple]) -> int:
         """Keep decoded images: ``rows`` of (task id, image URL, uint8 array of ``shape``)."""
         key = "x".join(map(str, shape))
@@ -174,6 +246,7 @@ class TaskMirror:
         return len(data)
 
     # ------------------------------------------------------------------ sync
+    @_heals
     def sync(self, client, project_id: int, task_number: Optional[int], page_size: int = 1000,
              progress=None) -> SyncReport:
         """Bring the mirror up to date with Label Studio (see the module docstring)."""
@@ -281,6 +354,14 @@ class TaskMirror:
             return self._full(client, project_id, page_size, f"still {n} tasks vs Label Studio's {task_number} "
                                                               "after listing ids", progress, started, task_number)
         return rep
+
+
+def _identity(path: Path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _data_key(body: str):

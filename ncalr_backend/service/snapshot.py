@@ -24,7 +24,7 @@ from ncalr_backend.service.annotations import label_matrix, label_report, split_
 from ncalr_backend.service.labelconfig import ImageClassConfig, parse_label_config
 from ncalr_backend.service.localfiles import DirectReader, direct_reader
 from ncalr_backend.service.labelstudio import ImageRefused, LabelStudioClient, LabelStudioError
-from ncalr_backend.service.mirror import TaskMirror
+from ncalr_backend.service.mirror import MirrorReset, TaskMirror
 from ncalr_backend.service.progress import NO_PROGRESS, track
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.store import ProjectStore
@@ -168,9 +168,13 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
     store = ProjectStore(settings.model_dir, project_id)
     mirror = TaskMirror(store.root)
     task_number = project.get("task_number")
-    sync = mirror.sync(client, project_id, task_number if isinstance(task_number, int) else None,
-                       settings.page_size, progress)
-    tasks = mirror.tasks()
+    task_number = task_number if isinstance(task_number, int) else None
+    sync = mirror.sync(client, project_id, task_number, settings.page_size, progress)
+    try:
+        tasks = mirror.tasks()
+    except MirrorReset:  # damaged since the sync and set aside: read the whole project into a new one
+        sync = mirror.sync(client, project_id, task_number, settings.page_size, progress)
+        tasks = mirror.tasks()
     fetch_tasks_s = time.time() - t
     from ncalr_backend.service.review import ReviewState
     relabel = ReviewState(store).read().get("relabel") or {}

@@ -9,6 +9,8 @@ MODEL_DIR/
   projects/<id>/
     state.json                    counters, pending flag, the cycle in progress (crash marker)
     latest.json                   pointer to the latest COMPLETED cycle (replaced atomically)
+    mirror.sqlite                 the local task mirror and decoded images (mirror.py); a damaged
+                                  one is set aside as mirror.sqlite.corrupt and built again
     cycles/0001/                  one completed cycle: model.pt, scores.npz, metrics.json (engine),
                                   predictions.json (task -> label, confidence, queue score),
                                   report.json (timings, counts, failures, settings);

@@ -69,3 +69,21 @@ def test_a_malformed_annotations_deleted_is_refused_before_the_review_list_reads
         r = client.post("/webhook", headers={SECRET_HEADER: secret},
                         json={"action": "ANNOTATIONS_DELETED", "project": {"id": 1}, "annotations": bad})
         assert r.status_code == 400 and "ANNOTATIONS_DELETED" in r.get_json()["error"], (bad, r.get_json())
+
+
+def test_a_webhook_is_counted_when_the_project_mirror_is_damaged(client):
+    """The hint goes into a new mirror (mirror.py sets the damaged one aside); the annotation is
+    counted. It used to be a 500, and the annotation went uncounted."""
+    from ncalr_backend.service.auth import SECRET_HEADER
+    from ncalr_backend.service.store import ProjectStore
+
+    store = ProjectStore(client.model_dir, 2)
+    store.root.mkdir(parents=True, exist_ok=True)
+    (store.root / "mirror.sqlite").write_bytes(b"not SQLite " * 500)
+    secret = (client.model_dir / "webhook_secret").read_text().strip()
+    r = client.post("/webhook", headers={SECRET_HEADER: secret},
+                    json={"action": "ANNOTATION_CREATED", "project": {"id": 2, "task_number": 50},
+                          "task": {"id": 9}, "annotation": {"id": 1, "task": 9, "result": []}})
+    assert r.status_code == 201, r.get_json()
+    assert store.state()["new_annotations"] == 1
+    assert (store.root / "mirror.sqlite.corrupt").exists()

@@ -115,3 +115,72 @@ def test_mirror_round_trips_tasks_in_id_order(tmp_path, n):
     _sync(m, ls)
     ids = [t["id"] for t in m.tasks()]
     assert ids == sorted(t["id"] for t in ls.tasks) and len(np.unique(ids)) == len(ids)
+
+
+def _damage(m, how):
+    if how == "not a database":
+        for f in m.root.glob("mirror.sqlite*"):
+            f.unlink()
+        m.path.write_bytes(b"this is no SQLite file " * 200)
+    else:  # pages in the middle overwritten: the header is fine, the b-trees are not
+        size = m.path.stat().st_size
+        with open(m.path, "r+b") as f:
+            f.seek(4096)
+            f.write(np.random.default_rng(0).integers(0, 256, size - 4096, dtype=np.uint8).tobytes())
+
+
+@pytest.mark.parametrize("how", ["not a database", "malformed"])
+def test_a_damaged_mirror_is_set_aside_and_read_again_in_full(tmp_path, how):
+    """A damaged mirror.sqlite (a full disk mid-write, a bad restore of MODEL_DIR) used to fail every
+    cycle of its project and make every webhook that names a task a 500, its annotations uncounted."""
+    ls = FakeLS(n=300, n_labeled=40)
+    m = TaskMirror(tmp_path)
+    _sync(m, ls)
+    m.store_pixels((1, 2, 2), [(1, "u", np.zeros((1, 2, 2), np.uint8))])
+    _damage(m, how)
+    assert TaskMirror(tmp_path).mark([3, 4]) == 2  # a webhook's hint: no error, kept in a new mirror
+    assert (tmp_path / "mirror.sqlite.corrupt").exists()  # the damaged file, for a post-mortem
+    rep = _sync(TaskMirror(tmp_path), ls)
+    assert rep.mode == "full" and rep.tasks == len(ls.tasks)
+    assert _labels(TaskMirror(tmp_path)) == {
+        t["id"]: [a["result"][0]["value"]["choices"][0] for a in t["annotations"]] for t in ls.tasks}
+    assert _sync(TaskMirror(tmp_path), ls).mode == "delta"
+
+
+def test_a_mirror_damaged_before_the_sync_heals_within_it_and_after_it_reads_raise(tmp_path):
+    from ncalr_backend.service.mirror import MirrorReset
+
+    ls = FakeLS(n=300, n_labeled=40)
+    m = TaskMirror(tmp_path)
+    _sync(m, ls)
+    _damage(m, "not a database")
+    rep = _sync(m, ls)  # the sync itself meets the damage: set aside, a full read into a new one
+    assert rep.mode == "full" and len(m.tasks()) == len(ls.tasks)
+    _damage(m, "not a database")
+    with pytest.raises(MirrorReset, match="sync again"):  # never an empty project passed off as real
+        m.tasks()
+    assert _sync(m, ls).mode == "full" and len(m.tasks()) == len(ls.tasks)
+    assert list(m.iter_pixels((1, 2, 2))) == []
+
+
+def test_only_damage_is_set_aside_and_never_a_mirror_another_process_already_replaced(tmp_path):
+    import sqlite3
+
+    from ncalr_backend.service.mirror import is_corrupt
+
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorname = "SQLITE_BUSY"
+    assert not is_corrupt(locked) and not is_corrupt(ValueError("x"))
+    ls = FakeLS(n=10, n_labeled=2)
+    slow, quick = TaskMirror(tmp_path), TaskMirror(tmp_path)
+    _sync(slow, ls)
+    _damage(slow, "not a database")
+    try:
+        with slow._db():
+            pass
+    except sqlite3.DatabaseError as exc:
+        found = exc
+    quick.mark([1])  # another finder sets the damaged file aside and starts a new mirror
+    slow.set_aside(found)  # late: the file it found damaged is gone; the new one must stay
+    assert TaskMirror(tmp_path).state()["hints"] == 1
+    assert len(list(tmp_path.glob("mirror.sqlite.corrupt"))) == 1
