@@ -12,7 +12,8 @@ Two ways to run the cycles:
   their own scheduler and could run the same project's cycle twice at once.
 * :class:`RQScheduler` (``REDIS_URL`` set): cycles are RQ jobs run by ``rq worker`` processes (on
   GPU machines). A ``queued`` key per project (SET NX) allows one waiting job, a Redis lock per
-  project allows one running job; the counters live in Redis so any number of web processes agree.
+  project allows one running job, a cycle or a placement (as the embedded thread runs them one after
+  the other); the counters live in Redis so any number of web processes agree.
 
 Both persist enough to survive a crash: a cycle in progress (``state.json: in_progress``) or
 waiting (``pending``) is requested again when the backend starts.
@@ -35,6 +36,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from contextlib import contextmanager
 from typing import Callable, Iterable, Optional
 
 from ncalr_backend.service.settings import Settings
@@ -305,6 +307,26 @@ def keep_lock(lock, every: float, done: threading.Event, lost: threading.Event, 
             log.warning("could not extend the cycle lock of project %s: %s", project_id, exc)
 
 
+@contextmanager
+def project_lock(r, project_id: int, ttl: float):
+    """Hold the project's Redis lock (one cycle or placement at a time per project, as the embedded
+    scheduler's single thread does), kept alive every ttl / 4 (``keep_lock``); yields the ``lost``
+    event that tells the holder to stop."""
+    # thread_local=False: the keep-alive thread must be able to extend the lock this thread took
+    lock = r.lock(_keys(int(project_id))["lock"], timeout=ttl, blocking_timeout=None, thread_local=False)
+    lock.acquire()
+    done, lost = threading.Event(), threading.Event()
+    threading.Thread(target=keep_lock, args=(lock, ttl / 4, done, lost, project_id), daemon=True).start()
+    try:
+        yield lost
+    finally:
+        done.set()
+        try:
+            lock.release()
+        except Exception:  # pragma: no cover - expired meanwhile
+            pass
+
+
 def rq_cycle_job(project_id: int):
     """RQ job: run one cycle for the project (one at a time per project, via a Redis lock).
 
@@ -316,14 +338,8 @@ def rq_cycle_job(project_id: int):
     settings = Settings.from_env()
     r = Redis.from_url(settings.redis_url)
     k = _keys(int(project_id))
-    ttl = settings.rq_lock_ttl
-    # thread_local=False: the keep-alive thread must be able to extend the lock this thread took
-    lock = r.lock(k["lock"], timeout=ttl, blocking_timeout=None, thread_local=False)
-    lock.acquire()
-    done, lost = threading.Event(), threading.Event()
-    threading.Thread(target=keep_lock, args=(lock, ttl / 4, done, lost, project_id), daemon=True).start()
     st = ProjectStore(settings.model_dir, project_id)
-    try:
+    with project_lock(r, project_id, settings.rq_lock_ttl) as lost:
         raw = r.getdel(k["queued"])  # from here on, new requests enqueue the (one) next job
         info = json.loads(raw) if raw else {"reason": "queued", "triggered_at": time.time()}
         attempt = int(info.get("attempt", 0))
@@ -341,17 +357,16 @@ def rq_cycle_job(project_id: int):
                             delays[attempt])
                 return {"status": "failed", "error": str(exc), "retry_at": retry_at}
             raise
-    finally:
-        done.set()
-        try:
-            lock.release()
-        except Exception:  # pragma: no cover - expired meanwhile
-            pass
 
 
 def rq_place_job(project_id: int, tasks):
+    """RQ job: place new tasks under the live version. It holds the project's lock, so it never
+    runs beside that project's cycle: placed meanwhile, the tasks would get a prediction of the
+    version the cycle is replacing, and none of the one that goes live."""
+    from redis import Redis
     settings = Settings.from_env()
-    return _default_place(settings, int(project_id), tasks)
+    with project_lock(Redis.from_url(settings.redis_url), project_id, settings.rq_lock_ttl):
+        return _default_place(settings, int(project_id), tasks)
 
 
 class RQScheduler(BaseScheduler):

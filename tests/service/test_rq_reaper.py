@@ -89,3 +89,33 @@ def test_a_cycle_that_loses_its_lock_to_another_worker_is_told_to_stop(redis_url
     t.join(5)
     assert lost.is_set() and not t.is_alive() and r.get(key) == b"another-workers-token"
     done.set()
+
+
+def test_a_placement_waits_for_the_running_cycle_of_its_project(redis_url, tmp_path, monkeypatch):
+    """Found by review, 2026-11-30: under RQ a placement ran beside its project's cycle, so tasks
+    created mid-cycle got a prediction of the version being replaced and none of the new one."""
+    import threading
+
+    import redis
+
+    from ncalr_backend.service import scheduler
+
+    for k, v in {"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "LABEL_STUDIO_URL": "http://ls.test",
+                 "LABEL_STUDIO_API_KEY": "k", "RQ_LOCK_TTL": "5"}.items():
+        monkeypatch.setenv(k, v)
+    placed = []
+    monkeypatch.setattr(scheduler, "_default_place", lambda s, pid, tasks: placed.append((time.time(), tasks)))
+    r = redis.Redis.from_url(redis_url)
+    with scheduler.project_lock(r, 8, 5.0):  # a cycle of project 8 runs (on another worker)
+        other = threading.Thread(target=scheduler.rq_place_job, args=(9, [1]))  # another project: at once
+        other.start()
+        other.join(5)
+        assert placed and placed[0][1] == [1]
+        job = threading.Thread(target=scheduler.rq_place_job, args=(8, [5, 6]))
+        job.start()
+        time.sleep(1.5)
+        assert len(placed) == 1  # still waiting for the cycle
+        released = time.time()
+    job.join(10)
+    assert len(placed) == 2 and placed[1][1] == [5, 6] and placed[1][0] >= released
+    assert not r.exists(_keys(8)["lock"])  # and it let the lock go
