@@ -297,7 +297,7 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         save_predictions(run, snap, preds, head)
         record_cycle_extras(run, snap, res, preds)  # dashboard.json; report: previous cycle's accuracy
         wrote = bool(items)
-        wb = write_back(client, settings, project_id, run.version, items, prog)
+        wb = write_back(client, settings, project_id, run.version, items, prog, should_stop)
         live = wb.live
         run.timings.update(write_s=wb.write_s, switch_s=wb.switch_s)
         run.report.update(wb.report())

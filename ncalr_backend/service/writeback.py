@@ -86,8 +86,10 @@ def import_all(client: LabelStudioClient, project_id: int, items: List[dict], ch
 
 
 def write_back(client: LabelStudioClient, settings: Settings, project_id: int, version: str,
-               items: List[dict], progress=NO_PROGRESS) -> WriteBack:
-    """Import ``items`` under ``version``, verify, switch the project (see the module docstring)."""
+               items: List[dict], progress=NO_PROGRESS, should_stop=None) -> WriteBack:
+    """Import ``items`` under ``version``, verify, switch the project (see the module docstring).
+    ``should_stop`` is asked once more right before the switch (under RQ it says the project's lock
+    went to another worker: this cycle must not switch the project then)."""
     t = time.time()
     progress.stage("write_back", n=len(items))
     created, sent, skipped = (import_all(client, project_id, items, settings.prediction_chunk_size,
@@ -104,6 +106,9 @@ def write_back(client: LabelStudioClient, settings: Settings, project_id: int, v
         if int(counts.get(version, 0)) < sent:
             raise CycleError(f"Label Studio lists {counts.get(version, 0)} predictions under {version}, "
                              f"expected {sent}; the project was NOT switched")
+        if should_stop is not None and should_stop():
+            from ncalr_backend.engine import Interrupted
+            raise Interrupted("asked to stop before the switch; the project was NOT switched")
         patch = {"model_version": version}
         if settings.set_sampling:
             patch["sampling"] = "Uncertainty sampling"

@@ -513,3 +513,15 @@ def test_cycles_that_keep_failing_keep_only_keep_failed_reports(tmp_path):
             run_project_cycle(s, 1, f"try{i}", engine_config=ENGINE, client=FakeLS(drop=1))
     failed = sorted(d.name for d in (ProjectStore(tmp_path, 1).root / "failed").iterdir())
     assert len(failed) == 2 and failed[0].startswith("0003-") and failed[1].startswith("0004-"), failed
+
+
+def test_asked_to_stop_during_the_write_back_the_project_is_not_switched(settings):
+    """Under RQ ``should_stop`` says the project's lock went to another worker; the write-back used to
+    switch the project anyway when that came after the last stage check (found by review)."""
+    ls = FakeLS()
+    with pytest.raises(CycleError) as e:
+        run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls,
+                          should_stop=lambda: bool(ls.imported))  # lost while the predictions went in
+    assert e.value.interrupted and ls.imported and ls.patches == [] and ls.model_version in ("", None)
+    assert ls.model_versions(1) == {}  # what was sent is deleted again
+    assert ProjectStore(settings.model_dir, 1).latest() is None
