@@ -176,10 +176,13 @@ def prediction_changes(pred: np.ndarray) -> np.ndarray:
 
 
 def zscore(v: np.ndarray) -> np.ndarray:
-    """(v - mean) / std; a constant vector gives zeros."""
+    """(v - mean) / std; a constant vector gives zeros, and so does one whose spread is rounding
+    (below 1e-12 of its magnitude: a difference of one ulp is not a signal)."""
     v = np.asarray(v, dtype=np.float64)
     s = v.std()
-    return (v - v.mean()) / s if s > 0 else np.zeros_like(v)
+    if v.size == 0 or not s > 1e-12 * max(1.0, float(np.abs(v).max())):
+        return np.zeros_like(v)
+    return (v - v.mean()) / s
 
 
 def signals(dyn: LabelDynamics) -> dict[str, np.ndarray]:
@@ -255,7 +258,9 @@ def disagreement_flags(probs: np.ndarray, labels: np.ndarray, num_classes: int) 
     y = np.asarray(labels, dtype=np.int64)
     t = class_thresholds(p, y, num_classes)
     self_conf = p[np.arange(len(y)), y]
-    return (p.argmax(1) != y) & (self_conf < t[y])
+    # "below" beyond rounding: the mean of equal values may come out an ulp above them, and whether a
+    # class of identical rows was flagged then depended on how many there were
+    return (p.argmax(1) != y) & (self_conf < t[y] - 1e-9 * np.maximum(1.0, t[y]))
 
 
 @dataclass

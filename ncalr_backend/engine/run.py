@@ -77,7 +77,7 @@ class CycleResult:
              "meta": self.meta}
         if "ff" in self.scores and len(self.ranking):
             ff = self.scores["ff"]
-            s["ff_histogram"] = {str(int(v)): int(c) for v, c in zip(*np.unique(ff, return_counts=True))}
+            s["ff_histogram"] = ff_histogram(ff)
             s["ff_zero_fraction"] = float((ff == 0).mean())
             if ff.std() > 0 and self.scores["cmap"].std() > 0:
                 s["cmap_ff_corr"] = float(np.corrcoef(self.scores["cmap"], ff)[0, 1])
@@ -170,6 +170,23 @@ def serve_holdout(y_lab: np.ndarray, config: EngineConfig) -> np.ndarray | None:
     return mask
 
 
+def ff_histogram(ff: np.ndarray) -> dict:
+    """FF in bins of one: {"0": count, "1": ...} (whole flip counts; with ``ff_mode`` flips+margin
+    or margin the fractional values of a bin are counted together, not written over each other)."""
+    return {str(int(v)): int(c) for v, c in zip(*np.unique(np.floor(np.asarray(ff)), return_counts=True))}
+
+
+def _finite_or_diverged(tr) -> None:
+    """Scores from non-finite features or logits would be silent nonsense (a NaN spread zeroes a
+    whole z-scored component; k-means and the ranking refuse NaN): such a model diverged, whatever
+    its training loss said."""
+    bad = [name for name, a in (("pool features", tr.feats_pool), ("labeled features", tr.feats_lab),
+                                ("pool logits", tr.logits_pool), ("pool margins", tr.margin_history))
+           if a is not None and np.size(a) and not np.isfinite(a).all()]
+    if bad:
+        raise Diverged(f"the trained model gives non-finite {', '.join(bad)}; nothing it made may go live")
+
+
 def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | None = None,
               out_dir: str | Path | None = None, init_state: dict | None = None,
               progress: Callable[[dict], None] | None = None,
@@ -216,6 +233,7 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
     model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     t1 = time.perf_counter()
     tpt_probs = torch.softmax(torch.from_numpy(tr.logits_pool), dim=1).numpy().astype(np.float32)
+    _finite_or_diverged(tr)
     fc = model.fc
     tpt_sets = predict_sets(tpt_probs, config.set_threshold) if multilabel else None
     view = PoolView(probs=tpt_probs, feats=tr.feats_pool, feats_lab=tr.feats_lab,
@@ -233,6 +251,8 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
                                 bool(config.amp and device.type == "cuda"), with_features=False)
             served.to("cpu")
             probs = torch.softmax(lp, dim=1).numpy().astype(np.float32)
+        if not np.isfinite(probs).all():
+            raise Diverged("the served checkpoint gives non-finite probabilities; nothing it made may go live")
         pred_sets = predict_sets(probs, config.set_threshold) if multilabel else None
     t_lab = time.perf_counter()
     labels = label_error_report(tr.label_dynamics)

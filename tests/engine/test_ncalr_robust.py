@@ -167,3 +167,114 @@ def test_tpt_exclude_flagged_leaves_out_mostly_wrong_labels_and_only_with_the_se
     fit_on = (on.label_report.prob_mean.argmax(1) == yl)[wrong].mean()
     fit_off = (off.label_report.prob_mean.argmax(1) == yl)[wrong].mean()
     assert fit_on <= fit_off
+
+
+def _probs_for(pred, K):
+    p = np.full((len(pred), K), 0.05 / max(K - 1, 1), np.float32)
+    p[np.arange(len(pred)), pred] = 0.95
+    return p
+
+
+def test_two_classes_cmap_sees_the_boundary_with_raw_means_and_matches_brute_force():
+    """Centred, two class means always point in opposite directions: every candidate on the line
+    between them had CMAP 0, and only items off that line scored (found by review). With two
+    classes present the means are raw; a boundary item now ranks above one at its class mean."""
+    from ncalr_backend.engine.acquisition.ncalr import _components
+
+    rng = np.random.default_rng(0)
+    mu = np.array([[6.0, 0.5, 1.0], [0.5, 6.0, 1.0]])
+    y = np.repeat([0, 1], 20)
+    feats_lab = mu[y] + 0.1 * rng.normal(size=(40, 3))
+    cand = np.array([[3.2, 3.0, 1.0],  # between the classes, predicted 0
+                     [6.0, 0.5, 1.0],  # at class 0's mean
+                     [6.0, 0.5, 4.0]])  # off the line
+    pred = np.array([0, 0, 0])
+    view = PoolView(probs=_probs_for(pred, 2), feats=cand, feats_lab=feats_lab, y_lab=y, num_classes=2,
+                    pred_history=np.zeros((3, 3), np.int32), config=EngineConfig())
+    c = _components(view)
+    raw = class_geometry(feats_lab, y, 2, centered=False)
+    np.testing.assert_allclose(c["cmap"], cmap_bruteforce(raw, cand, pred), rtol=1e-9, atol=1e-12)
+    assert c["cmap_signed"][0] > c["cmap_signed"][1] and c["cmap_signed"][0] > 1e-3
+    centred = cmap_scores(class_geometry(feats_lab, y, 2, centered=True), cand, pred)
+    assert np.abs(centred[:2]).max() < 0.01 * c["cmap_signed"][0]  # what the centred means saw: nothing
+    # three classes: centred as before
+    y3 = np.repeat([0, 1, 2], 10)
+    f3 = np.vstack([mu, [[0.5, 0.5, 6.0]]])[y3] + 0.1 * rng.normal(size=(30, 3))
+    v3 = PoolView(probs=_probs_for(pred, 3), feats=cand, feats_lab=f3, y_lab=y3, num_classes=3,
+                  pred_history=np.zeros((3, 3), np.int32), config=EngineConfig())
+    np.testing.assert_allclose(_components(v3)["cmap"], cmap_scores(class_geometry(f3, y3, 3), cand, pred))
+
+
+def test_a_candidate_of_a_class_with_no_label_yet_does_not_squash_everyone_elses_cmap():
+    """One item predicted as a class nobody labeled yet used to take z = 45 and leave the other
+    candidates' z(CMAP) a spread of 0.02, so the fusion sorted by FF alone (found by review)."""
+    from ncalr_backend.engine.acquisition.ncalr import _components
+    from ncalr_backend.engine.geometry import zscore
+
+    rng = np.random.default_rng(1)
+    C, d, N, M = 10, 16, 140, 500
+    means = 3 * rng.normal(size=(C, d))
+    y = rng.integers(0, 7, N)  # classes 7-9 have no label yet
+    feats_lab = means[y] + rng.normal(size=(N, d))
+    pred = rng.integers(0, 7, M)
+    pred[17] = 8
+    cand = means[pred] + 1.5 * rng.normal(size=(M, d))
+    view = PoolView(probs=_probs_for(pred, C), feats=cand, feats_lab=feats_lab, y_lab=y, num_classes=C,
+                    pred_history=np.zeros((3, M), np.int32), config=EngineConfig())
+    c = _components(view)
+    raw_z = zscore(c["cmap"])
+    assert abs(raw_z[17]) > 15 and np.delete(raw_z, 17).std() < 0.1  # the defect, on the raw CMAP
+    z = zscore(c["cmap_signed"])
+    others = np.delete(z, 17)
+    assert others.std() > 0.9 and z[17] == z.max()
+    assert c["new_class"][17] == 1 and c["new_class"].sum() == 1
+    np.testing.assert_allclose(np.delete(c["cmap_signed"], 17), np.delete(c["cmap"], 17))
+
+
+def test_non_finite_features_or_logits_are_a_divergence_never_a_ranking(monkeypatch):
+    """A model whose loss stayed finite can still give non-finite features (a diverged model):
+    z-scoring then silently switched CMAP off, and the ranking or k-means raised (found by review).
+    The cycle now raises Diverged, which the service retries at a lower rate and never ships."""
+    import ncalr_backend.engine.run as run
+    from ncalr_backend.engine import Diverged
+
+    real = run.train_to_tpt
+
+    def poisoned(*a, **k):
+        tr = real(*a, **k)
+        tr.feats_pool[3, 0] = np.inf
+        return tr
+
+    monkeypatch.setattr(run, "train_to_tpt", poisoned)
+    rng = np.random.default_rng(0)
+    x_lab, x_pool = rng.random((20, 1, 8, 8), dtype=np.float32), rng.random((12, 1, 8, 8), dtype=np.float32)
+    cfg = EngineConfig(width=4, max_epochs=2, tpt_window=1, batch_size=8, threads=1, nc_subsample=20)
+    with pytest.raises(Diverged, match="non-finite pool features"):
+        run.run_cycle(x_lab, np.arange(20) % 2, x_pool, 2, cfg)
+
+
+def test_small_degenerate_cases_found_by_review():
+    """Each of these gave a wrong answer before (review of 2026-11-30)."""
+    from ncalr_backend.engine.geometry import finite_or_none, nc_metrics
+    from ncalr_backend.engine.label_errors import disagreement_flags, zscore as le_zscore
+    from ncalr_backend.engine.run import ff_histogram
+
+    # fractional FF values of one bin are counted together (they overwrote each other: {'0': 1, '1': 1})
+    assert ff_histogram(np.array([0.1, 0.2, 0.3, 1.4])) == {"0": 3, "1": 1}
+    assert ff_histogram(np.array([0, 0, 2, 1, 2])) == {"0": 2, "1": 1, "2": 2}
+    # a class of identical rows is flagged or not whatever its size (the mean of n equal values can
+    # come out an ulp above them, and 3 copies were flagged, 5 not)
+    for n in (3, 5, 6, 7, 10):
+        p = np.vstack([np.tile([0.1, 0.9], (n, 1)), [[0.2, 0.8]]])
+        flags = disagreement_flags(p, np.array([0] * n + [1]), 2)
+        assert not flags[:n].any(), n
+    # one ulp of spread is no signal
+    assert not le_zscore(np.array([1.0, np.nextafter(1.0, 2.0), 1.0])).any()
+    assert np.allclose(le_zscore(np.array([0.0, 1.0])), [-1.0, 1.0])
+    # identical features: NC1 is undefined, not 0 ("perfect collapse" on the dashboard)
+    nc = nc_metrics(np.ones((6, 4)), np.array([0, 0, 1, 1, 2, 2]))
+    assert nc["nc1"] == float("inf") and finite_or_none(nc)["nc1"] is None
+    # the OOD guard with no spread among the labeled samples (one per class) flags nothing
+    view = PoolView(probs=np.full((50, 10), 0.1, np.float32), feats=np.random.default_rng(0).normal(size=(50, 12)),
+                    feats_lab=np.random.default_rng(1).normal(size=(10, 12)), y_lab=np.arange(10), num_classes=10)
+    assert not ood_suspects(view, 2.0).any()

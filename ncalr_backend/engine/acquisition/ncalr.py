@@ -45,17 +45,38 @@ def fluctuation(view: PoolView) -> np.ndarray:
 
 def _components(view: PoolView) -> dict:
     """CMAP and FF. Multi-label (seed 002): class means from the single-label samples, a candidate
-    is added to the mean of every label in its predicted set, and a flip is a change of the set."""
+    is added to the mean of every label in its predicted set, and a flip is a change of the set.
+
+    Two cases the paper does not meet (found by review):
+    * **two classes**: centred on the labeled mean, two class means always point in opposite
+      directions (cosine -1 whatever is added on the line between them), so CMAP could only see
+      items off that line. With two classes present the means are raw (``cmap_center`` applies from
+      three classes on).
+    * **a candidate predicted as a class with no labeled sample yet** would add a whole class to
+      the geometry: its CMAP is orders of magnitude above the others', and z-scoring would squash
+      every other candidate's CMAP to nothing. Such candidates (``new_class``) rank with the
+      largest CMAP among the others instead (a possibly new class is worth a label), and the
+      others keep their spread."""
     cfg = view.config
     centered = getattr(cfg, "cmap_center", True)
     sign = getattr(cfg, "cmap_sign", "pos")
     trusted = view.trusted_lab if getattr(cfg, "cmap_trusted", False) else None
     geom, _ = labeled_geometry(view, trusted, centered)
+    if centered and int(geom.present.sum()) == 2:
+        geom, _ = labeled_geometry(view, trusted, False)
     if view.multilabel:
-        cmap = cmap_multilabel(geom, view.feats, view.pred_sets)
+        sets = np.asarray(view.pred_sets, dtype=bool)
+        cmap = cmap_multilabel(geom, view.feats, sets)
+        new = (sets & ~geom.present[None, :]).any(1)
     else:
-        cmap = cmap_scores(geom, view.feats, view.probs.argmax(1))
-    return {"cmap": cmap, "cmap_signed": signed_cmap(cmap, sign), "ff": fluctuation(view)}
+        pred = view.probs.argmax(1)
+        cmap = cmap_scores(geom, view.feats, pred)
+        new = ~geom.present[pred]
+    signed = signed_cmap(cmap, sign)
+    if new.any() and not new.all():
+        signed = signed.copy()
+        signed[new] = signed[~new].max()
+    return {"cmap": cmap, "cmap_signed": signed, "ff": fluctuation(view), "new_class": new.astype(np.float64)}
 
 
 def span_alignment(geom, feats: np.ndarray) -> np.ndarray:
@@ -81,7 +102,10 @@ def ood_suspects(view: PoolView, k: float) -> np.ndarray:
         return np.zeros(view.size, dtype=bool)
     lab = span_alignment(geom, feats_lab)
     med = float(np.median(lab))
-    thr = med - k * 1.4826 * float(np.median(np.abs(lab - med)))
+    mad = float(np.median(np.abs(lab - med)))
+    if mad <= 1e-9:  # no spread to judge by (e.g. one labeled sample per class: all exactly aligned)
+        return np.zeros(view.size, dtype=bool)
+    thr = med - k * 1.4826 * mad
     return span_alignment(geom, view.feats) < thr
 
 
