@@ -138,9 +138,12 @@ def test_stop_interrupts_the_running_cycle_and_keeps_it_for_the_next_start(tmp_p
     assert sch2.recover() == [3] and sch2.wait_idle(5) and again == ["recovered"]
 
 
-def test_one_projects_broken_files_do_not_stop_the_others_recovery(tmp_path):
+def test_one_projects_broken_files_do_not_stop_the_others_recovery(tmp_path, monkeypatch):
     """Found by review: an unreadable mirror.sqlite in project 2 made recover() raise, and project 4's
-    interrupted cycle was never run again."""
+    interrupted cycle was never run again. A damaged mirror is now set aside and built again
+    (mirror.py), so both recover; any other error in one project's files still stops only that
+    project."""
+    from ncalr_backend.service import scheduler
     from ncalr_backend.service.mirror import TaskMirror
 
     broken = ProjectStore(tmp_path, 2)
@@ -150,6 +153,21 @@ def test_one_projects_broken_files_do_not_stop_the_others_recovery(tmp_path):
     runs = []
     sch = EmbeddedScheduler(Settings.from_env({"MODEL_DIR": str(tmp_path)}),
                             cycle_fn=lambda s, pid, reason, t, **kw: runs.append((pid, reason)))
+    assert sch.recover() == [2, 4]
+    assert sch.wait_idle(5) and sorted(runs) == [(2, "recovered"), (4, "recovered")]
+    assert (broken.root / "mirror.sqlite.corrupt").exists()
+
+    real = scheduler.abandon_in_progress
+
+    def unreadable(st, s):
+        if st.project_id == 2:
+            raise OSError("Input/output error")
+        return real(st, s)
+
+    monkeypatch.setattr(scheduler, "abandon_in_progress", unreadable)
+    broken.update_state(in_progress={"cycle": 3})
+    ProjectStore(tmp_path, 4).update_state(in_progress={"cycle": 4})
+    runs.clear()
     assert sch.recover() == [4]
     assert sch.wait_idle(5) and runs == [(4, "recovered")]
 
