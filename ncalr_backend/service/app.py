@@ -36,33 +36,14 @@ from ncalr_backend.service.progress import read_progress
 from ncalr_backend.service.scheduler import make_scheduler
 from ncalr_backend.service.predictions import UNTRAINED_VERSION
 from ncalr_backend.service.settings import Settings
+from ncalr_backend.service.urls import redact_urls
 from ncalr_backend.service.mirror import TaskMirror, hinted_task_ids
-from ncalr_backend.service.store import ProjectStore, read_json
+from ncalr_backend.service.store import MAX_ID, ProjectStore, project_id_from, read_json  # noqa: F401
 
 log = logging.getLogger("ncalr_backend.wsgi")
 
 COUNTED = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 IGNORED_FOR_TRAINING = ("PROJECT_UPDATED",)
-
-
-MAX_ID = 2 ** 63 - 1  # Label Studio's ids are database integers (at most 64-bit)
-
-
-def project_id_from(value) -> Optional[int]:
-    """Label Studio sends projects as "<id>.<created_ts>", an int, or a dict with "id". None for
-    anything else, and for ids no database holds (< 1 or > MAX_ID: a project's files are named by it)."""
-    if isinstance(value, dict):
-        value = value.get("id")
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        pid = value
-    else:
-        head = str(value).split(".")[0]
-        if not head.isascii() or not head.isdigit() or len(head) > 19:
-            return None
-        pid = int(head)
-    return pid if 0 < pid <= MAX_ID else None
 
 
 def lock_model_dir(model_dir: Path):
@@ -333,9 +314,9 @@ class Backend:
         st = ProjectStore(self.settings.model_dir, pid)
         vers = []
         for d in sorted((st.root / "cycles").glob("[0-9]*")):
-            rep = read_json(d / "report.json", {}) or {}
-            if rep.get("model_version"):
-                vers.append(rep["model_version"])
+            rep = read_json(d / "report.json")
+            if isinstance(rep, dict) and isinstance(rep.get("model_version"), str) and rep["model_version"]:
+                vers.append(rep["model_version"])  # a damaged report is skipped
         return jsonify({"versions": vers or [UNTRAINED_VERSION]})
 
     def is_training(self):
@@ -346,29 +327,67 @@ class Backend:
         return jsonify({"is_training": bool(s.get("running")), **s})
 
     def status(self):
-        """Per-project state for operators and tests: scheduler, counters, latest cycle, last error."""
+        """Per-project state for operators and tests: scheduler, counters, latest cycle, last error.
+        Each part is read on its own: a damaged file of the project leaves that part null and names
+        it in ``unreadable`` (the exception goes to the log), never a 500. Task URLs in failure
+        reasons are cut to scheme://host/path (``urls.redact_urls``)."""
         pid = project_id_from(request.args.get("project"))
         if pid is None:
             raise BadRequest("'project' is required")
         st = ProjectStore(self.settings.model_dir, pid)
-        s = st.state()
-        latest = st.latest()
-        report = read_json(latest["path"] / "report.json", {}) if latest else None
-        return jsonify({"project": pid, "scheduler": self.scheduler().status(pid),
-                        "new_annotations": s.get("new_annotations"), "pending": s.get("pending"),
-                        "in_progress": s.get("in_progress"), "last_error": s.get("last_error"),
-                        "last_failed": s.get("last_failed"), "last_completed": s.get("last_completed"),
-                        "model_version": latest["model_version"] if latest else None,
-                        "webhooks_seen": self.webhooks_seen(pid),
-                        "label_errors": {**(report.get("label_errors") or {}), **(s.get("review") or {}),
-                                         "listed_now": len(review.ReviewState(st).listed_tasks())}
-                        if report and report.get("label_errors") else None,
-                        "progress": read_progress(self.settings.model_dir, pid),
-                        "latest_report": {k: report.get(k) for k in (
-                            "cycle", "model_version", "reason", "num_tasks", "num_labeled", "num_pool",
-                            "predictions_created", "timings", "image_failures", "unusable_annotations",
-                            "multilabel", "class_counts", "label_set_sizes", "predicted_set_sizes",
-                            "triggered_at", "finished_at")} if report else None})
+        unreadable = []
+
+        def part(name, fn):
+            try:
+                return fn()
+            except Exception:  # noqa: BLE001 - whatever a damaged file holds
+                log.exception("/status: project %s: cannot read its %s", pid, name)
+                unreadable.append(name)
+                return None
+
+        s = part("state", st.state) or {}
+        latest = part("latest", st.latest)
+        report = read_json(latest["path"] / "report.json") if latest else None
+        report = report if isinstance(report, dict) and report else None
+
+        def label_errors():
+            le, review_state = report.get("label_errors"), s.get("review")
+            if not le:
+                return None
+            return {**(le if isinstance(le, dict) else {}), **(review_state if isinstance(review_state, dict) else {}),
+                    "listed_now": len(review.ReviewState(st).listed_tasks())}
+
+        def latest_report():
+            out = {k: report.get(k) for k in (
+                "cycle", "model_version", "reason", "num_tasks", "num_labeled", "num_pool",
+                "predictions_created", "timings", "image_failures", "unusable_annotations",
+                "multilabel", "class_counts", "label_set_sizes", "predicted_set_sizes",
+                "triggered_at", "finished_at")}
+            if isinstance(out["image_failures"], list):  # task URLs: no user info, query or fragment
+                out["image_failures"] = [{**f, "reason": redact_urls(f.get("reason"))} if isinstance(f, dict) else f
+                                         for f in out["image_failures"]]
+            return out
+
+        def progress():
+            p = read_progress(self.settings.model_dir, pid)
+            if isinstance(p, dict) and p.get("error") is not None:
+                p["error"] = redact_urls(str(p["error"]))
+            return p
+
+        out = {"project": pid, "scheduler": self.scheduler().status(pid),
+               "new_annotations": s.get("new_annotations"), "pending": s.get("pending"),
+               "in_progress": s.get("in_progress"), "last_error": redact_urls(s.get("last_error")),
+               "last_failed": s.get("last_failed"), "last_completed": s.get("last_completed"),
+               "model_version": latest.get("model_version") if latest else None,
+               "webhooks_seen": self.webhooks_seen(pid),
+               "label_errors": part("label_errors", label_errors) if report else None,
+               "progress": part("progress", progress),
+               "latest_report": part("report", latest_report) if report else None}
+        if unreadable:
+            out["unreadable"] = unreadable
+        resp = jsonify(out)
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
 
 
 def create_app(model_class, settings: Optional[Settings] = None, autostart: bool = True):
@@ -410,6 +429,11 @@ def create_app(model_class, settings: Optional[Settings] = None, autostart: bool
         app.register_error_handler(NoSuchJobError, internal)
     except ImportError:  # pragma: no cover
         pass
+
+    @app.after_request
+    def no_sniffing(resp):  # every answer is what its Content-Type says (thumbnails, JSON, HTML)
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return resp
 
     app.before_request(backend.check_auth)
     app.view_functions["health"] = backend.health

@@ -12,7 +12,10 @@
 * **Start training** is the one exception Label Studio forces: its button posts ``START_TRAINING``
   to ``/webhook`` through the ML-backend connection, which carries basic auth but no custom
   header. Without basic auth such a request is checked against Label Studio itself (the project
-  exists and has an ML backend at this backend's address) before a cycle is requested.
+  exists and has an ML backend at this backend's address) before a cycle is requested; at most
+  CHECK_BUDGET such checks per CHECK_WINDOW_S, over all projects and addresses.
+* **The dashboard** (``/``, ``/dashboard/*``) shows task thumbnails, labels and errors: without basic
+  auth it answers only clients on this machine (``dashboard_ok``).
 See docs/security.md for the threat model.
 """
 
@@ -20,11 +23,13 @@ from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 import logging
 import os
 import secrets
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
@@ -38,6 +43,20 @@ SECRET_HEADER = "X-NCALR-Webhook-Secret"
 SECRET_FILE = "webhook_secret"
 RESYNC_EVERY_S = 30.0  # at most one header repair (or connection check) per project in this time
 MAX_RESYNCS = 20  # ... and at most this many projects' repairs in that time
+CHECK_BUDGET = 20  # at most this many Label Studio checks of unauthenticated "Start training"s ...
+CHECK_WINDOW_S = 30.0  # ... in this time, over all projects and Host headers together
+DASHBOARD_CLOSED = ("the dashboard answers only this machine (loopback) while basic auth is off: set "
+                    "BASIC_AUTH_USER and BASIC_AUTH_PASS to open the dashboard to other machines")
+
+
+def is_loopback(addr: Optional[str]) -> bool:
+    """``addr`` (a request's remote address) is this machine: 127.0.0.0/8, ::1, ::ffff:127.x."""
+    try:
+        ip = ipaddress.ip_address((addr or "").split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def load_or_create_secret(model_dir: Path, override: Optional[str] = None) -> str:
@@ -70,6 +89,8 @@ class Auth:
         self.secret = load_or_create_secret(settings.model_dir, settings.webhook_secret)
         self._resync_at: dict = {}
         self._checked: dict = {}  # (project, host) -> (when, has this backend)
+        self._check_times: deque = deque()  # when each of the recent Label Studio checks was made
+        self._budget_warned_at = float("-inf")
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ checks
@@ -81,6 +102,12 @@ class Auth:
             return False
         return (hmac.compare_digest((authorization.username or "").encode(), s.basic_auth_user.encode())
                 and hmac.compare_digest((authorization.password or "").encode(), s.basic_auth_pass.encode()))
+
+    def dashboard_ok(self, remote_addr: Optional[str]) -> bool:
+        """The dashboard (``/``, ``/dashboard/*``: task thumbnails, labels, errors) may answer this
+        client: with basic auth on, whoever passed it (``basic_ok``, checked before); without,
+        only this machine."""
+        return bool(self.settings.basic_auth_user) or is_loopback(remote_addr)
 
     def webhook_ok(self, headers) -> bool:
         """A request to /webhook or /train is authentic (basic auth was checked before this)."""
@@ -118,7 +145,11 @@ class Auth:
         """Label Studio says project ``project_id`` exists and has this backend connected at the
         address the request came to (``host``: its Host header must be that backend's URL). The
         answer is kept for RESYNC_EVERY_S, so unauthenticated requests cannot make the backend
-        hammer Label Studio."""
+        hammer Label Studio; and requests varying the project id or the Host header get at most
+        CHECK_BUDGET checks per CHECK_WINDOW_S in all: beyond that the answer is False, without
+        asking Label Studio (logged once per window)."""
+        if not host:
+            return False  # no address to compare: nothing to ask Label Studio
         key, now = (project_id, host), time.time()
         with self._lock:
             hit = self._checked.get(key)
@@ -126,9 +157,18 @@ class Auth:
                 return hit[1]
             if len(self._checked) > 10000:
                 self._checked.clear()
+            while self._check_times and now - self._check_times[0] >= CHECK_WINDOW_S:
+                self._check_times.popleft()
+            if len(self._check_times) >= CHECK_BUDGET:
+                if now - self._budget_warned_at >= CHECK_WINDOW_S:
+                    self._budget_warned_at = now
+                    log.warning("more than %d unauthenticated START_TRAINING checks in %.0f s (varying project "
+                                "ids or Host headers): refused without asking Label Studio; turn basic auth on, "
+                                "or check who sends them", CHECK_BUDGET, CHECK_WINDOW_S)
+                return False
+            self._check_times.append(now)
         try:
-            ok = bool(host) and bool(self._our_backends(make_client(self.settings), project_id, host,
-                                                        only_one_counts=False))
+            ok = bool(self._our_backends(make_client(self.settings), project_id, host, only_one_counts=False))
         except Exception as exc:
             log.warning("project %s: cannot check the ML backend connection with Label Studio: %s", project_id, exc)
             ok = False

@@ -11,21 +11,36 @@ label-error flags once a cycle writes them.
 Everything from outside (labels, task data, error messages) goes through ``html.escape``.
 Thumbnails come only from the image cache (``MODEL_DIR/cache``), only for tasks the latest cycle
 lists as next, re-encoded as PNG: a request never makes the backend fetch a URL. The routes sit
-behind the app's basic auth like every other route (``app.before_request``).
+behind the app's basic auth like every other route (``app.before_request``); without basic auth
+they answer only clients on this machine (``Auth.dashboard_ok``). Task URLs in failure reasons are
+cut to scheme://host/path (``urls.redact_urls``).
+
+The files are read as they are: a damaged one (not JSON, wrong types, non-finite numbers) is drawn
+as "–" where a value is wrong, and a project whose files break its section anyway is shown as
+unreadable (the exception goes to the log) while the other projects render.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
+import logging
+import math
 import time
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 from typing import Optional
 
+from ncalr_backend.service.auth import DASHBOARD_CLOSED
 from ncalr_backend.service.insight import active_projects, project_view, thumbnail_url_for
 from ncalr_backend.service.progress import STAGE_TITLES, STAGES, TIMING_KEYS, read_progress
+from ncalr_backend.service.store import project_id_from
 from ncalr_backend.service.svgplot import PALETTE, empty_plot, fmt, histogram, line_plot, stacked_bar
+from ncalr_backend.service.urls import redact_urls
+
+log = logging.getLogger(__name__)
 
 REFRESH_MS = 2000
 THUMB = 64
@@ -37,14 +52,31 @@ def e(v) -> str:
     return escape("" if v is None else str(v), quote=True)
 
 
+def num(v) -> Optional[float]:
+    """``v`` when it is a finite number (not a bool), else None: the files' numbers may be anything."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        return v if math.isfinite(v) else None
+    except OverflowError:  # an int too large for a float
+        return None
+
+
+def obj(v) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
 def when(t) -> str:
-    if not isinstance(t, (int, float)):
+    if num(t) is None:
         return "–"
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, ValueError, OSError):  # beyond the years datetime holds
+        return "–"
 
 
 def secs(v) -> str:
-    if not isinstance(v, (int, float)):
+    if num(v) is None:
         return "–"
     if v < 60:
         return f"{v:.1f} s"
@@ -52,32 +84,34 @@ def secs(v) -> str:
 
 
 def pct(v) -> str:
-    return f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "–"
+    return f"{100 * v:.1f}%" if num(v) is not None else "–"
 
 
 # ---------------------------------------------------------------------------- progress section
 def _stage_rows(p: dict, now: float) -> str:
-    done = {d["stage"]: d for d in p.get("done") or []}
+    done = p.get("done") if isinstance(p.get("done"), list) else []
+    done = {d["stage"]: d for d in done if isinstance(d, dict) and isinstance(d.get("stage"), str)}
     cur = p.get("stage") if p.get("status") == "running" else None
     rows = []
     for s in STAGES:
         d = done.get(s)
         if s == cur:
-            k, n, unit = p.get("k") or 0, p.get("n"), p.get("unit") or ""
+            k, n, unit = num(p.get("k")) or 0, num(p.get("n")), p.get("unit") or ""
             frac = (k / n) if n else None
             count = f"{k}/{n} {unit}" if n is not None else (f"{k} {unit}" if k else "")
-            bar = (f'<progress max="{n}" value="{k}"></progress>' if n else '<progress></progress>')
-            detail = _train_detail(p.get("extra") or {}, k, n) if s == "train" else ""
-            if s == "write_back" and (p.get("extra") or {}).get("created") is not None:
-                detail = f'{p["extra"]["created"]} created so far'
+            bar = (f'<progress max="{e(n)}" value="{e(k)}"></progress>' if n and n > 0 else '<progress></progress>')
+            extra = obj(p.get("extra"))
+            detail = _train_detail(extra, k, n) if s == "train" else ""
+            if s == "write_back" and extra.get("created") is not None:
+                detail = f'{extra["created"]} created so far'
             rows.append(f'<tr class="stage current" data-stage="{e(s)}"><td>▶ {e(STAGE_TITLES[s])}</td>'
                         f'<td class="count">{e(count)}</td><td>{bar}</td>'
-                        f'<td>{e(secs(now - (p.get("stage_started_at") or now)))}'
+                        f'<td>{e(secs(now - (num(p.get("stage_started_at")) or now)))}'
                         f'{" · " + e(pct(frac)) if frac is not None else ""}</td><td>{e(detail)}</td></tr>')
         elif d:
-            count = (f"{d['k']}/{d['n']} {d.get('unit') or ''}" if d.get("n") is not None
+            count = (f"{d.get('k')}/{d['n']} {d.get('unit') or ''}" if d.get("n") is not None
                      else (f"{d['k']} {d.get('unit') or ''}" if d.get("k") else ""))
-            detail = _train_detail(d.get("extra") or {}, d.get("k"), d.get("n"), final=True) if s == "train" else ""
+            detail = _train_detail(obj(d.get("extra")), d.get("k"), d.get("n"), final=True) if s == "train" else ""
             rows.append(f'<tr class="stage done" data-stage="{e(s)}"><td>✓ {e(STAGE_TITLES[s])}</td>'
                         f'<td class="count">{e(count)}</td><td></td><td>{e(secs(d.get("seconds")))}</td>'
                         f'<td>{e(detail)}</td></tr>')
@@ -91,14 +125,14 @@ def _stage_rows(p: dict, now: float) -> str:
 
 def _train_detail(x: dict, k, n, final: bool = False) -> str:
     parts = []
-    if x.get("train_acc") is not None:
+    if num(x.get("train_acc")) is not None:
         parts.append(f"train acc {x['train_acc']:.3f}")
     if x.get("t_i") is not None:
         parts.append(f"terminal phase since epoch {x['t_i']} (window {x.get('window')})")
     elif "t_i" in x:
-        thr = x.get("threshold")
+        thr = num(x.get("threshold"))
         parts.append("terminal phase not reached" if final else
-                     f"before the terminal phase (needs train acc ≥ {thr:.2f})" if isinstance(thr, float)
+                     f"before the terminal phase (needs train acc ≥ {thr:.2f})" if thr is not None
                      else "before the terminal phase")
     return " · ".join(parts)
 
@@ -113,19 +147,20 @@ def progress_section(pid: int, p: Optional[dict], state: dict, sched: Optional[d
     waiting = bool((sched or {}).get("waiting")) or bool(state.get("pending"))
     lines = []
     if status == "running":
-        eta = p.get("eta_s")
+        eta = num(p.get("eta_s"))
         eta_txt = (f"ETA {secs(eta)}" if eta is not None else
                    (f"this stage about {secs(p['stage_eta_s'])} more; total ETA known after the first cycle"
-                    if p.get("stage_eta_s") is not None else "ETA unknown until a cycle has completed"))
+                    if num(p.get("stage_eta_s")) is not None else "ETA unknown until a cycle has completed"))
         lines.append(f'<p class="headline"><b>Cycle {e(p.get("cycle"))} running</b>: '
                      f'<span class="stage-name">{e(STAGE_TITLES.get(p.get("stage"), p.get("stage")))}</span> · '
                      f'{e(secs(p.get("elapsed_s")))} elapsed · <span class="eta">{e(eta_txt)}</span></p>')
     elif status == "failed":
         lines.append(f'<p class="headline failed"><b>Cycle {e(p.get("cycle"))} failed</b> in '
                      f'{e(STAGE_TITLES.get(p.get("failed_stage")) or "its start (reading the project)")} at '
-                     f'{e(when(p.get("finished_at")))} UTC: <span class="error">{e(p.get("error"))}</span></p>')
+                     f'{e(when(p.get("finished_at")))} UTC: <span class="error">{e(redact_urls(p.get("error")))}'
+                     f'</span></p>')
     elif status == "completed":
-        took = (p.get("finished_at") or 0) - (p.get("triggered_at") or 0)
+        took = (num(p.get("finished_at")) or 0) - (num(p.get("triggered_at")) or 0)
         lines.append(f'<p class="headline"><b>Idle.</b> Cycle {e(p.get("cycle"))} completed at '
                      f'{e(when(p.get("finished_at")))} UTC, {e(secs(took))} from trigger to live.</p>')
     elif status == "interrupted":
@@ -135,14 +170,14 @@ def progress_section(pid: int, p: Optional[dict], state: dict, sched: Optional[d
     else:
         lines.append('<p class="headline"><b>No cycle yet.</b></p>')
     if waiting:
-        pend = state.get("pending") or {}
+        pend = obj(state.get("pending"))
         lines.append(f'<p class="waiting">A cycle is waiting: {e(pend.get("reason") or "requested")}.</p>')
     lines.append(f'<p class="counter">{e(state.get("new_annotations") or 0)} new annotations since the last '
                  f'trigger{" · threshold " + e(state.get("threshold")) if state.get("threshold") else ""}.</p>')
     if p:
         lines.append(_stage_rows(p, now))
-        accs = (p.get("extra") or {}).get("train_accs") if status == "running" else None
-        if accs:
+        accs = obj(p.get("extra")).get("train_accs") if status == "running" else None
+        if isinstance(accs, list) and accs:
             lines.append(line_plot([("train acc", list(range(1, len(accs) + 1)), accs)],
                                    "training accuracy, this cycle", "epoch", "", width=300, height=150,
                                    y_range=(0, 1.02), integer_x=True, cls="live-train"))
@@ -151,13 +186,14 @@ def progress_section(pid: int, p: Optional[dict], state: dict, sched: Optional[d
 
 # ---------------------------------------------------------------------------- history
 def _split(rep: dict):
-    t = rep.get("timings") or {}
+    t = obj(rep.get("timings"))
     segs = []
-    wait = (rep.get("started_at") or 0) - (rep.get("triggered_at") or 0)
-    if rep.get("started_at") and rep.get("triggered_at") and wait > 0:
+    started, triggered = num(rep.get("started_at")), num(rep.get("triggered_at"))
+    wait = (started or 0) - (triggered or 0)
+    if started and triggered and wait > 0:
         segs.append(("queue wait", wait, STAGE_COLORS["wait"]))
     for s, k in TIMING_KEYS.items():
-        if isinstance(t.get(k), (int, float)):
+        if num(t.get(k)) is not None:
             segs.append((STAGE_TITLES[s], float(t[k]), STAGE_COLORS[s]))
     return segs
 
@@ -173,22 +209,23 @@ def history_table(rows: list) -> str:
             "<th>accuracy on next labels (estimate)</th><th>status</th></tr>")
     body = []
     for r in reversed(rows):
-        tpt = ((r.get("engine") or {}).get("tpt")) or {}
+        tpt = obj(obj(r.get("engine")).get("tpt"))
         if tpt:
             tpt_txt = (f"reached at epoch {tpt.get('t_i')} by {tpt.get('by')}" if tpt.get("reached")
                        else f"not reached ({tpt.get('epochs')} epochs, train acc "
                             f"{fmt(tpt.get('final_train_acc'))} < {fmt(tpt.get('threshold'))})")
         else:
             tpt_txt = "–"
-        est = r.get("next_labels_accuracy") or {}
+        est = obj(r.get("next_labels_accuracy"))
         est_txt = (f"{pct(est.get('accuracy'))} of {est.get('n')}" if est.get("n") else
                    ("no new labels" if est else "–"))
-        if est.get("ci95") and est.get("n"):
-            est_txt += f" (95% CI {pct(est['ci95'][0])}–{pct(est['ci95'][1])})"
-        t = r.get("timings") or {}
-        total = t.get("trigger_to_live_s")
+        ci = est.get("ci95")
+        if isinstance(ci, list) and len(ci) == 2 and est.get("n"):
+            est_txt += f" (95% CI {pct(ci[0])}–{pct(ci[1])})"
+        t = obj(r.get("timings"))
+        total = num(t.get("trigger_to_live_s"))
         ok = r.get("status") == "completed"
-        status = "completed" if ok else f"{r.get('status')}: {r.get('error') or ''}"
+        status = "completed" if ok else f"{r.get('status')}: {redact_urls(str(r.get('error') or ''))}"
         short = status if len(status) <= 160 else status[:157] + "..."
         body.append(
             f'<tr class="cycle {"ok" if ok else "failed"}" data-cycle="{e(r.get("cycle"))}">'
@@ -201,36 +238,40 @@ def history_table(rows: list) -> str:
 
 
 # ---------------------------------------------------------------------------- plots
+def _ci(a: dict) -> list:
+    ci = a.get("ci95")
+    return ci if isinstance(ci, list) and len(ci) == 2 else [None, None]
+
+
 def learning_curve(rows: list) -> str:
     pts = [(r.get("num_labeled"), r["next_labels_accuracy"]) for r in rows
-           if r.get("status") == "completed" and (r.get("next_labels_accuracy") or {}).get("n")]
+           if r.get("status") == "completed" and obj(r.get("next_labels_accuracy")).get("n")]
     xs = [x for x, _ in pts]
-    ys = [a["accuracy"] for _, a in pts]
-    tips = [[f"cycle {a.get('cycle')}: {a['correct']}/{a['n']} = {pct(a['accuracy'])} "
-             f"(95% CI {pct((a.get('ci95') or [None])[0])}–{pct((a.get('ci95') or [None, None])[1])})"
-             for _, a in pts]]
+    ys = [a.get("accuracy") for _, a in pts]
+    tips = [[f"cycle {a.get('cycle')}: {a.get('correct')}/{a.get('n')} = {pct(a.get('accuracy'))} "
+             f"(95% CI {pct(_ci(a)[0])}–{pct(_ci(a)[1])})" for _, a in pts]]
     return line_plot([("accuracy (estimate)", xs, ys)], "Learning curve (estimate)", "labels seen by the cycle",
                      "accuracy", y_range=(0, 1.02), cls="learning-curve", tooltips=tips,
-                     bands=[(xs, [(a.get("ci95") or [None, None])[0] for _, a in pts],
-                             [(a.get("ci95") or [None, None])[1] for _, a in pts])])
+                     bands=[(xs, [_ci(a)[0] for _, a in pts], [_ci(a)[1] for _, a in pts])])
 
 
 def score_plots(dash: Optional[dict]) -> list:
-    hist = (dash or {}).get("score_hist") or {}
+    hist = obj(obj(dash).get("score_hist"))
     out = []
     for key, title, color in (("cmap", "CMAP (pool, latest cycle)", PALETTE[0]),
                               ("ff", "FF: prediction flips (pool)", PALETTE[1]),
                               ("score", "fused score (pool)", PALETTE[2])):
-        h = hist.get(key)
-        out.append(histogram(h["edges"], h["counts"], title, key, cls=f"hist hist-{key}", color=color,
+        h = obj(hist.get(key))
+        out.append(histogram(h.get("edges"), h.get("counts"), title, key, cls=f"hist hist-{key}", color=color,
                              integer=bool(h.get("integer"))) if h else
                    empty_plot(title, "no data yet", cls=f"hist hist-{key}"))
     return out
 
 
 def epoch_plots(metrics: Optional[dict]) -> list:
-    hist = (metrics or {}).get("history") or []
-    tpt = (((metrics or {}).get("summary") or {}).get("tpt")) or {}
+    hist = obj(metrics).get("history")
+    hist = [h for h in hist if isinstance(h, dict)] if isinstance(hist, list) else []
+    tpt = obj(obj(obj(metrics).get("summary")).get("tpt"))
     ep = [h.get("epoch") for h in hist]
     vl = [(tpt["t_i"], "T_i")] if tpt.get("t_i") else []
     out = [line_plot([("train acc", ep, [h.get("train_acc") for h in hist])], "Training accuracy per epoch",
@@ -250,26 +291,32 @@ def epoch_plots(metrics: Optional[dict]) -> list:
 
 # ---------------------------------------------------------------------------- next tasks, label errors
 def next_tasks(pid: int, dash: Optional[dict], limit: int = 12) -> str:
-    items = ((dash or {}).get("next_tasks") or [])[:limit]
+    items = obj(dash).get("next_tasks")
+    # an entry without a task id has no thumbnail and nothing to serve: left out
+    items = [t for t in items if isinstance(t, dict) and isinstance(t.get("task"), int)
+             and not isinstance(t.get("task"), bool)][:limit] if isinstance(items, list) else []
     if not items:
         return '<p class="muted">No queue yet.</p>'
     out = []
     for t in items:
-        label = ", ".join(map(str, t.get("labels") or [])) or t.get("label")
+        labels = t.get("labels") if isinstance(t.get("labels"), list) else []
+        label = ", ".join(map(str, labels)) or t.get("label")
         why = []
         for k, name in (("score", "fused"), ("cmap", "CMAP"), ("ff", "FF")):
             if isinstance(t.get(k), (int, float)):
                 zk = "z_cmap_signed" if k == "cmap" else f"z_{k}"
                 z = t.get(zk)
                 why.append(f"{name} {fmt(t[k])}" + (f" (z {z:+.2f})" if isinstance(z, (int, float)) else ""))
-        group = t.get("diversity_group")
-        if isinstance(group, (int, float)) and group >= 0:  # batch diversity: served round robin over groups
+        rank = num(t.get("rank", 0))
+        rank = int(rank) if rank is not None else None
+        group = num(t.get("diversity_group"))
+        if group is not None and group >= 0:  # batch diversity: served round robin over groups
             why.append(f"group {int(group)}")
         out.append(
             f'<li class="next-task" data-task="{e(t.get("task"))}">'
             f'<img class="thumb" alt="task {e(t.get("task"))}" width="{THUMB}" height="{THUMB}" '
             f'src="dashboard/thumb/{int(pid)}/{int(t.get("task"))}.png">'
-            f'<div><b>#{e(t.get("rank", 0) + 1)}</b> task {e(t.get("task"))}<br>'
+            f'<div><b>#{e(rank + 1 if rank is not None else "?")}</b> task {e(t.get("task"))}<br>'
             f'predicted <span class="label">{e(label)}</span> ({e(pct(t.get("confidence")))})<br>'
             f'<span class="why">{e(" · ".join(why))}</span></div></li>')
     return '<ol class="next-tasks">' + "".join(out) + "</ol>"
@@ -320,8 +367,9 @@ SCRIPT = """
         if (html === null) return;
         var box = document.createElement('div'); box.innerHTML = html;
         var fresh = box.firstElementChild; if (!fresh) return;
-        var ended = el.getAttribute('data-last-completed') !== fresh.getAttribute('data-last-completed')
-          || (el.getAttribute('data-status') === 'running' && fresh.getAttribute('data-status') !== 'running');
+        var ended = fresh.hasAttribute('data-project') && (
+          el.getAttribute('data-last-completed') !== fresh.getAttribute('data-last-completed')
+          || (el.getAttribute('data-status') === 'running' && fresh.getAttribute('data-status') !== 'running'));
         el.replaceWith(fresh);
         if (ended) { location.reload(); }
       }).catch(function(){});
@@ -332,12 +380,25 @@ SCRIPT = """
 })();
 """ % REFRESH_MS
 
+# The page's one script, allowed by its hash (no 'unsafe-inline' for scripts): the hash of exactly
+# the bytes between <script> and </script> as served (UTF-8).
+SCRIPT_HASH = "sha256-" + base64.b64encode(hashlib.sha256(SCRIPT.encode("utf-8")).digest()).decode("ascii")
+CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
+       f"script-src '{SCRIPT_HASH}'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+       "frame-ancestors 'none'")
+UNREADABLE = "this project's files cannot be read (see the log)"
+
+
+def unreadable_section(pid) -> str:
+    return (f'<section class="project unreadable" id="project-{e(pid)}" data-project="{e(pid)}">'
+            f'<h2>Project {e(pid)}</h2><p class="error">{e(UNREADABLE)}</p></section>')
+
 
 def project_section(view: dict, p: Optional[dict], sched: Optional[dict], now: float, threshold=None) -> str:
     pid = view["project"]
     latest = view.get("latest") or {}
     rep = latest.get("report") or {}
-    labels = latest.get("labels") or []
+    labels = latest.get("labels") if isinstance(latest.get("labels"), list) else []
     state = dict(view.get("state") or {})
     if threshold:
         state["threshold"] = threshold
@@ -364,10 +425,25 @@ def project_section(view: dict, p: Optional[dict], sched: Optional[dict], now: f
             f'<h3>Label-error flags</h3>{label_error_table(view.get("label_errors"))}</section>')
 
 
+def _section_or_unreadable(view: dict, p: Optional[dict], sched: Optional[dict], now: float, threshold=None) -> str:
+    """The project's section, or the "cannot be read" one (logged) when its files break it: one
+    damaged project never takes the page down for the others."""
+    pid = view.get("project")
+    if view.get("unreadable"):
+        return unreadable_section(pid)
+    try:
+        return project_section(view, p, sched, now, threshold)
+    except Exception:  # noqa: BLE001 - whatever a damaged file holds
+        log.exception("dashboard: project %s: its files cannot be read", pid)
+        return unreadable_section(pid)
+
+
 def render_page(views: list, progress: dict, scheds: dict, now: float, mode: str = "embedded",
                 thresholds: Optional[dict] = None, idle: Optional[list] = None) -> str:
-    sections = "".join(project_section(v, progress.get(v["project"]), scheds.get(v["project"]), now,
-                                       (thresholds or {}).get(v["project"])) for v in views)
+    """The page. A view ``{"project": id, "unreadable": True}`` (its files could not be read) is
+    shown as such."""
+    sections = "".join(_section_or_unreadable(v, progress.get(v["project"]), scheds.get(v["project"]), now,
+                                              (thresholds or {}).get(v["project"])) for v in views)
     if not views:
         sections = ('<section class="project"><p>No project has run a cycle yet. Connect the backend to a Label '
                     'Studio project and label a few tasks (or press Start training).</p></section>')
@@ -401,14 +477,17 @@ def thumbnail_png(data: bytes, size: int = THUMB) -> bytes:
 def register(app, backend) -> None:
     """Add the dashboard's routes; ``/`` (label-studio-ml's second URL of its health view) becomes
     the page, ``/health`` stays JSON (Label Studio's health check)."""
-    from flask import Response, abort, request
+    from flask import Response, abort, jsonify, request
 
     from ncalr_backend.data.images import ImageCache
     settings = backend.settings
     model_dir = Path(settings.model_dir)
 
     def _known(pid: int) -> bool:
-        return (model_dir / "projects" / str(pid)).is_dir()
+        try:
+            return (model_dir / "projects" / str(pid)).is_dir()
+        except OSError:  # a name the file system refuses (too long): no such project
+            return False
 
     def _sched(pid):
         try:
@@ -421,42 +500,66 @@ def register(app, backend) -> None:
             "num_tasks")
         return settings.trigger_threshold(int(n)) if isinstance(n, int) else None
 
+    def _html(body: str) -> Response:
+        resp = Response(body, mimetype="text/html")
+        resp.headers["Cache-Control"] = "no-store"
+        resp.headers["Content-Security-Policy"] = CSP
+        return resp
+
+    def _read(pid: int, now: float):
+        """(view, progress, threshold) of one project; the view says "unreadable" when its files
+        cannot be read (logged)."""
+        try:
+            view = project_view(model_dir, pid)
+            return view, read_progress(model_dir, pid, now), _threshold(view)
+        except Exception:  # noqa: BLE001 - one project's damaged files must not take the page down
+            log.exception("dashboard: project %s: its files cannot be read", pid)
+            return {"project": pid, "unreadable": True}, None, None
+
+    def guard():
+        """Without basic auth the dashboard answers only this machine (auth.py ``dashboard_ok``);
+        with it, ``check_auth`` (registered before) has already asked for the credentials."""
+        if not (request.path == "/" or request.path.startswith("/dashboard/")):
+            return None
+        if backend.auth.dashboard_ok(request.remote_addr):
+            return None
+        if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":  # a browser
+            return Response(DASHBOARD_CLOSED + "\n", status=403, mimetype="text/plain")
+        return jsonify({"error": DASHBOARD_CLOSED}), 403
+
     def page():
         now = time.time()
         from ncalr_backend.service.store import list_projects
         pids = active_projects(model_dir)
-        views = [project_view(model_dir, pid) for pid in pids]
-        prog = {pid: read_progress(model_dir, pid, now) for pid in pids}
+        read = {pid: _read(pid, now) for pid in pids}
+        views = [read[pid][0] for pid in pids]
         idle = [pid for pid in list_projects(model_dir) if pid not in pids]
-        html = render_page(views, prog, {pid: _sched(pid) for pid in pids}, now,
-                           "rq" if settings.redis_url else "embedded",
-                           {v["project"]: _threshold(v) for v in views}, idle)
-        resp = Response(html, mimetype="text/html")
-        resp.headers["Cache-Control"] = "no-store"
-        resp.headers["Content-Security-Policy"] = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
-                                                   "script-src 'unsafe-inline'; connect-src 'self'")
-        return resp
+        html = render_page(views, {pid: read[pid][1] for pid in pids}, {pid: _sched(pid) for pid in pids}, now,
+                           "rq" if settings.redis_url else "embedded", {pid: read[pid][2] for pid in pids}, idle)
+        return _html(html)
 
     def progress_fragment():
-        try:
-            pid = int(request.args.get("project", ""))
-        except ValueError:
+        pid = project_id_from(request.args.get("project", ""))
+        if pid is None:
             abort(400, "'project' must be a project id")
         if not _known(pid):
             abort(404, "no such project")
         now = time.time()
-        view = project_view(model_dir, pid)
-        state = dict(view["state"])
-        thr = _threshold(view)
-        if thr:
-            state["threshold"] = thr
-        resp = Response(progress_section(pid, read_progress(model_dir, pid, now), state, _sched(pid), now),
-                        mimetype="text/html")
-        resp.headers["Cache-Control"] = "no-store"
-        return resp
+        try:
+            view = project_view(model_dir, pid)
+            state = dict(view["state"])
+            thr = _threshold(view)
+            if thr:
+                state["threshold"] = thr
+            html = progress_section(pid, read_progress(model_dir, pid, now), state, _sched(pid), now)
+        except Exception:  # noqa: BLE001 - damaged files: say so (no data-project: the page stops refreshing it)
+            log.exception("dashboard: project %s: its files cannot be read", pid)
+            html = (f'<div class="progress unreadable" data-status="unreadable"><p class="error">{e(UNREADABLE)}</p>'
+                    '</div>')
+        return _html(html)
 
     def thumb(project_id: int, task_id: int):
-        if not _known(project_id):
+        if project_id_from(project_id) is None or not _known(project_id):
             abort(404, "no such project")
         url = thumbnail_url_for(model_dir, project_id, task_id)
         if not url:
@@ -472,6 +575,7 @@ def register(app, backend) -> None:
         resp.headers["Cache-Control"] = "private, max-age=300"
         return resp
 
+    app.before_request(guard)
     health = app.view_functions["health"]
     app.view_functions["health"] = lambda: page() if request.path == "/" else health()
     app.add_url_rule("/dashboard/progress", "dashboard_progress", progress_fragment, methods=["GET"])

@@ -140,10 +140,21 @@ def record_cycle_extras(run, snap, res, preds) -> None:
 
 
 # ---------------------------------------------------------------------------- at page time
+def _cycle_number(d: Path) -> Optional[int]:
+    head = d.name.split("-")[0]
+    return int(head) if head.isascii() and head.isdigit() else None
+
+
 def cycle_dirs(store: ProjectStore) -> List[Path]:
     dirs = [d for d in (store.root / "cycles").glob("[0-9]*") if d.is_dir()]
     dirs += [d for d in (store.root / "failed").glob("[0-9]*") if d.is_dir()]
-    return sorted(dirs, key=lambda d: (int(d.name.split("-")[0]), d.parent.name))
+    dirs = [d for d in dirs if _cycle_number(d) is not None]  # "0003" or "0003-<stamp>" only
+    return sorted(dirs, key=lambda d: (_cycle_number(d), d.parent.name))
+
+
+def _object(value) -> Optional[dict]:
+    """A JSON file's content when it is an object (a damaged file may hold anything)."""
+    return value if isinstance(value, dict) else None
 
 
 def history(store: ProjectStore) -> List[dict]:
@@ -151,16 +162,18 @@ def history(store: ProjectStore) -> List[dict]:
     cycle it is about (``next_labels_accuracy``)."""
     rows = []
     for d in cycle_dirs(store):
-        rep = read_json(d / "report.json", {}) or {}
+        rep = _object(read_json(d / "report.json"))
         if not rep:
             continue
-        rep.setdefault("cycle", int(d.name.split("-")[0]))
-        rep.setdefault("status", "failed" if d.parent.name == "failed" else "completed")
+        if not isinstance(rep.get("cycle"), int) or isinstance(rep.get("cycle"), bool):
+            rep["cycle"] = _cycle_number(d)
+        if not isinstance(rep.get("status"), str):
+            rep["status"] = "failed" if d.parent.name == "failed" else "completed"
         rows.append(rep)
     by_cycle = {r["cycle"]: r for r in rows if r.get("status") == "completed"}
     for r in rows:
         est = r.get("previous_cycle_accuracy")
-        if isinstance(est, dict) and est.get("cycle") in by_cycle:
+        if isinstance(est, dict) and isinstance(est.get("cycle"), int) and est["cycle"] in by_cycle:
             by_cycle[est["cycle"]]["next_labels_accuracy"] = est
     return rows
 
@@ -181,22 +194,28 @@ def project_view(model_dir: Path, project_id: int) -> dict:
     out = {"project": int(project_id), "state": st.state(), "history": history(st), "latest": None,
            "metrics": None, "dashboard": None, "label_errors": None}
     if latest:
-        rep = read_json(latest["path"] / "report.json", {}) or {}
+        rep = _object(read_json(latest["path"] / "report.json")) or {}
         out["latest"] = {**{k: v for k, v in latest.items() if k != "path"}, "report": rep}
-        out["metrics"] = read_json(latest["path"] / "metrics.json")
-        out["dashboard"] = read_json(latest["path"] / "dashboard.json")
+        out["metrics"] = _object(read_json(latest["path"] / "metrics.json"))
+        out["dashboard"] = _object(read_json(latest["path"] / "dashboard.json"))
         out["label_errors"] = label_errors(latest["path"], rep)
     return out
 
 
 def active_projects(model_dir: Path) -> List[int]:
-    """Projects that sent annotations or have a cycle (completed, failed, running or waiting)."""
+    """Projects that sent annotations or have a cycle (completed, failed, running or waiting); a
+    project whose files cannot be read counts (the page says so)."""
     out = []
     for pid in list_projects(model_dir):
         st = ProjectStore(model_dir, pid)
-        s = st.state()
-        if (s.get("cycles_started") or s.get("in_progress") or s.get("pending") or s.get("new_annotations")
-                or cycle_dirs(st)):
+        try:
+            s = st.state()
+            active = (s.get("cycles_started") or s.get("in_progress") or s.get("pending")
+                      or s.get("new_annotations") or cycle_dirs(st))
+        except Exception as exc:  # noqa: BLE001 - one project's files must not hide the others
+            log.warning("project %s: cannot read its files: %s", pid, exc)
+            active = True
+        if active:
             out.append(pid)
     return out
 
@@ -206,8 +225,9 @@ def thumbnail_url_for(model_dir: Path, project_id: int, task_id: int) -> Optiona
     latest = ProjectStore(model_dir, project_id).latest()
     if not latest:
         return None
-    dash = read_json(latest["path"] / "dashboard.json", {}) or {}
-    for t in dash.get("next_tasks") or []:
-        if t.get("task") == task_id and isinstance(t.get("url"), str):
+    dash = _object(read_json(latest["path"] / "dashboard.json")) or {}
+    items = dash.get("next_tasks")
+    for t in items if isinstance(items, list) else []:
+        if isinstance(t, dict) and t.get("task") == task_id and isinstance(t.get("url"), str):
             return t["url"]
     return None

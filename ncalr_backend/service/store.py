@@ -42,14 +42,47 @@ from ncalr_backend.atomic import atomic_write_json
 
 _lock = threading.RLock()
 
+MAX_ID = 2 ** 63 - 1  # Label Studio's ids are database integers (at most 64-bit)
+
+
+def project_id_from(value) -> Optional[int]:
+    """Label Studio sends projects as "<id>.<created_ts>", an int, or a dict with "id". None for
+    anything else, and for ids no database holds (< 1 or > MAX_ID: a project's files are named by it)."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        pid = value
+    else:
+        head = str(value).split(".")[0]
+        if not head.isascii() or not head.isdigit() or len(head) > 19:
+            return None
+        pid = int(head)
+    return pid if 0 < pid <= MAX_ID else None
+
+
+# state.json's keys and their types: a damaged file (hand-edited, another version's) reads as the
+# defaults below, never as values the readers would trip over. Keys not listed are kept as they are.
+STATE_DEFAULTS = {"new_annotations": 0, "pending": None, "in_progress": None, "cycles_started": 0}
+STATE_TYPES = {"new_annotations": int, "pending": dict, "in_progress": dict, "cycles_started": int,
+               "last_completed": int, "last_failed": int, "crashed_cycles": int, "num_tasks": int,
+               "last_error": str, "last_model_version": str, "review": dict, "orphan_versions": list}
+
+
+def _typed(value, kind) -> bool:
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
 
 def read_json(path: Path, default=None):
+    """The file's JSON, or ``default`` when it is missing or cannot be read as JSON (not UTF-8,
+    not JSON, nested too deeply). Callers check the type: a damaged file may hold any JSON."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         return default
-    except (json.JSONDecodeError, OSError):
+    except (ValueError, OSError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return default
 
 
@@ -86,11 +119,16 @@ class ProjectStore:
         return self.root / "state.json"
 
     def state(self) -> dict:
-        s = read_json(self.state_path, {}) or {}
-        s.setdefault("new_annotations", 0)
-        s.setdefault("pending", None)
-        s.setdefault("in_progress", None)
-        s.setdefault("cycles_started", 0)
+        """``state.json``; a file that is not an object reads as the empty state, and a key of the
+        wrong type (STATE_TYPES) as its default (absent for keys without one)."""
+        s = read_json(self.state_path, {})
+        s = dict(s) if isinstance(s, dict) else {}
+        for k, kind in STATE_TYPES.items():
+            if k in s and s[k] is not None and not _typed(s[k], kind):
+                del s[k]
+        for k, v in STATE_DEFAULTS.items():
+            if s.get(k) is None:
+                s[k] = v
         return s
 
     @contextmanager
@@ -133,10 +171,17 @@ class ProjectStore:
     def latest(self) -> Optional[dict]:
         """The latest completed cycle's pointer, or None."""
         p = read_json(self.root / "latest.json")
-        if not p:
-            return None
-        d = self.root / p["dir"]
-        return {**p, "path": d} if d.is_dir() else None
+        if not isinstance(p, dict) or not isinstance(p.get("dir"), str) or not p["dir"]:
+            return None  # missing or damaged: as before the first cycle
+        rel = Path(p["dir"])
+        if rel.is_absolute() or ".." in rel.parts:
+            return None  # always "cycles/<n>" below the project
+        d = self.root / rel
+        try:
+            ok = d.is_dir()
+        except OSError:  # e.g. a name too long
+            ok = False
+        return {**p, "path": d} if ok else None
 
     def next_cycle_number(self) -> int:
         nums = [int(d.name) for d in (self.root / "cycles").glob("[0-9]*") if d.name.isdigit()]
@@ -168,8 +213,9 @@ class ProjectStore:
     def prune(self, keep_cycles: int, keep_failed: int) -> int:
         """Delete all but the newest ``keep_cycles`` completed cycle directories (never the one
         ``latest.json`` points to) and all but the newest ``keep_failed`` failed ones."""
-        latest = read_json(self.root / "latest.json") or {}
-        live = self.root / latest["dir"] if latest.get("dir") else None
+        latest = read_json(self.root / "latest.json")
+        latest = latest if isinstance(latest, dict) else {}
+        live = self.root / latest["dir"] if isinstance(latest.get("dir"), str) and latest["dir"] else None
         n = 0
         done = sorted((d for d in (self.root / "cycles").glob("[0-9]*") if d.name.isdigit()), key=lambda d: int(d.name))
         for d in done[:max(0, len(done) - keep_cycles)]:

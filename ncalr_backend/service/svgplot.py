@@ -15,17 +15,31 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+MAX_TICKS = 50
+
+
 def nice_ticks(lo: float, hi: float, n: int = 5) -> List[float]:
+    """Round tick values from ``lo`` to ``hi`` (about ``n``, never more than MAX_TICKS). A range that
+    is not finite gives none; one narrower than the float spacing at its ends (steps would not move
+    a float) gives just its ends."""
     if not (_finite(lo) and _finite(hi)):
         return []
     if hi <= lo:
         hi = lo + 1.0
-    raw = (hi - lo) / max(1, n)
-    mag = 10 ** math.floor(math.log10(raw))
+    n = max(1, int(n))
+    span = hi - lo
+    if not math.isfinite(span):
+        return []
+    if span <= math.ulp(max(abs(lo), abs(hi))) * n:
+        return [lo, hi] if hi > lo else [lo]
+    raw = span / n
+    mag = 10.0 ** math.floor(math.log10(raw))
+    if not (math.isfinite(mag) and mag > 0):
+        return [lo, hi]
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     start = math.ceil(lo / step - 1e-9) * step
     out, t = [], start
-    while t <= hi + 1e-9 * step:
+    while t <= hi + 1e-9 * step and len(out) < MAX_TICKS:
         out.append(round(t, 10))
         t += step
     return out
@@ -40,14 +54,24 @@ def fmt(v, digits: int = 3) -> str:
     return s
 
 
+def _widen(lo: float, hi: float) -> Tuple[float, float]:
+    """``(lo, hi)`` with ``hi > lo``: an empty range gets a width a float can hold at ``lo``."""
+    return (lo, hi) if hi > lo else (lo, lo + max(1.0, abs(lo) * 1e-9))
+
+
+def _plottable(*v) -> bool:
+    """Ranges whose ends and widths are finite (a width of ±1e308 values overflows to inf)."""
+    return all(math.isfinite(x) for x in v) and math.isfinite(v[1] - v[0]) and math.isfinite(v[3] - v[2])
+
+
 class _Frame:
     """Plot area, scales and axes."""
 
     def __init__(self, width, height, xlo, xhi, ylo, yhi, left=46, right=10, top=22, bottom=32):
         self.w, self.h = width, height
         self.l, self.r, self.t, self.b = left, right, top, bottom
-        self.xlo, self.xhi = xlo, (xhi if xhi > xlo else xlo + 1)
-        self.ylo, self.yhi = ylo, (yhi if yhi > ylo else ylo + 1)
+        self.xlo, self.xhi = _widen(xlo, xhi)
+        self.ylo, self.yhi = _widen(ylo, yhi)
 
     def x(self, v):
         return self.l + (v - self.xlo) / (self.xhi - self.xlo) * (self.w - self.l - self.r)
@@ -111,6 +135,9 @@ def line_plot(series: Sequence[Series], title: str, xlabel: str = "", ylabel: st
     xlo, xhi = min(xs), max(xs)
     if xhi == xlo:
         xlo, xhi = xlo - 1, xhi + 1
+    xlo, xhi = _widen(xlo, xhi)
+    if not _plottable(xlo, xhi, ylo, yhi):
+        return empty_plot(title, "values too large to plot", width, height, cls)
     legend = len(series) > 1
     f = _Frame(width, height, xlo, xhi, ylo, yhi, top=22 + (14 if legend else 0))
     xt = nice_ticks(xlo, xhi, 5)
@@ -153,8 +180,12 @@ def line_plot(series: Sequence[Series], title: str, xlabel: str = "", ylabel: st
 
 def histogram(edges: Sequence[float], counts: Sequence[int], title: str, xlabel: str = "", width: int = 320,
               height: int = 200, cls: str = "", color: str = PALETTE[0], integer: bool = False) -> str:
-    if not counts or not edges or len(edges) != len(counts) + 1 or sum(counts) == 0:
+    if (not isinstance(counts, (list, tuple)) or not isinstance(edges, (list, tuple)) or not counts
+            or len(edges) != len(counts) + 1 or not all(_finite(v) for v in list(edges) + list(counts))
+            or sum(counts) <= 0):
         return empty_plot(title, "no data", width, height, cls)
+    if not _plottable(edges[0], edges[-1], 0, max(counts) * 1.08):
+        return empty_plot(title, "values too large to plot", width, height, cls)
     f = _Frame(width, height, edges[0], edges[-1], 0, max(counts) * 1.08)
     xt = [e + 0.5 for e in edges[:-1]] if integer and len(counts) <= 12 else None
     out = f.axes(title, xlabel, "tasks", xticks=xt)

@@ -177,3 +177,33 @@ def local_files_ref(safe: SafeURL, base: Origin, base_path: str = "") -> Optiona
     if not values or not values[-1]:
         raise URLRefused(f"{safe.url[:200]!r}: a Local Files URL without a path (d=)")
     return values[-1]
+
+
+# ---------------------------------------------------------------------------- redaction
+_ABSOLUTE = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^\s'\"<>`]*")
+# a path with a query or fragment, as requests/urllib3 write it ("Max retries exceeded with url: /k?X-Amz-...")
+_PATH_QUERY = re.compile(r"(?<![\w/:.%-])(/[^\s'\"<>`?#]*)[?#][^\s'\"<>`]*")
+
+
+def _redact_one(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    cut = len(rest)
+    for c in "/?#":
+        i = rest.find(c)
+        if i != -1:
+            cut = min(cut, i)
+    netloc, tail = rest[:cut], rest[cut:]
+    host = netloc.rpartition("@")[2]  # no user info
+    path = re.split(r"[?#]", tail, maxsplit=1)[0]  # no query (presigned signatures), no fragment
+    return f"{scheme}://{host}{path}"
+
+
+def redact_urls(text) -> str:
+    """``text`` (a failure reason, an exception's message) with every URL in it cut to
+    ``scheme://host[:port]/path``: no user info, no query, no fragment (presigned S3 and GCS URLs
+    carry their signatures in the query), and a bare ``/path?query`` (how requests and urllib3 name
+    a URL in their errors) cut to its path. What ``/status`` and the dashboard show of task URLs."""
+    if not isinstance(text, str):
+        return text
+    text = _ABSOLUTE.sub(lambda m: _redact_one(m.group(0)), text)
+    return _PATH_QUERY.sub(lambda m: m.group(1), text)

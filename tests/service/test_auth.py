@@ -63,3 +63,29 @@ def test_unauthenticated_requests_cannot_make_the_backend_hammer_label_studio(tm
     while len(started) < auth_mod.MAX_RESYNCS and time.time() < deadline:
         time.sleep(0.01)
     assert sorted(started) == list(range(auth_mod.MAX_RESYNCS))
+
+
+def test_checks_of_unauthenticated_start_training_have_a_global_budget(tmp_path, monkeypatch, caplog):
+    """Varying the project id or the Host header misses the cache every time: at most CHECK_BUDGET
+    Label Studio calls per CHECK_WINDOW_S in all, refused beyond (logged once per window)."""
+    a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
+                                "LABEL_STUDIO_API_KEY": "k"}))
+    calls = []
+
+    class LS:
+        def list_ml_backends(self, pid):
+            calls.append(pid)
+            return [{"url": "http://backend:9090"}]
+
+    clock = [1000.0]
+    monkeypatch.setattr(auth_mod, "make_client", lambda settings: LS())
+    monkeypatch.setattr(auth_mod, "time", SimpleNamespace(time=lambda: clock[0], sleep=time.sleep))
+    budget = auth_mod.CHECK_BUDGET
+    with caplog.at_level("WARNING", logger=auth_mod.__name__):
+        oks = [a.project_has_us(pid, "backend:9090") for pid in range(1, 501)]
+        oks += [a.project_has_us(1, f"host-{i}.example") for i in range(500)]
+    assert len(calls) == budget and oks[:budget] == [True] * budget and not any(oks[budget:])
+    assert len([r for r in caplog.records if "START_TRAINING checks" in r.getMessage()]) == 1
+    assert a.project_has_us(1, "backend:9090") and len(calls) == budget  # checked ones stay answered
+    clock[0] += auth_mod.CHECK_WINDOW_S  # a new window: Label Studio is asked again
+    assert a.project_has_us(900, "backend:9090") and calls[-1] == 900 and len(calls) == budget + 1
