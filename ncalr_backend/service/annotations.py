@@ -3,8 +3,10 @@
 Which annotation wins: a task is labeled when it has at least one annotation that is not
 cancelled (skipped). If it has several, a ground-truth annotation wins; among equals the most
 recently updated one wins (ties: the highest id). Its first choice of the config's ``<Choices>`` is
-the label. A labeled task whose winning annotation has no usable choice (empty, or a value not in
-the config) is left out of both training and the queue, and reported.
+the label. A labeled task whose winning annotation has no usable choice (empty, a value not in
+the config, several choices in a single-choice project, or a result that is not the shape Label
+Studio's labeling screen writes: Label Studio stores any list of results the API is sent) is left
+out of both training and the queue, and reported with the reason; it never fails the cycle.
 
 Multi-label projects (``<Choices choice="multiple">``): the label is the SET of the winning
 annotation's choices, a multi-hot row of ``y_lab`` [N, K]. An annotation with no choice, or with
@@ -42,41 +44,71 @@ def winning_annotation(task: dict, cfg: Optional[ImageClassConfig] = None, prefe
             k = annotation_label(a, cfg)
             return (-1.0 if k is None else float(prefer.get(str(k), prefer.get(k, 0.0)))), _ts(a), int(a.get("id") or 0)
         return max(anns, key=likely)
-    return max(anns, key=lambda a: (bool(a.get("ground_truth")), _ts(a), int(a.get("id") or 0)))
+    return max(anns, key=lambda a: (bool(a.get("ground_truth")), _ts(a), _id(a)))
+
+
+def _id(a: dict) -> int:
+    i = a.get("id")
+    return i if isinstance(i, int) and not isinstance(i, bool) else 0
+
+
+def _chosen(ann: dict, cfg: ImageClassConfig):
+    """The one reading of an annotation's answer for the config's ``<Choices>``: ``(sorted class
+    indices, None)``, or ``(None, reason)`` when it has no choice, a value that is not in the config
+    (the offending one is named), or results of another shape than the labeling screen writes
+    (``value`` an object, ``choices`` a list of strings)."""
+    who = f"annotation {ann.get('id')!r}"
+    result = ann.get("result")
+    if not isinstance(result, list):
+        return None, f"{who} has a result that is not a list"
+    chosen, seen_result = [], False
+    for r in result:
+        if not isinstance(r, dict) or r.get("from_name") != cfg.choices_name:
+            continue
+        seen_result = True
+        value = r.get("value")
+        choices = value.get("choices") if isinstance(value, dict) else None
+        if choices is None:
+            continue  # nothing chosen in this result
+        if not isinstance(choices, list):
+            return None, (f"{who} has 'choices' of type {type(choices).__name__} for "
+                          f"<Choices name={cfg.choices_name!r}>, not a list of choice values")
+        for c in choices:
+            k = cfg.index(c) if isinstance(c, str) else None
+            if k is None:
+                return None, (f"{who} has the choice {c!r:.80}, which is not one of "
+                              f"{list(cfg.labels)[:20]}{' ...' if cfg.num_classes > 20 else ''} of "
+                              f"<Choices name={cfg.choices_name!r}>")
+            if k not in chosen:
+                chosen.append(k)
+    if not chosen:
+        return None, (f"{who} has no choice for <Choices name={cfg.choices_name!r}>"
+                      + ("" if seen_result else " (no result for that control)"))
+    return sorted(chosen), None
+
+
+def annotation_label_checked(ann: dict, cfg: ImageClassConfig):
+    """Single-label: ``(class index, None)``, or ``(None, reason)``: ``_chosen``'s reasons, and
+    more than one choice (a config changed from multiple to single choice, or an API client)."""
+    ks, why = _chosen(ann, cfg)
+    if ks is None:
+        return None, why
+    if len(ks) > 1:
+        return None, (f"annotation {ann.get('id')!r} has {len(ks)} choices "
+                      f"({', '.join(repr(cfg.labels[k]) for k in ks[:5])}) for the single-choice "
+                      f"<Choices name={cfg.choices_name!r}>")
+    return ks[0], None
 
 
 def annotation_label(ann: dict, cfg: ImageClassConfig) -> Optional[int]:
-    for r in ann.get("result") or []:
-        if not isinstance(r, dict) or r.get("from_name") != cfg.choices_name:
-            continue
-        choices = (r.get("value") or {}).get("choices") or []
-        if choices:
-            return cfg.index(choices[0])
-    return None
+    """The class index of a single-label annotation, or None (``annotation_label_checked``)."""
+    return annotation_label_checked(ann, cfg)[0]
 
 
 def annotation_label_set(ann: dict, cfg: ImageClassConfig):
     """Multi-label: ``(sorted class indices, None)`` for the annotation's choices, or
     ``(None, reason)`` when it has no choice or a value that is not in the config."""
-    chosen, seen_result = [], False
-    for r in ann.get("result") or []:
-        if not isinstance(r, dict) or r.get("from_name") != cfg.choices_name:
-            continue
-        seen_result = True
-        choices = (r.get("value") or {}).get("choices") or []
-        if not isinstance(choices, list):
-            choices = [choices]
-        for c in choices:
-            k = cfg.index(c) if isinstance(c, str) else None
-            if k is None:
-                return None, (f"annotation {ann.get('id')} has the choice {c!r}, which is not one of "
-                              f"{cfg.labels} of <Choices name={cfg.choices_name!r}>")
-            if k not in chosen:
-                chosen.append(k)
-    if not chosen:
-        return None, (f"annotation {ann.get('id')} has no choice for <Choices name={cfg.choices_name!r}>"
-                      + ("" if seen_result else " (no result for that control)"))
-    return sorted(chosen), None
+    return _chosen(ann, cfg)
 
 
 @dataclass
@@ -93,23 +125,16 @@ def split_tasks(tasks: Sequence[dict], cfg: ImageClassConfig, prefer: Optional[d
     s = Split()
     prefer = prefer or {}
     for t in tasks:
-        ann = winning_annotation(t, cfg, prefer.get(str(t.get("id"))))
-        if ann is None:
-            s.pool.append(t)
-            continue
-        if cfg.multilabel:
-            y, why = annotation_label_set(ann, cfg)
-            if y is None:
-                s.unusable.append({"task": t["id"], "reason": why})
+        try:
+            ann = winning_annotation(t, cfg, prefer.get(str(t.get("id"))))
+            if ann is None:
+                s.pool.append(t)
                 continue
-            s.labeled.append(t)
-            s.labels.append(y)
-            s.fingerprints.append(annotation_fingerprint(ann, y))
-            continue
-        y = annotation_label(ann, cfg)
+            y, why = annotation_label_set(ann, cfg) if cfg.multilabel else annotation_label_checked(ann, cfg)
+        except Exception as exc:  # noqa: BLE001 - one task's odd data must never fail every cycle
+            y, why = None, f"its annotations could not be read ({exc.__class__.__name__}: {exc})"
         if y is None:
-            s.unusable.append({"task": t["id"], "reason": f"annotation {ann.get('id')} has no choice of "
-                                                          f"{cfg.labels} for <Choices name={cfg.choices_name!r}>"})
+            s.unusable.append({"task": t.get("id"), "reason": why})
             continue
         s.labeled.append(t)
         s.labels.append(y)

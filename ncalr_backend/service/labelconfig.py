@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 from lxml import etree
@@ -47,11 +48,12 @@ class ImageClassConfig:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @cached_property
+    def _positions(self) -> dict:
+        return {label: k for k, label in enumerate(self.labels)}
+
     def index(self, label: str) -> Optional[int]:
-        try:
-            return self.labels.index(label)
-        except ValueError:
-            return None
+        return self._positions.get(label) if isinstance(label, str) else None
 
 
 def _tag(el) -> str:
@@ -85,6 +87,11 @@ def parse_label_config(xml: Optional[str]) -> ImageClassConfig:
     image = images[0]
     image_name = image.get("name")
     value = (image.get("value") or "").strip()
+    if image.get("valueList") is not None:
+        raise LabelConfigError("<Image valueList=...> (several images per task) is not supported: one image "
+                               "per task, value=\"$image\"")
+    if any(_tag(a) == "Repeater" for a in image.iterancestors()) or "{{" in value:
+        raise LabelConfigError("An <Image> inside a <Repeater> (several images per task) is not supported")
     if not image_name or not value.startswith("$") or len(value) < 2:
         raise LabelConfigError('The <Image> needs a name and a value like "$image"')
     bound = [c for c in choices if image_name in [t.strip() for t in (c.get("toName") or "").split(",")]]
@@ -99,15 +106,20 @@ def parse_label_config(xml: Optional[str]) -> ImageClassConfig:
                                '(one class per image) or choice="multiple" (a set of labels per image)')
     if not ch.get("name"):
         raise LabelConfigError("The <Choices> needs a name")
-    labels = []
+    if (ch.get("perRegion") or "").strip().lower() == "true" or \
+            (ch.get("visibleWhen") or "").strip().lower().startswith("region-selected"):
+        raise LabelConfigError("A per-region <Choices> (perRegion=\"true\" or visibleWhen=\"region-selected\") "
+                               "classifies regions, not the image; this backend classifies whole images")
+    labels, seen = [], set()
     for c in ch.iter():
         if _tag(c) != "Choice":
             continue
         label = c.get("alias") or c.get("value")
         if not label:
             raise LabelConfigError("Every <Choice> needs a value")
-        if label in labels:
+        if label in seen:
             raise LabelConfigError(f"The choice {label!r} appears twice")
+        seen.add(label)
         labels.append(label)
     if len(labels) < 2:
         raise LabelConfigError(f"The <Choices> has {len(labels)} <Choice> values, need at least 2")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ncalr_backend.service.annotations import (annotation_label, annotation_label_set, label_matrix, label_report,
                                               split_tasks, task_fingerprint, winning_annotation)
@@ -68,11 +69,33 @@ def test_multilabel_annotations_become_multi_hot_rows_and_bad_ones_are_reported(
     assert y.dtype == np.float32 and y.tolist() == [[1, 0, 1], [1, 0, 0], [1, 1, 1]]
     rep = label_report(y, cfg)
     assert rep == {"class_counts": {"cat": 3, "DOG": 1, "eel": 2}, "label_set_sizes": {"1": 1, "2": 1, "3": 1}}
-    # single-label stays as it was: first choice, int ids, one count per sample
+    # single-label: int ids, one count per sample; two choices in a single-choice project (a config
+    # changed from multiple to single, an API client) are reported, not silently cut to the first
     single = parse_label_config(CFG)
     s1 = split_tasks(tasks[:2], single)
-    assert s1.labels == [0, 0] and label_matrix(s1.labels, single).dtype == np.int64
-    assert label_report(label_matrix(s1.labels, single), single) == {"class_counts": {"cat": 2, "DOG": 0, "eel": 0}}
+    assert s1.labels == [0] and label_matrix(s1.labels, single).dtype == np.int64
+    assert [u["task"] for u in s1.unusable] == [10] and "2 choices ('cat', 'eel')" in s1.unusable[0]["reason"]
+    assert label_report(label_matrix(s1.labels, single), single) == {"class_counts": {"cat": 1, "DOG": 0, "eel": 0}}
+
+
+@pytest.mark.parametrize("multiple", [False, True])
+def test_results_of_any_shape_are_one_tasks_problem_never_a_failed_cycle(multiple):
+    """Label Studio stores any list of results an API client sends (it checks only that ``result``
+    is a list); a value that is a string or a list, or choices that are a dict or a number, used to
+    raise in split_tasks and fail every cycle of the project (found by review)."""
+    cfg = parse_label_config(MULTI if multiple else CFG)
+    odd = [{"from_name": "cls", "to_name": "img", "type": "choices", "value": v}
+           for v in ("cat", ["cat"], {"choices": {"a": 1}}, {"choices": 3}, None, {"choices": [None]})]
+    tasks = [{"id": 100 + i, "annotations": [{"id": 200 + i, "result": [r], "updated_at": "2025"}]}
+             for i, r in enumerate(odd)]
+    tasks += [{"id": 300, "annotations": [{"id": 400, "result": "cat"}]},
+              {"id": 301, "annotations": [{"id": "x", "result": [{"from_name": "cls", "value": {"choices": ["cat"]}}]},
+                                          {"id": 402, "result": [{"from_name": "cls", "value": {"choices": ["cat"]}}]}]},
+              {"id": 302, "annotations": [_mann(403, ["cat"])]}]
+    s = split_tasks(tasks, cfg)
+    assert sorted(t["id"] for t in s.labeled) == [301, 302]
+    assert sorted(u["task"] for u in s.unusable) == [100, 101, 102, 103, 104, 105, 300]
+    assert all(u["reason"] for u in s.unusable)
 
 
 def test_a_review_names_the_annotation_the_cycle_trains_on_for_a_re_annotated_task():

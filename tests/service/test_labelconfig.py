@@ -49,3 +49,32 @@ def test_label_config_errors_say_what_is_needed(xml, words):
     with pytest.raises(LabelConfigError) as e:
         parse_label_config(xml)
     assert words in str(e.value) and "<Image>" in str(e.value) and "<Choices" in str(e.value)
+
+
+@pytest.mark.parametrize("config, problem", [
+    ('<View><Image name="image" value="$image"/><RectangleLabels name="box" toName="image"><Label value="car"/>'
+     '</RectangleLabels><Choices name="label" toName="image" perRegion="true"><Choice value="a"/><Choice value="b"/>'
+     '</Choices></View>', "per-region"),
+    ('<View><Image name="image" value="$image"/><Choices name="label" toName="image" visibleWhen="region-selected">'
+     '<Choice value="a"/><Choice value="b"/></Choices></View>', "per-region"),
+    ('<View><Image name="image" valueList="$images"/><Choices name="label" toName="image"><Choice value="a"/>'
+     '<Choice value="b"/></Choices></View>', "valueList"),
+    ('<View><Repeater on="$images"><Image name="image" value="$images[{{idx}}].url"/></Repeater>'
+     '<Choices name="label" toName="image"><Choice value="a"/><Choice value="b"/></Choices></View>', "Repeater"),
+])
+def test_configs_the_backend_would_train_wrongly_are_refused_with_the_reason(config, problem):
+    """Found by review: a per-region <Choices> trained the image on its first box's class; a
+    Repeater's or valueList's image key could never be read."""
+    with pytest.raises(LabelConfigError, match=problem):
+        parse_label_config(config)
+
+
+def test_a_config_with_ten_thousand_choices_indexes_every_value():
+    n = 10_000
+    cfg_xml = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
+               + "".join(f'<Choice value="c{i}"/>' for i in range(n)) + "</Choices></View>")
+    cfg = parse_label_config(cfg_xml)
+    assert cfg.num_classes == n and all(cfg.index(f"c{i}") == i for i in range(n))
+    assert cfg.index("nope") is None and cfg.index(["c1"]) is None  # not a string: no class
+    with pytest.raises(LabelConfigError, match="'c7' appears twice"):
+        parse_label_config(cfg_xml.replace('value="c9999"', 'value="c7"'))
