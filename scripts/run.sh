@@ -8,6 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${LABEL_STUDIO_URL:-}" ]; then
+  if [ -z "${LABEL_STUDIO_API_KEY:-}" ]; then
+    echo "LABEL_STUDIO_URL is set but LABEL_STUDIO_API_KEY is not: the backend needs both (a legacy token or a" >&2
+    echo "personal access token from Label Studio's Account & Settings). Unset LABEL_STUDIO_URL for the demo." >&2
+    exit 2
+  fi
   SKIP_LABEL_STUDIO=1 source scripts/install.sh
   exec .venv/bin/gunicorn --workers 1 --threads "${THREADS:-8}" --timeout 120 \
        --bind "${HOST:-0.0.0.0}:${PORT:-9090}" _wsgi:app

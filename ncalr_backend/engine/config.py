@@ -6,6 +6,8 @@ module holds what changes the learning: training into the terminal phase and the
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
@@ -295,6 +297,16 @@ class EngineConfig:
             problems.append("lr must be > 0, weight_decay >= 0, momentum in [0, 1)")
         if not 0.0 < self.lr_min_factor <= 1.0:
             problems.append(f"lr_min_factor={self.lr_min_factor}: must be in (0, 1]")
+        if self.min_epochs > self.max_epochs:
+            problems.append(f"min_epochs={self.min_epochs} > max_epochs={self.max_epochs}")
+        if self.la_tau < 0 or not 0.0 <= self.spa_momentum < 1.0:
+            problems.append(f"la_tau={self.la_tau} must be >= 0 and spa_momentum={self.spa_momentum} in [0, 1)")
+        if self.pretrained_path and not os.path.isfile(self.pretrained_path):
+            problems.append(f"pretrained_path={self.pretrained_path!r}: no such file")
+        for f in fields(self):  # NaN passes every comparison above; inf most
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                problems.append(f"{f.name}={v}: must be a finite number")
         if problems:
             raise ConfigError("invalid engine settings: " + "; ".join(problems))
 
@@ -333,7 +345,14 @@ class EngineConfig:
             if key.startswith(prefix):
                 name = key[len(prefix):].lower()
                 if name in names:
-                    values[name] = raw
+                    if str(raw).strip():  # empty = unset, as for the service's settings
+                        values[name] = raw
+                    continue
+                # other NCALR_ names exist (the scripts' NCALR_LS_VENV, NCALR_NO_AUTOSTART, ...); one
+                # that is a near miss of a setting is a typo that would be silently ignored
+                near = difflib.get_close_matches(name, names, n=1, cutoff=0.85)
+                if near:
+                    raise ConfigError(f"{key} is not an engine setting: did you mean {prefix}{near[0].upper()}?")
         return cls.from_mapping(values)
 
 

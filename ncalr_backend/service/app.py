@@ -396,6 +396,8 @@ def create_app(model_class, settings: Optional[Settings] = None, autostart: bool
     from label_studio_ml.api import init_app
 
     settings = settings or Settings.from_env()
+    if autostart:  # a serving backend (gunicorn): without its own URL and key every webhook would be
+        settings.require_label_studio()  # refused (no secret added to Label Studio's webhook) and every cycle fail
     # Validate the engine's settings at start (a typo in NCALR_* fails here, not in the first cycle);
     # this also imports torch once, before the first webhook.
     from ncalr_backend.engine.config import EngineConfig

@@ -6,12 +6,18 @@ localhost (its own virtual environment), this backend under gunicorn, images imp
 files, the backend connected through ``POST /api/ml``.
 
     python -m ncalr_backend.service.demo            # start both, create the demo project, print URL + login
+
+A second run with the same work folder (``runs/demo``, ``DEMO_DIR``) resumes the first: the login
+and token are kept in ``demo-login.json`` (mode 0600; Label Studio keeps the first run's user and
+ignores new credentials), the demo project and its labels are reused, and the backend connection is
+pointed at this run's backend.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import secrets
 import signal
@@ -190,6 +196,9 @@ class LSAdmin:
                 return out
             page += 1
 
+    def ml_backends(self, project_id: int) -> List[dict]:
+        return self.req("GET", "/api/ml/", params={"project": project_id}).json()
+
     def connect_ml(self, project_id: int, url: str, title: str = "NCAL-R",
                    basic_auth: Optional[Tuple[str, str]] = None) -> dict:
         body = {"url": url, "project": project_id, "title": title, "is_interactive": False}
@@ -286,54 +295,110 @@ def backend_env(ls_url: str, token: str, model_dir: Path, **extra) -> Dict[str, 
 
 
 # ---------------------------------------------------------------------------- demo entry point
+DEMO_TITLE = "Digits (NCAL-R demo)"
+
+
+def demo_login(work: Path) -> dict:
+    """The demo's Label Studio login, kept in ``work/demo-login.json`` so later runs resume (a
+    Label Studio that already has its user keeps the first run's password and token)."""
+    path = work / "demo-login.json"
+    if path.exists():
+        login = json.loads(path.read_text())
+        if isinstance(login, dict) and isinstance(login.get("password"), str) and isinstance(login.get("token"), str):
+            return login
+        raise SystemExit(f"{path} is damaged: delete {work} to start the demo afresh")
+    if (work / "label-studio").exists():
+        raise SystemExit(f"{work} holds a Label Studio from a demo run that did not keep its login: delete "
+                         f"{work} (or set DEMO_DIR to another folder) to start the demo afresh")
+    login = {"password": secrets.token_urlsafe(10), "token": secrets.token_hex(20)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(login, f)
+    return login
+
+
+def prepare_project(admin: "LSAdmin", work: Path, images: int, backend_url: str,
+                    basic: Optional[Tuple[str, str]] = None) -> Tuple[int, dict, int, bool]:
+    """(project id, ML backend, task count, resumed): the demo project of an earlier run when it is
+    still there (its labels kept), else a new one with ``images`` digit images; connected to the
+    backend at ``backend_url`` (an earlier run's connection is pointed here, not duplicated)."""
+    state_path = work / "demo-project.json"
+    pid = None
+    if state_path.exists():
+        try:
+            pid = int(json.loads(state_path.read_text())["project"])
+            admin.project(pid)
+        except (ValueError, KeyError, TypeError, RuntimeError):
+            pid = None
+    resumed = pid is not None
+    if pid is None:
+        pid = admin.create_project(DEMO_TITLE)
+        admin.upload_files(pid, [(name, data) for name, data, _ in digit_pngs(images)])
+        state_path.write_text(json.dumps({"project": pid}))
+    n = int(admin.project(pid).get("task_number") or 0)
+    ours = [b for b in admin.ml_backends(pid) if b.get("title") == "NCAL-R"]
+    if ours:  # Label Studio 1.23.2 checks a PATCH like a new connection: it needs the project and auth
+        body = {"url": backend_url, "project": pid}
+        if basic:
+            body.update(auth_method="BASIC_AUTH", basic_auth_user=basic[0], basic_auth_pass=basic[1])
+        ml = admin.req("PATCH", f"/api/ml/{ours[0]['id']}", json=body).json()
+    else:
+        ml = admin.connect_ml(pid, backend_url, basic_auth=basic)
+    return pid, ml, n, resumed
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=500, help="digit images in the demo project")
     ap.add_argument("--ls-port", type=int, default=int(os.environ.get("LS_PORT", 8080)))
     ap.add_argument("--backend-port", type=int, default=int(os.environ.get("BACKEND_PORT", 9090)))
     ap.add_argument("--workdir", default=os.environ.get("DEMO_DIR", str(ROOT / "runs" / "demo")))
+    ap.add_argument("--no-wait", action="store_true", help="set up, print, stop (tests)")
     args = ap.parse_args(argv)
 
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(10)
-    ls = LocalLabelStudio(work / "label-studio", port=args.ls_port, password=password)
+    login = demo_login(work)
+    ls = LocalLabelStudio(work / "label-studio", port=args.ls_port, password=login["password"], token=login["token"])
     print(f"starting Label Studio on {ls.url} (first start takes about a minute) ...", flush=True)
     ls.start()
-    env = backend_env(ls.url, ls.token, work / "model_dir",
-                      **{k: os.environ[k] for k in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS") if os.environ.get(k)},
-                      NCALR_MAX_EPOCHS=os.environ.get("NCALR_MAX_EPOCHS", "30"),
-                      NCALR_TPT_WINDOW=os.environ.get("NCALR_TPT_WINDOW", "5"))
-    backend = BackendProcess(env, port=args.backend_port, log_path=work / "backend.log").start()
-    admin = LSAdmin(ls.url, ls.token)
-    pid = admin.create_project("Digits (NCAL-R demo)")
-    files = [(name, data) for name, data, _ in digit_pngs(args.images)]
-    n = admin.upload_files(pid, files)
-    basic = (env["BASIC_AUTH_USER"], env["BASIC_AUTH_PASS"]) if env.get("BASIC_AUTH_USER") else None
-    ml = admin.connect_ml(pid, backend.url, basic_auth=basic)
-    print("\n" + "=" * 70)
-    print(f" Label Studio : {ls.url}/projects/{pid}/data")
-    print(f" login        : {ls.username}  /  {ls.password}")
-    print(f" API token    : {ls.token}")
-    print(f" backend      : {backend.url}  (ML backend id {ml['id']}, logs in {work}/backend.log)")
-    print(f" demo project : {n} digit images. Label ~10 (or press 'Start training' under")
-    print("                Settings > Model), then 'Label All Tasks' serves them in NCAL-R order.")
-    print("=" * 70 + "\n Ctrl-C stops both.", flush=True)
-
-    def _stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    backend = None
     try:
-        while backend.proc.poll() is None and ls.proc.poll() is None:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
+        env = backend_env(ls.url, ls.token, work / "model_dir",
+                          **{k: os.environ[k] for k in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS") if os.environ.get(k)},
+                          NCALR_MAX_EPOCHS=os.environ.get("NCALR_MAX_EPOCHS", "30"),
+                          NCALR_TPT_WINDOW=os.environ.get("NCALR_TPT_WINDOW", "5"))
+        backend = BackendProcess(env, port=args.backend_port, log_path=work / "backend.log").start()
+        admin = LSAdmin(ls.url, ls.token)
+        basic = (env["BASIC_AUTH_USER"], env["BASIC_AUTH_PASS"]) if env.get("BASIC_AUTH_USER") else None
+        pid, ml, n, resumed = prepare_project(admin, work, args.images, backend.url, basic)
+        print("\n" + "=" * 70)
+        print(f" Label Studio : {ls.url}/projects/{pid}/data")
+        print(f" login        : {ls.username}  /  {ls.password}   (kept in {work}/demo-login.json)")
+        print(f" API token    : {ls.token}")
+        print(f" backend      : {backend.url}  (ML backend id {ml['id']}, logs in {work}/backend.log)")
+        again = " (resumed: the earlier run's labels are kept)" if resumed else ""
+        print(f" demo project : {n} digit images{again}. Label ~10 (or press 'Start training' under")
+        print("                Settings > Model), then 'Label All Tasks' serves them in NCAL-R order.")
+        print("=" * 70 + "\n Ctrl-C stops both.", flush=True)
+        if args.no_wait:
+            return 0
+
+        def _stop(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        try:
+            while backend.proc.poll() is None and ls.proc.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        return 0
     finally:
-        backend.stop()
+        if backend is not None:
+            backend.stop()
         ls.stop()
-    return 0
 
 
 if __name__ == "__main__":

@@ -74,13 +74,21 @@ class LabelStudioClient:
     def _refresh(self) -> str:
         r = self.session.post(f"{self.url}/api/token/refresh/", json={"refresh": self.api_key},
                               timeout=self.timeout)
-        if r.status_code != 200:
+        if r.status_code in (401, 403):
             raise LabelStudioError(
                 f"Label Studio refused the personal access token (POST /api/token/refresh/ -> "
-                f"{r.status_code}); create a new one under Account & Settings")
-        access = r.json().get("access")
-        if not access:
-            raise LabelStudioError("Label Studio's token refresh returned no access token")
+                f"{r.status_code}); create a new one under Account & Settings", r.status_code)
+        if r.status_code != 200:  # 5xx/429 may pass (retryable); a 404 says the URL is not Label Studio's base
+            raise LabelStudioError(
+                f"POST /api/token/refresh/ -> {r.status_code}: is LABEL_STUDIO_URL ({self.url}) Label Studio's "
+                "base URL, and does it accept personal access tokens?", r.status_code)
+        try:
+            access = r.json().get("access")
+        except (ValueError, AttributeError):
+            access = None
+        if not isinstance(access, str) or not access:
+            raise LabelStudioError("Label Studio's token refresh returned no access token "
+                                   f"(is LABEL_STUDIO_URL {self.url} Label Studio's base URL?)", r.status_code)
         return access
 
     def _auth_header(self, force_refresh: bool = False) -> dict:

@@ -52,6 +52,7 @@ LOCAL_FILES_DOCUMENT_ROOT      (unset: off)                Label Studio's LOCAL_
 from __future__ import annotations
 
 import math
+import re
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -126,7 +127,7 @@ def _delays(env, name, default) -> tuple:
         out = tuple(float(x) for x in raw.split(",") if x.strip())
     except ValueError:
         out = (-1.0,)
-    if any(not math.isfinite(v) or v < 0 for v in out):
+    if not out or any(not math.isfinite(v) or v < 0 for v in out):
         raise SettingsError(f"{name}={raw!r}: expected a comma list of seconds >= 0, e.g. 10,30,60 "
                             "(none: never retry)")
     return out
@@ -154,10 +155,36 @@ def _url(name: str, raw: Optional[str]) -> Optional[str]:
         return None
     url = raw.rstrip("/")
     try:  # the parser the Label Studio client uses on it (labelstudio.py): one decides
-        parse_http_url(url + "/")
+        safe = parse_http_url(url + "/")
     except URLRefused as exc:
         raise SettingsError(f"{name}={raw!r}: expected an http(s) URL such as http://localhost:8080 ({exc})") from None
+    parts = urlsplit(safe.url)
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise SettingsError(f"{name}={raw!r}: a URL with a query or fragment (one copied from the browser?); "
+                            "expected Label Studio's base URL, such as http://localhost:8080")
+    segments = [s.lower() for s in parts.path.split("/") if s]
+    for bad in ("api", "projects"):
+        if bad in segments:
+            raise SettingsError(f"{name}={raw!r}: the path holds /{bad}/, a page or API route of Label Studio; "
+                                "expected its base URL, such as http://localhost:8080 (keep a path only when "
+                                "Label Studio itself is served under one)")
     return url
+
+
+_KEY_PREFIX = re.compile(r"^(token|bearer)\s+", re.IGNORECASE)
+
+
+def _api_key(raw: Optional[str]) -> Optional[str]:
+    """The key as Label Studio shows it: quotes around it and a pasted ``Token ``/``Bearer `` prefix
+    are taken off (the client adds the right one itself); whitespace inside is refused."""
+    if raw is None:
+        return None
+    key = raw.strip().strip("'\"").strip()
+    key = _KEY_PREFIX.sub("", key).strip().strip("'\"")
+    if not key or any(c.isspace() for c in key):
+        raise SettingsError("LABEL_STUDIO_API_KEY: expected the token alone, as Label Studio's Account & Settings "
+                            "shows it (a legacy token or a personal access token), without spaces")
+    return key
 
 
 @dataclass(frozen=True)
@@ -195,6 +222,9 @@ class Settings:
         user, pw = _get(env, "BASIC_AUTH_USER"), _get(env, "BASIC_AUTH_PASS")
         if bool(user) != bool(pw):
             raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        if user and ":" in user:
+            raise SettingsError("BASIC_AUTH_USER: a user name cannot hold ':' (HTTP basic auth splits at the "
+                                "first colon, so no request could ever log in)")
         redis_url = _get(env, "REDIS_URL")
         if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
             raise SettingsError(f"REDIS_URL={redis_url!r}: expected redis://host:port/db")
@@ -210,7 +240,7 @@ class Settings:
                                 "scheme://host[:port]") from None
         return cls(
             label_studio_url=_url("LABEL_STUDIO_URL", _get(env, "LABEL_STUDIO_URL")),
-            label_studio_api_key=_get(env, "LABEL_STUDIO_API_KEY"),
+            label_studio_api_key=_api_key(_get(env, "LABEL_STUDIO_API_KEY")),
             model_dir=Path(_get(env, "MODEL_DIR") or "model_dir").expanduser().resolve(),
             redis_url=redis_url,
             rq_queue=_get(env, "RQ_QUEUE") or "ncalr",
@@ -225,7 +255,7 @@ class Settings:
             set_sampling=_bool(env, "SET_SAMPLING", True),
             prediction_chunk_size=_int(env, "PREDICTION_CHUNK_SIZE", 500, 1, 500),
             page_size=_int(env, "PAGE_SIZE", 500, 1, 1000),
-            http_timeout=_float(env, "HTTP_TIMEOUT", 60.0, 1.0),
+            http_timeout=_float(env, "HTTP_TIMEOUT", 60.0, 1.0, 3600.0),
             download_workers=_int(env, "DOWNLOAD_WORKERS", 16, 1, 64),
             write_back_top=(None if (_get(env, "WRITE_BACK_TOP") or "auto").lower() == "auto"
                             else _int(env, "WRITE_BACK_TOP", 0, 0)),

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from ncalr_backend.service.labelstudio import LabelStudioClient
 
 CAP = 3
@@ -56,3 +58,28 @@ def test_every_task_is_read_when_label_studio_caps_the_page_size():
     assert c.task_ids(1) == ids
     got = c.get_tasks(1, [41, 2, 3, 4, 5, 6, 99, 7], chunk=100)
     assert sorted(t["id"] for t in got) == [2, 3, 4, 5, 6, 7, 41]  # 99 does not exist: only it is missing
+
+
+def test_a_refused_personal_access_token_is_not_retried_and_a_wrong_url_says_so():
+    """Found by review: the refresh error carried no status, so a revoked token was retried for 33
+    minutes as if Label Studio were down; a 404 (a URL that is not Label Studio's base) blamed the token."""
+    from types import SimpleNamespace
+
+    from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
+
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.c2ln"
+
+    class Refresh:
+        def __init__(self, status):
+            self.status = status
+
+        def post(self, url, json=None, timeout=None):
+            return SimpleNamespace(status_code=self.status, json=lambda: {})
+
+    for status, retry, says in ((401, False, "refused the personal access token"), (404, False, "base URL"),
+                                (503, True, "base URL")):
+        c = LabelStudioClient("http://ls.test", jwt, session=Refresh(status))
+        assert c.pat
+        with pytest.raises(LabelStudioError, match=says) as e:
+            c._auth_header()
+        assert e.value.status == status and e.value.retryable is retry

@@ -48,3 +48,51 @@ def test_non_finite_numbers_and_urls_the_client_would_refuse_fail_at_start(tmp_p
         s = Settings.from_env({**base, "LABEL_STUDIO_URL": good})
         assert not s.label_studio_url.endswith("/")
         assert LabelStudioClient(s.label_studio_url, "k").url == s.label_studio_url  # the client takes it as is
+
+
+def test_operator_mistakes_get_a_message_that_says_what_to_fix(tmp_path):
+    """Found by an operator's-eye review (2026-11-30): each of these was accepted and failed later,
+    or was silently ignored."""
+    base = {"MODEL_DIR": str(tmp_path)}
+    for url, says in (("http://ls:8080/projects/1/data?tab=2", "query"), ("http://ls:8080/#/x", "fragment"),
+                      ("http://ls:8080/api", "/api/"), ("http://ls:8080/projects/3", "/projects/")):
+        with pytest.raises(SettingsError, match=says):
+            Settings.from_env({**base, "LABEL_STUDIO_URL": url})
+    assert Settings.from_env({**base, "LABEL_STUDIO_URL": "https://h.example/labelstudio/"}).label_studio_url == \
+        "https://h.example/labelstudio"  # Label Studio served under a path of its own is fine
+    for pasted in ("Token abc123", "'abc123'", '"Bearer abc123"', "  token   abc123 "):
+        assert Settings.from_env({**base, "LABEL_STUDIO_API_KEY": pasted}).label_studio_api_key == "abc123"
+    with pytest.raises(SettingsError, match="token alone"):
+        Settings.from_env({**base, "LABEL_STUDIO_API_KEY": "abc 123"})
+    with pytest.raises(SettingsError, match="':'"):
+        Settings.from_env({**base, "BASIC_AUTH_USER": "a:b", "BASIC_AUTH_PASS": "p"})
+    with pytest.raises(SettingsError, match="HTTP_TIMEOUT"):
+        Settings.from_env({**base, "HTTP_TIMEOUT": "1e10"})  # was an OverflowError in every request
+    with pytest.raises(SettingsError, match="CYCLE_RETRY_DELAYS"):
+        Settings.from_env({**base, "CYCLE_RETRY_DELAYS": ","})  # was "never retry", silently
+
+
+def test_a_serving_backend_refuses_to_start_without_its_label_studio_key(tmp_path):
+    from model import NCALRBackend
+    from ncalr_backend.service.app import create_app
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test"})
+    with pytest.raises(SettingsError, match="LABEL_STUDIO_API_KEY not set"):
+        create_app(NCALRBackend, s, autostart=True)
+
+
+def test_engine_settings_typos_and_non_finite_values_fail_at_start():
+    from ncalr_backend.engine.config import ConfigError, EngineConfig
+
+    with pytest.raises(ConfigError, match="did you mean NCALR_MAX_EPOCHS"):
+        EngineConfig.from_env(environ={"NCALR_MAX_EPOCH": "30"})
+    for env, says in (({"NCALR_LR": "nan"}, "lr=nan"), ({"NCALR_OOD_MAD": "inf"}, "ood_mad=inf"),
+                      ({"NCALR_MIN_EPOCHS": "100", "NCALR_MAX_EPOCHS": "10"}, "min_epochs=100 > max_epochs=10"),
+                      ({"NCALR_PRETRAINED_PATH": "/no/such/weights.pt"}, "no such file"),
+                      ({"NCALR_LA_TAU": "-5"}, "la_tau")):
+        with pytest.raises(ConfigError, match=says):
+            EngineConfig.from_env(environ=env)
+    # the scripts' own NCALR_ variables and empty values are not settings, and not errors
+    cfg = EngineConfig.from_env(environ={"NCALR_LS_VENV": "/x", "NCALR_NO_AUTOSTART": "1", "NCALR_NEED_REDIS": "1",
+                                         "NCALR_MAX_EPOCHS": ""})
+    assert cfg.max_epochs == EngineConfig().max_epochs
