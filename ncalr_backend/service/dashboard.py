@@ -462,7 +462,9 @@ def render_page(views: list, progress: dict, scheds: dict, now: float, mode: str
 def thumbnail_png(data: bytes, size: int = THUMB) -> bytes:
     """Cached image bytes -> a PNG thumbnail (never the original bytes, whatever they are)."""
     from PIL import Image
-    with Image.open(io.BytesIO(data)) as img:
+
+    from ncalr_backend.data.images import open_image
+    with open_image(data) as img:  # a decompression bomb is refused before it is decoded
         img.load()
         img = img.convert("RGB" if img.mode not in ("L", "RGB") else img.mode)
         w, h = img.size

@@ -20,11 +20,12 @@ from typing import Iterator, List, Optional, Sequence
 import requests
 import requests.adapters
 
-from ncalr_backend.service.urls import SafeURL, URLRefused, join, parse_host_rules, parse_http_url
+from ncalr_backend.service.urls import SafeURL, URLRefused, join, parse_host_rules, parse_http_url, redact_urls
 
 log = logging.getLogger(__name__)
 
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+NO_DATE_MARGIN_S = 300  # without Label Studio's Date header, the watermark is our clock minus this
 
 
 class LabelStudioError(RuntimeError):
@@ -72,8 +73,15 @@ class LabelStudioClient:
 
     # ------------------------------------------------------------------ auth
     def _refresh(self) -> str:
+        # never follow a redirect: on a 307/308 requests would POST the token's body to wherever it
+        # points (it drops only the Authorization header), and the refresh token is the user's login
         r = self.session.post(f"{self.url}/api/token/refresh/", json={"refresh": self.api_key},
-                              timeout=self.timeout)
+                              timeout=self.timeout, allow_redirects=False)
+        if 300 <= r.status_code < 400:
+            raise LabelStudioError(
+                f"POST /api/token/refresh/ -> {r.status_code}, a redirect to "
+                f"{redact_urls(str(r.headers.get('Location', '?')))}: not followed (it would carry the personal "
+                "access token); set LABEL_STUDIO_URL to the URL Label Studio answers at (https?)", r.status_code)
         if r.status_code in (401, 403):
             raise LabelStudioError(
                 f"Label Studio refused the personal access token (POST /api/token/refresh/ -> "
@@ -132,14 +140,14 @@ class LabelStudioClient:
         return r
 
     def get_json(self, path: str, **kw):
-        return self.request("GET", path, **kw).json()
+        return _json(self.request("GET", path, **kw), "GET", path)
 
     # ------------------------------------------------------------ projects
     def get_project(self, project_id: int) -> dict:
         return self.get_json(f"/api/projects/{int(project_id)}/")
 
     def patch_project(self, project_id: int, data: dict) -> dict:
-        return self.request("PATCH", f"/api/projects/{int(project_id)}/", json=data).json()
+        return _json(self.request("PATCH", f"/api/projects/{int(project_id)}/", json=data), "PATCH", "/api/projects/")
 
     def list_tasks(self, project_id: int, page_size: int = 100) -> List[dict]:
         """Every task of the project with its annotations (all pages)."""
@@ -170,8 +178,11 @@ class LabelStudioClient:
             r = self.request("GET", "/api/tasks/", ok=(200, 404), params=params)
             if r.status_code == 404:
                 return
-            body = r.json()
-            tasks = body.get("tasks", body if isinstance(body, list) else [])
+            body = _json(r, "GET", "/api/tasks/")
+            tasks = body if isinstance(body, list) else body.get("tasks") if isinstance(body, dict) else None
+            if not isinstance(tasks, list):
+                raise LabelStudioError("GET /api/tasks/: the answer holds no list of tasks (is LABEL_STUDIO_URL "
+                                       "Label Studio's base URL?)", r.status_code)
             ids = [t.get("id") for t in tasks if isinstance(t, dict) and isinstance(t.get("id"), int)]
             if not ids:
                 return
@@ -189,15 +200,24 @@ class LabelStudioClient:
                 if isinstance(t.get("id"), int)]
 
     def server_time(self) -> str:
-        """Label Studio's clock now (its ``Date`` header, UTC, ISO 8601); this machine's clock if
-        the header is missing."""
-        from datetime import datetime, timezone
+        """Label Studio's clock now, as the next delta read's watermark (UTC, ISO 8601): its ``Date``
+        header, but never later than this machine's clock (a Date in the future would make every
+        later delta read skip what changed before it; an earlier watermark only re-reads a little
+        more). A ``Date`` without a zone is UTC (RFC 5322's -0000). Without a usable Date header:
+        this machine's clock minus ``NO_DATE_MARGIN_S``, logged (Label Studio's clock cannot be
+        known, and a clock of ours that runs ahead would lose changes)."""
+        from datetime import datetime, timedelta, timezone
         from email.utils import parsedate_to_datetime
+        now = datetime.now(timezone.utc)
         r = self.request("GET", "/api/version", ok=None)
         try:
-            t = parsedate_to_datetime(r.headers["Date"]).astimezone(timezone.utc)
-        except (KeyError, TypeError, ValueError):
-            t = datetime.now(timezone.utc)
+            t = parsedate_to_datetime(r.headers["Date"])
+            t = (t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t).astimezone(timezone.utc)
+            t = min(t, now)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            log.warning("Label Studio sent no usable Date header (%r): the watermark is this machine's clock "
+                        "minus %d s", r.headers.get("Date"), NO_DATE_MARGIN_S)
+            t = now - timedelta(seconds=NO_DATE_MARGIN_S)
         finally:
             r.close()
         return ls_datetime(t)
@@ -217,7 +237,11 @@ class LabelStudioClient:
                 body = self.get_json("/api/tasks/", params={"project": int(project_id), "query": query,
                                                             "fields": "all", "page_size": len(left), "page": 1,
                                                             "resolve_uri": "true" if resolve_uri else "false"})
-                got = [t for t in body.get("tasks", []) if isinstance(t, dict) and t.get("id") in left]
+                if not isinstance(body, dict) or not isinstance(body.get("tasks"), list):
+                    # never "no tasks": the caller would take every asked-for task as deleted
+                    raise LabelStudioError("GET /api/tasks/: the answer holds no list of tasks (is "
+                                           "LABEL_STUDIO_URL Label Studio's base URL?)")
+                got = [t for t in body["tasks"] if isinstance(t, dict) and t.get("id") in left]
                 if not got:
                     break  # the rest no longer exist
                 out += got
@@ -245,7 +269,8 @@ class LabelStudioClient:
         """One bulk-import request; returns Label Studio's "created" count. Keep chunks at or
         below 500: Label Studio creates a larger request in batches of 500 and an error in a later
         batch leaves the earlier ones created."""
-        body = self.request("POST", f"/api/projects/{int(project_id)}/import/predictions", json=list(chunk)).json()
+        body = _json(self.request("POST", f"/api/projects/{int(project_id)}/import/predictions", json=list(chunk)),
+                     "POST", "/api/projects/<id>/import/predictions")
         return int(body.get("created", 0)) if isinstance(body, dict) else 0
 
     def delete_model_version(self, project_id: int, model_version: str) -> None:
@@ -265,7 +290,7 @@ class LabelStudioClient:
         return self.get_json("/api/webhooks/", params={"project": int(project_id)})
 
     def patch_webhook(self, webhook_id: int, data: dict) -> dict:
-        return self.request("PATCH", f"/api/webhooks/{int(webhook_id)}/", json=data).json()
+        return _json(self.request("PATCH", f"/api/webhooks/{int(webhook_id)}/", json=data), "PATCH", "/api/webhooks/")
 
     def local_files_storages(self, project_id: int) -> List[str]:
         """The ``path`` of each Local Files (import) storage of the project."""
@@ -318,6 +343,19 @@ class LabelStudioClient:
                         raise LabelStudioError(f"image larger than {MAX_DOWNLOAD_BYTES // (1024 * 1024)} MB")
                 return bytes(data)
         raise ImageRefused(f"image URL redirects more than {MAX_REDIRECTS} times")
+
+
+def _json(r: requests.Response, method: str, path: str):
+    """The answer's JSON. An answer that is not JSON (an HTML login page of a proxy in front of Label
+    Studio, a LABEL_STUDIO_URL that is not Label Studio's base) is a clear error that will not pass by
+    retrying, not a JSONDecodeError (an OSError, which a cycle would retry for half an hour)."""
+    try:
+        return r.json()
+    except ValueError:
+        ctype = r.headers.get("Content-Type", "?")
+        raise LabelStudioError(f"{method} {path}: HTTP {r.status_code} answered with {ctype!r}, not JSON: is "
+                               "LABEL_STUDIO_URL Label Studio's base URL, with no login page (a proxy) in "
+                               "front of it?", r.status_code if r.status_code < 500 else None) from None
 
 
 def ls_datetime(t) -> str:

@@ -297,6 +297,10 @@ class TaskMirror:
             hints = [i for (i,) in db.execute("SELECT id FROM hints")]
             full_reads = self._meta(db, "full_reads", 0)
         tasks = list(track(client.iter_tasks(project_id, page_size, include=INCLUDE), progress, "fetch_tasks", total))
+        if not tasks and total:  # never replace a mirror by nothing on an answer that cannot be right
+            from ncalr_backend.service.labelstudio import LabelStudioError
+            raise LabelStudioError(f"project {project_id}: reading every task gave none, but Label Studio counts "
+                                   f"{total}; the mirror is kept as it was")
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM tasks")

@@ -10,6 +10,8 @@ Label Studio does, with that cap; the integration suite reads the real Label Stu
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -73,8 +75,9 @@ def test_a_refused_personal_access_token_is_not_retried_and_a_wrong_url_says_so(
         def __init__(self, status):
             self.status = status
 
-        def post(self, url, json=None, timeout=None):
-            return SimpleNamespace(status_code=self.status, json=lambda: {})
+        def post(self, url, json=None, timeout=None, allow_redirects=True):
+            assert allow_redirects is False  # a redirect would carry the token in the body
+            return SimpleNamespace(status_code=self.status, json=lambda: {}, headers={"Location": "https://x/"})
 
     for status, retry, says in ((401, False, "refused the personal access token"), (404, False, "base URL"),
                                 (503, True, "base URL")):
@@ -83,3 +86,109 @@ def test_a_refused_personal_access_token_is_not_retried_and_a_wrong_url_says_so(
         with pytest.raises(LabelStudioError, match=says) as e:
             c._auth_header()
         assert e.value.status == status and e.value.retryable is retry
+
+
+
+def test_the_personal_access_token_never_follows_a_redirect_to_another_host():
+    """Found by review: requests re-POSTed {"refresh": <token>} to wherever a 307/308 pointed (it
+    drops only the Authorization header). Against a real local HTTP server pair."""
+    import http.server
+    import threading
+
+    from ncalr_backend.service.demo import free_port
+    from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
+
+    got = []
+
+    class Thief(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"access": "x"}')
+
+        def log_message(self, *a):
+            pass
+
+    thief = http.server.HTTPServer(("127.0.0.1", free_port()), Thief)
+
+    class Redirector(Thief):
+        def do_POST(self):
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{thief.server_port}/api/token/refresh/?sig=secret")
+            self.end_headers()
+
+    ls = http.server.HTTPServer(("127.0.0.1", free_port()), Redirector)
+    for srv in (thief, ls):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        jwt = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.SECRETSIG"
+        c = LabelStudioClient(f"http://127.0.0.1:{ls.server_port}", jwt)
+        with pytest.raises(LabelStudioError, match="redirect") as e:
+            c._auth_header()
+        assert got == [] and not e.value.retryable and "secret" not in str(e.value)
+    finally:
+        ls.shutdown()
+        thief.shutdown()
+
+
+def test_answers_that_are_not_label_studios_are_clear_errors_never_no_tasks():
+    """Found by review: an HTML login page with 200 was a JSONDecodeError (an OSError: retried for half
+    an hour); a dict without "tasks" read as "no tasks", so get_tasks called every asked-for task
+    deleted and a full read emptied the mirror."""
+    from types import SimpleNamespace
+
+    from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
+    from ncalr_backend.service.mirror import TaskMirror
+
+    class Odd:
+        def __init__(self, body, ctype="application/json"):
+            self.body, self.ctype = body, ctype
+
+        def request(self, method, url, **kw):
+            def js():
+                if self.ctype != "application/json":
+                    raise ValueError("Expecting value: line 1 column 1")
+                return self.body
+            return SimpleNamespace(status_code=200, json=js, headers={"Content-Type": self.ctype,
+                                                                      "Date": "Mon, 30 Nov 2026 20:00:00 GMT"},
+                                   text="", close=lambda: None)
+
+    html = LabelStudioClient("http://ls.test", "k", session=Odd(None, "text/html"))
+    with pytest.raises(LabelStudioError, match="not JSON") as e:
+        html.get_project(1)
+    assert not e.value.retryable
+    for body in ({"detail": "x"}, ["x"], {"tasks": "x"}):
+        c = LabelStudioClient("http://ls.test", "k", session=Odd(body))
+        with pytest.raises(LabelStudioError, match="no list of tasks"):
+            c.get_tasks(1, [5, 6])
+    c = LabelStudioClient("http://ls.test", "k", session=Odd({"tasks": []}))
+    with pytest.raises(LabelStudioError, match="Label Studio counts 7"):
+        TaskMirror(Path(tempfile.mkdtemp())).sync(c, 1, 7)
+
+
+def test_the_watermark_is_never_ahead_of_this_machines_clock_and_a_zoneless_date_is_utc():
+    """Found by review: a Date header in the future became the watermark, and every later delta read
+    skipped what changed before it; '-0000' was read as local time."""
+    from datetime import datetime, timedelta, timezone
+    from email.utils import format_datetime
+    from types import SimpleNamespace
+
+    from ncalr_backend.service.labelstudio import NO_DATE_MARGIN_S, LabelStudioClient
+
+    def client(date):
+        headers = {} if date is None else {"Date": date}
+        s = SimpleNamespace(request=lambda *a, **k: SimpleNamespace(status_code=200, headers=headers,
+                                                                    close=lambda: None))
+        return LabelStudioClient("http://ls.test", "k", session=s)
+
+    def parse(stamp):
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+    now = datetime.now(timezone.utc)
+    assert parse(client("Mon, 01 Jan 2100 00:00:00 GMT").server_time()) <= datetime.now(timezone.utc)
+    past = now - timedelta(minutes=7)
+    assert abs(parse(client(format_datetime(past, usegmt=True)).server_time()) - past) < timedelta(seconds=1.5)
+    zoneless = (now - timedelta(hours=1)).strftime("%a, %d %b %Y %H:%M:%S -0000")
+    assert abs(parse(client(zoneless).server_time()) - (now - timedelta(hours=1))) < timedelta(seconds=1.5)
+    assert parse(client(None).server_time()) <= now - timedelta(seconds=NO_DATE_MARGIN_S - 1)

@@ -46,3 +46,28 @@ def test_images_only_from_label_studio_or_allow_list():
         with pytest.raises(ImageRefused):
             c.resolve_image_url(bad)
     assert looks_like_jwt("eyJa.eyJb.c") and not looks_like_jwt("0" * 40)
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_decoded():
+    """Found by review: a ~15 KB PNG declaring 11,000 x 11,000 pixels decoded to 600 MB with only a
+    warning (Pillow errs only above twice MAX_IMAGE_PIXELS), in every download worker and in the
+    dashboard's thumbnails."""
+    import io
+
+    import pytest
+    from PIL import Image
+
+    from ncalr_backend.data.images import BrokenImage, decode_image
+    from ncalr_backend.service.dashboard import thumbnail_png
+
+    buf = io.BytesIO()
+    Image.new("1", (11000, 11000)).save(buf, format="PNG")
+    bomb = buf.getvalue()
+    assert len(bomb) < 100_000
+    with pytest.raises(BrokenImage, match="11000 x 11000"):
+        decode_image(bomb, 8, 1)
+    with pytest.raises(BrokenImage):
+        thumbnail_png(bomb)
+    ok = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(ok, format="PNG")
+    assert decode_image(ok.getvalue(), 8, 1).shape == (1, 8, 8)
