@@ -5,7 +5,14 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "ncalr-backend needs Python 3.11 or newer; $PY is $("$PY" -V 2>&1 || echo missing): set PYTHON=python3.11 (or newer)" >&2
+    exit 2
+  fi
+  rm -rf .venv   # none yet, or one a failed venv left without pip
+  "$PY" -m venv .venv || { echo "'$PY -m venv' failed: install its venv module (Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 2; }
+fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 # label-studio-ml's own 2021 pins (Flask 1.1 / Werkzeug 2.0, known CVEs) are not installed: --no-deps.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-sdk.txt
