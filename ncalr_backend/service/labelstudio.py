@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Iterator, List, Optional, Sequence
 import requests
 import requests.adapters
@@ -26,6 +27,29 @@ log = logging.getLogger(__name__)
 
 MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 NO_DATE_MARGIN_S = 300  # without Label Studio's Date header, the watermark is our clock minus this
+MAX_BODY_BYTES = 512 * 1024 * 1024  # an API answer (decompressed) above this is refused
+BODY_DEADLINE_FACTOR = 10  # a whole answer must arrive within this x HTTP_TIMEOUT (the timeout is per read)
+
+
+def read_body(r: requests.Response, limit: int, deadline_s: float, what: str) -> bytes:
+    """The whole body of a streamed answer, at most ``limit`` bytes after decompression and within
+    ``deadline_s`` in all: requests' timeout bounds each read, so a body dripped a byte at a time
+    never timed out, and a gzip bomb decompressed into memory whole."""
+    end = time.monotonic() + deadline_s
+    data = bytearray()
+    raw = getattr(r, "raw", None)
+    if hasattr(raw, "read1"):  # urllib3 2: what one socket read gives (decompressed), b"" at the end;
+        # iter_content would wait for a whole 64 KB block (or the end) before the deadline is looked at
+        blocks = iter(lambda: raw.read1(64 * 1024, decode_content=True), b"")
+    else:
+        blocks = r.iter_content(64 * 1024)
+    for block in blocks:
+        data += block
+        if len(data) > limit:
+            raise LabelStudioError(f"{what}: the answer is larger than {limit // (1024 * 1024)} MB")
+        if time.monotonic() > end:
+            raise LabelStudioError(f"{what}: the answer took more than {deadline_s:.0f} s to arrive", None)
+    return bytes(data)
 
 
 class LabelStudioError(RuntimeError):
@@ -119,13 +143,17 @@ class LabelStudioClient:
             url = f"{self.url}{path}"
         kw.setdefault("timeout", self.timeout)
         headers = dict(kw.pop("headers", None) or {})
-        try:
+        try:  # always streamed: a body the caller does not stream is read here, bounded (read_body)
             r = self.session.request(method, url, headers={**headers, **self._auth_header()},
-                                     allow_redirects=False, stream=stream, **kw)
+                                     allow_redirects=False, stream=True, **kw)
             if r.status_code == 401 and self.pat:
                 r.close()
                 r = self.session.request(method, url, headers={**headers, **self._auth_header(True)},
-                                         allow_redirects=False, stream=stream, **kw)
+                                         allow_redirects=False, stream=True, **kw)
+            if not stream and isinstance(r, requests.Response):
+                with r:
+                    r._content = read_body(r, MAX_BODY_BYTES, BODY_DEADLINE_FACTOR * float(kw["timeout"] or 60),
+                                           f"{method} {path}")
         except requests.RequestException as exc:
             raise LabelStudioError(f"{method} {path}: Label Studio not reachable ({exc.__class__.__name__})",
                                    None) from exc
@@ -336,12 +364,7 @@ class LabelStudioClient:
                     continue
                 if r.status_code != 200:
                     raise LabelStudioError(f"image download failed: HTTP {r.status_code}")
-                data = bytearray()
-                for block in r.iter_content(64 * 1024):
-                    data += block
-                    if len(data) > MAX_DOWNLOAD_BYTES:
-                        raise LabelStudioError(f"image larger than {MAX_DOWNLOAD_BYTES // (1024 * 1024)} MB")
-                return bytes(data)
+                return read_body(r, MAX_DOWNLOAD_BYTES, BODY_DEADLINE_FACTOR * self.timeout, "image download")
         raise ImageRefused(f"image URL redirects more than {MAX_REDIRECTS} times")
 
 

@@ -192,3 +192,59 @@ def test_the_watermark_is_never_ahead_of_this_machines_clock_and_a_zoneless_date
     zoneless = (now - timedelta(hours=1)).strftime("%a, %d %b %Y %H:%M:%S -0000")
     assert abs(parse(client(zoneless).server_time()) - (now - timedelta(hours=1))) < timedelta(seconds=1.5)
     assert parse(client(None).server_time()) <= now - timedelta(seconds=NO_DATE_MARGIN_S - 1)
+
+
+def test_an_answer_dripped_a_byte_at_a_time_ends_at_the_deadline_and_a_bomb_at_the_cap(monkeypatch):
+    """Found by review: requests' timeout bounds each read, so a body dripped a byte at a time never
+    timed out (and blocked the cycle thread); a gzip body was decompressed into memory whole."""
+    import gzip
+    import http.server
+    import threading
+    import time
+
+    from ncalr_backend.service import labelstudio
+    from ncalr_backend.service.demo import free_port
+    from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
+
+    bomb = gzip.compress(b"[" + b"0," * 3_000_000 + b"0]")
+    sent, done = [], threading.Event()
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if self.path.startswith("/api/projects/2/"):
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", str(len(bomb)))
+                self.end_headers()
+                self.wfile.write(bomb)
+                return
+            self.send_header("Content-Length", "200")
+            self.end_headers()
+            try:
+                for _ in range(200):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    sent.append(1)
+                    time.sleep(0.05)
+            except OSError:
+                pass
+            finally:
+                done.set()
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Slow)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        c = LabelStudioClient(f"http://127.0.0.1:{srv.server_port}", "k", timeout=0.3)  # 3 s for a whole answer
+        with pytest.raises(LabelStudioError, match="to arrive") as e:
+            c.get_project(1)  # 200 bytes at 20 per second: 10 s, each read well inside 0.3 s
+        assert e.value.retryable
+        assert done.wait(15) and len(sent) < 200  # the client hung up mid-answer, at its deadline
+        monkeypatch.setattr(labelstudio, "MAX_BODY_BYTES", 1_000_000)
+        with pytest.raises(LabelStudioError, match="larger than"):
+            c.get_project(2)  # 6 MB of JSON from a 10 KB gzip body
+    finally:
+        srv.shutdown()
