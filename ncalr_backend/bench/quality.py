@@ -308,11 +308,13 @@ class Runner:
     def _cycle(self, pool, lab_idx, specs, cfg, seed, cycle, init_state):
         qe, args = self.qe, self.args
         answers = pool.oracle.query(lab_idx)
+        x_skipped = None
         if pool.multilabel:  # multi-hot [n, K] label sets
             x_lab, y_lab = pool.x_pool[lab_idx], answers
         else:
-            keep = answers >= 0  # OOD items with ood_label='drop' are not trained on
+            keep = answers >= 0  # OOD items with ood_label='drop' are skipped: not trained on ...
             x_lab, y_lab = pool.x_pool[lab_idx[keep]], answers[keep]
+            x_skipped = pool.x_pool[lab_idx[~keep]]  # ... and shown to the engine as skipped (skip_guard)
         mask = np.ones(len(pool.x_pool), dtype=bool)
         mask[lab_idx] = False
         cand = np.flatnonzero(mask)
@@ -320,7 +322,7 @@ class Runner:
         scoring = {s.label: self.cfgs[s.label].replace(seed=seed * 1000 + cycle).for_batch(self.n_query)
                    for s in specs}
         res, ranked, sel_s = qe.train_and_rank(x_lab, y_lab, pool.x_pool[cand], pool.num_classes, cfg_c,
-                                               specs, scoring, init_state, verbose=args.verbose)
+                                               specs, scoring, init_state, verbose=args.verbose, x_skipped=x_skipped)
         res.bench = {**evaluate(pool, res, qe.predict(res.model, pool.x_test)), "cand": cand, "n_lab": int(len(lab_idx))}
         if res.tpt_model is not None and res.tpt_model is not res.model:  # served != terminal-phase model
             res.bench["acc_tpt"] = evaluate(pool, res, qe.predict(res.tpt_model, pool.x_test))["acc"]

@@ -32,7 +32,7 @@ def make_config(settings: dict):
 # settings that change scoring only; everything else changes what is trained
 SCORING_FIELDS = {"strategy", "cmap_center", "cmap_sign", "cmap_weight", "mc_samples", "mc_dropout",
                   "coreset_max_greedy", "nc_subsample", "eval_batch_size", "warm_start", "ff_mode", "cmap_trusted",
-                  "ood_mad", "diversity", "diversity_batch", "diversity_candidates"}
+                  "ood_mad", "skip_guard", "diversity", "diversity_batch", "diversity_candidates"}
 
 
 def training_key(cfg) -> str:
@@ -41,7 +41,8 @@ def training_key(cfg) -> str:
     return repr(sorted(d.items()))
 
 
-def train_and_rank(x_lab, y_lab, x_pool, num_classes, cfg, specs, scoring, init_state, verbose=False):
+def train_and_rank(x_lab, y_lab, x_pool, num_classes, cfg, specs, scoring, init_state, verbose=False,
+                   x_skipped=None):
     """One engine cycle; returns (CycleResult, {label: ranked}, {label: seconds selecting}).
 
     ``cfg`` holds the training settings (shared by ``specs``); ``scoring[label]`` each spec's full
@@ -56,7 +57,7 @@ def train_and_rank(x_lab, y_lab, x_pool, num_classes, cfg, specs, scoring, init_
     if verbose:
         progress = lambda row: print(f"    epoch {row['epoch']:3d} loss {row['loss']:.3f} train acc {row['train_acc']:.3f}", flush=True)
     res = run_cycle(x_lab, y_lab, x_pool, num_classes=num_classes, config=run_cfg, init_state=init_state,
-                    progress=progress)
+                    progress=progress, x_skipped=x_skipped)
     ranked, seconds = {}, {}
     for i, spec in enumerate(specs):
         c = scoring[spec.label]

@@ -61,6 +61,12 @@ class EngineConfig:
     OOD items that kept their (random) label would drag a low quantile down with them. Under neural collapse in-distribution
     features lie in the span of the class means (an item between two classes too); a feature
     mostly outside it belongs to no class."""
+    skip_guard: bool = True
+    """What annotators skipped (Label Studio's Skip: a task whose annotations are all cancelled;
+    junk, blank scans, the wrong kind of image) teaches the ranking what not to serve: a pool item
+    whose centred, normalised feature is nearer (cosine) to a skipped item's than to every class
+    mean is queried after all the others. It turns itself on: with no skipped task nothing changes.
+    Beyond the paper, which has no notion of an item nobody can label."""
     diversity: str = "clusters"
     """Batch diversity of the serve order (``acquisition/diversity.py``): 'none' = by score alone;
     'clusters' = the top ``diversity_candidates`` x ``diversity_batch`` tasks are clustered (k-means

@@ -190,8 +190,11 @@ def _finite_or_diverged(tr) -> None:
 def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | None = None,
               out_dir: str | Path | None = None, init_state: dict | None = None,
               progress: Callable[[dict], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> CycleResult:
+              should_stop: Callable[[], bool] | None = None, x_skipped=None) -> CycleResult:
     """Train into the terminal phase, score and rank the pool with ``config.strategy``.
+
+    ``x_skipped`` (optional, images like ``x_pool``): items annotators skipped; NCAL-R queries
+    the pool items that resemble them last (``EngineConfig.skip_guard``).
 
     ``should_stop`` (optional) is asked before every training batch; when it returns True the
     run ends with ``Interrupted`` (nothing is written).
@@ -236,7 +239,14 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
     _finite_or_diverged(tr)
     fc = model.fc
     tpt_sets = predict_sets(tpt_probs, config.set_threshold) if multilabel else None
-    view = PoolView(probs=tpt_probs, feats=tr.feats_pool, feats_lab=tr.feats_lab,
+    feats_skipped = None
+    if x_skipped is not None and len(x_skipped):
+        xs = torch.from_numpy(np.ascontiguousarray(np.asarray(x_skipped, dtype=np.float32)))
+        fs, _ = forward_all(model, xs, torch.device("cpu"), config.eval_batch(torch.device("cpu")))
+        feats_skipped = fs.numpy()
+        if not np.isfinite(feats_skipped).all():
+            raise Diverged("the trained model gives non-finite features of the skipped items")
+    view = PoolView(probs=tpt_probs, feats=tr.feats_pool, feats_lab=tr.feats_lab, feats_skipped=feats_skipped,
                     y_lab=y_lab.argmax(1) if multilabel else y_lab, num_classes=num_classes,
                     pred_history=tr.pred_history, margin_history=tr.margin_history,
                     head=lambda h: fc(h), rng=np.random.default_rng(config.seed + 7919), config=config,

@@ -126,7 +126,8 @@ def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress:
     t = time.time()
     try:
         res = engine.run_cycle(snap.x_lab, snap.y_lab, snap.x_pool, num_classes=snap.cfg.num_classes, config=ecfg,
-                               out_dir=run.work, init_state=init_state, progress=progress, should_stop=should_stop)
+                               out_dir=run.work, init_state=init_state, progress=progress, should_stop=should_stop,
+                               x_skipped=snap.x_skipped)
     except engine.Diverged as exc:
         # never ship a broken model: once more, at a third of the learning rate, with another seed
         retry = ecfg.replace(lr=ecfg.lr * DIVERGED_LR_FACTOR, seed=ecfg.seed + 1)
@@ -136,7 +137,7 @@ def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress:
         try:
             res = engine.run_cycle(snap.x_lab, snap.y_lab, snap.x_pool, num_classes=snap.cfg.num_classes,
                                    config=retry, out_dir=run.work, init_state=init_state, progress=progress,
-                                   should_stop=should_stop)
+                                   should_stop=should_stop, x_skipped=snap.x_skipped)
         except engine.Diverged as exc2:
             raise CycleError(f"training diverged twice ({exc}; then at learning rate {retry.lr:g}: {exc2}); "
                              "nothing was written and the previous version stays live") from exc2

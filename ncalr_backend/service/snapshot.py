@@ -147,14 +147,28 @@ class Snapshot:
     sync: dict = field(default_factory=dict)  # how the task mirror was brought up to date (mirror.py)
     urls: dict = field(default_factory=dict)  # pool task id -> image URL (dashboard thumbnails)
     local_files: dict = field(default_factory=dict)  # direct reads (LOCAL_FILES_DOCUMENT_ROOT), if on
+    skipped: List[int] = field(default_factory=list)  # positions in the pool of tasks annotators skipped
+
+    @property
+    def x_skipped(self) -> np.ndarray:
+        """Images of the pool tasks annotators skipped (every annotation cancelled): the engine's
+        skip guard queries the pool items that resemble them last (``EngineConfig.skip_guard``)."""
+        return self.x_pool[self.skipped] if self.skipped else self.x_pool[:0]
 
     def report(self) -> dict:
         """The snapshot's part of report.json."""
         return dict(num_tasks=self.num_tasks, num_labeled=len(self.lab_ids), num_pool=len(self.pool_ids),
                     image_bytes=int(self.x_lab.nbytes + self.x_pool.nbytes), task_sync=self.sync,
                     image_failures=self.image_failures, unusable_annotations=self.unusable,
-                    multilabel=self.cfg.multilabel, **({"local_files": self.local_files} if self.local_files else {}),
+                    multilabel=self.cfg.multilabel, skipped=len(self.skipped),
+                    **({"local_files": self.local_files} if self.local_files else {}),
                     **label_report(self.y_lab, self.cfg))
+
+
+def _skipped(task: dict) -> bool:
+    """Annotators skipped the task: it has annotations and every one is cancelled (Label Studio's Skip)."""
+    anns = [a for a in (task.get("annotations") or []) if isinstance(a, dict)]
+    return bool(anns) and all(a.get("was_cancelled") for a in anns)
 
 
 def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int,
@@ -196,6 +210,7 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
         lab_labels=[split.labels[i] for i in lab_ok],
         lab_fingerprints=[split.fingerprints[i] for i in lab_ok],
         x_pool=x_pool, pool_ids=[split.pool[i]["id"] for i in pool_ok],
+        skipped=[k for k, i in enumerate(pool_ok) if _skipped(split.pool[i])],
         unusable=split.unusable, image_failures=lab_failed + pool_failed,
         annotation_counts={i: counts.get(int(i), 0) for i in lab_ids},
         urls={split.pool[i]["id"]: (split.pool[i].get("data") or {}).get(cfg.data_key) for i in pool_ok},

@@ -278,3 +278,32 @@ def test_small_degenerate_cases_found_by_review():
     view = PoolView(probs=np.full((50, 10), 0.1, np.float32), feats=np.random.default_rng(0).normal(size=(50, 12)),
                     feats_lab=np.random.default_rng(1).normal(size=(10, 12)), y_lab=np.arange(10), num_classes=10)
     assert not ood_suspects(view, 2.0).any()
+
+
+def test_the_skip_guard_demotes_what_resembles_skipped_items_and_nothing_without_skips():
+    """Hand-made geometry: two classes on the axes, junk on a third direction. An item nearer a
+    skipped one than any class mean goes last; a skipped item that lies on a class mean demotes
+    nothing (a tie with the mean is not "nearer"); no skipped item, no change."""
+    from ncalr_backend.engine.acquisition.ncalr import near_skipped
+
+    feats_lab = np.array([[10.0, 0, 0], [10, 1, 0], [0, 10, 0], [1, 10, 0]])
+    y = np.array([0, 0, 1, 1])
+    pool = np.array([[9.0, 0.5, 0],    # class 0
+                     [0.5, 9, 0],      # class 1
+                     [1, 1, 9],        # junk, like the skipped one
+                     [6, 4, 0],        # between the classes: hard, not junk
+                     [2.5, 2.5, 8]])   # junk-ish
+    pred = np.array([0, 1, 0, 0, 1])
+    skipped = np.array([[1.0, 2, 10], [10.0, 0.5, 0]])  # junk, and a class-0 item someone skipped anyway
+    cfg = EngineConfig(diversity="none")
+    view = PoolView(probs=_probs_for(pred, 2), feats=pool, feats_lab=feats_lab, y_lab=y, num_classes=2,
+                    pred_history=np.zeros((3, 5), np.int32), config=cfg, feats_skipped=skipped)
+    # by hand: centre = labeled mean (5.25, 5.25, 0); the junk items point along +z, away from both means
+    assert near_skipped(view).tolist() == [False, False, True, False, True]
+    ranked = get_strategy("ncalr").rank(view)[0].tolist()
+    assert set(ranked[-2:]) == {2, 4}
+    import dataclasses
+    plain = dataclasses.replace(view, feats_skipped=None)
+    assert "near_skipped" not in get_strategy("ncalr").rank(plain)[1]
+    off = dataclasses.replace(view, config=cfg.replace(skip_guard=False))
+    assert get_strategy("ncalr").rank(off)[0].tolist() == get_strategy("ncalr").rank(plain)[0].tolist()

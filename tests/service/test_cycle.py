@@ -525,3 +525,23 @@ def test_asked_to_stop_during_the_write_back_the_project_is_not_switched(setting
     assert e.value.interrupted and ls.imported and ls.patches == [] and ls.model_version in ("", None)
     assert ls.model_versions(1) == {}  # what was sent is deleted again
     assert ProjectStore(settings.model_dir, 1).latest() is None
+
+
+def test_a_task_annotators_skipped_is_served_last_and_the_guard_is_reported(settings):
+    """Label Studio's Skip (every annotation cancelled): the cycle shows the skipped task's image to
+    the engine's skip guard, which queries what resembles it after everything else (batch diversity
+    notwithstanding)."""
+    checker = np.indices((8, 8)).sum(0) % 2 * 255  # junk: like neither class's image (two grays)
+    buf = io.BytesIO()
+    Image.fromarray(checker.astype(np.uint8)).save(buf, format="PNG")
+    ls = FakeLS(images={15: buf.getvalue(), 21: buf.getvalue()})
+    ls.tasks[14]["annotations"] = [{"id": 500, "was_cancelled": True, "updated_at": "2024", "result": []}]
+    rep = run_project_cycle(settings, 1, "test", engine_config=ENGINE, client=ls)
+    assert rep["skipped"] == 1
+    score = {it["task"]: it["score"] for it in ls.imported}
+    assert sorted(score, key=score.get)[-2:] in ([15, 21], [21, 15])  # the skipped one and its look-alike
+    z = np.load(ProjectStore(settings.model_dir, 1).latest()["path"] / "scores.npz")
+    assert z["score_near_skipped"].sum() == 2
+    plain = FakeLS(images={15: buf.getvalue(), 21: buf.getvalue()})  # nobody skipped: no guard
+    run_project_cycle(settings, 2, "test", engine_config=ENGINE, client=plain)
+    assert "score_near_skipped" not in np.load(ProjectStore(settings.model_dir, 2).latest()["path"] / "scores.npz").files

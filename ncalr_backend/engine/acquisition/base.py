@@ -32,6 +32,7 @@ class PoolView:
     config: object = None  # EngineConfig
     label_sets: np.ndarray | None = None  # [N, K] bool training label sets (multi-label mode only)
     pred_sets: np.ndarray | None = None  # [M, K] bool predicted sets of the final model (multi-label mode only)
+    feats_skipped: np.ndarray | None = None  # [S, d] features of items annotators skipped (EngineConfig.skip_guard)
 
     @property
     def multilabel(self) -> bool:
@@ -64,7 +65,9 @@ class Strategy:
             ranking = rank_desc(scores["score"], view.rng)
         cfg = view.config
         if getattr(cfg, "diversity", "none") == "clusters" and getattr(cfg, "diversity_batch", 0) > 1:
+            last = extras.pop("last", None)  # demoted items (OOD or skip guard): never pulled into the head
+            limit = None if last is None else int(len(ranking) - np.count_nonzero(last))
             ranking, groups = cluster_round_robin(ranking, view.feats, cfg.diversity_batch,
-                                                  cfg.diversity_candidates, seed=int(cfg.seed))
+                                                  cfg.diversity_candidates, seed=int(cfg.seed), limit=limit)
             scores["diversity_group"] = groups
         return ranking, {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}, extras

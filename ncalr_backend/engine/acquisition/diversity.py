@@ -85,12 +85,14 @@ def cluster_groups(feats: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def cluster_round_robin(ranking: np.ndarray, feats: np.ndarray, batch: int, factor: float,
-                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                        seed: int = 0, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(new ranking [M], group id per pool item [M], -1 outside the candidates). ``feats`` is
-    indexed by pool item, ``ranking`` lists pool items query-first."""
+    indexed by pool item, ``ranking`` lists pool items query-first. ``limit``: candidates come
+    only from the first ``limit`` of the ranking (a strategy's demoted tail stays the tail)."""
     ranking = np.asarray(ranking, dtype=np.int64)
     groups = np.full(len(ranking), -1, dtype=np.int64)
-    n_cand = min(len(ranking), int(math.ceil(factor * batch)), MAX_CANDIDATES)
+    n_cand = min(len(ranking), int(math.ceil(factor * batch)), MAX_CANDIDATES,
+                 len(ranking) if limit is None else max(0, int(limit)))
     if batch < 2 or n_cand < 2:
         return ranking, groups
     cand = ranking[:n_cand]

@@ -109,6 +109,31 @@ def ood_suspects(view: PoolView, k: float) -> np.ndarray:
     return span_alignment(geom, view.feats) < thr
 
 
+def near_skipped(view: PoolView) -> np.ndarray:
+    """[M] bool: pool items whose feature, centred on the labeled set's mean and normalised, is
+    nearer (cosine) to some skipped item's than to every class mean (``EngineConfig.skip_guard``).
+    An item like what annotators skip is not worth their time; one near its class mean is not
+    demoted even when some hard item of that class was skipped. All False without skipped items."""
+    sk = view.feats_skipped
+    if sk is None or len(sk) == 0 or view.size == 0:
+        return np.zeros(view.size, dtype=bool)
+    geom, _ = labeled_geometry(view, None, centered=True)
+    if not geom.present.any():
+        return np.zeros(view.size, dtype=bool)
+
+    def unit(a):
+        a = np.asarray(a, dtype=np.float64) - geom.center
+        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+    means = unit(geom.means[geom.present])
+    skipped = unit(sk)
+    out = np.empty(view.size, dtype=bool)
+    for s in range(0, view.size, 8192):  # [b, C] and [b, S] at a time
+        h = unit(view.feats[s:s + 8192])
+        out[s:s + len(h)] = (h @ skipped.T).max(1) > (h @ means.T).max(1) + 1e-9  # a tie is not nearer
+    return out
+
+
 def demote(score: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The same order within each group, every masked item after every other."""
     if not mask.any() or mask.all():
@@ -130,7 +155,17 @@ class NCALR(Strategy):
         if k > 0:
             c["ood_suspect"] = ood_suspects(view, k).astype(np.float64)
             score = demote(score, c["ood_suspect"] > 0)
-        return {"score": score, **c}
+        last = np.zeros(view.size, dtype=bool)
+        if k > 0:
+            last |= c["ood_suspect"] > 0
+        if getattr(view.config, "skip_guard", True) and view.feats_skipped is not None and len(view.feats_skipped):
+            c["near_skipped"] = near_skipped(view).astype(np.float64)
+            score = demote(score, c["near_skipped"] > 0)
+            last |= c["near_skipped"] > 0
+        out = {"score": score, **c}
+        if last.any() and not last.all():
+            out["_extras"] = {"last": last}  # batch diversity keeps them at the end
+        return out
 
 
 class CMAPOnly(Strategy):
