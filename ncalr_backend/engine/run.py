@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +175,9 @@ def ff_histogram(ff: np.ndarray) -> dict:
     """FF in bins of one: {"0": count, "1": ...} (whole flip counts; with ``ff_mode`` flips+margin
     or margin the fractional values of a bin are counted together, not written over each other)."""
     return {str(int(v)): int(c) for v, c in zip(*np.unique(np.floor(np.asarray(ff)), return_counts=True))}
+
+
+_PREDICT_LOCK = threading.Lock()
 
 
 def _finite_or_diverged(tr) -> None:
@@ -355,7 +359,13 @@ def predict_proba(model: ResNet18Classifier, x, device: str | torch.device | Non
     """Softmax probabilities [n, K] for images [n, C, H, W] in [0, 1]."""
     dev = pick_device("auto") if device is None else torch.device(device)
     x = torch.as_tensor(np.asarray(x, dtype=np.float32))
-    model = model.to(dev)
-    _, logits = forward_all(model, x, dev, batch_size, amp=False, with_features=False)
-    model.to("cpu")
+    # one at a time: a served model is shared by the web threads (/predict, placement), and moving
+    # its weights to the GPU and back while another thread runs it crashed the process (a review
+    # reproduced a segmentation fault on an H200 with 8 threads)
+    with _PREDICT_LOCK:
+        model = model.to(dev)
+        try:
+            _, logits = forward_all(model, x, dev, batch_size, amp=False, with_features=False)
+        finally:
+            model.to("cpu")
     return torch.softmax(logits, dim=1).numpy().astype(np.float32)

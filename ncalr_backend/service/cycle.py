@@ -130,18 +130,21 @@ def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress:
                                x_skipped=snap.x_skipped)
     except engine.Diverged as exc:
         # never ship a broken model: once more, at a third of the learning rate, with another seed
+        # ... and from scratch: if the previous model's weights are what diverges, warm-starting from
+        # them again would fail every later cycle the same way (found by review)
         retry = ecfg.replace(lr=ecfg.lr * DIVERGED_LR_FACTOR, seed=ecfg.seed + 1)
-        log.warning("project %s cycle %s: %s; training again at learning rate %g", run.project_id, run.cycle,
-                    exc, retry.lr)
-        run.report["diverged"] = {"first": str(exc), "retried_with_lr": retry.lr}
+        log.warning("project %s cycle %s: %s; training again from scratch at learning rate %g", run.project_id,
+                    run.cycle, exc, retry.lr)
+        run.report["diverged"] = {"first": str(exc), "retried_with_lr": retry.lr, "retried_from_scratch": True}
         try:
             res = engine.run_cycle(snap.x_lab, snap.y_lab, snap.x_pool, num_classes=snap.cfg.num_classes,
-                                   config=retry, out_dir=run.work, init_state=init_state, progress=progress,
+                                   config=retry, out_dir=run.work, init_state=None, progress=progress,
                                    should_stop=should_stop, x_skipped=snap.x_skipped)
         except engine.Diverged as exc2:
             raise CycleError(f"training diverged twice ({exc}; then at learning rate {retry.lr:g}: {exc2}); "
                              "nothing was written and the previous version stays live") from exc2
     wall = time.time() - t
+    run.report["warm_start"] = bool(res.meta.get("warm_started", False))  # what the engine did, not what was offered
     train_s = float(res.timings.get("train_s", wall))
     run.timings.update(train_s=train_s, score_s=float(res.timings.get("score_s", max(0.0, wall - train_s))),
                        engine_s=wall)

@@ -113,7 +113,12 @@ def _predict_on_the_fly(settings: Settings, tasks, positions, results, cfg: Imag
     except Exception as exc:  # no Label Studio credentials: nothing to download with
         log.warning("/predict cannot fetch images: %s", exc)
         return
-    model, meta = served.model_and_meta()
+    try:
+        model, meta = served.model_and_meta()
+    except Exception as exc:  # noqa: BLE001 - a damaged model.pt: the ranked tasks keep their answers
+        log.error("/predict: the model of %s cannot be loaded (%s: %s); tasks it did not rank get no "
+                  "prediction", served.version, exc.__class__.__name__, exc)
+        return
     size, channels = model_input(meta, settings)
     x, ok_idx, failures = load_images(client, ImageCache(settings.model_dir / "cache"), tasks, cfg,
                                       size, channels, min(4, settings.download_workers))

@@ -204,6 +204,9 @@ def test_plateau_guard_by_hand():
     assert not plateau_starts([0.3, 0.4, 0.4, 0.4, 0.4], [0.4] * 5, 3, 0.01, 0.5, 0.1)
     assert not plateau_starts([0.5, 0.6, 0.65, 0.7, 0.75], [0.75] * 5, 3, 0.01, 0.5, 0.1)
     assert not plateau_starts([0.7, 0.7, 0.7], [0.7] * 3, 3, 0.01, 0.5, 0.1)
+    # a collapse is no plateau: the accuracy rose past min_acc, fell back below it and stayed (found
+    # by review: T_i came at 0.35 and the degraded run was reported as the terminal phase)
+    assert not plateau_starts([0.3, 0.6, 0.35, 0.35, 0.35, 0.35, 0.35], [0.35] * 7, 3, 0.01, 0.5, 0.1)
 
 
 def test_default_criterion_waits_out_a_transient_plateau():
@@ -283,3 +286,14 @@ def test_eval_batch_resolves_per_device():
     with pytest.raises(ConfigError, match="eval_batch_size"):
         EngineConfig(eval_batch_size=-1)
     assert EngineConfig.from_mapping({"channels_last": "false"}).channels_last is False
+
+
+def test_a_terminal_phase_too_near_the_epoch_cap_says_its_window_was_cut():
+    """Found by review: T_i at the cap gave tpt.reached with one checkpoint (FF 0 for the whole
+    pool) and nothing said so."""
+    x, y = separable(n_per=8)
+    px, _ = separable(n_per=5, seed=1)
+    cut = run_cycle(x, y, px, 4, FAST.replace(min_epochs=3, max_epochs=3, tpt_window=2, train_acc_threshold=0.01))
+    assert cut.tpt["reached"] and cut.tpt["t_i"] == 3 and cut.tpt["window_complete"] is False
+    whole = run_cycle(x, y, px, 4, FAST.replace(max_epochs=6, tpt_window=2, train_acc_threshold=0.01))
+    assert whole.tpt["reached"] and whole.tpt["window_complete"] is True and len(whole.tpt["checkpoints"]) == 3

@@ -307,3 +307,45 @@ def test_the_skip_guard_demotes_what_resembles_skipped_items_and_nothing_without
     assert "near_skipped" not in get_strategy("ncalr").rank(plain)[1]
     off = dataclasses.replace(view, config=cfg.replace(skip_guard=False))
     assert get_strategy("ncalr").rank(off)[0].tolist() == get_strategy("ncalr").rank(plain)[0].tolist()
+
+
+def test_predictions_on_one_shared_model_run_one_at_a_time(monkeypatch):
+    """Found by review on an H200: /predict threads moved the shared served model to the GPU and
+    back while others ran it, and the process died (segmentation fault). predict_proba now holds a
+    lock across the move, the forward pass and the move back; here the forward pass counts how many
+    threads are inside it at once."""
+    import threading
+    import time
+
+    import ncalr_backend.engine.run as run
+    from ncalr_backend.engine.training import build_model
+
+    real, inside, most = run.forward_all, [0], [0]
+    guard = threading.Lock()
+
+    def counting(*a, **k):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.02)
+        try:
+            return real(*a, **k)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    monkeypatch.setattr(run, "forward_all", counting)
+    model = build_model(3, 1, 8, "", 4).eval()
+    x = np.random.default_rng(0).random((6, 1, 8, 8), dtype=np.float32)
+    want = run.predict_proba(model, x, device="cpu")
+    got = [None] * 8
+
+    def one(i):
+        got[i] = run.predict_proba(model, x, device="cpu")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1 and all(np.array_equal(g, want) for g in got)

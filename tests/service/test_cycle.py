@@ -425,8 +425,11 @@ def test_a_diverging_training_is_retried_at_a_lower_rate_and_never_ships(setting
     import ncalr_backend.engine as engine
     real, lrs = engine.run_cycle, []
 
+    inits = []
+
     def diverge_first(*a, **kw):
         lrs.append(kw["config"].lr)
+        inits.append(kw["init_state"])
         if len(lrs) == 1:
             raise engine.Diverged("the training loss became nan at epoch 3 (learning rate 0.05)")
         return real(*a, **kw)
@@ -436,6 +439,13 @@ def test_a_diverging_training_is_retried_at_a_lower_rate_and_never_ships(setting
     rep = run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
     assert rep["status"] == "completed" and lrs == [ENGINE.lr, pytest.approx(ENGINE.lr * 0.3)]
     assert rep["diverged"]["retried_with_lr"] == pytest.approx(ENGINE.lr * 0.3)
+    v1 = rep["model_version"]
+    # the next cycle diverges from the warm start it is given: the retry starts from scratch, so
+    # weights that diverge cannot stick a project (found by review)
+    lrs.clear(), inits.clear()
+    rep = run_project_cycle(settings, 1, "t1b", engine_config=ENGINE, client=ls)
+    assert inits[0] is not None and inits[1] is None and rep["diverged"]["retried_from_scratch"]
+    assert rep["warm_start"] is False  # what the engine did (the retry), not what was offered
     v1 = rep["model_version"]
 
     def always(*a, **kw):
@@ -545,3 +555,21 @@ def test_a_task_annotators_skipped_is_served_last_and_the_guard_is_reported(sett
     plain = FakeLS(images={15: buf.getvalue(), 21: buf.getvalue()})  # nobody skipped: no guard
     run_project_cycle(settings, 2, "test", engine_config=ENGINE, client=plain)
     assert "score_near_skipped" not in np.load(ProjectStore(settings.model_dir, 2).latest()["path"] / "scores.npz").files
+
+
+def test_a_damaged_model_file_costs_only_the_unranked_tasks_their_prediction(settings):
+    """Found by review: a truncated model.pt made every /predict a 500, the tasks the cycle ranked
+    (stored predictions, no model needed) included."""
+    from ncalr_backend.service.labelconfig import parse_label_config
+    from ncalr_backend.service.serving import ServedCycle, predict_tasks
+
+    ls = FakeLS()
+    rep = run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    path = ProjectStore(settings.model_dir, 1).latest()["path"] / "model.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+    ServedCycle._cache.clear()
+    cfg = parse_label_config(CFG)
+    out = predict_tasks(settings, cfg, [{"id": 10, "data": {"image": "/data/upload/1/10.png"}},
+                                        {"id": 5000, "data": {"image": "/data/upload/1/5000.png"}}], 1)
+    assert out[0]["result"] and out[0]["model_version"] == rep["model_version"]  # ranked: its stored answer
+    assert out[1]["result"] == [] and out[1]["score"] == 1.0  # not ranked, no model: nothing to say

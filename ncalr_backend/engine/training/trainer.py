@@ -165,7 +165,9 @@ def plateau_starts(accs: list[float], fit_accs: list[float], patience: int, delt
     the eval-mode accuracy trails it (seen: BatchNorm running statistics still catching up with
     two steps per epoch, fit accuracy 1.0 and eval accuracy 0.5 for eight epochs); a network that
     cannot fit noisy labels has both flat at the same level."""
-    if len(accs) <= patience or max(accs) < min_acc or not _plateaued(accs, patience, delta):
+    # the accuracy NOW must have reached min_acc: a run that rose past it and then fell back (a
+    # collapse) has "stopped rising" too, and is no terminal phase (found by review)
+    if len(accs) <= patience or accs[-1] < min_acc or not _plateaued(accs, patience, delta):
         return False
     return all(f - a <= max_gap for a, f in zip(accs[-patience:], fit_accs[-patience:]))
 
@@ -444,6 +446,9 @@ def tpt_summary(phase: TerminalPhase, history: list[dict], pred_epochs: list[int
     tpt = {"reached": phase.t_i is not None, "t_i": phase.t_i, "by": phase.by, "criterion": config.tpt_criterion,
            "epochs": epoch, "window": phase.window,
            "checkpoints": pred_epochs, "threshold": config.train_acc_threshold,
+           # T_i and the window's epochs after it all trained (a T_i too near the epoch cap cuts the
+           # window short, and FF then counts over fewer checkpoints than the window says)
+           "window_complete": phase.t_i is not None and len(pred_epochs) >= phase.window + 1,
            "accuracy": "exact set match" if multilabel else "top-1",
            "final_train_acc": history[-1]["train_acc"] if history else None}
     last = history[-1] if history else {}
