@@ -42,7 +42,9 @@ from ncalr_backend.service.store import MAX_ID, ProjectStore, project_id_from, r
 
 log = logging.getLogger("ncalr_backend.wsgi")
 
-COUNTED = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+# ANNOTATIONS_CREATED: Label Studio's Data Manager action "Create annotations from predictions"
+# (a list under "annotation"); it used to be answered "unknown action" and never counted
+COUNTED = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 IGNORED_FOR_TRAINING = ("PROJECT_UPDATED",)
 
 
@@ -91,6 +93,11 @@ def _annotation_count(action: str, data: dict) -> int:
         if not isinstance(anns, list) or not anns or not all(isinstance(a, dict) and "id" in a for a in anns):
             raise BadRequest("ANNOTATIONS_DELETED needs 'annotations': a non-empty list of {\"id\": ...}")
         return len(anns)
+    if action == "ANNOTATIONS_CREATED":
+        anns = data.get("annotation")
+        if not isinstance(anns, list) or not all(isinstance(a, dict) and "id" in a for a in anns):
+            raise BadRequest("ANNOTATIONS_CREATED needs 'annotation': a list of {\"id\": ...}")
+        return sum(1 for a in anns if not a.get("was_cancelled"))
     ann = data.get("annotation")
     if not isinstance(ann, dict) or "id" not in ann:
         raise BadRequest(f"{action} needs 'annotation': an object with an 'id'")
@@ -285,6 +292,13 @@ class Backend:
         if action == "ANNOTATIONS_DELETED":
             anns = [a.get("id") for a in data.get("annotations") or [] if isinstance(a, dict)]
             tids = review.tasks_of_annotations(store, [a for a in anns if isinstance(a, int)])
+        elif action == "ANNOTATIONS_CREATED":
+            anns = [a for a in data.get("annotation") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
+            listed = review.ReviewState(store).listed_tasks()
+            tids = sorted({a["task"] for a in anns if isinstance(a.get("task"), int) and str(a["task"]) in listed})
+        elif action == "ANNOTATION_CREATED" and isinstance(data.get("annotation"), dict) \
+                and data["annotation"].get("was_cancelled"):
+            return  # a skip is no review: the listed label stays as it was, and stays listed
         else:
             task = data.get("task") if isinstance(data.get("task"), dict) else {}
             ann = data.get("annotation") if isinstance(data.get("annotation"), dict) else {}

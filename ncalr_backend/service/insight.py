@@ -38,8 +38,10 @@ log = logging.getLogger(__name__)
 NEXT_TASKS = 24
 HIST_BINS = 20
 ESTIMATE_HOW = ("accuracy of this cycle's predictions on the tasks of its pool that were labeled after it "
-                "(computed by the next cycle); those are the tasks the queue served first, so it tends to "
-                "under-state accuracy on a random task")
+                "(computed by the next cycle); those are the tasks the queue served first, which pulls it "
+                "below accuracy on a random task, while annotators who saw the prediction as a "
+                "pre-annotation (or created annotations from predictions) tend to keep it, which pushes "
+                "it up: read it as a trend, not a measurement")
 
 
 # ---------------------------------------------------------------------------- at cycle time

@@ -398,6 +398,9 @@ def hinted_task_ids(action: str, data: dict) -> List[int]:
     elif action == "ANNOTATIONS_DELETED":
         anns = data.get("annotations") if isinstance(data.get("annotations"), list) else []
         found = [tid(a.get("task")) for a in anns if isinstance(a, dict)]
+    elif action == "ANNOTATIONS_CREATED":
+        anns = data.get("annotation") if isinstance(data.get("annotation"), list) else []
+        found = [tid(a.get("task")) for a in anns if isinstance(a, dict)]
     elif action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
         ann = data.get("annotation") if isinstance(data.get("annotation"), dict) else {}
         found = [tid(data.get("task")), tid(ann.get("task"))]

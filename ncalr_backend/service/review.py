@@ -279,6 +279,9 @@ class ReviewClearer:
             with self._cv:
                 while not self._todo:
                     if not self._cv.wait(60):
+                        # said under the lock: a request from now on starts a new thread (between this
+                        # return and the thread's end is_alive() is still True, and the request waited)
+                        self._thread = None
                         return
                 pid, ids = self._todo.popitem()
             try:

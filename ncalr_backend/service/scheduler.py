@@ -202,14 +202,21 @@ class EmbeddedScheduler(BaseScheduler):
                 pid, job = nxt
                 self._running = pid
                 self._running_kind = "cycle" if "cycle" in job else "placement"
+            place = not job.get("cycle")
             try:
                 if "cycle" in job:
-                    self._run_cycle(pid, job["cycle"])
-                elif job.get("tasks"):
+                    try:
+                        self._run_cycle(pid, job["cycle"])
+                    except Exception:  # noqa: BLE001 - cycles log their own failures
+                        # the cycle would have ranked the tasks created while it waited; it did not, so
+                        # they are placed under the live version now (they were dropped: found by review)
+                        place = True
+                if place and job.get("tasks"):
+                    with self._cv:
+                        self._running_kind = "placement"
                     self.place_fn(self.settings, pid, job["tasks"])
-            except Exception as exc:  # the worker must survive any failure (cycles log their own)
-                if "cycle" not in job:
-                    log.error("project %s: placement failed: %s", pid, exc)
+            except Exception as exc:  # the worker must survive any failure
+                log.error("project %s: placement failed: %s", pid, exc)
             finally:
                 with self._cv:
                     self._running = None
@@ -218,7 +225,9 @@ class EmbeddedScheduler(BaseScheduler):
 
     def _run_cycle(self, pid: int, c: dict) -> None:
         st = ProjectStore(self.settings.model_dir, pid)
-        st.update_state(pending=None)
+        # the counter restarts when the cycle starts, not when it was queued: annotations made while
+        # it waited are in its snapshot, and counting them again started a needless next cycle
+        st.update_state(pending=None, new_annotations=0)
         log.info("project %s: cycle starts (%s; %d more requests folded in%s)", pid, c["reason"], c["coalesced"],
                  f"; attempt {c['attempt'] + 1}" if c.get("attempt") else "")
         try:
@@ -341,6 +350,7 @@ def rq_cycle_job(project_id: int):
     st = ProjectStore(settings.model_dir, project_id)
     with project_lock(r, project_id, settings.rq_lock_ttl) as lost:
         raw = r.getdel(k["queued"])  # from here on, new requests enqueue the (one) next job
+        r.delete(k["count"])  # annotations made while this job waited are in its snapshot: not counted again
         info = json.loads(raw) if raw else {"reason": "queued", "triggered_at": time.time()}
         attempt = int(info.get("attempt", 0))
         st.update_state(pending=None)

@@ -87,3 +87,34 @@ def test_a_webhook_is_counted_when_the_project_mirror_is_damaged(client):
     assert r.status_code == 201, r.get_json()
     assert store.state()["new_annotations"] == 1
     assert (store.root / "mirror.sqlite.corrupt").exists()
+
+
+def test_annotations_created_from_predictions_are_counted_and_a_skip_is_no_review(client, monkeypatch):
+    """Found by review: ANNOTATIONS_CREATED (Data Manager: "Create annotations from predictions", a list
+    under "annotation") was answered "unknown action" and never counted; a skip (a cancelled
+    ANNOTATION_CREATED) of a listed suspect took it off the list as if reviewed."""
+    from ncalr_backend.service.auth import SECRET_HEADER
+    from ncalr_backend.service.store import ProjectStore
+
+    secret = (client.model_dir / "webhook_secret").read_text().strip()
+    post = lambda body: client.post("/webhook", headers={SECRET_HEADER: secret}, json=body)  # noqa: E731
+    r = post({"action": "ANNOTATIONS_CREATED", "project": {"id": 3, "task_number": 1000},
+              "annotation": [{"id": 10 + i, "task": 100 + i} for i in range(4)] + [{"id": 20, "task": 120,
+                                                                                      "was_cancelled": True}]})
+    assert r.status_code == 201 and ProjectStore(client.model_dir, 3).state()["new_annotations"] == 4
+    r = post({"action": "ANNOTATIONS_CREATED", "project": {"id": 3}, "annotation": {"id": 1}})
+    assert r.status_code == 400 and "ANNOTATIONS_CREATED" in r.get_json()["error"]
+
+    backend = client.application.extensions["ncalr"]
+    requested = []
+    monkeypatch.setattr(backend.reviews, "request", lambda pid, tids: requested.append((pid, list(tids))))
+    import ncalr_backend.service.review as review
+    monkeypatch.setattr(review.ReviewState, "listed_tasks", lambda self: {"7"})
+    store = ProjectStore(client.model_dir, 5)
+    store.root.mkdir(parents=True, exist_ok=True)
+    (store.root / "review.json").write_text("{}")
+    post({"action": "ANNOTATION_CREATED", "project": {"id": 5}, "task": {"id": 7},
+          "annotation": {"id": 70, "task": 7, "was_cancelled": True}})
+    assert requested == []  # skipped: still a suspect
+    post({"action": "ANNOTATION_CREATED", "project": {"id": 5}, "task": {"id": 7}, "annotation": {"id": 71, "task": 7}})
+    assert requested == [(5, [7])]  # answered: reviewed

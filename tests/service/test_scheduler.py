@@ -214,3 +214,48 @@ def test_state_updates_from_several_processes_are_never_lost(tmp_path):
     s = ProjectStore(tmp_path, 1).state()
     assert s["new_annotations"] == 400
     assert [s.get(f"w{w}") for w in range(4)] == [99] * 4
+
+
+def test_annotations_made_while_a_cycle_waits_are_not_counted_again_once_it_starts(tmp_path):
+    """Found by review: the counter restarted when a cycle was queued, so the annotations made while
+    it waited (which its snapshot trains on) also counted toward the next one, and a single new
+    annotation then started another full cycle."""
+    gate, started, runs = threading.Event(), threading.Event(), []
+
+    def cycle(settings, pid, reason, t, **kw):
+        runs.append((pid, reason))
+        if pid == 1:
+            started.set()
+            gate.wait(10)
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "TRAIN_TRIGGER_MIN": "10"})
+    sch = EmbeddedScheduler(s, cycle_fn=cycle)
+    sch.request_cycle(1, "a running cycle keeps the worker busy")
+    assert started.wait(5)
+    assert sch.count_annotations(2, 10, 50)["cycle"]["queued"]  # project 2's cycle now waits
+    for _ in range(9):
+        sch.count_annotations(2, 1, 50)  # made while it waits: its snapshot will hold them
+    assert ProjectStore(tmp_path, 2).state()["new_annotations"] == 9
+    gate.set()
+    assert sch.wait_idle(10) and [p for p, _ in runs] == [1, 2]
+    assert ProjectStore(tmp_path, 2).state()["new_annotations"] == 0
+    assert sch.count_annotations(2, 1, 50)["cycle"] is None and sch.wait_idle(5) and len(runs) == 2
+
+
+def test_tasks_created_while_a_cycle_waited_are_placed_when_that_cycle_fails(tmp_path):
+    """Found by review: new tasks folded into a waiting cycle were left to it; when it failed they
+    got no prediction under the live version until some later cycle succeeded."""
+    placed = []
+
+    def cycle(settings, pid, reason, t, **kw):
+        raise RuntimeError("no labels yet")
+
+    sch = EmbeddedScheduler(Settings.from_env({"MODEL_DIR": str(tmp_path)}), cycle_fn=cycle,
+                            place_fn=lambda s, pid, tasks: placed.append((pid, sorted(tasks))))
+    with sch._cv:  # both arrive before the worker picks the project up
+        sch._waiting[4] = {"cycle": {"reason": "x", "triggered_at": time.time(), "coalesced": 0, "attempt": 0,
+                                     "not_before": 0.0}, "tasks": {501: None, 502: None}}
+    sch._ensure_thread()
+    with sch._cv:
+        sch._cv.notify_all()
+    assert sch.wait_idle(5) and placed == [(4, [501, 502])]
