@@ -182,13 +182,14 @@ def commit(run: CycleRun, snap: Snapshot, res, wb: WriteBack, settings: Settings
 
 
 def tidy(client: LabelStudioClient, settings: Settings, run: CycleRun, previous: Optional[str],
-         label_errors: Optional[list] = None, relabel=None) -> None:
+         label_errors: Optional[list] = None, relabel=None, marked=None) -> None:
     """After a commit: the suspected label errors into Label Studio's review tab (review.py);
     older prediction versions out of Label Studio, old cycle directories and least recently used
     cached images off the disk. Failures are logged, never fatal."""
     if label_errors is not None:
         try:
-            out = review.publish(client, run.store, run.project_id, label_errors, since=run.started_at)
+            out = review.publish(client, run.store, run.project_id, label_errors, since=run.started_at,
+                                 marked=marked)
             run.store.update_state(review={**out, "cycle": run.cycle})
         except Exception as exc:
             log.warning("project %s: could not publish the suspected label errors of cycle %s: %s",
@@ -313,5 +314,5 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         if err is exc:
             raise
         raise err from exc
-    tidy(client, settings, run, previous, label_errors, relabel)
+    tidy(client, settings, run, previous, label_errors, relabel, marked=snap.marked)
     return report

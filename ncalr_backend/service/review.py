@@ -187,11 +187,14 @@ def ensure_view(client: LabelStudioClient, project_id: int, view_id: Optional[in
 
 
 def publish(client: LabelStudioClient, store: ProjectStore, project_id: int, entries: List[dict],
-            since: Optional[float] = None) -> dict:
+            since: Optional[float] = None, marked: Optional[Iterable[int]] = None) -> dict:
     """Make Label Studio list this cycle's flagged tasks (not those reviewed at their current
     label), and no other; keep the tab. Writes only what changed. ``since``: when the cycle
     started; a task reviewed after that was judged on a label this cycle may not have seen, so it
-    is not listed again now (the next cycle decides on its current label)."""
+    is not listed again now (the next cycle decides on its current label). ``marked``: the tasks
+    whose data in Label Studio carries the tab's score (the cycle's snapshot): any of them this
+    state does not list is cleared too, so a lost or damaged ``review.json`` (a new MODEL_DIR, a
+    reset volume) cannot leave stale tasks on the tab for good."""
     with ReviewState(store).locked() as st:
         reviewed = st["reviewed"]
         newer = {t for t, at in st["reviewed_at"].items() if since is not None and at >= since}
@@ -201,6 +204,7 @@ def publish(client: LabelStudioClient, store: ProjectStore, project_id: int, ent
                   and str(e["task"]) not in newer}
         listed = st["listed"]
         changes: Dict[int, Optional[dict]] = {int(t): None for t in listed if t not in target}
+        changes.update({int(t): None for t in (marked or ()) if str(t) not in target and str(t) not in listed})
         changes.update({int(t): v for t, v in target.items()
                         if {k: v[k] for k in ("score", "suggested", "label")}
                         != {k: (listed.get(t) or {}).get(k) for k in ("score", "suggested", "label")}})

@@ -148,6 +148,7 @@ class Snapshot:
     urls: dict = field(default_factory=dict)  # pool task id -> image URL (dashboard thumbnails)
     local_files: dict = field(default_factory=dict)  # direct reads (LOCAL_FILES_DOCUMENT_ROOT), if on
     skipped: List[int] = field(default_factory=list)  # positions in the pool of tasks annotators skipped
+    marked: List[int] = field(default_factory=list)  # tasks whose data carries the review tab's score key
 
     @property
     def x_skipped(self) -> np.ndarray:
@@ -190,8 +191,9 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
         sync = mirror.sync(client, project_id, task_number, settings.page_size, progress)
         tasks = mirror.tasks()
     fetch_tasks_s = time.time() - t
-    from ncalr_backend.service.review import ReviewState
+    from ncalr_backend.service.review import KEY_SCORE, ReviewState
     relabel = ReviewState(store).read().get("relabel") or {}
+    marked = [t["id"] for t in tasks if isinstance(t.get("data"), dict) and t["data"].get(KEY_SCORE) is not None]
     split = split_tasks(tasks, cfg, {t: r.get("probs") or {} for t, r in relabel.items()})
     # Label Studio's is_labeled counts distinct annotators against the task's overlap
     counts = {int(t["id"]): len({a.get("completed_by", a.get("id")) for a in t.get("annotations") or []
@@ -210,7 +212,7 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
         lab_labels=[split.labels[i] for i in lab_ok],
         lab_fingerprints=[split.fingerprints[i] for i in lab_ok],
         x_pool=x_pool, pool_ids=[split.pool[i]["id"] for i in pool_ok],
-        skipped=[k for k, i in enumerate(pool_ok) if _skipped(split.pool[i])],
+        skipped=[k for k, i in enumerate(pool_ok) if _skipped(split.pool[i])], marked=marked,
         unusable=split.unusable, image_failures=lab_failed + pool_failed,
         annotation_counts={i: counts.get(int(i), 0) for i in lab_ids},
         urls={split.pool[i]["id"]: (split.pool[i].get("data") or {}).get(cfg.data_key) for i in pool_ok},

@@ -155,3 +155,26 @@ def test_a_task_reviewed_while_a_cycle_ran_is_not_listed_again_with_its_old_labe
     assert out["listed"] == 0 and 3 not in _listed(ls)
     out = review.publish(ls, store, 1, [entry], since=started + 2.0)  # a later cycle flags it again
     assert out["listed"] == 1 and 3 in _listed(ls)
+
+
+def test_tasks_a_lost_review_file_left_on_the_tab_are_cleared_by_the_next_cycle(tmp_path):
+    """Found by review: publish cleared only what review.json listed; with that file lost or damaged
+    (a new MODEL_DIR, a reset volume) earlier suspects kept their score in Label Studio and stayed
+    on the tab for good. A cycle now also clears every task its snapshot sees marked."""
+    from ncalr_backend.service import review
+    from ncalr_backend.service.snapshot import take_snapshot
+    from ncalr_backend.service.settings import Settings
+    from ncalr_backend.service.store import ProjectStore
+    from tests.service.test_cycle import FakeLS
+
+    ls = FakeLS()
+    ls.tasks[2]["data"][review.KEY_SCORE] = 0.9  # listed by an earlier MODEL_DIR
+    ls.tasks[2]["data"][review.KEY_LABEL] = "a"
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "IMAGE_SIZE": "8", "IMAGE_CHANNELS": "1",
+                           "LABEL_STUDIO_URL": "http://ls.test", "LABEL_STUDIO_API_KEY": "k"})
+    snap = take_snapshot(ls, s, 1)
+    assert snap.marked == [ls.tasks[2]["id"]]
+    store = ProjectStore(tmp_path, 1)
+    review.publish(ls, store, 1, [], marked=snap.marked)
+    assert ls.tasks[2]["data"][review.KEY_SCORE] is None and ls.tasks[2]["data"][review.KEY_LABEL] is None
+    assert take_snapshot(ls, s, 1).marked == []
