@@ -61,7 +61,12 @@ def estimate_eta(p: dict, now: float) -> dict:
     prev = p.get("previous") or {}
     k, n = p.get("k") or 0, p.get("n")
     elapsed = max(0.0, now - float(p.get("stage_started_at") or now))
-    if n and k:
+    pre_tpt = stage == "train" and (p.get("extra") or {}).get("t_i") is None
+    if pre_tpt and stage in prev and prev[stage] > elapsed:
+        # before the terminal phase n is the epoch cap, which a warm-started cycle rarely nears
+        # (3-10x too high, found by review): the previous cycle's training time is the better guess
+        here = prev[stage] - elapsed
+    elif n and k:
         here = elapsed * max(0, n - k) / k
     elif stage in prev:
         here = max(0.0, prev[stage] - elapsed)

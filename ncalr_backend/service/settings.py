@@ -226,8 +226,13 @@ class Settings:
             raise SettingsError("BASIC_AUTH_USER: a user name cannot hold ':' (HTTP basic auth splits at the "
                                 "first colon, so no request could ever log in)")
         redis_url = _get(env, "REDIS_URL")
-        if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        if redis_url and (urlsplit(redis_url).scheme not in ("redis", "rediss", "unix")
+                          or (urlsplit(redis_url).scheme != "unix" and not urlsplit(redis_url).hostname)):
             raise SettingsError(f"REDIS_URL={redis_url!r}: expected redis://host:port/db")
+        secret = _get(env, "WEBHOOK_SECRET")
+        if secret is not None and len(secret) < 16:
+            raise SettingsError("WEBHOOK_SECRET: at least 16 characters (it is all that stands between anyone who "
+                                "can reach the port and /webhook); unset it and the backend generates one")
         channels = _int(env, "IMAGE_CHANNELS", 3)
         if channels not in (1, 3):
             raise SettingsError(f"IMAGE_CHANNELS={channels}: expected 1 (grayscale) or 3 (RGB)")
@@ -246,7 +251,7 @@ class Settings:
             rq_queue=_get(env, "RQ_QUEUE") or "ncalr",
             basic_auth_user=user,
             basic_auth_pass=pw,
-            webhook_secret=_get(env, "WEBHOOK_SECRET"),
+            webhook_secret=secret,
             train_trigger_fraction=_float(env, "TRAIN_TRIGGER_FRACTION", 0.02, 0.0, 1.0),
             train_trigger_min=_int(env, "TRAIN_TRIGGER_MIN", 10, 1),
             image_size=_int(env, "IMAGE_SIZE", _int(env, "NCALR_IMAGE_SIZE", 32, 8, 1024), 8, 1024),

@@ -139,6 +139,10 @@ class HostRule:
 
 def parse_host_rule(entry: str) -> HostRule:
     e = entry.strip()
+    rest = e.split("://", 1)[1] if "://" in e else e
+    if re.search(r"[/?#]", rest.rstrip("/")):
+        # a rule is an origin: a path here would be dropped silently, allowing the whole host
+        raise URLRefused(f"{e!r}: a rule is a host (and port), not a path; a path would allow the whole host anyway")
     if "://" in e:
         u = parse_http_url(e if e.count("/") > 2 else e + "/")
         explicit = re.search(r"://(\[[^\]]*\]|[^/:]*):(\d+)", e) is not None
