@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -48,15 +49,30 @@ COUNTED = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "A
 IGNORED_FOR_TRAINING = ("PROJECT_UPDATED",)
 
 
-def lock_model_dir(model_dir: Path):
+MODEL_DIR_LOCK_WAIT_S = 30.0  # a gunicorn reload (HUP) starts the new worker while the old one still
+#                               stops its cycle (up to ~20 s): wait that long before calling it a second backend
+
+
+def lock_model_dir(model_dir: Path, wait_s: float = MODEL_DIR_LOCK_WAIT_S):
     """Hold ``MODEL_DIR/.backend.lock`` for this process's life, or raise saying who holds it: two
-    embedded-mode processes on one MODEL_DIR would race on state.json and cycle numbers."""
+    embedded-mode processes on one MODEL_DIR would race on state.json and cycle numbers. A holder
+    that lets go within ``wait_s`` (the old worker of a gunicorn reload) is waited for."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     f = open(model_dir / ".backend.lock", "a+")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    deadline, warned = time.monotonic() + wait_s, False
+    while True:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                if not warned:
+                    log.warning("MODEL_DIR=%s is held by another process; waiting up to %.0f s (a reload's old "
+                                "worker finishing its cycle)", model_dir, wait_s)
+                    warned = True
+                time.sleep(0.5)
+                continue
         f.seek(0)
         holder = f.read().strip() or "unknown"
         f.close()

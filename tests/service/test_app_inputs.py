@@ -3,6 +3,8 @@ Studio: each gets a 4xx that says what to fix, or is read the way Label Studio m
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ncalr_backend.service.app import MAX_ID, project_id_from
@@ -118,3 +120,21 @@ def test_annotations_created_from_predictions_are_counted_and_a_skip_is_no_revie
     assert requested == []  # skipped: still a suspect
     post({"action": "ANNOTATION_CREATED", "project": {"id": 5}, "task": {"id": 7}, "annotation": {"id": 71, "task": 7}})
     assert requested == [(5, [7])]  # answered: reviewed
+
+
+def test_model_dir_lock_waits_for_a_reloads_old_worker_but_refuses_a_second_backend(tmp_path):
+    """Found by review: a gunicorn reload (HUP) starts the new worker while the old one still stops
+    its cycle; the lock was tried once, the new worker failed to boot and gunicorn halted."""
+    import threading
+    import time
+
+    from ncalr_backend.service.app import lock_model_dir
+
+    first = lock_model_dir(tmp_path, wait_s=0)
+    threading.Timer(1.0, first.close).start()  # the old worker lets go after a second
+    t = time.monotonic()
+    second = lock_model_dir(tmp_path, wait_s=10)
+    assert time.monotonic() - t >= 0.9 and f"pid {os.getpid()}" in (tmp_path / ".backend.lock").read_text()
+    with pytest.raises(RuntimeError, match="in use by another backend process"):
+        lock_model_dir(tmp_path, wait_s=0.5)  # nobody lets go: a second backend
+    second.close()
