@@ -389,7 +389,7 @@ class Backend:
 
         def latest_report():
             out = {k: report.get(k) for k in (
-                "cycle", "model_version", "reason", "num_tasks", "num_labeled", "num_pool",
+                "cycle", "model_version", "reason", "num_tasks", "num_labeled", "num_pool", "skipped",
                 "predictions_created", "timings", "image_failures", "unusable_annotations",
                 "multilabel", "class_counts", "label_set_sizes", "predicted_set_sizes",
                 "triggered_at", "finished_at")}

@@ -140,6 +140,7 @@ def test_first_cycle_ranks_every_unlabeled_task_and_drives_the_queue(admin, back
     assert "is not Label Studio's" in reasons[digits_project["foreign"][0]] and "ALLOWED_IMAGE_HOSTS" in reasons[digits_project["foreign"][0]]
     unlabeled = [t["id"] for t in digits if t["id"] not in labeled]  # includes the skipped task
     assert rep["num_pool"] == len(unlabeled) == rep["predictions_created"]
+    assert rep["skipped"] == 1  # Label Studio lists the cancelled annotation: the skip guard sees the skip
     # every unlabeled task has exactly one prediction under the new version; the project points at it
     assert _versions(admin, pid).get(version) == len(unlabeled)
     project = admin.project(pid)
