@@ -29,6 +29,8 @@ MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 NO_DATE_MARGIN_S = 300  # without Label Studio's Date header, the watermark is our clock minus this
 MAX_BODY_BYTES = 512 * 1024 * 1024  # an API answer (decompressed) above this is refused
 BODY_DEADLINE_FACTOR = 10  # a whole answer must arrive within this x HTTP_TIMEOUT (the timeout is per read)
+GET_RETRY_DELAYS = (0.5, 2.0)  # a GET that failed in a way that passes is tried twice more, after these
+TRANSIENT_STATUS = (429, 502, 503, 504)
 
 
 def read_body(r: requests.Response, limit: int, deadline_s: float, what: str) -> bytes:
@@ -54,6 +56,9 @@ def read_body(r: requests.Response, limit: int, deadline_s: float, what: str) ->
 
 class LabelStudioError(RuntimeError):
     """Label Studio answered with an error (``status``), or not at all (``status`` None)."""
+
+    transient = False  # worth trying the same GET again right away (LabelStudioClient.request)
+    retry_after: Optional[float] = None  # seconds, from the answer's Retry-After
 
     def __init__(self, message: str, status: Optional[int] = None):
         super().__init__(message)
@@ -133,7 +138,25 @@ class LabelStudioClient:
 
     def request(self, method: str, path: str, *, ok=(200, 201, 204), stream=False, **kw) -> requests.Response:
         """A request that carries the key: ``path`` on Label Studio, or an absolute URL whose
-        parsed origin is exactly Label Studio's (anything else is refused before any I/O)."""
+        parsed origin is exactly Label Studio's (anything else is refused before any I/O).
+
+        A GET that fails in a way that passes (connection refused or reset, 502/503/504, 429) is
+        tried again after GET_RETRY_DELAYS (or the answer's Retry-After, up to 10 s): one proxy hiccup
+        in the middle of reading 50,000 tasks used to fail the whole cycle. Other methods are sent
+        once (a POST of predictions must not be doubled)."""
+        delays = GET_RETRY_DELAYS if method == "GET" else ()
+        for attempt in range(len(delays) + 1):
+            try:
+                return self._request_once(method, path, ok=ok, stream=stream, **kw)
+            except LabelStudioError as exc:
+                if attempt >= len(delays) or not getattr(exc, "transient", False):
+                    raise
+                wait = exc.retry_after if exc.retry_after is not None else delays[attempt]
+                log.warning("%s %s: %s; trying again in %.1f s", method, path, exc, wait)
+                time.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _request_once(self, method: str, path: str, *, ok=(200, 201, 204), stream=False, **kw) -> requests.Response:
         if not path.startswith("/"):
             safe = parse_http_url(path)
             if safe.origin != self.origin:
@@ -155,8 +178,18 @@ class LabelStudioClient:
                     r._content = read_body(r, MAX_BODY_BYTES, BODY_DEADLINE_FACTOR * float(kw["timeout"] or 60),
                                            f"{method} {path}")
         except requests.RequestException as exc:
-            raise LabelStudioError(f"{method} {path}: Label Studio not reachable ({exc.__class__.__name__})",
-                                   None) from exc
+            err = LabelStudioError(f"{method} {path}: Label Studio not reachable ({exc.__class__.__name__})", None)
+            err.transient = isinstance(exc, (requests.ConnectionError, requests.Timeout))
+            raise err from exc
+        if ok and r.status_code in TRANSIENT_STATUS:
+            err = LabelStudioError(f"{method} {path}: HTTP {r.status_code}", r.status_code)
+            err.transient = True
+            try:
+                err.retry_after = min(10.0, max(0.0, float(r.headers.get("Retry-After"))))
+            except (TypeError, ValueError):
+                pass
+            r.close()
+            raise err
         if ok and r.status_code not in ok:
             body = r.text[:300] if not stream else ""
             if r.status_code == 401:

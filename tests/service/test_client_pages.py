@@ -248,3 +248,60 @@ def test_an_answer_dripped_a_byte_at_a_time_ends_at_the_deadline_and_a_bomb_at_t
             c.get_project(2)  # 6 MB of JSON from a 10 KB gzip body
     finally:
         srv.shutdown()
+
+
+def test_a_get_that_meets_a_proxy_hiccup_is_tried_again_and_a_post_never(monkeypatch):
+    """Found by review: one 502 in the middle of reading 50,000 tasks failed the whole cycle. A GET
+    answered 502/503/504/429 (or refused at connect) is tried twice more, after the Retry-After when
+    given; a POST is sent once (predictions must not be doubled). Against a real local server."""
+    import http.server
+    import threading
+
+    from ncalr_backend.service import labelstudio
+    from ncalr_backend.service.demo import free_port
+    from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
+
+    monkeypatch.setattr(labelstudio, "GET_RETRY_DELAYS", (0.05, 0.05))
+    seen = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def answer(self, status, body=b"{}", headers=()):
+            self.send_response(status)
+            for k, v in headers:
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            seen.append(("GET", self.path))
+            n = sum(1 for m, p in seen if p == self.path)
+            if self.path.startswith("/api/projects/1/") and n == 1:
+                return self.answer(502)
+            if self.path.startswith("/api/projects/2/") and n == 1:
+                return self.answer(503, headers=[("Retry-After", "0")])
+            if self.path.startswith("/api/projects/3/"):
+                return self.answer(504)
+            self.answer(200, b'{"id": 1}')
+
+        def do_POST(self):
+            seen.append(("POST", self.path))
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.answer(502)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Flaky)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        c = LabelStudioClient(f"http://127.0.0.1:{srv.server_port}", "k")
+        assert c.get_project(1) == {"id": 1} and c.get_project(2) == {"id": 1}
+        with pytest.raises(LabelStudioError, match="504") as e:
+            c.get_project(3)
+        assert e.value.retryable and sum(1 for m, p in seen if p.startswith("/api/projects/3/")) == 3
+        with pytest.raises(LabelStudioError, match="502"):
+            c.request("POST", "/api/projects/1/import/predictions", json=[])
+        assert sum(1 for m, p in seen if m == "POST") == 1
+    finally:
+        srv.shutdown()
