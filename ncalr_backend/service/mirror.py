@@ -80,9 +80,8 @@ def _heals(fn):
         try:
             return fn(self, *args, **kwargs)
         except sqlite3.DatabaseError as exc:
-            if not is_corrupt(exc):
+            if not self.set_aside_if_damaged(exc):
                 raise
-            self.set_aside(exc)
             return fn(self, *args, **kwargs)
     return run
 
@@ -134,6 +133,14 @@ class TaskMirror:
             db.execute("CREATE TABLE IF NOT EXISTS pixels (id INTEGER, shape TEXT, url TEXT, data BLOB, "
                        "PRIMARY KEY (id, shape))")
             yield db
+
+    def set_aside_if_damaged(self, exc: BaseException) -> bool:
+        """True after setting the mirror aside when ``exc`` says its file is damaged; False (nothing
+        done) for any other database error, which the caller raises."""
+        if not is_corrupt(exc):
+            return False
+        self.set_aside(exc)
+        return True
 
     def set_aside(self, why: BaseException) -> None:
         """Move the damaged mirror (and its WAL: replayed onto a new file it would do harm) to
@@ -215,9 +222,8 @@ class TaskMirror:
             with self._db() as db:
                 return [json.loads(b) for (b,) in db.execute("SELECT body FROM tasks ORDER BY id")]
         except sqlite3.DatabaseError as exc:
-            if not is_corrupt(exc):
+            if not self.set_aside_if_damaged(exc):
                 raise
-            self.set_aside(exc)
             raise MirrorReset(f"{self.path} was damaged ({exc}) and set aside; sync again") from exc
 
     # ------------------------------------------------------------------ decoded images
@@ -231,9 +237,8 @@ class TaskMirror:
             with self._db() as db:
                 yield from db.execute("SELECT id, url, data FROM pixels WHERE shape = ?", (key,))
         except sqlite3.DatabaseError as exc:
-            if not is_corrupt(exc):
+            if not self.set_aside_if_damaged(exc):  # the images not yielded yet are decoded again: a cache miss
                 raise
-            self.set_aside(exc)  # the images not yielded yet are decoded again: a cache miss
 
     @_heals
     def store_pixels(self, shape: tuple, rows: Iterable[tuple]) -> int:

@@ -126,15 +126,19 @@ def test_model_dir_lock_waits_for_a_reloads_old_worker_but_refuses_a_second_back
     """Found by review: a gunicorn reload (HUP) starts the new worker while the old one still stops
     its cycle; the lock was tried once, the new worker failed to boot and gunicorn halted."""
     import threading
-    import time
 
     from ncalr_backend.service.app import lock_model_dir
 
     first = lock_model_dir(tmp_path, wait_s=0)
-    threading.Timer(1.0, first.close).start()  # the old worker lets go after a second
-    t = time.monotonic()
+    released = threading.Event()
+
+    def let_go():  # the old worker lets go after a second
+        released.set()
+        first.close()
+
+    threading.Timer(1.0, let_go).start()
     second = lock_model_dir(tmp_path, wait_s=10)
-    assert time.monotonic() - t >= 0.9 and f"pid {os.getpid()}" in (tmp_path / ".backend.lock").read_text()
+    assert released.is_set() and f"pid {os.getpid()}" in (tmp_path / ".backend.lock").read_text()
     with pytest.raises(RuntimeError, match="in use by another backend process"):
         lock_model_dir(tmp_path, wait_s=0.5)  # nobody lets go: a second backend
     second.close()

@@ -37,7 +37,8 @@ def test_webhook_check_needs_the_exact_secret_unless_basic_auth_is_on(tmp_path):
     assert not b.basic_ok(SimpleNamespace(type="basic", username="u", password="q")) and not b.basic_ok(None)
 
 
-def test_unauthenticated_requests_cannot_make_the_backend_hammer_label_studio(tmp_path, monkeypatch):
+def _auth_with_backends(tmp_path, monkeypatch, backends_of):
+    """(Auth, calls): Label Studio answers ``backends_of(project)``; ``calls`` lists the projects asked."""
     a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
                                 "LABEL_STUDIO_API_KEY": "k"}))
     calls = []
@@ -45,9 +46,15 @@ def test_unauthenticated_requests_cannot_make_the_backend_hammer_label_studio(tm
     class LS:
         def list_ml_backends(self, pid):
             calls.append(pid)
-            return [{"url": "http://backend:9090"}] if pid == 1 else []
+            return backends_of(pid)
 
     monkeypatch.setattr(auth_mod, "make_client", lambda settings: LS())
+    return a, calls
+
+
+def test_unauthenticated_requests_cannot_make_the_backend_hammer_label_studio(tmp_path, monkeypatch):
+    a, calls = _auth_with_backends(tmp_path, monkeypatch,
+                                   lambda pid: [{"url": "http://backend:9090"}] if pid == 1 else [])
     for _ in range(50):
         assert a.project_has_us(1, "backend:9090") and not a.project_has_us(2, "backend:9090")
     assert calls == [1, 2]  # once per project and host, then remembered
@@ -68,17 +75,8 @@ def test_unauthenticated_requests_cannot_make_the_backend_hammer_label_studio(tm
 def test_checks_of_unauthenticated_start_training_have_a_global_budget(tmp_path, monkeypatch, caplog):
     """Varying the project id or the Host header misses the cache every time: at most CHECK_BUDGET
     Label Studio calls per CHECK_WINDOW_S in all, refused beyond (logged once per window)."""
-    a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
-                                "LABEL_STUDIO_API_KEY": "k"}))
-    calls = []
-
-    class LS:
-        def list_ml_backends(self, pid):
-            calls.append(pid)
-            return [{"url": "http://backend:9090"}]
-
+    a, calls = _auth_with_backends(tmp_path, monkeypatch, lambda pid: [{"url": "http://backend:9090"}])
     clock = [1000.0]
-    monkeypatch.setattr(auth_mod, "make_client", lambda settings: LS())
     monkeypatch.setattr(auth_mod, "time", SimpleNamespace(time=lambda: clock[0], sleep=time.sleep))
     budget = auth_mod.CHECK_BUDGET
     with caplog.at_level("WARNING", logger=auth_mod.__name__):

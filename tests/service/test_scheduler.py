@@ -10,13 +10,21 @@ from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.store import ProjectStore
 
 
-def test_a_hundred_requests_during_a_cycle_give_exactly_one_follow_up(tmp_path):
+def _held_cycle(hold=lambda pid: True):
+    """(cycle_fn, gate, started, runs): a cycle that records its run and, for the projects ``hold``
+    names, signals ``started`` and waits for ``gate``."""
     gate, started, runs = threading.Event(), threading.Event(), []
 
     def cycle(settings, pid, reason, t, **kw):
         runs.append((pid, reason))
-        started.set()
-        gate.wait(10)
+        if hold(pid):
+            started.set()
+            gate.wait(10)
+    return cycle, gate, started, runs
+
+
+def test_a_hundred_requests_during_a_cycle_give_exactly_one_follow_up(tmp_path):
+    cycle, gate, started, runs = _held_cycle()
 
     s = Settings.from_env({"MODEL_DIR": str(tmp_path), "TRAIN_TRIGGER_MIN": "5"})
     sch = EmbeddedScheduler(s, cycle_fn=cycle)
@@ -220,14 +228,7 @@ def test_annotations_made_while_a_cycle_waits_are_not_counted_again_once_it_star
     """Found by review: the counter restarted when a cycle was queued, so the annotations made while
     it waited (which its snapshot trains on) also counted toward the next one, and a single new
     annotation then started another full cycle."""
-    gate, started, runs = threading.Event(), threading.Event(), []
-
-    def cycle(settings, pid, reason, t, **kw):
-        runs.append((pid, reason))
-        if pid == 1:
-            started.set()
-            gate.wait(10)
-
+    cycle, gate, started, runs = _held_cycle(lambda pid: pid == 1)
     s = Settings.from_env({"MODEL_DIR": str(tmp_path), "TRAIN_TRIGGER_MIN": "10"})
     sch = EmbeddedScheduler(s, cycle_fn=cycle)
     sch.request_cycle(1, "a running cycle keeps the worker busy")
