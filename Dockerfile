@@ -7,8 +7,8 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MODEL_DIR=/data/model_dir PORT=9090 THREADS=8
 WORKDIR /app
 
-COPY requirements.txt requirements-sdk.txt ./
-RUN pip install -r requirements.txt \
+COPY requirements.txt requirements-sdk.txt constraints.txt ./
+RUN pip install -c constraints.txt -r requirements.txt \
  && pip install --no-deps -r requirements-sdk.txt
 
 COPY model.py _wsgi.py ./

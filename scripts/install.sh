@@ -13,7 +13,8 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -m pip --version >/dev/null 2
   rm -rf .venv   # none yet, or one a failed venv left without pip
   "$PY" -m venv .venv || { echo "'$PY -m venv' failed: install its venv module (Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 2; }
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+# constraints.txt pins every transitive package to the tested version (scripts/lock.sh makes it)
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -r requirements.txt -r requirements-dev.txt
 # label-studio-ml's own 2021 pins (Flask 1.1 / Werkzeug 2.0, known CVEs) are not installed: --no-deps.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-sdk.txt
 export NCALR_LS_VENV=${NCALR_LS_VENV:-$HOME/.cache/ncalr-backend/label-studio-1.23.2}
@@ -39,5 +40,5 @@ fi
 if [ "${SKIP_LABEL_STUDIO:-0}" != "1" ] && [ ! -x "$NCALR_LS_VENV/bin/label-studio" ]; then
   echo "installing label-studio==1.23.2 into $NCALR_LS_VENV (first run only, a few minutes)"
   "$PY" -m venv "$NCALR_LS_VENV"
-  "$NCALR_LS_VENV/bin/python" -m pip install -q --disable-pip-version-check label-studio==1.23.2
+  "$NCALR_LS_VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints-labelstudio.txt label-studio==1.23.2
 fi
