@@ -19,6 +19,11 @@ USER app
 VOLUME /data
 EXPOSE 9090
 
+# /health over 127.0.0.1 with the container's own settings (basic auth included); `docker inspect`
+# shows the reason when it fails. The rq worker (same image, no HTTP) turns it off in compose.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+  CMD ["python", "-m", "ncalr_backend.service.healthcheck"]
+
 # ONE worker process: the embedded scheduler (no REDIS_URL) must be the only one; threads serve
 # /predict and /webhook concurrently.
 CMD ["sh", "-c", "exec gunicorn --workers 1 --threads ${THREADS} --timeout 120 --bind 0.0.0.0:${PORT} _wsgi:app"]
