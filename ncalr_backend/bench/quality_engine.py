@@ -64,7 +64,9 @@ def train_and_rank(x_lab, y_lab, x_pool, num_classes, cfg, specs, scoring, init_
         t0 = time.perf_counter()
         if i == 0:
             ranking, scores, extras = res.ranking, res.scores, res.extras
-            base_s = float(res.timings.get("score_s", 0.0))
+            # the ranking alone, as the others below pay: score_s also holds the cycle's shared work
+            # (the pool's forward pass, the label check) that rerank reuses (review, 2026-11-30)
+            base_s = float(res.timings.get("rank_s", 0.0))
         else:
             ranking, scores, extras = rerank(res, c)
             base_s = 0.0

@@ -193,8 +193,8 @@ class NoisyOracle:
 
     ``answers[i]`` is drawn once per seed when the pool is built: with probability ``noise_rate``
     the true label is replaced by a different class (``symmetric``: uniform over the other C-1
-    classes; ``asymmetric``: the fixed confusable class of ``confusable_map``); so the realised
-    corruption rate is ``noise_rate``. OOD items (true label -1) get a uniformly random class (the
+    classes; ``asymmetric``: the fixed confusable class of ``confusable_map``), independently per
+    item, so the realised corruption rate is ``noise_rate`` in expectation. OOD items (true label -1) get a uniformly random class (the
     annotator was forced to pick one), unless ``ood_label='drop'``, in which case they come back as
     -1 and the benchmark spends the budget on them but does not train on them.
     """
@@ -212,7 +212,9 @@ class NoisyOracle:
         return self.answers[idx].copy()
 
     def corrupted(self, idx: np.ndarray) -> np.ndarray:
-        """Bool per index: the answer differs from the truth (OOD items always count)."""
+        """Bool per index: the annotator's answer is a wrong class. Every OOD item whose answer is a
+        class counts (``ood_label='random'``); one the annotator skipped (``'drop'``: -1) gave no
+        wrong label and does not."""
         idx = np.asarray(idx, dtype=np.int64)
         return self.answers[idx] != self.true_labels[idx]
 

@@ -272,6 +272,7 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
     labels = label_error_report(tr.label_dynamics)
     label_s = time.perf_counter() - t_lab
     view.trusted_lab = ~np.asarray(labels.flagged, dtype=bool)
+    t_rank = time.perf_counter()
     ranking, scores, extras = strategy.rank(view)
     t2 = time.perf_counter()
     W, b = fc.weight.detach().numpy(), fc.bias.detach().numpy()
@@ -295,7 +296,7 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
         ranking=ranking, scores=scores, pred=probs.argmax(1).astype(np.int64) if M else np.zeros(0, np.int64),
         confidence=confidence, probs=probs, model=served, tpt_model=model, meta=meta,
         history=tr.history, tpt=tr.tpt, diagnostics=diag,
-        timings={"train_s": t1 - t0, "score_s": t2 - t1, "label_errors_s": label_s, "images_per_s": tr.images_seen / max(tr.seconds, 1e-9),
+        timings={"train_s": t1 - t0, "score_s": t2 - t1, "rank_s": t2 - t_rank, "label_errors_s": label_s, "images_per_s": tr.images_seen / max(tr.seconds, 1e-9),
                  "device": str(device)},
         config=config, extras=extras, view=view, multilabel=multilabel, pred_sets=pred_sets,
         label_suspicion=labels.suspicion, flagged=labels.flagged, suggested=labels.suggested,

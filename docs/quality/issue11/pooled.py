@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
@@ -33,14 +34,13 @@ from ncalr_backend.bench.common import git_state, save_figure  # noqa: E402
 from summarise import SETTINGS, load  # noqa: E402
 
 NCALR_AT_SCREENING = {"d": "ncalr:diversity=clusters:diversity_candidates=10", "ffm": "ncalr"}
-T975 = {4: 2.776, 9: 2.262}  # Student t, 97.5% quantile, by degrees of freedom
 
 
 def _read(path: Path) -> dict:
     """{strategy: {seed: AULC in points}} of one results file."""
     r = json.loads(gzip.decompress(path.read_bytes()))
-    seeds = r["config"]["seeds"]
-    return {name: {int(seed): 100 * a for seed, a in zip(seeds, s["aulc_per_seed"])}
+    seeds = sorted(int(s) for s in r["config"]["seeds"])  # aulc_per_seed is in sorted seed order
+    return {name: {seed: 100 * a for seed, a in zip(seeds, s["aulc_per_seed"])}
             for name, s in r["strategies"].items()}
 
 
@@ -67,7 +67,7 @@ def interval(d: list) -> dict:
     d = np.asarray(d, dtype=np.float64)
     n = len(d)
     mean, sd = float(d.mean()), float(d.std(ddof=1))
-    half = T975[n - 1] * sd / np.sqrt(n)
+    half = scipy.stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)
     return {"n": n, "mean": mean, "std": sd, "ci95": [mean - half, mean + half],
             "ncalr_at_least": int((d >= 0).sum())}
 
