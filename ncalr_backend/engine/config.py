@@ -42,6 +42,10 @@ class EngineConfig:
     'neg' = largest decrease (pushes class means apart), 'abs' = largest magnitude."""
     cmap_weight: float = 0.5
     """Fusion weight of z(CMAP); FF gets 1 - cmap_weight (the paper: 0.5 / 0.5)."""
+    fusion: str = "z"
+    """How CMAP and FF are put on one scale before the weighted sum: 'z' = z-scores over the pool
+    (the paper); 'rank' = percentile ranks (mid-ranks for ties), so a heavy tail of one component
+    cannot outweigh the other."""
     ff_mode: str = "flips"
     """FF: 'flips' = the number of prediction changes over the terminal-phase checkpoints (the
     paper); 'flips+margin' = that count plus the mean over the checkpoints of 1 - margin (in [0, 1],
@@ -250,6 +254,8 @@ class EngineConfig:
         if self.diversity_batch < 0 or not self.diversity_candidates >= 1.0:
             problems.append(f"diversity_batch={self.diversity_batch}, diversity_candidates={self.diversity_candidates}: "
                             "the batch must be >= 0 (0 = off) and the candidates per group >= 1")
+        if self.fusion not in ("z", "rank"):
+            problems.append(f"fusion={self.fusion!r}: choose one of ['z', 'rank']")
         if self.ff_mode not in FF_MODES:
             problems.append(f"ff_mode={self.ff_mode!r}: choose one of {list(FF_MODES)}")
         if self.lr_schedule not in LR_SCHEDULES:

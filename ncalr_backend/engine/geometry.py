@@ -210,8 +210,36 @@ def signed_cmap(cmap: np.ndarray, sign: str) -> np.ndarray:
     raise ValueError(f"cmap sign {sign!r}: choose pos, neg or abs")
 
 
-def fuse(cmap: np.ndarray, ff: np.ndarray, cmap_weight: float = 0.5) -> np.ndarray:
-    """NCAL-R score: w z(CMAP) + (1 - w) z(FF); highest is queried first."""
+def percentile_rank(x: np.ndarray) -> np.ndarray:
+    """Each value's mid-rank over the pool, scaled to [0, 1] (ties share their average rank, as
+    ``scipy.stats.rankdata(method='average')``); a constant (or one-item) score gives 0.5."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.size
+    if n == 0:
+        return x
+    if n == 1:
+        return np.full(1, 0.5)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])  # first index of each run of equal values
+    ends = np.r_[starts[1:], n]
+    mid = (starts + ends - 1) / 2.0  # 0-based average rank of each run
+    out = np.empty(n)
+    out[order] = np.repeat(mid, ends - starts) / (n - 1)
+    return out
+
+
+FUSIONS = ("z", "rank")
+
+
+def fuse(cmap: np.ndarray, ff: np.ndarray, cmap_weight: float = 0.5, fusion: str = "z") -> np.ndarray:
+    """NCAL-R score, highest queried first: ``z`` (the paper) w z(CMAP) + (1 - w) z(FF); ``rank``
+    w r(CMAP) + (1 - w) r(FF) with r the percentile rank, so neither component's tail (an outlier's
+    CMAP, a few large flip counts) can outweigh the other's whole range."""
+    if fusion == "rank":
+        return cmap_weight * percentile_rank(cmap) + (1.0 - cmap_weight) * percentile_rank(ff)
+    if fusion != "z":
+        raise ValueError(f"fusion={fusion!r}: choose one of {list(FUSIONS)}")
     return cmap_weight * zscore(cmap) + (1.0 - cmap_weight) * zscore(ff)
 
 

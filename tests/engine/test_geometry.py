@@ -188,3 +188,38 @@ def test_geometry_target_distances_pick_the_right_target():
     d = geometry_target_distances(W, means, counts)
     assert d["seli_dist_weights"] < 1e-6 and d["seli_dist_means"] < 1e-6
     assert d["etf_dist_weights"] > 0.05 and d["etf_dist_means"] > 0.05
+
+
+def test_percentile_rank_matches_scipy_mid_ranks():
+    from scipy.stats import rankdata
+
+    from ncalr_backend.engine.geometry import percentile_rank
+
+    rng = np.random.default_rng(5)
+    for x in (rng.normal(size=50), rng.integers(0, 4, size=60).astype(float), np.r_[3.0, 3.0, 3.0],
+              np.r_[1e9, -2.0, 0.5, 0.5, np.inf]):
+        want = (rankdata(x, method="average") - 1) / (len(x) - 1)
+        np.testing.assert_allclose(percentile_rank(x), want, rtol=0, atol=1e-12)
+    assert percentile_rank(np.r_[7.0]).tolist() == [0.5]
+    assert percentile_rank(np.zeros(0)).size == 0
+
+
+def test_rank_fusion_caps_a_heavy_tail_that_z_fusion_lets_win():
+    from ncalr_backend.engine.config import EngineConfig
+    from ncalr_backend.engine.geometry import fuse
+
+    # item 0: an outlier's CMAP (z about 3) and no flip; item 1: the second-highest CMAP and the most
+    # flips. z-fusion ranks the outlier first, rank fusion the item high on both.
+    cmap = np.r_[100.0, 5, 4, 3, 2, 1, np.zeros(34)]
+    ff = np.r_[0.0, 3, 2, 2, 1, 1, 1, 1, np.zeros(32)]
+    assert np.argmax(fuse(cmap, ff, 0.5, "z")) == 0
+    r = fuse(cmap, ff, 0.5, "rank")
+    assert np.argmax(r) == 1
+    # by hand: item 1's CMAP has rank 38 of 0..39 and its FF the top rank, 39; item 0's FF is one of
+    # 33 zeros (items 0 and 8..39), which share ranks 0..32: mid-rank 16
+    np.testing.assert_allclose(r[1], 0.5 * 38 / 39 + 0.5 * 39 / 39)
+    np.testing.assert_allclose(r[0], 0.5 * 39 / 39 + 0.5 * 16 / 39)
+    with pytest.raises(ValueError, match="fusion='max'"):
+        fuse(cmap, ff, 0.5, "max")
+    with pytest.raises(ValueError, match="fusion='sum'"):
+        EngineConfig(fusion="sum")

@@ -150,7 +150,7 @@ class NCALR(Strategy):
     def compute(self, view: PoolView) -> dict:
         c = _components(view)
         w = getattr(view.config, "cmap_weight", 0.5)
-        score = fuse(c["cmap_signed"], c["ff"], w)
+        score = fuse(c["cmap_signed"], c["ff"], w, getattr(view.config, "fusion", "z"))
         k = getattr(view.config, "ood_mad", 0.0)
         if k > 0:
             c["ood_suspect"] = ood_suspects(view, k).astype(np.float64)
