@@ -130,22 +130,36 @@ class ReviewState:
 
 
 # ---------------------------------------------------------------------------- Label Studio
+WRITE_CHUNK = 10  # tasks read just before they are written
+
+
 def _write_keys(client: LabelStudioClient, project_id: int, values: Dict[int, Optional[dict]]) -> List[int]:
-    """Set (or null) the two keys on each task; returns the tasks that no longer exist."""
+    """Set (or null) the three keys on each task; returns the tasks that no longer exist.
+
+    Label Studio's PATCH replaces a task's whole ``data`` and has no compare-and-set, so whatever
+    another client writes into a task's data between our read and our write is lost. The window is
+    kept short: tasks are read ``WRITE_CHUNK`` at a time, right before they are written (one read
+    of every task up front left a window as long as the whole loop), and a task whose keys already
+    hold these values is not written at all."""
     if not values:
         return []
-    tasks = {int(t["id"]): t for t in client.get_tasks(project_id, list(values), resolve_uri=False)}
     gone = []
-    for tid, v in values.items():
-        t = tasks.get(int(tid))
-        if t is None:
-            gone.append(int(tid))
-            continue
-        data = dict(t.get("data") or {})
-        data[KEY_SCORE] = None if v is None else v["score"]
-        data[KEY_LABEL] = None if v is None else v.get("label")
-        data[KEY_SUGGESTED] = None if v is None else v["suggested"]
-        client.request("PATCH", f"/api/tasks/{int(tid)}/", json={"data": data})
+    ids = list(values)
+    for s in range(0, len(ids), WRITE_CHUNK):
+        chunk = ids[s:s + WRITE_CHUNK]
+        tasks = {int(t["id"]): t for t in client.get_tasks(project_id, chunk, resolve_uri=False)}
+        for tid in chunk:
+            v, t = values[tid], tasks.get(int(tid))
+            if t is None:
+                gone.append(int(tid))
+                continue
+            data = dict(t.get("data") or {})
+            want = {KEY_SCORE: None if v is None else v["score"], KEY_LABEL: None if v is None else v.get("label"),
+                    KEY_SUGGESTED: None if v is None else v["suggested"]}
+            if all(k in data and data[k] == w for k, w in want.items()):
+                continue
+            data.update(want)
+            client.request("PATCH", f"/api/tasks/{int(tid)}/", json={"data": data})
     return gone
 
 

@@ -3,6 +3,8 @@ what is written back, what is persisted, and that a dropped prediction fails the
 
 from __future__ import annotations
 
+import copy
+
 import io
 import json
 
@@ -116,8 +118,8 @@ class FakeLS:
         return sum(self.import_prediction_chunk(pid, items[s:s + chunk_size]) for s in range(0, len(items), chunk_size))
 
     def get_tasks(self, pid, ids, resolve_uri=True):
-        self._touch()
-        return [t for t in self.tasks if t["id"] in set(ids)]
+        self._touch()  # copies, as over HTTP: a later change to a task is not in what was read before
+        return [copy.deepcopy(t) for t in self.tasks if t["id"] in set(ids)]
 
     # the few generic API calls review.py makes: task data PATCH, Data Manager views
     def request(self, method, path, json=None, **kw):

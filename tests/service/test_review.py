@@ -178,3 +178,30 @@ def test_tasks_a_lost_review_file_left_on_the_tab_are_cleared_by_the_next_cycle(
     review.publish(ls, store, 1, [], marked=snap.marked)
     assert ls.tasks[2]["data"][review.KEY_SCORE] is None and ls.tasks[2]["data"][review.KEY_LABEL] is None
     assert take_snapshot(ls, s, 1).marked == []
+
+
+def test_writing_the_keys_reads_each_task_just_before_writing_it(tmp_path):
+    """Found by review: Label Studio's PATCH replaces a task's whole data, and the keys were written
+    from one read of every task made before the loop, so another client's edit to a task's data
+    while the loop ran was overwritten. Tasks are now read a few at a time, right before they are
+    written, and a task that already holds the values is not written."""
+    ls = FakeLS(n=40, n_labeled=30)
+    ids = [t["id"] for t in ls.tasks[:25]]
+    late = ids[-1]  # in the last chunk
+    real = ls.request
+
+    def request(method, path, json=None, **kw):
+        out = real(method, path, json=json, **kw)
+        if len(ls.task_patches) == 1:  # another client edits a later task while the loop runs
+            next(t for t in ls.tasks if t["id"] == late)["data"]["note"] = "checked by Ana"
+        return out
+
+    ls.request = request
+    values = {t: {"score": 0.5, "label": "a", "suggested": "b"} for t in ids}
+    assert review._write_keys(ls, 1, values) == []
+    t = next(t for t in ls.tasks if t["id"] == late)
+    assert t["data"]["note"] == "checked by Ana" and t["data"][review.KEY_SCORE] == 0.5
+    assert len(ls.task_patches) == 25
+    assert review._write_keys(ls, 1, values) == [] and len(ls.task_patches) == 25  # nothing to change
+    assert review._write_keys(ls, 1, {ids[0]: None, 10 ** 6: None}) == [10 ** 6]
+    assert len(ls.task_patches) == 26 and ls.tasks[0]["data"][review.KEY_SCORE] is None
