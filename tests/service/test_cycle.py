@@ -83,7 +83,7 @@ class FakeLS:
 
     def list_tasks(self, pid, page_size=100):
         self._touch()
-        return list(self.tasks)
+        return copy.deepcopy(self.tasks)  # as over HTTP: the reader's copy, not the server's state
 
     def iter_tasks(self, pid, page_size=100, updated_since=None, fields="all", include=None):
         self.reads = getattr(self, "reads", 0) + 1
