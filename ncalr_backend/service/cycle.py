@@ -258,8 +258,20 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
                       triggered_at: Optional[float] = None, engine_config=None,
                       client: Optional[LabelStudioClient] = None, progress: Optional[Callable] = None,
                       should_stop: Optional[Callable[[], bool]] = None) -> dict:
-    """Run one cycle for ``project_id``; returns its report. Raises CycleError on failure."""
+    """Run one cycle for ``project_id``; returns its report. Raises CycleError on failure. A
+    project with no ML backend connected gets no cycle (``{"status": "skipped"}``, and ``skipped``
+    in state.json, so /status): its webhook outlives the backend it was made for."""
     client = client or make_client(settings)
+    store = ProjectStore(settings.model_dir, project_id)
+    if not client.has_ml_backend(project_id):
+        why = (f"project {project_id} has no ML backend connected in Label Studio, so no cycle ran. Label Studio "
+               "keeps a backend's webhook after the backend is disconnected: connect the backend again, or delete "
+               "the webhook (project Settings > Webhooks) to stop these requests")
+        log.warning("%s (%s)", why, reason)
+        store.update_state(skipped={"at": time.time(), "reason": why})
+        return {"status": "skipped", "reason": why}
+    if store.state().get("skipped"):
+        store.update_state(skipped=None)
     run = CycleRun.begin(settings, project_id, reason, triggered_at)
     prog = CycleProgress.begin(settings, run)  # progress.json, one log line per stage, /status
     previous = (run.store.latest() or {}).get("model_version")

@@ -347,6 +347,19 @@ class LabelStudioClient:
     def list_ml_backends(self, project_id: int) -> list:
         return self.get_json("/api/ml/", params={"project": int(project_id)})
 
+    def has_ml_backend(self, project_id: int) -> bool:
+        """Whether the project has any ML backend connected. Label Studio 1.23 keeps the webhook it
+        made for a backend after the backend is disconnected (ml/models.py creates it when the
+        backend is saved; nothing deletes it), so annotations of a project that no longer uses any
+        backend keep arriving. When Label Studio will not say (403, 404), the answer is yes."""
+        try:
+            backends = self.list_ml_backends(project_id)
+        except LabelStudioError as exc:
+            if exc.status in (403, 404):
+                return True
+            raise
+        return not isinstance(backends, list) or bool(backends)
+
     def list_webhooks(self, project_id: int) -> list:
         return self.get_json("/api/webhooks/", params={"project": int(project_id)})
 

@@ -52,6 +52,10 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
     ids = [i for i in dict.fromkeys(ids) if str(i) not in known]
     if not ids:
         return {"placed": 0}
+    if not client.has_ml_backend(project_id):  # a disconnected backend's webhook (cycle.py)
+        log.warning("project %s has no ML backend connected in Label Studio: %d new task(s) not placed",
+                    project_id, len(ids))
+        return {"placed": 0, "reason": "no ML backend connected in Label Studio"}
     project = client.get_project(project_id)
     cfg = parse_label_config(project.get("label_config"))
     if (list(cfg.labels) != list(latest.get("labels", []))

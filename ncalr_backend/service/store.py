@@ -67,7 +67,8 @@ def project_id_from(value) -> Optional[int]:
 STATE_DEFAULTS = {"new_annotations": 0, "pending": None, "in_progress": None, "cycles_started": 0}
 STATE_TYPES = {"new_annotations": int, "pending": dict, "in_progress": dict, "cycles_started": int,
                "last_completed": int, "last_failed": int, "crashed_cycles": int, "num_tasks": int,
-               "last_error": str, "last_model_version": str, "review": dict, "orphan_versions": list}
+               "last_error": str, "last_model_version": str, "review": dict, "orphan_versions": list,
+               "skipped": dict}
 
 
 def _typed(value, kind) -> bool:

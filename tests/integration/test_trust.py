@@ -19,7 +19,7 @@ import requests
 
 from ncalr_backend.service.demo import DIGITS_CONFIG, BackendProcess, digit_pngs, label_from_name
 
-from .conftest import SECRET_HEADER, Backend, _tail, wait_for_webhook_auth
+from .conftest import SECRET_HEADER, TRIGGER_MIN, Backend, _tail, wait_for_webhook_auth
 
 pytestmark = pytest.mark.integration
 N_IMAGES = 60
@@ -246,3 +246,26 @@ def test_sigterm_mid_cycle_stops_cleanly_and_the_cycle_reruns_on_start(admin, ba
                      and not s["scheduler"]["waiting"] and not s["in_progress"], 300, "the re-run cycle")
     assert s["latest_report"]["reason"] == "recovered"
     assert admin.project(pid)["model_version"] == s["model_version"]
+
+
+def test_after_the_backend_is_disconnected_its_webhook_starts_no_cycle(admin, backend, project, label_studio):
+    """Label Studio 1.23.2 keeps the webhook it made for an ML backend when the backend is
+    disconnected (checked here), so annotations keep arriving; the backend runs no cycle for them,
+    writes nothing to the project and says why in /status."""
+    pid = project["id"]
+    before = backend.status(pid)
+    version = admin.project(pid)["model_version"]
+    admin.req("DELETE", f"/api/ml/{project['ml']}")
+    assert admin.req("GET", "/api/ml/", params={"project": pid}).json() == []
+    hooks = admin.req("GET", "/api/webhooks/", params={"project": pid}).json()
+    assert [h["url"] for h in hooks] == [f"{backend.url}/webhook"]  # still there, still sending
+    seen = before["webhooks_seen"].get("ANNOTATION_CREATED", 0)
+    todo = [t for t in admin.tasks(pid) if not t["is_labeled"] and t["id"] not in project["crafted"]][:TRIGGER_MIN]
+    assert len(todo) == TRIGGER_MIN
+    for t in todo:  # the trigger threshold
+        admin.annotate(t["id"], label_from_name(t["data"]["image"]))
+    s = backend.wait(pid, lambda s: s.get("skipped") and s["webhooks_seen"].get("ANNOTATION_CREATED", 0) >= seen + TRIGGER_MIN
+                     and not s["scheduler"]["running"] and not s["scheduler"]["waiting"], 120, "the skipped cycle")
+    assert "no ML backend connected" in s["skipped"]["reason"]
+    assert (s["last_completed"], s["model_version"]) == (before["last_completed"], before["model_version"])
+    assert admin.project(pid)["model_version"] == version

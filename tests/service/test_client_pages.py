@@ -305,3 +305,22 @@ def test_a_get_that_meets_a_proxy_hiccup_is_tried_again_and_a_post_never(monkeyp
         assert sum(1 for m, p in seen if m == "POST") == 1
     finally:
         srv.shutdown()
+
+
+def test_has_ml_backend_reads_label_studios_list_and_cannot_tell_means_yes():
+    from ncalr_backend.service.labelstudio import LabelStudioError
+
+    class C(LabelStudioClient):
+        def __init__(self, answer):
+            self.answer = answer
+
+        def list_ml_backends(self, project_id):
+            if isinstance(self.answer, Exception):
+                raise self.answer
+            return self.answer
+
+    assert C([]).has_ml_backend(1) is False
+    assert C([{"id": 3, "url": "http://backend:9090"}]).has_ml_backend(1) is True
+    assert C(LabelStudioError("GET /api/ml/: HTTP 403", 403)).has_ml_backend(1) is True
+    with pytest.raises(LabelStudioError):  # Label Studio away: the cycle fails and is retried, as any read
+        C(LabelStudioError("GET /api/ml/: HTTP 502", 502)).has_ml_backend(1)

@@ -59,6 +59,7 @@ class FakeLS:
         self.imported, self.stored, self.patches, self.deleted = [], [], [], []
         self.task_patches, self.views = [], {}
         self.model_version = ""  # as Label Studio: PATCH sets it, GET /api/projects/{id}/ returns it
+        self.connected = True  # has_ml_backend: False once the backend was disconnected in Label Studio
 
     def get_project(self, pid):
         return {"id": pid, "label_config": self.config, "task_number": len(self.tasks),
@@ -116,6 +117,9 @@ class FakeLS:
 
     def import_predictions(self, pid, items, chunk_size=500, on_chunk=None):
         return sum(self.import_prediction_chunk(pid, items[s:s + chunk_size]) for s in range(0, len(items), chunk_size))
+
+    def has_ml_backend(self, pid):
+        return self.connected
 
     def get_tasks(self, pid, ids, resolve_uri=True):
         self._touch()  # copies, as over HTTP: a later change to a task is not in what was read before
@@ -575,3 +579,28 @@ def test_a_damaged_model_file_costs_only_the_unranked_tasks_their_prediction(set
                                         {"id": 5000, "data": {"image": "/data/upload/1/5000.png"}}], 1)
     assert out[0]["result"] and out[0]["model_version"] == rep["model_version"]  # ranked: its stored answer
     assert out[1]["result"] == [] and out[1]["score"] == 1.0  # not ranked, no model: nothing to say
+
+
+def test_a_project_whose_backend_was_disconnected_gets_no_cycle_and_no_placement(settings):
+    """Label Studio 1.23 keeps the webhook it made for an ML backend after the backend is
+    disconnected, so annotations keep arriving from a project that no longer uses it. Before, each
+    batch of them trained a model and switched the project back to this backend's predictions."""
+    from ncalr_backend.service.placement import place_new_tasks
+
+    ls = FakeLS()
+    run_project_cycle(settings, 1, "first", engine_config=ENGINE, client=ls)
+    st = ProjectStore(settings.model_dir, 1)
+    v1 = st.latest()["model_version"]
+    ls.connected = False
+    patches, imported = list(ls.patches), len(ls.imported)
+    rep = run_project_cycle(settings, 1, "webhook", engine_config=ENGINE, client=ls)
+    assert rep["status"] == "skipped" and "no ML backend connected" in rep["reason"]
+    assert "delete the webhook" in st.state()["skipped"]["reason"]
+    assert (ls.patches, len(ls.imported)) == (patches, imported)  # nothing written, nothing switched
+    assert st.latest()["model_version"] == v1 and len(list((st.root / "cycles").iterdir())) == 1
+    ls.tasks.append({**ls.tasks[-1], "id": 500, "annotations": [], "predictions": []})
+    assert place_new_tasks(settings, 1, [500], client=ls) == {"placed": 0, "reason": "no ML backend connected in "
+                                                                           "Label Studio"}
+    ls.connected = True  # connected again: cycles run, and /status stops saying it was skipped
+    assert run_project_cycle(settings, 1, "webhook", engine_config=ENGINE, client=ls)["status"] == "completed"
+    assert st.state().get("skipped") is None
