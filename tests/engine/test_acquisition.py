@@ -106,3 +106,18 @@ def test_coreset_never_picks_a_point_twice_when_points_coincide():
     order, dist = k_center_greedy(pool, np.zeros((1, 3)) + 5.0, steps=6)
     assert sorted(order.tolist()) == list(range(6))
     assert np.all(dist == 0)
+
+
+# Pinned by hand-made mutation testing (review, 2026-12-01): each test fails on the mutant named
+# in its name (a helper made 57 mutants; these are the ones no earlier test killed).
+
+
+def test_U3_mc_dropout_is_inverted_dropout():
+    import torch
+    from ncalr_backend.engine.acquisition.uncertainty import mc_dropout_probs
+    view = PoolView(probs=np.full((1, 2), 0.5, np.float32), feats=np.array([[2.0, 0.0]]), feats_lab=np.zeros((0, 2)),
+                    y_lab=np.zeros(0, int), num_classes=2, head=lambda x: x,
+                    config=EngineConfig(strategy="bald", mc_samples=50, mc_dropout=0.5))
+    p0 = mc_dropout_probs(view)[:, 0, 0]
+    kept = float(torch.softmax(torch.tensor([4.0, 0.0]), 0)[0])  # 2 scaled by 1 / (1 - 0.5)
+    assert np.all(np.isclose(p0, kept, atol=1e-5) | np.isclose(p0, 0.5, atol=1e-6)) and np.isclose(p0, kept, atol=1e-5).any()

@@ -223,3 +223,29 @@ def test_rank_fusion_caps_a_heavy_tail_that_z_fusion_lets_win():
         fuse(cmap, ff, 0.5, "max")
     with pytest.raises(ValueError, match="fusion='sum'"):
         EngineConfig(fusion="sum")
+
+
+# Pinned by hand-made mutation testing (review, 2026-12-01): each test fails on the mutant named
+# in its name (a helper made 57 mutants; these are the ones no earlier test killed).
+from ncalr_backend.engine.geometry import geometry_report  # noqa: E402
+
+
+def test_G7_flip_counts_two_checkpoints():
+    assert flip_counts(np.array([[0, 1, 2], [1, 1, 0]])).tolist() == [1, 0, 1]
+
+
+def test_G9_G17_fusion_weight_goes_to_cmap():
+    cmap, ff = np.array([2.0, 1.0, 0.0]), np.array([0.0, 0.0, 3.0])
+    # z(cmap) = [1.2247, 0, -1.2247], z(ff) = [-0.7071, -0.7071, 1.4142]
+    np.testing.assert_allclose(fuse(cmap, ff, 0.9), [1.03156, -0.07071, -0.96085], atol=1e-5)
+    assert fuse(cmap, ff, 0.9).argmax() == 0 and fuse(cmap, ff, 0.1).argmax() == 2
+    # rank: r(cmap) = [1, .5, 0], r(ff) = [.25, .25, 1]
+    np.testing.assert_allclose(fuse(cmap, ff, 0.9, "rank"), [0.925, 0.475, 0.1])
+
+
+def test_G14_ratio_exactly_1_5_is_etf():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(5, 4)); y = np.array([0, 0, 0, 1, 1])
+    assert geometry_report(f, y, None, None, 2)["geometry_target"] == "etf"
+    y2 = np.array([0, 0, 0, 0, 1, 1])
+    assert geometry_report(rng.normal(size=(6, 4)), y2, None, None, 2)["geometry_target"] == "seli"

@@ -59,3 +59,31 @@ def test_tagwise_average_holds_on_ideal_features_and_not_on_random():
     assert good["pairs"] == 6 and good["tagwise_ratio"] < 0.05
     bad = tagwise_average_check(np.where(sets.sum(1, keepdims=True) == 2, rng.normal(size=feats.shape) * 3, feats), sets)
     assert bad["tagwise_ratio"] > 0.5
+
+
+# Pinned by hand-made mutation testing (review, 2026-12-01): each test fails on the mutant named
+# in its name (a helper made 57 mutants; these are the ones no earlier test killed).
+
+
+def test_M1_set_rule_includes_probability_equal_to_threshold():
+    assert predict_sets(np.array([[0.3, 0.6, 0.1]]), 0.3).tolist() == [[True, True, False]]
+
+
+def test_M3_single_label_geometry_ignores_multilabel_samples():
+    from ncalr_backend.engine.multilabel import single_label_geometry
+    g = single_label_geometry(np.array([[1.0, 0], [0, 1], [5, 5]]), np.array([[1, 0], [0, 1], [1, 1]], bool),
+                              centered=False)
+    np.testing.assert_allclose(g.means, [[1, 0], [0, 1]]); assert g.counts.tolist() == [1, 1]
+
+
+def test_M5_tagwise_check_is_translation_invariant():
+    from ncalr_backend.engine.multilabel import tagwise_average_check
+    rng = np.random.default_rng(1)
+    K, d = 4, 16
+    sets = np.zeros((40, K), bool)
+    for i in range(40):
+        sets[i, rng.choice(K, size=1 + (i % 2), replace=False)] = True
+    feats = rng.normal(size=(40, d)) * 3
+    a, b = tagwise_average_check(feats, sets), tagwise_average_check(feats + 50.0, sets)
+    np.testing.assert_allclose(b["tagwise_angle_deg"], a["tagwise_angle_deg"], rtol=1e-9)
+    assert b["tagwise_ratio"] > 0.5

@@ -349,3 +349,81 @@ def test_predictions_on_one_shared_model_run_one_at_a_time(monkeypatch):
     for t in threads:
         t.join()
     assert most[0] == 1 and all(np.array_equal(g, want) for g in got)
+
+
+# Pinned by hand-made mutation testing (review, 2026-12-01): each test fails on the mutant named
+# in its name (a helper made 57 mutants; these are the ones no earlier test killed).
+
+
+def _ood_view(trusted=None, k=2.0):
+    rng = np.random.default_rng(7)
+    K, d = 3, 8
+    means = np.eye(K, d) * 5
+    y = np.repeat(np.arange(K), 20)
+    feats_lab = means[y] + rng.normal(0, 1.0, (60, d))
+    return feats_lab, y
+
+
+def test_N5_ood_threshold_uses_1_4826_mad():
+    feats_lab, y = _ood_view()
+    geom = class_geometry(feats_lab, y, 3, centered=True)
+    lab = span_alignment(geom, feats_lab)
+    med = np.median(lab); mad = np.median(np.abs(lab - med)); k = 2.0
+    # a unit vector in the span and one orthogonal to it
+    mu = (geom.means - geom.center).T
+    q, _ = np.linalg.qr(np.c_[mu, np.eye(8)[:, 3:]])
+    u_in, u_out = q[:, 0], q[:, 3]
+    def at(a):
+        return geom.center + 4.0 * (a * u_in + np.sqrt(1 - a * a) * u_out)
+    pool = np.array([at(med - 1.2 * k * mad), at(med - 1.7 * k * mad), at(0.999)])
+    np.testing.assert_allclose(span_alignment(geom, pool), [med - 1.2 * k * mad, med - 1.7 * k * mad, 0.999], atol=1e-9)
+    view = PoolView(probs=np.full((3, 3), 1 / 3, np.float32), feats=pool, feats_lab=feats_lab, y_lab=y,
+                    num_classes=3, trusted_lab=np.ones(60, bool))
+    assert ood_suspects(view, k).tolist() == [False, True, False]
+
+
+def test_N14_ood_judged_on_trusted_samples_only():
+    rng = np.random.default_rng(3)
+    feats_lab, y = _ood_view()
+    trusted = np.ones(60, bool)
+    feats_lab[:8, 5:] += rng.normal(0, 6, (8, 3))  # 8 class-0 samples far off the span: untrusted
+    trusted[:8] = False
+    pool = rng.normal(0, 3, (40, 8))
+    view = PoolView(probs=np.full((40, 3), 1 / 3, np.float32), feats=pool, feats_lab=feats_lab, y_lab=y,
+                    num_classes=3, trusted_lab=trusted)
+    g = class_geometry(feats_lab[trusted], y[trusted], 3, centered=True)
+    lab = span_alignment(g, feats_lab[trusted]); med = np.median(lab); mad = np.median(np.abs(lab - med))
+    want = span_alignment(g, pool) < med - 2.0 * 1.4826 * mad
+    got = ood_suspects(view, 2.0)
+    np.testing.assert_array_equal(got, want)
+    gall = class_geometry(feats_lab, y, 3, centered=True)
+    laba = span_alignment(gall, feats_lab); meda = np.median(laba); mada = np.median(np.abs(laba - meda))
+    assert not np.array_equal(want, span_alignment(gall, pool) < meda - 2.0 * 1.4826 * mada)
+
+
+def _skip_view(offset=0.0, cfg=None):
+    feats_lab = np.array([[10.0, 0, 0], [10, 1, 0], [0, 10, 0], [1, 10, 0]]) + offset
+    y = np.array([0, 0, 1, 1])
+    pool = np.array([[9.0, 0.5, 0], [0.5, 9, 0], [1, 1, 9], [6, 4, 0], [2.5, 2.5, 8]]) + offset
+    pred = np.array([0, 1, 0, 0, 1])
+    skipped = np.array([[1.0, 2, 10], [10.0, 0.5, 0]]) + offset
+    return PoolView(probs=_probs_for(pred, 2), feats=pool, feats_lab=feats_lab, y_lab=y, num_classes=2,
+                    pred_history=np.zeros((3, 5), np.int32), config=cfg or EngineConfig(diversity="none"),
+                    feats_skipped=skipped)
+
+
+def test_N10_skip_guard_centres_on_the_labeled_mean():
+    from ncalr_backend.engine.acquisition.ncalr import near_skipped
+    # centre (10, 0); centred: class means (0, +-5), skipped (-3, 0); pool (0, 0.5) lies on class 0's
+    # direction (cos 1 vs 0): not demoted; pool (-4, 0.2) points at the skipped item: demoted.
+    # Uncentred, (10, 0.5) is nearer (7, 0) (cos 0.9988) than (10, 5) (cos 0.916).
+    view = PoolView(probs=np.array([[1, 0], [1, 0]], np.float32), feats=np.array([[10.0, 0.5], [6.0, 0.2]]),
+                    feats_lab=np.array([[10.0, 5], [10, 5], [10, -5], [10, -5]]), y_lab=np.array([0, 0, 1, 1]),
+                    num_classes=2, feats_skipped=np.array([[7.0, 0.0]]))
+    assert near_skipped(view).tolist() == [False, True]
+
+
+def test_N12_skip_guard_items_stay_last_under_batch_diversity():
+    cfg = EngineConfig(diversity="clusters", diversity_batch=3, diversity_candidates=2.0)
+    ranked, scores, _ = get_strategy("ncalr").rank(_skip_view(0.0, cfg))
+    assert set(ranked.tolist()[-2:]) == {2, 4}
