@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from typing import Iterator, List, Optional, Sequence
@@ -59,6 +60,7 @@ class LabelStudioError(RuntimeError):
 
     transient = False  # worth trying the same GET again right away (LabelStudioClient.request)
     retry_after: Optional[float] = None  # seconds, from the answer's Retry-After
+    permanent = False  # no answer, but one that will not change by itself (a certificate refused)
 
     def __init__(self, message: str, status: Optional[int] = None):
         super().__init__(message)
@@ -67,11 +69,19 @@ class LabelStudioError(RuntimeError):
     @property
     def retryable(self) -> bool:
         """Unreachable, overloaded or failing on its side: it may pass by itself."""
+        if self.permanent:
+            return False
         return self.status is None or self.status >= 500 or self.status == 429
 
 
 ImageRefused = URLRefused  # an image URL the backend will not fetch; the message says why
 MAX_REDIRECTS = 3
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """The verification failure's own words ('self-signed certificate', 'Hostname mismatch, ...')."""
+    m = re.search(r"certificate verify failed: ([^()'\"]+)", str(exc))
+    return m.group(1).strip() if m else "certificate verify failed"
 
 
 def looks_like_jwt(key: str) -> bool:
@@ -177,6 +187,19 @@ class LabelStudioClient:
                 with r:
                     r._content = read_body(r, MAX_BODY_BYTES, BODY_DEADLINE_FACTOR * float(kw["timeout"] or 60),
                                            f"{method} {path}")
+        except requests.exceptions.SSLError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" not in str(exc):  # a handshake cut short may pass
+                err = LabelStudioError(f"{method} {path}: Label Studio not reachable (SSLError)", None)
+                err.transient = True
+                raise err from exc
+            # a certificate this machine does not trust (self-signed, another host's, expired) stays
+            # so: retrying each GET and each cycle for minutes only hid the cause
+            err = LabelStudioError(
+                f"{method} {path}: Label Studio's TLS certificate is not trusted ({_tls_reason(exc)}): give "
+                f"LABEL_STUDIO_URL the host name the certificate is for, or point REQUESTS_CA_BUNDLE at the CA "
+                "that signed it", None)
+            err.permanent = True
+            raise err from exc
         except requests.RequestException as exc:
             err = LabelStudioError(f"{method} {path}: Label Studio not reachable ({exc.__class__.__name__})", None)
             err.transient = isinstance(exc, (requests.ConnectionError, requests.Timeout))

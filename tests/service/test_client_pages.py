@@ -324,3 +324,53 @@ def test_has_ml_backend_reads_label_studios_list_and_cannot_tell_means_yes():
     assert C(LabelStudioError("GET /api/ml/: HTTP 403", 403)).has_ml_backend(1) is True
     with pytest.raises(LabelStudioError):  # Label Studio away: the cycle fails and is retried, as any read
         C(LabelStudioError("GET /api/ml/: HTTP 502", 502)).has_ml_backend(1)
+
+
+def test_an_untrusted_tls_certificate_is_a_clear_error_that_is_not_retried(tmp_path):
+    """Found by review: a certificate this machine does not trust (self-signed here) raised
+    requests' SSLError, a ConnectionError, so each GET was tried three times and each cycle retried
+    for minutes as if Label Studio were down. It is now one attempt and a message that says what
+    to fix; the TLS server counts the handshakes."""
+    import ssl
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from ncalr_backend.service.labelstudio import LabelStudioError
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    hellos = []
+
+    class Server(HTTPServer):
+        def get_request(self):
+            sock, addr = self.socket.accept()
+            hellos.append(addr)
+            return ctx.wrap_socket(sock, server_side=True), addr
+
+        def handle_error(self, request, client_address):
+            pass  # the client hangs up on our certificate: expected
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv = Server(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        c = LabelStudioClient(f"https://127.0.0.1:{srv.server_port}", "legacy-token-1234567890")
+        with pytest.raises(LabelStudioError, match="TLS certificate is not trusted .*self.signed.*REQUESTS_CA_BUNDLE") as e:
+            c.get_json("/api/projects/1/")
+        assert e.value.retryable is False and e.value.transient is False
+        assert len(hellos) == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()
