@@ -23,7 +23,9 @@ from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# a DNS label: letters, digits, '-' inside; and '_', which RFC 1123 host names lack but Docker
+# Compose service names (label_studio) and resolvers allow, and every parser here reads alike
+_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 
 
 class URLRefused(ValueError):
@@ -62,7 +64,7 @@ def _check_host(host: str, raw: str) -> str:
     host = host.rstrip(".")
     if not host or len(host) > 253 or not all(_LABEL.match(p) for p in host.split(".")):
         raise URLRefused(f"{raw!r}: host {host!r} is not a plain host name or IP address "
-                         "(letters, digits, '-' and '.' only)")
+                         "(letters, digits, '-', '_' and '.' only)")
     last = host.rsplit(".", 1)[-1]
     if last.isdigit() or last.startswith("0x"):  # looks like an IPv4 address: only the dotted-quad form
         try:

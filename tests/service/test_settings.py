@@ -38,13 +38,14 @@ def test_non_finite_numbers_and_urls_the_client_would_refuse_fail_at_start(tmp_p
     for bad in ("nan", "10,inf", "10,nan,30"):
         with pytest.raises(SettingsError, match="CYCLE_RETRY_DELAYS"):
             Settings.from_env({**base, "CYCLE_RETRY_DELAYS": bad})
-    for bad in ("http://label_studio:8080", "http://admin:pw@ls:8080", "http://ls:99999", "ftp://ls",
+    for bad in ("http://label studio:8080", "http://admin:pw@ls:8080", "http://ls:99999", "ftp://ls",
                 "http://ls:8080\\@evil", "http://l s:8080"):
         with pytest.raises(SettingsError, match="LABEL_STUDIO_URL="):
             Settings.from_env({**base, "LABEL_STUDIO_URL": bad})
     from ncalr_backend.service.labelstudio import LabelStudioClient
 
-    for good in ("http://localhost:8080/", "https://ls.example.com", "http://127.0.0.1:8080/ls/"):
+    for good in ("http://localhost:8080/", "https://ls.example.com", "http://127.0.0.1:8080/ls/",
+                 "http://label_studio:8080"):  # a Docker Compose service name
         s = Settings.from_env({**base, "LABEL_STUDIO_URL": good})
         assert not s.label_studio_url.endswith("/")
         assert LabelStudioClient(s.label_studio_url, "k").url == s.label_studio_url  # the client takes it as is

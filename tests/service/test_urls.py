@@ -165,6 +165,7 @@ def test_errors_from_the_origin_are_reported_not_raised_as_crashes():
     ("http://[0:0::1]/x", ("http", "::1", 80), "/x"),
     ("http://h/a/../../b", ("http", "h", 80), "/b"),
     ("http://h/caf\u00e9.png", ("http", "h", 80), "/caf%C3%A9.png"),
+    ("http://Label_Studio:8080/x", ("http", "label_studio", 8080), "/x"),  # a Docker Compose service name
 ])
 def test_canonical_form(raw, origin, target):
     u = parse_http_url(raw)
