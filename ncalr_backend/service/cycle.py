@@ -194,7 +194,7 @@ def tidy(client: LabelStudioClient, settings: Settings, run: CycleRun, previous:
         except Exception as exc:
             log.warning("project %s: could not publish the suspected label errors of cycle %s: %s",
                         run.project_id, run.cycle, exc)
-    if relabel is not None and relabel.new:
+    if relabel is not None and (relabel.new or relabel.expired):
         try:
             review.request_relabel(client, run.store, run.project_id, relabel)
         except Exception as exc:
@@ -304,10 +304,11 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         flags = [e for e in label_errors if e["flagged"]]
         atomic_write_json(run.work / "label_errors.json", {"flags": flags, "entries": label_errors})
         run.report["label_errors"] = review.summary(label_errors)
-        relabel = review.relabel_plan(settings, snap, res, label_errors, run.store, run.version)
+        relabel = review.relabel_plan(settings, snap, res, label_errors, run.store, run.version, run.cycle)
         if relabel is not None:
             review.queue_first(preds, relabel)
-            run.report["relabel"] = {"new": sorted(relabel.new), "waiting": relabel.pending}
+            run.report["relabel"] = {"new": sorted(relabel.new), "waiting": relabel.pending,
+                                     "given_back": relabel.expired}
         head = settings.write_back_count(len(snap.pool_ids), snap.num_tasks)
         items = preds.head(head)  # the head of the order; /predict serves the rest (WRITE_BACK_TOP)
         run.report["written_ranks"] = {"ranked": len(snap.pool_ids), "written": head}

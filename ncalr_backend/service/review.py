@@ -35,7 +35,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional
 
 import numpy as np
@@ -309,17 +309,29 @@ class ReviewClearer:
 
 
 # ---------------------------------------------------------------------------- re-annotation
+# A task sent for re-annotation that no other annotator took within this many cycles (each one a
+# trigger's worth of the team's annotations) goes back to what it was: with a single annotator it
+# never can be taken (Label Studio never serves a task to its own annotator again), and waiting
+# tasks use up the share, so nothing else would ever be sent.
+RELABEL_WAIT_CYCLES = 3
+
+
 @dataclass
 class RelabelPlan:
     """Labeled tasks to put back into the queue for another annotator (``RELABEL_SHARE``)."""
     new: Dict[int, dict]  # task -> {"probs": {class: p}, "annotations": count now}
     pending: List[int]  # sent earlier, still waiting for their extra annotation
     items: List[dict]  # queue predictions (the model's suggestion), served before every ranked task
+    expired: List[int] = field(default_factory=list)  # waited RELABEL_WAIT_CYCLES: given back
+    cycle: Optional[int] = None  # the cycle that made the plan
 
 
-def relabel_plan(settings, snap, res, entries: List[dict], store: ProjectStore, version: str) -> Optional[RelabelPlan]:
+def relabel_plan(settings, snap, res, entries: List[dict], store: ProjectStore, version: str,
+                 cycle: Optional[int] = None) -> Optional[RelabelPlan]:
     """The most suspect labels, up to ``RELABEL_SHARE`` x the trigger threshold at a time (those
-    still waiting count), as measured in docs/quality/README.md (relabeling). Single-label only."""
+    still waiting count), as measured in docs/quality/README.md (relabeling). Single-label only.
+    A task still waiting ``RELABEL_WAIT_CYCLES`` cycles after it was sent is given back
+    (``expired``) and not sent again."""
     share = float(getattr(settings, "relabel_share", 0.0) or 0.0)
     rep = getattr(res, "label_report", None)
     if share <= 0 or snap.cfg.multilabel or rep is None or not entries:
@@ -327,8 +339,13 @@ def relabel_plan(settings, snap, res, entries: List[dict], store: ProjectStore, 
     st = ReviewState(store).read()
     sent = st.get("relabel") or {}
     k = int(round(share * settings.trigger_threshold(snap.num_tasks)))
-    pending = [int(t) for t, r in sent.items()
-               if int(t) in snap.annotation_counts and snap.annotation_counts[int(t)] <= int(r["annotations"])]
+    pending, expired = [], []
+    for t, r in sent.items():
+        if r.get("expired") is not None or int(t) not in snap.annotation_counts \
+                or snap.annotation_counts[int(t)] > int(r["annotations"]):
+            continue  # given back earlier, deleted, or it got its extra annotation
+        waited = None if cycle is None else int(cycle) - int(r.get("cycle") or 0)
+        (expired if waited is not None and waited >= RELABEL_WAIT_CYCLES else pending).append(int(t))
     index = {int(t): i for i, t in enumerate(snap.lab_ids)}
     new = {}
     for e in entries:
@@ -351,7 +368,7 @@ def relabel_plan(settings, snap, res, entries: List[dict], store: ProjectStore, 
         sug = by_task[t]["suggested"]
         conf = float(rep.prob_mean[index[t]][snap.cfg.index(sug)])
         items.append(prediction_item(t, {"label": sug, "confidence": conf}, float(i), snap.cfg, version))
-    return RelabelPlan(new=new, pending=pending, items=items)
+    return RelabelPlan(new=new, pending=pending, items=items, expired=expired, cycle=cycle)
 
 
 def queue_first(preds, plan: RelabelPlan) -> None:
@@ -374,7 +391,7 @@ def request_relabel(client: LabelStudioClient, store: ProjectStore, project_id: 
     """Make each new task need one more annotation (``overlap`` + 1, unlabeled again), so "Label
     All Tasks" serves it to an annotator who has not annotated it yet (Label Studio never serves a
     task to its own annotator again), and remember the model's probabilities for the tie-break."""
-    done = []
+    done, back = [], []
     with ReviewState(store).locked() as st:
         rel = st.setdefault("relabel", {})
         for t, info in plan.new.items():
@@ -384,9 +401,23 @@ def request_relabel(client: LabelStudioClient, store: ProjectStore, project_id: 
             except LabelStudioError as exc:
                 log.warning("project %s: cannot send task %s for re-annotation: %s", project_id, t, exc)
                 continue
-            rel[str(t)] = info
+            rel[str(t)] = {**info, "cycle": plan.cycle}
             done.append(int(t))
-    if done or plan.pending:
-        log.info("project %s: %d task(s) sent for re-annotation, %d still waiting", project_id, len(done),
-                 len(plan.pending))
-    return {"sent": done, "waiting": plan.pending}
+        for t in plan.expired:  # labeled again with the annotations it has, and never sent again
+            r = rel.get(str(t))
+            if r is None:
+                continue
+            try:
+                client.request("PATCH", f"/api/tasks/{int(t)}/",
+                               json={"overlap": max(1, int(r["annotations"])), "is_labeled": True})
+            except LabelStudioError as exc:
+                if exc.status != 404:
+                    log.warning("project %s: cannot give task %s back: %s", project_id, t, exc)
+                    continue
+            r["expired"] = plan.cycle
+            back.append(int(t))
+    if done or plan.pending or back:
+        log.info("project %s: %d task(s) sent for re-annotation, %d still waiting, %d given back after %d "
+                 "cycles without another annotator%s", project_id, len(done), len(plan.pending), len(back),
+                 RELABEL_WAIT_CYCLES, " (a project with one annotator cannot re-annotate)" if back else "")
+    return {"sent": done, "waiting": plan.pending, "given_back": back}

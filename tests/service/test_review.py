@@ -205,3 +205,29 @@ def test_writing_the_keys_reads_each_task_just_before_writing_it(tmp_path):
     assert review._write_keys(ls, 1, values) == [] and len(ls.task_patches) == 25  # nothing to change
     assert review._write_keys(ls, 1, {ids[0]: None, 10 ** 6: None}) == [10 ** 6]
     assert len(ls.task_patches) == 26 and ls.tasks[0]["data"][review.KEY_SCORE] is None
+
+
+def test_a_task_nobody_else_annotates_is_given_back_after_a_few_cycles(settings):
+    """Found by review: with a single annotator a task sent for re-annotation is never served again
+    (Label Studio's rule), so it stayed unlabeled with overlap 2 for good, and waiting tasks used up
+    the share: nothing else was ever sent. After RELABEL_WAIT_CYCLES cycles without the extra
+    annotation it is labeled again with what it has, and never sent again."""
+    s = settings.__class__(**{**settings.__dict__, "relabel_share": 0.5, "train_trigger_min": 4})
+    ls = FakeLS(n=40, n_labeled=16, choices=truthful_except(WRONG))
+    first = run_project_cycle(s, 1, "t", engine_config=TRAIN, client=ls)
+    sent = set(first["relabel"]["new"])
+    assert sent == WRONG
+    by_id = {t["id"]: t for t in ls.tasks}
+    for k in range(1, review.RELABEL_WAIT_CYCLES + 1):
+        rep = run_project_cycle(s, 1, f"t{k}", engine_config=TRAIN, client=ls)
+        if k < review.RELABEL_WAIT_CYCLES:
+            assert set(rep["relabel"]["waiting"]) == sent and rep["relabel"]["given_back"] == []
+            assert all((by_id[t]["overlap"], by_id[t]["is_labeled"]) == (2, False) for t in sent)
+    assert set(rep["relabel"]["given_back"]) == sent and not set(rep["relabel"]["waiting"]) & sent
+    assert all((by_id[t]["overlap"], by_id[t]["is_labeled"]) == (1, True) for t in sent)
+    queued = {it["task"] for it in ls.imported if it["model_version"] == rep["model_version"]}
+    assert not queued & sent  # not served first any more (they are labeled)
+    rep = run_project_cycle(s, 1, "after", engine_config=TRAIN, client=ls)
+    assert not set(rep["relabel"]["new"]) & sent and not set(rep["relabel"]["waiting"]) & sent
+    rel = review.ReviewState(ProjectStore(s.model_dir, 1)).read()["relabel"]
+    assert all(rel[str(t)]["expired"] == first["cycle"] + review.RELABEL_WAIT_CYCLES for t in sent)
