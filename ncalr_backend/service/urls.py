@@ -97,7 +97,8 @@ def parse_http_url(raw: str) -> SafeURL:
     scheme = (u.scheme or "").lower()
     if scheme not in DEFAULT_PORTS:
         raise URLRefused(f"{raw[:200]!r}: scheme {scheme or '(none)'!r}; only http and https are fetched")
-    if u.auth is not None or "@" in (u.netloc or ""):
+    authority = re.split(r"[/?#]", raw.split("://", 1)[-1], maxsplit=1)[0]
+    if u.auth is not None or "@" in authority:  # urllib3 drops an empty user info ('http://@h/')
         raise URLRefused(f"{raw[:200]!r}: user info ('user@host') in the URL")
     host = _check_host(u.host or "", raw[:200])
     port = DEFAULT_PORTS[scheme] if u.port is None else int(u.port)
