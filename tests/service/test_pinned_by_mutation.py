@@ -6,9 +6,7 @@ annotations, C: labelconfig, P: predictions, S: settings, H: auth, K: healthchec
 
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -19,6 +17,7 @@ from ncalr_backend.service.auth import Auth
 from ncalr_backend.service.labelconfig import LabelConfigError, parse_label_config
 from ncalr_backend.service.settings import Settings, SettingsError
 from ncalr_backend.service.urls import URLRefused, parse_http_url
+from tests.service.test_urls import Listener
 
 CFG = ('<View><Image name="img" value="$image"/><Choices name="cls" toName="img" choice="single">'
        '<Choice value="cat"/><Choice value="dog" alias="DOG"/><Choice value="eel"/></Choices></View>')
@@ -74,37 +73,10 @@ def test_U9_host_names_longer_than_253_characters_are_refused():
 
 
 # ------------------------------------------------------------------- labelstudio.py key policy
-class _Listener:
-    def __init__(self):
-        self.requests = []
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                outer.requests.append({"path": self.path, "headers": dict(self.headers)})
-                body = b"[]"
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_L2_the_api_path_never_sends_the_key_to_label_studios_host_on_another_port():
     from ncalr_backend.service.labelstudio import LabelStudioClient
 
-    other = _Listener()  # same host as Label Studio (127.0.0.1), another port: another origin
+    other = Listener()  # same host as Label Studio (127.0.0.1), another port: another origin
     try:
         c = LabelStudioClient("http://127.0.0.1:1", KEY)
         with pytest.raises(URLRefused, match="refusing to send the API key"):
