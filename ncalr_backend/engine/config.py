@@ -254,8 +254,9 @@ class EngineConfig:
         if self.diversity_batch < 0 or not self.diversity_candidates >= 1.0:
             problems.append(f"diversity_batch={self.diversity_batch}, diversity_candidates={self.diversity_candidates}: "
                             "the batch must be >= 0 (0 = off) and the candidates per group >= 1")
-        if self.fusion not in ("z", "rank"):
-            problems.append(f"fusion={self.fusion!r}: choose one of ['z', 'rank']")
+        from ncalr_backend.engine.geometry import FUSIONS  # numpy only: the one list of fusions
+        if self.fusion not in FUSIONS:
+            problems.append(f"fusion={self.fusion!r}: choose one of {list(FUSIONS)}")
         if self.ff_mode not in FF_MODES:
             problems.append(f"ff_mode={self.ff_mode!r}: choose one of {list(FF_MODES)}")
         if self.lr_schedule not in LR_SCHEDULES:

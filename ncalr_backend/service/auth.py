@@ -83,6 +83,11 @@ def load_or_create_secret(model_dir: Path, override: Optional[str] = None) -> st
     return value
 
 
+def basic_header(settings: Settings) -> str:
+    """The Authorization value for this backend's own basic-auth credentials."""
+    return "Basic " + base64.b64encode(f"{settings.basic_auth_user}:{settings.basic_auth_pass}".encode()).decode()
+
+
 class Auth:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -117,8 +122,7 @@ class Auth:
         return hmac.compare_digest(given.encode(), self.secret.encode())
 
     def basic_header(self) -> str:
-        s = self.settings
-        return "Basic " + base64.b64encode(f"{s.basic_auth_user}:{s.basic_auth_pass}".encode()).decode()
+        return basic_header(self.settings)
 
     def wanted_headers(self) -> dict:
         h = {SECRET_HEADER: self.secret}

@@ -5,7 +5,6 @@ settings the app reads (``Settings.from_env``: ``BASIC_AUTH_USER`` / ``_PASS``),
 (default 9090), and asks only 127.0.0.1, so the credentials never leave the container."""
 from __future__ import annotations
 
-import base64
 import json
 import os
 import sys
@@ -13,6 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Mapping, Optional
 
+from ncalr_backend.service.auth import basic_header
 from ncalr_backend.service.settings import Settings
 
 
@@ -27,9 +27,8 @@ def check(env: Optional[Mapping[str, str]] = None, timeout: float = 5.0) -> Opti
     except ValueError as exc:
         return f"the settings are refused: {exc}"
     req = urllib.request.Request(f"http://127.0.0.1:{int(port)}/health")
-    if settings.basic_auth_user:
-        cred = f"{settings.basic_auth_user}:{settings.basic_auth_pass or ''}".encode()
-        req.add_header("Authorization", "Basic " + base64.b64encode(cred).decode())
+    if settings.basic_auth_user:  # from_env sets both or neither
+        req.add_header("Authorization", basic_header(settings))
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             body = json.loads(resp.read(65536))
