@@ -408,7 +408,7 @@ class Backend:
                "new_annotations": s.get("new_annotations"), "pending": s.get("pending"),
                "in_progress": s.get("in_progress"), "last_error": redact_urls(s.get("last_error")),
                "last_failed": s.get("last_failed"), "last_completed": s.get("last_completed"),
-               "skipped": s.get("skipped"),  # the latest cycle request not run: no ML backend connected
+               "skipped": s.get("skipped"),  # the latest cycle request not run: this backend is not connected
                "model_version": latest.get("model_version") if latest else None,
                "webhooks_seen": self.webhooks_seen(pid),
                "label_errors": part("label_errors", label_errors) if report else None,

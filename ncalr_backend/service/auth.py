@@ -83,6 +83,19 @@ def load_or_create_secret(model_dir: Path, override: Optional[str] = None) -> st
     return value
 
 
+def our_webhook_header(settings: Settings) -> Optional[tuple]:
+    """(SECRET_HEADER, secret): the header this backend adds to its own webhook, by which a cycle
+    tells its project's webhooks apart (``LabelStudioClient.not_connected_reason``); None while no
+    secret exists yet. Reads, never creates: a cycle worker must not mint a second secret."""
+    if settings.webhook_secret:
+        return SECRET_HEADER, settings.webhook_secret
+    try:
+        value = (Path(settings.model_dir) / SECRET_FILE).read_text().strip()
+    except OSError:
+        return None
+    return (SECRET_HEADER, value) if value else None
+
+
 def basic_header(settings: Settings) -> str:
     """The Authorization value for this backend's own basic-auth credentials."""
     return "Basic " + base64.b64encode(f"{settings.basic_auth_user}:{settings.basic_auth_pass}".encode()).decode()

@@ -30,6 +30,7 @@ from typing import Callable, Optional
 
 from ncalr_backend.atomic import atomic_write_json
 from ncalr_backend.service import review
+from ncalr_backend.service.auth import our_webhook_header
 from ncalr_backend.service.errors import CycleError
 from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError, make_client
 from ncalr_backend.service.insight import record_cycle_extras
@@ -259,14 +260,14 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
                       client: Optional[LabelStudioClient] = None, progress: Optional[Callable] = None,
                       should_stop: Optional[Callable[[], bool]] = None) -> dict:
     """Run one cycle for ``project_id``; returns its report. Raises CycleError on failure. A
-    project with no ML backend connected gets no cycle (``{"status": "skipped"}``, and ``skipped``
-    in state.json, so /status): its webhook outlives the backend it was made for."""
+    project this backend is no longer connected to gets no cycle (``{"status": "skipped"}``, and
+    ``skipped`` in state.json, so /status): its webhook outlives the backend it was made for."""
     client = client or make_client(settings)
     store = ProjectStore(settings.model_dir, project_id)
-    if not client.has_ml_backend(project_id):
-        why = (f"project {project_id} has no ML backend connected in Label Studio, so no cycle ran. Label Studio "
-               "keeps a backend's webhook after the backend is disconnected: connect the backend again, or delete "
-               "the webhook (project Settings > Webhooks) to stop these requests")
+    why = client.not_connected_reason(project_id, our_webhook_header(settings))
+    if why is not None:
+        why += (", so no cycle ran. Label Studio keeps a backend's webhook after the backend is disconnected: "
+                "connect this backend again, or delete its webhook (project Settings > Webhooks) to stop these requests")
         log.warning("%s (%s)", why, reason)
         store.update_state(skipped={"at": time.time(), "reason": why})
         return {"status": "skipped", "reason": why}

@@ -13,6 +13,7 @@ followed only to allowed hosts, never with the key. See docs/security.md.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
@@ -370,18 +371,49 @@ class LabelStudioClient:
     def list_ml_backends(self, project_id: int) -> list:
         return self.get_json("/api/ml/", params={"project": int(project_id)})
 
-    def has_ml_backend(self, project_id: int) -> bool:
-        """Whether the project has any ML backend connected. Label Studio 1.23 keeps the webhook it
-        made for a backend after the backend is disconnected (ml/models.py creates it when the
-        backend is saved; nothing deletes it), so annotations of a project that no longer uses any
-        backend keep arriving. When Label Studio will not say (403, 404), the answer is yes."""
+    def not_connected_reason(self, project_id: int, webhook_header: Optional[tuple] = None) -> Optional[str]:
+        """None when this backend is connected to the project, else why not (for the log and /status).
+
+        Label Studio 1.23 keeps the webhook it made for a backend after the backend is disconnected
+        (ml/models.py creates it at the backend's ``url`` + ``/webhook`` when the backend is saved;
+        nothing deletes it), so annotations of a project that no longer uses this backend keep
+        arriving. A project with no ML backend is not connected. With ``webhook_header`` ((name,
+        value): the secret this backend adds to its own webhook) neither is a project whose ML
+        backends are all others': the webhooks that carry the secret name this backend's URLs, and
+        none of the project's backends is at one of them (disconnected, and another backend connected
+        in its place). Label Studio's records are compared with each other, never with the address a
+        request came to (a proxy may rewrite it). When no webhook carries the secret yet (just
+        connected), any backend counts; when Label Studio will not say (403, 404), the answer is
+        connected."""
         try:
             backends = self.list_ml_backends(project_id)
         except LabelStudioError as exc:
             if exc.status in (403, 404):
-                return True
+                return None
             raise
-        return not isinstance(backends, list) or bool(backends)
+        if not isinstance(backends, list):
+            return None
+        if not backends:
+            return f"project {int(project_id)} has no ML backend connected in Label Studio"
+        if webhook_header is None:
+            return None
+        name, value = webhook_header
+        try:
+            hooks = self.list_webhooks(project_id)
+        except LabelStudioError as exc:
+            if exc.status in (403, 404):
+                return None
+            raise
+        ours = {str(h.get("url") or "").rstrip("/") for h in (hooks if isinstance(hooks, list) else [])
+                if isinstance(h, dict) and isinstance(h.get("headers"), dict)
+                and hmac.compare_digest(str(h["headers"].get(name, "")).encode(), str(value).encode())}
+        if not ours:
+            return None
+        urls = [str(b.get("url") or "").rstrip("/") for b in backends if isinstance(b, dict)]
+        if any(u + "/webhook" in ours for u in urls):
+            return None
+        return (f"project {int(project_id)} is connected to another ML backend in Label Studio "
+                f"({', '.join(redact_urls(u) for u in urls[:3])}), not to this one")
 
     def list_webhooks(self, project_id: int) -> list:
         return self.get_json("/api/webhooks/", params={"project": int(project_id)})

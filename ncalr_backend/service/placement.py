@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 from ncalr_backend.data.images import ImageCache
 from ncalr_backend.service.annotations import winning_annotation
+from ncalr_backend.service.auth import our_webhook_header
 from ncalr_backend.service.errors import CycleError
 from ncalr_backend.service.labelconfig import parse_label_config
 from ncalr_backend.service.labelstudio import LabelStudioClient, make_client
@@ -52,10 +53,10 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
     ids = [i for i in dict.fromkeys(ids) if str(i) not in known]
     if not ids:
         return {"placed": 0}
-    if not client.has_ml_backend(project_id):  # a disconnected backend's webhook (cycle.py)
-        log.warning("project %s has no ML backend connected in Label Studio: %d new task(s) not placed",
-                    project_id, len(ids))
-        return {"placed": 0, "reason": "no ML backend connected in Label Studio"}
+    why = client.not_connected_reason(project_id, our_webhook_header(settings))  # a disconnected backend's webhook
+    if why is not None:
+        log.warning("%s: %d new task(s) not placed", why, len(ids))
+        return {"placed": 0, "reason": why}
     project = client.get_project(project_id)
     cfg = parse_label_config(project.get("label_config"))
     if (list(cfg.labels) != list(latest.get("labels", []))

@@ -4,7 +4,8 @@ default set-up: no basic auth, so the webhook secret alone authenticates Label S
 One project, tests in file order: the secret lands on Label Studio's webhook; forged webhooks
 change nothing; /predict before any model; "Start training" without basic auth; a crafted image
 URL never reaches its listener; a second backend on the same MODEL_DIR is refused; a task deleted
-mid-cycle; reordered choices; Label Studio stopped mid-cycle; SIGTERM mid-cycle.
+mid-cycle; reordered choices; Label Studio stopped mid-cycle; SIGTERM mid-cycle; the backend
+disconnected, then another backend connected in its place, then this one connected again.
 """
 
 from __future__ import annotations
@@ -269,3 +270,73 @@ def test_after_the_backend_is_disconnected_its_webhook_starts_no_cycle(admin, ba
     assert "no ML backend connected" in s["skipped"]["reason"]
     assert (s["last_completed"], s["model_version"]) == (before["last_completed"], before["model_version"])
     assert admin.project(pid)["model_version"] == version
+
+
+class OtherBackend:
+    """Another team's ML backend: the least Label Studio needs to connect one (GET /health, POST
+    /setup), and it takes the webhooks Label Studio then sends it."""
+
+    def __init__(self):
+        self.requests = []
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def _answer(self, body: dict):
+                n = int(self.headers.get("Content-Length") or 0)
+                outer.requests.append((self.command, self.path, self.rfile.read(n) if n else b""))
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):  # noqa: N802
+                self._answer({"status": "UP", "model_class": "Other"})
+
+            def do_POST(self):  # noqa: N802
+                self._answer({"model_version": "other-model-1"} if self.path.startswith("/setup") else {})
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+
+def test_a_project_that_connected_another_backend_in_our_place_gets_no_cycle(admin, backend, project):
+    """After the test above (this backend disconnected), the project connects another ML backend.
+    Our webhook, with our secret, still reaches us; a cycle must not train for it, nor switch the
+    project to our predictions over the other backend's. Then this backend is connected again
+    (Label Studio keeps the old webhook, it does not make a second) and cycles run again."""
+    pid = project["id"]
+    other = OtherBackend()
+    try:
+        ml = admin.connect_ml(pid, other.url, title="another model")
+        assert ml.get("id"), ml
+        hooks = admin.req("GET", "/api/webhooks/", params={"project": pid}).json()
+        assert sorted(h["url"] for h in hooks) == sorted([f"{backend.url}/webhook", f"{other.url}/webhook"])
+        assert [h["headers"].get(SECRET_HEADER) for h in hooks if h["url"] == f"{backend.url}/webhook"] == \
+            [backend.secret]  # ours still carries the secret: that is how the cycle tells them apart
+        before = backend.status(pid)
+        version = admin.project(pid)["model_version"]
+        assert _post(backend, {"action": "START_TRAINING", "project": {"id": pid}}, backend.secret).status_code == 201
+        s = backend.wait(pid, lambda s: "another ML backend" in ((s.get("skipped") or {}).get("reason") or "")
+                         and not s["scheduler"]["running"] and not s["scheduler"]["waiting"], 120, "the skipped cycle")
+        assert other.url in s["skipped"]["reason"]
+        assert (s["last_completed"], s["model_version"]) == (before["last_completed"], before["model_version"])
+        assert admin.project(pid)["model_version"] == version
+        admin.req("DELETE", f"/api/ml/{ml['id']}")
+    finally:
+        other.server.shutdown()
+        other.server.server_close()
+    ours = admin.connect_ml(pid, backend.url)
+    assert ours["state"] == "CO", ours
+    hooks = admin.req("GET", "/api/webhooks/", params={"project": pid}).json()
+    assert [h["url"] for h in hooks].count(f"{backend.url}/webhook") == 1
+    assert _post(backend, {"action": "START_TRAINING", "project": {"id": pid}}, backend.secret).status_code == 201
+    s = backend.wait(pid, lambda s: (s.get("last_completed") or 0) > (before["last_completed"] or 0)
+                     and not s["scheduler"]["running"] and not s["scheduler"]["waiting"], 300, "the cycle once reconnected")
+    assert s.get("skipped") is None
+    assert admin.project(pid)["model_version"] == s["model_version"] != before["model_version"]

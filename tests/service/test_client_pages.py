@@ -307,23 +307,59 @@ def test_a_get_that_meets_a_proxy_hiccup_is_tried_again_and_a_post_never(monkeyp
         srv.shutdown()
 
 
-def test_has_ml_backend_reads_label_studios_list_and_cannot_tell_means_yes():
+def test_not_connected_reason_reads_label_studios_lists_and_cannot_tell_means_connected():
     from ncalr_backend.service.labelstudio import LabelStudioError
 
     class C(LabelStudioClient):
-        def __init__(self, answer):
-            self.answer = answer
+        def __init__(self, backends, hooks=()):
+            self.backends, self.hooks = backends, hooks
 
         def list_ml_backends(self, project_id):
-            if isinstance(self.answer, Exception):
-                raise self.answer
-            return self.answer
+            if isinstance(self.backends, Exception):
+                raise self.backends
+            return self.backends
 
-    assert C([]).has_ml_backend(1) is False
-    assert C([{"id": 3, "url": "http://backend:9090"}]).has_ml_backend(1) is True
-    assert C(LabelStudioError("GET /api/ml/: HTTP 403", 403)).has_ml_backend(1) is True
+        def list_webhooks(self, project_id):
+            if isinstance(self.hooks, Exception):
+                raise self.hooks
+            return list(self.hooks)
+
+    ours = [{"id": 1, "url": "http://backend:9090/webhook/", "headers": {"X-S": "s3cret", "Other": "x"}}]
+    H = ("X-S", "s3cret")
+    assert "no ML backend" in C([]).not_connected_reason(1)
+    assert "no ML backend" in C([], ours).not_connected_reason(1, H)
+    assert C([{"id": 3, "url": "http://backend:9090"}]).not_connected_reason(1) is None
+    assert C(LabelStudioError("GET /api/ml/: HTTP 403", 403)).not_connected_reason(1, H) is None
     with pytest.raises(LabelStudioError):  # Label Studio away: the cycle fails and is retried, as any read
-        C(LabelStudioError("GET /api/ml/: HTTP 502", 502)).has_ml_backend(1)
+        C(LabelStudioError("GET /api/ml/: HTTP 502", 502)).not_connected_reason(1, H)
+    # ours: a backend sits where the webhook carrying our secret points (slashes aside)
+    assert C([{"url": "http://backend:9090/"}], ours).not_connected_reason(1, H) is None
+    assert C([{"url": "http://x:1"}, {"url": "http://backend:9090"}], ours).not_connected_reason(1, H) is None
+    why = C([{"url": "http://user:pw@other:9090/?token=t"}], ours).not_connected_reason(1, H)
+    assert "another ML backend" in why and "other:9090" in why and "pw" not in why and "token" not in why
+    assert "s3cret" not in why
+    # an address differing only in port or scheme is another backend
+    assert C([{"url": "http://backend:9091"}], ours).not_connected_reason(1, H) is not None
+    assert C([{"url": "https://backend:9090"}], ours).not_connected_reason(1, H) is not None
+    # cannot tell which webhook is ours: any backend counts
+    assert C([{"url": "http://other:9090"}], ours).not_connected_reason(1, ("X-S", "s3cret2")) is None
+    assert C([{"url": "http://other:9090"}], ours).not_connected_reason(1, ("X-T", "s3cret")) is None
+    assert C([{"url": "http://other:9090"}], ours).not_connected_reason(1) is None
+    assert C([{"url": "http://other:9090"}], [{"url": "u", "headers": None}, "junk"]).not_connected_reason(1, H) is None
+    assert C([{"url": "http://other:9090"}], LabelStudioError("HTTP 403", 403)).not_connected_reason(1, H) is None
+    with pytest.raises(LabelStudioError):
+        C([{"url": "http://other:9090"}], LabelStudioError("HTTP 500", 500)).not_connected_reason(1, H)
+
+
+def test_our_webhook_header_reads_the_secret_and_never_creates_one(tmp_path):
+    from ncalr_backend.service.auth import SECRET_FILE, SECRET_HEADER, load_or_create_secret, our_webhook_header
+    from ncalr_backend.service.settings import Settings
+
+    s = Settings(model_dir=tmp_path / "m")
+    assert our_webhook_header(s) is None and not (tmp_path / "m" / SECRET_FILE).exists()
+    secret = load_or_create_secret(s.model_dir)
+    assert our_webhook_header(s) == (SECRET_HEADER, secret)
+    assert our_webhook_header(Settings(model_dir=tmp_path / "m", webhook_secret="given")) == (SECRET_HEADER, "given")
 
 
 def test_an_untrusted_tls_certificate_is_a_clear_error_that_is_not_retried(tmp_path):

@@ -15,7 +15,7 @@ from PIL import Image
 from ncalr_backend.engine.config import EngineConfig
 from ncalr_backend.service.cycle import CycleError, run_project_cycle
 from ncalr_backend.service.demo import digit_set_pngs
-from ncalr_backend.service.labelstudio import LabelStudioError
+from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.store import ProjectStore
 
@@ -59,7 +59,9 @@ class FakeLS:
         self.imported, self.stored, self.patches, self.deleted = [], [], [], []
         self.task_patches, self.views = [], {}
         self.model_version = ""  # as Label Studio: PATCH sets it, GET /api/projects/{id}/ returns it
-        self.connected = True  # has_ml_backend: False once the backend was disconnected in Label Studio
+        # the project's ML backends and webhooks, as Label Studio lists them (not_connected_reason)
+        self.backends = [{"id": 1, "url": "http://backend.test:9090"}]
+        self.webhooks = [{"id": 1, "url": "http://backend.test:9090/webhook", "headers": {}}]
 
     def get_project(self, pid):
         return {"id": pid, "label_config": self.config, "task_number": len(self.tasks),
@@ -118,8 +120,13 @@ class FakeLS:
     def import_predictions(self, pid, items, chunk_size=500, on_chunk=None):
         return sum(self.import_prediction_chunk(pid, items[s:s + chunk_size]) for s in range(0, len(items), chunk_size))
 
-    def has_ml_backend(self, pid):
-        return self.connected
+    def list_ml_backends(self, pid):
+        return copy.deepcopy(self.backends)
+
+    def list_webhooks(self, pid):
+        return copy.deepcopy(self.webhooks)
+
+    not_connected_reason = LabelStudioClient.not_connected_reason  # the real decision, over the lists above
 
     def get_tasks(self, pid, ids, resolve_uri=True):
         self._touch()  # copies, as over HTTP: a later change to a task is not in what was read before
@@ -591,16 +598,54 @@ def test_a_project_whose_backend_was_disconnected_gets_no_cycle_and_no_placement
     run_project_cycle(settings, 1, "first", engine_config=ENGINE, client=ls)
     st = ProjectStore(settings.model_dir, 1)
     v1 = st.latest()["model_version"]
-    ls.connected = False
+    ls.backends = []
     patches, imported = list(ls.patches), len(ls.imported)
     rep = run_project_cycle(settings, 1, "webhook", engine_config=ENGINE, client=ls)
     assert rep["status"] == "skipped" and "no ML backend connected" in rep["reason"]
-    assert "delete the webhook" in st.state()["skipped"]["reason"]
+    assert "delete its webhook" in st.state()["skipped"]["reason"]
     assert (ls.patches, len(ls.imported)) == (patches, imported)  # nothing written, nothing switched
     assert st.latest()["model_version"] == v1 and len(list((st.root / "cycles").iterdir())) == 1
     ls.tasks.append({**ls.tasks[-1], "id": 500, "annotations": [], "predictions": []})
-    assert place_new_tasks(settings, 1, [500], client=ls) == {"placed": 0, "reason": "no ML backend connected in "
-                                                                           "Label Studio"}
-    ls.connected = True  # connected again: cycles run, and /status stops saying it was skipped
+    out = place_new_tasks(settings, 1, [500], client=ls)
+    assert out["placed"] == 0 and "no ML backend connected" in out["reason"]
+    ls.backends = [{"id": 2, "url": "http://backend.test:9090"}]  # connected again: cycles run, /status clears
     assert run_project_cycle(settings, 1, "webhook", engine_config=ENGINE, client=ls)["status"] == "completed"
     assert st.state().get("skipped") is None
+
+
+def test_a_project_that_connected_another_backend_in_our_place_gets_no_cycle(settings):
+    """Found by review (it was left alone last time): the check above asked only whether the project
+    had *any* ML backend, so a project that disconnected this backend and connected another one
+    still got this backend's cycles through the old webhook, each switching the project back to
+    this backend's predictions and overwriting the other backend's. Our webhook is the one that
+    carries our secret; when none of the project's backends sits at its URL, the project is not ours."""
+    from ncalr_backend.service.auth import SECRET_HEADER, load_or_create_secret
+    from ncalr_backend.service.placement import place_new_tasks
+
+    secret = load_or_create_secret(settings.model_dir, settings.webhook_secret)
+    ls = FakeLS()
+    ls.webhooks = [{"id": 1, "url": "http://backend.test:9090/webhook", "headers": {SECRET_HEADER: secret}}]
+    ls.backends = [{"id": 1, "url": "http://backend.test:9090/"}]  # a trailing slash is the same address
+    assert run_project_cycle(settings, 1, "first", engine_config=ENGINE, client=ls)["status"] == "completed"
+    st = ProjectStore(settings.model_dir, 1)
+    v1 = st.latest()["model_version"]
+    # disconnected; another backend connected: Label Studio adds that one's webhook, keeps ours
+    ls.backends = [{"id": 2, "url": "http://other-model:9090"}]
+    ls.webhooks.append({"id": 2, "url": "http://other-model:9090/webhook", "headers": {}})
+    patches, imported = list(ls.patches), len(ls.imported)
+    rep = run_project_cycle(settings, 1, "webhook", engine_config=ENGINE, client=ls)
+    assert rep["status"] == "skipped", rep
+    assert "connected to another ML backend" in rep["reason"] and "http://other-model:9090" in rep["reason"]
+    assert secret not in json.dumps(st.state())  # the reason names URLs, never the secret
+    assert (ls.patches, len(ls.imported), st.latest()["model_version"]) == (patches, imported, v1)
+    ls.tasks.append({**ls.tasks[-1], "id": 500, "annotations": [], "predictions": []})
+    out = place_new_tasks(settings, 1, [500], client=ls)
+    assert out["placed"] == 0 and "another ML backend" in out["reason"]
+    # both connected (Label Studio allows several): ours is among them, cycles run
+    ls.backends.append({"id": 3, "url": "http://backend.test:9090"})
+    assert run_project_cycle(settings, 1, "webhook", engine_config=ENGINE, client=ls)["status"] == "completed"
+    # no webhook carries our secret (a value under our header name that is not ours does not count):
+    # the headers are not added yet, so any backend counts, as right after connecting
+    ls.backends = [{"id": 2, "url": "http://other-model:9090"}]
+    ls.webhooks = [{"id": 2, "url": "http://other-model:9090/webhook", "headers": {SECRET_HEADER: "not-ours"}}]
+    assert run_project_cycle(settings, 1, "webhook", engine_config=ENGINE, client=ls)["status"] == "completed"
