@@ -8,8 +8,9 @@ paired by seed on the assumption that CPU runs of unchanged defaults are bit-rep
 commits. ``head.py`` (every run at one commit) found that the training fixes of 269a513 broke that
 assumption for multi-label and a few single-label seeds; its figures supersede these. Sources:
 
-* seeds 0-4: the grid (``<setting>/``; NCAL-R under the batch-diversity default from ``diverse/``
-  where the grid's own NCAL-R predates it, as ``summarise.py`` pairs them);
+* seeds 0-4: the grid as it was before its one-commit re-run of 2026-12-01 (``superseded/<setting>/``;
+  NCAL-R under the batch-diversity default from ``superseded/diverse/`` where the grid's own NCAL-R
+  predates it, as ``summarise.py`` pairs them);
 * seeds 10-12: ``screen/d_<setting>`` (``ncalr:diversity=clusters:diversity_candidates=10`` is
   today's NCAL-R);
 * seeds 13-14: ``screen/ffm_<setting>/b``;
@@ -33,7 +34,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
 sys.path.insert(0, str(HERE))
 from ncalr_backend.bench.common import git_state, save_figure  # noqa: E402
+import summarise  # noqa: E402
 from summarise import SETTINGS, load  # noqa: E402
+
+summarise.ROOT = HERE / "superseded"  # the grid this pooling was made from (load() reads summarise.ROOT)
 
 NCALR_AT_SCREENING = {"d": "ncalr:diversity=clusters:diversity_candidates=10", "ffm": "ncalr"}
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 11, item 2: NCAL-R (product defaults) against every baseline, 7 settings x 5 seeds.
+# Issue 11, item 2: NCAL-R (product defaults) against every baseline, 8 settings x 5 seeds.
 # digits, ResNet-18 width 8, 10% -> 35% of the pool in 5 cycles of 5%, 40-epoch cap, window 10,
 # warm start, one torch thread per process. One process per (setting, seed), so the grid runs in
 # chunks and a chunk's results can be committed on their own:
@@ -37,7 +37,7 @@ one() {  # setting seed
   "$PY" -m ncalr_backend.bench quality "${C[@]}" $(args "$1") --seeds "$2," --out "$d" > "$d/run.log" 2>&1
   echo "$1 s$2 rc=$?"
 }
-SETTINGS=("$@"); [ ${#SETTINGS[@]} -eq 0 ] && SETTINGS=(sym00 sym02 sym04 asym03 ood02 lt10 multilabel)
+SETTINGS=("$@"); [ ${#SETTINGS[@]} -eq 0 ] && SETTINGS=(sym00 sym02 sym04 asym03 ood02 lt10 multilabel multilabel60)
 for s in "${SETTINGS[@]}"; do args "$s" > /dev/null || exit 2; for seed in $SEEDS; do echo "$s $seed"; done; done |
   { while read -r s seed; do
     if [ "${PAR:-1}" -gt 1 ]; then
