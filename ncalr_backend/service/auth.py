@@ -194,7 +194,11 @@ class Auth:
         return ok
 
     def ensure_webhook_headers(self, project_id: int, host: Optional[str], delays=(0.5, 2, 5, 15)) -> bool:
-        """Add the secret (and basic auth) to the webhook Label Studio created for this backend."""
+        """Add the secret (and basic auth) to the webhook Label Studio created for this backend, and
+        renew it on any webhook that carries our header with an old value (only this backend puts that
+        header there). The fallback to a project's only backend (``_our_backends``) applies only while
+        no webhook of the project carries the header: once one does, the only backend may be another
+        service connected in our place, and our secret must not go to its webhook."""
         try:
             client = make_client(self.settings)
         except Exception:
@@ -203,12 +207,17 @@ class Auth:
         for delay in delays:
             time.sleep(delay)
             try:
-                urls = {str(b["url"]).rstrip("/") + "/webhook" for b in self._our_backends(client, project_id, host)}
-                hooks = [h for h in client.list_webhooks(project_id) if str(h.get("url", "")).rstrip("/") in urls]
+                every = [h for h in client.list_webhooks(project_id) if isinstance(h, dict)]
+                marked = [h for h in every if isinstance(h.get("headers"), dict)
+                          and any(str(k).lower() == SECRET_HEADER.lower() for k in h["headers"])]
+                urls = {str(b["url"]).rstrip("/") + "/webhook"
+                        for b in self._our_backends(client, project_id, host, only_one_counts=not marked)}
+                hooks = [h for h in every if str(h.get("url", "")).rstrip("/") in urls or h in marked]
                 for h in hooks:
                     have = h.get("headers") or {}
                     if any(have.get(k) != v for k, v in want.items()):
-                        client.patch_webhook(h["id"], {"headers": {**have, **want}})
+                        keep = {k: v for k, v in have.items() if str(k).lower() not in {w.lower() for w in want}}
+                        client.patch_webhook(h["id"], {"headers": {**keep, **want}})  # no second spelling
                         log.info("project %s: set the webhook secret%s on webhook %s", project_id,
                                  " and basic auth" if "Authorization" in want else "", h["id"])
                 if hooks:

@@ -380,8 +380,9 @@ class LabelStudioClient:
         arriving. A project with no ML backend is not connected. With ``webhook_header`` ((name,
         value): the secret this backend adds to its own webhook) neither is a project whose ML
         backends are all others': the webhooks that carry the secret name this backend's URLs, and
-        none of the project's backends is at one of them (disconnected, and another backend connected
-        in its place). Label Studio's records are compared with each other, never with the address a
+        none of the project's backends is at one of them while each has its own webhook (disconnected,
+        and another backend connected in its place; a backend without a webhook at its address had
+        its URL edited, and may be this one). Label Studio's records are compared with each other, never with the address a
         request came to (a proxy may rewrite it). When no webhook carries the secret yet (just
         connected), any backend counts; when Label Studio will not say (403, 404), the answer is
         connected."""
@@ -404,13 +405,19 @@ class LabelStudioClient:
             if exc.status in (403, 404):
                 return None
             raise
-        ours = {str(h.get("url") or "").rstrip("/") for h in (hooks if isinstance(hooks, list) else [])
-                if isinstance(h, dict) and isinstance(h.get("headers"), dict)
-                and hmac.compare_digest(str(h["headers"].get(name, "")).encode(), str(value).encode())}
+        hooks = [h for h in (hooks if isinstance(hooks, list) else []) if isinstance(h, dict)]
+        ours = {str(h.get("url") or "").rstrip("/") for h in hooks if isinstance(h.get("headers"), dict)
+                and hmac.compare_digest(_header(h["headers"], name).encode(), str(value).encode())}
         if not ours:
             return None
         urls = [str(b.get("url") or "").rstrip("/") for b in backends if isinstance(b, dict)]
         if any(u + "/webhook" in ours for u in urls):
+            return None
+        # Label Studio makes a backend's webhook when the backend is created, not when its URL is
+        # edited (ml/models.py: ``if not created: return``): a backend without a webhook at its
+        # own address may be this one, moved to a new URL, and is given the benefit of the doubt
+        every = {str(h.get("url") or "").rstrip("/") for h in hooks}
+        if any(u + "/webhook" not in every for u in urls):
             return None
         return (f"project {int(project_id)} is connected to another ML backend in Label Studio "
                 f"({', '.join(redact_urls(u) for u in urls[:3])}), not to this one")
@@ -487,6 +494,15 @@ def ls_datetime(t) -> str:
     ``%Y-%m-%dT%H:%M:%S.%fZ``; anything else is a 500)."""
     from datetime import timezone
     return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _header(headers: dict, name: str) -> str:
+    """A header's value from a webhook's ``headers`` dict, its name matched without regard to case
+    (as HTTP does), or ''."""
+    for k, v in headers.items():
+        if isinstance(k, str) and k.lower() == name.lower():
+            return str(v)
+    return ""
 
 
 def make_client(settings) -> LabelStudioClient:

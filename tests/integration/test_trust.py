@@ -340,3 +340,17 @@ def test_a_project_that_connected_another_backend_in_our_place_gets_no_cycle(adm
                      and not s["scheduler"]["running"] and not s["scheduler"]["waiting"], 300, "the cycle once reconnected")
     assert s.get("skipped") is None
     assert admin.project(pid)["model_version"] == s["model_version"] != before["model_version"]
+    # found by review: Label Studio makes no webhook when a backend's URL is edited, so our webhook
+    # keeps the old address; the edited backend (the same service, reached another way) is still
+    # ours and gets its cycles
+    moved = backend.url.replace("127.0.0.1", "localhost")
+    assert moved != backend.url
+    r = admin.req("PATCH", f"/api/ml/{ours['id']}", json={"url": moved, "project": pid})  # as the Settings form sends it
+    assert r.json()["url"] == moved
+    hooks = admin.req("GET", "/api/webhooks/", params={"project": pid}).json()
+    assert f"{moved}/webhook" not in [h["url"] for h in hooks]  # no webhook at the new address
+    done = s["last_completed"]
+    assert _post(backend, {"action": "START_TRAINING", "project": {"id": pid}}, backend.secret).status_code == 201
+    s = backend.wait(pid, lambda s: (s.get("last_completed") or 0) > done
+                     and not s["scheduler"]["running"] and not s["scheduler"]["waiting"], 300, "the cycle after the edit")
+    assert s.get("skipped") is None and admin.project(pid)["model_version"] == s["model_version"]

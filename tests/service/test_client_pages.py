@@ -335,12 +335,28 @@ def test_not_connected_reason_reads_label_studios_lists_and_cannot_tell_means_co
     # ours: a backend sits where the webhook carrying our secret points (slashes aside)
     assert C([{"url": "http://backend:9090/"}], ours).not_connected_reason(1, H) is None
     assert C([{"url": "http://x:1"}, {"url": "http://backend:9090"}], ours).not_connected_reason(1, H) is None
-    why = C([{"url": "http://user:pw@other:9090/?token=t"}], ours).not_connected_reason(1, H)
+    def own(u):  # the webhook Label Studio made when that backend was created
+        return {"url": u.rstrip("/") + "/webhook", "headers": {}}
+
+    why = C([{"url": "http://user:pw@other:9090/?token=t"}],
+            ours + [own("http://user:pw@other:9090/?token=t")]).not_connected_reason(1, H)
     assert "another ML backend" in why and "other:9090" in why and "pw" not in why and "token" not in why
     assert "s3cret" not in why
     # an address differing only in port or scheme is another backend
-    assert C([{"url": "http://backend:9091"}], ours).not_connected_reason(1, H) is not None
-    assert C([{"url": "https://backend:9090"}], ours).not_connected_reason(1, H) is not None
+    assert C([{"url": "http://backend:9091"}], ours + [own("http://backend:9091")]).not_connected_reason(1, H)
+    assert C([{"url": "https://backend:9090"}], ours + [own("https://backend:9090")]).not_connected_reason(1, H)
+    # the header's name in any case (HTTP ignores it)
+    lower = [{"id": 1, "url": "http://backend:9090/webhook", "headers": {"x-s": "s3cret"}}]
+    assert C([{"url": "http://other:9090"}], lower + [{"url": "http://other:9090/webhook"}]) \
+        .not_connected_reason(1, H) is not None
+    assert C([{"url": "http://backend:9090"}], lower).not_connected_reason(1, H) is None
+    # found by review: Label Studio makes no webhook when a backend's URL is edited, so a backend
+    # with no webhook at its address may be this one at a new URL: connected (was: skipped forever)
+    assert C([{"url": "http://10.0.0.5:9090"}], ours).not_connected_reason(1, H) is None
+    edited_and_other = ours + [{"url": "http://other:9090/webhook", "headers": {}}]
+    assert C([{"url": "http://other:9090"}, {"url": "http://10.0.0.5:9090"}], edited_and_other) \
+        .not_connected_reason(1, H) is None
+    assert C([{"url": "http://other:9090"}], edited_and_other).not_connected_reason(1, H) is not None
     # cannot tell which webhook is ours: any backend counts
     assert C([{"url": "http://other:9090"}], ours).not_connected_reason(1, ("X-S", "s3cret2")) is None
     assert C([{"url": "http://other:9090"}], ours).not_connected_reason(1, ("X-T", "s3cret")) is None

@@ -289,3 +289,25 @@ def test_U5_an_empty_user_info_is_refused_too():
         with pytest.raises(URLRefused, match="user info"):
             parse_http_url(raw)
     assert parse_http_url("http://h/a@b?c=@#@").origin.host == "h"  # '@' after the host is no user info
+
+
+def test_H6b_once_a_webhook_carries_our_header_the_only_backend_fallback_is_off(tmp_path, monkeypatch):
+    """Found by review: disconnected, another backend connected in our place, then our secret changed
+    (MODEL_DIR restored without webhook_secret). Our old webhook arrives with the old secret, gets
+    401 and a resync; the fallback "the project's only backend is ours" put our new secret on the
+    other backend's webhook (a leak, and the cycle's connection check then believed it was ours).
+    Now the webhook that carries our header is renewed and the other one is left alone."""
+    a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
+                                "LABEL_STUDIO_API_KEY": "k"}))
+    hooks = [{"id": 1, "url": "http://old-us:9090/webhook", "headers": {"x-ncalr-webhook-secret": "old"}},
+             {"id": 2, "url": "http://other:9090/webhook", "headers": {}}]
+    _, patched = _fake_ls(monkeypatch, lambda: [{"url": "http://other:9090"}], hooks)
+    assert a.ensure_webhook_headers(1, "proxy-rewrote-this:80", delays=(0,)) is True
+    assert [h for h, _ in patched] == [1]
+    assert patched[0][1]["headers"] == {auth_mod.SECRET_HEADER: a.secret}  # one spelling, the new value
+    # with no webhook carrying the header yet, the only backend is still taken as ours (a proxy
+    # may have rewritten the Host), as before
+    _, patched = _fake_ls(monkeypatch, lambda: [{"url": "http://us:9090"}],
+                          [{"id": 3, "url": "http://us:9090/webhook", "headers": {}}])
+    assert a.ensure_webhook_headers(1, "proxy-rewrote-this:80", delays=(0,)) is True
+    assert [h for h, _ in patched] == [3]
