@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-from ncalr_backend.service.labelstudio import make_client
+from ncalr_backend.service.labelstudio import header_value, make_client, webhook_url
 from ncalr_backend.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -209,8 +209,8 @@ class Auth:
             try:
                 every = [h for h in client.list_webhooks(project_id) if isinstance(h, dict)]
                 marked = [h for h in every if isinstance(h.get("headers"), dict)
-                          and any(str(k).lower() == SECRET_HEADER.lower() for k in h["headers"])]
-                urls = {str(b["url"]).rstrip("/") + "/webhook"
+                          and header_value(h["headers"], SECRET_HEADER)]
+                urls = {webhook_url(b["url"])
                         for b in self._our_backends(client, project_id, host, only_one_counts=not marked)}
                 hooks = [h for h in every if str(h.get("url", "")).rstrip("/") in urls or h in marked]
                 for h in hooks:

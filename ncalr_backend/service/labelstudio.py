@@ -382,16 +382,11 @@ class LabelStudioClient:
         backends are all others': the webhooks that carry the secret name this backend's URLs, and
         none of the project's backends is at one of them while each has its own webhook (disconnected,
         and another backend connected in its place; a backend without a webhook at its address had
-        its URL edited, and may be this one). Label Studio's records are compared with each other, never with the address a
-        request came to (a proxy may rewrite it). When no webhook carries the secret yet (just
+        its URL edited, and may be this one). Label Studio's records are compared with each other,
+        never with the address a request came to (a proxy may rewrite it). When no webhook carries the secret yet (just
         connected), any backend counts; when Label Studio will not say (403, 404), the answer is
         connected."""
-        try:
-            backends = self.list_ml_backends(project_id)
-        except LabelStudioError as exc:
-            if exc.status in (403, 404):
-                return None
-            raise
+        backends = _unless_refused(self.list_ml_backends, project_id)
         if not isinstance(backends, list):
             return None
         if not backends:
@@ -399,28 +394,23 @@ class LabelStudioClient:
         if webhook_header is None:
             return None
         name, value = webhook_header
-        try:
-            hooks = self.list_webhooks(project_id)
-        except LabelStudioError as exc:
-            if exc.status in (403, 404):
-                return None
-            raise
+        hooks = _unless_refused(self.list_webhooks, project_id)
         hooks = [h for h in (hooks if isinstance(hooks, list) else []) if isinstance(h, dict)]
         ours = {str(h.get("url") or "").rstrip("/") for h in hooks if isinstance(h.get("headers"), dict)
-                and hmac.compare_digest(_header(h["headers"], name).encode(), str(value).encode())}
+                and hmac.compare_digest(header_value(h["headers"], name).encode(), str(value).encode())}
         if not ours:
             return None
-        urls = [str(b.get("url") or "").rstrip("/") for b in backends if isinstance(b, dict)]
-        if any(u + "/webhook" in ours for u in urls):
+        urls = [str(b.get("url") or "") for b in backends if isinstance(b, dict)]
+        if any(webhook_url(u) in ours for u in urls):
             return None
         # Label Studio makes a backend's webhook when the backend is created, not when its URL is
         # edited (ml/models.py: ``if not created: return``): a backend without a webhook at its
         # own address may be this one, moved to a new URL, and is given the benefit of the doubt
         every = {str(h.get("url") or "").rstrip("/") for h in hooks}
-        if any(u + "/webhook" not in every for u in urls):
+        if any(webhook_url(u) not in every for u in urls):
             return None
         return (f"project {int(project_id)} is connected to another ML backend in Label Studio "
-                f"({', '.join(redact_urls(u) for u in urls[:3])}), not to this one")
+                f"({', '.join(redact_urls(u.rstrip('/')) for u in urls[:3])}), not to this one")
 
     def list_webhooks(self, project_id: int) -> list:
         return self.get_json("/api/webhooks/", params={"project": int(project_id)})
@@ -496,7 +486,23 @@ def ls_datetime(t) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _header(headers: dict, name: str) -> str:
+def _unless_refused(read, project_id: int):
+    """``read(project_id)``, or None when Label Studio will not say (403, 404: "cannot tell")."""
+    try:
+        return read(project_id)
+    except LabelStudioError as exc:
+        if exc.status in (403, 404):
+            return None
+        raise
+
+
+def webhook_url(backend_url: str) -> str:
+    """Where Label Studio puts the webhook of an ML backend at ``backend_url`` (ml/models.py:
+    ``url.rstrip('/') + '/webhook'``, made when the backend is created)."""
+    return str(backend_url).rstrip("/") + "/webhook"
+
+
+def header_value(headers: dict, name: str) -> str:
     """A header's value from a webhook's ``headers`` dict, its name matched without regard to case
     (as HTTP does), or ''."""
     for k, v in headers.items():
