@@ -46,6 +46,11 @@ class EngineConfig:
     """How CMAP and FF are put on one scale before the weighted sum: 'z' = z-scores over the pool
     (the paper); 'rank' = percentile ranks (mid-ranks for ties), so a heavy tail of one component
     cannot outweigh the other."""
+    margin_weight: float = 0.0
+    """Weight of a third fusion term, the final model's closeness to a prediction change (1 -
+    ``trainer.pool_margin``: top-1 minus top-2 probability; multi-label: a label's distance to
+    ``set_threshold``), z-scored (rank-scaled under ``fusion='rank'``) like the other two; CMAP and
+    FF share the rest in the ratio ``cmap_weight``. 0 = the paper's two-term fusion."""
     ff_mode: str = "flips"
     """FF: 'flips' = the number of prediction changes over the terminal-phase checkpoints (the
     paper); 'flips+margin' = that count plus the mean over the checkpoints of 1 - margin (in [0, 1],
@@ -304,6 +309,8 @@ class EngineConfig:
             problems.append(f"train_acc_threshold={self.train_acc_threshold}: must be in (0, 1]")
         if not 0.0 <= self.cmap_weight <= 1.0:
             problems.append(f"cmap_weight={self.cmap_weight}: must be in [0, 1]")
+        if not 0.0 <= self.margin_weight <= 1.0:
+            problems.append(f"margin_weight={self.margin_weight}: must be in [0, 1]")
         if not 0.0 <= self.mc_dropout < 1.0:
             problems.append(f"mc_dropout={self.mc_dropout}: must be in [0, 1)")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:

@@ -232,15 +232,37 @@ def percentile_rank(x: np.ndarray) -> np.ndarray:
 FUSIONS = ("z", "rank")
 
 
-def fuse(cmap: np.ndarray, ff: np.ndarray, cmap_weight: float = 0.5, fusion: str = "z") -> np.ndarray:
+def pool_margin(probs: np.ndarray, multilabel: bool, set_threshold: float) -> np.ndarray:
+    """[M] in [0, 1]: how far each prediction is from changing. Single-label: the top-1 minus the
+    top-2 probability. Multi-label (a set changes when one label crosses ``set_threshold``): the
+    smallest distance of any label's probability to the threshold, over the largest such distance
+    possible (max(t, 1 - t)). 0 = on the edge of flipping."""
+    if probs.shape[0] == 0:
+        return np.zeros(0, np.float32)
+    if multilabel:
+        t = float(set_threshold)
+        return (np.abs(probs - t).min(1) / max(t, 1.0 - t)).astype(np.float32)
+    if probs.shape[1] < 2:
+        return np.ones(probs.shape[0], np.float32)
+    top2 = np.partition(probs, -2, axis=1)[:, -2:]
+    return (top2[:, 1] - top2[:, 0]).astype(np.float32)
+
+
+def fuse(cmap: np.ndarray, ff: np.ndarray, cmap_weight: float = 0.5, fusion: str = "z",
+         closeness: np.ndarray | None = None, margin_weight: float = 0.0) -> np.ndarray:
     """NCAL-R score, highest queried first: ``z`` (the paper) w z(CMAP) + (1 - w) z(FF); ``rank``
     w r(CMAP) + (1 - w) r(FF) with r the percentile rank, so neither component's tail (an outlier's
-    CMAP, a few large flip counts) can outweigh the other's whole range."""
-    if fusion == "rank":
-        return cmap_weight * percentile_rank(cmap) + (1.0 - cmap_weight) * percentile_rank(ff)
-    if fusion != "z":
+    CMAP, a few large flip counts) can outweigh the other's whole range. With ``margin_weight`` m > 0
+    a third term, ``closeness`` (1 - margin) on the same scale, gets m and the two above share 1 - m."""
+    if fusion not in FUSIONS:
         raise ValueError(f"fusion={fusion!r}: choose one of {list(FUSIONS)}")
-    return cmap_weight * zscore(cmap) + (1.0 - cmap_weight) * zscore(ff)
+    scale = percentile_rank if fusion == "rank" else zscore
+    score = cmap_weight * scale(cmap) + (1.0 - cmap_weight) * scale(ff)
+    if margin_weight > 0:
+        if closeness is None:
+            raise ValueError("margin_weight > 0 needs the pool's closeness (1 - margin)")
+        score = (1.0 - margin_weight) * score + margin_weight * scale(closeness)
+    return score
 
 
 def rank_desc(score: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:

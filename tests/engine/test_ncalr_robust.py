@@ -7,9 +7,9 @@ from ncalr_backend.engine.acquisition import PoolView, get_strategy
 from ncalr_backend.engine.acquisition.ncalr import (demote, fluctuation, ood_suspects, span_alignment,
                                                     trusted_subset)
 from ncalr_backend.engine.config import ConfigError, EngineConfig
-from ncalr_backend.engine.geometry import class_geometry, cmap_bruteforce, cmap_scores, flip_counts
+from ncalr_backend.engine.geometry import (class_geometry, cmap_bruteforce, cmap_scores, flip_counts, fuse,
+                                           pool_margin)
 from ncalr_backend.engine.multilabel import pack_sets
-from ncalr_backend.engine.training.trainer import pool_margin
 
 
 def test_pool_margin_single_label_is_top1_minus_top2():
@@ -427,3 +427,49 @@ def test_N12_skip_guard_items_stay_last_under_batch_diversity():
     cfg = EngineConfig(diversity="clusters", diversity_batch=3, diversity_candidates=2.0)
     ranked, scores, _ = get_strategy("ncalr").rank(_skip_view(0.0, cfg))
     assert set(ranked.tolist()[-2:]) == {2, 4}
+
+
+def test_fuse_margin_term_against_hand_worked_values():
+    cmap = np.array([0.0, 1.0, 2.0, 5.0])
+    ff = np.array([0.0, 0.0, 2.0, 2.0])
+    close = np.array([0.9, 0.1, 0.5, 0.3])
+
+    def z(x):
+        return (x - x.mean()) / x.std()
+
+    # m = 0 is the paper's fusion, bit for bit, with or without a closeness passed
+    paper = 0.5 * z(cmap) + 0.5 * z(ff)
+    np.testing.assert_array_equal(fuse(cmap, ff, 0.5, "z"), fuse(cmap, ff, 0.5, "z", closeness=close, margin_weight=0.0))
+    np.testing.assert_allclose(fuse(cmap, ff), paper, atol=1e-12)
+    want = 0.6 * (0.3 * z(cmap) + 0.7 * z(ff)) + 0.4 * z(close)
+    np.testing.assert_allclose(fuse(cmap, ff, 0.3, "z", closeness=close, margin_weight=0.4), want, atol=1e-12)
+    # rank fusion puts the third term on the percentile scale too: closeness ranks 4, 1, 3, 2 -> (r - 1) / 3
+    r_close = np.array([1.0, 0.0, 2 / 3, 1 / 3])
+    got = fuse(cmap, ff, 0.5, "rank", closeness=close, margin_weight=1.0)
+    np.testing.assert_allclose(got, r_close, atol=1e-12)
+    with pytest.raises(ValueError, match="closeness"):
+        fuse(cmap, ff, 0.5, "z", margin_weight=0.2)
+
+
+def test_ncalr_margin_weight_ranks_by_the_final_models_margin():
+    # four pool items, same features (CMAP equal), no flips (FF equal): only the margin term orders them
+    probs = np.array([[0.5, 0.4, 0.1], [0.9, 0.05, 0.05], [0.34, 0.33, 0.33], [0.7, 0.2, 0.1]], np.float32)
+    view = PoolView(probs=probs, feats=np.ones((4, 2)), feats_lab=np.array([[1.0, 0], [0, 1], [-1, -1]]),
+                    y_lab=np.arange(3), num_classes=3, pred_history=np.zeros((3, 4), np.int32),
+                    config=EngineConfig(margin_weight=0.5, diversity="none"))
+    ranking, scores, _ = get_strategy("ncalr").rank(view)
+    want_close = 1 - np.array([0.1, 0.85, 0.01, 0.5])
+    np.testing.assert_allclose(scores["closeness"], want_close, atol=1e-6)
+    assert list(ranking) == [2, 0, 3, 1]  # the smallest margin first, as the margin baseline would
+    # multi-label: the nearest label to set_threshold (0.3), scaled by 0.7
+    ml = PoolView(probs=probs, feats=np.ones((4, 2)), feats_lab=np.array([[1.0, 0], [0, 1], [-1, -1]]),
+                  y_lab=np.arange(3), num_classes=3, pred_history=np.zeros((3, 4, 1), np.uint8),
+                  config=EngineConfig(margin_weight=0.5, diversity="none"), label_sets=np.eye(3, dtype=bool),
+                  pred_sets=probs >= 0.3)
+    _, s_ml, _ = get_strategy("ncalr").rank(ml)
+    np.testing.assert_allclose(s_ml["closeness"], 1 - pool_margin(probs, True, 0.3), atol=1e-6)
+
+
+def test_margin_weight_is_checked():
+    with pytest.raises(ConfigError, match="margin_weight"):
+        EngineConfig(margin_weight=1.5).validate()

@@ -7,7 +7,7 @@ import numpy as np
 
 from ncalr_backend.engine.acquisition.base import PoolView, Strategy
 from ncalr_backend.engine.label_errors import keep_each_class
-from ncalr_backend.engine.geometry import class_geometry, cmap_scores, flip_counts, fuse, signed_cmap
+from ncalr_backend.engine.geometry import class_geometry, cmap_scores, flip_counts, fuse, pool_margin, signed_cmap
 from ncalr_backend.engine.multilabel import cmap_multilabel, set_flip_counts, single_label_geometry
 
 
@@ -149,8 +149,13 @@ class NCALR(Strategy):
 
     def compute(self, view: PoolView) -> dict:
         c = _components(view)
-        w = getattr(view.config, "cmap_weight", 0.5)
-        score = fuse(c["cmap_signed"], c["ff"], w, getattr(view.config, "fusion", "z"))
+        cfg = view.config
+        m = getattr(cfg, "margin_weight", 0.0)
+        if m > 0:
+            c["closeness"] = 1.0 - pool_margin(view.probs.astype(np.float64), view.multilabel,
+                                               cfg.set_threshold).astype(np.float64)
+        score = fuse(c["cmap_signed"], c["ff"], getattr(cfg, "cmap_weight", 0.5), getattr(cfg, "fusion", "z"),
+                     closeness=c.get("closeness"), margin_weight=m)
         k = getattr(view.config, "ood_mad", 0.0)
         if k > 0:
             c["ood_suspect"] = ood_suspects(view, k).astype(np.float64)

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from ncalr_backend.engine.config import EngineConfig
 from ncalr_backend.engine.training.longtail import ClassCentres, slerp_alpha, spa_proj_, spa_reg_loss, spa_slerp_
 from ncalr_backend.engine.training.losses import logit_adjusted_ce, pal_loss
-from ncalr_backend.engine.geometry import geometry_report
+from ncalr_backend.engine.geometry import geometry_report, pool_margin
 from ncalr_backend.engine.label_errors import LabelDynamics, keep_each_class, report as label_report
 from ncalr_backend.engine.multilabel import multilabel_geometry_report, pack_sets, predict_sets
 
@@ -378,22 +378,6 @@ def exclude_flagged(run: "_Run", dynamics: LabelDynamics, trained: np.ndarray | 
     run.xl, run.yl = run.xl[idx], run.yl[idx]
     run.loss = _Loss(run.yl, K, run.config, multilabel)
     return int((~keep).sum())
-
-
-def pool_margin(probs: np.ndarray, multilabel: bool, set_threshold: float) -> np.ndarray:
-    """[M] in [0, 1]: how far each prediction is from changing. Single-label: the top-1 minus the
-    top-2 probability. Multi-label (a set changes when one label crosses ``set_threshold``): the
-    smallest distance of any label's probability to the threshold, over the largest such distance
-    possible (max(t, 1 - t)). 0 = on the edge of flipping."""
-    if probs.shape[0] == 0:
-        return np.zeros(0, np.float32)
-    if multilabel:
-        t = float(set_threshold)
-        return (np.abs(probs - t).min(1) / max(t, 1.0 - t)).astype(np.float32)
-    if probs.shape[1] < 2:
-        return np.ones(probs.shape[0], np.float32)
-    top2 = np.partition(probs, -2, axis=1)[:, -2:]
-    return (top2[:, 1] - top2[:, 0]).astype(np.float32)
 
 
 def pool_checkpoint(model: nn.Module, x_pool: torch.Tensor, config: EngineConfig, device: torch.device,
