@@ -133,7 +133,8 @@ def main(argv=None) -> int:
             raise SystemExit("relabel: single-label data sets only")
         second = make_oracle(pool.y_pool_true, pool.num_classes, args.noise_type, args.noise_rate,
                              np.random.default_rng(np.random.SeedSequence([seed, 4242])),
-                             flip_map=pool.oracle.flip_map, ood_label=args.ood_label)
+                             flip_map=pool.oracle.flip_map, ood_label=args.ood_label,
+                             ref_probs=pool.oracle.ref_probs)
         M = len(pool.x_pool)
         n_init = max(2, int(round(args.initial * M)))
         n_query = max(1, int(round(args.query * M)))

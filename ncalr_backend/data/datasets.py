@@ -13,6 +13,8 @@ What lives here (and nothing that trains or scores):
   with imbalance factor ``1/r`` (``n_max`` = the smallest class count of the pool, so every class
   can supply its quota).
 - ``make_ood``: out-of-distribution images that belong to no class (see the function).
+- ``reference_probs``: out-of-fold class probabilities of a pixel-level reference classifier,
+  which the ``instance`` noise uses to decide which items an annotator gets wrong, and how.
 - ``NoisyOracle``: answers label queries; each pool item's answer is drawn once per seed, so every
   strategy that queries the same item gets the same (possibly wrong) label, and a strategy's
   advantage can only come from *which* items it queries.
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-NOISE_TYPES = ("none", "symmetric", "asymmetric")
+NOISE_TYPES = ("none", "symmetric", "asymmetric", "instance")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -194,7 +196,15 @@ class NoisyOracle:
     ``answers[i]`` is drawn once per seed when the pool is built: with probability ``noise_rate``
     the true label is replaced by a different class (``symmetric``: uniform over the other C-1
     classes; ``asymmetric``: the fixed confusable class of ``confusable_map``), independently per
-    item, so the realised corruption rate is ``noise_rate`` in expectation. OOD items (true label -1) get a uniformly random class (the
+    item, so the realised corruption rate is ``noise_rate`` in expectation. ``instance``: real
+    annotators err on the ambiguous items, not uniformly. Exactly round(noise_rate x the
+    in-distribution items) answers are wrong, drawn without replacement with probability
+    proportional to a reference classifier's doubt about the true class (``reference_probs``:
+    1 - p_ref(true class), plus 0.01 so an easy item can still be slipped on), and the wrong class is
+    drawn from the reference's probabilities over the other classes (a 4 that looks like a 9 is
+    called a 9). Instance-dependent noise in the sense of Chen et al. (AAAI 2021, "Beyond
+    class-conditional assumption"); an uncertainty sampler is drawn to exactly the items it
+    corrupts. OOD items (true label -1) get a uniformly random class (the
     annotator was forced to pick one), unless ``ood_label='drop'``, in which case they come back as
     -1 and the benchmark spends the budget on them but does not train on them.
     """
@@ -204,6 +214,7 @@ class NoisyOracle:
     noise_type: str
     noise_rate: float
     flip_map: np.ndarray | None = None
+    ref_probs: np.ndarray | None = None  # [M, C] for ``instance`` noise (a second annotator errs alike)
     queried: int = 0
 
     def query(self, idx: np.ndarray) -> np.ndarray:
@@ -219,9 +230,44 @@ class NoisyOracle:
         return self.answers[idx] != self.true_labels[idx]
 
 
+def reference_probs(x: np.ndarray, y: np.ndarray, num_classes: int, rng: np.random.Generator,
+                    folds: int = 5) -> np.ndarray:
+    """[M, C] out-of-fold class probabilities of a reference classifier for the items with y >= 0
+    (rows of OOD items are 0): scikit-learn's multinomial logistic regression on the standardised
+    pixels, ``folds``-fold cross-validated so no item is scored by a model that saw its label. It
+    stands in for how a careful but fallible person sees each item: its doubt is where annotators
+    err. A class absent from a training fold gets probability 0 there."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.asarray(y, dtype=np.int64)
+    out = np.zeros((len(y), num_classes), dtype=np.float64)
+    ind = np.flatnonzero(y >= 0)
+    if len(ind) == 0:
+        return out
+    X = np.asarray(x, dtype=np.float64)[ind].reshape(len(ind), -1)
+    yi = y[ind]
+    counts = np.bincount(yi, minlength=num_classes)
+    k = int(max(2, min(folds, counts[counts > 0].min())))
+    if len(np.unique(yi)) < 2 or len(ind) < 2 * k:
+        out[ind, yi] = 1.0  # nothing to confuse with
+        return out
+    split = StratifiedKFold(n_splits=k, shuffle=True, random_state=int(rng.integers(2**31)))
+    import warnings
+    for tr, te in split.split(X, yi):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence chatter on tiny folds
+            clf.fit(X[tr], yi[tr])
+        out[ind[te][:, None], clf.classes_[None, :]] = clf.predict_proba(X[te])
+    return out
+
+
 def make_oracle(true_labels: np.ndarray, num_classes: int, noise_type: str, noise_rate: float,
                 rng: np.random.Generator, flip_map: np.ndarray | None = None,
-                ood_label: str = "random") -> NoisyOracle:
+                ood_label: str = "random", ref_probs: np.ndarray | None = None) -> NoisyOracle:
     if noise_type not in NOISE_TYPES:
         raise ValueError(f"noise_type {noise_type!r}: choose one of {NOISE_TYPES}")
     if not 0.0 <= noise_rate <= 1.0:
@@ -232,18 +278,32 @@ def make_oracle(true_labels: np.ndarray, num_classes: int, noise_type: str, nois
     answers = y.copy()
     ind = y >= 0
     rate = 0.0 if noise_type == "none" else noise_rate
-    flip = ind & (rng.random(len(y)) < rate)
-    if noise_type == "symmetric":
-        off = rng.integers(1, num_classes, size=len(y))  # 1..C-1: never the true class
-        answers[flip] = (y[flip] + off[flip]) % num_classes
-    elif noise_type == "asymmetric":
-        if flip_map is None:
-            raise ValueError("asymmetric noise needs a flip_map")
-        answers[flip] = flip_map[y[flip]]
+    if noise_type == "instance":
+        if ref_probs is None or np.shape(ref_probs) != (len(y), num_classes):
+            raise ValueError("instance noise needs ref_probs [M, C] (reference_probs)")
+        ref = np.asarray(ref_probs, dtype=np.float64)
+        idx = np.flatnonzero(ind)
+        n_wrong = int(round(rate * len(idx)))
+        if n_wrong:
+            doubt = 1.0 - ref[idx, y[idx]] + 0.01
+            wrong = rng.choice(idx, size=n_wrong, replace=False, p=doubt / doubt.sum())
+            for i in wrong:  # the wrong class as the reference confuses it
+                q = np.where(np.arange(num_classes) == y[i], 0.0, ref[i] + 1e-6)  # every other class possible
+                answers[i] = rng.choice(num_classes, p=q / q.sum())
+    else:
+        flip = ind & (rng.random(len(y)) < rate)
+        if noise_type == "symmetric":
+            off = rng.integers(1, num_classes, size=len(y))  # 1..C-1: never the true class
+            answers[flip] = (y[flip] + off[flip]) % num_classes
+        elif noise_type == "asymmetric":
+            if flip_map is None:
+                raise ValueError("asymmetric noise needs a flip_map")
+            answers[flip] = flip_map[y[flip]]
     ood = ~ind
     answers[ood] = rng.integers(0, num_classes, size=int(ood.sum())) if ood_label == "random" else -1
     return NoisyOracle(true_labels=y, answers=answers, noise_type=noise_type, noise_rate=rate,
-                       flip_map=flip_map if noise_type == "asymmetric" else None)
+                       flip_map=flip_map if noise_type == "asymmetric" else None,
+                       ref_probs=ref_probs if noise_type == "instance" else None)
 
 
 @dataclass
@@ -294,7 +354,8 @@ def build_pool(data: ImageSet, seed: int, test_fraction: float = 0.3, noise_type
     order = rng.permutation(len(xp))  # OOD items are not bunched at the end
     xp, yp = xp[order], yp[order]
     flip_map = confusable_map(data.x[pool_idx], data.y[pool_idx], C) if noise_type == "asymmetric" else None
-    oracle = make_oracle(yp, C, noise_type, noise_rate, rng, flip_map=flip_map, ood_label=ood_label)
+    ref = reference_probs(xp, yp, C, rng) if noise_type == "instance" else None
+    oracle = make_oracle(yp, C, noise_type, noise_rate, rng, flip_map=flip_map, ood_label=ood_label, ref_probs=ref)
     counts = np.bincount(yp[yp >= 0], minlength=C)
     info = {"pool_size": int(len(xp)), "test_size": int(len(test_idx)), "ood_items": int(n_ood),
             "class_counts": counts.tolist(),

@@ -18,7 +18,8 @@ import pytest
 
 from ncalr_backend.bench.quality import (aulc, evaluate, extra_metrics, frequency_groups, group_accuracy,
                                          parse_seeds, per_class_accuracy, set_metrics)
-from ncalr_backend.data.datasets import build_multilabel_pool, build_pool, confusable_map, load_images, long_tail_indices, make_ood, make_oracle, overlay_pairs
+from ncalr_backend.data.datasets import (build_multilabel_pool, build_pool, confusable_map, load_images, long_tail_indices,
+                                         make_ood, make_oracle, overlay_pairs, reference_probs)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,6 +78,59 @@ def test_asymmetric_noise_follows_a_fixed_map(digits):
     o = make_oracle(digits.y, 10, "asymmetric", 0.4, np.random.default_rng(1), flip_map=fmap)
     wrong = o.answers != digits.y
     assert np.array_equal(o.answers[wrong], fmap[digits.y[wrong]])
+
+
+def test_reference_probs_are_out_of_fold_logistic_regression(digits):
+    """Against scikit-learn's own cross_val_predict with the same folds: no item is scored by a
+    model that saw its label; OOD rows stay 0."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = digits.x[:400], digits.y[:400].copy()
+    y[::10] = -1  # OOD rows
+    ref = reference_probs(x, y, 10, np.random.default_rng(3))
+    seed = int(np.random.default_rng(3).integers(2**31))
+    ind = y >= 0
+    want = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+                             x[ind].reshape(ind.sum(), -1).astype(np.float64), y[ind],
+                             cv=StratifiedKFold(5, shuffle=True, random_state=seed), method="predict_proba")
+    np.testing.assert_allclose(ref[ind], want, atol=1e-9)
+    assert (ref[~ind] == 0).all()
+    assert (ref[ind].argmax(1) == y[ind]).mean() > 0.85  # a useful reference, not a fair coin
+
+
+def test_instance_noise_falls_on_the_doubted_items_and_their_confusions():
+    y = np.repeat(np.arange(4), 50)
+    y[:8] = -1  # OOD items are never part of the count, and get a random class as before
+    ref = np.zeros((200, 4))
+    ref[np.arange(200), np.maximum(y, 0)] = 1.0  # sure of every item ...
+    hard = np.arange(100, 140)
+    ref[hard] = 0.0
+    ref[hard, y[hard]] = 0.3  # ... except 40, whose doubt points at class (y + 1) % 4
+    ref[hard, (y[hard] + 1) % 4] = 0.7
+    o = make_oracle(y, 4, "instance", 0.2, np.random.default_rng(0), ref_probs=ref)
+    ind = np.flatnonzero(y >= 0)
+    wrong = ind[o.answers[ind] != y[ind]]
+    assert len(wrong) == round(0.2 * len(ind))  # exactly the rate
+    # doubt 0.71 vs 0.01: the 40 hard items take almost all of the 38 wrong answers
+    assert np.isin(wrong, hard).mean() > 0.8
+    on_hard = wrong[np.isin(wrong, hard)]
+    assert (o.answers[on_hard] == (y[on_hard] + 1) % 4).all()  # the reference's confusion, not a uniform draw
+    assert (o.answers[wrong] != y[wrong]).all() and (o.answers[y < 0] >= 0).all()
+    with pytest.raises(ValueError, match="ref_probs"):
+        make_oracle(y, 4, "instance", 0.2, np.random.default_rng(0))
+
+
+def test_instance_noise_pool_on_digits(digits):
+    p = build_pool(digits, seed=0, noise_type="instance", noise_rate=0.2)
+    assert p.info["realised_noise_rate"] == pytest.approx(0.2, abs=1e-3)
+    ind = p.y_pool_true >= 0
+    doubt = 1 - p.oracle.ref_probs[np.arange(len(ind)), p.y_pool_true]
+    wrong = p.oracle.corrupted(np.arange(len(ind)))
+    top = doubt >= np.quantile(doubt, 0.8)
+    assert wrong[top].mean() > 3 * wrong[~top].mean()  # the ambiguous fifth is mislabeled far more often
 
 
 def test_long_tail_counts():

@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parents[2]))
 sys.path.insert(0, str(HERE))
 from ncalr_backend.bench.common import git_state  # noqa: E402
 from pooled import interval, plot, screening  # noqa: E402
-from summarise import SETTINGS, load  # noqa: E402
+from summarise import EIGHT as SETTINGS, load  # noqa: E402
 
 SCREEN = HERE / "screen"
 

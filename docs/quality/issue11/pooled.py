@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE.parents[2]))
 sys.path.insert(0, str(HERE))
 from ncalr_backend.bench.common import git_state, save_figure  # noqa: E402
 import summarise  # noqa: E402
-from summarise import SETTINGS, load  # noqa: E402
+from summarise import EIGHT as SETTINGS, load  # noqa: E402
 
 summarise.ROOT = HERE / "superseded"  # the grid this pooling was made from (load() reads summarise.ROOT)
 

@@ -21,6 +21,8 @@ args() {
     sym02) echo "--set batch_size=32 --noise-type symmetric --noise-rate 0.2";;
     sym04) echo "--set batch_size=32 --noise-type symmetric --noise-rate 0.4";;
     asym03) echo "--set batch_size=32 --noise-type asymmetric --noise-rate 0.3";;
+    # annotators who err on the ambiguous items (datasets.NoisyOracle, ``instance``), added 2026-12-01
+    inst02) echo "--set batch_size=32 --noise-type instance --noise-rate 0.2";;
     ood02) echo "--set batch_size=32 --noise-type symmetric --noise-rate 0.2 --ood-fraction 0.2";;
     lt10) echo "--set batch_size=32 --imbalance-factor 10";;
     multilabel) echo "--set batch_size=16 --dataset digits-multilabel --multilabel-pairs-fraction 0.5";;
@@ -37,7 +39,7 @@ one() {  # setting seed
   "$PY" -m ncalr_backend.bench quality "${C[@]}" $(args "$1") --seeds "$2," --out "$d" > "$d/run.log" 2>&1
   echo "$1 s$2 rc=$?"
 }
-SETTINGS=("$@"); [ ${#SETTINGS[@]} -eq 0 ] && SETTINGS=(sym00 sym02 sym04 asym03 ood02 lt10 multilabel multilabel60)
+SETTINGS=("$@"); [ ${#SETTINGS[@]} -eq 0 ] && SETTINGS=(sym00 sym02 sym04 asym03 ood02 lt10 multilabel multilabel60 inst02)
 for s in "${SETTINGS[@]}"; do args "$s" > /dev/null || exit 2; for seed in $SEEDS; do echo "$s $seed"; done; done |
   { while read -r s seed; do
     if [ "${PAR:-1}" -gt 1 ]; then
