@@ -473,3 +473,60 @@ def test_ncalr_margin_weight_ranks_by_the_final_models_margin():
 def test_margin_weight_is_checked():
     with pytest.raises(ConfigError, match="margin_weight"):
         EngineConfig(margin_weight=1.5).validate()
+
+
+def _near_errors_bruteforce(feats, feats_lab, flagged, alpha, k):
+    from math import comb
+    rate = flagged.mean()
+    need = next((c for c in range(k + 1)
+                 if sum(comb(k, j) * rate ** j * (1 - rate) ** (k - j) for j in range(c, k + 1)) < alpha), k + 1)
+    g = feats_lab.mean(0)
+    out = []
+    for h in feats:
+        sims = []
+        for j, v in enumerate(feats_lab):
+            a, b = h - g, v - g
+            sims.append((a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), j))
+        near = [j for _, j in sorted(sims, reverse=True)[:k]]
+        out.append(sum(flagged[j] for j in near) >= need)
+    return np.array(out)
+
+
+def test_error_guard_against_brute_force_knn_and_binomial_tail():
+    from ncalr_backend.engine.acquisition.ncalr import near_errors
+    rng = np.random.default_rng(5)
+    feats_lab = rng.normal(size=(60, 4))
+    flagged = np.zeros(60, bool)
+    flagged[np.argsort(feats_lab[:, 0])[-9:]] = True  # the flags gather at one end of axis 0
+    feats = rng.normal(size=(40, 4))
+    feats[:5, 0] += 3.0  # five pool items out at that end
+    view = PoolView(probs=np.full((40, 3), 1 / 3, np.float32), feats=feats, feats_lab=feats_lab,
+                    y_lab=rng.integers(0, 3, 60), num_classes=3, trusted_lab=~flagged, config=EngineConfig())
+    for alpha, k in ((0.01, 10), (0.05, 5), (0.2, 8)):
+        want = _near_errors_bruteforce(feats, feats_lab, flagged, alpha, k)
+        np.testing.assert_array_equal(near_errors(view, alpha, k), want)
+    assert near_errors(view, 0.01, 10)[:5].all()  # the items where the flags gather are caught
+    # flags at the same rate but at random: a test at level alpha per item catches about alpha of them
+    wide = PoolView(probs=np.full((2000, 3), 1 / 3, np.float32), feats=rng.normal(size=(2000, 4)), feats_lab=feats_lab,
+                    y_lab=view.y_lab, num_classes=3, trusted_lab=~rng.permutation(flagged), config=EngineConfig())
+    assert near_errors(wide, 0.01, 10).mean() < 0.03
+    view.trusted_lab = None  # no label check: nothing to go by
+    assert not near_errors(view, 0.01, 10).any()
+
+
+def test_error_guard_ranks_the_caught_items_last_and_only_when_set():
+    rng = np.random.default_rng(6)
+    feats_lab = rng.normal(size=(60, 4))
+    flagged = np.zeros(60, bool)
+    flagged[np.argsort(feats_lab[:, 0])[-9:]] = True
+    feats = rng.normal(size=(40, 4))
+    feats[:5, 0] += 3.0
+    mk = lambda cfg: PoolView(probs=rng.dirichlet(np.ones(3), 40).astype(np.float32), feats=feats, feats_lab=feats_lab,
+                              y_lab=np.arange(60) % 3, num_classes=3, trusted_lab=~flagged, config=cfg,
+                              pred_history=rng.integers(0, 3, (4, 40)).astype(np.int32))
+    ranking, scores, _ = get_strategy("ncalr").rank(mk(EngineConfig(error_guard=0.01, diversity="none")))
+    assert set(ranking[-5:].tolist()) == {0, 1, 2, 3, 4} and scores["near_errors"][:5].all()
+    _, off, _ = get_strategy("ncalr").rank(mk(EngineConfig(diversity="none")))
+    assert "near_errors" not in off
+    with pytest.raises(ConfigError, match="error_guard"):
+        EngineConfig(error_guard=1.0).validate()
