@@ -76,16 +76,6 @@ class EngineConfig:
     whose centred, normalised feature is nearer (cosine) to a skipped item's than to every class
     mean is queried after all the others. It turns itself on: with no skipped task nothing changes.
     Beyond the paper, which has no notion of an item nobody can label."""
-    error_guard: float = 0.0
-    """Where annotators err (0 = off; otherwise a significance level, e.g. 0.01): a pool item whose
-    ``error_guard_k`` nearest labeled samples (cosine of features centred on the labeled mean)
-    hold improbably many that the cycle's own label check flags, given the labeled set's flag
-    rate F (binomial tail P(X >= flagged | k, F) < error_guard), is queried after all the others.
-    Real annotators err on ambiguous items, so their wrong labels gather where the next query would
-    be answered wrongly too; flags spread at random (uniform noise) almost never pass the test.
-    Beyond the paper."""
-    error_guard_k: int = 10
-    """Neighbours the error guard counts flags among."""
     diversity: str = "clusters"
     """Batch diversity of the serve order (``acquisition/diversity.py``): 'none' = by score alone;
     'clusters' = the top ``diversity_candidates`` x ``diversity_batch`` tasks are clustered (k-means
@@ -319,9 +309,6 @@ class EngineConfig:
             problems.append(f"train_acc_threshold={self.train_acc_threshold}: must be in (0, 1]")
         if not 0.0 <= self.cmap_weight <= 1.0:
             problems.append(f"cmap_weight={self.cmap_weight}: must be in [0, 1]")
-        if not 0.0 <= self.error_guard < 1.0 or self.error_guard_k < 1:
-            problems.append(f"error_guard={self.error_guard}, error_guard_k={self.error_guard_k}: "
-                            "error_guard must be in [0, 1) and error_guard_k >= 1")
         if not 0.0 <= self.margin_weight <= 1.0:
             problems.append(f"margin_weight={self.margin_weight}: must be in [0, 1]")
         if not 0.0 <= self.mc_dropout < 1.0:

@@ -134,42 +134,6 @@ def near_skipped(view: PoolView) -> np.ndarray:
     return out
 
 
-def near_errors(view: PoolView, alpha: float, k: int) -> np.ndarray:
-    """[M] bool: pool items among whose ``k`` nearest labeled samples (cosine, features centred on
-    the labeled mean) the flagged ones (``~view.trusted_lab``) are improbably many for the labeled
-    set's flag rate F: P(Binomial(k, F) >= flagged) < ``alpha`` (``EngineConfig.error_guard``).
-    All False without flags, without a label check, or with fewer than 2k labeled samples."""
-    out = np.zeros(view.size, dtype=bool)
-    if view.trusted_lab is None or view.size == 0:
-        return out
-    flagged = ~np.asarray(view.trusted_lab, dtype=bool)
-    n = len(flagged)
-    if n < 2 * k or not flagged.any() or flagged.all():
-        return out
-    from scipy.stats import binom
-
-    rate = float(flagged.mean())
-    # the smallest count whose upper tail is below alpha: at least that many flagged neighbours
-    counts = np.arange(k + 1)
-    tail = binom.sf(counts - 1, k, rate)  # P(X >= c)
-    need = int(counts[np.argmax(tail < alpha)]) if (tail < alpha).any() else k + 1
-    if need > k:
-        return out
-    center = np.asarray(view.feats_lab, dtype=np.float64).mean(0)
-
-    def unit(a):
-        a = np.asarray(a, dtype=np.float64) - center
-        return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-
-    lab = unit(view.feats_lab)
-    f = flagged.astype(np.int64)
-    for s in range(0, view.size, 4096):  # [b, N] similarities at a time
-        sim = unit(view.feats[s:s + 4096]) @ lab.T
-        nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        out[s:s + len(sim)] = f[nn].sum(1) >= need
-    return out
-
-
 def demote(score: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The same order within each group, every masked item after every other."""
     if not mask.any() or mask.all():
@@ -199,11 +163,6 @@ class NCALR(Strategy):
         last = np.zeros(view.size, dtype=bool)
         if k > 0:
             last |= c["ood_suspect"] > 0
-        a = getattr(view.config, "error_guard", 0.0)
-        if a > 0:
-            c["near_errors"] = near_errors(view, a, int(getattr(view.config, "error_guard_k", 10))).astype(np.float64)
-            score = demote(score, c["near_errors"] > 0)
-            last |= c["near_errors"] > 0
         if getattr(view.config, "skip_guard", True) and view.feats_skipped is not None and len(view.feats_skipped):
             c["near_skipped"] = near_skipped(view).astype(np.float64)
             score = demote(score, c["near_skipped"] > 0)
