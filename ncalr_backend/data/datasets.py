@@ -234,9 +234,13 @@ def reference_probs(x: np.ndarray, y: np.ndarray, num_classes: int, rng: np.rand
                     folds: int = 5) -> np.ndarray:
     """[M, C] out-of-fold class probabilities of a reference classifier for the items with y >= 0
     (rows of OOD items are 0): scikit-learn's multinomial logistic regression on the standardised
-    pixels, ``folds``-fold cross-validated so no item is scored by a model that saw its label. It
-    stands in for how a careful but fallible person sees each item: its doubt is where annotators
-    err. A class absent from a training fold gets probability 0 there."""
+    pixels, ``folds``-fold stratified cross-validation, so no item is scored by a model that saw its
+    label. It stands in for how a careful but fallible person sees each item: its doubt is where
+    annotators err. A class with fewer items than folds is missing from some training folds; an
+    item of a class its fold's model never saw is scored by a model fit on every item instead
+    (otherwise it would get probability 0 for its own class and count as the most doubtful)."""
+    import warnings
+
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
@@ -250,18 +254,31 @@ def reference_probs(x: np.ndarray, y: np.ndarray, num_classes: int, rng: np.rand
     X = np.asarray(x, dtype=np.float64)[ind].reshape(len(ind), -1)
     yi = y[ind]
     counts = np.bincount(yi, minlength=num_classes)
-    k = int(max(2, min(folds, counts[counts > 0].min())))
+    k = int(max(2, min(folds, counts.max())))
     if len(np.unique(yi)) < 2 or len(ind) < 2 * k:
         out[ind, yi] = 1.0  # nothing to confuse with
         return out
-    split = StratifiedKFold(n_splits=k, shuffle=True, random_state=int(rng.integers(2**31)))
-    import warnings
-    for tr, te in split.split(X, yi):
+    seed = int(rng.integers(2**31))
+
+    def fit(rows):
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # convergence chatter on tiny folds
-            clf.fit(X[tr], yi[tr])
-        out[ind[te][:, None], clf.classes_[None, :]] = clf.predict_proba(X[te])
+        return clf.fit(X[rows], yi[rows])
+
+    unseen = np.zeros(len(ind), dtype=bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter; a class with fewer items than folds
+        for tr, te in StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(X, yi):
+            if len(np.unique(yi[tr])) < 2:
+                unseen[te] = True
+                continue
+            clf = fit(tr)
+            out[ind[te][:, None], clf.classes_[None, :]] = clf.predict_proba(X[te])
+            unseen[te] = ~np.isin(yi[te], clf.classes_)
+        if unseen.any():
+            clf = fit(np.arange(len(ind)))
+            rows = ind[unseen]
+            out[rows] = 0.0
+            out[rows[:, None], clf.classes_[None, :]] = clf.predict_proba(X[unseen])
     return out
 
 
@@ -283,7 +300,7 @@ def make_oracle(true_labels: np.ndarray, num_classes: int, noise_type: str, nois
             raise ValueError("instance noise needs ref_probs [M, C] (reference_probs)")
         ref = np.asarray(ref_probs, dtype=np.float64)
         idx = np.flatnonzero(ind)
-        n_wrong = int(round(rate * len(idx)))
+        n_wrong = int(round(rate * len(idx))) if num_classes > 1 else 0  # one class: no wrong answer exists
         if n_wrong:
             doubt = 1.0 - ref[idx, y[idx]] + 0.01
             wrong = rng.choice(idx, size=n_wrong, replace=False, p=doubt / doubt.sum())

@@ -48,7 +48,7 @@ class EngineConfig:
     cannot outweigh the other."""
     margin_weight: float = 0.0
     """Weight of a third fusion term, the final model's closeness to a prediction change (1 -
-    ``trainer.pool_margin``: top-1 minus top-2 probability; multi-label: a label's distance to
+    ``geometry.pool_margin``: top-1 minus top-2 probability; multi-label: a label's distance to
     ``set_threshold``), z-scored (rank-scaled under ``fusion='rank'``) like the other two; CMAP and
     FF share the rest in the ratio ``cmap_weight``. 0 = the paper's two-term fusion."""
     ff_mode: str = "flips"
@@ -57,7 +57,7 @@ class EngineConfig:
     so it only orders items with equal counts: FF is 0 for most of the pool on clean labels);
     'margin' = the mean of 1 - margin alone (how close to flipping the item stays across the
     window). Margin: top-1 minus top-2 probability (multi-label: a label's distance to
-    ``set_threshold``), ``trainer.pool_margin``."""
+    ``set_threshold``), ``geometry.pool_margin``."""
     cmap_trusted: bool = False
     """CMAP's class means from the labeled samples the cycle's own label check does not flag
     (``label_errors``: the early-learning ensemble contradicts the label), so wrong labels do not

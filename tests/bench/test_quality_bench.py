@@ -101,6 +101,46 @@ def test_reference_probs_are_out_of_fold_logistic_regression(digits):
     assert (ref[ind].argmax(1) == y[ind]).mean() > 0.85  # a useful reference, not a fair coin
 
 
+def test_reference_probs_put_each_class_in_its_own_column_and_judge_a_singleton(digits):
+    """Labels 0, 2 and 5 of 6 classes: sklearn's columns are the classes present, which must land in
+    columns 0, 2, 5. A class with one item is in no training fold of its own: it is scored in-sample,
+    not given probability 0 for its own class."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    keep = np.flatnonzero(np.isin(digits.y, [0, 2, 5]))[:150]
+    x, y = digits.x[keep], digits.y[keep]
+    ref = reference_probs(x, y, 6, np.random.default_rng(4))
+    seed = int(np.random.default_rng(4).integers(2**31))
+    want = cross_val_predict(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+                             x.reshape(len(x), -1).astype(np.float64), y,
+                             cv=StratifiedKFold(5, shuffle=True, random_state=seed), method="predict_proba")
+    np.testing.assert_allclose(ref[:, [0, 2, 5]], want, atol=1e-9)
+    assert (ref[:, [1, 3, 4]] == 0).all()
+    one = np.concatenate([keep, np.flatnonzero(digits.y == 7)[:1]])  # class 7: a single item
+    ref1 = reference_probs(digits.x[one], digits.y[one], 10, np.random.default_rng(4))
+    assert ref1[-1, 7] > 0.5 and np.allclose(ref1.sum(1), 1.0)
+    o = make_oracle(np.zeros(20, np.int64), 1, "instance", 0.5, np.random.default_rng(0), ref_probs=np.ones((20, 1)))
+    assert (o.answers == 0).all()  # one class: nothing to get wrong
+
+
+def test_uniform_noise_draws_are_unchanged_by_the_instance_oracle():
+    """The symmetric and asymmetric oracles draw exactly as before the instance type came (so the
+    stored grid stays reproducible): one uniform per item, then one class offset per item."""
+    y = np.repeat(np.arange(5), 40)
+    y[::9] = -1
+    rng = np.random.default_rng(11)
+    flip = (y >= 0) & (rng.random(len(y)) < 0.3)
+    off = rng.integers(1, 5, size=len(y))
+    want = y.copy()
+    want[flip] = (y[flip] + off[flip]) % 5
+    want[y < 0] = rng.integers(0, 5, size=int((y < 0).sum()))
+    o = make_oracle(y, 5, "symmetric", 0.3, np.random.default_rng(11))
+    np.testing.assert_array_equal(o.answers, want)
+
+
 def test_instance_noise_falls_on_the_doubted_items_and_their_confusions():
     y = np.repeat(np.arange(4), 50)
     y[:8] = -1  # OOD items are never part of the count, and get a random class as before
