@@ -224,8 +224,13 @@ def test_tiny_real_run(tmp_path):
     cycles = res["cycles"]
     assert len(cycles) >= 2 and all(c["status"] == "completed" for c in cycles)
     assert cycles[0]["labels_at_trigger"] == 10 and cycles[0]["warm_start"] is False
-    assert all(c["labels_at_trigger"] % 10 == 0 for c in cycles)
-    assert cycles[-1]["num_labeled"] == 30 and all(c["warm_start"] for c in cycles[1:])
+    # the counter restarts when a cycle starts (scheduler._run_cycle), and labels submitted between
+    # its trigger and its snapshot are in that snapshot: the next trigger comes 10 labels after the
+    # restart, at most 10 after the snapshot, and fewer than 10 labels may be left for no cycle
+    # (a CI run met 21 and 22 arriving before the second cycle started: it saw 22, the last 8 wait)
+    for prev, nxt in zip(cycles, cycles[1:]):
+        assert prev["labels_at_trigger"] < nxt["labels_at_trigger"] <= prev["num_labeled"] + 10
+    assert 30 - cycles[-1]["num_labeled"] < 10 and all(c["warm_start"] for c in cycles[1:])
     for c in cycles:
         assert c["trigger_to_live_s"] >= c["cycle_s"] >= c["train_s"] > 0
         assert sum(c[k] for k in live.STAGES) == pytest.approx(c["trigger_to_live_s"], abs=0.01)
