@@ -58,6 +58,13 @@ class EngineConfig:
     'margin' = the mean of 1 - margin alone (how close to flipping the item stays across the
     window). Margin: top-1 minus top-2 probability (multi-label: a label's distance to
     ``set_threshold``), ``geometry.pool_margin``."""
+    cmap_set_mass: str = "per_label"
+    """Multi-label CMAP: what a candidate predicted with the label set S adds to the class means of
+    its labels. 'per_label' = a whole sample to each of the |S| means (the PAL decomposition of a
+    multi-hot label into |S| one-hot ones); 'split' = 1/|S| of a sample to each (PAL's averaged
+    form, one sample's mass in all). Under PAL a pair's feature lies between its two labels' means,
+    so adding all of it to both pulls them together however certain the prediction is: with
+    'per_label' CMAP ranks predicted pairs first for being pairs. Single-label data: no effect."""
     cmap_trusted: bool = False
     """CMAP's class means from the labeled samples the cycle's own label check does not flag
     (``label_errors``: the early-learning ensemble contradicts the label), so wrong labels do not
@@ -250,6 +257,9 @@ class EngineConfig:
         problems = []
         if self.strategy not in STRATEGIES:
             problems.append(f"strategy={self.strategy!r}: choose one of {sorted(STRATEGIES)}")
+        from ncalr_backend.engine.multilabel import SET_MASSES  # numpy only
+        if self.cmap_set_mass not in SET_MASSES:
+            problems.append(f"cmap_set_mass={self.cmap_set_mass!r}: choose one of {list(SET_MASSES)}")
         if self.cmap_sign not in CMAP_SIGNS:
             problems.append(f"cmap_sign={self.cmap_sign!r}: choose one of {list(CMAP_SIGNS)}")
         if self.ood_mad < 0:

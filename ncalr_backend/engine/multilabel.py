@@ -50,24 +50,40 @@ def single_label_geometry(feats: np.ndarray, sets: np.ndarray, centered: bool = 
     return class_geometry(np.asarray(feats)[single], sets[single].argmax(1), sets.shape[1], centered=centered)
 
 
-def cmap_multilabel_bruteforce(geom: ClassGeometry, feats: np.ndarray, pred_sets: np.ndarray) -> np.ndarray:
+SET_MASSES = ("per_label", "split")
+
+
+def _set_mass(mass: str, size) -> np.ndarray:
+    """The weight a candidate with ``size`` labels adds to each of its labels' means."""
+    if mass not in SET_MASSES:
+        raise ValueError(f"mass={mass!r}: choose one of {list(SET_MASSES)}")
+    size = np.asarray(size, dtype=np.float64)
+    return np.ones_like(size) if mass == "per_label" else 1.0 / size
+
+
+def cmap_multilabel_bruteforce(geom: ClassGeometry, feats: np.ndarray, pred_sets: np.ndarray,
+                               mass: str = "per_label") -> np.ndarray:
     """Reference: add h to the mean of every class in its predicted set (the PAL decomposition of a
-    multi-hot label into one-hot ones) and recompute CMA."""
+    multi-hot label into one-hot ones), with weight 1 each (``per_label``) or 1/|S| each
+    (``split``: PAL's averaged form, one sample's mass in all), and recompute CMA."""
     base = cma(geom.means[geom.present] - geom.center)
     out = np.empty(len(feats))
     for i, (h, s) in enumerate(zip(np.asarray(feats, dtype=np.float64), np.asarray(pred_sets, dtype=bool))):
-        means, counts = geom.means.copy(), geom.counts.copy()
+        means, counts = geom.means.copy(), geom.counts.astype(np.float64).copy()
+        w = float(_set_mass(mass, s.sum()))
         for c in np.flatnonzero(s):
-            means[c] = (counts[c] * means[c] + h) / (counts[c] + 1)
-            counts[c] += 1
+            means[c] = (counts[c] * means[c] + w * h) / (counts[c] + w)
+            counts[c] += w
         out[i] = cma(means[counts > 0] - geom.center) - base
     return out
 
 
-def cmap_multilabel(geom: ClassGeometry, feats: np.ndarray, pred_sets: np.ndarray) -> np.ndarray:
+def cmap_multilabel(geom: ClassGeometry, feats: np.ndarray, pred_sets: np.ndarray,
+                    mass: str = "per_label") -> np.ndarray:
     """Multi-label CMAP, exact: single-label predictions go through the vectorised ``cmap_scores``;
     a candidate with |S| >= 2 changes |S| rows of the cosine matrix and is computed from the
-    affected rows only, O(|S| C d) each."""
+    affected rows only, O(|S| C d) each. ``mass``: the weight the candidate adds to each of its
+    labels' means (``cmap_multilabel_bruteforce``; ``EngineConfig.cmap_set_mass``)."""
     sets = np.asarray(pred_sets, dtype=bool)
     size = sets.sum(1)
     if (size < 1).any():
@@ -91,7 +107,8 @@ def cmap_multilabel(geom: ClassGeometry, feats: np.ndarray, pred_sets: np.ndarra
         for i in multi:
             h = np.asarray(feats[i], dtype=np.float64)
             S_idx = np.flatnonzero(sets[i])
-            new_means = (geom.counts[S_idx, None] * geom.means[S_idx] + h) / (geom.counts[S_idx, None] + 1)
+            w = float(_set_mass(mass, len(S_idx)))
+            new_means = (geom.counts[S_idx, None] * geom.means[S_idx] + w * h) / (geom.counts[S_idx, None] + w)
             newV = new_means - geom.center
             newU = newV / np.maximum(np.linalg.norm(newV, axis=1), _EPS)[:, None]
             changed = np.zeros(len(geom.counts), dtype=bool)

@@ -66,7 +66,7 @@ def _components(view: PoolView) -> dict:
         geom, _ = labeled_geometry(view, trusted, False)
     if view.multilabel:
         sets = np.asarray(view.pred_sets, dtype=bool)
-        cmap = cmap_multilabel(geom, view.feats, sets)
+        cmap = cmap_multilabel(geom, view.feats, sets, getattr(cfg, "cmap_set_mass", "per_label"))
         new = (sets & ~geom.present[None, :]).any(1)
     else:
         pred = view.probs.argmax(1)
