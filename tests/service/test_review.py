@@ -231,3 +231,35 @@ def test_a_task_nobody_else_annotates_is_given_back_after_a_few_cycles(settings)
     assert not set(rep["relabel"]["new"]) & sent and not set(rep["relabel"]["waiting"]) & sent
     rel = review.ReviewState(ProjectStore(s.model_dir, 1)).read()["relabel"]
     assert all(rel[str(t)]["expired"] == first["cycle"] + review.RELABEL_WAIT_CYCLES for t in sent)
+
+
+def test_a_listed_task_is_written_again_only_when_what_the_tab_shows_would_change(tmp_path):
+    """Every cycle moves every score a little, and rewriting each listed task for that cost one
+    PATCH per listed task per cycle (the tidy step that delays the next cycle grew with the labeled
+    set). A listed task is written again when its score moved by SCORE_STEP or more, or its label
+    or the suggestion changed; review.json keeps the score Label Studio shows."""
+    ls = FakeLS(n=20, n_labeled=10)
+    store = ProjectStore(tmp_path, 1)
+
+    def entries(scores, suggested=None):
+        return [{"task": t, "flagged": True, "score": s, "label": "a", "suggested": (suggested or {}).get(t, "b"),
+                 "fingerprint": f"{100 + t}:0"} for t, s in scores.items()]
+
+    def shown():
+        return {t["id"]: t["data"].get(review.KEY_SCORE) for t in ls.tasks if t["data"].get(review.KEY_SCORE)}
+
+    assert review.SCORE_STEP == 0.05
+    review.publish(ls, store, 1, entries({1: 0.90, 2: 0.80, 3: 0.70}))
+    n = len(ls.task_patches)
+    assert n == 3 and shown() == {1: 0.90, 2: 0.80, 3: 0.70}
+    # small moves: nothing is written, Label Studio and review.json keep the first scores
+    out = review.publish(ls, store, 1, entries({1: 0.92, 2: 0.755, 3: 0.70}))
+    assert len(ls.task_patches) == n and out["written"] == 0 and shown() == {1: 0.90, 2: 0.80, 3: 0.70}
+    assert {t: v["score"] for t, v in review.ReviewState(store).listed_tasks().items()} == {"1": 0.90, "2": 0.80, "3": 0.70}
+    # drift is measured from what is shown: 0.92 then 0.955 is 0.055 away from the 0.90 shown
+    review.publish(ls, store, 1, entries({1: 0.955, 2: 0.80, 3: 0.70}))
+    assert len(ls.task_patches) == n + 1 and shown()[1] == 0.955
+    # a new suggestion is written whatever the score; a task off the list is cleared
+    review.publish(ls, store, 1, entries({1: 0.955, 2: 0.80}, suggested={2: "c"}))
+    assert len(ls.task_patches) == n + 3 and 3 not in shown()
+    assert next(t for t in ls.tasks if t["id"] == 2)["data"][review.KEY_SUGGESTED] == "c"
