@@ -105,6 +105,10 @@ class Auth:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.secret = load_or_create_secret(settings.model_dir, settings.webhook_secret)
+        if not settings.public_url and not settings.basic_auth_user:
+            log.warning("PUBLIC_URL is not set (nor basic auth): the webhook secret goes to the project webhook at "
+                        "the address a request names (its Host header), which any client can set; set PUBLIC_URL "
+                        "to this backend's URL as entered in Label Studio (docs/security.md)")
         self._resync_at: dict = {}
         self._checked: dict = {}  # (project, host) -> (when, has this backend)
         self._check_times: deque = deque()  # when each of the recent Label Studio checks was made
@@ -145,13 +149,17 @@ class Auth:
 
     # ------------------------------------------------------------------ Label Studio side
     def _our_backends(self, client, project_id: int, host: Optional[str], only_one_counts: bool = True) -> list:
-        """The project's ML backends that are this backend: at this address (the Host header Label
-        Studio used to reach us), or (``only_one_counts``) the only one there is; with basic auth,
-        the same user. The fallback serves adding our headers to the webhook (a proxy may rewrite
-        the Host), never authorisation: the only backend of a project may be another service."""
-        backends = client.list_ml_backends(project_id)
+        """The project's ML backends that are this backend: at ``PUBLIC_URL``'s address when it is
+        set (then nothing else counts); otherwise at the address the request named (its Host
+        header), or (``only_one_counts``) the only one there is; with basic auth, the same user.
+        The Host header is the client's word: this serves adding our headers to a webhook only,
+        never authorisation (``project_has_us``)."""
+        backends = [b for b in client.list_ml_backends(project_id) if isinstance(b, dict)]
         if self.settings.basic_auth_user:
             backends = [b for b in backends if b.get("basic_auth_user") == self.settings.basic_auth_user]
+        if self.settings.public_url:
+            ours = urlsplit(self.settings.public_url).netloc.lower()
+            return [b for b in backends if urlsplit(str(b.get("url") or "")).netloc.lower() == ours]
         if host:
             ours = [b for b in backends if urlsplit(str(b.get("url") or "")).netloc.lower() == host.lower()]
             if ours:
@@ -159,14 +167,15 @@ class Auth:
         return backends if only_one_counts and len(backends) == 1 else []
 
     def project_has_us(self, project_id: int, host: Optional[str]) -> bool:
-        """Label Studio says project ``project_id`` exists and has this backend connected at the
-        address the request came to (``host``: its Host header must be that backend's URL). The
-        answer is kept for RESYNC_EVERY_S, so unauthenticated requests cannot make the backend
-        hammer Label Studio; and requests varying the project id or the Host header get at most
-        CHECK_BUDGET checks per CHECK_WINDOW_S in all: beyond that the answer is False, without
-        asking Label Studio (logged once per window)."""
-        if not host:
-            return False  # no address to compare: nothing to ask Label Studio
+        """Label Studio's own records say project ``project_id`` has this backend connected: one of
+        its ML backends is at ``PUBLIC_URL`` (when set), or has its webhook (``url`` + /webhook)
+        among the project's webhooks that carry this backend's secret. The request's Host header
+        decides nothing: a client sets it at will, and naming another team's backend address must
+        not start cycles in that team's project (found by review). The answer is kept for
+        RESYNC_EVERY_S, so unauthenticated requests cannot make the backend hammer Label Studio;
+        and requests varying the project id or the Host header get at most CHECK_BUDGET checks per
+        CHECK_WINDOW_S in all: beyond that the answer is False, without asking Label Studio
+        (logged once per window)."""
         key, now = (project_id, host), time.time()
         with self._lock:
             hit = self._checked.get(key)
@@ -185,13 +194,25 @@ class Auth:
                 return False
             self._check_times.append(now)
         try:
-            ok = bool(self._our_backends(make_client(self.settings), project_id, host, only_one_counts=False))
+            ok = self._connected_by_records(make_client(self.settings), project_id)
         except Exception as exc:
             log.warning("project %s: cannot check the ML backend connection with Label Studio: %s", project_id, exc)
             ok = False
         with self._lock:
             self._checked[key] = (now, ok)
         return ok
+
+    def _connected_by_records(self, client, project_id: int) -> bool:
+        """``project_has_us``'s test, from Label Studio's records alone."""
+        if self.settings.public_url:
+            return bool(self._our_backends(client, project_id, None, only_one_counts=False))
+        backends = [b for b in client.list_ml_backends(project_id) if isinstance(b, dict)]
+        if self.settings.basic_auth_user:
+            backends = [b for b in backends if b.get("basic_auth_user") == self.settings.basic_auth_user]
+        hooks = [h for h in client.list_webhooks(project_id) if isinstance(h, dict)]
+        signed = {str(h.get("url") or "").rstrip("/") for h in hooks if isinstance(h.get("headers"), dict)
+                  and hmac.compare_digest(header_value(h["headers"], SECRET_HEADER).encode(), self.secret.encode())}
+        return any(webhook_url(str(b.get("url") or "")) in signed for b in backends)
 
     def ensure_webhook_headers(self, project_id: int, host: Optional[str], delays=(0.5, 2, 5, 15)) -> bool:
         """Add the secret (and basic auth) to the webhook Label Studio created for this backend, and

@@ -46,6 +46,10 @@ LOCAL_FILES_DOCUMENT_ROOT      (unset: off)                Label Studio's LOCAL_
                                                            at the same path on this machine: read Local
                                                            Files images from the disk, not over HTTP
                                                            (``service/localfiles.py``)
+PUBLIC_URL                     (unset: the Host header)    This backend's URL as Label Studio has it
+                                                           (Model settings): which ML backend and
+                                                           webhook of a project are this one
+                                                           (``service/auth.py``; docs/security.md)
 =============================  ==========================  =========================================
 """
 
@@ -171,6 +175,21 @@ def _url(name: str, raw: Optional[str]) -> Optional[str]:
     return url
 
 
+def _public_url(raw: Optional[str]) -> Optional[str]:
+    """PUBLIC_URL: this backend's URL as Label Studio has it (the project's Model settings)."""
+    if raw is None:
+        return None
+    try:
+        safe = parse_http_url(raw.rstrip("/") + "/")
+    except URLRefused as exc:
+        raise SettingsError(f"PUBLIC_URL={raw!r}: expected this backend's URL as entered in Label Studio's "
+                            f"Model settings, such as http://ncalr-backend:9090 ({exc})") from None
+    parts = urlsplit(safe.url)
+    if parts.query or parts.fragment or "?" in raw or "#" in raw:
+        raise SettingsError(f"PUBLIC_URL={raw!r}: a URL without query or fragment, such as http://ncalr-backend:9090")
+    return raw.rstrip("/")
+
+
 _KEY_PREFIX = re.compile(r"^(token|bearer)\s+", re.IGNORECASE)
 
 
@@ -215,6 +234,7 @@ class Settings:
     cache_max_mb: int = 2048
     relabel_share: float = 0.0
     local_files_document_root: Optional[str] = None
+    public_url: Optional[str] = None
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -271,6 +291,7 @@ class Settings:
             cache_max_mb=_int(env, "CACHE_MAX_MB", 2048, 1),
             relabel_share=_float(env, "RELABEL_SHARE", 0.0, 0.0, 0.9),
             local_files_document_root=_document_root(env, "LOCAL_FILES_DOCUMENT_ROOT"),
+            public_url=_public_url(_get(env, "PUBLIC_URL")),
         )
 
     def require_label_studio(self) -> None:

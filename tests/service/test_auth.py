@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import threading
 import time
+
+import pytest
 from types import SimpleNamespace
 
 from ncalr_backend.service import auth as auth_mod
 from ncalr_backend.service.auth import SECRET_HEADER, Auth, load_or_create_secret
-from ncalr_backend.service.settings import Settings
+from ncalr_backend.service.settings import Settings, SettingsError
 
 
 def test_the_secret_is_made_once_owner_only_and_shared_by_concurrent_starts(tmp_path):
@@ -37,8 +39,10 @@ def test_webhook_check_needs_the_exact_secret_unless_basic_auth_is_on(tmp_path):
     assert not b.basic_ok(SimpleNamespace(type="basic", username="u", password="q")) and not b.basic_ok(None)
 
 
-def _auth_with_backends(tmp_path, monkeypatch, backends_of):
-    """(Auth, calls): Label Studio answers ``backends_of(project)``; ``calls`` lists the projects asked."""
+def _auth_with_backends(tmp_path, monkeypatch, backends_of, signed=True):
+    """(Auth, calls): Label Studio answers ``backends_of(project)``, and each backend has its webhook
+    (``url`` + /webhook), carrying this backend's secret when ``signed``; ``calls`` lists the
+    projects asked."""
     a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
                                 "LABEL_STUDIO_API_KEY": "k"}))
     calls = []
@@ -47,6 +51,10 @@ def _auth_with_backends(tmp_path, monkeypatch, backends_of):
         def list_ml_backends(self, pid):
             calls.append(pid)
             return backends_of(pid)
+
+        def list_webhooks(self, pid):
+            return [{"id": i, "url": b["url"] + "/webhook", "headers": {auth_mod.SECRET_HEADER: a.secret} if signed else {}}
+                    for i, b in enumerate(backends_of(pid))]
 
     monkeypatch.setattr(auth_mod, "make_client", lambda settings: LS())
     return a, calls
@@ -58,9 +66,6 @@ def test_unauthenticated_requests_cannot_make_the_backend_hammer_label_studio(tm
     for _ in range(50):
         assert a.project_has_us(1, "backend:9090") and not a.project_has_us(2, "backend:9090")
     assert calls == [1, 2]  # once per project and host, then remembered
-    # the project's only ML backend is another service: an unauthenticated "train" for it is refused
-    assert not a.project_has_us(1, "attacker-chosen-host") and not a.project_has_us(1, None)
-    assert calls == [1, 2, 1]
     started = []
     monkeypatch.setattr(a, "ensure_webhook_headers", lambda pid, host: started.append(pid))
     for pid in range(100):
@@ -87,3 +92,46 @@ def test_checks_of_unauthenticated_start_training_have_a_global_budget(tmp_path,
     assert a.project_has_us(1, "backend:9090") and len(calls) == budget  # checked ones stay answered
     clock[0] += auth_mod.CHECK_WINDOW_S  # a new window: Label Studio is asked again
     assert a.project_has_us(900, "backend:9090") and calls[-1] == 900 and len(calls) == budget + 1
+
+
+def test_the_host_header_cannot_make_another_teams_project_ours(tmp_path, monkeypatch):
+    """Found by review: an unauthenticated START_TRAINING naming project 7 with ``Host:`` set to
+    the address of project 7's own ML backend (another team's service) was taken as Label Studio's
+    "Start training" for this backend, and the cycle wrote predictions into that project. The
+    connection is now read from Label Studio's records: a backend of the project whose webhook
+    carries this backend's secret (or one at PUBLIC_URL)."""
+    other = lambda pid: [{"url": "http://other-team.test:9090"}]  # noqa: E731
+    a, calls = _auth_with_backends(tmp_path, monkeypatch, other, signed=False)
+    assert not a.project_has_us(7, "other-team.test:9090") and calls == [7]
+    assert not a.project_has_us(7, None)
+    a, _ = _auth_with_backends(tmp_path / "b", monkeypatch, other, signed=True)  # our secret on its webhook
+    assert a.project_has_us(7, "whatever-the-client-says:1")
+
+
+def test_with_public_url_the_host_header_is_not_read_at_all(tmp_path, monkeypatch):
+    """PUBLIC_URL names this backend: a project's backend at that address is ours, whatever Host a
+    request names and whatever webhook carries what; the secret goes to that backend's webhook only."""
+    a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
+                                "LABEL_STUDIO_API_KEY": "k", "PUBLIC_URL": "http://Us.test:9090/"}))
+    patched = []
+    backends = [{"url": "http://other-team.test:9090"}, {"url": "http://us.test:9090"}]
+    hooks = [{"id": 1, "url": "http://other-team.test:9090/webhook", "headers": {}},
+             {"id": 2, "url": "http://us.test:9090/webhook", "headers": {}}]
+
+    class LS:
+        def list_ml_backends(self, pid):
+            return backends if pid == 1 else backends[:1]
+
+        def list_webhooks(self, pid):
+            return hooks if pid == 1 else hooks[:1]
+
+        def patch_webhook(self, hook_id, body):
+            patched.append(hook_id)
+
+    monkeypatch.setattr(auth_mod, "make_client", lambda settings: LS())
+    assert a.project_has_us(1, "other-team.test:9090") and not a.project_has_us(2, "other-team.test:9090")
+    assert a.ensure_webhook_headers(1, "other-team.test:9090", delays=(0,)) is True and patched == [2]
+    # project 2's only backend is another team's: no fallback to "the only one" with PUBLIC_URL set
+    assert a.ensure_webhook_headers(2, "other-team.test:9090", delays=(0,)) is False and patched == [2]
+    with pytest.raises(SettingsError, match="PUBLIC_URL"):
+        Settings.from_env({"PUBLIC_URL": "ftp://us.test"})

@@ -254,7 +254,8 @@ def test_H9_a_cached_check_expires_so_a_disconnected_backend_loses_start_trainin
     a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
                                 "LABEL_STUDIO_API_KEY": "k"}))
     connected = [True]
-    LS, _ = _fake_ls(monkeypatch, lambda: [{"url": "http://backend:9090"}] if connected[0] else [])
+    LS, _ = _fake_ls(monkeypatch, lambda: [{"url": "http://backend:9090"}] if connected[0] else [],
+                     [{"id": 1, "url": "http://backend:9090/webhook", "headers": {auth_mod.SECRET_HEADER: a.secret}}])
     clock = [1000.0]
     monkeypatch.setattr(auth_mod, "time", SimpleNamespace(time=lambda: clock[0], sleep=time.sleep))
     assert a.project_has_us(1, "backend:9090") and LS.calls == 1
@@ -267,11 +268,14 @@ def test_H9_a_cached_check_expires_so_a_disconnected_backend_loses_start_trainin
 
 @pytest.mark.parametrize("host", ["backend", "backend:90", "ackend:9090", "http:"])
 def test_H10_the_host_header_must_be_the_backends_whole_address(tmp_path, monkeypatch, host):
+    """Where the Host header still counts (adding the secret to a webhook, PUBLIC_URL unset), it must
+    be the backend's whole address, compared without regard to case."""
     a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
                                 "LABEL_STUDIO_API_KEY": "k"}))
-    _fake_ls(monkeypatch, lambda: [{"url": "http://backend:9090"}])
-    assert a.project_has_us(1, "BACKEND:9090")  # case-insensitive, whole netloc
-    assert not a.project_has_us(1, host)
+    _, patched = _fake_ls(monkeypatch, lambda: [{"url": "http://backend:9090"}, {"url": "http://b2:1"}],
+                          [{"id": 1, "url": "http://backend:9090/webhook", "headers": {}}])
+    assert not a.ensure_webhook_headers(1, host, delays=(0,)) and patched == []
+    assert a.ensure_webhook_headers(1, "BACKEND:9090", delays=(0,)) and [h for h, _ in patched] == [1]
 
 
 # ------------------------------------------------------------------------------ healthcheck.py
