@@ -75,8 +75,13 @@ def parse_label_config(xml: Optional[str]) -> ImageClassConfig:
     if not xml or not str(xml).strip():
         raise LabelConfigError("The labeling config is empty")
     try:
+        raw = str(xml).encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate (JSON "\ud800"): no text, no XML
+        raise LabelConfigError(f"The labeling config holds a character that is not text ({exc.object[exc.start]!r} "
+                               f"at position {exc.start}); remove it") from None
+    try:
         parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
-        root = etree.fromstring(str(xml).encode("utf-8"), parser)
+        root = etree.fromstring(raw, parser)
     except etree.XMLSyntaxError as exc:
         raise LabelConfigError(f"The labeling config is not valid XML ({exc})") from None
 

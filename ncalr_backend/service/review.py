@@ -219,7 +219,11 @@ def publish(client: LabelStudioClient, store: ProjectStore, project_id: int, ent
         listed = st["listed"]
         changes: Dict[int, Optional[dict]] = {int(t): None for t in listed if t not in target}
         changes.update({int(t): None for t in (marked or ()) if str(t) not in target and str(t) not in listed})
-        changes.update({int(t): v for t, v in target.items() if not _shown_as(listed.get(t), v)})
+        # a listed task the snapshot did not see marked lost its keys (a publish that failed half-way
+        # is not saved to review.json): what review.json says it shows is then not what it shows
+        seen = None if marked is None else {int(t) for t in marked}
+        changes.update({int(t): v for t, v in target.items()
+                        if not _shown_as(listed.get(t) if seen is None or int(t) in seen else None, v)})
         gone = _write_keys(client, project_id, changes)
         # what Label Studio shows: a task not rewritten keeps the score it was written with
         st["listed"] = {t: (v if int(t) in changes else {**v, "score": listed[t]["score"]})

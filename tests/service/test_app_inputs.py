@@ -142,3 +142,31 @@ def test_model_dir_lock_waits_for_a_reloads_old_worker_but_refuses_a_second_back
     with pytest.raises(RuntimeError, match="in use by another backend process"):
         lock_model_dir(tmp_path, wait_s=0.5)  # nobody lets go: a second backend
     second.close()
+
+
+def test_a_config_with_a_lone_surrogate_is_a_400_that_says_so(client):
+    """Found by review: JSON may carry "\\ud800", which no UTF-8 text holds; lxml's input encoding
+    raised UnicodeEncodeError and /setup and /predict answered 500."""
+    bad = CONFIG.replace('value="a"', 'value="a\ud800"')
+    for path, body in (("/setup", {"schema": bad, "project": 1}),
+                       ("/predict", {"tasks": [{"id": 1, "data": {}}], "project": 1, "label_config": bad})):
+        r = client.post(path, json=body)
+        assert r.status_code == 400, (path, r.status_code, r.get_json())
+        assert "not text" in r.get_json()["error"]
+
+
+def test_a_webhook_naming_a_task_id_no_database_holds_is_counted(client):
+    """Found by review: a task id of 2**64 passed as a hint, SQLite refused it (OverflowError) and
+    the webhook answered 500 with its annotation uncounted. Such a hint is ignored now."""
+    from ncalr_backend.service.auth import SECRET_HEADER
+    from ncalr_backend.service.mirror import hinted_task_ids
+    from ncalr_backend.service.store import ProjectStore
+
+    assert hinted_task_ids("ANNOTATION_CREATED", {"task": {"id": 2 ** 64}, "annotation": {"task": MAX_ID}}) == [MAX_ID]
+    secret = (client.model_dir / "webhook_secret").read_text().strip()
+    before = ProjectStore(client.model_dir, 31).state().get("new_annotations", 0)
+    r = client.post("/webhook", headers={SECRET_HEADER: secret},
+                    json={"action": "ANNOTATION_CREATED", "project": {"id": 31, "task_number": 50},
+                          "task": {"id": 2 ** 64}, "annotation": {"id": 1, "task": 2 ** 64, "result": []}})
+    assert r.status_code == 201, r.get_json()
+    assert ProjectStore(client.model_dir, 31).state()["new_annotations"] == before + 1
