@@ -134,6 +134,15 @@ class LabelDynamics:
         self.fitted.append((pr == self.sets).all(1) if self.multilabel else pr == self.sets.argmax(1))
         self.prob_sum = p if self.prob_sum is None else self.prob_sum + p
 
+    def subset(self, mask: np.ndarray) -> "LabelDynamics":
+        """The same record of the samples where ``mask`` (bool [N]) is True only."""
+        m = np.asarray(mask, dtype=bool)
+        return LabelDynamics(sets=self.sets[m], multilabel=self.multilabel, set_threshold=self.set_threshold,
+                             epochs=list(self.epochs), margin=[a[m] for a in self.margin],
+                             confidence=[a[m] for a in self.confidence], fitted=[a[m] for a in self.fitted],
+                             pred=[a[m] for a in self.pred],
+                             prob_sum=None if self.prob_sum is None else self.prob_sum[m], window=list(self.window))
+
     def mark_window(self, epochs: list[int]) -> None:
         self.window = [int(e) for e in epochs]
 

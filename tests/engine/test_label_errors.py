@@ -265,3 +265,23 @@ def test_digits_with_30_percent_noise_auprc_well_above_the_noise_rate():
     prec = wrong[res.flagged].mean()
     assert prec > 0.8 and res.flagged[wrong].mean() > 0.5  # the flags are mostly right and find most
     assert (res.suggested[wrong] == pool.y_pool_true[idx][wrong]).mean() > 0.7  # suggests the true class
+
+
+def test_a_subset_of_the_dynamics_is_the_record_of_those_samples_alone():
+    """``LabelDynamics.subset``: what the trainer's flagged-label exclusion sees under a held-out
+    slice. The report of the subset equals the report of a record made of those samples only
+    (before, the slice's samples moved the per-class thresholds and so which training samples went)."""
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, size=30)
+    full = LabelDynamics.for_labels(y, 3)
+    keep = rng.random(30) < 0.7
+    part = LabelDynamics.for_labels(y[keep], 3)
+    for e in range(1, 7):
+        logits = rng.normal(size=(30, 3)) + 2.0 * np.eye(3)[y] * (e / 6)
+        full.observe(e, logits)
+        part.observe(e, logits[keep])
+    full.mark_window([5, 6])
+    part.mark_window([5, 6])
+    a, b = report(full.subset(keep)), report(part)
+    np.testing.assert_array_equal(a.flagged, b.flagged)
+    np.testing.assert_allclose(a.suspicion, b.suspicion)

@@ -365,10 +365,12 @@ class TerminalPhase:
 def exclude_flagged(run: "_Run", dynamics: LabelDynamics, trained: np.ndarray | None, K: int,
                     multilabel: bool) -> int:
     """``EngineConfig.tpt_exclude_flagged``: drop from ``run``'s training data the samples the
-    label check flags on the epochs so far (never every sample of a class); returns how many."""
-    flagged = np.asarray(label_report(dynamics).flagged, dtype=bool)
+    label check flags on the epochs so far (never every sample of a class); returns how many. The
+    check sees the samples trained on only: its per-class thresholds (confident learning) over a
+    held-out slice too let that slice decide which training samples go (``serve='holdout'``)."""
     if trained is not None:
-        flagged = flagged[trained]
+        dynamics = dynamics.subset(trained)
+    flagged = np.asarray(label_report(dynamics).flagged, dtype=bool)
     y = run.yl.detach().cpu().numpy()
     cls = y.argmax(1) if multilabel else y
     keep = keep_each_class(~flagged, cls)
