@@ -35,6 +35,19 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from ncalr_backend.service.labelstudio import header_value, make_client, webhook_url
+from ncalr_backend.service.urls import redact_urls
+
+
+def same_url_key(url: str) -> tuple:
+    """What makes two backend URLs the same backend: scheme, host and port (lower case, default
+    ports spelt out) and path (no trailing slash). Two backends behind one proxy differ by path."""
+    p = urlsplit(str(url).strip())
+    scheme = p.scheme.lower()
+    try:
+        port = p.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        port = None
+    return scheme, (p.hostname or "").lower(), port, p.path.rstrip("/")
 from ncalr_backend.service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,8 +120,9 @@ class Auth:
         self.secret = load_or_create_secret(settings.model_dir, settings.webhook_secret)
         if not settings.public_url and not settings.basic_auth_user:
             log.warning("PUBLIC_URL is not set (nor basic auth): the webhook secret goes to the project webhook at "
-                        "the address a request names (its Host header), which any client can set; set PUBLIC_URL "
-                        "to this backend's URL as entered in Label Studio (docs/security.md)")
+                        "the address a request names (its Host header), which any client can set, and Label "
+                        "Studio's Start training button is refused; set PUBLIC_URL to this backend's URL as "
+                        "entered in Label Studio (docs/security.md)")
         self._resync_at: dict = {}
         self._checked: dict = {}  # (project, host) -> (when, has this backend)
         self._check_times: deque = deque()  # when each of the recent Label Studio checks was made
@@ -158,8 +172,8 @@ class Auth:
         if self.settings.basic_auth_user:
             backends = [b for b in backends if b.get("basic_auth_user") == self.settings.basic_auth_user]
         if self.settings.public_url:
-            ours = urlsplit(self.settings.public_url).netloc.lower()
-            return [b for b in backends if urlsplit(str(b.get("url") or "")).netloc.lower() == ours]
+            ours = same_url_key(self.settings.public_url)
+            return [b for b in backends if same_url_key(str(b.get("url") or "")) == ours]
         if host:
             ours = [b for b in backends if urlsplit(str(b.get("url") or "")).netloc.lower() == host.lower()]
             if ours:
@@ -167,15 +181,25 @@ class Auth:
         return backends if only_one_counts and len(backends) == 1 else []
 
     def project_has_us(self, project_id: int, host: Optional[str]) -> bool:
-        """Label Studio's own records say project ``project_id`` has this backend connected: one of
-        its ML backends is at ``PUBLIC_URL`` (when set), or has its webhook (``url`` + /webhook)
-        among the project's webhooks that carry this backend's secret. The request's Host header
-        decides nothing: a client sets it at will, and naming another team's backend address must
-        not start cycles in that team's project (found by review). The answer is kept for
-        RESYNC_EVERY_S, so unauthenticated requests cannot make the backend hammer Label Studio;
-        and requests varying the project id or the Host header get at most CHECK_BUDGET checks per
-        CHECK_WINDOW_S in all: beyond that the answer is False, without asking Label Studio
-        (logged once per window)."""
+        """Label Studio's "Start training" without basic auth (no custom header): accepted only with
+        ``PUBLIC_URL`` set and one of the project's ML backends at exactly that URL in Label
+        Studio's records. The request's Host header decides nothing (a client sets it at will:
+        naming another team's backend address started cycles in that team's project), and neither
+        does a webhook carrying our secret (without PUBLIC_URL the secret is placed by the Host
+        header, so two unauthenticated requests could put it on another team's webhook first;
+        both found by review). The answer is kept for RESYNC_EVERY_S, so unauthenticated requests
+        cannot make the backend hammer Label Studio; and requests varying the project id or the
+        Host header get at most CHECK_BUDGET checks per CHECK_WINDOW_S in all: beyond that the
+        answer is False, without asking Label Studio (logged once per window)."""
+        if not self.settings.public_url:
+            now = time.time()
+            with self._lock:
+                if now - self._budget_warned_at >= CHECK_WINDOW_S:
+                    self._budget_warned_at = now
+                    log.warning("project %s: a Start training request without the webhook secret was refused: set "
+                                "PUBLIC_URL to this backend's URL as entered in Label Studio (or turn basic auth on) "
+                                "to accept Label Studio's Start training button (docs/security.md)", project_id)
+            return False
         key, now = (project_id, host), time.time()
         with self._lock:
             hit = self._checked.get(key)
@@ -194,25 +218,17 @@ class Auth:
                 return False
             self._check_times.append(now)
         try:
-            ok = self._connected_by_records(make_client(self.settings), project_id)
+            ok = bool(self._our_backends(make_client(self.settings), project_id, None, only_one_counts=False))
         except Exception as exc:
             log.warning("project %s: cannot check the ML backend connection with Label Studio: %s", project_id, exc)
             ok = False
+        if not ok:
+            log.warning("project %s: Start training refused: no ML backend of the project is at PUBLIC_URL (%s) in "
+                        "Label Studio; PUBLIC_URL must be the URL entered in the project's Model settings",
+                        project_id, redact_urls(self.settings.public_url))
         with self._lock:
             self._checked[key] = (now, ok)
         return ok
-
-    def _connected_by_records(self, client, project_id: int) -> bool:
-        """``project_has_us``'s test, from Label Studio's records alone."""
-        if self.settings.public_url:
-            return bool(self._our_backends(client, project_id, None, only_one_counts=False))
-        backends = [b for b in client.list_ml_backends(project_id) if isinstance(b, dict)]
-        if self.settings.basic_auth_user:
-            backends = [b for b in backends if b.get("basic_auth_user") == self.settings.basic_auth_user]
-        hooks = [h for h in client.list_webhooks(project_id) if isinstance(h, dict)]
-        signed = {str(h.get("url") or "").rstrip("/") for h in hooks if isinstance(h.get("headers"), dict)
-                  and hmac.compare_digest(header_value(h["headers"], SECRET_HEADER).encode(), self.secret.encode())}
-        return any(webhook_url(str(b.get("url") or "")) in signed for b in backends)
 
     def ensure_webhook_headers(self, project_id: int, host: Optional[str], delays=(0.5, 2, 5, 15)) -> bool:
         """Add the secret (and basic auth) to the webhook Label Studio created for this backend, and
@@ -245,6 +261,12 @@ class Auth:
                     return True
             except Exception as exc:
                 log.warning("project %s: cannot update the webhook's headers yet: %s", project_id, exc)
+        if self.settings.public_url:
+            log.warning("project %s: no ML backend of the project is at PUBLIC_URL (%s) in Label Studio, so its "
+                        "webhook does not get the secret and webhooks from Label Studio will be refused: set "
+                        "PUBLIC_URL to the URL entered in the project's Model settings (docs/security.md)",
+                        project_id, redact_urls(self.settings.public_url))
+            return False
         log.warning("project %s: found no webhook of this backend to add its secret to; webhooks from Label "
                     "Studio will be refused until it has the header %s (see docs/security.md)",
                     project_id, SECRET_HEADER)

@@ -367,7 +367,8 @@ def main(argv=None) -> int:
         env = backend_env(ls.url, ls.token, work / "model_dir",
                           **{k: os.environ[k] for k in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS") if os.environ.get(k)},
                           NCALR_MAX_EPOCHS=os.environ.get("NCALR_MAX_EPOCHS", "30"),
-                          NCALR_TPT_WINDOW=os.environ.get("NCALR_TPT_WINDOW", "5"))
+                          NCALR_TPT_WINDOW=os.environ.get("NCALR_TPT_WINDOW", "5"),
+                          PUBLIC_URL=f"http://127.0.0.1:{args.backend_port}")  # the URL connected below
         backend = BackendProcess(env, port=args.backend_port, log_path=work / "backend.log").start()
         admin = LSAdmin(ls.url, ls.token)
         basic = (env["BASIC_AUTH_USER"], env["BASIC_AUTH_PASS"]) if env.get("BASIC_AUTH_USER") else None

@@ -133,14 +133,16 @@ class ReviewState:
 WRITE_CHUNK = 10  # tasks read just before they are written
 
 
-def _write_keys(client: LabelStudioClient, project_id: int, values: Dict[int, Optional[dict]]) -> List[int]:
+def _write_keys(client: LabelStudioClient, project_id: int, values: Dict[int, Optional[dict]],
+                done: Optional[Dict[int, Optional[dict]]] = None) -> List[int]:
     """Set (or null) the three keys on each task; returns the tasks that no longer exist.
 
     Label Studio's PATCH replaces a task's whole ``data`` and has no compare-and-set, so whatever
     another client writes into a task's data between our read and our write is lost. The window is
     kept short: tasks are read ``WRITE_CHUNK`` at a time, right before they are written (one read
     of every task up front left a window as long as the whole loop), and a task whose keys already
-    hold these values is not written at all."""
+    hold these values is not written at all. ``done`` (optional) gets each task that holds its new
+    values, as it goes: what a failure half-way through had already changed."""
     if not values:
         return []
     gone = []
@@ -156,10 +158,11 @@ def _write_keys(client: LabelStudioClient, project_id: int, values: Dict[int, Op
             data = dict(t.get("data") or {})
             want = {KEY_SCORE: None if v is None else v["score"], KEY_LABEL: None if v is None else v.get("label"),
                     KEY_SUGGESTED: None if v is None else v["suggested"]}
-            if all(k in data and data[k] == w for k, w in want.items()):
-                continue
-            data.update(want)
-            client.request("PATCH", f"/api/tasks/{int(tid)}/", json={"data": data})
+            if not all(k in data and data[k] == w for k, w in want.items()):
+                data.update(want)
+                client.request("PATCH", f"/api/tasks/{int(tid)}/", json={"data": data})
+            if done is not None:
+                done[int(tid)] = v
     return gone
 
 
@@ -224,16 +227,38 @@ def publish(client: LabelStudioClient, store: ProjectStore, project_id: int, ent
         seen = None if marked is None else {int(t) for t in marked}
         changes.update({int(t): v for t, v in target.items()
                         if not _shown_as(listed.get(t) if seen is None or int(t) in seen else None, v)})
-        gone = _write_keys(client, project_id, changes)
-        # what Label Studio shows: a task not rewritten keeps the score it was written with
-        st["listed"] = {t: (v if int(t) in changes else {**v, "score": listed[t]["score"]})
-                        for t, v in target.items() if int(t) not in gone}
-        if st["listed"] or st["keys_written"]:
+        done: Dict[int, Optional[dict]] = {}  # tasks that hold their new values now
+        failure: Optional[Exception] = None
+        try:
+            gone = _write_keys(client, project_id, changes, done)
+        except Exception as exc:  # noqa: BLE001 - saved below, then raised: review.json must say what is shown
+            failure, gone = exc, []
+        # review.json = what Label Studio shows: a task not rewritten keeps the values it was written
+        # with, one a failure kept from being written (or cleared) keeps its old ones
+        shown = {}
+        for t, v in target.items():
+            if int(t) in gone:
+                continue
+            if int(t) not in changes:
+                shown[t] = {**v, "score": listed[t]["score"]}
+            elif int(t) in done:
+                shown[t] = v
+            elif t in listed:
+                shown[t] = listed[t]
+        shown.update({t: v for t, v in listed.items() if t not in target and int(t) in changes
+                      and int(t) not in done and int(t) not in gone})
+        st["listed"] = shown
+        if failure is None and (st["listed"] or st["keys_written"]):
             st["keys_written"] = True
-            st["view"] = ensure_view(client, project_id, st["view"])
-        out = {"listed": len(st["listed"]), "written": len(changes) - len(gone), "view": st["view"],
+            try:
+                st["view"] = ensure_view(client, project_id, st["view"])
+            except Exception as exc:  # noqa: BLE001 - the keys are written and recorded; the view comes next cycle
+                failure = exc
+        out = {"listed": len(st["listed"]), "written": len(done), "view": st["view"],
                "suppressed_as_reviewed": sum(1 for e in entries if e["flagged"]
                                              and reviewed.get(str(e["task"])) == e["fingerprint"])}
+    if failure is not None:
+        raise failure
     log.info("project %s: %d suspected label errors listed in Label Studio (tab %s; %d task data writes)",
              project_id, out["listed"], out["view"], out["written"])
     return out

@@ -110,6 +110,7 @@ class Backend:
         self.port = free_port()
         self.proc = None
         self.url = f"http://127.0.0.1:{self.port}"
+        self.env.setdefault("PUBLIC_URL", self.url)  # the URL the tests connect in Label Studio
         self.http = requests.Session()
         self.http.auth = BASIC
         # gunicorn closes idle keep-alive connections after 2 s; a GET that reuses one just as it

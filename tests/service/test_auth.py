@@ -39,12 +39,13 @@ def test_webhook_check_needs_the_exact_secret_unless_basic_auth_is_on(tmp_path):
     assert not b.basic_ok(SimpleNamespace(type="basic", username="u", password="q")) and not b.basic_ok(None)
 
 
-def _auth_with_backends(tmp_path, monkeypatch, backends_of, signed=True):
-    """(Auth, calls): Label Studio answers ``backends_of(project)``, and each backend has its webhook
-    (``url`` + /webhook), carrying this backend's secret when ``signed``; ``calls`` lists the
-    projects asked."""
-    a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
-                                "LABEL_STUDIO_API_KEY": "k"}))
+def _auth_with_backends(tmp_path, monkeypatch, backends_of, public_url="http://backend:9090"):
+    """(Auth, calls): Label Studio answers ``backends_of(project)``, each backend with its webhook
+    carrying this backend's secret; ``calls`` lists the projects asked."""
+    env = {"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test", "LABEL_STUDIO_API_KEY": "k"}
+    if public_url:
+        env["PUBLIC_URL"] = public_url
+    a = Auth(Settings.from_env(env))
     calls = []
 
     class LS:
@@ -53,8 +54,11 @@ def _auth_with_backends(tmp_path, monkeypatch, backends_of, signed=True):
             return backends_of(pid)
 
         def list_webhooks(self, pid):
-            return [{"id": i, "url": b["url"] + "/webhook", "headers": {auth_mod.SECRET_HEADER: a.secret} if signed else {}}
+            return [{"id": i, "url": b["url"] + "/webhook", "headers": {auth_mod.SECRET_HEADER: a.secret}}
                     for i, b in enumerate(backends_of(pid))]
+
+        def patch_webhook(self, hook_id, body):
+            pass
 
     monkeypatch.setattr(auth_mod, "make_client", lambda settings: LS())
     return a, calls
@@ -97,15 +101,31 @@ def test_checks_of_unauthenticated_start_training_have_a_global_budget(tmp_path,
 def test_the_host_header_cannot_make_another_teams_project_ours(tmp_path, monkeypatch):
     """Found by review: an unauthenticated START_TRAINING naming project 7 with ``Host:`` set to
     the address of project 7's own ML backend (another team's service) was taken as Label Studio's
-    "Start training" for this backend, and the cycle wrote predictions into that project. The
-    connection is now read from Label Studio's records: a backend of the project whose webhook
-    carries this backend's secret (or one at PUBLIC_URL)."""
+    "Start training" for this backend, and the cycle wrote predictions into that project. A second
+    review found the first fix open too: without PUBLIC_URL the secret is placed by the Host header
+    (or on a project's only backend), so one unauthenticated request put it on the other team's
+    webhook and a "secret on the backend's webhook" test then let the next one through. Start
+    training without basic auth now needs PUBLIC_URL, and a backend of the project at exactly it."""
     other = lambda pid: [{"url": "http://other-team.test:9090"}]  # noqa: E731
-    a, calls = _auth_with_backends(tmp_path, monkeypatch, other, signed=False)
+    a, calls = _auth_with_backends(tmp_path, monkeypatch, other, public_url=None)  # our secret on its webhook
+    assert a.ensure_webhook_headers(7, "other-team.test:9090", delays=(0,))  # the placement still trusts Host
+    assert not a.project_has_us(7, "other-team.test:9090") and not a.project_has_us(7, None)
+    a, calls = _auth_with_backends(tmp_path / "b", monkeypatch, other, public_url="http://us.test:9090")
     assert not a.project_has_us(7, "other-team.test:9090") and calls == [7]
-    assert not a.project_has_us(7, None)
-    a, _ = _auth_with_backends(tmp_path / "b", monkeypatch, other, signed=True)  # our secret on its webhook
+    a, _ = _auth_with_backends(tmp_path / "c", monkeypatch, lambda pid: [{"url": "http://US.test:9090/"}],
+                               public_url="http://us.test:9090")
     assert a.project_has_us(7, "whatever-the-client-says:1")
+
+
+def test_public_url_is_one_backend_path_included():
+    """Found by review: two backends behind one proxy differ by path; comparing host and port only
+    took the other's for ours."""
+    from ncalr_backend.service.auth import same_url_key
+
+    assert same_url_key("http://proxy.test/ncalr") != same_url_key("http://proxy.test/other-team")
+    assert same_url_key("http://Proxy.test:80/ncalr/") == same_url_key("http://proxy.test/ncalr")
+    assert same_url_key("https://p.test") == same_url_key("https://p.test:443/")
+    assert same_url_key("http://p.test") != same_url_key("https://p.test")
 
 
 def test_with_public_url_the_host_header_is_not_read_at_all(tmp_path, monkeypatch):

@@ -252,7 +252,7 @@ def test_H6_with_basic_auth_our_credentials_go_only_to_our_own_backends_webhook(
 
 def test_H9_a_cached_check_expires_so_a_disconnected_backend_loses_start_training(tmp_path, monkeypatch):
     a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
-                                "LABEL_STUDIO_API_KEY": "k"}))
+                                "LABEL_STUDIO_API_KEY": "k", "PUBLIC_URL": "http://backend:9090"}))
     connected = [True]
     LS, _ = _fake_ls(monkeypatch, lambda: [{"url": "http://backend:9090"}] if connected[0] else [],
                      [{"id": 1, "url": "http://backend:9090/webhook", "headers": {auth_mod.SECRET_HEADER: a.secret}}])

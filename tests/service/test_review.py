@@ -282,3 +282,40 @@ def test_a_listed_task_that_lost_its_keys_is_written_again(tmp_path):
     review.publish(ls, store, 1, e, marked=[2])
     assert len(ls.task_patches) == n + 1
     assert next(t for t in ls.tasks if t["id"] == 1)["data"][review.KEY_SCORE] == 0.9
+
+
+def test_after_a_publish_fails_half_way_review_json_says_what_label_studio_shows(tmp_path):
+    """Found by review: review.json was saved only when the whole publish went through, so a task
+    rewritten before a failure (a 503 on a later PATCH) showed the new suggestion in Label Studio
+    while review.json kept the old one, and with SCORE_STEP the next cycles never wrote it again.
+    What was written before the failure is recorded, then the failure is raised."""
+    import pytest
+
+    ls = FakeLS(n=20, n_labeled=10)
+    store = ProjectStore(tmp_path, 1)
+
+    def entries(sug):
+        return [{"task": t, "flagged": True, "score": s, "label": "a", "suggested": sug, "fingerprint": f"{t}:0"}
+                for t, s in ((1, 0.9), (2, 0.8))]
+
+    review.publish(ls, store, 1, entries("b"))
+    real, calls = ls.request, []
+
+    def failing(method, path, json=None, **kw):
+        if method == "PATCH":
+            calls.append(path)
+            if len(calls) == 2:
+                raise RuntimeError("HTTP 503")
+        return real(method, path, json=json, **kw)
+
+    ls.request = failing
+    with pytest.raises(RuntimeError, match="503"):
+        review.publish(ls, store, 1, entries("c"))
+    shown = {t["id"]: t["data"].get(review.KEY_SUGGESTED) for t in ls.tasks if t["id"] in (1, 2)}
+    recorded = {int(t): v["suggested"] for t, v in review.ReviewState(store).listed_tasks().items()}
+    assert recorded == shown and sorted(shown.values()) == ["b", "c"]
+    ls.request = real
+    n = len(ls.task_patches)
+    review.publish(ls, store, 1, entries("c"))  # only the task the failure left behind is written
+    assert len(ls.task_patches) == n + 1
+    assert {t["data"].get(review.KEY_SUGGESTED) for t in ls.tasks if t["id"] in (1, 2)} == {"c"}
