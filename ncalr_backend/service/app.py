@@ -207,9 +207,15 @@ class Backend:
             return None  # Label Studio's "Start training" button: no custom header, checked with Label Studio
         if pid is not None:
             self.auth.resync_soon(pid, request.host)
+        hint = ""
+        if action in ("START_TRAINING", "train"):
+            hint = (" Label Studio's Start training button carries no such header: it is accepted with PUBLIC_URL set "
+                    "to this backend's URL as entered in Label Studio (a backend of the project at exactly it), or "
+                    "with basic auth." if not self.settings.public_url else
+                    " Start training is accepted without it only for a project with an ML backend at PUBLIC_URL.")
         return _error(f"webhook not authenticated: the {SECRET_HEADER} header is missing or wrong. Label Studio's "
-                      "webhook for this backend gets it automatically (see docs/security.md); nothing was changed",
-                      401)
+                      "webhook for this backend gets it automatically (see docs/security.md); nothing was changed."
+                      + hint, 401)
 
     # ------------------------------------------------------------------ routes
     def health(self):

@@ -47,7 +47,10 @@ def rq_stack(label_studio, tmp_path_factory):
                 if time.time() > deadline:
                     raise
                 time.sleep(0.2)
-        backend = BackendProcess(env, log_path=d / "backend.log").start(timeout=90)
+        bport = free_port()
+        env["PUBLIC_URL"] = f"http://127.0.0.1:{bport}"  # the URL connected in Label Studio: Start training works
+        backend = BackendProcess(env, port=bport, log_path=d / "backend.log").start(timeout=90)
+        assert backend.url == env["PUBLIC_URL"]
 
         def start_worker():
             log = open(d / f"worker{len(procs)}.log", "wb")

@@ -170,3 +170,12 @@ def test_a_webhook_naming_a_task_id_no_database_holds_is_counted(client):
                           "task": {"id": 2 ** 64}, "annotation": {"id": 1, "task": 2 ** 64, "result": []}})
     assert r.status_code == 201, r.get_json()
     assert ProjectStore(client.model_dir, 31).state()["new_annotations"] == before + 1
+
+
+def test_start_training_without_the_secret_says_what_to_set(client):
+    """Without PUBLIC_URL (and basic auth) Label Studio's Start training button is refused: the 401
+    says what to set instead of only pointing at the webhook header the button cannot send."""
+    r = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 5}})
+    assert r.status_code == 401 and "PUBLIC_URL" in r.get_json()["error"], r.get_json()
+    r = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 5}})
+    assert r.status_code == 401 and "PUBLIC_URL" not in r.get_json()["error"]
