@@ -53,12 +53,11 @@ def single_label_geometry(feats: np.ndarray, sets: np.ndarray, centered: bool = 
 SET_MASSES = ("per_label", "split")
 
 
-def _set_mass(mass: str, size) -> np.ndarray:
+def _set_mass(mass: str, size: int) -> float:
     """The weight a candidate with ``size`` labels adds to each of its labels' means."""
     if mass not in SET_MASSES:
         raise ValueError(f"mass={mass!r}: choose one of {list(SET_MASSES)}")
-    size = np.asarray(size, dtype=np.float64)
-    return np.ones_like(size) if mass == "per_label" else 1.0 / size
+    return 1.0 if mass == "per_label" else 1.0 / float(size)
 
 
 def cmap_multilabel_bruteforce(geom: ClassGeometry, feats: np.ndarray, pred_sets: np.ndarray,
@@ -70,7 +69,7 @@ def cmap_multilabel_bruteforce(geom: ClassGeometry, feats: np.ndarray, pred_sets
     out = np.empty(len(feats))
     for i, (h, s) in enumerate(zip(np.asarray(feats, dtype=np.float64), np.asarray(pred_sets, dtype=bool))):
         means, counts = geom.means.copy(), geom.counts.astype(np.float64).copy()
-        w = float(_set_mass(mass, s.sum()))
+        w = _set_mass(mass, int(s.sum()))
         for c in np.flatnonzero(s):
             means[c] = (counts[c] * means[c] + w * h) / (counts[c] + w)
             counts[c] += w
@@ -107,7 +106,7 @@ def cmap_multilabel(geom: ClassGeometry, feats: np.ndarray, pred_sets: np.ndarra
         for i in multi:
             h = np.asarray(feats[i], dtype=np.float64)
             S_idx = np.flatnonzero(sets[i])
-            w = float(_set_mass(mass, len(S_idx)))
+            w = _set_mass(mass, len(S_idx))
             new_means = (geom.counts[S_idx, None] * geom.means[S_idx] + w * h) / (geom.counts[S_idx, None] + w)
             newV = new_means - geom.center
             newU = newV / np.maximum(np.linalg.norm(newV, axis=1), _EPS)[:, None]

@@ -35,22 +35,21 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from ncalr_backend.service.labelstudio import header_value, make_client, webhook_url
-from ncalr_backend.service.urls import redact_urls
-
-
-def same_url_key(url: str) -> tuple:
-    """What makes two backend URLs the same backend: scheme, host and port (lower case, default
-    ports spelt out) and path (no trailing slash). Two backends behind one proxy differ by path."""
-    p = urlsplit(str(url).strip())
-    scheme = p.scheme.lower()
-    try:
-        port = p.port or {"http": 80, "https": 443}.get(scheme)
-    except ValueError:
-        port = None
-    return scheme, (p.hostname or "").lower(), port, p.path.rstrip("/")
 from ncalr_backend.service.settings import Settings
+from ncalr_backend.service.urls import URLRefused, parse_http_url, redact_urls
 
 log = logging.getLogger(__name__)
+
+
+def same_url_key(url: str) -> Optional[tuple]:
+    """What makes two backend URLs the same backend, read by the one URL parser (``urls``): the
+    origin (scheme, lower-case host, port with defaults spelt out) and the path without a trailing
+    slash. Two backends behind one proxy differ by path. None for a URL the parser refuses."""
+    try:
+        safe = parse_http_url(str(url).strip().rstrip("/") + "/")
+    except URLRefused:
+        return None
+    return safe.origin, safe.target.split("?", 1)[0].rstrip("/")
 
 SECRET_HEADER = "X-NCALR-Webhook-Secret"
 SECRET_FILE = "webhook_secret"
@@ -127,6 +126,7 @@ class Auth:
         self._checked: dict = {}  # (project, host) -> (when, has this backend)
         self._check_times: deque = deque()  # when each of the recent Label Studio checks was made
         self._budget_warned_at = float("-inf")
+        self._refused_warned_at = float("-inf")  # Start training refused for want of PUBLIC_URL
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ checks
@@ -173,7 +173,7 @@ class Auth:
             backends = [b for b in backends if b.get("basic_auth_user") == self.settings.basic_auth_user]
         if self.settings.public_url:
             ours = same_url_key(self.settings.public_url)
-            return [b for b in backends if same_url_key(str(b.get("url") or "")) == ours]
+            return [b for b in backends if ours is not None and same_url_key(str(b.get("url") or "")) == ours]
         if host:
             ours = [b for b in backends if urlsplit(str(b.get("url") or "")).netloc.lower() == host.lower()]
             if ours:
@@ -194,8 +194,8 @@ class Auth:
         if not self.settings.public_url:
             now = time.time()
             with self._lock:
-                if now - self._budget_warned_at >= CHECK_WINDOW_S:
-                    self._budget_warned_at = now
+                if now - self._refused_warned_at >= CHECK_WINDOW_S:
+                    self._refused_warned_at = now
                     log.warning("project %s: a Start training request without the webhook secret was refused: set "
                                 "PUBLIC_URL to this backend's URL as entered in Label Studio (or turn basic auth on) "
                                 "to accept Label Studio's Start training button (docs/security.md)", project_id)

@@ -154,18 +154,25 @@ def _document_root(env, name) -> Optional[str]:
     return path
 
 
-def _url(name: str, raw: Optional[str]) -> Optional[str]:
-    if raw is None:
-        return None
+def _base_url(name: str, raw: str, expected: str, example: str):
+    """(url without a trailing slash, its parts): an http(s) URL without query or fragment, read by
+    the parser the Label Studio client uses (``urls.parse_http_url``): one decides."""
     url = raw.rstrip("/")
-    try:  # the parser the Label Studio client uses on it (labelstudio.py): one decides
+    try:
         safe = parse_http_url(url + "/")
     except URLRefused as exc:
-        raise SettingsError(f"{name}={raw!r}: expected an http(s) URL such as http://localhost:8080 ({exc})") from None
+        raise SettingsError(f"{name}={raw!r}: expected {expected}, such as {example} ({exc})") from None
     parts = urlsplit(safe.url)
     if parts.query or parts.fragment or "?" in url or "#" in url:
         raise SettingsError(f"{name}={raw!r}: a URL with a query or fragment (one copied from the browser?); "
-                            "expected Label Studio's base URL, such as http://localhost:8080")
+                            f"expected {expected}, such as {example}")
+    return url, parts
+
+
+def _url(name: str, raw: Optional[str]) -> Optional[str]:
+    if raw is None:
+        return None
+    url, parts = _base_url(name, raw, "Label Studio's base URL, an http(s) URL", "http://localhost:8080")
     segments = [s.lower() for s in parts.path.split("/") if s]
     for bad in ("api", "projects"):
         if bad in segments:
@@ -179,15 +186,8 @@ def _public_url(raw: Optional[str]) -> Optional[str]:
     """PUBLIC_URL: this backend's URL as Label Studio has it (the project's Model settings)."""
     if raw is None:
         return None
-    try:
-        safe = parse_http_url(raw.rstrip("/") + "/")
-    except URLRefused as exc:
-        raise SettingsError(f"PUBLIC_URL={raw!r}: expected this backend's URL as entered in Label Studio's "
-                            f"Model settings, such as http://ncalr-backend:9090 ({exc})") from None
-    parts = urlsplit(safe.url)
-    if parts.query or parts.fragment or "?" in raw or "#" in raw:
-        raise SettingsError(f"PUBLIC_URL={raw!r}: a URL without query or fragment, such as http://ncalr-backend:9090")
-    return raw.rstrip("/")
+    return _base_url("PUBLIC_URL", raw, "this backend's URL as entered in Label Studio's Model settings",
+                     "http://ncalr-backend:9090")[0]
 
 
 _KEY_PREFIX = re.compile(r"^(token|bearer)\s+", re.IGNORECASE)
