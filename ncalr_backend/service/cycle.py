@@ -133,7 +133,7 @@ def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress:
         # never ship a broken model: once more, at a third of the learning rate, with another seed
         # ... and from scratch: if the previous model's weights are what diverges, warm-starting from
         # them again would fail every later cycle the same way (found by review)
-        retry = ecfg.replace(lr=ecfg.lr * DIVERGED_LR_FACTOR, seed=ecfg.seed + 1)
+        retry = ecfg.replace(lr=ecfg.base_lr * DIVERGED_LR_FACTOR, seed=ecfg.seed + 1)
         log.warning("project %s cycle %s: %s; training again from scratch at learning rate %g", run.project_id,
                     run.cycle, exc, retry.lr)
         run.report["diverged"] = {"first": str(exc), "retried_with_lr": retry.lr, "retried_from_scratch": True}

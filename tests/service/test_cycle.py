@@ -442,7 +442,7 @@ def test_a_diverging_training_is_retried_at_a_lower_rate_and_never_ships(setting
     inits = []
 
     def diverge_first(*a, **kw):
-        lrs.append(kw["config"].lr)
+        lrs.append(kw["config"].base_lr)
         inits.append(kw["init_state"])
         if len(lrs) == 1:
             raise engine.Diverged("the training loss became nan at epoch 3 (learning rate 0.05)")
@@ -451,8 +451,10 @@ def test_a_diverging_training_is_retried_at_a_lower_rate_and_never_ships(setting
     monkeypatch.setattr(engine, "run_cycle", diverge_first)
     ls = FakeLS()
     rep = run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
-    assert rep["status"] == "completed" and lrs == [ENGINE.lr, pytest.approx(ENGINE.lr * 0.3)]
-    assert rep["diverged"]["retried_with_lr"] == pytest.approx(ENGINE.lr * 0.3)
+    # ENGINE leaves lr at 0 (chosen by width): the retry is 0.3 x the rate the first run trained at
+    assert ENGINE.lr == 0 and ENGINE.base_lr > 0
+    assert rep["status"] == "completed" and lrs == [ENGINE.base_lr, pytest.approx(ENGINE.base_lr * 0.3)]
+    assert rep["diverged"]["retried_with_lr"] == pytest.approx(ENGINE.base_lr * 0.3)
     v1 = rep["model_version"]
     # the next cycle diverges from the warm start it is given: the retry starts from scratch, so
     # weights that diverge cannot stick a project (found by review)

@@ -335,8 +335,8 @@ class TerminalPhase:
         c = self.config
         if c.lr_schedule == "tpt-cosine" and self.t_i is not None:
             frac = min(1.0, (epoch - self.t_i) / self.window)
-            return c.lr * (c.lr_min_factor + (1 - c.lr_min_factor) * 0.5 * (1 + math.cos(math.pi * frac)))
-        return c.lr
+            return c.base_lr * (c.lr_min_factor + (1 - c.lr_min_factor) * 0.5 * (1 + math.cos(math.pi * frac)))
+        return c.base_lr
 
     def observe(self, epoch: int, train_acc: float, nc: dict, fit_acc: float | None = None) -> bool:
         """Record the epoch's accuracies (eval-mode, and the SGD pass's fit accuracy; None = the
@@ -477,7 +477,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     params = [p for p in model.parameters() if p.requires_grad]  # the fixed ETF head stays fixed
     K = model.fc.out_features
     run = _Run(model=model, xl=x_lab.to(device), yl=yl, loss=_Loss(yl, K, config, multilabel),
-               opt=torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+               opt=torch.optim.SGD(params, lr=config.base_lr, momentum=config.momentum,
                                    weight_decay=config.weight_decay, nesterov=config.momentum > 0),
                centres=(ClassCentres(K, model.fc.in_features, config.spa_momentum, device)
                         if config.spa != "none" else None),
