@@ -286,7 +286,7 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
     if at_ti is not None and "nc1" in at_ti:
         diag["nc1_at_t_i"] = at_ti["nc1"]
     meta = {**model.meta(), "warm_started": warm, "strategy": config.strategy, "device": str(device),
-            "multilabel": multilabel, "set_threshold": config.set_threshold, "served": tr.tpt.get("served")}
+            "lr": config.base_lr, "multilabel": multilabel, "set_threshold": config.set_threshold, "served": tr.tpt.get("served")}
     M = len(probs)
     if multilabel:
         confidence = (probs * pred_sets).sum(1).astype(np.float32) if M else np.zeros(0, np.float32)

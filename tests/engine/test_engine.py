@@ -132,6 +132,7 @@ def test_training_runs_at_the_width_chosen_rate():
     cfg = FAST.replace(lr=0.0, width=16, max_epochs=2, tpt_window=1, train_acc_threshold=1.0, lr_schedule="constant")
     res = run_cycle(x, y, x[:4], 4, cfg)
     assert [h["lr"] for h in res.history] == pytest.approx([0.025, 0.025])
+    assert res.meta["lr"] == pytest.approx(0.025)  # the config says 0; the record says what was used
 
 
 def test_local_pretrained_weights_initialise_the_backbone(tmp_path):

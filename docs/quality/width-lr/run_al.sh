@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The product's width (64) in the issue-11 active-learning protocol (digits, 10% -> 35% of the pool in
+# 5 cycles, 40-epoch cap, window 10, warm start, batch 32, one torch thread), at the learning rate
+# before 2026-12-01 (0.05 at every width) and at the width rule (lr=0: 0.00625 at width 64).
+#   SEEDS="0" bash docs/quality/width-lr/run_al.sh sym00 sym02
+# Outputs: docs/quality/width-lr/al/<setting>/lr<rate>/s<seed>/{results.json,table.md,run.log}
+set -uo pipefail
+cd "$(dirname "$0")/../../.."
+PY=${PY:-.venv/bin/python}
+SEEDS=${SEEDS:-0}
+STRATS=${STRATS:-ncalr,margin}
+C=(--cycles 5 --initial 0.1 --query 0.05 --width 64 --max-epochs 40 --tpt-window 10 --warm-start true --threads 1
+   --strategies "$STRATS" --no-plot --set batch_size=32)
+args() {
+  case $1 in
+    sym00) echo "--noise-type none";;
+    sym02) echo "--noise-type symmetric --noise-rate 0.2";;
+    asym03) echo "--noise-type asymmetric --noise-rate 0.3";;
+    *) echo "unknown setting $1" >&2; return 2;;
+  esac
+}
+for s in "$@"; do
+  args "$s" > /dev/null || exit 2
+  for seed in $SEEDS; do
+    for lr in 0.05 0; do
+      d="docs/quality/width-lr/al/$s/lr$lr/s$seed"; mkdir -p "$d"
+      [ -f "$d/results.json" ] && { echo "skip $d"; continue; }
+      # shellcheck disable=SC2046
+      "$PY" -m ncalr_backend.bench quality "${C[@]}" --set "lr=$lr" $(args "$s") --seeds "$seed," --out "$d" > "$d/run.log" 2>&1
+      echo "$d rc=$?"
+    done
+  done
+done
