@@ -29,7 +29,7 @@ from flask import jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ncalr_backend.service import dashboard
-from ncalr_backend.service.auth import SECRET_HEADER, Auth
+from ncalr_backend.service.auth import SECRET_HEADER, WHOAMI_PATH, Auth
 from ncalr_backend.service import review
 from ncalr_backend.service.labelconfig import LabelConfigError
 from ncalr_backend.service.labelstudio import make_client
@@ -209,15 +209,27 @@ class Backend:
             self.auth.resync_soon(pid, request.host)
         hint = ""
         if action in ("START_TRAINING", "train"):
-            hint = (" Label Studio's Start training button carries no such header: it is accepted with PUBLIC_URL set "
-                    "to this backend's URL as entered in Label Studio (a backend of the project at exactly it), or "
-                    "with basic auth." if not self.settings.public_url else
+            hint = (" Label Studio's Start training button carries no such header: it is accepted for a project with "
+                    "an ML backend whose URL reaches this backend (asked at " + WHOAMI_PATH + "); if Label Studio "
+                    "knows this backend by an address it cannot reach itself, set PUBLIC_URL to that address, or "
+                    "turn basic auth on." if not self.settings.public_url else
                     " Start training is accepted without it only for a project with an ML backend at PUBLIC_URL.")
         return _error(f"webhook not authenticated: the {SECRET_HEADER} header is missing or wrong. Label Studio's "
                       "webhook for this backend gets it automatically (see docs/security.md); nothing was changed."
                       + hint, 401)
 
     # ------------------------------------------------------------------ routes
+    def whoami(self):
+        """GET WHOAMI_PATH?c=<32 hex>: the proof that this process holds the webhook secret
+        (auth.whoami_proof); how the backend recognises its own URL among a project's ML backends."""
+        try:
+            proof = self.auth.whoami(request.args.get("c", ""))
+        except ValueError as exc:
+            return _error(f"c: {exc}", 400)
+        resp = jsonify({"proof": proof})
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
     def health(self):
         return jsonify({"status": "UP", "model_class": self.model_class.__name__,
                         "scheduler": "rq" if self.settings.redis_url else "embedded"})
@@ -485,6 +497,7 @@ def create_app(model_class, settings: Optional[Settings] = None, autostart: bool
     app.view_functions["get_version"] = backend.versions
     app.add_url_rule("/versions", "get_version_get", backend.versions, methods=["GET"])
     app.add_url_rule("/status", "status", backend.status, methods=["GET"])
+    app.add_url_rule(WHOAMI_PATH, "ncalr_whoami", backend.whoami, methods=["GET"])
     dashboard.register(app, backend)  # GET / (the page), /dashboard/progress, /dashboard/thumb/...
     if autostart:
         backend.scheduler()

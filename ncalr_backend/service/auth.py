@@ -22,10 +22,13 @@ See docs/security.md for the threat model.
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -34,7 +37,9 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-from ncalr_backend.service.labelstudio import header_value, make_client, webhook_url
+import requests
+
+from ncalr_backend.service.labelstudio import header_value, make_client, read_body, webhook_url
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.urls import URLRefused, parse_http_url, redact_urls
 
@@ -50,6 +55,22 @@ def same_url_key(url: str) -> Optional[tuple]:
     except URLRefused:
         return None
     return safe.origin, safe.target.split("?", 1)[0].rstrip("/")
+
+WHOAMI_PATH = "/ncalr/whoami"  # GET ?c=<challenge>: {"proof": HMAC-SHA256(secret, challenge)} (``whoami_proof``)
+WHOAMI_TIMEOUT_S = 3.0  # asking a backend URL whether it is this backend: connect + answer
+WHOAMI_MAX_BYTES = 4096
+WHOAMI_PROBES = 8  # at most this many of a project's ML backends are asked per check
+IDENTITY_TTL_S = 600.0  # a URL found to be this backend is believed this long; one found not to be, RESYNC_EVERY_S
+_CHALLENGE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def whoami_proof(secret: str, challenge: str) -> str:
+    """What this backend answers at WHOAMI_PATH for ``challenge``: only a process that holds the
+    webhook secret can give it, and it tells nothing about the secret."""
+    if not _CHALLENGE.match(challenge or ""):
+        raise ValueError("the challenge must be 32 lower-case hex digits")
+    return hmac.new(secret.encode(), b"ncalr-whoami\0" + challenge.encode(), hashlib.sha256).hexdigest()
+
 
 SECRET_HEADER = "X-NCALR-Webhook-Secret"
 SECRET_FILE = "webhook_secret"
@@ -118,15 +139,15 @@ class Auth:
         self.settings = settings
         self.secret = load_or_create_secret(settings.model_dir, settings.webhook_secret)
         if not settings.public_url and not settings.basic_auth_user:
-            log.warning("PUBLIC_URL is not set (nor basic auth): the webhook secret goes to the project webhook at "
-                        "the address a request names (its Host header), which any client can set, and Label "
-                        "Studio's Start training button is refused; set PUBLIC_URL to this backend's URL as "
-                        "entered in Label Studio (docs/security.md)")
+            log.info("PUBLIC_URL is not set: this backend finds its own ML backend in a project by asking each "
+                     "backend URL Label Studio has for the project to prove it holds this backend's secret (%s); "
+                     "a URL it cannot reach from here is not recognised: then set PUBLIC_URL (docs/security.md)",
+                     WHOAMI_PATH)
+        self._identity: dict = {}  # same_url_key -> (when, is this backend)
         self._resync_at: dict = {}
-        self._checked: dict = {}  # (project, host) -> (when, has this backend)
+        self._checked: dict = {}  # project -> (when, has this backend)
         self._check_times: deque = deque()  # when each of the recent Label Studio checks was made
         self._budget_warned_at = float("-inf")
-        self._refused_warned_at = float("-inf")  # Start training refused for want of PUBLIC_URL
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ checks
@@ -161,19 +182,60 @@ class Auth:
             h["Authorization"] = self.basic_header()
         return h
 
+    def whoami(self, challenge: str) -> str:
+        """The answer of WHOAMI_PATH (ValueError for a malformed challenge)."""
+        return whoami_proof(self.secret, challenge)
+
+    def is_this_backend(self, url: str) -> bool:
+        """Whether ``url`` (a project's ML backend URL in Label Studio's records) reaches this backend:
+        it is asked at WHOAMI_PATH with a fresh random challenge and must answer with the proof only
+        the holder of this backend's secret can compute. No credential is sent; redirects are not
+        followed; the answer is read within WHOAMI_TIMEOUT_S and WHOAMI_MAX_BYTES. A URL this
+        backend cannot reach (Label Studio sees it by another name) is not recognised. The answer is
+        kept (IDENTITY_TTL_S when yes, RESYNC_EVERY_S when no)."""
+        key, now = same_url_key(url), time.time()
+        if key is None:
+            return False
+        with self._lock:
+            hit = self._identity.get(key)
+            if hit is not None and now - hit[0] < (IDENTITY_TTL_S if hit[1] else RESYNC_EVERY_S):
+                return hit[1]
+        challenge = secrets.token_hex(16)
+        ok = False
+        try:
+            safe = parse_http_url(str(url).strip().rstrip("/") + WHOAMI_PATH + "?c=" + challenge)
+            with requests.get(safe.url, timeout=WHOAMI_TIMEOUT_S, allow_redirects=False, stream=True,
+                              headers={"Accept": "application/json"}) as r:
+                if r.status_code == 200:
+                    body = read_body(r, WHOAMI_MAX_BYTES, WHOAMI_TIMEOUT_S, "whoami")
+                    proof = json.loads(body).get("proof")
+                    ok = isinstance(proof, str) and hmac.compare_digest(
+                        proof.encode(), whoami_proof(self.secret, challenge).encode())
+        except Exception as exc:  # unreachable, refused, not JSON, too large, too slow: not us
+            log.debug("%s does not prove to be this backend: %s", redact_urls(str(url)), exc)
+        with self._lock:
+            if len(self._identity) > 10000:
+                self._identity.clear()
+            self._identity[key] = (now, ok)
+        return ok
+
     # ------------------------------------------------------------------ Label Studio side
     def _our_backends(self, client, project_id: int, host: Optional[str], only_one_counts: bool = True) -> list:
         """The project's ML backends that are this backend: at ``PUBLIC_URL``'s address when it is
-        set (then nothing else counts); otherwise at the address the request named (its Host
-        header), or (``only_one_counts``) the only one there is; with basic auth, the same user.
-        The Host header is the client's word: this serves adding our headers to a webhook only,
-        never authorisation (``project_has_us``)."""
+        set (then nothing else counts). Without it and without basic auth: those whose URL proves to
+        reach this backend (``is_this_backend``); the request's Host header decides nothing (a client
+        sets it at will: naming another team's backend once put our secret on that team's webhook).
+        With basic auth (every request that gets here passed it): the backends with our user, at
+        the address the request named (its Host header) or (``only_one_counts``) the only one."""
         backends = [b for b in client.list_ml_backends(project_id) if isinstance(b, dict)]
-        if self.settings.basic_auth_user:
-            backends = [b for b in backends if b.get("basic_auth_user") == self.settings.basic_auth_user]
         if self.settings.public_url:
+            if self.settings.basic_auth_user:
+                backends = [b for b in backends if b.get("basic_auth_user") == self.settings.basic_auth_user]
             ours = same_url_key(self.settings.public_url)
             return [b for b in backends if ours is not None and same_url_key(str(b.get("url") or "")) == ours]
+        if not self.settings.basic_auth_user:
+            return [b for b in backends[:WHOAMI_PROBES] if self.is_this_backend(str(b.get("url") or ""))]
+        backends = [b for b in backends if b.get("basic_auth_user") == self.settings.basic_auth_user]
         if host:
             ours = [b for b in backends if urlsplit(str(b.get("url") or "")).netloc.lower() == host.lower()]
             if ours:
@@ -181,26 +243,16 @@ class Auth:
         return backends if only_one_counts and len(backends) == 1 else []
 
     def project_has_us(self, project_id: int, host: Optional[str]) -> bool:
-        """Label Studio's "Start training" without basic auth (no custom header): accepted only with
-        ``PUBLIC_URL`` set and one of the project's ML backends at exactly that URL in Label
-        Studio's records. The request's Host header decides nothing (a client sets it at will:
-        naming another team's backend address started cycles in that team's project), and neither
-        does a webhook carrying our secret (without PUBLIC_URL the secret is placed by the Host
-        header, so two unauthenticated requests could put it on another team's webhook first;
-        both found by review). The answer is kept for RESYNC_EVERY_S, so unauthenticated requests
-        cannot make the backend hammer Label Studio; and requests varying the project id or the
-        Host header get at most CHECK_BUDGET checks per CHECK_WINDOW_S in all: beyond that the
-        answer is False, without asking Label Studio (logged once per window)."""
-        if not self.settings.public_url:
-            now = time.time()
-            with self._lock:
-                if now - self._refused_warned_at >= CHECK_WINDOW_S:
-                    self._refused_warned_at = now
-                    log.warning("project %s: a Start training request without the webhook secret was refused: set "
-                                "PUBLIC_URL to this backend's URL as entered in Label Studio (or turn basic auth on) "
-                                "to accept Label Studio's Start training button (docs/security.md)", project_id)
-            return False
-        key, now = (project_id, host), time.time()
+        """Label Studio's "Start training" without basic auth (no custom header): accepted only for a
+        project one of whose ML backends in Label Studio's records is this backend: at exactly
+        ``PUBLIC_URL`` when it is set, else at a URL that proves it (``is_this_backend``). The
+        request's Host header decides nothing (a client sets it at will: naming another team's
+        backend address started cycles in that team's project), and neither does a webhook
+        carrying our secret (found by review). The answer is kept for RESYNC_EVERY_S, so
+        unauthenticated requests cannot make the backend hammer Label Studio; and requests varying
+        the project id or the Host header get at most CHECK_BUDGET checks per CHECK_WINDOW_S in
+        all: beyond that the answer is False, without asking Label Studio (logged once per window)."""
+        key, now = project_id, time.time()  # the Host header plays no part in the answer
         with self._lock:
             hit = self._checked.get(key)
             if hit is not None and now - hit[0] < RESYNC_EVERY_S:
@@ -222,10 +274,14 @@ class Auth:
         except Exception as exc:
             log.warning("project %s: cannot check the ML backend connection with Label Studio: %s", project_id, exc)
             ok = False
-        if not ok:
+        if not ok and self.settings.public_url:
             log.warning("project %s: Start training refused: no ML backend of the project is at PUBLIC_URL (%s) in "
                         "Label Studio; PUBLIC_URL must be the URL entered in the project's Model settings",
                         project_id, redact_urls(self.settings.public_url))
+        elif not ok:
+            log.warning("project %s: Start training refused: no ML backend URL of the project in Label Studio "
+                        "reaches this backend from here (%s); if Label Studio knows it by an address this backend "
+                        "cannot reach, set PUBLIC_URL to that address", project_id, WHOAMI_PATH)
         with self._lock:
             self._checked[key] = (now, ok)
         return ok
@@ -233,9 +289,10 @@ class Auth:
     def ensure_webhook_headers(self, project_id: int, host: Optional[str], delays=(0.5, 2, 5, 15)) -> bool:
         """Add the secret (and basic auth) to the webhook Label Studio created for this backend, and
         renew it on any webhook that carries our header with an old value (only this backend puts that
-        header there). The fallback to a project's only backend (``_our_backends``) applies only while
-        no webhook of the project carries the header: once one does, the only backend may be another
-        service connected in our place, and our secret must not go to its webhook."""
+        header there). Which backend is this one: ``_our_backends``. With basic auth and without
+        PUBLIC_URL, its fallback to a project's only backend applies only while no webhook of the
+        project carries the header: once one does, the only backend may be another service connected
+        in our place, and our secret must not go to its webhook."""
         try:
             client = make_client(self.settings)
         except Exception:
@@ -267,9 +324,10 @@ class Auth:
                         "PUBLIC_URL to the URL entered in the project's Model settings (docs/security.md)",
                         project_id, redact_urls(self.settings.public_url))
             return False
-        log.warning("project %s: found no webhook of this backend to add its secret to; webhooks from Label "
-                    "Studio will be refused until it has the header %s (see docs/security.md)",
-                    project_id, SECRET_HEADER)
+        log.warning("project %s: found no webhook of this backend to add its secret to (no ML backend URL of the "
+                    "project reaches this backend from here); webhooks from Label Studio will be refused until it "
+                    "has the header %s: set PUBLIC_URL to this backend's URL as entered in Label Studio "
+                    "(docs/security.md)", project_id, SECRET_HEADER)
         return False
 
     def resync_soon(self, project_id: int, host: Optional[str]) -> None:

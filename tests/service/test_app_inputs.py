@@ -179,3 +179,17 @@ def test_start_training_without_the_secret_says_what_to_set(client):
     assert r.status_code == 401 and "PUBLIC_URL" in r.get_json()["error"], r.get_json()
     r = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 5}})
     assert r.status_code == 401 and "PUBLIC_URL" not in r.get_json()["error"]
+
+
+def test_whoami_proves_the_secret_to_whoever_asks_and_refuses_odd_challenges(client):
+    """GET /ncalr/whoami?c=<32 hex> answers HMAC(secret, challenge): how the backend recognises its
+    own URL among a project's ML backends without PUBLIC_URL (auth.is_this_backend)."""
+    from ncalr_backend.service import auth as auth_mod
+
+    secret = auth_mod.load_or_create_secret(client.model_dir)
+    r = client.get(auth_mod.WHOAMI_PATH + "?c=" + "ab" * 16)
+    assert r.status_code == 200 and r.get_json() == {"proof": auth_mod.whoami_proof(secret, "ab" * 16)}
+    assert r.headers["Cache-Control"] == "no-store" and secret not in r.get_data(as_text=True)
+    for bad in ("", "?c=", "?c=AB" + "ab" * 15, "?c=" + "ab" * 17, "?c=%00" + "a" * 31):
+        r = client.get(auth_mod.WHOAMI_PATH + bad)
+        assert r.status_code == 400 and "32 lower-case hex" in r.get_json()["error"], bad

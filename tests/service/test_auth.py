@@ -82,15 +82,15 @@ def test_unauthenticated_requests_cannot_make_the_backend_hammer_label_studio(tm
 
 
 def test_checks_of_unauthenticated_start_training_have_a_global_budget(tmp_path, monkeypatch, caplog):
-    """Varying the project id or the Host header misses the cache every time: at most CHECK_BUDGET
-    Label Studio calls per CHECK_WINDOW_S in all, refused beyond (logged once per window)."""
+    """Varying the project id misses the cache every time (the Host header is not part of the
+    answer): at most CHECK_BUDGET Label Studio calls per CHECK_WINDOW_S in all, refused beyond
+    (logged once per window)."""
     a, calls = _auth_with_backends(tmp_path, monkeypatch, lambda pid: [{"url": "http://backend:9090"}])
     clock = [1000.0]
     monkeypatch.setattr(auth_mod, "time", SimpleNamespace(time=lambda: clock[0], sleep=time.sleep))
     budget = auth_mod.CHECK_BUDGET
     with caplog.at_level("WARNING", logger=auth_mod.__name__):
-        oks = [a.project_has_us(pid, "backend:9090") for pid in range(1, 501)]
-        oks += [a.project_has_us(1, f"host-{i}.example") for i in range(500)]
+        oks = [a.project_has_us(pid, f"host-{pid}.example") for pid in range(1, 1001)]
     assert len(calls) == budget and oks[:budget] == [True] * budget and not any(oks[budget:])
     assert len([r for r in caplog.records if "START_TRAINING checks" in r.getMessage()]) == 1
     assert a.project_has_us(1, "backend:9090") and len(calls) == budget  # checked ones stay answered
@@ -105,11 +105,10 @@ def test_the_host_header_cannot_make_another_teams_project_ours(tmp_path, monkey
     review found the first fix open too: without PUBLIC_URL the secret is placed by the Host header
     (or on a project's only backend), so one unauthenticated request put it on the other team's
     webhook and a "secret on the backend's webhook" test then let the next one through. Start
-    training without basic auth now needs PUBLIC_URL, and a backend of the project at exactly it."""
+    training without basic auth now needs a backend of the project at exactly PUBLIC_URL, or (without
+    it) one whose URL proves to be this backend."""
     other = lambda pid: [{"url": "http://other-team.test:9090"}]  # noqa: E731
-    a, calls = _auth_with_backends(tmp_path, monkeypatch, other, public_url=None)  # our secret on its webhook
-    assert a.ensure_webhook_headers(7, "other-team.test:9090", delays=(0,))  # the placement still trusts Host
-    assert not a.project_has_us(7, "other-team.test:9090") and not a.project_has_us(7, None)
+    # without PUBLIC_URL: test_without_public_url_the_host_header_decides_nothing
     a, calls = _auth_with_backends(tmp_path / "b", monkeypatch, other, public_url="http://us.test:9090")
     assert not a.project_has_us(7, "other-team.test:9090") and calls == [7]
     a, _ = _auth_with_backends(tmp_path / "c", monkeypatch, lambda pid: [{"url": "http://US.test:9090/"}],
@@ -155,3 +154,124 @@ def test_with_public_url_the_host_header_is_not_read_at_all(tmp_path, monkeypatc
     assert a.ensure_webhook_headers(2, "other-team.test:9090", delays=(0,)) is False and patched == [2]
     with pytest.raises(SettingsError, match="PUBLIC_URL"):
         Settings.from_env({"PUBLIC_URL": "ftp://us.test"})
+
+
+# ------------------------------------------------------------------ recognising our own URL (no PUBLIC_URL)
+class _Server:
+    """A real HTTP server on 127.0.0.1 answering GET auth.WHOAMI_PATH with ``answer(challenge)``
+    (status, headers, body); ``hits`` counts the requests."""
+
+    def __init__(self, answer):
+        import http.server
+        from urllib.parse import parse_qs, urlsplit
+
+        outer = self
+        self.hits = 0
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.hits += 1
+                parts = urlsplit(self.path)
+                if parts.path != auth_mod.WHOAMI_PATH:
+                    self.send_response(404), self.end_headers()
+                    return
+                status, headers, body = answer(parse_qs(parts.query).get("c", [""])[0])
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _proving(secret):
+    import json
+
+    return lambda c: (200, {"Content-Type": "application/json"},
+                      json.dumps({"proof": auth_mod.whoami_proof(secret, c)}).encode())
+
+
+def test_a_backend_url_is_this_backend_only_if_it_proves_the_secret(tmp_path):
+    """Without PUBLIC_URL the backend asks each of a project's backend URLs (over HTTP, a fresh
+    challenge each time) for the proof only the holder of its secret can give: a URL that gives it
+    is this backend (a proxy in front of it too); another service, one with another secret, a
+    replayed or malformed answer, a redirect, an oversized body and a closed port are not."""
+    import json
+    import socket
+
+    a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path)}))
+    servers = {"us": _Server(_proving(a.secret)), "other": _Server(_proving("another backend's secret"))}
+    seen = []
+
+    def replay(c):  # answers with a proof it once saw, not for this challenge
+        seen.append(c)
+        return 200, {}, json.dumps({"proof": auth_mod.whoami_proof(a.secret, "0" * 32)}).encode()
+
+    servers["replay"] = _Server(replay)
+    servers["redirect"] = _Server(lambda c: (302, {"Location": servers["us"].url + auth_mod.WHOAMI_PATH + "?c=" + c}, b""))
+    servers["huge"] = _Server(lambda c: (200, {}, json.dumps({"proof": auth_mod.whoami_proof(a.secret, c),
+                                                               "pad": "x" * 10000}).encode()))
+    servers["garbage"] = _Server(lambda c: (200, {}, b"\xff<html>"))
+    try:
+        assert a.is_this_backend(servers["us"].url) and a.is_this_backend(servers["us"].url.upper() + "/")
+        assert servers["us"].hits == 1  # remembered (same URL, spelt differently)
+        for name in ("other", "replay", "redirect", "huge", "garbage"):
+            assert not a.is_this_backend(servers[name].url), name
+        assert servers["us"].hits == 1  # the redirect was not followed
+        assert len(seen) == 1 and len(set(seen[0])) > 1  # a random challenge, not a fixed one
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+        assert not a.is_this_backend(closed) and not a.is_this_backend("http://bad host/")
+        with pytest.raises(ValueError, match="32 lower-case hex"):
+            auth_mod.whoami_proof(a.secret, "../../etc")
+    finally:
+        for s in servers.values():
+            s.close()
+
+
+def test_without_public_url_the_host_header_decides_nothing(tmp_path, monkeypatch):
+    """The second half of the Host-header defect, left open until 2026-12-01: without PUBLIC_URL one
+    unauthenticated request naming another team's backend in ``Host`` put our secret on that
+    team's webhook (and a project's only backend was taken as ours). Now the secret goes only to
+    the webhook of a backend whose URL proves to be this backend, and Start training works without
+    PUBLIC_URL for exactly such a project."""
+    a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
+                                "LABEL_STUDIO_API_KEY": "k"}))
+    us, other = _Server(_proving(a.secret)), _Server(_proving("another backend's secret"))
+    other_host = other.url.split("//", 1)[1]
+    patched = []
+    backends = {7: [{"url": other.url}], 8: [{"url": other.url}, {"url": us.url + "/"}]}
+
+    class LS:
+        def list_ml_backends(self, pid):
+            return backends.get(pid, [])
+
+        def list_webhooks(self, pid):
+            return [{"id": 10 * pid + i, "url": b["url"].rstrip("/") + "/webhook", "headers": {}}
+                    for i, b in enumerate(backends.get(pid, []))]
+
+        def patch_webhook(self, hook_id, body):
+            patched.append(hook_id)
+
+    monkeypatch.setattr(auth_mod, "make_client", lambda settings: LS())
+    try:
+        # project 7: the other team's backend is the only one, and the request names it in Host
+        assert a.ensure_webhook_headers(7, other_host, delays=(0,)) is False and patched == []
+        assert not a.project_has_us(7, other_host)
+        # project 8 has us too: only our webhook gets the secret, whatever Host says
+        assert a.ensure_webhook_headers(8, other_host, delays=(0,)) is True and patched == [81]
+        assert a.project_has_us(8, other_host) and a.project_has_us(8, None)
+    finally:
+        us.close(), other.close()

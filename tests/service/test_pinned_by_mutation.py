@@ -268,11 +268,13 @@ def test_H9_a_cached_check_expires_so_a_disconnected_backend_loses_start_trainin
 
 @pytest.mark.parametrize("host", ["backend", "backend:90", "ackend:9090", "http:"])
 def test_H10_the_host_header_must_be_the_backends_whole_address(tmp_path, monkeypatch, host):
-    """Where the Host header still counts (adding the secret to a webhook, PUBLIC_URL unset), it must
-    be the backend's whole address, compared without regard to case."""
+    """Where the Host header still counts (adding the secret to a webhook with basic auth on, whose
+    request passed it, and PUBLIC_URL unset), it must be the backend's whole address, compared
+    without regard to case."""
     a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
-                                "LABEL_STUDIO_API_KEY": "k"}))
-    _, patched = _fake_ls(monkeypatch, lambda: [{"url": "http://backend:9090"}, {"url": "http://b2:1"}],
+                                "LABEL_STUDIO_API_KEY": "k", "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p"}))
+    _, patched = _fake_ls(monkeypatch, lambda: [{"url": "http://backend:9090", "basic_auth_user": "u"},
+                                                {"url": "http://b2:1", "basic_auth_user": "u"}],
                           [{"id": 1, "url": "http://backend:9090/webhook", "headers": {}}])
     assert not a.ensure_webhook_headers(1, host, delays=(0,)) and patched == []
     assert a.ensure_webhook_headers(1, "BACKEND:9090", delays=(0,)) and [h for h, _ in patched] == [1]
@@ -300,18 +302,21 @@ def test_H6b_once_a_webhook_carries_our_header_the_only_backend_fallback_is_off(
     (MODEL_DIR restored without webhook_secret). Our old webhook arrives with the old secret, gets
     401 and a resync; the fallback "the project's only backend is ours" put our new secret on the
     other backend's webhook (a leak, and the cycle's connection check then believed it was ours).
-    Now the webhook that carries our header is renewed and the other one is left alone."""
+    Now the webhook that carries our header is renewed and the other one is left alone. (Since
+    2026-12-01 the fallback exists only with basic auth on; without it, see test_auth.py's
+    test_without_public_url_the_host_header_decides_nothing.)"""
     a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
-                                "LABEL_STUDIO_API_KEY": "k"}))
+                                "LABEL_STUDIO_API_KEY": "k", "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p"}))
+    want = {auth_mod.SECRET_HEADER: a.secret, "Authorization": a.basic_header()}
     hooks = [{"id": 1, "url": "http://old-us:9090/webhook", "headers": {"x-ncalr-webhook-secret": "old"}},
              {"id": 2, "url": "http://other:9090/webhook", "headers": {}}]
-    _, patched = _fake_ls(monkeypatch, lambda: [{"url": "http://other:9090"}], hooks)
+    _, patched = _fake_ls(monkeypatch, lambda: [{"url": "http://other:9090", "basic_auth_user": "u"}], hooks)
     assert a.ensure_webhook_headers(1, "proxy-rewrote-this:80", delays=(0,)) is True
     assert [h for h, _ in patched] == [1]
-    assert patched[0][1]["headers"] == {auth_mod.SECRET_HEADER: a.secret}  # one spelling, the new value
+    assert patched[0][1]["headers"] == want  # one spelling, the new value
     # with no webhook carrying the header yet, the only backend is still taken as ours (a proxy
     # may have rewritten the Host), as before
-    _, patched = _fake_ls(monkeypatch, lambda: [{"url": "http://us:9090"}],
+    _, patched = _fake_ls(monkeypatch, lambda: [{"url": "http://us:9090", "basic_auth_user": "u"}],
                           [{"id": 3, "url": "http://us:9090/webhook", "headers": {}}])
     assert a.ensure_webhook_headers(1, "proxy-rewrote-this:80", delays=(0,)) is True
     assert [h for h, _ in patched] == [3]
