@@ -146,6 +146,7 @@ class Auth:
         self._identity: dict = {}  # same_url_key -> (when, is this backend)
         self._resync_at: dict = {}
         self._checked: dict = {}  # project -> (when, has this backend)
+        self._in_flight: set = set()  # projects whose check runs now
         self._check_times: deque = deque()  # when each of the recent Label Studio checks was made
         self._budget_warned_at = float("-inf")
         self._lock = threading.Lock()
@@ -186,13 +187,17 @@ class Auth:
         """The answer of WHOAMI_PATH (ValueError for a malformed challenge)."""
         return whoami_proof(self.secret, challenge)
 
-    def is_this_backend(self, url: str) -> bool:
+    def is_this_backend(self, url: str, deadline: Optional[float] = None) -> bool:
         """Whether ``url`` (a project's ML backend URL in Label Studio's records) reaches this backend:
-        it is asked at WHOAMI_PATH with a fresh random challenge and must answer with the proof only
-        the holder of this backend's secret can compute. No credential is sent; redirects are not
-        followed; the answer is read within WHOAMI_TIMEOUT_S and WHOAMI_MAX_BYTES. A URL this
-        backend cannot reach (Label Studio sees it by another name) is not recognised. The answer is
-        kept (IDENTITY_TTL_S when yes, RESYNC_EVERY_S when no)."""
+        ``GET <origin><path>/ncalr/whoami?c=<fresh random challenge>`` must answer with the proof only
+        the holder of this backend's secret can compute (``whoami_proof``). The probe URL is built
+        from the parsed origin and path (a backend URL with a query or fragment is not probed); no
+        credential is sent, no proxy from the environment is used, redirects are not followed, and
+        the whole answer (connect, headers, at most WHOAMI_MAX_BYTES) must arrive within
+        WHOAMI_TIMEOUT_S, or by ``deadline`` (time.monotonic()) when that is sooner. A URL this
+        backend cannot reach (Label Studio knows it by another name) is not recognised. A yes is
+        kept IDENTITY_TTL_S, a no RESYNC_EVERY_S; a probe that ran out of time is not kept (it may
+        have been this backend, busy)."""
         key, now = same_url_key(url), time.time()
         if key is None:
             return False
@@ -200,23 +205,37 @@ class Auth:
             hit = self._identity.get(key)
             if hit is not None and now - hit[0] < (IDENTITY_TTL_S if hit[1] else RESYNC_EVERY_S):
                 return hit[1]
+        raw = str(url).strip()
+        if "?" in raw or "#" in raw:
+            return False  # the probe would go to a query of someone's choosing
+        end = time.monotonic() + WHOAMI_TIMEOUT_S
+        if deadline is not None:
+            end = min(end, deadline)
         challenge = secrets.token_hex(16)
-        ok = False
+        ok, timed_out = False, False
         try:
-            safe = parse_http_url(str(url).strip().rstrip("/") + WHOAMI_PATH + "?c=" + challenge)
-            with requests.get(safe.url, timeout=WHOAMI_TIMEOUT_S, allow_redirects=False, stream=True,
+            origin, path = key
+            probe = parse_http_url(f"{origin}{path}{WHOAMI_PATH}?c={challenge}")
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no time left for this probe")
+            with requests.Session() as http:
+                http.trust_env = False  # HTTP(S)_PROXY, .netrc: not for asking a URL whether it is us
+                with http.get(probe.url, timeout=left, allow_redirects=False, stream=True,
                               headers={"Accept": "application/json"}) as r:
-                if r.status_code == 200:
-                    body = read_body(r, WHOAMI_MAX_BYTES, WHOAMI_TIMEOUT_S, "whoami")
-                    proof = json.loads(body).get("proof")
-                    ok = isinstance(proof, str) and hmac.compare_digest(
-                        proof.encode(), whoami_proof(self.secret, challenge).encode())
+                    if r.status_code == 200:
+                        body = read_body(r, WHOAMI_MAX_BYTES, max(0.0, end - time.monotonic()), "whoami")
+                        proof = json.loads(body).get("proof")
+                        ok = isinstance(proof, str) and hmac.compare_digest(
+                            proof.encode(), whoami_proof(self.secret, challenge).encode())
         except Exception as exc:  # unreachable, refused, not JSON, too large, too slow: not us
-            log.debug("%s does not prove to be this backend: %s", redact_urls(str(url)), exc)
-        with self._lock:
-            if len(self._identity) > 10000:
-                self._identity.clear()
-            self._identity[key] = (now, ok)
+            timed_out = time.monotonic() >= end or isinstance(exc, (requests.Timeout, TimeoutError))
+            log.debug("%s does not prove to be this backend: %s", redact_urls(raw), exc)
+        if not timed_out:
+            with self._lock:
+                if len(self._identity) > 10000:
+                    self._identity.clear()
+                self._identity[key] = (now, ok)
         return ok
 
     # ------------------------------------------------------------------ Label Studio side
@@ -233,8 +252,9 @@ class Auth:
                 backends = [b for b in backends if b.get("basic_auth_user") == self.settings.basic_auth_user]
             ours = same_url_key(self.settings.public_url)
             return [b for b in backends if ours is not None and same_url_key(str(b.get("url") or "")) == ours]
-        if not self.settings.basic_auth_user:
-            return [b for b in backends[:WHOAMI_PROBES] if self.is_this_backend(str(b.get("url") or ""))]
+        if not self.settings.basic_auth_user:  # at most WHOAMI_TIMEOUT_S of probing per call, in all
+            deadline = time.monotonic() + WHOAMI_TIMEOUT_S
+            return [b for b in backends[:WHOAMI_PROBES] if self.is_this_backend(str(b.get("url") or ""), deadline)]
         backends = [b for b in backends if b.get("basic_auth_user") == self.settings.basic_auth_user]
         if host:
             ours = [b for b in backends if urlsplit(str(b.get("url") or "")).netloc.lower() == host.lower()]
@@ -249,14 +269,18 @@ class Auth:
         request's Host header decides nothing (a client sets it at will: naming another team's
         backend address started cycles in that team's project), and neither does a webhook
         carrying our secret (found by review). The answer is kept for RESYNC_EVERY_S, so
-        unauthenticated requests cannot make the backend hammer Label Studio; and requests varying
-        the project id or the Host header get at most CHECK_BUDGET checks per CHECK_WINDOW_S in
-        all: beyond that the answer is False, without asking Label Studio (logged once per window)."""
+        unauthenticated requests cannot make the backend hammer Label Studio; a request for a
+        project whose check is running is refused (one check per project at a time, at most
+        WHOAMI_TIMEOUT_S of probing); and requests varying the project id get at most CHECK_BUDGET
+        checks per CHECK_WINDOW_S in all: beyond that the answer is False, without asking Label
+        Studio (logged once per window)."""
         key, now = project_id, time.time()  # the Host header plays no part in the answer
         with self._lock:
             hit = self._checked.get(key)
             if hit is not None and now - hit[0] < RESYNC_EVERY_S:
                 return hit[1]
+            if key in self._in_flight:  # the same check runs now: this press is a duplicate, refused
+                return False
             if len(self._checked) > 10000:
                 self._checked.clear()
             while self._check_times and now - self._check_times[0] >= CHECK_WINDOW_S:
@@ -269,11 +293,15 @@ class Auth:
                                 "or check who sends them", CHECK_BUDGET, CHECK_WINDOW_S)
                 return False
             self._check_times.append(now)
+            self._in_flight.add(key)
         try:
             ok = bool(self._our_backends(make_client(self.settings), project_id, None, only_one_counts=False))
         except Exception as exc:
             log.warning("project %s: cannot check the ML backend connection with Label Studio: %s", project_id, exc)
             ok = False
+        finally:
+            with self._lock:
+                self._in_flight.discard(key)
         if not ok and self.settings.public_url:
             log.warning("project %s: Start training refused: no ML backend of the project is at PUBLIC_URL (%s) in "
                         "Label Studio; PUBLIC_URL must be the URL entered in the project's Model settings",
@@ -287,9 +315,9 @@ class Auth:
         return ok
 
     def ensure_webhook_headers(self, project_id: int, host: Optional[str], delays=(0.5, 2, 5, 15)) -> bool:
-        """Add the secret (and basic auth) to the webhook Label Studio created for this backend, and
-        renew it on any webhook that carries our header with an old value (only this backend puts that
-        header there). Which backend is this one: ``_our_backends``. With basic auth and without
+        """Add the secret (and basic auth) to the webhook Label Studio created for this backend (at
+        its URL + /webhook), or renew it there when it carries an old value. Which backend is this
+        one: ``_our_backends``. With basic auth and without
         PUBLIC_URL, its fallback to a project's only backend applies only while no webhook of the
         project carries the header: once one does, the only backend may be another service connected
         in our place, and our secret must not go to its webhook."""
@@ -306,7 +334,10 @@ class Auth:
                           and header_value(h["headers"], SECRET_HEADER)]
                 urls = {webhook_url(b["url"])
                         for b in self._our_backends(client, project_id, host, only_one_counts=not marked)}
-                hooks = [h for h in every if str(h.get("url", "")).rstrip("/") in urls or h in marked]
+                # only the webhooks at our backends' addresses: a webhook carrying our header proves
+                # nothing (anyone who may edit a project's webhooks can add the header to one at their
+                # own URL, and renewing it sent them the secret; found by review)
+                hooks = [h for h in every if str(h.get("url", "")).rstrip("/") in urls]
                 for h in hooks:
                     have = h.get("headers") or {}
                     if any(have.get(k) != v for k, v in want.items()):

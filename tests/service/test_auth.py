@@ -275,3 +275,96 @@ def test_without_public_url_the_host_header_decides_nothing(tmp_path, monkeypatc
         assert a.project_has_us(8, other_host) and a.project_has_us(8, None)
     finally:
         us.close(), other.close()
+
+
+@pytest.mark.parametrize("public_url", [None, "http://us.test:9090"])
+def test_a_webhook_carrying_our_header_elsewhere_never_gets_the_secret(tmp_path, monkeypatch, public_url):
+    """Found by review: every webhook carrying the header X-NCALR-Webhook-Secret (any value) was
+    "renewed" with the real secret, whatever its URL; anyone who may edit a project's webhooks could
+    add one at their own URL with the header set to anything, and one unauthenticated request made
+    the backend send them the secret. Only webhooks at this backend's own addresses get it now."""
+    env = {"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test", "LABEL_STUDIO_API_KEY": "k"}
+    if public_url:
+        env["PUBLIC_URL"] = public_url
+    a = Auth(Settings.from_env(env))
+    us = _Server(_proving(a.secret))
+    ours = public_url or us.url
+    patched = []
+
+    class LS:
+        def list_ml_backends(self, pid):
+            return [{"url": ours}]
+
+        def list_webhooks(self, pid):
+            return [{"id": 99, "url": "http://evil.test/collect", "headers": {SECRET_HEADER: "x"}},
+                    {"id": 1, "url": ours + "/webhook", "headers": {SECRET_HEADER: "old"}}]
+
+        def patch_webhook(self, hook_id, body):
+            patched.append((hook_id, body["headers"][SECRET_HEADER]))
+
+    monkeypatch.setattr(auth_mod, "make_client", lambda settings: LS())
+    try:
+        assert a.ensure_webhook_headers(9, None, delays=(0,)) is True
+        assert patched == [(1, a.secret)]  # ours renewed; the one at evil.test untouched
+    finally:
+        us.close()
+
+
+def test_a_probe_never_asks_a_query_of_someone_elses_choosing_nor_a_proxy(tmp_path, monkeypatch):
+    """Found by review: the probe URL was the backend URL + the whoami path as a string, so a
+    backend URL ending in '?x=' made the backend GET any query; and requests' proxy variables
+    sent the probe to the proxy. Now a URL with a query or fragment is not probed, the probe is
+    built from the parsed origin and path, and no proxy from the environment is used."""
+    a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path)}))
+    us = _Server(_proving(a.secret))
+    try:
+        for odd in (us.url + "/admin/purge?confirm=yes&x=", us.url + "/#", us.url + "?"):
+            assert not a.is_this_backend(odd)
+        assert us.hits == 0
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # a proxy nobody runs
+        monkeypatch.setenv("NO_PROXY", "")
+        assert a.is_this_backend(us.url + "/") and us.hits == 1
+    finally:
+        us.close()
+
+
+def test_a_probe_that_times_out_is_not_remembered_and_one_check_per_project_runs(tmp_path, monkeypatch):
+    """Found by review: a busy backend (every request thread taken) timed out probing itself and
+    that "no" was kept 30 s; and concurrent presses for one project each ran the whole check.
+    Timeouts are not kept now, and a press for a project whose check is running is refused."""
+    a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
+                                "LABEL_STUDIO_API_KEY": "k"}))
+    slow = threading.Event()
+
+    def answer(c):
+        slow.wait(10)
+        return _proving(a.secret)(c)
+
+    us = _Server(answer)
+    monkeypatch.setattr(auth_mod, "WHOAMI_TIMEOUT_S", 0.5)
+    try:
+        assert not a.is_this_backend(us.url)  # too slow: not us, but not remembered either
+        slow.set()
+        assert a.is_this_backend(us.url) and us.hits == 2
+        slow.clear()
+        started, calls = threading.Event(), []
+
+        class LS:
+            def list_ml_backends(self, pid):
+                calls.append(pid)
+                started.set()
+                slow.wait(10)
+                return [{"url": us.url}]
+
+        monkeypatch.setattr(auth_mod, "make_client", lambda settings: LS())
+        first = []
+        t = threading.Thread(target=lambda: first.append(a.project_has_us(5, None)))
+        t.start()
+        assert started.wait(5)
+        assert a.project_has_us(5, None) is False  # the same project's check is running: refused
+        slow.set()
+        t.join(10)
+        assert first == [True] and calls == [5] and a.project_has_us(5, None)
+    finally:
+        slow.set()
+        us.close()

@@ -311,9 +311,15 @@ def test_H6b_once_a_webhook_carries_our_header_the_only_backend_fallback_is_off(
     hooks = [{"id": 1, "url": "http://old-us:9090/webhook", "headers": {"x-ncalr-webhook-secret": "old"}},
              {"id": 2, "url": "http://other:9090/webhook", "headers": {}}]
     _, patched = _fake_ls(monkeypatch, lambda: [{"url": "http://other:9090", "basic_auth_user": "u"}], hooks)
-    assert a.ensure_webhook_headers(1, "proxy-rewrote-this:80", delays=(0,)) is True
-    assert [h for h, _ in patched] == [1]
-    assert patched[0][1]["headers"] == want  # one spelling, the new value
+    # neither: the other backend's webhook carries no header (the fallback is off), and a webhook
+    # is renewed only at an address of ours (a header proves nothing: test_auth.py,
+    # test_a_webhook_carrying_our_header_elsewhere_never_gets_the_secret)
+    assert a.ensure_webhook_headers(1, "proxy-rewrote-this:80", delays=(0,)) is False and patched == []
+    # our webhook at our address (the Host names it) with the old value is renewed, one spelling
+    _, patched = _fake_ls(monkeypatch, lambda: [{"url": "http://old-us:9090", "basic_auth_user": "u"},
+                                                {"url": "http://other:9090", "basic_auth_user": "u"}], hooks)
+    assert a.ensure_webhook_headers(1, "old-us:9090", delays=(0,)) is True
+    assert [h for h, _ in patched] == [1] and patched[0][1]["headers"] == want
     # with no webhook carrying the header yet, the only backend is still taken as ours (a proxy
     # may have rewritten the Host), as before
     _, patched = _fake_ls(monkeypatch, lambda: [{"url": "http://us:9090", "basic_auth_user": "u"}],
