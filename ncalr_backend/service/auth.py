@@ -33,6 +33,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
@@ -62,6 +63,19 @@ WHOAMI_MAX_BYTES = 4096
 WHOAMI_PROBES = 8  # at most this many of a project's ML backends are asked per check
 IDENTITY_TTL_S = 600.0  # a URL found to be this backend is believed this long; one found not to be, RESYNC_EVERY_S
 _CHALLENGE = re.compile(r"^[0-9a-f]{32}$")
+
+
+PROBE_THREADS = 16  # whoami probes in flight at once, over all checks
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _probe_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=PROBE_THREADS, thread_name_prefix="ncalr-whoami")
+        return _pool
 
 
 def whoami_proof(secret: str, challenge: str) -> str:
@@ -187,14 +201,15 @@ class Auth:
         """The answer of WHOAMI_PATH (ValueError for a malformed challenge)."""
         return whoami_proof(self.secret, challenge)
 
-    def is_this_backend(self, url: str, deadline: Optional[float] = None) -> bool:
+    def is_this_backend(self, url: str) -> bool:
         """Whether ``url`` (a project's ML backend URL in Label Studio's records) reaches this backend:
         ``GET <origin><path>/ncalr/whoami?c=<fresh random challenge>`` must answer with the proof only
         the holder of this backend's secret can compute (``whoami_proof``). The probe URL is built
         from the parsed origin and path (a backend URL with a query or fragment is not probed); no
         credential is sent, no proxy from the environment is used, redirects are not followed, and
-        the whole answer (connect, headers, at most WHOAMI_MAX_BYTES) must arrive within
-        WHOAMI_TIMEOUT_S, or by ``deadline`` (time.monotonic()) when that is sooner. A URL this
+        each read waits at most WHOAMI_TIMEOUT_S and the body (at most WHOAMI_MAX_BYTES) must arrive
+        within it (headers dripped a byte at a time can hold the probe longer: ``_proven`` does
+        not wait for it). A URL this
         backend cannot reach (Label Studio knows it by another name) is not recognised. A yes is
         kept IDENTITY_TTL_S, a no RESYNC_EVERY_S; a probe that ran out of time is not kept (it may
         have been this backend, busy)."""
@@ -209,8 +224,6 @@ class Auth:
         if "?" in raw or "#" in raw:
             return False  # the probe would go to a query of someone's choosing
         end = time.monotonic() + WHOAMI_TIMEOUT_S
-        if deadline is not None:
-            end = min(end, deadline)
         challenge = secrets.token_hex(16)
         ok, timed_out = False, False
         try:
@@ -238,6 +251,21 @@ class Auth:
                 self._identity[key] = (now, ok)
         return ok
 
+    def _proven(self, backends: list) -> list:
+        """The backends whose URL proves to be this backend, probed side by side on a small pool of
+        threads (PROBE_THREADS, shared by all checks); the caller waits at most WHOAMI_TIMEOUT_S in
+        all, so a backend that never answers neither hides the others (found by review: one probe
+        after another under one deadline, a dead backend listed first used it up every time) nor
+        holds a request thread. A probe still running then does not count (its answer is kept
+        when it comes)."""
+        if not backends:
+            return []
+        futures = [_probe_pool().submit(self.is_this_backend, str(b.get("url") or "")) for b in backends]
+        done, late = wait(futures, timeout=WHOAMI_TIMEOUT_S)
+        for f in late:
+            f.cancel()  # not started yet (the pool is busy): dropped
+        return [b for b, f in zip(backends, futures) if f in done and f.exception() is None and f.result()]
+
     # ------------------------------------------------------------------ Label Studio side
     def _our_backends(self, client, project_id: int, host: Optional[str], only_one_counts: bool = True) -> list:
         """The project's ML backends that are this backend: at ``PUBLIC_URL``'s address when it is
@@ -252,9 +280,8 @@ class Auth:
                 backends = [b for b in backends if b.get("basic_auth_user") == self.settings.basic_auth_user]
             ours = same_url_key(self.settings.public_url)
             return [b for b in backends if ours is not None and same_url_key(str(b.get("url") or "")) == ours]
-        if not self.settings.basic_auth_user:  # at most WHOAMI_TIMEOUT_S of probing per call, in all
-            deadline = time.monotonic() + WHOAMI_TIMEOUT_S
-            return [b for b in backends[:WHOAMI_PROBES] if self.is_this_backend(str(b.get("url") or ""), deadline)]
+        if not self.settings.basic_auth_user:
+            return self._proven(backends[:WHOAMI_PROBES])
         backends = [b for b in backends if b.get("basic_auth_user") == self.settings.basic_auth_user]
         if host:
             ours = [b for b in backends if urlsplit(str(b.get("url") or "")).netloc.lower() == host.lower()]

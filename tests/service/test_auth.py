@@ -368,3 +368,33 @@ def test_a_probe_that_times_out_is_not_remembered_and_one_check_per_project_runs
     finally:
         slow.set()
         us.close()
+
+
+def test_a_backend_that_never_answers_neither_hides_ours_nor_holds_the_request(tmp_path, monkeypatch):
+    """Found by review: probes ran one after another under one deadline, so a backend that accepts
+    connections and never answers, listed before ours, used up the time on every check and ours
+    was never recognised. Probes run side by side now, and the check returns within the timeout."""
+    import socket
+
+    a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
+                                "LABEL_STUDIO_API_KEY": "k"}))
+    monkeypatch.setattr(auth_mod, "WHOAMI_TIMEOUT_S", 1.0)
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead.listen(16)  # accepts (the kernel does), never answers
+    us = _Server(_proving(a.secret))
+    backends = [{"url": f"http://127.0.0.1:{dead.getsockname()[1]}"}, {"url": us.url}]
+
+    class LS:
+        def list_ml_backends(self, pid):
+            return backends
+
+    monkeypatch.setattr(auth_mod, "make_client", lambda settings: LS())
+    try:
+        for _ in range(2):
+            t0 = time.monotonic()
+            assert a._our_backends(LS(), 3, None) == [backends[1]]
+            assert time.monotonic() - t0 < 2.5
+        assert a.project_has_us(3, None)
+    finally:
+        us.close(), dead.close()
