@@ -22,6 +22,7 @@ TPT_CRITERIA = ("accuracy", "plateau")
 SERVE = ("holdout", "tpt")
 FF_MODES = ("flips", "flips+margin", "margin")
 DIVERSITY = ("none", "clusters")
+LR_SCOPES = ("all", "head")
 LR_AT_WIDTH_8 = 0.05  # ``lr`` = 0: this up to width 8, scaled by 8 / width above it (``EngineConfig.base_lr``)
 
 
@@ -121,6 +122,10 @@ class EngineConfig:
     the first epochs and the clean test accuracy with 40 / 125 / 400 labels was 0.30 / 0.86 / 0.91;
     at 0.00625 the loss fell from the start and it was 0.70 / 0.92 / 0.95. N > 0 = exactly N at
     every width."""
+    lr_scope: str = "all"
+    """Where the width rule of ``lr`` = 0 applies: 'all' = every layer trains at ``base_lr``;
+    'head' = only the classifier head does, the rest at 0.05 (the head is what reads 8 x width
+    features). An explicit ``lr`` is used for every layer either way."""
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_schedule: str = "tpt-cosine"
@@ -259,6 +264,14 @@ class EngineConfig:
         """The learning rate training starts at: ``lr``, or with ``lr`` = 0 the width rule above."""
         return self.lr if self.lr > 0 else LR_AT_WIDTH_8 * min(1.0, 8.0 / self.width)
 
+    @property
+    def body_lr_factor(self) -> float:
+        """The layers before the head train at ``base_lr`` x this (1 unless ``lr_scope='head'``
+        scales the head alone)."""
+        if self.lr > 0 or self.lr_scope == "all":
+            return 1.0
+        return LR_AT_WIDTH_8 / self.base_lr
+
     def eval_batch(self, device) -> int:
         """``eval_batch_size`` on ``device`` (a torch.device), with 0 resolved per device."""
         if self.eval_batch_size > 0:
@@ -288,6 +301,8 @@ class EngineConfig:
             problems.append(f"fusion={self.fusion!r}: choose one of {list(FUSIONS)}")
         if self.ff_mode not in FF_MODES:
             problems.append(f"ff_mode={self.ff_mode!r}: choose one of {list(FF_MODES)}")
+        if self.lr_scope not in LR_SCOPES:
+            problems.append(f"lr_scope={self.lr_scope!r}: choose one of {list(LR_SCOPES)}")
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"lr_schedule={self.lr_schedule!r}: choose one of {list(LR_SCHEDULES)}")
         if self.loss not in LOSSES:

@@ -3,6 +3,7 @@
 # 5 cycles, 40-epoch cap, window 10, warm start, batch 32, one torch thread), at the learning rate
 # before 2026-12-01 (0.05 at every width) and at the width rule (lr=0: 0.00625 at width 64).
 #   SEEDS="0" bash docs/quality/width-lr/run_al.sh sym00 sym02
+#   RUNS="lr=0,lr_scope=head" SEEDS="0" bash docs/quality/width-lr/run_al.sh sym02 sym00   (the head alone)
 # Outputs: docs/quality/width-lr/al/<setting>/lr<rate>/s<seed>/{results.json,table.md,run.log}
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
@@ -22,11 +23,12 @@ args() {
 for s in "$@"; do
   args "$s" > /dev/null || exit 2
   for seed in $SEEDS; do
-    for lr in 0.05 0; do
-      d="docs/quality/width-lr/al/$s/lr$lr/s$seed"; mkdir -p "$d"
-      [ -f "$d/results.json" ] && { echo "skip $d"; continue; }
+    for run in ${RUNS:-lr=0.05 lr=0}; do  # each: engine settings joined by ','; lr=0 is the width rule
+      d="docs/quality/width-lr/al/$s/$(echo "$run" | tr -d '=' | tr ',' '_')/s$seed"; mkdir -p "$d"
+      [ -f "$d/results.json" ] || [ -f "$d/results.json.gz" ] && { echo "skip $d"; continue; }
+      sets=(); IFS=',' read -ra kv <<< "$run"; for x in "${kv[@]}"; do sets+=(--set "$x"); done
       # shellcheck disable=SC2046
-      "$PY" -m ncalr_backend.bench quality "${C[@]}" --set "lr=$lr" $(args "$s") --seeds "$seed," --out "$d" > "$d/run.log" 2>&1
+      "$PY" -m ncalr_backend.bench quality "${C[@]}" "${sets[@]}" $(args "$s") --seeds "$seed," --out "$d" > "$d/run.log" 2>&1
       echo "$d rc=$?"
     done
   done
