@@ -124,6 +124,9 @@ def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress:
     ecfg = ecfg.for_batch(batch)
     init_state = warm_start_state(run.store, snap.cfg, ecfg)
     run.report["warm_start"] = init_state is not None
+    run.report["lr"] = ecfg.base_lr  # NCALR_LR=0 (the default) chooses it by NCALR_WIDTH
+    log.info("project %s cycle %s: training ResNet-18 width %d at learning rate %g%s", run.project_id, run.cycle,
+             ecfg.width, ecfg.base_lr, " (chosen by width)" if ecfg.lr == 0 else "")
     t = time.time()
     try:
         res = engine.run_cycle(snap.x_lab, snap.y_lab, snap.x_pool, num_classes=snap.cfg.num_classes, config=ecfg,

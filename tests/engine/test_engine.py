@@ -135,33 +135,6 @@ def test_training_runs_at_the_width_chosen_rate():
     assert res.meta["lr"] == pytest.approx(0.025)  # the config says 0; the record says what was used
 
 
-def test_lr_scope_head_scales_the_head_alone(monkeypatch):
-    """lr_scope='head': the head at the width rule's rate, the layers before it at 0.05; the
-    optimiser's groups are set so at every epoch (an explicit lr: one rate everywhere)."""
-    import torch
-
-    from ncalr_backend.engine.training import trainer
-
-    assert EngineConfig(width=64, lr_scope="head").body_lr_factor == pytest.approx(8.0)
-    assert EngineConfig(width=64).body_lr_factor == 1.0 and EngineConfig(lr=0.1, lr_scope="head").body_lr_factor == 1.0
-    with pytest.raises(ConfigError, match="lr_scope"):
-        EngineConfig(lr_scope="body")
-    seen = []
-
-    class Recording(torch.optim.SGD):
-        def step(self, closure=None):
-            seen.append(sorted(round(g["lr"], 6) for g in self.param_groups))
-            return super().step(closure)
-
-    monkeypatch.setattr(trainer.torch.optim, "SGD", Recording)
-    x, y = separable(n_per=4)
-    cfg = FAST.replace(lr=0.0, lr_scope="head", width=16, max_epochs=2, tpt_window=1, train_acc_threshold=1.0,
-                       lr_schedule="constant")
-    res = run_cycle(x, y, x[:4], 4, cfg)
-    assert seen and all(s == [0.025, 0.05] for s in seen)  # head 0.05 x 8/16, the rest 0.05
-    assert [h["lr"] for h in res.history] == pytest.approx([0.025, 0.025])
-
-
 def test_local_pretrained_weights_initialise_the_backbone(tmp_path):
     import torch
     import torchvision

@@ -455,6 +455,7 @@ def test_a_diverging_training_is_retried_at_a_lower_rate_and_never_ships(setting
     assert ENGINE.lr == 0 and ENGINE.base_lr > 0
     assert rep["status"] == "completed" and lrs == [ENGINE.base_lr, pytest.approx(ENGINE.base_lr * 0.3)]
     assert rep["diverged"]["retried_with_lr"] == pytest.approx(ENGINE.base_lr * 0.3)
+    assert rep["lr"] == pytest.approx(ENGINE.base_lr)  # the report says the rate the cycle started at
     v1 = rep["model_version"]
     # the next cycle diverges from the warm start it is given: the retry starts from scratch, so
     # weights that diverge cannot stick a project (found by review)

@@ -3,7 +3,8 @@
 # 5 cycles, 40-epoch cap, window 10, warm start, batch 32, one torch thread), at the learning rate
 # before 2026-12-01 (0.05 at every width) and at the width rule (lr=0: 0.00625 at width 64).
 #   SEEDS="0" bash docs/quality/width-lr/run_al.sh sym00 sym02
-#   RUNS="lr=0,lr_scope=head" SEEDS="0" bash docs/quality/width-lr/run_al.sh sym02 sym00   (the head alone)
+#   RUNS="lr=0,lr_scope=head" SEEDS="0" bash docs/quality/width-lr/run_al.sh sym02   (the head alone: needs the
+#   engine of 7d2b1de, where lr_scope existed; removed after this measurement)
 # Outputs: docs/quality/width-lr/al/<setting>/lr<rate>/s<seed>/{results.json,table.md,run.log}
 set -uo pipefail
 cd "$(dirname "$0")/../../.."

@@ -251,7 +251,7 @@ def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
     trained on, the SGD pass's own view of how well the labels are fitted)."""
     model, config, device = run.model, run.config, run.device
     for g in run.opt.param_groups:
-        g["lr"] = lr * g.get("lr_factor", 1.0)
+        g["lr"] = lr
     model.train()
     loss_sum, seen, hits = 0.0, 0, 0
     multilabel = run.yl.ndim == 2
@@ -474,12 +474,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     yl = (y_lab.float() if multilabel else y_lab).to(device)
-    head_ids = {id(p) for p in model.fc.parameters()}
-    params = [  # the fixed ETF head stays fixed; the layers before the head at config.body_lr_factor
-        {"params": [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids],
-         "lr_factor": config.body_lr_factor},
-        {"params": [p for p in model.fc.parameters() if p.requires_grad], "lr_factor": 1.0}]
-    params = [g for g in params if g["params"]]
+    params = [p for p in model.parameters() if p.requires_grad]  # the fixed ETF head stays fixed
     K = model.fc.out_features
     run = _Run(model=model, xl=x_lab.to(device), yl=yl, loss=_Loss(yl, K, config, multilabel),
                opt=torch.optim.SGD(params, lr=config.base_lr, momentum=config.momentum,
