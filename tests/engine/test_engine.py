@@ -115,13 +115,13 @@ def test_config_validation_and_env():
 
 
 def test_learning_rate_is_chosen_by_width_unless_set():
-    """lr = 0 (the default): 0.05 up to width 8, 0.05 x 8 / width above it (the head reads 8 x width
-    features); a set lr is used at every width; a negative one is refused."""
-    assert EngineConfig().lr == 0
-    assert [EngineConfig(width=w).base_lr for w in (4, 8, 16, 64)] == pytest.approx([0.05, 0.05, 0.025, 0.00625])
+    """lr = 0: 0.05 up to width 8, 0.05 x 8 / width above it (the head reads 8 x width features);
+    a set lr, the default 0.05 too, is used at every width; a negative one is refused."""
+    assert EngineConfig().lr == 0.05 and EngineConfig(width=64).base_lr == 0.05
+    assert [EngineConfig(width=w, lr=0).base_lr for w in (4, 8, 16, 64)] == pytest.approx([0.05, 0.05, 0.025, 0.00625])
     assert [EngineConfig(width=w, lr=0.2).base_lr for w in (4, 64)] == [0.2, 0.2]
     assert EngineConfig.from_env(environ={"NCALR_LR": "0.01", "NCALR_WIDTH": "64"}).base_lr == 0.01
-    assert EngineConfig(width=8).replace(width=64).base_lr == pytest.approx(0.00625)  # not fixed at construction
+    assert EngineConfig(width=8, lr=0).replace(width=64).base_lr == pytest.approx(0.00625)  # not fixed at construction
     with pytest.raises(ConfigError, match="lr must be >= 0"):
         EngineConfig(lr=-0.1)
 

@@ -451,11 +451,15 @@ def test_a_diverging_training_is_retried_at_a_lower_rate_and_never_ships(setting
     monkeypatch.setattr(engine, "run_cycle", diverge_first)
     ls = FakeLS()
     rep = run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
-    # ENGINE leaves lr at 0 (chosen by width): the retry is 0.3 x the rate the first run trained at
-    assert ENGINE.lr == 0 and ENGINE.base_lr > 0
     assert rep["status"] == "completed" and lrs == [ENGINE.base_lr, pytest.approx(ENGINE.base_lr * 0.3)]
     assert rep["diverged"]["retried_with_lr"] == pytest.approx(ENGINE.base_lr * 0.3)
     assert rep["lr"] == pytest.approx(ENGINE.base_lr)  # the report says the rate the cycle started at
+    # lr=0 (chosen by width): the retry is 0.3 x the rate the first run trained at, not 0.3 x 0
+    lrs.clear(), inits.clear()
+    by_width = ENGINE.replace(lr=0.0)
+    rep = run_project_cycle(settings, 1, "t1w", engine_config=by_width, client=ls)
+    assert rep["status"] == "completed" and lrs == [by_width.base_lr, pytest.approx(by_width.base_lr * 0.3)]
+    assert by_width.base_lr == pytest.approx(0.00625) and rep["lr"] == pytest.approx(0.00625)
     v1 = rep["model_version"]
     # the next cycle diverges from the warm start it is given: the retry starts from scratch, so
     # weights that diverge cannot stick a project (found by review)

@@ -13,7 +13,6 @@
 #   WARM=tpt STRATEGIES=ncalr SETTINGS="symmetric_0.0 symmetric_0.4" bash docs/quality/served-checkpoint/run.sh
 # width16_symmetric_0.4/: the same at width 16, 2 seeds, noise 0.4 only (commit bb50605, engine as 5af5dca):
 #   --seeds 2 --width 16 ... --strategies ncalr,ncalr:serve=tpt --noise-type symmetric --noise-rate 0.4
-#   (at learning rate 0.05, every width's rate then; since 2026-12-01 width 16 defaults to 0.025: add --set lr=0.05)
 # onset/: the first design (serve the checkpoint at T_i whenever the plateau fired), commit 89ca462.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
