@@ -157,42 +157,22 @@ def test_with_public_url_the_host_header_is_not_read_at_all(tmp_path, monkeypatc
 
 
 # ------------------------------------------------------------------ recognising our own URL (no PUBLIC_URL)
-class _Server:
-    """A real HTTP server on 127.0.0.1 answering GET auth.WHOAMI_PATH with ``answer(challenge)``
-    (status, headers, body); ``hits`` counts the requests."""
+def _server(answer):
+    """A real HTTP server on 127.0.0.1 (test_urls.Listener) answering GET auth.WHOAMI_PATH with
+    ``answer(challenge)`` (status, headers, body); ``.requests`` lists what it was asked."""
+    from urllib.parse import parse_qs, urlsplit
 
-    def __init__(self, answer):
-        import http.server
-        from urllib.parse import parse_qs, urlsplit
+    from tests.service.test_urls import Listener
 
-        outer = self
-        self.hits = 0
+    def route(path):
+        parts = urlsplit(path)
+        if parts.path != auth_mod.WHOAMI_PATH:
+            return 404, {}, b""
+        return answer(parse_qs(parts.query).get("c", [""])[0])
 
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.hits += 1
-                parts = urlsplit(self.path)
-                if parts.path != auth_mod.WHOAMI_PATH:
-                    self.send_response(404), self.end_headers()
-                    return
-                status, headers, body = answer(parse_qs(parts.query).get("c", [""])[0])
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    lst = Listener(route)
+    lst.url = f"http://127.0.0.1:{lst.port}"
+    return lst
 
 
 def _proving(secret):
@@ -211,24 +191,24 @@ def test_a_backend_url_is_this_backend_only_if_it_proves_the_secret(tmp_path):
     import socket
 
     a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path)}))
-    servers = {"us": _Server(_proving(a.secret)), "other": _Server(_proving("another backend's secret"))}
+    servers = {"us": _server(_proving(a.secret)), "other": _server(_proving("another backend's secret"))}
     seen = []
 
     def replay(c):  # answers with a proof it once saw, not for this challenge
         seen.append(c)
         return 200, {}, json.dumps({"proof": auth_mod.whoami_proof(a.secret, "0" * 32)}).encode()
 
-    servers["replay"] = _Server(replay)
-    servers["redirect"] = _Server(lambda c: (302, {"Location": servers["us"].url + auth_mod.WHOAMI_PATH + "?c=" + c}, b""))
-    servers["huge"] = _Server(lambda c: (200, {}, json.dumps({"proof": auth_mod.whoami_proof(a.secret, c),
+    servers["replay"] = _server(replay)
+    servers["redirect"] = _server(lambda c: (302, {"Location": servers["us"].url + auth_mod.WHOAMI_PATH + "?c=" + c}, b""))
+    servers["huge"] = _server(lambda c: (200, {}, json.dumps({"proof": auth_mod.whoami_proof(a.secret, c),
                                                                "pad": "x" * 10000}).encode()))
-    servers["garbage"] = _Server(lambda c: (200, {}, b"\xff<html>"))
+    servers["garbage"] = _server(lambda c: (200, {}, b"\xff<html>"))
     try:
         assert a.is_this_backend(servers["us"].url) and a.is_this_backend(servers["us"].url.upper() + "/")
-        assert servers["us"].hits == 1  # remembered (same URL, spelt differently)
+        assert len(servers["us"].requests) == 1  # remembered (same URL, spelt differently)
         for name in ("other", "replay", "redirect", "huge", "garbage"):
             assert not a.is_this_backend(servers[name].url), name
-        assert servers["us"].hits == 1  # the redirect was not followed
+        assert len(servers["us"].requests) == 1  # the redirect was not followed
         assert len(seen) == 1 and len(set(seen[0])) > 1  # a random challenge, not a fixed one
         with socket.socket() as s:  # a port nobody listens on
             s.bind(("127.0.0.1", 0))
@@ -249,7 +229,7 @@ def test_without_public_url_the_host_header_decides_nothing(tmp_path, monkeypatc
     PUBLIC_URL for exactly such a project."""
     a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
                                 "LABEL_STUDIO_API_KEY": "k"}))
-    us, other = _Server(_proving(a.secret)), _Server(_proving("another backend's secret"))
+    us, other = _server(_proving(a.secret)), _server(_proving("another backend's secret"))
     other_host = other.url.split("//", 1)[1]
     patched = []
     backends = {7: [{"url": other.url}], 8: [{"url": other.url}, {"url": us.url + "/"}]}
@@ -287,7 +267,7 @@ def test_a_webhook_carrying_our_header_elsewhere_never_gets_the_secret(tmp_path,
     if public_url:
         env["PUBLIC_URL"] = public_url
     a = Auth(Settings.from_env(env))
-    us = _Server(_proving(a.secret))
+    us = _server(_proving(a.secret))
     ours = public_url or us.url
     patched = []
 
@@ -316,14 +296,14 @@ def test_a_probe_never_asks_a_query_of_someone_elses_choosing_nor_a_proxy(tmp_pa
     sent the probe to the proxy. Now a URL with a query or fragment is not probed, the probe is
     built from the parsed origin and path, and no proxy from the environment is used."""
     a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path)}))
-    us = _Server(_proving(a.secret))
+    us = _server(_proving(a.secret))
     try:
         for odd in (us.url + "/admin/purge?confirm=yes&x=", us.url + "/#", us.url + "?"):
             assert not a.is_this_backend(odd)
-        assert us.hits == 0
+        assert len(us.requests) == 0
         monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # a proxy nobody runs
         monkeypatch.setenv("NO_PROXY", "")
-        assert a.is_this_backend(us.url + "/") and us.hits == 1
+        assert a.is_this_backend(us.url + "/") and len(us.requests) == 1
     finally:
         us.close()
 
@@ -340,12 +320,12 @@ def test_a_probe_that_times_out_is_not_remembered_and_one_check_per_project_runs
         slow.wait(10)
         return _proving(a.secret)(c)
 
-    us = _Server(answer)
+    us = _server(answer)
     monkeypatch.setattr(auth_mod, "WHOAMI_TIMEOUT_S", 0.5)
     try:
         assert not a.is_this_backend(us.url)  # too slow: not us, but not remembered either
         slow.set()
-        assert a.is_this_backend(us.url) and us.hits == 2
+        assert a.is_this_backend(us.url) and len(us.requests) == 2
         slow.clear()
         started, calls = threading.Event(), []
 
@@ -382,7 +362,7 @@ def test_a_backend_that_never_answers_neither_hides_ours_nor_holds_the_request(t
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))
     dead.listen(16)  # accepts (the kernel does), never answers
-    us = _Server(_proving(a.secret))
+    us = _server(_proving(a.secret))
     backends = [{"url": f"http://127.0.0.1:{dead.getsockname()[1]}"}, {"url": us.url}]
 
     class LS:
