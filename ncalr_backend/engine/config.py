@@ -130,10 +130,6 @@ class EngineConfig:
     """'constant', or 'tpt-cosine': constant until T_i, then cosine to lr_min_factor * base_lr over
     the window."""
     lr_min_factor: float = 0.1
-    warmup_epochs: float = 0.0
-    """Linear learning-rate warm-up over the first N epochs of each training (per step, from
-    base_lr / steps to base_lr; 0 = none, the default). Goyal et al. 2017's remedy for a large rate
-    whose first steps make the loss rise (seen at width 64 and 0.05; docs/quality/width-lr)."""
     augment: bool = True
     """Random translations (pad-and-crop, no flips: digits and text do not survive a flip)."""
     warm_start: bool = True
@@ -346,8 +342,6 @@ class EngineConfig:
             problems.append(f"mc_dropout={self.mc_dropout}: must be in [0, 1)")
         if self.lr < 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             problems.append("lr must be >= 0 (0 = chosen by width), weight_decay >= 0, momentum in [0, 1)")
-        if not 0.0 <= self.warmup_epochs <= self.max_epochs:
-            problems.append(f"warmup_epochs={self.warmup_epochs}: must be in [0, max_epochs]")
         if not 0.0 < self.lr_min_factor <= 1.0:
             problems.append(f"lr_min_factor={self.lr_min_factor}: must be in (0, 1]")
         if self.min_epochs > self.max_epochs:

@@ -135,25 +135,6 @@ def test_training_runs_at_the_width_chosen_rate():
     assert res.meta["lr"] == pytest.approx(0.025)  # the config says 0; the record says what was used
 
 
-def test_warmup_raises_the_rate_linearly_per_step_then_holds(monkeypatch):
-    """warmup_epochs = 1.5 with 2 steps an epoch: the first 3 optimiser steps run at 1/3, 2/3 and
-    3/3 of base_lr, every later one at base_lr; 0 (the default) never lowers it; out of range refused."""
-    import torch
-
-    seen = []
-    step = torch.optim.SGD.step
-    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: (seen.append(self.param_groups[0]["lr"]), step(self, *a, **k))[1])
-    x, y = separable(n_per=4)  # 16 samples, batch 8: 2 steps an epoch
-    cfg = FAST.replace(lr=0.03, batch_size=8, max_epochs=3, tpt_window=1, train_acc_threshold=1.0, lr_schedule="constant")
-    run_cycle(x, y, x[:4], 4, cfg.replace(warmup_epochs=1.5))
-    assert seen == pytest.approx([0.01, 0.02, 0.03, 0.03, 0.03, 0.03])
-    seen.clear()
-    run_cycle(x, y, x[:4], 4, cfg)
-    assert seen == pytest.approx([0.03] * 6)
-    with pytest.raises(ConfigError, match="warmup_epochs"):
-        EngineConfig(warmup_epochs=-1)
-
-
 def test_local_pretrained_weights_initialise_the_backbone(tmp_path):
     import torch
     import torchvision

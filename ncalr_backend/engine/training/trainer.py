@@ -255,15 +255,8 @@ def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
     model.train()
     loss_sum, seen, hits = 0.0, 0, 0
     multilabel = run.yl.ndim == 2
-    warmup = config.warmup_epochs * run.steps_total / max(config.max_epochs, 1)  # in steps
     for idx in _batches(len(run.xl), config.batch_size, run.gen):
         run.check_stop()
-        if run.step < warmup:
-            for g in run.opt.param_groups:
-                g["lr"] = lr * (run.step + 1) / warmup
-        elif warmup:
-            for g in run.opt.param_groups:
-                g["lr"] = lr
         idx = idx.to(device)
         xb, yb = run.xl[idx], run.yl[idx]
         if config.augment:
