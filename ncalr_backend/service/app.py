@@ -201,7 +201,9 @@ class Backend:
 
     def authentic_or_401(self, action: str, pid: Optional[int]):
         """None when the state-changing request is authentic (auth.py), else the 401 answer."""
-        if self.auth.webhook_ok(request.headers):
+        if self.auth.webhook_ok(request.headers, pid):
+            if pid is not None and self.settings.basic_auth_user and not self.auth.key_ok(request.headers, pid):
+                self.auth.resync_soon(pid, request.host)  # authentic by basic auth: still give the webhook its key
             return None
         if action in ("START_TRAINING", "train") and pid is not None and self.auth.project_has_us(pid, request.host):
             return None  # Label Studio's "Start training" button: no custom header, checked with Label Studio
@@ -214,9 +216,11 @@ class Backend:
                     "knows this backend by an address it cannot reach itself, set PUBLIC_URL to that address, or "
                     "turn basic auth on." if not self.settings.public_url else
                     " Start training is accepted without it only for a project with an ML backend at PUBLIC_URL.")
-        return _error(f"webhook not authenticated: the {SECRET_HEADER} header is missing or wrong. Label Studio's "
-                      "webhook for this backend gets it automatically (see docs/security.md); nothing was changed."
-                      + hint, 401)
+        if pid is None:
+            hint += " The body names no project ('project': {\"id\": N}), and each project has its own key."
+        return _error(f"webhook not authenticated: the {SECRET_HEADER} header is missing or wrong (each project's "
+                      "webhook carries its own key). Label Studio's webhook for this backend gets it automatically "
+                      "(see docs/security.md); nothing was changed." + hint, 401)
 
     # ------------------------------------------------------------------ routes
     def whoami(self):

@@ -5,10 +5,11 @@
 * **Webhook secret** (on by default): ``/webhook`` and ``/train`` change state (they count
   annotations and start cycles), so they need proof that Label Studio sent them. On first start the
   backend generates a secret (``MODEL_DIR/webhook_secret``, mode 0600; ``WEBHOOK_SECRET`` overrides)
-  and adds it as the ``X-NCALR-Webhook-Secret`` header to the project webhook Label Studio creates
-  for it (``ensure_webhook_headers``: on ``/setup``, and again whenever a webhook arrives without
-  it). A webhook without the secret gets 401 and changes nothing; with basic auth on, a request
-  that passed basic auth is authentic too.
+  and adds the project's key derived from it (``project_key``) as the ``X-NCALR-Webhook-Secret``
+  header to the project webhook Label Studio creates for it (``ensure_webhook_headers``: on
+  ``/setup``, and again whenever a webhook arrives without it). A webhook without its project's
+  key gets 401 and changes nothing; with basic auth on, a request that passed basic auth is
+  authentic too.
 * **Start training** is the one exception Label Studio forces: its button posts ``START_TRAINING``
   to ``/webhook`` through the ML-backend connection, which carries basic auth but no custom
   header. Without basic auth such a request is checked against Label Studio itself (the project
@@ -42,20 +43,10 @@ import requests
 
 from ncalr_backend.service.labelstudio import header_value, make_client, read_body, webhook_url
 from ncalr_backend.service.settings import Settings
-from ncalr_backend.service.urls import URLRefused, parse_http_url, redact_urls
+from ncalr_backend.service.urls import parse_http_url, redact_urls, same_url_key
 
 log = logging.getLogger(__name__)
 
-
-def same_url_key(url: str) -> Optional[tuple]:
-    """What makes two backend URLs the same backend, read by the one URL parser (``urls``): the
-    origin (scheme, lower-case host, port with defaults spelt out) and the path without a trailing
-    slash. Two backends behind one proxy differ by path. None for a URL the parser refuses."""
-    try:
-        safe = parse_http_url(str(url).strip().rstrip("/") + "/")
-    except URLRefused:
-        return None
-    return safe.origin, safe.target.split("?", 1)[0].rstrip("/")
 
 WHOAMI_PATH = "/ncalr/whoami"  # GET ?c=<challenge>: {"proof": HMAC-SHA256(secret, challenge)} (``whoami_proof``)
 WHOAMI_TIMEOUT_S = 3.0  # asking a backend URL whether it is this backend: connect + answer
@@ -87,7 +78,18 @@ def whoami_proof(secret: str, challenge: str) -> str:
 
 
 SECRET_HEADER = "X-NCALR-Webhook-Secret"
-SECRET_FILE = "webhook_secret"
+
+
+def project_key(secret: str, project_id: int) -> str:
+    """The value of SECRET_HEADER on project ``project_id``'s webhook: HMAC-SHA256(secret,
+    "ncalr-webhook\0" + id), hex. Each project's webhook carries its own key, so a member of one
+    project who reads its webhook's headers in Label Studio (any member may) learns nothing that
+    authenticates a webhook for another project, nor the secret itself."""
+    if isinstance(project_id, bool) or not isinstance(project_id, int) or project_id <= 0:
+        raise ValueError("project_id must be a positive integer")
+    return hmac.new(secret.encode(), b"ncalr-webhook\0" + str(project_id).encode(), hashlib.sha256).hexdigest()
+SECRET_FILE = "webhook_key_secret"  # what project keys derive from; never on a webhook
+LEGACY_SECRET_FILE = "webhook_secret"  # before 2026-12-01: the value every webhook carried (exposed)
 RESYNC_EVERY_S = 30.0  # at most one header repair (or connection check) per project in this time
 MAX_RESYNCS = 20  # ... and at most this many projects' repairs in that time
 CHECK_BUDGET = 20  # at most this many Label Studio checks of unauthenticated "Start training"s ...
@@ -107,8 +109,10 @@ def is_loopback(addr: Optional[str]) -> bool:
 
 
 def load_or_create_secret(model_dir: Path, override: Optional[str] = None) -> str:
-    """The webhook secret: ``override`` if given, else the one in ``model_dir`` (created once,
-    atomically, readable by the owner only; concurrent first starts agree on one)."""
+    """The secret project keys derive from: ``override`` (WEBHOOK_KEY_SECRET) if given, else the one
+    in ``model_dir`` (SECRET_FILE, created once, atomically, readable by the owner only; concurrent
+    first starts agree on one). Not LEGACY_SECRET_FILE: that value was on every project's webhook,
+    readable by its members, and keys derived from it would be known too (found by review)."""
     if override:
         return override
     path = Path(model_dir) / SECRET_FILE
@@ -130,17 +134,35 @@ def load_or_create_secret(model_dir: Path, override: Optional[str] = None) -> st
     return value
 
 
-def our_webhook_header(settings: Settings) -> Optional[tuple]:
-    """(SECRET_HEADER, secret): the header this backend adds to its own webhook, by which a cycle
-    tells its project's webhooks apart (``LabelStudioClient.not_connected_reason``); None while no
-    secret exists yet. Reads, never creates: a cycle worker must not mint a second secret."""
-    if settings.webhook_secret:
-        return SECRET_HEADER, settings.webhook_secret
+def legacy_secret(settings: Settings) -> Optional[str]:
+    """The value every webhook carried before per-project keys (WEBHOOK_SECRET, or
+    LEGACY_SECRET_FILE in MODEL_DIR), or None: only to recognise it on a webhook and replace it."""
+    if settings.legacy_webhook_secret:
+        return settings.legacy_webhook_secret
     try:
-        value = (Path(settings.model_dir) / SECRET_FILE).read_text().strip()
+        return (Path(settings.model_dir) / LEGACY_SECRET_FILE).read_text().strip() or None
     except OSError:
         return None
-    return (SECRET_HEADER, value) if value else None
+
+
+def our_webhook_header(settings: Settings, project_id: int) -> Optional[tuple]:
+    """(SECRET_HEADER, key): the header this backend adds to project ``project_id``'s webhook
+    (``project_key``), by which a cycle tells its project's webhooks apart
+    (``LabelStudioClient.not_connected_reason``); None while no secret exists yet. Reads, never
+    creates: a cycle worker must not mint a second secret."""
+    value = settings.webhook_secret
+    if not value:
+        try:
+            value = (Path(settings.model_dir) / SECRET_FILE).read_text().strip()
+        except OSError:
+            return None
+    return (SECRET_HEADER, project_key(value, project_id)) if value else None
+
+
+def connection_check(settings: Settings, project_id: int) -> tuple:
+    """The arguments after the project id of ``LabelStudioClient.not_connected_reason`` for this
+    backend: (its webhook header for the project, PUBLIC_URL, the basic-auth user)."""
+    return our_webhook_header(settings, project_id), settings.public_url or None, settings.basic_auth_user or None
 
 
 def basic_header(settings: Settings) -> str:
@@ -152,6 +174,7 @@ class Auth:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.secret = load_or_create_secret(settings.model_dir, settings.webhook_secret)
+        self.legacy = legacy_secret(settings)
         if not settings.public_url and not settings.basic_auth_user:
             log.info("PUBLIC_URL is not set: this backend finds its own ML backend in a project by asking each "
                      "backend URL Label Studio has for the project to prove it holds this backend's secret (%s); "
@@ -181,18 +204,29 @@ class Auth:
         only this machine."""
         return bool(self.settings.basic_auth_user) or is_loopback(remote_addr)
 
-    def webhook_ok(self, headers) -> bool:
-        """A request to /webhook or /train is authentic (basic auth was checked before this)."""
+    def webhook_ok(self, headers, project_id: Optional[int]) -> bool:
+        """A request to /webhook or /train about ``project_id`` (the payload's, parsed once by the
+        caller) is authentic: basic auth (checked before this), or SECRET_HEADER carrying that
+        project's key (``project_key``). Without a project id there is no key to check."""
         if self.settings.basic_auth_user:
             return True
+        if project_id is None:
+            return False
+        return self.key_ok(headers, project_id)
+
+    def key_ok(self, headers, project_id: Optional[int]) -> bool:
+        """SECRET_HEADER carries project ``project_id``'s key."""
+        if project_id is None:
+            return False
         given = headers.get(SECRET_HEADER) or ""
-        return hmac.compare_digest(given.encode(), self.secret.encode())
+        return hmac.compare_digest(given.encode(), project_key(self.secret, project_id).encode())
 
     def basic_header(self) -> str:
         return basic_header(self.settings)
 
-    def wanted_headers(self) -> dict:
-        h = {SECRET_HEADER: self.secret}
+    def wanted_headers(self, project_id: int) -> dict:
+        """The headers project ``project_id``'s webhook for this backend must carry."""
+        h = {SECRET_HEADER: project_key(self.secret, project_id)}
         if self.settings.basic_auth_user:
             h["Authorization"] = self.basic_header()
         return h
@@ -352,7 +386,7 @@ class Auth:
             client = make_client(self.settings)
         except Exception:
             return False
-        want = self.wanted_headers()
+        want = self.wanted_headers(project_id)
         for delay in delays:
             time.sleep(delay)
             try:
@@ -364,7 +398,8 @@ class Auth:
                 # only the webhooks at our backends' addresses: a webhook carrying our header proves
                 # nothing (anyone who may edit a project's webhooks can add the header to one at their
                 # own URL, and renewing it sent them the secret; found by review)
-                hooks = [h for h in every if str(h.get("url", "")).rstrip("/") in urls]
+                hooks = [h for h in every if str(h.get("url", "")).rstrip("/") in urls
+                         and h.get("project") in (None, project_id)]
                 for h in hooks:
                     have = h.get("headers") or {}
                     if any(have.get(k) != v for k, v in want.items()):
@@ -372,7 +407,21 @@ class Auth:
                         client.patch_webhook(h["id"], {"headers": {**keep, **want}})  # no second spelling
                         log.info("project %s: set the webhook secret%s on webhook %s", project_id,
                                  " and basic auth" if "Authorization" in want else "", h["id"])
-                if hooks:
+                # before per-project keys every webhook carried the one secret: where a webhook of this
+                # project still carries exactly that value (ours at an address Label Studio no longer
+                # lists for the backend, its URL edited since), replace it by the project's key alone.
+                # Whoever placed it knew the old value, readable only where a project's members could
+                # read that project's key anyway; no basic-auth header goes to such a webhook.
+                legacy = [h for h in every if h not in hooks and h.get("project") in (None, project_id)
+                          and self.legacy and isinstance(h.get("headers"), dict)
+                          and hmac.compare_digest(header_value(h["headers"], SECRET_HEADER).encode(),
+                                                  self.legacy.encode())]
+                for h in legacy:
+                    keep = {k: v for k, v in h["headers"].items() if str(k).lower() != SECRET_HEADER.lower()}
+                    client.patch_webhook(h["id"], {"headers": {**keep, SECRET_HEADER: want[SECRET_HEADER]}})
+                    log.info("project %s: replaced the old shared webhook secret by the project's key on webhook %s",
+                             project_id, h["id"])
+                if hooks or legacy:
                     return True
             except Exception as exc:
                 log.warning("project %s: cannot update the webhook's headers yet: %s", project_id, exc)

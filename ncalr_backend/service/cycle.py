@@ -30,7 +30,7 @@ from typing import Callable, Optional
 
 from ncalr_backend.atomic import atomic_write_json
 from ncalr_backend.service import review
-from ncalr_backend.service.auth import our_webhook_header
+from ncalr_backend.service.auth import connection_check
 from ncalr_backend.service.errors import CycleError
 from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError, make_client
 from ncalr_backend.service.insight import record_cycle_extras
@@ -267,7 +267,7 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
     ``skipped`` in state.json, so /status): its webhook outlives the backend it was made for."""
     client = client or make_client(settings)
     store = ProjectStore(settings.model_dir, project_id)
-    why = client.not_connected_reason(project_id, our_webhook_header(settings))
+    why = client.not_connected_reason(project_id, *connection_check(settings, project_id))
     if why is not None:
         why += (", so no cycle ran. Label Studio keeps a backend's webhook after the backend is disconnected: "
                 "connect this backend again, or delete its webhook (project Settings > Webhooks) to stop these requests")

@@ -23,7 +23,7 @@ from typing import Iterator, List, Optional, Sequence
 import requests
 import requests.adapters
 
-from ncalr_backend.service.urls import SafeURL, URLRefused, join, parse_host_rules, parse_http_url, redact_urls
+from ncalr_backend.service.urls import SafeURL, URLRefused, join, parse_host_rules, parse_http_url, redact_urls, same_url_key
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +371,8 @@ class LabelStudioClient:
     def list_ml_backends(self, project_id: int) -> list:
         return self.get_json("/api/ml/", params={"project": int(project_id)})
 
-    def not_connected_reason(self, project_id: int, webhook_header: Optional[tuple] = None) -> Optional[str]:
+    def not_connected_reason(self, project_id: int, webhook_header: Optional[tuple] = None,
+                             public_url: Optional[str] = None, basic_user: Optional[str] = None) -> Optional[str]:
         """None when this backend is connected to the project, else why not (for the log and /status).
 
         Label Studio 1.23 keeps the webhook it made for a backend after the backend is disconnected
@@ -383,14 +384,34 @@ class LabelStudioClient:
         none of the project's backends is at one of them while each has its own webhook (disconnected,
         and another backend connected in its place; a backend without a webhook at its address had
         its URL edited, and may be this one). Label Studio's records are compared with each other,
-        never with the address a request came to (a proxy may rewrite it). When no webhook carries the secret yet (just
-        connected), any backend counts; when Label Studio will not say (403, 404), the answer is
-        connected."""
+        never with the address a request came to (a proxy may rewrite it). When no webhook carries the
+        project's key yet (just connected), any backend counts, except: with ``public_url`` (the
+        operator's word for this backend's URL in Label Studio) only a backend at exactly that URL
+        counts, whatever the webhooks say; and with ``basic_user`` (basic auth on) only a backend with
+        that user, and without ``public_url`` only once a webhook carries the project's key. Basic
+        auth's credentials sit on the webhook of every project that uses this backend, where its
+        members can read them, and a user name is no secret (found by review: a request
+        authenticated with them named a project with another ML backend of its own, and its cycle
+        wrote predictions there). When Label Studio will not say (403, 404), the answer is connected."""
         backends = _unless_refused(self.list_ml_backends, project_id)
         if not isinstance(backends, list):
             return None
         if not backends:
             return f"project {int(project_id)} has no ML backend connected in Label Studio"
+        backends = [b for b in backends if isinstance(b, dict)]
+        urls = [str(b.get("url") or "") for b in backends]
+        others = (f"project {int(project_id)} is connected to another ML backend in Label Studio "
+                  f"({', '.join(redact_urls(u.rstrip('/')) for u in urls[:3])}), not to this one")
+        if basic_user:
+            mine = [b for b in backends if b.get("basic_auth_user") == basic_user]
+            if not mine:
+                return others + " (none has this backend's basic-auth user)"
+            backends, urls = mine, [str(b.get("url") or "") for b in mine]
+        if public_url:
+            key = same_url_key(public_url)
+            if key is not None and any(same_url_key(u) == key for u in urls):
+                return None
+            return others + " (none is at PUBLIC_URL)"
         if webhook_header is None:
             return None
         name, value = webhook_header
@@ -399,8 +420,11 @@ class LabelStudioClient:
         ours = {str(h.get("url") or "").rstrip("/") for h in hooks if isinstance(h.get("headers"), dict)
                 and hmac.compare_digest(header_value(h["headers"], name).encode(), str(value).encode())}
         if not ours:
+            if basic_user:
+                return (f"project {int(project_id)}: no webhook of the project carries this backend's key yet, and with "
+                        "basic auth on a backend's user name is no proof (set PUBLIC_URL to this backend's URL as "
+                        "entered in Label Studio, or wait for the backend to add its key to the webhook)")
             return None
-        urls = [str(b.get("url") or "") for b in backends if isinstance(b, dict)]
         if any(webhook_url(u) in ours for u in urls):
             return None
         # Label Studio makes a backend's webhook when the backend is created, not when its URL is
@@ -409,8 +433,7 @@ class LabelStudioClient:
         every = {str(h.get("url") or "").rstrip("/") for h in hooks}
         if any(webhook_url(u) not in every for u in urls):
             return None
-        return (f"project {int(project_id)} is connected to another ML backend in Label Studio "
-                f"({', '.join(redact_urls(u.rstrip('/')) for u in urls[:3])}), not to this one")
+        return others
 
     def list_webhooks(self, project_id: int) -> list:
         return self.get_json("/api/webhooks/", params={"project": int(project_id)})

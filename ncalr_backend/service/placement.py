@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from ncalr_backend.data.images import ImageCache
 from ncalr_backend.service.annotations import winning_annotation
-from ncalr_backend.service.auth import our_webhook_header
+from ncalr_backend.service.auth import connection_check
 from ncalr_backend.service.errors import CycleError
 from ncalr_backend.service.labelconfig import parse_label_config
 from ncalr_backend.service.labelstudio import LabelStudioClient, make_client
@@ -53,7 +53,7 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
     ids = [i for i in dict.fromkeys(ids) if str(i) not in known]
     if not ids:
         return {"placed": 0}
-    why = client.not_connected_reason(project_id, our_webhook_header(settings))  # a disconnected backend's webhook
+    why = client.not_connected_reason(project_id, *connection_check(settings, project_id))  # a disconnected backend's webhook
     if why is not None:
         log.warning("%s: %d new task(s) not placed", why, len(ids))
         return {"placed": 0, "reason": why}

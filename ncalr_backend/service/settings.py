@@ -14,8 +14,11 @@ MODEL_DIR                      ``./model_dir``             Weights, scores, repo
 REDIS_URL                      (unset: embedded worker)    Send cycles to an RQ queue instead
 RQ_QUEUE                       ``ncalr``                   RQ queue name
 BASIC_AUTH_USER / _PASS        (unset: no auth)            HTTP basic auth for every route (/health too)
-WEBHOOK_SECRET                 (generated, in MODEL_DIR)   Secret Label Studio's webhooks must carry
-                                                           (header X-NCALR-Webhook-Secret)
+WEBHOOK_KEY_SECRET             (generated, in MODEL_DIR)   Secret each project's webhook key is derived
+                                                           from (header X-NCALR-Webhook-Secret: the key)
+WEBHOOK_SECRET                 (unset)                     Before 2026-12-01 the value every webhook
+                                                           carried; only with a new WEBHOOK_KEY_SECRET,
+                                                           to recognise and replace it on webhooks
 TRAIN_TRIGGER_FRACTION         ``0.02``                    New annotations (fraction of the project's
                                                            tasks) that start a cycle
 TRAIN_TRIGGER_MIN              ``10``                      Floor of that count
@@ -55,6 +58,7 @@ PUBLIC_URL                     (unset: the Host header)    This backend's URL as
 
 from __future__ import annotations
 
+import hmac
 import math
 import re
 import os
@@ -216,6 +220,10 @@ class Settings:
     basic_auth_user: Optional[str] = None
     basic_auth_pass: Optional[str] = field(default=None, repr=False)
     webhook_secret: Optional[str] = field(default=None, repr=False)
+    """WEBHOOK_KEY_SECRET: what each project's webhook key is derived from (auth.project_key)."""
+    legacy_webhook_secret: Optional[str] = field(default=None, repr=False)
+    """WEBHOOK_SECRET: the value every webhook carried before per-project keys (exposed: replaced on
+    webhooks where found, never accepted)."""
     train_trigger_fraction: float = 0.02
     train_trigger_min: int = 10
     image_size: int = 32
@@ -249,10 +257,17 @@ class Settings:
         if redis_url and (urlsplit(redis_url).scheme not in ("redis", "rediss", "unix")
                           or (urlsplit(redis_url).scheme != "unix" and not urlsplit(redis_url).hostname)):
             raise SettingsError(f"REDIS_URL={redis_url!r}: expected redis://host:port/db")
-        secret = _get(env, "WEBHOOK_SECRET")
+        secret, legacy = _get(env, "WEBHOOK_KEY_SECRET"), _get(env, "WEBHOOK_SECRET")
         if secret is not None and len(secret) < 16:
-            raise SettingsError("WEBHOOK_SECRET: at least 16 characters (it is all that stands between anyone who "
-                                "can reach the port and /webhook); unset it and the backend generates one")
+            raise SettingsError("WEBHOOK_KEY_SECRET: at least 16 characters (it is all that stands between anyone "
+                                "who can reach the port and /webhook); unset it and the backend generates one")
+        if legacy is not None and (secret is None or hmac.compare_digest(secret.encode(), legacy.encode())):
+            raise SettingsError(
+                "WEBHOOK_SECRET is replaced by WEBHOOK_KEY_SECRET: its value was the header on every project's "
+                "webhook, where Label Studio shows it to the project's members, so keys derived from it would be "
+                "known too. Set WEBHOOK_KEY_SECRET to a NEW value of at least 16 characters (or unset both and the "
+                "backend generates one); WEBHOOK_SECRET may stay set beside it for a while, so the backend can "
+                "recognise the old value on webhooks and replace it (docs/security.md)")
         channels = _int(env, "IMAGE_CHANNELS", 3)
         if channels not in (1, 3):
             raise SettingsError(f"IMAGE_CHANNELS={channels}: expected 1 (grayscale) or 3 (RGB)")
@@ -272,6 +287,7 @@ class Settings:
             basic_auth_user=user,
             basic_auth_pass=pw,
             webhook_secret=secret,
+            legacy_webhook_secret=legacy,
             train_trigger_fraction=_float(env, "TRAIN_TRIGGER_FRACTION", 0.02, 0.0, 1.0),
             train_trigger_min=_int(env, "TRAIN_TRIGGER_MIN", 10, 1),
             image_size=_int(env, "IMAGE_SIZE", _int(env, "NCALR_IMAGE_SIZE", 32, 8, 1024), 8, 1024),
@@ -324,7 +340,7 @@ class Settings:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("label_studio_api_key", "basic_auth_pass", "webhook_secret"):
+            if f.name in ("label_studio_api_key", "basic_auth_pass", "webhook_secret", "legacy_webhook_secret"):
                 v = "***" if v else None
             elif f.name == "redis_url" and v:
                 v = "set"

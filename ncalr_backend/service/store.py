@@ -2,7 +2,8 @@
 
 ```
 MODEL_DIR/
-  webhook_secret                  the secret Label Studio's webhooks carry (mode 0600; auth.py)
+  webhook_key_secret              what each project's webhook key derives from (mode 0600; auth.py)
+  webhook_secret                  before 2026-12-01: the value every webhook carried (only replaced)
   .backend.lock                   held by the one embedded-mode process using this MODEL_DIR
   cache/                          downloaded image files, keyed by sha256(url); least recently
                                   used files go beyond CACHE_MAX_MB

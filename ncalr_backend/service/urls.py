@@ -214,3 +214,14 @@ def redact_urls(text) -> str:
         return text
     text = _ABSOLUTE.sub(lambda m: _redact_one(m.group(0)), text)
     return _PATH_QUERY.sub(lambda m: m.group(1), text)
+
+
+def same_url_key(url: str) -> Optional[tuple]:
+    """What makes two backend URLs the same backend, read by the one URL parser (``urls``): the
+    origin (scheme, lower-case host, port with defaults spelt out) and the path without a trailing
+    slash. Two backends behind one proxy differ by path. None for a URL the parser refuses."""
+    try:
+        safe = parse_http_url(str(url).strip().rstrip("/") + "/")
+    except URLRefused:
+        return None
+    return safe.origin, safe.target.split("?", 1)[0].rstrip("/")

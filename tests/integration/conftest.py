@@ -127,7 +127,13 @@ class Backend:
     @property
     def secret(self) -> str:
         """The webhook secret the backend generated in its MODEL_DIR on first start."""
-        return (self.model_dir / "webhook_secret").read_text().strip()
+        return (self.model_dir / "webhook_key_secret").read_text().strip()
+
+    def key(self, pid: int) -> str:
+        """What project ``pid``'s webhook carries: the project's own key, derived from the secret."""
+        from ncalr_backend.service.auth import project_key
+
+        return project_key(self.secret, pid)
 
     def stop(self, kill=False):
         if self.proc:

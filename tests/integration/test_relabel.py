@@ -35,7 +35,7 @@ def test_suspect_labels_go_back_to_the_queue_for_another_annotator(admin, backen
     pid = admin.create_project("digits (relabel)")
     assert admin.upload_files(pid, [(n, d) for n, d, _ in digit_pngs(N_IMAGES, seed=13)]) == N_IMAGES
     ml = admin.connect_ml(pid, backend.url)
-    wait_for_webhook_auth(admin, pid, basic=False, secret=backend.secret)
+    wait_for_webhook_auth(admin, pid, basic=False, secret=backend.key(pid))
     tasks = admin.tasks(pid)
     for i, t in enumerate(tasks[:N_LABELED]):
         y = label_from_name(t["data"]["image"])

@@ -50,7 +50,7 @@ def project(admin, backend):
     assert admin.upload_files(pid, [(n, d) for n, d, _ in digit_pngs(N_IMAGES, seed=11)]) == N_IMAGES
     ml = admin.connect_ml(pid, backend.url)
     assert ml["state"] == "CO", ml
-    wait_for_webhook_auth(admin, pid, basic=False, secret=backend.secret)
+    wait_for_webhook_auth(admin, pid, basic=False, secret=backend.key(pid))
     return {"id": pid, "ml": ml["id"], "tasks": admin.tasks(pid)}
 
 

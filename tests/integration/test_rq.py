@@ -14,6 +14,7 @@ import time
 import pytest
 import requests
 
+from ncalr_backend.service.auth import project_key
 from ncalr_backend.service.demo import ROOT, BackendProcess, backend_env, digit_pngs, free_port, label_from_name
 
 from .conftest import BACKEND_SETTINGS, _tail, wait_for_webhook_auth
@@ -107,7 +108,7 @@ def test_cycles_run_in_rq_workers_one_at_a_time_per_project(admin, rq_stack):
     admin.upload_files(pid, [(n, d) for n, d, _ in files])
     ml = admin.connect_ml(pid, backend.url)
     assert ml["state"] == "CO"
-    secret = (rq_stack["model_dir"] / "webhook_secret").read_text().strip()
+    secret = project_key((rq_stack["model_dir"] / "webhook_key_secret").read_text().strip(), pid)
     wait_for_webhook_auth(admin, pid, basic=False, secret=secret)  # no basic auth: the secret alone
     tasks = admin.tasks(pid)
     for t in tasks[:BACKEND_SETTINGS["TRAIN_TRIGGER_MIN"]]:
@@ -140,7 +141,7 @@ def test_a_worker_killed_mid_cycle_is_rerun_by_the_reaper_without_a_web_restart(
     only one new version goes live (the killed cycle's never does)."""
     pid, done = STATE["pid"], STATE["cycles"]
     backend = rq_stack["backend"]
-    secret = (rq_stack["model_dir"] / "webhook_secret").read_text().strip()
+    secret = project_key((rq_stack["model_dir"] / "webhook_key_secret").read_text().strip(), pid)
     r = requests.post(f"{backend.url}/webhook", json={"action": "START_TRAINING", "project": {"id": pid}},
                       headers={"X-NCALR-Webhook-Secret": secret}, timeout=10)
     assert r.status_code == 201 and r.json()["queued"], r.text

@@ -98,10 +98,12 @@ def _wait_stage(backend, pid, cycle, stage, timeout=120):
 def test_label_studio_webhook_gets_the_generated_secret(admin, backend, project):
     secret = backend.secret
     assert len(secret) >= 40
-    assert (backend.model_dir / "webhook_secret").stat().st_mode & 0o077 == 0  # owner only
-    hooks = wait_for_webhook_auth(admin, project["id"], basic=False, secret=secret)
+    assert (backend.model_dir / "webhook_key_secret").stat().st_mode & 0o077 == 0  # owner only
+    hooks = wait_for_webhook_auth(admin, project["id"], basic=False, secret=backend.key(project["id"]))
     assert "Authorization" not in hooks[0]["headers"]  # no basic auth in this set-up
-    assert secret not in _tail(backend.log_path, 400)  # never logged
+    assert secret not in json.dumps(hooks)  # the project's own key, never the secret itself
+    log = _tail(backend.log_path, 400)
+    assert secret not in log and backend.key(project["id"]) not in log  # never logged
 
 
 def test_forged_webhooks_get_401_and_change_nothing(backend, project, listener):
@@ -116,7 +118,9 @@ def test_forged_webhooks_get_401_and_change_nothing(backend, project, listener):
         {"action": "PROJECT_UPDATED", "project": {"id": pid}},
     ]
     for body in forged:
-        for secret in (None, "wrong-" + backend.secret):
+        # nothing, a wrong value, the secret itself (what every webhook carried before), and another
+        # project's key (readable by that project's members in Label Studio)
+        for secret in (None, "wrong-" + backend.key(pid), backend.secret, backend.key(pid + 1)):
             r = _post(backend, body, secret)
             assert r.status_code == 401, (body, r.text)
             assert SECRET_HEADER in r.json()["error"] and "nothing was changed" in r.json()["error"]
@@ -130,7 +134,7 @@ def test_forged_webhooks_get_401_and_change_nothing(backend, project, listener):
     assert not (backend.model_dir / "projects" / "987654").exists()
     assert listener.hits == []
     # the real secret is accepted (counted, far below the threshold)
-    r = _post(backend, forged[0], backend.secret)
+    r = _post(backend, forged[0], backend.key(pid))
     assert r.status_code == 201 and r.json()["counted"] == 1
 
 
@@ -318,10 +322,10 @@ def test_a_project_that_connected_another_backend_in_our_place_gets_no_cycle(adm
         hooks = admin.req("GET", "/api/webhooks/", params={"project": pid}).json()
         assert sorted(h["url"] for h in hooks) == sorted([f"{backend.url}/webhook", f"{other.url}/webhook"])
         assert [h["headers"].get(SECRET_HEADER) for h in hooks if h["url"] == f"{backend.url}/webhook"] == \
-            [backend.secret]  # ours still carries the secret: that is how the cycle tells them apart
+            [backend.key(pid)]  # ours still carries its key: that is how the cycle tells them apart
         before = backend.status(pid)
         version = admin.project(pid)["model_version"]
-        assert _post(backend, {"action": "START_TRAINING", "project": {"id": pid}}, backend.secret).status_code == 201
+        assert _post(backend, {"action": "START_TRAINING", "project": {"id": pid}}, backend.key(pid)).status_code == 201
         s = backend.wait(pid, lambda s: "another ML backend" in ((s.get("skipped") or {}).get("reason") or "")
                          and not s["scheduler"]["running"] and not s["scheduler"]["waiting"], 120, "the skipped cycle")
         assert other.url in s["skipped"]["reason"]
@@ -335,7 +339,7 @@ def test_a_project_that_connected_another_backend_in_our_place_gets_no_cycle(adm
     assert ours["state"] == "CO", ours
     hooks = admin.req("GET", "/api/webhooks/", params={"project": pid}).json()
     assert [h["url"] for h in hooks].count(f"{backend.url}/webhook") == 1
-    assert _post(backend, {"action": "START_TRAINING", "project": {"id": pid}}, backend.secret).status_code == 201
+    assert _post(backend, {"action": "START_TRAINING", "project": {"id": pid}}, backend.key(pid)).status_code == 201
     s = backend.wait(pid, lambda s: (s.get("last_completed") or 0) > (before["last_completed"] or 0)
                      and not s["scheduler"]["running"] and not s["scheduler"]["waiting"], 300, "the cycle once reconnected")
     assert s.get("skipped") is None
@@ -350,7 +354,7 @@ def test_a_project_that_connected_another_backend_in_our_place_gets_no_cycle(adm
     hooks = admin.req("GET", "/api/webhooks/", params={"project": pid}).json()
     assert f"{moved}/webhook" not in [h["url"] for h in hooks]  # no webhook at the new address
     done = s["last_completed"]
-    assert _post(backend, {"action": "START_TRAINING", "project": {"id": pid}}, backend.secret).status_code == 201
+    assert _post(backend, {"action": "START_TRAINING", "project": {"id": pid}}, backend.key(pid)).status_code == 201
     s = backend.wait(pid, lambda s: (s.get("last_completed") or 0) > done
                      and not s["scheduler"]["running"] and not s["scheduler"]["waiting"], 300, "the cycle after the edit")
     assert s.get("skipped") is None and admin.project(pid)["model_version"] == s["model_version"]

@@ -60,13 +60,13 @@ def test_versions_needs_an_object_body_and_a_real_project(client):
 
 
 def test_a_malformed_annotations_deleted_is_refused_before_the_review_list_reads_it(client):
-    from ncalr_backend.service.auth import SECRET_HEADER
+    from ncalr_backend.service.auth import SECRET_HEADER, project_key
     from ncalr_backend.service.store import ProjectStore
 
     store = ProjectStore(client.model_dir, 1)
     store.root.mkdir(parents=True, exist_ok=True)
     (store.root / "review.json").write_text("{}")  # a project with a suspected-label-errors list
-    secret = (client.model_dir / "webhook_secret").read_text().strip()
+    secret = project_key((client.model_dir / "webhook_key_secret").read_text().strip(), 1)
     for bad in (5, "x", [5], [{"no_id": 1}], None):
         r = client.post("/webhook", headers={SECRET_HEADER: secret},
                         json={"action": "ANNOTATIONS_DELETED", "project": {"id": 1}, "annotations": bad})
@@ -76,13 +76,13 @@ def test_a_malformed_annotations_deleted_is_refused_before_the_review_list_reads
 def test_a_webhook_is_counted_when_the_project_mirror_is_damaged(client):
     """The hint goes into a new mirror (mirror.py sets the damaged one aside); the annotation is
     counted. It used to be a 500, and the annotation went uncounted."""
-    from ncalr_backend.service.auth import SECRET_HEADER
+    from ncalr_backend.service.auth import SECRET_HEADER, project_key
     from ncalr_backend.service.store import ProjectStore
 
     store = ProjectStore(client.model_dir, 2)
     store.root.mkdir(parents=True, exist_ok=True)
     (store.root / "mirror.sqlite").write_bytes(b"not SQLite " * 500)
-    secret = (client.model_dir / "webhook_secret").read_text().strip()
+    secret = project_key((client.model_dir / "webhook_key_secret").read_text().strip(), 2)
     r = client.post("/webhook", headers={SECRET_HEADER: secret},
                     json={"action": "ANNOTATION_CREATED", "project": {"id": 2, "task_number": 50},
                           "task": {"id": 9}, "annotation": {"id": 1, "task": 9, "result": []}})
@@ -95,11 +95,12 @@ def test_annotations_created_from_predictions_are_counted_and_a_skip_is_no_revie
     """Found by review: ANNOTATIONS_CREATED (Data Manager: "Create annotations from predictions", a list
     under "annotation") was answered "unknown action" and never counted; a skip (a cancelled
     ANNOTATION_CREATED) of a listed suspect took it off the list as if reviewed."""
-    from ncalr_backend.service.auth import SECRET_HEADER
+    from ncalr_backend.service.auth import SECRET_HEADER, project_key
     from ncalr_backend.service.store import ProjectStore
 
-    secret = (client.model_dir / "webhook_secret").read_text().strip()
-    post = lambda body: client.post("/webhook", headers={SECRET_HEADER: secret}, json=body)  # noqa: E731
+    secret = (client.model_dir / "webhook_key_secret").read_text().strip()
+    post = lambda body: client.post("/webhook", headers={SECRET_HEADER: project_key(secret, body["project"]["id"])},  # noqa: E731
+                                    json=body)
     r = post({"action": "ANNOTATIONS_CREATED", "project": {"id": 3, "task_number": 1000},
               "annotation": [{"id": 10 + i, "task": 100 + i} for i in range(4)] + [{"id": 20, "task": 120,
                                                                                       "was_cancelled": True}]})
@@ -158,12 +159,12 @@ def test_a_config_with_a_lone_surrogate_is_a_400_that_says_so(client):
 def test_a_webhook_naming_a_task_id_no_database_holds_is_counted(client):
     """Found by review: a task id of 2**64 passed as a hint, SQLite refused it (OverflowError) and
     the webhook answered 500 with its annotation uncounted. Such a hint is ignored now."""
-    from ncalr_backend.service.auth import SECRET_HEADER
+    from ncalr_backend.service.auth import SECRET_HEADER, project_key
     from ncalr_backend.service.mirror import hinted_task_ids
     from ncalr_backend.service.store import ProjectStore
 
     assert hinted_task_ids("ANNOTATION_CREATED", {"task": {"id": 2 ** 64}, "annotation": {"task": MAX_ID}}) == [MAX_ID]
-    secret = (client.model_dir / "webhook_secret").read_text().strip()
+    secret = project_key((client.model_dir / "webhook_key_secret").read_text().strip(), 31)
     before = ProjectStore(client.model_dir, 31).state().get("new_annotations", 0)
     r = client.post("/webhook", headers={SECRET_HEADER: secret},
                     json={"action": "ANNOTATION_CREATED", "project": {"id": 31, "task_number": 50},
@@ -193,3 +194,49 @@ def test_whoami_proves_the_secret_to_whoever_asks_and_refuses_odd_challenges(cli
     for bad in ("", "?c=", "?c=AB" + "ab" * 15, "?c=" + "ab" * 17, "?c=%00" + "a" * 31):
         r = client.get(auth_mod.WHOAMI_PATH + bad)
         assert r.status_code == 400 and "32 lower-case hex" in r.get_json()["error"], bad
+
+
+def test_a_webhook_is_checked_against_the_key_of_the_project_it_acts_on(client, monkeypatch):
+    """The project id is parsed once (store.project_id_from) and that one value picks the key and
+    the project counted: every form Label Studio sends ({"id": 7}, {"id": "7"}, "7.<ts>") needs
+    project 7's key, and project 7's key does not pass for project 8 in any form."""
+    from ncalr_backend.service.auth import SECRET_HEADER, project_key
+    from ncalr_backend.service.store import ProjectStore
+
+    secret = (client.model_dir / "webhook_key_secret").read_text().strip()
+    body = lambda project: {"action": "ANNOTATION_CREATED", "project": project,  # noqa: E731
+                            "task": {"id": 3}, "annotation": {"id": 4, "task": 3}}
+    for n, project in enumerate(({"id": 7, "task_number": 9999}, {"id": "7", "task_number": 9999}, "7.1700000000"), 1):
+        r = client.post("/webhook", headers={SECRET_HEADER: project_key(secret, 7)}, json=body(project))
+        assert r.status_code == 201 and ProjectStore(client.model_dir, 7).state()["new_annotations"] == n, r.get_json()
+    for project in ({"id": 8}, {"id": "8"}, "8.1700000000"):
+        r = client.post("/webhook", headers={SECRET_HEADER: project_key(secret, 7)}, json=body(project))
+        assert r.status_code == 401 and "each project's" in r.get_json()["error"]
+    r = client.post("/webhook", headers={SECRET_HEADER: project_key(secret, 7)}, json={"action": "PROJECT_UPDATED"})
+    assert r.status_code == 401 and "names no project" in r.get_json()["error"]
+    assert ProjectStore(client.model_dir, 8).state().get("new_annotations", 0) == 0
+
+
+def test_with_basic_auth_a_webhook_without_its_key_is_taken_and_its_key_repaired(client, monkeypatch):
+    """Found by review: with basic auth on a webhook passed without looking at the key, so a webhook
+    still carrying the old shared secret was never repaired. It is taken (basic auth authenticates
+    it) and the project's webhook gets its key in the background."""
+    import base64
+    import dataclasses
+
+    from ncalr_backend.service.auth import SECRET_HEADER, project_key
+
+    backend = client.application.extensions["ncalr"]
+    basic = dataclasses.replace(backend.settings, basic_auth_user="u", basic_auth_pass="p")
+    monkeypatch.setattr(backend, "settings", basic)
+    monkeypatch.setattr(backend.auth, "settings", basic)
+    repaired = []
+    monkeypatch.setattr(backend.auth, "resync_soon", lambda pid, host: repaired.append(pid))
+    auth = {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
+    body = {"action": "ANNOTATION_CREATED", "project": {"id": 12, "task_number": 9999}, "annotation": {"id": 1, "task": 2}}
+    assert client.post("/webhook", headers={**auth, SECRET_HEADER: "the-old-shared-secret"}, json=body).status_code == 201
+    assert repaired == [12]
+    assert client.post("/webhook", headers={**auth, SECRET_HEADER: project_key(backend.auth.secret, 12)},
+                       json=body).status_code == 201
+    assert repaired == [12]  # the right key: nothing to repair
+    assert client.post("/webhook", headers={SECRET_HEADER: project_key(backend.auth.secret, 12)}, json=body).status_code == 401

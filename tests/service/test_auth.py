@@ -22,21 +22,74 @@ def test_the_secret_is_made_once_owner_only_and_shared_by_concurrent_starts(tmp_
     for t in threads:
         t.join()
     assert len(set(got)) == 1 and len(got[0]) >= 40
-    assert os.stat(tmp_path / "webhook_secret").st_mode & 0o077 == 0
+    assert os.stat(tmp_path / "webhook_key_secret").st_mode & 0o077 == 0
     assert load_or_create_secret(tmp_path) == got[0]
     assert load_or_create_secret(tmp_path, override="from-env") == "from-env"
 
 
-def test_webhook_check_needs_the_exact_secret_unless_basic_auth_is_on(tmp_path):
+def test_webhook_check_needs_the_projects_exact_key_unless_basic_auth_is_on(tmp_path):
+    """Each project's webhook carries its own key, HMAC-SHA256(secret, "ncalr-webhook\\0" + id):
+    the key of project 1 (readable by its members in Label Studio) does not authenticate a webhook
+    about project 2, and neither does the secret itself (what every webhook carried before)."""
+    import hashlib
+    import hmac
+
     a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path)}))
-    assert a.webhook_ok({SECRET_HEADER: a.secret})
-    for bad in ({}, {SECRET_HEADER: ""}, {SECRET_HEADER: a.secret + "x"}, {SECRET_HEADER: a.secret[:-1]}):
-        assert not a.webhook_ok(bad)
+    k1 = hmac.new(a.secret.encode(), b"ncalr-webhook\0" + b"1", hashlib.sha256).hexdigest()  # textbook HMAC
+    assert auth_mod.project_key(a.secret, 1) == k1 and len(k1) == 64
+    assert a.webhook_ok({SECRET_HEADER: k1}, 1)
+    assert not a.webhook_ok({SECRET_HEADER: k1}, 2) and not a.webhook_ok({SECRET_HEADER: k1}, None)
+    assert not a.webhook_ok({SECRET_HEADER: a.secret}, 1)  # the old shared value no longer passes
+    assert auth_mod.project_key(a.secret, 2) != k1 and auth_mod.project_key("another secret", 1) != k1
+    for bad in ({}, {SECRET_HEADER: ""}, {SECRET_HEADER: k1 + "x"}, {SECRET_HEADER: k1[:-1]}):
+        assert not a.webhook_ok(bad, 1)
+    for pid in (0, -1, True, "1"):
+        with pytest.raises(ValueError):
+            auth_mod.project_key(a.secret, pid)
     b = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p"}))
-    assert b.webhook_ok({})  # basic auth was checked before (every route)
-    assert b.wanted_headers() == {SECRET_HEADER: b.secret, "Authorization": "Basic dTpw"}
+    assert b.webhook_ok({}, 1) and b.webhook_ok({}, None)  # basic auth was checked before (every route)
+    assert b.wanted_headers(3) == {SECRET_HEADER: auth_mod.project_key(b.secret, 3), "Authorization": "Basic dTpw"}
     assert b.basic_ok(SimpleNamespace(type="basic", username="u", password="p"))
     assert not b.basic_ok(SimpleNamespace(type="basic", username="u", password="q")) and not b.basic_ok(None)
+
+
+def test_the_old_shared_secret_is_never_a_key_and_is_replaced_where_found(tmp_path, monkeypatch):
+    """Found by review: deriving the keys from the secret every webhook used to carry (readable by any
+    project's members) would let them compute every key. The keys derive from a new secret
+    (SECRET_FILE); the old one (LEGACY_SECRET_FILE) is only recognised on this project's webhooks and
+    replaced by the project's key: at our address with our headers, elsewhere (our webhook after
+    the backend's URL was edited) by the key alone, never with basic auth's header; another
+    project's webhook and other values are left alone."""
+    (tmp_path / auth_mod.LEGACY_SECRET_FILE).write_text("the-old-shared-secret-0123456789\n")
+    env = {"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test", "LABEL_STUDIO_API_KEY": "k",
+           "PUBLIC_URL": "http://us.test:9090", "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p"}
+    a = Auth(Settings.from_env(env))
+    old = "the-old-shared-secret-0123456789"
+    assert a.secret != old and (tmp_path / auth_mod.SECRET_FILE).exists()
+    assert not a.key_ok({SECRET_HEADER: old}, 5) and a.key_ok({SECRET_HEADER: auth_mod.project_key(a.secret, 5)}, 5)
+    patched = []
+
+    class LS:
+        def list_ml_backends(self, pid):
+            return [{"url": "http://us.test:9090", "basic_auth_user": "u"}]
+
+        def list_webhooks(self, pid):
+            return [{"id": 1, "project": 5, "url": "http://us.test:9090/webhook",
+                     "headers": {SECRET_HEADER: old, "Authorization": "Basic old"}},
+                    {"id": 2, "project": 5, "url": "http://us-before-edit:9090/webhook", "headers": {SECRET_HEADER: old}},
+                    {"id": 3, "project": 6, "url": "http://elsewhere:1/webhook", "headers": {SECRET_HEADER: old}},
+                    {"id": 4, "project": 5, "url": "http://other:9090/webhook", "headers": {SECRET_HEADER: "theirs"}}]
+
+        def patch_webhook(self, hook_id, body):
+            patched.append((hook_id, body["headers"]))
+
+    monkeypatch.setattr(auth_mod, "make_client", lambda settings: LS())
+    assert a.ensure_webhook_headers(5, None, delays=(0,)) is True
+    key = auth_mod.project_key(a.secret, 5)
+    assert patched == [(1, {SECRET_HEADER: key, "Authorization": a.basic_header()}), (2, {SECRET_HEADER: key})]
+    # without the old file nothing is taken for it
+    (tmp_path / auth_mod.LEGACY_SECRET_FILE).unlink()
+    assert Auth(Settings.from_env(env)).legacy is None
 
 
 def _auth_with_backends(tmp_path, monkeypatch, backends_of, public_url="http://backend:9090"):
@@ -54,7 +107,7 @@ def _auth_with_backends(tmp_path, monkeypatch, backends_of, public_url="http://b
             return backends_of(pid)
 
         def list_webhooks(self, pid):
-            return [{"id": i, "url": b["url"] + "/webhook", "headers": {auth_mod.SECRET_HEADER: a.secret}}
+            return [{"id": i, "url": b["url"] + "/webhook", "headers": {auth_mod.SECRET_HEADER: auth_mod.project_key(a.secret, pid)}}
                     for i, b in enumerate(backends_of(pid))]
 
         def patch_webhook(self, hook_id, body):
@@ -285,7 +338,7 @@ def test_a_webhook_carrying_our_header_elsewhere_never_gets_the_secret(tmp_path,
     monkeypatch.setattr(auth_mod, "make_client", lambda settings: LS())
     try:
         assert a.ensure_webhook_headers(9, None, delays=(0,)) is True
-        assert patched == [(1, a.secret)]  # ours renewed; the one at evil.test untouched
+        assert patched == [(1, auth_mod.project_key(a.secret, 9))]  # ours renewed; the one at evil.test untouched
     finally:
         us.close()
 

@@ -367,15 +367,62 @@ def test_not_connected_reason_reads_label_studios_lists_and_cannot_tell_means_co
         C([{"url": "http://other:9090"}], LabelStudioError("HTTP 500", 500)).not_connected_reason(1, H)
 
 
+def test_not_connected_reason_with_public_url_or_basic_auth_needs_a_backend_that_is_ours():
+    """Found by review: with no webhook carrying this backend's key yet, any ML backend counted as
+    this one. With basic auth on, its credentials sit on every using project's webhook, readable by
+    members: a request authenticated with them named a project with another ML backend, and the
+    cycle wrote predictions there. Now PUBLIC_URL (when set) and the basic-auth user decide."""
+    class C(LabelStudioClient):
+        def __init__(self, backends, hooks=()):
+            self.backends, self.hooks = backends, hooks
+
+        def list_ml_backends(self, project_id):
+            return self.backends
+
+        def list_webhooks(self, project_id):
+            return list(self.hooks)
+
+    theirs = [{"url": "http://their-model:9090", "basic_auth_user": "them"}]
+    H = ("X-S", "key-of-1")
+    # before: nothing marked yet, any backend counted (still so with neither setting)
+    assert C(theirs).not_connected_reason(1, H) is None
+    why = C(theirs).not_connected_reason(1, H, basic_user="ncalr")
+    assert "another ML backend" in why and "basic-auth user" in why and "their-model" in why
+    why = C(theirs).not_connected_reason(1, H, public_url="http://us:9090")
+    assert "another ML backend" in why and "PUBLIC_URL" in why
+    # ours by PUBLIC_URL (one parser: case, default port and trailing slash do not matter; path does)
+    both = theirs + [{"url": "http://US:9090/", "basic_auth_user": "ncalr"}]
+    assert C(both).not_connected_reason(1, H, public_url="http://us:9090") is None
+    assert C(both).not_connected_reason(1, H, public_url="http://us:9090", basic_user="ncalr") is None
+    assert C(both).not_connected_reason(1, H, public_url="http://us:9090/ncalr") is not None
+    assert C(both).not_connected_reason(1, H, public_url="http://us:9090", basic_user="other") is not None
+    assert C([{"url": "https://p.test"}]).not_connected_reason(1, H, public_url="https://p.test:443/") is None
+    # a webhook carrying our key at their URL does not make their backend ours when PUBLIC_URL says
+    marked = [{"url": "http://their-model:9090/webhook", "headers": {"X-S": "key-of-1"}}]
+    assert C(theirs, marked).not_connected_reason(1, H, public_url="http://us:9090") is not None
+    # basic auth alone: a user name is no proof; a backend with our user counts once the webhook at
+    # its address carries the project's key (the old rules apply among those)
+    why = C(both).not_connected_reason(1, H, basic_user="ncalr")
+    assert "carries this backend's key" in why and "PUBLIC_URL" in why
+    mine = [{"url": "http://US:9090/webhook", "headers": {"X-S": "key-of-1"}}]
+    assert C(both, mine).not_connected_reason(1, H, basic_user="ncalr") is None
+    assert C(theirs, mine).not_connected_reason(1, H, basic_user="ncalr") is not None  # theirs has another user
+    assert "no ML backend" in C([]).not_connected_reason(1, H, public_url="http://us:9090")
+
+
 def test_our_webhook_header_reads_the_secret_and_never_creates_one(tmp_path):
     from ncalr_backend.service.auth import SECRET_FILE, SECRET_HEADER, load_or_create_secret, our_webhook_header
     from ncalr_backend.service.settings import Settings
 
     s = Settings(model_dir=tmp_path / "m")
-    assert our_webhook_header(s) is None and not (tmp_path / "m" / SECRET_FILE).exists()
+    from ncalr_backend.service.auth import project_key
+
+    assert our_webhook_header(s, 4) is None and not (tmp_path / "m" / SECRET_FILE).exists()
     secret = load_or_create_secret(s.model_dir)
-    assert our_webhook_header(s) == (SECRET_HEADER, secret)
-    assert our_webhook_header(Settings(model_dir=tmp_path / "m", webhook_secret="given")) == (SECRET_HEADER, "given")
+    assert our_webhook_header(s, 4) == (SECRET_HEADER, project_key(secret, 4))  # the project's own key
+    assert our_webhook_header(s, 5) != our_webhook_header(s, 4)
+    assert our_webhook_header(Settings(model_dir=tmp_path / "m", webhook_secret="given"), 4) == \
+        (SECRET_HEADER, project_key("given", 4))
 
 
 def test_an_untrusted_tls_certificate_is_a_clear_error_that_is_not_retried(tmp_path):

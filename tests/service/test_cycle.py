@@ -621,16 +621,39 @@ def test_a_project_whose_backend_was_disconnected_gets_no_cycle_and_no_placement
     assert st.state().get("skipped") is None
 
 
+def test_the_cycle_and_the_placement_ask_with_public_url_and_the_basic_auth_user(settings):
+    """Found by review: nothing checked that cycle.py and placement.py pass PUBLIC_URL and the
+    basic-auth user to the connection check. A project whose only backend is another service, no
+    webhook marked yet: with neither setting it counts as ours (as right after connecting); with
+    PUBLIC_URL, or with basic auth, it is skipped and nothing is written."""
+    import dataclasses
+
+    from ncalr_backend.service.placement import place_new_tasks
+
+    for extra, ours in (({}, True), ({"public_url": "http://us.test:9090"}, False),
+                        ({"basic_auth_user": "u", "basic_auth_pass": "p"}, False)):
+        s = dataclasses.replace(settings, **extra)
+        ls = FakeLS()
+        ls.backends = [{"id": 2, "url": "http://other-model:9090", "basic_auth_user": "them"}]
+        ls.webhooks = [{"id": 2, "url": "http://other-model:9090/webhook", "headers": {}}]
+        rep = run_project_cycle(s, 1, "webhook", engine_config=ENGINE, client=ls)
+        assert (rep["status"] == "completed") is ours, (extra, rep)
+        if not ours:
+            assert "another ML backend" in rep["reason"] and not ls.patches and not ls.imported
+            ls.tasks.append({**ls.tasks[-1], "id": 500, "annotations": [], "predictions": []})
+            assert place_new_tasks(s, 1, [500], client=ls)["placed"] == 0
+
+
 def test_a_project_that_connected_another_backend_in_our_place_gets_no_cycle(settings):
     """Found by review (it was left alone last time): the check above asked only whether the project
     had *any* ML backend, so a project that disconnected this backend and connected another one
     still got this backend's cycles through the old webhook, each switching the project back to
     this backend's predictions and overwriting the other backend's. Our webhook is the one that
     carries our secret; when none of the project's backends sits at its URL, the project is not ours."""
-    from ncalr_backend.service.auth import SECRET_HEADER, load_or_create_secret
+    from ncalr_backend.service.auth import SECRET_HEADER, load_or_create_secret, project_key
     from ncalr_backend.service.placement import place_new_tasks
 
-    secret = load_or_create_secret(settings.model_dir, settings.webhook_secret)
+    secret = project_key(load_or_create_secret(settings.model_dir, settings.webhook_secret), 1)  # project 1's key
     ls = FakeLS()
     ls.webhooks = [{"id": 1, "url": "http://backend.test:9090/webhook", "headers": {SECRET_HEADER: secret}}]
     ls.backends = [{"id": 1, "url": "http://backend.test:9090/"}]  # a trailing slash is the same address

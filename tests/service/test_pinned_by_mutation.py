@@ -185,14 +185,27 @@ def test_P4_model_metadata_with_unusable_channels_is_refused(channels):
 # -------------------------------------------------------------------------------- settings.py
 def test_S3_webhook_secret_needs_16_characters(tmp_path):
     base = {"MODEL_DIR": str(tmp_path)}
-    assert Settings.from_env({**base, "WEBHOOK_SECRET": "s" * 16}).webhook_secret == "s" * 16
+    assert Settings.from_env({**base, "WEBHOOK_KEY_SECRET": "s" * 16}).webhook_secret == "s" * 16
     with pytest.raises(SettingsError, match="16 characters"):
-        Settings.from_env({**base, "WEBHOOK_SECRET": "s" * 15})
+        Settings.from_env({**base, "WEBHOOK_KEY_SECRET": "s" * 15})
+
+
+def test_S3b_the_old_webhook_secret_alone_or_reused_is_refused(tmp_path):
+    """WEBHOOK_SECRET was the header on every project's webhook (readable by members): keys derived
+    from it would be known too. Alone, or equal to WEBHOOK_KEY_SECRET: refused, saying what to set;
+    beside a new WEBHOOK_KEY_SECRET it is kept only to recognise it on webhooks."""
+    base = {"MODEL_DIR": str(tmp_path)}
+    for env in ({"WEBHOOK_SECRET": "o" * 20}, {"WEBHOOK_SECRET": "o" * 20, "WEBHOOK_KEY_SECRET": "o" * 20}):
+        with pytest.raises(SettingsError, match="WEBHOOK_KEY_SECRET to a NEW value"):
+            Settings.from_env({**base, **env})
+    s = Settings.from_env({**base, "WEBHOOK_SECRET": "o" * 20, "WEBHOOK_KEY_SECRET": "n" * 20})
+    assert (s.webhook_secret, s.legacy_webhook_secret) == ("n" * 20, "o" * 20)
+    assert "o" * 20 not in repr(s) and s.public()["legacy_webhook_secret"] == "***"
 
 
 def test_S10_public_settings_never_show_the_webhook_secret(tmp_path):
     secret = "very-secret-webhook-value"
-    pub = Settings.from_env({"MODEL_DIR": str(tmp_path), "WEBHOOK_SECRET": secret,
+    pub = Settings.from_env({"MODEL_DIR": str(tmp_path), "WEBHOOK_KEY_SECRET": secret,
                              "REDIS_URL": "redis://:pw@r:6379/0"}).public()
     assert pub["webhook_secret"] == "***" and pub["redis_url"] == "set"
     assert secret not in repr(pub) and "pw" not in repr(pub)
@@ -255,7 +268,7 @@ def test_H9_a_cached_check_expires_so_a_disconnected_backend_loses_start_trainin
                                 "LABEL_STUDIO_API_KEY": "k", "PUBLIC_URL": "http://backend:9090"}))
     connected = [True]
     LS, _ = _fake_ls(monkeypatch, lambda: [{"url": "http://backend:9090"}] if connected[0] else [],
-                     [{"id": 1, "url": "http://backend:9090/webhook", "headers": {auth_mod.SECRET_HEADER: a.secret}}])
+                     [{"id": 1, "url": "http://backend:9090/webhook", "headers": {auth_mod.SECRET_HEADER: auth_mod.project_key(a.secret, 1)}}])
     clock = [1000.0]
     monkeypatch.setattr(auth_mod, "time", SimpleNamespace(time=lambda: clock[0], sleep=time.sleep))
     assert a.project_has_us(1, "backend:9090") and LS.calls == 1
@@ -307,7 +320,7 @@ def test_H6b_once_a_webhook_carries_our_header_the_only_backend_fallback_is_off(
     test_without_public_url_the_host_header_decides_nothing.)"""
     a = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test",
                                 "LABEL_STUDIO_API_KEY": "k", "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p"}))
-    want = {auth_mod.SECRET_HEADER: a.secret, "Authorization": a.basic_header()}
+    want = {auth_mod.SECRET_HEADER: auth_mod.project_key(a.secret, 1), "Authorization": a.basic_header()}
     hooks = [{"id": 1, "url": "http://old-us:9090/webhook", "headers": {"x-ncalr-webhook-secret": "old"}},
              {"id": 2, "url": "http://other:9090/webhook", "headers": {}}]
     _, patched = _fake_ls(monkeypatch, lambda: [{"url": "http://other:9090", "basic_auth_user": "u"}], hooks)

@@ -101,7 +101,7 @@ def test_engine_settings_typos_and_non_finite_values_fail_at_start():
 
 def test_settings_that_silently_meant_something_else_are_refused(tmp_path):
     """Found by an operator's-eye review: a path in an ALLOWED_IMAGE_HOSTS rule was dropped (the whole
-    host allowed), REDIS_URL=redis:// and a one-character WEBHOOK_SECRET were accepted."""
+    host allowed), REDIS_URL=redis:// and a one-character WEBHOOK_SECRET (now WEBHOOK_KEY_SECRET) were accepted."""
     base = {"MODEL_DIR": str(tmp_path)}
     with pytest.raises(SettingsError, match="ALLOWED_IMAGE_HOSTS"):
         Settings.from_env({**base, "ALLOWED_IMAGE_HOSTS": "https://s3.amazonaws.com/bucket"})
@@ -109,4 +109,4 @@ def test_settings_that_silently_meant_something_else_are_refused(tmp_path):
     with pytest.raises(SettingsError, match="REDIS_URL"):
         Settings.from_env({**base, "REDIS_URL": "redis://"})
     with pytest.raises(SettingsError, match="16 characters"):
-        Settings.from_env({**base, "WEBHOOK_SECRET": "x"})
+        Settings.from_env({**base, "WEBHOOK_KEY_SECRET": "x"})
