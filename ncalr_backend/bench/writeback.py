@@ -111,9 +111,12 @@ def main(argv=None) -> int:
         out["cycle2"] = {k: rep2[k] for k in ("num_labeled", "num_pool", "timings", "write_per_s", "reason")}
         # /webhook latency as Label Studio sees it (counting only: a project whose threshold is far away)
         lat = []
+        from ncalr_backend.service.auth import SECRET_FILE, SECRET_HEADER, project_key
+
+        key = {SECRET_HEADER: project_key((work / "model_dir" / SECRET_FILE).read_text().strip(), 999999)}
         for i in range(200):
             t = time.perf_counter()
-            requests.post(f"{backend.url}/webhook", auth=auth, timeout=10, json={
+            requests.post(f"{backend.url}/webhook", auth=auth, headers=key, timeout=10, json={
                 "action": "ANNOTATION_UPDATED", "project": {"id": 999999, "task_number": 10**9},
                 "annotation": {"id": i}}).raise_for_status()
             lat.append(time.perf_counter() - t)

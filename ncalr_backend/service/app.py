@@ -201,7 +201,7 @@ class Backend:
 
     def authentic_or_401(self, action: str, pid: Optional[int]):
         """None when the state-changing request is authentic (auth.py), else the 401 answer."""
-        if self.auth.webhook_ok(request.headers, pid):
+        if self.auth.webhook_ok(request.headers, pid, action):
             if pid is not None and self.settings.basic_auth_user and not self.auth.key_ok(request.headers, pid):
                 self.auth.resync_soon(pid, request.host)  # authentic by basic auth: still give the webhook its key
             return None
@@ -211,7 +211,8 @@ class Backend:
             self.auth.resync_soon(pid, request.host)
         hint = ""
         if action in ("START_TRAINING", "train"):
-            hint = (" Label Studio's Start training button carries no such header: it is accepted for a project with "
+            hint = ("" if self.settings.basic_auth_user else
+                    " Label Studio's Start training button carries no such header: it is accepted for a project with "
                     "an ML backend whose URL reaches this backend (asked at " + WHOAMI_PATH + "); if Label Studio "
                     "knows this backend by an address it cannot reach itself, set PUBLIC_URL to that address, or "
                     "turn basic auth on." if not self.settings.public_url else
@@ -280,6 +281,9 @@ class Backend:
             raise BadRequest("missing 'action' (e.g. ANNOTATION_CREATED, START_TRAINING)")
         project = data.get("project")
         pid = project_id_from(project)
+        if pid is None and action in COUNTED + ("START_TRAINING", "TASKS_CREATED", "TASKS_DELETED"):
+            # before authentication: which project's key to check is this id (nothing changes either way)
+            raise BadRequest(f"{action} needs 'project': an object with a positive integer 'id'")
         denied = self.authentic_or_401(action, pid)
         if denied is not None:
             return denied

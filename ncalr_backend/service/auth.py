@@ -4,12 +4,12 @@
   Label Studio sends it on every ML-backend call when the connection is set up with it.
 * **Webhook secret** (on by default): ``/webhook`` and ``/train`` change state (they count
   annotations and start cycles), so they need proof that Label Studio sent them. On first start the
-  backend generates a secret (``MODEL_DIR/webhook_secret``, mode 0600; ``WEBHOOK_SECRET`` overrides)
+  backend generates a secret (``MODEL_DIR/webhook_key_secret``, mode 0600; ``WEBHOOK_KEY_SECRET`` overrides)
   and adds the project's key derived from it (``project_key``) as the ``X-NCALR-Webhook-Secret``
   header to the project webhook Label Studio creates for it (``ensure_webhook_headers``: on
   ``/setup``, and again whenever a webhook arrives without it). A webhook without its project's
-  key gets 401 and changes nothing; with basic auth on, a request that passed basic auth is
-  authentic too.
+  key gets 401 and changes nothing, with basic auth on too (its credentials sit on every using
+  project's webhook, readable by members); "Start training" alone passes on basic auth.
 * **Start training** is the one exception Label Studio forces: its button posts ``START_TRAINING``
   to ``/webhook`` through the ML-backend connection, which carries basic auth but no custom
   header. Without basic auth such a request is checked against Label Studio itself (the project
@@ -204,14 +204,17 @@ class Auth:
         only this machine."""
         return bool(self.settings.basic_auth_user) or is_loopback(remote_addr)
 
-    def webhook_ok(self, headers, project_id: Optional[int]) -> bool:
+    def webhook_ok(self, headers, project_id: Optional[int], action: str = "") -> bool:
         """A request to /webhook or /train about ``project_id`` (the payload's, parsed once by the
-        caller) is authentic: basic auth (checked before this), or SECRET_HEADER carrying that
-        project's key (``project_key``). Without a project id there is no key to check."""
-        if self.settings.basic_auth_user:
+        caller) is authentic: SECRET_HEADER carries that project's key (``project_key``), or, for
+        "Start training" alone (``action`` START_TRAINING or train: Label Studio's button sends no
+        custom header), basic auth (checked before this). Every other webhook needs the key with
+        basic auth on too: basic auth's credentials sit on the webhook of every project that uses
+        this backend, readable by its members, and with them alone a member of one project could
+        send annotations events naming any other (found by review). Without a project id there is
+        no key to check."""
+        if self.settings.basic_auth_user and action in ("START_TRAINING", "train"):
             return True
-        if project_id is None:
-            return False
         return self.key_ok(headers, project_id)
 
     def key_ok(self, headers, project_id: Optional[int]) -> bool:

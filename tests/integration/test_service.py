@@ -15,7 +15,7 @@ import requests
 
 from ncalr_backend.service.demo import DIGITS_CONFIG, digit_pngs, label_from_name
 
-from .conftest import BASIC, N_DIGITS, TRIGGER_MIN
+from .conftest import BASIC, N_DIGITS, SECRET_HEADER, TRIGGER_MIN
 
 pytestmark = pytest.mark.integration
 
@@ -84,15 +84,25 @@ def test_malformed_webhooks_get_400_unknown_actions_are_ignored(backend):
         dict(json={"action": "TASKS_CREATED", "project": {"id": 1}, "tasks": [{"no": "id"}]}),
         dict(json={"action": "START_TRAINING", "project": None}),
     ]
-    for kw in bad:
+    for kw in bad:  # with basic auth on, an event needs its project's key too (auth.webhook_ok)
+        kw = {**kw, "headers": {**kw.get("headers", {}), SECRET_HEADER: backend.key(1)}}
         r = backend.http.post(url, timeout=10, **kw)
         assert r.status_code == 400, (kw, r.status_code, r.text)
         assert r.json()["error"], r.text
         _no_internals(r)
-    r = backend.http.post(url, json={"action": "LABEL_LINK_CREATED", "project": {"id": 1}})
+    r = backend.http.post(url, json={"action": "LABEL_LINK_CREATED", "project": {"id": 1}},
+                          headers={SECRET_HEADER: backend.key(1)})
     assert r.status_code == 200 and r.json()["status"] == "ignored"
-    r = backend.http.post(url, json={"action": "PROJECT_UPDATED", "project": {"id": 77}})
+    r = backend.http.post(url, json={"action": "PROJECT_UPDATED", "project": {"id": 77}},
+                          headers={SECRET_HEADER: backend.key(77)})
     assert r.status_code == 200 and r.json()["status"] == "ignored"
+    # basic auth alone is not enough for an event (its credentials sit on every using project's
+    # webhook, readable by members); Label Studio's webhook carries the project's key beside it
+    r = backend.http.post(url, json={"action": "ANNOTATION_CREATED", "project": {"id": 77}, "annotation": {"id": 5}})
+    assert r.status_code == 401 and SECRET_HEADER in r.json()["error"]
+    r = backend.http.post(url, json={"action": "PROJECT_UPDATED", "project": {"id": 77}},
+                          headers={SECRET_HEADER: backend.key(78)})  # another project's key
+    assert r.status_code == 401
     s = backend.status(77)
     assert not s["scheduler"]["running"] and not s["scheduler"]["waiting"] and s["scheduler"]["cycles_run"] == 0
 
@@ -102,7 +112,7 @@ def test_webhook_answers_in_milliseconds(backend):
     times = []
     for i in range(40):
         t = time.perf_counter()
-        r = backend.http.post(f"{backend.url}/webhook", json={
+        r = backend.http.post(f"{backend.url}/webhook", headers={SECRET_HEADER: backend.key(4242)}, json={
             "action": "ANNOTATION_CREATED", "project": {"id": 4242, "task_number": 10_000_000},
             "annotation": {"id": i, "was_cancelled": False}, "task": {"id": i}})
         times.append(time.perf_counter() - t)

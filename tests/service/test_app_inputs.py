@@ -217,10 +217,12 @@ def test_a_webhook_is_checked_against_the_key_of_the_project_it_acts_on(client, 
     assert ProjectStore(client.model_dir, 8).state().get("new_annotations", 0) == 0
 
 
-def test_with_basic_auth_a_webhook_without_its_key_is_taken_and_its_key_repaired(client, monkeypatch):
-    """Found by review: with basic auth on a webhook passed without looking at the key, so a webhook
-    still carrying the old shared secret was never repaired. It is taken (basic auth authenticates
-    it) and the project's webhook gets its key in the background."""
+def test_with_basic_auth_a_webhook_needs_its_key_too_and_start_training_gets_its_key_repaired(client, monkeypatch):
+    """Found by review: with basic auth on every webhook passed on basic auth alone, whose
+    credentials sit on every using project's webhook (readable by its members), and a webhook
+    still carrying the old shared secret was never repaired. Now an annotation event needs its
+    project's key besides basic auth (refused, and the key repaired, without it); Label Studio's
+    Start training button (basic auth, no custom header) is taken, and the key repaired too."""
     import base64
     import dataclasses
 
@@ -234,9 +236,14 @@ def test_with_basic_auth_a_webhook_without_its_key_is_taken_and_its_key_repaired
     monkeypatch.setattr(backend.auth, "resync_soon", lambda pid, host: repaired.append(pid))
     auth = {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
     body = {"action": "ANNOTATION_CREATED", "project": {"id": 12, "task_number": 9999}, "annotation": {"id": 1, "task": 2}}
-    assert client.post("/webhook", headers={**auth, SECRET_HEADER: "the-old-shared-secret"}, json=body).status_code == 201
-    assert repaired == [12]
-    assert client.post("/webhook", headers={**auth, SECRET_HEADER: project_key(backend.auth.secret, 12)},
-                       json=body).status_code == 201
-    assert repaired == [12]  # the right key: nothing to repair
-    assert client.post("/webhook", headers={SECRET_HEADER: project_key(backend.auth.secret, 12)}, json=body).status_code == 401
+    r = client.post("/webhook", headers={**auth, SECRET_HEADER: "the-old-shared-secret"}, json=body)
+    assert r.status_code == 401 and repaired == [12]
+    assert client.post("/webhook", headers=auth, json=body).status_code == 401
+    key = {SECRET_HEADER: project_key(backend.auth.secret, 12)}
+    assert client.post("/webhook", headers={**auth, **key}, json=body).status_code == 201
+    assert client.post("/webhook", headers=key, json=body).status_code == 401  # and basic auth still
+    repaired.clear()
+    start = {"action": "START_TRAINING", "project": {"id": 13}}
+    assert client.post("/webhook", headers=auth, json=start).status_code == 201 and repaired == [13]
+    assert client.post("/webhook", headers={**auth, SECRET_HEADER: project_key(backend.auth.secret, 13)},
+                       json=start).status_code == 201 and repaired == [13]  # the right key: nothing to repair

@@ -47,7 +47,12 @@ def test_webhook_check_needs_the_projects_exact_key_unless_basic_auth_is_on(tmp_
         with pytest.raises(ValueError):
             auth_mod.project_key(a.secret, pid)
     b = Auth(Settings.from_env({"MODEL_DIR": str(tmp_path), "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p"}))
-    assert b.webhook_ok({}, 1) and b.webhook_ok({}, None)  # basic auth was checked before (every route)
+    # basic auth (checked before, on every route) is enough for Label Studio's Start training button
+    # alone: its credentials sit on every using project's webhook, readable by members (found by review)
+    assert b.webhook_ok({}, 1, "START_TRAINING") and b.webhook_ok({}, 1, "train")
+    assert not b.webhook_ok({}, 1, "ANNOTATION_CREATED") and not b.webhook_ok({}, None, "PROJECT_UPDATED")
+    assert b.webhook_ok({SECRET_HEADER: auth_mod.project_key(b.secret, 1)}, 1, "ANNOTATION_CREATED")
+    assert not a.webhook_ok({}, 1, "START_TRAINING")  # without basic auth: app.py asks project_has_us
     assert b.wanted_headers(3) == {SECRET_HEADER: auth_mod.project_key(b.secret, 3), "Authorization": "Basic dTpw"}
     assert b.basic_ok(SimpleNamespace(type="basic", username="u", password="p"))
     assert not b.basic_ok(SimpleNamespace(type="basic", username="u", password="q")) and not b.basic_ok(None)
