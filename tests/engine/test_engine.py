@@ -135,6 +135,23 @@ def test_training_runs_at_the_width_chosen_rate():
     assert res.meta["lr"] == pytest.approx(0.025)  # the config says 0; the record says what was used
 
 
+def test_a_cold_start_trains_at_cold_lr_and_a_warm_start_at_lr():
+    """cold_lr: the rate of a cycle that does not warm-start (0 = chosen by width); a warm-started
+    cycle keeps ``lr``; -1 (the default) is ``lr`` for both; the report says what was used."""
+    x, y = separable(n_per=4)
+    cfg = FAST.replace(lr=0.05, cold_lr=0.0, width=16, max_epochs=2, tpt_window=1, train_acc_threshold=1.0,
+                       lr_schedule="constant")
+    cold = run_cycle(x, y, x[:4], 4, cfg)
+    assert [h["lr"] for h in cold.history] == pytest.approx([0.025, 0.025]) and cold.meta["lr"] == pytest.approx(0.025)
+    warm = run_cycle(x, y, x[:4], 4, cfg.replace(warm_start=True), init_state=cold.model_state)
+    assert warm.meta["warm_started"] and [h["lr"] for h in warm.history] == pytest.approx([0.05, 0.05])
+    assert run_cycle(x, y, x[:4], 4, cfg.replace(cold_lr=-1)).meta["lr"] == pytest.approx(0.05)
+    assert run_cycle(x, y, x[:4], 4, cfg.replace(warm_start=False, cold_lr=0.01), init_state=cold.model_state
+                     ).meta["lr"] == pytest.approx(0.01)  # warm start off: every cycle is cold
+    with pytest.raises(ConfigError, match="cold_lr"):
+        EngineConfig(cold_lr=-0.5)
+
+
 def test_local_pretrained_weights_initialise_the_backbone(tmp_path):
     import torch
     import torchvision
