@@ -82,9 +82,11 @@ SECRET_HEADER = "X-NCALR-Webhook-Secret"
 
 def project_key(secret: str, project_id: int) -> str:
     """The value of SECRET_HEADER on project ``project_id``'s webhook: HMAC-SHA256(secret,
-    "ncalr-webhook\0" + id), hex. Each project's webhook carries its own key, so a member of one
-    project who reads its webhook's headers in Label Studio (any member may) learns nothing that
-    authenticates a webhook for another project, nor the secret itself."""
+    "ncalr-webhook\0" + id), hex. Each project's webhook carries its own key, so whoever reads a
+    webhook's headers in Label Studio learns nothing that authenticates a webhook for a project
+    whose webhooks they cannot read, nor the secret itself. In Label Studio 1.23 Community every
+    member of an organization can read all its webhooks (its permissions are "logged in"), so
+    there the boundary is the organization, not the project (found by review)."""
     if isinstance(project_id, bool) or not isinstance(project_id, int) or project_id <= 0:
         raise ValueError("project_id must be a positive integer")
     return hmac.new(secret.encode(), b"ncalr-webhook\0" + str(project_id).encode(), hashlib.sha256).hexdigest()
@@ -159,10 +161,23 @@ def our_webhook_header(settings: Settings, project_id: int) -> Optional[tuple]:
     return (SECRET_HEADER, project_key(value, project_id)) if value else None
 
 
+def _patch(hook: dict, headers: dict) -> dict:
+    """The PATCH body that sets a webhook's headers and keeps its actions: Label Studio 1.23 sets a
+    webhook's actions to the body's list on every update, [] when absent (found by review: a
+    headers-only PATCH emptied a hand-made webhook's chosen actions)."""
+    actions = hook.get("actions")
+    return {"headers": headers, "actions": list(actions) if isinstance(actions, list) else []}
+
+
 def connection_check(settings: Settings, project_id: int) -> tuple:
     """The arguments after the project id of ``LabelStudioClient.not_connected_reason`` for this
     backend: (its webhook header for the project, PUBLIC_URL, the basic-auth user)."""
-    return our_webhook_header(settings, project_id), settings.public_url or None, settings.basic_auth_user or None
+    header = our_webhook_header(settings, project_id)
+    if header is None:
+        log.warning("project %s: this process cannot read the backend's key secret (%s in MODEL_DIR, or "
+                    "WEBHOOK_KEY_SECRET): cycle workers need the web process's MODEL_DIR or the same "
+                    "WEBHOOK_KEY_SECRET to tell this backend's webhook from others'", project_id, SECRET_FILE)
+    return header, settings.public_url or None, settings.basic_auth_user or None
 
 
 def basic_header(settings: Settings) -> str:
@@ -175,6 +190,10 @@ class Auth:
         self.settings = settings
         self.secret = load_or_create_secret(settings.model_dir, settings.webhook_secret)
         self.legacy = legacy_secret(settings)
+        if self.legacy and hmac.compare_digest(self.secret.encode(), self.legacy.encode()):
+            raise RuntimeError(  # found by review: the old file's value copied into WEBHOOK_KEY_SECRET
+                "WEBHOOK_KEY_SECRET equals the old webhook secret (MODEL_DIR/webhook_secret), which every project's "
+                "webhook carried and its members could read: set WEBHOOK_KEY_SECRET to a NEW value")
         if not settings.public_url and not settings.basic_auth_user:
             log.info("PUBLIC_URL is not set: this backend finds its own ML backend in a project by asking each "
                      "backend URL Label Studio has for the project to prove it holds this backend's secret (%s); "
@@ -407,21 +426,22 @@ class Auth:
                     have = h.get("headers") or {}
                     if any(have.get(k) != v for k, v in want.items()):
                         keep = {k: v for k, v in have.items() if str(k).lower() not in {w.lower() for w in want}}
-                        client.patch_webhook(h["id"], {"headers": {**keep, **want}})  # no second spelling
+                        client.patch_webhook(h["id"], _patch(h, {**keep, **want}))  # no second spelling
                         log.info("project %s: set the webhook secret%s on webhook %s", project_id,
                                  " and basic auth" if "Authorization" in want else "", h["id"])
                 # before per-project keys every webhook carried the one secret: where a webhook of this
                 # project still carries exactly that value (ours at an address Label Studio no longer
                 # lists for the backend, its URL edited since), replace it by the project's key alone.
-                # Whoever placed it knew the old value, readable only where a project's members could
-                # read that project's key anyway; no basic-auth header goes to such a webhook.
+                # Whoever can put a webhook on this project can read its webhooks' headers in Label
+                # Studio 1.23 (any member of the organization), so the key tells them nothing new;
+                # no basic-auth header goes to such a webhook.
                 legacy = [h for h in every if h not in hooks and h.get("project") in (None, project_id)
                           and self.legacy and isinstance(h.get("headers"), dict)
                           and hmac.compare_digest(header_value(h["headers"], SECRET_HEADER).encode(),
                                                   self.legacy.encode())]
                 for h in legacy:
                     keep = {k: v for k, v in h["headers"].items() if str(k).lower() != SECRET_HEADER.lower()}
-                    client.patch_webhook(h["id"], {"headers": {**keep, SECRET_HEADER: want[SECRET_HEADER]}})
+                    client.patch_webhook(h["id"], _patch(h, {**keep, SECRET_HEADER: want[SECRET_HEADER]}))
                     log.info("project %s: replaced the old shared webhook secret by the project's key on webhook %s",
                              project_id, h["id"])
                 if hooks or legacy:

@@ -413,6 +413,10 @@ class LabelStudioClient:
                 return None
             return others + " (none is at PUBLIC_URL)"
         if webhook_header is None:
+            if basic_user:  # found by review: a worker without the key secret took every such project
+                return (f"project {int(project_id)}: this process cannot read the backend's key secret, so it cannot "
+                        "tell this backend's webhook from others' (cycle workers need the web process's MODEL_DIR "
+                        "or the same WEBHOOK_KEY_SECRET), and with basic auth on a user name is no proof")
             return None
         name, value = webhook_header
         hooks = _unless_refused(self.list_webhooks, project_id)

@@ -81,17 +81,24 @@ def test_the_old_shared_secret_is_never_a_key_and_is_replaced_where_found(tmp_pa
         def list_webhooks(self, pid):
             return [{"id": 1, "project": 5, "url": "http://us.test:9090/webhook",
                      "headers": {SECRET_HEADER: old, "Authorization": "Basic old"}},
-                    {"id": 2, "project": 5, "url": "http://us-before-edit:9090/webhook", "headers": {SECRET_HEADER: old}},
+                    {"id": 2, "project": 5, "url": "http://us-before-edit:9090/webhook", "headers": {SECRET_HEADER: old},
+                     "actions": ["ANNOTATION_CREATED"]},
                     {"id": 3, "project": 6, "url": "http://elsewhere:1/webhook", "headers": {SECRET_HEADER: old}},
                     {"id": 4, "project": 5, "url": "http://other:9090/webhook", "headers": {SECRET_HEADER: "theirs"}}]
 
         def patch_webhook(self, hook_id, body):
-            patched.append((hook_id, body["headers"]))
+            patched.append((hook_id, body))
 
     monkeypatch.setattr(auth_mod, "make_client", lambda settings: LS())
     assert a.ensure_webhook_headers(5, None, delays=(0,)) is True
     key = auth_mod.project_key(a.secret, 5)
-    assert patched == [(1, {SECRET_HEADER: key, "Authorization": a.basic_header()}), (2, {SECRET_HEADER: key})]
+    # Label Studio sets a webhook's actions to the PATCH body's list ([] when absent): each PATCH
+    # sends the webhook's own actions back (found by review)
+    assert patched == [(1, {"headers": {SECRET_HEADER: key, "Authorization": a.basic_header()}, "actions": []}),
+                       (2, {"headers": {SECRET_HEADER: key}, "actions": ["ANNOTATION_CREATED"]})]
+    # the old value copied into WEBHOOK_KEY_SECRET is refused at start (found by review)
+    with pytest.raises(RuntimeError, match="NEW value"):
+        Auth(Settings.from_env({**env, "WEBHOOK_KEY_SECRET": old}))
     # without the old file nothing is taken for it
     (tmp_path / auth_mod.LEGACY_SECRET_FILE).unlink()
     assert Auth(Settings.from_env(env)).legacy is None

@@ -408,6 +408,10 @@ def test_not_connected_reason_with_public_url_or_basic_auth_needs_a_backend_that
     assert C(both, mine).not_connected_reason(1, H, basic_user="ncalr") is None
     assert C(theirs, mine).not_connected_reason(1, H, basic_user="ncalr") is not None  # theirs has another user
     assert "no ML backend" in C([]).not_connected_reason(1, H, public_url="http://us:9090")
+    # a process that cannot read the key secret (a worker with another MODEL_DIR) cannot tell: with
+    # basic auth that is a reason, not "connected" (found by review)
+    assert "cannot read the backend's key secret" in C(both, mine).not_connected_reason(1, None, basic_user="ncalr")
+    assert C(both, mine).not_connected_reason(1, None, public_url="http://us:9090", basic_user="ncalr") is None
 
 
 def test_our_webhook_header_reads_the_secret_and_never_creates_one(tmp_path):
