@@ -385,14 +385,16 @@ class LabelStudioClient:
         and another backend connected in its place; a backend without a webhook at its address had
         its URL edited, and may be this one). Label Studio's records are compared with each other,
         never with the address a request came to (a proxy may rewrite it). When no webhook carries the
-        project's key yet (just connected), any backend counts, except: with ``public_url`` (the
-        operator's word for this backend's URL in Label Studio) only a backend at exactly that URL
-        counts, whatever the webhooks say; and with ``basic_user`` (basic auth on) only a backend with
-        that user, and without ``public_url`` only once a webhook carries the project's key. Basic
-        auth's credentials sit on the webhook of every project that uses this backend, where its
-        members can read them, and a user name is no secret (found by review: a request
+        project's key yet (just connected, or the process cannot read the key secret), any backend
+        counted until 2026-12-01; now only a backend at exactly ``public_url`` when it is set (the
+        operator's word for this backend's URL in Label Studio), and with ``basic_user`` (basic auth
+        on) and no ``public_url`` none. With ``basic_user`` only backends with that user count at
+        all. Basic auth's credentials sit on the webhook of every project that uses this backend,
+        where members can read them, and a user name is no secret (found by review: a request
         authenticated with them named a project with another ML backend of its own, and its cycle
-        wrote predictions there). When Label Studio will not say (403, 404), the answer is connected."""
+        wrote predictions there). Once a webhook carries the key the webhooks decide as above (a
+        backend whose URL was edited still counts). When Label Studio will not say (403, 404), the
+        answer is connected."""
         backends = _unless_refused(self.list_ml_backends, project_id)
         if not isinstance(backends, list):
             return None
@@ -407,23 +409,23 @@ class LabelStudioClient:
             if not mine:
                 return others + " (none has this backend's basic-auth user)"
             backends, urls = mine, [str(b.get("url") or "") for b in mine]
-        if public_url:
-            key = same_url_key(public_url)
-            if key is not None and any(same_url_key(u) == key for u in urls):
-                return None
-            return others + " (none is at PUBLIC_URL)"
-        if webhook_header is None:
-            if basic_user:  # found by review: a worker without the key secret took every such project
+        hooks, ours = [], set()
+        if webhook_header is not None:
+            name, value = webhook_header
+            hooks = _unless_refused(self.list_webhooks, project_id)
+            hooks = [h for h in (hooks if isinstance(hooks, list) else []) if isinstance(h, dict)]
+            ours = {str(h.get("url") or "").rstrip("/") for h in hooks if isinstance(h.get("headers"), dict)
+                    and hmac.compare_digest(header_value(h["headers"], name).encode(), str(value).encode())}
+        if not ours:
+            if public_url:
+                key = same_url_key(public_url)
+                if key is not None and any(same_url_key(u) == key for u in urls):
+                    return None
+                return others + " (none is at PUBLIC_URL, and no webhook of the project carries this backend's key)"
+            if basic_user and webhook_header is None:  # found by review: a worker without the key secret took them all
                 return (f"project {int(project_id)}: this process cannot read the backend's key secret, so it cannot "
                         "tell this backend's webhook from others' (cycle workers need the web process's MODEL_DIR "
                         "or the same WEBHOOK_KEY_SECRET), and with basic auth on a user name is no proof")
-            return None
-        name, value = webhook_header
-        hooks = _unless_refused(self.list_webhooks, project_id)
-        hooks = [h for h in (hooks if isinstance(hooks, list) else []) if isinstance(h, dict)]
-        ours = {str(h.get("url") or "").rstrip("/") for h in hooks if isinstance(h.get("headers"), dict)
-                and hmac.compare_digest(header_value(h["headers"], name).encode(), str(value).encode())}
-        if not ours:
             if basic_user:
                 return (f"project {int(project_id)}: no webhook of the project carries this backend's key yet, and with "
                         "basic auth on a backend's user name is no proof (set PUBLIC_URL to this backend's URL as "

@@ -397,14 +397,17 @@ def test_not_connected_reason_with_public_url_or_basic_auth_needs_a_backend_that
     assert C(both).not_connected_reason(1, H, public_url="http://us:9090/ncalr") is not None
     assert C(both).not_connected_reason(1, H, public_url="http://us:9090", basic_user="other") is not None
     assert C([{"url": "https://p.test"}]).not_connected_reason(1, H, public_url="https://p.test:443/") is None
-    # a webhook carrying our key at their URL does not make their backend ours when PUBLIC_URL says
-    marked = [{"url": "http://their-model:9090/webhook", "headers": {"X-S": "key-of-1"}}]
-    assert C(theirs, marked).not_connected_reason(1, H, public_url="http://us:9090") is not None
+    # once a webhook carries the key the webhooks decide, with PUBLIC_URL too: ours at its address
+    # (even with the backend's URL edited since: tests/integration/test_trust.py), or not ours
+    mine = [{"url": "http://US:9090/webhook", "headers": {"X-S": "key-of-1"}}]
+    moved = [{"url": "http://moved:9090", "basic_auth_user": "ncalr"}]
+    assert C(moved, mine).not_connected_reason(1, H, public_url="http://us:9090") is None
+    disconnected = mine + [{"url": "http://their-model:9090/webhook", "headers": {}}]
+    assert "another ML backend" in C(theirs, disconnected).not_connected_reason(1, H, public_url="http://us:9090")
     # basic auth alone: a user name is no proof; a backend with our user counts once the webhook at
     # its address carries the project's key (the old rules apply among those)
     why = C(both).not_connected_reason(1, H, basic_user="ncalr")
     assert "carries this backend's key" in why and "PUBLIC_URL" in why
-    mine = [{"url": "http://US:9090/webhook", "headers": {"X-S": "key-of-1"}}]
     assert C(both, mine).not_connected_reason(1, H, basic_user="ncalr") is None
     assert C(theirs, mine).not_connected_reason(1, H, basic_user="ncalr") is not None  # theirs has another user
     assert "no ML backend" in C([]).not_connected_reason(1, H, public_url="http://us:9090")
@@ -412,6 +415,7 @@ def test_not_connected_reason_with_public_url_or_basic_auth_needs_a_backend_that
     # basic auth that is a reason, not "connected" (found by review)
     assert "cannot read the backend's key secret" in C(both, mine).not_connected_reason(1, None, basic_user="ncalr")
     assert C(both, mine).not_connected_reason(1, None, public_url="http://us:9090", basic_user="ncalr") is None
+    assert C(theirs, mine).not_connected_reason(1, None, public_url="http://us:9090") is not None
 
 
 def test_our_webhook_header_reads_the_secret_and_never_creates_one(tmp_path):
