@@ -124,9 +124,12 @@ def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress:
     ecfg = ecfg.for_batch(batch)
     init_state = warm_start_state(run.store, snap.cfg, ecfg)
     run.report["warm_start"] = init_state is not None
-    run.report["lr"] = ecfg.base_lr  # NCALR_LR=0 (the default) chooses it by NCALR_WIDTH
+    warm = init_state is not None
+    lr = ecfg.rate(warm)  # NCALR_LR (NCALR_COLD_LR for a cold start) = 0 chooses it by NCALR_WIDTH
+    by_width = (ecfg.lr if warm or ecfg.cold_lr == -1 else ecfg.cold_lr) == 0
+    run.report["lr"] = lr  # the rate the cycle starts at (a diverged retry's: report["diverged"])
     log.info("project %s cycle %s: training ResNet-18 width %d at learning rate %g%s", run.project_id, run.cycle,
-             ecfg.width, ecfg.base_lr, " (chosen by width)" if ecfg.lr == 0 else "")
+             ecfg.width, lr, " (chosen by width)" if by_width else "")
     t = time.time()
     try:
         res = engine.run_cycle(snap.x_lab, snap.y_lab, snap.x_pool, num_classes=snap.cfg.num_classes, config=ecfg,
@@ -136,7 +139,7 @@ def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress:
         # never ship a broken model: once more, at a third of the learning rate, with another seed
         # ... and from scratch: if the previous model's weights are what diverges, warm-starting from
         # them again would fail every later cycle the same way (found by review)
-        retry = ecfg.replace(lr=ecfg.base_lr * DIVERGED_LR_FACTOR, seed=ecfg.seed + 1)
+        retry = ecfg.replace(lr=ecfg.rate(False) * DIVERGED_LR_FACTOR, cold_lr=-1, seed=ecfg.seed + 1)
         log.warning("project %s cycle %s: %s; training again from scratch at learning rate %g", run.project_id,
                     run.cycle, exc, retry.lr)
         run.report["diverged"] = {"first": str(exc), "retried_with_lr": retry.lr, "retried_from_scratch": True}

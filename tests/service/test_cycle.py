@@ -461,6 +461,12 @@ def test_a_diverging_training_is_retried_at_a_lower_rate_and_never_ships(setting
     assert rep["status"] == "completed" and lrs == [by_width.base_lr, pytest.approx(by_width.base_lr * 0.3)]
     assert by_width.base_lr == pytest.approx(0.00625) and rep["lr"] == pytest.approx(0.00625)
     v1 = rep["model_version"]
+    # cold_lr: a cold start's rate (0 = by width); its retry is 0.3 x that rate, also from scratch
+    lrs.clear(), inits.clear()
+    cold = ENGINE.replace(cold_lr=0.0, warm_start=False)
+    rep = run_project_cycle(settings, 1, "t1c", engine_config=cold, client=ls)
+    assert rep["status"] == "completed" and rep["lr"] == pytest.approx(0.00625)
+    assert lrs[1] == pytest.approx(0.00625 * 0.3) and rep["diverged"]["retried_with_lr"] == pytest.approx(0.00625 * 0.3)
     # the next cycle diverges from the warm start it is given: the retry starts from scratch, so
     # weights that diverge cannot stick a project (found by review)
     lrs.clear(), inits.clear()
