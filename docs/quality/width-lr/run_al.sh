@@ -5,6 +5,7 @@
 #   SEEDS="0" bash docs/quality/width-lr/run_al.sh sym00 sym02
 #   RUNS="lr=0,lr_scope=head" SEEDS="0" bash docs/quality/width-lr/run_al.sh sym02   (the head alone: needs the
 #   engine of 7d2b1de, where lr_scope existed; removed after this measurement)
+#   RUNS="lr=0.05,cold_lr=0" SEEDS="0 1" bash docs/quality/width-lr/run_al.sh sym02   (a cold start by width, then 0.05)
 # Outputs: docs/quality/width-lr/al/<setting>/lr<rate>/s<seed>/{results.json,table.md,run.log}
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
