@@ -267,9 +267,10 @@ class EngineConfig:
         """The learning rate training starts at: ``lr``, or with ``lr`` = 0 the width rule above."""
         return self.lr if self.lr > 0 else LR_AT_WIDTH_8 * min(1.0, 8.0 / self.width)
 
-    def rate(self, warm: bool) -> float:
-        """The learning rate of a cycle that warm-starts (``base_lr``) or not (``cold_lr``)."""
-        return self.base_lr if warm or self.cold_lr == -1 else self.replace(lr=self.cold_lr).base_lr
+    def at_start(self, warm: bool) -> "EngineConfig":
+        """The config a cycle that warm-starts (or not) trains with: a cold start's ``lr`` is
+        ``cold_lr`` unless that is -1; ``cold_lr`` itself is then spent (-1)."""
+        return self if warm or self.cold_lr == -1 else self.replace(lr=self.cold_lr, cold_lr=-1.0)
 
     def eval_batch(self, device) -> int:
         """``eval_batch_size`` on ``device`` (a torch.device), with 0 resolved per device."""

@@ -234,8 +234,7 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
         if all(k in own and own[k].shape == v.shape for k, v in init_state.items()) and len(init_state) == len(own):
             model.load_state_dict(init_state)
             warm = True
-    if not warm and config.cold_lr != -1:
-        config = config.replace(lr=config.rate(False), cold_lr=-1)  # a cold start's own rate (EngineConfig.cold_lr)
+    config = config.at_start(warm)  # a cold start's own rate (EngineConfig.cold_lr)
     holdout = serve_holdout(y_lab, config)
     tr = train_to_tpt(model, torch.from_numpy(x_lab), torch.from_numpy(y_lab), torch.from_numpy(x_pool),
                       config, device, progress, should_stop, holdout=holdout)

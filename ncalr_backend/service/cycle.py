@@ -123,13 +123,12 @@ def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress:
     ecfg = engine_config or engine.EngineConfig.from_env(prefix="NCALR_")
     ecfg = ecfg.for_batch(batch)
     init_state = warm_start_state(run.store, snap.cfg, ecfg)
-    run.report["warm_start"] = init_state is not None
     warm = init_state is not None
-    lr = ecfg.rate(warm)  # NCALR_LR (NCALR_COLD_LR for a cold start) = 0 chooses it by NCALR_WIDTH
-    by_width = (ecfg.lr if warm or ecfg.cold_lr == -1 else ecfg.cold_lr) == 0
-    run.report["lr"] = lr  # the rate the cycle starts at (a diverged retry's: report["diverged"])
+    run.report["warm_start"] = warm
+    start = ecfg.at_start(warm)  # NCALR_LR (NCALR_COLD_LR for a cold start) = 0 chooses it by NCALR_WIDTH
+    run.report["lr"] = start.base_lr  # the rate the cycle starts at (a diverged retry's: report["diverged"])
     log.info("project %s cycle %s: training ResNet-18 width %d at learning rate %g%s", run.project_id, run.cycle,
-             ecfg.width, lr, " (chosen by width)" if by_width else "")
+             ecfg.width, start.base_lr, " (chosen by width)" if start.lr == 0 else "")
     t = time.time()
     try:
         res = engine.run_cycle(snap.x_lab, snap.y_lab, snap.x_pool, num_classes=snap.cfg.num_classes, config=ecfg,
@@ -139,7 +138,8 @@ def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress:
         # never ship a broken model: once more, at a third of the learning rate, with another seed
         # ... and from scratch: if the previous model's weights are what diverges, warm-starting from
         # them again would fail every later cycle the same way (found by review)
-        retry = ecfg.replace(lr=ecfg.rate(False) * DIVERGED_LR_FACTOR, cold_lr=-1, seed=ecfg.seed + 1)
+        cold = ecfg.at_start(False)  # the retry starts from scratch
+        retry = cold.replace(lr=cold.base_lr * DIVERGED_LR_FACTOR, seed=ecfg.seed + 1)
         log.warning("project %s cycle %s: %s; training again from scratch at learning rate %g", run.project_id,
                     run.cycle, exc, retry.lr)
         run.report["diverged"] = {"first": str(exc), "retried_with_lr": retry.lr, "retried_from_scratch": True}
