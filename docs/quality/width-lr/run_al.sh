@@ -6,6 +6,8 @@
 #   RUNS="lr=0,lr_scope=head" SEEDS="0" bash docs/quality/width-lr/run_al.sh sym02   (the head alone: needs the
 #   engine of 7d2b1de, where lr_scope existed; removed after this measurement)
 #   RUNS="lr=0.05,cold_lr=0" SEEDS="0 1" bash docs/quality/width-lr/run_al.sh sym02   (a cold start by width, then 0.05)
+#   RUNS="lr=0,warm_start=false lr=0.05" SEEDS="3 4" bash docs/quality/width-lr/run_al.sh sym02   (every cycle from scratch
+#   at the width rule, with the default beside it)
 # Outputs: docs/quality/width-lr/al/<setting>/lr<rate>/s<seed>/{results.json,table.md,run.log}
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
@@ -18,6 +20,7 @@ args() {
   case $1 in
     sym00) echo "--noise-type none";;
     sym02) echo "--noise-type symmetric --noise-rate 0.2";;
+    sym04) echo "--noise-type symmetric --noise-rate 0.4";;
     asym03) echo "--noise-type asymmetric --noise-rate 0.3";;
     *) echo "unknown setting $1" >&2; return 2;;
   esac
