@@ -205,7 +205,7 @@ class Backend:
             if pid is not None and self.settings.basic_auth_user and not self.auth.key_ok(request.headers, pid):
                 self.auth.resync_soon(pid, request.host)  # authentic by basic auth: still give the webhook its key
             return None
-        if action in ("START_TRAINING", "train") and pid is not None and self.auth.project_has_us(pid, request.host):
+        if action in ("START_TRAINING", "train") and pid is not None and self.auth.project_has_us(pid):
             return None  # Label Studio's "Start training" button: no custom header, checked with Label Studio
         if pid is not None:
             self.auth.resync_soon(pid, request.host)

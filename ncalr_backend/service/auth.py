@@ -345,7 +345,7 @@ class Auth:
                 return ours
         return backends if only_one_counts and len(backends) == 1 else []
 
-    def project_has_us(self, project_id: int, host: Optional[str]) -> bool:
+    def project_has_us(self, project_id: int) -> bool:
         """Label Studio's "Start training" without basic auth (no custom header): accepted only for a
         project one of whose ML backends in Label Studio's records is this backend: at exactly
         ``PUBLIC_URL`` when it is set, else at a URL that proves it (``is_this_backend``). The
@@ -357,7 +357,7 @@ class Auth:
         WHOAMI_TIMEOUT_S of probing); and requests varying the project id get at most CHECK_BUDGET
         checks per CHECK_WINDOW_S in all: beyond that the answer is False, without asking Label
         Studio (logged once per window)."""
-        key, now = project_id, time.time()  # the Host header plays no part in the answer
+        key, now = project_id, time.time()
         with self._lock:
             hit = self._checked.get(key)
             if hit is not None and now - hit[0] < RESYNC_EVERY_S:

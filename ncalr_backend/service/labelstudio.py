@@ -426,6 +426,12 @@ class LabelStudioClient:
                 return (f"project {int(project_id)}: this process cannot read the backend's key secret, so it cannot "
                         "tell this backend's webhook from others' (cycle workers need the web process's MODEL_DIR "
                         "or the same WEBHOOK_KEY_SECRET), and with basic auth on a user name is no proof")
+            if basic_user and _other_key_at(hooks, name, value, urls):
+                return (f"project {int(project_id)}: the webhook at this backend's address carries a key this process "
+                        "does not compute: either it still has the value from before per-project keys (the web "
+                        "process replaces it when the next webhook arrives), or this process's key secret differs "
+                        "from the web process's (cycle workers need the web process's MODEL_DIR or the same "
+                        "WEBHOOK_KEY_SECRET)")
             if basic_user:
                 return (f"project {int(project_id)}: no webhook of the project carries this backend's key yet, and with "
                         "basic auth on a backend's user name is no proof (set PUBLIC_URL to this backend's URL as "
@@ -523,6 +529,15 @@ def _unless_refused(read, project_id: int):
         if exc.status in (403, 404):
             return None
         raise
+
+
+def _other_key_at(hooks: list, name: str, value: str, urls: list) -> bool:
+    """Whether a webhook at one of the backends' addresses (``urls``) carries header ``name`` with a
+    value other than ``value``: a key this process does not compute (another key secret, or the
+    value from before per-project keys), as opposed to no key at all."""
+    at = {webhook_url(u) for u in urls}
+    return any(str(h.get("url") or "").rstrip("/") in at and isinstance(h.get("headers"), dict)
+               and header_value(h["headers"], name) not in ("", str(value)) for h in hooks)
 
 
 def webhook_url(backend_url: str) -> str:

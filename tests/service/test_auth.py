@@ -133,7 +133,7 @@ def test_unauthenticated_requests_cannot_make_the_backend_hammer_label_studio(tm
     a, calls = _auth_with_backends(tmp_path, monkeypatch,
                                    lambda pid: [{"url": "http://backend:9090"}] if pid == 1 else [])
     for _ in range(50):
-        assert a.project_has_us(1, "backend:9090") and not a.project_has_us(2, "backend:9090")
+        assert a.project_has_us(1) and not a.project_has_us(2)
     assert calls == [1, 2]  # once per project and host, then remembered
     started = []
     monkeypatch.setattr(a, "ensure_webhook_headers", lambda pid, host: started.append(pid))
@@ -155,12 +155,12 @@ def test_checks_of_unauthenticated_start_training_have_a_global_budget(tmp_path,
     monkeypatch.setattr(auth_mod, "time", SimpleNamespace(time=lambda: clock[0], sleep=time.sleep))
     budget = auth_mod.CHECK_BUDGET
     with caplog.at_level("WARNING", logger=auth_mod.__name__):
-        oks = [a.project_has_us(pid, f"host-{pid}.example") for pid in range(1, 1001)]
+        oks = [a.project_has_us(pid) for pid in range(1, 1001)]
     assert len(calls) == budget and oks[:budget] == [True] * budget and not any(oks[budget:])
     assert len([r for r in caplog.records if "START_TRAINING checks" in r.getMessage()]) == 1
-    assert a.project_has_us(1, "backend:9090") and len(calls) == budget  # checked ones stay answered
+    assert a.project_has_us(1) and len(calls) == budget  # checked ones stay answered
     clock[0] += auth_mod.CHECK_WINDOW_S  # a new window: Label Studio is asked again
-    assert a.project_has_us(900, "backend:9090") and calls[-1] == 900 and len(calls) == budget + 1
+    assert a.project_has_us(900) and calls[-1] == 900 and len(calls) == budget + 1
 
 
 def test_the_host_header_cannot_make_another_teams_project_ours(tmp_path, monkeypatch):
@@ -175,10 +175,10 @@ def test_the_host_header_cannot_make_another_teams_project_ours(tmp_path, monkey
     other = lambda pid: [{"url": "http://other-team.test:9090"}]  # noqa: E731
     # without PUBLIC_URL: test_without_public_url_the_host_header_decides_nothing
     a, calls = _auth_with_backends(tmp_path / "b", monkeypatch, other, public_url="http://us.test:9090")
-    assert not a.project_has_us(7, "other-team.test:9090") and calls == [7]
+    assert not a.project_has_us(7) and calls == [7]
     a, _ = _auth_with_backends(tmp_path / "c", monkeypatch, lambda pid: [{"url": "http://US.test:9090/"}],
                                public_url="http://us.test:9090")
-    assert a.project_has_us(7, "whatever-the-client-says:1")
+    assert a.project_has_us(7)
 
 
 def test_public_url_is_one_backend_path_included():
@@ -213,7 +213,7 @@ def test_with_public_url_the_host_header_is_not_read_at_all(tmp_path, monkeypatc
             patched.append(hook_id)
 
     monkeypatch.setattr(auth_mod, "make_client", lambda settings: LS())
-    assert a.project_has_us(1, "other-team.test:9090") and not a.project_has_us(2, "other-team.test:9090")
+    assert a.project_has_us(1) and not a.project_has_us(2)
     assert a.ensure_webhook_headers(1, "other-team.test:9090", delays=(0,)) is True and patched == [2]
     # project 2's only backend is another team's: no fallback to "the only one" with PUBLIC_URL set
     assert a.ensure_webhook_headers(2, "other-team.test:9090", delays=(0,)) is False and patched == [2]
@@ -314,10 +314,10 @@ def test_without_public_url_the_host_header_decides_nothing(tmp_path, monkeypatc
     try:
         # project 7: the other team's backend is the only one, and the request names it in Host
         assert a.ensure_webhook_headers(7, other_host, delays=(0,)) is False and patched == []
-        assert not a.project_has_us(7, other_host)
+        assert not a.project_has_us(7)
         # project 8 has us too: only our webhook gets the secret, whatever Host says
         assert a.ensure_webhook_headers(8, other_host, delays=(0,)) is True and patched == [81]
-        assert a.project_has_us(8, other_host) and a.project_has_us(8, None)
+        assert a.project_has_us(8)  # (the Host header is no parameter of the check)
     finally:
         us.close(), other.close()
 
@@ -403,13 +403,13 @@ def test_a_probe_that_times_out_is_not_remembered_and_one_check_per_project_runs
 
         monkeypatch.setattr(auth_mod, "make_client", lambda settings: LS())
         first = []
-        t = threading.Thread(target=lambda: first.append(a.project_has_us(5, None)))
+        t = threading.Thread(target=lambda: first.append(a.project_has_us(5)))
         t.start()
         assert started.wait(5)
-        assert a.project_has_us(5, None) is False  # the same project's check is running: refused
+        assert a.project_has_us(5) is False  # the same project's check is running: refused
         slow.set()
         t.join(10)
-        assert first == [True] and calls == [5] and a.project_has_us(5, None)
+        assert first == [True] and calls == [5] and a.project_has_us(5)
     finally:
         slow.set()
         us.close()
@@ -440,6 +440,6 @@ def test_a_backend_that_never_answers_neither_hides_ours_nor_holds_the_request(t
             t0 = time.monotonic()
             assert a._our_backends(LS(), 3, None) == [backends[1]]
             assert time.monotonic() - t0 < 2.5
-        assert a.project_has_us(3, None)
+        assert a.project_has_us(3)
     finally:
         us.close(), dead.close()

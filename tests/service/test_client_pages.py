@@ -416,6 +416,13 @@ def test_not_connected_reason_with_public_url_or_basic_auth_needs_a_backend_that
     assert "cannot read the backend's key secret" in C(both, mine).not_connected_reason(1, None, basic_user="ncalr")
     assert C(both, mine).not_connected_reason(1, None, public_url="http://us:9090", basic_user="ncalr") is None
     assert C(theirs, mine).not_connected_reason(1, None, public_url="http://us:9090") is not None
+    # a worker whose key secret differs from the web process's computes another key: the webhook at
+    # our backend's address carries a key, not this one; the reason says so (was: "carries no key
+    # yet", which sent the operator to wait); another backend's keyed webhook is no such sign
+    why = C(both, mine).not_connected_reason(1, ("X-S", "key-of-1-by-another-secret"), basic_user="ncalr")
+    assert "does not compute" in why and "WEBHOOK_KEY_SECRET" in why and "key-of-1" not in why
+    elsewhere = [{"url": "http://their-model:9090/webhook", "headers": {"X-S": "k"}}]
+    assert "carries this backend's key yet" in C(both, elsewhere).not_connected_reason(1, H, basic_user="ncalr")
 
 
 def test_our_webhook_header_reads_the_secret_and_never_creates_one(tmp_path):
