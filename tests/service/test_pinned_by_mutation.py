@@ -271,12 +271,12 @@ def test_H9_a_cached_check_expires_so_a_disconnected_backend_loses_start_trainin
                      [{"id": 1, "url": "http://backend:9090/webhook", "headers": {auth_mod.SECRET_HEADER: auth_mod.project_key(a.secret, 1)}}])
     clock = [1000.0]
     monkeypatch.setattr(auth_mod, "time", SimpleNamespace(time=lambda: clock[0], sleep=time.sleep))
-    assert a.project_has_us(1, "backend:9090") and LS.calls == 1
+    assert a.project_has_us(1) and LS.calls == 1
     connected[0] = False  # the backend is disconnected in Label Studio
     clock[0] += auth_mod.RESYNC_EVERY_S - 1
-    assert a.project_has_us(1, "backend:9090") and LS.calls == 1  # still remembered
+    assert a.project_has_us(1) and LS.calls == 1  # still remembered
     clock[0] += 2
-    assert not a.project_has_us(1, "backend:9090") and LS.calls == 2  # asked again: gone
+    assert not a.project_has_us(1) and LS.calls == 2  # asked again: gone
 
 
 @pytest.mark.parametrize("host", ["backend", "backend:90", "ackend:9090", "http:"])
