@@ -130,7 +130,7 @@ def add_engine_arguments(p: argparse.ArgumentParser):
     e.add_argument("--max-epochs", type=int, default=None)
     e.add_argument("--tpt-window", type=int, default=None)
     e.add_argument("--train-acc-threshold", type=float, default=None)
-    e.add_argument("--warm-start", choices=("true", "false"), default=None)
+    e.add_argument("--warm-start", choices=("true", "false", "on", "off", "auto"), default=None)
     e.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="any EngineConfig field, repeatable")
     e.add_argument("--width", type=int, default=16,
                    help="ResNet-18 base width (64 = torchvision's ResNet-18; narrower keeps the depth/topology and "
@@ -339,7 +339,7 @@ class Runner:
         accs, budgets, sel_secs, train_secs, diags = [], [], [], [], []
         for cycle in range(args.cycles + 1):
             if cycle > 0:
-                init_state = prev_state if cfg.warm_start else None
+                init_state = prev_state if cfg.warms else None
                 rank_specs = [spec] if cycle < args.cycles else []
                 res, ranked_all, sel_all = self._cycle(pool, lab_idx, rank_specs, cfg, seed, cycle, init_state)
                 ranked, sel_s = ranked_all.get(spec.label), sel_all.get(spec.label, 0.0)
@@ -368,7 +368,7 @@ class Runner:
                 d["select_s"] = round(float(sel_s), 4)
                 lab_idx = np.concatenate([lab_idx, picked])
             diags.append(d)
-            prev_state = (res.tpt_model_state if args.warm_from == "tpt" else res.model_state) if cfg.warm_start else None
+            prev_state = (res.tpt_model_state if args.warm_from == "tpt" else res.model_state) if cfg.warms else None
             self.log(f"seed {seed} {spec.label:<28s} cycle {cycle}/{args.cycles} labeled {budgets[-1]:4d} "
                      f"acc {100 * accs[-1]:5.1f}%  train {train_secs[-1]:5.1f}s  "
                      f"tpt {'@' + str(res.tpt['t_i']) if res.tpt['reached'] else 'not reached'} ({res.tpt['epochs']} ep)"

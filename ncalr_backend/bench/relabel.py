@@ -98,7 +98,7 @@ def trajectory(args, pool, second, init_idx, n_query, share, cfg, seed, log) -> 
         lab = np.concatenate([lab, new_idx])
         y = np.concatenate([y, pool.oracle.query(new_idx)])
         spent += n_query
-        state = res.model_state if cfg.warm_start else None
+        state = res.model_state if cfg.warms else None
         log(f"seed {seed} share {share:.2f} cycle {cycle}: acc {100 * acc:5.1f}%  labeled noise "
             f"{100 * out['labeled_noise'][-1]:4.1f}%  relabeled {out['relabeled']} (fixed {out['fixed']}, broke {out['broken']})")
     fr = np.asarray(out["budget"], dtype=np.float64) / M

@@ -229,7 +229,7 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
     model = build_model(num_classes, x_lab.shape[1], x_lab.shape[2], config.pretrained_path, config.width,
                         config.classifier)
     warm = False
-    if init_state is not None and config.warm_start:
+    if init_state is not None and config.warms:
         own = model.state_dict()
         if all(k in own and own[k].shape == v.shape for k, v in init_state.items()) and len(init_state) == len(own):
             model.load_state_dict(init_state)

@@ -96,7 +96,7 @@ def warm_start_state(store: ProjectStore, cfg, ecfg) -> Optional[dict]:
     same kind of task; otherwise None (train from scratch, said in the log)."""
     from ncalr_backend.engine import load_model
     latest = store.latest()
-    if not (getattr(ecfg, "warm_start", False) and latest and (latest["path"] / "model.pt").exists()):
+    if not (getattr(ecfg, "warms", False) and latest and (latest["path"] / "model.pt").exists()):
         return None
     if list(latest.get("labels") or []) != list(cfg.labels):
         log.warning("project %s: the labeling config's choices changed (%s -> %s): training from scratch",

@@ -114,6 +114,20 @@ def test_config_validation_and_env():
         EngineConfig.from_mapping({"max_epoch": "3"})
 
 
+def test_warm_start_is_on_off_or_chosen_by_width():
+    """warm_start: on / off / auto (on up to width 8, off above); bools and true/false words are
+    read as on/off, one spelling kept; anything else is refused with the choices."""
+    assert [EngineConfig(width=w, warm_start="auto").warms for w in (4, 8, 16, 64)] == [True, True, False, False]
+    assert [EngineConfig(width=w, warm_start="on").warms for w in (8, 64)] == [True, True]
+    assert [EngineConfig(width=w, warm_start="off").warms for w in (8, 64)] == [False, False]
+    assert EngineConfig(warm_start=True).warm_start == "on" and EngineConfig(warm_start=False).warm_start == "off"
+    assert EngineConfig(width=8, warm_start="auto").replace(width=64).warms is False  # not fixed at construction
+    for raw, want in (("true", "on"), ("FALSE", "off"), ("1", "on"), ("no", "off"), (" Auto ", "auto")):
+        assert EngineConfig.from_env(environ={"NCALR_WARM_START": raw}).warm_start == want
+    with pytest.raises(ConfigError, match="warm_start='sometimes': choose one of"):
+        EngineConfig(warm_start="sometimes")
+
+
 def test_learning_rate_is_chosen_by_width_unless_set():
     """lr = 0: 0.05 up to width 8, 0.05 x 8 / width above it (the head reads 8 x width features);
     a set lr, the default 0.05 too, is used at every width; a negative one is refused."""
