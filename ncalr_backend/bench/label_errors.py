@@ -66,7 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.add_argument("--folds", type=int, default=5, help="cross-validation folds of the cleanlab baseline")
     a.add_argument("--previous-share", type=float, default=0.0,
                    help="> 0: warm-start the scored cycle from a previous cycle trained on this share of the "
-                        "labeled set (as the service does with warm_start); 0: one cycle from scratch")
+                        "labeled set (as the service does up to width 8; warm_start=on at any width here); 0: one cycle "
+                        "from scratch")
     a.add_argument("--out", default="runs/label-errors", help="output folder")
     a.add_argument("--quick", action="store_true", help="smoke run: small subset, 1 seed, short training, 2 folds")
     a.add_argument("--no-plot", action="store_true")
@@ -185,7 +186,8 @@ def run_seed(args, data, seed: int, methods: list[str], base: dict, log) -> dict
     rest = np.setdiff1d(np.arange(M), lab_idx)
     cfg = make_config({**base, "strategy": "ncalr", "seed": str(seed * 1000)})
     init_state = None
-    if args.previous_share > 0:  # the previous cycle: a random part of today's labeled set
+    if args.previous_share > 0:  # the previous cycle: a random part of today's labeled set, warm-starting
+        cfg = dataclasses.replace(cfg, warm_start="on")  # the measured one whatever the width (auto: off above 8)
         prev = np.sort(rng.choice(len(y), size=max(2, int(round(args.previous_share * len(y)))), replace=False))
         prev_res = run_cycle(x[prev], y[prev], x[:0], pool.num_classes,
                              dataclasses.replace(cfg, strategy="random", seed=cfg.seed + 1))

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     r1 = run_cycle(x[lab1], y[lab1], x[pool1], 10, cfg)
     first_s = time.perf_counter() - t
     ti_row = next((h for h in r1.history if h["epoch"] == r1.tpt["t_i"]), None)
-    result["digits_tpt"] = {"labeled": 180, "pool": len(pool1), "reached": r1.tpt["reached"], "t_i": r1.tpt["t_i"],
+    result["digits_tpt"] = {"labeled": 180, "pool": len(pool1), "lr": cfg.base_lr, "width": cfg.width,
+                            "reached": r1.tpt["reached"], "t_i": r1.tpt["t_i"],
                             "epochs": r1.tpt["epochs"], "cycle_s": round(first_s, 1),
                             "seconds_to_t_i": round(first_s * (r1.tpt["t_i"] or r1.tpt["epochs"]) / r1.tpt["epochs"], 1),
                             "train_images_per_s": round(r1.timings["images_per_s"], 1),

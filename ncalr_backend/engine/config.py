@@ -115,18 +115,17 @@ class EngineConfig:
     tpt_window: int = 10
     """Epochs trained after T_i; FF counts prediction flips over the window's checkpoints."""
     batch_size: int = 64
-    lr: float = 0.05
-    """SGD learning rate, the same at every width (the default, 0.05). 0 = chosen by ``width``
-    (``base_lr``): 0.05 up to width 8, 0.05 x 8 / width above it (0.00625 at the product's width
-    64). The classifier head reads 8 x width features, so a step of the same size moves the logits
-    about width / 8 times as far. Why 0.05 stays the default (docs/quality/width-lr): at width 64,
-    batch 64, one cycle on 40 / 125 / 400 digit labels (3 seeds) the rule was far better (clean
-    test accuracy 0.70 / 0.92 / 0.95 against 0.30 / 0.86 / 0.91; at 0.05 the loss rose in the first
-    epochs), and in active learning it gained 7-17 points in the first cycle; but at 20% symmetric
-    noise the warm-started later cycles fitted the wrong labels (the label check flagged half as
-    many) and the AULC fell by 0.4 and 4.6 points (2 seeds; clean labels +1.3, one seed). The
-    product is for noisy labels: 0 is for clean labels and small labeled sets. N > 0 = exactly N
-    at every width."""
+    lr: float = 0.0
+    """SGD learning rate. 0 (the default) = chosen by ``width`` (``base_lr``): 0.05 up to width 8,
+    0.05 x 8 / width above it (0.00625 at the product's width 64). The classifier head reads
+    8 x width features, so a step of the same size moves the logits about width / 8 times as far:
+    at width 64, batch 64, one cycle on 40 / 125 / 400 digit labels (3 seeds) 0.05 gave clean test
+    accuracy 0.30 / 0.86 / 0.91 (the loss rose in the first epochs), the width rule 0.70 / 0.92 /
+    0.95. The rule is the default together with ``warm_start`` = auto (every cycle from scratch
+    above width 8): warm-started at the low rate, later cycles fitted the wrong labels of a noisy
+    set; from scratch they gained +3.1 AULC points at 20% noise (5 seeds) and +3.4 on clean labels
+    (3 seeds) over 0.05 with warm starts (docs/quality/width-lr). N > 0 = exactly N at every width
+    (0.05 was the default at every width until 2026-12-01)."""
     cold_lr: float = -1.0
     """The learning rate of a cycle that does not warm-start (the first one, or after the model's
     shape changed): -1 = ``lr`` (the default), 0 = chosen by width as for ``lr``, N > 0 = N.
@@ -140,13 +139,14 @@ class EngineConfig:
     lr_min_factor: float = 0.1
     augment: bool = True
     """Random translations (pad-and-crop, no flips: digits and text do not survive a flip)."""
-    warm_start: str = "on"
+    warm_start: str = "auto"
     """Start each cycle from the previous cycle's weights (when their shapes match): 'on', 'off'
-    (every cycle from scratch), or 'auto': on up to width 8 (WARM_START_MAX_WIDTH), off above it.
-    true/false/1/0/yes/no are read as on/off. ``warms`` is the answer for this config. Measured:
-    at width 8 warm starts gained +3.5 +- 1.4 AULC points on digits (docs/quality/README.md) and
-    the terminal phase is reached far more often; at width 64 with the width rule (``lr`` = 0)
-    every cycle from scratch did better (docs/quality/width-lr)."""
+    (every cycle from scratch), or 'auto' (the default): on up to width 8 (WARM_START_MAX_WIDTH),
+    off above it. true/false/1/0/yes/no are read as on/off; ``warms`` is the answer for this
+    config. Measured: at width 8 (lr 0.05) warm starts gained +3.5 +- 1.4 AULC points on digits
+    and reached the terminal phase far more often (docs/quality/README.md); at width 64 with the
+    width rule for ``lr`` every cycle from scratch did better than warm starts at either rate
+    (docs/quality/width-lr). Widths between 8 and 64 are not measured."""
     loss: str = "ce"
     """'ce', or 'logit_adjusted' (Menon et al. 2021; the usual long-tail baseline)."""
     la_tau: float = 1.0

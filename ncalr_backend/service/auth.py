@@ -372,7 +372,7 @@ class Auth:
                 if now - self._budget_warned_at >= CHECK_WINDOW_S:
                     self._budget_warned_at = now
                     log.warning("more than %d unauthenticated START_TRAINING checks in %.0f s (varying project "
-                                "ids or Host headers): refused without asking Label Studio; turn basic auth on, "
+                                "ids): refused without asking Label Studio; turn basic auth on, "
                                 "or check who sends them", CHECK_BUDGET, CHECK_WINDOW_S)
                 return False
             self._check_times.append(now)

@@ -368,6 +368,9 @@ def main(argv=None) -> int:
                           **{k: os.environ[k] for k in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS") if os.environ.get(k)},
                           NCALR_MAX_EPOCHS=os.environ.get("NCALR_MAX_EPOCHS", "30"),
                           NCALR_TPT_WINDOW=os.environ.get("NCALR_TPT_WINDOW", "5"),
+                          # 8x8 digits on a CPU: a narrow ResNet-18 (cycles of seconds, warm-started at
+                          # 0.05), the width the live benchmark measures (bench/live.py DEMO_ENGINE)
+                          NCALR_WIDTH=os.environ.get("NCALR_WIDTH", "8"),
                           PUBLIC_URL=f"http://127.0.0.1:{args.backend_port}")  # the URL connected below
         backend = BackendProcess(env, port=args.backend_port, log_path=work / "backend.log").start()
         admin = LSAdmin(ls.url, ls.token)

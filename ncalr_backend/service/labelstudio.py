@@ -427,11 +427,11 @@ class LabelStudioClient:
                         "tell this backend's webhook from others' (cycle workers need the web process's MODEL_DIR "
                         "or the same WEBHOOK_KEY_SECRET), and with basic auth on a user name is no proof")
             if basic_user and _other_key_at(hooks, name, value, urls):
-                return (f"project {int(project_id)}: the webhook at this backend's address carries a key this process "
-                        "does not compute: either it still has the value from before per-project keys (the web "
+                return (f"project {int(project_id)}: the webhook of a backend with this backend's basic-auth user carries "
+                        "a key this process does not compute: either it still has the value from before per-project keys (the web "
                         "process replaces it when the next webhook arrives), or this process's key secret differs "
                         "from the web process's (cycle workers need the web process's MODEL_DIR or the same "
-                        "WEBHOOK_KEY_SECRET)")
+                        "WEBHOOK_KEY_SECRET), or that backend is another deployment with the same user name")
             if basic_user:
                 return (f"project {int(project_id)}: no webhook of the project carries this backend's key yet, and with "
                         "basic auth on a backend's user name is no proof (set PUBLIC_URL to this backend's URL as "

@@ -129,9 +129,13 @@ def test_warm_start_is_on_off_or_chosen_by_width():
 
 
 def test_learning_rate_is_chosen_by_width_unless_set():
-    """lr = 0: 0.05 up to width 8, 0.05 x 8 / width above it (the head reads 8 x width features);
-    a set lr, the default 0.05 too, is used at every width; a negative one is refused."""
-    assert EngineConfig().lr == 0.05 and EngineConfig(width=64).base_lr == 0.05
+    """lr = 0 (the default): 0.05 up to width 8, 0.05 x 8 / width above it (the head reads 8 x width
+    features); a set lr is used at every width; a negative one is refused. With warm_start = auto
+    (the default) the product's width 64 trains every cycle from scratch at 0.00625, and width 8
+    (the CPU grid and demo) warm-starts at 0.05 as before."""
+    assert EngineConfig().lr == 0 and EngineConfig().warm_start == "auto"
+    assert (EngineConfig(width=64).base_lr, EngineConfig(width=64).warms) == (pytest.approx(0.00625), False)
+    assert (EngineConfig(width=8).base_lr, EngineConfig(width=8).warms) == (0.05, True)
     assert [EngineConfig(width=w, lr=0).base_lr for w in (4, 8, 16, 64)] == pytest.approx([0.05, 0.05, 0.025, 0.00625])
     assert [EngineConfig(width=w, lr=0.2).base_lr for w in (4, 64)] == [0.2, 0.2]
     assert EngineConfig.from_env(environ={"NCALR_LR": "0.01", "NCALR_WIDTH": "64"}).base_lr == 0.01

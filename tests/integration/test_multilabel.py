@@ -54,7 +54,8 @@ def backend(label_studio, tmp_path_factory):
     thread: next to Label Studio on two cores, more threads only oversubscribe."""
     d = tmp_path_factory.mktemp("backend-ml")
     b = Backend(label_studio, d / "model_dir", d / "backend.log", NCALR_BATCH_SIZE=8, NCALR_WIDTH=16,
-                NCALR_MAX_EPOCHS=12, NCALR_THREADS=1).start()
+                NCALR_MAX_EPOCHS=12, NCALR_THREADS=1,
+                NCALR_LR=0.05, NCALR_WARM_START="on").start()  # the rate and warm starts this module was written for (by width: 0.025, from scratch)
     yield b
     b.stop()
 

@@ -25,7 +25,7 @@ def backend(label_studio, tmp_path_factory):
     b = Backend(label_studio, d / "model_dir", d / "backend.log", BASIC_AUTH_USER="", BASIC_AUTH_PASS="",
                 IMAGE_SIZE=16, NCALR_WIDTH=16, NCALR_MAX_EPOCHS=30, NCALR_TPT_WINDOW=5, NCALR_BATCH_SIZE=16,
                 NCALR_TRAIN_ACC_THRESHOLD=0.99, NCALR_THREADS=1, TRAIN_TRIGGER_MIN=8, TRAIN_TRIGGER_FRACTION=0.0,
-                RELABEL_SHARE=0.5).start()
+                RELABEL_SHARE=0.5, NCALR_LR=0.05, NCALR_WARM_START="on").start()  # as written for (by width: 0.025, from scratch)
     b.http.auth = None
     yield b
     b.stop()

@@ -37,7 +37,7 @@ def backend(label_studio, tmp_path_factory):
     d = tmp_path_factory.mktemp("backend-review")
     b = Backend(label_studio, d / "model_dir", d / "backend.log", BASIC_AUTH_USER="", BASIC_AUTH_PASS="",
                 IMAGE_SIZE=16, NCALR_WIDTH=16, NCALR_MAX_EPOCHS=30, NCALR_TPT_WINDOW=5, NCALR_BATCH_SIZE=16,
-                NCALR_TRAIN_ACC_THRESHOLD=0.99, NCALR_THREADS=1,
+                NCALR_TRAIN_ACC_THRESHOLD=0.99, NCALR_THREADS=1, NCALR_LR=0.05, NCALR_WARM_START="on",  # as written for
                 TRAIN_TRIGGER_MIN=10000).start()  # cycles only from "Start training": the test says when
     b.http.auth = None
     yield b

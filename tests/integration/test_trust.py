@@ -64,6 +64,7 @@ def backend(label_studio, tmp_path_factory):
     d = tmp_path_factory.mktemp("backend-trust")
     b = Backend(label_studio, d / "model_dir", d / "backend.log", BASIC_AUTH_USER="", BASIC_AUTH_PASS="",
                 IMAGE_SIZE=16, NCALR_WIDTH=16, NCALR_MAX_EPOCHS=80, NCALR_TPT_WINDOW=60, NCALR_THREADS=1,
+                NCALR_WARM_START="on",  # the tests below check when a cycle warm-starts (auto: off at width 16)
                 CYCLE_RETRY_DELAYS="3,6,12,24,48,96").start()
     b.http.auth = None
     yield b

@@ -438,6 +438,7 @@ def test_a_diverging_training_is_retried_at_a_lower_rate_and_never_ships(setting
     Both diverge: the cycle fails cleanly, nothing is written, the previous version stays live."""
     import ncalr_backend.engine as engine
     real, lrs = engine.run_cycle, []
+    E = ENGINE.replace(lr=0.05, warm_start="on")  # a set rate and warm starts (the defaults are by width)
 
     inits = []
 
@@ -450,27 +451,27 @@ def test_a_diverging_training_is_retried_at_a_lower_rate_and_never_ships(setting
 
     monkeypatch.setattr(engine, "run_cycle", diverge_first)
     ls = FakeLS()
-    rep = run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
-    assert rep["status"] == "completed" and lrs == [ENGINE.base_lr, pytest.approx(ENGINE.base_lr * 0.3)]
-    assert rep["diverged"]["retried_with_lr"] == pytest.approx(ENGINE.base_lr * 0.3)
-    assert rep["lr"] == pytest.approx(ENGINE.base_lr)  # the report says the rate the cycle started at
+    rep = run_project_cycle(settings, 1, "t", engine_config=E, client=ls)
+    assert rep["status"] == "completed" and lrs == [E.base_lr, pytest.approx(E.base_lr * 0.3)]
+    assert rep["diverged"]["retried_with_lr"] == pytest.approx(E.base_lr * 0.3)
+    assert rep["lr"] == pytest.approx(E.base_lr)  # the report says the rate the cycle started at
     # lr=0 (chosen by width): the retry is 0.3 x the rate the first run trained at, not 0.3 x 0
     lrs.clear(), inits.clear()
-    by_width = ENGINE.replace(lr=0.0)
+    by_width = E.replace(lr=0.0)
     rep = run_project_cycle(settings, 1, "t1w", engine_config=by_width, client=ls)
     assert rep["status"] == "completed" and lrs == [by_width.base_lr, pytest.approx(by_width.base_lr * 0.3)]
     assert by_width.base_lr == pytest.approx(0.00625) and rep["lr"] == pytest.approx(0.00625)
     v1 = rep["model_version"]
     # cold_lr: a cold start's rate (0 = by width); its retry is 0.3 x that rate, also from scratch
     lrs.clear(), inits.clear()
-    cold = ENGINE.replace(cold_lr=0.0, warm_start=False)
+    cold = E.replace(cold_lr=0.0, warm_start=False)
     rep = run_project_cycle(settings, 1, "t1c", engine_config=cold, client=ls)
     assert rep["status"] == "completed" and rep["lr"] == pytest.approx(0.00625)
     assert lrs[1] == pytest.approx(0.00625 * 0.3) and rep["diverged"]["retried_with_lr"] == pytest.approx(0.00625 * 0.3)
     # the next cycle diverges from the warm start it is given: the retry starts from scratch, so
     # weights that diverge cannot stick a project (found by review)
     lrs.clear(), inits.clear()
-    rep = run_project_cycle(settings, 1, "t1b", engine_config=ENGINE, client=ls)
+    rep = run_project_cycle(settings, 1, "t1b", engine_config=E, client=ls)
     assert inits[0] is not None and inits[1] is None and rep["diverged"]["retried_from_scratch"]
     assert rep["warm_start"] is False  # what the engine did (the retry), not what was offered
     v1 = rep["model_version"]
@@ -481,7 +482,7 @@ def test_a_diverging_training_is_retried_at_a_lower_rate_and_never_ships(setting
     monkeypatch.setattr(engine, "run_cycle", always)
     n = len(ls.imported)
     with pytest.raises(CycleError, match="diverged twice") as e:
-        run_project_cycle(settings, 1, "t2", engine_config=ENGINE, client=ls)
+        run_project_cycle(settings, 1, "t2", engine_config=E, client=ls)
     assert not e.value.live and len(ls.imported) == n and ls.patches[-1]["model_version"] == v1
     assert ProjectStore(settings.model_dir, 1).latest()["model_version"] == v1
 

@@ -28,7 +28,8 @@ fi
 [ "$SMOKE" = 1 ] || timeout 110 $PY -m ncalr_backend.bench training "${TB[@]}" --out "$OUT/training" > "$OUT/training.log" 2>&1; echo "training rc=$?"
 # 2. one product-size cycle and the pool inference rate
 timeout 150 $PY docs/bench/gpu/cycle_probe.py "${CP[@]}" --out "$OUT/probe" > "$OUT/probe.log" 2>&1; echo "probe rc=$?"
-# 3. quality at width 64 on the GPU: one process per (setting, seed, strategy), all side by side
+# 3. quality at width 64 on the GPU, at the engine defaults (rate and warm starts by width: 0.00625, every
+#    cycle from scratch): one process per (setting, seed, strategy), all side by side
 #    (16 CPU cores there), seed-major so that whatever the deadline cuts, finished pairs come first
 STRATS=${STRATS:-ncalr,margin}
 job() { local setting=$1 seed=$2 strat=$3; local args
@@ -44,7 +45,7 @@ job() { local setting=$1 seed=$2 strat=$3; local args
   local d="$OUT/q/${setting}_s${seed}_${strat//[^a-z0-9_]/-}"; mkdir -p "$d"
   local t; t=$(left); [ "$t" -gt 20 ] || { echo "$setting seed $seed $strat skipped (deadline)"; return 0; }
   timeout "$t" $PY -m ncalr_backend.bench quality "${Q[@]}" --seeds "$seed," --initial 0.1 --query 0.05 \
-    --tpt-window 10 --warm-start true --threads 1 --set batch_size=32 --set device=$DEVICE --strategies "$strat" \
+    --tpt-window 10 --threads 1 --set batch_size=32 --set device=$DEVICE --strategies "$strat" \
     "${args[@]}" --out "$d" --no-plot > "$d/run.log" 2>&1; echo "$setting seed $seed $strat rc=$? at $(( $(date +%s) - T0 )) s"; }
 export -f job left; export OUT PY T0 DEADLINE DEVICE
 printf '%s\n' "${Q[@]}" > "$OUT/q_args.txt"  # bash arrays do not export: pass Q through a file
