@@ -123,8 +123,8 @@ class EngineConfig:
     accuracy 0.30 / 0.86 / 0.91 (the loss rose in the first epochs), the width rule 0.70 / 0.92 /
     0.95. The rule is the default together with ``warm_start`` = auto (every cycle from scratch
     above width 8): warm-started at the low rate, later cycles fitted the wrong labels of a noisy
-    set; from scratch they gained +3.1 AULC points at 20% noise (5 seeds) and +3.4 on clean labels
-    (3 seeds) over 0.05 with warm starts (docs/quality/width-lr). N > 0 = exactly N at every width
+    set; from scratch NCAL-R gained +3.1 AULC points at 20% noise (5 seeds) and +3.4 on clean
+    labels (3 seeds) over 0.05 with warm starts (margin +0.7 and +2.7) (docs/quality/width-lr). N > 0 = exactly N at every width
     (0.05 was the default at every width until 2026-12-01)."""
     cold_lr: float = -1.0
     """The learning rate of a cycle that does not warm-start (the first one, or after the model's

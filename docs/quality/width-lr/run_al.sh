@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The product's width (64) in the issue-11 active-learning protocol (digits, 10% -> 35% of the pool in
-# 5 cycles, 40-epoch cap, window 10, warm start, batch 32, one torch thread), at the learning rate
-# before 2026-12-01 (0.05 at every width) and at the width rule (lr=0: 0.00625 at width 64).
+# 5 cycles, 40-epoch cap, window 10, batch 32, one torch thread; warm starts unless a run says
+# warm_start=false), at the learning rate before 2026-12-01 (0.05 at every width: "lr=0.05", the
+# default until then) and at the width rule (lr=0: 0.00625 at width 64). The engine's defaults since
+# 2026-12-01 are "lr=0,warm_start=false" at width 64; every run sets its rate explicitly.
 #   SEEDS="0" bash docs/quality/width-lr/run_al.sh sym00 sym02
 #   RUNS="lr=0,lr_scope=head" SEEDS="0" bash docs/quality/width-lr/run_al.sh sym02   (the head alone: needs the
 #   engine of 7d2b1de, where lr_scope existed; removed after this measurement)
