@@ -24,7 +24,7 @@ FF_MODES = ("flips", "flips+margin", "margin")
 DIVERSITY = ("none", "clusters")
 WARM_STARTS = ("auto", "on", "off")
 WARM_START_MAX_WIDTH = 8  # ``warm_start`` = auto: warm starts up to this width, every cycle from scratch above it
-_ON_OFF = {"true": "on", "1": "on", "yes": "on", "on": "on", "false": "off", "0": "off", "no": "off", "off": "off"}
+BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 LR_AT_WIDTH_8 = 0.05  # ``lr`` = 0: this up to width 8, scaled by 8 / width above it (``EngineConfig.base_lr``)
 
 
@@ -124,8 +124,8 @@ class EngineConfig:
     0.95. The rule is the default together with ``warm_start`` = auto (every cycle from scratch
     above width 8): warm-started at the low rate, later cycles fitted the wrong labels of a noisy
     set; from scratch NCAL-R gained +3.1 AULC points at 20% noise (5 seeds) and +3.4 on clean
-    labels (3 seeds) over 0.05 with warm starts (margin +0.7 and +2.7) (docs/quality/width-lr). N > 0 = exactly N at every width
-    (0.05 was the default at every width until 2026-12-01)."""
+    labels (3 seeds) over 0.05 with warm starts (margin +0.7 and +2.7; docs/quality/width-lr).
+    N > 0 = exactly N at every width (0.05 was the default at every width until 2026-12-01)."""
     cold_lr: float = -1.0
     """The learning rate of a cycle that does not warm-start (the first one, or after the model's
     shape changed): -1 = ``lr`` (the default), 0 = chosen by width as for ``lr``, N > 0 = N.
@@ -294,8 +294,9 @@ class EngineConfig:
 
         problems = []
         ws = self.warm_start  # one spelling: a bool (code, older configs) or on/off words become on/off
-        ws = ("on" if ws else "off") if isinstance(ws, bool) else _ON_OFF.get(str(ws).strip().lower(),
-                                                                              str(ws).strip().lower())
+        if not isinstance(ws, bool):
+            ws = BOOL_WORDS.get(str(ws).strip().lower(), str(ws).strip().lower())
+        ws = ("on" if ws else "off") if isinstance(ws, bool) else ws
         object.__setattr__(self, "warm_start", ws)
         if ws not in WARM_STARTS:
             problems.append(f"warm_start={ws!r}: choose one of {list(WARM_STARTS)} (or true / false)")
@@ -438,11 +439,8 @@ def _coerce(key: str, type_name: Any, raw: Any) -> Any:
     t = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", str(type_name))
     try:
         if t == "bool":
-            low = raw.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
+            if raw.strip().lower() in BOOL_WORDS:
+                return BOOL_WORDS[raw.strip().lower()]
             raise ValueError(raw)
         if t == "int":
             return int(raw)

@@ -73,15 +73,15 @@ def main():
     print("\n| setting | strategy | seeds | diff mean ± std | seeds run ahead | NCAL-R - margin, run | NCAL-R - margin, base |")
     print("|---|---|---|---|---|---|---|")
     for setting in sorted({r["setting"] for r in rows}):
+        gaps = {}  # NCAL-R - margin per seed, within each record: one per setting
+        for which in ("run", "base"):
+            by_seed = {}
+            for r in rows:
+                if r["setting"] == setting and r["strategy"] in ("ncalr", "margin"):
+                    by_seed.setdefault(r["seed"], {})[r["strategy"]] = r[which]["aulc"]
+            gaps[which] = [v["ncalr"] - v["margin"] for v in by_seed.values() if len(v) == 2]
         for st in sorted({r["strategy"] for r in rows if r["setting"] == setting}):
             ds = [r["d_aulc"] for r in rows if r["setting"] == setting and r["strategy"] == st]
-            gaps = {}
-            for which in ("run", "base"):
-                by_seed = {}
-                for r in rows:
-                    if r["setting"] == setting and r["strategy"] in ("ncalr", "margin"):
-                        by_seed.setdefault(r["seed"], {})[r["strategy"]] = r[which]["aulc"]
-                gaps[which] = [v["ncalr"] - v["margin"] for v in by_seed.values() if len(v) == 2]
             sd = statistics.stdev(ds) if len(ds) > 1 else 0.0
             fmt = lambda g: (f"{statistics.mean(g):+.2f} ({sum(x >= 0 for x in g)}/{len(g)} >= 0)" if g else "-")  # noqa: E731
             print(f"| {setting} | {st} | {len(ds)} | {statistics.mean(ds):+.2f} ± {sd:.2f} | {sum(d > 0 for d in ds)}/{len(ds)} "
