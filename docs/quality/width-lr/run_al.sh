@@ -10,7 +10,10 @@
 #   RUNS="lr=0.05,cold_lr=0" SEEDS="0 1" bash docs/quality/width-lr/run_al.sh sym02   (a cold start by width, then 0.05)
 #   RUNS="lr=0,warm_start=false lr=0.05" SEEDS="3 4" bash docs/quality/width-lr/run_al.sh sym02   (every cycle from scratch
 #   at the width rule, with the default beside it)
-# Outputs: docs/quality/width-lr/al/<setting>/lr<rate>/s<seed>/{results.json,table.md,run.log}
+#   RUNS="lr=0,warm_start=false" STRATS=random,entropy,least_confidence,coreset,bald TAG=baselines SEEDS="0 1 2" \
+#     bash docs/quality/width-lr/run_al.sh sym02   (the other baselines at the defaults, in their own folder
+#     <run>+baselines beside the NCAL-R and margin record of the same run; summarise_baselines.py joins them)
+# Outputs: docs/quality/width-lr/al/<setting>/lr<rate>[+TAG]/s<seed>/{results.json,table.md,run.log}
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
 PY=${PY:-.venv/bin/python}
@@ -31,7 +34,7 @@ for s in "$@"; do
   args "$s" > /dev/null || exit 2
   for seed in $SEEDS; do
     for run in ${RUNS:-lr=0.05 lr=0}; do  # each: engine settings joined by ','; lr=0 is the width rule
-      d="docs/quality/width-lr/al/$s/$(echo "$run" | tr -d '=' | tr ',' '_')/s$seed"; mkdir -p "$d"
+      d="docs/quality/width-lr/al/$s/$(echo "$run" | tr -d '=' | tr ',' '_')${TAG:++$TAG}/s$seed"; mkdir -p "$d"
       [ -f "$d/results.json" ] || [ -f "$d/results.json.gz" ] && { echo "skip $d"; continue; }
       sets=(); IFS=',' read -ra kv <<< "$run"; for x in "${kv[@]}"; do sets+=(--set "$x"); done
       # shellcheck disable=SC2046
