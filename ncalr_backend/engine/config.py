@@ -41,6 +41,11 @@ class EngineConfig:
     cmap_center: bool = True
     """Centre class means on the labeled set's global mean (the neural-collapse convention, where a
     simplex ETF has cosine -1/(C-1)); False uses raw class means."""
+    cmap_center_moves: bool = False
+    """Centred CMAP exactly as CMA(L + {x}) - CMA(L): the candidate moves the centre too (by
+    (h - g) / (N + 1)), which shifts every centred class mean. False (the default until measured)
+    holds the centre at the labeled mean, so that only the predicted class's mean moves
+    (``geometry.cmap_scores``). Single-label projects; multi-label keeps the fixed centre."""
     cmap_sign: str = "pos"
     """Which CMAP change ranks first: 'pos' = largest increase of the mean inter-class cosine,
     'neg' = largest decrease (pushes class means apart), 'abs' = largest magnitude."""

@@ -353,3 +353,19 @@ def test_a_terminal_phase_too_near_the_epoch_cap_says_its_window_was_cut():
     assert cut.tpt["reached"] and cut.tpt["t_i"] == 3 and cut.tpt["window_complete"] is False
     whole = run_cycle(x, y, px, 4, FAST.replace(max_epochs=6, tpt_window=2, train_acc_threshold=0.01))
     assert whole.tpt["reached"] and whole.tpt["window_complete"] is True and len(whole.tpt["checkpoints"]) == 3
+
+
+def test_every_setting_is_in_the_settings_table_of_docs_engine_md():
+    """docs/engine.md's settings table is the reference the README points to: every EngineConfig
+    field has a row (alone or beside its siblings), and every name in the table is a field."""
+    import dataclasses
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[2] / "docs" / "engine.md").read_text()
+    table = text.split("## Settings (", 1)[1]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    first = {n for line in rows for n in re.findall(r"`([a-z_]+)`", line.split(" | ")[0])}  # the name column
+    anywhere = {n for line in rows for n in re.findall(r"`([a-z_]+)`", line)}  # sub-settings in the meaning
+    fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    assert fields - anywhere == set(), f"settings missing from docs/engine.md: {sorted(fields - anywhere)}"
+    assert first - fields == set(), f"docs/engine.md names settings that do not exist: {sorted(first - fields)}"

@@ -30,6 +30,40 @@ def test_cmap_matches_bruteforce(centered, seed):
     assert np.abs(slow).max() > 1e-4  # the test is not vacuous
 
 
+def _cma_from_scratch(feats, labels, C):
+    """The textbook quantity: CMA of the centred class means of exactly these labeled features."""
+    g = class_geometry(feats, labels, C, centered=True)
+    return cma(g.means[g.present] - g.center)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("absent", [0, 2])
+def test_cmap_with_moving_centre_is_cma_of_the_set_with_the_candidate(seed, absent):
+    """cmap_center_moves: CMAP(x) = CMA(L + {x}) - CMA(L) recomputed from the features themselves
+    (centre included), for candidates of present and of absent classes, in float64 and float32."""
+    rng = np.random.default_rng(seed)
+    C, d, N, M = 6, 12, 30, 25
+    y = rng.integers(0, C - absent, N)
+    y[:C - absent] = np.arange(C - absent)
+    feats = np.maximum(rng.normal(size=(C, d))[y] * 2 + 3 + rng.normal(size=(N, d)), 0)  # post-ReLU-like
+    pred = rng.integers(0, C, M)
+    cand = np.maximum(rng.normal(size=(M, d)) * 2 + 3, 0)
+    geom = class_geometry(feats, y, C, centered=True)
+    base = _cma_from_scratch(feats, y, C)
+    textbook = np.array([_cma_from_scratch(np.vstack([feats, h]), np.r_[y, c], C) - base for h, c in zip(cand, pred)])
+    np.testing.assert_allclose(cmap_bruteforce(geom, cand, pred, moving_center=True), textbook, rtol=1e-9, atol=1e-12)
+    fast = cmap_scores(geom, cand, pred, moving_center=True, chunk=7)  # chunks of 7: the chunking is covered
+    np.testing.assert_allclose(fast, textbook, rtol=1e-9, atol=1e-12)
+    f32 = cmap_scores(geom, cand.astype(np.float32), pred, moving_center=True)
+    assert np.abs(f32 - textbook).max() <= 1e-5 * np.abs(textbook).max()
+    # the fixed centre is a different quantity (the review's finding), not a rounding of this one
+    fixed = cmap_scores(geom, cand, pred)
+    assert np.abs(fixed - textbook).max() > 1e-3 * np.abs(textbook).max()
+    # raw means have no centre to move: the flag changes nothing
+    raw = class_geometry(feats, y, C, centered=False)
+    np.testing.assert_allclose(cmap_scores(raw, cand, pred, moving_center=True), cmap_scores(raw, cand, pred), atol=1e-15)
+
+
 def test_cmap_float32_product_close_to_bruteforce():
     rng = np.random.default_rng(3)
     feats = rng.normal(size=(30, 8)); y = rng.integers(0, 4, 30)

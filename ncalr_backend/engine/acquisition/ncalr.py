@@ -70,7 +70,7 @@ def _components(view: PoolView) -> dict:
         new = (sets & ~geom.present[None, :]).any(1)
     else:
         pred = view.probs.argmax(1)
-        cmap = cmap_scores(geom, view.feats, pred)
+        cmap = cmap_scores(geom, view.feats, pred, moving_center=bool(getattr(cfg, "cmap_center_moves", False)))
         new = ~geom.present[pred]
     signed = signed_cmap(cmap, sign)
     if new.any() and not new.all():
