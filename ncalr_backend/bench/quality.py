@@ -132,9 +132,9 @@ def add_engine_arguments(p: argparse.ArgumentParser):
     e.add_argument("--train-acc-threshold", type=float, default=None)
     e.add_argument("--warm-start", choices=("true", "false", "on", "off", "auto"), default=None)
     e.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="any EngineConfig field, repeatable")
-    e.add_argument("--width", type=int, default=16,
+    e.add_argument("--width", type=int, default=8,
                    help="ResNet-18 base width (64 = torchvision's ResNet-18; narrower keeps the depth/topology and "
-                        "makes CPU runs affordable). The learning rate and warm starts follow it unless set "
+                        "makes CPU runs affordable; 8, the default, is the width the grids are measured at). The learning rate and warm starts follow it unless set "
                         "(--set lr=..., --warm-start): 0.05 with warm starts up to 8, 0.05 x 8 / width from scratch above")
     e.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
     return e

@@ -221,7 +221,8 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
     config = config or EngineConfig()
     x_lab, y_lab, x_pool = _check(x_lab, y_lab, x_pool, num_classes)
     device = pick_device(config.device)
-    torch.set_num_threads(config.threads if config.threads > 0 else auto_threads())
+    threads = config.threads if config.threads > 0 else auto_threads()
+    torch.set_num_threads(threads)  # the count is part of what reproduces a run (float sums): recorded below
     torch.manual_seed(config.seed)
     strategy = get_strategy(config.strategy)
     t0 = time.perf_counter()
@@ -298,7 +299,7 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
         confidence=confidence, probs=probs, model=served, tpt_model=model, meta=meta,
         history=tr.history, tpt=tr.tpt, diagnostics=diag,
         timings={"train_s": t1 - t0, "score_s": t2 - t1, "rank_s": t2 - t_rank, "label_errors_s": label_s, "images_per_s": tr.images_seen / max(tr.seconds, 1e-9),
-                 "device": str(device)},
+                 "device": str(device), "threads": threads},
         config=config, extras=extras, view=view, multilabel=multilabel, pred_sets=pred_sets,
         label_suspicion=labels.suspicion, flagged=labels.flagged, suggested=labels.suggested,
         suspect_label=labels.suspect_label, label_report=labels)

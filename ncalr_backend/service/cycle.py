@@ -152,6 +152,7 @@ def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress:
                              "nothing was written and the previous version stays live") from exc2
     wall = time.time() - t
     run.report["warm_start"] = bool(res.meta.get("warm_started", False))  # what the engine did, not what was offered
+    run.report["torch_threads"] = res.timings.get("threads")  # CPU threads used: part of what reproduces the cycle
     train_s = float(res.timings.get("train_s", wall))
     run.timings.update(train_s=train_s, score_s=float(res.timings.get("score_s", max(0.0, wall - train_s))),
                        engine_s=wall)

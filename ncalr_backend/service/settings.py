@@ -49,7 +49,7 @@ LOCAL_FILES_DOCUMENT_ROOT      (unset: off)                Label Studio's LOCAL_
                                                            at the same path on this machine: read Local
                                                            Files images from the disk, not over HTTP
                                                            (``service/localfiles.py``)
-PUBLIC_URL                     (unset: the Host header)    This backend's URL as Label Studio has it
+PUBLIC_URL                     (unset: proof, /whoami)     This backend's URL as Label Studio has it
                                                            (Model settings): which ML backend and
                                                            webhook of a project are this one
                                                            (``service/auth.py``; docs/security.md)
@@ -191,7 +191,7 @@ def _public_url(raw: Optional[str]) -> Optional[str]:
     if raw is None:
         return None
     return _base_url("PUBLIC_URL", raw, "this backend's URL as entered in Label Studio's Model settings",
-                     "http://ncalr-backend:9090")[0]
+                     "http://ncalr-backend.internal:9090")[0]
 
 
 _KEY_PREFIX = re.compile(r"^(token|bearer)\s+", re.IGNORECASE)

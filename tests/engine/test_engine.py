@@ -353,6 +353,9 @@ def test_a_terminal_phase_too_near_the_epoch_cap_says_its_window_was_cut():
     assert cut.tpt["reached"] and cut.tpt["t_i"] == 3 and cut.tpt["window_complete"] is False
     whole = run_cycle(x, y, px, 4, FAST.replace(max_epochs=6, tpt_window=2, train_acc_threshold=0.01))
     assert whole.tpt["reached"] and whole.tpt["window_complete"] is True and len(whole.tpt["checkpoints"]) == 3
+    # without a pool no checkpoint is recorded, and the window is still complete (found by review)
+    empty = run_cycle(x, y, px[:0], 4, FAST.replace(max_epochs=6, tpt_window=2, train_acc_threshold=0.01))
+    assert empty.tpt["reached"] and empty.tpt["checkpoints"] == [] and empty.tpt["window_complete"] is True
 
 
 def test_every_setting_is_in_the_settings_table_of_docs_engine_md():

@@ -7,6 +7,7 @@ import copy
 
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -209,6 +210,11 @@ def test_cycle_writes_one_prediction_per_unlabeled_task_and_switches(settings):
         assert (latest["path"] / f).is_file(), f
     assert st.state()["in_progress"] is None and not list(st.root.glob(".work-*"))
     assert set(rep["timings"]) >= {"fetch_s", "train_s", "score_s", "write_s", "switch_s", "trigger_to_live_s"}
+    # the CPU threads the training used (threads = 0: chosen from the load) are recorded, since a
+    # rerun needs the same count to reproduce the cycle
+    assert isinstance(rep["torch_threads"], int) and 1 <= rep["torch_threads"] <= (os.cpu_count() or 1)
+    fixed = run_project_cycle(settings, 1, "test", engine_config=ENGINE.replace(threads=1), client=FakeLS())
+    assert fixed["torch_threads"] == 1
 
 
 def test_a_dropped_prediction_fails_the_cycle_loudly_and_switches_nothing(settings):

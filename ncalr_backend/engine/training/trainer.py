@@ -434,7 +434,8 @@ def tpt_summary(phase: TerminalPhase, history: list[dict], pred_epochs: list[int
            "checkpoints": pred_epochs, "threshold": config.train_acc_threshold,
            # T_i and the window's epochs after it all trained (a T_i too near the epoch cap cuts the
            # window short, and FF then counts over fewer checkpoints than the window says)
-           "window_complete": phase.t_i is not None and len(pred_epochs) >= phase.window + 1,
+           # (counted in epochs, not checkpoints: without a pool no checkpoint is recorded)
+           "window_complete": phase.t_i is not None and epoch - phase.t_i >= phase.window,
            "accuracy": "exact set match" if multilabel else "top-1",
            "final_train_acc": history[-1]["train_acc"] if history else None}
     last = history[-1] if history else {}
