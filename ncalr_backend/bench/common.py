@@ -20,7 +20,12 @@ def machine() -> dict:
     info = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
     try:
         with open("/proc/cpuinfo") as f:
-            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+            lines = f.read().splitlines()
+        info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), None)
+        flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+        # the SIMD paths the float sums take: one seed's training is reproducible bit for bit on one
+        # kind of CPU, not across kinds (an AVX-512 machine trained seed 10 differently from the AVX2 one)
+        info["cpu_simd"] = sorted(flags & {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile"})
         with open("/proc/meminfo") as f:
             info["mem_total_mb"] = int(f.readline().split()[1]) // 1024
         info["loadavg_at_start"] = os.getloadavg()

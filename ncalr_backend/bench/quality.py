@@ -50,6 +50,7 @@ import numpy as np
 from ncalr_backend.bench.quality_metrics import (GROUPS, _round, _std, aulc, frequency_groups, group_accuracy,  # noqa: F401
                                                  per_class_accuracy, set_metrics, spearman)
 from ncalr_backend.bench.quality_report import geometry_table, group_table, multilabel_table, plot, table  # noqa: F401
+from ncalr_backend.bench.common import machine
 from ncalr_backend.data.datasets import NOISE_TYPES, build_multilabel_pool, build_pool, load_images
 
 LIBRARY_STRATEGIES = {"baal-bald": "bald", "baal-entropy": "entropy"}  # label -> engine strategy trained
@@ -512,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         "strategies": summary,
         "library_agreement": agreement,
         "engine": provenance,
+        "machine": machine(),  # what pairs bit for bit with a record made elsewhere (cpu_simd)
         "elapsed_s": elapsed,
     }
     (out / "results.json").write_text(dump_json(result))

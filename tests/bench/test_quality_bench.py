@@ -324,6 +324,8 @@ def test_quick_run_outputs(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     cfg = res["config"]
     assert cfg["noise_type"] == "symmetric" and cfg["noise_rate"] == 0.2 and cfg["seeds"] == [0]
+    # the machine is recorded: a seed reproduces bit for bit on one kind of CPU only (cpu_simd)
+    assert res["machine"]["cpu_count"] >= 1 and isinstance(res["machine"].get("cpu_simd"), list)
     strategies = res["strategies"]
     assert {"ncalr", "random", "entropy", "bald"} <= set(strategies)
     try:
