@@ -27,6 +27,9 @@ args() {
     sym02) echo "--noise-type symmetric --noise-rate 0.2";;
     sym04) echo "--noise-type symmetric --noise-rate 0.4";;
     asym03) echo "--noise-type asymmetric --noise-rate 0.3";;
+    ood02) echo "--noise-type symmetric --noise-rate 0.2 --ood-fraction 0.2";;
+    lt10) echo "--imbalance-factor 10";;
+    inst02) echo "--noise-type instance --noise-rate 0.2";;
     *) echo "unknown setting $1" >&2; return 2;;
   esac
 }
