@@ -1,0 +1,94 @@
+"""The moving-centre CMAP screen (cmap_center_moves): NCAL-R with and without it in one run per
+setting and seed (seeds 10-14), paired by seed, and a check whether this run's NCAL-R equals
+screen/rank/'s (engine 3e3691e, made on another machine). Margin is not in these runs: its records
+from screen/recheck/ were made on that other machine, where the same code and seed train
+differently, so they do not pair bit for bit and are left out.
+
+    .venv/bin/python docs/quality/issue11/screen/cm/pair.py
+
+Writes pair.json and pair.md next to this file.
+"""
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SCREEN = HERE.parent
+sys.path.insert(0, str(HERE.parents[4]))
+from ncalr_backend.bench.common import git_state  # noqa: E402
+
+VARIANT = "ncalr:cmap_center_moves=true"
+LABELS = {"sym00": "clean labels", "sym02": "20% symmetric", "sym04": "40% symmetric", "asym03": "30% asymmetric",
+          "ood02": "20% OOD + 20% sym.", "lt10": "imbalance 10", "inst02": "20% instance-dependent"}
+
+
+def cells(path: Path) -> dict:
+    """{strategy: {aulc, picked_ood, picked_noisy, tpt}} of one single-seed record, or {}."""
+    for name in ("results.json", "results.json.gz"):
+        f = path / name
+        if f.exists():
+            r = json.loads(gzip.decompress(f.read_bytes()) if name.endswith(".gz") else f.read_text())
+            out = {}
+            for st, s in r["strategies"].items():
+                cyc = next(iter(s["cycles"].values()))
+                picked = [c for c in cyc if c.get("picked_noisy") is not None]
+                out[st] = {"aulc": 100 * s["aulc_per_seed"][0],
+                           "picked_ood": float(np.mean([c["picked_ood"] for c in picked])) if picked else None,
+                           "picked_noisy": float(np.mean([c["picked_noisy"] for c in picked])) if picked else None,
+                           "tpt": float(np.mean([bool(c["tpt_reached"]) for c in cyc])),
+                           "engine": r.get("engine", {}).get("git_head")}
+            return out
+    return {}
+
+
+def sd(v):
+    return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+
+def main() -> int:
+    rows, checks = [], []
+    for setting, label in LABELS.items():
+        per = {}
+        for run in sorted((HERE / setting).glob("s*")):
+            c = cells(run)
+            if "ncalr" not in c or VARIANT not in c:
+                continue
+            seed = run.name
+            ref = cells(SCREEN / "rank" / setting / seed).get("ncalr") or cells(SCREEN / "eg" / setting / seed).get("ncalr")
+            if ref is not None:
+                checks.append({"setting": setting, "seed": seed, "here": c["ncalr"]["aulc"], "before": ref["aulc"],
+                               "before_engine": ref["engine"], "equal": abs(c["ncalr"]["aulc"] - ref["aulc"]) < 1e-9})
+            per[seed] = {"ncalr": c["ncalr"], "moving": c[VARIANT]}
+        if not per:
+            continue
+        d = [p["moving"]["aulc"] - p["ncalr"]["aulc"] for p in per.values()]
+        rows.append({"setting": setting, "seeds": sorted(per), "ncalr": float(np.mean([p["ncalr"]["aulc"] for p in per.values()])),
+                     "moving": float(np.mean([p["moving"]["aulc"] for p in per.values()])),
+                     "moving_minus_ncalr": [float(np.mean(d)), sd(d), int(sum(x >= 0 for x in d))],
+                     "picked_noisy": [float(np.mean([p[k]["picked_noisy"] for p in per.values()])) for k in ("ncalr", "moving")],
+                     "picked_ood": [float(np.mean([p[k]["picked_ood"] for p in per.values()])) for k in ("ncalr", "moving")],
+                     "per_seed": per})
+    md = ["| setting | seeds | NCAL-R | moving centre | moving - NCAL-R (paired) | picked wrong: NCAL-R / moving | picked OOD |",
+          "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a = r["moving_minus_ncalr"]
+        md.append(f"| {LABELS[r['setting']]} | {len(r['seeds'])} | {r['ncalr']:.2f} | {r['moving']:.2f} | "
+                  f"{a[0]:+.2f} ± {a[1]:.2f} ({a[2]}/{len(r['seeds'])}) | "
+                  f"{100 * r['picked_noisy'][0]:.0f}% / {100 * r['picked_noisy'][1]:.0f}% | "
+                  f"{100 * r['picked_ood'][0]:.0f}% / {100 * r['picked_ood'][1]:.0f}% |")
+    text = "\n".join(md)
+    eq = sum(c["equal"] for c in checks)
+    diff = [c["here"] - c["before"] for c in checks]
+    text += (f"\n\nNCAL-R here vs the same seed and code on the earlier machine (screen/rank, screen/eg): {eq} of "
+             f"{len(checks)} identical" + (f"; here minus there {np.mean(diff):+.2f} ± {sd(diff):.2f} AULC points." if diff else "."))
+    print(text)
+    (HERE / "pair.md").write_text(text + "\n")
+    (HERE / "pair.json").write_text(json.dumps({"summary_git": git_state(), "rows": rows, "identity_checks": checks}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
