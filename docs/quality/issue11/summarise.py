@@ -127,7 +127,8 @@ def full_table(s: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(summ: list[dict], datas: dict) -> Path:
+def plot(summ: list[dict], datas: dict,
+         title: str = "NCAL-R (engine defaults, black) against the baselines: mean ± std over seeds") -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -150,8 +151,8 @@ def plot(summ: list[dict], datas: dict) -> Path:
             lw = 2.4 if name == REF else 1.1
             ax.plot(fr, m, label=name, lw=lw, color=color[name], ls="--" if name.startswith(REF + ":") else "-")
             ax.fill_between(fr, m - e, m + e, alpha=0.08 if name != REF else 0.15, color=color[name])
-        ax.set_title(f"{dict(SETTINGS).get(s['setting'], s['setting'])} ({len(s['strategies'][REF]['seeds'])} seeds)",
-                     fontsize=10)
+        k = len(s['strategies'][REF]['seeds'])
+        ax.set_title(f"{dict(SETTINGS).get(s['setting'], s['setting'])} ({k} seed{'' if k == 1 else 's'})", fontsize=10)
         ax.set_xlabel("labeled, % of the pool")
         ax.set_ylabel("clean test accuracy, %")
         ax.grid(alpha=0.3)
@@ -167,7 +168,8 @@ def plot(summ: list[dict], datas: dict) -> Path:
         spare[0].legend(handles, labels, loc="center", fontsize=9, title="strategy")
     else:
         axes.flat[0].legend(handles, labels, fontsize=7, loc="lower right")  # every panel's strategies
-    fig.suptitle("NCAL-R (engine defaults, black) against the baselines: mean ± std over seeds", fontsize=11)
+    import textwrap
+    fig.suptitle(textwrap.fill(title, width=int(11 * 4.2 * cols)), fontsize=11)  # a narrow figure wraps it
     return save_figure(fig, ROOT / "curves.png")
 
 
