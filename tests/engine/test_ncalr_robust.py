@@ -203,6 +203,13 @@ def test_two_classes_cmap_sees_the_boundary_with_raw_means_and_matches_brute_for
     v3 = PoolView(probs=_probs_for(pred, 3), feats=cand, feats_lab=f3, y_lab=y3, num_classes=3,
                   pred_history=np.zeros((3, 3), np.int32), config=EngineConfig())
     np.testing.assert_allclose(_components(v3)["cmap"], cmap_scores(class_geometry(f3, y3, 3), cand, pred))
+    # cmap_center_moves reaches the score: the moving centre's CMAP, not the fixed one's
+    v3m = PoolView(probs=_probs_for(pred, 3), feats=cand, feats_lab=f3, y_lab=y3, num_classes=3,
+                   pred_history=np.zeros((3, 3), np.int32), config=EngineConfig(cmap_center_moves=True))
+    g3 = class_geometry(f3, y3, 3)
+    moving = cmap_bruteforce(g3, cand, pred, moving_center=True)
+    np.testing.assert_allclose(_components(v3m)["cmap"], moving, rtol=1e-9, atol=1e-12)
+    assert np.abs(moving - cmap_scores(g3, cand, pred)).max() > 1e-3 * np.abs(moving).max()
 
 
 def test_a_candidate_of_a_class_with_no_label_yet_does_not_squash_everyone_elses_cmap():

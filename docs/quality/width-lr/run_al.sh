@@ -12,7 +12,8 @@
 #   at the width rule, with the default beside it)
 #   RUNS="lr=0,warm_start=false" STRATS=random,entropy,least_confidence,coreset,bald TAG=baselines SEEDS="0 1 2" \
 #     bash docs/quality/width-lr/run_al.sh sym02   (the other baselines at the defaults, in their own folder
-#     <run>+baselines beside the NCAL-R and margin record of the same run; summarise_baselines.py joins them)
+#     <run>+baselines beside the NCAL-R and margin record of the same run; grid64.py joins them where the
+#     first cycle trained identically in both, i.e. same code and kind of CPU)
 # Outputs: docs/quality/width-lr/al/<setting>/lr<rate>[+TAG]/s<seed>/{results.json,table.md,run.log}
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
