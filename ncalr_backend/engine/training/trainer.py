@@ -320,12 +320,14 @@ def evaluate_train(model: nn.Module, x_lab: torch.Tensor, y_np: np.ndarray, conf
 class TerminalPhase:
     """When the terminal phase starts (T_i), the learning rate in it, and which epochs are
     checkpoints for FF (T_i and the ``tpt_window`` epochs after it; or, while T_i has not come, the
-    last window before the epoch cap)."""
+    last ``tpt_window`` + 1 epochs before the epoch cap: as many checkpoints either way)."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
         self.window = config.tpt_window
-        self.fallback_from = config.max_epochs - self.window
+        # the fallback records epochs > fallback_from: window + 1 of them, like T_i and its window (it
+        # recorded one fewer until 2026-12-01, found by review: FF then had one flip fewer to count)
+        self.fallback_from = config.max_epochs - self.window - 1
         self.t_i: int | None = None
         self.by: str | None = None
         self.accs: list[float] = []
