@@ -8,6 +8,7 @@ with the same seeds and settings as the full run; a strategy already in A is kep
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from pathlib import Path
 
@@ -142,8 +143,37 @@ def plot(summary: dict, path: Path, title: str, ylabel: str = "clean test accura
     plt.close(fig)
 
 
-def load(run: str) -> dict:
-    return json.loads((Path(run) / "results.json").read_text())
+def load(run: str | Path, missing_ok: bool = False) -> dict | None:
+    """A quality-benchmark record: ``run`` is a results.json / results.json.gz file, or a folder that
+    holds one (results.json first). None when there is none and ``missing_ok``."""
+    run = Path(run)
+    for f in ([run] if run.is_file() else [run / "results.json", run / "results.json.gz"]):
+        if f.is_file():
+            raw = f.read_bytes()
+            return json.loads(gzip.decompress(raw) if f.name.endswith(".gz") else raw)
+    if missing_ok:
+        return None
+    raise FileNotFoundError(f"{run}: no results.json or results.json.gz")
+
+
+def seed_cells(res: dict) -> dict:
+    """{strategy: {seed: cell}} of a record, the per-seed figures the summaries read: ``aulc`` and
+    ``acc`` (per budget) in accuracy points, ``fractions`` (the budgets as pool fractions),
+    ``picked_ood`` / ``picked_noisy`` (the mean over the cycles that queried, None when none did),
+    ``tpt_reached`` (per cycle) and the record's ``engine`` state. Per-seed lists are in sorted-seed
+    order, as ``quality.summarise`` writes them."""
+    out: dict = {}
+    for name, s in res["strategies"].items():
+        for i, (seed, cycles) in enumerate(sorted(s["cycles"].items(), key=lambda t: int(t[0]))):
+            picked = [c for c in cycles if c.get("picked_noisy") is not None]
+            out.setdefault(name, {})[int(seed)] = {
+                "aulc": 100 * s["aulc_per_seed"][i], "fractions": s["budget_fractions"],
+                "acc": [100 * a for a in s["acc_per_seed"][i]],
+                "picked_ood": float(np.mean([c["picked_ood"] for c in picked])) if picked else None,
+                "picked_noisy": float(np.mean([c["picked_noisy"] for c in picked])) if picked else None,
+                "tpt_reached": [bool(c["tpt_reached"]) for c in cycles],
+                "engine": res.get("engine", {})}
+    return out
 
 
 def restrict_seeds(res: dict, seeds: list[int]) -> dict:

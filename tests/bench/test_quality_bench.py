@@ -7,6 +7,7 @@ skips the library baselines when baal is missing, and this test then checks that
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 
 from ncalr_backend.bench.quality import (aulc, evaluate, extra_metrics, frequency_groups, group_accuracy,
                                          parse_seeds, per_class_accuracy, set_metrics)
+from ncalr_backend.bench.quality_report import load as load_record, seed_cells
 from ncalr_backend.data.datasets import (build_multilabel_pool, build_pool, confusable_map, load_images, long_tail_indices,
                                          make_ood, make_oracle, overlay_pairs, reference_probs)
 
@@ -354,3 +356,34 @@ def test_quick_run_outputs(tmp_path):
     first = {r["acc_mean"][0] for r in strategies.values()}
     assert len(first) == 1
     assert "ff_zero_fraction" in strategies["ncalr"]["cycles"]["0"][0]
+    # the summaries read a record through one reader: a folder, the file, or its gzip copy
+    (tmp_path / "gz").mkdir()
+    (tmp_path / "gz" / "results.json.gz").write_bytes(gzip.compress((out / "results.json").read_bytes()))
+    assert load_record(out) == load_record(out / "results.json") == load_record(tmp_path / "gz") == res
+    cells = seed_cells(res)
+    assert set(cells) == set(strategies)
+    for name, r in strategies.items():
+        c = cells[name][0]
+        assert c["aulc"] == pytest.approx(100 * r["aulc_per_seed"][0])
+        assert c["acc"] == pytest.approx([100 * a for a in r["acc_per_seed"][0]])
+        queried = r["cycles"]["0"][:-1]
+        assert c["picked_noisy"] == pytest.approx(np.mean([q["picked_noisy"] for q in queried]))
+        assert c["tpt_reached"] == [bool(q["tpt_reached"]) for q in r["cycles"]["0"]]
+
+
+def test_record_reader_pairs_each_seed_with_its_own_figures(tmp_path):
+    """Seeds 2 and 10: per-seed lists are in numeric seed order (as quality.summarise writes them),
+    not in the order of the keys as strings; a cycle that queried nothing is not averaged in."""
+    cyc = lambda noisy, ood, tpt: {"picked_noisy": noisy, "picked_ood": ood, "tpt_reached": tpt}
+    rec = {"engine": {"git_head": "abc"}, "strategies": {"ncalr": {
+        "budget_fractions": [0.1, 0.2], "aulc_per_seed": [0.5, 0.75], "acc_per_seed": [[0.4, 0.6], [0.7, 0.8]],
+        "cycles": {"10": [cyc(0.5, 0.25, False), cyc(None, None, True)],
+                   "2": [cyc(0.1, 0.0, True), cyc(None, None, True)]}}}}
+    cells = seed_cells(rec)["ncalr"]
+    assert list(cells) == [2, 10]
+    assert cells[2]["aulc"] == 50.0 and cells[2]["acc"] == [40.0, 60.0] and cells[2]["picked_noisy"] == 0.1
+    assert cells[10]["aulc"] == 75.0 and cells[10]["picked_ood"] == 0.25 and cells[10]["tpt_reached"] == [False, True]
+    assert cells[10]["engine"] == {"git_head": "abc"} and cells[10]["fractions"] == [0.1, 0.2]
+    assert load_record(tmp_path, missing_ok=True) is None
+    with pytest.raises(FileNotFoundError, match="results.json"):
+        load_record(tmp_path)

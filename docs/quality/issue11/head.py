@@ -17,7 +17,6 @@ whose AULC differs from the earlier run's by more than 1e-9.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
 sys.path.insert(0, str(HERE))
 from ncalr_backend.bench.common import git_state  # noqa: E402
+from ncalr_backend.bench.quality_report import load as load_record  # noqa: E402
 from pooled import interval, plot, screening  # noqa: E402
 from summarise import EIGHT as SETTINGS, load  # noqa: E402
 
@@ -36,7 +36,7 @@ def _runs(root: Path, setting: str, strategy: str, engines: set) -> dict:
     """{seed: AULC in points} of ``strategy`` in ``root/<setting>/s<seed>/results.json.gz``."""
     out = {}
     for f in sorted((root / setting).glob("s*/results.json.gz")):
-        r = json.loads(gzip.decompress(f.read_bytes()))
+        r = load_record(f)
         e = r["engine"]
         assert not e.get("engine_files_modified"), f"{f}: engine files modified at run time"
         engines.add((e["git_head"], e["engine_sources_sha256"]))

@@ -22,7 +22,6 @@ what the choice of five seeds moves it by?
 """
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
 sys.path.insert(0, str(HERE))
 from ncalr_backend.bench.common import git_state, save_figure  # noqa: E402
+from ncalr_backend.bench.quality_report import load as load_record  # noqa: E402
 import summarise  # noqa: E402
 from summarise import EIGHT as SETTINGS, load  # noqa: E402
 
@@ -44,7 +44,7 @@ NCALR_AT_SCREENING = {"d": "ncalr:diversity=clusters:diversity_candidates=10", "
 
 def _read(path: Path) -> dict:
     """{strategy: {seed: AULC in points}} of one results file."""
-    r = json.loads(gzip.decompress(path.read_bytes()))
+    r = load_record(path)
     seeds = sorted(int(s) for s in r["config"]["seeds"])  # aulc_per_seed is in sorted seed order
     return {name: {seed: 100 * a for seed, a in zip(seeds, s["aulc_per_seed"])}
             for name, s in r["strategies"].items()}

@@ -9,7 +9,6 @@ picked (OOD items, wrong oracle answers), and the share of cycles that reached t
 """
 from __future__ import annotations
 
-import gzip
 import json
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 ROOT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from ncalr_backend.bench.common import git_state, save_figure  # noqa: E402
+from ncalr_backend.bench.quality_report import load as load_record, seed_cells  # noqa: E402
 
 # the issue's eight settings (pooled.py and head.py measure these), then the ones added since
 EIGHT = [("sym00", "clean labels"), ("sym02", "20% symmetric noise"), ("sym04", "40% symmetric noise"),
@@ -38,24 +38,15 @@ def load(setting: str) -> dict:
     # NCAL-R (scored before that default) is listed as ncalr:diversity=none.
     renamed = (ROOT / "diverse" / setting).is_dir()
     for d in (ROOT / setting, ROOT / "guard" / setting, ROOT / "diverse" / setting):
-        for run in sorted(d.glob("s*")):
-            f = run / "results.json" if (run / "results.json").exists() else run / "results.json.gz"
-            if f.exists():
-                files.append((f, renamed and d == ROOT / setting))
-    for f, rename in files:
-        r = json.loads(gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_text())
-        for name, s in r["strategies"].items():
+        for run in sorted(p for p in d.glob("s*") if p.is_dir()):
+            r = load_record(run, missing_ok=True)
+            if r is not None:
+                files.append((r, renamed and d == ROOT / setting))
+    for r, rename in files:
+        for name, per in seed_cells(r).items():
             if rename and name == REF:
                 name = "ncalr:diversity=none"
-            for i, (seed, cycles) in enumerate(sorted(s["cycles"].items(), key=lambda t: int(t[0]))):
-                picked = [c for c in cycles if c.get("picked_noisy") is not None]
-                out.setdefault(name, {})[int(seed)] = {
-                    "aulc": 100 * s["aulc_per_seed"][i], "fractions": s["budget_fractions"],
-                    "acc": [100 * a for a in s["acc_per_seed"][i]],
-                    "picked_ood": float(np.mean([c["picked_ood"] for c in picked])) if picked else None,
-                    "picked_noisy": float(np.mean([c["picked_noisy"] for c in picked])) if picked else None,
-                    "tpt_reached": [bool(c["tpt_reached"]) for c in cycles],
-                    "engine": r.get("engine", {})}
+            out.setdefault(name, {}).update(per)
     return out
 
 

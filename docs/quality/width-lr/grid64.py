@@ -17,17 +17,17 @@ and named; a failed AULC check stops the script.
 """
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 AL = HERE / "al"
 OUT = HERE / "grid64"
+sys.path.insert(0, str(HERE.parents[2]))
+from ncalr_backend.bench.quality_report import load as load_record, seed_cells  # noqa: E402
 
 
 def _issue11():
@@ -42,38 +42,27 @@ def _issue11():
     return mod
 
 
-def _records(folder: Path):
-    for run in sorted(folder.glob("s*")):
-        for name in ("results.json", "results.json.gz"):
-            f = run / name
-            if f.exists():
-                raw = gzip.decompress(f.read_bytes()) if name.endswith(".gz") else f.read_bytes()
-                yield run.name, json.loads(raw)
-                break
-
-
 def load(setting: str, run: str, checks: list, unpaired: list) -> dict:
     """{strategy: {seed: cell}} joined from RUN and RUN+baselines; cells as issue11.load makes them."""
     out: dict = {}
     fingerprints: dict = {}  # seed -> the first cycles' training records (one when they pair)
     for folder in (AL / setting / run, AL / setting / f"{run}+baselines"):
-        for _, r in _records(folder):
-            for name, s in r["strategies"].items():
-                for i, (seed, cycles) in enumerate(sorted(s["cycles"].items(), key=lambda t: int(t[0]))):
-                    picked = [c for c in cycles if c.get("picked_noisy") is not None]
+        for path in sorted(p for p in folder.glob("s*") if p.is_dir()):
+            r = load_record(path, missing_ok=True)
+            if r is None:
+                continue
+            for s in r["strategies"].values():
+                for seed, cycles in s["cycles"].items():
                     first = json.dumps([cycles[0].get("acc"), cycles[0].get("history")], sort_keys=True)
                     fingerprints.setdefault(int(seed), set()).add(first)
-                    cell = {"aulc": 100 * s["aulc_per_seed"][i], "fractions": s["budget_fractions"],
-                            "acc": [100 * a for a in s["acc_per_seed"][i]],
-                            "picked_ood": float(np.mean([c["picked_ood"] for c in picked])) if picked else None,
-                            "picked_noisy": float(np.mean([c["picked_noisy"] for c in picked])) if picked else None,
-                            "tpt_reached": [bool(c["tpt_reached"]) for c in cycles],
-                            "engine": r.get("engine", {}), "folder": folder.name}
-                    have = out.setdefault(name, {}).get(int(seed))
+            for name, per in seed_cells(r).items():
+                for seed, cell in per.items():
+                    cell["folder"] = folder.name
+                    have = out.setdefault(name, {}).get(seed)
                     if have is None:
-                        out[name][int(seed)] = cell
+                        out[name][seed] = cell
                     else:  # the same strategy and seed in both folders: a pairing check
-                        checks.append({"setting": setting, "strategy": name, "seed": int(seed),
+                        checks.append({"setting": setting, "strategy": name, "seed": seed,
                                        "aulc": [have["aulc"], cell["aulc"]], "folders": [have["folder"], folder.name],
                                        "engines": [have["engine"], cell["engine"]],
                                        "agree": abs(have["aulc"] - cell["aulc"]) < 1e-9})

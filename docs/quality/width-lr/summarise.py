@@ -9,22 +9,14 @@ last cycle's accuracy, the share of labels the label check flagged at the end an
 training time ratio; then means and the count of seeds where RUN is ahead. Writes the same as JSON
 to al/summary_<RUN>.json.
 """
-import gzip
 import json
 import statistics
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent / "al"
-
-
-def load(d: Path):
-    for name in ("results.json", "results.json.gz"):
-        p = d / name
-        if p.exists():
-            raw = gzip.decompress(p.read_bytes()) if name.endswith(".gz") else p.read_bytes()
-            return json.loads(raw)
-    return None
+sys.path.insert(0, str(HERE.parents[3]))
+from ncalr_backend.bench.quality_report import load  # noqa: E402
 
 
 def cells(res: dict, seed: int) -> dict:
@@ -53,7 +45,7 @@ def main():
             continue
         seeds = sorted({int(p.name[1:]) for p in a_dir.glob("s*")} & {int(p.name[1:]) for p in b_dir.glob("s*")})
         for seed in seeds:
-            ra, rb = load(a_dir / f"s{seed}"), load(b_dir / f"s{seed}")
+            ra, rb = load(a_dir / f"s{seed}", missing_ok=True), load(b_dir / f"s{seed}", missing_ok=True)
             if ra is None or rb is None:
                 continue
             ca, cb = cells(ra, seed), cells(rb, seed)

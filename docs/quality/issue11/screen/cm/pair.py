@@ -8,7 +8,6 @@ differently, so they do not pair bit for bit and are left out.
 
 Writes pair.json and pair.md next to this file.
 """
-import gzip
 import json
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 SCREEN = HERE.parent
 sys.path.insert(0, str(HERE.parents[4]))
 from ncalr_backend.bench.common import git_state  # noqa: E402
+from ncalr_backend.bench.quality_report import load as load_record, seed_cells  # noqa: E402
 
 VARIANT = "ncalr:cmap_center_moves=true"
 LABELS = {"sym00": "clean labels", "sym02": "20% symmetric", "sym04": "40% symmetric", "asym03": "30% asymmetric",
@@ -26,22 +26,13 @@ LABELS = {"sym00": "clean labels", "sym02": "20% symmetric", "sym04": "40% symme
 
 
 def cells(path: Path) -> dict:
-    """{strategy: {aulc, picked_ood, picked_noisy, tpt}} of one single-seed record, or {}."""
-    for name in ("results.json", "results.json.gz"):
-        f = path / name
-        if f.exists():
-            r = json.loads(gzip.decompress(f.read_bytes()) if name.endswith(".gz") else f.read_text())
-            out = {}
-            for st, s in r["strategies"].items():
-                cyc = next(iter(s["cycles"].values()))
-                picked = [c for c in cyc if c.get("picked_noisy") is not None]
-                out[st] = {"aulc": 100 * s["aulc_per_seed"][0],
-                           "picked_ood": float(np.mean([c["picked_ood"] for c in picked])) if picked else None,
-                           "picked_noisy": float(np.mean([c["picked_noisy"] for c in picked])) if picked else None,
-                           "tpt": float(np.mean([bool(c["tpt_reached"]) for c in cyc])),
-                           "engine": r.get("engine", {}).get("git_head")}
-            return out
-    return {}
+    """{strategy: {aulc, picked_ood, picked_noisy, tpt, engine}} of one single-seed record, or {}."""
+    r = load_record(path, missing_ok=True)
+    if r is None:
+        return {}
+    return {st: {"aulc": c["aulc"], "picked_ood": c["picked_ood"], "picked_noisy": c["picked_noisy"],
+                 "tpt": float(np.mean(c["tpt_reached"])), "engine": c["engine"].get("git_head")}
+            for st, per in seed_cells(r).items() for c in [next(iter(per.values()))]}
 
 
 def sd(v):
