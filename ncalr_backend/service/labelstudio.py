@@ -20,6 +20,8 @@ import re
 import threading
 import time
 from typing import Iterator, List, Optional, Sequence
+from urllib.parse import urlsplit
+
 import requests
 import requests.adapters
 
@@ -77,6 +79,10 @@ class LabelStudioError(RuntimeError):
 
 ImageRefused = URLRefused  # an image URL the backend will not fetch; the message says why
 MAX_REDIRECTS = 3
+# Label Studio's media routes (1.23): MEDIA_URL /data/ (uploads /data/upload/..., Local Files
+# /data/local-files/?d=...), uploads on cloud file storage (/storage-data/uploaded/?filepath=...) and
+# the storage proxies (/tasks/<id>/resolve/, /projects/<id>/resolve/, and /presign/ for both)
+MEDIA_PATHS = re.compile(r"^/(data/|storage-data/uploaded/|(tasks|projects)/[0-9]+/(resolve|presign)/)")
 
 
 def _tls_reason(exc: BaseException) -> str:
@@ -463,13 +469,25 @@ class LabelStudioClient:
     def allowed_origin(self, safe: SafeURL) -> bool:
         return any(rule.matches(safe.origin) for rule in self.allowed)
 
+    def media_path(self, safe: SafeURL) -> bool:
+        """Whether ``safe`` (on Label Studio's origin) is one of Label Studio's media routes, the only
+        paths a task's image needs the key for; anything else there (its API above all: a task whose
+        image is ``/api/projects/1/export`` must not make the backend call it as the admin) is fetched
+        without the key. The path is the canonical one that is fetched (dot segments already removed);
+        a percent-encoded '.', '/' or '\\' in it gets no key either."""
+        path = safe.target.partition("?")[0]
+        base = urlsplit(self.url).path.rstrip("/")
+        if not path.startswith(base + "/") or re.search(r"%(2e|2f|5c)", path, re.IGNORECASE):
+            return False
+        return bool(MEDIA_PATHS.match(path[len(base):]))
+
     def resolve_image_url(self, url: str) -> tuple:
         """(SafeURL, send_auth) for a task's image reference, or raise ImageRefused."""
         if not isinstance(url, str) or not url:
             raise ImageRefused("the task has no image URL")
         safe = parse_http_url(join(self.url, url))
         if safe.origin == self.origin:
-            return safe, True
+            return safe, self.media_path(safe)
         if self.allowed_origin(safe):
             return safe, False
         raise ImageRefused(f"image origin {safe.origin} is not Label Studio's ({self.origin}) and not in "

@@ -108,6 +108,31 @@ def test_the_key_goes_to_label_studio_origin_and_nowhere_else(listener):
     assert len(listener.requests) == 2
 
 
+def test_on_label_studio_only_its_media_routes_get_the_key(listener):
+    """A task's image may name any path on Label Studio's origin; the key goes only with its media
+    routes (under a sub-path too), so an image URL that is Label Studio's API (an export, the
+    token page, reached by '..' as well) is fetched as an anonymous visitor, never as the admin."""
+    ls = f"http://127.0.0.1:{listener.port}"
+    media = ["/data/upload/1/a.png", "/data/local-files/?d=img/a.png", "/storage-data/uploaded/?filepath=upload/1/a.png",
+             "/tasks/7/resolve/?fileuri=czM6Ly9i", "/projects/3/presign/?fileuri=czM6Ly9i"]
+    other = ["/api/projects/1/export?exportType=JSON", "/data/upload/../../api/current-user/token",
+             "/data/upload/%2e%2e/%2E%2E/api/x", "/tasks/x/resolve/", "/static/samples/a.png", "/user/account/"]
+    for pre in ("", "/ls"):  # Label Studio at the root, and served under a sub-path
+        c = LabelStudioClient(ls + pre, KEY)
+        urls = [(ls + pre + u, u in media) for u in media + other]
+        if pre:  # a media route outside Label Studio's sub-path is not Label Studio's
+            urls.append((ls + "/data/upload/1/a.png", False))
+        else:  # a path relative to Label Studio, as tasks hold them
+            urls += [("/data/upload/1/b.png", True), ("/api/projects/", False)]
+        for u, _ in urls:
+            c.download(u)
+        got = listener.requests[-len(urls):]
+        for (u, keyed), r in zip(urls, got):
+            assert (r["headers"].get("Authorization") == f"Token {KEY}") == keyed, (u, r["path"])
+            assert keyed or "Authorization" not in r["headers"]
+        assert got[len(media) + 1]["path"] == f"{pre}/api/current-user/token"  # '..' resolved before the check
+
+
 def test_allowed_hosts_get_no_key_and_match_host_and_port(listener):
     c = LabelStudioClient("http://ls.example:8080", KEY, allowed_hosts=(f"127.0.0.1:{listener.port}",))
     assert c.download(f"http://127.0.0.1:{listener.port}/cdn/a.png").startswith(b"\x89PNG")
