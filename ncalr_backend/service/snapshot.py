@@ -118,7 +118,7 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
     out = []
     for g, x, errs in zip(groups, arrays, errors):
         ok_idx = [i for i, e in enumerate(errs) if e is None]
-        failures = [{"task": g[i]["id"], "reason": e} for i, e in enumerate(errs) if e is not None]
+        failures = [{"task": g[i].get("id"), "reason": e} for i, e in enumerate(errs) if e is not None]  # /predict: any dict
         if failures:  # compact in place: row k takes the k-th readable image (k <= its row)
             for k, i in enumerate(ok_idx):
                 if k != i:

@@ -609,6 +609,24 @@ def test_a_damaged_model_file_costs_only_the_unranked_tasks_their_prediction(set
     assert out[1]["result"] == [] and out[1]["score"] == 1.0  # not ranked, no model: nothing to say
 
 
+def test_a_predict_task_without_an_id_and_a_broken_image_costs_only_its_own_answer(settings, monkeypatch):
+    """Found by review: /predict takes any task object; one without an "id" whose image failed made
+    the failure list raise KeyError, and the whole batch (ranked tasks included) was a 500."""
+    from ncalr_backend.service import serving
+    from ncalr_backend.service.labelconfig import parse_label_config
+
+    ls = FakeLS(images={6000: b"<html>not an image</html>"})
+    rep = run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    monkeypatch.setattr(serving, "make_client", lambda s: ls)
+    out = serving.predict_tasks(settings, parse_label_config(CFG), [
+        {"id": 10, "data": {"image": "/data/upload/1/10.png"}},   # ranked by the cycle
+        {"data": {"image": "/data/upload/1/5000.png"}},           # no id, a good image: predicted
+        {"data": {"image": "/data/upload/1/6000.png"}}], 1)       # no id, not an image
+    assert out[0]["result"] and out[0]["model_version"] == rep["model_version"]
+    assert out[1]["result"] and out[1]["model_version"] == rep["model_version"]
+    assert out[2]["result"] == [] and out[2]["score"] == 1.0
+
+
 def test_a_project_whose_backend_was_disconnected_gets_no_cycle_and_no_placement(settings):
     """Label Studio 1.23 keeps the webhook it made for an ML backend after the backend is
     disconnected, so annotations keep arriving from a project that no longer uses it. Before, each
