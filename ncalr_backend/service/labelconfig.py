@@ -84,6 +84,10 @@ def parse_label_config(xml: Optional[str]) -> ImageClassConfig:
         root = etree.fromstring(raw, parser)
     except etree.XMLSyntaxError as exc:
         raise LabelConfigError(f"The labeling config is not valid XML ({exc})") from None
+    info = root.getroottree().docinfo
+    if info.doctype or info.internalDTD is not None:  # entities: the SDK's parser would expand what ours does not
+        raise LabelConfigError("The labeling config has a <!DOCTYPE ...> (entity declarations); a labeling config "
+                               "needs none: remove it")
 
     images = [el for el in root.iter() if _tag(el) == "Image"]
     choices = [el for el in root.iter() if _tag(el) == "Choices"]

@@ -69,6 +69,24 @@ def test_configs_the_backend_would_train_wrongly_are_refused_with_the_reason(con
         parse_label_config(config)
 
 
+GOOD = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image"><Choice value="a"/>'
+        '<Choice value="b"/></Choices></View>')
+
+
+@pytest.mark.parametrize("doctype", [
+    '<!DOCTYPE View [<!ENTITY c "<Choice value=\'c\'/>">]>',          # expands to a third class for the SDK
+    '<!DOCTYPE View [<!ENTITY x SYSTEM "file:///etc/hostname">]>',   # an external entity
+    '<!DOCTYPE View>',
+])
+def test_a_config_with_a_doctype_is_refused_before_another_parser_reads_it_differently(doctype):
+    """Found by review: our parser left entities unexpanded and saw labels a, b; the SDK's, which
+    builds the model from the same config, expanded them (a, b, c), or failed later with a 500."""
+    use = "&c;" if "ENTITY c" in doctype else "&x;" if "ENTITY x" in doctype else ""
+    with pytest.raises(LabelConfigError, match="DOCTYPE"):
+        parse_label_config(doctype + GOOD.replace("</Choices>", use + "</Choices>"))
+    assert parse_label_config('<?xml version="1.0"?>' + GOOD).labels == ("a", "b")
+
+
 def test_a_config_with_ten_thousand_choices_indexes_every_value():
     n = 10_000
     cfg_xml = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
