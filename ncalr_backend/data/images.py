@@ -2,9 +2,10 @@
 
 Files are cached under ``MODEL_DIR/cache/<sha256(url)>`` (written atomically, without fsync: it
 is a cache), so a cycle downloads each image once while it stays in the cache; ``prune`` keeps the
-cache under a size cap, least recently used first. Decoding: PIL, converted to grayscale
-(``IMAGE_CHANNELS=1``) or RGB (``3``), resized to ``IMAGE_SIZE`` x ``IMAGE_SIZE``, scaled to
-[0, 1], channels first.
+cache under a size cap, least recently used first. Decoding: PIL, as a browser displays the
+image (EXIF orientation, 16-bit and float grayscale scaled by depth, transparency over white),
+converted to grayscale (``IMAGE_CHANNELS=1``) or RGB (``3``), resized to ``IMAGE_SIZE`` x
+``IMAGE_SIZE``, scaled to [0, 1], channels first.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ncalr_backend.atomic import atomic_write_bytes
 
@@ -44,14 +45,54 @@ def open_image(data: bytes) -> "Image.Image":
     return img
 
 
+WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # more than 8 bits per pixel, one channel
+
+
+def _wide_to_8bit(img: "Image.Image") -> "Image.Image":
+    """A 16-bit, 32-bit integer or float grayscale image as 8-bit "L", scaled by its depth:
+    Pillow's ``convert("L")`` clips these at 255 (a mid-gray 16-bit PNG became white, a float
+    TIFF in [0, 1] black). 16-bit: value / 65535, as a browser shows it. 32-bit integers and
+    floats carry no depth, so the smallest of [0, 1] (floats only), [0, 255], [0, 65535] that holds
+    the values is taken as the range, and the image's own min..max when none does."""
+    a = np.asarray(img, dtype=np.float64)
+    if a.size and not np.isfinite(a).all():
+        raise BrokenImage(f"a {img.mode} image with NaN or infinite pixels")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 1.0)
+    if img.mode.startswith("I;16"):
+        lo, hi = 0.0, 65535.0
+    elif lo >= 0 and hi <= 1 and img.mode == "F":
+        lo, hi = 0.0, 1.0
+    elif lo >= 0 and hi <= 255:
+        lo, hi = 0.0, 255.0
+    elif lo >= 0 and hi <= 65535:
+        lo, hi = 0.0, 65535.0
+    a = (a - lo) / max(hi - lo, 1e-12)
+    return Image.fromarray(np.round(np.clip(a, 0.0, 1.0) * 255).astype(np.uint8), "L")
+
+
+def as_displayed(img: "Image.Image") -> "Image.Image":
+    """The loaded image as a browser shows it to the annotators in Label Studio: turned by its EXIF
+    orientation, more-than-8-bit grayscale scaled by its depth, transparency over white. Any
+    mode comes out as one ``convert`` can take to "L" or "RGB"."""
+    if img.getexif().get(0x0112, 1) not in (1, None):  # a phone photo stored sideways
+        img = ImageOps.exif_transpose(img)
+    if img.mode in WIDE_GRAY:
+        return _wide_to_8bit(img)
+    if img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img
+
+
 def decode_image(data: bytes, size: int = 32, channels: int = 3) -> np.ndarray:
-    """Decode image bytes to float32 [channels, size, size] in [0, 1]."""
+    """Decode image bytes to float32 [channels, size, size] in [0, 1], as the image is displayed
+    (``as_displayed``)."""
     if channels not in (1, 3):
         raise ValueError("channels must be 1 or 3")
     try:
         with open_image(data) as img:
             img.load()
-            img = img.convert("L" if channels == 1 else "RGB")
+            img = as_displayed(img).convert("L" if channels == 1 else "RGB")
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.float32) / 255.0

@@ -463,9 +463,10 @@ def thumbnail_png(data: bytes, size: int = THUMB) -> bytes:
     """Cached image bytes -> a PNG thumbnail (never the original bytes, whatever they are)."""
     from PIL import Image
 
-    from ncalr_backend.data.images import open_image
+    from ncalr_backend.data.images import as_displayed, open_image
     with open_image(data) as img:  # a decompression bomb is refused before it is decoded
         img.load()
+        img = as_displayed(img)  # what the model was given, as annotators see it
         img = img.convert("RGB" if img.mode not in ("L", "RGB") else img.mode)
         w, h = img.size
         scale = size / max(w, h)

@@ -26,6 +26,49 @@ def test_decode_image_shapes_and_broken_bytes():
         decode_image(b"\x89PNG garbage", 8, 1)
 
 
+def _encode(img, fmt="PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name, img, fmt, want", [
+    # 16-bit grayscale (microscopy, medical, remote sensing): scaled by its depth, as a browser shows it
+    ("16-bit mid-gray", Image.fromarray(np.full((8, 8), 32768, np.uint16)), "PNG", 32768 / 65535),
+    ("16-bit dark", Image.fromarray(np.full((8, 8), 2570, np.uint16)), "PNG", 2570 / 65535),
+    # float images carry no depth: [0, 1] when the values fit it
+    ("float 0.25", Image.fromarray(np.full((8, 8), 0.25, np.float32)), "TIFF", 0.25),
+    ("32-bit int in 16-bit range", Image.fromarray(np.full((8, 8), 49151, np.int32)), "TIFF", 49151 / 65535),
+    # transparency over white: a fully transparent pixel is white whatever colour it stores
+    ("transparent black", Image.new("RGBA", (8, 8), (0, 0, 0, 0)), "PNG", 1.0),
+    ("half-transparent black", Image.new("RGBA", (8, 8), (0, 0, 0, 128)), "PNG", 127 / 255),
+    ("gray with alpha", Image.new("LA", (8, 8), (0, 0)), "PNG", 1.0),
+    ("8-bit gray stays", Image.new("L", (8, 8), 77), "PNG", 77 / 255),
+])
+def test_images_decode_as_a_browser_shows_them(name, img, fmt, want):
+    """Found by review: Pillow's convert("L") clipped 16-bit and float images (a mid-gray 16-bit PNG
+    became white, a float TIFF in [0, 1] black) and dropped alpha (transparent strokes on a
+    transparent background became one colour): the model saw other images than the annotators."""
+    for channels in (1, 3):
+        a = decode_image(_encode(img, fmt), 4, channels)
+        assert a.shape == (channels, 4, 4)
+        np.testing.assert_allclose(a, want, atol=1 / 255 + 1e-6, err_msg=name)
+
+
+def test_exif_orientation_is_applied_and_wide_images_without_finite_pixels_are_refused():
+    stored = Image.new("L", (8, 4), 0)
+    stored.paste(255, (4, 0, 8, 4))  # left half black, right half white, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: the stored left half on top
+    a = decode_image(_encode(stored, "JPEG", exif=exif.tobytes(), quality=100), 8, 1)[0]
+    assert a[:3].mean() < 0.1 and a[-3:].mean() > 0.9, np.round(a, 2)
+    plain = decode_image(_encode(stored, "JPEG", quality=100), 8, 1)[0]
+    assert plain[:, :3].mean() < 0.1 and plain[:, -3:].mean() > 0.9  # without the tag: as stored
+    nan = np.full((8, 8), np.nan, np.float32)
+    with pytest.raises(BrokenImage, match="NaN"):
+        decode_image(_encode(Image.fromarray(nan), "TIFF"), 4, 1)
+
+
 def test_image_cache_downloads_once(tmp_path):
     calls = []
     cache = ImageCache(tmp_path)
