@@ -64,6 +64,12 @@ def test_exif_orientation_is_applied_and_wide_images_without_finite_pixels_are_r
     assert a[:3].mean() < 0.1 and a[-3:].mean() > 0.9, np.round(a, 2)
     plain = decode_image(_encode(stored, "JPEG", quality=100), 8, 1)[0]
     assert plain[:, :3].mean() < 0.1 and plain[:, -3:].mean() > 0.9  # without the tag: as stored
+    # a large JPEG is decoded at a DCT scale (draft) first, then turned: the same picture
+    big = stored.resize((800, 400), Image.Resampling.NEAREST)
+    b = decode_image(_encode(big, "JPEG", exif=exif.tobytes(), quality=95), 8, 1)[0]
+    full = Image.open(io.BytesIO(_encode(big, "JPEG", exif=exif.tobytes(), quality=95)))
+    full = full.transpose(Image.Transpose.ROTATE_270).resize((8, 8), Image.Resampling.BILINEAR)
+    np.testing.assert_allclose(b, np.asarray(full, np.float32) / 255, atol=3 / 255)
     nan = np.full((8, 8), np.nan, np.float32)
     with pytest.raises(BrokenImage, match="NaN"):
         decode_image(_encode(Image.fromarray(nan), "TIFF"), 4, 1)
