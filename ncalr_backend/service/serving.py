@@ -24,6 +24,8 @@ from ncalr_backend.service.snapshot import load_images
 from ncalr_backend.service.store import ProjectStore, read_json
 
 log = logging.getLogger(__name__)
+PREDICT_CHUNK = 256  # unranked tasks decoded and classified at a time: memory ~ CHUNK x C x S^2 x 4 bytes
+MAX_LOGGED_FAILURES = 20  # per request; the rest are counted in one line
 
 __all__ = ["UNTRAINED_VERSION", "ServedCycle", "current_version", "predict_tasks"]
 
@@ -120,13 +122,24 @@ def _predict_on_the_fly(settings: Settings, tasks, positions, results, cfg: Imag
                   "prediction", served.version, exc.__class__.__name__, exc)
         return
     size, channels = model_input(meta, settings)
-    x, ok_idx, failures = load_images(client, ImageCache(settings.model_dir / "cache"), tasks, cfg,
-                                      size, channels, min(4, settings.download_workers))
-    for f in failures:
+    cache, index, failed = ImageCache(settings.model_dir / "cache"), served.placement(), []
+    for lo in range(0, len(tasks), PREDICT_CHUNK):  # Label Studio's "Retrieve predictions" sends every selected task
+        x, ok_idx, failures = load_images(client, cache, tasks[lo:lo + PREDICT_CHUNK], cfg, size, channels,
+                                          min(4, settings.download_workers))
+        failed += failures
+        if not ok_idx:
+            continue
+        try:
+            entries = classify(model, meta, x, cfg)
+        except Exception:  # noqa: BLE001 - e.g. out of GPU memory while a cycle trains: these tasks get
+            # no prediction, the other chunks and every ranked task keep theirs (not a 500 for all)
+            log.exception("/predict: the model of %s failed on %d tasks; they get no prediction",
+                          served.version, len(ok_idx))
+            continue
+        for i, entry in zip(ok_idx, entries):
+            entry["score"] = index.place(entry["confidence"])
+            results[positions[lo + i]] = result_for_predict(entry, cfg, served.version)
+    for f in failed[:MAX_LOGGED_FAILURES]:
         log.warning("/predict: task %s: %s", f["task"], f["reason"])
-    if not ok_idx:
-        return
-    index = served.placement()
-    for i, entry in zip(ok_idx, classify(model, meta, x, cfg)):
-        entry["score"] = index.place(entry["confidence"])
-        results[positions[i]] = result_for_predict(entry, cfg, served.version)
+    if len(failed) > MAX_LOGGED_FAILURES:
+        log.warning("/predict: %d more tasks without a readable image", len(failed) - MAX_LOGGED_FAILURES)

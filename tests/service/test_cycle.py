@@ -627,6 +627,46 @@ def test_a_predict_task_without_an_id_and_a_broken_image_costs_only_its_own_answ
     assert out[2]["result"] == [] and out[2]["score"] == 1.0
 
 
+def test_predict_works_through_many_tasks_in_chunks_and_a_failing_model_costs_only_its_chunk(settings, monkeypatch):
+    """Label Studio's "Retrieve predictions" sends every selected task in one request: unranked ones
+    are decoded and classified a chunk at a time (memory bounded), each answer at its own task; a
+    model that fails on a chunk (out of GPU memory while a cycle trains) costs that chunk only."""
+    from ncalr_backend.service import serving
+    from ncalr_backend.service.labelconfig import parse_label_config
+
+    ls = FakeLS(images={5003: b"broken"})
+    run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    monkeypatch.setattr(serving, "make_client", lambda s: ls)
+    cfg = parse_label_config(CFG)
+    tasks = [{"id": i, "data": {"image": f"/data/upload/1/{i}.png"}} for i in (5000, 10, 5001, 5002, 5003, 11, 5004)]
+    whole = serving.predict_tasks(settings, cfg, tasks, 1)
+    monkeypatch.setattr(serving, "PREDICT_CHUNK", 2)
+    assert _rounded(serving.predict_tasks(settings, cfg, tasks, 1)) == _rounded(whole)  # batch size moves floats
+    assert [bool(r["result"]) for r in whole] == [True, True, True, True, False, True, True]
+    real, calls = serving.classify, []
+
+    def flaky(model, meta, x, cfg):
+        calls.append(len(x))
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory")
+        return real(model, meta, x, cfg)
+    monkeypatch.setattr(serving, "classify", flaky)
+    out = serving.predict_tasks(settings, cfg, tasks, 1)  # unranked: 5000 5001 | 5002 5003 | 5004
+    assert calls == [2, 1, 1]  # the second chunk (5002; 5003 is broken) failed
+    assert [bool(r["result"]) for r in out] == [True, True, True, False, False, True, True]
+    assert _rounded([out[i] for i in (0, 1, 2, 5, 6)]) == _rounded([whole[i] for i in (0, 1, 2, 5, 6)])
+
+
+def _rounded(x, digits=4):
+    if isinstance(x, float):
+        return round(x, digits)
+    if isinstance(x, dict):
+        return {k: _rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v, digits) for v in x]
+    return x
+
+
 def test_a_project_whose_backend_was_disconnected_gets_no_cycle_and_no_placement(settings):
     """Label Studio 1.23 keeps the webhook it made for an ML backend after the backend is
     disconnected, so annotations keep arriving from a project that no longer uses it. Before, each
