@@ -112,11 +112,15 @@ def decode_image(data: bytes, size: int = 32, channels: int = 3) -> np.ndarray:
 
 
 class ImageCache:
-    """Downloaded image files on disk, keyed by the hash of their URL."""
+    """Downloaded image files on disk, keyed by the hash of their URL. ``read_only``: files already
+    there are used, nothing is written or deleted (``/predict``, which anyone who reaches the port
+    can call with any URL, must not fill the disk between the cycles that prune it)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, read_only: bool = False):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if not read_only:
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, url: str) -> Path:
         # surrogatepass: a JSON string may hold a lone surrogate, which plain UTF-8 cannot encode
@@ -132,7 +136,8 @@ class ImageCache:
         except FileNotFoundError:
             pass
         data = fetch(url)
-        atomic_write_bytes(path, data, durable=False)  # a cache: re-downloaded if a crash loses it
+        if not self.read_only:
+            atomic_write_bytes(path, data, durable=False)  # a cache: re-downloaded if a crash loses it
         return data
 
     def prune(self, max_bytes: int) -> int:
@@ -159,6 +164,8 @@ class ImageCache:
         return n
 
     def evict(self, url: str) -> None:
+        if self.read_only:
+            return
         try:
             self.path_for(url).unlink()
         except FileNotFoundError:

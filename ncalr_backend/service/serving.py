@@ -122,7 +122,7 @@ def _predict_on_the_fly(settings: Settings, tasks, positions, results, cfg: Imag
                   "prediction", served.version, exc.__class__.__name__, exc)
         return
     size, channels = model_input(meta, settings)
-    cache, index, failed = ImageCache(settings.model_dir / "cache"), served.placement(), []
+    cache, index, failed = ImageCache(settings.model_dir / "cache", read_only=True), served.placement(), []
     for lo in range(0, len(tasks), PREDICT_CHUNK):  # Label Studio's "Retrieve predictions" sends every selected task
         x, ok_idx, failures = load_images(client, cache, tasks[lo:lo + PREDICT_CHUNK], cfg, size, channels,
                                           min(4, settings.download_workers))

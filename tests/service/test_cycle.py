@@ -657,6 +657,28 @@ def test_predict_works_through_many_tasks_in_chunks_and_a_failing_model_costs_on
     assert _rounded([out[i] for i in (0, 1, 2, 5, 6)]) == _rounded([whole[i] for i in (0, 1, 2, 5, 6)])
 
 
+def test_predict_reads_the_image_cache_and_never_writes_it(settings, monkeypatch):
+    """Found by review: /predict (anyone who reaches the port) cached every image it fetched, so
+    varying a query string on one Label Studio image filled the disk between the cycles that prune
+    it. It now uses what a cycle cached and stores nothing."""
+    from ncalr_backend.service import serving
+    from ncalr_backend.service.labelconfig import parse_label_config
+
+    ls = FakeLS()
+    run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    cache = settings.model_dir / "cache"
+    before = sorted(p for p in cache.rglob("*") if p.is_file())
+    fetched = []
+    monkeypatch.setattr(serving, "make_client", lambda s: ls)
+    monkeypatch.setattr(ls, "download", lambda url, real=ls.download: fetched.append(url) or real(url))
+    tasks = [{"id": 9000 + k, "data": {"image": f"/data/upload/1/{5000 + k}.png?v={k}"}} for k in range(6)]
+    tasks.append({"id": 9100, "data": {"image": "/data/upload/1/12.png"}})  # an image the cycle cached
+    out = serving.predict_tasks(settings, parse_label_config(CFG), tasks, 1)
+    assert all(r["result"] for r in out)
+    assert sorted(p for p in cache.rglob("*") if p.is_file()) == before
+    assert len(fetched) == 6 and not any(u.endswith("/12.png") for u in fetched)
+
+
 def _rounded(x, digits=4):
     if isinstance(x, float):
         return round(x, digits)
