@@ -10,9 +10,11 @@ converted to grayscale (``IMAGE_CHANNELS=1``) or RGB (``3``), resized to ``IMAGE
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -44,6 +46,34 @@ def open_image(data: bytes) -> "Image.Image":
         raise BrokenImage(f"the image declares {w} x {h} pixels (more than {MAX_PIXELS:,}): refused undecoded")
     return img
 
+
+class PixelBudget:
+    """At most ``limit`` pixels decoded at once across threads (one image larger than the limit runs
+    alone): a 64-megapixel RGBA PNG takes ~0.5 GB while it is converted, and a cycle decodes with
+    DOWNLOAD_WORKERS threads, /predict with 4 per request."""
+
+    def __init__(self, limit: int):
+        self.limit = int(limit)
+        self.in_use = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        with self._cond:
+            while self.in_use and self.in_use + pixels > self.limit:
+                self._cond.wait()
+            self.in_use += pixels
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= pixels
+                self._cond.notify_all()
+
+
+DECODE_BUDGET = PixelBudget(2 * MAX_PIXELS)  # two of the largest images accepted, or many small ones
 
 WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # more than 8 bits per pixel, one channel
 
@@ -93,10 +123,11 @@ def decode_image(data: bytes, size: int = 32, channels: int = 3) -> np.ndarray:
         with open_image(data) as img:
             if img.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale in the DCT, still >= size: a
                 img.draft("L" if channels == 1 else "RGB", (size, size))  # a 12-24 MP photo: 4x faster, ~1/25 the memory
-            img.load()
-            img = as_displayed(img).convert("L" if channels == 1 else "RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            with DECODE_BUDGET.hold(img.size[0] * img.size[1]):
+                img.load()
+                img = as_displayed(img).convert("L" if channels == 1 else "RGB")
+                if img.size != (size, size):
+                    img = img.resize((size, size), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.float32) / 255.0
     except BrokenImage:
         raise

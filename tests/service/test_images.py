@@ -75,6 +75,33 @@ def test_exif_orientation_is_applied_and_wide_images_without_finite_pixels_are_r
         decode_image(_encode(Image.fromarray(nan), "TIFF"), 4, 1)
 
 
+def test_the_pixel_budget_bounds_what_is_decoded_at_once(monkeypatch):
+    import threading
+    import time
+
+    from ncalr_backend.data import images
+
+    budget = images.PixelBudget(250)
+    seen = []
+
+    def work(px):
+        with budget.hold(px):
+            seen.append(budget.in_use)
+            time.sleep(0.02)
+    threads = [threading.Thread(target=work, args=(px,)) for px in (100, 100, 100, 100, 400, 100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert budget.in_use == 0 and len(seen) == 6
+    assert max(seen) <= 400 and budget.peak <= 400  # two 100s at most together; the 400 ran alone
+    assert all(v <= 250 or v == 400 for v in seen), seen
+    fresh = images.PixelBudget(10 ** 9)
+    monkeypatch.setattr(images, "DECODE_BUDGET", fresh)
+    decode_image(_png("L", (30, 20)), 8, 1)
+    assert fresh.peak == 600 and fresh.in_use == 0  # decoding takes its pixels from the budget
+
+
 def test_image_cache_downloads_once(tmp_path):
     calls = []
     cache = ImageCache(tmp_path)
