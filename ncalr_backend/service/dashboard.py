@@ -463,11 +463,10 @@ def thumbnail_png(data: bytes, size: int = THUMB) -> bytes:
     """Cached image bytes -> a PNG thumbnail (never the original bytes, whatever they are)."""
     from PIL import Image
 
-    from ncalr_backend.data.images import as_displayed, open_image
-    with open_image(data) as img:  # a decompression bomb is refused before it is decoded
-        img.load()
-        img = as_displayed(img)  # what the model was given, as annotators see it
-        img = img.convert("RGB" if img.mode not in ("L", "RGB") else img.mode)
+    from ncalr_backend.data.images import displayed
+    # as annotators see it (the model gets the same, at IMAGE_CHANNELS); a decompression bomb is
+    # refused before it is decoded, and the decoding shares the workers' pixel budget
+    with displayed(data, size, "RGB") as img:
         w, h = img.size
         scale = size / max(w, h)
         img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))),

@@ -20,12 +20,12 @@ import re
 import threading
 import time
 from typing import Iterator, List, Optional, Sequence
-from urllib.parse import urlsplit
+from urllib.parse import urljoin
 
 import requests
 import requests.adapters
 
-from ncalr_backend.service.urls import SafeURL, URLRefused, join, parse_host_rules, parse_http_url, redact_urls, same_url_key
+from ncalr_backend.service.urls import SafeURL, URLRefused, base_path, join, parse_host_rules, parse_http_url, redact_urls, same_url_key
 
 log = logging.getLogger(__name__)
 
@@ -476,7 +476,7 @@ class LabelStudioClient:
         without the key. The path is the canonical one that is fetched (dot segments already removed);
         a percent-encoded '.', '/' or '\\' in it gets no key either."""
         path = safe.target.partition("?")[0]
-        base = urlsplit(self.url).path.rstrip("/")
+        base = base_path(self.url)
         if not path.startswith(base + "/") or re.search(r"%(2e|2f|5c)", path, re.IGNORECASE):
             return False
         return bool(MEDIA_PATHS.match(path[len(base):]))
@@ -507,7 +507,7 @@ class LabelStudioClient:
                 raise LabelStudioError(f"image download failed: {exc}") from exc
             with r:
                 if r.status_code in (301, 302, 303, 307, 308) and r.headers.get("Location"):
-                    nxt = parse_http_url(join(safe.url, r.headers["Location"]))
+                    nxt = parse_http_url(urljoin(safe.url, r.headers["Location"]))  # RFC 3986, as a browser
                     if not self.allowed_origin(nxt):
                         raise ImageRefused(f"image URL redirects to {nxt.origin}, which is not in "
                                            "ALLOWED_IMAGE_HOSTS (redirects never carry the API key)")

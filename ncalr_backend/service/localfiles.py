@@ -38,9 +38,8 @@ import stat
 import threading
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
-from urllib.parse import urlsplit
 
-from ncalr_backend.service.urls import URLRefused, join, local_files_ref, parse_http_url
+from ncalr_backend.service.urls import URLRefused, base_path, join, local_files_ref, parse_http_url
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +179,7 @@ class DirectReader:
     def __init__(self, base_url: str, files: Optional[LocalFiles], serving: bool = True):
         self.base_url = base_url.rstrip("/")
         self.origin = parse_http_url(self.base_url + "/").origin
-        self.base_path = urlsplit(self.base_url).path
+        self.base_path = base_path(self.base_url)  # canonical, as the parsed URLs it is compared with
         self.files = files
         self.serving = serving
 

@@ -117,11 +117,30 @@ def parse_http_url(raw: str) -> SafeURL:
 
 
 def join(base: str, ref: str) -> str:
-    """``ref`` (absolute, or a path such as Label Studio's ``/data/upload/1/x.png``) against
-    ``base``; a path keeps ``base``'s own path prefix (Label Studio served under a sub-path)."""
+    """A task's image reference ``ref`` (absolute, or a path such as ``/data/upload/1/x.png``)
+    against Label Studio's base URL ``base``. Label Studio served under a sub-path (``HOST`` with a
+    path) writes that prefix into its paths (``/ls/data/upload/...``): such a path is taken from the
+    origin, as a browser does; a path without the prefix (``/data/...``, as written at the root)
+    is put under it."""
     if ref.startswith("/") and not ref.startswith("//"):
-        return urljoin(base.rstrip("/") + "/", ref.lstrip("/"))
+        prefix = base_path(base)
+        at_origin = urljoin(base, ref)
+        if not prefix:
+            return at_origin
+        try:  # compared canonically: '/a%7eb' and '/a%7Eb' are one prefix
+            path = parse_http_url(at_origin).target.partition("?")[0]
+        except URLRefused:
+            return at_origin  # the caller's parse refuses it, with the reason
+        if path != prefix and not path.startswith(prefix + "/"):
+            return urljoin(base.rstrip("/") + "/", ref.lstrip("/"))
+        return at_origin
     return urljoin(base, ref)
+
+
+def base_path(url: str) -> str:
+    """The canonical path of a base URL (``LABEL_STUDIO_URL``), as ``parse_http_url`` writes the
+    paths it is compared with, without the trailing '/' ("" at the root)."""
+    return parse_http_url(url.rstrip("/") + "/").target.partition("?")[0].rstrip("/")
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,26 @@ def test_the_pixel_budget_bounds_what_is_decoded_at_once(monkeypatch):
     assert fresh.peak == 600 and fresh.in_use == 0  # decoding takes its pixels from the budget
 
 
+def test_a_16_bit_png_s_transparent_gray_is_white_and_jpegs_mpo_too_decode_at_a_dct_scale(monkeypatch):
+    from ncalr_backend.data import images
+
+    a = np.full((8, 8), 1000, np.uint16)
+    a[:4] = 32768  # the transparent gray (tRNS)
+    out = decode_image(_encode(Image.fromarray(a), "PNG", transparency=32768), 8, 1)[0]
+    assert np.allclose(out[:4], 1.0) and np.allclose(out[4:], 1000 / 65535, atol=1 / 255)
+    budget = images.PixelBudget(10 ** 9)
+    monkeypatch.setattr(images, "DECODE_BUDGET", budget)
+    photo = Image.new("RGB", (1600, 1200), (200, 30, 30))
+    for fmt, kw in (("JPEG", {}), ("MPO", {"save_all": True, "append_images": [photo]})):  # MPO: a 3D camera's
+        budget.peak = 0
+        x = decode_image(_encode(photo, fmt, **kw), 32, 3)
+        assert budget.peak == 200 * 150, (fmt, budget.peak)  # 1/8 scale in the DCT, not 1600 x 1200
+        np.testing.assert_allclose(x[:, 16, 16], np.array([200, 30, 30]) / 255, atol=4 / 255)
+    budget.peak = 0
+    decode_image(_encode(Image.fromarray(a), "PNG"), 8, 1)
+    assert budget.peak == 3 * 64  # more-than-8-bit images hold 3x their pixels (float32 copies)
+
+
 def test_image_cache_downloads_once(tmp_path):
     calls = []
     cache = ImageCache(tmp_path)

@@ -122,6 +122,9 @@ def test_on_label_studio_only_its_media_routes_get_the_key(listener):
         urls = [(ls + pre + u, u in media) for u in media + other]
         if pre:  # a media route outside Label Studio's sub-path is not Label Studio's
             urls.append((ls + "/data/upload/1/a.png", False))
+            # paths as Label Studio writes them under a sub-path (its prefix in: FORCE_SCRIPT_NAME
+            # + the upload's URL), and as written at the root (put under the prefix)
+            urls += [("/ls/data/upload/1/c.png", True), ("/data/upload/1/b.png", True), ("/ls/api/x", False)]
         else:  # a path relative to Label Studio, as tasks hold them
             urls += [("/data/upload/1/b.png", True), ("/api/projects/", False)]
         for u, _ in urls:
@@ -131,6 +134,13 @@ def test_on_label_studio_only_its_media_routes_get_the_key(listener):
             assert (r["headers"].get("Authorization") == f"Token {KEY}") == keyed, (u, r["path"])
             assert keyed or "Authorization" not in r["headers"]
         assert got[len(media) + 1]["path"] == f"{pre}/api/current-user/token"  # '..' resolved before the check
+        if pre:
+            assert [r["path"] for r in got[-3:]] == ["/ls/data/upload/1/c.png", "/ls/data/upload/1/b.png", "/ls/api/x"]
+    # a base path that parses to another spelling (percent-encoding) is compared canonically
+    c = LabelStudioClient(ls + "/a%7eb", KEY)
+    c.download("/a%7Eb/data/upload/1/d.png")
+    c.download(ls + "/a%7eb/data/upload/1/e.png")
+    assert all(r["headers"].get("Authorization") == f"Token {KEY}" for r in listener.requests[-2:])
 
 
 def test_allowed_hosts_get_no_key_and_match_host_and_port(listener):
