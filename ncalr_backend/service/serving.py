@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -26,6 +27,7 @@ from ncalr_backend.service.store import ProjectStore, read_json
 log = logging.getLogger(__name__)
 PREDICT_CHUNK = 256  # unranked tasks decoded and classified at a time: memory ~ CHUNK x C x S^2 x 4 bytes
 MAX_LOGGED_FAILURES = 20  # per request; the rest are counted in one line
+PREDICT_DEADLINE_S = 75.0  # no new chunk after this: answer before Label Studio's 100 s ML_TIMEOUT_PREDICT
 
 __all__ = ["UNTRAINED_VERSION", "ServedCycle", "current_version", "predict_tasks"]
 
@@ -123,7 +125,13 @@ def _predict_on_the_fly(settings: Settings, tasks, positions, results, cfg: Imag
         return
     size, channels = model_input(meta, settings)
     cache, index, failed = ImageCache(settings.model_dir / "cache", read_only=True), served.placement(), []
+    start = time.monotonic()
     for lo in range(0, len(tasks), PREDICT_CHUNK):  # Label Studio's "Retrieve predictions" sends every selected task
+        if lo and time.monotonic() - start > PREDICT_DEADLINE_S:
+            log.warning("/predict: %d of %d unranked tasks left without a prediction after %.0f s (Label Studio "
+                        "stops waiting at ML_TIMEOUT_PREDICT, 100 s by default, and then keeps none of the "
+                        "answers); the next cycle ranks them", len(tasks) - lo, len(tasks), time.monotonic() - start)
+            break
         x, ok_idx, failures = load_images(client, cache, tasks[lo:lo + PREDICT_CHUNK], cfg, size, channels,
                                           min(4, settings.download_workers))
         failed += failures

@@ -655,6 +655,12 @@ def test_predict_works_through_many_tasks_in_chunks_and_a_failing_model_costs_on
     assert calls == [2, 1, 1]  # the second chunk (5002; 5003 is broken) failed
     assert [bool(r["result"]) for r in out] == [True, True, True, False, False, True, True]
     assert _rounded([out[i] for i in (0, 1, 2, 5, 6)]) == _rounded([whole[i] for i in (0, 1, 2, 5, 6)])
+    # past the deadline no new chunk starts: what is done is answered (Label Studio would keep nothing
+    # of an answer that came after its ML_TIMEOUT_PREDICT)
+    monkeypatch.setattr(serving, "classify", real)
+    monkeypatch.setattr(serving, "PREDICT_DEADLINE_S", 0.0)
+    late = serving.predict_tasks(settings, cfg, tasks, 1)
+    assert [bool(r["result"]) for r in late] == [True, True, True, False, False, True, False]
 
 
 def test_predict_reads_the_image_cache_and_never_writes_it(settings, monkeypatch):
