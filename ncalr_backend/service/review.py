@@ -271,10 +271,18 @@ def clear(client: LabelStudioClient, store: ProjectStore, project_id: int, task_
     if not wanted & set(ReviewState(store).listed_tasks()):
         return []
     cfg = parse_label_config(client.get_project(project_id).get("label_config"))
+    failure: Optional[Exception] = None
     with ReviewState(store).locked() as st:
         ids = [int(t) for t in wanted if t in st["listed"]]
         tasks = {int(t["id"]): t for t in client.get_tasks(project_id, ids, resolve_uri=False)}
-        _write_keys(client, project_id, {t: None for t in ids})
+        done: Dict[int, Optional[dict]] = {}  # tasks whose keys are cleared in Label Studio now
+        try:
+            gone = _write_keys(client, project_id, {t: None for t in ids}, done)
+        except Exception as exc:  # noqa: BLE001 - saved below, then raised: review.json must say what is shown
+            failure, gone = exc, []
+        # as publish: a failure half-way (Label Studio away) keeps the tasks it did not reach listed,
+        # and records the reviewer's decision for those it did
+        ids = [t for t in ids if t in done or t in gone]
         for t in ids:
             prefer = ((st.get("relabel") or {}).get(str(t)) or {}).get("probs") or None  # as the cycle's split
             fp = task_fingerprint(tasks[t], cfg, prefer) if t in tasks else None
@@ -282,6 +290,8 @@ def clear(client: LabelStudioClient, store: ProjectStore, project_id: int, task_
                 st["reviewed"][str(t)] = fp
                 st["reviewed_at"][str(t)] = time.time()
             st["listed"].pop(str(t), None)
+    if failure is not None:
+        raise failure
     if ids:
         log.info("project %s: %d task(s) reviewed, off the suspected-label-errors list: %s", project_id, len(ids), ids)
     return ids

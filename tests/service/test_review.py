@@ -319,3 +319,35 @@ def test_after_a_publish_fails_half_way_review_json_says_what_label_studio_shows
     review.publish(ls, store, 1, entries("c"))  # only the task the failure left behind is written
     assert len(ls.task_patches) == n + 1
     assert {t["data"].get(review.KEY_SUGGESTED) for t in ls.tasks if t["id"] in (1, 2)} == {"c"}
+
+
+def test_when_taking_reviewed_tasks_off_fails_half_way_the_tasks_it_reached_are_recorded(tmp_path):
+    """Found by review: a 503 on the second PATCH of a clear left task 1's keys nulled in Label
+    Studio while review.json still listed it and never recorded the reviewer's decision (the
+    review.json write was skipped by the exception), so it came back at the next cycle."""
+    import pytest
+
+    ls = FakeLS(n=20, n_labeled=10)
+    store = ProjectStore(tmp_path, 1)
+    review.publish(ls, store, 1, [{"task": t, "flagged": True, "score": s, "label": "a", "suggested": "b",
+                                   "fingerprint": f"{t}:0"} for t, s in ((1, 0.9), (2, 0.8))])
+    real, calls = ls.request, []
+
+    def failing(method, path, json=None, **kw):
+        if method == "PATCH":
+            calls.append(path)
+            if len(calls) == 2:
+                raise RuntimeError("HTTP 503")
+        return real(method, path, json=json, **kw)
+
+    ls.request = failing
+    with pytest.raises(RuntimeError, match="503"):
+        review.clear(ls, store, 1, [1, 2])
+    first = int(calls[0].rstrip("/").rsplit("/", 1)[1])  # the task whose keys were cleared
+    st = review.ReviewState(store).read()
+    shown = {t["id"]: t["data"].get(review.KEY_SUGGESTED) for t in ls.tasks if t["id"] in (1, 2)}
+    assert shown[first] is None and set(st["listed"]) == {str(3 - first)}  # the other one is still listed
+    assert str(first) in st["reviewed"]
+    ls.request = real
+    assert review.clear(ls, store, 1, [3 - first]) == [3 - first]
+    assert review.ReviewState(store).read()["listed"] == {}
