@@ -22,6 +22,7 @@ Annotation rules: ``annotations.py``; what is stored where: ``store.py``.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -67,6 +68,7 @@ class CycleRun:
     report: dict
     started_at: float
     triggered_at: float
+    pointer: Optional[dict] = None  # latest.json's entry for this version, once the snapshot says its labels
 
     @classmethod
     def begin(cls, settings: Settings, project_id: int, reason: str, triggered_at: Optional[float]) -> "CycleRun":
@@ -176,11 +178,15 @@ def commit(run: CycleRun, snap: Snapshot, res, wb: WriteBack, settings: Settings
     run.timings.update(trigger_to_live_s=done - run.triggered_at, cycle_s=done - run.started_at)
     run.report.update(status="completed", finished_at=done, live=wb.live,
                       engine=res.summary() if hasattr(res, "summary") else {}, settings=settings.public())
-    atomic_write_json(run.work / "report.json", run.report)
-    cfg = snap.cfg
-    run.store.commit(run.work, run.cycle, {"model_version": run.version, "finished_at": done,
-                                           "num_classes": cfg.num_classes, "labels": list(cfg.labels),
-                                           "multilabel": cfg.multilabel, "data_key": cfg.data_key, "live": wb.live})
+    try:
+        atomic_write_json(run.work / "report.json", run.report)
+    except OSError as exc:
+        if not wb.live:
+            raise
+        # live in Label Studio: /predict and placement must serve this version, report or not
+        log.error("project %s cycle %s: report.json not written (%s); the live version is committed without it",
+                  run.project_id, run.cycle, exc)
+    run.store.commit(run.work, run.cycle, {**run.pointer, "finished_at": done, "live": wb.live})
     run.store.update_state(in_progress=None, last_completed=run.cycle, last_model_version=run.version,
                            crashed_cycles=0)
     log.info("project %s cycle %s (%s) completed: %d labeled, %d ranked, %.1fs trigger-to-live",
@@ -227,7 +233,7 @@ def _classify(exc: Exception, live: bool) -> CycleError:
     if live:
         msg = f"the new version is live in Label Studio, but finishing the cycle failed: {msg}"
     return CycleError(msg, retryable=(isinstance(exc, LabelStudioError) and exc.retryable)
-                      or (isinstance(exc, OSError) and not live),
+                      or (isinstance(exc, (OSError, sqlite3.OperationalError)) and not live),  # full disk, locked mirror
                       interrupted=isinstance(exc, Interrupted), live=live)
 
 
@@ -246,16 +252,34 @@ def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool, 
         log.warning("project %s cycle %s interrupted: %s", run.project_id, run.cycle, err)
         return err
     run.report.update(status="failed", error=str(err), retryable=err.retryable, live=live, finished_at=time.time())
+    committed = False
+    try:  # local writes; on a full disk they fail too, and the classified error must still go out
+        if live and run.pointer is not None:
+            # Label Studio serves this version now: it becomes the latest (what /predict and placement
+            # tag their predictions with), never a failed/ folder that the next start would not serve
+            run.store.commit(run.work, run.cycle, {**run.pointer, "finished_at": time.time(), "live": True,
+                                                   "finish_error": str(err)})
+            committed = True
+            try:
+                atomic_write_json(run.store.root / "cycles" / f"{run.cycle:04d}" / "report.json", run.report)
+            except OSError:
+                pass  # the error is in state.json and the log
+        else:
+            atomic_write_json(run.work / "report.json", run.report)
+            run.store.fail(run.work, run.cycle, utcstamp())
+            if keep_failed is not None:  # cycles that keep failing must not fill the disk (KEEP_FAILED)
+                run.store.prune_failed(keep_failed)
+    except Exception:  # noqa: BLE001
+        log.exception("project %s cycle %s: keeping the failed cycle's files failed too", run.project_id, run.cycle)
+    changes = dict(in_progress=None, last_failed=run.cycle, last_error=str(err), crashed_cycles=0)
+    if live:
+        changes["last_model_version"] = run.version
+    if committed:
+        changes["last_completed"] = run.cycle
     try:
-        atomic_write_json(run.work / "report.json", run.report)
-        run.store.fail(run.work, run.cycle, utcstamp())
-        if keep_failed is not None:  # cycles that keep failing must not fill the disk (KEEP_FAILED)
-            run.store.prune_failed(keep_failed)
-    finally:
-        changes = dict(in_progress=None, last_failed=run.cycle, last_error=str(err), crashed_cycles=0)
-        if live:
-            changes["last_model_version"] = run.version
         run.store.update_state(**changes)
+    except Exception:  # noqa: BLE001 - the next start takes the cycle still marked in progress as crashed
+        log.exception("project %s cycle %s: state.json not updated after the failure", run.project_id, run.cycle)
     log.error("project %s cycle %s failed: %s", run.project_id, run.cycle, err,
               exc_info=not isinstance(exc, (CycleError, LabelStudioError)))
     return err
@@ -280,7 +304,10 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         return {"status": "skipped", "reason": why}
     if store.state().get("skipped"):
         store.update_state(skipped=None)
-    run = CycleRun.begin(settings, project_id, reason, triggered_at)
+    try:
+        run = CycleRun.begin(settings, project_id, reason, triggered_at)
+    except (OSError, sqlite3.OperationalError) as exc:  # e.g. a full disk: nothing started, it may pass
+        raise CycleError(f"the cycle could not start: {exc.__class__.__name__}: {exc}", retryable=True) from exc
     prog = CycleProgress.begin(settings, run)  # progress.json, one log line per stage, /status
     previous = (run.store.latest() or {}).get("model_version")
     wrote = live = False
@@ -320,6 +347,8 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         head = settings.write_back_count(len(snap.pool_ids), snap.num_tasks)
         items = preds.head(head)  # the head of the order; /predict serves the rest (WRITE_BACK_TOP)
         run.report["written_ranks"] = {"ranked": len(snap.pool_ids), "written": head}
+        run.pointer = {"model_version": run.version, "num_classes": snap.cfg.num_classes, "labels": list(snap.cfg.labels),
+                       "multilabel": snap.cfg.multilabel, "data_key": snap.cfg.data_key}
         save_predictions(run, snap, preds, head)
         record_cycle_extras(run, snap, res, preds)  # dashboard.json; report: previous cycle's accuracy
         wrote = bool(items)

@@ -196,13 +196,15 @@ class ProjectStore:
         return Path(tempfile.mkdtemp(dir=self.root, prefix=f".work-{cycle:04d}-"))
 
     def commit(self, workdir: Path, cycle: int, pointer: dict) -> Path:
-        """Move a finished cycle into place and switch ``latest.json`` to it."""
+        """Move a finished cycle into place and switch ``latest.json`` to it. Called again after a
+        failure to write ``latest.json`` (the folder already moved), it only writes the pointer."""
         final = self.root / "cycles" / f"{cycle:04d}"
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(workdir, final)
-        fsync_dir(final.parent)
+        if workdir.exists() or not final.is_dir():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(workdir, final)
+            fsync_dir(final.parent)
         atomic_write_json(self.root / "latest.json", {**pointer, "cycle": cycle, "dir": f"cycles/{cycle:04d}"})
         return final
 

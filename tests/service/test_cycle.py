@@ -403,6 +403,67 @@ def test_a_failure_after_the_switch_never_rolls_back_the_live_version(settings, 
     v = ls.imported[0]["model_version"]
     assert e.value.live and not e.value.retryable
     assert ls.deleted == [] and ls.model_versions(1) == {v: 16} and ls.patches[-1]["model_version"] == v
+    # found by review: the live version's folder went to failed/ and latest.json kept the one before,
+    # so /predict and placement tagged new tasks with a version Label Studio no longer serves
+    st = ProjectStore(settings.model_dir, 1)
+    assert st.latest()["model_version"] == v and (st.latest()["path"] / "model.pt").exists()
+    assert not list((st.root / "failed").glob("*")) and st.state()["last_model_version"] == v
+
+
+def test_a_full_disk_after_the_switch_still_commits_the_live_version(settings, monkeypatch):
+    """report.json hits the full disk after Label Studio switched: the live version is committed
+    without it (latest.json is what /predict and placement serve)."""
+    import ncalr_backend.service.cycle as cycle_mod
+    real = cycle_mod.atomic_write_json
+
+    def no_report(path, data, **kw):
+        if os.path.basename(str(path)) == "report.json":
+            raise OSError(28, "No space left on device")
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(cycle_mod, "atomic_write_json", no_report)
+    ls = FakeLS()
+    rep = run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    st = ProjectStore(settings.model_dir, 1)
+    assert rep["status"] == "completed" and st.latest()["model_version"] == rep["model_version"]
+    assert ls.patches[-1]["model_version"] == rep["model_version"] and st.state()["in_progress"] is None
+
+
+def test_a_full_disk_that_also_fails_the_cleanup_is_still_a_retryable_cycle_error(settings, monkeypatch):
+    """Found by review: when fail() hit the full disk too, the bare OSError escaped (the scheduler
+    did not retry it, though docs/security.md says a full disk is retried), and a mirror that could
+    not write (SQLite: 'database or disk is full') was not retried either, nor a start that could not
+    write state.json."""
+    import sqlite3
+
+    import ncalr_backend.service.cycle as cycle_mod
+    from ncalr_backend.service.store import ProjectStore as PS
+
+    def full(*a, **kw):
+        raise OSError(28, "No space left on device")
+
+    ls = FakeLS()
+    monkeypatch.setattr(cycle_mod, "train_and_score", full)
+    monkeypatch.setattr(cycle_mod, "atomic_write_json", full)
+    monkeypatch.setattr(PS, "fail", full)
+    with pytest.raises(CycleError) as e:
+        run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    assert e.value.retryable and not e.value.live and "No space left" in str(e.value)
+    assert ls.imported == [] and ls.patches == []
+    monkeypatch.undo()
+
+    def mirror_full(*a, **kw):
+        raise sqlite3.OperationalError("database or disk is full")
+    monkeypatch.setattr(cycle_mod, "take_snapshot", mirror_full)
+    with pytest.raises(CycleError) as e:
+        run_project_cycle(settings, 2, "t", engine_config=ENGINE, client=FakeLS())
+    assert e.value.retryable
+    monkeypatch.undo()
+
+    monkeypatch.setattr(PS, "next_cycle_number", full)
+    with pytest.raises(CycleError, match="could not start") as e:
+        run_project_cycle(settings, 3, "t", engine_config=ENGINE, client=FakeLS())
+    assert e.value.retryable
 
 
 def test_stopping_interrupts_training_and_leaves_the_cycle_to_rerun(settings):
