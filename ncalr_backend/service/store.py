@@ -231,7 +231,10 @@ class ProjectStore:
 
     def prune_failed(self, keep_failed: int) -> int:
         """Delete all but the newest ``keep_failed`` failed cycle directories; returns how many went."""
-        failed = sorted((self.root / "failed").glob("[0-9]*"), key=lambda d: d.name)
+        def order(d: Path):  # "<cycle>-<stamp>": by the cycle's number (10000 after 9999), then the stamp
+            head, _, stamp = d.name.partition("-")
+            return (int(head) if head.isdigit() else -1, stamp)
+        failed = sorted((self.root / "failed").glob("[0-9]*"), key=order)
         n = 0
         for d in failed[:max(0, len(failed) - keep_failed)]:
             shutil.rmtree(d, ignore_errors=True)

@@ -840,3 +840,14 @@ def test_a_project_that_connected_another_backend_in_our_place_gets_no_cycle(set
     ls.backends = [{"id": 2, "url": "http://other-model:9090"}]
     ls.webhooks = [{"id": 2, "url": "http://other-model:9090/webhook", "headers": {SECRET_HEADER: "not-ours"}}]
     assert run_project_cycle(settings, 1, "webhook", engine_config=ENGINE, client=ls)["status"] == "completed"
+
+
+def test_failed_reports_are_pruned_oldest_cycle_first_past_cycle_9999(tmp_path):
+    """Found by review: failed/ was sorted by name, so "10000-..." came before "9999-..." and the
+    newest failure reports were the ones deleted."""
+    st = ProjectStore(tmp_path, 1)
+    for name in ("9998-20261201T000000Z", "9999-20261201T000100Z", "10000-20261201T000200Z",
+                 "10001-20261201T000300Z"):
+        (st.root / "failed" / name).mkdir(parents=True)
+    assert st.prune_failed(2) == 2
+    assert sorted(d.name for d in (st.root / "failed").iterdir()) == ["10000-20261201T000200Z", "10001-20261201T000300Z"]
