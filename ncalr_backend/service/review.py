@@ -449,16 +449,24 @@ def request_relabel(client: LabelStudioClient, store: ProjectStore, project_id: 
     All Tasks" serves it to an annotator who has not annotated it yet (Label Studio never serves a
     task to its own annotator again), and remember the model's probabilities for the tie-break."""
     done, back = [], []
-    with ReviewState(store).locked() as st:
+    state = ReviewState(store)
+    with state.locked() as st:
         rel = st.setdefault("relabel", {})
+        # recorded (durably) before it is sent: a process killed between a PATCH and the save at the
+        # end left a task that only another annotator can take, unrecorded, so never given back
+        # (with one annotator, unlabeled for good). Recorded but not sent costs nothing: it is given
+        # back, as it was, after RELABEL_WAIT_CYCLES.
+        rel.update({str(t): {**info, "cycle": plan.cycle} for t, info in plan.new.items()})
+        if plan.new:
+            atomic_write_json(state.path, st)
         for t, info in plan.new.items():
             try:
                 client.request("PATCH", f"/api/tasks/{int(t)}/",
                                json={"overlap": int(info["annotations"]) + 1, "is_labeled": False})
             except LabelStudioError as exc:
                 log.warning("project %s: cannot send task %s for re-annotation: %s", project_id, t, exc)
+                rel.pop(str(t), None)
                 continue
-            rel[str(t)] = {**info, "cycle": plan.cycle}
             done.append(int(t))
         for t in plan.expired:  # labeled again with the annotations it has, and never sent again
             r = rel.get(str(t))

@@ -351,3 +351,32 @@ def test_when_taking_reviewed_tasks_off_fails_half_way_the_tasks_it_reached_are_
     ls.request = real
     assert review.clear(ls, store, 1, [3 - first]) == [3 - first]
     assert review.ReviewState(store).read()["listed"] == {}
+
+
+def test_a_task_sent_for_re_annotation_is_recorded_before_it_is_sent(tmp_path):
+    """Found by review: review.json was saved only after every PATCH, so a process killed after
+    Label Studio raised a task's overlap left it unrecorded: never given back, and with one annotator
+    unlabeled for good. Recorded first, a task that was not sent is given back as it was."""
+    import pytest
+
+    ls = FakeLS(n=20, n_labeled=10)
+    store = ProjectStore(tmp_path, 1)
+    plan = review.RelabelPlan(new={1: {"probs": {"a": 0.2, "b": 0.8}, "annotations": 1},
+                                   2: {"probs": {"a": 0.3, "b": 0.7}, "annotations": 1}},
+                              pending=[], items=[], cycle=4)
+    real, calls = ls.request, []
+
+    def killed(method, path, json=None, **kw):
+        if method == "PATCH":
+            calls.append(path)
+            if len(calls) == 2:
+                raise SystemExit("killed")  # the process goes: nothing after this line runs
+        return real(method, path, json=json, **kw)
+
+    ls.request = killed
+    with pytest.raises(SystemExit):
+        review.request_relabel(ls, store, 1, plan)
+    assert len(calls) == 2 and set(review.ReviewState(store).read()["relabel"]) == {"1", "2"}
+    ls.request = real
+    out = review.request_relabel(ls, store, 1, review.RelabelPlan(new={}, pending=[], items=[], expired=[1, 2], cycle=7))
+    assert sorted(out["given_back"]) == [1, 2]
