@@ -350,6 +350,10 @@ class EngineConfig:
                      "coreset_max_greedy", "image_size", "min_epochs", "width"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.width < 4:  # the ResNet's narrowest stage is width / 4 channels
+            problems.append(f"width={self.width}: must be >= 4")
+        if not 0 <= self.seed < 2 ** 63:  # numpy's and torch's generators take no other
+            problems.append(f"seed={self.seed}: must be in [0, 2**63)")
         if self.serve not in SERVE:
             problems.append(f"serve={self.serve!r}: choose one of {list(SERVE)}")
         if not 0.0 < self.serve_holdout < 0.5 or self.serve_holdout_min < 1:
@@ -425,18 +429,28 @@ class EngineConfig:
         names = {f.name for f in fields(cls)}
         values = {}
         for key, raw in environ.items():
+            if not key.startswith(prefix) and key.upper().startswith(prefix) and str(raw).strip():
+                raise ConfigError(f"{key}: environment variable names are case-sensitive; the engine reads "
+                                  f"{key.upper()}")
             if key.startswith(prefix):
                 name = key[len(prefix):].lower()
                 if name in names:
                     if str(raw).strip():  # empty = unset, as for the service's settings
                         values[name] = raw
                     continue
-                # other NCALR_ names exist (the scripts' NCALR_LS_VENV, NCALR_NO_AUTOSTART, ...); one
-                # that is a near miss of a setting is a typo that would be silently ignored
-                near = difflib.get_close_matches(name, names, n=1, cutoff=0.85)
-                if near:
-                    raise ConfigError(f"{key} is not an engine setting: did you mean {prefix}{near[0].upper()}?")
+                # the scripts' own NCALR_ names; any other is a typo that would be silently ignored
+                # (NCALR_WIDHT, NCALR_EPOCHS, ...): refused, with the nearest setting when there is one
+                if prefix == "NCALR_" and (key in SCRIPT_VARIABLES or key.startswith("NCALR_IT_")):
+                    continue
+                near = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+                raise ConfigError(f"{key} is not an engine setting" + (f": did you mean {prefix}{near[0].upper()}?"
+                                  if near else "; the settings are in docs/engine.md"))
         return cls.from_mapping(values)
+
+
+# NCALR_ variables that are not engine settings: the install and test scripts' and the service's own
+SCRIPT_VARIABLES = frozenset({"NCALR_LS_VENV", "NCALR_NO_AUTOSTART", "NCALR_NEED_REDIS", "NCALR_NEED_BROWSER",
+                              "NCALR_TEST_OUTPUT", "NCALR_BENCH_DEVICE"})
 
 
 def _coerce(key: str, type_name: Any, raw: Any) -> Any:

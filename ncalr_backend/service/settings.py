@@ -125,6 +125,9 @@ def _bool(env, name, default) -> bool:
     raise SettingsError(f"{name}={raw!r}: expected true/false")
 
 
+MAX_DELAY_S = 86400.0  # a day; a timer much longer overflows the scheduler's wait (threading.TIMEOUT_MAX)
+
+
 def _delays(env, name, default) -> tuple:
     raw = _get(env, name)
     if raw is None:
@@ -135,9 +138,9 @@ def _delays(env, name, default) -> tuple:
         out = tuple(float(x) for x in raw.split(",") if x.strip())
     except ValueError:
         out = (-1.0,)
-    if not out or any(not math.isfinite(v) or v < 0 for v in out):
-        raise SettingsError(f"{name}={raw!r}: expected a comma list of seconds >= 0, e.g. 10,30,60 "
-                            "(none: never retry)")
+    if not out or any(not math.isfinite(v) or not 0 <= v <= MAX_DELAY_S for v in out):
+        raise SettingsError(f"{name}={raw!r}: expected a comma list of seconds in [0, {MAX_DELAY_S:.0f}], e.g. "
+                            "10,30,60 (none: never retry)")
     return out
 
 
@@ -202,12 +205,47 @@ def _api_key(raw: Optional[str]) -> Optional[str]:
     are taken off (the client adds the right one itself); whitespace inside is refused."""
     if raw is None:
         return None
-    key = raw.strip().strip("'\"").strip()
-    key = _KEY_PREFIX.sub("", key).strip().strip("'\"")
+    quotes = "'\"\u2018\u2019\u201c\u201d"  # straight and typographic (a key pasted from a document)
+    key = raw.strip().strip(quotes).strip()
+    key = _KEY_PREFIX.sub("", key).strip().strip(quotes)
     if not key or any(c.isspace() for c in key):
         raise SettingsError("LABEL_STUDIO_API_KEY: expected the token alone, as Label Studio's Account & Settings "
                             "shows it (a legacy token or a personal access token), without spaces")
+    if not (key.isascii() and key.isprintable()):  # an HTTP header could not carry it: every request would fail
+        bad = next(c for c in key if not (c.isascii() and c.isprintable()))
+        raise SettingsError(f"LABEL_STUDIO_API_KEY holds {bad!r} (U+{ord(bad):04X}), which no token has: copy it "
+                            "again from Label Studio's Account & Settings")
     return key
+
+
+# every variable the service reads (the engine's are NCALR_<SETTING>, checked by EngineConfig.from_env)
+NAMES = frozenset({
+    "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "MODEL_DIR", "REDIS_URL", "RQ_QUEUE", "BASIC_AUTH_USER",
+    "BASIC_AUTH_PASS", "WEBHOOK_KEY_SECRET", "WEBHOOK_SECRET", "TRAIN_TRIGGER_FRACTION", "TRAIN_TRIGGER_MIN",
+    "IMAGE_SIZE", "IMAGE_CHANNELS", "ALLOWED_IMAGE_HOSTS", "SET_SAMPLING", "PREDICTION_CHUNK_SIZE", "PAGE_SIZE",
+    "HTTP_TIMEOUT", "DOWNLOAD_WORKERS", "WRITE_BACK_TOP", "CYCLE_RETRY_DELAYS", "RQ_LOCK_TTL", "KEEP_CYCLES",
+    "KEEP_FAILED", "CACHE_MAX_MB", "RELABEL_SHARE", "LOCAL_FILES_DOCUMENT_ROOT", "PUBLIC_URL", "LOG_LEVEL"})
+
+
+def _check_names(env: Mapping[str, str]) -> None:
+    """A variable one or two letters off a setting's name (TRAIN_TRIGER_MIN, DOWNLOAD_WORKER) would
+    be ignored and its default used without a word: refused, with the name it probably meant."""
+    import difflib
+    for key in env:
+        if key in NAMES or len(key) < 8 or key.startswith("NCALR_") or not str(env[key]).strip():
+            continue
+        near = difflib.get_close_matches(key.upper(), NAMES, n=1, cutoff=0.88)
+        if near:
+            raise SettingsError(f"{key} is not a setting: did you mean {near[0]}?")
+
+
+def _model_dir(raw: Optional[str]) -> Path:
+    path = Path(raw or "model_dir").expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise SettingsError(f"MODEL_DIR={str(path)!r} is a file: give a directory (it is created if missing)")
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        raise SettingsError(f"MODEL_DIR={str(path)!r} is not writable by this user")
+    return path
 
 
 @dataclass(frozen=True)
@@ -247,6 +285,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
         env = os.environ if env is None else env
+        _check_names(env)
         user, pw = _get(env, "BASIC_AUTH_USER"), _get(env, "BASIC_AUTH_PASS")
         if bool(user) != bool(pw):
             raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
@@ -281,7 +320,7 @@ class Settings:
         return cls(
             label_studio_url=_url("LABEL_STUDIO_URL", _get(env, "LABEL_STUDIO_URL")),
             label_studio_api_key=_api_key(_get(env, "LABEL_STUDIO_API_KEY")),
-            model_dir=Path(_get(env, "MODEL_DIR") or "model_dir").expanduser().resolve(),
+            model_dir=_model_dir(_get(env, "MODEL_DIR")),
             redis_url=redis_url,
             rq_queue=_get(env, "RQ_QUEUE") or "ncalr",
             basic_auth_user=user,

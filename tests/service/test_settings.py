@@ -110,3 +110,48 @@ def test_settings_that_silently_meant_something_else_are_refused(tmp_path):
         Settings.from_env({**base, "REDIS_URL": "redis://"})
     with pytest.raises(SettingsError, match="16 characters"):
         Settings.from_env({**base, "WEBHOOK_KEY_SECRET": "x"})
+
+
+def test_what_a_careless_operator_sets_is_refused_at_start_with_the_fix(tmp_path):
+    """Found by review: each of these passed the start-up check and failed later (a width or seed
+    the network or generator cannot take: every cycle failed; retry delays past the timer's range:
+    the scheduler thread died; a key with a zero-width space: every request failed), or was silently
+    ignored (typos of service and engine names)."""
+    from ncalr_backend.engine.config import ConfigError, EngineConfig
+
+    for env, says in (({"NCALR_WIDTH": "2"}, "width=2: must be >= 4"), ({"NCALR_SEED": "-1"}, "seed=-1"),
+                      ({"NCALR_SEED": str(2 ** 64)}, "seed="), ({"NCALR_WIDHT": "8"}, "did you mean NCALR_WIDTH"),
+                      ({"NCALR_GPU": "1"}, "NCALR_GPU is not an engine setting"),
+                      ({"ncalr_max_epochs": "3"}, "case-sensitive; the engine reads NCALR_MAX_EPOCHS")):
+        with pytest.raises(ConfigError, match=says):
+            EngineConfig.from_env(environ=env)
+    EngineConfig.from_env(environ={"NCALR_LS_VENV": "/x", "NCALR_NEED_REDIS": "1", "NCALR_IT_SHOW_LOG": "1",
+                                   "NCALR_WIDTH": "4"})  # the scripts' own names pass
+    base = {"MODEL_DIR": str(tmp_path)}
+    for env, says in (({"TRAIN_TRIGER_MIN": "3"}, "did you mean TRAIN_TRIGGER_MIN"),
+                      ({"DOWNLOAD_WORKER": "2"}, "did you mean DOWNLOAD_WORKERS"),
+                      ({"CYCLE_RETRY_DELAYS": "10,1e10"}, r"seconds in \[0, 86400\]"),
+                      ({"LABEL_STUDIO_API_KEY": "abc123\u200b"}, "U\\+200B"),
+                      ({"MODEL_DIR": str(tmp_path / "f")}, "is a file")):
+        (tmp_path / "f").write_text("x")
+        with pytest.raises(SettingsError, match=says):
+            Settings.from_env({**base, **env})
+    s = Settings.from_env({**base, "LABEL_STUDIO_API_KEY": "\u201cabc123\u201d", "HOSTNAME": "h",
+                           "LABEL_STUDIO_HOST": "http://x", "REDIS_HOST": "r"})  # others' variables pass
+    assert s.label_studio_api_key == "abc123"
+
+
+@pytest.mark.parametrize("level, ok", [("", True), (" debug ", True), ("bogus", False), ("10", False)])
+def test_log_level_is_checked_when_the_app_is_imported(level, ok):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "LOG_LEVEL": level, "NCALR_NO_AUTOSTART": "on", "MODEL_DIR": "/tmp/ncalr-loglevel-test"}
+    proc = subprocess.run([sys.executable, "-c", "import _wsgi"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert (proc.returncode == 0) == ok, proc.stderr[-2000:]
+    if not ok:
+        assert "LOG_LEVEL=" in proc.stderr and "expected DEBUG, INFO" in proc.stderr
