@@ -371,7 +371,10 @@ def main(argv=None) -> int:
                           # 8x8 digits on a CPU: a narrow ResNet-18 (cycles of seconds, warm-started at
                           # 0.05), the width the live benchmark measures (bench/live.py DEMO_ENGINE)
                           NCALR_WIDTH=os.environ.get("NCALR_WIDTH", "8"),
-                          PUBLIC_URL=f"http://127.0.0.1:{args.backend_port}")  # the URL connected below
+                          PUBLIC_URL=f"http://127.0.0.1:{args.backend_port}",  # the URL connected below
+                          # the demo runs its cycles in the backend: an exported REDIS_URL would send them
+                          # to a queue no worker reads; the demo's secret lives in its own MODEL_DIR
+                          REDIS_URL="", WEBHOOK_KEY_SECRET="", WEBHOOK_SECRET="")
         backend = BackendProcess(env, port=args.backend_port, log_path=work / "backend.log").start()
         admin = LSAdmin(ls.url, ls.token)
         basic = (env["BASIC_AUTH_USER"], env["BASIC_AUTH_PASS"]) if env.get("BASIC_AUTH_USER") else None
