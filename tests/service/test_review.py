@@ -299,22 +299,13 @@ def test_after_a_publish_fails_half_way_review_json_says_what_label_studio_shows
                 for t, s in ((1, 0.9), (2, 0.8))]
 
     review.publish(ls, store, 1, entries("b"))
-    real, calls = ls.request, []
-
-    def failing(method, path, json=None, **kw):
-        if method == "PATCH":
-            calls.append(path)
-            if len(calls) == 2:
-                raise RuntimeError("HTTP 503")
-        return real(method, path, json=json, **kw)
-
-    ls.request = failing
+    calls = _fail_patch(ls, 2, RuntimeError("HTTP 503"))
     with pytest.raises(RuntimeError, match="503"):
         review.publish(ls, store, 1, entries("c"))
     shown = {t["id"]: t["data"].get(review.KEY_SUGGESTED) for t in ls.tasks if t["id"] in (1, 2)}
     recorded = {int(t): v["suggested"] for t, v in review.ReviewState(store).listed_tasks().items()}
     assert recorded == shown and sorted(shown.values()) == ["b", "c"]
-    ls.request = real
+    del ls.request  # FakeLS's own again
     n = len(ls.task_patches)
     review.publish(ls, store, 1, entries("c"))  # only the task the failure left behind is written
     assert len(ls.task_patches) == n + 1
@@ -331,16 +322,7 @@ def test_when_taking_reviewed_tasks_off_fails_half_way_the_tasks_it_reached_are_
     store = ProjectStore(tmp_path, 1)
     review.publish(ls, store, 1, [{"task": t, "flagged": True, "score": s, "label": "a", "suggested": "b",
                                    "fingerprint": f"{t}:0"} for t, s in ((1, 0.9), (2, 0.8))])
-    real, calls = ls.request, []
-
-    def failing(method, path, json=None, **kw):
-        if method == "PATCH":
-            calls.append(path)
-            if len(calls) == 2:
-                raise RuntimeError("HTTP 503")
-        return real(method, path, json=json, **kw)
-
-    ls.request = failing
+    calls = _fail_patch(ls, 2, RuntimeError("HTTP 503"))
     with pytest.raises(RuntimeError, match="503"):
         review.clear(ls, store, 1, [1, 2])
     first = int(calls[0].rstrip("/").rsplit("/", 1)[1])  # the task whose keys were cleared
@@ -348,7 +330,7 @@ def test_when_taking_reviewed_tasks_off_fails_half_way_the_tasks_it_reached_are_
     shown = {t["id"]: t["data"].get(review.KEY_SUGGESTED) for t in ls.tasks if t["id"] in (1, 2)}
     assert shown[first] is None and set(st["listed"]) == {str(3 - first)}  # the other one is still listed
     assert str(first) in st["reviewed"]
-    ls.request = real
+    del ls.request  # FakeLS's own again
     assert review.clear(ls, store, 1, [3 - first]) == [3 - first]
     assert review.ReviewState(store).read()["listed"] == {}
 
@@ -364,19 +346,25 @@ def test_a_task_sent_for_re_annotation_is_recorded_before_it_is_sent(tmp_path):
     plan = review.RelabelPlan(new={1: {"probs": {"a": 0.2, "b": 0.8}, "annotations": 1},
                                    2: {"probs": {"a": 0.3, "b": 0.7}, "annotations": 1}},
                               pending=[], items=[], cycle=4)
-    real, calls = ls.request, []
-
-    def killed(method, path, json=None, **kw):
-        if method == "PATCH":
-            calls.append(path)
-            if len(calls) == 2:
-                raise SystemExit("killed")  # the process goes: nothing after this line runs
-        return real(method, path, json=json, **kw)
-
-    ls.request = killed
+    calls = _fail_patch(ls, 2, SystemExit("killed"))  # the process goes: nothing after that PATCH runs
     with pytest.raises(SystemExit):
         review.request_relabel(ls, store, 1, plan)
     assert len(calls) == 2 and set(review.ReviewState(store).read()["relabel"]) == {"1", "2"}
-    ls.request = real
+    del ls.request  # FakeLS's own again
     out = review.request_relabel(ls, store, 1, review.RelabelPlan(new={}, pending=[], items=[], expired=[1, 2], cycle=7))
     assert sorted(out["given_back"]) == [1, 2]
+
+
+def _fail_patch(ls, at: int, exc: BaseException) -> list:
+    """Make the ``at``-th PATCH through ``ls`` raise ``exc``; returns the PATCHed paths as they come
+    (``del ls.request`` restores the fake's own)."""
+    real, calls = ls.request, []
+
+    def request(method, path, json=None, **kw):
+        if method == "PATCH":
+            calls.append(path)
+            if len(calls) == at:
+                raise exc
+        return real(method, path, json=json, **kw)
+    ls.request = request
+    return calls
