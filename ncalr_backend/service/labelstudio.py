@@ -25,7 +25,8 @@ from urllib.parse import urljoin
 import requests
 import requests.adapters
 
-from ncalr_backend.service.urls import SafeURL, URLRefused, base_path, join, parse_host_rules, parse_http_url, redact_urls, same_url_key
+from ncalr_backend.service.urls import (SafeURL, URLRefused, base_path, parse_host_rules, parse_http_url, redact_urls,
+                                        resolve, same_url_key)
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class LabelStudioClient:
             raise ValueError("Label Studio URL and API key are required")
         self.url = url.rstrip("/")
         self.origin = parse_http_url(self.url + "/").origin
+        self.base_path = base_path(self.url)  # canonical, as the image paths it is compared with
         self.api_key = api_key.strip()
         self.timeout = timeout
         self.allowed = parse_host_rules(allowed_hosts)
@@ -475,8 +477,7 @@ class LabelStudioClient:
         image is ``/api/projects/1/export`` must not make the backend call it as the admin) is fetched
         without the key. The path is the canonical one that is fetched (dot segments already removed);
         a percent-encoded '.', '/' or '\\' in it gets no key either."""
-        path = safe.target.partition("?")[0]
-        base = base_path(self.url)
+        path, base = safe.target.partition("?")[0], self.base_path
         if not path.startswith(base + "/") or re.search(r"%(2e|2f|5c)", path, re.IGNORECASE):
             return False
         return bool(MEDIA_PATHS.match(path[len(base):]))
@@ -485,7 +486,7 @@ class LabelStudioClient:
         """(SafeURL, send_auth) for a task's image reference, or raise ImageRefused."""
         if not isinstance(url, str) or not url:
             raise ImageRefused("the task has no image URL")
-        safe = parse_http_url(join(self.url, url))
+        safe = resolve(self.url, url, self.base_path)
         if safe.origin == self.origin:
             return safe, self.media_path(safe)
         if self.allowed_origin(safe):

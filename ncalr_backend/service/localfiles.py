@@ -39,7 +39,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
-from ncalr_backend.service.urls import URLRefused, base_path, join, local_files_ref, parse_http_url
+from ncalr_backend.service.urls import URLRefused, base_path, local_files_ref, parse_http_url, resolve
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class DirectReader:
     def read(self, url: str) -> Optional[bytes]:
         if self.files is None or not isinstance(url, str):
             return None
-        d = local_files_ref(parse_http_url(join(self.base_url, url)), self.origin, self.base_path)
+        d = local_files_ref(resolve(self.base_url, url, self.base_path), self.origin, self.base_path)
         if d is None:
             return None
         if not self.serving:

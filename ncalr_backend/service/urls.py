@@ -116,25 +116,19 @@ def parse_http_url(raw: str) -> SafeURL:
     return safe
 
 
-def join(base: str, ref: str) -> str:
+def resolve(base: str, ref: str, prefix: Optional[str] = None) -> SafeURL:
     """A task's image reference ``ref`` (absolute, or a path such as ``/data/upload/1/x.png``)
-    against Label Studio's base URL ``base``. Label Studio served under a sub-path (``HOST`` with a
-    path) writes that prefix into its paths (``/ls/data/upload/...``): such a path is taken from the
-    origin, as a browser does; a path without the prefix (``/data/...``, as written at the root)
-    is put under it."""
-    if ref.startswith("/") and not ref.startswith("//"):
-        prefix = base_path(base)
-        at_origin = urljoin(base, ref)
-        if not prefix:
-            return at_origin
-        try:  # compared canonically: '/a%7eb' and '/a%7Eb' are one prefix
-            path = parse_http_url(at_origin).target.partition("?")[0]
-        except URLRefused:
-            return at_origin  # the caller's parse refuses it, with the reason
+    against Label Studio's base URL ``base``, parsed (``parse_http_url``). Label Studio served under
+    a sub-path (``HOST`` with a path) writes that prefix into its paths (``/ls/data/upload/...``):
+    such a path is taken from the origin, as a browser does; a path without the prefix (``/data/...``,
+    as written at the root) is put under it. ``prefix``: ``base_path(base)``, when the caller keeps it."""
+    prefix = base_path(base) if prefix is None else prefix
+    safe = parse_http_url(urljoin(base, ref))
+    if prefix and ref.startswith("/") and not ref.startswith("//"):
+        path = safe.target.partition("?")[0]  # canonical: '/a%7eb' and '/a%7Eb' are one prefix
         if path != prefix and not path.startswith(prefix + "/"):
-            return urljoin(base.rstrip("/") + "/", ref.lstrip("/"))
-        return at_origin
-    return urljoin(base, ref)
+            safe = parse_http_url(urljoin(base.rstrip("/") + "/", ref.lstrip("/")))
+    return safe
 
 
 def base_path(url: str) -> str:
