@@ -90,6 +90,39 @@ class CycleRun:
     def timings(self) -> dict:
         return self.report["timings"]
 
+    @property
+    def owner(self) -> tuple:
+        """What ``state.json``'s ``in_progress`` marker holds while this cycle owns the project."""
+        return (self.cycle, self.version)
+
+    def holds(self) -> bool:
+        """Whether this cycle still owns the project: no later cycle has started over its marks."""
+        return self.store.holds_marker(self.owner)
+
+    def superseded(self, live: bool = False) -> CycleError:
+        now = (self.store.state().get("in_progress") or {}).get("cycle")
+        by = f"cycle {now}" if now is not None else "the backend's recovery"
+        return CycleError(f"cycle {self.cycle} stopped: {by} took the project over (under RQ this worker lost the "
+                          "project's lock, e.g. Redis was out of reach for longer than RQ_LOCK_TTL); this cycle's "
+                          "work is discarded and the project's state is left to its successor",
+                          superseded=True, live=live)
+
+    def stop_check(self, should_stop: Optional[Callable[[], bool]], every: float = 0.5) -> Callable[[], bool]:
+        """``should_stop`` (the backend is stopping, the RQ lock went to another worker), or this
+        cycle no longer owns the project: a worker whose lock expired without it knowing (Redis out
+        of its reach) stops at the next batch instead of writing over its successor. The ownership
+        is read at most every ``every`` seconds (a small file, but training asks before each batch)."""
+        last = {"at": -float("inf"), "held": True}
+
+        def check() -> bool:
+            if should_stop is not None and should_stop():
+                return True
+            now = time.monotonic()
+            if now - last["at"] >= every:
+                last["at"], last["held"] = now, self.holds()
+            return not last["held"]
+        return check
+
 
 # ---------------------------------------------------------------------------- stage 2: the engine
 def warm_start_state(store: ProjectStore, cfg, ecfg) -> Optional[dict]:
@@ -187,8 +220,10 @@ def commit(run: CycleRun, snap: Snapshot, res, wb: WriteBack, settings: Settings
         log.error("project %s cycle %s: report.json not written (%s); the live version is committed without it",
                   run.project_id, run.cycle, exc)
     run.store.commit(run.work, run.cycle, {**run.pointer, "finished_at": done, "live": wb.live})
-    run.store.update_state(in_progress=None, last_completed=run.cycle, last_model_version=run.version,
-                           crashed_cycles=0)
+    if not run.store.finish_in_progress(run.owner, last_completed=run.cycle, last_model_version=run.version,
+                                        crashed_cycles=0):
+        log.warning("project %s cycle %s completed after another cycle took the project over; that one's "
+                    "marker is left as it is", run.project_id, run.cycle)
     log.info("project %s cycle %s (%s) completed: %d labeled, %d ranked, %.1fs trigger-to-live",
              run.project_id, run.cycle, run.version, len(snap.lab_ids), len(snap.pool_ids),
              run.timings["trigger_to_live_s"])
@@ -241,14 +276,21 @@ def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool, 
          keep_failed: Optional[int] = None) -> CycleError:
     """Leave no half-written version behind (never the live one); keep the report under failed/.
     An interrupted cycle (shutdown) stays marked in progress, so the next start runs it again."""
+    import shutil
     err = _classify(exc, live)
+    if not err.superseded and not run.holds():  # taken over: whatever stopped it, its state is not its own
+        err = run.superseded(live)
     if wrote and not live:
         delete_version(client, run.store, run.project_id, run.version)
+    if err.superseded and not live:
+        shutil.rmtree(run.work, ignore_errors=True)
+        log.warning("project %s: %s", run.project_id, err)
+        return err
     if err.interrupted and not live:
-        import shutil
         shutil.rmtree(run.work, ignore_errors=True)
         # still in progress (the next start runs it again), but stopped by a shutdown, not a crash
-        run.store.mark_in_progress(interrupted=True)
+        if run.store.mark_in_progress(owner=run.owner, interrupted=True) is None:
+            err = run.superseded()  # taken over in between: the successor's marker is not touched
         log.warning("project %s cycle %s interrupted: %s", run.project_id, run.cycle, err)
         return err
     run.report.update(status="failed", error=str(err), retryable=err.retryable, live=live, finished_at=time.time())
@@ -271,13 +313,13 @@ def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool, 
                 run.store.prune_failed(keep_failed)
     except Exception:  # noqa: BLE001
         log.exception("project %s cycle %s: keeping the failed cycle's files failed too", run.project_id, run.cycle)
-    changes = dict(in_progress=None, last_failed=run.cycle, last_error=str(err), crashed_cycles=0)
+    changes = {} if err.superseded else dict(last_failed=run.cycle, last_error=str(err), crashed_cycles=0)
     if live:
         changes["last_model_version"] = run.version
     if committed:
         changes["last_completed"] = run.cycle
     try:
-        run.store.update_state(**changes)
+        run.store.finish_in_progress(run.owner, **changes)
     except Exception:  # noqa: BLE001 - the next start takes the cycle still marked in progress as crashed
         log.exception("project %s cycle %s: state.json not updated after the failure", run.project_id, run.cycle)
     log.error("project %s cycle %s failed: %s", run.project_id, run.cycle, err,
@@ -317,7 +359,10 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         if should_stop is not None and should_stop():
             from ncalr_backend.engine import Interrupted
             raise Interrupted("the backend is stopping")
-        run.store.mark_in_progress(durable=False, stage=name)
+        if run.store.mark_in_progress(owner=run.owner, stage=name) is None:
+            raise run.superseded()
+
+    stop = run.stop_check(should_stop)  # training: also stops a cycle another one took over
 
     try:
         drop_orphans(client, run.store, project_id)
@@ -329,7 +374,7 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
             log.warning("project %s cycle %s: task %s left out: %s", project_id, run.cycle, item["task"],
                         item["reason"])
         stage("train")
-        res = train_and_score(snap, run, engine_config, prog.training(progress, engine_config), should_stop,
+        res = train_and_score(snap, run, engine_config, prog.training(progress, engine_config), stop,
                               batch=settings.trigger_threshold(snap.num_tasks))
         stage("write-back")
         preds = queue_predictions(res, snap.cfg, snap.pool_ids, run.version)
@@ -352,7 +397,8 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         save_predictions(run, snap, preds, head)
         record_cycle_extras(run, snap, res, preds)  # dashboard.json; report: previous cycle's accuracy
         wrote = bool(items)
-        wb = write_back(client, settings, project_id, run.version, items, prog, should_stop)
+        # asked per chunk and right before the switch: read every time (a chunk is an HTTP request)
+        wb = write_back(client, settings, project_id, run.version, items, prog, run.stop_check(should_stop, every=0))
         live = wb.live
         run.timings.update(write_s=wb.write_s, switch_s=wb.switch_s)
         run.report.update(wb.report())
@@ -360,7 +406,8 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         report = prog.finished(commit(run, snap, res, wb, settings))
     except Exception as exc:
         err = fail(run, exc, client, wrote, live, keep_failed=settings.keep_failed)
-        prog.finish("interrupted" if err.interrupted else "failed", str(err))
+        if not err.superseded:  # progress.json is the project's: a successor's progress is not overwritten
+            prog.finish("interrupted" if err.interrupted else "failed", str(err))
         if err is exc:
             raise
         raise err from exc

@@ -358,6 +358,8 @@ def rq_cycle_job(project_id: int):
             return _default_cycle(settings, int(project_id), info["reason"], info["triggered_at"],
                                   should_stop=lost.is_set)
         except Exception as exc:
+            if getattr(exc, "superseded", False):  # its successor runs the project now: nothing to retry
+                return {"status": "superseded", "error": str(exc)}
             delays = settings.cycle_retry_delays
             if retryable(exc) and attempt < len(delays):
                 retry_at = time.time() + delays[attempt]

@@ -72,6 +72,12 @@ STATE_TYPES = {"new_annotations": int, "pending": dict, "in_progress": dict, "cy
                "skipped": dict}
 
 
+def _marks(in_progress, owner: tuple) -> bool:
+    """Whether the ``in_progress`` marker is the cycle ``owner`` = ``(cycle, model_version)``."""
+    return (isinstance(in_progress, dict) and in_progress.get("cycle") == owner[0]
+            and in_progress.get("model_version") == owner[1])
+
+
 def _typed(value, kind) -> bool:
     return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
 
@@ -146,27 +152,65 @@ class ProjectStore:
                 finally:
                     fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
-    def update_state(self, durable: bool = True, **changes) -> dict:
+    def update_state(self, **changes) -> dict:
         with self._state_locked():
             s = self.state()
             s.update(changes)
-            atomic_write_json(self.state_path, s, durable=durable)
+            atomic_write_json(self.state_path, s)
             return s
 
-    def mark_in_progress(self, durable: bool = True, **fields) -> dict:
+    def mark_in_progress(self, owner: Optional[tuple] = None, **fields) -> Optional[dict]:
         """Add ``fields`` to the running cycle's ``in_progress`` marker (read and written under the
-        state lock, so a concurrent update of another key is not lost)."""
+        state lock, so a concurrent update of another key is not lost). With ``owner`` (the cycle's
+        ``(cycle, model_version)``) only while the marker is still that cycle's: otherwise nothing is
+        written and None is returned (another cycle took the project over; see ``holds_marker``)."""
         with self._state_locked():
             s = self.state()
+            if owner is not None and not _marks(s.get("in_progress"), owner):
+                return None
             s["in_progress"] = {**(s.get("in_progress") or {}), **fields}
-            atomic_write_json(self.state_path, s, durable=durable)
+            atomic_write_json(self.state_path, s)
             return s
 
+    def finish_in_progress(self, owner: tuple, **changes) -> bool:
+        """A cycle's last word in ``state.json``: ``changes``, and its marker cleared (with
+        ``crashed_cycles``, which counts the marker's deaths) only while the marker is still
+        ``owner``'s. A cycle that was taken over (its lock lost under RQ, the next cycle already
+        started over its marks) must not clear its successor's marker: a crash of that one would then
+        go unnoticed. Returns whether the marker was ``owner``'s."""
+        with self._state_locked():
+            s = self.state()
+            owned = _marks(s.get("in_progress"), owner)
+            if owned:
+                s["in_progress"] = None
+            else:
+                changes = {k: v for k, v in changes.items() if k != "crashed_cycles"}
+            s.update(changes)
+            atomic_write_json(self.state_path, s)
+            return owned
+
+    def holds_marker(self, owner: tuple) -> bool:
+        """Whether ``state.json``'s cycle in progress is still ``owner`` (``(cycle, model_version)``),
+        read without the lock (the file is replaced atomically). An unreadable file counts as held:
+        a read error must not stop a cycle, and its writes check again under the lock."""
+        try:
+            with open(self.state_path, encoding="utf-8") as f:
+                s = json.load(f)
+        except FileNotFoundError:
+            return False
+        except (ValueError, OSError, RecursionError):
+            return True
+        return _marks(s.get("in_progress") if isinstance(s, dict) else None, owner)
+
     def add_annotations(self, n: int) -> int:
+        """Count a webhook's annotations. Written with fsync like every state.json write: the file
+        also holds the pending trigger, the crash marker and the orphan versions, and a rename of an
+        unsynced file can come back empty after a power loss on filesystems that do not order the
+        two (XFS, ext4 with ``noauto_da_alloc``)."""
         with self._state_locked():
             s = self.state()
             s["new_annotations"] = int(s["new_annotations"]) + int(n)
-            atomic_write_json(self.state_path, s, durable=False)  # a counter: no fsync per webhook
+            atomic_write_json(self.state_path, s)
             return s["new_annotations"]
 
     # --------------------------------------------------------------- cycles

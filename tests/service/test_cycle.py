@@ -851,3 +851,90 @@ def test_failed_reports_are_pruned_oldest_cycle_first_past_cycle_9999(tmp_path):
         (st.root / "failed" / name).mkdir(parents=True)
     assert st.prune_failed(2) == 2
     assert sorted(d.name for d in (st.root / "failed").iterdir()) == ["10000-20261201T000200Z", "10001-20261201T000300Z"]
+
+
+def _take_over(settings):
+    """What a second worker does once the first one's RQ lock has expired: it starts the project's
+    next cycle, which abandons the first one's marks (its work folder, its version as an orphan)."""
+    from ncalr_backend.service.cycle import CycleRun
+    return CycleRun.begin(settings, 1, "the reaper's re-run", None)
+
+
+def test_a_cycle_taken_over_during_training_stops_and_leaves_its_successor_alone(settings):
+    """Found by review: a worker that lost its lock without knowing it (Redis out of its reach for
+    longer than RQ_LOCK_TTL) went on training after the next cycle had started over its marks, then
+    wrote its "interrupted" mark (or cleared the marker) in its successor's state: a crash of the
+    successor then went unnoticed. It now stops at the next batch and touches nothing of the state."""
+    ls = FakeLS()
+    successor = []
+
+    def on_epoch(row):
+        if not successor:
+            successor.append(_take_over(settings))
+
+    with pytest.raises(CycleError) as e:
+        run_project_cycle(settings, 1, "t", engine_config=ENGINE.replace(max_epochs=50), client=ls,
+                          progress=on_epoch)
+    assert e.value.superseded and not e.value.retryable and "cycle 2 took the project over" in str(e.value)
+    assert ls.imported == [] and ls.patches == []  # nothing written, nothing switched
+    st = ProjectStore(settings.model_dir, 1)
+    s = st.state()
+    assert s["in_progress"]["cycle"] == successor[0].cycle == 2 and "interrupted" not in s["in_progress"]
+    assert s.get("last_failed") is None and s.get("last_error") is None
+    assert s["crashed_cycles"] == 1  # the successor counted the lost cycle as a death (recovery.py)
+    assert st.latest() is None and not (st.root / "failed").exists()
+    assert [p.name for p in st.root.glob(".work-*")] == [successor[0].work.name]  # the successor's, intact
+
+
+def test_a_cycle_taken_over_during_the_write_back_never_switches_the_project(settings):
+    ls = FakeLS()
+    imports = ls.import_prediction_chunk
+
+    def import_then_lose(pid, items):  # the takeover comes while the predictions go in
+        n = imports(pid, items)
+        _take_over(settings)
+        return n
+
+    ls.import_prediction_chunk = import_then_lose
+    with pytest.raises(CycleError) as e:
+        run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    assert e.value.superseded and ls.imported and ls.patches == [] and ls.model_version in ("", None)
+    assert ls.model_versions(1) == {}  # what was sent is deleted again
+    st = ProjectStore(settings.model_dir, 1)
+    assert st.latest() is None and st.state()["in_progress"]["cycle"] == 2
+
+
+def test_a_cycle_that_finishes_after_a_takeover_keeps_its_successors_marker(tmp_path):
+    """The store's side: the last writes of a cycle that no longer owns the project leave the marker
+    (and its crash count) as they are; its own results are still recorded."""
+    st = ProjectStore(tmp_path, 1)
+    st.update_state(in_progress={"cycle": 2, "model_version": "v2"}, crashed_cycles=1)
+    assert st.mark_in_progress(owner=(1, "v1"), interrupted=True) is None
+    assert st.finish_in_progress((1, "v1"), last_completed=1, crashed_cycles=0) is False
+    s = st.state()
+    assert s["in_progress"] == {"cycle": 2, "model_version": "v2"} and s["crashed_cycles"] == 1
+    assert s["last_completed"] == 1
+    assert st.holds_marker((2, "v2")) and not st.holds_marker((2, "v1")) and not st.holds_marker((1, "v2"))
+    assert st.mark_in_progress(owner=(2, "v2"), stage="train")["in_progress"]["stage"] == "train"
+    assert st.finish_in_progress((2, "v2"), last_completed=2, crashed_cycles=0) is True
+    s = st.state()
+    assert s["in_progress"] is None and s["crashed_cycles"] == 0 and s["last_completed"] == 2
+    st.state_path.write_text("{not json")  # unreadable: a read error must not stop a running cycle
+    assert st.holds_marker((2, "v2"))
+
+
+def test_every_state_write_is_synced_to_disk(tmp_path, monkeypatch):
+    """state.json also holds the pending trigger, the crash marker and the orphan versions: the
+    per-webhook counter and the stage marks used to rename an unsynced file over it, which a power
+    loss can bring back empty on filesystems that do not order the two."""
+    import ncalr_backend.atomic as atomic
+    synced = []
+    real = atomic.os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    st = ProjectStore(tmp_path, 1)
+    st.update_state(in_progress={"cycle": 1, "model_version": "v1"})
+    for write in (lambda: st.add_annotations(1), lambda: st.mark_in_progress(owner=(1, "v1"), stage="train"),
+                  lambda: st.finish_in_progress((1, "v1"), last_completed=1)):
+        before = len(synced)
+        write()
+        assert len(synced) == before + 1

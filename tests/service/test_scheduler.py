@@ -216,7 +216,7 @@ def test_state_updates_from_several_processes_are_never_lost(tmp_path):
     code = ("import sys; from pathlib import Path; from ncalr_backend.service.store import ProjectStore\n"
             "st = ProjectStore(Path(sys.argv[1]), 1); w = sys.argv[2]\n"
             "for i in range(100):\n"
-            "    st.add_annotations(1); st.update_state(durable=False, **{'w' + w: i})\n")
+            "    st.add_annotations(1); st.update_state(**{'w' + w: i})\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(w)], cwd=ROOT) for w in range(4)]
     assert [p.wait(120) for p in procs] == [0] * 4
     s = ProjectStore(tmp_path, 1).state()
