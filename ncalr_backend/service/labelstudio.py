@@ -118,6 +118,10 @@ class LabelStudioClient:
         self.pat = looks_like_jwt(self.api_key)
         self._access: Optional[str] = None
         self._lock = threading.Lock()
+        # time.monotonic() after which no image download starts and none goes on: a synchronous
+        # request (/predict) sets it, so that a slow image host cannot hold its thread for
+        # BODY_DEADLINE_FACTOR x timeout per image after Label Studio has stopped waiting
+        self.deadline: Optional[float] = None
 
     # ------------------------------------------------------------------ auth
     def _refresh(self) -> str:
@@ -499,11 +503,19 @@ class LabelStudioClient:
         (at most MAX_REDIRECTS) only to an allowed origin and without the key."""
         safe, send_auth = self.resolve_image_url(url)
         for hop in range(MAX_REDIRECTS + 1):
+            timeout, whole = self.timeout, BODY_DEADLINE_FACTOR * self.timeout
+            if self.deadline is not None:  # each read and the whole answer end by the deadline
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise LabelStudioError("image download not started: the request's time is up", None)
+                timeout, whole = min(timeout, left), min(whole, left)
             try:
-                if send_auth:
+                if send_auth and self.deadline is not None:  # no retry waits either
+                    r = self._request_once("GET", safe.url, ok=None, stream=True, timeout=timeout)
+                elif send_auth:
                     r = self.request("GET", safe.url, ok=None, stream=True)
                 else:
-                    r = self.session.get(safe.url, timeout=self.timeout, stream=True, allow_redirects=False)
+                    r = self.session.get(safe.url, timeout=timeout, stream=True, allow_redirects=False)
             except (LabelStudioError, requests.RequestException) as exc:
                 raise LabelStudioError(f"image download failed: {exc}") from exc
             with r:
@@ -516,7 +528,7 @@ class LabelStudioClient:
                     continue
                 if r.status_code != 200:
                     raise LabelStudioError(f"image download failed: HTTP {r.status_code}")
-                return read_body(r, MAX_DOWNLOAD_BYTES, BODY_DEADLINE_FACTOR * self.timeout, "image download")
+                return read_body(r, MAX_DOWNLOAD_BYTES, whole, "image download")
         raise ImageRefused(f"image URL redirects more than {MAX_REDIRECTS} times")
 
 

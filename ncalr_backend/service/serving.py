@@ -126,6 +126,7 @@ def _predict_on_the_fly(settings: Settings, tasks, positions, results, cfg: Imag
     size, channels = model_input(meta, settings)
     cache, index, failed = ImageCache(settings.model_dir / "cache", read_only=True), served.placement(), []
     start = time.monotonic()
+    client.deadline = start + PREDICT_DEADLINE_S  # a download in flight ends there too, not 10 x HTTP_TIMEOUT later
     for lo in range(0, len(tasks), PREDICT_CHUNK):  # Label Studio's "Retrieve predictions" sends every selected task
         if lo and time.monotonic() - start > PREDICT_DEADLINE_S:
             log.warning("/predict: %d of %d unranked tasks left without a prediction after %.0f s (Label Studio "

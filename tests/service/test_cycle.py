@@ -938,3 +938,60 @@ def test_every_state_write_is_synced_to_disk(tmp_path, monkeypatch):
         before = len(synced)
         write()
         assert len(synced) == before + 1
+
+
+def test_predict_gives_up_a_slow_image_host_at_its_deadline(settings, monkeypatch):
+    """Found by review: /predict bounded only the start of a chunk; an image host that answers a byte
+    at a time held the request thread for 10 x HTTP_TIMEOUT per image (10 minutes at the default),
+    long after Label Studio stopped waiting (100 s), and a few such requests took every gunicorn
+    thread, webhooks included. Downloads now end at the request's deadline. A real local server."""
+    import http.server
+    import threading
+    import time
+
+    from ncalr_backend.service import serving
+    from ncalr_backend.service.demo import free_port
+    from ncalr_backend.service.labelconfig import parse_label_config
+
+    stop, served = threading.Event(), []
+
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            served.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                while not stop.wait(0.2):  # each read well inside HTTP_TIMEOUT, the whole never
+                    self.wfile.write(b"\0")
+                    self.wfile.flush()
+            except OSError:
+                pass
+
+        def log_message(self, *a):
+            pass
+
+    ls = FakeLS()
+    run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Drip)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(serving, "make_client", lambda s: LabelStudioClient(
+            f"http://127.0.0.1:{srv.server_port}", "k", timeout=60.0))
+        monkeypatch.setattr(serving, "PREDICT_DEADLINE_S", 1.0)
+        tasks = [{"id": 7000 + k, "data": {"image": f"/data/upload/1/{7000 + k}.png"}} for k in range(6)]
+        tasks.append({"id": 3, "data": {"image": "/data/upload/1/3.png"}})  # ranked by the cycle
+        out, t0 = [], time.monotonic()
+        worker = threading.Thread(target=lambda: out.append(
+            serving.predict_tasks(settings, parse_label_config(CFG), tasks, 1)), daemon=True)
+        worker.start()
+        worker.join(30)
+        took = time.monotonic() - t0
+        assert not worker.is_alive(), "/predict still waiting on the slow image host after 30 s"
+        assert took < 10, took
+        assert [bool(r["result"]) for r in out[0]] == [False] * 6 + [True]  # the ranked task keeps its answer
+        assert 1 <= len(served) <= 6
+    finally:
+        stop.set()
+        srv.shutdown()
