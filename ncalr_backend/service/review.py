@@ -112,7 +112,7 @@ class ReviewState:
                 try:
                     data = self.read()
                     yield data
-                    atomic_write_json(self.path, data, durable=False)
+                    atomic_write_json(self.path, data)  # reviewers' decisions: fsynced like state.json
                 finally:
                     fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 

@@ -368,3 +368,17 @@ def _fail_patch(ls, at: int, exc: BaseException) -> list:
         return real(method, path, json=json, **kw)
     ls.request = request
     return calls
+
+
+def test_review_json_is_synced_to_disk(tmp_path, monkeypatch):
+    """review.json holds what reviewers decided (the tasks they took off the list): its writes are
+    fsynced before the rename, as state.json's are (a power loss must not bring back an empty file)."""
+    import ncalr_backend.atomic as atomic
+    synced = []
+    real = atomic.os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    state = review.ReviewState(ProjectStore(tmp_path, 1))
+    with state.locked() as st:
+        st["reviewed"]["7"] = "fingerprint"
+    assert len(synced) == 1
+    assert json.loads(state.path.read_text())["reviewed"] == {"7": "fingerprint"}
