@@ -207,6 +207,10 @@ def save_predictions(run: CycleRun, snap: Snapshot, preds: QueuePredictions, wri
 
 
 def commit(run: CycleRun, snap: Snapshot, res, wb: WriteBack, settings: Settings) -> dict:
+    if run.store.mark_in_progress(owner=run.owner, stage="commit") is None or not run.work.is_dir():
+        # taken over after the switch (its successor removed this work folder when it began): its
+        # folder must not come back holding a report alone and become the latest; the successor commits
+        raise run.superseded(live=wb.live)
     done = time.time()
     run.timings.update(trigger_to_live_s=done - run.triggered_at, cycle_s=done - run.started_at)
     run.report.update(status="completed", finished_at=done, live=wb.live,
@@ -282,9 +286,11 @@ def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool, 
         err = run.superseded(live)
     if wrote and not live:
         delete_version(client, run.store, run.project_id, run.version)
-    if err.superseded and not live:
+    if err.superseded:  # nothing of the project's state is this cycle's any more, not even its folder
         shutil.rmtree(run.work, ignore_errors=True)
-        log.warning("project %s: %s", run.project_id, err)
+        log.warning("project %s: %s%s", run.project_id, err,
+                    f" (its version {run.version} went live in Label Studio; the successor's replaces it)"
+                    if live else "")
         return err
     if err.interrupted and not live:
         shutil.rmtree(run.work, ignore_errors=True)
@@ -313,7 +319,7 @@ def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool, 
                 run.store.prune_failed(keep_failed)
     except Exception:  # noqa: BLE001
         log.exception("project %s cycle %s: keeping the failed cycle's files failed too", run.project_id, run.cycle)
-    changes = {} if err.superseded else dict(last_failed=run.cycle, last_error=str(err), crashed_cycles=0)
+    changes = dict(last_failed=run.cycle, last_error=str(err), crashed_cycles=0)
     if live:
         changes["last_model_version"] = run.version
     if committed:
@@ -397,7 +403,7 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         save_predictions(run, snap, preds, head)
         record_cycle_extras(run, snap, res, preds)  # dashboard.json; report: previous cycle's accuracy
         wrote = bool(items)
-        # asked per chunk and right before the switch: read every time (a chunk is an HTTP request)
+        # asked before each chunk and right before the switch: read every time (a chunk is an HTTP request)
         wb = write_back(client, settings, project_id, run.version, items, prog, run.stop_check(should_stop, every=0))
         live = wb.live
         run.timings.update(write_s=wb.write_s, switch_s=wb.switch_s)

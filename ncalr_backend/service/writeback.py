@@ -51,12 +51,16 @@ class WriteBack:
                 "write_per_s": (self.sent / self.write_s) if self.write_s > 0 and self.sent else None}
 
 
-def import_all(client: LabelStudioClient, project_id: int, items: List[dict], chunk_size: int, on_chunk=None):
+def import_all(client: LabelStudioClient, project_id: int, items: List[dict], chunk_size: int, on_chunk=None,
+               should_stop=None):
     """Bulk-import in chunks; a chunk refused because some of its tasks were deleted meanwhile is
     sent again without them. Returns (created, sent, skipped task ids). ``on_chunk(start, size,
-    created)`` after each chunk (progress)."""
+    created)`` after each chunk (progress); ``should_stop()`` before each (``Interrupted``)."""
     created, sent, skipped = 0, 0, []
     for start in range(0, len(items), chunk_size):
+        if should_stop is not None and should_stop():
+            from ncalr_backend.engine import Interrupted
+            raise Interrupted(f"asked to stop after {sent} of {len(items)} predictions; the project was NOT switched")
         chunk = items[start:start + chunk_size]
         try:
             n = client.import_prediction_chunk(project_id, chunk)
@@ -88,12 +92,13 @@ def import_all(client: LabelStudioClient, project_id: int, items: List[dict], ch
 def write_back(client: LabelStudioClient, settings: Settings, project_id: int, version: str,
                items: List[dict], progress=NO_PROGRESS, should_stop=None) -> WriteBack:
     """Import ``items`` under ``version``, verify, switch the project (see the module docstring).
-    ``should_stop`` is asked once more right before the switch (under RQ it says the project's lock
-    went to another worker: this cycle must not switch the project then)."""
+    ``should_stop`` is asked before each chunk and once more right before the switch (the backend is
+    stopping, or under RQ the project went to another worker: this cycle must not switch it then)."""
     t = time.time()
     progress.stage("write_back", n=len(items))
     created, sent, skipped = (import_all(client, project_id, items, settings.prediction_chunk_size,
-                                         on_chunk=progress.on_chunk) if items else (0, 0, []))
+                                         on_chunk=progress.on_chunk, should_stop=should_stop)
+                              if items else (0, 0, []))
     write_s = time.time() - t
     if created != sent:
         raise CycleError(f"Label Studio created {created} of {sent} predictions for {version} "

@@ -995,3 +995,46 @@ def test_predict_gives_up_a_slow_image_host_at_its_deadline(settings, monkeypatc
     finally:
         stop.set()
         srv.shutdown()
+
+
+def test_a_cycle_taken_over_right_after_its_switch_never_commits_an_empty_folder(settings):
+    """Found by review: a cycle taken over between its switch and its commit (its successor removed
+    its work folder) wrote report.json, which made the folder again with nothing else in it, moved
+    it into cycles/ and pointed latest.json at it: /predict and placement had no model to serve."""
+    ls = FakeLS()
+    switch = ls.patch_project
+
+    def switch_then_lose(pid, data):
+        out = switch(pid, data)
+        _take_over(settings)
+        return out
+
+    ls.patch_project = switch_then_lose
+    with pytest.raises(CycleError) as e:
+        run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    assert e.value.superseded and e.value.live
+    assert ls.model_version.startswith("ncalr-1-c0001-")  # live in Label Studio: never rolled back
+    st = ProjectStore(settings.model_dir, 1)
+    assert st.latest() is None and not (st.root / "cycles").exists()
+    assert st.state()["in_progress"]["cycle"] == 2
+
+
+def test_a_cycle_taken_over_stops_its_write_back_at_the_next_chunk(settings):
+    """The write-back asks before every chunk, not only before the switch."""
+    s = Settings.from_env({**{k: str(v) for k, v in {"MODEL_DIR": settings.model_dir, "IMAGE_SIZE": 8,
+                                                     "IMAGE_CHANNELS": 1, "LABEL_STUDIO_URL": "http://ls.test",
+                                                     "LABEL_STUDIO_API_KEY": "k", "PREDICTION_CHUNK_SIZE": 2}.items()}})
+    ls = FakeLS()
+    imports, chunks = ls.import_prediction_chunk, []
+
+    def import_then_lose(pid, items):
+        chunks.append(len(items))
+        n = imports(pid, items)
+        if len(chunks) == 1:
+            _take_over(s)
+        return n
+
+    ls.import_prediction_chunk = import_then_lose
+    with pytest.raises(CycleError) as e:
+        run_project_cycle(s, 1, "t", engine_config=ENGINE, client=ls)
+    assert e.value.superseded and chunks == [2] and ls.patches == [] and ls.model_versions(1) == {}
