@@ -4,6 +4,7 @@ by a cycle that starts over a dead one's marks (cycle.py)."""
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 from ncalr_backend.service.mirror import TaskMirror
 from ncalr_backend.service.store import ProjectStore
@@ -11,23 +12,22 @@ from ncalr_backend.service.store import ProjectStore
 log = logging.getLogger(__name__)
 
 
-def abandon_in_progress(st: ProjectStore, s: dict) -> int:
-    """A cycle nobody runs any more (a crash, a dead worker): remove its partial directories, and
-    remember its version as an orphan (the next cycle deletes whatever it wrote into Label Studio).
-    Returns how many directories went."""
-    removed = st.clean_workdirs()
+def abandon_in_progress(st: ProjectStore, s: dict, rerun: Optional[dict] = None) -> int:
+    """A cycle nobody runs any more (a crash, a dead worker): remember its version as an orphan (the
+    next cycle deletes whatever it wrote into Label Studio), count its death, record ``rerun`` as
+    the pending request, and remove its partial directories. ``s`` is the state read before: if the
+    marker changed since (a cycle began in between), nothing is done. Returns how many directories
+    went."""
+    ip = s.get("in_progress") or None
+    if ip is not None or rerun is not None:
+        if not st.abandon_marker(ip, rerun):
+            return 0  # a cycle began since: its marker and its work folder are its own
     mirror = TaskMirror(st.root)
-    if mirror.path.exists():  # after a crash, read the whole project once (mirror.py)
+    if ip is not None and mirror.path.exists():  # after a crash, read the whole project once (mirror.py)
         mirror.doubt("recovered after an interrupted cycle")
-    orphans = set(s.get("orphan_versions") or [])
-    ip = s.get("in_progress") or {}
-    if ip.get("model_version"):
-        orphans.add(ip["model_version"])
-    # a cycle that died with its process (not one a shutdown stopped at a batch): counted, so that
-    # one that kills the process every time (out of memory) is not re-run for ever (MAX_CRASHES)
-    crashes = int(s.get("crashed_cycles") or 0) + (1 if ip and not ip.get("interrupted") else 0)
-    st.update_state(in_progress=None, orphan_versions=sorted(orphans), crashed_cycles=crashes)
-    return removed
+    cycle = ip.get("cycle") if ip is not None else None
+    # only the given-up cycle's folders and older ones: a successor's number is higher
+    return st.clean_workdirs(up_to=cycle if isinstance(cycle, int) and not isinstance(cycle, bool) else None)
 
 
 MAX_CRASHES = 3

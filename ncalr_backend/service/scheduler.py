@@ -93,13 +93,16 @@ class BaseScheduler:
                 st = ProjectStore(self.settings.model_dir, pid)
                 s = st.state()
                 if (s.get("in_progress") or s.get("pending")) and not self.is_running_elsewhere(pid):
-                    removed = abandon_in_progress(st, s)
+                    pending = s.get("pending") or {}
+                    ip = s.get("in_progress") or {}
+                    rerun = {"reason": "recovered", "triggered_at": ip.get("triggered_at") or pending.get("triggered_at")
+                             or time.time(), "attempt": int(pending.get("attempt", 0)), "retry_at": None}
+                    removed = abandon_in_progress(st, s, rerun=rerun)  # the re-run is pending from here on
                     if crash_looping(st):
                         continue
                     log.warning("project %s: cycle interrupted or waiting at shutdown (%d partial dirs removed); "
                                 "running it again", pid, removed)
-                    pending = s.get("pending") or {}
-                    self.request_cycle(pid, "recovered", attempt=int(pending.get("attempt", 0)))
+                    self.request_cycle(pid, "recovered", rerun["triggered_at"], attempt=rerun["attempt"])
                     out.append(pid)
             except Exception as exc:  # noqa: BLE001
                 log.error("project %s: cannot recover its interrupted cycle: %s", pid, exc)
@@ -288,6 +291,9 @@ class EmbeddedScheduler(BaseScheduler):
 
 
 # ---------------------------------------------------------------------------- RQ
+ENQUEUE_GRACE_S = 30.0  # a queued-cycle key whose job is still CREATED (not enqueued yet) is not "lost" before this
+
+
 def _keys(pid: int) -> dict:
     return {"queued": f"ncalr:{pid}:queued", "lock": f"ncalr:{pid}:running", "count": f"ncalr:{pid}:count"}
 
@@ -348,12 +354,15 @@ def rq_cycle_job(project_id: int):
     r = Redis.from_url(settings.redis_url)
     k = _keys(int(project_id))
     st = ProjectStore(settings.model_dir, project_id)
+    from rq import get_current_job
+    me = get_current_job()
     with project_lock(r, project_id, settings.rq_lock_ttl) as lost:
         raw = r.getdel(k["queued"])  # from here on, new requests enqueue the (one) next job
         r.delete(k["count"])  # annotations made while this job waited are in its snapshot: not counted again
         info = json.loads(raw) if raw else {"reason": "queued", "triggered_at": time.time()}
         attempt = int(info.get("attempt", 0))
-        st.update_state(pending=None)
+        # this job's request is served; one made since the GETDEL (the next job's) stays pending
+        st.clear_pending(me.id if me is not None else None)
         try:
             return _default_cycle(settings, int(project_id), info["reason"], info["triggered_at"],
                                   should_stop=lost.is_set)
@@ -409,15 +418,22 @@ class RQScheduler(BaseScheduler):
         pid = int(project_id)
         now = triggered_at or time.time()
         k = _keys(pid)
+        from rq.job import JobStatus
         job_id = f"ncalr-cycle-{pid}-{uuid.uuid4().hex}"  # in the key, so the reaper can tell a lost job
+        # the job exists (CREATED) before the key names it, so a reaper tick in between never finds the
+        # key's job missing and requests a second one; it is enqueued once the key is ours
+        job = self.queue.create_job(rq_cycle_job, args=(pid,), job_id=job_id, timeout=24 * 3600,
+                                    result_ttl=7 * 24 * 3600, failure_ttl=7 * 24 * 3600,
+                                    description=f"ncalr cycle project {pid}", status=JobStatus.CREATED)
+        job.save()
         if not self.redis.set(k["queued"], json.dumps({"reason": reason, "triggered_at": now, "attempt": attempt,
-                                                       "job": job_id}), nx=True):
+                                                       "job": job_id, "at": time.time()}), nx=True):
+            job.delete()
             return {"queued": False, "coalesced": True}
         self.redis.delete(k["count"])
         ProjectStore(self.settings.model_dir, pid).update_state(
-            pending={"reason": reason, "triggered_at": now, "attempt": attempt, "retry_at": None})
-        job = self.queue.enqueue(rq_cycle_job, pid, job_id=job_id, job_timeout=24 * 3600, result_ttl=7 * 24 * 3600,
-                                 failure_ttl=7 * 24 * 3600, description=f"ncalr cycle project {pid}")
+            pending={"reason": reason, "triggered_at": now, "attempt": attempt, "retry_at": None, "job": job_id})
+        self.queue.enqueue_job(job)
         return {"queued": True, "coalesced": False, "job": job.id}
 
     def _queued_job_lost(self, key: str) -> bool:
@@ -432,17 +448,20 @@ class RQScheduler(BaseScheduler):
         if raw is None:
             return False
         try:
-            job_id = json.loads(raw).get("job")
-        except (ValueError, AttributeError):
-            job_id = None
+            info = json.loads(raw)
+            job_id, at = info.get("job"), float(info.get("at") or 0)
+        except (ValueError, AttributeError, TypeError):
+            job_id, at = None, 0.0
         if not job_id:
             return False
         try:
             status = Job.fetch(job_id, connection=self.redis).get_status(refresh=True)
         except NoSuchJobError:
             status = None
-        if status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED,
-                      JobStatus.CREATED):
+        if status == JobStatus.CREATED and time.time() - at < ENQUEUE_GRACE_S:
+            return False  # request_cycle enqueues it right after setting the key (a process that died
+            # in between leaves it CREATED: lost once the grace has passed)
+        if status in (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
             return False
         gone = self.redis.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
                                "else return 0 end", 1, key, raw)
@@ -488,18 +507,30 @@ class RQScheduler(BaseScheduler):
             return None
         ip, pending = s.get("in_progress"), s.get("pending") or {}
         if ip:
-            removed = abandon_in_progress(st, s)
+            reason = f"re-run: the worker of cycle {ip.get('cycle')} died"
+            rerun = {"reason": reason, "triggered_at": ip.get("triggered_at") or time.time(),
+                     "attempt": int(pending.get("attempt", 0)), "retry_at": None}
+            # the re-run is pending in the same write that gives the dead cycle up: if requesting it
+            # fails below (Redis away), the next tick finds it as a lost job, not nothing at all
+            removed = abandon_in_progress(st, s, rerun=rerun)
             if crash_looping(st):
                 return "crash loop: not re-run"
             log.warning("project %s: the worker running cycle %s died (%d partial dirs removed); running it again",
                         pid, ip.get("cycle"), removed)
-            self.request_cycle(pid, f"re-run: the worker of cycle {ip.get('cycle')} died",
-                               ip.get("triggered_at"), attempt=int(pending.get("attempt", 0)))
+            self.request_cycle(pid, reason, rerun["triggered_at"], attempt=rerun["attempt"])
             return "dead worker"
         if pending and not pending.get("retry_at") and not self.redis.exists(k["queued"]):
-            # requested, but its job is gone (above) before it started: request it again
-            self.request_cycle(pid, pending.get("reason") or "requested", pending.get("triggered_at"),
-                               attempt=int(pending.get("attempt", 0)))
+            # requested, but its job is gone (above) before it started: request it again, counted as an
+            # attempt (a job that fails before it starts the cycle, a worker's bad settings say, would
+            # otherwise be requested again every tick for ever)
+            attempt = int(pending.get("attempt", 0)) + 1
+            if attempt > len(self.settings.cycle_retry_delays):
+                msg = (f"the cycle's job was lost or failed before it started {attempt} times; not requested "
+                       "again (see the RQ workers' log); the next trigger or Start training requests it")
+                log.error("project %s: %s", pid, msg)
+                st.update_state(pending=None, last_error=msg)
+                return "lost job: given up"
+            self.request_cycle(pid, pending.get("reason") or "requested", pending.get("triggered_at"), attempt=attempt)
             return "lost job"
         if pending.get("retry_at") and pending["retry_at"] <= time.time():
             self.request_cycle(pid, pending.get("reason") or "retry", pending.get("triggered_at"),

@@ -189,6 +189,42 @@ class ProjectStore:
             atomic_write_json(self.state_path, s)
             return owned
 
+    def clear_pending(self, job: Optional[str]) -> bool:
+        """The pending request is being served by ``job``: cleared, unless it names another job (a
+        request made after this job took the queued key: the next job's, which must stay pending
+        until that one starts). Returns whether it was cleared."""
+        with self._state_locked():
+            s = self.state()
+            named = (s.get("pending") or {}).get("job")
+            if named is not None and job is not None and named != job:
+                return False
+            s["pending"] = None
+            atomic_write_json(self.state_path, s)
+            return True
+
+    def abandon_marker(self, seen: Optional[dict], rerun: Optional[dict] = None) -> bool:
+        """Recovery's write (recovery.abandon_in_progress): the cycle in progress ``seen`` (read
+        before, without the lock) is given up: the marker cleared, its version an orphan, its death
+        counted (not a shutdown's interruption), and ``rerun`` recorded as ``pending`` in the same
+        write, so a failure to request the re-run (Redis away) leaves it to the next recovery. Only
+        while the marker is still ``seen``: a cycle that began since keeps its marker, and nothing is
+        written (returns False)."""
+        with self._state_locked():
+            s = self.state()
+            if (s.get("in_progress") or None) != (seen or None):
+                return False
+            ip = seen or {}
+            orphans = set(s.get("orphan_versions") or [])
+            if ip.get("model_version"):
+                orphans.add(ip["model_version"])
+            s["in_progress"] = None
+            s["orphan_versions"] = sorted(orphans)
+            s["crashed_cycles"] = int(s.get("crashed_cycles") or 0) + (1 if ip and not ip.get("interrupted") else 0)
+            if rerun is not None:
+                s["pending"] = rerun
+            atomic_write_json(self.state_path, s)
+            return True
+
     def holds_marker(self, owner: tuple) -> bool:
         """Whether ``state.json``'s cycle in progress is still ``owner`` (``(cycle, model_version)``),
         read without the lock (the file is replaced atomically). An unreadable file counts as held:
@@ -285,9 +321,14 @@ class ProjectStore:
             n += 1
         return n
 
-    def clean_workdirs(self) -> int:
+    def clean_workdirs(self, up_to: Optional[int] = None) -> int:
+        """Remove ``.work-<cycle>-*`` folders; with ``up_to``, only those of cycles up to that number
+        (a cycle that began after the one given up keeps its folder: its number is higher)."""
         n = 0
         for d in self.root.glob(".work-*"):
+            num = d.name.split("-")[1] if d.name.count("-") >= 2 else ""
+            if up_to is not None and (not num.isdigit() or int(num) > up_to):
+                continue
             shutil.rmtree(d, ignore_errors=True)
             n += 1
         return n

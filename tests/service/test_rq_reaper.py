@@ -119,3 +119,126 @@ def test_a_placement_waits_for_the_running_cycle_of_its_project(redis_url, tmp_p
     job.join(10)
     assert len(placed) == 2 and placed[1][1] == [5, 6] and placed[1][0] >= released
     assert not r.exists(_keys(8)["lock"])  # and it let the lock go
+
+
+def test_a_job_that_keeps_failing_before_it_starts_is_given_up_not_requested_every_tick(redis_url, tmp_path):
+    """Found by review: a job that failed before it cleared ``pending`` (a worker's bad settings, a
+    full disk) left the queued key naming a failed job; the reaper requested the cycle again on
+    every tick, for ever, each failed job kept 7 days. Each such request is now an attempt."""
+    from rq.job import Job
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test",
+                           "CYCLE_RETRY_DELAYS": "1,1"})
+    sch = RQScheduler(s)
+    sch.redis.flushdb()
+    job = sch.request_cycle(4, "12 new annotations")["job"]
+    seen = []
+    while job is not None and len(seen) < 10:
+        Job.fetch(job, connection=sch.redis).delete()  # failed at its start, or lost
+        seen += [why for _, why in sch.reap_once()]
+        job = sch.queue.job_ids[-1] if sch.queue.job_ids else None
+    assert seen == ["lost job", "lost job", "lost job: given up"]
+    st = ProjectStore(tmp_path, 4).state()
+    assert st["pending"] is None and "not requested again" in st["last_error"]
+    assert sch.reap_once() == [] and len(sch.queue) == 0
+
+
+def test_a_dead_workers_re_run_survives_redis_failing_as_it_is_requested(redis_url, tmp_path, monkeypatch):
+    """Found by review: the reaper cleared the dead cycle's marker, then requesting the re-run hit a
+    Redis error: no marker, no pending, no queued key, and nothing ever ran the cycle again."""
+    import redis as redis_lib
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test"})
+    sch = RQScheduler(s)
+    sch.redis.flushdb()
+    st = ProjectStore(tmp_path, 5)
+    st.update_state(in_progress={"cycle": 3, "model_version": "ncalr-5-c0003-x", "triggered_at": 100.0})
+    real = sch.request_cycle
+
+    def down(*a, **kw):
+        raise redis_lib.ConnectionError("Redis away")
+    monkeypatch.setattr(sch, "request_cycle", down)
+    with pytest.raises(redis_lib.ConnectionError):
+        sch.reap_once()
+    s1 = st.state()
+    assert s1["in_progress"] is None and s1["pending"]["reason"].startswith("re-run")
+    monkeypatch.setattr(sch, "request_cycle", real)
+    assert sch.reap_once() == [(5, "lost job")] and len(sch.queue) == 1
+    assert st.state()["pending"]["triggered_at"] == 100.0
+
+
+def test_a_job_requested_a_moment_ago_is_not_taken_for_lost_before_it_is_enqueued(redis_url, tmp_path, monkeypatch):
+    """Found by review: request_cycle set the queued key, wrote state.json, then enqueued; a reaper
+    tick in between found no such job, called it lost and enqueued a second one (two waiting). The
+    job now exists (CREATED) before the key names it; one left CREATED (its process died before
+    enqueuing it) is lost once ENQUEUE_GRACE_S has passed."""
+    from ncalr_backend.service import scheduler
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test"})
+    sch = RQScheduler(s)
+    sch.redis.flushdb()
+    ticks = []
+    real_enqueue = sch.queue.enqueue_job
+
+    def tick_first(job, *a, **kw):  # a reaper tick in the window, then the enqueue
+        ticks.append(sch.reap_once())
+        return real_enqueue(job, *a, **kw)
+    monkeypatch.setattr(sch.queue, "enqueue_job", tick_first)
+    assert sch.request_cycle(6, "r")["queued"]
+    assert ticks == [[]] and len(sch.queue) == 1
+    monkeypatch.setattr(sch.queue, "enqueue_job", lambda job, *a, **kw: job)  # the process dies before enqueuing
+    sch.redis.flushdb()
+    assert sch.request_cycle(6, "r")["queued"] and len(sch.queue) == 0
+    assert sch.reap_once() == []  # within the grace
+    monkeypatch.setattr(scheduler, "ENQUEUE_GRACE_S", 0.0)
+    monkeypatch.setattr(sch.queue, "enqueue_job", real_enqueue)
+    assert sch.reap_once() == [(6, "lost job")] and len(sch.queue) == 1
+
+
+def test_recovery_never_gives_up_a_cycle_that_began_after_it_read_the_state(tmp_path):
+    """Found by review: recovery cleared the marker it had read earlier without comparing, and
+    removed every work folder: a cycle that began in between lost its marker and its folder."""
+    from ncalr_backend.service.recovery import abandon_in_progress
+
+    st = ProjectStore(tmp_path, 7)
+    st.update_state(in_progress={"cycle": 1, "model_version": "v1"})
+    seen = st.state()
+    (st.root / ".work-0001-old").mkdir()
+    # meanwhile the next cycle starts over the dead one's marks
+    abandon_in_progress(st, st.state())
+    st.update_state(in_progress={"cycle": 2, "model_version": "v2"}, cycles_started=2)
+    (st.root / ".work-0002-new").mkdir()
+    assert abandon_in_progress(st, seen, rerun={"reason": "late"}) == 0
+    s = st.state()
+    assert s["in_progress"] == {"cycle": 2, "model_version": "v2"} and s.get("pending") is None
+    assert (st.root / ".work-0002-new").is_dir() and s["orphan_versions"] == ["v1"] and s["crashed_cycles"] == 1
+    assert abandon_in_progress(st, s) == 1 and not (st.root / ".work-0002-new").exists()
+
+
+def test_a_request_made_as_a_job_starts_stays_pending_for_the_next_job(redis_url, tmp_path, monkeypatch):
+    """Found by review: rq_cycle_job took the queued key, then cleared ``pending``; a request made in
+    between (the next job's) lost its pending record, so if that job was lost too, the reaper found
+    nothing to re-request. Run by a real RQ worker (in this process)."""
+    from rq import SimpleWorker
+
+    from ncalr_backend.service import scheduler
+
+    for k, v in {"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test",
+                 "LABEL_STUDIO_URL": "", "LABEL_STUDIO_API_KEY": ""}.items():
+        monkeypatch.setenv(k, v)
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test"})
+    sch = RQScheduler(s)
+    sch.redis.flushdb()
+    ran, nxt = [], []
+    monkeypatch.setattr(scheduler, "_default_cycle", lambda *a, **kw: ran.append(a[1]) or {"status": "completed"})
+    real = ProjectStore.clear_pending
+
+    def request_in_between(self, job):
+        if not nxt:
+            nxt.append(sch.request_cycle(8, "an annotation as the job starts")["job"])
+        return real(self, job)
+    monkeypatch.setattr(ProjectStore, "clear_pending", request_in_between)
+    first = sch.request_cycle(8, "12 new annotations")["job"]
+    SimpleWorker([sch.queue], connection=sch.redis).work(burst=True, max_jobs=1)
+    assert ran == [8] and nxt and nxt[0] != first
+    assert ProjectStore(tmp_path, 8).state()["pending"]["job"] == nxt[0]

@@ -167,10 +167,10 @@ def test_one_projects_broken_files_do_not_stop_the_others_recovery(tmp_path, mon
 
     real = scheduler.abandon_in_progress
 
-    def unreadable(st, s):
+    def unreadable(st, s, **kw):
         if st.project_id == 2:
             raise OSError("Input/output error")
-        return real(st, s)
+        return real(st, s, **kw)
 
     monkeypatch.setattr(scheduler, "abandon_in_progress", unreadable)
     broken.update_state(in_progress={"cycle": 3})
