@@ -14,7 +14,12 @@ at the start of every cycle (``sync``):
   annotated or deleted tasks), read back by id: a task that is no longer returned is gone. A
   webhook's ids are only ever hints of what to re-read, never data;
 * **duplicates of deleted tasks**: read again, because Label Studio's "Remove Duplicated Tasks"
-  moves their annotations onto the task it keeps without moving its ``updated_at``;
+  moves their annotations onto the task it keeps without moving its ``updated_at`` (a cloud-storage
+  task's ``/tasks/<id>/resolve/?fileuri=`` link is compared without its task id);
+* **full reads also** when the labeling config's data key changed (Label Studio serves storage
+  tasks' data under the config's first key without moving ``updated_at``) and once a day
+  (``FULL_READ_EVERY_S``: the labels bulk API and "Propagate Annotations" change annotations
+  without moving it either);
 * **checks**: the project's task count must equal the mirror's; otherwise (a deletion nobody
   told us about) the ids are listed to find what went, and when even that does not agree, or the
   mirror is missing, of another format, or marked in doubt (``doubt``: recovery after a crash), the
@@ -42,6 +47,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
 from contextlib import closing, contextmanager
@@ -52,8 +58,11 @@ from typing import Iterable, Iterator, List, Optional
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-OVERLAP_S = 5.0  # re-read this far behind the watermark: the Date header has whole seconds, and a
-#                   change is stamped when saved, a little before its transaction commits
+OVERLAP_S = 60.0  # re-read this far behind the watermark: the Date header has whole seconds, a change
+#                    is stamped when saved, before its transaction commits, and a proxy in front of Label
+#                    Studio may stamp the Date with its own clock (nginx does not pass the upstream's)
+FULL_READ_EVERY_S = 24 * 3600.0  # Label Studio changes some annotations without moving the task's
+#                    updated_at (the labels bulk API, "Propagate Annotations"): read everything once a day
 MAX_HINTS = 5000  # more webhook hints than this: one full read is cheaper than reading them by id
 TASK_KEYS = ("id", "data", "updated_at", "total_annotations", "cancelled_annotations")
 ANNOTATION_KEYS = ("id", "result", "was_cancelled", "ground_truth", "completed_by", "created_at", "updated_at",
@@ -220,6 +229,8 @@ class TaskMirror:
         a new, empty mirror must not pass for a project without tasks (sync again, then read)."""
         try:
             with self._db() as db:
+                if self._meta(db, "format") is None:  # set aside (by another process) since the sync
+                    raise MirrorReset(f"{self.path} is new (the synced one was set aside); sync again")
                 return [json.loads(b) for (b,) in db.execute("SELECT body FROM tasks ORDER BY id")]
         except sqlite3.DatabaseError as exc:
             if not self.set_aside_if_damaged(exc):
@@ -253,19 +264,26 @@ class TaskMirror:
     # ------------------------------------------------------------------ sync
     @_heals
     def sync(self, client, project_id: int, task_number: Optional[int], page_size: int = 1000,
-             progress=None) -> SyncReport:
-        """Bring the mirror up to date with Label Studio (see the module docstring)."""
+             progress=None, data_key: Optional[str] = None) -> SyncReport:
+        """Bring the mirror up to date with Label Studio (see the module docstring). ``data_key``:
+        the labeling config's data key now; Label Studio serves storage-synced tasks' data under the
+        config's first key without moving their ``updated_at``, so a renamed key reads everything."""
         t0 = time.time()
         started = client.server_time()  # Label Studio's clock: the next delta reads from here
         with self._db() as db:
             fmt = self._meta(db, "format")
             doubt = self._meta(db, "doubt")
             watermark = self._meta(db, "watermark")
-            n_before = db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
+            key_before = self._meta(db, "data_key")
+            full_at = self._meta(db, "full_at")
             hints = [i for (i,) in db.execute("SELECT id FROM hints")]
+        stale = not isinstance(full_at, (int, float)) or time.time() - full_at > FULL_READ_EVERY_S
         reason = ("no mirror yet" if fmt is None else f"mirror format {fmt} != {FORMAT}" if fmt != FORMAT
                   else f"in doubt: {doubt}" if doubt else "no watermark" if not watermark
                   else f"{len(hints)} tasks hinted by webhooks (more than {MAX_HINTS})" if len(hints) > MAX_HINTS
+                  else f"the labeling config's data key changed ({key_before} -> {data_key})"
+                  if data_key is not None and key_before is not None and key_before != data_key
+                  else f"the daily full read (changes Label Studio makes without moving updated_at)" if stale
                   else "")
         if reason:
             rep = self._full(client, project_id, page_size, reason, progress, started, task_number)
@@ -273,6 +291,9 @@ class TaskMirror:
             rep = self._delta(client, project_id, watermark, hints, page_size, progress, started)
             if task_number is not None and rep.tasks != int(task_number):
                 rep = self._reconcile(client, project_id, int(task_number), page_size, rep, progress, started)
+        if data_key is not None:  # what the mirrored data was read under (a full read, or as it already was)
+            with self._db() as db:
+                self._set_meta(db, data_key=data_key)
         rep.seconds = time.time() - t0
         log.info("project %s: mirror %s sync (%s): %d read, %d removed, %d tasks, %.1f s", project_id, rep.mode,
                  rep.reason or "delta", rep.changed, rep.removed, rep.tasks, rep.seconds)
@@ -312,7 +333,7 @@ class TaskMirror:
             self._store(db, tasks)
             db.execute("DELETE FROM pixels WHERE id NOT IN (SELECT id FROM tasks)")
             db.execute("DELETE FROM meta WHERE key = 'doubt'")
-            n = self._finish(db, hints, started, full_reads=full_reads + 1)
+            n = self._finish(db, hints, started, full_reads=full_reads + 1, full_at=time.time())
             db.execute("COMMIT")
         return SyncReport("full", reason, changed=len(tasks), tasks=n, hinted=len(hints))
 
@@ -359,9 +380,10 @@ class TaskMirror:
         rep.changed += len(fresh)
         rep.tasks = n
         rep.reason = f"task count differed from Label Studio's {task_number}: ids listed"
-        if n != task_number:
-            return self._full(client, project_id, page_size, f"still {n} tasks vs Label Studio's {task_number} "
-                                                              "after listing ids", progress, started, task_number)
+        if n != len(ids):  # against the listing, not the count read before the sync: a task created or
+            # deleted meanwhile is in the listing (and the next delta), not a reason to read everything
+            return self._full(client, project_id, page_size, f"still {n} tasks vs the {len(ids)} Label Studio "
+                                                              "listed", progress, started, len(ids))
         return rep
 
 
@@ -373,13 +395,29 @@ def _identity(path: Path):
     return (st.st_dev, st.st_ino)
 
 
+_RESOLVE = re.compile(r"/tasks/\d+/resolve/\?")
+
+
+def _same_file(value):
+    """``value`` with Label Studio's per-task storage links (``/tasks/<id>/resolve/?fileuri=...``,
+    what the API serves for a cloud-storage task) made task-independent: two duplicates of one bucket
+    object differ only in the task id there, while Label Studio compares their stored URIs."""
+    if isinstance(value, str):
+        return _RESOLVE.sub("/tasks/*/resolve/?", value)
+    if isinstance(value, dict):
+        return {k: _same_file(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_same_file(v) for v in value]
+    return value
+
+
 def _data_key(body: str):
     """A task's data as a canonical string (what "the same data" means for duplicates), or None."""
     try:
         data = json.loads(body).get("data")
     except (ValueError, AttributeError):
         return None
-    return None if data is None else json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return None if data is None else json.dumps(_same_file(data), sort_keys=True, separators=(",", ":"))
 
 
 def _behind(stamp: str, seconds: float) -> str:

@@ -184,11 +184,11 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
     mirror = TaskMirror(store.root)
     task_number = project.get("task_number")
     task_number = task_number if isinstance(task_number, int) else None
-    sync = mirror.sync(client, project_id, task_number, settings.page_size, progress)
+    sync = mirror.sync(client, project_id, task_number, settings.page_size, progress, data_key=cfg.data_key)
     try:
         tasks = mirror.tasks()
     except MirrorReset:  # damaged since the sync and set aside: read the whole project into a new one
-        sync = mirror.sync(client, project_id, task_number, settings.page_size, progress)
+        sync = mirror.sync(client, project_id, task_number, settings.page_size, progress, data_key=cfg.data_key)
         tasks = mirror.tasks()
     fetch_tasks_s = time.time() - t
     from ncalr_backend.service.review import KEY_SCORE, ReviewState

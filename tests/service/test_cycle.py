@@ -82,7 +82,7 @@ class FakeLS:
 
     def server_time(self):
         self._touch()
-        self._tick = getattr(self, "_tick", 0) + 10
+        self._tick = getattr(self, "_tick", 0) + 100  # cycles are minutes apart: past the mirror's overlap
         return _stamp(self._tick)
 
     def list_tasks(self, pid, page_size=100):

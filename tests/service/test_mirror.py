@@ -65,8 +65,79 @@ def test_count_mismatch_that_listing_cannot_explain_reads_everything(tmp_path):
     ls = FakeLS(n=10, n_labeled=2)
     m = TaskMirror(tmp_path)
     _sync(m, ls)
-    rep = m.sync(ls, 1, len(ls.tasks) + 5, page_size=100)  # Label Studio claims 5 more than it lists
-    assert rep.mode == "full" and "after listing ids" in rep.reason
+    listed = ls.task_ids
+    ls.task_ids = lambda pid, page_size=1000: listed(pid) + [9001, 9002]  # ids it then cannot give
+    rep = m.sync(ls, 1, len(ls.tasks) + 2, page_size=100)
+    assert rep.mode == "full" and "Label Studio listed" in rep.reason
+
+
+def test_a_task_created_while_the_mirror_syncs_costs_no_full_read(tmp_path):
+    """Found by review: the count was read before the sync, so a task created (an import, a storage
+    sync) between that read and the delta made the counts differ after listing the ids too, and the
+    whole project was read again, every cycle while imports ran (minutes at 50,000 tasks)."""
+    ls = FakeLS(n=10, n_labeled=2)
+    m = TaskMirror(tmp_path)
+    _sync(m, ls)
+    count = len(ls.tasks)  # what get_project said
+    ls.tasks.append({"id": 60, "data": {"image": "/data/upload/1/60.png"}, "annotations": []})  # created since
+    rep = m.sync(ls, 1, count, page_size=100)
+    assert rep.mode == "delta" and "ids listed" in rep.reason and 60 in {t["id"] for t in m.tasks()}
+
+
+def test_a_renamed_data_key_and_the_daily_full_read(tmp_path, monkeypatch):
+    """Found by review: Label Studio serves a storage-synced task's data under the labeling config's
+    first key, recomputed when the config is saved, without moving the task's updated_at: after
+    renaming $image to $img the mirror kept {"image": ...} and every such task dropped out. And the
+    labels bulk API and "Propagate Annotations" change annotations without moving updated_at: a
+    full read once a day picks those up."""
+    from ncalr_backend.service import mirror as mirror_mod
+
+    ls = FakeLS(n=6, n_labeled=2)
+    m = TaskMirror(tmp_path)
+    assert m.sync(ls, 1, len(ls.tasks), data_key="image").mode == "full"
+    assert m.sync(ls, 1, len(ls.tasks), data_key="image").mode == "delta"
+    rep = m.sync(ls, 1, len(ls.tasks), data_key="img")
+    assert rep.mode == "full" and "data key changed (image -> img)" in rep.reason
+    assert m.sync(ls, 1, len(ls.tasks), data_key="img").mode == "delta"
+    ls.tasks[0]["annotations"][0]["result"][0]["value"]["choices"] = ["zzz"]  # changed, updated_at not moved
+    stamp = ls.tasks[0].get("updated_at")
+    ls._touch = lambda: None
+    assert m.sync(ls, 1, len(ls.tasks)).mode == "delta" and _labels(m)[1] != ["zzz"] and ls.tasks[0]["updated_at"] == stamp
+    monkeypatch.setattr(mirror_mod, "FULL_READ_EVERY_S", 0.0)
+    rep = m.sync(ls, 1, len(ls.tasks))
+    assert rep.mode == "full" and "daily" in rep.reason and _labels(m)[1] == ["zzz"]
+
+
+def test_duplicates_of_a_storage_task_are_read_again_when_one_is_removed(tmp_path):
+    """Found by review: Label Studio's API serves a cloud-storage task's image as
+    /tasks/<id>/resolve/?fileuri=..., with the task's own id in it, so two duplicates of one bucket
+    object never looked the same and "Remove Duplicated Tasks" lost the annotations it moved."""
+    ls = FakeLS(n=4, n_labeled=0)
+    for t in ls.tasks[:2]:
+        t["data"] = {"image": f"/tasks/{t['id']}/resolve/?fileuri=czM6Ly9idWNrZXQvYS5wbmc="}
+    m = TaskMirror(tmp_path)
+    _sync(m, ls)
+    ls.tasks[0]["annotations"] = [_ann(1, "a")]  # moved onto the kept task 1, updated_at not moved
+    ls._touch = lambda: None
+    ls.delete_task(2)
+    m.mark([2])
+    _sync(m, ls)
+    assert _labels(m)[1] == ["a"] and 2 not in _labels(m)
+
+
+def test_a_mirror_set_aside_after_the_sync_never_reads_as_a_project_without_tasks(tmp_path):
+    """Found by review: another instance set the mirror aside after this one's sync; ``tasks()`` then
+    opened a new, empty file and returned [] (a snapshot of nothing) instead of MirrorReset."""
+    from ncalr_backend.service.mirror import MirrorReset
+
+    ls = FakeLS(n=5, n_labeled=1)
+    m = TaskMirror(tmp_path)
+    _sync(m, ls)
+    other = TaskMirror(tmp_path)
+    other.state()  # opened: its identity is known
+    other.set_aside(RuntimeError("database disk image is malformed"))
+    with pytest.raises(MirrorReset):
+        m.tasks()
 
 
 def test_doubt_and_format_change_force_a_full_read(tmp_path):
