@@ -37,7 +37,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from ncalr_backend.atomic import atomic_write_json
 
@@ -188,6 +188,15 @@ class ProjectStore:
             s.update(changes)
             atomic_write_json(self.state_path, s)
             return owned
+
+    def change_orphans(self, add: Iterable[str] = (), remove: Iterable[str] = ()) -> list:
+        """``orphan_versions`` with ``add`` added and ``remove`` taken out, read and written under the
+        state lock (a version a concurrent writer added meanwhile is not lost); returns the new list."""
+        with self._state_locked():
+            s = self.state()
+            s["orphan_versions"] = sorted((set(s.get("orphan_versions") or []) | set(add)) - set(remove))
+            atomic_write_json(self.state_path, s)
+            return s["orphan_versions"]
 
     def clear_pending(self, job: Optional[str]) -> bool:
         """The pending request is being served by ``job``: cleared, unless it names another job (a

@@ -171,7 +171,7 @@ def delete_version(client: LabelStudioClient, store: ProjectStore, project_id: i
         client.delete_model_version(project_id, version)
     except Exception as exc:
         log.warning("could not delete the predictions of failed version %s: %s", version, exc)
-        store.update_state(orphan_versions=sorted(set(store.state().get("orphan_versions") or []) | {version}))
+        store.change_orphans(add=[version])
 
 
 def drop_orphans(client: LabelStudioClient, store: ProjectStore, project_id: int,
@@ -184,19 +184,19 @@ def drop_orphans(client: LabelStudioClient, store: ProjectStore, project_id: int
     in_use = live_in_label_studio(client, project_id)  # a crash right after the switch: that one is live
     if in_use is None:
         return  # cannot tell which version Label Studio serves: delete nothing now
-    left = []
+    done = []  # taken off the list: deleted, or the current version (not an orphan)
     for v in orphans:
         if v == current:
+            done.append(v)
             continue
         if v == in_use:
             log.warning("project %s: interrupted version %s is the one Label Studio uses (the crash came "
                         "after its switch): kept until a later version goes live", project_id, v)
-            left.append(v)
             continue
         try:
             client.delete_model_version(project_id, v)
+            done.append(v)
             log.info("project %s: deleted the predictions of interrupted version %s", project_id, v)
         except LabelStudioError as exc:
             log.warning("project %s: could not delete interrupted version %s: %s", project_id, v, exc)
-            left.append(v)
-    store.update_state(orphan_versions=left)
+    store.change_orphans(remove=done)  # under the lock: an orphan added meanwhile stays on the list

@@ -1038,3 +1038,22 @@ def test_a_cycle_taken_over_stops_its_write_back_at_the_next_chunk(settings):
     with pytest.raises(CycleError) as e:
         run_project_cycle(s, 1, "t", engine_config=ENGINE, client=ls)
     assert e.value.superseded and chunks == [2] and ls.patches == [] and ls.model_versions(1) == {}
+
+
+def test_an_orphan_added_while_the_orphans_are_deleted_stays_on_the_list(settings):
+    """Found by review: drop_orphans read the list, deleted, then wrote back what was left, so a
+    version another writer (a taken-over cycle, recovery) added meanwhile was forgotten: its
+    predictions stayed in Label Studio for good."""
+    from ncalr_backend.service.writeback import drop_orphans
+
+    ls = FakeLS()
+    st = ProjectStore(settings.model_dir, 1)
+    st.update_state(orphan_versions=["ncalr-1-c0002-a"])
+    real = ls.delete_model_version
+
+    def delete_while_another_is_added(pid, v):
+        st.change_orphans(add=["ncalr-1-c0003-b"])
+        return real(pid, v)
+    ls.delete_model_version = delete_while_another_is_added
+    drop_orphans(ls, st, 1)
+    assert ls.deleted == ["ncalr-1-c0002-a"] and st.state()["orphan_versions"] == ["ncalr-1-c0003-b"]
