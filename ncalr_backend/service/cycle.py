@@ -373,7 +373,7 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
     try:
         drop_orphans(client, run.store, project_id)
         stage("snapshot")
-        snap = take_snapshot(client, settings, project_id, prog)
+        snap = take_snapshot(client, settings, project_id, prog, should_stop=stop)
         run.timings.update(snap.timings)
         run.report.update(snap.report())
         for item in snap.unusable + snap.image_failures:

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -43,7 +43,8 @@ def load_images(client: LabelStudioClient, cache: ImageCache, tasks: Sequence[di
 
 def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequence[Sequence[dict]],
                       cfg: ImageClassConfig, size: int, channels: int, workers: int = 8, progress=NO_PROGRESS,
-                      decoded: Optional[TaskMirror] = None, direct: Optional[DirectReader] = None):
+                      decoded: Optional[TaskMirror] = None, direct: Optional[DirectReader] = None,
+                      should_stop: Optional[Callable[[], bool]] = None):
     """Download (or read from the cache) and decode the images of several task lists at once,
     each straight into its own preallocated float32 array [n, C, H, W]: no per-image list, no
     stacked copy, no cast copy, so the decoded images cost their size once (``snapshot`` keeps
@@ -77,8 +78,13 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
                 done.add((w[0], w[1]))
         jobs = [j for j in jobs if j not in done]
 
+    stopped = []
+
     def one(job):
         gi, i = job
+        if stopped or (should_stop is not None and should_stop()):  # minutes of downloads: stop between images
+            stopped.append(job)
+            return
         task = groups[gi][i]
         url = (task.get("data") or {}).get(cfg.data_key)
         cached = False
@@ -114,7 +120,10 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
             if decoded is not None and len(fresh) >= 2048:
                 keep(2048)
     while decoded is not None and fresh:
-        keep(2048)
+        keep(2048)  # what was decoded before a stop is kept: the next cycle copies it
+    if stopped:
+        from ncalr_backend.engine import Interrupted
+        raise Interrupted(f"asked to stop while reading images ({len(jobs) - len(stopped)} of {len(jobs)} read)")
     out = []
     for g, x, errs in zip(groups, arrays, errors):
         ok_idx = [i for i, e in enumerate(errs) if e is None]
@@ -173,10 +182,11 @@ def _skipped(task: dict) -> bool:
 
 
 def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int,
-                  progress=NO_PROGRESS) -> Snapshot:
+                  progress=NO_PROGRESS, should_stop: Optional[Callable[[], bool]] = None) -> Snapshot:
     """The project as the cycle trains on it. Tasks and annotations come from the local mirror,
     brought up to date with what changed in Label Studio (``mirror.py``); images from the cache
-    or Label Studio, decoded straight into the labeled and the pool arrays."""
+    or Label Studio, decoded straight into the labeled and the pool arrays. ``should_stop`` is
+    asked before each image (``Interrupted``)."""
     t = time.time()
     project = client.get_project(project_id)
     cfg = parse_label_config(project.get("label_config"))
@@ -202,7 +212,8 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
     direct = direct_reader(client, settings.local_files_document_root, project_id)
     (x_lab, lab_ok, lab_failed), (x_pool, pool_ok, pool_failed) = load_image_groups(
         client, ImageCache(settings.model_dir / "cache"), [split.labeled, split.pool], cfg, settings.image_size,
-        settings.image_channels, settings.download_workers, progress, decoded=mirror, direct=direct)
+        settings.image_channels, settings.download_workers, progress, decoded=mirror, direct=direct,
+        should_stop=should_stop)
     fetch_images_s = time.time() - t
     lab_ids = [split.labeled[i]["id"] for i in lab_ok]
     return Snapshot(

@@ -1057,3 +1057,25 @@ def test_an_orphan_added_while_the_orphans_are_deleted_stays_on_the_list(setting
     ls.delete_model_version = delete_while_another_is_added
     drop_orphans(ls, st, 1)
     assert ls.deleted == ["ncalr-1-c0002-a"] and st.state()["orphan_versions"] == ["ncalr-1-c0003-b"]
+
+
+def test_stopping_while_images_download_interrupts_the_snapshot(settings):
+    """Found by review: the snapshot never asked whether to stop, so a shutdown during minutes of
+    image downloads outlasted gunicorn's grace: the cycle died with the process and was counted as
+    a crash (three deploys in a row during long snapshots and recovery gave the project up)."""
+    ls = FakeLS(n=60, n_labeled=8)
+    fetched = []
+    real = ls.download
+    ls.download = lambda url: fetched.append(url) or real(url)
+    asked = []
+
+    def should_stop():
+        asked.append(1)
+        return len(fetched) >= 5  # the backend is asked to stop once a few images are in
+
+    with pytest.raises(CycleError) as e:
+        run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls, should_stop=should_stop)
+    assert e.value.interrupted and "reading images" in str(e.value)
+    assert len(fetched) < 30 and ls.imported == [] and ls.patches == []
+    st = ProjectStore(settings.model_dir, 1).state()
+    assert st["in_progress"]["cycle"] == 1 and st["in_progress"]["interrupted"]
