@@ -235,7 +235,10 @@ def confident_labels(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Per sample, the most probable class among those whose probability reaches their threshold;
     -1 when none does (the sample is then in no cell of the confident joint)."""
     p = np.asarray(probs, dtype=np.float64)
-    above = p >= thresholds[None, :]
+    t = np.asarray(thresholds, dtype=np.float64)
+    # "reaches" up to rounding, as in disagreement_flags: a mean of equal values may come out an ulp
+    # above them, and whether identical rows reached it then depended on how many there were
+    above = p >= (t - 1e-9 * np.maximum(1.0, np.where(np.isfinite(t), t, 0.0)))[None, :]
     masked = np.where(above, p, -np.inf)
     return np.where(above.any(1), masked.argmax(1), -1)
 
@@ -260,16 +263,28 @@ def binary_confident_flags(p: np.ndarray, present: np.ndarray) -> np.ndarray:
     return (conf >= 0) & (conf != a.astype(np.int64))
 
 
+MIN_OWN_THRESHOLD = 3  # a class with fewer labeled samples is judged by confident learning's own rule
+
+
 def disagreement_flags(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Flagged [N] bool: the most probable class is not the given one, and the given label's
-    probability is below its class's confident-learning threshold (``class_thresholds``)."""
+    probability is below its class's confident-learning threshold (``class_thresholds``). In a
+    class with fewer than ``MIN_OWN_THRESHOLD`` labeled samples that threshold is (almost) the
+    sample's own probability, so its samples could never be flagged (a lone wrong label of a rare
+    class, every label of a class in an early cycle): there the textbook rule decides (the sample is
+    confidently another class, ``confident_flags``)."""
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     t = class_thresholds(p, y, num_classes)
     self_conf = p[np.arange(len(y)), y]
     # "below" beyond rounding: the mean of equal values may come out an ulp above them, and whether a
     # class of identical rows was flagged then depended on how many there were
-    return (p.argmax(1) != y) & (self_conf < t[y] - 1e-9 * np.maximum(1.0, t[y]))
+    flags = (p.argmax(1) != y) & (self_conf < t[y] - 1e-9 * np.maximum(1.0, t[y]))
+    small = np.bincount(y, minlength=num_classes)[y] < MIN_OWN_THRESHOLD
+    if small.any():
+        conf = confident_labels(p, t)
+        flags |= small & (conf >= 0) & (conf != y)
+    return flags
 
 
 @dataclass

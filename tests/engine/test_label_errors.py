@@ -155,7 +155,14 @@ def test_signals_from_recorded_epochs_by_hand():
     np.testing.assert_array_equal(r.suggested, p.mean(0).argmax(1))
     pb = p.mean(0)
     t = class_thresholds(pb, y, K)
-    np.testing.assert_array_equal(r.flagged, [pb[i].argmax() != y[i] and pb[i, y[i]] < t[y[i]] for i in range(N)])
+    counts = np.bincount(y, minlength=K)
+
+    def textbook(i):  # confident learning: the most probable class at/above its threshold, if not y
+        c = [k for k in range(K) if pb[i, k] >= t[k]]
+        return bool(c) and max(c, key=lambda k: pb[i, k]) != y[i]
+    assert counts.min() < 3  # the rare-class rule is exercised (disagreement_flags)
+    np.testing.assert_array_equal(r.flagged, [(pb[i].argmax() != y[i] and pb[i, y[i]] < t[y[i]])
+                                              or (counts[y[i]] < 3 and textbook(i)) for i in range(N)])
     np.testing.assert_array_equal(r.suspect_label, y)
 
 
@@ -285,3 +292,64 @@ def test_a_subset_of_the_dynamics_is_the_record_of_those_samples_alone():
     a, b = report(full.subset(keep)), report(part)
     np.testing.assert_array_equal(a.flagged, b.flagged)
     np.testing.assert_allclose(a.suspicion, b.suspicion)
+
+
+def test_a_rare_class_can_still_be_flagged():
+    """Found by review: the flag needs the given label's probability below its class's threshold,
+    which for a class of one or two samples is (almost) their own probability, so a lone wrong label
+    of a rare class was never flagged, whatever the model said. Below MIN_OWN_THRESHOLD samples the
+    textbook confident-learning rule decides; larger classes are judged as before."""
+    from ncalr_backend.engine.label_errors import MIN_OWN_THRESHOLD
+
+    assert MIN_OWN_THRESHOLD == 3
+    p = np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.7, 0.2, 0.1],   # labeled 0
+                  [0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.1, 0.85, 0.05],   # labeled 1
+                  [1.0, 0.0, 0.0]])                                      # labeled 2: surely a 0
+    y = np.array([0, 0, 0, 1, 1, 1, 2])
+    assert disagreement_flags(p, y, 3).tolist() == [False] * 6 + [True]
+    assert confident_flags(p, y, 3)[0][6]  # what the textbook rule says too
+    two = np.vstack([p, [1.0, 0.0, 0.0]])  # two identical wrong labels of class 2
+    assert disagreement_flags(two, np.append(y, 2), 3).tolist() == [False] * 6 + [True, True]
+    unsure = np.vstack([p[:6], [0.5, 0.2, 0.3]])  # the model is not confident it is a 0 (0.5 < t_0 = 0.8)
+    assert not disagreement_flags(unsure, y, 3)[6]
+    # classes of MIN_OWN_THRESHOLD samples or more: exactly the rule of before, by brute force
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        q = softmax(rng.normal(size=(30, 4)) * 2)
+        yy = rng.integers(0, 4, 30)
+        counts = np.bincount(yy, minlength=4)
+        t = class_thresholds(q, yy, 4)
+        old = (q.argmax(1) != yy) & (q[np.arange(30), yy] < t[yy] - 1e-9 * np.maximum(1.0, t[yy]))
+        big = counts[yy] >= MIN_OWN_THRESHOLD
+        np.testing.assert_array_equal(disagreement_flags(q, yy, 4)[big], old[big])
+
+
+def test_identical_rows_reach_their_threshold_however_many_there_are():
+    """Found by review: confident_labels compared without the rounding tolerance disagreement_flags
+    has, so whether a row reached its class's threshold depended on how many copies of it there
+    were (the mean of equal values can come out an ulp above them)."""
+    for copies in range(1, 12):
+        p = np.tile([0.1, 0.9], (copies, 1))
+        t = np.array([np.inf, np.full(copies, 0.9).mean()])
+        assert (confident_labels(p, t) == 1).all()
+        t = np.array([np.tile([0.1], copies).mean(), np.inf])
+        assert (confident_labels(p, t) == 0).all(), copies
+
+
+def test_non_finite_logits_on_the_labeled_set_are_a_divergence():
+    """Found by review: one NaN logit in the label check's eval pass made every suspicion score 0 and
+    switched a class's flags off, with the training loss still finite."""
+    import torch
+
+    from ncalr_backend.engine.training import build_model
+    from ncalr_backend.engine.training.trainer import Diverged, evaluate_train
+
+    torch.manual_seed(0)
+    model = build_model(3, 1, 8, "", 4).eval()
+    with torch.no_grad():
+        model.fc.bias[1] = float("nan")
+    x = torch.rand(6, 1, 8, 8)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    with pytest.raises(Diverged, match="non-finite logits"):
+        evaluate_train(model, x, y, EngineConfig(width=4), torch.device("cpu"), False, np.random.default_rng(0),
+                       dynamics=LabelDynamics.for_labels(y, 3, 0.3), epoch=4)

@@ -300,6 +300,9 @@ def evaluate_train(model: nn.Module, x_lab: torch.Tensor, y_np: np.ndarray, conf
     nothing is held out). With ``dynamics``, the same pass's logits of every labeled sample are
     recorded there (per-sample label-error signals, ``engine/label_errors.py``)."""
     feats_l, logits_l = forward_all(model, x_lab, device, config.eval_batch(device), use_amp)
+    if not bool(torch.isfinite(logits_l).all()):  # one NaN made every suspicion score 0 and a class's
+        # threshold NaN (no flags for it); the loss can stay finite meanwhile (train mode, another batch)
+        raise Diverged(f"non-finite logits on the labeled set at epoch {epoch}")
     if dynamics is not None:
         dynamics.observe(epoch, logits_l.numpy())
     hold_acc = None
