@@ -13,7 +13,8 @@ import numpy as np
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> Path:
     """``durable=False`` skips the fsync (still atomic: readers see the old or the new file), for
-    small files rewritten often, such as webhook counters."""
+    files that can be rebuilt or lost without harm (the image cache, progress.json); never for a
+    project's state.json or review.json."""
     return _atomic(path, lambda f: f.write(data), durable)
 
 

@@ -119,7 +119,8 @@ class CycleRun:
                 return True
             now = time.monotonic()
             if now - last["at"] >= every:
-                last["at"], last["held"] = now, self.holds()
+                # "not held" is read twice: one odd read (a rename on a network filesystem) must not stop it
+                last["at"], last["held"] = now, self.holds() or self.holds()
             return not last["held"]
         return check
 
@@ -207,10 +208,13 @@ def save_predictions(run: CycleRun, snap: Snapshot, preds: QueuePredictions, wri
 
 
 def commit(run: CycleRun, snap: Snapshot, res, wb: WriteBack, settings: Settings) -> dict:
-    if run.store.mark_in_progress(owner=run.owner, stage="commit") is None or not run.work.is_dir():
+    if run.store.mark_in_progress(owner=run.owner, stage="commit") is None:
         # taken over after the switch (its successor removed this work folder when it began): its
         # folder must not come back holding a report alone and become the latest; the successor commits
         raise run.superseded(live=wb.live)
+    if not run.work.is_dir():  # never re-created by the report's write below: a folder without a model
+        raise CycleError(f"the cycle's work folder {run.work.name} is gone (removed by hand?); nothing to commit",
+                         live=wb.live)
     done = time.time()
     run.timings.update(trigger_to_live_s=done - run.triggered_at, cycle_s=done - run.started_at)
     run.report.update(status="completed", finished_at=done, live=wb.live,
@@ -408,6 +412,8 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         live = wb.live
         run.timings.update(write_s=wb.write_s, switch_s=wb.switch_s)
         run.report.update(wb.report())
+        if not run.holds():  # before progress.json says "commit": it is the successor's now
+            raise run.superseded(live=live)
         prog.stage("commit")
         report = prog.finished(commit(run, snap, res, wb, settings))
     except Exception as exc:

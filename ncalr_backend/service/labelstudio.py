@@ -528,6 +528,10 @@ class LabelStudioClient:
                     continue
                 if r.status_code != 200:
                     raise LabelStudioError(f"image download failed: HTTP {r.status_code}")
+                if self.deadline is not None:  # connecting and the headers took their time too
+                    whole = min(whole, self.deadline - time.monotonic())
+                    if whole <= 0:
+                        raise LabelStudioError("image download stopped: the request's time is up", None)
                 return read_body(r, MAX_DOWNLOAD_BYTES, whole, "image download")
         raise ImageRefused(f"image URL redirects more than {MAX_REDIRECTS} times")
 

@@ -12,16 +12,16 @@ from ncalr_backend.service.store import ProjectStore
 log = logging.getLogger(__name__)
 
 
-def abandon_in_progress(st: ProjectStore, s: dict, rerun: Optional[dict] = None) -> int:
+def abandon_in_progress(st: ProjectStore, s: dict, rerun: Optional[dict] = None) -> Optional[int]:
     """A cycle nobody runs any more (a crash, a dead worker): remember its version as an orphan (the
     next cycle deletes whatever it wrote into Label Studio), count its death, record ``rerun`` as
     the pending request, and remove its partial directories. ``s`` is the state read before: if the
-    marker changed since (a cycle began in between), nothing is done. Returns how many directories
-    went."""
+    marker changed since (a cycle began in between), nothing is done and None is returned (the caller
+    requests nothing: that cycle runs the project); otherwise how many directories went."""
     ip = s.get("in_progress") or None
     if ip is not None or rerun is not None:
         if not st.abandon_marker(ip, rerun):
-            return 0  # a cycle began since: its marker and its work folder are its own
+            return None  # a cycle began since: its marker and its work folder are its own
     mirror = TaskMirror(st.root)
     if ip is not None and mirror.path.exists():  # after a crash, read the whole project once (mirror.py)
         mirror.doubt("recovered after an interrupted cycle")

@@ -98,6 +98,8 @@ class BaseScheduler:
                     rerun = {"reason": "recovered", "triggered_at": ip.get("triggered_at") or pending.get("triggered_at")
                              or time.time(), "attempt": int(pending.get("attempt", 0)), "retry_at": None}
                     removed = abandon_in_progress(st, s, rerun=rerun)  # the re-run is pending from here on
+                    if removed is None:  # a cycle began meanwhile: it runs the project
+                        continue
                     if crash_looping(st):
                         continue
                     log.warning("project %s: cycle interrupted or waiting at shutdown (%d partial dirs removed); "
@@ -414,7 +416,9 @@ class RQScheduler(BaseScheduler):
                 "cycle": self.request_cycle(pid, f"{count} new annotations (threshold {thr})")}
 
     def request_cycle(self, project_id: int, reason: str, triggered_at: Optional[float] = None,
-                      attempt: int = 0, delay: float = 0.0) -> dict:
+                      attempt: int = 0, delay: float = 0.0, lost: int = 0) -> dict:
+        """``lost``: how many jobs of this request were lost before they started (the reaper's count,
+        apart from ``attempt``, the cycle's own retries)."""
         pid = int(project_id)
         now = triggered_at or time.time()
         k = _keys(pid)
@@ -432,7 +436,8 @@ class RQScheduler(BaseScheduler):
             return {"queued": False, "coalesced": True}
         self.redis.delete(k["count"])
         ProjectStore(self.settings.model_dir, pid).update_state(
-            pending={"reason": reason, "triggered_at": now, "attempt": attempt, "retry_at": None, "job": job_id})
+            pending={"reason": reason, "triggered_at": now, "attempt": attempt, "retry_at": None, "job": job_id,
+                     **({"lost": int(lost)} if lost else {})})
         self.queue.enqueue_job(job)
         return {"queued": True, "coalesced": False, "job": job.id}
 
@@ -440,7 +445,8 @@ class RQScheduler(BaseScheduler):
         """The project's queued-cycle key names a job that will never run (deleted, or failed or
         stopped with its worker, e.g. a worker killed while it waited for the project's lock): the
         key is removed (only if unchanged) and True returned. A key without a job id (written before
-        job ids were kept) or a job still queued or running: False."""
+        job ids were kept), a job still queued or running, or one still CREATED within
+        ``ENQUEUE_GRACE_S`` of setting the key (request_cycle enqueues it right after): False."""
         from rq.exceptions import NoSuchJobError
         from rq.job import Job, JobStatus
 
@@ -513,6 +519,8 @@ class RQScheduler(BaseScheduler):
             # the re-run is pending in the same write that gives the dead cycle up: if requesting it
             # fails below (Redis away), the next tick finds it as a lost job, not nothing at all
             removed = abandon_in_progress(st, s, rerun=rerun)
+            if removed is None:
+                return None  # a cycle began meanwhile: it runs the project
             if crash_looping(st):
                 return "crash loop: not re-run"
             log.warning("project %s: the worker running cycle %s died (%d partial dirs removed); running it again",
@@ -523,18 +531,26 @@ class RQScheduler(BaseScheduler):
             # requested, but its job is gone (above) before it started: request it again, counted as an
             # attempt (a job that fails before it starts the cycle, a worker's bad settings say, would
             # otherwise be requested again every tick for ever)
-            attempt = int(pending.get("attempt", 0)) + 1
-            if attempt > len(self.settings.cycle_retry_delays):
-                msg = (f"the cycle's job was lost or failed before it started {attempt} times; not requested "
+            lost = int(pending.get("lost", 0))
+            delays = self.settings.cycle_retry_delays
+            if lost > len(delays):
+                msg = (f"the cycle's job was lost or failed before it started {lost + 1} times; not requested "
                        "again (see the RQ workers' log); the next trigger or Start training requests it")
                 log.error("project %s: %s", pid, msg)
                 st.update_state(pending=None, last_error=msg)
                 return "lost job: given up"
-            self.request_cycle(pid, pending.get("reason") or "requested", pending.get("triggered_at"), attempt=attempt)
-            return "lost job"
+            if lost == 0:  # the first time (a worker killed while its job waited): at once
+                self.request_cycle(pid, pending.get("reason") or "requested", pending.get("triggered_at"),
+                                   attempt=int(pending.get("attempt", 0)), lost=1)
+                return "lost job"
+            # again: on the retry delays (the retry branch below requests it), so a cause that passes by
+            # itself (a mount coming up late) has as long as a failing cycle has, not 5 s ticks
+            st.update_state(pending={**pending, "retry_at": time.time() + delays[lost - 1]})
+            return "lost job: retry later"
         if pending.get("retry_at") and pending["retry_at"] <= time.time():
+            lost = int(pending.get("lost", 0))
             self.request_cycle(pid, pending.get("reason") or "retry", pending.get("triggered_at"),
-                               attempt=int(pending.get("attempt", 0)))
+                               attempt=int(pending.get("attempt", 0)), lost=lost + 1 if lost else 0)
             return "retry"
         return None
 

@@ -10,12 +10,15 @@ import pytest
 
 from ncalr_backend.service.demo import digit_pngs, label_from_name
 from ncalr_backend.service.labelstudio import LabelStudioClient
-from ncalr_backend.service.mirror import OVERLAP_S, TaskMirror, trim_task
+from ncalr_backend.service import mirror as mirror_mod
+from ncalr_backend.service.mirror import TaskMirror, trim_task
 from ncalr_backend.service.store import ProjectStore, read_json
 
 from .conftest import BASIC, Backend, wait_for_webhook_auth
 
 pytestmark = pytest.mark.integration
+SHORT_OVERLAP_S = 5.0  # the mirror's overlap in these tests (60 s in the product): what they check is
+#                        that a delta sees every change, not how far back it looks, and CI waits it out
 
 
 def _view(tasks):
@@ -29,12 +32,13 @@ def _view(tasks):
 
 
 def test_the_mirror_delta_sees_annotations_created_updated_deleted_skipped_and_tasks_added_and_removed(
-        admin, label_studio, tmp_path):
+        admin, label_studio, tmp_path, monkeypatch):
+    monkeypatch.setattr(mirror_mod, "OVERLAP_S", SHORT_OVERLAP_S)
     pid = admin.create_project("mirror (integration)")
     files = digit_pngs(40, seed=3)
     assert admin.upload_files(pid, [(n, b) for n, b, _ in files]) == 40
     client = LabelStudioClient(label_studio.url, label_studio.token)
-    time.sleep(OVERLAP_S + 1.5)  # the delta re-reads what changed within OVERLAP_S of the last sync's start
+    time.sleep(SHORT_OVERLAP_S + 1.5)  # the delta re-reads what changed within OVERLAP_S of the last sync's start
     mirror = TaskMirror(tmp_path)
     rep = mirror.sync(client, pid, admin.project(pid)["task_number"], page_size=7)  # 6 cursor pages
     assert rep.mode == "full" and rep.tasks == 40
@@ -103,10 +107,11 @@ def test_label_all_tasks_follows_the_written_head_then_predict_gives_every_other
     assert mine[0]["score"] == pytest.approx(rank[outside] / 48, abs=1e-6)  # its place in the NCAL-R order
 
 
-def test_the_mirror_sees_annotations_that_remove_duplicated_tasks_moved(admin, label_studio, tmp_path):
+def test_the_mirror_sees_annotations_that_remove_duplicated_tasks_moved(admin, label_studio, tmp_path, monkeypatch):
     """Found by review: Label Studio's "Remove Duplicated Tasks" moves the duplicates' annotations
     onto the task it keeps by a bulk update (the kept task's updated_at does not move) and deletes
     them. The mirror reads the duplicates of a deleted task again, so it sees the moved annotation."""
+    monkeypatch.setattr(mirror_mod, "OVERLAP_S", SHORT_OVERLAP_S)
     pid = admin.create_project("mirror duplicates (integration)")
     same = {"image": "/data/upload/dup/one.png"}
     assert admin.import_tasks(pid, [same, same, {"image": "/data/upload/dup/other.png"}]) == 3
@@ -115,7 +120,7 @@ def test_the_mirror_sees_annotations_that_remove_duplicated_tasks_moved(admin, l
     admin.annotate(a["id"], "1")
     time.sleep(1.1)
     admin.annotate(b["id"], "7")  # the newer annotation, on the duplicate that will be removed
-    time.sleep(OVERLAP_S + 1.5)  # both out of the next delta's overlap window
+    time.sleep(SHORT_OVERLAP_S + 1.5)  # both out of the next delta's overlap window
     mirror = TaskMirror(tmp_path)
     mirror.sync(client, pid, admin.project(pid)["task_number"], page_size=7)
     assert _view(mirror.tasks()) == _view(admin.tasks(pid))

@@ -1079,3 +1079,66 @@ def test_stopping_while_images_download_interrupts_the_snapshot(settings):
     assert len(fetched) < 30 and ls.imported == [] and ls.patches == []
     st = ProjectStore(settings.model_dir, 1).state()
     assert st["in_progress"]["cycle"] == 1 and st["in_progress"]["interrupted"]
+
+
+def test_an_image_download_ends_at_the_deadline_also_when_the_headers_came_late():
+    """Found by review: the body's allowance was fixed before the request went out, so the time spent
+    connecting and waiting for the headers came on top of the deadline."""
+    import http.server
+    import threading
+    import time
+
+    from ncalr_backend.service.demo import free_port
+
+    stop = threading.Event()
+
+    class Late(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            stop.wait(2.0)  # the headers after 2 s, each read well inside the 5 s timeout
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                while not stop.wait(0.2):
+                    self.wfile.write(b"\0")
+                    self.wfile.flush()
+            except OSError:
+                pass
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Late)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        c = LabelStudioClient(f"http://127.0.0.1:{srv.server_port}", "k", timeout=5.0)
+        t0 = time.monotonic()
+        c.deadline = t0 + 3.0
+        with pytest.raises(LabelStudioError):
+            c.download("/data/upload/1/x.png")
+        assert time.monotonic() - t0 < 3.8
+    finally:
+        stop.set()
+        srv.shutdown()
+
+
+def test_a_work_folder_gone_before_the_commit_is_a_plain_failure_not_a_takeover(settings):
+    """The folder missing while the cycle still owns the project is no takeover: the cycle fails as
+    any live failure does (its marker cleared, the error said), not as "superseded by itself"."""
+    import shutil
+
+    ls = FakeLS()
+    switch = ls.patch_project
+
+    def switch_then_lose_the_folder(pid, data):
+        out = switch(pid, data)
+        for d in ProjectStore(settings.model_dir, 1).root.glob(".work-*"):
+            shutil.rmtree(d)
+        return out
+
+    ls.patch_project = switch_then_lose_the_folder
+    with pytest.raises(CycleError) as e:
+        run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    assert e.value.live and not e.value.superseded and "is gone" in str(e.value)
+    s = ProjectStore(settings.model_dir, 1).state()
+    assert s["in_progress"] is None and s["last_failed"] == 1 and "is gone" in s["last_error"]

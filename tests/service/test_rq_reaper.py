@@ -124,23 +124,37 @@ def test_a_placement_waits_for_the_running_cycle_of_its_project(redis_url, tmp_p
 def test_a_job_that_keeps_failing_before_it_starts_is_given_up_not_requested_every_tick(redis_url, tmp_path):
     """Found by review: a job that failed before it cleared ``pending`` (a worker's bad settings, a
     full disk) left the queued key naming a failed job; the reaper requested the cycle again on
-    every tick, for ever, each failed job kept 7 days. Each such request is now an attempt."""
+    every tick, for ever, each failed job kept 7 days. The first lost job is requested again at
+    once (a worker killed while its job waited), later ones on CYCLE_RETRY_DELAYS (a cause that
+    passes by itself has as long as a failing cycle has), then it is given up."""
     from rq.job import Job
 
     s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test",
-                           "CYCLE_RETRY_DELAYS": "1,1"})
+                           "CYCLE_RETRY_DELAYS": "0,0"})
     sch = RQScheduler(s)
     sch.redis.flushdb()
     job = sch.request_cycle(4, "12 new annotations")["job"]
     seen = []
-    while job is not None and len(seen) < 10:
+    while job is not None and len(seen) < 20:
         Job.fetch(job, connection=sch.redis).delete()  # failed at its start, or lost
-        seen += [why for _, why in sch.reap_once()]
+        for _ in range(2):  # the lost job, then (after its delay) its retry
+            seen += [why for _, why in sch.reap_once()]
         job = sch.queue.job_ids[-1] if sch.queue.job_ids else None
-    assert seen == ["lost job", "lost job", "lost job: given up"]
+    assert seen == ["lost job", "lost job: retry later", "retry", "lost job: retry later", "retry",
+                    "lost job: given up"]
     st = ProjectStore(tmp_path, 4).state()
-    assert st["pending"] is None and "not requested again" in st["last_error"]
+    assert st["pending"] is None and "4 times; not requested again" in st["last_error"]
     assert sch.reap_once() == [] and len(sch.queue) == 0
+    # the delays are kept: with 60 s the retry waits
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test",
+                           "CYCLE_RETRY_DELAYS": "60"})
+    sch = RQScheduler(s)
+    job = sch.request_cycle(4, "again")["job"]
+    Job.fetch(job, connection=sch.redis).delete()
+    assert sch.reap_once() == [(4, "lost job")]
+    Job.fetch(sch.queue.job_ids[-1], connection=sch.redis).delete()
+    assert sch.reap_once() == [(4, "lost job: retry later")] and sch.reap_once() == []
+    assert ProjectStore(tmp_path, 4).state()["pending"]["retry_at"] > time.time() + 50
 
 
 def test_a_dead_workers_re_run_survives_redis_failing_as_it_is_requested(redis_url, tmp_path, monkeypatch):
@@ -208,7 +222,7 @@ def test_recovery_never_gives_up_a_cycle_that_began_after_it_read_the_state(tmp_
     abandon_in_progress(st, st.state())
     st.update_state(in_progress={"cycle": 2, "model_version": "v2"}, cycles_started=2)
     (st.root / ".work-0002-new").mkdir()
-    assert abandon_in_progress(st, seen, rerun={"reason": "late"}) == 0
+    assert abandon_in_progress(st, seen, rerun={"reason": "late"}) is None  # changed: nothing done
     s = st.state()
     assert s["in_progress"] == {"cycle": 2, "model_version": "v2"} and s.get("pending") is None
     assert (st.root / ".work-0002-new").is_dir() and s["orphan_versions"] == ["v1"] and s["crashed_cycles"] == 1
