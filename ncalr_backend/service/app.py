@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -96,11 +97,41 @@ def _error(message: str, status: int):
     return jsonify({"error": message}), status
 
 
-def _json_body() -> dict:
-    data = request.get_json(silent=True)
+SMALL_BODY = 1 << 20  # bytes: any body without a project's key (Start training, /setup, /train, /versions)
+BIG_BODY = 64 << 20  # a webhook with its key (TASKS_CREATED of a large import), /predict (Retrieve predictions)
+_big_parse = threading.Lock()  # bodies over SMALL_BODY are parsed one at a time: memory, and the GIL
+
+
+def _json_body(limit: int = SMALL_BODY) -> dict:
+    """The request's JSON object, read before anyone is authenticated (the project id that says whose
+    key to check is in it): at most ``limit`` bytes (413 beyond), the big ones one at a time, deep
+    nesting a 400, never a 500 or a process that parses 64 MB of junk for every caller at once."""
+    if not request.is_json:
+        raise BadRequest("the body must be a JSON object (Content-Type: application/json)")
+    n = request.content_length
+    if n is not None and n > limit:
+        raise BadRequest(f"the body is {n} bytes; this request takes at most {limit}", 413)
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise BadRequest(f"the body is over {limit} bytes, the most this request takes", 413)
+    try:
+        if len(raw) > SMALL_BODY:
+            with _big_parse:
+                data = json.loads(raw)
+        else:
+            data = json.loads(raw)
+    except RecursionError:
+        raise BadRequest("the body's JSON is nested too deeply")
+    except ValueError:
+        data = None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object (Content-Type: application/json)")
     return data
+
+
+def _task_id(value) -> Optional[int]:
+    """A task id as Label Studio's database holds them (a non-bool int in 1..MAX_ID), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID else None
 
 
 def _annotation_count(action: str, data: dict) -> int:
@@ -240,13 +271,14 @@ class Backend:
                         "scheduler": "rq" if self.settings.redis_url else "embedded"})
 
     def setup(self):
-        data = _json_body()
+        data = _json_body(4 * SMALL_BODY)  # a labeling config
         schema = data.get("schema")
         try:
             self.model_class.check_config(schema)
         except LabelConfigError as exc:
-            # Label Studio shows only the HTTP status line of an error: put the reason there too.
-            reason = " ".join(str(exc).split())[:400].encode("latin-1", "replace").decode("latin-1")
+            # Label Studio shows only the HTTP status line of an error: put the reason there too,
+            # printable ASCII only (gunicorn refuses a status line with DEL or C1 bytes: a 500)
+            reason = "".join(c if " " <= c <= "~" else "?" for c in " ".join(str(exc).split())[:400])
             resp = jsonify({"error": str(exc)})
             resp.status = f"400 {reason}"
             return resp
@@ -257,7 +289,7 @@ class Backend:
         return jsonify({"model_version": model.current_version(pid)})
 
     def predict(self):
-        data = _json_body()
+        data = _json_body(BIG_BODY)  # Retrieve predictions sends every selected task
         tasks = data.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("'tasks' must be a list of task objects")
@@ -275,7 +307,7 @@ class Backend:
 
     def webhook(self):
         """Validate, count or request, answer in milliseconds. Never trains in the request."""
-        data = _json_body()
+        data = _json_body(BIG_BODY if request.headers.get(SECRET_HEADER) else SMALL_BODY)
         action = data.get("action")
         if not isinstance(action, str) or not action:
             raise BadRequest("missing 'action' (e.g. ANNOTATION_CREATED, START_TRAINING)")
@@ -295,6 +327,14 @@ class Backend:
             return jsonify({"status": "ignored", "action": action, "reason": "unknown action"})
         if pid is None:
             raise BadRequest(f"{action} needs 'project': an object with a positive integer 'id'")
+        ids = None
+        if action == "TASKS_CREATED":  # checked before anything is recorded of it
+            tasks = data.get("tasks")
+            if not isinstance(tasks, list) or not all(isinstance(t, dict) and "id" in t for t in tasks):
+                raise BadRequest("TASKS_CREATED needs 'tasks': a list of {\"id\": ...}")
+            ids = [_task_id(t["id"]) for t in tasks]  # only the ids: the placement reads the tasks itself
+            if None in ids:
+                raise BadRequest(f"TASKS_CREATED: task ids must be integers from 1 to {MAX_ID}")
         self.saw_webhook(pid, action)
         hints = hinted_task_ids(action, data)
         if hints and not self.settings.redis_url:
@@ -307,22 +347,16 @@ class Backend:
         if action == "START_TRAINING":
             out = sched.request_cycle(pid, "START_TRAINING")
         elif action == "TASKS_CREATED":
-            tasks = data.get("tasks")
-            if not isinstance(tasks, list) or not all(isinstance(t, dict) and "id" in t for t in tasks):
-                raise BadRequest("TASKS_CREATED needs 'tasks': a list of {\"id\": ...}")
-            ids = []  # only the ids: the placement reads the tasks from Label Studio itself
-            for t in tasks:
-                try:
-                    ids.append(int(t["id"]))
-                except (TypeError, ValueError):
-                    raise BadRequest("TASKS_CREATED: task ids must be integers")
             out = sched.request_placement(pid, ids)
         else:
             n = _annotation_count(action, data)  # validates the payload before anything reads it
-            self.review_changed(pid, action, data)
             num_tasks = project.get("task_number") if isinstance(project, dict) else None
-            num_tasks = num_tasks if isinstance(num_tasks, int) and num_tasks >= 0 else None
+            num_tasks = num_tasks if _task_id(num_tasks) is not None or num_tasks == 0 else None
             out = sched.count_annotations(pid, n, num_tasks) if n else {"counted": 0}
+            try:  # after the count: a damaged review.json must not cost the annotation its count
+                self.review_changed(pid, action, data)
+            except Exception:  # noqa: BLE001
+                log.exception("project %s: could not check the review list after %s", pid, action)
         return jsonify({"status": "ok", "action": action, "project": pid, **out}), 201
 
     def review_changed(self, pid: int, action: str, data: dict) -> None:
@@ -360,13 +394,18 @@ class Backend:
         return jsonify(self.scheduler().request_cycle(pid, "train")), 201
 
     def versions(self):
-        """GET or POST (gap 8): the project's completed model versions, newest last."""
-        body = request.get_json(silent=True) if request.method == "POST" else None
-        if body is not None and not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object such as {\"project\": 1}")
-        pid = project_id_from(request.args.get("project") or (body or {}).get("project"))
+        """GET or POST (gap 8): the project's completed model versions, newest last. Label Studio 1.23
+        asks with a GET whose project it drops (``MLApi.get_versions``): without a project the answer
+        is 404, on which Label Studio shows the version /setup reported (``MLBackendVersionsAPI``);
+        a 400 there was an error in its UI."""
+        body = _json_body() if request.method == "POST" else None
+        given = request.args.get("project") or (body or {}).get("project")
+        if given is None:
+            return _error("no project given: ask /versions?project=<id> (Label Studio then shows the version "
+                          "/setup reported)", 404)
+        pid = project_id_from(given)
         if pid is None:
-            raise BadRequest("'project' is required")
+            raise BadRequest("'project' must be a project id")
         st = ProjectStore(self.settings.model_dir, pid)
         vers = []
         for d in sorted((st.root / "cycles").glob("[0-9]*")):

@@ -368,14 +368,17 @@ class Auth:
                 self._checked.clear()
             while self._check_times and now - self._check_times[0] >= CHECK_WINDOW_S:
                 self._check_times.popleft()
-            if len(self._check_times) >= CHECK_BUDGET:
+            known = (self.settings.model_dir / "projects" / str(int(project_id))).is_dir()
+            if not known and len(self._check_times) >= CHECK_BUDGET:  # a project this backend has served
+                # keeps its own check (one per RESYNC_EVERY_S each): made-up ids cannot spend it
                 if now - self._budget_warned_at >= CHECK_WINDOW_S:
                     self._budget_warned_at = now
                     log.warning("more than %d unauthenticated START_TRAINING checks in %.0f s (varying project "
                                 "ids): refused without asking Label Studio; turn basic auth on, "
                                 "or check who sends them", CHECK_BUDGET, CHECK_WINDOW_S)
                 return False
-            self._check_times.append(now)
+            if not known:
+                self._check_times.append(now)
             self._in_flight.add(key)
         try:
             ok = bool(self._our_backends(make_client(self.settings), project_id, None, only_one_counts=False))

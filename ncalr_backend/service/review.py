@@ -117,12 +117,22 @@ class ReviewState:
                     fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def read(self) -> dict:
-        d = read_json(self.path, {}) or {}
+        """review.json, each key of the type its readers expect: a damaged file (not an object, a
+        key of another type, a listed or relabel entry that is not an object) reads as empty there
+        rather than failing every webhook that touches a listed task (a 500, its count lost)."""
+        d = read_json(self.path, {})
+        d = dict(d) if isinstance(d, dict) else {}
+        if not (d.get("view") is None or isinstance(d["view"], (int, str))) or isinstance(d.get("view"), bool):
+            d["view"] = None
+        for key in ("listed", "relabel"):  # {task: {...}}
+            v = d.get(key)
+            d[key] = {k: e for k, e in v.items() if isinstance(e, dict)} if isinstance(v, dict) else {}
+        for key in ("reviewed", "reviewed_at"):  # {task: fingerprint}, {task: unix time of its review}
+            if not isinstance(d.get(key), dict):
+                d[key] = {}
+        if not isinstance(d.get("keys_written"), bool):
+            d["keys_written"] = False
         d.setdefault("view", None)
-        d.setdefault("listed", {})
-        d.setdefault("reviewed", {})
-        d.setdefault("keys_written", False)
-        d.setdefault("reviewed_at", {})  # {task: unix time of its review}
         return d
 
     def listed_tasks(self) -> Dict[str, dict]:

@@ -247,3 +247,84 @@ def test_with_basic_auth_a_webhook_needs_its_key_too_and_start_training_gets_its
     assert client.post("/webhook", headers=auth, json=start).status_code == 201 and repaired == [13]
     assert client.post("/webhook", headers={**auth, SECRET_HEADER: project_key(backend.auth.secret, 13)},
                        json=start).status_code == 201 and repaired == [13]  # the right key: nothing to repair
+
+
+def test_bodies_are_capped_before_anyone_is_authenticated(client):
+    """Found by review: any body up to 64 MB was parsed before the key was checked, so anyone who
+    reached the port froze the process (the parse holds the GIL) and took 1.5 GB per request.
+    Without a project's key a body takes at most 1 MB; bigger ones (a keyed webhook, /predict) are
+    parsed one at a time; deep nesting is a 400, not a 500."""
+    from ncalr_backend.service.app import SMALL_BODY
+    from ncalr_backend.service.auth import SECRET_HEADER
+
+    big = b'{"action": "START_TRAINING", "project": {"id": 1}, "pad": "' + b"x" * (SMALL_BODY + 10) + b'"}'
+    r = client.post("/webhook", data=big, content_type="application/json")
+    assert r.status_code == 413 and "at most" in r.get_json()["error"]
+    r = client.post("/webhook", data=big, content_type="application/json", headers={SECRET_HEADER: "wrong"})
+    assert r.status_code == 401  # parsed (a keyed webhook may be large), then refused by its key
+    for path in ("/webhook", "/setup"):
+        r = client.post(path, data="[" * 100_000 + "]" * 100_000, content_type="application/json")
+        assert r.status_code == 400 and "nested too deeply" in r.get_json()["error"], path
+    r = client.post("/predict", data=b'{"tasks": [], "pad": "' + b"x" * (SMALL_BODY + 10) + b'"}',
+                    content_type="application/json")
+    assert r.status_code == 400 and "label" in r.get_json()["error"].lower()  # read: its config is missing
+
+
+def test_label_studios_own_versions_call_gets_the_answer_it_understands(client):
+    """Found by review: Label Studio 1.23 asks GET /versions without the project (MLApi.get_versions
+    drops it), and our 400 was an error in its UI; on 404 it shows the version /setup reported."""
+    assert client.get("/versions").status_code == 404
+    assert client.post("/versions", json={}).status_code == 404
+
+
+def test_task_ids_and_counts_of_a_webhook_are_database_integers(client):
+    """Found by review: TASKS_CREATED ids went through int() (True, 7.9, "1_000", 1e400 -> 500) and
+    were queued, recorded before the payload was refused; a huge task_number was a 500 and stayed
+    in state.json."""
+    from ncalr_backend.service.auth import SECRET_HEADER, project_key
+    from ncalr_backend.service.store import ProjectStore
+
+    secret = project_key((client.model_dir / "webhook_key_secret").read_text().strip(), 13)
+    seen = lambda: ProjectStore(client.model_dir, 13).state().get("webhooks_seen") or {}  # noqa: E731
+    before = seen()
+    for bad in (True, 7.9, "12", -5, 0, MAX_ID + 1, 10 ** 30):
+        r = client.post("/webhook", headers={SECRET_HEADER: secret},
+                        json={"action": "TASKS_CREATED", "project": {"id": 13}, "tasks": [{"id": 4}, {"id": bad}]})
+        assert r.status_code == 400 and "task ids" in r.get_json()["error"], bad
+    r = client.post("/webhook", headers={SECRET_HEADER: secret}, data='{"action": "TASKS_CREATED", "project": '
+                    '{"id": 13}, "tasks": [{"id": 1e400}]}', content_type="application/json")
+    assert r.status_code == 400
+    assert seen() == before  # nothing recorded of a refused payload
+    for n in (9 ** 4000, 10 ** 30, True, -1):
+        r = client.post("/webhook", headers={SECRET_HEADER: secret},
+                        json={"action": "ANNOTATION_CREATED", "project": {"id": 13, "task_number": n},
+                              "task": {"id": 4}, "annotation": {"id": 9, "task": 4, "result": []}})
+        assert r.status_code == 201, (n, r.get_json())
+    assert ProjectStore(client.model_dir, 13).state().get("num_tasks") in (None, 0)
+
+
+def test_a_damaged_review_file_never_costs_an_annotation_its_count(client):
+    """Found by review: review.json of the wrong shape made ANNOTATION_CREATED a 500 before it was
+    counted (Label Studio does not send a webhook twice: the event was lost)."""
+    from ncalr_backend.service.auth import SECRET_HEADER, project_key
+    from ncalr_backend.service.store import ProjectStore
+
+    st = ProjectStore(client.model_dir, 4)
+    st.root.mkdir(parents=True, exist_ok=True)
+    secret = project_key((client.model_dir / "webhook_key_secret").read_text().strip(), 4)
+    for damaged in ('["x"]', '{"listed": {"5": "x"}}', '{"listed": [], "reviewed": 3, "relabel": {"5": 1}}'):
+        (st.root / "review.json").write_text(damaged)
+        before = st.state()["new_annotations"]
+        r = client.post("/webhook", headers={SECRET_HEADER: secret},
+                        json={"action": "ANNOTATION_CREATED", "project": {"id": 4, "task_number": 100},
+                              "task": {"id": 5}, "annotation": {"id": 9, "task": 5, "result": []}})
+        assert r.status_code == 201 and st.state()["new_annotations"] == before + 1, (damaged, r.get_json())
+
+
+def test_a_setup_refusal_puts_only_printable_ascii_in_the_status_line(client):
+    """Found by review: a Choices attribute holding DEL (&#127;) went into the status line, which
+    gunicorn refuses (a 500 instead of the 400 that says what to fix)."""
+    bad = CONFIG.replace('toName="image">', 'toName="image" choice="&#127;x">')
+    r = client.post("/setup", json={"schema": bad, "project": 1})
+    assert r.status_code == 400
+    assert all(" " <= c <= "~" for c in r.status), r.status

@@ -443,3 +443,17 @@ def test_a_backend_that_never_answers_neither_hides_ours_nor_holds_the_request(t
         assert a.project_has_us(3)
     finally:
         us.close(), dead.close()
+
+
+def test_made_up_project_ids_cannot_spend_the_checks_of_a_project_this_backend_serves(tmp_path, monkeypatch):
+    """Found by review: the global budget was spent by anyone: 20 START_TRAININGs naming made-up
+    projects, without a key, and a real press of "Start training" in a served project was refused
+    without asking Label Studio, again every window. A project with files here has its own check."""
+    a, calls = _auth_with_backends(tmp_path, monkeypatch, lambda pid: [{"url": "http://backend:9090"}])
+    clock = [1000.0]
+    monkeypatch.setattr(auth_mod, "time", SimpleNamespace(time=lambda: clock[0], sleep=time.sleep))
+    (tmp_path / "projects" / "5").mkdir(parents=True)  # served before: it has files
+    oks = [a.project_has_us(pid) for pid in range(10_000, 10_000 + auth_mod.CHECK_BUDGET + 5)]
+    assert not any(oks[auth_mod.CHECK_BUDGET:])  # the budget is spent on made-up ids
+    assert a.project_has_us(5) and calls[-1] == 5
+    assert not a.project_has_us(6)  # a project without files here still waits for the next window
