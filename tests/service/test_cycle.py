@@ -4,6 +4,7 @@ what is written back, what is persisted, and that a dropped prediction fails the
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import io
 import json
@@ -853,6 +854,17 @@ def test_failed_reports_are_pruned_oldest_cycle_first_past_cycle_9999(tmp_path):
     assert sorted(d.name for d in (st.root / "failed").iterdir()) == ["10000-20261201T000200Z", "10001-20261201T000300Z"]
 
 
+def _after(ls, method: str, then) -> None:
+    """Make ``ls.<method>`` do what it does, then ``then()`` (a fault that comes right after it)."""
+    real = getattr(ls, method)
+
+    def wrapped(*a, **kw):
+        out = real(*a, **kw)
+        then()
+        return out
+    setattr(ls, method, wrapped)
+
+
 def _take_over(settings):
     """What a second worker does once the first one's RQ lock has expired: it starts the project's
     next cycle, which abandons the first one's marks (its work folder, its version as an orphan)."""
@@ -888,14 +900,7 @@ def test_a_cycle_taken_over_during_training_stops_and_leaves_its_successor_alone
 
 def test_a_cycle_taken_over_during_the_write_back_never_switches_the_project(settings):
     ls = FakeLS()
-    imports = ls.import_prediction_chunk
-
-    def import_then_lose(pid, items):  # the takeover comes while the predictions go in
-        n = imports(pid, items)
-        _take_over(settings)
-        return n
-
-    ls.import_prediction_chunk = import_then_lose
+    _after(ls, "import_prediction_chunk", lambda: _take_over(settings))  # while the predictions go in
     with pytest.raises(CycleError) as e:
         run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
     assert e.value.superseded and ls.imported and ls.patches == [] and ls.model_version in ("", None)
@@ -940,30 +945,28 @@ def test_every_state_write_is_synced_to_disk(tmp_path, monkeypatch):
         assert len(synced) == before + 1
 
 
-def test_predict_gives_up_a_slow_image_host_at_its_deadline(settings, monkeypatch):
-    """Found by review: /predict bounded only the start of a chunk; an image host that answers a byte
-    at a time held the request thread for 10 x HTTP_TIMEOUT per image (10 minutes at the default),
-    long after Label Studio stopped waiting (100 s), and a few such requests took every gunicorn
-    thread, webhooks included. Downloads now end at the request's deadline. A real local server."""
+@contextmanager
+def _dripping_server(headers_after: float = 0.0):
+    """A real local HTTP server that answers every GET with a 100 kB body a byte every 0.2 s (each
+    read well inside any timeout, the whole never), its headers after ``headers_after`` s. Yields
+    (its URL, the paths asked)."""
     import http.server
     import threading
-    import time
 
-    from ncalr_backend.service import serving
     from ncalr_backend.service.demo import free_port
-    from ncalr_backend.service.labelconfig import parse_label_config
 
     stop, served = threading.Event(), []
 
     class Drip(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             served.append(self.path)
+            stop.wait(headers_after)
             self.send_response(200)
             self.send_header("Content-Type", "image/png")
             self.send_header("Content-Length", "100000")
             self.end_headers()
             try:
-                while not stop.wait(0.2):  # each read well inside HTTP_TIMEOUT, the whole never
+                while not stop.wait(0.2):
                     self.wfile.write(b"\0")
                     self.wfile.flush()
             except OSError:
@@ -972,13 +975,30 @@ def test_predict_gives_up_a_slow_image_host_at_its_deadline(settings, monkeypatc
         def log_message(self, *a):
             pass
 
-    ls = FakeLS()
-    run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Drip)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setattr(serving, "make_client", lambda s: LabelStudioClient(
-            f"http://127.0.0.1:{srv.server_port}", "k", timeout=60.0))
+        yield f"http://127.0.0.1:{srv.server_port}", served
+    finally:
+        stop.set()
+        srv.shutdown()
+
+
+def test_predict_gives_up_a_slow_image_host_at_its_deadline(settings, monkeypatch):
+    """Found by review: /predict bounded only the start of a chunk; an image host that answers a byte
+    at a time held the request thread for 10 x HTTP_TIMEOUT per image (10 minutes at the default),
+    long after Label Studio stopped waiting (100 s), and a few such requests took every gunicorn
+    thread, webhooks included. Downloads now end at the request's deadline. A real local server."""
+    import threading
+    import time
+
+    from ncalr_backend.service import serving
+    from ncalr_backend.service.labelconfig import parse_label_config
+
+    ls = FakeLS()
+    run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    with _dripping_server() as (url, served):
+        monkeypatch.setattr(serving, "make_client", lambda s: LabelStudioClient(url, "k", timeout=60.0))
         monkeypatch.setattr(serving, "PREDICT_DEADLINE_S", 1.0)
         tasks = [{"id": 7000 + k, "data": {"image": f"/data/upload/1/{7000 + k}.png"}} for k in range(6)]
         tasks.append({"id": 3, "data": {"image": "/data/upload/1/3.png"}})  # ranked by the cycle
@@ -992,9 +1012,6 @@ def test_predict_gives_up_a_slow_image_host_at_its_deadline(settings, monkeypatc
         assert took < 10, took
         assert [bool(r["result"]) for r in out[0]] == [False] * 6 + [True]  # the ranked task keeps its answer
         assert 1 <= len(served) <= 6
-    finally:
-        stop.set()
-        srv.shutdown()
 
 
 def test_a_cycle_taken_over_right_after_its_switch_never_commits_an_empty_folder(settings):
@@ -1002,14 +1019,7 @@ def test_a_cycle_taken_over_right_after_its_switch_never_commits_an_empty_folder
     its work folder) wrote report.json, which made the folder again with nothing else in it, moved
     it into cycles/ and pointed latest.json at it: /predict and placement had no model to serve."""
     ls = FakeLS()
-    switch = ls.patch_project
-
-    def switch_then_lose(pid, data):
-        out = switch(pid, data)
-        _take_over(settings)
-        return out
-
-    ls.patch_project = switch_then_lose
+    _after(ls, "patch_project", lambda: _take_over(settings))
     with pytest.raises(CycleError) as e:
         run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
     assert e.value.superseded and e.value.live
@@ -1025,19 +1035,10 @@ def test_a_cycle_taken_over_stops_its_write_back_at_the_next_chunk(settings):
                                                      "IMAGE_CHANNELS": 1, "LABEL_STUDIO_URL": "http://ls.test",
                                                      "LABEL_STUDIO_API_KEY": "k", "PREDICTION_CHUNK_SIZE": 2}.items()}})
     ls = FakeLS()
-    imports, chunks = ls.import_prediction_chunk, []
-
-    def import_then_lose(pid, items):
-        chunks.append(len(items))
-        n = imports(pid, items)
-        if len(chunks) == 1:
-            _take_over(s)
-        return n
-
-    ls.import_prediction_chunk = import_then_lose
+    _after(ls, "import_prediction_chunk", lambda: _take_over(s))
     with pytest.raises(CycleError) as e:
         run_project_cycle(s, 1, "t", engine_config=ENGINE, client=ls)
-    assert e.value.superseded and chunks == [2] and ls.patches == [] and ls.model_versions(1) == {}
+    assert e.value.superseded and len(ls.imported) == 2 and ls.patches == [] and ls.model_versions(1) == {}
 
 
 def test_an_orphan_added_while_the_orphans_are_deleted_stays_on_the_list(settings):
@@ -1084,42 +1085,15 @@ def test_stopping_while_images_download_interrupts_the_snapshot(settings):
 def test_an_image_download_ends_at_the_deadline_also_when_the_headers_came_late():
     """Found by review: the body's allowance was fixed before the request went out, so the time spent
     connecting and waiting for the headers came on top of the deadline."""
-    import http.server
-    import threading
     import time
 
-    from ncalr_backend.service.demo import free_port
-
-    stop = threading.Event()
-
-    class Late(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            stop.wait(2.0)  # the headers after 2 s, each read well inside the 5 s timeout
-            self.send_response(200)
-            self.send_header("Content-Length", "100000")
-            self.end_headers()
-            try:
-                while not stop.wait(0.2):
-                    self.wfile.write(b"\0")
-                    self.wfile.flush()
-            except OSError:
-                pass
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Late)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        c = LabelStudioClient(f"http://127.0.0.1:{srv.server_port}", "k", timeout=5.0)
+    with _dripping_server(headers_after=2.0) as (url, _):  # each read well inside the 5 s timeout
+        c = LabelStudioClient(url, "k", timeout=5.0)
         t0 = time.monotonic()
         c.deadline = t0 + 3.0
         with pytest.raises(LabelStudioError):
             c.download("/data/upload/1/x.png")
         assert time.monotonic() - t0 < 3.8
-    finally:
-        stop.set()
-        srv.shutdown()
 
 
 def test_a_work_folder_gone_before_the_commit_is_a_plain_failure_not_a_takeover(settings):
@@ -1128,15 +1102,7 @@ def test_a_work_folder_gone_before_the_commit_is_a_plain_failure_not_a_takeover(
     import shutil
 
     ls = FakeLS()
-    switch = ls.patch_project
-
-    def switch_then_lose_the_folder(pid, data):
-        out = switch(pid, data)
-        for d in ProjectStore(settings.model_dir, 1).root.glob(".work-*"):
-            shutil.rmtree(d)
-        return out
-
-    ls.patch_project = switch_then_lose_the_folder
+    _after(ls, "patch_project", lambda: [shutil.rmtree(d) for d in ProjectStore(settings.model_dir, 1).root.glob(".work-*")])
     with pytest.raises(CycleError) as e:
         run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
     assert e.value.live and not e.value.superseded and "is gone" in str(e.value)
