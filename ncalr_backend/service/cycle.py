@@ -96,8 +96,9 @@ class CycleRun:
         return (self.cycle, self.version)
 
     def holds(self) -> bool:
-        """Whether this cycle still owns the project: no later cycle has started over its marks."""
-        return self.store.holds_marker(self.owner)
+        """Whether this cycle still owns the project: no later cycle has started over its marks.
+        "Not held" is read twice: one odd read (a rename on a network filesystem) must not stop it."""
+        return self.store.holds_marker(self.owner) or self.store.holds_marker(self.owner)
 
     def superseded(self, live: bool = False) -> CycleError:
         now = (self.store.state().get("in_progress") or {}).get("cycle")
@@ -119,8 +120,7 @@ class CycleRun:
                 return True
             now = time.monotonic()
             if now - last["at"] >= every:
-                # "not held" is read twice: one odd read (a rename on a network filesystem) must not stop it
-                last["at"], last["held"] = now, self.holds() or self.holds()
+                last["at"], last["held"] = now, self.holds()
             return not last["held"]
         return check
 
