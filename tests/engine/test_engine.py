@@ -239,7 +239,7 @@ def test_collapse_rule_by_hand():
 def test_training_made_to_diverge_raises_and_writes_nothing(tmp_path):
     from ncalr_backend.engine import Diverged
     x, y = separable(n_per=6)
-    with pytest.raises(Diverged, match="loss became|collapsed"):
+    with pytest.raises(Diverged, match="loss became|collapsed|non-finite logits"):  # whichever shows first
         run_cycle(x, y, x[:5], 4, FAST.replace(lr=1e6, momentum=0.0, max_epochs=6, tpt_window=2), out_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
