@@ -478,7 +478,8 @@ class RQScheduler(BaseScheduler):
 
     def request_placement(self, project_id: int, tasks: Iterable) -> dict:
         tasks = [int(t["id"]) if isinstance(t, dict) else int(t) for t in tasks]
-        job = self.queue.enqueue(rq_place_job, int(project_id), tasks, job_timeout=3600)
+        # its time runs while it waits for the project's lock, which a long cycle holds: as long as a cycle may run
+        job = self.queue.enqueue(rq_place_job, int(project_id), tasks, job_timeout=24 * 3600)
         return {"queued_tasks": len(tasks), "job": job.id}
 
     # ------------------------------------------------------------------ reaper
