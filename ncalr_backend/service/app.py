@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -40,7 +41,7 @@ from ncalr_backend.service.predictions import UNTRAINED_VERSION
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.urls import redact_urls
 from ncalr_backend.service.mirror import TaskMirror, hinted_task_ids
-from ncalr_backend.service.store import MAX_ID, ProjectStore, project_id_from, read_json  # noqa: F401
+from ncalr_backend.service.store import MAX_ID, ProjectStore, db_id, project_id_from, read_json  # noqa: F401
 
 log = logging.getLogger("ncalr_backend.wsgi")
 
@@ -115,10 +116,7 @@ def _json_body(limit: int = SMALL_BODY) -> dict:
     if len(raw) > limit:
         raise BadRequest(f"the body is over {limit} bytes, the most this request takes", 413)
     try:
-        if len(raw) > SMALL_BODY:
-            with _big_parse:
-                data = json.loads(raw)
-        else:
+        with _big_parse if len(raw) > SMALL_BODY else nullcontext():
             data = json.loads(raw)
     except RecursionError:
         raise BadRequest("the body's JSON is nested too deeply")
@@ -128,10 +126,6 @@ def _json_body(limit: int = SMALL_BODY) -> dict:
         raise BadRequest("the body must be a JSON object (Content-Type: application/json)")
     return data
 
-
-def _task_id(value) -> Optional[int]:
-    """A task id as Label Studio's database holds them (a non-bool int in 1..MAX_ID), else None."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID else None
 
 
 def _annotation_count(action: str, data: dict) -> int:
@@ -332,7 +326,7 @@ class Backend:
             tasks = data.get("tasks")
             if not isinstance(tasks, list) or not all(isinstance(t, dict) and "id" in t for t in tasks):
                 raise BadRequest("TASKS_CREATED needs 'tasks': a list of {\"id\": ...}")
-            ids = [_task_id(t["id"]) for t in tasks]  # only the ids: the placement reads the tasks itself
+            ids = [db_id(t["id"]) for t in tasks]  # only the ids: the placement reads the tasks itself
             if None in ids:
                 raise BadRequest(f"TASKS_CREATED: task ids must be integers from 1 to {MAX_ID}")
         self.saw_webhook(pid, action)
@@ -351,7 +345,7 @@ class Backend:
         else:
             n = _annotation_count(action, data)  # validates the payload before anything reads it
             num_tasks = project.get("task_number") if isinstance(project, dict) else None
-            num_tasks = num_tasks if _task_id(num_tasks) is not None or num_tasks == 0 else None
+            num_tasks = num_tasks if db_id(num_tasks) is not None or num_tasks == 0 else None
             out = sched.count_annotations(pid, n, num_tasks) if n else {"counted": 0}
             try:  # after the count: a damaged review.json must not cost the annotation its count
                 self.review_changed(pid, action, data)

@@ -498,17 +498,23 @@ class LabelStudioClient:
         raise ImageRefused(f"image origin {safe.origin} is not Label Studio's ({self.origin}) and not in "
                            "ALLOWED_IMAGE_HOSTS")
 
+    def _within_deadline(self, seconds: float) -> float:
+        """``seconds``, cut to what is left before ``self.deadline`` (LabelStudioError when nothing is)."""
+        if self.deadline is None:
+            return seconds
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise LabelStudioError("image download stopped: the request's time is up", None)
+        return min(seconds, left)
+
     def download(self, url: str) -> bytes:
         """The image's bytes. The key goes only to Label Studio's origin; a redirect is followed
         (at most MAX_REDIRECTS) only to an allowed origin and without the key."""
         safe, send_auth = self.resolve_image_url(url)
         for hop in range(MAX_REDIRECTS + 1):
-            timeout, whole = self.timeout, BODY_DEADLINE_FACTOR * self.timeout
-            if self.deadline is not None:  # each read and the whole answer end by the deadline
-                left = self.deadline - time.monotonic()
-                if left <= 0:
-                    raise LabelStudioError("image download not started: the request's time is up", None)
-                timeout, whole = min(timeout, left), min(whole, left)
+            # each read and the whole answer end by the deadline
+            timeout = self._within_deadline(self.timeout)
+            whole = self._within_deadline(BODY_DEADLINE_FACTOR * self.timeout)
             try:
                 if send_auth and self.deadline is not None:  # no retry waits either
                     r = self._request_once("GET", safe.url, ok=None, stream=True, timeout=timeout)
@@ -528,11 +534,8 @@ class LabelStudioClient:
                     continue
                 if r.status_code != 200:
                     raise LabelStudioError(f"image download failed: HTTP {r.status_code}")
-                if self.deadline is not None:  # connecting and the headers took their time too
-                    whole = min(whole, self.deadline - time.monotonic())
-                    if whole <= 0:
-                        raise LabelStudioError("image download stopped: the request's time is up", None)
-                return read_body(r, MAX_DOWNLOAD_BYTES, whole, "image download")
+                # connecting and the headers took their time too
+                return read_body(r, MAX_DOWNLOAD_BYTES, self._within_deadline(whole), "image download")
         raise ImageRefused(f"image URL redirects more than {MAX_REDIRECTS} times")
 
 

@@ -431,11 +431,10 @@ def hinted_task_ids(action: str, data: dict) -> List[int]:
     """The task ids a webhook names, as hints of what to re-read (never as data): the task of an
     annotation created or updated, the tasks of deleted annotations, created or deleted tasks.
     Anything that is not a positive integer a database holds (``store.MAX_ID``) is ignored."""
-    from ncalr_backend.service.store import MAX_ID
+    from ncalr_backend.service.store import db_id
 
     def tid(v):
-        v = v.get("id") if isinstance(v, dict) else v
-        return v if isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_ID else None
+        return db_id(v.get("id") if isinstance(v, dict) else v)
 
     found = []
     if action in ("TASKS_CREATED", "TASKS_DELETED"):

@@ -46,6 +46,11 @@ _lock = threading.RLock()
 MAX_ID = 2 ** 63 - 1  # Label Studio's ids are database integers (at most 64-bit)
 
 
+def db_id(value) -> Optional[int]:
+    """``value`` when it is an id Label Studio's database holds (a non-bool int in 1..MAX_ID), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID else None
+
+
 def project_id_from(value) -> Optional[int]:
     """Label Studio sends projects as "<id>.<created_ts>", an int, or a dict with "id". None for
     anything else, and for ids no database holds (< 1 or > MAX_ID: a project's files are named by it)."""
@@ -60,7 +65,7 @@ def project_id_from(value) -> Optional[int]:
         if not head.isascii() or not head.isdigit() or len(head) > 19:
             return None
         pid = int(head)
-    return pid if 0 < pid <= MAX_ID else None
+    return db_id(pid)
 
 
 # state.json's keys and their types: a damaged file (hand-edited, another version's) reads as the
