@@ -53,7 +53,7 @@ import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional
+from typing import Callable, Iterable, Iterator, List, Optional
 
 log = logging.getLogger(__name__)
 
@@ -264,10 +264,13 @@ class TaskMirror:
     # ------------------------------------------------------------------ sync
     @_heals
     def sync(self, client, project_id: int, task_number: Optional[int], page_size: int = 1000,
-             progress=None, data_key: Optional[str] = None) -> SyncReport:
+             progress=None, data_key: Optional[str] = None,
+             should_stop: Optional[Callable[[], bool]] = None) -> SyncReport:
         """Bring the mirror up to date with Label Studio (see the module docstring). ``data_key``:
         the labeling config's data key now; Label Studio serves storage-synced tasks' data under the
-        config's first key without moving their ``updated_at``, so a renamed key reads everything."""
+        config's first key without moving their ``updated_at``, so a renamed key reads everything.
+        ``should_stop`` is asked before each task read (a full read of 50,000 tasks takes about
+        24 s, longer than a deploy's grace): ``Interrupted``, the mirror left as it was."""
         t0 = time.time()
         started = client.server_time()  # Label Studio's clock: the next delta reads from here
         with self._db() as db:
@@ -286,11 +289,12 @@ class TaskMirror:
                   else f"the daily full read (changes Label Studio makes without moving updated_at)" if stale
                   else "")
         if reason:
-            rep = self._full(client, project_id, page_size, reason, progress, started, task_number)
+            rep = self._full(client, project_id, page_size, reason, progress, started, task_number, should_stop)
         else:
-            rep = self._delta(client, project_id, watermark, hints, page_size, progress, started)
+            rep = self._delta(client, project_id, watermark, hints, page_size, progress, started, should_stop)
             if task_number is not None and rep.tasks != int(task_number):
-                rep = self._reconcile(client, project_id, int(task_number), page_size, rep, progress, started)
+                rep = self._reconcile(client, project_id, int(task_number), page_size, rep, progress, started,
+                                      should_stop)
         if data_key is not None:  # what the mirrored data was read under (a full read, or as it already was)
             with self._db() as db:
                 self._set_meta(db, data_key=data_key)
@@ -317,12 +321,13 @@ class TaskMirror:
         return db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
 
     def _full(self, client, project_id: int, page_size: int, reason: str, progress, started: str,
-              total: Optional[int] = None) -> SyncReport:
+              total: Optional[int] = None, should_stop=None) -> SyncReport:
         from ncalr_backend.service.progress import track
         with self._db() as db:
             hints = [i for (i,) in db.execute("SELECT id FROM hints")]
             full_reads = self._meta(db, "full_reads", 0)
-        tasks = list(track(client.iter_tasks(project_id, page_size, include=INCLUDE), progress, "fetch_tasks", total))
+        tasks = list(_until(track(client.iter_tasks(project_id, page_size, include=INCLUDE), progress,
+                                   "fetch_tasks", total), should_stop))
         if not tasks and total:  # never replace a mirror by nothing on an answer that cannot be right
             from ncalr_backend.service.labelstudio import LabelStudioError
             raise LabelStudioError(f"project {project_id}: reading every task gave none, but Label Studio counts "
@@ -338,10 +343,11 @@ class TaskMirror:
         return SyncReport("full", reason, changed=len(tasks), tasks=n, hinted=len(hints))
 
     def _delta(self, client, project_id: int, watermark: str, hints: List[int], page_size: int,
-               progress, started: str) -> SyncReport:
+               progress, started: str, should_stop=None) -> SyncReport:
         from ncalr_backend.service.progress import track
-        changed = list(track(client.iter_tasks(project_id, page_size, updated_since=_behind(watermark, OVERLAP_S),
-                                              include=INCLUDE), progress, "fetch_tasks", None))
+        changed = list(_until(track(client.iter_tasks(project_id, page_size,
+                                                     updated_since=_behind(watermark, OVERLAP_S), include=INCLUDE),
+                                    progress, "fetch_tasks", None), should_stop))
         seen = {t.get("id") for t in changed}
         ask = [i for i in hints if i not in seen]
         again = client.get_tasks(project_id, ask) if ask else []
@@ -360,7 +366,7 @@ class TaskMirror:
         return SyncReport("delta", "", changed=len(changed) + len(again), removed=len(gone), hinted=len(hints), tasks=n)
 
     def _reconcile(self, client, project_id: int, task_number: int, page_size: int, rep: SyncReport,
-                   progress, started: str) -> SyncReport:
+                   progress, started: str, should_stop=None) -> SyncReport:
         """The counts disagree after a delta read: list Label Studio's task ids; drop what went and
         read what is missing. If the counts still disagree, read everything."""
         ids = set(client.task_ids(project_id, page_size))
@@ -383,8 +389,17 @@ class TaskMirror:
         if n != len(ids):  # against the listing, not the count read before the sync: a task created or
             # deleted meanwhile is in the listing (and the next delta), not a reason to read everything
             return self._full(client, project_id, page_size, f"still {n} tasks vs the {len(ids)} Label Studio "
-                                                              "listed", progress, started, len(ids))
+                                                              "listed", progress, started, len(ids), should_stop)
         return rep
+
+
+def _until(items: Iterable, should_stop: Optional[Callable[[], bool]]) -> Iterator:
+    """``items``, asking ``should_stop`` before each (the mirror is written only once all are read)."""
+    for n, item in enumerate(items):
+        if should_stop is not None and should_stop():
+            from ncalr_backend.engine import Interrupted
+            raise Interrupted(f"asked to stop while reading tasks ({n} read); the mirror is as it was")
+        yield item
 
 
 def _identity(path: Path):

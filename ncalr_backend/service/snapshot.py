@@ -186,7 +186,7 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
     """The project as the cycle trains on it. Tasks and annotations come from the local mirror,
     brought up to date with what changed in Label Studio (``mirror.py``); images from the cache
     or Label Studio, decoded straight into the labeled and the pool arrays. ``should_stop`` is
-    asked before each image (``Interrupted``)."""
+    asked before each task read and each image (``Interrupted``)."""
     t = time.time()
     project = client.get_project(project_id)
     cfg = parse_label_config(project.get("label_config"))
@@ -194,11 +194,13 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
     mirror = TaskMirror(store.root)
     task_number = project.get("task_number")
     task_number = task_number if isinstance(task_number, int) else None
-    sync = mirror.sync(client, project_id, task_number, settings.page_size, progress, data_key=cfg.data_key)
+    sync = mirror.sync(client, project_id, task_number, settings.page_size, progress, data_key=cfg.data_key,
+                       should_stop=should_stop)
     try:
         tasks = mirror.tasks()
     except MirrorReset:  # damaged since the sync and set aside: read the whole project into a new one
-        sync = mirror.sync(client, project_id, task_number, settings.page_size, progress, data_key=cfg.data_key)
+        sync = mirror.sync(client, project_id, task_number, settings.page_size, progress, data_key=cfg.data_key,
+                       should_stop=should_stop)
         tasks = mirror.tasks()
     fetch_tasks_s = time.time() - t
     from ncalr_backend.service.review import KEY_SCORE, ReviewState

@@ -1082,6 +1082,21 @@ def test_stopping_while_images_download_interrupts_the_snapshot(settings):
     assert st["in_progress"]["cycle"] == 1 and st["in_progress"]["interrupted"]
 
 
+def test_stopping_while_the_tasks_are_read_interrupts_the_snapshot(settings):
+    """Found by review: the task mirror's pages never asked whether to stop (a full read is about
+    24 s at 50,000 tasks): the stop waited for the whole read, past a deploy's grace."""
+    ls = FakeLS(n=60, n_labeled=8)
+    real = ls.iter_tasks
+    read = []
+    ls.iter_tasks = lambda *a, **k: (read.append(t) or t for t in real(*a, **k))
+    with pytest.raises(CycleError) as e:
+        run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls,
+                          should_stop=lambda: len(read) >= 5)
+    assert e.value.interrupted and "reading tasks" in str(e.value)
+    assert len(read) < 10 and ls.imported == [] and ls.patches == []
+    assert ProjectStore(settings.model_dir, 1).state()["in_progress"]["interrupted"]
+
+
 def test_an_image_download_ends_at_the_deadline_also_when_the_headers_came_late():
     """Found by review: the body's allowance was fixed before the request went out, so the time spent
     connecting and waiting for the headers came on top of the deadline."""

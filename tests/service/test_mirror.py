@@ -255,3 +255,32 @@ def test_only_damage_is_set_aside_and_never_a_mirror_another_process_already_rep
     slow.set_aside(found)  # late: the file it found damaged is gone; the new one must stay
     assert TaskMirror(tmp_path).state()["hints"] == 1
     assert len(list(tmp_path.glob("mirror.sqlite.corrupt"))) == 1
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_stop_during_the_task_reads_leaves_the_mirror_as_it_was(tmp_path, first):
+    """Found by review: the task pages never asked whether to stop, so a deploy during a full read
+    (about 24 s at 50,000 tasks) outlasted gunicorn's grace and counted as a crash. Now the read
+    stops at the next task (``Interrupted``) and nothing of it is written."""
+    from ncalr_backend.engine import Interrupted
+    ls = FakeLS(n=30, n_labeled=5)
+    m = TaskMirror(tmp_path)
+    if not first:
+        _sync(m, ls)
+        ls.tasks[10]["annotations"] = [_ann(11, "a")]
+    def kept():
+        st = m.state()
+        return (st.get("tasks") or 0, st.get("watermark"), st.get("full_reads") or 0, _labels(m) if st.get("tasks") else {})
+    before = kept()
+    asked = []
+
+    def stop():
+        asked.append(1)
+        return len(asked) > k  # k tasks read, then the backend is stopping
+    k = 3 if first else 0  # a delta reads one changed task (and the overlap's)
+    with pytest.raises(Interrupted, match=f"while reading tasks \\({k} read\\)"):
+        m.sync(ls, 1, len(ls.tasks), page_size=2, should_stop=stop)
+    assert kept() == before  # no watermark moved, no task written
+    rep = _sync(m, ls)  # the next cycle reads what the stopped one did not
+    assert rep.mode == ("full" if first else "delta")
+    assert _labels(m)[11] == (["a"] if not first else [])
