@@ -25,7 +25,7 @@ import time
 import uuid
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from flask import jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -359,13 +359,19 @@ class Backend:
         store = ProjectStore(self.settings.model_dir, pid)
         if not (store.root / "review.json").exists():
             return
-        if action == "ANNOTATIONS_DELETED":
+
+        def aid(a: dict) -> List[int]:  # the annotation a reviewer created or updated
+            return [a["id"]] if db_id(a.get("id")) is not None else []
+        if action == "ANNOTATIONS_DELETED":  # names no annotation that could now label the task
             anns = [a.get("id") for a in data.get("annotations") or [] if isinstance(a, dict)]
-            tids = review.tasks_of_annotations(store, [a for a in anns if isinstance(a, int)])
+            todo = {t: [] for t in review.tasks_of_annotations(store, [a for a in anns if db_id(a) is not None])}
         elif action == "ANNOTATIONS_CREATED":
             anns = [a for a in data.get("annotation") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
             listed = review.ReviewState(store).listed_tasks()
-            tids = sorted({a["task"] for a in anns if isinstance(a.get("task"), int) and str(a["task"]) in listed})
+            todo = {}
+            for a in anns:
+                if db_id(a.get("task")) is not None and str(a["task"]) in listed:
+                    todo.setdefault(a["task"], []).extend(aid(a))
         elif action == "ANNOTATION_CREATED" and isinstance(data.get("annotation"), dict) \
                 and data["annotation"].get("was_cancelled"):
             return  # a skip is no review: the listed label stays as it was, and stays listed
@@ -373,9 +379,10 @@ class Backend:
             task = data.get("task") if isinstance(data.get("task"), dict) else {}
             ann = data.get("annotation") if isinstance(data.get("annotation"), dict) else {}
             tid = task.get("id", ann.get("task"))
-            tids = [tid] if isinstance(tid, int) and str(tid) in review.ReviewState(store).listed_tasks() else []
-        if tids:
-            self.reviews.request(pid, tids)
+            todo = ({tid: aid(ann)} if db_id(tid) is not None and str(tid) in review.ReviewState(store).listed_tasks()
+                    else {})
+        if todo:
+            self.reviews.request(pid, todo)
 
     def train(self):
         """Deprecated /train (Label Studio < 1.4.1): treated like START_TRAINING."""

@@ -239,15 +239,18 @@ def commit(run: CycleRun, snap: Snapshot, res, wb: WriteBack, settings: Settings
 
 
 def tidy(client: LabelStudioClient, settings: Settings, run: CycleRun, previous: Optional[str],
-         label_errors: Optional[list] = None, relabel=None, marked=None) -> None:
+         label_errors: Optional[list] = None, relabel=None, marked=None, cfg=None) -> None:
     """After a commit: the suspected label errors into Label Studio's review tab (review.py);
     older prediction versions out of Label Studio, old cycle directories and least recently used
     cached images off the disk. Failures are logged, never fatal."""
     if label_errors is not None:
         try:
             out = review.publish(client, run.store, run.project_id, label_errors, since=run.started_at,
-                                 marked=marked)
+                                 marked=marked, cfg=cfg)
             run.store.update_state(review={**out, "cycle": run.cycle})
+            if relabel is not None:  # relabeled since the snapshot: no second annotator for a label it no longer has
+                for t in out.get("relabeled_since_snapshot") or []:
+                    relabel.new.pop(int(t), None)
         except Exception as exc:
             log.warning("project %s: could not publish the suspected label errors of cycle %s: %s",
                         run.project_id, run.cycle, exc)
@@ -423,5 +426,5 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         if err is exc:
             raise
         raise err from exc
-    tidy(client, settings, run, previous, label_errors, relabel, marked=snap.marked)
+    tidy(client, settings, run, previous, label_errors, relabel, marked=snap.marked, cfg=snap.cfg)
     return report

@@ -32,16 +32,18 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
+import os
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 
 from ncalr_backend.atomic import atomic_write_json
-from ncalr_backend.service.annotations import task_fingerprint
+from ncalr_backend.service.annotations import task_fingerprint, winning_annotation
 from ncalr_backend.service.labelconfig import ImageClassConfig, parse_label_config
 from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
 from ncalr_backend.service.predictions import prediction_item
@@ -54,6 +56,7 @@ KEY_SCORE = "ncalr_suspicion"
 KEY_SUGGESTED = "ncalr_suggested"
 KEY_LABEL = "ncalr_label"  # the label the score is about, as plain text (the annotation column is raw JSON)
 _thread_lock = threading.RLock()
+_todo_lock = threading.Lock()  # review_todo.json's: never waits behind a publish holding _thread_lock
 
 
 # ---------------------------------------------------------------------------- entries
@@ -65,6 +68,7 @@ def label_error_entries(res, snap) -> List[dict]:
         return []
     cfg: ImageClassConfig = snap.cfg
     p = np.asarray(rep.prob_mean, dtype=np.float64)
+    engine_score = (getattr(rep, "signals", None) or {}).get("p_mean")
     order = np.argsort(-np.asarray(rep.suspicion, dtype=np.float64), kind="stable")
     out = []
     for i in order:
@@ -72,7 +76,10 @@ def label_error_entries(res, snap) -> List[dict]:
         if cfg.multilabel:
             ks = list(given)
             suspect = int(rep.suspect_label[i])
-            score = 1.0 - min(1.0, len(ks) * float(p[i, suspect]))
+            # the engine's suspicion (per epoch min(1, |S| min p), then averaged) when it gave it, so
+            # the list sorts as the engine ranks; from the averaged probabilities otherwise
+            score = (float(engine_score[i]) if engine_score is not None
+                     else 1.0 - min(1.0, len(ks) * float(p[i, suspect])))
             sug = [cfg.labels[k] for k in np.flatnonzero(np.asarray(rep.suggested[i], dtype=bool))]
             label, suggested = [cfg.labels[k] for k in ks], sug
             extra = {"suspect": cfg.labels[suspect]}
@@ -110,6 +117,7 @@ class ReviewState:
             with open(self.store.root / ".review.lock", "a") as f:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX)
                 try:
+                    self.set_aside_if_damaged()
                     data = self.read()
                     yield data
                     atomic_write_json(self.path, data)  # reviewers' decisions: fsynced like state.json
@@ -117,26 +125,71 @@ class ReviewState:
                     fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def read(self) -> dict:
-        """review.json, each key of the type its readers expect: a damaged file (not an object, a
-        key of another type, a listed or relabel entry that is not an object) reads as empty there
-        rather than failing every webhook that touches a listed task (a 500, its count lost)."""
+        """review.json, each entry of the type its readers expect: a damaged file (not an object, a
+        key of another type, an entry whose values are of another type) reads as empty there rather
+        than failing every webhook that touches a listed task (a 500, its count lost) or every
+        cycle's publish. What is dropped is logged; a file that is not a JSON object at all is set
+        aside by ``locked`` before it is written over (it holds reviewers' decisions)."""
         d = read_json(self.path, {})
-        d = dict(d) if isinstance(d, dict) else {}
-        if not (d.get("view") is None or isinstance(d["view"], (int, str))) or isinstance(d.get("view"), bool):
-            d["view"] = None
-        for key in ("listed", "relabel"):  # {task: {...}}
-            v = d.get(key)
-            d[key] = {k: e for k, e in v.items() if isinstance(e, dict)} if isinstance(v, dict) else {}
-        for key in ("reviewed", "reviewed_at"):  # {task: fingerprint}, {task: unix time of its review}
-            if not isinstance(d.get(key), dict):
-                d[key] = {}
-        if not isinstance(d.get("keys_written"), bool):
-            d["keys_written"] = False
-        d.setdefault("view", None)
-        return d
+        return _checked(d if isinstance(d, dict) else {}, self.path)
+
+    def set_aside_if_damaged(self) -> None:
+        """A review.json that is not a JSON object (truncated, not UTF-8) is renamed to
+        ``review.json.corrupt-<time>`` before anything writes over it: reviewers' decisions are not a
+        cache that Label Studio can give back, so the damaged file is kept for a person to read."""
+        if not self.path.exists() or isinstance(read_json(self.path, None), dict):
+            return
+        aside = self.path.with_name(f"review.json.corrupt-{int(time.time())}")
+        os.replace(self.path, aside)
+        log.error("project %s: review.json was damaged (not a JSON object); set aside as %s, the reviewers' "
+                  "decisions in it are not read (a later cycle may list reviewed tasks again)",
+                  self.store.project_id, aside)
 
     def listed_tasks(self) -> Dict[str, dict]:
         return self.read()["listed"]
+
+
+def _is_id(k) -> bool:
+    return isinstance(k, str) and k.isascii() and k.isdigit() and 0 < len(k) <= 18
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _checked(d: dict, path) -> dict:
+    """``d`` with every entry of the types its readers expect (see ``ReviewState.read``)."""
+    d = dict(d)
+    dropped = []
+
+    def keep(key, ok):
+        v = d.get(key)
+        if not isinstance(v, dict):
+            if v is not None:
+                dropped.append(key)
+            return {}
+        out = {k: e for k, e in v.items() if _is_id(k) and ok(e)}
+        dropped.extend(f"{key}[{k}]" for k in v if k not in out)
+        return out
+    d["listed"] = keep("listed", lambda e: isinstance(e, dict) and _is_num(e.get("score"))
+                       and all(isinstance(e.get(k), (str, type(None))) for k in ("label", "suggested", "fingerprint")))
+    d["relabel"] = keep("relabel", lambda e: isinstance(e, dict) and isinstance(e.get("annotations"), int)
+                        and not isinstance(e.get("annotations"), bool) and isinstance(e.get("probs", {}), dict)
+                        and (e.get("cycle") is None or _is_num(e["cycle"]))
+                        and (e.get("expired") is None or _is_num(e["expired"])))
+    d["reviewed"] = keep("reviewed", lambda e: isinstance(e, str))
+    d["reviewed_at"] = keep("reviewed_at", _is_num)
+    view = d.get("view")
+    if not (view is None or (isinstance(view, int) and not isinstance(view, bool) and view > 0) or _is_id(view)):
+        dropped.append("view")
+        d["view"] = None
+    d.setdefault("view", None)
+    if not isinstance(d.get("keys_written"), bool):
+        d["keys_written"] = False
+    if dropped:
+        log.error("%s: entries of the wrong type ignored (a damaged or hand-edited file): %s", path,
+                  ", ".join(dropped[:20]) + (f" and {len(dropped) - 20} more" if len(dropped) > 20 else ""))
+    return d
 
 
 # ---------------------------------------------------------------------------- Label Studio
@@ -144,8 +197,14 @@ WRITE_CHUNK = 10  # tasks read just before they are written
 
 
 def _write_keys(client: LabelStudioClient, project_id: int, values: Dict[int, Optional[dict]],
-                done: Optional[Dict[int, Optional[dict]]] = None) -> List[int]:
+                done: Optional[Dict[int, Optional[dict]]] = None,
+                current: Optional[Callable[[int, dict], bool]] = None, stale: Optional[List[int]] = None
+                ) -> List[int]:
     """Set (or null) the three keys on each task; returns the tasks that no longer exist.
+
+    ``current(task id, task as read now)``: whether the task still has the label its values are
+    about; one that does not (relabeled since the cycle's snapshot) gets its keys nulled instead
+    and goes into ``stale``.
 
     Label Studio's PATCH replaces a task's whole ``data`` and has no compare-and-set, so whatever
     another client writes into a task's data between our read and our write is lost. The window is
@@ -165,6 +224,10 @@ def _write_keys(client: LabelStudioClient, project_id: int, values: Dict[int, Op
             if t is None:
                 gone.append(int(tid))
                 continue
+            if v is not None and current is not None and not current(int(tid), t):
+                v = None
+                if stale is not None:
+                    stale.append(int(tid))
             data = dict(t.get("data") or {})
             want = {KEY_SCORE: None if v is None else v["score"], KEY_LABEL: None if v is None else v.get("label"),
                     KEY_SUGGESTED: None if v is None else v["suggested"]}
@@ -214,20 +277,31 @@ def ensure_view(client: LabelStudioClient, project_id: int, view_id: Optional[in
 
 
 def publish(client: LabelStudioClient, store: ProjectStore, project_id: int, entries: List[dict],
-            since: Optional[float] = None, marked: Optional[Iterable[int]] = None) -> dict:
+            since: Optional[float] = None, marked: Optional[Iterable[int]] = None,
+            cfg: Optional[ImageClassConfig] = None) -> dict:
     """Make Label Studio list this cycle's flagged tasks (not those reviewed at their current
     label), and no other; keep the tab. Writes only what changed. ``since``: when the cycle
     started; a task reviewed after that was judged on a label this cycle may not have seen, so it
     is not listed again now (the next cycle decides on its current label). ``marked``: the tasks
     whose data in Label Studio carries the tab's score (the cycle's snapshot): any of them this
     state does not list is cleared too, so a lost or damaged ``review.json`` (a new MODEL_DIR, a
-    reset volume) cannot leave stale tasks on the tab for good."""
+    reset volume) cannot leave stale tasks on the tab for good. ``cfg`` (the cycle's label config):
+    each task about to be written is checked to still have the label the cycle scored (its
+    fingerprint, read just before the write); one relabeled since the snapshot is not listed, as
+    its correction's webhook (for a task not listed then) took nothing off the list. Reviews the
+    webhooks queued (``ReviewTodo``) are applied first; those still queued are not listed."""
+    try:
+        clear_pending(client, store, project_id)
+    except Exception as exc:  # noqa: BLE001 - Label Studio away: those tasks stay queued, and unlisted below
+        log.warning("project %s: reviewed tasks still queued to come off the list: %s", project_id, exc)
+    queued = set(ReviewTodo(store).read())
     with ReviewState(store).locked() as st:
         reviewed = st["reviewed"]
-        newer = {t for t, at in st["reviewed_at"].items() if since is not None and at >= since}
+        newer = {t for t, at in st["reviewed_at"].items() if since is not None and at >= since} | queued
+        flagged = [e for e in entries if e["flagged"]]
         target = {str(e["task"]): {"score": max(e["score"], 1e-4), "suggested": _label_text(e["suggested"]),
                                    "label": _label_text(e["label"]), "fingerprint": e["fingerprint"]}
-                  for e in entries if e["flagged"] and reviewed.get(str(e["task"])) != e["fingerprint"]
+                  for e in flagged if reviewed.get(str(e["task"])) != e["fingerprint"]
                   and str(e["task"]) not in newer}
         listed = st["listed"]
         changes: Dict[int, Optional[dict]] = {int(t): None for t in listed if t not in target}
@@ -238,11 +312,18 @@ def publish(client: LabelStudioClient, store: ProjectStore, project_id: int, ent
         changes.update({int(t): v for t, v in target.items()
                         if not _shown_as(listed.get(t) if seen is None or int(t) in seen else None, v)})
         done: Dict[int, Optional[dict]] = {}  # tasks that hold their new values now
+        stale: List[int] = []  # relabeled since the snapshot: cleared, not listed
+        relabel = st["relabel"]
+
+        def current(tid: int, task: dict) -> bool:
+            prefer = (relabel.get(str(tid)) or {}).get("probs") or None  # as the cycle's split
+            return cfg is None or task_fingerprint(task, cfg, prefer) == target[str(tid)]["fingerprint"]
         failure: Optional[Exception] = None
         try:
-            gone = _write_keys(client, project_id, changes, done)
+            gone = _write_keys(client, project_id, changes, done, current, stale)
         except Exception as exc:  # noqa: BLE001 - saved below, then raised: review.json must say what is shown
             failure, gone = exc, []
+        gone = gone + stale  # both: not listed, their keys null
         # review.json = what Label Studio shows: a task not rewritten keeps the values it was written
         # with, one a failure kept from being written (or cleared) keeps its old ones
         shown = {}
@@ -255,8 +336,8 @@ def publish(client: LabelStudioClient, store: ProjectStore, project_id: int, ent
                 shown[t] = v
             elif t in listed:
                 shown[t] = listed[t]
-        shown.update({t: v for t, v in listed.items() if t not in target and int(t) in changes
-                      and int(t) not in done and int(t) not in gone})
+        shown.update({t: v for t, v in listed.items() if (t not in target or int(t) in stale)
+                      and int(t) in changes and int(t) not in done and int(t) not in gone})
         st["listed"] = shown
         if failure is None and (st["listed"] or st["keys_written"]):
             st["keys_written"] = True
@@ -265,8 +346,10 @@ def publish(client: LabelStudioClient, store: ProjectStore, project_id: int, ent
             except Exception as exc:  # noqa: BLE001 - the keys are written and recorded; the view comes next cycle
                 failure = exc
         out = {"listed": len(st["listed"]), "written": len(done), "view": st["view"],
-               "suppressed_as_reviewed": sum(1 for e in entries if e["flagged"]
-                                             and reviewed.get(str(e["task"])) == e["fingerprint"])}
+               "suppressed_as_reviewed": sum(1 for e in flagged if reviewed.get(str(e["task"])) == e["fingerprint"]),
+               "reviewed_during_cycle": sum(1 for e in flagged if str(e["task"]) in newer
+                                            and reviewed.get(str(e["task"])) != e["fingerprint"]),
+               "relabeled_since_snapshot": sorted(stale), "gone": len(gone) - len(stale)}
     if failure is not None:
         raise failure
     log.info("project %s: %d suspected label errors listed in Label Studio (tab %s; %d task data writes)",
@@ -274,37 +357,121 @@ def publish(client: LabelStudioClient, store: ProjectStore, project_id: int, ent
     return out
 
 
-def clear(client: LabelStudioClient, store: ProjectStore, project_id: int, task_ids: Iterable[int]) -> List[int]:
-    """Take tasks off the list (their annotation changed or was confirmed) and remember their
-    current label as reviewed. Returns the tasks taken off."""
-    wanted = {str(int(t)) for t in task_ids}
-    if not wanted & set(ReviewState(store).listed_tasks()):
+def clear(client: LabelStudioClient, store: ProjectStore, project_id: int, tasks: Dict[int, Iterable[int]]
+          ) -> List[int]:
+    """Take tasks off the list (an annotation of theirs was created, updated or deleted) and
+    remember a task's current label as reviewed when the annotation that now labels it is one the
+    webhooks named (``tasks``: {task: ids of the annotations created or updated}; a deletion names
+    none): a reviewer who deletes the annotation the list was about, or adds one that another (a
+    ground truth) still outranks, has not confirmed the label that now wins, so a later cycle may
+    list it. Every task named gets ``reviewed_at`` (not listed again by a cycle that started
+    before), also one a publish took off the list before this ran. Returns the tasks taken off."""
+    named = {str(int(t)): {int(a) for a in anns} for t, anns in tasks.items()}
+    if not named:
         return []
     cfg = parse_label_config(client.get_project(project_id).get("label_config"))
     failure: Optional[Exception] = None
     with ReviewState(store).locked() as st:
-        ids = [int(t) for t in wanted if t in st["listed"]]
-        tasks = {int(t["id"]): t for t in client.get_tasks(project_id, ids, resolve_uri=False)}
-        done: Dict[int, Optional[dict]] = {}  # tasks whose keys are cleared in Label Studio now
+        ids = [int(t) for t in named]  # listed when their webhook came (a publish may have unlisted them since)
+        current = {int(t["id"]): t for t in client.get_tasks(project_id, ids, resolve_uri=False)}
+        listed = [t for t in ids if str(t) in st["listed"]]
+        done: Dict[int, Optional[dict]] = {t: None for t in ids if str(t) not in st["listed"]}  # nothing to null
         try:
-            gone = _write_keys(client, project_id, {t: None for t in ids}, done)
+            _write_keys(client, project_id, {t: None for t in listed}, done)
         except Exception as exc:  # noqa: BLE001 - saved below, then raised: review.json must say what is shown
-            failure, gone = exc, []
+            failure = exc
         # as publish: a failure half-way (Label Studio away) keeps the tasks it did not reach listed,
-        # and records the reviewer's decision for those it did
-        ids = [t for t in ids if t in done or t in gone]
+        # and records the reviewer's decision for those it did (a deleted task: nothing to record)
+        ids = [t for t in ids if t in done or t not in current]
         for t in ids:
             prefer = ((st.get("relabel") or {}).get(str(t)) or {}).get("probs") or None  # as the cycle's split
-            fp = task_fingerprint(tasks[t], cfg, prefer) if t in tasks else None
-            if fp is not None:
+            task = current.get(t)
+            win = winning_annotation(task, cfg, prefer) if task is not None else None
+            fp = task_fingerprint(task, cfg, prefer) if win is not None else None
+            if fp is not None and _id_of(win) in named[str(t)]:
                 st["reviewed"][str(t)] = fp
-                st["reviewed_at"][str(t)] = time.time()
+            st["reviewed_at"][str(t)] = time.time()
             st["listed"].pop(str(t), None)
     if failure is not None:
         raise failure
-    if ids:
-        log.info("project %s: %d task(s) reviewed, off the suspected-label-errors list: %s", project_id, len(ids), ids)
-    return ids
+    off = sorted(t for t in ids if t in listed)
+    if off:
+        log.info("project %s: %d task(s) reviewed, off the suspected-label-errors list: %s", project_id, len(off), off)
+    return off
+
+
+def _id_of(ann: dict) -> Optional[int]:
+    i = ann.get("id")
+    return i if isinstance(i, int) and not isinstance(i, bool) else None
+
+
+class ReviewTodo:
+    """``review_todo.json``: the reviews webhooks reported and ``clear`` has not yet applied
+    ({task: {"at": when last reported, "annotations": [ids created or updated]}}). Written (fsynced)
+    by the webhook before it answers, so a reviewer's decision survives a failed clear (Label
+    Studio away), a restart, a crash: the background clearer retries, and every cycle's
+    ``publish`` applies what is left first and never lists a task still here. Its own lock, held
+    for one small read-modify-write: never behind a publish's Label Studio calls."""
+
+    def __init__(self, store: ProjectStore):
+        self.store = store
+        self.path = store.root / "review_todo.json"
+
+    @contextmanager
+    def _locked(self):
+        with _todo_lock:
+            self.store.root.mkdir(parents=True, exist_ok=True)
+            with open(self.store.root / ".review_todo.lock", "a") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                try:
+                    data = self.read()
+                    before = dict(data)
+                    yield data
+                    if data != before:
+                        atomic_write_json(self.path, data)
+                finally:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def read(self) -> Dict[str, dict]:
+        d = read_json(self.path, {})
+        if not isinstance(d, dict):
+            return {}
+        return {t: {"at": float(e["at"]), "annotations": [a for a in e.get("annotations") or []
+                                                          if isinstance(a, int) and not isinstance(a, bool)]}
+                for t, e in d.items() if _is_id(t) and isinstance(e, dict) and _is_num(e.get("at"))
+                and isinstance(e.get("annotations", []), list)}
+
+    def add(self, tasks: Dict[int, Iterable[int]]) -> None:
+        now = time.time()
+        with self._locked() as d:
+            for t, anns in tasks.items():
+                e = d.get(str(int(t))) or {"annotations": []}
+                d[str(int(t))] = {"at": now, "annotations": sorted(set(e["annotations"]) | {int(a) for a in anns})}
+
+    def done(self, seen: Dict[str, dict]) -> None:
+        """Forget what ``seen`` (an earlier ``read``) held, unless reported again since."""
+        with self._locked() as d:
+            for t, e in seen.items():
+                if t in d and d[t]["at"] <= e["at"]:
+                    del d[t]
+
+
+def clear_pending(client: LabelStudioClient, store: ProjectStore, project_id: int) -> List[int]:
+    """Apply the reviews queued in ``ReviewTodo`` (``clear``); each is forgotten once applied (a
+    failure half-way keeps those it did not reach)."""
+    todo = ReviewTodo(store)
+    seen = todo.read()
+    if not seen:
+        return []
+    applied: List[int] = []
+    try:
+        applied = clear(client, store, project_id, {int(t): e["annotations"] for t, e in seen.items()})
+    except Exception:
+        st = ReviewState(store).read()  # what clear recorded before it failed
+        todo.done({t: e for t, e in seen.items() if t not in st["listed"] and st["reviewed_at"].get(t, -1) >= e["at"]})
+        raise
+    todo.done(seen)
+    return applied
 
 
 def tasks_of_annotations(store: ProjectStore, annotation_ids: Iterable[int]) -> List[int]:
@@ -338,41 +505,65 @@ def _label_text(label) -> str:
 
 
 class ReviewClearer:
-    """Clears reviewed tasks off the list in the background (the webhook answers at once)."""
+    """Applies the reviews webhooks queued (``ReviewTodo``) in the background: the webhook answers
+    at once. A failure (Label Studio away) is retried after ``RETRY_S`` (each delay once, then the
+    last one again), and the next cycle's publish applies what is still queued."""
+
+    RETRY_S = (5.0, 30.0, 120.0, 600.0)
 
     def __init__(self, settings, client_factory):
         self.settings = settings
         self.client_factory = client_factory
         self._cv = threading.Condition()
-        self._todo: Dict[int, set] = {}
+        self._due: Dict[int, float] = {}  # project -> when to (re)try
+        self._tries: Dict[int, int] = {}
         self._thread: Optional[threading.Thread] = None
 
-    def request(self, project_id: int, task_ids: Iterable[int]) -> int:
-        ids = {int(t) for t in task_ids}
-        if not ids:
+    def request(self, project_id: int, tasks: Dict[int, Iterable[int]]) -> int:
+        """Queue ``tasks`` ({task: annotation ids created or updated}) durably, then wake the clearer."""
+        tasks = {int(t): list(a) for t, a in tasks.items()}
+        if not tasks:
             return 0
+        ReviewTodo(ProjectStore(self.settings.model_dir, project_id)).add(tasks)
+        self._wake(int(project_id), 0.0)
+        return len(tasks)
+
+    def _wake(self, pid: int, delay: float) -> None:
         with self._cv:
-            self._todo.setdefault(int(project_id), set()).update(ids)
+            due = time.monotonic() + delay
+            self._due[pid] = min(self._due.get(pid, due), due)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="ncalr-review", daemon=True)
                 self._thread.start()
             self._cv.notify_all()
-        return len(ids)
 
     def _loop(self):
         while True:
             with self._cv:
-                while not self._todo:
-                    if not self._cv.wait(60):
-                        # said under the lock: a request from now on starts a new thread (between this
-                        # return and the thread's end is_alive() is still True, and the request waited)
-                        self._thread = None
-                        return
-                pid, ids = self._todo.popitem()
+                while True:
+                    if not self._due:
+                        if not self._cv.wait(60) and not self._due:
+                            # said under the lock: a request from now on starts a new thread (between this
+                            # return and the thread's end is_alive() is still True, and the request waited)
+                            self._thread = None
+                            return
+                        continue
+                    pid, at = min(self._due.items(), key=lambda kv: kv[1])
+                    wait = at - time.monotonic()
+                    if wait <= 0:
+                        del self._due[pid]
+                        break
+                    self._cv.wait(wait)
             try:
-                clear(self.client_factory(), ProjectStore(self.settings.model_dir, pid), pid, ids)
-            except Exception as exc:  # Label Studio away: the next cycle's publish sets it right
-                log.warning("project %s: could not take reviewed tasks %s off the list: %s", pid, sorted(ids), exc)
+                clear_pending(self.client_factory(), ProjectStore(self.settings.model_dir, pid), pid)
+                self._tries.pop(pid, None)
+            except Exception as exc:  # Label Studio away: kept in review_todo.json, tried again
+                n = self._tries.get(pid, 0)
+                self._tries[pid] = n + 1
+                delay = self.RETRY_S[min(n, len(self.RETRY_S) - 1)]
+                log.warning("project %s: could not take reviewed tasks off the list (kept, trying again in %.0f s; "
+                            "the next cycle applies them too): %s", pid, delay, exc)
+                self._wake(pid, delay)
 
 
 # ---------------------------------------------------------------------------- re-annotation

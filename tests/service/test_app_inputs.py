@@ -328,3 +328,30 @@ def test_a_setup_refusal_puts_only_printable_ascii_in_the_status_line(client):
     r = client.post("/setup", json={"schema": bad, "project": 1})
     assert r.status_code == 400
     assert all(" " <= c <= "~" for c in r.status), r.status
+
+
+def test_a_reviewers_correction_is_on_disk_before_the_webhook_answers(client, monkeypatch):
+    """Found by review: the review was queued in memory only and lost on one failed clear or a
+    restart (Label Studio does not send a webhook twice). It is in review_todo.json, with the
+    annotation the reviewer changed, before the 201; a deletion names no annotation."""
+    from ncalr_backend.service import review
+    from ncalr_backend.service.auth import SECRET_HEADER, project_key
+    from ncalr_backend.service.store import ProjectStore
+
+    backend = client.application.extensions["ncalr"]
+    monkeypatch.setattr(backend.reviews, "_wake", lambda pid, delay: None)  # no Label Studio here: only the queue
+    st = ProjectStore(client.model_dir, 6)
+    with review.ReviewState(st).locked() as d:
+        d["listed"] = {"5": {"score": 0.9, "label": "a", "suggested": "b", "fingerprint": "9:0"},
+                       "8": {"score": 0.8, "label": "a", "suggested": "b", "fingerprint": "12:0"}}
+    secret = project_key((client.model_dir / "webhook_key_secret").read_text().strip(), 6)
+    post = lambda body: client.post("/webhook", headers={SECRET_HEADER: secret}, json=body)  # noqa: E731
+    r = post({"action": "ANNOTATION_UPDATED", "project": {"id": 6}, "task": {"id": 5},
+              "annotation": {"id": 9, "task": 5, "result": []}})
+    assert r.status_code == 201
+    r = post({"action": "ANNOTATIONS_DELETED", "project": {"id": 6}, "annotations": [{"id": 12}]})
+    assert r.status_code == 201
+    r = post({"action": "ANNOTATION_CREATED", "project": {"id": 6}, "task": {"id": 77},
+              "annotation": {"id": 70, "task": 77, "result": []}})  # not listed: nothing queued
+    todo = review.ReviewTodo(st).read()
+    assert {t: e["annotations"] for t, e in todo.items()} == {"5": [9], "8": []}

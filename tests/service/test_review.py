@@ -23,6 +23,12 @@ def truthful_except(wrong):
     return lambda i: [("b" if i % 2 else "a") if i in wrong else ("a" if i % 2 else "b")]
 
 
+def _anns(ls, *tids):
+    """{task: its annotations' ids}: what a reviewer's webhooks name when they re-submit or correct them."""
+    return {t["id"]: [a["id"] for a in t.get("annotations") or []] for t in ls.tasks if t["id"] in tids} | \
+        {t: [] for t in tids if t not in {x["id"] for x in ls.tasks}}
+
+
 def _listed(ls):
     return {t["id"]: t["data"][review.KEY_SCORE] for t in ls.tasks if t["data"].get(review.KEY_SCORE)}
 
@@ -56,7 +62,8 @@ def test_wrong_labels_are_listed_most_suspect_first_and_reviewers_take_them_off(
     t3 = next(t for t in ls.tasks if t["id"] == 3)
     t3["annotations"][0]["result"][0]["value"]["choices"] = ["a"]
     t3["annotations"][0]["updated_at"] = "2025"
-    assert sorted(review.clear(ls, st, 1, [3, 6, 7])) == [3, 6]  # 7 was never listed: nothing to do
+    # 7 was never listed (and no annotation of it named): nothing to take off, nothing reviewed
+    assert sorted(review.clear(ls, st, 1, _anns(ls, 3, 6) | {7: []})) == [3, 6]
     assert not ({3, 6} & set(_listed(ls)))
     reviewed = review.ReviewState(st).read()["reviewed"]
     assert set(reviewed) == {"3", "6"}
@@ -324,14 +331,14 @@ def test_when_taking_reviewed_tasks_off_fails_half_way_the_tasks_it_reached_are_
                                    "fingerprint": f"{t}:0"} for t, s in ((1, 0.9), (2, 0.8))])
     calls = _fail_patch(ls, 2, RuntimeError("HTTP 503"))
     with pytest.raises(RuntimeError, match="503"):
-        review.clear(ls, store, 1, [1, 2])
+        review.clear(ls, store, 1, _anns(ls, 1, 2))
     first = int(calls[0].rstrip("/").rsplit("/", 1)[1])  # the task whose keys were cleared
     st = review.ReviewState(store).read()
     shown = {t["id"]: t["data"].get(review.KEY_SUGGESTED) for t in ls.tasks if t["id"] in (1, 2)}
     assert shown[first] is None and set(st["listed"]) == {str(3 - first)}  # the other one is still listed
     assert str(first) in st["reviewed"]
     del ls.request  # FakeLS's own again
-    assert review.clear(ls, store, 1, [3 - first]) == [3 - first]
+    assert review.clear(ls, store, 1, _anns(ls, 3 - first)) == [3 - first]
     assert review.ReviewState(store).read()["listed"] == {}
 
 
@@ -382,3 +389,145 @@ def test_review_json_is_synced_to_disk(tmp_path, monkeypatch):
         st["reviewed"]["7"] = "fingerprint"
     assert len(synced) == 1
     assert json.loads(state.path.read_text())["reviewed"] == {"7": "fingerprint"}
+
+
+def _flag(t, fp, label="a", suggested="b", score=0.9):
+    return {"task": t, "flagged": True, "score": score, "label": label, "suggested": suggested, "fingerprint": fp}
+
+
+def test_a_task_relabeled_between_the_snapshot_and_the_publish_is_not_listed(tmp_path):
+    """Found by review: only a task already listed had its correction's webhook acted on, so a task
+    corrected while a cycle ran (between its snapshot and its publish) was listed with the label it
+    no longer had, and with RELABEL_SHARE sent to a second annotator. The publish now reads each task
+    just before writing it and compares its label's fingerprint with the cycle's."""
+    from ncalr_backend.service.labelconfig import parse_label_config
+    from tests.service.test_cycle import CFG
+
+    ls = FakeLS(n=12, n_labeled=6)
+    store = ProjectStore(tmp_path, 1)
+    cfg = parse_label_config(CFG)
+    review.publish(ls, store, 1, [_flag(4, "104:1")], cfg=cfg)  # listed before: its label is as scored
+    assert set(_listed(ls)) == {4}
+    t3 = next(t for t in ls.tasks if t["id"] == 3)
+    t3["annotations"][0]["result"][0]["value"]["choices"] = ["b"]  # corrected after the snapshot ("a" = 0)
+    t4 = next(t for t in ls.tasks if t["id"] == 4)
+    t4["annotations"].append({"id": 204, "was_cancelled": False, "updated_at": "2025", "result": [
+        {"from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": ["a"]}}]})
+    out = review.publish(ls, store, 1, [_flag(3, "103:0"), _flag(4, "104:1", label="b", suggested="a",
+                                                                     score=0.5)], cfg=cfg)
+    assert out["relabeled_since_snapshot"] == [3, 4] and out["listed"] == 0
+    assert _listed(ls) == {} and review.ReviewState(store).listed_tasks() == {}
+    # unchanged tasks are listed as before
+    out = review.publish(ls, store, 1, [_flag(5, "105:0")], cfg=cfg)
+    assert out["listed"] == 1 and set(_listed(ls)) == {5}
+
+
+def test_deleting_the_annotation_a_task_was_listed_for_is_no_review_of_the_one_left(tmp_path):
+    """Found by review: deleting the winning annotation (or adding one a ground truth still
+    outranks) recorded the label that then won as reviewed, so it was never listed again though
+    nobody had looked at it. Only an annotation the webhooks named, winning now, is a review."""
+    from ncalr_backend.service.labelconfig import parse_label_config
+    from tests.service.test_cycle import CFG
+
+    ls = FakeLS(n=12, n_labeled=6)
+    store = ProjectStore(tmp_path, 1)
+    t3 = next(t for t in ls.tasks if t["id"] == 3)
+    older = {"id": 50, "was_cancelled": False, "updated_at": "2023", "result": [
+        {"from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": ["b"]}}]}
+    t3["annotations"].append(older)  # 103 ("a", newer) wins; 50 ("b") is older
+    review.publish(ls, store, 1, [_flag(3, "103:0"), _flag(5, "105:0")], cfg=parse_label_config(CFG))
+    t3["annotations"] = [older]  # the reviewer deletes 103: ANNOTATIONS_DELETED names it
+    assert review.tasks_of_annotations(store, [103]) == [3]
+    assert review.clear(ls, store, 1, {3: []}) == [3]
+    st = review.ReviewState(store).read()
+    assert "3" not in st["listed"] and "3" not in st["reviewed"] and "3" in st["reviewed_at"]
+    # re-submitting the winning annotation as it is confirms it
+    assert review.clear(ls, store, 1, {5: [105]}) == [5]
+    assert review.ReviewState(store).read()["reviewed"]["5"] == "105:0"
+
+
+def test_a_review_survives_a_failed_clear_and_a_restart(tmp_path, monkeypatch):
+    """Found by review: the background clearer kept its to-do list in memory and dropped it on one
+    failure (Label Studio away) or a restart; the webhook had answered, so the decision was lost and
+    the task came back. The webhook's review is now on disk before it answers; the clearer retries,
+    and every publish applies what is left and never lists a task still waiting."""
+    import time
+
+    ls = FakeLS(n=12, n_labeled=6)
+    settings = type("S", (), {"model_dir": tmp_path})()
+    store = ProjectStore(tmp_path, 1)
+    review.publish(ls, store, 1, [_flag(3, "103:0"), _flag(5, "105:0")])
+    real, fails = ls.get_project, [2]
+
+    def flaky(pid):
+        if fails[0] > 0:
+            fails[0] -= 1
+            raise review.LabelStudioError("GET /api/projects/1/: 503")
+        return real(pid)
+    ls.get_project = flaky
+    monkeypatch.setattr(review.ReviewClearer, "RETRY_S", (0.05,))
+    clearer = review.ReviewClearer(settings, lambda: ls)
+    assert clearer.request(1, {3: [103]}) == 1
+    assert set(review.ReviewTodo(store).read()) == {"3"}  # on disk before the webhook answers
+    deadline = time.time() + 10
+    while review.ReviewTodo(store).read() and time.time() < deadline:
+        time.sleep(0.05)
+    assert fails == [0] and review.ReviewTodo(store).read() == {}  # failed twice, then applied
+    assert 3 not in _listed(ls) and review.ReviewState(store).read()["reviewed"]["3"] == "103:0"
+
+    # a "restart": the review is queued but no clearer runs; the next publish applies it first
+    review.ReviewTodo(store).add({5: [105]})
+    out = review.publish(ls, store, 1, [_flag(5, "105:0")])
+    assert out["listed"] == 0 and 5 not in _listed(ls) and review.ReviewTodo(store).read() == {}
+    # ... and with Label Studio away for that first step, the waiting task is not listed, and its
+    # review is applied later although the publish took it off the tab meanwhile
+    review.publish(ls, store, 1, [_flag(6, "106:1")])
+    review.ReviewTodo(store).add({6: [106]})
+    fails[0] = 1
+    out = review.publish(ls, store, 1, [_flag(6, "106:1")])
+    assert out["listed"] == 0 and 6 not in _listed(ls) and set(review.ReviewTodo(store).read()) == {"6"}
+    assert review.clear_pending(ls, store, 1) == []  # off the tab already
+    assert review.ReviewState(store).read()["reviewed"]["6"] == "106:1" and review.ReviewTodo(store).read() == {}
+
+
+def test_a_damaged_review_file_is_set_aside_and_bad_entries_are_dropped(tmp_path):
+    """Found by review: read() checked each key's type but not the values inside, so a string
+    reviewed_at, a string score, a non-numeric view or a relabel entry without its count failed
+    every cycle's publish (or relabel plan); and a truncated file was overwritten, wiping every
+    reviewer's decision. Bad entries are now dropped (logged), a file that is not JSON is kept aside."""
+    ls = FakeLS(n=12, n_labeled=6)
+    store = ProjectStore(tmp_path, 1)
+    store.root.mkdir(parents=True)
+    path = store.root / "review.json"
+    path.write_text(json.dumps({"view": "tab", "listed": {"3": {"score": "high"}, "x": {"score": 0.5},
+                                                          "4": {"score": 0.5, "label": "a", "suggested": "b"}},
+                                "reviewed": {"5": "105:0", "6": 7}, "reviewed_at": {"5": "yesterday", "7": 1.0},
+                                "relabel": {"8": {"probs": {}}, "9": {"annotations": 1, "probs": {}}}}))
+    st = review.ReviewState(store).read()
+    assert st["view"] is None and set(st["listed"]) == {"4"} and st["reviewed"] == {"5": "105:0"}
+    assert st["reviewed_at"] == {"7": 1.0} and set(st["relabel"]) == {"9"}
+    out = review.publish(ls, store, 1, [_flag(3, "103:0")])  # used to raise TypeError / ValueError
+    assert out["listed"] == 1
+    path.write_text('{"reviewed": {"5": "105:0"}, "listed": {"3": ')  # truncated
+    review.publish(ls, store, 1, [_flag(3, "103:0")])
+    (aside,) = store.root.glob("review.json.corrupt-*")
+    assert aside.read_text().startswith('{"reviewed": {"5": "105:0"}')
+    assert isinstance(json.loads(path.read_text()), dict)
+
+
+def test_multi_label_entries_sort_as_the_engine_ranks():
+    """Found by review: the list showed 1 - |S| min p-bar (after averaging over epochs) while the engine
+    ranks by the mean of the per-epoch min(1, |S| min p): by Jensen the shown score is lower and
+    the order could differ. Now the entry's score is the engine's own."""
+    from types import SimpleNamespace
+
+    from ncalr_backend.service.labelconfig import parse_label_config
+    from tests.service.test_cycle import MULTI_CFG
+    ml = SimpleNamespace(cfg=parse_label_config(MULTI_CFG), lab_ids=[5, 6], lab_labels=[[0, 2], [1, 2]],
+                         lab_fingerprints=["7:[0, 2]", "8:[1, 2]"])
+    rep = SimpleNamespace(prob_mean=np.array([[0.45, 0.5, 0.05], [0.1, 0.5, 0.4]]), suspicion=np.array([2.0, 1.0]),
+                          suggested=np.array([[True, True, False], [False, True, True]]),
+                          suspect_label=np.array([2, 0]), flagged=np.array([True, False]),
+                          signals={"p_mean": np.array([0.95, 0.3])})
+    e = review.label_error_entries(SimpleNamespace(label_report=rep), ml)
+    assert [(x["task"], x["score"]) for x in e] == [(5, 0.95), (6, 0.3)]
