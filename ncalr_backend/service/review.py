@@ -46,7 +46,6 @@ from ncalr_backend.atomic import atomic_write_json
 from ncalr_backend.service.annotations import task_fingerprint, winning_annotation
 from ncalr_backend.service.labelconfig import ImageClassConfig, parse_label_config
 from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
-from ncalr_backend.service.predictions import prediction_item
 from ncalr_backend.service.store import ProjectStore, read_json
 
 log = logging.getLogger(__name__)
@@ -616,16 +615,13 @@ def relabel_plan(settings, snap, res, entries: List[dict], store: ProjectStore, 
         new[t] = {"probs": {str(c): round(float(v), 6) for c, v in enumerate(p)},
                   "annotations": int(snap.annotation_counts.get(t, 1))}
     queue = pending + list(new)
-    # Label Studio's import refuses a prediction with an empty result: each carries the model's
-    # suggestion (with its epoch-averaged probability), as every queued task carries a prediction
+    # each gets a queue prediction with an EMPTY result: it keeps the task's place in the queue, and
+    # the second annotator is not shown the model's suggestion (a re-annotation is worth its cost as
+    # an independent opinion; a pre-filled choice anchors it). Label Studio 1.23.2's import accepts
+    # an empty result (label_studio_sdk's validate_prediction; the integration test imports them)
     by_task = {e["task"]: e for e in entries}
-    items = []
-    for i, t in enumerate(queue):
-        if t not in by_task or t not in index:
-            continue
-        sug = by_task[t]["suggested"]
-        conf = float(rep.prob_mean[index[t]][snap.cfg.index(sug)])
-        items.append(prediction_item(t, {"label": sug, "confidence": conf}, float(i), snap.cfg, version))
+    items = [{"task": int(t), "result": [], "score": float(i), "model_version": version}
+             for i, t in enumerate(queue) if t in by_task and t in index]
     return RelabelPlan(new=new, pending=pending, items=items, expired=expired, cycle=cycle)
 
 
