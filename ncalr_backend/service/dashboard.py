@@ -3,7 +3,9 @@
 Server-rendered HTML with inline SVG plots (``svgplot.py``), read from the files the cycles write
 (``insight.project_view``, ``progress.read_progress``); no front-end stack, no request to Label
 Studio. Per project: the running cycle's stage, counts and ETA (the section refreshes itself every
-2 s from ``/dashboard/progress``, and the page reloads when a cycle ends); the history of cycles;
+2 s from ``/dashboard/progress``, which reads only ``insight.progress_view`` and progress.json, and
+the page reloads when a cycle ends); the new annotations the scheduler counted (RQ: in Redis); the
+history of the cycles still on disk (KEEP_CYCLES, KEEP_FAILED);
 plots (learning-curve estimate, score distributions, NC1-NC4 and SELI/ETF distances per epoch,
 training accuracy); the next tasks of the queue with thumbnails and their score components; the
 label-error flags once a cycle writes them.
@@ -12,12 +14,14 @@ Everything from outside (labels, task data, error messages) goes through ``html.
 Thumbnails come only from the image cache (``MODEL_DIR/cache``), only for tasks the latest cycle
 lists as next, re-encoded as PNG: a request never makes the backend fetch a URL. The routes sit
 behind the app's basic auth like every other route (``app.before_request``); without basic auth
-they answer only clients on this machine (``Auth.dashboard_ok``). Task URLs in failure reasons are
-cut to scheme://host/path (``urls.redact_urls``).
+they answer only clients on this machine (``Auth.dashboard_ok``), and only requests addressed to it
+by a local name or PUBLIC_URL's host (``local_host``: DNS rebinding). Task URLs in failure reasons
+are cut to scheme://host/path (``urls.redact_urls``).
 
 The files are read as they are: a damaged one (not JSON, wrong types, non-finite numbers) is drawn
-as "–" where a value is wrong, and a project whose files break its section anyway is shown as
-unreadable (the exception goes to the log) while the other projects render.
+as "–" where a value is wrong (progress.json through ``progress.clean``), a progress.json that
+breaks the "Now" block anyway degrades that block only, and a project whose files break its section
+anyway is shown as unreadable (the exception goes to the log) while the other projects render.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import ipaddress
 import logging
 import math
 import time
@@ -32,10 +37,12 @@ from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlsplit
 
 from ncalr_backend.service.auth import DASHBOARD_CLOSED
-from ncalr_backend.service.insight import active_projects, project_view, thumbnail_url_for
+from ncalr_backend.service.insight import active_projects, progress_view, project_view, thumbnail_url_for
 from ncalr_backend.service.progress import STAGE_TITLES, STAGES, TIMING_KEYS, read_progress
+from ncalr_backend.service.recovery import MAX_CRASHES
 from ncalr_backend.service.store import project_id_from
 from ncalr_backend.service.svgplot import PALETTE, empty_plot, fmt, histogram, line_plot, stacked_bar
 from ncalr_backend.service.urls import redact_urls
@@ -91,7 +98,9 @@ def pct(v) -> str:
 def _stage_rows(p: dict, now: float) -> str:
     done = p.get("done") if isinstance(p.get("done"), list) else []
     done = {d["stage"]: d for d in done if isinstance(d, dict) and isinstance(d.get("stage"), str)}
-    cur = p.get("stage") if p.get("status") == "running" else None
+    status = p.get("status")
+    cur = p.get("stage") if status == "running" else None
+    stopped = stopped_stage(p)
     rows = []
     for s in STAGES:
         d = done.get(s)
@@ -108,19 +117,68 @@ def _stage_rows(p: dict, now: float) -> str:
                         f'<td class="count">{e(count)}</td><td>{bar}</td>'
                         f'<td>{e(secs(now - (num(p.get("stage_started_at")) or now)))}'
                         f'{" · " + e(pct(frac)) if frac is not None else ""}</td><td>{e(detail)}</td></tr>')
+        elif s == stopped:
+            # before "done": a record written before the fix lists the stopped stage as done too
+            at = obj(p.get("stopped")) if obj(p.get("stopped")).get("stage") == s else {}
+            failed = status == "failed"
+            rows.append(f'<tr class="stage {"failed" if failed else "interrupted"}" data-stage="{e(s)}">'
+                        f'<td>{"✗" if failed else "■"} {e(STAGE_TITLES[s])}</td>'
+                        f'<td class="count">{e(_count(at))}</td><td></td>'
+                        f'<td>{e(secs(at.get("seconds")) if at else "")}</td>'
+                        f'<td>{"failed here" if failed else "stopped here"}</td></tr>')
         elif d:
-            count = (f"{d.get('k')}/{d['n']} {d.get('unit') or ''}" if d.get("n") is not None
-                     else (f"{d['k']} {d.get('unit') or ''}" if d.get("k") else ""))
+            count = _count(d)
             detail = _train_detail(obj(d.get("extra")), d.get("k"), d.get("n"), final=True) if s == "train" else ""
             rows.append(f'<tr class="stage done" data-stage="{e(s)}"><td>✓ {e(STAGE_TITLES[s])}</td>'
                         f'<td class="count">{e(count)}</td><td></td><td>{e(secs(d.get("seconds")))}</td>'
                         f'<td>{e(detail)}</td></tr>')
         else:
-            failed = p.get("status") == "failed" and p.get("failed_stage") == s
-            mark = "✗" if failed else "·"
-            rows.append(f'<tr class="stage {"failed" if failed else "pending"}" data-stage="{e(s)}">'
-                        f'<td>{mark} {e(STAGE_TITLES[s])}</td><td></td><td></td><td></td><td></td></tr>')
+            rows.append(f'<tr class="stage pending" data-stage="{e(s)}">'
+                        f'<td>· {e(STAGE_TITLES[s])}</td><td></td><td></td><td></td><td></td></tr>')
     return '<table class="stages">' + "".join(rows) + "</table>"
+
+
+def _count(d: dict) -> str:
+    """"k/n unit" (or "k unit") of a stage record."""
+    if d.get("n") is not None:
+        return f"{d.get('k')}/{d['n']} {d.get('unit') or ''}"
+    return f"{d['k']} {d.get('unit') or ''}" if d.get("k") else ""
+
+
+def stopped_stage(p: dict) -> Optional[str]:
+    """The stage a failed or interrupted cycle stopped in (None when unknown): ``stopped_stage``, or
+    ``failed_stage`` (records written before it), or an interrupted record's ``stage`` (a process
+    that died leaves the stage it was in)."""
+    status = p.get("status")
+    if status not in ("failed", "interrupted"):
+        return None
+    for key in ("stopped_stage", "failed_stage") + (("stage",) if status == "interrupted" else ()):
+        v = p.get(key)
+        if isinstance(v, str) and v in STAGES:
+            return v
+    return None
+
+
+def _rerun_text(p: dict, state: dict, sched: Optional[dict]) -> str:
+    """What happens to an interrupted cycle now (found by review: "it is run again on restart" was
+    wrong with Redis, where a web process's reaper requests it again, and after a crash loop, where
+    nothing does)."""
+    ip, mode = obj(state.get("in_progress")), obj(sched).get("mode")
+    crashes = num(state.get("crashed_cycles")) or 0
+    if state.get("pending"):
+        return "it is waiting to run again"
+    if ip:  # still marked in progress: recovery runs it again
+        if mode == "rq":
+            return ("a web process's reaper requests it again once its worker's lock has lapsed (RQ_LOCK_TTL), "
+                    "and a worker runs it")
+        if mode == "embedded":
+            return "the backend runs it again when it next starts"
+        return ("it runs again at the backend's next start (with Redis: once a web process's reaper finds its "
+                "worker gone)")
+    if crashes >= MAX_CRASHES:
+        return (f"the last {int(crashes)} cycles each ended with their process (out of memory?), so it is not "
+                "run again automatically: the next trigger or Start training runs a cycle")
+    return "it is not waiting to run again: the next trigger or Start training runs a cycle"
 
 
 def _train_detail(x: dict, k, n, final: bool = False) -> str:
@@ -137,9 +195,18 @@ def _train_detail(x: dict, k, n, final: bool = False) -> str:
     return " · ".join(parts)
 
 
-def progress_section(pid: int, p: Optional[dict], state: dict, sched: Optional[dict], now: float) -> str:
-    """The self-refreshing part: the running (or last) cycle's stages, counts and ETA."""
-    status = (p or {}).get("status") or "none"
+def new_annotations(state: dict, sched: Optional[dict]):
+    """The annotations counted since the last trigger: the scheduler's count when it keeps one
+    (RQ counts in Redis, not in ``state.json``; found by review: the page said 0), else the state's."""
+    n = obj(sched).get("new_annotations")
+    return n if num(n) is not None else (state.get("new_annotations") or 0)
+
+
+def progress_section(pid: int, p: Optional[dict], state: dict, sched: Optional[dict], now: float,
+                     unreadable: bool = False) -> str:
+    """The self-refreshing part: the running (or last) cycle's stages, counts and ETA.
+    ``unreadable``: progress.json could not be read (this part says so, the rest still shows)."""
+    status = (p or {}).get("status") or ("unreadable" if unreadable else "none")
     last_completed = state.get("last_completed") or 0
     attrs = (f'id="progress-{pid}" class="progress status-{e(status)}" data-project="{pid}" '
              f'data-status="{e(status)}" data-cycle="{e((p or {}).get("cycle"))}" '
@@ -156,7 +223,7 @@ def progress_section(pid: int, p: Optional[dict], state: dict, sched: Optional[d
                      f'{e(secs(p.get("elapsed_s")))} elapsed · <span class="eta">{e(eta_txt)}</span></p>')
     elif status == "failed":
         lines.append(f'<p class="headline failed"><b>Cycle {e(p.get("cycle"))} failed</b> in '
-                     f'{e(STAGE_TITLES.get(p.get("failed_stage")) or "its start (reading the project)")} at '
+                     f'{e(STAGE_TITLES.get(stopped_stage(p)) or "its start (reading the project)")} at '
                      f'{e(when(p.get("finished_at")))} UTC: <span class="error">{e(redact_urls(p.get("error")))}'
                      f'</span></p>')
     elif status == "completed":
@@ -164,15 +231,18 @@ def progress_section(pid: int, p: Optional[dict], state: dict, sched: Optional[d
         lines.append(f'<p class="headline"><b>Idle.</b> Cycle {e(p.get("cycle"))} completed at '
                      f'{e(when(p.get("finished_at")))} UTC, {e(secs(took))} from trigger to live.</p>')
     elif status == "interrupted":
+        where = STAGE_TITLES.get(stopped_stage(p))
         lines.append(f'<p class="headline failed"><b>Cycle {e(p.get("cycle"))} was interrupted</b> '
-                     f'(the backend stopped during {e(STAGE_TITLES.get(p.get("stage"), p.get("stage")))}); '
-                     f'it is run again on restart.</p>')
+                     f'(the backend stopped {"during " + e(where) if where else "before its first stage"}); '
+                     f'{e(_rerun_text(p, state, sched))}.</p>')
+    elif unreadable:
+        lines.append(f'<p class="headline error">{e(PROGRESS_UNREADABLE)}</p>')
     else:
         lines.append('<p class="headline"><b>No cycle yet.</b></p>')
     if waiting:
         pend = obj(state.get("pending"))
         lines.append(f'<p class="waiting">A cycle is waiting: {e(pend.get("reason") or "requested")}.</p>')
-    lines.append(f'<p class="counter">{e(state.get("new_annotations") or 0)} new annotations since the last '
+    lines.append(f'<p class="counter">{e(new_annotations(state, sched))} new annotations since the last '
                  f'trigger{" · threshold " + e(state.get("threshold")) if state.get("threshold") else ""}.</p>')
     if p:
         lines.append(_stage_rows(p, now))
@@ -244,8 +314,10 @@ def _ci(a: dict) -> list:
 
 
 def learning_curve(rows: list) -> str:
+    # only the points that are drawn, so that each tooltip and error bar stays with its point
     pts = [(r.get("num_labeled"), r["next_labels_accuracy"]) for r in rows
-           if r.get("status") == "completed" and obj(r.get("next_labels_accuracy")).get("n")]
+           if r.get("status") == "completed" and obj(r.get("next_labels_accuracy")).get("n")
+           and num(r.get("num_labeled")) is not None and num(r["next_labels_accuracy"].get("accuracy")) is not None]
     xs = [x for x, _ in pts]
     ys = [a.get("accuracy") for _, a in pts]
     tips = [[f"cycle {a.get('cycle')}: {a.get('correct')}/{a.get('n')} = {pct(a.get('accuracy'))} "
@@ -255,11 +327,38 @@ def learning_curve(rows: list) -> str:
                      bands=[(xs, [_ci(a)[0] for _, a in pts], [_ci(a)[1] for _, a in pts])])
 
 
+FF_TITLES = {"flips": "FF: prediction flips (pool)",
+             "flips+margin": "FF: flips + mean closeness, 1 − margin (pool)",
+             "margin": "FF: mean closeness, 1 − margin (pool)"}
+
+
+FF_NOTES = {"flips": "prediction flips across terminal-phase checkpoints",
+            "flips+margin": "prediction flips across terminal-phase checkpoints plus the mean closeness of the top "
+                            "two classes, 1 − margin, over them (NCALR_FF_MODE flips+margin)",
+            "margin": "the mean closeness of the top two classes, 1 − margin, across terminal-phase checkpoints "
+                      "(NCALR_FF_MODE margin)"}
+
+
+def ff_note(dash: Optional[dict]) -> str:
+    """What FF is, for the cycle's ``ff_mode`` (found by review: "prediction flips" in every mode)."""
+    mode = obj(dash).get("ff_mode")
+    return FF_NOTES.get(mode, FF_NOTES["flips"]) if isinstance(mode, str) else FF_NOTES["flips"]
+
+
+def ff_title(dash: Optional[dict]) -> str:
+    """The FF plot's title for the cycle's ``ff_mode`` (flips: whole counts; the margin modes add
+    or are the mean of 1 - margin over the checkpoints, a fraction)."""
+    mode = obj(dash).get("ff_mode")
+    if isinstance(mode, str) and mode in FF_TITLES:
+        return FF_TITLES[mode]
+    return FF_TITLES["flips"] if obj(obj(obj(dash).get("score_hist")).get("ff")).get("integer") else "FF (pool)"
+
+
 def score_plots(dash: Optional[dict]) -> list:
     hist = obj(obj(dash).get("score_hist"))
     out = []
     for key, title, color in (("cmap", "CMAP (pool, latest cycle)", PALETTE[0]),
-                              ("ff", "FF: prediction flips (pool)", PALETTE[1]),
+                              ("ff", ff_title(dash), PALETTE[1]),
                               ("score", "fused score (pool)", PALETTE[2])):
         h = obj(hist.get(key))
         out.append(histogram(h.get("edges"), h.get("counts"), title, key, cls=f"hist hist-{key}", color=color,
@@ -322,17 +421,59 @@ def next_tasks(pid: int, dash: Optional[dict], limit: int = 12) -> str:
     return '<ol class="next-tasks">' + "".join(out) + "</ol>"
 
 
-def label_error_table(flags: Optional[list]) -> str:
-    if flags is None:
+SHOWN_FLAGS = 50
+
+
+def label_text(v) -> str:
+    """A label as text: a multi-label set joined with ", " (found by review: a Python list's repr),
+    an empty set as "(none)"."""
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v)) or "(none)"
+    return "" if v is None else str(v)
+
+
+def label_error_table(le) -> str:
+    """The cycle's flags (``insight.label_errors``: ``{"flags", "flagged"}``; a bare list is read
+    as the flags)."""
+    if isinstance(le, list):
+        le = {"flags": le, "flagged": len(le)}
+    if not isinstance(le, dict) or not isinstance(le.get("flags"), list):
         return '<p class="muted">No label-error flags from this cycle.</p>'
+    flags = [f for f in le["flags"] if isinstance(f, dict)][:SHOWN_FLAGS]
     if not flags:
         return '<p class="muted">The latest cycle flagged no label.</p>'
-    rows = "".join(f'<tr><td>{e(f.get("task"))}</td><td class="label">{e(f.get("label"))}</td>'
-                   f'<td class="label">{e(f.get("suggested") or f.get("predicted"))}</td>'
-                   f'<td>{e(fmt(f.get("score")) if isinstance(f.get("score"), (int, float)) else f.get("score"))}'
-                   f'</td></tr>' for f in flags[:50])
-    return ('<table class="label-errors"><tr><th>task</th><th>label</th><th>suggested</th><th>score</th></tr>'
-            + rows + "</table>")
+    total = le.get("flagged") if num(le.get("flagged")) is not None else len(flags)
+    rows = []
+    for f in flags:
+        sug = f.get("suggested") if "suggested" in f else f.get("predicted")
+        label = label_text(f.get("label"))
+        if isinstance(f.get("label"), (list, tuple)) and f.get("suspect") is not None:
+            label += f" (suspect: {f['suspect']})"
+        score = f.get("score")
+        rows.append(f'<tr><td>{e(f.get("task"))}</td><td class="label">{e(label)}</td>'
+                    f'<td class="label">{e(label_text(sug))}</td>'
+                    f'<td>{e(fmt(score) if num(score) is not None else score)}</td></tr>')
+    more = (f'<p class="note">The {len(flags)} most suspect of {e(total)} flagged.</p>'
+            if total > len(flags) else "")
+    return (more + '<table class="label-errors"><tr><th>task</th><th>label</th><th>suggested</th><th>score</th>'
+            '</tr>' + "".join(rows) + "</table>")
+
+
+def label_error_heading(view: dict) -> str:
+    cycle = obj(view.get("latest")).get("cycle")
+    return (f'<h3>Label-error flags of cycle {e(cycle)}</h3>' if cycle is not None else '<h3>Label-error flags</h3>') \
+        + ('<p class="note">What this cycle flagged, most suspect first, including tasks reviewers have since '
+           'taken off the list (corrected or confirmed); Label Studio\'s "Suspected label errors" tab shows only '
+           'those still listed.</p>')
+
+
+def kept_note(keep: Optional[tuple] = None) -> str:
+    """Says that only the cycles still on disk are shown (found by review: older ones vanished
+    from the table and the plots without a word)."""
+    kc, kf = keep if keep else ("KEEP_CYCLES", "KEEP_FAILED")
+    note = (f"The last {kc} completed and {kf} failed cycles are kept{' (KEEP_CYCLES, KEEP_FAILED)' if keep else ''}"
+            ": older ones are pruned from the disk, and from this table and the learning curve.")
+    return f'<p class="note kept">{e(note)}</p>'
 
 
 # ---------------------------------------------------------------------------- page
@@ -387,6 +528,7 @@ CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
        f"script-src '{SCRIPT_HASH}'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
        "frame-ancestors 'none'")
 UNREADABLE = "this project's files cannot be read (see the log)"
+PROGRESS_UNREADABLE = "the cycle's progress (progress.json) cannot be read (see the log)"
 
 
 def unreadable_section(pid) -> str:
@@ -394,7 +536,19 @@ def unreadable_section(pid) -> str:
             f'<h2>Project {e(pid)}</h2><p class="error">{e(UNREADABLE)}</p></section>')
 
 
-def project_section(view: dict, p: Optional[dict], sched: Optional[dict], now: float, threshold=None) -> str:
+def now_block(pid: int, p: Optional[dict], state: dict, sched: Optional[dict], now: float,
+              unreadable: bool = False) -> str:
+    """``progress_section``, or, when the progress record breaks it, the section without it (logged):
+    a damaged progress.json degrades the "Now" block only (found by review: it blanked the project)."""
+    try:
+        return progress_section(pid, p, state, sched, now, unreadable)
+    except Exception:  # noqa: BLE001 - whatever a damaged progress.json holds
+        log.exception("dashboard: project %s: its progress cannot be drawn", pid)
+        return progress_section(pid, None, state, sched, now, unreadable=True)
+
+
+def project_section(view: dict, p: Optional[dict], sched: Optional[dict], now: float, threshold=None,
+                    keep: Optional[tuple] = None, progress_unreadable: bool = False) -> str:
     pid = view["project"]
     latest = view.get("latest") or {}
     rep = latest.get("report") or {}
@@ -415,35 +569,42 @@ def project_section(view: dict, p: Optional[dict], sched: Optional[dict], now: f
     return (f'<section class="project" id="project-{pid}" data-project="{pid}">'
             f'<h2>Project {pid} <small class="muted">{sub}</small></h2>'
             + (f'<p class="muted">labels: {e(", ".join(map(str, labels)))}</p>' if labels else "")
-            + f'<h3>Now</h3>{progress_section(pid, p, state, sched, now)}'
-            f'<h3>Cycles</h3>{history_table(view.get("history") or [])}'
+            + f'<h3>Now</h3>{now_block(pid, p, state, sched, now, progress_unreadable)}'
+            f'<h3>Cycles</h3>{kept_note(keep) if view.get("history") else ""}{history_table(view.get("history") or [])}'
             f'<h3>Plots</h3><p class="note">{est_note}</p><div class="plots">{"".join(plots)}</div>'
             f'<h3>Next in the queue</h3><p class="note">What "Label All Tasks" serves next and why: the fused '
             f'NCAL-R score (z-scored CMAP and FF; higher = served first), CMAP (how much labeling the task '
-            f'would move the class means), FF (prediction flips across terminal-phase checkpoints).</p>'
+            f'would move the class means), FF ({ff_note(view.get("dashboard"))}).</p>'
             f'{next_tasks(pid, view.get("dashboard"))}'
-            f'<h3>Label-error flags</h3>{label_error_table(view.get("label_errors"))}</section>')
+            f'{label_error_heading(view)}{label_error_table(view.get("label_errors"))}</section>')
 
 
-def _section_or_unreadable(view: dict, p: Optional[dict], sched: Optional[dict], now: float, threshold=None) -> str:
+def _section_or_unreadable(view: dict, p: Optional[dict], sched: Optional[dict], now: float, threshold=None,
+                           keep: Optional[tuple] = None) -> str:
     """The project's section, or the "cannot be read" one (logged) when its files break it: one
-    damaged project never takes the page down for the others."""
+    damaged project never takes the page down for the others. ``p`` UNREADABLE_PROGRESS: its
+    progress.json could not be read (only the "Now" block says so)."""
     pid = view.get("project")
     if view.get("unreadable"):
         return unreadable_section(pid)
     try:
-        return project_section(view, p, sched, now, threshold)
+        if p is UNREADABLE_PROGRESS:
+            return project_section(view, None, sched, now, threshold, keep, progress_unreadable=True)
+        return project_section(view, p, sched, now, threshold, keep)
     except Exception:  # noqa: BLE001 - whatever a damaged file holds
         log.exception("dashboard: project %s: its files cannot be read", pid)
         return unreadable_section(pid)
 
 
+UNREADABLE_PROGRESS = object()  # a progress value: the project's progress.json could not be read
+
+
 def render_page(views: list, progress: dict, scheds: dict, now: float, mode: str = "embedded",
-                thresholds: Optional[dict] = None, idle: Optional[list] = None) -> str:
+                thresholds: Optional[dict] = None, idle: Optional[list] = None, keep: Optional[tuple] = None) -> str:
     """The page. A view ``{"project": id, "unreadable": True}`` (its files could not be read) is
-    shown as such."""
+    shown as such; ``keep``: (KEEP_CYCLES, KEEP_FAILED)."""
     sections = "".join(_section_or_unreadable(v, progress.get(v["project"]), scheds.get(v["project"]), now,
-                                              (thresholds or {}).get(v["project"])) for v in views)
+                                              (thresholds or {}).get(v["project"]), keep) for v in views)
     if not views:
         sections = ('<section class="project"><p>No project has run a cycle yet. Connect the backend to a Label '
                     'Studio project and label a few tasks (or press Start training).</p></section>')
@@ -459,6 +620,40 @@ def render_page(views: list, progress: dict, scheds: dict, now: float, mode: str
 
 
 # ---------------------------------------------------------------------------- Flask
+HOST_REFUSED = ("this request was addressed to {host}, not to this machine: while basic auth is off the dashboard "
+                "answers only requests for localhost, 127.0.0.1 or [::1] (any port), or for PUBLIC_URL's host "
+                "(a page of another site can point its own name at 127.0.0.1: DNS rebinding). Open it as "
+                "http://localhost:<port>/, set PUBLIC_URL to the address you use, or set BASIC_AUTH_USER and "
+                "BASIC_AUTH_PASS")
+
+
+def host_name(host: Optional[str]) -> str:
+    """The name of a Host header (``name``, ``name:port``, ``[v6]``, ``[v6]:port``), lower case,
+    without a trailing dot."""
+    host = (host or "").strip().lower()
+    if host.startswith("["):
+        host = host[1:host.find("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+def local_host(host: Optional[str], public_host: Optional[str] = None) -> bool:
+    """A request's Host names this machine: localhost, 127.0.0.0/8, ::1 (any port), or
+    ``public_host`` (PUBLIC_URL's)."""
+    name = host_name(host)
+    if not name:
+        return False
+    if name == "localhost" or (public_host and name == public_host):
+        return True
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
 def thumbnail_png(data: bytes, size: int = THUMB) -> bytes:
     """Cached image bytes -> a PNG thumbnail (never the original bytes, whatever they are)."""
     from PIL import Image
@@ -498,9 +693,9 @@ def register(app, backend) -> None:
             return None
 
     def _threshold(view):
-        n = (view.get("state") or {}).get("num_tasks") or ((view.get("latest") or {}).get("report") or {}).get(
-            "num_tasks")
-        return settings.trigger_threshold(int(n)) if isinstance(n, int) else None
+        n = ((view.get("state") or {}).get("num_tasks") or view.get("num_tasks")
+             or ((view.get("latest") or {}).get("report") or {}).get("num_tasks"))
+        return settings.trigger_threshold(int(n)) if isinstance(n, int) and not isinstance(n, bool) else None
 
     def _html(body: str) -> Response:
         resp = Response(body, mimetype="text/html")
@@ -508,36 +703,65 @@ def register(app, backend) -> None:
         resp.headers["Content-Security-Policy"] = CSP
         return resp
 
+    def _progress(pid: int, now: float):
+        """The project's progress record, or UNREADABLE_PROGRESS (logged): read on its own, so that
+        a damaged progress.json degrades the "Now" block only."""
+        try:
+            return read_progress(model_dir, pid, now)
+        except Exception:  # noqa: BLE001
+            log.exception("dashboard: project %s: its progress.json cannot be read", pid)
+            return UNREADABLE_PROGRESS
+
     def _read(pid: int, now: float):
         """(view, progress, threshold) of one project; the view says "unreadable" when its files
         cannot be read (logged)."""
         try:
             view = project_view(model_dir, pid)
-            return view, read_progress(model_dir, pid, now), _threshold(view)
+            threshold = _threshold(view)
         except Exception:  # noqa: BLE001 - one project's damaged files must not take the page down
             log.exception("dashboard: project %s: its files cannot be read", pid)
             return {"project": pid, "unreadable": True}, None, None
+        return view, _progress(pid, now), threshold
+
+    public_host = host_name(urlsplit(settings.public_url).netloc) if settings.public_url else None
+    public_host = public_host or None
+
+    def _closed(msg: str):
+        if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":  # a browser
+            return Response(msg + "\n", status=403, mimetype="text/plain")
+        return jsonify({"error": msg}), 403
 
     def guard():
-        """Without basic auth the dashboard answers only this machine (auth.py ``dashboard_ok``);
-        with it, ``check_auth`` (registered before) has already asked for the credentials."""
+        """Without basic auth the dashboard answers only this machine (auth.py ``dashboard_ok``),
+        and only requests addressed to it by a local name (``local_host``: a page of another site
+        whose name an attacker points at 127.0.0.1, DNS rebinding, sends its own name as Host);
+        with basic auth, ``check_auth`` (registered before) has already asked for the credentials."""
         if not (request.path == "/" or request.path.startswith("/dashboard/")):
             return None
-        if backend.auth.dashboard_ok(request.remote_addr):
+        if not backend.auth.dashboard_ok(request.remote_addr):
+            return _closed(DASHBOARD_CLOSED)
+        if settings.basic_auth_user or local_host(request.host, public_host):
             return None
-        if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":  # a browser
-            return Response(DASHBOARD_CLOSED + "\n", status=403, mimetype="text/plain")
-        return jsonify({"error": DASHBOARD_CLOSED}), 403
+        return _closed(HOST_REFUSED.format(host=host_name(request.host) or "(none)"))
 
     def page():
         now = time.time()
         from ncalr_backend.service.store import list_projects
-        pids = active_projects(model_dir)
+        scheds = {}
+
+        def sched(pid):
+            if pid not in scheds:
+                scheds[pid] = _sched(pid)
+            return scheds[pid]
+
+        # a project counts when the scheduler counted annotations for it (RQ: in Redis only)
+        pids = active_projects(model_dir, counted=lambda pid: num(obj(sched(pid)).get("new_annotations")))
         read = {pid: _read(pid, now) for pid in pids}
         views = [read[pid][0] for pid in pids]
         idle = [pid for pid in list_projects(model_dir) if pid not in pids]
-        html = render_page(views, {pid: read[pid][1] for pid in pids}, {pid: _sched(pid) for pid in pids}, now,
-                           "rq" if settings.redis_url else "embedded", {pid: read[pid][2] for pid in pids}, idle)
+        html = render_page(views, {pid: read[pid][1] for pid in pids}, {pid: sched(pid) for pid in pids}, now,
+                           "rq" if settings.redis_url else "embedded", {pid: read[pid][2] for pid in pids}, idle,
+                           (settings.keep_cycles, settings.keep_failed))
         return _html(html)
 
     def progress_fragment():
@@ -547,13 +771,15 @@ def register(app, backend) -> None:
         if not _known(pid):
             abort(404, "no such project")
         now = time.time()
-        try:
-            view = project_view(model_dir, pid)
+        try:  # what this part shows only (state, progress, the task count), not the whole project_view
+            view = progress_view(model_dir, pid)
             state = dict(view["state"])
             thr = _threshold(view)
             if thr:
                 state["threshold"] = thr
-            html = progress_section(pid, read_progress(model_dir, pid, now), state, _sched(pid), now)
+            p = _progress(pid, now)
+            unreadable = p is UNREADABLE_PROGRESS
+            html = now_block(pid, None if unreadable else p, state, _sched(pid), now, unreadable)
         except Exception:  # noqa: BLE001 - damaged files: say so (no data-project: the page stops refreshing it)
             log.exception("dashboard: project %s: its files cannot be read", pid)
             html = (f'<div class="progress unreadable" data-status="unreadable"><p class="error">{e(UNREADABLE)}</p>'

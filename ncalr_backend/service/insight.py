@@ -16,9 +16,10 @@ At cycle time (``record_cycle_extras``, one hook in ``cycle.py``, never fails th
 
 At page time (``project_view``): the cycle history from ``cycles/*/report.json`` and
 ``failed/*/report.json``, the latest cycle's ``metrics.json`` (per-epoch NC1-NC4, SELI/ETF
-distances), ``dashboard.json``, and label-error flags once a cycle writes them
-(``label_errors.json`` in the cycle directory, or ``report.json["label_errors"]``: a list of
-``{"task", "label", "suggested", "score"}``, or ``{"flags": [...]}``).
+distances), ``dashboard.json``, and label-error flags once a cycle writes them (the most suspect
+from ``report.json["label_errors"]["top"]``; else ``label_errors.json`` in the cycle directory, or
+``report.json["label_errors"]``: a list of ``{"task", "label", "suggested", "score"}``, or
+``{"flags": [...]}``). The progress part that refreshes itself reads only ``progress_view``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -83,11 +84,18 @@ def next_labels_accuracy(store: ProjectStore, lab_ids, lab_labels, labels, multi
     return {**out, "n": n, "correct": correct, "accuracy": (correct / n) if n else None, "ci95": [lo, hi]}
 
 
+MAX_INTEGER_BINS = 60
+
+
 def _hist(v: np.ndarray, integer: bool) -> dict:
+    """Counts of ``v`` in HIST_BINS even bins, or in bins of one when ``integer`` and every value
+    is whole (found by review: FF with ``ff_mode`` margin or flips+margin is fractional, and bins of
+    one up to int(max) dropped most of the pool) over at most MAX_INTEGER_BINS values."""
     v = np.asarray(v, dtype=np.float64)
     v = v[np.isfinite(v)]
     if not len(v):
         return {"edges": [], "counts": [], "n": 0}
+    integer = bool(integer and np.all(v == np.round(v)) and v.max() - v.min() < MAX_INTEGER_BINS)
     if integer:
         lo, hi = int(v.min()), int(v.max())
         edges = np.arange(lo, hi + 2) - 0.5
@@ -122,7 +130,8 @@ def dashboard_record(res, pool_ids, entries: dict, urls: dict, top: int = NEXT_T
         nxt.append(item)
     hist = {k: _hist(scores[k], k == "ff") for k in ("cmap", "ff", "score") if k in scores}
     return {"next_tasks": nxt, "score_hist": hist, "pool": int(len(pool_ids)),
-            "strategy": getattr(getattr(res, "config", None), "strategy", None)}
+            "strategy": getattr(getattr(res, "config", None), "strategy", None),
+            "ff_mode": getattr(getattr(res, "config", None), "ff_mode", None)}
 
 
 def record_cycle_extras(run, snap, res, preds) -> None:
@@ -180,13 +189,32 @@ def history(store: ProjectStore) -> List[dict]:
     return rows
 
 
-def label_errors(cycle_dir: Path, report: dict) -> Optional[list]:
-    raw = read_json(cycle_dir / "label_errors.json")
-    if raw is None:
-        raw = report.get("label_errors")
+def _flag_list(raw) -> Optional[list]:
+    """The flags of ``{"flags": [...]}`` (an empty list: no task flagged, found by review: it read
+    as "no flags from this cycle"), ``{"tasks": [...]}`` or a bare list; None when there are none."""
     if isinstance(raw, dict):
-        raw = raw.get("flags") or raw.get("tasks")
+        raw = raw["flags"] if isinstance(raw.get("flags"), list) else raw.get("tasks")
     return [f for f in raw if isinstance(f, dict)] if isinstance(raw, list) else None
+
+
+def label_errors(cycle_dir: Path, report: dict) -> Optional[dict]:
+    """The cycle's label-error flags, most suspect first: ``{"flags": [...], "flagged": total}``,
+    or None when the cycle wrote none. From the report's summary when it has one
+    (``{"labeled", "flagged", "top"}``: the most suspect flags, no more file to read; found by
+    review: the page parsed all of ``label_errors.json``, one entry per labeled task, 9 MB at
+    50,000 labels, to show the first few); else from ``label_errors.json``."""
+    summary = report.get("label_errors")
+    if isinstance(summary, dict) and isinstance(summary.get("top"), list):
+        flags = [f for f in summary["top"] if isinstance(f, dict)]
+        total = summary.get("flagged")
+        ok = isinstance(total, int) and not isinstance(total, bool) and total >= len(flags)
+        return {"flags": flags, "flagged": total if ok else len(flags)}
+    flags = _flag_list(read_json(cycle_dir / "label_errors.json"))
+    if flags is None:
+        flags = _flag_list(summary)
+    if flags is None and isinstance(summary, dict) and type(summary.get("flagged")) is int and not summary["flagged"]:
+        flags = []  # the summary says none were flagged
+    return None if flags is None else {"flags": flags, "flagged": len(flags)}
 
 
 def project_view(model_dir: Path, project_id: int) -> dict:
@@ -204,9 +232,27 @@ def project_view(model_dir: Path, project_id: int) -> dict:
     return out
 
 
-def active_projects(model_dir: Path) -> List[int]:
+def progress_view(model_dir: Path, project_id: int) -> dict:
+    """What the self-refreshing progress part needs besides ``progress.json``: the state and the
+    project's task count (for the trigger threshold). Found by review: it built the whole
+    ``project_view`` (every cycle's report, the label-error file) every 2 s per open page; this
+    reads ``state.json``, and the latest report only when the state has no task count."""
+    st = ProjectStore(model_dir, project_id)
+    state = st.state()
+    n = state.get("num_tasks")
+    if not isinstance(n, int):
+        latest = st.latest()
+        rep = _object(read_json(latest["path"] / "report.json")) if latest else None
+        n = (rep or {}).get("num_tasks")
+    return {"project": int(project_id), "state": state,
+            "num_tasks": n if isinstance(n, int) and not isinstance(n, bool) else None}
+
+
+def active_projects(model_dir: Path, counted: Optional[Callable[[int], Optional[int]]] = None) -> List[int]:
     """Projects that sent annotations or have a cycle (completed, failed, running or waiting); a
-    project whose files cannot be read counts (the page says so)."""
+    project whose files cannot be read counts (the page says so). ``counted(pid)``: the new
+    annotations the scheduler counted where ``state.json`` does not (RQ counts in Redis; found by
+    review: such a project was listed as without a cycle)."""
     out = []
     for pid in list_projects(model_dir):
         st = ProjectStore(model_dir, pid)
@@ -217,6 +263,11 @@ def active_projects(model_dir: Path) -> List[int]:
         except Exception as exc:  # noqa: BLE001 - one project's files must not hide the others
             log.warning("project %s: cannot read its files: %s", pid, exc)
             active = True
+        if not active and counted is not None:
+            try:
+                active = bool(counted(pid))
+            except Exception as exc:  # noqa: BLE001 - Redis away: the files decide
+                log.warning("project %s: cannot read the scheduler's count: %s", pid, exc)
         if active:
             out.append(pid)
     return out

@@ -17,13 +17,17 @@ line with its counts. The ETA is the current stage's remaining time (from its el
 k/n, or the previous cycle's duration of that stage while k is 0) plus the previous cycle's
 durations of the stages still to come (its ``report.json`` timings); unknown before a first cycle.
 
-A cycle that a crash interrupted leaves ``status: running`` behind; ``read_progress`` reports it
-as ``interrupted`` when ``state.json`` no longer has that cycle in progress.
+A cycle that fails or is interrupted (shutdown) records the stage it stopped in as
+``stopped_stage`` (and ``failed_stage``), never as done. A cycle that a crash interrupted leaves
+``status: running`` behind; ``read_progress`` reports it as ``interrupted`` (``stopped_stage``: the
+stage it was in) when ``state.json`` no longer has that cycle in progress. ``read_progress``
+returns the record with every field of its type (``clean``): a damaged file never raises there.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -44,6 +48,23 @@ TIMING_KEYS = {"fetch_tasks": "fetch_tasks_s", "fetch_images": "fetch_images_s",
 FILE = "progress.json"
 
 
+def _num(v) -> Optional[float]:
+    """``v`` when it is a finite number (not a bool), else None: progress.json may hold anything."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        return v if math.isfinite(v) else None
+    except OverflowError:  # an int too large for a float
+        return None
+
+
+def _previous(v) -> dict:
+    """The ``previous`` durations, only stages with a finite number of seconds."""
+    if not isinstance(v, dict):
+        return {}
+    return {s: float(v[s]) for s in STAGES if _num(v.get(s)) is not None}
+
+
 def previous_durations(report: Optional[dict]) -> dict:
     """Stage -> seconds from a completed cycle's report (what the ETA assumes the next cycle takes)."""
     t = (report or {}).get("timings") or {}
@@ -56,12 +77,13 @@ def previous_durations(report: Optional[dict]) -> dict:
 def estimate_eta(p: dict, now: float) -> dict:
     """``{"stage_eta_s", "eta_s"}`` for a running progress record ``p`` (None where unknown)."""
     stage = p.get("stage")
-    if p.get("status") != "running" or stage not in STAGES:
+    if p.get("status") != "running" or not isinstance(stage, str) or stage not in STAGES:
         return {"stage_eta_s": None, "eta_s": None}
-    prev = p.get("previous") or {}
-    k, n = p.get("k") or 0, p.get("n")
-    elapsed = max(0.0, now - float(p.get("stage_started_at") or now))
-    pre_tpt = stage == "train" and (p.get("extra") or {}).get("t_i") is None
+    prev = _previous(p.get("previous"))
+    k, n = _num(p.get("k")) or 0, _num(p.get("n"))
+    elapsed = max(0.0, now - (_num(p.get("stage_started_at")) or now))
+    extra = p.get("extra") if isinstance(p.get("extra"), dict) else {}
+    pre_tpt = stage == "train" and extra.get("t_i") is None
     if pre_tpt and stage in prev and prev[stage] > elapsed:
         # before the terminal phase n is the epoch cap, which a warm-started cycle rarely nears
         # (3-10x too high, found by review): the previous cycle's training time is the better guess
@@ -190,12 +212,25 @@ class CycleProgress:
         return on_epoch
 
     def finish(self, status: str, error: Optional[str] = None) -> None:
+        """End the cycle. Completed: the last stage is done. Failed or interrupted: the stage it
+        stopped in is NOT done (found by review: it showed as ✓); it is ``stopped_stage`` (and
+        ``failed_stage`` when failed), its counts so far in ``stopped``."""
         with self._lock:
             now = self.clock()
-            self._end_stage(now)
-            self.p.update(status=status, error=error, finished_at=now, k=0, n=None, extra={},
-                          failed_stage=self.p["stage"] if status == "failed" else None)
-            self.p["stage"] = None
+            p = self.p
+            stopped = p["stage"]
+            if status == "completed":
+                self._end_stage(now)
+                p["stopped"] = None
+            elif stopped is not None:
+                secs = now - p["stage_started_at"]
+                p["stopped"] = {"stage": stopped, "seconds": secs, "k": p["k"], "n": p["n"], "unit": p["unit"]}
+                log.info("project %s cycle %s: %s %s after %.2fs%s", p["project"], p["cycle"], STAGE_TITLES[stopped],
+                         status, secs, counts_text(p["k"], p["n"], p["unit"]))
+            p.update(status=status, error=error, finished_at=now, k=0, n=None, extra={},
+                     stopped_stage=stopped if status != "completed" else None,
+                     failed_stage=stopped if status == "failed" else None)
+            p["stage"] = None
             self._write(force=True)
 
     def finished(self, report: dict) -> dict:
@@ -257,12 +292,43 @@ def read_progress(model_dir: Path, project_id: int, now: Optional[float] = None)
     if not isinstance(p, dict):
         return None
     now = time.time() if now is None else now
+    p = clean(p)
     if p.get("status") == "running":
         ip = st.state().get("in_progress") or {}
         if ip.get("cycle") != p.get("cycle"):
             p["status"] = "interrupted"
+            p["stopped_stage"] = p.get("stage")  # where the process died
     p.update(estimate_eta(p, now))
     if p.get("status") == "running":
-        p["elapsed_s"] = now - float(p.get("started_at") or now)
-        p["stage_elapsed_s"] = now - float(p.get("stage_started_at") or now)
+        p["elapsed_s"] = now - (_num(p.get("started_at")) or now)
+        p["stage_elapsed_s"] = now - (_num(p.get("stage_started_at")) or now)
+    return p
+
+
+NUMBERS = ("k", "n", "cycle", "triggered_at", "started_at", "stage_started_at", "updated_at", "finished_at")
+
+
+def clean(p: dict) -> dict:
+    """A copy of a progress record with every field the readers compute with of its type (found by
+    review: one ``"stage_started_at": "x"`` blanked the project's dashboard section): a number that
+    is not a finite number is None, a stage that is not one of STAGES is None, ``previous`` holds
+    only stages with seconds, ``extra`` is an object, ``done`` a list of objects."""
+    p = dict(p)
+    for key in NUMBERS:
+        if key in p and _num(p[key]) is None:
+            p[key] = None
+    for key in ("stage", "failed_stage", "stopped_stage"):
+        if key in p and not (isinstance(p[key], str) and p[key] in STAGES):
+            p[key] = None
+    for key in ("status", "unit", "model_version"):
+        if key in p and not isinstance(p[key], str):
+            p[key] = None
+    if p.get("error") is not None and not isinstance(p["error"], str):
+        p["error"] = str(p["error"])
+    p["previous"] = _previous(p.get("previous"))
+    if not isinstance(p.get("extra"), dict):
+        p["extra"] = {}
+    p["done"] = [d for d in p["done"] if isinstance(d, dict)] if isinstance(p.get("done"), list) else []
+    if "stopped" in p and not isinstance(p["stopped"], dict):
+        p["stopped"] = None
     return p

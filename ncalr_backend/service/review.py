@@ -95,7 +95,8 @@ def label_error_entries(res, snap) -> List[dict]:
 def summary(entries: List[dict], top: int = 20) -> dict:
     flagged = [e for e in entries if e["flagged"]]
     return {"labeled": len(entries), "flagged": len(flagged),
-            "top": [{k: e[k] for k in ("task", "label", "suggested", "score")} for e in flagged[:top]]}
+            "top": [{k: e[k] for k in ("task", "label", "suggested", "score", "suspect") if k in e}
+                    for e in flagged[:top]]}
 
 
 # ---------------------------------------------------------------------------- state

@@ -352,4 +352,7 @@ def list_projects(model_dir: Path):
     root = Path(model_dir) / "projects"
     if not root.is_dir():
         return []
-    return sorted(int(d.name) for d in root.iterdir() if d.is_dir() and d.name.isdigit())
+    # ASCII digits in canonical form only ("1", not "01" or "1²": str.isdigit takes "²", and int()
+    # refuses it; found by review: one stray directory made the dashboard a 500)
+    return sorted(int(d.name) for d in root.iterdir()
+                  if d.name.isascii() and d.name.isdigit() and str(int(d.name)) == d.name and d.is_dir())

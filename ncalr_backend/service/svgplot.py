@@ -12,7 +12,10 @@ FONT = 'font-family="system-ui,sans-serif" font-size="11"'
 
 
 def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    try:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 MAX_TICKS = 50
@@ -46,12 +49,18 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> List[float]:
 
 
 def fmt(v, digits: int = 3) -> str:
+    """A number for an axis or a tooltip: whole numbers in full with thousands separators ("5,000",
+    never "5e+03"), others to ``digits`` significant digits (at least to the unit); an exponent
+    only outside [1e-3, 1e6)."""
     if not _finite(v):
         return "–"
-    if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
+    a = abs(v)
+    if v != 0 and (a >= 1e6 or a < 1e-3):
         return f"{v:.2e}"
+    if float(v).is_integer():
+        return f"{int(v):,}"
     s = f"{v:.{digits}g}"
-    return s
+    return f"{v:,.0f}" if "e" in s else s
 
 
 def _widen(lo: float, hi: float) -> Tuple[float, float]:
@@ -122,7 +131,9 @@ def line_plot(series: Sequence[Series], title: str, xlabel: str = "", ylabel: st
               bands: Sequence[Tuple[Sequence, Sequence, Sequence]] = (), integer_x: bool = False,
               cls: str = "", tooltips: Optional[Sequence[Sequence[str]]] = None) -> str:
     """Lines with points; ``bands``: (xs, lows, highs) shaded intervals (drawn as error bars)."""
-    pts = [[(x, y) for x, y in zip(xs, ys) if _finite(x) and _finite(y)] for _, xs, ys in series]
+    # each point keeps its index in its series: a tooltip belongs to its point, not to the j-th one
+    # drawn (found by review: one point without x shifted every later tooltip by one)
+    pts = [[(x, y, j) for j, (x, y) in enumerate(zip(xs, ys)) if _finite(x) and _finite(y)] for _, xs, ys in series]
     allp = [p for s in pts for p in s]
     if not allp:
         return empty_plot(title, "no data yet", width, height, cls)
@@ -164,9 +175,9 @@ def line_plot(series: Sequence[Series], title: str, xlabel: str = "", ylabel: st
     for i, ((name, _, _), p) in enumerate(zip(series, pts)):
         color = PALETTE[i % len(PALETTE)]
         if len(p) > 1:
-            path = " ".join(f"{f.x(x):.1f},{f.y(y):.1f}" for x, y in p)
+            path = " ".join(f"{f.x(x):.1f},{f.y(y):.1f}" for x, y, _ in p)
             out.append(f'<polyline class="series" points="{path}" fill="none" stroke="{color}" stroke-width="1.8"/>')
-        for j, (x, y) in enumerate(p):
+        for x, y, j in p:
             tip = (tooltips[i][j] if tooltips and i < len(tooltips) and j < len(tooltips[i])
                    else f"{name}: {fmt(y)} at {fmt(x)}")
             out.append(f'<circle class="pt" cx="{f.x(x):.1f}" cy="{f.y(y):.1f}" r="2.6" fill="{color}">'

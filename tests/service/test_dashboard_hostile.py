@@ -208,7 +208,15 @@ def test_a_project_whose_section_breaks_is_shown_unreadable_and_logged(tmp_path,
             raise TypeError("a value no check foresaw")
         return real_section(v, *a, **k)
 
+    real_progress_view = dashboard.progress_view
+
+    def progress_view(model_dir, pid):  # what the self-refreshing part reads
+        if pid == 2:
+            raise RuntimeError("damaged beyond the type checks")
+        return real_progress_view(model_dir, pid)
+
     monkeypatch.setattr(dashboard, "project_view", view)
+    monkeypatch.setattr(dashboard, "progress_view", progress_view)
     monkeypatch.setattr(dashboard, "project_section", section)
     with caplog.at_level(logging.ERROR, logger="ncalr_backend.service.dashboard"):
         r = c.get("/")
