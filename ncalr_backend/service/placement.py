@@ -63,6 +63,9 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
             or cfg.multilabel != bool(latest.get("multilabel", False))):
         return {"placed": 0, "reason": "labeling config changed since the latest cycle"}
     version = latest["model_version"]
+    drift = serving_drift(project, version, expect_sampling=settings.set_sampling)
+    if drift:  # placed anyway: the order holds again once the project is set back (never re-PATCHed here)
+        log.warning("project %s: %s", project_id, drift)
     model, meta = load_model(latest["path"] / "model.pt")
     size, channels = model_input(meta, settings)
     index = PlacementIndex(known)
@@ -89,6 +92,45 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
     if placed:
         log.info("project %s: placed %d new tasks under %s", project_id, placed, version)
     return {"placed": placed, "failures": failures, "model_version": version}
+
+
+UNCERTAINTY_SAMPLING = "Uncertainty sampling"  # Label Studio's Project.UNCERTAINTY
+
+
+def serving_drift(project: dict, live_version: str, expect_sampling: bool = True) -> Optional[str]:
+    """Why "Label All Tasks" does NOT follow the NCAL-R order of ``live_version`` in this Label
+    Studio project (``GET /api/projects/{id}/``), and what to change in its UI; None when nothing
+    is off (or the project does not say).
+
+    Label Studio serves the NCAL-R order only while the project's ``model_version`` is the live
+    version and its ``sampling`` is "Uncertainty sampling" (projects/functions/next_task.py); with
+    another version selected, "Use predictions to prelabel tasks" turned off (which empties
+    ``model_version``: projects/serializers.py) or another sampling it silently serves another
+    order. ``expect_sampling``: whether the backend sets the sampling (``SET_SAMPLING``). Nothing
+    here changes the project: a user's choice is reported, never undone behind their back (the
+    next cycle's switch sets both again)."""
+    if not isinstance(project, dict) or not live_version:
+        return None
+    problems = []
+    if "model_version" in project:
+        mv = project.get("model_version") or ""
+        if not mv:
+            why = ('"Use predictions to prelabel tasks" is off' if project.get("show_collab_predictions") is False
+                   else "no prediction version is selected")
+            problems.append(f"{why} (its model version is empty): in the project's Settings > Annotation, turn "
+                            f'"Use predictions to prelabel tasks" on and select the version {live_version}')
+        elif mv != live_version:
+            problems.append(f"it uses the predictions of {mv!r}, not the live NCAL-R version {live_version}: "
+                            f"select {live_version} in the project's Settings > Annotation "
+                            f'("Use predictions to prelabel tasks")')
+    if expect_sampling and "sampling" in project and project.get("sampling") != UNCERTAINTY_SAMPLING:
+        problems.append(f"its task sampling is {project.get('sampling')!r}, not {UNCERTAINTY_SAMPLING!r}: set it back "
+                        f"(Settings > General > Task Sampling where offered, or PATCH /api/projects/<id>/ "
+                        f'{{"sampling": "{UNCERTAINTY_SAMPLING}"}})')
+    if not problems:
+        return None
+    return ('"Label All Tasks" does not serve the NCAL-R order: ' + "; ".join(problems)
+            + " (the next cycle switches the project back)")
 
 
 def _has_version(task: dict, version: str) -> bool:

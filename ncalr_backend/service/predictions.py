@@ -87,7 +87,9 @@ def prediction_item(task_id: int, entry: dict, queue_score: float, cfg: ImageCla
     return {
         "task": int(task_id),
         "result": [_result_item(entry, cfg, round(float(entry["confidence"]), 6))],
-        "score": round(float(queue_score), 6),
+        # not rounded: Label Studio keeps a double and orders "Label All Tasks" by it; rounded to 6
+        # digits, rank / M made ties of neighbouring ranks past a million ranked tasks
+        "score": float(queue_score),
         "model_version": model_version,
     }
 

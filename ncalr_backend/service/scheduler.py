@@ -65,6 +65,43 @@ def _default_place(settings: Settings, project_id: int, tasks) -> dict:
     return place_new_tasks(settings, project_id, list(tasks))  # ids (a dict iterates its keys)
 
 
+# seconds before each new try of a placement that failed in a way that may pass (Label Studio
+# unreachable or answering 5xx, images that could not be read); then it is left to the next cycle
+PLACE_RETRY_DELAYS = (10.0, 30.0, 120.0)
+
+
+def _place_once(place_fn: Callable, settings: Settings, project_id: int, tasks) -> tuple:
+    """One placement of ``tasks``: (its result, the task ids worth trying again). A failure that may
+    pass (``retryable``) gives every id back: a new try reads them again and skips those that got a
+    prediction of the live version meanwhile (``placement._has_version``), so it never doubles one.
+    Tasks whose image could not be read (a download that failed) are given back too. Any other
+    failure is raised (found by review: one 5xx or timeout left the new tasks unplaced until the
+    next cycle)."""
+    ids = [int(t) for t in tasks]
+    try:
+        out = place_fn(settings, project_id, tasks)
+    except Exception as exc:
+        if not retryable(exc):
+            raise
+        return {"placed": 0, "error": str(exc)}, ids
+    failures = (out.get("failures") if isinstance(out, dict) else None) or []
+    asked = set(ids)
+    failed = [f.get("task") for f in failures if isinstance(f, dict)]
+    return out, [t for t in dict.fromkeys(failed) if isinstance(t, int) and t in asked]
+
+
+def _place_retry_delay(project_id: int, out, again: list, attempt: int) -> Optional[float]:
+    """The delay before the next try of ``again`` (None: none left; the next cycle ranks them)."""
+    why = out.get("error") if isinstance(out, dict) and out.get("error") else "their image could not be read"
+    if attempt >= len(PLACE_RETRY_DELAYS):
+        log.error("project %s: %d new task(s) still not placed after %d tries (%s); the next cycle ranks them",
+                  project_id, len(again), attempt + 1, why)
+        return None
+    log.warning("project %s: %d new task(s) not placed (%s); trying again in %.0f s (try %d of %d)", project_id,
+                len(again), why, PLACE_RETRY_DELAYS[attempt], attempt + 2, len(PLACE_RETRY_DELAYS) + 1)
+    return PLACE_RETRY_DELAYS[attempt]
+
+
 class BaseScheduler:
     settings: Settings
 
@@ -192,11 +229,18 @@ class EmbeddedScheduler(BaseScheduler):
                 return None
             now = time.time()
             for pid, job in self._waiting.items():
-                if job.get("cycle", {}).get("not_before", 0) <= now:
+                if self._due(job) <= now:
                     del self._waiting[pid]
                     return pid, job
-            waits = [j["cycle"]["not_before"] - now for j in self._waiting.values() if "cycle" in j]
+            waits = [self._due(j) - now for j in self._waiting.values()]
             self._cv.wait(max(0.05, min(waits)) if waits else None)
+
+    @staticmethod
+    def _due(job: dict) -> float:
+        """When a waiting job may start: a cycle's retry delay; a placement's alone, its retry delay."""
+        if "cycle" in job:
+            return job["cycle"].get("not_before", 0)
+        return job.get("place_not_before", 0)
 
     def _loop(self):
         while True:
@@ -219,7 +263,7 @@ class EmbeddedScheduler(BaseScheduler):
                 if place and job.get("tasks"):
                     with self._cv:
                         self._running_kind = "placement"
-                    self.place_fn(self.settings, pid, job["tasks"])
+                    self._place(pid, job)
             except Exception as exc:  # the worker must survive any failure
                 log.error("project %s: placement failed: %s", pid, exc)
             finally:
@@ -227,6 +271,24 @@ class EmbeddedScheduler(BaseScheduler):
                     self._running = None
                     self._running_kind = None
                     self._cv.notify_all()
+
+    def _place(self, pid: int, job: dict) -> None:
+        """Place the job's tasks; those worth another try wait again, after ``PLACE_RETRY_DELAYS``
+        (tasks requested meanwhile join them; a cycle requested meanwhile ranks them all)."""
+        attempt = int(job.get("place_attempt", 0))
+        out, again = _place_once(self.place_fn, self.settings, pid, job["tasks"])
+        if not again:
+            return
+        delay = _place_retry_delay(pid, out, again, attempt)
+        if delay is None:
+            return
+        with self._cv:
+            w = self._waiting.setdefault(pid, {})
+            w.setdefault("tasks", {}).update(dict.fromkeys(again))
+            w["place_attempt"] = max(attempt + 1, int(w.get("place_attempt", 0)))
+            w["place_not_before"] = max(float(w.get("place_not_before", 0)), time.time() + delay)
+            self._ensure_thread()
+            self._cv.notify_all()
 
     def _run_cycle(self, pid: int, c: dict) -> None:
         st = ProjectStore(self.settings.model_dir, pid)
@@ -288,6 +350,7 @@ class EmbeddedScheduler(BaseScheduler):
                     "placing": self._running == pid and self._running_kind == "placement",
                     "waiting": "cycle" in job, "waiting_tasks": len(job.get("tasks", ())),
                     "retry_at": retry_at, "attempt": job.get("cycle", {}).get("attempt"),
+                    "placement_retry_at": job.get("place_not_before") if job.get("place_attempt") else None,
                     "cycles_run": self._counts["cycles_run"].get(pid, 0),
                     "cycles_failed": self._counts["cycles_failed"].get(pid, 0)}
 
@@ -385,11 +448,25 @@ def rq_cycle_job(project_id: int):
 def rq_place_job(project_id: int, tasks):
     """RQ job: place new tasks under the live version. It holds the project's lock, so it never
     runs beside that project's cycle: placed meanwhile, the tasks would get a prediction of the
-    version the cycle is replacing, and none of the one that goes live."""
+    version the cycle is replacing, and none of the one that goes live.
+
+    Tasks worth another try (``_place_once``) are tried again after ``PLACE_RETRY_DELAYS``, in this
+    job (``rq worker`` runs no scheduler for delayed jobs), without the lock while it waits, so a
+    cycle of the project may run meanwhile (the new try then skips what that cycle ranked)."""
     from redis import Redis
     settings = Settings.from_env()
-    with project_lock(Redis.from_url(settings.redis_url), project_id, settings.rq_lock_ttl):
-        return _default_place(settings, int(project_id), tasks)
+    r = Redis.from_url(settings.redis_url)
+    todo, out = list(tasks), None
+    for attempt in range(len(PLACE_RETRY_DELAYS) + 1):
+        with project_lock(r, project_id, settings.rq_lock_ttl):
+            out, todo = _place_once(_default_place, settings, int(project_id), todo)
+        if not todo:
+            break
+        delay = _place_retry_delay(int(project_id), out, todo, attempt)
+        if delay is None:
+            break
+        time.sleep(delay)
+    return out
 
 
 class RQScheduler(BaseScheduler):

@@ -3,8 +3,17 @@
 A task the cycle ranked gets its stored prediction (label or label set, confidence) with its
 NCAL-R queue score, whether or not the cycle wrote it to Label Studio (a cycle writes the head of
 the order, ``WRITE_BACK_TOP``; Label Studio asks /predict for a task opened without a prediction). A task the cycle did not see (created after it) is classified on the fly by
-the same model and placed like TASKS_CREATED places it (``predictions.PlacementIndex``). A task
-whose image cannot be read gets an empty result with score 1.0 (the END of the queue).
+the same model and placed like TASKS_CREATED places it (``predictions.PlacementIndex``).
+
+A task that cannot be classified now (image missing or broken, a download that failed or ran past
+the deadline, no credentials, a model that failed to load or to run) gets an empty placeholder
+under ``UNTRAINED_VERSION``, never under the live version: Label Studio stores whatever /predict
+answers (ml/models.py ``predict_tasks``) and afterwards skips every task that has a prediction of
+the version /setup reports, so a placeholder under the live version made "Retrieve predictions"
+never ask again and placement (``placement._has_version``) never place the task until the next
+cycle. Under ``UNTRAINED_VERSION`` it is asked for again, placed by TASKS_CREATED placement, left
+out of "Label All Tasks" (which only serves tasks with a live-version prediction, so it comes after
+them, as score 1.0 did), and deleted by the next cycle (``writeback.prune_versions``).
 """
 
 from __future__ import annotations
@@ -90,12 +99,13 @@ def current_version(settings: Settings, project_id: Optional[int]) -> str:
 
 def predict_tasks(settings: Settings, cfg: ImageClassConfig, tasks: List[dict], project_id: Optional[int]
                   ) -> List[dict]:
-    """One result per task; an empty ``result`` where nothing can be said yet (before the first
-    cycle, or after the labeling config changed): Label Studio accepts that without logging an
-    error, and the first live cycle deletes those placeholders (``writeback.prune_versions``)."""
+    """One result per task; an empty ``result`` under ``UNTRAINED_VERSION`` where nothing can be
+    said (before the first cycle, after the labeling config changed, or a task that cannot be
+    classified now): Label Studio accepts that without logging an error, and the next live cycle
+    deletes those placeholders (``writeback.prune_versions``)."""
     served = ServedCycle.latest(settings.model_dir, project_id) if project_id is not None else None
     if served is None or not served.serves(cfg):
-        return [{"result": [], "score": 1.0, "model_version": UNTRAINED_VERSION} for _ in tasks]
+        return [unclassified() for _ in tasks]
     results: List[Optional[dict]] = [None] * len(tasks)
     missing = []
     for i, t in enumerate(tasks):
@@ -106,9 +116,15 @@ def predict_tasks(settings: Settings, cfg: ImageClassConfig, tasks: List[dict], 
             missing.append(i)
     if missing:
         _predict_on_the_fly(settings, [tasks[i] for i in missing], missing, results, cfg, served)
-    # nothing to say (image missing or broken): score 1.0 puts such a task at the END of the queue
-    return [r if r is not None else {"result": [], "score": 1.0, "model_version": served.version}
-            for r in results]
+    # nothing to say now: a placeholder that is NOT of the live version (see the module docstring),
+    # so that Label Studio asks again and placement still places the task
+    return [r if r is not None else unclassified() for r in results]
+
+
+def unclassified() -> dict:
+    """The answer for a task /predict cannot classify now: an empty result under
+    ``UNTRAINED_VERSION`` (Label Studio accepts an empty result without an error), score 1.0."""
+    return {"result": [], "score": 1.0, "model_version": UNTRAINED_VERSION}
 
 
 def _predict_on_the_fly(settings: Settings, tasks, positions, results, cfg: ImageClassConfig, served: ServedCycle):
@@ -131,7 +147,8 @@ def _predict_on_the_fly(settings: Settings, tasks, positions, results, cfg: Imag
         if lo and time.monotonic() - start > PREDICT_DEADLINE_S:
             log.warning("/predict: %d of %d unranked tasks left without a prediction after %.0f s (Label Studio "
                         "stops waiting at ML_TIMEOUT_PREDICT, 100 s by default, and then keeps none of the "
-                        "answers); the next cycle ranks them", len(tasks) - lo, len(tasks), time.monotonic() - start)
+                        "answers); Label Studio asks for them again, the next cycle ranks them",
+                        len(tasks) - lo, len(tasks), time.monotonic() - start)
             break
         x, ok_idx, failures = load_images(client, cache, tasks[lo:lo + PREDICT_CHUNK], cfg, size, channels,
                                           min(4, settings.download_workers))

@@ -4,7 +4,9 @@
 that Label Studio created every one (it silently drops predictions that do not match the labeling
 config) and lists them under that version, then switches the project to the version (and to
 "Uncertainty sampling"), so that "Label All Tasks" serves in the new order. A failed check raises
-``CycleError`` before the switch: the project keeps serving the previous version.
+``CycleError`` before the switch: the project keeps serving the previous version. A switch whose
+answer is lost (a timeout) is checked by reading the project again: when Label Studio already uses
+the version, the switch went through and the cycle commits it.
 
 A task deleted in Label Studio after the snapshot makes the import of its chunk fail; the chunk is
 sent again without the deleted tasks, which are listed in the report (``skipped_deleted``), and the
@@ -117,7 +119,16 @@ def write_back(client: LabelStudioClient, settings: Settings, project_id: int, v
         patch = {"model_version": version}
         if settings.set_sampling:
             patch["sampling"] = "Uncertainty sampling"
-        client.patch_project(project_id, patch)
+        try:
+            client.patch_project(project_id, patch)
+        except LabelStudioError as exc:
+            # no answer (a timeout, a connection reset after the request was sent): the switch may have
+            # gone through. Label Studio then serves this version, so the cycle must commit it (else
+            # latest stays the old one while Label Studio serves the new: found by review)
+            if exc.status is not None or live_in_label_studio(client, project_id) != version:
+                raise
+            log.warning("project %s: the switch to %s got no answer (%s), but Label Studio now uses %s: "
+                        "the switch went through", project_id, version, exc, version)
     return WriteBack(sent=sent, created=created, write_s=write_s, switch_s=time.time() - t, skipped_deleted=skipped)
 
 
