@@ -37,6 +37,7 @@ from ncalr_backend.service.labelconfig import LabelConfigError
 from ncalr_backend.service.labelstudio import make_client
 from ncalr_backend.service.progress import read_progress
 from ncalr_backend.service.scheduler import make_scheduler
+from ncalr_backend.service import placement
 from ncalr_backend.service.predictions import UNTRAINED_VERSION
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.urls import redact_urls
@@ -315,6 +316,8 @@ class Backend:
             return denied
         if action in IGNORED_FOR_TRAINING:
             self.saw_webhook(pid, action)
+            if pid is not None:
+                self.note_serving_drift(pid, data.get("project"))
             return jsonify({"status": "ignored", "action": action,
                             "reason": "project updates never start training"})
         if action not in COUNTED + ("START_TRAINING", "TASKS_CREATED", "TASKS_DELETED"):
@@ -352,6 +355,30 @@ class Backend:
             except Exception:  # noqa: BLE001
                 log.exception("project %s: could not check the review list after %s", pid, action)
         return jsonify({"status": "ok", "action": action, "project": pid, **out}), 201
+
+    def note_serving_drift(self, pid: int, project) -> None:
+        """PROJECT_UPDATED carries the project's ``model_version`` and ``sampling``: when a user's
+        change turns the NCAL-R order off ("Use predictions to prelabel tasks" off, another version,
+        another sampling), say so in ``state.json: serving_drift`` (/status, the dashboard) and the
+        log; never PATCH it back behind the user (``placement.serving_drift``). The backend's own
+        switch (a cycle in progress, before its commit) is no drift; the next live cycle clears it."""
+        try:
+            store = ProjectStore(self.settings.model_dir, pid)
+            latest = store.latest()
+            if not latest or not isinstance(project, dict):
+                return
+            s = store.state()
+            going = (s.get("in_progress") or {}).get("model_version")
+            live = going if going and project.get("model_version") == going else latest.get("model_version")
+            msg = placement.serving_drift(project, str(live or ""), expect_sampling=self.settings.set_sampling)
+            if msg != s.get("serving_drift"):
+                store.update_state(serving_drift=msg)
+                if msg:
+                    log.warning("project %s: %s", pid, msg)
+                else:
+                    log.info("project %s: Label Studio serves the NCAL-R order again", pid)
+        except Exception:  # noqa: BLE001 - a note for operators: never fails the webhook
+            log.exception("project %s: could not check the project's serving settings", pid)
 
     def review_changed(self, pid: int, action: str, data: dict) -> None:
         """An annotation created, updated or deleted on a task listed as a suspected label error:
@@ -475,6 +502,8 @@ class Backend:
                "in_progress": s.get("in_progress"), "last_error": redact_urls(s.get("last_error")),
                "last_failed": s.get("last_failed"), "last_completed": s.get("last_completed"),
                "skipped": s.get("skipped"),  # the latest cycle request not run: this backend is not connected
+               # a user's setting that turns the NCAL-R order off (PROJECT_UPDATED; the next live cycle clears it)
+               "serving_drift": s.get("serving_drift") if isinstance(s.get("serving_drift"), str) else None,
                "model_version": latest.get("model_version") if latest else None,
                "webhooks_seen": self.webhooks_seen(pid),
                "label_errors": part("label_errors", label_errors) if report else None,

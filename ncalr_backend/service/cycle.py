@@ -229,7 +229,7 @@ def commit(run: CycleRun, snap: Snapshot, res, wb: WriteBack, settings: Settings
                   run.project_id, run.cycle, exc)
     run.store.commit(run.work, run.cycle, {**run.pointer, "finished_at": done, "live": wb.live})
     if not run.store.finish_in_progress(run.owner, last_completed=run.cycle, last_model_version=run.version,
-                                        crashed_cycles=0):
+                                        crashed_cycles=0, serving_drift=None):  # the switch set both again
         log.warning("project %s cycle %s completed after another cycle took the project over; that one's "
                     "marker is left as it is", run.project_id, run.cycle)
     log.info("project %s cycle %s (%s) completed: %d labeled, %d ranked, %.1fs trigger-to-live",

@@ -569,6 +569,8 @@ def project_section(view: dict, p: Optional[dict], sched: Optional[dict], now: f
     return (f'<section class="project" id="project-{pid}" data-project="{pid}">'
             f'<h2>Project {pid} <small class="muted">{sub}</small></h2>'
             + (f'<p class="muted">labels: {e(", ".join(map(str, labels)))}</p>' if labels else "")
+            + (f'<p class="error drift">{e(state["serving_drift"])}</p>'
+               if isinstance(state.get("serving_drift"), str) else "")
             + f'<h3>Now</h3>{now_block(pid, p, state, sched, now, progress_unreadable)}'
             f'<h3>Cycles</h3>{kept_note(keep) if view.get("history") else ""}{history_table(view.get("history") or [])}'
             f'<h3>Plots</h3><p class="note">{est_note}</p><div class="plots">{"".join(plots)}</div>'

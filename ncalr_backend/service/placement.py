@@ -111,6 +111,8 @@ def serving_drift(project: dict, live_version: str, expect_sampling: bool = True
     next cycle's switch sets both again)."""
     if not isinstance(project, dict) or not live_version:
         return None
+    project = {k: (v[:100] if isinstance(v, str) else v) for k, v in project.items()
+               if k in ("model_version", "sampling", "show_collab_predictions")}  # from outside: short
     problems = []
     if "model_version" in project:
         mv = project.get("model_version") or ""

@@ -286,6 +286,20 @@ def test_project_updated_by_the_backend_never_retrains(admin, backend, digits_pr
     s = backend.status(pid)
     assert s["scheduler"]["cycles_run"] == n and not s["scheduler"]["running"] and not s["scheduler"]["waiting"]
     assert s["pending"] is None and s["new_annotations"] == before["new_annotations"]
+    assert s["serving_drift"] is None  # the backend's own settings: nothing to report
+
+    # a user turns "Use predictions to prelabel tasks" off: Label Studio empties the project's
+    # model_version (the NCAL-R order is off); its PROJECT_UPDATED says so, and /status names it
+    def user_patch(body):
+        seen = backend.status(pid)["webhooks_seen"].get("PROJECT_UPDATED", 0)
+        admin.req("PATCH", f"/api/projects/{pid}", json=body)
+        backend.wait(pid, lambda s: s["webhooks_seen"].get("PROJECT_UPDATED", 0) > seen, timeout=30,
+                     what="PROJECT_UPDATED to arrive")
+        return backend.status(pid)["serving_drift"]
+    drift = user_patch({"show_collab_predictions": False})
+    assert drift and "Use predictions to prelabel tasks" in drift and before["model_version"] in drift
+    assert admin.req("GET", f"/api/projects/{pid}").json()["model_version"] == ""  # untouched by the backend
+    assert user_patch({"show_collab_predictions": True, "model_version": before["model_version"]}) is None
 
 
 # ------------------------------------------------------------------------------ state survives

@@ -355,3 +355,36 @@ def test_a_reviewers_correction_is_on_disk_before_the_webhook_answers(client, mo
               "annotation": {"id": 70, "task": 77, "result": []}})  # not listed: nothing queued
     todo = review.ReviewTodo(st).read()
     assert {t: e["annotations"] for t, e in todo.items()} == {"5": [9], "8": []}
+
+
+def test_a_project_setting_that_turns_the_order_off_is_reported_not_undone(client):
+    """Found by review: turning "Use predictions to prelabel tasks" off (Label Studio empties the
+    project's model_version), selecting another version or another sampling silently made "Label All
+    Tasks" serve another order. PROJECT_UPDATED carries both: /status and the dashboard say what to
+    change; the backend's own switch of a cycle in progress is no drift; nothing is PATCHed."""
+    from ncalr_backend.service.auth import SECRET_HEADER, project_key
+    from ncalr_backend.service.store import ProjectStore
+
+    st = ProjectStore(client.model_dir, 9)
+    work = st.root / "work-1"
+    work.mkdir(parents=True)
+    st.commit(work, 1, {"model_version": "ncalr-9-c0001-a"})
+    secret = project_key((client.model_dir / "webhook_key_secret").read_text().strip(), 9)
+
+    def update(**project):
+        r = client.post("/webhook", headers={SECRET_HEADER: secret},
+                        json={"action": "PROJECT_UPDATED", "project": {"id": 9, **project}})
+        assert r.status_code == 200 and r.get_json()["status"] == "ignored"
+        return client.get("/status?project=9").get_json()["serving_drift"]
+
+    drift = update(model_version="", show_collab_predictions=False, sampling="Uncertainty sampling")
+    assert "Use predictions to prelabel tasks" in drift and "ncalr-9-c0001-a" in drift
+    assert update(model_version="ncalr-9-c0001-a", sampling="Sequential sampling").count("Sequential") == 1
+    html = client.get("/").get_data(as_text=True)
+    assert 'class="error drift"' in html and "Sequential sampling" in html
+    assert update(model_version="<b>x</b>", sampling="Uncertainty sampling") is not None
+    assert "<b>x</b>" not in client.get("/").get_data(as_text=True)  # escaped
+    st.update_state(in_progress={"cycle": 2, "model_version": "ncalr-9-c0002-b"})  # the backend's own switch
+    assert update(model_version="ncalr-9-c0002-b", sampling="Uncertainty sampling") is None
+    st.update_state(in_progress=None)
+    assert update(model_version="ncalr-9-c0001-a", sampling="Uncertainty sampling") is None
