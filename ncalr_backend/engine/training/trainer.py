@@ -5,7 +5,10 @@ eval-mode pass over the labeled set that gives the clean training accuracy and t
 diagnostics. T_i is the first epoch whose training accuracy reaches the threshold; training goes on
 for ``tpt_window`` more epochs, and at T_i and each of those epochs the predicted class of every pool
 sample is recorded (FF). If the epoch cap comes first, ``tpt.reached`` is False and FF is taken over
-the last window of epochs before the cap instead (said in the result, never hidden).
+the last window of epochs before the cap instead (said in the result, never hidden). If T_i comes
+within that last window (later than ``max_epochs - tpt_window``), FF is still counted over the last
+``tpt_window`` + 1 epochs before the cap, T_i among them (``tpt['checkpoints']`` lists them;
+``tpt['window_complete']`` is False).
 
 Multi-label mode (``y_lab`` multi-hot [N, K]): the pick-all-labels loss; "training accuracy" is the
 exact-set-match rate of the set rule (``multilabel.predict_sets``); the NC metrics are taken on the
@@ -17,7 +20,8 @@ accuracy has settled below the threshold (``plateau_starts``): under label noise
 accuracy in multi-label mode, the network cannot reach ``train_acc_threshold`` without memorising,
 and the window then starts where training has settled instead of at the epoch cap. A plateau
 counts only while the eval-mode accuracy does not trail the SGD pass's own fit accuracy
-(``fit_acc``) by more than ``tpt_plateau_max_gap``: the guard against a transient plateau.
+(``fit_acc``) by more than ``tpt_plateau_max_gap``: the guard against a transient plateau; and not
+after a fall from the run's best (a run that fell and stayed down has "stopped rising" too).
 ``tpt['by']`` says which criterion fired.
 
 With a ``holdout`` mask (``EngineConfig.serve='holdout'``, chosen in ``run_cycle``), those labeled
@@ -58,24 +62,62 @@ class Diverged(RuntimeError):
     (``collapsed``). Nothing it made may go live; the caller may retry with a lower learning rate."""
 
 
-COLLAPSE_DROP = 0.3  # the final training accuracy below the best by this much ...
-COLLAPSE_RATIO = 0.5  # ... and below this fraction of the best: the run collapsed (not noise)
+COLLAPSE_DROP = 0.3  # the final training accuracy below the best by more than this ...
+COLLAPSE_RATIO = 0.5  # ... and below this fraction of the best, or ...
+COLLAPSE_STAY_EPOCHS = 3  # ... that far below it for this many last epochs: the run collapsed (not noise)
 COLLAPSE_MIN_SAMPLES = 10  # ... and by at least this many labeled samples
 
 
-def collapsed(accs: list[float], n: int | None = None) -> bool:
+def chance_accuracy(y: np.ndarray, num_classes: int) -> float:
+    """The training accuracy of a model that knows nothing: the larger of 1 / K and the share of
+    the most common label (multi-hot ``y``: the most common label SET, the exact-set-match rate
+    of always predicting it)."""
+    y = np.asarray(y)
+    if len(y) == 0:
+        return 1.0 / max(num_classes, 1)
+    if y.ndim == 2:
+        _, counts = np.unique(y > 0.5, axis=0, return_counts=True)
+    else:
+        counts = np.bincount(y.astype(np.int64), minlength=num_classes)
+    return float(max(1.0 / max(num_classes, 1), counts.max() / len(y)))
+
+
+def collapsed(accs: list[float], n: int | None = None, chance: float | None = None,
+              fit_accs: list[float] | None = None) -> bool:
     """The clean training accuracy fell far from its best and stayed there at the end (seen once:
-    0.81 at epoch 27, then 0.19, 0.09, 0.16). Label noise lowers the best, not the last against it.
+    0.81 at epoch 27, then 0.19, 0.09, 0.16): the last epoch's accuracy is more than
+    ``COLLAPSE_DROP`` below the best, and either below ``COLLAPSE_RATIO`` of it or that far below
+    the best at each of the last ``COLLAPSE_STAY_EPOCHS`` epochs. Label noise lowers the best, not
+    the last against it. The second way is the fix of a review finding: a run that fell from 0.95
+    to 0.60 and stayed there (0.60 >= 0.5 x 0.95) was served; a one-epoch swing of the same size
+    early in training (0.97, 0.63, then 0.97 again on 30 multi-label images) is not a collapse.
+
     With ``n`` (the labeled samples the accuracy is over), the fall must also be at least
     ``COLLAPSE_MIN_SAMPLES`` samples: on a project's first 10 labels the eval-mode accuracy swings
     by whole images (0.6 -> 0.1 is five), which failed a first cycle depending only on the thread
-    count's rounding; a non-finite loss is still caught at any size."""
+    count's rounding; a non-finite loss is still caught at any size. Below that size, with
+    ``chance`` (``chance_accuracy`` of the labels trained on), a run is still called collapsed when
+    its best was at least twice chance, the fall is more than ``COLLAPSE_DROP``, and each of its
+    last ``COLLAPSE_STAY_EPOCHS`` epochs is at or below chance (found by review: with <= 12 labels
+    a fall from 1.00 to chance was served): a model at chance for several epochs running knows
+    nothing, a one-epoch swing is not that. With ``fit_accs`` (the SGD pass's own fit accuracy per
+    epoch, ``train_one_epoch``) the pass must have fitted at least twice chance too and be at or
+    below chance over those last epochs: on 18 images with a fixed ETF head the eval-mode accuracy
+    sat at chance for five epochs after a lucky 0.67 at epoch 1 while the pass fitted every label
+    (BatchNorm's running statistics lagging, ``plateau_starts``), which is no collapse."""
     if len(accs) < 2:
         return False
     best, last = max(accs), accs[-1]
-    if n is not None and (best - last) * n < COLLAPSE_MIN_SAMPLES:
+    if best - last <= COLLAPSE_DROP:
         return False
-    return best - last > COLLAPSE_DROP and last < COLLAPSE_RATIO * best
+    tail = accs[-COLLAPSE_STAY_EPOCHS:]
+    stayed = len(accs) > COLLAPSE_STAY_EPOCHS
+    if n is not None and (best - last) * n < COLLAPSE_MIN_SAMPLES:
+        if chance is None or not stayed or best < 2 * chance - 1e-9 or max(tail) > chance + 1e-9:
+            return False
+        return fit_accs is None or (max(fit_accs) >= 2 * chance - 1e-9
+                                    and max(fit_accs[-COLLAPSE_STAY_EPOCHS:]) <= chance + 1e-9)
+    return last < COLLAPSE_RATIO * best or (stayed and max(tail) < best - COLLAPSE_DROP)
 
 
 @dataclass
@@ -116,21 +158,37 @@ def is_channels_last(model: nn.Module) -> bool:
     return False
 
 
+def head_fp32(model: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, logits) with the classifier head in float32 whatever autocast is in force: under
+    bf16 autocast (``EngineConfig.amp`` on CUDA) the backbone runs in bf16, but the head's logits
+    decide the predictions, FF's flips and the margins, and bf16 rounds them to 3 significant
+    digits (two classes within a rounding step swap arbitrarily). The head is one small matmul."""
+    h = h.float()
+    with torch.autocast(device_type=h.device.type, enabled=False):
+        return h, model.fc(h)
+
+
 @torch.no_grad()
 def forward_all(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int,
-                amp: bool = False, with_features: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+                amp: bool = False, with_features: bool = True,
+                check: Callable[[], None] | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Eval-mode features [n, d] and logits [n, K] (float32, on the CPU) in batches. The inputs take
-    the model's own memory layout (channels-last when its weights are, ``EngineConfig.channels_last``)."""
+    the model's own memory layout (channels-last when its weights are, ``EngineConfig.channels_last``).
+    ``check`` (optional) is called before every batch; it raises to abandon the pass (the
+    trainer's ``_Run.check_stop`` raises ``Interrupted``: a stopping backend does not wait out a
+    whole pass over a large pool)."""
     model.eval()
     feats, logits = [], []
     cl = is_channels_last(model)
     for s in range(0, len(x), batch_size):
+        if check is not None:
+            check()
         xb = x[s:s + batch_size].to(device, non_blocking=True)
         if cl:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             h = model.features(xb)
-            z = model.fc(h)
+        h, z = head_fp32(model, h)
         if with_features:
             feats.append(h.float().cpu())
         logits.append(z.float().cpu())
@@ -164,10 +222,20 @@ def plateau_starts(accs: list[float], fit_accs: list[float], patience: int, delt
     SGD pass (``train_one_epoch``). A transient plateau has the SGD pass fitting the labels while
     the eval-mode accuracy trails it (seen: BatchNorm running statistics still catching up with
     two steps per epoch, fit accuracy 1.0 and eval accuracy 0.5 for eight epochs); a network that
-    cannot fit noisy labels has both flat at the same level."""
+    cannot fit noisy labels has both flat at the same level. A plateau is at the level the run
+    reached, not after a fall (found by review: a run that rose to 0.95, fell to 0.60 and stayed
+    there had "stopped rising" too, and got T_i, its FF window and was served): the best of the
+    last ``patience`` epochs is within ``max_gap`` of the best of all, and the accuracy now within
+    ``COLLAPSE_DROP`` of it. Replayed on the 9,445 recorded benchmark cycles whose T_i the plateau
+    gave (docs/quality, every setting), this moves T_i in 4 (``docs/engine.md``); stricter variants
+    (every window epoch within ``max_gap`` of the best, or the accuracy now within it) moved it in
+    7-33% of them, mostly past the epoch cap."""
     # the accuracy NOW must have reached min_acc: a run that rose past it and then fell back (a
     # collapse) has "stopped rising" too, and is no terminal phase (found by review)
     if len(accs) <= patience or accs[-1] < min_acc or not _plateaued(accs, patience, delta):
+        return False
+    best = max(accs)
+    if max(accs[-patience:]) < best - max_gap or accs[-1] < best - COLLAPSE_DROP:
         return False
     return all(f - a <= max_gap for a, f in zip(accs[-patience:], fit_accs[-patience:]))
 
@@ -265,8 +333,8 @@ def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=run.use_amp):
             h = model.features(xb)
-            logits = model.fc(h)
-        loss = run.loss(logits.float(), yb, h, idx, run.centres, model.fc.weight)
+        h, logits = head_fp32(model, h)  # the head in float32 (``head_fp32``)
+        loss = run.loss(logits, yb, h, idx, run.centres, model.fc.weight)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.spa == "proj":
@@ -293,13 +361,15 @@ def _accuracy(logits: torch.Tensor, y_np: np.ndarray, set_threshold: float) -> f
 def evaluate_train(model: nn.Module, x_lab: torch.Tensor, y_np: np.ndarray, config: EngineConfig,
                    device: torch.device, use_amp: bool, nc_rng: np.random.Generator,
                    dynamics: LabelDynamics | None = None, epoch: int = 0,
-                   trained: np.ndarray | None = None) -> tuple[float, dict, float | None]:
+                   trained: np.ndarray | None = None,
+                   check: Callable[[], None] | None = None) -> tuple[float, dict, float | None]:
     """Eval-mode pass over the labeled set: the clean training accuracy (multi-label: exact set
     match of the set rule) and the NC1-NC4 / SELI / ETF diagnostics, both over the samples trained
     on (``trained``, a bool mask; None = all), and the accuracy on the held-out rest (None when
     nothing is held out). With ``dynamics``, the same pass's logits of every labeled sample are
-    recorded there (per-sample label-error signals, ``engine/label_errors.py``)."""
-    feats_l, logits_l = forward_all(model, x_lab, device, config.eval_batch(device), use_amp)
+    recorded there (per-sample label-error signals, ``engine/label_errors.py``). ``check``: as
+    ``forward_all``'s."""
+    feats_l, logits_l = forward_all(model, x_lab, device, config.eval_batch(device), use_amp, check=check)
     if not bool(torch.isfinite(logits_l).all()):  # one NaN made every suspicion score 0 and a class's
         # threshold NaN (no flags for it); the loss can stay finite meanwhile (train mode, another batch)
         raise Diverged(f"non-finite logits on the labeled set at epoch {epoch}")
@@ -323,7 +393,11 @@ def evaluate_train(model: nn.Module, x_lab: torch.Tensor, y_np: np.ndarray, conf
 class TerminalPhase:
     """When the terminal phase starts (T_i), the learning rate in it, and which epochs are
     checkpoints for FF (T_i and the ``tpt_window`` epochs after it; or, while T_i has not come, the
-    last ``tpt_window`` + 1 epochs before the epoch cap: as many checkpoints either way)."""
+    last ``tpt_window`` + 1 epochs before the epoch cap: as many checkpoints either way). When T_i
+    comes inside that fallback window (later than ``max_epochs - tpt_window``), the fallback's
+    checkpoints before T_i are kept (``keep_from``): FF then counts over the last ``tpt_window`` + 1
+    epochs before the cap, T_i among them, not over the few epochs from T_i to the cap (one
+    checkpoint at a T_i at the cap: FF 0 for the whole pool; found by review)."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -363,22 +437,43 @@ class TerminalPhase:
     def records(self, epoch: int) -> bool:
         return self.t_i is not None or epoch > self.fallback_from
 
+    def keep_from(self) -> int:
+        """The first checkpoint epoch FF counts from once T_i has come: T_i, or the fallback
+        window's first epoch when T_i is later (so the window has ``tpt_window`` + 1 checkpoints
+        whenever the cap allows)."""
+        assert self.t_i is not None
+        return min(self.t_i, self.fallback_from + 1)
+
     def done(self, epoch: int) -> bool:
         return self.t_i is not None and epoch - self.t_i >= self.window
+
+
+def keep_each_label(keep: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Multi-label ``keep_each_class``: ``keep`` (bool [N]) with, for every label of the multi-hot
+    ``y`` [N, K] none of whose positive rows is kept, all of its positive rows put back, so no label
+    vanishes from training. (Protecting each row's first label, ``keep_each_class(keep,
+    y.argmax(1))``, let a label seen only as a second label of flagged rows vanish; found by
+    review.) Putting rows back only adds positives, so one pass over the labels suffices."""
+    keep = np.asarray(keep, dtype=bool).copy()
+    pos = np.asarray(y) > 0.5
+    for j in np.flatnonzero(pos.any(0)):
+        if not (keep & pos[:, j]).any():
+            keep[pos[:, j]] = True
+    return keep
 
 
 def exclude_flagged(run: "_Run", dynamics: LabelDynamics, trained: np.ndarray | None, K: int,
                     multilabel: bool) -> int:
     """``EngineConfig.tpt_exclude_flagged``: drop from ``run``'s training data the samples the
-    label check flags on the epochs so far (never every sample of a class); returns how many. The
+    label check flags on the epochs so far (never every sample of a class; multi-label: never every
+    positive of a label, ``keep_each_label``); returns how many. The
     check sees the samples trained on only: its per-class thresholds (confident learning) over a
     held-out slice too let that slice decide which training samples go (``serve='holdout'``)."""
     if trained is not None:
         dynamics = dynamics.subset(trained)
     flagged = np.asarray(label_report(dynamics).flagged, dtype=bool)
     y = run.yl.detach().cpu().numpy()
-    cls = y.argmax(1) if multilabel else y
-    keep = keep_each_class(~flagged, cls)
+    keep = keep_each_label(~flagged, y) if multilabel else keep_each_class(~flagged, y)
     if keep.all() or keep.sum() < 2:
         return 0
     idx = torch.from_numpy(np.flatnonzero(keep)).to(run.xl.device)
@@ -388,10 +483,11 @@ def exclude_flagged(run: "_Run", dynamics: LabelDynamics, trained: np.ndarray | 
 
 
 def pool_checkpoint(model: nn.Module, x_pool: torch.Tensor, config: EngineConfig, device: torch.device,
-                    use_amp: bool, multilabel: bool) -> tuple[np.ndarray, np.ndarray]:
+                    use_amp: bool, multilabel: bool,
+                    check: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The pool's predictions at one checkpoint: ([M] int32 classes, or [M, ceil(K/8)] packed sets;
-    [M] float16 ``pool_margin``)."""
-    _, lp = forward_all(model, x_pool, device, config.eval_batch(device), use_amp, with_features=False)
+    [M] float16 ``pool_margin``). ``check`` is asked before every eval batch (``forward_all``)."""
+    _, lp = forward_all(model, x_pool, device, config.eval_batch(device), use_amp, with_features=False, check=check)
     probs = torch.softmax(lp, 1).numpy()
     margin = pool_margin(probs, multilabel, config.set_threshold).astype(np.float16)
     if multilabel:
@@ -401,7 +497,8 @@ def pool_checkpoint(model: nn.Module, x_pool: torch.Tensor, config: EngineConfig
 
 class ServedCheckpoint:
     """The checkpoint to serve (``EngineConfig.serve='holdout'``): among the FF checkpoints (T_i and
-    the window after it; the fallback window while T_i has not come), the one with the best
+    the window after it; the fallback window while T_i has not come, or when T_i came inside it:
+    ``TerminalPhase.keep_from``), the one with the best
     accuracy on the held-out slice of the labeled set; ties go to the later epoch, so the final
     model is served unless an earlier checkpoint is strictly better on the held-out labels."""
 
@@ -413,6 +510,14 @@ class ServedCheckpoint:
 
     def reset(self) -> None:
         self.__init__()
+
+    def drop_before(self, epoch: int) -> None:
+        """Forget the candidates before ``epoch``. The best one's weights are all that is kept, so
+        when the best is among them the candidates start again (T_i keeps every recorded
+        checkpoint from ``TerminalPhase.keep_from`` on, so this does not happen in training)."""
+        if self.epoch is not None and self.epoch < epoch:
+            self.reset()
+        self.accs = {e: a for e, a in self.accs.items() if e >= epoch}
 
     def offer(self, epoch: int, acc: float, model: nn.Module) -> None:
         self.accs[epoch] = acc
@@ -461,7 +566,8 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
                  progress: Callable[[dict], None] | None = None,
                  should_stop: Callable[[], bool] | None = None, holdout: np.ndarray | None = None) -> TrainResult:
     """Train ``model`` on (x_lab, y_lab) into the terminal phase; see the module docstring.
-    ``should_stop`` is asked before every batch; when it says True, ``Interrupted`` is raised.
+    ``should_stop`` is asked before every batch, training and eval (the per-epoch eval pass, the
+    pool checkpoints and the final feature passes); when it says True, ``Interrupted`` is raised.
     ``holdout`` (bool [N], optional): labeled samples NOT trained on; their accuracy at each FF
     checkpoint picks the served checkpoint (``ServedCheckpoint``, ``TrainResult.served_state``).
     They are still in the eval pass (label-error signals) and in ``feats_lab``."""
@@ -511,22 +617,26 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
         if not math.isfinite(loss):
             raise Diverged(f"the training loss became {loss} at epoch {epoch} (learning rate {lr:g})")
         train_acc, nc, hold_acc = evaluate_train(model, x_all, y_np, config, device, use_amp, nc_rng, dynamics,
-                                                 epoch, trained)
-        if phase.observe(epoch, train_acc, nc, fit_acc):  # FF counts from T_i on: drop the fallback window
+                                                 epoch, trained, check=run.check_stop)
+        if phase.observe(epoch, train_acc, nc, fit_acc):
             if config.tpt_exclude_flagged and len(run.yl) >= config.tpt_exclude_min_per_class * K:
                 excluded = exclude_flagged(run, dynamics, trained, K, multilabel)
-            preds.clear()
-            margins.clear()
-            pred_epochs.clear()
-            window.clear()
-            served.reset()
+            # FF counts from T_i on, or over the last window + 1 epochs when T_i came inside the
+            # fallback window (``TerminalPhase.keep_from``): the fallback's checkpoints before that go
+            start = phase.keep_from()
+            kept = [i for i, e in enumerate(pred_epochs) if e >= start]
+            preds[:] = [preds[i] for i in kept]
+            margins[:] = [margins[i] for i in kept]
+            pred_epochs[:] = [pred_epochs[i] for i in kept]
+            window[:] = [e for e in window if e >= start]
+            served.drop_before(start)
         if phase.records(epoch):
             window.append(epoch)
             if hold_acc is not None:
                 served.offer(epoch, hold_acc, model)
         if phase.records(epoch) and len(x_pool):
             run.check_stop()
-            pred, margin = pool_checkpoint(model, x_pool, config, device, use_amp, multilabel)
+            pred, margin = pool_checkpoint(model, x_pool, config, device, use_amp, multilabel, check=run.check_stop)
             preds.append(pred)
             margins.append(margin)
             pred_epochs.append(epoch)
@@ -538,13 +648,14 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
         if phase.done(epoch):
             break
     accs = [h["train_acc"] for h in history]
-    if collapsed(accs, int(trained.sum()) if trained is not None else N):
+    if collapsed(accs, int(trained.sum()) if trained is not None else N, chance_accuracy(y_lab.cpu().numpy(), K),
+                 [h["fit_acc"] for h in history]):
         raise Diverged(f"the training accuracy collapsed from {max(accs):.2f} to {accs[-1]:.2f} by epoch {epoch}")
     if len(x_pool) == 0:
         preds, margins, pred_epochs = [], [], []
     dynamics.mark_window(window)
-    feats_l, _ = forward_all(model, x_all, device, config.eval_batch(device), use_amp)
-    feats_p, logits_p = forward_all(model, x_pool, device, config.eval_batch(device), use_amp)
+    feats_l, _ = forward_all(model, x_all, device, config.eval_batch(device), use_amp, check=run.check_stop)
+    feats_p, logits_p = forward_all(model, x_pool, device, config.eval_batch(device), use_amp, check=run.check_stop)
     M = len(x_pool)
     if preds:
         pred_hist = np.stack(preds)
