@@ -119,7 +119,10 @@ class EngineConfig:
     train_acc_threshold: float = 0.99
     """T_i = first epoch whose (clean, eval-mode) training accuracy reaches this."""
     tpt_window: int = 10
-    """Epochs trained after T_i; FF counts prediction flips over the window's checkpoints."""
+    """Epochs trained after T_i; FF counts prediction flips over the window's checkpoints (T_i and
+    these epochs). When T_i comes later than ``max_epochs - tpt_window``, or never, FF counts over
+    the last ``tpt_window`` + 1 epochs before the cap instead (``tpt.checkpoints`` lists them);
+    with ``tpt_window >= max_epochs`` that is every epoch, fewer than ``tpt_window`` + 1."""
     batch_size: int = 64
     lr: float = 0.0
     """SGD learning rate. 0 (the default) = chosen by ``width`` (``base_lr``): 0.05 up to width 8,
@@ -183,9 +186,11 @@ class EngineConfig:
     """'plateau' (the default): T_i = the first epoch whose training accuracy reaches
     ``train_acc_threshold``, or the first at which it has settled below it (``plateau_starts`` in
     the trainer): it has reached ``tpt_plateau_min_acc``, the best of the last ``tpt_patience``
-    epochs beats the best before them by less than ``tpt_plateau_delta``, and over those epochs it
-    is at most ``tpt_plateau_max_gap`` below the fit accuracy of the SGD pass itself (the guard
-    against a transient plateau). Under label noise, and for exact-set accuracy in multi-label
+    epochs beats the best before them by less than ``tpt_plateau_delta`` and is within it of the
+    best of all epochs (a fall is no plateau), each of those epochs is at most
+    ``tpt_plateau_max_gap`` below the best of all, and over those epochs it is at most
+    ``tpt_plateau_max_gap`` below the fit accuracy of the SGD pass itself (the guard against a
+    transient plateau). Under label noise, and for exact-set accuracy in multi-label
     mode, the threshold is out of reach without memorising; the plateau then starts the window
     where training has settled instead of at the epoch cap. Measured against 'accuracy' on digits
     (docs/quality/README.md, issue 11; 3 seeds, 4 cycles, 40-epoch cap): the terminal phase reached
@@ -236,7 +241,10 @@ class EngineConfig:
     it on (the README's GPU command)."""
     serve_holdout: float = 0.1
     """Share of the labeled set held out from training to choose the served checkpoint
-    (stratified by class in single-label mode, never a class's last sample)."""
+    (stratified by class in single-label mode, never a class's last sample; multi-label: round(share
+    x N) rows stratified by each row's rarest label, then every label none of whose positives
+    would be trained gets one of its held-out rows back, so a label's last trained positive is
+    never held out: the slice can come out a little smaller; ``run.serve_holdout``)."""
     serve_holdout_min: int = 10
     """Fewer held-out samples than this (small labeled sets): nothing is held out and the final
     model is served (a handful of labels cannot tell checkpoints apart)."""
