@@ -33,7 +33,7 @@ def test_a_fallen_run_is_no_plateau_and_collapsed():
     # ... and it is a collapse (0.35 below the best; 0.60 >= 0.5 x 0.95 let it through before)
     assert T.collapsed(fell, 200)
     # a plateau a little below an earlier spike still counts (within max_gap: SGD's noise, and the
-    # rule that left T_i of 9,441 of 9,445 recorded benchmark cycles where it was); one far below not
+    # rule that left T_i of 9,470 of 9,474 recorded benchmark cycles where it was); one far below not
     flat = [0.5, 0.7, 0.7, 0.68, 0.68, 0.68]
     assert T.plateau_starts(flat, flat, 3, 0.01, 0.5, 0.1)
     low = [0.5, 0.8, 0.8, 0.65, 0.65, 0.65]

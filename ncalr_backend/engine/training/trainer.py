@@ -226,10 +226,11 @@ def plateau_starts(accs: list[float], fit_accs: list[float], patience: int, delt
     reached, not after a fall (found by review: a run that rose to 0.95, fell to 0.60 and stayed
     there had "stopped rising" too, and got T_i, its FF window and was served): the best of the
     last ``patience`` epochs is within ``max_gap`` of the best of all, and the accuracy now within
-    ``COLLAPSE_DROP`` of it. Replayed on the 9,445 recorded benchmark cycles whose T_i the plateau
-    gave (docs/quality, every setting), this moves T_i in 4 (``docs/engine.md``); stricter variants
-    (every window epoch within ``max_gap`` of the best, or the accuracy now within it) moved it in
-    7-33% of them, mostly past the epoch cap."""
+    ``COLLAPSE_DROP`` of it. Replayed on the 9,474 recorded benchmark cycles whose T_i the plateau
+    gave (docs/quality, every setting), this moves T_i in 4
+    (``docs/quality/tpt-default/replay_fall_guard.py``); stricter variants (every window epoch
+    within ``max_gap`` of the best, or the accuracy now within it) moved it in 7-33% of them,
+    mostly past the epoch cap."""
     # the accuracy NOW must have reached min_acc: a run that rose past it and then fell back (a
     # collapse) has "stopped rising" too, and is no terminal phase (found by review)
     if len(accs) <= patience or accs[-1] < min_acc or not _plateaued(accs, patience, delta):
