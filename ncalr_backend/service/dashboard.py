@@ -31,7 +31,6 @@ import hashlib
 import io
 import ipaddress
 import logging
-import math
 import time
 from datetime import datetime, timezone
 from html import escape
@@ -43,7 +42,7 @@ from ncalr_backend.service.auth import DASHBOARD_CLOSED
 from ncalr_backend.service.insight import active_projects, progress_view, project_view, thumbnail_url_for
 from ncalr_backend.service.progress import STAGE_TITLES, STAGES, TIMING_KEYS, read_progress
 from ncalr_backend.service.recovery import MAX_CRASHES
-from ncalr_backend.service.store import project_id_from
+from ncalr_backend.service.store import finite_num, project_id_from
 from ncalr_backend.service.svgplot import PALETTE, empty_plot, fmt, histogram, line_plot, stacked_bar
 from ncalr_backend.service.urls import redact_urls
 
@@ -59,14 +58,7 @@ def e(v) -> str:
     return escape("" if v is None else str(v), quote=True)
 
 
-def num(v) -> Optional[float]:
-    """``v`` when it is a finite number (not a bool), else None: the files' numbers may be anything."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    try:
-        return v if math.isfinite(v) else None
-    except OverflowError:  # an int too large for a float
-        return None
+num = finite_num  # the files' numbers may be anything
 
 
 def obj(v) -> dict:

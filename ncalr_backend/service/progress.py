@@ -27,14 +27,13 @@ returns the record with every field of its type (``clean``): a damaged file neve
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
 from ncalr_backend.atomic import atomic_write_json
-from ncalr_backend.service.store import ProjectStore, read_json
+from ncalr_backend.service.store import ProjectStore, finite_num, read_json
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +47,7 @@ TIMING_KEYS = {"fetch_tasks": "fetch_tasks_s", "fetch_images": "fetch_images_s",
 FILE = "progress.json"
 
 
-def _num(v) -> Optional[float]:
-    """``v`` when it is a finite number (not a bool), else None: progress.json may hold anything."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    try:
-        return v if math.isfinite(v) else None
-    except OverflowError:  # an int too large for a float
-        return None
+_num = finite_num  # progress.json may hold anything
 
 
 def _previous(v) -> dict:

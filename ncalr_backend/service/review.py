@@ -30,9 +30,7 @@ reviewed fingerprints), changed under a file lock (web processes and RQ workers 
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import math
 import os
 import threading
 import time
@@ -46,7 +44,7 @@ from ncalr_backend.atomic import atomic_write_json
 from ncalr_backend.service.annotations import task_fingerprint, winning_annotation
 from ncalr_backend.service.labelconfig import ImageClassConfig, parse_label_config
 from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
-from ncalr_backend.service.store import ProjectStore, read_json
+from ncalr_backend.service.store import ProjectStore, finite_num, locked_file, read_json
 
 log = logging.getLogger(__name__)
 
@@ -112,17 +110,11 @@ class ReviewState:
     @contextmanager
     def locked(self):
         """Read-modify-write under a lock shared by threads and processes; saved on exit."""
-        with _thread_lock:
-            self.store.root.mkdir(parents=True, exist_ok=True)
-            with open(self.store.root / ".review.lock", "a") as f:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-                try:
-                    self.set_aside_if_damaged()
-                    data = self.read()
-                    yield data
-                    atomic_write_json(self.path, data)  # reviewers' decisions: fsynced like state.json
-                finally:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        with locked_file(self.store.root / ".review.lock", _thread_lock):
+            self.set_aside_if_damaged()
+            data = self.read()
+            yield data
+            atomic_write_json(self.path, data)  # reviewers' decisions: fsynced like state.json
 
     def read(self) -> dict:
         """review.json, each entry of the type its readers expect: a damaged file (not an object, a
@@ -154,7 +146,7 @@ def _is_id(k) -> bool:
 
 
 def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return finite_num(v) is not None
 
 
 def _checked(d: dict, path) -> dict:
@@ -419,18 +411,12 @@ class ReviewTodo:
 
     @contextmanager
     def _locked(self):
-        with _todo_lock:
-            self.store.root.mkdir(parents=True, exist_ok=True)
-            with open(self.store.root / ".review_todo.lock", "a") as f:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-                try:
-                    data = self.read()
-                    before = dict(data)
-                    yield data
-                    if data != before:
-                        atomic_write_json(self.path, data)
-                finally:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        with locked_file(self.store.root / ".review_todo.lock", _todo_lock):
+            data = self.read()
+            before = dict(data)
+            yield data
+            if data != before:
+                atomic_write_json(self.path, data)
 
     def read(self) -> Dict[str, dict]:
         d = read_json(self.path, {})

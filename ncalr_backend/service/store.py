@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 from ncalr_backend.atomic import atomic_write_json
 
@@ -85,6 +86,30 @@ def _marks(in_progress, owner: tuple) -> bool:
 
 def _typed(value, kind) -> bool:
     return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+@contextmanager
+def locked_file(lock_path: Path, thread_lock) -> Iterator[None]:
+    """Hold ``thread_lock`` (this process's threads) and an exclusive ``flock`` on ``lock_path``
+    (other processes: web workers, RQ workers), created with its folder if missing."""
+    with thread_lock:
+        Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def finite_num(v) -> Optional[float]:
+    """``v`` when it is a finite number (not a bool), else None: a file's numbers may be anything."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        return v if math.isfinite(v) else None
+    except OverflowError:  # an int too large for a float
+        return None
 
 
 def read_json(path: Path, default=None):
@@ -148,14 +173,9 @@ class ProjectStore:
     def _state_locked(self):
         """state.json's read-modify-write, one at a time across threads AND processes (the web
         process and RQ workers write it too: a per-process lock alone lost updates)."""
-        with _lock:
-            self._ensure()
-            with open(self.root / ".state.lock", "a") as f:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        self._ensure()
+        with locked_file(self.root / ".state.lock", _lock):
+            yield
 
     def update_state(self, **changes) -> dict:
         with self._state_locked():

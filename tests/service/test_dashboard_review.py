@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
-import subprocess
 import time
 from types import SimpleNamespace
 
@@ -21,6 +19,7 @@ from ncalr_backend.atomic import atomic_write_json
 from ncalr_backend.service import dashboard, insight, svgplot
 from ncalr_backend.service.progress import CycleProgress, read_progress
 from ncalr_backend.service.store import ProjectStore, list_projects
+from tests.redis_server import redis_server
 
 from .test_dashboard_hostile import AUTH, healthy_project, write_raw
 
@@ -51,28 +50,8 @@ def _marks(html: str) -> dict:
 # ---------------------------------------------------------------------------- 1. RQ counter
 @pytest.fixture(scope="module")
 def redis_url():
-    from ncalr_backend.service.demo import free_port
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is not installed (scripts/test.sh installs it with apt-get)"
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-    import redis
-
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.time() + 20
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            if time.time() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with redis_server() as url:
+        yield url
 
 
 def test_with_redis_the_page_shows_the_annotations_counted_in_redis(redis_url, tmp_path):

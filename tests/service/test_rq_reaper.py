@@ -4,41 +4,20 @@ the queued-cycle key outlived a job lost with its worker and blocked the project
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 
 import pytest
 
-from ncalr_backend.service.demo import free_port
 from ncalr_backend.service.scheduler import RQScheduler, _keys
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.store import ProjectStore
+from tests.redis_server import redis_server
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is not installed (scripts/test.sh installs it with apt-get)"
-    port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-    import redis
-
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.time() + 20
-    while True:
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.ConnectionError:
-            if time.time() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    with redis_server() as url:
+        yield url
 
 
 def test_a_lost_queued_job_is_requested_again_and_a_waiting_one_is_not(redis_url, tmp_path):

@@ -1,0 +1,38 @@
+"""A real redis-server on a free localhost port, for the tests of the RQ paths (no persistence)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from ncalr_backend.service.demo import free_port
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """Start redis-server, yield its URL once it answers PING, stop it after."""
+    import redis
+
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is not installed (scripts/test.sh installs it with apt-get)"
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.time() + 20
+    try:
+        while True:
+            try:
+                redis.Redis.from_url(url).ping()
+                break
+            except redis.ConnectionError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
