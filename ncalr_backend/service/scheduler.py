@@ -217,6 +217,10 @@ class EmbeddedScheduler(BaseScheduler):
         with self._cv:
             job = self._waiting.setdefault(pid, {})
             job.setdefault("tasks", {}).update(ids)
+            # fresh tasks never wait out another placement's retry delay, and get their own tries
+            # (found by review); the tasks waiting for a retry come along, early
+            job.pop("place_not_before", None)
+            job.pop("place_attempt", None)
             self._ensure_thread()
             self._cv.notify_all()
         return {"queued_tasks": len(ids)}
@@ -360,7 +364,8 @@ ENQUEUE_GRACE_S = 30.0  # a queued-cycle key whose job is still CREATED (not enq
 
 
 def _keys(pid: int) -> dict:
-    return {"queued": f"ncalr:{pid}:queued", "lock": f"ncalr:{pid}:running", "count": f"ncalr:{pid}:count"}
+    return {"queued": f"ncalr:{pid}:queued", "lock": f"ncalr:{pid}:running", "count": f"ncalr:{pid}:count",
+            "place_retry": f"ncalr:{pid}:place_retry"}
 
 
 def keep_lock(lock, every: float, done: threading.Event, lost: threading.Event, project_id: int) -> None:
@@ -445,28 +450,45 @@ def rq_cycle_job(project_id: int):
             raise
 
 
-def rq_place_job(project_id: int, tasks):
+def rq_place_job(project_id: int, tasks, attempt: int = 0):
     """RQ job: place new tasks under the live version. It holds the project's lock, so it never
     runs beside that project's cycle: placed meanwhile, the tasks would get a prediction of the
     version the cycle is replacing, and none of the one that goes live.
 
-    Tasks worth another try (``_place_once``) are tried again after ``PLACE_RETRY_DELAYS``, in this
-    job (``rq worker`` runs no scheduler for delayed jobs), without the lock while it waits, so a
-    cycle of the project may run meanwhile (the new try then skips what that cycle ranked)."""
+    Tasks worth another try (``_place_once``) are recorded in Redis (``place_retry``: the ids, the
+    try and when it is due, merged with any retry already waiting) for the web process's reaper to
+    enqueue after ``PLACE_RETRY_DELAYS``: the worker never sleeps through a delay (found by review:
+    waiting in the job kept a worker, the documented single one, from a queued cycle for minutes,
+    and a warm shutdown waited it out)."""
     from redis import Redis
     settings = Settings.from_env()
     r = Redis.from_url(settings.redis_url)
-    todo, out = list(tasks), None
-    for attempt in range(len(PLACE_RETRY_DELAYS) + 1):
-        with project_lock(r, project_id, settings.rq_lock_ttl):
-            out, todo = _place_once(_default_place, settings, int(project_id), todo)
-        if not todo:
-            break
-        delay = _place_retry_delay(int(project_id), out, todo, attempt)
-        if delay is None:
-            break
-        time.sleep(delay)
+    pid = int(project_id)
+    with project_lock(r, pid, settings.rq_lock_ttl):
+        out, again = _place_once(_default_place, settings, pid, list(tasks))
+        if again:
+            delay = _place_retry_delay(pid, out, again, int(attempt))
+            if delay is not None:
+                key = _keys(pid)["place_retry"]
+                have = _retry_record(r.get(key))
+                r.set(key, json.dumps({"tasks": sorted(set(have.get("tasks", [])) | set(again)),
+                                       "attempt": max(int(attempt) + 1, int(have.get("attempt", 0))),
+                                       "due": max(time.time() + delay, float(have.get("due", 0)))}))
     return out
+
+
+def _retry_record(raw) -> dict:
+    """A ``place_retry`` value from Redis, checked (anything else reads as none)."""
+    try:
+        d = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    if not isinstance(d, dict) or not isinstance(d.get("tasks"), list):
+        return {}
+    tasks = [t for t in d["tasks"] if isinstance(t, int) and not isinstance(t, bool)]
+    attempt, due = d.get("attempt"), d.get("due")
+    return {"tasks": tasks, "attempt": attempt if isinstance(attempt, int) else 0,
+            "due": float(due) if isinstance(due, (int, float)) and not isinstance(due, bool) else 0.0}
 
 
 class RQScheduler(BaseScheduler):
@@ -569,6 +591,8 @@ class RQScheduler(BaseScheduler):
         did = []
         for pid in list_projects(self.settings.model_dir):
             try:  # one project's broken files must not stop the others' recovery
+                if self._reap_placement(pid):
+                    did.append((pid, "placement retry"))
                 why = self._reap_project(pid)
             except RedisError:
                 raise  # Redis away: the loop tries again later
@@ -578,6 +602,21 @@ class RQScheduler(BaseScheduler):
             if why:
                 did.append((pid, why))
         return did
+
+    def _reap_placement(self, pid: int) -> bool:
+        """Enqueue a placement retry (``rq_place_job``'s ``place_retry``) whose time has come. The
+        record is removed only if unchanged since it was read (a job may have merged more tasks
+        into it meanwhile: those wait for the next tick)."""
+        key = _keys(pid)["place_retry"]
+        raw = self.redis.get(key)
+        d = _retry_record(raw)
+        if raw is None or (d.get("tasks") and d["due"] > time.time()):
+            return False
+        if d.get("tasks"):
+            self.queue.enqueue(rq_place_job, pid, d["tasks"], d["attempt"], job_timeout=24 * 3600)
+        self.redis.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
+                        "else return 0 end", 1, key, raw)
+        return bool(d.get("tasks"))
 
     def _reap_project(self, pid: int) -> Optional[str]:
         k = _keys(pid)

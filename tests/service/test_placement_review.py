@@ -4,6 +4,7 @@ never retried, project settings that silently turn the NCAL-R order off, rounded
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -176,6 +177,29 @@ def test_a_placement_that_failed_in_a_way_that_passes_is_tried_again(tmp_path, f
     assert [c[:2] for c in calls] == [(3, [501, 502]), (3, [501, 502])] and calls[1][2] - calls[0][2] >= 0.04
 
 
+def test_fresh_tasks_never_wait_behind_another_placements_retry(tmp_path, monkeypatch):
+    """Found by review: new tasks joined the waiting retry job and waited out its delay (up to
+    120 s) with its remaining tries. A fresh request makes the job due at once with its own tries."""
+    monkeypatch.setattr(scheduler, "PLACE_RETRY_DELAYS", (30.0,))
+    calls = []
+
+    def place(settings, pid, tasks):
+        calls.append((sorted(tasks), time.time()))
+        if len(calls) == 1:
+            raise LabelStudioError("GET /api/tasks/: connection refused", None)
+        return {"placed": len(tasks), "failures": []}
+
+    sch = EmbeddedScheduler(Settings.from_env({"MODEL_DIR": str(tmp_path)}), place_fn=place)
+    sch.request_placement(3, [1])
+    deadline = time.time() + 5
+    while not sch.status(3).get("placement_retry_at") and time.time() < deadline:
+        time.sleep(0.02)  # the first try failed and its retry waits
+    t = time.time()
+    sch.request_placement(3, [2])  # the retry of task 1 is due in 30 s
+    assert sch.wait_idle(5)
+    assert [c[0] for c in calls] == [[1], [1, 2]] and calls[1][1] - t < 3
+
+
 def test_placement_tries_are_bounded_and_a_failure_that_will_not_pass_is_not_retried(tmp_path, fast_retries):
     calls = []
 
@@ -234,32 +258,49 @@ def test_a_placement_retry_never_doubles_a_prediction(settings, monkeypatch, fas
     assert len(_live(ls, 500, live)) == 1 and len(_live(ls, 501, live)) == 1
 
 
-def test_an_rq_placement_is_tried_again_without_holding_the_project_lock(tmp_path, monkeypatch):
-    import redis
+def test_an_rq_placement_retry_waits_in_redis_not_in_the_worker(tmp_path, monkeypatch):
+    """Found by review (twice): the retry slept in the job, keeping the worker (the documented
+    single one) from a queued cycle for minutes. A job that has tasks worth another try records them
+    in Redis with their due time and returns; the web process's reaper enqueues the next try when
+    it is due, with the try counted; the last try gives up."""
+    from rq import Queue
 
-    for k, v in {"MODEL_DIR": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0", "LABEL_STUDIO_URL": "http://ls.test",
-                 "LABEL_STUDIO_API_KEY": "k"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setattr(scheduler, "PLACE_RETRY_DELAYS", (0.0, 0.0), raising=False)
-    monkeypatch.setattr(redis.Redis, "from_url", classmethod(lambda cls, url, **kw: object()))
-    held, calls = [], []
+    from tests.redis_server import redis_server
 
-    @contextmanager
-    def lock(r, pid, ttl):
-        held.append(pid)
-        yield threading.Event()
-        held.remove(pid)
+    with redis_server() as url:
+        for k, v in {"MODEL_DIR": str(tmp_path), "REDIS_URL": url, "LABEL_STUDIO_URL": "http://ls.test",
+                     "LABEL_STUDIO_API_KEY": "k", "RQ_QUEUE": "ncalr-place-retry-test"}.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setattr(scheduler, "PLACE_RETRY_DELAYS", (30.0, 0.0), raising=False)
+        calls = []
 
-    def place(settings, pid, tasks):
-        calls.append((list(held), sorted(tasks)))
-        if len(calls) == 1:
-            raise LabelStudioError("GET /api/tasks/: Read timed out.", None)
-        return {"placed": len(tasks), "failures": [{"task": 6, "reason": "HTTP 502"}] if len(calls) == 2 else []}
-
-    monkeypatch.setattr(scheduler, "project_lock", lock)
-    monkeypatch.setattr(scheduler, "_default_place", place)
-    out = scheduler.rq_place_job(8, [5, 6])
-    assert calls == [([8], [5, 6]), ([8], [5, 6]), ([8], [6])] and out["placed"] == 1 and not held
+        def place(settings, pid, tasks):
+            calls.append(sorted(tasks))
+            if len(calls) == 1:
+                raise LabelStudioError("GET /api/tasks/: Read timed out.", None)
+            return {"placed": len(tasks), "failures": [{"task": 6, "reason": "HTTP 502"}]}
+        monkeypatch.setattr(scheduler, "_default_place", place)
+        t0 = time.time()
+        out = scheduler.rq_place_job(8, [5, 6])
+        assert time.time() - t0 < 5 and out["placed"] == 0  # no sleep in the worker
+        sch = scheduler.RQScheduler(Settings.from_env())
+        ProjectStore(tmp_path, 8).update_state()  # a project the reaper lists
+        key = scheduler._keys(8)["place_retry"]
+        rec = json.loads(sch.redis.get(key))
+        assert rec["tasks"] == [5, 6] and rec["attempt"] == 1 and rec["due"] > time.time() + 20
+        assert sch.reap_once() == [] and Queue("ncalr-place-retry-test", connection=sch.redis).count == 0  # not due
+        sch.redis.set(key, json.dumps({**rec, "due": time.time() - 1}))
+        assert sch.reap_once() == [(8, "placement retry")] and sch.redis.get(key) is None
+        (job,) = Queue("ncalr-place-retry-test", connection=sch.redis).jobs
+        assert job.args == (8, [5, 6], 1)
+        scheduler.rq_place_job(*job.args)  # the second try: task 6 still fails, one try left
+        rec = json.loads(sch.redis.get(key))
+        assert calls[-1] == [5, 6] and rec["tasks"] == [6] and rec["attempt"] == 2
+        assert sch.reap_once() == [(8, "placement retry")]  # due at once (delay 0)
+        job = Queue("ncalr-place-retry-test", connection=sch.redis).jobs[-1]
+        assert job.args == (8, [6], 2)
+        scheduler.rq_place_job(*job.args)  # the last try: given up, nothing recorded
+        assert calls[-1] == [6] and sch.redis.get(key) is None
 
 
 # ---------------------------------------------------------------------------- 4: project settings drift
