@@ -189,12 +189,14 @@ def test_predict_serves_the_latest_cycle(admin, backend, digits_project):
         "tasks": some, "project": f"{pid}.1700000000", "label_config": DIGITS_CONFIG, "params": {"context": None}})
     assert r.status_code == 200, r.text
     res = r.json()["results"]
-    assert len(res) == 3 and all(x["model_version"] == v1 for x in res)
+    assert len(res) == 3 and all(x["model_version"] == v1 for x in res[:2])
     stored = [p for p in tasks[ranked[-1]]["predictions"] if p["model_version"] == v1][0]
     assert res[0]["score"] == pytest.approx(stored["score"], abs=1e-6)
     assert res[0]["result"][0]["value"] == stored["result"][0]["value"]
     assert res[1]["result"] and res[1]["result"][0]["value"]["choices"][0] in [str(d) for d in range(10)]
-    assert res[2]["result"] == []  # broken image: nothing to say, but one result per task
+    # broken image: nothing to say, but one result per task, and under ncalr-untrained, not the live
+    # version: Label Studio asks again on "Retrieve predictions" and placement still places it
+    assert res[2]["result"] == [] and res[2]["model_version"] == "ncalr-untrained"
     STATE["predict_v1"] = res[0]
     bad = backend.http.post(f"{backend.url}/predict", json={"tasks": "x", "project": "1.1"})
     assert bad.status_code == 400
