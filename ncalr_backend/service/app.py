@@ -394,7 +394,7 @@ class Backend:
             todo = {t: [] for t in review.tasks_of_annotations(store, [a for a in anns if db_id(a) is not None])}
         elif action == "ANNOTATIONS_CREATED":
             anns = [a for a in data.get("annotation") or [] if isinstance(a, dict) and not a.get("was_cancelled")]
-            listed = review.ReviewState(store).listed_tasks()
+            listed = review.ReviewState(store).watched_tasks()
             todo = {}
             for a in anns:
                 if db_id(a.get("task")) is not None and str(a["task"]) in listed:
@@ -406,7 +406,7 @@ class Backend:
             task = data.get("task") if isinstance(data.get("task"), dict) else {}
             ann = data.get("annotation") if isinstance(data.get("annotation"), dict) else {}
             tid = task.get("id", ann.get("task"))
-            todo = ({tid: aid(ann)} if db_id(tid) is not None and str(tid) in review.ReviewState(store).listed_tasks()
+            todo = ({tid: aid(ann)} if db_id(tid) is not None and str(tid) in review.ReviewState(store).watched_tasks()
                     else {})
         if todo:
             self.reviews.request(pid, todo)
@@ -578,4 +578,5 @@ def create_app(model_class, settings: Optional[Settings] = None, autostart: bool
     dashboard.register(app, backend)  # GET / (the page), /dashboard/progress, /dashboard/thumb/...
     if autostart:
         backend.scheduler()
+        backend.reviews.resume()  # reviews a stop or a crash left queued (review_todo.json)
     return app

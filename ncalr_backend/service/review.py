@@ -30,6 +30,7 @@ reviewed fingerprints), changed under a file lock (web processes and RQ workers 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -44,7 +45,7 @@ from ncalr_backend.atomic import atomic_write_json
 from ncalr_backend.service.annotations import task_fingerprint, winning_annotation
 from ncalr_backend.service.labelconfig import ImageClassConfig, parse_label_config
 from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
-from ncalr_backend.service.store import ProjectStore, finite_num, locked_file, read_json
+from ncalr_backend.service.store import ProjectStore, finite_num, list_projects, locked_file, read_json
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +130,17 @@ class ReviewState:
         """A review.json that is not a JSON object (truncated, not UTF-8) is renamed to
         ``review.json.corrupt-<time>`` before anything writes over it: reviewers' decisions are not a
         cache that Label Studio can give back, so the damaged file is kept for a person to read."""
-        if not self.path.exists() or isinstance(read_json(self.path, None), dict):
-            return
-        aside = self.path.with_name(f"review.json.corrupt-{int(time.time())}")
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return  # (any other OSError is raised: a read that failed is no damage)
+        try:
+            if isinstance(json.loads(raw.decode("utf-8")), dict):
+                return
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deeply
+            pass
+        aside = self.path.with_name(f"review.json.corrupt-{time.time_ns()}")
         os.replace(self.path, aside)
         log.error("project %s: review.json was damaged (not a JSON object); set aside as %s, the reviewers' "
                   "decisions in it are not read (a later cycle may list reviewed tasks again)",
@@ -139,6 +148,14 @@ class ReviewState:
 
     def listed_tasks(self) -> Dict[str, dict]:
         return self.read()["listed"]
+
+    def watched_tasks(self) -> set:
+        """The tasks whose reviews matter now: those listed, and those a publish is listing at this
+        moment (``publishing``, in review.json while its writes run): a correction made during the
+        publish is queued like one of a listed task (found by review: its webhook was dropped, and
+        the task stayed listed with the label it no longer had)."""
+        d = self.read()
+        return set(d["listed"]) | {str(t) for t in d["publishing"]}
 
 
 def _is_id(k) -> bool:
@@ -167,6 +184,8 @@ def _checked(d: dict, path) -> dict:
                        and all(isinstance(e.get(k), (str, type(None))) for k in ("label", "suggested", "fingerprint")))
     d["relabel"] = keep("relabel", lambda e: isinstance(e, dict) and isinstance(e.get("annotations"), int)
                         and not isinstance(e.get("annotations"), bool) and isinstance(e.get("probs", {}), dict)
+                        and all(_is_id(k) for k in e.get("probs", {}))
+                        and all(_is_num(p) for p in e.get("probs", {}).values())
                         and (e.get("cycle") is None or _is_num(e["cycle"]))
                         and (e.get("expired") is None or _is_num(e["expired"])))
     d["reviewed"] = keep("reviewed", lambda e: isinstance(e, str))
@@ -176,6 +195,8 @@ def _checked(d: dict, path) -> dict:
         dropped.append("view")
         d["view"] = None
     d.setdefault("view", None)
+    pub = d.get("publishing")
+    d["publishing"] = [t for t in pub if isinstance(t, int) and not isinstance(t, bool)] if isinstance(pub, list) else []
     if not isinstance(d.get("keys_written"), bool):
         d["keys_written"] = False
     if dropped:
@@ -216,16 +237,17 @@ def _write_keys(client: LabelStudioClient, project_id: int, values: Dict[int, Op
             if t is None:
                 gone.append(int(tid))
                 continue
-            if v is not None and current is not None and not current(int(tid), t):
+            was_stale = v is not None and current is not None and not current(int(tid), t)
+            if was_stale:
                 v = None
-                if stale is not None:
-                    stale.append(int(tid))
             data = dict(t.get("data") or {})
             want = {KEY_SCORE: None if v is None else v["score"], KEY_LABEL: None if v is None else v.get("label"),
                     KEY_SUGGESTED: None if v is None else v["suggested"]}
             if not all(k in data and data[k] == w for k, w in want.items()):
                 data.update(want)
                 client.request("PATCH", f"/api/tasks/{int(tid)}/", json={"data": data})
+            if was_stale and stale is not None:  # after its keys are nulled: a failed PATCH keeps it listed
+                stale.append(int(tid))
             if done is not None:
                 done[int(tid)] = v
     return gone
@@ -309,8 +331,16 @@ def publish(client: LabelStudioClient, store: ProjectStore, project_id: int, ent
 
         def current(tid: int, task: dict) -> bool:
             prefer = (relabel.get(str(tid)) or {}).get("probs") or None  # as the cycle's split
-            return cfg is None or task_fingerprint(task, cfg, prefer) == target[str(tid)]["fingerprint"]
+            try:
+                return cfg is None or task_fingerprint(task, cfg, prefer) == target[str(tid)]["fingerprint"]
+            except Exception:  # noqa: BLE001 - one task Label Studio answers oddly: not listed, the rest go on
+                log.exception("project %s: cannot read task %s's label; not listed", project_id, tid)
+                return False
         failure: Optional[Exception] = None
+        newly = sorted(int(t) for t in target if t not in listed and int(t) in changes)
+        if newly:  # while the writes run, webhooks queue reviews of these too (``watched_tasks``)
+            atomic_write_json(ReviewState(store).path, {**st, "publishing": newly})
+        st["publishing"] = []
         try:
             gone = _write_keys(client, project_id, changes, done, current, stale)
         except Exception as exc:  # noqa: BLE001 - saved below, then raised: review.json must say what is shown
@@ -378,8 +408,13 @@ def clear(client: LabelStudioClient, store: ProjectStore, project_id: int, tasks
         for t in ids:
             prefer = ((st.get("relabel") or {}).get(str(t)) or {}).get("probs") or None  # as the cycle's split
             task = current.get(t)
-            win = winning_annotation(task, cfg, prefer) if task is not None else None
-            fp = task_fingerprint(task, cfg, prefer) if win is not None else None
+            try:
+                win = winning_annotation(task, cfg, prefer) if task is not None else None
+                fp = task_fingerprint(task, cfg, prefer) if win is not None else None
+            except Exception:  # noqa: BLE001 - one odd task must not keep the others' reviews queued
+                log.exception("project %s: cannot read task %s's label; off the list, no review recorded",
+                              project_id, t)
+                win = fp = None
             if fp is not None and _id_of(win) in named[str(t)]:
                 st["reviewed"][str(t)] = fp
             st["reviewed_at"][str(t)] = time.time()
@@ -513,6 +548,19 @@ class ReviewClearer:
         ReviewTodo(ProjectStore(self.settings.model_dir, project_id)).add(tasks)
         self._wake(int(project_id), 0.0)
         return len(tasks)
+
+    def resume(self) -> int:
+        """At start: wake the clearer for every project whose review_todo.json holds reviews (a
+        stop or a crash left them queued); returns how many projects."""
+        n = 0
+        for pid in list_projects(self.settings.model_dir):
+            try:
+                if ReviewTodo(ProjectStore(self.settings.model_dir, pid)).read():
+                    self._wake(pid, 0.0)
+                    n += 1
+            except OSError as exc:
+                log.warning("project %s: cannot read its queued reviews: %s", pid, exc)
+        return n
 
     def _wake(self, pid: int, delay: float) -> None:
         with self._cv:

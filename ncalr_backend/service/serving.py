@@ -11,9 +11,13 @@ under ``UNTRAINED_VERSION``, never under the live version: Label Studio stores w
 answers (ml/models.py ``predict_tasks``) and afterwards skips every task that has a prediction of
 the version /setup reports, so a placeholder under the live version made "Retrieve predictions"
 never ask again and placement (``placement._has_version``) never place the task until the next
-cycle. Under ``UNTRAINED_VERSION`` it is asked for again, placed by TASKS_CREATED placement, left
-out of "Label All Tasks" (which only serves tasks with a live-version prediction, so it comes after
-them, as score 1.0 did), and deleted by the next cycle (``writeback.prune_versions``).
+cycle. Under ``UNTRAINED_VERSION`` the manual "Retrieve predictions" action asks for it again (it
+skips only tasks with a prediction of the /setup version; each failed ask adds one more
+placeholder row, all deleted by the next cycle, ``writeback.prune_versions``); opening the task
+and the Data Manager's automatic retrieval do not (Label Studio 1.23.2 calls /predict there only
+for tasks without any prediction: tasks/api.py, data_manager/api.py). TASKS_CREATED placement
+still places it, and "Label All Tasks" (which serves tasks with a live-version prediction first)
+serves it after them, as score 1.0 did.
 """
 
 from __future__ import annotations

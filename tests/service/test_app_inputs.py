@@ -112,7 +112,7 @@ def test_annotations_created_from_predictions_are_counted_and_a_skip_is_no_revie
     requested = []
     monkeypatch.setattr(backend.reviews, "request", lambda pid, tids: requested.append((pid, list(tids))))
     import ncalr_backend.service.review as review
-    monkeypatch.setattr(review.ReviewState, "listed_tasks", lambda self: {"7"})
+    monkeypatch.setattr(review.ReviewState, "watched_tasks", lambda self: {"7"})
     store = ProjectStore(client.model_dir, 5)
     store.root.mkdir(parents=True, exist_ok=True)
     (store.root / "review.json").write_text("{}")

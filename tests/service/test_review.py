@@ -350,8 +350,8 @@ def test_a_task_sent_for_re_annotation_is_recorded_before_it_is_sent(tmp_path):
 
     ls = FakeLS(n=20, n_labeled=10)
     store = ProjectStore(tmp_path, 1)
-    plan = review.RelabelPlan(new={1: {"probs": {"a": 0.2, "b": 0.8}, "annotations": 1},
-                                   2: {"probs": {"a": 0.3, "b": 0.7}, "annotations": 1}},
+    plan = review.RelabelPlan(new={1: {"probs": {"0": 0.2, "1": 0.8}, "annotations": 1},
+                                   2: {"probs": {"0": 0.3, "1": 0.7}, "annotations": 1}},
                               pending=[], items=[], cycle=4)
     calls = _fail_patch(ls, 2, SystemExit("killed"))  # the process goes: nothing after that PATCH runs
     with pytest.raises(SystemExit):
@@ -531,3 +531,98 @@ def test_multi_label_entries_sort_as_the_engine_ranks():
                           signals={"p_mean": np.array([0.95, 0.3])})
     e = review.label_error_entries(SimpleNamespace(label_report=rep), ml)
     assert [(x["task"], x["score"]) for x in e] == [(5, 0.95), (6, 0.3)]
+
+
+def test_hostile_numbers_and_probabilities_in_the_review_files_are_dropped(tmp_path):
+    """Found by review: a huge integer (1e400 written as digits) made every read raise
+    OverflowError (every cycle failed at its snapshot), and a relabel entry whose probability was a
+    string made every queued review fail to apply, for good."""
+    ls = FakeLS(n=12, n_labeled=6)
+    store = ProjectStore(tmp_path, 1)
+    store.root.mkdir(parents=True)
+    huge = "1" + "0" * 400
+    (store.root / "review.json").write_text(
+        '{"reviewed_at": {"3": %s, "4": 1.5}, "listed": {"5": {"score": %s}}, '
+        '"relabel": {"5": {"annotations": 1, "probs": {"0": "x"}}, "6": {"annotations": 1, "probs": {"0": 0.9}}}}'
+        % (huge, huge))
+    (store.root / "review_todo.json").write_text('{"5": {"at": %s}, "6": {"at": 1.0, "annotations": [106]}}' % huge)
+    st = review.ReviewState(store).read()
+    assert st["reviewed_at"] == {"4": 1.5} and st["listed"] == {} and set(st["relabel"]) == {"6"}
+    assert set(review.ReviewTodo(store).read()) == {"6"}
+    review.publish(ls, store, 1, [_flag(5, "105:0"), _flag(6, "106:1")])
+    assert review.ReviewTodo(store).read() == {}  # task 6's review applied
+
+
+def test_a_correction_made_while_a_publish_writes_is_queued(tmp_path):
+    """Found by review: a task the publish was newly listing was not "listed" for the webhook until
+    the publish saved review.json, so a correction made meanwhile was dropped and the task stayed
+    listed with its old label. While the writes run, review.json names them (``publishing``)."""
+    ls = FakeLS(n=12, n_labeled=6)
+    store = ProjectStore(tmp_path, 1)
+    seen = []
+    real = ls.request
+
+    def request(method, path, json=None, **kw):
+        if method == "PATCH" and "/api/tasks/" in path:
+            seen.append(review.ReviewState(store).watched_tasks())  # what a webhook would see now
+        return real(method, path, json=json, **kw)
+    ls.request = request
+    review.publish(ls, store, 1, [_flag(3, "103:0"), _flag(5, "105:0")])
+    assert seen and all(w == {"3", "5"} for w in seen)
+    assert review.ReviewState(store).read()["publishing"] == []
+    assert review.ReviewState(store).watched_tasks() == {"3", "5"}  # listed now
+
+
+def test_queued_reviews_are_applied_after_a_restart_without_a_webhook(tmp_path):
+    """Found by review: the clearer started only on a webhook, so after a restart a queued review
+    waited for the project's next webhook or cycle."""
+    import time
+
+    ls = FakeLS(n=12, n_labeled=6)
+    store = ProjectStore(tmp_path, 1)
+    review.publish(ls, store, 1, [_flag(3, "103:0")])
+    review.ReviewTodo(store).add({3: [103]})
+    clearer = review.ReviewClearer(type("S", (), {"model_dir": tmp_path})(), lambda: ls)
+    assert clearer.resume() == 1
+    deadline = time.time() + 10
+    while review.ReviewTodo(store).read() and time.time() < deadline:
+        time.sleep(0.05)
+    assert review.ReviewState(store).read()["reviewed"] == {"3": "103:0"} and 3 not in _listed(ls)
+
+
+def test_a_failed_read_is_no_damage_and_a_stale_task_whose_patch_failed_stays_listed(tmp_path, monkeypatch):
+    """Found by review: an OSError reading review.json (EMFILE, EIO) set the reviewers' decisions
+    aside like a damaged file; and a stale task was counted gone before its keys were nulled, so a
+    failed PATCH left it on the tab and out of review.json."""
+    import builtins
+
+    import pytest
+
+    from ncalr_backend.service.labelconfig import parse_label_config
+    from tests.service.test_cycle import CFG
+
+    ls = FakeLS(n=12, n_labeled=6)
+    store = ProjectStore(tmp_path, 1)
+    review.publish(ls, store, 1, [_flag(3, "103:0")])
+    real_open = builtins.open
+
+    def emfile(path, *a, **kw):
+        if str(path).endswith("review.json") and "r" in (a[0] if a else kw.get("mode", "r")):
+            raise OSError(24, "Too many open files")
+        return real_open(path, *a, **kw)
+    monkeypatch.setattr(builtins, "open", emfile)
+    with pytest.raises(OSError):
+        with review.ReviewState(store).locked():
+            pass
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert not list(store.root.glob("review.json.corrupt-*")) and set(review.ReviewState(store).listed_tasks()) == {"3"}
+
+    t3 = next(t for t in ls.tasks if t["id"] == 3)
+    t3["annotations"][0]["result"][0]["value"]["choices"] = ["b"]  # relabeled: stale
+
+    def fail(method, path, json=None, **kw):
+        raise review.LabelStudioError("PATCH: 503", 503)
+    ls.request = fail
+    with pytest.raises(review.LabelStudioError):
+        review.publish(ls, store, 1, [_flag(3, "103:0")], cfg=parse_label_config(CFG))
+    assert set(review.ReviewState(store).listed_tasks()) == {"3"}  # still shown in Label Studio: still listed
