@@ -6,21 +6,24 @@ import shutil
 import subprocess
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Iterator, Optional
 
 from ncalr_backend.service.demo import free_port
 
 
 @contextmanager
-def redis_server() -> Iterator[str]:
-    """Start redis-server, yield its URL once it answers PING, stop it after."""
+def redis_server(log_path: Optional[Path] = None) -> Iterator[str]:
+    """Start redis-server (its output to ``log_path``, else discarded), yield its URL once it
+    answers PING, stop it after."""
     import redis
 
     exe = shutil.which("redis-server")
     assert exe, "redis-server is not installed (scripts/test.sh installs it with apt-get)"
     port = free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=open(log_path, "wb") if log_path else subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.time() + 20
     try:

@@ -3,9 +3,9 @@ them here), against the real Label Studio. Needs `redis-server` (scripts/test.sh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +17,8 @@ import requests
 from ncalr_backend.service.auth import project_key
 from ncalr_backend.service.demo import ROOT, BackendProcess, backend_env, digit_pngs, free_port, label_from_name
 
+from tests.redis_server import redis_server
+
 from .conftest import BACKEND_SETTINGS, _tail, wait_for_webhook_auth
 
 pytestmark = pytest.mark.integration
@@ -25,29 +27,15 @@ STATE = {}
 
 @pytest.fixture(scope="module")
 def rq_stack(label_studio, tmp_path_factory):
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is not installed (scripts/test.sh installs it with apt-get)"
     d = tmp_path_factory.mktemp("rq")
-    port = free_port()
-    redis = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                             stdout=open(d / "redis.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"redis://127.0.0.1:{port}/0"
+    stack = contextlib.ExitStack()
+    url = stack.enter_context(redis_server(d / "redis.log"))
     settings = {k: v for k, v in BACKEND_SETTINGS.items() if not k.startswith("BASIC_AUTH")}
     # a short cycle lock, so that a killed worker frees its project within seconds (test below)
     env = backend_env(label_studio.url, label_studio.token, d / "model_dir", REDIS_URL=url, RQ_QUEUE="ncalr-it",
                       RQ_LOCK_TTL=6, **settings)
     procs = []
     try:
-        deadline = time.time() + 20
-        import redis as redis_py
-        while True:
-            try:
-                redis_py.Redis.from_url(url).ping()
-                break
-            except redis_py.ConnectionError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.2)
         # no PUBLIC_URL and no basic auth (zero configuration): the backend finds its own URL among the
         # project's ML backends by asking each to prove it holds its secret (auth.is_this_backend), so
         # the webhook gets the secret and unauthenticated Start training presses are accepted below
@@ -76,8 +64,7 @@ def rq_stack(label_studio, tmp_path_factory):
                 os.killpg(p.pid, signal.SIGKILL)
         if "backend" in locals():
             backend.stop()
-        os.killpg(redis.pid, signal.SIGTERM)
-        redis.wait(10)
+        stack.close()
 
 
 def _status(stack, pid):
