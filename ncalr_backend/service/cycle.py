@@ -9,7 +9,8 @@ write back (writeback.py)    the head of the order (WRITE_BACK_TOP) imported und
 commit     (commit)          the cycle's directory moves into place, latest.json is switched
 ```
 A failure before the switch raises ``CycleError``; predictions already sent are deleted again, the
-work directory moves to ``failed/`` with its report, and the previous version stays live. Once the
+work directory moves to ``failed/`` with its report, and the previous version stays live (its written
+head is topped up when it is running out: ``placement.refill_head``). Once the
 project has switched to the new version, nothing rolls it back: a later failure (say the local
 report cannot be written) is reported, and the version stays live. ``CycleError.retryable`` says
 whether the scheduler should try again later; ``should_stop`` (the backend is stopping) ends the
@@ -229,7 +230,8 @@ def commit(run: CycleRun, snap: Snapshot, res, wb: WriteBack, settings: Settings
                   run.project_id, run.cycle, exc)
     run.store.commit(run.work, run.cycle, {**run.pointer, "finished_at": done, "live": wb.live})
     if not run.store.finish_in_progress(run.owner, last_completed=run.cycle, last_model_version=run.version,
-                                        crashed_cycles=0, serving_drift=None):  # the switch set both again
+                                        crashed_cycles=0, serving_drift=None,  # the switch set both again
+                                        head=None):  # the previous version's written head (refill_head)
         log.warning("project %s cycle %s completed after another cycle took the project over; that one's "
                     "marker is left as it is", run.project_id, run.cycle)
     log.info("project %s cycle %s (%s) completed: %d labeled, %d ranked, %.1fs trigger-to-live",
@@ -340,6 +342,21 @@ def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool, 
     return err
 
 
+def refill_after_failure(settings: Settings, project_id: int, client: LabelStudioClient,
+                         should_stop: Optional[Callable[[], bool]] = None) -> None:
+    """The cycle failed and the previous version stays live: keep its written head from running
+    out (``placement.refill_head``). Never raises: the cycle's own error is what goes out."""
+    from ncalr_backend.service.placement import refill_head
+    try:
+        out = refill_head(settings, project_id, client, should_stop=should_stop)
+    except Exception as exc:  # noqa: BLE001 - Label Studio away too (often why the cycle failed)
+        log.warning("project %s: the live version's written head was not checked after the failed cycle: %s: %s",
+                    project_id, exc.__class__.__name__, exc)
+        return
+    if out.get("reason"):
+        log.info("project %s: written head not refilled: %s", project_id, out["reason"])
+
+
 # ---------------------------------------------------------------------------- the cycle
 def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual",
                       triggered_at: Optional[float] = None, engine_config=None,
@@ -423,6 +440,8 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         err = fail(run, exc, client, wrote, live, keep_failed=settings.keep_failed)
         if not err.superseded:  # progress.json is the project's: a successor's progress is not overwritten
             prog.finish("interrupted" if err.interrupted else "failed", str(err))
+        if not (err.superseded or err.interrupted or live):
+            refill_after_failure(settings, project_id, client, should_stop)
         if err is exc:
             raise
         raise err from exc

@@ -1,14 +1,23 @@
-"""Queue places for tasks created after the latest cycle, from the current model (no training).
+"""Queue places in Label Studio under the live version, without training.
 
-A new task gets a prediction under the live version, with the queue score of ranked tasks of
-similar confidence (``predictions.PlacementIndex``), so that "Label All Tasks" serves it among
-them until the next cycle ranks everything with NCAL-R.
+``place_new_tasks``: a task created after the latest cycle gets a prediction under the live
+version, with the queue score of ranked tasks of similar confidence (``predictions.PlacementIndex``),
+so that "Label All Tasks" serves it among them until the next cycle ranks everything with NCAL-R.
+
+``refill_head``: after a failed cycle (the previous version stays live), when fewer than half of
+the head a cycle writes (``WRITE_BACK_TOP``) is still unlabeled, the next ranks of the live
+cycle's order are written under the same version, so that "Label All Tasks" keeps serving the
+NCAL-R order with pre-annotations instead of falling back to random (Label Studio 1.23 serves at
+random once no unlabeled task has a prediction of the project's version:
+projects/functions/next_task.py ``_try_uncertainty_sampling``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+import math
+import time
+from typing import Callable, Optional, Sequence
 
 from ncalr_backend.data.images import ImageCache
 from ncalr_backend.service.annotations import winning_annotation
@@ -20,7 +29,7 @@ from ncalr_backend.service.predictions import PlacementIndex, classify, model_in
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.localfiles import direct_reader
 from ncalr_backend.service.snapshot import load_images
-from ncalr_backend.service.store import ProjectStore, read_json
+from ncalr_backend.service.store import ProjectStore, finite_num, read_json
 from ncalr_backend.service.writeback import import_all
 
 log = logging.getLogger(__name__)
@@ -92,6 +101,104 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
     if placed:
         log.info("project %s: placed %d new tasks under %s", project_id, placed, version)
     return {"placed": placed, "failures": failures, "model_version": version}
+
+
+REFILL_BELOW = 0.5  # refill when fewer than this share of the head size is still unlabeled
+READ_CHUNK = 100  # ranked tasks read from Label Studio per request while refilling (a Data Manager page)
+REFILL_DEADLINE_S = 120.0  # a refill runs right after a failed cycle: it never holds the project longer
+
+
+def refill_head(settings: Settings, project_id: int, client: Optional[LabelStudioClient] = None,
+                should_stop: Optional[Callable[[], bool]] = None) -> dict:
+    """Top the written head of the live cycle's order back up (see the module docstring).
+
+    The written head is the ranks below ``state.json: head.written`` (the cycle's
+    ``written_ranks`` until a refill moves it). Its tasks are read again from Label Studio; when
+    fewer than ``REFILL_BELOW`` x the head size (``Settings.write_back_count``) are unlabeled, the
+    next ranks are written, in rank order, with the cycle's own predictions (label, confidence,
+    queue score: the same answer /predict gives), skipping tasks labeled meanwhile; a task that
+    already has a prediction of the live version (/predict or placement gave it) counts as written.
+    It stops once the head size is unlabeled again, at the end of the order, or after
+    ``REFILL_DEADLINE_S``. What it found is recorded in ``state.json: head`` (/status), after each
+    written chunk, so a refill that fails half-way does not write the same ranks again.
+    Returns ``{"refilled": n, ...}``; raises ``LabelStudioError`` / ``CycleError`` when Label
+    Studio fails or refuses (the caller logs it: the next cycle writes a whole new head)."""
+    store = ProjectStore(settings.model_dir, project_id)
+    latest = store.latest()
+    if not latest or not latest.get("live"):
+        return {"refilled": 0, "reason": "no live cycle yet"}
+    version = latest["model_version"]
+    preds = read_json(latest["path"] / "predictions.json", {})
+    entries = preds.get("tasks") if isinstance(preds, dict) else None
+    if not isinstance(entries, dict) or preds.get("model_version", version) != version:
+        return {"refilled": 0, "reason": f"the predictions of {version} cannot be read"}
+    order = sorted((int(e["rank"]), int(t)) for t, e in entries.items()
+                   if isinstance(e, dict) and str(t).isdigit() and len(str(t)) < 19
+                   and isinstance(e.get("rank"), int) and not isinstance(e.get("rank"), bool)
+                   and finite_num(e.get("score")) is not None and finite_num(e.get("confidence")) is not None)
+    order = [t for _, t in order]
+    def count(v) -> Optional[int]:
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+    head = store.state().get("head")
+    head = head if isinstance(head, dict) and head.get("version") == version else {}
+    # the refill's record, else what the cycle wrote, else (unknown) everything: nothing is written twice
+    written = min(next(w for w in (count(head.get("written")), count(preds.get("written_ranks")), len(order))
+                       if w is not None), len(order))
+    if written >= len(order):
+        return {"refilled": 0, "reason": "every ranked task is written", "model_version": version}
+    client = client or make_client(settings)
+    deadline = time.monotonic() + REFILL_DEADLINE_S
+    why = client.not_connected_reason(project_id, *connection_check(settings, project_id))
+    if why is not None:
+        return {"refilled": 0, "reason": why}
+    project = client.get_project(project_id)
+    cfg = parse_label_config(project.get("label_config"))
+    if (list(cfg.labels) != list(latest.get("labels", []))
+            or cfg.multilabel != bool(latest.get("multilabel", False))):
+        return {"refilled": 0, "reason": "labeling config changed since the latest cycle"}
+    num_tasks = project.get("task_number")
+    num_tasks = num_tasks if isinstance(num_tasks, int) and not isinstance(num_tasks, bool) else len(order)
+    size = settings.write_back_count(len(order), num_tasks)
+    unlabeled = sum(1 for t in client.get_tasks(project_id, order[:written], resolve_uri=False)
+                    if winning_annotation(t) is None)
+    record = {"version": version, "written": written, "unlabeled": unlabeled, "size": size,
+              "checked_at": time.time()}
+    if unlabeled >= math.ceil(REFILL_BELOW * size):
+        store.update_state(head=record)
+        return {"refilled": 0, "unlabeled": unlabeled, "size": size, "model_version": version}
+    added, pos = 0, written
+    refilled = count(head.get("refilled")) or 0
+    while unlabeled + added < size and pos < len(order):
+        if (should_stop is not None and should_stop()) or time.monotonic() > deadline:
+            break  # what is written stays; the next refill or cycle goes on from here
+        ids = order[pos:pos + READ_CHUNK]
+        by_id = {t.get("id"): t for t in client.get_tasks(project_id, ids, resolve_uri=False)}
+        items, counted = [], 0
+        for tid in ids:
+            pos += 1
+            t = by_id.get(tid)
+            if t is None or winning_annotation(t) is not None:
+                continue  # deleted or labeled meanwhile
+            if _has_version(t, version):
+                counted += 1  # already served under this version (/predict or placement)
+            else:
+                e = entries[str(tid)]
+                items.append(prediction_item(tid, e, float(e["score"]), cfg, version))
+            if unlabeled + added + counted + len(items) >= size:
+                break
+        created, sent, _gone = (import_all(client, project_id, items, settings.prediction_chunk_size)
+                                if items else (0, 0, []))
+        if created != sent:
+            raise CycleError(f"Label Studio created {created} of {sent} predictions refilling the head of {version}")
+        added += created + counted
+        refilled += created
+        record.update(written=pos, refilled=refilled, unlabeled=unlabeled + added, checked_at=time.time())
+        store.update_state(head=record)
+    log.info("project %s: the written head of %s had %d unlabeled task(s) of %d; %d more ranks written (up to "
+             "rank %d of %d)", project_id, version, unlabeled, size, added, pos, len(order))
+    return {"refilled": added, "unlabeled": unlabeled + added, "size": size, "written": pos,
+            "model_version": version}
 
 
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"  # Label Studio's Project.UNCERTAINTY

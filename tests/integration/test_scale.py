@@ -107,6 +107,56 @@ def test_label_all_tasks_follows_the_written_head_then_predict_gives_every_other
     assert mine[0]["score"] == pytest.approx(rank[outside] / 48, abs=1e-6)  # its place in the NCAL-R order
 
 
+def test_after_a_failed_cycle_the_written_head_is_topped_up_and_label_all_tasks_keeps_the_order(
+        admin, head_backend):
+    """Label Studio serves at random once every task with a prediction of the project's version is
+    labeled; a failed cycle (here training diverges twice) leaves the previous version live, and the
+    backend writes its next ranks so that "Label All Tasks" goes on in NCAL-R order."""
+    pid = admin.create_project("head refill (integration)")
+    files = digit_pngs(60, seed=6)
+    assert admin.upload_files(pid, [(n, b) for n, b, _ in files]) == 60
+    ml = admin.connect_ml(pid, head_backend.url, basic_auth=BASIC)
+    wait_for_webhook_auth(admin, pid)
+    for t in admin.tasks(pid)[:12]:
+        admin.annotate(t["id"], label_from_name(t["data"]["image"]))
+    admin.start_training(ml["id"])
+    head_backend.wait_cycle(pid, 1)
+    latest = ProjectStore(head_backend.model_dir, pid).latest()
+    version = latest["model_version"]
+    preds = read_json(latest["path"] / "predictions.json")
+    rank = {int(t): e["rank"] for t, e in preds["tasks"].items()}
+    for _ in range(8):  # the annotators label the whole written head
+        t = admin.next_task(pid)
+        assert rank[t["id"]] < 8
+        admin.annotate(t["id"], label_from_name(t["data"]["image"]))
+
+    head_backend.stop()
+    head_backend.env["NCALR_LR"] = "1e7"  # every cycle from now on diverges (twice), and fails cleanly
+    try:
+        head_backend.start()
+        admin.start_training(ml["id"])
+        s = head_backend.wait(pid, lambda s: (s.get("last_failed") or 0) >= 2 and not s["scheduler"]["running"]
+                              and (s.get("head") or {}).get("written", 0) > 8, 180, "cycle 2 to fail and refill")
+        assert "diverged twice" in s["last_error"], s["last_error"]
+        assert s["model_version"] == version and admin.project(pid)["model_version"] == version
+        assert s["head"] == {**s["head"], "version": version, "written": 16, "unlabeled": 8, "size": 8,
+                             "refilled": 8}
+        assert admin.req("GET", f"/api/projects/{pid}/model-versions/").json().get(version) == 16
+        served = []
+        for _ in range(8):  # "Label All Tasks" goes on with ranks 8..15, each with its pre-annotation
+            t = admin.next_task(pid)
+            served.append(t["id"])
+            mine = [p for p in admin.req("GET", "/api/predictions/", params={"task": t["id"]}).json()
+                    if p["model_version"] == version]
+            assert len(mine) == 1 and mine[0]["result"][0]["value"]["choices"] == [preds["tasks"][str(t["id"])]["label"]]
+            admin.annotate(t["id"], label_from_name(t["data"]["image"]))
+        assert [rank[i] for i in served] == list(range(8, 16))
+    finally:
+        head_backend.stop()
+        head_backend.env.pop("NCALR_LR")
+        head_backend.start()
+
+
 def test_the_mirror_sees_annotations_that_remove_duplicated_tasks_moved(admin, label_studio, tmp_path, monkeypatch):
     """Found by review: Label Studio's "Remove Duplicated Tasks" moves the duplicates' annotations
     onto the task it keeps by a bulk update (the kept task's updated_at does not move) and deletes
