@@ -47,9 +47,14 @@ def winning_annotation(task: dict, cfg: Optional[ImageClassConfig] = None, prefe
     return max(anns, key=lambda a: (bool(a.get("ground_truth")), _ts(a), _id(a)))
 
 
-def _id(a: dict) -> int:
+def annotation_id(a: dict) -> Optional[int]:
+    """The annotation's id, or None when it has none that is an integer (a payload may hold anything)."""
     i = a.get("id")
-    return i if isinstance(i, int) and not isinstance(i, bool) else 0
+    return i if isinstance(i, int) and not isinstance(i, bool) else None
+
+
+def _id(a: dict) -> int:  # for ordering: an annotation without an id sorts first
+    return annotation_id(a) or 0
 
 
 def _chosen(ann: dict, cfg: ImageClassConfig):

@@ -42,7 +42,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 import numpy as np
 
 from ncalr_backend.atomic import atomic_write_json
-from ncalr_backend.service.annotations import task_fingerprint, winning_annotation
+from ncalr_backend.service.annotations import annotation_id, task_fingerprint, winning_annotation
 from ncalr_backend.service.labelconfig import ImageClassConfig, parse_label_config
 from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
 from ncalr_backend.service.store import ProjectStore, finite_num, list_projects, locked_file, read_json
@@ -415,7 +415,7 @@ def clear(client: LabelStudioClient, store: ProjectStore, project_id: int, tasks
                 log.exception("project %s: cannot read task %s's label; off the list, no review recorded",
                               project_id, t)
                 win = fp = None
-            if fp is not None and _id_of(win) in named[str(t)]:
+            if fp is not None and annotation_id(win) in named[str(t)]:
                 st["reviewed"][str(t)] = fp
             st["reviewed_at"][str(t)] = time.time()
             st["listed"].pop(str(t), None)
@@ -425,11 +425,6 @@ def clear(client: LabelStudioClient, store: ProjectStore, project_id: int, tasks
     if off:
         log.info("project %s: %d task(s) reviewed, off the suspected-label-errors list: %s", project_id, len(off), off)
     return off
-
-
-def _id_of(ann: dict) -> Optional[int]:
-    i = ann.get("id")
-    return i if isinstance(i, int) and not isinstance(i, bool) else None
 
 
 class ReviewTodo:
