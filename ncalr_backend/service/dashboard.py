@@ -539,6 +539,25 @@ def now_block(pid: int, p: Optional[dict], state: dict, sched: Optional[dict], n
         return progress_section(pid, None, state, sched, now, unreadable=True)
 
 
+def head_note(state: dict, live_version) -> str:
+    """What the last refill of the live version's written head found (``placement.refill_head``,
+    run after a failed cycle): a line once it topped the head up, an error once nothing is left."""
+    h = state.get("head")
+    if not isinstance(h, dict) or not live_version or h.get("version") != live_version:
+        return ""
+    n = {k: h.get(k) if isinstance(h.get(k), int) and not isinstance(h.get(k), bool) else None
+         for k in ("written", "unlabeled", "size", "refilled")}
+    if n["unlabeled"] == 0:
+        return ('<p class="error head">The live order is used up: every task of it written to Label Studio is '
+                'labeled, so "Label All Tasks" serves at random, without pre-annotations, until a cycle goes '
+                'live (see the last error).</p>')
+    if not n["refilled"]:
+        return ""
+    return (f'<p class="muted head">After a failed cycle the queue was topped up: {e(n["refilled"])} more ranked '
+            f'tasks written to Label Studio (ranks below {e(n["written"])}); {e(n["unlabeled"])} of the '
+            f'{e(n["size"])} the head should hold are unlabeled.</p>')
+
+
 def project_section(view: dict, p: Optional[dict], sched: Optional[dict], now: float, threshold=None,
                     keep: Optional[tuple] = None, progress_unreadable: bool = False) -> str:
     pid = view["project"]
@@ -563,6 +582,7 @@ def project_section(view: dict, p: Optional[dict], sched: Optional[dict], now: f
             + (f'<p class="muted">labels: {e(", ".join(map(str, labels)))}</p>' if labels else "")
             + (f'<p class="error drift">{e(state["serving_drift"])}</p>'
                if isinstance(state.get("serving_drift"), str) else "")
+            + head_note(state, latest.get("model_version"))
             + f'<h3>Now</h3>{now_block(pid, p, state, sched, now, progress_unreadable)}'
             f'<h3>Cycles</h3>{kept_note(keep) if view.get("history") else ""}{history_table(view.get("history") or [])}'
             f'<h3>Plots</h3><p class="note">{est_note}</p><div class="plots">{"".join(plots)}</div>'

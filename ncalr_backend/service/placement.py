@@ -197,6 +197,10 @@ def refill_head(settings: Settings, project_id: int, client: Optional[LabelStudi
         store.update_state(head=record)
     log.info("project %s: the written head of %s had %d unlabeled task(s) of %d; %d more ranks written (up to "
              "rank %d of %d)", project_id, version, unlabeled, size, added, pos, len(order))
+    if unlabeled + added == 0 and pos >= len(order):
+        log.error("project %s: the live order of %s is used up: every task it ranked and wrote is labeled, so "
+                  "\"Label All Tasks\" serves at random without pre-annotations until a cycle goes live (see "
+                  "the cycle's error in /status)", project_id, version)
     return {"refilled": added, "unlabeled": unlabeled + added, "size": size, "written": pos,
             "model_version": version}
 

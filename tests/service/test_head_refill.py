@@ -138,3 +138,26 @@ def test_a_refill_that_fails_never_hides_the_cycles_own_error(settings, caplog):
         run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
     assert err.value.retryable  # the cycle's own error, so the scheduler tries it again
     assert "written head was not checked" in caplog.text and len(_written(ls, v)) == 4
+
+
+def test_the_dashboard_says_when_the_head_was_topped_up_and_when_the_order_is_used_up(settings, caplog):
+    from ncalr_backend.service.dashboard import head_note
+
+    ls = PlacingLS()
+    v, _, by_rank = _live_cycle(settings, ls)
+    store = ProjectStore(settings.model_dir, 1)
+    assert head_note(store.state(), v) == ""  # nothing refilled: nothing to say
+    for tid in by_rank[:4]:
+        _label(ls, tid)
+    placement.refill_head(settings, 1, ls)
+    note = head_note(store.state(), v)
+    assert "topped up: 4 more ranked tasks" in note and "ranks below 8" in note and "4 of the 4" in note
+    assert head_note(store.state(), "ncalr-1-other") == ""  # another version is live now
+    for tid in by_rank[4:]:  # every ranked task labeled: nothing left to serve in order
+        _label(ls, tid)
+    with caplog.at_level(logging.ERROR):
+        placement.refill_head(settings, 1, ls)
+    assert "is used up" in caplog.text
+    assert "used up" in head_note(store.state(), v) and 'class="error head"' in head_note(store.state(), v)
+    store.update_state(head={"version": v, "unlabeled": "<b>", "refilled": True})  # damaged: no markup, no crash
+    assert head_note(store.state(), v) == ""
