@@ -505,7 +505,8 @@ class Backend:
                # a user's setting that turns the NCAL-R order off (PROJECT_UPDATED; the next live cycle clears it)
                "serving_drift": s.get("serving_drift") if isinstance(s.get("serving_drift"), str) else None,
                # the live version's written head as the last refill check found it (after a failed cycle)
-               "head": s.get("head") if isinstance(s.get("head"), dict) else None,
+               "head": (s["head"] if isinstance(s.get("head"), dict) and latest
+                        and s["head"].get("version") == latest.get("model_version") else None),
                "model_version": latest.get("model_version") if latest else None,
                "webhooks_seen": self.webhooks_seen(pid),
                "label_errors": part("label_errors", label_errors) if report else None,

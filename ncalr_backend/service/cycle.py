@@ -331,6 +331,7 @@ def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool, 
     changes = dict(last_failed=run.cycle, last_error=str(err), crashed_cycles=0)
     if live:
         changes["last_model_version"] = run.version
+        changes["head"] = None  # the previous version's written head (refill_head): Label Studio serves this one
     if committed:
         changes["last_completed"] = run.cycle
     try:

@@ -549,13 +549,13 @@ def head_note(state: dict, live_version) -> str:
          for k in ("written", "unlabeled", "size", "refilled")}
     if n["unlabeled"] == 0:
         return ('<p class="error head">The live order is used up: every task of it written to Label Studio is '
-                'labeled, so "Label All Tasks" serves at random, without pre-annotations, until a cycle goes '
-                'live (see the last error).</p>')
+                'labeled or skipped, so "Label All Tasks" serves at random, without pre-annotations, until a '
+                'cycle goes live (see the last error).</p>')
     if not n["refilled"]:
         return ""
     return (f'<p class="muted head">After a failed cycle the queue was topped up: {e(n["refilled"])} more ranked '
             f'tasks written to Label Studio (ranks below {e(n["written"])}); {e(n["unlabeled"])} of the '
-            f'{e(n["size"])} the head should hold are unlabeled.</p>')
+            f'{e(n["size"])} the head should hold are unlabeled (not skipped either).</p>')
 
 
 def project_section(view: dict, p: Optional[dict], sched: Optional[dict], now: float, threshold=None,

@@ -103,9 +103,22 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
     return {"placed": placed, "failures": failures, "model_version": version}
 
 
-REFILL_BELOW = 0.5  # refill when fewer than this share of the head size is still unlabeled
+REFILL_BELOW = 0.5  # refill when fewer than this share of the head size is still servable
 READ_CHUNK = 100  # ranked tasks read from Label Studio per request while refilling (a Data Manager page)
-REFILL_DEADLINE_S = 120.0  # a refill runs right after a failed cycle: it never holds the project longer
+REFILL_DEADLINE_S = 120.0  # a refill runs right after a failed cycle: no new request after this
+REFILL_HTTP_TIMEOUT_S = 15.0  # per request (HTTP_TIMEOUT if lower): Label Studio is often why the cycle failed
+
+
+class _TimeUp(Exception):
+    pass
+
+
+def _servable(task: dict) -> bool:
+    """Whether "Label All Tasks" may still serve the task to an annotator who has not seen it:
+    no annotation at all. A skipped one counts as used: Label Studio never serves a task again to
+    whoever skipped it (``get_not_solved_tasks_qs`` excludes every annotation of the user,
+    cancelled ones too), and the uncertain head is what annotators skip most (found by review)."""
+    return not [a for a in (task.get("annotations") or []) if isinstance(a, dict)]
 
 
 def refill_head(settings: Settings, project_id: int, client: Optional[LabelStudioClient] = None,
@@ -114,15 +127,46 @@ def refill_head(settings: Settings, project_id: int, client: Optional[LabelStudi
 
     The written head is the ranks below ``state.json: head.written`` (the cycle's
     ``written_ranks`` until a refill moves it). Its tasks are read again from Label Studio; when
-    fewer than ``REFILL_BELOW`` x the head size (``Settings.write_back_count``) are unlabeled, the
-    next ranks are written, in rank order, with the cycle's own predictions (label, confidence,
-    queue score: the same answer /predict gives), skipping tasks labeled meanwhile; a task that
-    already has a prediction of the live version (/predict or placement gave it) counts as written.
-    It stops once the head size is unlabeled again, at the end of the order, or after
-    ``REFILL_DEADLINE_S``. What it found is recorded in ``state.json: head`` (/status), after each
-    written chunk, so a refill that fails half-way does not write the same ranks again.
-    Returns ``{"refilled": n, ...}``; raises ``LabelStudioError`` / ``CycleError`` when Label
-    Studio fails or refuses (the caller logs it: the next cycle writes a whole new head)."""
+    fewer than ``REFILL_BELOW`` x the head size (``Settings.write_back_count``) are servable (no
+    annotation, not even a skip), the next ranks are written, in rank order, with the cycle's own
+    predictions (label, confidence, queue score: the same answer /predict gives), skipping tasks
+    labeled meanwhile; a task that already has a prediction of the live version (/predict or
+    placement gave it) counts as written. It stops once the head size is servable again, at the end
+    of the order, when asked to stop, or at ``REFILL_DEADLINE_S`` (checked before every request;
+    each request waits at most ``REFILL_HTTP_TIMEOUT_S``). Nothing is written while Label Studio
+    serves another version (a user's choice, ``serving_drift``). What it found is recorded in
+    ``state.json: head`` (/status, the dashboard) after each written chunk, so a refill that fails
+    half-way does not write the same ranks again. Returns ``{"refilled": n, ...}``; raises
+    ``LabelStudioError`` / ``CycleError`` when Label Studio fails or refuses (the caller logs it:
+    the next cycle writes a whole new head)."""
+    client = client or make_client(settings)
+    timeout = getattr(client, "timeout", None)
+    if isinstance(timeout, (int, float)):
+        client.timeout = min(timeout, REFILL_HTTP_TIMEOUT_S)
+    try:
+        return _refill(settings, project_id, client, should_stop)
+    except _TimeUp as exc:
+        return {"refilled": 0, "reason": str(exc)}
+    finally:
+        if isinstance(timeout, (int, float)):
+            client.timeout = timeout
+
+
+def _canonical_id(t) -> Optional[int]:
+    """A task id key of predictions.json as the cycle wrote it (``str(int)``), else None."""
+    t = str(t)
+    return int(t) if t.isascii() and t.isdigit() and len(t) < 19 and str(int(t)) == t else None
+
+
+def _refill(settings: Settings, project_id: int, client, should_stop) -> dict:
+    deadline = time.monotonic() + REFILL_DEADLINE_S
+
+    def go_on(what: str) -> None:  # before every request
+        if should_stop is not None and should_stop():
+            raise _TimeUp(f"asked to stop {what}")
+        if time.monotonic() > deadline:
+            raise _TimeUp(f"no time left {what} ({REFILL_DEADLINE_S:.0f} s)")
+
     store = ProjectStore(settings.model_dir, project_id)
     latest = store.latest()
     if not latest or not latest.get("live"):
@@ -132,11 +176,15 @@ def refill_head(settings: Settings, project_id: int, client: Optional[LabelStudi
     entries = preds.get("tasks") if isinstance(preds, dict) else None
     if not isinstance(entries, dict) or preds.get("model_version", version) != version:
         return {"refilled": 0, "reason": f"the predictions of {version} cannot be read"}
-    order = sorted((int(e["rank"]), int(t)) for t, e in entries.items()
-                   if isinstance(e, dict) and str(t).isdigit() and len(str(t)) < 19
-                   and isinstance(e.get("rank"), int) and not isinstance(e.get("rank"), bool)
-                   and finite_num(e.get("score")) is not None and finite_num(e.get("confidence")) is not None)
-    order = [t for _, t in order]
+    ranked = {}
+    for t, e in entries.items():
+        tid = _canonical_id(t)
+        if (tid is not None and isinstance(e, dict) and isinstance(e.get("rank"), int)
+                and not isinstance(e.get("rank"), bool) and finite_num(e.get("score")) is not None
+                and finite_num(e.get("confidence")) is not None):
+            ranked[tid] = int(e["rank"])
+    order = [t for t, _ in sorted(ranked.items(), key=lambda kv: (kv[1], kv[0]))]  # one place per task
+
     def count(v) -> Optional[int]:
         return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
@@ -147,30 +195,39 @@ def refill_head(settings: Settings, project_id: int, client: Optional[LabelStudi
                        if w is not None), len(order))
     if written >= len(order):
         return {"refilled": 0, "reason": "every ranked task is written", "model_version": version}
-    client = client or make_client(settings)
-    deadline = time.monotonic() + REFILL_DEADLINE_S
+    go_on("before reading the project")
     why = client.not_connected_reason(project_id, *connection_check(settings, project_id))
     if why is not None:
         return {"refilled": 0, "reason": why}
+    go_on("before reading the project")
     project = client.get_project(project_id)
     cfg = parse_label_config(project.get("label_config"))
     if (list(cfg.labels) != list(latest.get("labels", []))
             or cfg.multilabel != bool(latest.get("multilabel", False))):
         return {"refilled": 0, "reason": "labeling config changed since the latest cycle"}
+    if "model_version" in project and (project.get("model_version") or "") != version:
+        return {"refilled": 0, "reason": serving_drift(project, version, expect_sampling=False)
+                or f"Label Studio does not serve {version}"}
     num_tasks = project.get("task_number")
     num_tasks = num_tasks if isinstance(num_tasks, int) and not isinstance(num_tasks, bool) else len(order)
     size = settings.write_back_count(len(order), num_tasks)
-    unlabeled = sum(1 for t in client.get_tasks(project_id, order[:written], resolve_uri=False)
-                    if winning_annotation(t) is None)
-    record = {"version": version, "written": written, "unlabeled": unlabeled, "size": size,
-              "checked_at": time.time()}
-    if unlabeled >= math.ceil(REFILL_BELOW * size):
-        store.update_state(head=record)
-        return {"refilled": 0, "unlabeled": unlabeled, "size": size, "model_version": version}
-    added, pos = 0, written
+    servable = 0
+    for lo in range(0, written, READ_CHUNK):
+        go_on("while counting the written head")
+        servable += sum(1 for t in client.get_tasks(project_id, order[lo:min(lo + READ_CHUNK, written)],
+                                                         resolve_uri=False) if _servable(t))
     refilled = count(head.get("refilled")) or 0
-    while unlabeled + added < size and pos < len(order):
-        if (should_stop is not None and should_stop()) or time.monotonic() > deadline:
+    record = {"version": version, "written": written, "unlabeled": servable, "size": size, "refilled": refilled,
+              "checked_at": time.time()}
+    if servable >= math.ceil(REFILL_BELOW * size):
+        store.update_state(head=record)
+        return {"refilled": 0, "unlabeled": servable, "size": size, "model_version": version}
+    added, pos = 0, written
+    while servable + added < size and pos < len(order):
+        try:
+            go_on("while writing the next ranks")
+        except _TimeUp as exc:
+            log.warning("project %s: the written head's refill stopped: %s", project_id, exc)
             break  # what is written stays; the next refill or cycle goes on from here
         ids = order[pos:pos + READ_CHUNK]
         by_id = {t.get("id"): t for t in client.get_tasks(project_id, ids, resolve_uri=False)}
@@ -180,28 +237,30 @@ def refill_head(settings: Settings, project_id: int, client: Optional[LabelStudi
             t = by_id.get(tid)
             if t is None or winning_annotation(t) is not None:
                 continue  # deleted or labeled meanwhile
+            fresh = _servable(t)  # a task someone skipped is written, but not counted as servable
             if _has_version(t, version):
-                counted += 1  # already served under this version (/predict or placement)
+                counted += fresh  # already served under this version (/predict or placement)
             else:
                 e = entries[str(tid)]
-                items.append(prediction_item(tid, e, float(e["score"]), cfg, version))
-            if unlabeled + added + counted + len(items) >= size:
+                items.append((prediction_item(tid, e, float(e["score"]), cfg, version), fresh))
+            if servable + added + counted + sum(f for _, f in items) >= size:
                 break
-        created, sent, _gone = (import_all(client, project_id, items, settings.prediction_chunk_size)
-                                if items else (0, 0, []))
+        go_on("before writing the next ranks")
+        created, sent, gone = (import_all(client, project_id, [it for it, _ in items], settings.prediction_chunk_size)
+                               if items else (0, 0, []))
         if created != sent:
             raise CycleError(f"Label Studio created {created} of {sent} predictions refilling the head of {version}")
-        added += created + counted
+        added += counted + sum(f for it, f in items if it["task"] not in set(gone))
         refilled += created
-        record.update(written=pos, refilled=refilled, unlabeled=unlabeled + added, checked_at=time.time())
+        record.update(written=pos, refilled=refilled, unlabeled=servable + added, checked_at=time.time())
         store.update_state(head=record)
-    log.info("project %s: the written head of %s had %d unlabeled task(s) of %d; %d more ranks written (up to "
-             "rank %d of %d)", project_id, version, unlabeled, size, added, pos, len(order))
-    if unlabeled + added == 0 and pos >= len(order):
-        log.error("project %s: the live order of %s is used up: every task it ranked and wrote is labeled, so "
-                  "\"Label All Tasks\" serves at random without pre-annotations until a cycle goes live (see "
-                  "the cycle's error in /status)", project_id, version)
-    return {"refilled": added, "unlabeled": unlabeled + added, "size": size, "written": pos,
+    log.info("project %s: the written head of %s had %d servable task(s) of %d; %d more ranks written (up to "
+             "rank %d of %d)", project_id, version, servable, size, added, pos, len(order))
+    if servable + added == 0 and pos >= len(order):
+        log.error("project %s: the live order of %s is used up: every task it ranked and wrote is labeled or "
+                  "skipped, so \"Label All Tasks\" serves at random without pre-annotations until a cycle goes "
+                  "live (see the cycle's error in /status)", project_id, version)
+    return {"refilled": added, "unlabeled": servable + added, "size": size, "written": pos,
             "model_version": version}
 
 

@@ -18,6 +18,7 @@ from ncalr_backend.service.labelstudio import LabelStudioError
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.store import ProjectStore, read_json
 from tests.service.test_cycle import ENGINE
+from tests.service.test_dashboard import AUTH, app_and_dir  # noqa: F401 - a fixture
 from tests.service.test_placement_review import PlacingLS
 
 DIVERGES = ENGINE.replace(lr=1e7)  # non-finite loss, and again at a third of it: the cycle fails cleanly
@@ -161,3 +162,118 @@ def test_the_dashboard_says_when_the_head_was_topped_up_and_when_the_order_is_us
     assert "used up" in head_note(store.state(), v) and 'class="error head"' in head_note(store.state(), v)
     store.update_state(head={"version": v, "unlabeled": "<b>", "refilled": True})  # damaged: no markup, no crash
     assert head_note(store.state(), v) == ""
+
+
+def _skip(ls, tid):
+    t = next(t for t in ls.tasks if t["id"] == tid)
+    t["annotations"] = [{"id": 7000 + tid, "was_cancelled": True, "updated_at": "2025", "result": []}]
+
+
+def test_a_skipped_task_counts_as_used_and_a_check_keeps_the_refilled_total(settings):
+    """Found by review: a head labeled half and skipped half was taken as half servable (Label Studio
+    never serves a task again to whoever skipped it), and a check that wrote nothing erased the total."""
+    ls = PlacingLS()
+    v, _, by_rank = _live_cycle(settings, ls)
+    _label(ls, by_rank[0])
+    _label(ls, by_rank[1])
+    _skip(ls, by_rank[2])
+    _skip(ls, by_rank[3])
+    _skip(ls, by_rank[5])  # in the next ranks: written (someone else may label it), not counted
+    out = placement.refill_head(settings, 1, ls)
+    assert out["refilled"] == 4 and [t for t in _written(ls, v) if t in by_rank[4:]] == by_rank[4:9]
+    store = ProjectStore(settings.model_dir, 1)
+    assert store.state()["head"]["refilled"] == 5 and store.state()["head"]["written"] == 9
+    out = placement.refill_head(settings, 1, ls)  # 4 servable of 4: nothing to write, the total stays
+    assert out["refilled"] == 0 and store.state()["head"]["refilled"] == 5
+
+
+def test_nothing_is_written_while_label_studio_serves_another_version(settings):
+    ls = PlacingLS()
+    v, _, by_rank = _live_cycle(settings, ls)
+    for tid in by_rank[:4]:
+        _label(ls, tid)
+    ls.model_version = ""  # "Use predictions to prelabel tasks" turned off
+    out = placement.refill_head(settings, 1, ls)
+    assert out["refilled"] == 0 and "prelabel" in out["reason"] and len(_written(ls, v)) == 4
+
+
+def test_damaged_task_keys_are_left_out_and_no_task_is_placed_twice(settings):
+    import json
+
+    ls = PlacingLS()
+    v, entries, by_rank = _live_cycle(settings, ls)
+    for tid in by_rank[:4]:
+        _label(ls, tid)
+    latest = ProjectStore(settings.model_dir, 1).latest()
+    path = latest["path"] / "predictions.json"
+    doc = read_json(path)
+    first = str(by_rank[4])
+    doc["tasks"]["0" + first] = dict(entries[first])  # the same task again under a non-canonical key
+    doc["tasks"]["²"] = dict(entries[first])  # isdigit() but no int()
+    path.write_text(json.dumps(doc))
+    out = placement.refill_head(settings, 1, ls)
+    assert out["refilled"] == 4 and [t for t in _written(ls, v) if t in by_rank[4:]] == by_rank[4:8]
+
+
+class HangingLS(PlacingLS):
+    """Label Studio stops answering after the first cycle; each read waits ``timeout`` seconds."""
+    hang = False
+    timeout = 60.0
+    waited: list = []
+
+    def list_ml_backends(self, pid):
+        if self.hang:
+            self.waited.append(self.timeout)
+            raise LabelStudioError("GET /api/ml/: Read timed out.", None)
+        return super().list_ml_backends(pid)
+
+
+def test_a_refill_waits_less_per_request_and_asks_whether_to_stop(settings):
+    ls = HangingLS()
+    v, _, by_rank = _live_cycle(settings, ls)
+    for tid in by_rank[:4]:
+        _label(ls, tid)
+    ls.hang = True
+    with pytest.raises(LabelStudioError):
+        placement.refill_head(settings, 1, ls)
+    assert ls.waited == [placement.REFILL_HTTP_TIMEOUT_S] and ls.timeout == 60.0  # and restored after
+    ls.hang = False
+    out = placement.refill_head(settings, 1, ls, should_stop=lambda: True)
+    assert out["refilled"] == 0 and "asked to stop" in out["reason"] and len(_written(ls, v)) == 4
+
+
+def test_a_version_that_went_live_in_a_failed_cycle_clears_the_old_head(settings, monkeypatch):
+    """Found by review: a cycle that switched Label Studio and then failed (a full disk at its
+    commit) left the previous version's refill record in state.json, shown by /status."""
+    from ncalr_backend.service import cycle as cyc
+
+    ls = PlacingLS()
+    v, _, by_rank = _live_cycle(settings, ls)
+    for tid in by_rank[:4]:
+        _label(ls, tid)
+    placement.refill_head(settings, 1, ls)
+    store = ProjectStore(settings.model_dir, 1)
+    assert store.state()["head"]["version"] == v
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(cyc, "commit", full_disk)
+    with pytest.raises(CycleError) as err:
+        run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    assert err.value.live and ls.model_version != v and store.latest()["model_version"] == ls.model_version
+    assert store.state().get("head") is None
+
+
+def test_status_shows_the_head_of_the_live_version_only(app_and_dir):
+    from ncalr_backend.atomic import atomic_write_json
+
+    app, md = app_and_dir
+    st = ProjectStore(md, 4)
+    (st.root / "cycles" / "0001").mkdir(parents=True)
+    atomic_write_json(st.root / "cycles" / "0001" / "report.json", {"cycle": 1, "status": "completed"})
+    atomic_write_json(st.root / "latest.json", {"cycle": 1, "dir": "cycles/0001", "model_version": "v1"})
+    c = app.test_client()
+    st.update_state(head={"version": "v0", "written": 8, "refilled": 4})
+    assert c.get("/status?project=4", headers=AUTH).get_json()["head"] is None  # an older version's
+    st.update_state(head={"version": "v1", "written": 8, "refilled": 4})
+    assert c.get("/status?project=4", headers=AUTH).get_json()["head"]["written"] == 8
