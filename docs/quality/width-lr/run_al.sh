@@ -31,6 +31,8 @@ args() {
     ood02) echo "--noise-type symmetric --noise-rate 0.2 --ood-fraction 0.2";;
     lt10) echo "--imbalance-factor 10";;
     inst02) echo "--noise-type instance --noise-rate 0.2";;
+    # multi-label digits at the product's own epoch cap (60) and batch 16, as issue11/run.sh multilabel60
+    multilabel60) echo "--dataset digits-multilabel --multilabel-pairs-fraction 0.5 --set batch_size=16 --max-epochs 60";;
     *) echo "unknown setting $1" >&2; return 2;;
   esac
 }
