@@ -69,25 +69,30 @@ def head_backend(label_studio, tmp_path_factory):
     b.stop()
 
 
-def test_label_all_tasks_follows_the_written_head_then_predict_gives_every_other_task_its_place(
-        admin, head_backend):
-    pid = admin.create_project("head of the order (integration)")
-    files = digit_pngs(60, seed=5)
+def _first_cycle(admin, backend, name: str, seed: int):
+    """60 digit tasks, 12 labeled, one cycle that writes ranks 0-7 of the 48 it ranks and goes live:
+    (project id, ML backend, version, its predictions.json, {task: rank})."""
+    pid = admin.create_project(name)
+    files = digit_pngs(60, seed=seed)
     assert admin.upload_files(pid, [(n, b) for n, b, _ in files]) == 60
-    ml = admin.connect_ml(pid, head_backend.url, basic_auth=BASIC)
+    ml = admin.connect_ml(pid, backend.url, basic_auth=BASIC)
     wait_for_webhook_auth(admin, pid)
-    tasks = admin.tasks(pid)
-    for t in tasks[:12]:
+    for t in admin.tasks(pid)[:12]:
         admin.annotate(t["id"], label_from_name(t["data"]["image"]))
     admin.start_training(ml["id"])
-    head_backend.wait_cycle(pid, 1)
-    latest = ProjectStore(head_backend.model_dir, pid).latest()
+    backend.wait_cycle(pid, 1)
+    latest = ProjectStore(backend.model_dir, pid).latest()
     version = latest["model_version"]
     preds = read_json(latest["path"] / "predictions.json")
     assert preds["written_ranks"] == 8 and len(preds["tasks"]) == 48
     assert admin.req("GET", f"/api/projects/{pid}/model-versions/").json().get(version) == 8
-    rank = {int(t): e["rank"] for t, e in preds["tasks"].items()}
     assert admin.project(pid)["model_version"] == version
+    return pid, ml, version, preds, {int(t): e["rank"] for t, e in preds["tasks"].items()}
+
+
+def test_label_all_tasks_follows_the_written_head_then_predict_gives_every_other_task_its_place(
+        admin, head_backend):
+    pid, _, version, preds, rank = _first_cycle(admin, head_backend, "head of the order (integration)", seed=5)
 
     served = []
     for _ in range(8):  # "Label All Tasks" serves the written head in rank order ...
@@ -112,19 +117,7 @@ def test_after_a_failed_cycle_the_written_head_is_topped_up_and_label_all_tasks_
     """Label Studio serves at random once every task with a prediction of the project's version is
     labeled; a failed cycle (here training diverges twice) leaves the previous version live, and the
     backend writes its next ranks so that "Label All Tasks" goes on in NCAL-R order."""
-    pid = admin.create_project("head refill (integration)")
-    files = digit_pngs(60, seed=6)
-    assert admin.upload_files(pid, [(n, b) for n, b, _ in files]) == 60
-    ml = admin.connect_ml(pid, head_backend.url, basic_auth=BASIC)
-    wait_for_webhook_auth(admin, pid)
-    for t in admin.tasks(pid)[:12]:
-        admin.annotate(t["id"], label_from_name(t["data"]["image"]))
-    admin.start_training(ml["id"])
-    head_backend.wait_cycle(pid, 1)
-    latest = ProjectStore(head_backend.model_dir, pid).latest()
-    version = latest["model_version"]
-    preds = read_json(latest["path"] / "predictions.json")
-    rank = {int(t): e["rank"] for t, e in preds["tasks"].items()}
+    pid, ml, version, preds, rank = _first_cycle(admin, head_backend, "head refill (integration)", seed=6)
     for _ in range(8):  # the annotators label the whole written head
         t = admin.next_task(pid)
         assert rank[t["id"]] < 8
