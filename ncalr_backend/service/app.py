@@ -505,7 +505,7 @@ class Backend:
                # a user's setting that turns the NCAL-R order off (PROJECT_UPDATED; the next live cycle clears it)
                "serving_drift": s.get("serving_drift") if isinstance(s.get("serving_drift"), str) else None,
                # the live version's written head as the last refill check found it (after a failed cycle)
-               "head": (s["head"] if isinstance(s.get("head"), dict) and latest
+               "head": (s["head"] if s.get("head") and latest  # a dict or absent (STATE_TYPES)
                         and s["head"].get("version") == latest.get("model_version") else None),
                "model_version": latest.get("model_version") if latest else None,
                "webhooks_seen": self.webhooks_seen(pid),

@@ -42,7 +42,7 @@ from ncalr_backend.service.auth import DASHBOARD_CLOSED
 from ncalr_backend.service.insight import active_projects, progress_view, project_view, thumbnail_url_for
 from ncalr_backend.service.progress import STAGE_TITLES, STAGES, TIMING_KEYS, read_progress
 from ncalr_backend.service.recovery import MAX_CRASHES
-from ncalr_backend.service.store import finite_num, project_id_from
+from ncalr_backend.service.store import count_of, finite_num, project_id_from
 from ncalr_backend.service.svgplot import PALETTE, empty_plot, fmt, histogram, line_plot, stacked_bar
 from ncalr_backend.service.urls import redact_urls
 
@@ -545,8 +545,7 @@ def head_note(state: dict, live_version) -> str:
     h = state.get("head")
     if not isinstance(h, dict) or not live_version or h.get("version") != live_version:
         return ""
-    n = {k: h.get(k) if isinstance(h.get(k), int) and not isinstance(h.get(k), bool) else None
-         for k in ("written", "unlabeled", "size", "refilled")}
+    n = {k: count_of(h.get(k)) for k in ("written", "unlabeled", "size", "refilled")}
     if n["unlabeled"] == 0:
         return ('<p class="error head">The live order is used up: every task of it written to Label Studio is '
                 'labeled or skipped, so "Label All Tasks" serves at random, without pre-annotations, until a '

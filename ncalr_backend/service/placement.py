@@ -29,7 +29,7 @@ from ncalr_backend.service.predictions import PlacementIndex, classify, model_in
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.localfiles import direct_reader
 from ncalr_backend.service.snapshot import load_images
-from ncalr_backend.service.store import ProjectStore, finite_num, read_json
+from ncalr_backend.service.store import ProjectStore, count_of, finite_num, id_from_key, read_json
 from ncalr_backend.service.writeback import import_all
 
 log = logging.getLogger(__name__)
@@ -152,12 +152,6 @@ def refill_head(settings: Settings, project_id: int, client: Optional[LabelStudi
             client.timeout = timeout
 
 
-def _canonical_id(t) -> Optional[int]:
-    """A task id key of predictions.json as the cycle wrote it (``str(int)``), else None."""
-    t = str(t)
-    return int(t) if t.isascii() and t.isdigit() and len(t) < 19 and str(int(t)) == t else None
-
-
 def _refill(settings: Settings, project_id: int, client, should_stop) -> dict:
     deadline = time.monotonic() + REFILL_DEADLINE_S
 
@@ -178,24 +172,21 @@ def _refill(settings: Settings, project_id: int, client, should_stop) -> dict:
         return {"refilled": 0, "reason": f"the predictions of {version} cannot be read"}
     ranked = {}
     for t, e in entries.items():
-        tid = _canonical_id(t)
+        tid = id_from_key(t)  # as the cycle wrote it
         if (tid is not None and isinstance(e, dict) and isinstance(e.get("rank"), int)
                 and not isinstance(e.get("rank"), bool) and finite_num(e.get("score")) is not None
                 and finite_num(e.get("confidence")) is not None):
             ranked[tid] = int(e["rank"])
     order = [t for t, _ in sorted(ranked.items(), key=lambda kv: (kv[1], kv[0]))]  # one place per task
 
-    def count(v) -> Optional[int]:
-        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
-
-    head = store.state().get("head")
-    head = head if isinstance(head, dict) and head.get("version") == version else {}
+    head = store.state().get("head") or {}  # a dict or absent (STATE_TYPES)
+    head = head if head.get("version") == version else {}
     # the refill's record, else what the cycle wrote, else (unknown) everything: nothing is written twice
-    written = min(next(w for w in (count(head.get("written")), count(preds.get("written_ranks")), len(order))
+    written = min(next(w for w in (count_of(head.get("written")), count_of(preds.get("written_ranks")), len(order))
                        if w is not None), len(order))
     if written >= len(order):
         return {"refilled": 0, "reason": "every ranked task is written", "model_version": version}
-    go_on("before reading the project")
+    go_on("before checking the connection")
     why = client.not_connected_reason(project_id, *connection_check(settings, project_id))
     if why is not None:
         return {"refilled": 0, "reason": why}
@@ -216,7 +207,7 @@ def _refill(settings: Settings, project_id: int, client, should_stop) -> dict:
         go_on("while counting the written head")
         servable += sum(1 for t in client.get_tasks(project_id, order[lo:min(lo + READ_CHUNK, written)],
                                                          resolve_uri=False) if _servable(t))
-    refilled = count(head.get("refilled")) or 0
+    refilled = count_of(head.get("refilled")) or 0
     record = {"version": version, "written": written, "unlabeled": servable, "size": size, "refilled": refilled,
               "checked_at": time.time()}
     if servable >= math.ceil(REFILL_BELOW * size):

@@ -52,6 +52,19 @@ def db_id(value) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID else None
 
 
+def count_of(value) -> Optional[int]:
+    """``value`` when it is a count (a non-bool int >= 0), else None: a file's numbers may be anything."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def id_from_key(key) -> Optional[int]:
+    """The id a JSON key names when it is written as ``str(id)`` of a database id, else None (``"021"``
+    and ``"²"`` name no task: each id has one key)."""
+    if not isinstance(key, str) or not key.isascii() or not key.isdigit() or len(key) > 19 or str(int(key)) != key:
+        return None
+    return db_id(int(key))
+
+
 def project_id_from(value) -> Optional[int]:
     """Label Studio sends projects as "<id>.<created_ts>", an int, or a dict with "id". None for
     anything else, and for ids no database holds (< 1 or > MAX_ID: a project's files are named by it)."""
@@ -75,7 +88,7 @@ STATE_DEFAULTS = {"new_annotations": 0, "pending": None, "in_progress": None, "c
 STATE_TYPES = {"new_annotations": int, "pending": dict, "in_progress": dict, "cycles_started": int,
                "last_completed": int, "last_failed": int, "crashed_cycles": int, "num_tasks": int,
                "last_error": str, "last_model_version": str, "review": dict, "orphan_versions": list,
-               "skipped": dict}
+               "skipped": dict, "head": dict}
 
 
 def _marks(in_progress, owner: tuple) -> bool:
