@@ -234,6 +234,9 @@ def progress_section(pid: int, p: Optional[dict], state: dict, sched: Optional[d
     if waiting:
         pend = obj(state.get("pending"))
         lines.append(f'<p class="waiting">A cycle is waiting: {e(pend.get("reason") or "requested")}.</p>')
+        unserved = obj(sched).get("unserved")  # RQ: no worker listens, or the workers are suspended
+        if isinstance(unserved, str) and unserved:
+            lines.append(f'<p class="waiting error unserved">It cannot start: {e(unserved)}.</p>')
     lines.append(f'<p class="counter">{e(new_annotations(state, sched))} new annotations since the last '
                  f'trigger{" · threshold " + e(state.get("threshold")) if state.get("threshold") else ""}.</p>')
     if p:
@@ -613,9 +616,11 @@ UNREADABLE_PROGRESS = object()  # a progress value: the project's progress.json 
 
 
 def render_page(views: list, progress: dict, scheds: dict, now: float, mode: str = "embedded",
-                thresholds: Optional[dict] = None, idle: Optional[list] = None, keep: Optional[tuple] = None) -> str:
+                thresholds: Optional[dict] = None, idle: Optional[list] = None, keep: Optional[tuple] = None,
+                unserved: Optional[str] = None) -> str:
     """The page. A view ``{"project": id, "unreadable": True}`` (its files could not be read) is
-    shown as such; ``keep``: (KEEP_CYCLES, KEEP_FAILED)."""
+    shown as such; ``keep``: (KEEP_CYCLES, KEEP_FAILED); ``unserved``: why RQ jobs do not run now
+    (``RQScheduler.unserved_reason``: no worker, or suspended), shown above every project."""
     sections = "".join(_section_or_unreadable(v, progress.get(v["project"]), scheds.get(v["project"]), now,
                                               (thresholds or {}).get(v["project"]), keep) for v in views)
     if not views:
@@ -629,7 +634,9 @@ def render_page(views: list, progress: dict, scheds: dict, now: float, mode: str
             f'<title>ncalr-backend dashboard</title><style>{CSS}</style></head><body>'
             f'<header><h1>ncalr-backend</h1><span>NCAL-R active learning · scheduler: {e(mode)} · '
             f'rendered {e(when(now))} UTC</span> <span>{nav}</span></header>'
-            f'{sections}{more}<script>{SCRIPT}</script></body></html>')
+            + (f'<p class="error unserved" style="margin:14px"><b>Cycles do not run:</b> {e(unserved)}.</p>'
+               if unserved else "")
+            + f'{sections}{more}<script>{SCRIPT}</script></body></html>')
 
 
 # ---------------------------------------------------------------------------- Flask
@@ -705,6 +712,17 @@ def register(app, backend) -> None:
         except Exception:  # the page must render without Redis
             return None
 
+    def _unserved():
+        """RQ mode: why queued jobs do not run now (no worker, workers suspended), else None; the
+        page renders without Redis (the projects' blocks say what they can)."""
+        if not settings.redis_url:
+            return None
+        try:
+            unserved_reason = getattr(backend.scheduler(), "unserved_reason", None)
+            return unserved_reason() if unserved_reason else None
+        except Exception:  # noqa: BLE001
+            return None
+
     def _threshold(view):
         n = ((view.get("state") or {}).get("num_tasks") or view.get("num_tasks")
              or ((view.get("latest") or {}).get("report") or {}).get("num_tasks"))
@@ -774,7 +792,7 @@ def register(app, backend) -> None:
         idle = [pid for pid in list_projects(model_dir) if pid not in pids]
         html = render_page(views, {pid: read[pid][1] for pid in pids}, {pid: sched(pid) for pid in pids}, now,
                            "rq" if settings.redis_url else "embedded", {pid: read[pid][2] for pid in pids}, idle,
-                           (settings.keep_cycles, settings.keep_failed))
+                           (settings.keep_cycles, settings.keep_failed), _unserved())
         return _html(html)
 
     def progress_fragment():

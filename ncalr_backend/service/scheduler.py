@@ -121,6 +121,11 @@ class BaseScheduler:
         """True when another process is running this project's cycle right now (RQ: its lock)."""
         return False
 
+    def is_queued_elsewhere(self, project_id: int) -> bool:
+        """True when the project's waiting cycle is a job that will still run (RQ: its queued key
+        names a job that is not lost), so recovery has nothing to request."""
+        return False
+
     def recover(self) -> list:
         """Request again every cycle a crash interrupted (or that was waiting); never one that
         another process is running."""
@@ -129,7 +134,11 @@ class BaseScheduler:
             try:  # one project's broken files must not stop the others' recovery
                 st = ProjectStore(self.settings.model_dir, pid)
                 s = st.state()
-                if (s.get("in_progress") or s.get("pending")) and not self.is_running_elsewhere(pid):
+                # a waiting cycle whose RQ job is still queued is not recovered (found 2026-12-02: a web
+                # start re-requested it as "recovered", logged it as interrupted and lost its reason)
+                waiting_only = s.get("pending") and not s.get("in_progress")
+                if ((s.get("in_progress") or s.get("pending")) and not self.is_running_elsewhere(pid)
+                        and not (waiting_only and self.is_queued_elsewhere(pid))):
                     pending = s.get("pending") or {}
                     ip = s.get("in_progress") or {}
                     rerun = {"reason": "recovered", "triggered_at": ip.get("triggered_at") or pending.get("triggered_at")
@@ -504,6 +513,10 @@ class RQScheduler(BaseScheduler):
     def is_running_elsewhere(self, project_id: int) -> bool:
         return bool(self.redis.exists(_keys(int(project_id))["lock"]))
 
+    def is_queued_elsewhere(self, project_id: int) -> bool:
+        key = _keys(int(project_id))["queued"]
+        return bool(self.redis.exists(key)) and not self._queued_job_lost(key)
+
     def count_annotations(self, project_id: int, n: int, num_tasks: Optional[int]) -> dict:
         pid = int(project_id)
         thr = self._threshold(pid, num_tasks)
@@ -538,6 +551,7 @@ class RQScheduler(BaseScheduler):
             pending={"reason": reason, "triggered_at": now, "attempt": attempt, "retry_at": None, "job": job_id,
                      **({"lost": int(lost)} if lost else {})})
         self.queue.enqueue_job(job)
+        self._warn_if_unserved(pid, f"a cycle ({reason})")
         return {"queued": True, "coalesced": False, "job": job.id}
 
     def _queued_job_lost(self, key: str) -> bool:
@@ -579,7 +593,43 @@ class RQScheduler(BaseScheduler):
         tasks = [int(t["id"]) if isinstance(t, dict) else int(t) for t in tasks]
         # its time runs while it waits for the project's lock, which a long cycle holds: as long as a cycle may run
         job = self.queue.enqueue(rq_place_job, int(project_id), tasks, job_timeout=24 * 3600)
+        self._warn_if_unserved(int(project_id), f"{len(tasks)} new task(s) to place")
         return {"queued_tasks": len(tasks), "job": job.id}
+
+    # ------------------------------------------------------------------ workers
+    def workers(self) -> dict:
+        """Who will run the queued jobs: ``{"workers": n, "suspended": bool}``. ``n`` counts the
+        ``rq worker`` processes registered for this queue whose heartbeat key is alive (RQ's
+        ``Worker.all``): one that stopped cleanly unregisters at once; one killed outright stays
+        counted until its key expires (RQ's worker_ttl + 60 s, 8 min by default). ``suspended``:
+        ``rq suspend`` was run (workers take no job until ``rq resume``)."""
+        from rq import Worker
+        from rq.suspension import is_suspended
+        return {"workers": len(Worker.all(queue=self.queue)), "suspended": bool(is_suspended(self.redis))}
+
+    def unserved_reason(self, w: Optional[dict] = None) -> Optional[str]:
+        """Why queued cycles and placements do not run now (no worker, or workers suspended), else None."""
+        w = self.workers() if w is None else w
+        if w.get("suspended"):
+            return ("the RQ workers are suspended (rq suspend): queued cycles and placements wait until "
+                    "`rq resume --url REDIS_URL`")
+        if not w.get("workers"):
+            return (f"no RQ worker listens on queue '{self.settings.rq_queue}': queued cycles and placements wait "
+                    f"in Redis until one starts (`rq worker --url REDIS_URL {self.settings.rq_queue}`, with this "
+                    "backend's MODEL_DIR and settings)")
+        return None
+
+    def _warn_if_unserved(self, pid: int, what: str) -> None:
+        """A request queued where nothing will run it is said in the log (found while reading the
+        RQ mode as an operator: without a worker, cycles waited for ever and only the dashboard's
+        "waiting" line hinted at it). Never fails the request: Redis took the job."""
+        try:
+            why = self.unserved_reason()
+        except Exception as exc:  # noqa: BLE001 - the job is queued; this is advice only
+            log.debug("project %s: cannot count the RQ workers: %s", pid, exc)
+            return
+        if why:
+            log.warning("project %s: %s queued, but %s", pid, what, why)
 
     # ------------------------------------------------------------------ reaper
     def reap_once(self) -> list:
@@ -689,9 +739,11 @@ class RQScheduler(BaseScheduler):
 
     def status(self, project_id: int) -> dict:
         k = _keys(int(project_id))
+        w = self.workers()
         return {"mode": "rq", "running": bool(self.redis.exists(k["lock"])),
                 "waiting": bool(self.redis.exists(k["queued"])),
-                "new_annotations": int(self.redis.get(k["count"]) or 0)}
+                "new_annotations": int(self.redis.get(k["count"]) or 0),
+                **w, "unserved": self.unserved_reason(w)}
 
 
 def make_scheduler(settings: Settings) -> BaseScheduler:

@@ -102,6 +102,8 @@ def test_cycles_run_in_rq_workers_one_at_a_time_per_project(admin, rq_stack):
         admin.annotate(t["id"], label_from_name(t["data"]["image"]))
     s = _wait(rq_stack, pid, 1)
     v1 = s["model_version"]
+    # the two `rq worker` processes are seen listening (a missing worker is said on /status and the page)
+    assert s["scheduler"]["workers"] == 2 and s["scheduler"]["unserved"] is None, s["scheduler"]
     assert admin.project(pid)["model_version"] == v1
     assert admin.req("GET", f"/api/projects/{pid}/model-versions/").json().get(v1) == len(tasks) - 20
     # Twenty "Start training" presses at once, two workers: never two cycles of the project at the

@@ -235,3 +235,111 @@ def test_a_request_made_as_a_job_starts_stays_pending_for_the_next_job(redis_url
     SimpleWorker([sch.queue], connection=sch.redis).work(burst=True, max_jobs=1)
     assert ran == [8] and nxt and nxt[0] != first
     assert ProjectStore(tmp_path, 8).state()["pending"]["job"] == nxt[0]
+
+
+def test_status_and_the_log_say_when_no_worker_would_run_the_queued_jobs(redis_url, tmp_path, caplog):
+    """Found reading the RQ mode as an operator (2026-12-02): with REDIS_URL set and no `rq worker`
+    started (or all of them stopped, or `rq suspend`), cycles were queued for ever and nothing but
+    a "waiting" line said so. Real redis-server, a real rq Worker registered in it."""
+    import logging
+
+    from rq import Worker
+    from rq.suspension import resume, suspend
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-workers-test"})
+    sch = RQScheduler(s)
+    sch.redis.flushdb()
+    st = sch.status(5)
+    assert st["workers"] == 0 and st["suspended"] is False
+    assert "no RQ worker listens on queue 'ncalr-workers-test'" in st["unserved"]
+    with caplog.at_level(logging.WARNING, logger="ncalr_backend.service.scheduler"):
+        assert sch.request_cycle(5, "12 new annotations")["queued"]
+        sch.request_placement(5, [7, 8])
+    said = [r.getMessage() for r in caplog.records]
+    assert any("a cycle (12 new annotations) queued, but no RQ worker listens" in m for m in said), said
+    assert any("2 new task(s) to place queued, but no RQ worker" in m for m in said), said
+
+    # a worker on another queue does not count; one on this queue does
+    other = Worker(["some-other-queue"], connection=sch.redis)
+    other.register_birth()
+    assert sch.workers() == {"workers": 0, "suspended": False}
+    w = Worker([sch.queue], connection=sch.redis)
+    w.register_birth()
+    st = sch.status(5)
+    assert st["workers"] == 1 and st["unserved"] is None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ncalr_backend.service.scheduler"):
+        sch.request_placement(5, [9])
+    assert not [r for r in caplog.records if "queued, but" in r.getMessage()]
+
+    # `rq suspend`: the workers are there but take nothing
+    suspend(sch.redis)
+    st = sch.status(5)
+    assert st["suspended"] is True and "rq resume" in st["unserved"]
+    resume(sch.redis)
+    assert sch.status(5)["unserved"] is None
+
+    # a worker killed outright: registered still, but its heartbeat key expired -> not counted
+    sch.redis.delete(w.key)
+    assert sch.workers()["workers"] == 0 and "no RQ worker" in sch.status(5)["unserved"]
+    w2 = Worker([sch.queue], connection=sch.redis)
+    w2.register_birth()
+    assert sch.workers()["workers"] == 1
+    w2.register_death()  # a worker stopped cleanly unregisters at once
+    assert sch.workers()["workers"] == 0
+    other.register_death()
+
+
+def test_the_dashboard_and_status_say_no_worker_runs_the_waiting_cycle(redis_url, tmp_path):
+    """The page over Flask in RQ mode (real redis-server): with a cycle queued and no worker, a
+    banner above the projects and the project's own "waiting" line say why nothing starts; once a
+    worker is registered both go."""
+    import base64
+    import importlib
+
+    import label_studio_ml.api
+    from rq import Worker
+
+    importlib.reload(label_studio_ml.api)  # a fresh module-global Flask app
+    from model import NCALRBackend
+    from ncalr_backend.service.app import create_app
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test", "LABEL_STUDIO_API_KEY": "k",
+                           "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p", "REDIS_URL": redis_url,
+                           "RQ_QUEUE": "ncalr-page-test"})
+    app = create_app(NCALRBackend, s, autostart=False)
+    auth = {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
+    c = app.test_client()
+    sch = RQScheduler(s)
+    sch.redis.flushdb()
+    ProjectStore(tmp_path, 5).update_state(cycles_started=0)
+    assert sch.request_cycle(5, "Start training")["queued"]
+    page = c.get("/", headers=auth).get_data(as_text=True)
+    assert "Cycles do not run:</b> no RQ worker listens on queue &#x27;ncalr-page-test&#x27;" in page, page[-3000:]
+    assert "It cannot start: no RQ worker" in page
+    frag = c.get("/dashboard/progress?project=5", headers=auth).get_data(as_text=True)
+    # the web start's recovery left the queued job alone (it used to re-request it as "recovered")
+    assert "A cycle is waiting: Start training." in frag and "It cannot start: no RQ worker" in frag
+    assert ProjectStore(tmp_path, 5).state()["pending"]["job"] == sch.queue.job_ids[0]
+    st = c.get("/status?project=5", headers=auth).get_json()["scheduler"]
+    assert st["waiting"] is True and st["workers"] == 0 and "rq worker --url REDIS_URL ncalr-page-test" in st["unserved"]
+    w = Worker([sch.queue], connection=sch.redis)
+    w.register_birth()
+    page = c.get("/", headers=auth).get_data(as_text=True)
+    assert "Cycles do not run" not in page and "It cannot start" not in page and "A cycle is waiting" in page
+    assert c.get("/status?project=5", headers=auth).get_json()["scheduler"]["workers"] == 1
+    w.register_death()
+
+
+def test_recovery_leaves_a_queued_job_alone_and_requests_a_lost_one_again(redis_url, tmp_path):
+    from rq.job import Job
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-recover-test"})
+    sch = RQScheduler(s)
+    sch.redis.flushdb()
+    job = sch.request_cycle(6, "15 new annotations")["job"]
+    assert RQScheduler(s).recover() == []  # a second web process starts: the job still waits
+    assert ProjectStore(tmp_path, 6).state()["pending"]["reason"] == "15 new annotations" and len(sch.queue) == 1
+    Job.fetch(job, connection=sch.redis).delete()  # lost while no web process ran
+    assert RQScheduler(s).recover() == [6]
+    assert len(sch.queue) == 1 and sch.queue.job_ids[0] != job
