@@ -179,6 +179,7 @@ class EmbeddedScheduler(BaseScheduler):
         self._waiting: "OrderedDict[int, dict]" = OrderedDict()  # project -> {"cycle": {...}, "tasks": set}
         self._running: Optional[int] = None
         self._running_kind: Optional[str] = None
+        self._running_tasks: dict = {}  # the running job's new tasks (placing.json holds them and the waiting ones)
         self._counts = {"cycles_run": {}, "cycles_failed": {}}
         self._thread: Optional[threading.Thread] = None
         self._stop = False
@@ -230,9 +231,36 @@ class EmbeddedScheduler(BaseScheduler):
             # (found by review); the tasks waiting for a retry come along, early
             job.pop("place_not_before", None)
             job.pop("place_attempt", None)
+            self._save_placing(pid)
             self._ensure_thread()
             self._cv.notify_all()
         return {"queued_tasks": len(ids)}
+
+    def _save_placing(self, pid: int) -> None:
+        """Under the lock: ``placing.json`` := the project's new tasks not placed yet, the running
+        job's and the waiting one's (found 2026-12-02: they lived in memory only, so a restart left
+        them without a queue place until the next cycle). A write that fails is logged, not raised:
+        the request itself is queued."""
+        ids = set(self._running_tasks.get(pid) or ()) | set(self._waiting.get(pid, {}).get("tasks") or ())
+        try:
+            ProjectStore(self.settings.model_dir, pid).save_placing(ids)
+        except OSError as exc:
+            log.error("project %s: cannot record the %d new task(s) waiting for a queue place: %s", pid, len(ids), exc)
+
+    def recover(self) -> list:
+        """The base's recovery of cycles, then the placements a stop or crash left (``placing.json``)."""
+        out = super().recover()
+        for pid in list_projects(self.settings.model_dir):
+            try:
+                ids = ProjectStore(self.settings.model_dir, pid).placing()
+            except Exception as exc:  # noqa: BLE001 - one project's files must not stop the others
+                log.error("project %s: cannot read the tasks waiting for a queue place: %s", pid, exc)
+                continue
+            if ids:
+                log.warning("project %s: %d new task(s) were waiting for a queue place when the backend stopped; "
+                            "placing them now", pid, len(ids))
+                self.request_placement(pid, ids)
+        return out
 
     # ------------------------------------------------------------ worker
     def _next_job(self):
@@ -264,11 +292,13 @@ class EmbeddedScheduler(BaseScheduler):
                 pid, job = nxt
                 self._running = pid
                 self._running_kind = "cycle" if "cycle" in job else "placement"
+                self._running_tasks[pid] = dict(job.get("tasks") or {})
             place = not job.get("cycle")
+            keep = False  # whether the job's tasks stay in placing.json (an interrupted cycle: for the next start)
             try:
                 if "cycle" in job:
                     try:
-                        self._run_cycle(pid, job["cycle"])
+                        keep = not self._run_cycle(pid, job["cycle"])
                     except Exception:  # noqa: BLE001 - cycles log their own failures
                         # the cycle would have ranked the tasks created while it waited; it did not, so
                         # they are placed under the live version now (they were dropped: found by review)
@@ -281,6 +311,9 @@ class EmbeddedScheduler(BaseScheduler):
                 log.error("project %s: placement failed: %s", pid, exc)
             finally:
                 with self._cv:
+                    if not keep:  # placed, given back to wait for a retry, or ranked by the cycle
+                        self._running_tasks.pop(pid, None)
+                        self._save_placing(pid)
                     self._running = None
                     self._running_kind = None
                     self._cv.notify_all()
@@ -303,7 +336,8 @@ class EmbeddedScheduler(BaseScheduler):
             self._ensure_thread()
             self._cv.notify_all()
 
-    def _run_cycle(self, pid: int, c: dict) -> None:
+    def _run_cycle(self, pid: int, c: dict) -> bool:
+        """Run the cycle: True when it completed, False when a shutdown interrupted it; a failure raises."""
         st = ProjectStore(self.settings.model_dir, pid)
         # the counter restarts when the cycle starts, not when it was queued: annotations made while
         # it waited are in its snapshot, and counting them again started a needless next cycle
@@ -314,12 +348,13 @@ class EmbeddedScheduler(BaseScheduler):
             # new tasks created before this point are fetched and ranked by the cycle itself
             self.cycle_fn(self.settings, pid, c["reason"], c["triggered_at"], should_stop=self._cancel.is_set)
             self._counts["cycles_run"][pid] = self._counts["cycles_run"].get(pid, 0) + 1
+            return True
         except Exception as exc:
             if interrupted(exc):
                 log.warning("project %s: cycle interrupted by shutdown; it runs again on the next start", pid)
                 st.update_state(pending={"reason": c["reason"], "triggered_at": c["triggered_at"],
                                          "attempt": c.get("attempt", 0), "retry_at": None})
-                return
+                return False
             self._counts["cycles_failed"][pid] = self._counts["cycles_failed"].get(pid, 0) + 1
             delays = self.settings.cycle_retry_delays
             attempt = int(c.get("attempt", 0))

@@ -197,6 +197,27 @@ class ProjectStore:
             atomic_write_json(self.state_path, s)
             return s
 
+    # ---------------------------------------------------------------- placements (embedded mode)
+    @property
+    def placing_path(self) -> Path:
+        return self.root / "placing.json"
+
+    def save_placing(self, ids: Iterable[int]) -> None:
+        """The new tasks waiting for (or in) a placement in the embedded scheduler, so that a
+        restart still places them (RQ keeps its placement jobs in Redis). None left: the file goes."""
+        ids = sorted({int(i) for i in ids})
+        if ids:
+            self._ensure()
+            atomic_write_json(self.placing_path, {"tasks": ids})
+        else:
+            self.placing_path.unlink(missing_ok=True)
+
+    def placing(self) -> list:
+        """``save_placing``'s ids (a damaged file: the ids that are ids, or none)."""
+        d = read_json(self.placing_path, {})
+        raw = d.get("tasks") if isinstance(d, dict) else None
+        return [i for i in dict.fromkeys(db_id(x) for x in raw) if i is not None] if isinstance(raw, list) else []
+
     def mark_in_progress(self, owner: Optional[tuple] = None, **fields) -> Optional[dict]:
         """Add ``fields`` to the running cycle's ``in_progress`` marker (read and written under the
         state lock, so a concurrent update of another key is not lost). With ``owner`` (the cycle's

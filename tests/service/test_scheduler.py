@@ -260,3 +260,63 @@ def test_tasks_created_while_a_cycle_waited_are_placed_when_that_cycle_fails(tmp
     with sch._cv:
         sch._cv.notify_all()
     assert sch.wait_idle(5) and placed == [(4, [501, 502])]
+
+
+def test_new_tasks_waiting_for_a_place_survive_a_restart(tmp_path):
+    """Found 2026-12-02: the embedded scheduler kept the tasks waiting for a queue place (and their
+    retries) in memory only, so a restart left them unplaced until the next cycle."""
+    from ncalr_backend.service.errors import CycleError
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path)})
+    st = ProjectStore(tmp_path, 3)
+    tries = []
+
+    def away(settings, pid, tasks):  # Label Studio unreachable: worth another try, in 10 s
+        tries.append(sorted(tasks))
+        raise CycleError("Label Studio unreachable", retryable=True)
+
+    first = EmbeddedScheduler(s, place_fn=away)
+    first.request_placement(3, [11, {"id": 12}])
+    assert st.placing() == [11, 12]  # on disk from the request on
+    deadline = time.time() + 5
+    while not (tries and first.status(3)["placement_retry_at"]) and time.time() < deadline:
+        time.sleep(0.02)
+    assert tries == [[11, 12]] and st.placing() == [11, 12]  # the retry waits: still on disk
+    first.stop(timeout=5)  # the backend stops before the retry is due
+
+    placed = []
+    second = EmbeddedScheduler(s, place_fn=lambda settings, pid, tasks: placed.append((pid, sorted(tasks))) or {})
+    assert second.recover() == []  # no cycle to re-run; the placement is requested again
+    assert second.wait_idle(5) and placed == [(3, [11, 12])]
+    assert st.placing() == [] and not st.placing_path.exists()  # placed: the record goes
+    # a damaged record: the ids that are ids are placed
+    st.placing_path.write_text('{"tasks": [13, "14", true, -1, 13, 15]}')
+    third = EmbeddedScheduler(s, place_fn=lambda settings, pid, tasks: placed.append((pid, sorted(tasks))) or {})
+    third.recover()
+    assert third.wait_idle(5) and placed[-1] == (3, [13, 15])
+
+
+def test_tasks_a_completed_cycle_ranked_leave_the_record_and_an_interrupted_one_keeps_them(tmp_path):
+    from ncalr_backend.service.errors import CycleError
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path)})
+    st = ProjectStore(tmp_path, 4)
+    placed, outcome = [], {"interrupt": True}
+
+    def cycle(settings, pid, reason, t, **kw):
+        if outcome["interrupt"]:
+            raise CycleError("stopped", interrupted=True)
+
+    sch = EmbeddedScheduler(s, cycle_fn=cycle, place_fn=lambda settings, pid, tasks: placed.append(sorted(tasks)))
+    with sch._cv:  # a cycle and new tasks wait together
+        sch._waiting[4] = {"cycle": {"reason": "x", "triggered_at": time.time(), "coalesced": 0, "attempt": 0,
+                                     "not_before": 0.0}, "tasks": {21: None, 22: None}}
+        sch._save_placing(4)
+    sch._ensure_thread()
+    with sch._cv:
+        sch._cv.notify_all()
+    assert sch.wait_idle(5) and placed == []
+    assert st.placing() == [21, 22]  # interrupted: the next start's cycle ranks them, or a placement does
+    outcome["interrupt"] = False
+    sch.request_cycle(4, "again")
+    assert sch.wait_idle(5) and placed == [] and st.placing() == []  # ranked by the cycle
