@@ -68,6 +68,9 @@ def _default_place(settings: Settings, project_id: int, tasks) -> dict:
 # seconds before each new try of a placement that failed in a way that may pass (Label Studio
 # unreachable or answering 5xx, images that could not be read); then it is left to the next cycle
 PLACE_RETRY_DELAYS = (10.0, 30.0, 120.0)
+# starts in a row whose placement of the recorded new tasks (placing.json) ended with the process
+# before the tasks are left to the next cycle (as recovery.MAX_CRASHES for cycles)
+MAX_PLACING_STARTS = 3
 
 
 def _place_once(place_fn: Callable, settings: Settings, project_id: int, tasks) -> tuple:
@@ -180,6 +183,7 @@ class EmbeddedScheduler(BaseScheduler):
         self._running: Optional[int] = None
         self._running_kind: Optional[str] = None
         self._running_tasks: dict = {}  # the running job's new tasks (placing.json holds them and the waiting ones)
+        self._placing_starts: dict = {}  # project -> starts since its recorded tasks were last placed (recover)
         self._counts = {"cycles_run": {}, "cycles_failed": {}}
         self._thread: Optional[threading.Thread] = None
         self._stop = False
@@ -243,7 +247,7 @@ class EmbeddedScheduler(BaseScheduler):
         the request itself is queued."""
         ids = set(self._running_tasks.get(pid) or ()) | set(self._waiting.get(pid, {}).get("tasks") or ())
         try:
-            ProjectStore(self.settings.model_dir, pid).save_placing(ids)
+            ProjectStore(self.settings.model_dir, pid).save_placing(ids, starts=self._placing_starts.get(pid, 0))
         except OSError as exc:
             log.error("project %s: cannot record the %d new task(s) waiting for a queue place: %s", pid, len(ids), exc)
 
@@ -252,13 +256,22 @@ class EmbeddedScheduler(BaseScheduler):
         out = super().recover()
         for pid in list_projects(self.settings.model_dir):
             try:
-                ids = ProjectStore(self.settings.model_dir, pid).placing()
+                st = ProjectStore(self.settings.model_dir, pid)
+                ids, starts = st.placing(), st.placing_starts() + 1
+                if ids and starts > MAX_PLACING_STARTS:  # each start's placement ended with the process
+                    log.error("project %s: %d new task(s) were still waiting for a queue place after %d starts "
+                              "(does placing them kill the process: out of memory?); left to the next cycle",
+                              pid, len(ids), starts - 1)
+                    st.save_placing(())
+                    continue
             except Exception as exc:  # noqa: BLE001 - one project's files must not stop the others
                 log.error("project %s: cannot read the tasks waiting for a queue place: %s", pid, exc)
                 continue
             if ids:
                 log.warning("project %s: %d new task(s) were waiting for a queue place when the backend stopped; "
                             "placing them now", pid, len(ids))
+                with self._cv:
+                    self._placing_starts[pid] = starts  # recorded with them until a placement ends
                 self.request_placement(pid, ids)
         return out
 
@@ -313,6 +326,7 @@ class EmbeddedScheduler(BaseScheduler):
                 with self._cv:
                     if not keep:  # placed, given back to wait for a retry, or ranked by the cycle
                         self._running_tasks.pop(pid, None)
+                        self._placing_starts.pop(pid, None)  # the process survived a placement of them
                         self._save_placing(pid)
                     self._running = None
                     self._running_kind = None
@@ -404,6 +418,7 @@ class EmbeddedScheduler(BaseScheduler):
 
 
 # ---------------------------------------------------------------------------- RQ
+WORKERS_TTL_S = 1.0  # how long one count of the live RQ workers is used (a page asks once per project)
 ENQUEUE_GRACE_S = 30.0  # a queued-cycle key whose job is still CREATED (not enqueued yet) is not "lost" before this
 
 
@@ -542,6 +557,7 @@ class RQScheduler(BaseScheduler):
         self.settings = settings
         self.redis = connection or Redis.from_url(settings.redis_url)
         self.queue = Queue(settings.rq_queue, connection=self.redis)
+        self._workers_seen: Optional[tuple] = None  # (monotonic time, workers()): one count per page
         self._reaper: Optional[threading.Thread] = None
         self._stop = threading.Event()
 
@@ -640,7 +656,21 @@ class RQScheduler(BaseScheduler):
         ``rq suspend`` was run (workers take no job until ``rq resume``)."""
         from rq import Worker
         from rq.suspension import is_suspended
-        return {"workers": len(Worker.all(queue=self.queue)), "suspended": bool(is_suspended(self.redis))}
+        now = time.monotonic()
+        if self._workers_seen and now - self._workers_seen[0] < WORKERS_TTL_S:
+            return dict(self._workers_seen[1])
+        # the registrations' keys, each checked for its heartbeat key in one round trip; never
+        # Worker.all(): it builds Worker objects, and each one's constructor rewrites the shared
+        # connection pool's socket timeout (to 415 s: found by review), and parses other
+        # processes' data on this request's path
+        keys = Worker.all_keys(queue=self.queue)
+        with self.redis.pipeline(transaction=False) as p:
+            for k in keys:
+                p.exists(k)
+            alive = sum(1 for x in p.execute() if x) if keys else 0
+        out = {"workers": alive, "suspended": bool(is_suspended(self.redis))}
+        self._workers_seen = (now, out)
+        return dict(out)
 
     def unserved_reason(self, w: Optional[dict] = None) -> Optional[str]:
         """Why queued cycles and placements do not run now (no worker, or workers suspended), else None."""

@@ -237,7 +237,7 @@ def test_a_request_made_as_a_job_starts_stays_pending_for_the_next_job(redis_url
     assert ProjectStore(tmp_path, 8).state()["pending"]["job"] == nxt[0]
 
 
-def test_status_and_the_log_say_when_no_worker_would_run_the_queued_jobs(redis_url, tmp_path, caplog):
+def test_status_and_the_log_say_when_no_worker_would_run_the_queued_jobs(redis_url, tmp_path, caplog, monkeypatch):
     """Found reading the RQ mode as an operator (2026-12-02): with REDIS_URL set and no `rq worker`
     started (or all of them stopped, or `rq suspend`), cycles were queued for ever and nothing but
     a "waiting" line said so. Real redis-server, a real rq Worker registered in it."""
@@ -246,7 +246,11 @@ def test_status_and_the_log_say_when_no_worker_would_run_the_queued_jobs(redis_u
     from rq import Worker
     from rq.suspension import resume, suspend
 
-    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-workers-test"})
+    from ncalr_backend.service import scheduler
+
+    monkeypatch.setattr(scheduler, "WORKERS_TTL_S", 0.0)  # every call counts again (one page: once a second)
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url + "?socket_timeout=2",
+                           "RQ_QUEUE": "ncalr-workers-test"})
     sch = RQScheduler(s)
     sch.redis.flushdb()
     st = sch.status(5)
@@ -259,14 +263,21 @@ def test_status_and_the_log_say_when_no_worker_would_run_the_queued_jobs(redis_u
     assert any("a cycle (12 new annotations) queued, but no RQ worker listens" in m for m in said), said
     assert any("2 new task(s) to place queued, but no RQ worker" in m for m in said), said
 
-    # a worker on another queue does not count; one on this queue does
-    other = Worker(["some-other-queue"], connection=sch.redis)
+    # a worker on another queue does not count; one on this queue does (the workers on a connection
+    # of their own: rq's Worker() sets its connection's socket timeout)
+    import redis
+
+    wconn = redis.Redis.from_url(redis_url)
+    other = Worker(["some-other-queue"], connection=wconn)
     other.register_birth()
     assert sch.workers() == {"workers": 0, "suspended": False}
-    w = Worker([sch.queue], connection=sch.redis)
+    w = Worker([sch.queue.name], connection=wconn)
     w.register_birth()
     st = sch.status(5)
     assert st["workers"] == 1 and st["unserved"] is None
+    # counting never touches the connection's settings (rq's Worker() sets the pool's socket
+    # timeout to 415 s: found by review, Worker.all was used first)
+    assert sch.redis.connection_pool.connection_kwargs["socket_timeout"] == 2.0
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ncalr_backend.service.scheduler"):
         sch.request_placement(5, [9])
@@ -282,7 +293,7 @@ def test_status_and_the_log_say_when_no_worker_would_run_the_queued_jobs(redis_u
     # a worker killed outright: registered still, but its heartbeat key expired -> not counted
     sch.redis.delete(w.key)
     assert sch.workers()["workers"] == 0 and "no RQ worker" in sch.status(5)["unserved"]
-    w2 = Worker([sch.queue], connection=sch.redis)
+    w2 = Worker([sch.queue.name], connection=wconn)
     w2.register_birth()
     assert sch.workers()["workers"] == 1
     w2.register_death()  # a worker stopped cleanly unregisters at once
@@ -290,7 +301,7 @@ def test_status_and_the_log_say_when_no_worker_would_run_the_queued_jobs(redis_u
     other.register_death()
 
 
-def test_the_dashboard_and_status_say_no_worker_runs_the_waiting_cycle(redis_url, tmp_path):
+def test_the_dashboard_and_status_say_no_worker_runs_the_waiting_cycle(redis_url, tmp_path, monkeypatch):
     """The page over Flask in RQ mode (real redis-server): with a cycle queued and no worker, a
     banner above the projects and the project's own "waiting" line say why nothing starts; once a
     worker is registered both go."""
@@ -302,6 +313,9 @@ def test_the_dashboard_and_status_say_no_worker_runs_the_waiting_cycle(redis_url
 
     importlib.reload(label_studio_ml.api)  # a fresh module-global Flask app
     from model import NCALRBackend
+    from ncalr_backend.service import scheduler
+
+    monkeypatch.setattr(scheduler, "WORKERS_TTL_S", 0.0)
     from ncalr_backend.service.app import create_app
 
     s = Settings.from_env({"MODEL_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls.test", "LABEL_STUDIO_API_KEY": "k",

@@ -320,3 +320,42 @@ def test_tasks_a_completed_cycle_ranked_leave_the_record_and_an_interrupted_one_
     outcome["interrupt"] = False
     sch.request_cycle(4, "again")
     assert sch.wait_idle(5) and placed == [] and st.placing() == []  # ranked by the cycle
+
+
+def test_new_tasks_whose_placement_ends_the_process_are_not_placed_again_at_every_start(tmp_path, caplog):
+    """Found by review: a placement that kills the process (out of memory on a huge image) would
+    have been requested again at every start, for ever (cycles have recovery.MAX_CRASHES)."""
+    import logging
+
+    from ncalr_backend.service.scheduler import MAX_PLACING_STARTS
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path)})
+    st = ProjectStore(tmp_path, 5)
+    st.save_placing([31, 32])
+    never, asked = threading.Event(), []
+
+    def dies(settings, pid, tasks):  # the process "dies" inside: this start never ends its placement
+        asked.append(sorted(tasks))
+        never.wait(10)
+
+    try:
+        for n in range(1, MAX_PLACING_STARTS + 1):
+            EmbeddedScheduler(s, place_fn=dies).recover()
+            deadline = time.time() + 5
+            while len(asked) < n and time.time() < deadline:
+                time.sleep(0.02)
+            assert asked == [[31, 32]] * n and st.placing() == [31, 32] and st.placing_starts() == n
+        with caplog.at_level(logging.ERROR, logger="ncalr_backend.service.scheduler"):
+            EmbeddedScheduler(s, place_fn=dies).recover()
+        time.sleep(0.2)
+        assert len(asked) == MAX_PLACING_STARTS and st.placing() == [] and not st.placing_path.exists()
+        assert any("after 3 starts" in r.getMessage() for r in caplog.records)
+    finally:
+        never.set()
+    # a placement that ends resets the count: the next restart's tasks get their own starts
+    st.save_placing([41], starts=2)
+    ok = EmbeddedScheduler(s, place_fn=lambda settings, pid, tasks: {})
+    ok.recover()
+    assert ok.wait_idle(5) and st.placing() == []
+    ok.request_placement(5, [42])
+    assert st.placing_starts() == 0 or st.placing() == []
