@@ -426,7 +426,9 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         run.pointer = {"model_version": run.version, "num_classes": snap.cfg.num_classes, "labels": list(snap.cfg.labels),
                        "multilabel": snap.cfg.multilabel, "data_key": snap.cfg.data_key}
         save_predictions(run, snap, preds, head)
-        record_cycle_extras(run, snap, res, preds)  # dashboard.json; report: previous cycle's accuracy
+        by_task = {e["task"]: e for e in label_errors}
+        first = [by_task[it["task"]] for it in (relabel.items if relabel is not None else []) if it["task"] in by_task]
+        record_cycle_extras(run, snap, res, preds, first)  # dashboard.json; report: previous cycle's accuracy
         wrote = bool(items)
         # asked before each chunk and right before the switch: read every time (a chunk is an HTTP request)
         wb = write_back(client, settings, project_id, run.version, items, prog, run.stop_check(should_stop, every=0))

@@ -393,6 +393,9 @@ def next_tasks(pid: int, dash: Optional[dict], limit: int = 12) -> str:
         return '<p class="muted">No queue yet.</p>'
     out = []
     for t in items:
+        if t.get("relabel") is True:  # a labeled task sent back for another annotation: served first
+            out.append(_relabel_item(pid, t))
+            continue
         labels = t.get("labels") if isinstance(t.get("labels"), list) else []
         label = ", ".join(map(str, labels)) or t.get("label")
         why = []
@@ -414,6 +417,23 @@ def next_tasks(pid: int, dash: Optional[dict], limit: int = 12) -> str:
             f'predicted <span class="label">{e(label)}</span> ({e(pct(t.get("confidence")))})<br>'
             f'<span class="why">{e(" · ".join(why))}</span></div></li>')
     return '<ol class="next-tasks">' + "".join(out) + "</ol>"
+
+
+def _relabel_item(pid: int, t: dict) -> str:
+    """A "Next in the queue" entry for a task sent back for another annotation (``review.queue_first``):
+    its given label and the model's suggestion; the annotator is shown neither (an empty pre-annotation)."""
+    rank = num(t.get("rank", 0))
+    given, sug = t.get("given"), t.get("suggested")
+    given = ", ".join(map(str, given)) if isinstance(given, list) else given
+    sug = ", ".join(map(str, sug)) if isinstance(sug, list) else sug
+    score = num(t.get("flag_score"))
+    return (f'<li class="next-task relabel" data-task="{e(t.get("task"))}">'
+            f'<img class="thumb" alt="task {e(t.get("task"))}" width="{THUMB}" height="{THUMB}" '
+            f'src="dashboard/thumb/{int(pid)}/{int(t.get("task"))}.png">'
+            f'<div><b>#{e(int(rank) + 1 if rank is not None else "?")}</b> task {e(t.get("task"))}<br>'
+            f'<span class="label">again, for a second opinion</span><br>'
+            f'<span class="why">labeled {e(given)}; the model suggests {e(sug)}'
+            f'{" (suspicion " + e(fmt(score)) + ")" if score is not None else ""}</span></div></li>')
 
 
 SHOWN_FLAGS = 50

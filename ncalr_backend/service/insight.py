@@ -113,12 +113,17 @@ def _z(v: np.ndarray) -> np.ndarray:
     return (v - v.mean()) / s if s > 0 else np.zeros_like(v)
 
 
-def dashboard_record(res, pool_ids, entries: dict, urls: dict, top: int = NEXT_TASKS) -> dict:
-    """``dashboard.json``: the next tasks with their score components, and the score histograms."""
+def dashboard_record(res, pool_ids, entries: dict, urls: dict, top: int = NEXT_TASKS, first=()) -> dict:
+    """``dashboard.json``: the next tasks with their score components, and the score histograms.
+    ``first``: the labeled tasks sent back for another annotation (``review.queue_first``: Label
+    Studio serves them before every ranked task), as label-error entries ({"task", "label",
+    "suggested", "score"}); they lead the list, marked ``relabel``, and the ranked tasks follow."""
     scores = {k: np.asarray(v, dtype=np.float64) for k, v in (res.scores or {}).items()}
     z = {k: _z(scores[k]) for k in ("cmap_signed", "ff", "score") if k in scores and len(scores[k])}
-    nxt = []
-    for rank, j in enumerate(np.asarray(res.ranking, dtype=np.int64)[:top]):
+    nxt = [{"task": int(f["task"]), "rank": i, "url": urls.get(int(f["task"])), "relabel": True,
+            "given": f.get("label"), "suggested": f.get("suggested"), "flag_score": f.get("score")}
+           for i, f in enumerate(list(first)[:top])]
+    for rank, j in enumerate(np.asarray(res.ranking, dtype=np.int64)[:top - len(nxt)], start=len(nxt)):
         tid = int(pool_ids[int(j)])
         e = entries.get(str(tid)) or {}
         item = {"task": tid, "rank": rank, "url": urls.get(tid), "label": e.get("label"), "labels": e.get("labels"),
@@ -134,8 +139,9 @@ def dashboard_record(res, pool_ids, entries: dict, urls: dict, top: int = NEXT_T
             "ff_mode": getattr(getattr(res, "config", None), "ff_mode", None)}
 
 
-def record_cycle_extras(run, snap, res, preds) -> None:
-    """The cycle's hook (after its predictions are saved, before write-back); never raises."""
+def record_cycle_extras(run, snap, res, preds, first=()) -> None:
+    """The cycle's hook (after its predictions are saved, before write-back); never raises.
+    ``first``: the re-annotation tasks served before the ranked ones (``dashboard_record``)."""
     try:
         est = next_labels_accuracy(run.store, snap.lab_ids, snap.lab_labels, list(snap.cfg.labels),
                                    snap.cfg.multilabel)
@@ -143,7 +149,8 @@ def record_cycle_extras(run, snap, res, preds) -> None:
             run.report["previous_cycle_accuracy"] = est
         atomic_write_json(run.work / "dashboard.json",
                           {"cycle": run.cycle, "model_version": run.version,
-                           **dashboard_record(res, snap.pool_ids, preds.entries, getattr(snap, "urls", {}) or {})},
+                           **dashboard_record(res, snap.pool_ids, preds.entries, getattr(snap, "urls", {}) or {},
+                                              first=first)},
                           durable=False)
     except Exception as exc:  # the dashboard must never fail a cycle
         log.warning("project %s cycle %s: dashboard data not written: %s", run.project_id, run.cycle, exc,

@@ -154,7 +154,7 @@ class Snapshot:
     image_failures: List[dict] = field(default_factory=list)  # {"task", "reason"}: image unreadable
     timings: dict = field(default_factory=dict)
     sync: dict = field(default_factory=dict)  # how the task mirror was brought up to date (mirror.py)
-    urls: dict = field(default_factory=dict)  # pool task id -> image URL (dashboard thumbnails)
+    urls: dict = field(default_factory=dict)  # task id -> image URL, pool and labeled (dashboard thumbnails)
     local_files: dict = field(default_factory=dict)  # direct reads (LOCAL_FILES_DOCUMENT_ROOT), if on
     skipped: List[int] = field(default_factory=list)  # positions in the pool of tasks annotators skipped
     marked: List[int] = field(default_factory=list)  # tasks whose data carries the review tab's score key
@@ -228,7 +228,8 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
         skipped=[k for k, i in enumerate(pool_ok) if _skipped(split.pool[i])], marked=marked,
         unusable=split.unusable, image_failures=lab_failed + pool_failed,
         annotation_counts={i: counts.get(int(i), 0) for i in lab_ids},
-        urls={split.pool[i]["id"]: (split.pool[i].get("data") or {}).get(cfg.data_key) for i in pool_ok},
+        urls={g[i]["id"]: (g[i].get("data") or {}).get(cfg.data_key)
+              for g, ok in ((split.pool, pool_ok), (split.labeled, lab_ok)) for i in ok},
         sync=sync.report(), local_files=direct.report() if direct is not None else {},
         timings={"fetch_tasks_s": fetch_tasks_s, "fetch_images_s": fetch_images_s,
                  "fetch_s": fetch_tasks_s + fetch_images_s})

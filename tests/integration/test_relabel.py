@@ -60,6 +60,14 @@ def test_suspect_labels_go_back_to_the_queue_for_another_annotator(admin, backen
                  if p["model_version"] == s["model_version"]]
         # Label Studio imported it with an empty result: the queue place, and no suggestion to anchor on
         assert len(preds) == 1 and preds[0]["score"] < min_ranked and preds[0]["result"] == []
+    # the dashboard's "Next in the queue" leads with them as Label Studio serves them, thumbnails too
+    dash = json.loads((cycle_dir / "dashboard.json").read_text())["next_tasks"]
+    lead = [t["task"] for t in dash if t.get("relabel")]
+    assert set(lead) == sent and [t["task"] for t in dash[:len(lead)]] == lead, dash[:6]
+    page = backend.http.get(f"{backend.url}/", timeout=30)
+    assert page.status_code == 200 and page.text.count("second opinion") == len(sent), page.text[:500]
+    thumb = backend.http.get(f"{backend.url}/dashboard/thumb/{pid}/{lead[0]}.png", timeout=30)
+    assert thumb.status_code == 200 and thumb.content[:8] == b"\x89PNG\r\n\x1a\n"
     # Label Studio never serves a task to its own annotator again: this admin labeled them all, so
     # its next task is the backend's first ranked pool task; another annotator would get these first
     first = min(ranked, key=lambda k: ranked[k]["rank"])

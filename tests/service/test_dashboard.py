@@ -124,6 +124,30 @@ def test_dashboard_record_lists_the_queue_head_with_score_components():
     assert rec["score_hist"]["ff"]["counts"] == [1, 1, 0, 1] and rec["score_hist"]["ff"]["integer"]
 
 
+def test_tasks_sent_back_for_another_annotation_lead_the_queue_as_label_studio_serves_them():
+    """Found 2026-12-02: "Next in the queue" listed the ranked pool only, while Label Studio serves
+    the re-annotation tasks (review.queue_first) before every one of them."""
+    class Res:
+        ranking = np.array([2, 0, 1])
+        scores = {"score": np.array([0.1, -1.0, 2.0])}
+    first = [{"task": 7, "label": HOSTILE, "suggested": "b", "score": 0.91},
+             {"task": 8, "label": ["a", "b"], "suggested": ["b"], "score": 0.5}]
+    rec = dashboard_record(Res(), [100, 101, 102], {}, {7: "/data/upload/1/seven.png", 102: "/u/x.png"}, top=3,
+                           first=first)
+    assert [(t["task"], t["rank"], t.get("relabel")) for t in rec["next_tasks"]] == [
+        (7, 0, True), (8, 1, True), (102, 2, None)]
+    assert rec["next_tasks"][0]["url"] == "/data/upload/1/seven.png" and rec["next_tasks"][2]["url"] == "/u/x.png"
+    html = dashboard.next_tasks(1, rec)
+    _no_raw_script(html)
+    one, two, three = html.split("<li ")[1:]
+    assert 'class="next-task relabel" data-task="7"' in one and "#1" in one and "second opinion" in one
+    assert "the model suggests b (suspicion 0.91)" in one
+    assert "labeled a, b; the model suggests b" in two and "#2" in two
+    assert 'data-task="102"' in three and "#3" in three and "second opinion" not in three
+    # more re-annotation tasks than the list shows: they fill it
+    assert [t["task"] for t in dashboard_record(Res(), [100, 101, 102], {}, {}, top=1, first=first)["next_tasks"]] == [7]
+
+
 def test_the_queue_says_which_diversity_group_a_task_was_served_for():
     items = [{"task": 4, "rank": 0, "label": "a", "confidence": 0.5, "score": 1.0, "diversity_group": 3.0},
              {"task": 5, "rank": 1, "label": "b", "confidence": 0.5, "score": 0.5, "diversity_group": -1.0}]
