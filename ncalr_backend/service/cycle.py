@@ -35,7 +35,7 @@ from ncalr_backend.service import review
 from ncalr_backend.service.auth import connection_check
 from ncalr_backend.service.errors import CycleError
 from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError, make_client
-from ncalr_backend.service.insight import record_cycle_extras
+from ncalr_backend.service.insight import drop_unsent_relabels, record_cycle_extras
 from ncalr_backend.service.predictions import PROBS_KEY, QueuePredictions, queue_predictions  # noqa: F401
 from ncalr_backend.service.progress import CycleProgress
 from ncalr_backend.service.settings import Settings
@@ -256,11 +256,17 @@ def tidy(client: LabelStudioClient, settings: Settings, run: CycleRun, previous:
         except Exception as exc:
             log.warning("project %s: could not publish the suspected label errors of cycle %s: %s",
                         run.project_id, run.cycle, exc)
-    if relabel is not None and (relabel.new or relabel.expired):
-        try:
-            review.request_relabel(client, run.store, run.project_id, relabel)
-        except Exception as exc:
-            log.warning("project %s: could not send tasks for re-annotation: %s", run.project_id, exc)
+    if relabel is not None:
+        sent = list(relabel.pending)
+        if relabel.new or relabel.expired:
+            try:
+                out = review.request_relabel(client, run.store, run.project_id, relabel)
+                sent += out["sent"]
+            except Exception as exc:
+                log.warning("project %s: could not send tasks for re-annotation: %s", run.project_id, exc)
+        latest = run.store.latest()
+        if latest and latest.get("model_version") == run.version:  # the dashboard lists what is served
+            drop_unsent_relabels(latest["path"], sent)
     try:
         prune_versions(client, run.project_id, keep=[v for v in (run.version, previous) if v])
         run.store.prune(settings.keep_cycles, settings.keep_failed)

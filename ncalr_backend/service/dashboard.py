@@ -424,8 +424,8 @@ def _relabel_item(pid: int, t: dict) -> str:
     its given label and the model's suggestion; the annotator is shown neither (an empty pre-annotation)."""
     rank = num(t.get("rank", 0))
     given, sug = t.get("given"), t.get("suggested")
-    given = ", ".join(map(str, given)) if isinstance(given, list) else given
-    sug = ", ".join(map(str, sug)) if isinstance(sug, list) else sug
+    given = (", ".join(map(str, given)) if isinstance(given, list) else given) or "?"
+    sug = (", ".join(map(str, sug)) if isinstance(sug, list) else sug) or "?"
     score = num(t.get("flag_score"))
     return (f'<li class="next-task relabel" data-task="{e(t.get("task"))}">'
             f'<img class="thumb" alt="task {e(t.get("task"))}" width="{THUMB}" height="{THUMB}" '

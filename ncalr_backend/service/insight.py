@@ -139,6 +139,29 @@ def dashboard_record(res, pool_ids, entries: dict, urls: dict, top: int = NEXT_T
             "ff_mode": getattr(getattr(res, "config", None), "ff_mode", None)}
 
 
+def drop_unsent_relabels(cycle_dir: Path, sent) -> None:
+    """After the cycle sent its re-annotation tasks (``cycle.tidy``): those it did not send (labeled
+    again since the snapshot, a PATCH Label Studio refused) leave ``dashboard.json``'s next tasks,
+    and the ranks are numbered again: Label Studio does not serve them (they are still labeled).
+    Found by review, 2026-12-02. Never raises."""
+    try:
+        path = Path(cycle_dir) / "dashboard.json"
+        d = read_json(path)
+        items = d.get("next_tasks") if isinstance(d, dict) else None
+        if not isinstance(items, list):
+            return
+        sent = set(sent)
+        keep = [t for t in items if not (isinstance(t, dict) and t.get("relabel") is True and t.get("task") not in sent)]
+        if len(keep) == len(items):
+            return
+        for i, t in enumerate(keep):
+            if isinstance(t, dict):
+                t["rank"] = i
+        atomic_write_json(path, {**d, "next_tasks": keep}, durable=False)
+    except Exception as exc:  # noqa: BLE001 - the dashboard must never fail a cycle
+        log.warning("dashboard data of %s not updated: %s", cycle_dir, exc)
+
+
 def record_cycle_extras(run, snap, res, preds, first=()) -> None:
     """The cycle's hook (after its predictions are saved, before write-back); never raises.
     ``first``: the re-annotation tasks served before the ranked ones (``dashboard_record``)."""

@@ -662,12 +662,14 @@ def queue_first(preds, plan: RelabelPlan) -> None:
     q, m = len(plan.items), len(preds.items)
     if not q:
         return
+    # unrounded, as prediction_item's (rounding to 6 digits tied neighbours past 10^6 tasks, and at
+    # 10^7 put every re-annotation and rank 0 at 0.0: found by review, 2026-12-02)
     for it in preds.items:
-        it["score"] = round((preds.entries[str(it["task"])]["rank"] + q) / (m + q), 6)
+        it["score"] = (preds.entries[str(it["task"])]["rank"] + q) / (m + q)
     for e in preds.entries.values():
         e["score"] = (e["rank"] + q) / (m + q)
     for it in plan.items:
-        it["score"] = round(it["score"] / (m + q), 6)
+        it["score"] = it["score"] / (m + q)
     preds.items.extend(plan.items)
 
 

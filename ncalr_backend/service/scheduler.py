@@ -68,8 +68,8 @@ def _default_place(settings: Settings, project_id: int, tasks) -> dict:
 # seconds before each new try of a placement that failed in a way that may pass (Label Studio
 # unreachable or answering 5xx, images that could not be read); then it is left to the next cycle
 PLACE_RETRY_DELAYS = (10.0, 30.0, 120.0)
-# starts in a row whose placement of the recorded new tasks (placing.json) ended with the process
-# before the tasks are left to the next cycle (as recovery.MAX_CRASHES for cycles)
+# jobs holding the recorded new tasks (placing.json) that ended with the process, in a row, before the
+# tasks are left to the next cycle (as recovery.MAX_CRASHES for cycles)
 MAX_PLACING_STARTS = 3
 
 
@@ -183,7 +183,9 @@ class EmbeddedScheduler(BaseScheduler):
         self._running: Optional[int] = None
         self._running_kind: Optional[str] = None
         self._running_tasks: dict = {}  # the running job's new tasks (placing.json holds them and the waiting ones)
-        self._placing_starts: dict = {}  # project -> starts since its recorded tasks were last placed (recover)
+        # project -> jobs holding its recorded new tasks that began and did not end (placing.json's
+        # "begun"): a process that dies inside them each time gives them up (MAX_PLACING_STARTS)
+        self._placing_begun: dict = {}
         self._counts = {"cycles_run": {}, "cycles_failed": {}}
         self._thread: Optional[threading.Thread] = None
         self._stop = False
@@ -247,7 +249,7 @@ class EmbeddedScheduler(BaseScheduler):
         the request itself is queued."""
         ids = set(self._running_tasks.get(pid) or ()) | set(self._waiting.get(pid, {}).get("tasks") or ())
         try:
-            ProjectStore(self.settings.model_dir, pid).save_placing(ids, starts=self._placing_starts.get(pid, 0))
+            ProjectStore(self.settings.model_dir, pid).save_placing(ids, begun=self._placing_begun.get(pid, 0))
         except OSError as exc:
             log.error("project %s: cannot record the %d new task(s) waiting for a queue place: %s", pid, len(ids), exc)
 
@@ -257,11 +259,11 @@ class EmbeddedScheduler(BaseScheduler):
         for pid in list_projects(self.settings.model_dir):
             try:
                 st = ProjectStore(self.settings.model_dir, pid)
-                ids, starts = st.placing(), st.placing_starts() + 1
-                if ids and starts > MAX_PLACING_STARTS:  # each start's placement ended with the process
-                    log.error("project %s: %d new task(s) were still waiting for a queue place after %d starts "
-                              "(does placing them kill the process: out of memory?); left to the next cycle",
-                              pid, len(ids), starts - 1)
+                ids, begun = st.placing(), st.placing_begun()
+                if ids and begun >= MAX_PLACING_STARTS:  # each job holding them ended with the process
+                    log.error("project %s: %d new task(s) waiting for a queue place: the backend died in each of the "
+                              "last %d jobs that held them (does placing them kill the process: out of memory?); "
+                              "left to the next cycle", pid, len(ids), begun)
                     st.save_placing(())
                     continue
             except Exception as exc:  # noqa: BLE001 - one project's files must not stop the others
@@ -271,7 +273,7 @@ class EmbeddedScheduler(BaseScheduler):
                 log.warning("project %s: %d new task(s) were waiting for a queue place when the backend stopped; "
                             "placing them now", pid, len(ids))
                 with self._cv:
-                    self._placing_starts[pid] = starts  # recorded with them until a placement ends
+                    self._placing_begun[pid] = begun  # kept with them until a job holding them ends
                 self.request_placement(pid, ids)
         return out
 
@@ -306,6 +308,9 @@ class EmbeddedScheduler(BaseScheduler):
                 self._running = pid
                 self._running_kind = "cycle" if "cycle" in job else "placement"
                 self._running_tasks[pid] = dict(job.get("tasks") or {})
+                if job.get("tasks"):  # on disk before it runs: a death inside counts (MAX_PLACING_STARTS)
+                    self._placing_begun[pid] = self._placing_begun.get(pid, 0) + 1
+                    self._save_placing(pid)
             place = not job.get("cycle")
             keep = False  # whether the job's tasks stay in placing.json (an interrupted cycle: for the next start)
             try:
@@ -326,7 +331,10 @@ class EmbeddedScheduler(BaseScheduler):
                 with self._cv:
                     if not keep:  # placed, given back to wait for a retry, or ranked by the cycle
                         self._running_tasks.pop(pid, None)
-                        self._placing_starts.pop(pid, None)  # the process survived a placement of them
+                        self._placing_begun.pop(pid, None)  # the process survived the job
+                        self._save_placing(pid)
+                    elif job.get("tasks"):  # a clean stop interrupted the cycle: not a death
+                        self._placing_begun[pid] = max(0, self._placing_begun.get(pid, 1) - 1)
                         self._save_placing(pid)
                     self._running = None
                     self._running_kind = None

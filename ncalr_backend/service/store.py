@@ -202,24 +202,24 @@ class ProjectStore:
     def placing_path(self) -> Path:
         return self.root / "placing.json"
 
-    def save_placing(self, ids: Iterable[int], starts: int = 0) -> None:
+    def save_placing(self, ids: Iterable[int], begun: int = 0) -> None:
         """The new tasks waiting for (or in) a placement in the embedded scheduler, so that a
-        restart still places them (RQ keeps its placement jobs in Redis); ``starts``: the backend
-        starts since they were recorded without a placement ending (a crash-loop guard). None
+        restart still places them (RQ keeps its placement jobs in Redis); ``begun``: the jobs
+        holding them that began and did not end (the process died inside: a crash-loop guard). None
         left: the file goes. Compact and not fsynced (rewritten on every new-task webhook: a killed
         process leaves it in the page cache; a machine crash may lose the last write, and the next
         cycle ranks those tasks)."""
         ids = sorted({int(i) for i in ids})
         if ids:
             self._ensure()
-            atomic_write_bytes(self.placing_path, json.dumps({"tasks": ids, "starts": int(starts)},
+            atomic_write_bytes(self.placing_path, json.dumps({"tasks": ids, "begun": int(begun)},
                                                              separators=(",", ":")).encode(), durable=False)
         else:
             self.placing_path.unlink(missing_ok=True)
 
-    def placing_starts(self) -> int:
+    def placing_begun(self) -> int:
         d = read_json(self.placing_path, {})
-        return count_of(d.get("starts")) or 0 if isinstance(d, dict) else 0
+        return count_of(d.get("begun")) or 0 if isinstance(d, dict) else 0
 
     def placing(self) -> list:
         """``save_placing``'s ids (a damaged file: the ids that are ids, or none)."""

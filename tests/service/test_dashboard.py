@@ -208,3 +208,21 @@ def test_routes_need_auth_and_thumbnails_come_from_the_cache_only(app_and_dir):
     assert c.get("/dashboard/progress?project=x", headers=AUTH).status_code == 400
     s = c.get("/status?project=4", headers=AUTH).get_json()
     assert "progress" in s
+
+
+def test_re_annotation_tasks_the_cycle_did_not_send_leave_the_queue_list(tmp_path):
+    """Found by review (2026-12-02): dashboard.json is written before the cycle sends its
+    re-annotation tasks; one labeled again since the snapshot, or whose PATCH Label Studio refused,
+    stays labeled and is never served, but was listed first."""
+    from ncalr_backend.service.insight import drop_unsent_relabels
+
+    items = [{"task": 7, "rank": 0, "relabel": True}, {"task": 8, "rank": 1, "relabel": True},
+             {"task": 9, "rank": 2, "relabel": True}, {"task": 100, "rank": 3, "label": "a"}]
+    atomic_write_json(tmp_path / "dashboard.json", {"cycle": 3, "next_tasks": items, "score_hist": {}})
+    drop_unsent_relabels(tmp_path, [9, 7])
+    import json
+    d = json.loads((tmp_path / "dashboard.json").read_text())
+    assert [(t["task"], t["rank"]) for t in d["next_tasks"]] == [(7, 0), (9, 1), (100, 2)] and d["cycle"] == 3
+    (tmp_path / "dashboard.json").write_text("[not an object")
+    drop_unsent_relabels(tmp_path, [])  # a damaged file: left as it is, nothing raised
+    assert (tmp_path / "dashboard.json").read_text() == "[not an object"

@@ -116,11 +116,11 @@ def test_relabel_share_sends_the_most_suspect_back_and_the_model_breaks_ties(set
     assert len(sent) == 2 and set(sent) == WRONG  # the two most suspect: the wrong ones
     front = sorted((it for it in ls.imported if it["model_version"] == rep["model_version"]), key=lambda it: it["score"])
     assert {it["task"] for it in front[:2]} == set(sent)
-    assert [it["score"] for it in front[:2]] == [0.0, round(1 / 26, 6)]  # 24 ranked + 2: i / 26 first
+    assert [it["score"] for it in front[:2]] == [0.0, 1 / 26]  # 24 ranked + 2: i / 26 first
     assert all(0 <= it["score"] <= 1 for it in front)
     # each with an empty result: the second annotator is not shown the model's suggestion
     assert all(it["result"] == [] for it in front[:2])
-    assert sorted(it["score"] for it in front[2:]) == [round((r + 2) / 26, 6) for r in range(24)]
+    assert sorted(it["score"] for it in front[2:]) == [(r + 2) / 26 for r in range(24)]
     for t in ls.tasks:
         if t["id"] in sent:
             assert (t["overlap"], t["is_labeled"]) == (2, False)
@@ -626,3 +626,23 @@ def test_a_failed_read_is_no_damage_and_a_stale_task_whose_patch_failed_stays_li
     with pytest.raises(review.LabelStudioError):
         review.publish(ls, store, 1, [_flag(3, "103:0")], cfg=parse_label_config(CFG))
     assert set(review.ReviewState(store).listed_tasks()) == {"3"}  # still shown in Label Studio: still listed
+
+
+def test_queue_first_scores_are_exact_so_they_stay_distinct_past_a_million_tasks():
+    """Found by review (2026-12-02): queue_first rounded to 6 digits, so past 10^6 ranked tasks
+    neighbours tied, and at 10^7 every re-annotation and rank 0 scored 0.0: Label Studio, which
+    serves by score, could serve a ranked task before a re-annotation. The scores are now the exact
+    (rank + q) / (M + q) and i / (M + q) (a pool of ten million is too big for a unit test: the
+    exact values are checked where rounding to 6 digits would have changed them)."""
+    from ncalr_backend.service.predictions import QueuePredictions
+
+    m, q = 4, 3
+    entries = {str(100 + r): {"rank": r, "score": r / m} for r in range(m)}
+    preds = QueuePredictions(entries=entries, items=[{"task": 100 + r, "score": r / m} for r in range(m)])
+    plan = review.RelabelPlan(new={}, pending=[7, 8, 9], items=[{"task": t, "result": [], "score": float(i)}
+                                                               for i, t in enumerate((7, 8, 9))])
+    review.queue_first(preds, plan)
+    got = {it["task"]: it["score"] for it in preds.items}
+    assert got == {7: 0 / 7, 8: 1 / 7, 9: 2 / 7, 100: 3 / 7, 101: 4 / 7, 102: 5 / 7, 103: 6 / 7}
+    assert got[8] != round(1 / 7, 6)  # what the rounding gave
+    assert all(preds.entries[str(t)]["score"] == got[t] for t in (100, 101, 102, 103))

@@ -324,9 +324,12 @@ def test_tasks_a_completed_cycle_ranked_leave_the_record_and_an_interrupted_one_
 
 def test_new_tasks_whose_placement_ends_the_process_are_not_placed_again_at_every_start(tmp_path, caplog):
     """Found by review: a placement that kills the process (out of memory on a huge image) would
-    have been requested again at every start, for ever (cycles have recovery.MAX_CRASHES)."""
+    have been requested again at every start, for ever (cycles have recovery.MAX_CRASHES). What
+    counts is a job holding the tasks that began and never ended, not a start (a start whose
+    worker was busy elsewhere costs nothing), and a clean stop is not a death."""
     import logging
 
+    from ncalr_backend.service.errors import CycleError
     from ncalr_backend.service.scheduler import MAX_PLACING_STARTS
 
     s = Settings.from_env({"MODEL_DIR": str(tmp_path)})
@@ -334,7 +337,7 @@ def test_new_tasks_whose_placement_ends_the_process_are_not_placed_again_at_ever
     st.save_placing([31, 32])
     never, asked = threading.Event(), []
 
-    def dies(settings, pid, tasks):  # the process "dies" inside: this start never ends its placement
+    def dies(settings, pid, tasks):  # the process "dies" inside: this start never ends the job
         asked.append(sorted(tasks))
         never.wait(10)
 
@@ -344,18 +347,44 @@ def test_new_tasks_whose_placement_ends_the_process_are_not_placed_again_at_ever
             deadline = time.time() + 5
             while len(asked) < n and time.time() < deadline:
                 time.sleep(0.02)
-            assert asked == [[31, 32]] * n and st.placing() == [31, 32] and st.placing_starts() == n
+            assert asked == [[31, 32]] * n and st.placing() == [31, 32] and st.placing_begun() == n
         with caplog.at_level(logging.ERROR, logger="ncalr_backend.service.scheduler"):
             EmbeddedScheduler(s, place_fn=dies).recover()
         time.sleep(0.2)
         assert len(asked) == MAX_PLACING_STARTS and st.placing() == [] and not st.placing_path.exists()
-        assert any("after 3 starts" in r.getMessage() for r in caplog.records)
+        assert any("the last 3 jobs that held them" in r.getMessage() for r in caplog.records)
     finally:
         never.set()
-    # a placement that ends resets the count: the next restart's tasks get their own starts
-    st.save_placing([41], starts=2)
+
+    # a job that ends resets the count
+    st.save_placing([41], begun=2)
     ok = EmbeddedScheduler(s, place_fn=lambda settings, pid, tasks: {})
     ok.recover()
-    assert ok.wait_idle(5) and st.placing() == []
-    ok.request_placement(5, [42])
-    assert st.placing_starts() == 0 or st.placing() == []
+    assert ok.wait_idle(5) and st.placing() == [] and st.placing_begun() == 0
+
+    # a start whose worker never reached the tasks does not count
+    st.save_placing([51], begun=1)
+    gate = threading.Event()
+    busy = EmbeddedScheduler(s, cycle_fn=lambda *a, **k: gate.wait(10), place_fn=lambda settings, pid, tasks: {})
+    busy.request_cycle(9, "another project's long cycle")
+    deadline = time.time() + 5
+    while not busy.status(9)["running"] and time.time() < deadline:
+        time.sleep(0.02)
+    busy.recover()
+    assert st.placing() == [51] and st.placing_begun() == 1  # still waiting behind the cycle: not begun
+    gate.set()
+    assert busy.wait_idle(5) and st.placing() == []
+
+    # a clean stop that interrupts a cycle holding the tasks is not a death
+    def interrupted(*a, **k):
+        raise CycleError("stopped", interrupted=True)
+
+    clean = EmbeddedScheduler(s, cycle_fn=interrupted, place_fn=lambda settings, pid, tasks: {})
+    with clean._cv:
+        clean._waiting[5] = {"cycle": {"reason": "x", "triggered_at": time.time(), "coalesced": 0, "attempt": 0,
+                                       "not_before": 0.0}, "tasks": {61: None}}
+        clean._save_placing(5)
+    clean._ensure_thread()
+    with clean._cv:
+        clean._cv.notify_all()
+    assert clean.wait_idle(5) and st.placing() == [61] and st.placing_begun() == 0
