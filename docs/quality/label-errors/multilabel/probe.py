@@ -1,0 +1,90 @@
+"""Multi-label label errors: how many dropped labels does the label check find, and with which rule?
+
+Digits multi-label (8 px overlay pairs, ``build_multilabel_pool``, pairs fraction 0.5); 40% of the
+pool labeled; the annotator drops one label of 20% of the pairs ({A, B} given as {A}) and adds a
+wrong second label to 10% of the singles; one training (width 8, 40 epochs, batch 32, one thread).
+Each rule reads the epoch-averaged probabilities the cycle's label check uses (``prob_mean``):
+
+- ``pbar``: the engine's rule, binary confident learning per label on p_bar (``label_errors.report``);
+- ``ratio``: the same on p_bar / max_j p_bar (a pair's label is ~0.5 under PAL, ~1 relative to the top);
+- ``pred_not_given``: the set rule on p_bar (p >= 0.3, the suggested set) holds a label not given;
+- ``ratio&pred``: both.
+
+Run: .venv/bin/python docs/quality/label-errors/multilabel/probe.py 10,11,12,13,14
+Writes results.json beside this file (per seed and totals; the git state of the engine).
+"""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[4]
+sys.path.insert(0, str(ROOT))
+from ncalr_backend.data.datasets import build_multilabel_pool, load_images  # noqa: E402
+from ncalr_backend.engine import EngineConfig, run_cycle  # noqa: E402
+from ncalr_backend.engine.label_errors import binary_confident_flags  # noqa: E402
+
+
+def missing_flags(q: np.ndarray, given: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(given, dtype=bool)
+    for k in range(given.shape[1]):
+        out[:, k] = binary_confident_flags(q[:, k], given[:, k]) & ~given[:, k]
+    return out
+
+
+def rules(p: np.ndarray, given: np.ndarray) -> dict:
+    ratio = p / np.maximum(p.max(1, keepdims=True), 1e-12)
+    pred = p >= 0.3
+    return {"pbar": missing_flags(p, given), "ratio": missing_flags(ratio, given),
+            "pred_not_given": pred & ~given, "ratio&pred": missing_flags(ratio, given) & pred}
+
+
+def main(seeds):
+    data = load_images("digits-multilabel", image_size=8, channels=1)
+    rows, tot = [], {}
+    for seed in seeds:
+        pool = build_multilabel_pool(data, seed)
+        rng = np.random.default_rng(seed + 77)
+        n = len(pool.y_pool_true)
+        lab = rng.choice(n, size=int(0.4 * n), replace=False)
+        true = pool.y_pool_true[lab].astype(bool)
+        given = true.copy()
+        pairs, singles = np.flatnonzero(true.sum(1) == 2), np.flatnonzero(true.sum(1) == 1)
+        for i in rng.choice(pairs, size=int(0.2 * len(pairs)), replace=False):
+            given[i, rng.choice(np.flatnonzero(true[i]))] = False
+        for i in rng.choice(singles, size=int(0.1 * len(singles)), replace=False):
+            given[i, rng.choice(np.flatnonzero(~true[i]))] = True
+        rest = np.setdiff1d(np.arange(n), lab)[:50]
+        t = time.time()
+        res = run_cycle(pool.x_pool[lab], given.astype(np.int64), pool.x_pool[rest], pool.num_classes,
+                        EngineConfig(width=8, max_epochs=40, tpt_window=10, batch_size=32, threads=1, device="cpu"))
+        dropped = true & ~given
+        row = {"seed": seed, "labeled": int(len(lab)), "dropped": int(dropped.sum()),
+               "train_s": round(time.time() - t, 1), "rules": {}}
+        for name, m in rules(res.label_report.prob_mean, given).items():
+            found, flags = int((m & dropped).sum()), int(m.sum())
+            row["rules"][name] = {"found": found, "flags": flags}
+            a = tot.setdefault(name, {"found": 0, "flags": 0, "dropped": 0})
+            a["found"] += found
+            a["flags"] += flags
+            a["dropped"] += int(dropped.sum())
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    for a in tot.values():
+        a["recall"] = round(a["found"] / max(a["dropped"], 1), 3)
+        a["precision"] = round(a["found"] / max(a["flags"], 1), 3)
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "ncalr_backend"],
+                                capture_output=True, text=True).stdout.strip())
+    out = {"engine": {"git_head": git, "engine_dirty": dirty}, "seeds": rows, "totals": tot}
+    (Path(__file__).parent / "results.json").write_text(json.dumps(out, indent=1))
+    for name, a in tot.items():
+        print(f"{name:16s} found {a['found']}/{a['dropped']}  recall {a['recall']:.2f}  precision {a['precision']:.2f}"
+              f"  ({a['flags']} flags)")
+
+
+if __name__ == "__main__":
+    main([int(s) for s in (sys.argv[1] if len(sys.argv) > 1 else "10,11,12,13,14").split(",")])
