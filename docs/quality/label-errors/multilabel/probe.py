@@ -10,6 +10,10 @@ Each rule reads the epoch-averaged probabilities the cycle's label check uses (`
 - ``pred_not_given``: the set rule on p_bar (p >= 0.3, the suggested set) holds a label not given;
 - ``ratio&pred``: both.
 
+And the ranking the review tab uses (``label_suspicion``, which scores the given labels: 1 - |S| x
+min p over them) against "any error in the set": average precision, alone and with a missing-label
+term (the most probable label not given, z-scored, the larger of the two).
+
 Run: .venv/bin/python docs/quality/label-errors/multilabel/probe.py 10,11,12,13,14
 Writes results.json beside this file (per seed and totals; the git state of the engine).
 """
@@ -62,8 +66,16 @@ def main(seeds):
         res = run_cycle(pool.x_pool[lab], given.astype(np.int64), pool.x_pool[rest], pool.num_classes,
                         EngineConfig(width=8, max_epochs=40, tpt_window=10, batch_size=32, threads=1, device="cpu"))
         dropped = true & ~given
+        p = res.label_report.prob_mean
+        err = (true != given).any(1)
+        miss = np.where(~given, p, -np.inf).max(1)
+        z = lambda v: (v - v.mean()) / (v.std() or 1.0)  # noqa: E731
+        from sklearn.metrics import average_precision_score
         row = {"seed": seed, "labeled": int(len(lab)), "dropped": int(dropped.sum()),
-               "train_s": round(time.time() - t, 1), "rules": {}}
+               "train_s": round(time.time() - t, 1), "rules": {}, "any_error_rate": round(float(err.mean()), 4),
+               "ap_suspicion": round(float(average_precision_score(err, res.label_suspicion)), 4),
+               "ap_suspicion_or_missing": round(float(average_precision_score(
+                   err, np.maximum(z(res.label_suspicion), z(miss)))), 4)}
         for name, m in rules(res.label_report.prob_mean, given).items():
             found, flags = int((m & dropped).sum()), int(m.sum())
             row["rules"][name] = {"found": found, "flags": flags}
@@ -79,11 +91,14 @@ def main(seeds):
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "ncalr_backend"],
                                 capture_output=True, text=True).stdout.strip())
-    out = {"engine": {"git_head": git, "engine_dirty": dirty}, "seeds": rows, "totals": tot}
+    ap = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in ("ap_suspicion", "ap_suspicion_or_missing",
+                                                                        "any_error_rate")}
+    out = {"engine": {"git_head": git, "engine_dirty": dirty}, "seeds": rows, "totals": tot, "ranking": ap}
     (Path(__file__).parent / "results.json").write_text(json.dumps(out, indent=1))
     for name, a in tot.items():
         print(f"{name:16s} found {a['found']}/{a['dropped']}  recall {a['recall']:.2f}  precision {a['precision']:.2f}"
               f"  ({a['flags']} flags)")
+    print("ranking, any error in the set (average precision):", ap)
 
 
 if __name__ == "__main__":
