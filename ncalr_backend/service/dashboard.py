@@ -39,7 +39,8 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from ncalr_backend.service.auth import DASHBOARD_CLOSED
-from ncalr_backend.service.insight import active_projects, progress_view, project_view, thumbnail_url_for
+from ncalr_backend.service.insight import (active_projects, progress_view, project_view, thumbnail_file_for,
+                                           thumbnail_url_for)
 from ncalr_backend.service.progress import STAGE_TITLES, STAGES, TIMING_KEYS, read_progress
 from ncalr_backend.service.recovery import MAX_CRASHES
 from ncalr_backend.service.store import count_of, finite_num, project_id_from
@@ -840,12 +841,14 @@ def register(app, backend) -> None:
     def thumb(project_id: int, task_id: int):
         if project_id_from(project_id) is None or not _known(project_id):
             abort(404, "no such project")
-        url = thumbnail_url_for(model_dir, project_id, task_id)
+        url = thumbnail_url_for(model_dir, project_id, task_id)  # None unless the latest cycle lists the task
         if not url:
             abort(404, "no thumbnail for this task")
         path = ImageCache(model_dir / "cache").path_for(url)
-        if not path.is_file():
-            abort(404, "image not in the cache")
+        if not path.is_file():  # not cached (a Local Files direct read, or pruned): the cycle's own view
+            path = thumbnail_file_for(model_dir, project_id, task_id)
+            if path is None:
+                abort(404, "image not in the cache")
         try:
             png = thumbnail_png(path.read_bytes())
         except Exception:

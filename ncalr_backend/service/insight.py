@@ -31,7 +31,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from ncalr_backend.atomic import atomic_write_json
+from ncalr_backend.atomic import atomic_write_bytes, atomic_write_json
 from ncalr_backend.service.store import ProjectStore, list_projects, read_json
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,48 @@ def drop_unsent_relabels(cycle_dir: Path, sent) -> None:
         log.warning("dashboard data of %s not updated: %s", cycle_dir, exc)
 
 
+THUMBS_DIR = "thumbs"  # in a cycle directory: <task>.png of its next tasks, from the images the model saw
+
+
+def array_png(x: np.ndarray, size: int) -> bytes:
+    """A decoded image ([C, H, W] float in [0, 1], as the snapshot holds it) -> a PNG at ``size``
+    px on its longer side, pixels kept square (nearest neighbour)."""
+    import io
+
+    from PIL import Image
+
+    a = np.clip(np.nan_to_num(np.asarray(x, dtype=np.float32)), 0.0, 1.0)
+    a = (a * 255.0 + 0.5).astype(np.uint8)
+    img = Image.fromarray(a[0], "L") if a.shape[0] == 1 else Image.fromarray(np.moveaxis(a[:3], 0, -1), "RGB")
+    w, h = img.size
+    scale = size / max(w, h)
+    img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                     Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_thumbnails(work: Path, snap, tasks, size: int = 64) -> int:
+    """The next tasks' thumbnails from the cycle's own decoded images (pool or labeled), for the
+    dashboard when the original is not in the image cache: images read straight from Local Files
+    (``LOCAL_FILES_DOCUMENT_ROOT``) are never cached (found 2026-12-02: those projects had no
+    thumbnails). At the model's input size (``IMAGE_SIZE``), as the model saw them. -> written."""
+    where = {int(t): ("pool", i) for i, t in enumerate(snap.pool_ids)}
+    where.update({int(t): ("lab", i) for i, t in enumerate(snap.lab_ids)})
+    out = Path(work) / THUMBS_DIR
+    n = 0
+    for tid in tasks:
+        w = where.get(tid)
+        if w is None:
+            continue
+        x = snap.x_pool[w[1]] if w[0] == "pool" else snap.x_lab[w[1]]
+        out.mkdir(exist_ok=True)
+        atomic_write_bytes(out / f"{int(tid)}.png", array_png(x, size), durable=False)
+        n += 1
+    return n
+
+
 def record_cycle_extras(run, snap, res, preds, first=()) -> None:
     """The cycle's hook (after its predictions are saved, before write-back); never raises.
     ``first``: the re-annotation tasks served before the ranked ones (``dashboard_record``)."""
@@ -170,14 +212,22 @@ def record_cycle_extras(run, snap, res, preds, first=()) -> None:
                                    snap.cfg.multilabel)
         if est is not None:
             run.report["previous_cycle_accuracy"] = est
-        atomic_write_json(run.work / "dashboard.json",
-                          {"cycle": run.cycle, "model_version": run.version,
-                           **dashboard_record(res, snap.pool_ids, preds.entries, getattr(snap, "urls", {}) or {},
-                                              first=first)},
+        rec = dashboard_record(res, snap.pool_ids, preds.entries, getattr(snap, "urls", {}) or {}, first=first)
+        atomic_write_json(run.work / "dashboard.json", {"cycle": run.cycle, "model_version": run.version, **rec},
                           durable=False)
+        write_thumbnails(run.work, snap, [t["task"] for t in rec["next_tasks"]])
     except Exception as exc:  # the dashboard must never fail a cycle
         log.warning("project %s cycle %s: dashboard data not written: %s", run.project_id, run.cycle, exc,
                     exc_info=True)
+
+
+def thumbnail_file_for(model_dir: Path, project_id: int, task_id: int) -> Optional[Path]:
+    """The latest cycle's own thumbnail of a task it lists as next (``write_thumbnails``), if any."""
+    latest = ProjectStore(model_dir, project_id).latest()
+    if not latest or not isinstance(task_id, int) or isinstance(task_id, bool):
+        return None
+    path = Path(latest["path"]) / THUMBS_DIR / f"{int(task_id)}.png"
+    return path if path.is_file() else None
 
 
 # ---------------------------------------------------------------------------- at page time

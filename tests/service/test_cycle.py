@@ -1142,3 +1142,23 @@ def test_a_work_folder_gone_before_the_commit_is_a_plain_failure_not_a_takeover(
     assert e.value.live and not e.value.superseded and "is gone" in str(e.value)
     s = ProjectStore(settings.model_dir, 1).state()
     assert s["in_progress"] is None and s["last_failed"] == 1 and "is gone" in s["last_error"]
+
+
+def test_a_cycle_keeps_thumbnails_of_its_next_tasks_as_the_model_saw_them(settings):
+    """Local Files projects read images straight from disk (never cached), so the dashboard had no
+    thumbnail for them (found 2026-12-02): the cycle writes its next tasks' thumbnails from its own
+    decoded images, and the dashboard falls back to them."""
+    import io
+
+    from PIL import Image
+
+    ls = FakeLS()
+    rep = run_project_cycle(settings, 1, "test", engine_config=ENGINE, client=ls)
+    d = ProjectStore(settings.model_dir, 1).latest()["path"]
+    nxt = [t["task"] for t in json.loads((d / "dashboard.json").read_text())["next_tasks"]]
+    assert nxt and sorted(int(p.stem) for p in (d / "thumbs").glob("*.png")) == sorted(nxt)
+    for t in nxt[:3]:  # FakeLS images are flat grey: 40 for odd ids, 220 for even ones (8 px, one channel)
+        img = Image.open(io.BytesIO((d / "thumbs" / f"{t}.png").read_bytes()))
+        assert img.size == (64, 64) and img.mode == "L"
+        assert set(np.asarray(img).ravel().tolist()) == {40 if t % 2 else 220}
+    assert rep["status"] == "completed"

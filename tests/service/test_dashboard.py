@@ -201,6 +201,15 @@ def test_routes_need_auth_and_thumbnails_come_from_the_cache_only(app_and_dir):
     assert Image.open(io.BytesIO(r.data)).size == (64, 64)
     assert c.get("/dashboard/thumb/4/2.png", headers=AUTH).status_code == 404  # not cached: never fetched
     assert c.get("/dashboard/thumb/4/3.png", headers=AUTH).status_code == 404  # not a next task
+    # the cycle's own thumbnail (write_thumbnails: Local Files direct reads are never cached) when the
+    # original is not cached; only for a task the cycle lists
+    from ncalr_backend.service.insight import array_png
+    (d / "thumbs").mkdir()
+    for t in (2, 3):
+        (d / "thumbs" / f"{t}.png").write_bytes(array_png(np.full((1, 8, 8), 0.5, np.float32), 64))
+    r = c.get("/dashboard/thumb/4/2.png", headers=AUTH)
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.data)).size == (64, 64)
+    assert c.get("/dashboard/thumb/4/3.png", headers=AUTH).status_code == 404  # still not a next task
     assert c.get("/dashboard/thumb/77/1.png", headers=AUTH).status_code == 404
     assert not (md / "projects" / "77").exists()
     r = c.get("/dashboard/progress?project=4", headers=AUTH)
