@@ -658,10 +658,11 @@ class RQScheduler(BaseScheduler):
     # ------------------------------------------------------------------ workers
     def workers(self) -> dict:
         """Who will run the queued jobs: ``{"workers": n, "suspended": bool}``. ``n`` counts the
-        ``rq worker`` processes registered for this queue whose heartbeat key is alive (RQ's
-        ``Worker.all``): one that stopped cleanly unregisters at once; one killed outright stays
-        counted until its key expires (RQ's worker_ttl + 60 s, 8 min by default). ``suspended``:
-        ``rq suspend`` was run (workers take no job until ``rq resume``)."""
+        ``rq worker`` processes registered for this queue whose heartbeat key is alive: one that
+        stopped cleanly unregisters at once; one killed outright stays counted until its key
+        expires (idle: RQ's worker_ttl + 60 s, 8 min by default; busy: about 90 s). ``suspended``:
+        ``rq suspend`` was run (workers take no job until ``rq resume``). One count serves the
+        calls of ``WORKERS_TTL_S`` (a page asks once per project)."""
         from rq import Worker
         from rq.suspension import is_suspended
         now = time.monotonic()
