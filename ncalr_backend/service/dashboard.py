@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import ipaddress
 import logging
 import time
@@ -39,8 +38,8 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from ncalr_backend.service.auth import DASHBOARD_CLOSED
-from ncalr_backend.service.insight import (active_projects, progress_view, project_view, thumbnail_file_for,
-                                           thumbnail_url_for)
+from ncalr_backend.service.insight import (active_projects, progress_view, project_view, scaled_png,
+                                           thumbnail_file_for, thumbnail_url_for)
 from ncalr_backend.service.progress import STAGE_TITLES, STAGES, TIMING_KEYS, read_progress
 from ncalr_backend.service.recovery import MAX_CRASHES
 from ncalr_backend.service.store import count_of, finite_num, project_id_from
@@ -697,19 +696,11 @@ def local_host(host: Optional[str], public_host: Optional[str] = None) -> bool:
 
 def thumbnail_png(data: bytes, size: int = THUMB) -> bytes:
     """Cached image bytes -> a PNG thumbnail (never the original bytes, whatever they are)."""
-    from PIL import Image
-
     from ncalr_backend.data.images import displayed
     # as annotators see it (the model gets the same, at IMAGE_CHANNELS); a decompression bomb is
     # refused before it is decoded, and the decoding shares the workers' pixel budget
     with displayed(data, size, "RGB") as img:
-        w, h = img.size
-        scale = size / max(w, h)
-        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                         Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        return buf.getvalue()
+        return scaled_png(img, size)
 
 
 def register(app, backend) -> None:

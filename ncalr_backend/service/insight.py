@@ -168,13 +168,21 @@ THUMBS_DIR = "thumbs"  # in a cycle directory: <task>.png of its next tasks, fro
 def array_png(x: np.ndarray, size: int) -> bytes:
     """A decoded image ([C, H, W] float in [0, 1], as the snapshot holds it) -> a PNG at ``size``
     px on its longer side, pixels kept square (nearest neighbour)."""
-    import io
-
     from PIL import Image
 
     a = np.clip(np.nan_to_num(np.asarray(x, dtype=np.float32)), 0.0, 1.0)
     a = (a * 255.0 + 0.5).astype(np.uint8)
     img = Image.fromarray(a[0], "L") if a.shape[0] == 1 else Image.fromarray(np.moveaxis(a[:3], 0, -1), "RGB")
+    return scaled_png(img, size)
+
+
+def scaled_png(img, size: int) -> bytes:
+    """A PIL image -> PNG bytes at ``size`` px on its longer side (nearest neighbour when enlarged,
+    so pixels stay square; Lanczos when reduced)."""
+    import io
+
+    from PIL import Image
+
     w, h = img.size
     scale = size / max(w, h)
     img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))),

@@ -9,6 +9,7 @@ the issue-11 protocol), paired by seed. Command (one process, one thread):
 
 Writes pair.json and pair.md next to this file.
 """
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -18,24 +19,22 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[4]))
 from ncalr_backend.bench.common import git_state  # noqa: E402
-from ncalr_backend.bench.quality_report import load as load_record, seed_cells  # noqa: E402
 
 VARIANT = "ncalr:cmap_center=false"
 LABELS = {"sym00": "clean labels", "sym02": "20% symmetric", "sym04": "40% symmetric", "asym03": "30% asymmetric",
           "ood02": "20% OOD + 20% sym.", "lt10": "imbalance 10", "inst02": "20% instance-dependent"}
 
 
-def cells(path: Path) -> dict:
-    r = load_record(path, missing_ok=True)
-    if r is None:
-        return {}
-    return {st: {"aulc": c["aulc"], "picked_ood": c["picked_ood"], "picked_noisy": c["picked_noisy"],
-                 "tpt": float(np.mean(c["tpt_reached"])), "engine": c["engine"].get("git_head")}
-            for st, per in seed_cells(r).items() for c in [next(iter(per.values()))]}
+def _cm():
+    """The moving-centre screen's reader (``cm/pair.py``): the same record cells and std."""
+    spec = importlib.util.spec_from_file_location("cm_pair", HERE.parent / "cm" / "pair.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def sd(v):
-    return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+_CM = _cm()
+cells, sd = _CM.cells, _CM.sd
 
 
 def main() -> int:
