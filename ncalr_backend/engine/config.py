@@ -19,7 +19,7 @@ SPA_MODES = ("none", "proj", "slerp", "reg")
 DEVICES = ("auto", "cpu", "cuda")
 CLASSIFIERS = ("learned", "etf")
 TPT_CRITERIA = ("accuracy", "plateau")
-SERVE = ("holdout", "tpt")
+SERVE = ("holdout", "swa", "tpt")
 FF_MODES = ("flips", "flips+margin", "margin")
 DIVERSITY = ("none", "clusters")
 WARM_STARTS = ("auto", "on", "off")
@@ -237,7 +237,10 @@ class EngineConfig:
     checkpoint picked on the slice was 1.0 / 0.6 points below it on clean test labels, and
     holding the slice out cost 2.1 / 1.9 AULC points against 'tpt'); the final model there fits
     few of the wrong labels. A wide model that memorises them may differ: measure before turning
-    it on (the README's GPU command)."""
+    it on (the README's GPU command). 'swa': the equal-weight average of the FF checkpoints'
+    weights (stochastic weight averaging over the terminal-phase window, ``torch.optim.swa_utils``;
+    BatchNorm statistics recomputed over the samples the window trained on:
+    ``trainer.WindowAverage``); nothing is held out. Measured in docs/quality/swa/."""
     serve_holdout: float = 0.1
     """Share of the labeled set held out from training to choose the served checkpoint
     (stratified by class in single-label mode, never a class's last sample; multi-label: round(share

@@ -385,3 +385,52 @@ def test_multilabel_served_checkpoint_by_exact_set_match():
     np.testing.assert_array_equal(res.view.pred_sets, predict_sets(res.view.probs, HOLD.set_threshold))
     np.testing.assert_allclose(res.confidence, (res.probs * res.pred_sets).sum(1), atol=1e-6)
     np.testing.assert_allclose(res.probs, predict_proba(res.model, px), atol=1e-5)
+
+
+SWA = FAST.replace(max_epochs=30, tpt_patience=3, tpt_plateau_delta=0.05, augment=True, serve="swa")
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_swa_serves_the_mean_of_the_window_checkpoints_with_batchnorm_of_the_trained_samples(multilabel, tmp_path):
+    """``serve='swa'``: the served parameters are the plain mean of the FF checkpoints' parameters
+    (brute force: runs stopped at each checkpoint epoch have that epoch's weights); every BatchNorm
+    layer's running statistics are recomputed for the averaged weights over the samples the window
+    trained on (checked for the stem's layer: the mean over training-sized batches of the batch
+    statistics of the averaged stem convolution); model.pt, probs and pred are the average's and the
+    ranking's view stays the terminal-phase model's."""
+    from ncalr_backend.engine.training.trainer import _batches
+    if multilabel:
+        x, y = quadrant_sets()
+        cfg = SWA.replace(max_epochs=40, tpt_criterion="accuracy")
+    else:
+        x, y = _noisy_quadrants()
+        cfg = SWA.replace(tpt_exclude_flagged=False)  # every sample through the window: BN over all of x
+    px, _ = quadrant_sets(n_single=4, n_pair=2, seed=1)
+    res = run_cycle(x, y, px, K, cfg, out_dir=tmp_path)
+    sv = res.tpt["served"]
+    assert sv["checkpoint"] == "swa" and sv["epochs"] == res.tpt["checkpoints"] and sv["averaged"] == len(sv["epochs"]) > 1
+    assert res.meta["served"] == sv and res.model is not res.tpt_model
+    stopped = [run_cycle(x, y, px, K, cfg.replace(max_epochs=e)).tpt_model.state_dict() for e in sv["epochs"]]
+    assert all(torch.equal(a, b) for a, b in zip(stopped[-1].values(), res.tpt_model.state_dict().values()))
+    got = res.model.state_dict()
+    params = {n for n, _ in res.model.named_parameters()}
+    for name in params:
+        want = torch.stack([s[name].float() for s in stopped]).mean(0)
+        torch.testing.assert_close(got[name], want, atol=1e-6, rtol=1e-5)
+    assert not torch.equal(got["backbone.conv1.weight"], res.tpt_model.state_dict()["backbone.conv1.weight"])
+    # the stem BatchNorm's statistics: the averaged conv1 over the same shuffled batches, train-mode batch stats
+    conv = torch.nn.functional.conv2d
+    m = res.model
+    xin = (torch.from_numpy(x) - 0.5) / 0.25
+    means, vars_ = [], []
+    for idx in _batches(len(x), cfg.batch_size, torch.Generator().manual_seed(cfg.seed)):
+        h = conv(xin[idx], m.backbone.conv1.weight, stride=m.backbone.conv1.stride, padding=m.backbone.conv1.padding)
+        means.append(h.mean((0, 2, 3)))
+        vars_.append(h.var((0, 2, 3), unbiased=True))
+    torch.testing.assert_close(m.backbone.bn1.running_mean, torch.stack(means).mean(0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(m.backbone.bn1.running_var, torch.stack(vars_).mean(0), atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(res.probs, predict_proba(res.model, px), atol=1e-5)
+    np.testing.assert_allclose(res.view.probs, predict_proba(res.tpt_model, px), atol=1e-5)
+    served, meta = load_model(tmp_path / "model.pt")
+    assert meta["served"]["checkpoint"] == "swa"
+    np.testing.assert_allclose(predict_proba(served, px), res.probs, atol=1e-5)

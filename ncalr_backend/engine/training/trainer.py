@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, update_bn
 
 from ncalr_backend.engine.config import EngineConfig
 from ncalr_backend.engine.training.longtail import ClassCentres, slerp_alpha, spa_proj_, spa_reg_loss, spa_slerp_
@@ -536,6 +537,56 @@ class ServedCheckpoint:
                 "candidates": {str(e): a for e, a in self.accs.items()}}
 
 
+class WindowAverage:
+    """``EngineConfig.serve='swa'``: the equal-weight average of the FF checkpoints' weights (T_i
+    and the window after it; the fallback window while T_i has not come), stochastic weight
+    averaging over the terminal phase (Izmailov et al. 2018) with torch's own
+    ``torch.optim.swa_utils`` (``AveragedModel``; BatchNorm statistics recomputed by ``update_bn``
+    over the labeled samples the window trained on, since averaged weights do not match any
+    checkpoint's running statistics). The last epochs of a run on noisy labels swing by several
+    accuracy points from one epoch to the next (a checkpoint that happens to memorise more, or to
+    sit on the other side of a boundary); the average serves their consensus."""
+
+    def __init__(self):
+        self.avg: AveragedModel | None = None
+        self.epochs: list[int] = []
+
+    def drop_before(self, epoch: int) -> None:
+        """Start again when an averaged checkpoint is older than ``epoch`` (T_i keeps every recorded
+        checkpoint from ``TerminalPhase.keep_from`` on, so this does not happen in training)."""
+        if self.epochs and self.epochs[0] < epoch:
+            self.avg, self.epochs = None, []
+
+    def offer(self, epoch: int, model: nn.Module) -> None:
+        if self.avg is None:
+            self.avg = AveragedModel(model)
+        self.avg.update_parameters(model)
+        self.epochs.append(epoch)
+
+    def state(self, x: torch.Tensor, batch_size: int, seed: int,
+              check: Callable[[], None] | None = None) -> dict | None:
+        """The averaged weights with BatchNorm statistics of ``x`` (the samples trained on, on the
+        training device; in shuffled batches like an epoch's, ``_batches``: never a batch of one),
+        on the CPU; None when nothing was averaged."""
+        if self.avg is None:
+            return None
+        net = self.avg.module
+        cl = is_channels_last(net)
+
+        def batches():
+            for idx in _batches(len(x), batch_size, torch.Generator().manual_seed(seed)):
+                if check is not None:
+                    check()
+                xb = x[idx.to(x.device)]
+                yield xb.contiguous(memory_format=torch.channels_last) if cl else xb
+        update_bn(batches(), net)
+        net.eval()
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
+
+    def summary(self) -> dict:
+        return {"checkpoint": "swa", "epochs": list(self.epochs), "averaged": len(self.epochs), "holdout": 0}
+
+
 def tpt_summary(phase: TerminalPhase, history: list[dict], pred_epochs: list[int], epoch: int,
                 multilabel: bool) -> dict:
     """``TrainResult.tpt``: whether and how the terminal phase came, and the geometry at T_i / the end."""
@@ -609,6 +660,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     excluded = 0
     window: list[int] = []  # the terminal-phase checkpoint epochs, kept even when the pool is empty
     served = ServedCheckpoint()
+    averaged = WindowAverage() if config.serve == "swa" else None
     images = 0
     epoch = 0
     for epoch in range(1, config.max_epochs + 1):
@@ -631,10 +683,14 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
             pred_epochs[:] = [pred_epochs[i] for i in kept]
             window[:] = [e for e in window if e >= start]
             served.drop_before(start)
+            if averaged is not None:
+                averaged.drop_before(start)
         if phase.records(epoch):
             window.append(epoch)
             if hold_acc is not None:
                 served.offer(epoch, hold_acc, model)
+            if averaged is not None:
+                averaged.offer(epoch, model)
         if phase.records(epoch) and len(x_pool):
             run.check_stop()
             pred, margin = pool_checkpoint(model, x_pool, config, device, use_amp, multilabel, check=run.check_stop)
@@ -670,6 +726,11 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     tpt["served"] = (served.summary(epoch, n_hold) if trained is not None else
                      {"checkpoint": "final", "epoch": epoch, "holdout": 0})
     served_state = served.state if tpt["served"]["checkpoint"] == "window" else None
+    if averaged is not None and averaged.epochs:
+        # BatchNorm statistics of what the window trained on (without the flagged labels when
+        # ``tpt_exclude_flagged`` left them out), not augmented: as the eval passes see images
+        served_state = averaged.state(run.xl, config.batch_size, config.seed, check=run.check_stop)
+        tpt["served"] = {**averaged.summary(), "epoch": epoch}
     return TrainResult(history=history, tpt=tpt, served_state=served_state,
                        pred_history=pred_hist, margin_history=margin_hist, feats_lab=feats_l.numpy(), feats_pool=feats_p.numpy(),
                        logits_pool=logits_p.numpy(), seconds=time.perf_counter() - t0, images_seen=images,
