@@ -644,7 +644,8 @@ class RQScheduler(BaseScheduler):
         gone = self.redis.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
                                "else return 0 end", 1, key, raw)
         if gone:
-            log.warning("the queued cycle job %s was lost (%s); requesting the cycle again", job_id,
+            log.warning("the queued cycle job %s was lost (%s); its queue entry is cleared, so the cycle can be "
+                        "requested again (the reaper does unless the project is crash-looping)", job_id,
                         status.value if status is not None else "gone from Redis")
         return bool(gone)
 
