@@ -656,6 +656,29 @@ class RQScheduler(BaseScheduler):
         self._warn_if_unserved(int(project_id), f"{len(tasks)} new task(s) to place")
         return {"queued_tasks": len(tasks), "job": job.id}
 
+    def recover(self) -> list:
+        """The base's recovery of cycles, then the new tasks an embedded run of this MODEL_DIR left
+        waiting for a queue place (``placing.json``; RQ keeps its own placements in Redis): their
+        placement is queued once, by the one web process that claims the file (noticed 2026-12-02:
+        after switching a deployment to RQ they waited for the next cycle)."""
+        out = super().recover()
+        for pid in list_projects(self.settings.model_dir):
+            try:
+                ids, begun = ProjectStore(self.settings.model_dir, pid).take_placing()
+            except Exception as exc:  # noqa: BLE001 - one project's files must not stop the others
+                log.error("project %s: cannot read the tasks waiting for a queue place: %s", pid, exc)
+                continue
+            if not ids:
+                continue
+            if begun >= MAX_PLACING_STARTS:
+                log.error("project %s: %d new task(s) waiting for a queue place: the backend died in each of the "
+                          "last %d jobs that held them; left to the next cycle", pid, len(ids), begun)
+                continue
+            log.warning("project %s: %d new task(s) recorded by an embedded run were waiting for a queue place; "
+                        "queueing their placement", pid, len(ids))
+            self.request_placement(pid, ids)
+        return out
+
     # ------------------------------------------------------------------ workers
     def workers(self) -> dict:
         """Who will run the queued jobs: ``{"workers": n, "suspended": bool}``. ``n`` counts the

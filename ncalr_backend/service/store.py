@@ -150,6 +150,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _placing_record(path: Path) -> tuple[list, int]:
+    """A ``placing.json``'s (task ids, ``begun``); a damaged file: the ids that are ids (or none), 0."""
+    d = read_json(path, {})
+    if not isinstance(d, dict):
+        return [], 0
+    raw = d.get("tasks")
+    ids = [i for i in dict.fromkeys(db_id(x) for x in raw) if i is not None] if isinstance(raw, list) else []
+    return ids, count_of(d.get("begun")) or 0
+
+
 class ProjectStore:
     def __init__(self, model_dir: Path, project_id: int):
         self.project_id = int(project_id)
@@ -217,15 +227,27 @@ class ProjectStore:
         else:
             self.placing_path.unlink(missing_ok=True)
 
+    def take_placing(self) -> tuple[list, int]:
+        """Claim ``placing.json`` for this process and remove it: (its ids, its ``begun``), or
+        ([], 0) when there is none or another process claimed it first (the rename is atomic, so of
+        several web processes starting at once exactly one gets the tasks). Used when an RQ
+        deployment finds tasks an embedded run left waiting (RQ keeps its own placements in Redis)."""
+        claimed = self.placing_path.with_name(f"{self.placing_path.name}.taken-{os.getpid()}-{threading.get_ident()}")
+        try:
+            os.rename(self.placing_path, claimed)
+        except FileNotFoundError:
+            return [], 0
+        try:
+            return _placing_record(claimed)
+        finally:
+            claimed.unlink(missing_ok=True)
+
     def placing_begun(self) -> int:
-        d = read_json(self.placing_path, {})
-        return count_of(d.get("begun")) or 0 if isinstance(d, dict) else 0
+        return _placing_record(self.placing_path)[1]
 
     def placing(self) -> list:
         """``save_placing``'s ids (a damaged file: the ids that are ids, or none)."""
-        d = read_json(self.placing_path, {})
-        raw = d.get("tasks") if isinstance(d, dict) else None
-        return [i for i in dict.fromkeys(db_id(x) for x in raw) if i is not None] if isinstance(raw, list) else []
+        return _placing_record(self.placing_path)[0]
 
     def mark_in_progress(self, owner: Optional[tuple] = None, **fields) -> Optional[dict]:
         """Add ``fields`` to the running cycle's ``in_progress`` marker (read and written under the

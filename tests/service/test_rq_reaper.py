@@ -357,3 +357,51 @@ def test_recovery_leaves_a_queued_job_alone_and_requests_a_lost_one_again(redis_
     Job.fetch(job, connection=sch.redis).delete()  # lost while no web process ran
     assert RQScheduler(s).recover() == [6]
     assert len(sch.queue) == 1 and sch.queue.job_ids[0] != job
+
+
+def test_tasks_an_embedded_run_left_waiting_are_placed_once_after_the_switch_to_rq(redis_url, tmp_path):
+    """A deployment switched from the embedded scheduler to RQ: the new tasks the embedded run
+    recorded as waiting for a queue place (placing.json) get one placement job, however many web
+    processes start on the MODEL_DIR; tasks whose jobs killed the process three times are left to
+    the next cycle, as the embedded scheduler leaves them."""
+    import threading
+
+    from rq.job import Job
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-placing-test"})
+    sch = RQScheduler(s)
+    sch.redis.flushdb()
+    ProjectStore(tmp_path, 5).save_placing([13, 11, 12], begun=1)
+    ProjectStore(tmp_path, 6).save_placing([21], begun=3)
+    webs = [RQScheduler(s) for _ in range(4)]
+    threads = [threading.Thread(target=w.recover) for w in webs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    jobs = [Job.fetch(j, connection=sch.redis) for j in sch.queue.job_ids]
+    assert [(j.func_name.rsplit(".", 1)[-1], j.args) for j in jobs] == [("rq_place_job", (5, [11, 12, 13]))]
+    for pid in (5, 6):
+        st = ProjectStore(tmp_path, pid)
+        assert st.placing() == [] and not list(st.placing_path.parent.glob("placing.json*"))
+    sch.recover()  # a later start finds nothing left
+    assert len(sch.queue) == 1
+
+
+def test_only_one_of_many_takers_gets_the_waiting_tasks(tmp_path):
+    import threading
+
+    st = ProjectStore(tmp_path, 7)
+    st.save_placing([3, 1, 2], begun=2)
+    got, start = [], threading.Barrier(8)
+
+    def take():
+        start.wait()
+        got.append(ProjectStore(tmp_path, 7).take_placing())
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(got, key=lambda g: len(g[0]), reverse=True) == [([1, 2, 3], 2)] + [([], 0)] * 7
+    assert st.placing() == [] and st.placing_begun() == 0
