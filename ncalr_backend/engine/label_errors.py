@@ -23,6 +23,9 @@ late, if at all. The signals (each: higher = more likely wrong):
   Pleiss et al.; the first-fitted / forgetting statistics of Toneva et al. 2019).
 * ``fluctuation``: how often the predicted class (set) of the sample changes across the
   terminal-phase checkpoints (the labeled-set counterpart of NCAL-R's FF), over the checkpoints - 1.
+* ``p_window``: ``p_mean`` over the terminal-phase checkpoints only (T_i and the window after it;
+  all epochs when none was recorded). With ``tpt_exclude_flagged`` the window trains without the
+  labels flagged at T_i, so there their given label's probability falls.
 * ``last``: ``1 - p(y)`` of the final model only: the baseline that shows why the dynamics matter.
 
 ``suspicion`` is the mean of the z-scores of ``SUSPICION_SIGNALS`` (a z-score of a constant signal
@@ -56,7 +59,7 @@ import numpy as np
 
 # the signals averaged (as z-scores) into ``suspicion``; see the module docstring and the benchmark
 SUSPICION_SIGNALS = ("p_mean",)
-SIGNALS = ("aum", "p_mean", "learned_late", "fluctuation", "last")
+SIGNALS = ("aum", "p_mean", "p_window", "learned_late", "fluctuation", "last")
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -206,6 +209,7 @@ def signals(dyn: LabelDynamics) -> dict[str, np.ndarray]:
            "learned_late": learned_epoch(np.stack(dyn.fitted)) / E,
            "last": 1.0 - conf[-1]}
     idx = [dyn.epochs.index(e) for e in dyn.window if e in dyn.epochs]
+    out["p_window"] = 1.0 - conf[idx].mean(0) if idx else out["p_mean"].copy()
     if len(idx) >= 2:
         out["fluctuation"] = prediction_changes(np.stack([dyn.pred[i] for i in idx])) / (len(idx) - 1)
     else:

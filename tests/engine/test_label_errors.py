@@ -145,6 +145,9 @@ def test_signals_from_recorded_epochs_by_hand():
     np.testing.assert_allclose(s["aum"], -margin.mean(0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(s["p_mean"], 1 - p[:, np.arange(N), y].mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(s["last"], 1 - p[-1, np.arange(N), y], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(s["p_window"], 1 - p[3:, np.arange(N), y].mean(0), rtol=1e-5, atol=1e-6)
+    no_window = signals(dyn_from_logits(zs, y, K))  # nothing recorded as the window: every epoch
+    np.testing.assert_allclose(no_window["p_window"], s["p_mean"])
     fitted = p.argmax(2) == y[None]
     np.testing.assert_allclose(s["learned_late"], learned_epoch(fitted) / E)
     pred = p.argmax(2)[3:]  # epochs 4, 5, 6
