@@ -659,25 +659,62 @@ class RQScheduler(BaseScheduler):
     def recover(self) -> list:
         """The base's recovery of cycles, then the new tasks an embedded run of this MODEL_DIR left
         waiting for a queue place (``placing.json``; RQ keeps its own placements in Redis): their
-        placement is queued once, by the one web process that claims the file (noticed 2026-12-02:
-        after switching a deployment to RQ they waited for the next cycle)."""
+        placement is queued once (noticed 2026-12-02: after switching a deployment to RQ they waited
+        for the next cycle). Only while no other process holds ``MODEL_DIR/.backend.lock`` (an
+        embedded backend still running there keeps its own list in memory; another web process
+        holding it is handing the tasks over); each file is claimed by an atomic rename and
+        removed only once its placement is queued (at least once: a repeated placement skips the
+        tasks that already have a prediction of the version)."""
         out = super().recover()
-        for pid in list_projects(self.settings.model_dir):
-            try:
-                ids, begun = ProjectStore(self.settings.model_dir, pid).take_placing()
-            except Exception as exc:  # noqa: BLE001 - one project's files must not stop the others
-                log.error("project %s: cannot read the tasks waiting for a queue place: %s", pid, exc)
-                continue
-            if not ids:
-                continue
-            if begun >= MAX_PLACING_STARTS:
-                log.error("project %s: %d new task(s) waiting for a queue place: the backend died in each of the "
-                          "last %d jobs that held them; left to the next cycle", pid, len(ids), begun)
-                continue
-            log.warning("project %s: %d new task(s) recorded by an embedded run were waiting for a queue place; "
-                        "queueing their placement", pid, len(ids))
-            self.request_placement(pid, ids)
+        self._hand_over_placing()
         return out
+
+    def _hand_over_placing(self) -> None:
+        import fcntl
+
+        from ncalr_backend.service.store import PLACING_CLAIM_STALE_S
+
+        try:
+            lock = open(self.settings.model_dir / ".backend.lock", "a+")
+        except OSError as exc:
+            log.error("cannot open %s/.backend.lock to hand over waiting placements: %s", self.settings.model_dir, exc)
+            return
+        try:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("MODEL_DIR/.backend.lock is held (an embedded backend, or another web process handing "
+                         "the waiting placements over): this process leaves placing.json alone")
+                return
+            for pid in list_projects(self.settings.model_dir):
+                st = ProjectStore(self.settings.model_dir, pid)
+                for _ in range(100):  # placing.json, then any claim a dead process left
+                    try:
+                        claim = st.claim_placing(PLACING_CLAIM_STALE_S)
+                        if claim is None:
+                            break
+                        ids, begun = st.placing_record(claim)
+                    except Exception as exc:  # noqa: BLE001 - one project's files must not stop the others
+                        log.error("project %s: cannot read the tasks waiting for a queue place: %s", pid, exc)
+                        break
+                    if ids and begun >= MAX_PLACING_STARTS:
+                        log.error("project %s: %d new task(s) waiting for a queue place: the backend died in each "
+                                  "of the last %d jobs that held them; left to the next cycle", pid, len(ids), begun)
+                    elif ids:
+                        try:
+                            self.request_placement(pid, ids)
+                        except Exception as exc:  # noqa: BLE001 - Redis away: keep them for the next start
+                            back = st.return_claim(claim)
+                            log.error("project %s: cannot queue the placement of %d new task(s) an embedded run "
+                                      "left waiting (%s); %s", pid, len(ids), exc,
+                                      "kept in placing.json for the next start" if back else
+                                      f"kept in {claim.name} for a start after {PLACING_CLAIM_STALE_S:.0f} s")
+                            break
+                        log.warning("project %s: %d new task(s) recorded by an embedded run were waiting for a "
+                                    "queue place; their placement is queued", pid, len(ids))
+                    st.drop_claim(claim)
+        finally:
+            lock.close()  # releases the flock
 
     # ------------------------------------------------------------------ workers
     def workers(self) -> dict:

@@ -36,6 +36,8 @@ import os
 import shutil
 import tempfile
 import threading
+import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -150,6 +152,9 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+PLACING_CLAIM_STALE_S = 60.0  # a claim of placing.json older than this was left by a process that died
+
+
 def _placing_record(path: Path) -> tuple[list, int]:
     """A ``placing.json``'s (task ids, ``begun``); a damaged file: the ids that are ids (or none), 0."""
     d = read_json(path, {})
@@ -227,20 +232,51 @@ class ProjectStore:
         else:
             self.placing_path.unlink(missing_ok=True)
 
-    def take_placing(self) -> tuple[list, int]:
-        """Claim ``placing.json`` for this process and remove it: (its ids, its ``begun``), or
-        ([], 0) when there is none or another process claimed it first (the rename is atomic, so of
-        several web processes starting at once exactly one gets the tasks). Used when an RQ
-        deployment finds tasks an embedded run left waiting (RQ keeps its own placements in Redis)."""
-        claimed = self.placing_path.with_name(f"{self.placing_path.name}.taken-{os.getpid()}-{threading.get_ident()}")
+    def claim_placing(self, stale_s: float = PLACING_CLAIM_STALE_S) -> Optional[Path]:
+        """Claim ``placing.json`` (or a claim another process made more than ``stale_s`` ago and
+        never finished: it died before the tasks were queued) by renaming it to a name of this claim's
+        own, ``placing.json.taken-<unix time>-<random>``: the claimed file, or None when there is
+        nothing to claim. The rename is atomic, so of several processes exactly one gets each file;
+        the time in the name (not the file's mtime, which the rename keeps) dates the claim. The
+        caller reads it (``placing_record``), queues the tasks, then ``drop_claim``s it; a failed
+        queueing ``return_claim``s it. Used when an RQ deployment finds tasks an embedded run left
+        waiting (RQ keeps its own placements in Redis)."""
+        now = time.time()
+        stale = []
+        for p in self.root.glob(f"{self.placing_path.name}.taken-*"):
+            try:
+                at = float(p.name.rsplit(".taken-", 1)[1].split("-", 1)[0])
+            except (IndexError, ValueError):
+                at = 0.0  # not a name this code writes: old enough
+            if now - at > stale_s:
+                stale.append(p)
+        for src in [self.placing_path, *sorted(stale)]:
+            dst = self.placing_path.with_name(f"{self.placing_path.name}.taken-{now:.3f}-{uuid.uuid4().hex}")
+            try:
+                os.rename(src, dst)
+            except FileNotFoundError:  # another process claimed it first
+                continue
+            return dst
+        return None
+
+    @staticmethod
+    def placing_record(path: Path) -> tuple[list, int]:
+        """A placing file's (task ids, ``begun``); a damaged file: the ids that are ids (or none), 0."""
+        return _placing_record(path)
+
+    @staticmethod
+    def drop_claim(claim: Path) -> None:
+        claim.unlink(missing_ok=True)
+
+    def return_claim(self, claim: Path) -> bool:
+        """Put a claimed file back as ``placing.json`` (True), unless one exists again (False: the
+        claim stays, and a later start takes it once it is stale)."""
         try:
-            os.rename(self.placing_path, claimed)
-        except FileNotFoundError:
-            return [], 0
-        try:
-            return _placing_record(claimed)
-        finally:
-            claimed.unlink(missing_ok=True)
+            os.link(claim, self.placing_path)  # fails if placing.json exists: never overwrite it
+        except FileExistsError:
+            return False
+        claim.unlink(missing_ok=True)
+        return True
 
     def placing_begun(self) -> int:
         return _placing_record(self.placing_path)[1]

@@ -388,20 +388,74 @@ def test_tasks_an_embedded_run_left_waiting_are_placed_once_after_the_switch_to_
     assert len(sch.queue) == 1
 
 
-def test_only_one_of_many_takers_gets_the_waiting_tasks(tmp_path):
+def test_only_one_of_many_claimers_gets_the_waiting_tasks(tmp_path):
     import threading
 
     st = ProjectStore(tmp_path, 7)
     st.save_placing([3, 1, 2], begun=2)
     got, start = [], threading.Barrier(8)
 
-    def take():
+    def claim():
         start.wait()
-        got.append(ProjectStore(tmp_path, 7).take_placing())
-    threads = [threading.Thread(target=take) for _ in range(8)]
+        got.append(ProjectStore(tmp_path, 7).claim_placing())
+    threads = [threading.Thread(target=claim) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(10)
-    assert sorted(got, key=lambda g: len(g[0]), reverse=True) == [([1, 2, 3], 2)] + [([], 0)] * 7
-    assert st.placing() == [] and st.placing_begun() == 0
+    claims = [c for c in got if c is not None]
+    assert len(claims) == 1 and st.placing_record(claims[0]) == ([1, 2, 3], 2)
+    assert st.placing() == [] and st.claim_placing() is None  # a fresh claim is not anybody's to take
+    assert st.claim_placing(stale_s=-1) is not None  # ... until it is stale: its process died
+
+
+def test_redis_away_during_the_hand_over_keeps_the_tasks_and_the_other_projects_go_on(redis_url, tmp_path, monkeypatch):
+    """Found by review: the claimed file was removed before the placement was queued, so Redis
+    failing there lost the tasks, and the exception stopped the other projects' hand-over."""
+    from rq.job import Job
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-placing-test2"})
+    sch = RQScheduler(s)
+    sch.redis.flushdb()
+    ProjectStore(tmp_path, 5).save_placing([11, 12])
+    ProjectStore(tmp_path, 6).save_placing([21])
+    real = RQScheduler.request_placement
+
+    def flaky(self, project_id, tasks):
+        if project_id == 5:
+            raise ConnectionError("Redis is restarting")
+        return real(self, project_id, tasks)
+    monkeypatch.setattr(RQScheduler, "request_placement", flaky)
+    sch.recover()
+    assert ProjectStore(tmp_path, 5).placing() == [11, 12]  # back in placing.json for the next start
+    assert [Job.fetch(j, connection=sch.redis).args for j in sch.queue.job_ids] == [(6, [21])]
+    monkeypatch.setattr(RQScheduler, "request_placement", real)
+    sch.recover()
+    assert sorted(Job.fetch(j, connection=sch.redis).args for j in sch.queue.job_ids) == [(5, [11, 12]), (6, [21])]
+    assert not list((tmp_path / "projects").glob("*/placing.json*"))
+
+
+def test_a_claim_left_by_a_process_that_died_is_placed_and_a_live_embedded_backend_is_left_alone(redis_url, tmp_path):
+    import os
+
+    from rq.job import Job
+
+    from ncalr_backend.service.app import lock_model_dir
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-placing-test3"})
+    sch = RQScheduler(s)
+    sch.redis.flushdb()
+    st = ProjectStore(tmp_path, 8)
+    st.save_placing([4, 5])
+    dead = st.claim_placing()  # claimed by a process that died before queueing them ...
+    os.rename(dead, dead.with_name("placing.json.taken-1000.000-" + "0" * 32))  # ... long ago
+    st.save_placing([6])
+    held = lock_model_dir(tmp_path)  # an embedded backend runs on this MODEL_DIR: its list is its own
+    try:
+        sch.recover()
+        assert len(sch.queue) == 0 and st.placing() == [6]
+    finally:
+        held.close()
+    sch.recover()
+    assert sorted(Job.fetch(j, connection=sch.redis).args for j in sch.queue.job_ids) == [(8, [4, 5]), (8, [6])]
+    assert not list(st.root.glob("placing.json*"))
