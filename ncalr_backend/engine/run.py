@@ -299,6 +299,9 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
                     label_sets=y_lab.astype(bool) if multilabel else None, pred_sets=tpt_sets)
     served, probs, pred_sets = model, tpt_probs, tpt_sets
     if tr.served_state is not None:  # the labels come from another checkpoint than the ranking
+        if not all(bool(torch.isfinite(v).all()) for v in tr.served_state.values() if v.is_floating_point()):
+            # checked on the weights too: with an empty pool no probability of it is computed below
+            raise Diverged("the served checkpoint has non-finite weights; nothing it made may go live")
         served = build_model(num_classes, x_lab.shape[1], x_lab.shape[2], "", config.width, config.classifier)
         served.load_state_dict(tr.served_state)
         served.eval()

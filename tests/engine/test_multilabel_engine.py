@@ -434,3 +434,21 @@ def test_swa_serves_the_mean_of_the_window_checkpoints_with_batchnorm_of_the_tra
     served, meta = load_model(tmp_path / "model.pt")
     assert meta["served"]["checkpoint"] == "swa"
     np.testing.assert_allclose(predict_proba(served, px), res.probs, atol=1e-5)
+
+
+def test_a_served_checkpoint_with_non_finite_weights_never_goes_live_even_without_a_pool(monkeypatch):
+    """Found by review (2026-12-02): the served weights were checked only through the pool's
+    probabilities, so with no unlabeled task left a NaN in them reached model.pt and /predict."""
+    from ncalr_backend.engine.run import Diverged
+    from ncalr_backend.engine.training import trainer
+
+    real = trainer.WindowAverage.state
+
+    def poisoned(self, *a, **k):
+        st = real(self, *a, **k)
+        st["fc.bias"] = torch.full_like(st["fc.bias"], float("nan"))
+        return st
+    monkeypatch.setattr(trainer.WindowAverage, "state", poisoned)
+    x, y = _noisy_quadrants()
+    with pytest.raises(Diverged, match="served checkpoint has non-finite weights"):
+        run_cycle(x, y, x[:0], K, SWA)
