@@ -259,7 +259,7 @@ class EmbeddedScheduler(BaseScheduler):
         for pid in list_projects(self.settings.model_dir):
             try:
                 st = ProjectStore(self.settings.model_dir, pid)
-                ids, begun = st.placing(), st.placing_begun()
+                ids, begun = st.placing_record(st.placing_path)  # one read of the file
                 if ids and begun >= MAX_PLACING_STARTS:  # each job holding them ended with the process
                     log.error("project %s: %d new task(s) waiting for a queue place: the backend died in each of the "
                               "last %d jobs that held them (does placing them kill the process: out of memory?); "
@@ -672,8 +672,6 @@ class RQScheduler(BaseScheduler):
     def _hand_over_placing(self) -> None:
         import fcntl
 
-        from ncalr_backend.service.store import PLACING_CLAIM_STALE_S
-
         try:
             lock = open(self.settings.model_dir / ".backend.lock", "a+")
         except OSError as exc:
@@ -687,34 +685,39 @@ class RQScheduler(BaseScheduler):
                          "the waiting placements over): this process leaves placing.json alone")
                 return
             for pid in list_projects(self.settings.model_dir):
-                st = ProjectStore(self.settings.model_dir, pid)
-                for _ in range(100):  # placing.json, then any claim a dead process left
-                    try:
-                        claim = st.claim_placing(PLACING_CLAIM_STALE_S)
-                        if claim is None:
-                            break
-                        ids, begun = st.placing_record(claim)
-                    except Exception as exc:  # noqa: BLE001 - one project's files must not stop the others
-                        log.error("project %s: cannot read the tasks waiting for a queue place: %s", pid, exc)
-                        break
-                    if ids and begun >= MAX_PLACING_STARTS:
-                        log.error("project %s: %d new task(s) waiting for a queue place: the backend died in each "
-                                  "of the last %d jobs that held them; left to the next cycle", pid, len(ids), begun)
-                    elif ids:
-                        try:
-                            self.request_placement(pid, ids)
-                        except Exception as exc:  # noqa: BLE001 - Redis away: keep them for the next start
-                            back = st.return_claim(claim)
-                            log.error("project %s: cannot queue the placement of %d new task(s) an embedded run "
-                                      "left waiting (%s); %s", pid, len(ids), exc,
-                                      "kept in placing.json for the next start" if back else
-                                      f"kept in {claim.name} for a start after {PLACING_CLAIM_STALE_S:.0f} s")
-                            break
-                        log.warning("project %s: %d new task(s) recorded by an embedded run were waiting for a "
-                                    "queue place; their placement is queued", pid, len(ids))
-                    st.drop_claim(claim)
+                self._hand_over_project(pid, ProjectStore(self.settings.model_dir, pid))
         finally:
             lock.close()  # releases the flock
+
+    def _hand_over_project(self, pid: int, st: ProjectStore) -> None:
+        """One project's ``placing.json``, then any claim a dead process left (at most 100 files)."""
+        from ncalr_backend.service.store import PLACING_CLAIM_STALE_S
+
+        for _ in range(100):
+            try:
+                claim = st.claim_placing(PLACING_CLAIM_STALE_S)
+                if claim is None:
+                    return
+                ids, begun = st.placing_record(claim)
+            except Exception as exc:  # noqa: BLE001 - one project's files must not stop the others
+                log.error("project %s: cannot read the tasks waiting for a queue place: %s", pid, exc)
+                return
+            if ids and begun >= MAX_PLACING_STARTS:
+                log.error("project %s: %d new task(s) waiting for a queue place: the backend died in each "
+                          "of the last %d jobs that held them; left to the next cycle", pid, len(ids), begun)
+            elif ids:
+                try:
+                    self.request_placement(pid, ids)
+                except Exception as exc:  # noqa: BLE001 - Redis away: keep them for the next start
+                    back = st.return_claim(claim)
+                    log.error("project %s: cannot queue the placement of %d new task(s) an embedded run "
+                              "left waiting (%s); %s", pid, len(ids), exc,
+                              "kept in placing.json for the next start" if back else
+                              f"kept in {claim.name} for a start after {PLACING_CLAIM_STALE_S:.0f} s")
+                    return
+                log.warning("project %s: %d new task(s) recorded by an embedded run were waiting for a "
+                            "queue place; their placement is queued", pid, len(ids))
+            st.drop_claim(claim)
 
     # ------------------------------------------------------------------ workers
     def workers(self) -> dict:
