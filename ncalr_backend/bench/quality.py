@@ -373,7 +373,9 @@ class Runner:
             prev_state = (res.tpt_model_state if args.warm_from == "tpt" else res.model_state) if cfg.warms else None
             self.log(f"seed {seed} {spec.label:<28s} cycle {cycle}/{args.cycles} labeled {budgets[-1]:4d} "
                      f"acc {100 * accs[-1]:5.1f}%  train {train_secs[-1]:5.1f}s  "
-                     f"tpt {'@' + str(res.tpt['t_i']) if res.tpt['reached'] else 'not reached'} ({res.tpt['epochs']} ep)"
+                     f"tpt {'@' + str(res.tpt['t_i']) if res.tpt['reached'] else 'not reached'}"
+                     f"{' (annealed from ' + str(res.tpt['t_i']) + ')' if res.tpt.get('by') == 'cap' else ''}"
+                     f" ({res.tpt['epochs']} ep)"
                      + (f"  picked noisy {d['picked_noisy']:.2f}" if 'picked_noisy' in d else ""))
         return {"budgets": budgets, "fractions": [b / M for b in budgets], "acc": accs,
                 "select_s": sel_secs, "train_s": train_secs, "cycles": diags}

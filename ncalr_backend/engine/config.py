@@ -19,6 +19,7 @@ SPA_MODES = ("none", "proj", "slerp", "reg")
 DEVICES = ("auto", "cpu", "cuda")
 CLASSIFIERS = ("learned", "etf")
 TPT_CRITERIA = ("accuracy", "plateau")
+TPT_CAP_WINDOWS = ("constant", "anneal")
 SERVE = ("holdout", "swa", "tpt")
 FF_MODES = ("flips", "flips+margin", "margin")
 DIVERSITY = ("none", "clusters")
@@ -123,6 +124,14 @@ class EngineConfig:
     these epochs). When T_i comes later than ``max_epochs - tpt_window``, or never, FF counts over
     the last ``tpt_window`` + 1 epochs before the cap instead (``tpt.checkpoints`` lists them);
     with ``tpt_window >= max_epochs`` that is every epoch, fewer than ``tpt_window`` + 1."""
+    tpt_cap_window: str = "constant"
+    """What the learning rate does in the last ``tpt_window`` epochs before the cap when the terminal
+    phase has not started by then. 'constant' (the paper's schedule): it stays at the base rate,
+    the cycle ends at the cap on a model that has not settled, and FF counts over those epochs.
+    'anneal': the window starts there anyway (``tpt.by`` = 'cap', ``tpt.reached`` stays False):
+    the rate is cosine-decayed to ``lr_min_factor`` over it as after a T_i, the flagged labels are
+    left out of it (``tpt_exclude_flagged``), and a T_i cannot come later than
+    ``max_epochs - tpt_window``, so every window is complete."""
     batch_size: int = 64
     lr: float = 0.0
     """SGD learning rate. 0 (the default) = chosen by ``width`` (``base_lr``): 0.05 up to width 8,
@@ -370,6 +379,8 @@ class EngineConfig:
             problems.append("serve_holdout must be in (0, 0.5) and serve_holdout_min >= 1")
         if self.tpt_criterion not in TPT_CRITERIA:
             problems.append(f"tpt_criterion={self.tpt_criterion!r}: choose one of {list(TPT_CRITERIA)}")
+        if self.tpt_cap_window not in TPT_CAP_WINDOWS:
+            problems.append(f"tpt_cap_window={self.tpt_cap_window!r}: choose one of {list(TPT_CAP_WINDOWS)}")
         if (self.tpt_patience < 1 or not 0.0 <= self.tpt_plateau_delta <= 1.0
                 or not 0.0 <= self.tpt_plateau_min_acc <= 1.0 or not 0.0 <= self.tpt_plateau_max_gap <= 1.0):
             problems.append("tpt_patience must be >= 1; tpt_plateau_delta, tpt_plateau_min_acc and "

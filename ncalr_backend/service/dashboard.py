@@ -278,7 +278,8 @@ def history_table(rows: list) -> str:
         if tpt:
             tpt_txt = (f"reached at epoch {tpt.get('t_i')} by {tpt.get('by')}" if tpt.get("reached")
                        else f"not reached ({tpt.get('epochs')} epochs, train acc "
-                            f"{fmt(tpt.get('final_train_acc'))} < {fmt(tpt.get('threshold'))})")
+                            f"{fmt(tpt.get('final_train_acc'))} < {fmt(tpt.get('threshold'))}"
+                            + (f"; annealed from epoch {tpt.get('t_i')})" if tpt.get("by") == "cap" else ")"))
         else:
             tpt_txt = "–"
         est = obj(r.get("next_labels_accuracy"))

@@ -66,6 +66,66 @@ def test_a_late_t_i_keeps_window_plus_one_checkpoints():
     assert early.tpt["t_i"] == 3 and early.tpt["checkpoints"] == [3, 4, 5, 6, 7] and early.tpt["window_complete"]
 
 
+def test_the_cap_window_anneals_when_the_terminal_phase_never_comes():
+    """tpt_cap_window='anneal': with no T_i by max_epochs - tpt_window the window starts there
+    (by 'cap', not reached), the rate decays to lr_min_factor at the cap, and everything before
+    the window is the constant schedule's run, epoch for epoch."""
+    rising = [0.1 * e for e in range(1, 9)]  # never settles, never reaches 0.99
+    for mode, t_i in (("constant", None), ("anneal", 4)):
+        phase = T.TerminalPhase(EngineConfig(max_epochs=8, tpt_window=4, lr=0.05, tpt_cap_window=mode))
+        lrs, started = [], []
+        for e, a in enumerate(rising, 1):  # as train_to_tpt: the epoch's rate, then its accuracy
+            lrs.append(phase.lr(e))
+            if phase.observe(e, a, {}, a):
+                started.append(e)
+        assert phase.t_i == t_i and started == ([] if t_i is None else [t_i]) and not phase.reached
+        if mode == "constant":
+            assert lrs == [0.05] * 8
+        else:  # cosine from the window's start to a tenth at the cap, as after a T_i
+            assert lrs[:4] == [0.05] * 4 and lrs[-1] == pytest.approx(0.005) and lrs == sorted(lrs, reverse=True)
+    # a T_i by a criterion before the window is the same in both modes
+    for mode in ("constant", "anneal"):
+        phase = T.TerminalPhase(EngineConfig(max_epochs=8, tpt_window=4, tpt_cap_window=mode))
+        assert [e for e, a in enumerate([0.5, 0.995, 1, 1], 1) if phase.observe(e, a, {}, a)] == [2]
+        assert phase.by == "accuracy" and phase.reached
+    # a criterion that fires at the window's first epoch keeps its name
+    phase = T.TerminalPhase(EngineConfig(max_epochs=8, tpt_window=4, tpt_cap_window="anneal"))
+    assert [e for e, a in enumerate([0.1, 0.2, 0.3, 0.995], 1) if phase.observe(e, a, {}, a)] == [4]
+    assert phase.by == "accuracy" and phase.reached
+
+    x, y = separable(n_per=8)
+    px, _ = separable(n_per=5, seed=1)
+    cfg = FAST.replace(max_epochs=8, tpt_window=4, train_acc_threshold=1.0, tpt_criterion="accuracy", width=4,
+                       tpt_exclude_flagged=False)
+    const = run_cycle(x, y, px, 4, cfg.replace(tpt_cap_window="constant"))
+    ann = run_cycle(x, y, px, 4, cfg.replace(tpt_cap_window="anneal"))
+    if const.tpt["reached"] or ann.tpt["reached"]:
+        pytest.fail(f"the case must not reach the threshold of 1.0: {const.tpt} {ann.tpt}")
+    assert const.tpt["t_i"] is None and const.tpt["by"] is None
+    assert ann.tpt["t_i"] == 4 and ann.tpt["by"] == "cap" and ann.tpt["window_complete"]
+    assert const.tpt["checkpoints"] == ann.tpt["checkpoints"] == [4, 5, 6, 7, 8]
+    assert [h["lr"] for h in const.history] == [0.05] * 8
+    assert [h["lr"] for h in ann.history][:4] == [0.05] * 4 and ann.history[-1]["lr"] == pytest.approx(0.005)
+    # the same run until the window: same losses and accuracies, epoch for epoch (one seed, one thread)
+    for a, b in zip(const.history[:4], ann.history[:4]):
+        assert (a["loss"], a["train_acc"], a["fit_acc"]) == (b["loss"], b["train_acc"], b["fit_acc"])
+    assert const.history[5]["loss"] != ann.history[5]["loss"]  # and not after it
+    # the flagged labels are left out of the cap's window as out of a T_i's (four flipped labels)
+    x10, y10 = separable(n_per=10)
+    y10 = y10.copy()
+    y10[[0, 10, 20, 30]] = (y10[[0, 10, 20, 30]] + 1) % 4
+    ex = cfg.replace(max_epochs=12, tpt_exclude_flagged=True)
+    assert run_cycle(x10, y10, px, 4, ex.replace(tpt_cap_window="constant")).tpt["excluded"] == 0
+    flip = run_cycle(x10, y10, px, 4, ex.replace(tpt_cap_window="anneal"))
+    assert flip.tpt["by"] == "cap" and flip.tpt["t_i"] == 8 and flip.tpt["excluded"] > 0
+    # where T_i comes by the accuracy, the two settings are one run
+    cfg = cfg.replace(train_acc_threshold=0.01)
+    a, b = (run_cycle(x, y, px, 4, cfg.replace(tpt_cap_window=m)) for m in ("constant", "anneal"))
+    assert a.tpt["by"] == b.tpt["by"] == "accuracy" and a.tpt["t_i"] == b.tpt["t_i"] == 1
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert np.array_equal(a.ranking, b.ranking)
+
+
 def test_served_checkpoint_drop_before():
     net = torch.nn.Linear(2, 2)
     sc = T.ServedCheckpoint()

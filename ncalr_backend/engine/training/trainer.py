@@ -8,7 +8,9 @@ sample is recorded (FF). If the epoch cap comes first, ``tpt.reached`` is False 
 the last window of epochs before the cap instead (said in the result, never hidden). If T_i comes
 within that last window (later than ``max_epochs - tpt_window``), FF is still counted over the last
 ``tpt_window`` + 1 epochs before the cap, T_i among them (``tpt['checkpoints']`` lists them;
-``tpt['window_complete']`` is False).
+``tpt['window_complete']`` is False). With ``tpt_cap_window='anneal'`` the window starts at the
+latest ``tpt_window`` epochs before the cap (``tpt['by']`` = 'cap', ``tpt['reached']`` False): the
+learning rate is annealed over it as after a T_i, and the cycle ends on a settled model.
 
 Multi-label mode (``y_lab`` multi-hot [N, K]): the pick-all-labels loss; "training accuracy" is the
 exact-set-match rate of the set rule (``multilabel.predict_sets``); the NC metrics are taken on the
@@ -426,15 +428,25 @@ class TerminalPhase:
         geometry_ok = c.tpt_geometry_tol <= 0 or nc.get("target_dist_weights", float("inf")) <= c.tpt_geometry_tol
         self.accs.append(train_acc)
         self.fit_accs.append(train_acc if fit_acc is None else fit_acc)
-        if self.t_i is not None or epoch < c.min_epochs or not geometry_ok:
+        if self.t_i is not None:
             return False
-        if train_acc >= c.train_acc_threshold:
+        if epoch < c.min_epochs or not geometry_ok:
+            pass
+        elif train_acc >= c.train_acc_threshold:
             self.t_i, self.by = epoch, "accuracy"
         elif c.tpt_criterion == "plateau" and plateau_starts(self.accs, self.fit_accs, c.tpt_patience,
                                                              c.tpt_plateau_delta, c.tpt_plateau_min_acc,
                                                              c.tpt_plateau_max_gap):
             self.t_i, self.by = epoch, "plateau"
+        if self.t_i is None and c.tpt_cap_window == "anneal" and epoch > self.fallback_from:
+            # not reached, but the window starts here so that it ends, annealed, at the cap
+            self.t_i, self.by = epoch, "cap"
         return self.t_i is not None
+
+    @property
+    def reached(self) -> bool:
+        """The terminal phase came by a criterion (accuracy, plateau), not by the cap."""
+        return self.t_i is not None and self.by != "cap"
 
     def records(self, epoch: int) -> bool:
         return self.t_i is not None or epoch > self.fallback_from
@@ -591,7 +603,7 @@ def tpt_summary(phase: TerminalPhase, history: list[dict], pred_epochs: list[int
                 multilabel: bool) -> dict:
     """``TrainResult.tpt``: whether and how the terminal phase came, and the geometry at T_i / the end."""
     config = phase.config
-    tpt = {"reached": phase.t_i is not None, "t_i": phase.t_i, "by": phase.by, "criterion": config.tpt_criterion,
+    tpt = {"reached": phase.reached, "t_i": phase.t_i, "by": phase.by, "criterion": config.tpt_criterion,
            "epochs": epoch, "window": phase.window,
            "checkpoints": pred_epochs, "threshold": config.train_acc_threshold,
            # T_i and the window's epochs after it all trained (a T_i too near the epoch cap cuts the
