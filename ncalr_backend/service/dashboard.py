@@ -177,7 +177,10 @@ def _train_detail(x: dict, k, n, final: bool = False) -> str:
     parts = []
     if num(x.get("train_acc")) is not None:
         parts.append(f"train acc {x['train_acc']:.3f}")
-    if x.get("t_i") is not None:
+    if x.get("t_i") is not None and x.get("tpt_by") == "cap":
+        parts.append(f"terminal phase not reached: annealing since epoch {x['t_i']} before the cap "
+                     f"(window {x.get('window')})")
+    elif x.get("t_i") is not None:
         parts.append(f"terminal phase since epoch {x['t_i']} (window {x.get('window')})")
     elif "t_i" in x:
         thr = num(x.get("threshold"))

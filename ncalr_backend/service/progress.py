@@ -194,7 +194,7 @@ class CycleProgress:
                 t_i = epoch
             accs.append(row.get("train_acc"))
             last = min(cap, t_i + window) if t_i is not None else cap
-            self.update(epoch, n=last, train_acc=row.get("train_acc"), tpt=tpt, t_i=t_i,
+            self.update(epoch, n=last, train_acc=row.get("train_acc"), tpt=tpt, t_i=t_i, tpt_by=row.get("tpt_by"),
                         nc1=row.get("nc1"), train_accs=list(accs))
             if epoch >= last:
                 self.stage("score")
@@ -269,8 +269,9 @@ def counts_text(k, n, unit, extra: Optional[dict] = None) -> str:
     if "created" in extra:
         s += f", {extra['created']} created"
     if "t_i" in extra:
-        s += (f", terminal phase from epoch {extra['t_i']}" if extra.get("t_i") is not None
-              else ", terminal phase not reached")
+        s += (", terminal phase not reached" if extra.get("t_i") is None
+              else f", not reached: annealing before the cap from epoch {extra['t_i']}" if extra.get("tpt_by") == "cap"
+              else f", terminal phase from epoch {extra['t_i']}")
         if extra.get("train_acc") is not None:
             s += f", train acc {extra['train_acc']:.3f}"
     return s

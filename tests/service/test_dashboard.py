@@ -235,3 +235,17 @@ def test_re_annotation_tasks_the_cycle_did_not_send_leave_the_queue_list(tmp_pat
     (tmp_path / "dashboard.json").write_text("[not an object")
     drop_unsent_relabels(tmp_path, [])  # a damaged file: left as it is, nothing raised
     assert (tmp_path / "dashboard.json").read_text() == "[not an object"
+
+
+def test_a_window_the_cap_started_is_shown_as_not_reached():
+    from ncalr_backend.service.dashboard import _train_detail, history_table
+    row = {"engine": {"tpt": {"reached": False, "t_i": 30, "by": "cap", "epochs": 40, "final_train_acc": 0.71,
+                              "threshold": 0.99}}}
+    html = history_table([row])
+    assert "not reached (40 epochs" in html and "annealed from epoch 30" in html and "reached at epoch" not in html
+    plain = history_table([{"engine": {"tpt": {"reached": False, "t_i": None, "by": None, "epochs": 40,
+                                               "final_train_acc": 0.71, "threshold": 0.99}}}])
+    assert "not reached (40 epochs" in plain and "annealed" not in plain
+    live = _train_detail({"train_acc": 0.7, "t_i": 30, "tpt_by": "cap", "window": 10}, 31, 40)
+    assert "terminal phase not reached: annealing since epoch 30" in live
+    assert "terminal phase since epoch 3 " in _train_detail({"t_i": 3, "tpt_by": "plateau", "window": 10}, 4, 13)

@@ -10,7 +10,7 @@ import pytest
 
 from ncalr_backend.engine.config import EngineConfig
 from ncalr_backend.service.progress import (NO_PROGRESS, CycleProgress, estimate_eta, previous_durations,
-                                            read_progress, track)
+                                            counts_text, read_progress, track)
 from ncalr_backend.service.store import ProjectStore
 
 
@@ -93,6 +93,24 @@ def test_training_callback_tracks_epochs_terminal_phase_and_moves_to_scoring(tmp
     assert len(seen) == 4  # the chained callback got every epoch
     train = p.p["done"][-1]
     assert train["stage"] == "train" and train["k"] == 4 and train["extra"]["train_accs"] == [0.5, 0.95, 0.97, 1.0]
+
+
+def test_a_window_started_by_the_cap_is_not_called_the_terminal_phase(tmp_path):
+    p = CycleProgress(tmp_path, 3, 1)
+    cb = p.training(None, EngineConfig(max_epochs=4, tpt_window=2, tpt_cap_window="anneal"))
+    cb({"epoch": 1, "train_acc": 0.5, "tpt": False, "tpt_by": None})
+    assert counts_text(1, 4, "epochs", p.p["extra"]).endswith("terminal phase not reached, train acc 0.500")
+    cb({"epoch": 2, "train_acc": 0.6, "tpt": True, "tpt_by": "cap"})
+    text = counts_text(2, 4, "epochs", p.p["extra"])
+    assert "not reached: annealing before the cap from epoch 2" in text and "terminal phase from" not in text
+    cb({"epoch": 3, "train_acc": 0.7, "tpt": True, "tpt_by": "cap"})
+    cb({"epoch": 4, "train_acc": 0.8, "tpt": True, "tpt_by": "cap"})
+    assert p.p["stage"] == "score"
+    # a T_i by a criterion still reads as the terminal phase
+    q = CycleProgress(tmp_path / "q", 3, 2)
+    cbq = q.training(None, EngineConfig(max_epochs=4, tpt_window=2))
+    cbq({"epoch": 1, "train_acc": 0.995, "tpt": True, "tpt_by": "accuracy"})
+    assert "terminal phase from epoch 1" in counts_text(1, 3, "epochs", q.p["extra"])
 
 
 def test_eta_from_rate_and_previous_cycle():

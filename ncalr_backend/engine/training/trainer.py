@@ -710,7 +710,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
             margins.append(margin)
             pred_epochs.append(epoch)
         row = {"epoch": epoch, "loss": loss, "train_acc": train_acc, "fit_acc": fit_acc, "holdout_acc": hold_acc, "lr": lr,
-               "tpt": phase.t_i is not None, **{k: v for k, v in nc.items() if k not in ("classes", "samples")}}
+               "tpt": phase.t_i is not None, "tpt_by": phase.by, **{k: v for k, v in nc.items() if k not in ("classes", "samples")}}
         history.append(row)
         if progress is not None:
             progress(dict(row))
