@@ -234,10 +234,10 @@ def test_plateau_criterion_by_hand_and_in_training():
         EngineConfig(tpt_criterion="loss")
 
 
-def _noisy_quadrants(n_single=12):
+def _noisy_quadrants(n_single=12, every=2):
     x, y = quadrant_sets(n_single=n_single, n_pair=0)
     yk = y.argmax(1)
-    yk[::2] = (yk[::2] + 1) % K  # half the labels wrong: the threshold is out of reach
+    yk[::every] = (yk[::every] + 1) % K  # every second label wrong: the threshold is out of reach
     return x, yk
 
 
@@ -336,20 +336,28 @@ def test_served_checkpoint_from_the_held_out_slice_and_ranking_stays_terminal(tm
     np.testing.assert_allclose(predict_proba(served, px), res.probs, atol=1e-5)
 
 
-# a case where an earlier checkpoint wins on the held-out slice (found by trying 8 or 12 images per
-# class, every second or third label wrong, seeds 0 and 1, window 8: 4 of 8 served a window epoch)
-SERVED_WINDOW_CASE = {"n": 8, "seed": 0}
+# cases where an earlier checkpoint may win on the held-out slice: 8 or 12 images per class, every
+# second or third label wrong, seeds 0 and 1, window 8. Which of them serve a window epoch depends on
+# float sums (CPU kernels, the thread count, even what ran before in the process: at 6b29b1c the
+# first case served 'final' after the tests above it and 'window' alone), so the test takes the
+# first that does and fails only if none of the 8 does (4 of 8 did when they were first tried).
+SERVED_WINDOW_CASES = [(n, every, seed) for n in (8, 12) for every in (2, 3) for seed in (0, 1)]
 
 
 def test_served_window_checkpoint_is_the_weights_of_that_epoch():
     """An earlier FF checkpoint beats the final model on the held-out labels: it is served, and its
     weights are those of a run stopped at that epoch."""
-    x, yk = _noisy_quadrants(n_single=SERVED_WINDOW_CASE["n"])
     px, _ = quadrant_sets(n_single=4, n_pair=0, seed=1)
-    cfg = HOLD.replace(tpt_window=8, seed=SERVED_WINDOW_CASE["seed"])
-    res = run_cycle(x, yk, px, K, cfg)
-    sv = res.tpt["served"]
-    assert sv["checkpoint"] == "window" and sv["epoch"] < res.tpt["epochs"], sv
+    tried = []
+    for n, every, seed in SERVED_WINDOW_CASES:
+        x, yk = _noisy_quadrants(n_single=n, every=every)
+        cfg = HOLD.replace(tpt_window=8, seed=seed)
+        res = run_cycle(x, yk, px, K, cfg)
+        sv = res.tpt["served"]
+        tried.append(((n, every, seed), sv["checkpoint"], sv["epoch"]))
+        if sv["checkpoint"] == "window":
+            break
+    assert sv["checkpoint"] == "window" and sv["epoch"] < res.tpt["epochs"], tried
     assert sv["holdout_acc"] > sv["final_holdout_acc"]
     stopped = run_cycle(x, yk, px, K, cfg.replace(max_epochs=sv["epoch"]))
     assert _same_weights(res.model, stopped.tpt_model)
