@@ -131,7 +131,8 @@ class EngineConfig:
     'anneal': the window starts there anyway (``tpt.by`` = 'cap', ``tpt.reached`` stays False):
     the rate is cosine-decayed to ``lr_min_factor`` over it as after a T_i, the flagged labels are
     left out of it (``tpt_exclude_flagged``), and a T_i cannot come later than
-    ``max_epochs - tpt_window``, so every window is complete."""
+    ``max_epochs - tpt_window``, so every window is complete (refused unless
+    ``max_epochs - tpt_window >= max(1, min_epochs)``)."""
     batch_size: int = 64
     lr: float = 0.0
     """SGD learning rate. 0 (the default) = chosen by ``width`` (``base_lr``): 0.05 up to width 8,
@@ -381,6 +382,10 @@ class EngineConfig:
             problems.append(f"tpt_criterion={self.tpt_criterion!r}: choose one of {list(TPT_CRITERIA)}")
         if self.tpt_cap_window not in TPT_CAP_WINDOWS:
             problems.append(f"tpt_cap_window={self.tpt_cap_window!r}: choose one of {list(TPT_CAP_WINDOWS)}")
+        elif self.tpt_cap_window == "anneal" and self.max_epochs - self.tpt_window < max(1, self.min_epochs):
+            problems.append(f"tpt_cap_window='anneal' starts the window at max_epochs - tpt_window = "
+                            f"{self.max_epochs - self.tpt_window}, which must be >= 1 and >= min_epochs="
+                            f"{self.min_epochs}: raise max_epochs, or lower tpt_window or min_epochs")
         if (self.tpt_patience < 1 or not 0.0 <= self.tpt_plateau_delta <= 1.0
                 or not 0.0 <= self.tpt_plateau_min_acc <= 1.0 or not 0.0 <= self.tpt_plateau_max_gap <= 1.0):
             problems.append("tpt_patience must be >= 1; tpt_plateau_delta, tpt_plateau_min_acc and "

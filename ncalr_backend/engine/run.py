@@ -328,7 +328,8 @@ def run_cycle(x_lab, y_lab, x_pool, num_classes: int, config: EngineConfig | Non
     else:
         diag = geometry_report(tr.feats_lab, y_lab, W, b, num_classes, config.nc_subsample, rng)
     diag = finite_or_none(diag)
-    at_ti = next((h for h in tr.history if h["epoch"] == tr.tpt["t_i"]), None)
+    # NC1 at T_i only where the terminal phase came (a window the cap started is not a T_i)
+    at_ti = next((h for h in tr.history if h["epoch"] == tr.tpt["t_i"]), None) if tr.tpt["reached"] else None
     if at_ti is not None and "nc1" in at_ti:
         diag["nc1_at_t_i"] = at_ti["nc1"]
     meta = {**model.meta(), "warm_started": warm, "strategy": config.strategy, "device": str(device),

@@ -280,9 +280,10 @@ def history_table(rows: list) -> str:
         tpt = obj(obj(r.get("engine")).get("tpt"))
         if tpt:
             tpt_txt = (f"reached at epoch {tpt.get('t_i')} by {tpt.get('by')}" if tpt.get("reached")
-                       else f"not reached ({tpt.get('epochs')} epochs, train acc "
-                            f"{fmt(tpt.get('final_train_acc'))} < {fmt(tpt.get('threshold'))}"
-                            + (f"; annealed from epoch {tpt.get('t_i')})" if tpt.get("by") == "cap" else ")"))
+                       else f"not reached ({tpt.get('epochs')} epochs, train acc {fmt(tpt.get('final_train_acc'))}"
+                            # annealed, the last epochs may pass the threshold: the window started by the cap
+                            + (f"; annealed from epoch {tpt.get('t_i')})" if tpt.get("by") == "cap"
+                               else f" < {fmt(tpt.get('threshold'))})"))
         else:
             tpt_txt = "–"
         est = obj(r.get("next_labels_accuracy"))
@@ -371,7 +372,7 @@ def epoch_plots(metrics: Optional[dict]) -> list:
     hist = [h for h in hist if isinstance(h, dict)] if isinstance(hist, list) else []
     tpt = obj(obj(obj(metrics).get("summary")).get("tpt"))
     ep = [h.get("epoch") for h in hist]
-    vl = [(tpt["t_i"], "T_i")] if tpt.get("t_i") else []
+    vl = [(tpt["t_i"], "cap window" if tpt.get("by") == "cap" else "T_i")] if tpt.get("t_i") else []
     out = [line_plot([("train acc", ep, [h.get("train_acc") for h in hist])], "Training accuracy per epoch",
                      "epoch", "", y_range=(0, 1.02), vlines=vl, integer_x=True, cls="nc nc-acc",
                      hlines=[(tpt.get("threshold"), "terminal-phase threshold")])]

@@ -237,7 +237,7 @@ def test_plateau_criterion_by_hand_and_in_training():
 def _noisy_quadrants(n_single=12, every=2):
     x, y = quadrant_sets(n_single=n_single, n_pair=0)
     yk = y.argmax(1)
-    yk[::every] = (yk[::every] + 1) % K  # every second label wrong: the threshold is out of reach
+    yk[::every] = (yk[::every] + 1) % K  # every second (third) label wrong: the threshold is out of reach
     return x, yk
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ncalr_backend.engine import Interrupted, run_cycle
-from ncalr_backend.engine.config import EngineConfig
+from ncalr_backend.engine.config import ConfigError, EngineConfig
 from ncalr_backend.engine.training import build_model
 from ncalr_backend.engine.training import trainer as T
 
@@ -106,6 +106,17 @@ def test_the_cap_window_anneals_when_the_terminal_phase_never_comes():
     assert const.tpt["checkpoints"] == ann.tpt["checkpoints"] == [4, 5, 6, 7, 8]
     assert [h["lr"] for h in const.history] == [0.05] * 8
     assert [h["lr"] for h in ann.history][:4] == [0.05] * 4 and ann.history[-1]["lr"] == pytest.approx(0.005)
+    # the rows say who started the window (the live progress and the dashboard read it), and a
+    # window the cap started has no NC1 "at T_i"
+    assert [h["tpt_by"] for h in ann.history] == [None] * 3 + ["cap"] * 5
+    assert {h["tpt_by"] for h in const.history} == {None}
+    assert "nc1_at_t_i" not in ann.diagnostics
+    # the window must fit after min_epochs and the first epoch, or the setting is refused
+    with pytest.raises(ConfigError, match="tpt_cap_window='anneal'"):
+        EngineConfig(max_epochs=8, tpt_window=10, tpt_cap_window="anneal")
+    with pytest.raises(ConfigError, match="min_epochs=6"):
+        EngineConfig(max_epochs=8, tpt_window=4, min_epochs=6, tpt_cap_window="anneal")
+    EngineConfig(max_epochs=8, tpt_window=4, min_epochs=4, tpt_cap_window="anneal")
     # the same run until the window: same losses and accuracies, epoch for epoch (one seed, one thread)
     for a, b in zip(const.history[:4], ann.history[:4]):
         assert (a["loss"], a["train_acc"], a["fit_acc"]) == (b["loss"], b["train_acc"], b["fit_acc"])

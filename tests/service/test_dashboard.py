@@ -249,3 +249,9 @@ def test_a_window_the_cap_started_is_shown_as_not_reached():
     live = _train_detail({"train_acc": 0.7, "t_i": 30, "tpt_by": "cap", "window": 10}, 31, 40)
     assert "terminal phase not reached: annealing since epoch 30" in live
     assert "terminal phase since epoch 3 " in _train_detail({"t_i": 3, "tpt_by": "plateau", "window": 10}, 4, 13)
+    from ncalr_backend.service.dashboard import epoch_plots
+    hist = [{"epoch": e, "train_acc": 0.1 * e, "nc1": 1.0 / e} for e in range(1, 9)]
+    capped = "".join(epoch_plots({"history": hist, "summary": {"tpt": {"t_i": 4, "by": "cap", "threshold": 0.99}}}))
+    assert "cap window" in capped and "T_i" not in capped
+    reached = "".join(epoch_plots({"history": hist, "summary": {"tpt": {"t_i": 4, "by": "plateau", "threshold": 0.99}}}))
+    assert "T_i" in reached and "cap window" not in reached
