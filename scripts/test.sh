@@ -7,5 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NCALR_NEED_REDIS=1 NCALR_NEED_BROWSER=1 source scripts/install.sh
-# no arguments: the whole suite; otherwise pytest arguments (paths, -k, ...)
-exec .venv/bin/python -m pytest "${@:-tests}"
+# no arguments: the whole suite; otherwise pytest arguments (paths, -k, ...).
+# TEST_WORKERS (default 2) processes, each taking one test file at a time (its module fixtures, its own
+# Label Studio and backends): 17 min 50 s against 27 min 44 s in one process on a 2-core machine.
+exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "${@:-tests}"

@@ -237,7 +237,10 @@ def test_tiny_real_run(tmp_path):
         assert c["epochs"] and 1 <= c["epochs"] <= 30 and c["threads_setting"] == 0
     s = res["serves"]
     assert s["serves"] == 30 and s["served_labeled"] == 0
-    assert s["checked"] >= 10 and s["violations"] == 0 and s["switch_during_violations"] == 0
+    # how many serves come before cycle 1 is live depends on the machine's speed (the annotator labels
+    # as fast as Label All Tasks serves: a CI run saw 21 of 30 before it, leaving 9 to check)
+    assert s["checked"] >= 5 and s["violations"] == 0 and s["switch_during_violations"] == 0
+    assert s["checked"] + s["switch_during"] + s["before_first_version"] + s["unknown_version"] == 30
     assert s["before_first_version"] >= 10  # Label Studio's own order before cycle 1
     assert 0 < s["wrong_answers"] < 15  # asym:0.2 by default
     assert res["summary"]["cycles"] == len(cycles) and res["summary"]["trigger_to_live_s"]["max"] > 0
