@@ -90,8 +90,8 @@ def migrated_db(venv: Path, folder: Path, timeout: float = 600) -> Path:
             return target
         build = Path(tempfile.mkdtemp(prefix="build-", dir=folder))
         try:
-            env = LocalLabelStudio(build, venv=venv).env()
-            r = subprocess.run([str(Path(venv) / "bin" / "label-studio"), "version"], env=env, timeout=timeout,
+            ls = LocalLabelStudio(build, venv=venv)
+            r = subprocess.run([str(ls.exe), "version"], env=ls.env(), timeout=timeout,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             if r.returncode != 0 or not (build / LS_DB).exists():
                 raise RuntimeError(f"migrating a template database failed ({r.returncode}): "
@@ -134,8 +134,12 @@ class LocalLabelStudio:
         env.update(self.extra_env)
         return env
 
+    @property
+    def exe(self) -> Path:
+        return self.venv / "bin" / "label-studio"
+
     def start(self, timeout: float = 240) -> "LocalLabelStudio":
-        exe = self.venv / "bin" / "label-studio"
+        exe = self.exe
         if not exe.exists():
             raise RuntimeError(f"Label Studio is not installed at {self.venv} (scripts/test.sh installs it)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
