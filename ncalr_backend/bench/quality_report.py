@@ -17,6 +17,7 @@ import numpy as np
 from ncalr_backend.bench.quality_metrics import GROUPS, _std
 
 BASELINES = ("random", "entropy", "margin", "coreset", "bald", "baal-bald", "least_confidence")
+PICK_KEYS = ("picked_confidence", "pool_confidence", "picked_class_entropy")
 DIAG_KEYS = ("picked_noisy", "picked_class_entropy", "picked_confidence", "ff_zero_fraction",
              "cmap_ff_spearman", "cmap_entropy_spearman", "ff_entropy_spearman", "cmap_positive_fraction")
 
@@ -160,7 +161,9 @@ def seed_cells(res: dict) -> dict:
     """{strategy: {seed: cell}} of a record, the per-seed figures the summaries read: ``aulc`` and
     ``acc`` (per budget) in accuracy points, ``fractions`` (the budgets as pool fractions),
     ``picked_ood`` / ``picked_noisy`` (the mean over the cycles that queried, None when none did),
-    ``tpt_reached`` (per cycle) and the record's ``engine`` state. Per-seed lists are in sorted-seed
+    ``tpt_reached`` (per cycle), ``picks`` (per cycle that queried: the model's mean confidence on
+    what it picked and on the whole pool, and the class entropy of the picks' true classes; None
+    where a record lacks one) and the record's ``engine`` state. Per-seed lists are in sorted-seed
     order, as ``quality.summarise`` writes them."""
     out: dict = {}
     for name, s in res["strategies"].items():
@@ -172,6 +175,7 @@ def seed_cells(res: dict) -> dict:
                 "picked_ood": float(np.mean([c["picked_ood"] for c in picked])) if picked else None,
                 "picked_noisy": float(np.mean([c["picked_noisy"] for c in picked])) if picked else None,
                 "tpt_reached": [bool(c["tpt_reached"]) for c in cycles],
+                "picks": [{k: c.get(k) for k in PICK_KEYS} for c in picked],
                 "engine": res.get("engine", {})}
     return out
 

@@ -369,6 +369,8 @@ def test_quick_run_outputs(tmp_path):
         queried = r["cycles"]["0"][:-1]
         assert c["picked_noisy"] == pytest.approx(np.mean([q["picked_noisy"] for q in queried]))
         assert c["tpt_reached"] == [bool(q["tpt_reached"]) for q in r["cycles"]["0"]]
+        assert [p["picked_confidence"] for p in c["picks"]] == [q["picked_confidence"] for q in queried]
+        assert all(0 <= p["picked_class_entropy"] <= 1 and 0 < p["pool_confidence"] <= 1 for p in c["picks"])
 
 
 def test_record_reader_pairs_each_seed_with_its_own_figures(tmp_path):
@@ -384,6 +386,7 @@ def test_record_reader_pairs_each_seed_with_its_own_figures(tmp_path):
     assert cells[2]["aulc"] == 50.0 and cells[2]["acc"] == [40.0, 60.0] and cells[2]["picked_noisy"] == 0.1
     assert cells[10]["aulc"] == 75.0 and cells[10]["picked_ood"] == 0.25 and cells[10]["tpt_reached"] == [False, True]
     assert cells[10]["engine"] == {"git_head": "abc"} and cells[10]["fractions"] == [0.1, 0.2]
+    assert cells[10]["picks"] == [{"picked_confidence": None, "pool_confidence": None, "picked_class_entropy": None}]
     assert load_record(tmp_path, missing_ok=True) is None
     with pytest.raises(FileNotFoundError, match="results.json"):
         load_record(tmp_path)
