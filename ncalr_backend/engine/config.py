@@ -62,6 +62,12 @@ class EngineConfig:
     ``geometry.pool_margin``: top-1 minus top-2 probability; multi-label: a label's distance to
     ``set_threshold``), z-scored (rank-scaled under ``fusion='rank'``) like the other two; CMAP and
     FF share the rest in the ratio ``cmap_weight``. 0 = the paper's two-term fusion."""
+    uncertain_share: float = 1.0
+    """Uncertainty gate (1 = off, the paper): NCAL-R orders the ``uncertain_share`` of the pool
+    whose final-model margin (``geometry.pool_margin``) is smallest first, and the rest after them,
+    each part in NCAL-R order. NCAL-R's own picks are items the model is fairly sure of (features
+    far from their class mean; docs/quality/issue11/picks.md); the gate keeps its order among
+    the items near a decision boundary. The OOD and skip guards still put their items last."""
     ff_mode: str = "flips"
     """FF: 'flips' = the number of prediction changes over the terminal-phase checkpoints (the
     paper); 'flips+margin' = that count plus the mean over the checkpoints of 1 - margin (in [0, 1],
@@ -400,6 +406,8 @@ class EngineConfig:
             problems.append(f"train_acc_threshold={self.train_acc_threshold}: must be in (0, 1]")
         if not 0.0 <= self.cmap_weight <= 1.0:
             problems.append(f"cmap_weight={self.cmap_weight}: must be in [0, 1]")
+        if not 0.0 < self.uncertain_share <= 1.0:
+            problems.append(f"uncertain_share={self.uncertain_share}: must be in (0, 1] (1 = off)")
         if not 0.0 <= self.margin_weight <= 1.0:
             problems.append(f"margin_weight={self.margin_weight}: must be in [0, 1]")
         if not 0.0 <= self.mc_dropout < 1.0:

@@ -480,3 +480,24 @@ def test_ncalr_margin_weight_ranks_by_the_final_models_margin():
 def test_margin_weight_is_checked():
     with pytest.raises(ConfigError, match="margin_weight"):
         EngineConfig(margin_weight=1.5).validate()
+
+
+def test_uncertain_share_orders_the_least_sure_part_first_in_ncalr_order():
+    """Four items, FF orders them 3 > 1 > 0 > 2 (CMAP equal: same features). The two with the
+    smallest margin (items 0 and 2) come first, in NCAL-R order (0 before 2), then 3 before 1."""
+    probs = np.array([[0.5, 0.4, 0.1], [0.9, 0.05, 0.05], [0.34, 0.33, 0.33], [0.7, 0.2, 0.1]], np.float32)
+    hist = np.array([[0, 0, 0, 0], [1, 1, 0, 1], [0, 0, 0, 0], [0, 1, 0, 1], [0, 1, 0, 0]], np.int32)  # flips 2, 3, 0, 4
+    mk = lambda share: PoolView(probs=probs, feats=np.ones((4, 2)), feats_lab=np.array([[1.0, 0], [0, 1], [-1, -1]]),
+                                y_lab=np.arange(3), num_classes=3, pred_history=hist,
+                                config=EngineConfig(uncertain_share=share, diversity="none"))
+    plain, s_plain, _ = get_strategy("ncalr").rank(mk(1.0))
+    assert list(plain) == [3, 1, 0, 2] and "gated_confident" not in s_plain
+    gated, s_gated, _ = get_strategy("ncalr").rank(mk(0.5))
+    assert list(gated) == [0, 2, 3, 1]
+    np.testing.assert_array_equal(s_gated["gated_confident"], [0, 1, 0, 1])
+    # a share below one item still keeps one item first; the whole pool is the plain order
+    assert list(get_strategy("ncalr").rank(mk(0.01))[0]) == [2, 3, 1, 0]
+    np.testing.assert_array_equal(s_plain["ff"], [2, 3, 0, 4])
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(ConfigError, match="uncertain_share"):
+            EngineConfig(uncertain_share=bad).validate()

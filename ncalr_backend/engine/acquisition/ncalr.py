@@ -156,6 +156,14 @@ class NCALR(Strategy):
                                                cfg.set_threshold).astype(np.float64)
         score = fuse(c["cmap_signed"], c["ff"], getattr(cfg, "cmap_weight", 0.5), getattr(cfg, "fusion", "z"),
                      closeness=c.get("closeness"), margin_weight=m)
+        share = getattr(cfg, "uncertain_share", 1.0)
+        if share < 1.0 and view.size:
+            margin = pool_margin(view.probs.astype(np.float64), view.multilabel, cfg.set_threshold)
+            n_first = max(1, int(np.ceil(share * view.size)))
+            confident = np.ones(view.size, dtype=bool)
+            confident[np.argsort(margin, kind="stable")[:n_first]] = False
+            c["gated_confident"] = confident.astype(np.float64)
+            score = demote(score, confident)
         k = getattr(view.config, "ood_mad", 0.0)
         if k > 0:
             c["ood_suspect"] = ood_suspects(view, k).astype(np.float64)
