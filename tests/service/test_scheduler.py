@@ -341,20 +341,27 @@ def test_new_tasks_whose_placement_ends_the_process_are_not_placed_again_at_ever
         asked.append(sorted(tasks))
         never.wait(10)
 
+    dying = []  # each "dead" process's scheduler: its job ends when the test lets it (never.set())
     try:
         for n in range(1, MAX_PLACING_STARTS + 1):
-            EmbeddedScheduler(s, place_fn=dies).recover()
+            dying.append(EmbeddedScheduler(s, place_fn=dies))
+            dying[-1].recover()
             deadline = time.time() + 5
             while len(asked) < n and time.time() < deadline:
                 time.sleep(0.02)
             assert asked == [[31, 32]] * n and st.placing() == [31, 32] and st.placing_begun() == n
         with caplog.at_level(logging.ERROR, logger="ncalr_backend.service.scheduler"):
-            EmbeddedScheduler(s, place_fn=dies).recover()
+            dying.append(EmbeddedScheduler(s, place_fn=dies))
+            dying[-1].recover()
         time.sleep(0.2)
         assert len(asked) == MAX_PLACING_STARTS and st.placing() == [] and not st.placing_path.exists()
         assert any("the last 3 jobs that held them" in r.getMessage() for r in caplog.records)
     finally:
         never.set()
+        # let the "dead" jobs end before the next parts write placing.json: in one test process
+        # their ends rewrite the same file (CI, 2026-12-03: a late end wiped [51] below). A real
+        # dead process writes nothing, and MODEL_DIR/.backend.lock keeps a second live one out.
+        assert all(d.wait_idle(5) for d in dying)
 
     # a job that ends resets the count
     st.save_placing([41], begun=2)
