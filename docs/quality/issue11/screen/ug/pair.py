@@ -1,12 +1,18 @@
-"""The uncertainty-gate screen (``uncertain_share=0.5``): NCAL-R with and without the gate, and
-margin, in one run per setting and seed (seeds 10-12, width 8, the issue-11 protocol), paired by
-seed within each record (same machine, same first cycle).
+"""The uncertainty-gate screen (``uncertain_share``): NCAL-R with and without the gate, and margin,
+in one run per setting and seed (width 8, the issue-11 protocol), paired by seed within each record
+(same machine, same first cycle). Share 0.5: seeds 10-14; share 0.25: seeds 13-14 in the same
+records, and seeds 10-11 in ../ug25 (NCAL-R and the gate only).
 
     OUT_ROOT=docs/quality/issue11/screen/ug STRATS=ncalr,ncalr:uncertain_share=0.5,margin SEEDS="10 11 12" \\
       bash docs/quality/issue11/run.sh sym04 ood02 sym00 asym03 lt10 multilabel60 inst02 sym02 multilabel
+    OUT_ROOT=docs/quality/issue11/screen/ug STRATS=ncalr,ncalr:uncertain_share=0.5,ncalr:uncertain_share=0.25,margin \\
+      SEEDS="13 14" bash docs/quality/issue11/run.sh (the same settings)
+    OUT_ROOT=docs/quality/issue11/screen/ug25 STRATS=ncalr,ncalr:uncertain_share=0.25 SEEDS="10 11" \\
+      bash docs/quality/issue11/run.sh (the same settings)
     .venv/bin/python docs/quality/issue11/screen/ug/pair.py
 
-Writes pair.json and pair.md next to this file.
+Writes pair.json and pair.md next to this file: one row per setting and share, over the seeds whose
+record holds NCAL-R and that share (the gate - margin column over those that also hold margin).
 """
 import json
 import sys
@@ -19,11 +25,11 @@ sys.path.insert(0, str(HERE.parents[4]))
 from ncalr_backend.bench.common import git_state  # noqa: E402
 from ncalr_backend.bench.quality_report import load as load_record, seed_cells  # noqa: E402
 
-VARIANT = "ncalr:uncertain_share=0.5"
+VARIANTS = {"ncalr:uncertain_share=0.5": "0.5", "ncalr:uncertain_share=0.25": "0.25"}
+ROOTS = (HERE, HERE.parent / "ug25")
 LABELS = {"sym00": "clean labels", "sym02": "20% symmetric", "sym04": "40% symmetric", "asym03": "30% asymmetric",
           "ood02": "20% OOD + 20% sym.", "lt10": "imbalance 10", "multilabel": "multi-label, 40 epochs",
           "multilabel60": "multi-label, 60 epochs", "inst02": "20% instance-dependent"}
-NAMES = ("ncalr", VARIANT, "margin")
 
 
 def cells(path: Path) -> dict:
@@ -45,39 +51,47 @@ def sd(v):
 
 
 def paired(per: dict, a: str, b: str) -> list:
-    d = [p[a]["aulc"] - p[b]["aulc"] for p in per.values()]
-    return [float(np.mean(d)), sd(d), int(sum(x >= 0 for x in d))]
+    d = [p[a]["aulc"] - p[b]["aulc"] for p in per.values() if a in p and b in p]
+    return [float(np.mean(d)), sd(d), int(sum(x >= 0 for x in d)), len(d)] if d else None
 
 
 def main() -> int:
     rows = []
     for setting, label in LABELS.items():
-        per = {}
-        for run in sorted((HERE / setting).glob("s*")):
-            c = cells(run)
-            if all(n in c for n in NAMES):
-                per[run.name] = c
-        if not per:
-            continue
-        mean = lambda n, k: (float(np.mean([p[n][k] for p in per.values()]))
-                             if all(p[n][k] is not None for p in per.values()) else None)
-        rows.append({"setting": setting, "seeds": sorted(per),
-                     "aulc": {n: mean(n, "aulc") for n in NAMES},
-                     "picked_confidence": {n: mean(n, "picked_confidence") for n in NAMES},
-                     "picked_ood": {n: mean(n, "picked_ood") for n in NAMES},
-                     "gate_minus_ncalr": paired(per, VARIANT, "ncalr"), "gate_minus_margin": paired(per, VARIANT, "margin"),
-                     "ncalr_minus_margin": paired(per, "ncalr", "margin"), "per_seed": per})
-    md = ["| setting | seeds | NCAL-R | gate 0.5 | margin | gate - NCAL-R (paired) | gate - margin | NCAL-R - margin | "
-          "confidence on picks: NCAL-R / gate / margin | picked OOD |", "|---|---|---|---|---|---|---|---|---|---|"]
-    f = lambda a, n: f"{a[0]:+.2f} ± {a[1]:.2f} ({a[2]}/{n})"
+        runs = {}  # seed -> cells, the first root that has the seed
+        for root in ROOTS:
+            for run in sorted((root / setting).glob("s*")):
+                c = cells(run)
+                if "ncalr" in c and run.name not in runs:
+                    runs[run.name] = c
+        for variant, share in VARIANTS.items():
+            per = {seed: c for seed, c in runs.items() if variant in c}
+            if not per:
+                continue
+            names = ("ncalr", variant, "margin")
+            mean = lambda n, k: (float(np.mean([p[n][k] for p in per.values() if n in p]))
+                                 if any(n in p for p in per.values())
+                                 and all(p[n][k] is not None for p in per.values() if n in p) else None)
+            rows.append({"setting": setting, "share": share, "seeds": sorted(per),
+                         "aulc": {n: mean(n, "aulc") for n in names},
+                         "picked_confidence": {n: mean(n, "picked_confidence") for n in names},
+                         "picked_ood": {n: mean(n, "picked_ood") for n in names},
+                         "gate_minus_ncalr": paired(per, variant, "ncalr"), "gate_minus_margin": paired(per, variant, "margin"),
+                         "ncalr_minus_margin": paired(per, "ncalr", "margin"),
+                         "per_seed": {seed: {k: c[k] for k in names if k in c} for seed, c in per.items()}})
+    md = ["| setting | share | seeds | NCAL-R | gate | margin | gate - NCAL-R (paired) | gate - margin | NCAL-R - margin | "
+          "confidence on picks: NCAL-R / gate / margin | picked OOD: NCAL-R / gate / margin |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+    f = lambda a: "" if a is None else f"{a[0]:+.2f} ± {a[1]:.2f} ({a[2]}/{a[3]})"
+    g = lambda v, fmt: "" if v is None else fmt.format(v)
     for r in rows:
-        n = len(r["seeds"])
-        conf = " / ".join("" if r["picked_confidence"][k] is None else f"{r['picked_confidence'][k]:.2f}" for k in NAMES)
-        ood = (" / ".join(f"{100 * r['picked_ood'][k]:.0f}%" for k in NAMES)
-               if setting_has_ood(r) else "")
-        md.append(f"| {LABELS[r['setting']]} | {n} | {r['aulc']['ncalr']:.2f} | {r['aulc'][VARIANT]:.2f} | "
-                  f"{r['aulc']['margin']:.2f} | {f(r['gate_minus_ncalr'], n)} | {f(r['gate_minus_margin'], n)} | "
-                  f"{f(r['ncalr_minus_margin'], n)} | {conf} | {ood} |")
+        keys = list(r["aulc"])
+        conf = " / ".join(g(r["picked_confidence"][k], "{:.2f}") for k in keys)
+        ood = " / ".join(g(None if r["picked_ood"][k] is None else 100 * r["picked_ood"][k], "{:.0f}%") for k in keys) \
+            if setting_has_ood(r) else ""
+        md.append(f"| {LABELS[r['setting']]} | {r['share']} | {len(r['seeds'])} | {g(r['aulc']['ncalr'], '{:.2f}')} | "
+                  f"{g(r['aulc'][keys[1]], '{:.2f}')} | {g(r['aulc']['margin'], '{:.2f}')} | {f(r['gate_minus_ncalr'])} | "
+                  f"{f(r['gate_minus_margin'])} | {f(r['ncalr_minus_margin'])} | {conf} | {ood} |")
     engines = sorted({c["engine"] for r in rows for p in r["per_seed"].values() for c in p.values()})
     text = "\n".join(md) + f"\n\nEngine commit(s): {', '.join(e[:10] for e in engines if e)}.\n"
     print(text)
@@ -87,7 +101,7 @@ def main() -> int:
 
 
 def setting_has_ood(r: dict) -> bool:
-    return any((r["picked_ood"][k] or 0) > 0 for k in NAMES)
+    return any((v or 0) > 0 for v in r["picked_ood"].values())
 
 
 if __name__ == "__main__":
