@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import wilcoxon
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[4]))
@@ -92,11 +93,24 @@ def main() -> int:
         md.append(f"| {LABELS[r['setting']]} | {r['share']} | {len(r['seeds'])} | {g(r['aulc']['ncalr'], '{:.2f}')} | "
                   f"{g(r['aulc'][keys[1]], '{:.2f}')} | {g(r['aulc']['margin'], '{:.2f}')} | {f(r['gate_minus_ncalr'])} | "
                   f"{f(r['gate_minus_margin'])} | {f(r['ncalr_minus_margin'])} | {conf} | {ood} |")
+    pooled = []
+    for variant, share in VARIANTS.items():
+        for one, other in ((variant, "ncalr"), (variant, "margin"), ("ncalr", "margin")):
+            d = [p[one]["aulc"] - p[other]["aulc"] for r in rows if r["share"] == share
+                 for p in r["per_seed"].values() if other in p]
+            if len(d) > 1:
+                w = wilcoxon(d)
+                pooled.append({"share": share, "pair": f"{'gate' if one == variant else one} - {other}", "pairs": len(d), "mean": float(np.mean(d)), "std": sd(d),
+                               "at_least_level": int(sum(x >= 0 for x in d)), "wilcoxon_p": float(w.pvalue)})
+    md += ["", "Pooled over every setting and seed of the records that hold the share (paired; Wilcoxon signed-rank, two-sided, scipy):", "",
+           "| share (the records) | difference | pairs | mean ± std | pairs at least level | Wilcoxon p |", "|---|---|---|---|---|---|"]
+    md += [f"| {p['share']} | {p['pair']} | {p['pairs']} | {p['mean']:+.2f} ± {p['std']:.2f} | {p['at_least_level']}/{p['pairs']} | "
+           f"{p['wilcoxon_p']:.3f} |" for p in pooled]
     engines = sorted({c["engine"] for r in rows for p in r["per_seed"].values() for c in p.values()})
     text = "\n".join(md) + f"\n\nEngine commit(s): {', '.join(e[:10] for e in engines if e)}.\n"
     print(text)
     (HERE / "pair.md").write_text(text)
-    (HERE / "pair.json").write_text(json.dumps({"summary_git": git_state(), "rows": rows}, indent=1))
+    (HERE / "pair.json").write_text(json.dumps({"summary_git": git_state(), "rows": rows, "pooled": pooled}, indent=1))
     return 0
 
 
