@@ -59,14 +59,12 @@ def paired(per: dict, a: str, b: str) -> list:
 def main() -> int:
     rows = []
     for setting, label in LABELS.items():
-        runs = {}  # seed -> cells, the first root that has the seed
-        for root in ROOTS:
-            for run in sorted((root / setting).glob("s*")):
-                c = cells(run)
-                if "ncalr" in c and run.name not in runs:
-                    runs[run.name] = c
+        runs = [(run.name, cells(run)) for root in ROOTS for run in sorted((root / setting).glob("s*"))]
         for variant, share in VARIANTS.items():
-            per = {seed: c for seed, c in runs.items() if variant in c}
+            per = {}  # seed -> the cells of the first record holding NCAL-R and this share (pairs stay in one record)
+            for seed, c in runs:
+                if "ncalr" in c and variant in c:
+                    per.setdefault(seed, c)
             if not per:
                 continue
             names = ("ncalr", variant, "margin")
@@ -93,6 +91,12 @@ def main() -> int:
         md.append(f"| {LABELS[r['setting']]} | {r['share']} | {len(r['seeds'])} | {g(r['aulc']['ncalr'], '{:.2f}')} | "
                   f"{g(r['aulc'][keys[1]], '{:.2f}')} | {g(r['aulc']['margin'], '{:.2f}')} | {f(r['gate_minus_ncalr'])} | "
                   f"{f(r['gate_minus_margin'])} | {f(r['ncalr_minus_margin'])} | {conf} | {ood} |")
+    same = []  # NCAL-R run twice, same seed and machine kind, in ../ug25 and here: identical?
+    for setting in LABELS:
+        for run in sorted((ROOTS[1] / setting).glob("s*")):
+            a, b = cells(run).get("ncalr"), cells(HERE / setting / run.name).get("ncalr")
+            if a and b:
+                same.append({"setting": setting, "seed": run.name, "ug25": a["aulc"], "ug": b["aulc"]})
     pooled = []
     for variant, share in VARIANTS.items():
         for one, other in ((variant, "ncalr"), (variant, "margin"), ("ncalr", "margin")):
@@ -106,11 +110,15 @@ def main() -> int:
            "| share (the records) | difference | pairs | mean ± std | pairs at least level | Wilcoxon p |", "|---|---|---|---|---|---|"]
     md += [f"| {p['share']} | {p['pair']} | {p['pairs']} | {p['mean']:+.2f} ± {p['std']:.2f} | {p['at_least_level']}/{p['pairs']} | "
            f"{p['wilcoxon_p']:.3f} |" for p in pooled]
+    if same:
+        d = [x["ug25"] - x["ug"] for x in same]
+        md += ["", f"NCAL-R run twice (../ug25 and here, same seed, same machine kind): {sum(abs(x) < 1e-9 for x in d)} of "
+               f"{len(d)} identical; largest difference {max(abs(x) for x in d):.2f} AULC points."]
     engines = sorted({c["engine"] for r in rows for p in r["per_seed"].values() for c in p.values()})
     text = "\n".join(md) + f"\n\nEngine commit(s): {', '.join(e[:10] for e in engines if e)}.\n"
     print(text)
     (HERE / "pair.md").write_text(text)
-    (HERE / "pair.json").write_text(json.dumps({"summary_git": git_state(), "rows": rows, "pooled": pooled}, indent=1))
+    (HERE / "pair.json").write_text(json.dumps({"summary_git": git_state(), "rows": rows, "pooled": pooled, "ncalr_twice": same}, indent=1))
     return 0
 
 
