@@ -144,7 +144,7 @@ def test_a_dead_workers_re_run_survives_redis_failing_as_it_is_requested(redis_u
     s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test"})
     sch = RQScheduler(s)
     sch.redis.flushdb()
-    st = ProjectStore(s.model_dir, 5)
+    st = ProjectStore(tmp_path, 5)
     st.update_state(in_progress={"cycle": 3, "model_version": "ncalr-5-c0003-x", "triggered_at": 100.0})
     real = sch.request_cycle
 
@@ -301,13 +301,15 @@ def test_status_and_the_log_say_when_no_worker_would_run_the_queued_jobs(redis_u
     other.register_death()
 
 
-def test_the_dashboard_and_status_say_no_worker_runs_the_waiting_cycle(redis_url, tmp_path, monkeypatch):
+def test_the_dashboard_and_status_say_no_worker_runs_the_waiting_cycle(redis_url, tmp_path, monkeypatch, request):
     """The page over Flask in RQ mode (real redis-server): with a cycle queued and no worker, a
     banner above the projects and the project's own "waiting" line say why nothing starts; once a
     worker is registered both go."""
+    import base64
     import importlib
 
     import label_studio_ml.api
+    from rq import Worker
 
     importlib.reload(label_studio_ml.api)  # a fresh module-global Flask app
     from model import NCALRBackend
@@ -320,22 +322,12 @@ def test_the_dashboard_and_status_say_no_worker_runs_the_waiting_cycle(redis_url
                            "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p", "REDIS_URL": redis_url,
                            "RQ_QUEUE": "ncalr-page-test"})
     app = create_app(NCALRBackend, s, autostart=False)
-    try:
-        _page_says_no_worker(app, s)
-    finally:
-        app.extensions["ncalr"].shutdown(timeout=0)  # the reaper the page's scheduler() started
-
-
-def _page_says_no_worker(app, s):
-    import base64
-
-    from rq import Worker
-
+    request.addfinalizer(lambda: app.extensions["ncalr"].shutdown(timeout=0))  # the reaper the page's scheduler() starts
     auth = {"Authorization": "Basic " + base64.b64encode(b"u:p").decode()}
     c = app.test_client()
     sch = RQScheduler(s)
     sch.redis.flushdb()
-    ProjectStore(s.model_dir, 5).update_state(cycles_started=0)
+    ProjectStore(tmp_path, 5).update_state(cycles_started=0)
     assert sch.request_cycle(5, "Start training")["queued"]
     page = c.get("/", headers=auth).get_data(as_text=True)
     assert "Cycles do not run:</b> no RQ worker listens on queue &#x27;ncalr-page-test&#x27;" in page, page[-3000:]
@@ -343,7 +335,7 @@ def _page_says_no_worker(app, s):
     frag = c.get("/dashboard/progress?project=5", headers=auth).get_data(as_text=True)
     # the web start's recovery left the queued job alone (it used to re-request it as "recovered")
     assert "A cycle is waiting: Start training." in frag and "It cannot start: no RQ worker" in frag
-    assert ProjectStore(s.model_dir, 5).state()["pending"]["job"] == sch.queue.job_ids[0]
+    assert ProjectStore(tmp_path, 5).state()["pending"]["job"] == sch.queue.job_ids[0]
     st = c.get("/status?project=5", headers=auth).get_json()["scheduler"]
     assert st["waiting"] is True and st["workers"] == 0 and "rq worker --url REDIS_URL ncalr-page-test" in st["unserved"]
     w = Worker([sch.queue], connection=sch.redis)
@@ -380,7 +372,7 @@ def test_tasks_an_embedded_run_left_waiting_are_placed_once_after_the_switch_to_
     s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-placing-test"})
     sch = RQScheduler(s)
     sch.redis.flushdb()
-    ProjectStore(s.model_dir, 5).save_placing([13, 11, 12], begun=1)
+    ProjectStore(tmp_path, 5).save_placing([13, 11, 12], begun=1)
     ProjectStore(tmp_path, 6).save_placing([21], begun=3)
     webs = [RQScheduler(s) for _ in range(4)]
     threads = [threading.Thread(target=w.recover) for w in webs]
@@ -426,7 +418,7 @@ def test_redis_away_during_the_hand_over_keeps_the_tasks_and_the_other_projects_
     s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-placing-test2"})
     sch = RQScheduler(s)
     sch.redis.flushdb()
-    ProjectStore(s.model_dir, 5).save_placing([11, 12])
+    ProjectStore(tmp_path, 5).save_placing([11, 12])
     ProjectStore(tmp_path, 6).save_placing([21])
     real = RQScheduler.request_placement
 
@@ -436,7 +428,7 @@ def test_redis_away_during_the_hand_over_keeps_the_tasks_and_the_other_projects_
         return real(self, project_id, tasks)
     monkeypatch.setattr(RQScheduler, "request_placement", flaky)
     sch.recover()
-    assert ProjectStore(s.model_dir, 5).placing() == [11, 12]  # back in placing.json for the next start
+    assert ProjectStore(tmp_path, 5).placing() == [11, 12]  # back in placing.json for the next start
     assert [Job.fetch(j, connection=sch.redis).args for j in sch.queue.job_ids] == [(6, [21])]
     monkeypatch.setattr(RQScheduler, "request_placement", real)
     sch.recover()

@@ -58,8 +58,10 @@ def paired(per: dict, a: str, b: str) -> list:
 
 def main() -> int:
     rows = []
+    records = {(root, setting, run.name): cells(run)  # each record read once
+               for root in ROOTS for setting in LABELS for run in sorted((root / setting).glob("s*"))}
     for setting, label in LABELS.items():
-        runs = [(run.name, cells(run)) for root in ROOTS for run in sorted((root / setting).glob("s*"))]
+        runs = [(seed, c) for (root, st, seed), c in records.items() if st == setting]
         for variant, share in VARIANTS.items():
             per = {}  # seed -> the cells of the first record holding NCAL-R and this share (pairs stay in one record)
             for seed, c in runs:
@@ -92,11 +94,11 @@ def main() -> int:
                   f"{g(r['aulc'][keys[1]], '{:.2f}')} | {g(r['aulc']['margin'], '{:.2f}')} | {f(r['gate_minus_ncalr'])} | "
                   f"{f(r['gate_minus_margin'])} | {f(r['ncalr_minus_margin'])} | {conf} | {ood} |")
     same = []  # NCAL-R run twice, same seed and machine kind, in ../ug25 and here: identical?
-    for setting in LABELS:
-        for run in sorted((ROOTS[1] / setting).glob("s*")):
-            a, b = cells(run).get("ncalr"), cells(HERE / setting / run.name).get("ncalr")
+    for (root, setting, seed), c in records.items():
+        if root == ROOTS[1]:
+            a, b = c.get("ncalr"), records.get((HERE, setting, seed), {}).get("ncalr")
             if a and b:
-                same.append({"setting": setting, "seed": run.name, "ug25": a["aulc"], "ug": b["aulc"]})
+                same.append({"setting": setting, "seed": seed, "ug25": a["aulc"], "ug": b["aulc"]})
     pooled = []
     for variant, share in VARIANTS.items():
         for one, other in ((variant, "ncalr"), (variant, "margin"), ("ncalr", "margin")):
