@@ -17,26 +17,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SCREEN = HERE.parent
 sys.path.insert(0, str(HERE.parents[4]))
+sys.path.insert(0, str(HERE.parent))
 from ncalr_backend.bench.common import git_state  # noqa: E402
-from ncalr_backend.bench.quality_report import load as load_record, seed_cells  # noqa: E402
+from screen_common import SINGLE_LABEL as LABELS, cells, sd  # noqa: E402  (screen/screen_common.py: the screens' shared reader)
 
 VARIANT = "ncalr:cmap_center_moves=true"
-LABELS = {"sym00": "clean labels", "sym02": "20% symmetric", "sym04": "40% symmetric", "asym03": "30% asymmetric",
-          "ood02": "20% OOD + 20% sym.", "lt10": "imbalance 10", "inst02": "20% instance-dependent"}
-
-
-def cells(path: Path) -> dict:
-    """{strategy: {aulc, picked_ood, picked_noisy, tpt, engine}} of one single-seed record, or {}."""
-    r = load_record(path, missing_ok=True)
-    if r is None:
-        return {}
-    return {st: {"aulc": c["aulc"], "picked_ood": c["picked_ood"], "picked_noisy": c["picked_noisy"],
-                 "tpt": float(np.mean(c["tpt_reached"])), "engine": c["engine"].get("git_head")}
-            for st, per in seed_cells(r).items() for c in [next(iter(per.values()))]}
-
-
-def sd(v):
-    return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
 
 
 def main() -> int:

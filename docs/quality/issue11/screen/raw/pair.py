@@ -9,7 +9,6 @@ the issue-11 protocol), paired by seed. Command (one process, one thread):
 
 Writes pair.json and pair.md next to this file.
 """
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -18,23 +17,11 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[4]))
+sys.path.insert(0, str(HERE.parent))
 from ncalr_backend.bench.common import git_state  # noqa: E402
+from screen_common import SINGLE_LABEL as LABELS, cells, sd  # noqa: E402  (screen/screen_common.py: the screens' shared reader)
 
 VARIANT = "ncalr:cmap_center=false"
-LABELS = {"sym00": "clean labels", "sym02": "20% symmetric", "sym04": "40% symmetric", "asym03": "30% asymmetric",
-          "ood02": "20% OOD + 20% sym.", "lt10": "imbalance 10", "inst02": "20% instance-dependent"}
-
-
-def _cm():
-    """The moving-centre screen's reader (``cm/pair.py``): the same record cells and std."""
-    spec = importlib.util.spec_from_file_location("cm_pair", HERE.parent / "cm" / "pair.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_CM = _cm()
-cells, sd = _CM.cells, _CM.sd
 
 
 def main() -> int:

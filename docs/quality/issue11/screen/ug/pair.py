@@ -23,32 +23,12 @@ from scipy.stats import wilcoxon
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[4]))
+sys.path.insert(0, str(HERE.parent))
 from ncalr_backend.bench.common import git_state  # noqa: E402
-from ncalr_backend.bench.quality_report import load as load_record, seed_cells  # noqa: E402
+from screen_common import LABELS, cells, sd  # noqa: E402  (screen/screen_common.py: the screens' shared reader)
 
 VARIANTS = {"ncalr:uncertain_share=0.5": "0.5", "ncalr:uncertain_share=0.25": "0.25"}
 ROOTS = (HERE, HERE.parent / "ug25")
-LABELS = {"sym00": "clean labels", "sym02": "20% symmetric", "sym04": "40% symmetric", "asym03": "30% asymmetric",
-          "ood02": "20% OOD + 20% sym.", "lt10": "imbalance 10", "multilabel": "multi-label, 40 epochs",
-          "multilabel60": "multi-label, 60 epochs", "inst02": "20% instance-dependent"}
-
-
-def cells(path: Path) -> dict:
-    r = load_record(path, missing_ok=True)
-    if r is None:
-        return {}
-    out = {}
-    for st, per in seed_cells(r).items():
-        c = next(iter(per.values()))
-        conf = [p["picked_confidence"] for p in c["picks"] if p["picked_confidence"] is not None]
-        out[st] = {"aulc": c["aulc"], "picked_ood": c["picked_ood"], "picked_noisy": c["picked_noisy"],
-                   "picked_confidence": float(np.mean(conf)) if conf else None,
-                   "tpt": float(np.mean(c["tpt_reached"])), "engine": c["engine"].get("git_head")}
-    return out
-
-
-def sd(v):
-    return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
 
 
 def paired(per: dict, a: str, b: str) -> list:
