@@ -392,15 +392,19 @@ class Collector(threading.Thread):
         self.join(30)
 
 
+HOLD_MAX_S = 600.0  # --hold-after: the longest break the annotator takes for the first version
+
+
 class LiveRun(ScaleRun):
     """One project of N tasks, labeled by the simulated annotator while cycles run on their own."""
 
     def __init__(self, n: int, labels: int, work: Path, annotator: Annotator, busy: int = 0,
-                 label_delay: float = 0.0, max_minutes: float = 25.0, log=print):
+                 label_delay: float = 0.0, max_minutes: float = 25.0, hold_after: int = 0, log=print):
         settings = {**SERVICE_TRIGGERS, **DEMO_ENGINE, "LOG_LEVEL": "INFO"}
         super().__init__(n, labeled=0, more=0, work=work, log=log, backend_settings=settings)
         self.labels, self.annotator, self.busy = int(labels), annotator, int(busy)
         self.label_delay, self.max_minutes = float(label_delay), float(max_minutes)
+        self.hold_after = int(hold_after)
         self.serves: List[dict] = []
         self.submit_starts: List[float] = []
         self._orders: Dict[str, List[int]] = {}
@@ -462,6 +466,7 @@ class LiveRun(ScaleRun):
         version = self.live_version(admin, pid)
         version_s = time.time() - v0
         stop_reason = "labels"
+        held = {"s": None}
         while len(labeled) < self.labels:
             if time.time() > deadline:
                 stop_reason = "max_minutes"
@@ -492,7 +497,25 @@ class LiveRun(ScaleRun):
             version = after
             if len(labeled) % 50 == 0:
                 self.log(f"[live] {len(labeled)} labels in {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
-        return {"labels": len(labeled), "label_wall_s": time.time() - t0, "stop_reason": stop_reason}
+            if self.hold_after and len(labeled) == self.hold_after:
+                version, held["s"] = self.hold_for_first_version(admin, pid, deadline)
+        return {"labels": len(labeled), "label_wall_s": time.time() - t0, "stop_reason": stop_reason,
+                "held_for_first_version_s": held["s"]}
+
+    def hold_for_first_version(self, admin: LSAdmin, pid: int, deadline: float) -> tuple:
+        """The annotator's break after ``hold_after`` labels: wait until a cycle's model version is
+        live in Label Studio (at most HOLD_MAX_S, or to the run's deadline); returns (the live version,
+        seconds waited). Without it, how many serves come after the first version depends on the
+        machine's speed."""
+        t, mine = time.time(), f"ncalr-{pid}-c"
+        until = min(deadline, t + HOLD_MAX_S)
+        version = self.live_version(admin, pid)
+        while not version.startswith(mine) and time.time() < until:
+            time.sleep(0.5)
+            version = self.live_version(admin, pid)
+        self.log(f"[live] held {time.time() - t:.1f}s after {self.hold_after} labels for the first version "
+                 f"({version or 'none'})", file=sys.stderr, flush=True)
+        return version, time.time() - t
 
     def wait_idle(self, pid: int, collector: Collector, timeout: float = 1200) -> bool:
         """Until no cycle runs or waits and every started cycle's report is collected."""
@@ -565,6 +588,9 @@ def main(argv=None) -> int:
     ap.add_argument("--busy", type=int, default=0, help="CPU-burning neighbour processes during the run")
     ap.add_argument("--label-delay", type=float, default=0.0, help="seconds between a serve and its submit")
     ap.add_argument("--max-minutes", type=float, default=25.0, help="stop labeling after this long")
+    ap.add_argument("--hold-after", type=int, default=0,
+                    help="after this many labels the annotator waits until the first cycle's model is live "
+                         "(0: never; makes the number of serves checked against a ranking independent of speed)")
     ap.add_argument("--seed", type=int, default=0, help="which tasks get a wrong answer")
     ap.add_argument("--target", type=float, default=None,
                     help=f"lag target in seconds (default {TARGET_IDLE_S:.0f} idle, {TARGET_BUSY_S:.0f} with --busy)")
@@ -583,11 +609,13 @@ def main(argv=None) -> int:
         return 0
     if args.tasks < 2 or not 0 < args.labels < args.tasks:
         ap.error("need --tasks >= 2 and 0 < --labels < --tasks")
+    if not 0 <= args.hold_after < args.labels:
+        ap.error("need 0 <= --hold-after < --labels")
     target = args.target if args.target is not None else (TARGET_BUSY_S if args.busy else TARGET_IDLE_S)
     annotator = Annotator(args.noise, seed=args.seed)
     work = Path(tempfile.mkdtemp(prefix=f"ncalr-live-{args.tasks}-"))
     run = LiveRun(args.tasks, args.labels, work, annotator, busy=args.busy, label_delay=args.label_delay,
-                  max_minutes=args.max_minutes)
+                  max_minutes=args.max_minutes, hold_after=args.hold_after)
     results = {"benchmark": "live", "command": "python -m ncalr_backend.bench live " + " ".join(
         sys.argv[1:] if argv is None else argv), "args": vars(args), "git": git_state(), "machine": machine(),
         "settings": settings_record(run.env),
