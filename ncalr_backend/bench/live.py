@@ -13,8 +13,11 @@ digit (in the file name) or, for a fixed pseudo-random ``--noise`` share of the 
 (``asym``: the digit's confusable partner, ``data.datasets.confusable_map`` over scikit-learn's
 digits; ``sym``: a random other digit), submits, and goes on (``--label-delay`` seconds of "looking"
 between serve and submit; 0 = as fast as Label Studio serves) until ``--labels`` or
-``--max-minutes``. ``--busy N`` runs N CPU-burning processes (``while True: pass``) beside it all
-the time the annotator labels and the cycles run.
+``--max-minutes``. ``--hold-after N``: after N labels the annotator takes a break until the first
+cycle's version is live (at most ``HOLD_MAX_S``), so exactly N serves come before it whatever the
+machine's speed (the break counts in the labeling wall time and CPU shares). ``--busy N`` runs N
+CPU-burning processes (``while True: pass``) beside it all the time the annotator labels and the
+cycles run.
 
 Recorded per cycle, from its ``report.json`` (collected while the run goes, before the backend
 prunes old cycle directories): labels at the trigger (submits begun before ``triggered_at``),
@@ -40,6 +43,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import math
 import os
 import shutil
 import signal
@@ -466,7 +470,7 @@ class LiveRun(ScaleRun):
         version = self.live_version(admin, pid)
         version_s = time.time() - v0
         stop_reason = "labels"
-        held = {"s": None}
+        held_s, held_version = None, None  # --hold-after: the break's length and the version it ended on
         while len(labeled) < self.labels:
             if time.time() > deadline:
                 stop_reason = "max_minutes"
@@ -497,10 +501,11 @@ class LiveRun(ScaleRun):
             version = after
             if len(labeled) % 50 == 0:
                 self.log(f"[live] {len(labeled)} labels in {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
-            if self.hold_after and len(labeled) == self.hold_after:
-                version, held["s"] = self.hold_for_first_version(admin, pid, deadline)
+            if self.hold_after and len(labeled) == self.hold_after and held_s is None:
+                version, held_s = self.hold_for_first_version(admin, pid, deadline)
+                held_version = version
         return {"labels": len(labeled), "label_wall_s": time.time() - t0, "stop_reason": stop_reason,
-                "held_for_first_version_s": held["s"]}
+                "held_for_first_version_s": held_s, "held_until_version": held_version}
 
     def hold_for_first_version(self, admin: LSAdmin, pid: int, deadline: float) -> tuple:
         """The annotator's break after ``hold_after`` labels: wait until a cycle's model version is
@@ -609,8 +614,11 @@ def main(argv=None) -> int:
         return 0
     if args.tasks < 2 or not 0 < args.labels < args.tasks:
         ap.error("need --tasks >= 2 and 0 < --labels < --tasks")
-    if not 0 <= args.hold_after < args.labels:
-        ap.error("need 0 <= --hold-after < --labels")
+    trigger = max(int(SERVICE_TRIGGERS["TRAIN_TRIGGER_MIN"]),
+                  math.ceil(float(SERVICE_TRIGGERS["TRAIN_TRIGGER_FRACTION"]) * args.tasks))
+    if args.hold_after and not trigger <= args.hold_after < args.labels:
+        ap.error(f"--hold-after must be 0 or from the first cycle's trigger ({trigger} labels at {args.tasks} "
+                 f"tasks) to below --labels ({args.labels}): before the trigger no cycle starts to wait for")
     target = args.target if args.target is not None else (TARGET_BUSY_S if args.busy else TARGET_IDLE_S)
     annotator = Annotator(args.noise, seed=args.seed)
     work = Path(tempfile.mkdtemp(prefix=f"ncalr-live-{args.tasks}-"))

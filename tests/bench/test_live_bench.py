@@ -5,6 +5,7 @@ annotation webhooks) against a real Label Studio 1.23.2 and the backend under gu
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import numpy as np
@@ -215,10 +216,21 @@ def test_plot(tmp_path):
     assert (out / "lag.png").stat().st_size > 10000
 
 
+@pytest.mark.parametrize("hold", ["5", "-1", "30"])
+def test_hold_after_outside_the_first_trigger_and_the_labels_is_refused(hold, tmp_path, capsys):
+    """Before the first cycle's trigger (10 labels at 60 tasks) there is no cycle to wait for, and a
+    break at or after the last label is no break: refused before anything starts."""
+    with pytest.raises(SystemExit) as e:
+        live.main(["--tasks", "60", "--labels", "30", "--hold-after", hold, "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--hold-after must be 0 or from the first cycle's trigger (10 labels" in capsys.readouterr().err
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_tiny_real_run(tmp_path):
     """60 tasks, 30 labels served by Label Studio: the webhooks trigger a cycle every 10 labels. The
     annotator holds after the first 10 until cycle 1 is live (--hold-after), so the 20 serves after
-    it are checked against a ranking however fast the machine is."""
+    it are checked against a ranking however fast the machine is (but for a serve during a version
+    switch)."""
     out = tmp_path / "out"
     assert live.main(["--tasks", "60", "--labels", "30", "--hold-after", "10", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
@@ -243,6 +255,7 @@ def test_tiny_real_run(tmp_path):
     # (a CI run saw 21 of 30 before it, leaving 9 to check); with it, exactly the first 10 did, and of
     # the 20 after it only a serve during a version switch (one per later cycle) is not checked
     assert res["run"]["held_for_first_version_s"] > 0
+    assert re.fullmatch(r"ncalr-\d+-c\d{4}-\d{8}T\d{6}Z", res["run"]["held_until_version"])  # a cycle's version
     assert s["before_first_version"] == 10  # Label Studio's own order before cycle 1
     assert s["unknown_version"] == 0 and s["switch_during"] <= 2 and s["checked"] >= 18
     assert s["violations"] == 0 and s["switch_during_violations"] == 0

@@ -1,8 +1,8 @@
 """Does a cycle that missed the terminal phase spoil NCAL-R's next query? (read from existing records,
 no training). NCAL-R's score is defined over terminal-phase checkpoints; when a cycle stops at the
 epoch cap without reaching it, the window is counted at the cap. Two width-64 runs where NCAL-R fell
-behind (40% noise seed 3, 30% asymmetric seed 4) had such cycles, so: over every record that holds
-NCAL-R and margin with an identical first cycle (same seed, same machine),
+behind had such cycles (40% noise seed 3: cycles 0-1; 30% asymmetric seed 4: cycle 2), so: over every
+record that holds NCAL-R and margin with an identical first cycle (same seed, same machine),
 
 - cycle 0 (shared by both): NCAL-R minus margin test accuracy at cycle 1, split by whether cycle 0
   reached the terminal phase;
