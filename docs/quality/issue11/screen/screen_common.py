@@ -1,10 +1,12 @@
 """What the screen scripts (``screen/<run>/pair.py``) share: the record reader, the setting labels
 and the sample standard deviation. A pair script puts the repository root and ``screen/`` on
 ``sys.path`` and imports this module by name (``screen/`` is not a package)."""
+import json
 from pathlib import Path
 
 import numpy as np
 
+from ncalr_backend.bench.common import git_state
 from ncalr_backend.bench.quality_report import load as load_record, seed_cells
 
 LABELS = {"sym00": "clean labels", "sym02": "20% symmetric", "sym04": "40% symmetric", "asym03": "30% asymmetric",
@@ -33,3 +35,11 @@ def cells(path: Path) -> dict:
 def sd(v) -> float:
     """Sample standard deviation (ddof 1); 0 for fewer than two values."""
     return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+
+def write_summary(folder: Path, stem: str, text: str, payload: dict) -> None:
+    """Print a screen's table and write it as ``stem.md`` (ending in a newline), with ``stem.json``:
+    the tree's git state (``summary_git``) followed by ``payload``."""
+    print(text)
+    (folder / f"{stem}.md").write_text(text if text.endswith("\n") else text + "\n")
+    (folder / f"{stem}.json").write_text(json.dumps({"summary_git": git_state(), **payload}, indent=1))

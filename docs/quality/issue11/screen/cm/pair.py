@@ -8,7 +8,6 @@ differently, so they do not pair bit for bit and are left out.
 
 Writes pair.json and pair.md next to this file.
 """
-import json
 import sys
 from pathlib import Path
 
@@ -18,8 +17,7 @@ HERE = Path(__file__).resolve().parent
 SCREEN = HERE.parent
 sys.path.insert(0, str(HERE.parents[4]))
 sys.path.insert(0, str(HERE.parent))
-from ncalr_backend.bench.common import git_state  # noqa: E402
-from screen_common import SINGLE_LABEL as LABELS, cells, sd  # noqa: E402  (screen/screen_common.py: the screens' shared reader)
+from screen_common import SINGLE_LABEL as LABELS, cells, sd, write_summary  # noqa: E402  (screen/screen_common.py: the screens' shared reader)
 
 VARIANT = "ncalr:cmap_center_moves=true"
 
@@ -60,9 +58,7 @@ def main() -> int:
     diff = [c["here"] - c["before"] for c in checks]
     text += (f"\n\nNCAL-R here vs the same seed and code on the earlier machine (screen/rank, screen/eg): {eq} of "
              f"{len(checks)} identical" + (f"; here minus there {np.mean(diff):+.2f} ± {sd(diff):.2f} AULC points." if diff else "."))
-    print(text)
-    (HERE / "pair.md").write_text(text + "\n")
-    (HERE / "pair.json").write_text(json.dumps({"summary_git": git_state(), "rows": rows, "identity_checks": checks}, indent=1))
+    write_summary(HERE, "pair", text, {"rows": rows, "identity_checks": checks})
     return 0
 
 

@@ -9,7 +9,6 @@ the issue-11 protocol), paired by seed. Command (one process, one thread):
 
 Writes pair.json and pair.md next to this file.
 """
-import json
 import sys
 from pathlib import Path
 
@@ -18,8 +17,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[4]))
 sys.path.insert(0, str(HERE.parent))
-from ncalr_backend.bench.common import git_state  # noqa: E402
-from screen_common import SINGLE_LABEL as LABELS, cells, sd  # noqa: E402  (screen/screen_common.py: the screens' shared reader)
+from screen_common import SINGLE_LABEL as LABELS, cells, sd, write_summary  # noqa: E402  (screen/screen_common.py: the screens' shared reader)
 
 VARIANT = "ncalr:cmap_center=false"
 
@@ -52,9 +50,7 @@ def main() -> int:
                   f"{100 * r['picked_noisy'][0]:.0f}% / {100 * r['picked_noisy'][1]:.0f}% | "
                   f"{100 * r['picked_ood'][0]:.0f}% / {100 * r['picked_ood'][1]:.0f}% |")
     text = "\n".join(md)
-    print(text)
-    (HERE / "pair.md").write_text(text + "\n")
-    (HERE / "pair.json").write_text(json.dumps({"summary_git": git_state(), "rows": rows}, indent=1))
+    write_summary(HERE, "pair", text, {"rows": rows})
     return 0
 
 

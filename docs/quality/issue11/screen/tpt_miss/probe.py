@@ -13,8 +13,6 @@ record that holds NCAL-R and margin with an identical first cycle (same seed, sa
 
 Writes probe.json and probe.md next to this file.
 """
-import gzip
-import json
 import sys
 from pathlib import Path
 
@@ -24,8 +22,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[4]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE.parent))
-from ncalr_backend.bench.common import git_state  # noqa: E402
-from screen_common import sd  # noqa: E402
+from screen_common import load_record, sd, seed_cells, write_summary  # noqa: E402
 
 GRIDS = {"width 8 (issue-11 grid, seeds 0-4)": [ROOT / "docs/quality/issue11" / s for s in
                                                  ("sym00", "sym02", "sym04", "asym03", "ood02", "lt10", "inst02",
@@ -34,14 +31,14 @@ GRIDS = {"width 8 (issue-11 grid, seeds 0-4)": [ROOT / "docs/quality/issue11" / 
 
 
 def records(folders):
-    """{(folder, seed dir): {strategy: [cycle dicts]}} of every single-seed record below the folders."""
+    """{(folder, seed dir): {strategy: seed_cells cell}} of every single-seed record below the folders."""
     out = {}
     for folder in folders:
-        for f in sorted(folder.glob("s*/results.json*")):
-            r = json.load(gzip.open(f) if f.suffix == ".gz" else open(f))
-            for st, v in r["strategies"].items():
-                for cyc in v["cycles"].values():
-                    out.setdefault((str(folder.relative_to(ROOT)), f.parent.name), {})[st] = cyc
+        for run in sorted(folder.glob("s*")):
+            r = load_record(run, missing_ok=True)
+            for st, per in (seed_cells(r) if r else {}).items():
+                for cell in per.values():
+                    out.setdefault((str(folder.relative_to(ROOT)), run.name), {})[st] = cell
     return out
 
 
@@ -58,17 +55,17 @@ def main() -> int:
         for key, d in records(folders).items():
             if "ncalr" not in d or "margin" not in d:
                 continue
-            n, m = d["ncalr"], d["margin"]
-            if abs(n[0]["acc"] - m[0]["acc"]) > 1e-12:  # not the same first cycle: not a pair
+            n, m = d["ncalr"], d["margin"]  # acc: accuracy points per budget; tpt_reached: per cycle
+            if n["acc"][0] != m["acc"][0]:  # not the same first cycle: not a pair
                 continue
-            tag = "reached" if n[0]["tpt_reached"] else "missed"
-            diff = 100 * (n[1]["acc"] - m[1]["acc"])
+            tag = "reached" if n["tpt_reached"][0] else "missed"
+            diff = n["acc"][1] - m["acc"][1]
             first[tag].append(diff)
             if tag == "missed":
                 missed_first.append({"record": key, "diff": diff})
-            for k in range(1, len(n) - 1):
-                later["reached" if n[k]["tpt_reached"] else "missed"].append(
-                    100 * ((n[k + 1]["acc"] - n[k]["acc"]) - (m[k + 1]["acc"] - m[k]["acc"])))
+            a, b = n["acc"], m["acc"]
+            for k in range(1, len(a) - 1):
+                later["reached" if n["tpt_reached"][k] else "missed"].append((a[k + 1] - a[k]) - (b[k + 1] - b[k]))
         result[name] = {"first": {k: stat(v) for k, v in first.items()}, "later": {k: stat(v) for k, v in later.items()},
                         "missed_first_cycle": missed_first}
         for what, d in (("accuracy at cycle 1 (cycle 0 shared)", first), ("gain k -> k+1, k >= 1", later)):
@@ -77,9 +74,7 @@ def main() -> int:
                 md.append(f"| {name} | {what} | {tag} | {s['n']} | "
                           + (f"{s['mean']:+.2f} ± {s['std']:.2f} |" if v else "- |"))
     text = "\n".join(md)
-    print(text)
-    (HERE / "probe.md").write_text(text + "\n")
-    (HERE / "probe.json").write_text(json.dumps({"summary_git": git_state(), "result": result}, indent=1))
+    write_summary(HERE, "probe", text, {"result": result})
     return 0
 
 

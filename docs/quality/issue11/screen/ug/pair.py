@@ -14,7 +14,6 @@ records, and seeds 10-11 in ../ug25 (NCAL-R and the gate only).
 Writes pair.json and pair.md next to this file: one row per setting and share, over the seeds whose
 record holds NCAL-R and that share (the gate - margin column over those that also hold margin).
 """
-import json
 import sys
 from pathlib import Path
 
@@ -24,8 +23,7 @@ from scipy.stats import wilcoxon
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[4]))
 sys.path.insert(0, str(HERE.parent))
-from ncalr_backend.bench.common import git_state  # noqa: E402
-from screen_common import LABELS, cells, sd  # noqa: E402  (screen/screen_common.py: the screens' shared reader)
+from screen_common import LABELS, cells, sd, write_summary  # noqa: E402  (screen/screen_common.py: the screens' shared reader)
 
 VARIANTS = {"ncalr:uncertain_share=0.5": "0.5", "ncalr:uncertain_share=0.25": "0.25"}
 ROOTS = (HERE, HERE.parent / "ug25")
@@ -98,9 +96,7 @@ def main() -> int:
                f"{len(d)} identical; largest difference {max(abs(x) for x in d):.2f} AULC points."]
     engines = sorted({c["engine"] for r in rows for p in r["per_seed"].values() for c in p.values()})
     text = "\n".join(md) + f"\n\nEngine commit(s): {', '.join(e[:10] for e in engines if e)}.\n"
-    print(text)
-    (HERE / "pair.md").write_text(text)
-    (HERE / "pair.json").write_text(json.dumps({"summary_git": git_state(), "rows": rows, "pooled": pooled, "ncalr_twice": same}, indent=1))
+    write_summary(HERE, "pair", text, {"rows": rows, "pooled": pooled, "ncalr_twice": same})
     return 0
 
 
