@@ -438,10 +438,15 @@ class LiveRun(ScaleRun):
     def live_version(admin: LSAdmin, pid: int) -> str:
         return admin.project(pid).get("model_version") or ""
 
+    @staticmethod
+    def is_cycle_version(pid: int, version: str) -> bool:
+        """A cycle's model version of project ``pid``; before the first one Label Studio has none or
+        "ncalr-untrained"."""
+        return version.startswith(f"ncalr-{pid}-c")
+
     def check(self, pid: int, s: dict, before: str, after: str, labeled: set) -> None:
         """Set ``s['check']``: the served task against the first unlabeled task of the live order."""
-        mine = f"ncalr-{pid}-c"  # a cycle's version; before the first one Label Studio has none or "ncalr-untrained"
-        before, after = (v if v.startswith(mine) else "" for v in (before, after))
+        before, after = (v if self.is_cycle_version(pid, v) else "" for v in (before, after))
         if not before:  # served before the first cycle's version was live (Label Studio's own order), or
             s["check"] = "no_version"  # while it was switched to it: nothing to compare with
             return
@@ -512,10 +517,10 @@ class LiveRun(ScaleRun):
         live in Label Studio (at most HOLD_MAX_S, or to the run's deadline); returns (the live version,
         seconds waited). Without it, how many serves come after the first version depends on the
         machine's speed."""
-        t, mine = time.time(), f"ncalr-{pid}-c"
+        t = time.time()
         until = min(deadline, t + HOLD_MAX_S)
         version = self.live_version(admin, pid)
-        while not version.startswith(mine) and time.time() < until:
+        while not self.is_cycle_version(pid, version) and time.time() < until:
             time.sleep(0.5)
             version = self.live_version(admin, pid)
         self.log(f"[live] held {time.time() - t:.1f}s after {self.hold_after} labels for the first version "
