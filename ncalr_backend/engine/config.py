@@ -48,6 +48,11 @@ class EngineConfig:
     at the labeled mean, so that only the predicted class's mean moves (``geometry.cmap_scores``).
     Screened on seven settings: -1.03 to +0.76 AULC points, not kept (docs/quality/issue11/
     ablation.md). Single-label projects; multi-label keeps the fixed centre."""
+    cmap_expected: bool = False
+    """CMAP as an expectation over the model's posterior (``geometry.cmap_expected``): sum over the
+    classes of p(c | x) times the CMAP of adding x to class c, instead of adding it to its argmax
+    class only. An item between two classes then also counts how the means would move under the
+    label it might really have. Single-label projects; multi-label keeps the predicted set."""
     cmap_sign: str = "pos"
     """Which CMAP change ranks first: 'pos' = largest increase of the mean inter-class cosine,
     'neg' = largest decrease (pushes class means apart), 'abs' = largest magnitude."""

@@ -193,6 +193,34 @@ def cmap_scores(geom: ClassGeometry, feats: np.ndarray, pred: np.ndarray, chunk:
     return out
 
 
+def cmap_expected(geom: ClassGeometry, feats: np.ndarray, probs: np.ndarray, min_prob: float = 1e-3,
+                  moving_center: bool = False) -> np.ndarray:
+    """Expected CMAP over the model's posterior: sum_c p(c | x) CMAP(x, c), with p renormalised over
+    the classes that have labeled samples and classes below ``min_prob`` left out (they change the
+    sum by less than that share; 0 = every present class). CMAP(x, c) = CMA with x added to class
+    c minus CMA (``cmap_scores`` with every prediction c). A candidate the model is sure of keeps
+    its argmax CMAP; one between classes also counts how the means would move if its label were
+    one of the others, weighted by how likely that is (the expected-model-change idea of Settles
+    et al. 2008, on the class-mean geometry). A row with no mass on a present class above
+    ``min_prob`` falls back to its argmax (the caller's new-class rule ranks it)."""
+    feats = np.asarray(feats)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape != (len(feats), len(geom.counts)):
+        raise ValueError(f"probs must be [{len(feats)}, {len(geom.counts)}]; got {probs.shape}")
+    w = np.where(geom.present[None, :] & (probs >= min_prob), probs, 0.0)
+    total = w.sum(1)
+    out = np.zeros(len(feats), dtype=np.float64)
+    for c in np.flatnonzero(w.any(0)):
+        rows = np.flatnonzero(w[:, c] > 0)
+        out[rows] += w[rows, c] * cmap_scores(geom, feats[rows], np.full(len(rows), c), moving_center=moving_center)
+    has = total > 0
+    out[has] /= total[has]
+    if (~has).any():
+        r = np.flatnonzero(~has)
+        out[r] = cmap_scores(geom, feats[r], probs[r].argmax(1), moving_center=moving_center)
+    return out
+
+
 def _cmap_moving(G: np.ndarray, P: np.ndarray, q: np.ndarray, p: np.ndarray, cnt: np.ndarray, n: float,
                  base: float) -> np.ndarray:
     """CMA(L + {x}) - CMA(L) with the centre moving, for a chunk of b candidates.

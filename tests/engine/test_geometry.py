@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ncalr_backend.engine.geometry import (class_geometry, cma, cmap_bruteforce, cmap_scores, flip_counts, fuse,
+from ncalr_backend.engine.geometry import (class_geometry, cma, cmap_bruteforce, cmap_expected, cmap_scores, flip_counts, fuse,
                                     nc_metrics, rank_desc, signed_cmap, simplex_etf_gram, zscore)
 
 
@@ -62,6 +62,43 @@ def test_cmap_with_moving_centre_is_cma_of_the_set_with_the_candidate(seed, abse
     # raw means have no centre to move: the flag changes nothing
     raw = class_geometry(feats, y, C, centered=False)
     np.testing.assert_allclose(cmap_scores(raw, cand, pred, moving_center=True), cmap_scores(raw, cand, pred), atol=1e-15)
+
+
+@pytest.mark.parametrize("moving", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_expected_cmap_is_the_posterior_weighted_brute_force_cmap(seed, moving):
+    """cmap_expected = sum_c p(c|x) CMAP(x, c) over the present classes, p renormalised over them,
+    each CMAP(x, c) recomputed from scratch; min_prob drops small terms; an item the model is sure
+    of keeps its argmax CMAP; a row whose mass is all on absent classes falls back to the argmax."""
+    rng = np.random.default_rng(seed)
+    C, d, N, M = 5, 10, 30, 12
+    y = rng.integers(0, C - 1, N)  # class C - 1 has no labeled sample
+    y[:C - 1] = np.arange(C - 1)
+    geom = class_geometry(rng.normal(size=(C, d))[y] * 2 + rng.normal(size=(N, d)), y, C, centered=True)
+    cand = rng.normal(size=(M, d)) * 2
+    probs = rng.dirichlet(np.full(C, 0.7), size=M)
+    probs[0] = np.eye(C)[2]  # sure of class 2
+    probs[1] = np.eye(C)[C - 1]  # sure of the class without labels
+    slow = np.zeros(M)
+    for i in range(M):
+        p = probs[i, :C - 1] / probs[i, :C - 1].sum() if probs[i, :C - 1].sum() > 0 else None
+        if p is None:
+            slow[i] = cmap_bruteforce(geom, cand[i:i + 1], [C - 1], moving_center=moving)[0]
+            continue
+        slow[i] = sum(p[c] * cmap_bruteforce(geom, cand[i:i + 1], [c], moving_center=moving)[0] for c in range(C - 1))
+    fast = cmap_expected(geom, cand, probs, min_prob=0.0, moving_center=moving)
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
+    argmax = cmap_scores(geom, cand, probs.argmax(1), moving_center=moving)
+    assert fast[0] == pytest.approx(argmax[0], rel=1e-12)
+    assert fast[1] == pytest.approx(argmax[1], rel=1e-12)
+    assert np.abs(fast[2:] - argmax[2:]).max() > 1e-3 * np.abs(argmax).max()  # not the argmax CMAP
+    # min_prob: terms below it are left out and the rest renormalised, by hand for row 2
+    cut = 0.15
+    p = np.where(probs[2, :C - 1] >= cut, probs[2, :C - 1], 0.0)
+    by_hand = sum(p[c] * cmap_bruteforce(geom, cand[2:3], [c], moving_center=moving)[0] for c in range(C - 1)) / p.sum()
+    assert cmap_expected(geom, cand[2:3], probs[2:3], min_prob=cut, moving_center=moving)[0] == pytest.approx(by_hand, rel=1e-9)
+    with pytest.raises(ValueError, match="probs must be"):
+        cmap_expected(geom, cand, probs[:, :3])
 
 
 def test_cmap_float32_product_close_to_bruteforce():

@@ -210,6 +210,12 @@ def test_two_classes_cmap_sees_the_boundary_with_raw_means_and_matches_brute_for
     moving = cmap_bruteforce(g3, cand, pred, moving_center=True)
     np.testing.assert_allclose(_components(v3m)["cmap"], moving, rtol=1e-9, atol=1e-12)
     assert np.abs(moving - cmap_scores(g3, cand, pred)).max() > 1e-3 * np.abs(moving).max()
+    # cmap_expected reaches the score: the posterior-weighted CMAP, not the argmax one
+    probs = np.array([[0.6, 0.4, 0.0], [0.1, 0.1, 0.8], [0.0, 0.5, 0.5]])
+    v3e = PoolView(probs=probs, feats=cand, feats_lab=f3, y_lab=y3, num_classes=3,
+                   pred_history=np.zeros((3, 3), np.int32), config=EngineConfig(cmap_expected=True))
+    expected = [sum(p * cmap_bruteforce(g3, cand[i:i + 1], [c])[0] for c, p in enumerate(probs[i])) for i in range(3)]
+    np.testing.assert_allclose(_components(v3e)["cmap"], expected, rtol=1e-9, atol=1e-12)
 
 
 def test_a_candidate_of_a_class_with_no_label_yet_does_not_squash_everyone_elses_cmap():

@@ -7,7 +7,7 @@ import numpy as np
 
 from ncalr_backend.engine.acquisition.base import PoolView, Strategy
 from ncalr_backend.engine.label_errors import keep_each_class
-from ncalr_backend.engine.geometry import class_geometry, cmap_scores, flip_counts, fuse, pool_margin, signed_cmap
+from ncalr_backend.engine.geometry import class_geometry, cmap_expected, cmap_scores, flip_counts, fuse, pool_margin, signed_cmap
 from ncalr_backend.engine.multilabel import cmap_multilabel, set_flip_counts, single_label_geometry
 
 
@@ -70,7 +70,11 @@ def _components(view: PoolView) -> dict:
         new = (sets & ~geom.present[None, :]).any(1)
     else:
         pred = view.probs.argmax(1)
-        cmap = cmap_scores(geom, view.feats, pred, moving_center=bool(getattr(cfg, "cmap_center_moves", False)))
+        moving = bool(getattr(cfg, "cmap_center_moves", False))
+        if getattr(cfg, "cmap_expected", False):
+            cmap = cmap_expected(geom, view.feats, view.probs, moving_center=moving)
+        else:
+            cmap = cmap_scores(geom, view.feats, pred, moving_center=moving)
         new = ~geom.present[pred]
     signed = signed_cmap(cmap, sign)
     if new.any() and not new.all():
