@@ -378,3 +378,32 @@ def test_every_setting_is_in_the_settings_table_of_docs_engine_md():
     fields = {f.name for f in dataclasses.fields(EngineConfig)}
     assert fields - anywhere == set(), f"settings missing from docs/engine.md: {sorted(fields - anywhere)}"
     assert first - fields == set(), f"docs/engine.md names settings that do not exist: {sorted(first - fields)}"
+
+
+@pytest.fixture(scope="module")
+def short_cycle():
+    """A cycle short enough to train four times: the shared model, then one per setting below."""
+    x, y = separable(n_per=6)
+    px, _ = separable(n_per=5, seed=1)
+    base = FAST.replace(max_epochs=8, tpt_window=3)
+    return base, run_cycle(x, y, px, 4, base), (x, y, px)
+
+
+@pytest.mark.parametrize("field,value", [("fusion", "rank"), ("margin_weight", 0.34), ("uncertain_share", 0.5)])
+def test_scoring_only_settings_rank_the_same_on_the_shared_model(short_cycle, field, value):
+    """The benchmark trains once per ``training_key`` and re-ranks the other variants on that model
+    (``bench.quality_engine.SCORING_FIELDS``); a setting may be listed there only if re-ranking with
+    it gives the order a cycle run with it gives. These three were missing (found 2026-12-03), so
+    their variants trained again: correct, but one training each too many."""
+    from ncalr_backend.bench.quality_engine import training_key
+    from ncalr_backend.engine import rerank
+
+    base, res, (x, y, px) = short_cycle
+    cfg = base.replace(**{field: value})
+    assert training_key(cfg) == training_key(base)
+    direct = run_cycle(x, y, px, 4, cfg)
+    ranking, scores, _ = rerank(res, cfg)
+    np.testing.assert_array_equal(ranking, direct.ranking)
+    np.testing.assert_allclose(scores["score"], direct.scores["score"])
+    # the setting changes the scores or the order here: not a vacuous check
+    assert not (np.array_equal(ranking, res.ranking) and np.allclose(scores["score"], res.scores["score"]))
