@@ -77,6 +77,7 @@ def load(setting: str, run: str, checks: list, unpaired: list) -> dict:
 def main() -> int:
     run = sys.argv[1] if len(sys.argv) > 1 else "lr0_warm_startfalse"
     mod = _issue11()
+    state = mod.git_state()  # before writing: a re-run rewrites tracked files and would read as "dirty"
     checks: list = []
     unpaired: list = []
     settings = [(k, v) for k, v in mod.SETTINGS if (AL / k / f"{run}+baselines").is_dir()]
@@ -100,7 +101,7 @@ def main() -> int:
           f"(`{run}` and `{run}+baselines`): the issue-11 protocol at the product's width, the engine's defaults.", "",
           mod.table(summ), ""] + [mod.full_table(s) + "\n" for s in summ]
     (OUT / "summary.md").write_text("\n".join(md))
-    (OUT / "summary.json").write_text(json.dumps({"summary_git": mod.git_state(), "run": run, "pairing_checks": checks,
+    (OUT / "summary.json").write_text(json.dumps({"summary_git": state, "run": run, "pairing_checks": checks,
                                                   "left_out": unpaired, "settings": summ}, indent=1))
     print(mod.table(summ))
     print("figure:", mod.plot(summ, datas, title="NCAL-R at width 64 (engine defaults, black) against the baselines: "

@@ -40,6 +40,7 @@ def sd(v) -> float:
 def write_summary(folder: Path, stem: str, text: str, payload: dict) -> None:
     """Print a screen's table and write it as ``stem.md`` (ending in a newline), with ``stem.json``:
     the tree's git state (``summary_git``) followed by ``payload``."""
+    state = git_state()  # before writing: a re-run rewrites tracked files and would read as "dirty"
     print(text)
     (folder / f"{stem}.md").write_text(text if text.endswith("\n") else text + "\n")
-    (folder / f"{stem}.json").write_text(json.dumps({"summary_git": git_state(), **payload}, indent=1))
+    (folder / f"{stem}.json").write_text(json.dumps({"summary_git": state, **payload}, indent=1))
