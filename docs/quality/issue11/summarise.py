@@ -1,5 +1,6 @@
 """Summarise the issue-11 grid: docs/quality/issue11/<setting>/s<seed>/results.json ->
-summary.json, summary.md (the README table) and curves.png (one panel per setting).
+summary.json, summary.md and curves.png (one panel per setting); for the default ROOT it also writes
+the table into the README between its two marker comments (so the README's table is never a stale copy).
 
     .venv/bin/python docs/quality/issue11/summarise.py [ROOT]
 
@@ -165,6 +166,19 @@ def plot(summ: list[dict], datas: dict,
     return save_figure(fig, ROOT / "curves.png")
 
 
+README = Path(__file__).resolve().parents[3] / "README.md"
+
+
+def write_readme_table(begin: str, end: str, table_md: str) -> None:
+    """Replace what lies in the README between the marker lines BEGIN and END with TABLE_MD (a marker
+    missing or out of order is an error: nothing is written)."""
+    text = README.read_text()
+    a, b = text.index(begin + "\n") + len(begin) + 1, text.index("\n" + end)
+    if b < a - 1:
+        raise ValueError(f"README markers out of order: {begin!r} after {end!r}")
+    README.write_text(text[:a] + table_md + text[b:])
+
+
 def main() -> int:
     state = git_state()  # before writing: a re-run rewrites tracked files and would read as "dirty"
     datas = {k: load(k) for k, _ in SETTINGS}
@@ -175,6 +189,9 @@ def main() -> int:
     (ROOT / "summary.md").write_text("\n".join(md))
     (ROOT / "summary.json").write_text(json.dumps({"summary_git": state, "settings": summ}, indent=1))
     print(table(summ))
+    if summ and ROOT == Path(__file__).resolve().parent:  # the width-8 grid itself: the README's table
+        write_readme_table("<!-- issue11/summarise.py writes this table -->",
+                           "<!-- end of issue11/summarise.py's table -->", table(summ))
     if summ:
         print("figure:", plot(summ, datas))
     return 0
