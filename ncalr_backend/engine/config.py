@@ -337,44 +337,29 @@ class EngineConfig:
         object.__setattr__(self, "warm_start", ws)
         if ws not in WARM_STARTS:
             problems.append(f"warm_start={ws!r}: choose one of {list(WARM_STARTS)} (or true / false)")
-        if self.strategy not in STRATEGIES:
-            problems.append(f"strategy={self.strategy!r}: choose one of {sorted(STRATEGIES)}")
+        from ncalr_backend.engine.geometry import FUSIONS  # numpy only: the one list of fusions
         from ncalr_backend.engine.multilabel import SET_MASSES  # numpy only
-        if self.cmap_set_mass not in SET_MASSES:
-            problems.append(f"cmap_set_mass={self.cmap_set_mass!r}: choose one of {list(SET_MASSES)}")
-        if self.cmap_sign not in CMAP_SIGNS:
-            problems.append(f"cmap_sign={self.cmap_sign!r}: choose one of {list(CMAP_SIGNS)}")
+        choices = {"strategy": sorted(STRATEGIES), "cmap_set_mass": SET_MASSES, "cmap_sign": CMAP_SIGNS,
+                   "diversity": DIVERSITY, "fusion": FUSIONS, "ff_mode": FF_MODES, "lr_schedule": LR_SCHEDULES,
+                   "loss": LOSSES, "spa": SPA_MODES, "classifier": CLASSIFIERS, "device": DEVICES, "serve": SERVE,
+                   "tpt_criterion": TPT_CRITERIA, "tpt_cap_window": TPT_CAP_WINDOWS}
+        for name, allowed in choices.items():  # settings that take one of a list of words
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name}={getattr(self, name)!r}: choose one of {list(allowed)}")
         if self.ood_mad < 0:
             problems.append(f"ood_mad={self.ood_mad}: must be >= 0 (0 = off)")
-        if self.diversity not in DIVERSITY:
-            problems.append(f"diversity={self.diversity!r}: choose one of {list(DIVERSITY)}")
         if self.diversity_batch < 0 or not self.diversity_candidates >= 1.0:
             problems.append(f"diversity_batch={self.diversity_batch}, diversity_candidates={self.diversity_candidates}: "
                             "the batch must be >= 0 (0 = off) and the candidates per group >= 1")
-        from ncalr_backend.engine.geometry import FUSIONS  # numpy only: the one list of fusions
-        if self.fusion not in FUSIONS:
-            problems.append(f"fusion={self.fusion!r}: choose one of {list(FUSIONS)}")
-        if self.ff_mode not in FF_MODES:
-            problems.append(f"ff_mode={self.ff_mode!r}: choose one of {list(FF_MODES)}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            problems.append(f"lr_schedule={self.lr_schedule!r}: choose one of {list(LR_SCHEDULES)}")
-        if self.loss not in LOSSES:
-            problems.append(f"loss={self.loss!r}: choose one of {list(LOSSES)}")
-        if self.spa not in SPA_MODES:
-            problems.append(f"spa={self.spa!r}: choose one of {list(SPA_MODES)}")
         if not 0.0 <= self.spa_gamma <= 1.0 or not 0.0 <= self.spa_alpha_max <= 1.0 or self.spa_lambda < 0:
             problems.append("spa_gamma and spa_alpha_max must be in [0, 1], spa_lambda >= 0")
-        if self.classifier not in CLASSIFIERS:
-            problems.append(f"classifier={self.classifier!r}: choose one of {list(CLASSIFIERS)}")
-        elif self.classifier == "etf" and self.spa != "none":
+        if self.classifier == "etf" and self.spa != "none":
             problems.append("classifier='etf' fixes the classifier rows, so space alignment has nothing to align: "
                             "use spa='none' with it")
         if not 0.0 < self.set_threshold <= 1.0:
             problems.append(f"set_threshold={self.set_threshold}: must be in (0, 1]")
         if not 0.0 <= self.tpt_geometry_tol < 2.0:
             problems.append(f"tpt_geometry_tol={self.tpt_geometry_tol}: must be in [0, 2) (0 = off)")
-        if self.device not in DEVICES:
-            problems.append(f"device={self.device!r}: choose one of {list(DEVICES)}")
         if self.eval_batch_size < 0:
             problems.append(f"eval_batch_size={self.eval_batch_size}: must be >= 0 (0 = 512 on the CPU, 2048 on CUDA)")
         for name in ("max_epochs", "batch_size", "mc_samples", "nc_subsample",
@@ -385,15 +370,9 @@ class EngineConfig:
             problems.append(f"width={self.width}: must be >= 4")
         if not 0 <= self.seed < 2 ** 63:  # numpy's and torch's generators take no other
             problems.append(f"seed={self.seed}: must be in [0, 2**63)")
-        if self.serve not in SERVE:
-            problems.append(f"serve={self.serve!r}: choose one of {list(SERVE)}")
         if not 0.0 < self.serve_holdout < 0.5 or self.serve_holdout_min < 1:
             problems.append("serve_holdout must be in (0, 0.5) and serve_holdout_min >= 1")
-        if self.tpt_criterion not in TPT_CRITERIA:
-            problems.append(f"tpt_criterion={self.tpt_criterion!r}: choose one of {list(TPT_CRITERIA)}")
-        if self.tpt_cap_window not in TPT_CAP_WINDOWS:
-            problems.append(f"tpt_cap_window={self.tpt_cap_window!r}: choose one of {list(TPT_CAP_WINDOWS)}")
-        elif self.tpt_cap_window == "anneal" and self.max_epochs - self.tpt_window < max(1, self.min_epochs):
+        if self.tpt_cap_window == "anneal" and self.max_epochs - self.tpt_window < max(1, self.min_epochs):
             problems.append(f"tpt_cap_window='anneal' starts the window at max_epochs - tpt_window = "
                             f"{self.max_epochs - self.tpt_window}, which must be >= 1 and >= min_epochs="
                             f"{self.min_epochs}: raise max_epochs, or lower tpt_window or min_epochs")

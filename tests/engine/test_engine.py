@@ -129,6 +129,22 @@ def test_warm_start_is_on_off_or_chosen_by_width():
         EngineConfig(warm_start="sometimes")
 
 
+@pytest.mark.parametrize("name", ["strategy", "cmap_set_mass", "cmap_sign", "diversity", "fusion", "ff_mode",
+                                  "lr_schedule", "loss", "spa", "classifier", "device", "serve", "tpt_criterion",
+                                  "tpt_cap_window"])
+def test_a_setting_of_words_refuses_an_unknown_word_and_names_the_choices(name):
+    """Every setting that takes one of a list of words: its default is one of them, and an unknown
+    word (also from the environment) is refused with the setting's name, the word and the choices,
+    all problems in one error."""
+    default = getattr(EngineConfig(), name)
+    with pytest.raises(ConfigError, match=rf"{name}='nonsense': choose one of \[.*{default!r}") as err:
+        EngineConfig.from_env(environ={f"NCALR_{name.upper()}": "nonsense"})
+    assert "invalid engine settings" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        EngineConfig.from_mapping({name: "nonsense", "width": "2"})
+    assert f"{name}='nonsense'" in str(err.value) and "width=2: must be >= 4" in str(err.value)
+
+
 def test_learning_rate_is_chosen_by_width_unless_set():
     """lr = 0 (the default): 0.05 up to width 8, 0.05 x 8 / width above it (the head reads 8 x width
     features); a set lr is used at every width; a negative one is refused. With warm_start = auto
