@@ -33,20 +33,24 @@ sys.path.insert(0, str(HERE.parents[2]))
 from ncalr_backend.bench.common import git_state  # noqa: E402
 
 
+def paired(setting: dict) -> dict:
+    """{baseline: {seed: NCAL-R minus it}} over the seeds both have, in the baseline's seed order."""
+    st = setting["strategies"]
+    nc = dict(zip(st["ncalr"]["seeds"], st["ncalr"]["aulc_per_seed"]))
+    return {name: {seed: nc[seed] - aulc for seed, aulc in zip(rec["seeds"], rec["aulc_per_seed"]) if seed in nc}
+            for name, rec in st.items()
+            if not name.startswith("ncalr")}  # NCAL-R itself and its variants (e.g. the opt-in OOD guard)
+
+
 def pooled(settings: list[dict]) -> dict:
     """{baseline: {"diffs": [...], "mean", "std", "at_least", "n", "ci95", "wilcoxon_p"}}."""
     out: dict = {}
     for s in settings:
-        strategies = s["strategies"]
-        nc = dict(zip(strategies["ncalr"]["seeds"], strategies["ncalr"]["aulc_per_seed"]))
-        for name, rec in strategies.items():
-            if name.startswith("ncalr"):  # NCAL-R itself and its variants (e.g. the opt-in OOD guard)
-                continue
-            for seed, aulc in zip(rec["seeds"], rec["aulc_per_seed"]):
-                if seed in nc:
-                    out.setdefault(name, {"diffs": [], "pairs": []})
-                    out[name]["diffs"].append(nc[seed] - aulc)
-                    out[name]["pairs"].append([s["setting"], seed])
+        for name, per in paired(s).items():
+            for seed, diff in per.items():
+                out.setdefault(name, {"diffs": [], "pairs": []})
+                out[name]["diffs"].append(diff)
+                out[name]["pairs"].append([s["setting"], seed])
     for r in out.values():
         d = np.asarray(r["diffs"], dtype=float)
         n = len(d)
@@ -72,12 +76,10 @@ def pass_probability(diffs: np.ndarray, lead: float) -> float:
 
 def seed_matrix(setting: dict) -> tuple[list[str], np.ndarray]:
     """The baselines and [seeds, baselines] of NCAL-R minus each, over the seeds every one has."""
-    st = setting["strategies"]
-    nc = dict(zip(st["ncalr"]["seeds"], st["ncalr"]["aulc_per_seed"]))
-    names = [k for k in st if not k.startswith("ncalr")]
-    per = {k: dict(zip(st[k]["seeds"], st[k]["aulc_per_seed"])) for k in names}
-    seeds = [s for s in nc if all(s in per[k] for k in names)]
-    return names, np.array([[nc[s] - per[k][s] for k in names] for s in seeds], dtype=float)
+    per = paired(setting)
+    names = list(per)
+    seeds = [s for s in setting["strategies"]["ncalr"]["seeds"] if all(s in per[k] for k in names)]
+    return names, np.array([[per[k][s] for k in names] for s in seeds], dtype=float)
 
 
 LEADS = (0.0, 0.5, 1.0, 2.0, 3.0)
