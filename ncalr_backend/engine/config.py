@@ -300,6 +300,14 @@ class EngineConfig:
     """bf16 autocast on CUDA (ignored on the CPU)."""
     channels_last: bool = True
     """Channels-last memory layout for the model and its inputs on CUDA (ignored on the CPU)."""
+    cuda_graph: bool = True
+    """On CUDA, capture the training step (forward, loss, backward and the SGD update) once per
+    training run as a CUDA graph and replay it for every full batch (``trainer.GraphedStep``): at
+    the product's batch of 64 a step is bound by the launch of its few hundred small kernels, not
+    by the GPU. Used only where the step has no host-side decision: ``spa='none'`` (the default;
+    the SpA modes update class centres per batch). The last, smaller batch of an epoch and the
+    first steps of a run (the warm-up before capture) run eagerly with the same update. Ignored on
+    the CPU, where training is unchanged."""
     eval_batch_size: int = 0
     """Images per batch of the eval-mode passes (FF checkpoints over the pool, the label check, the
     final scoring). 0 (the default) = 512 on the CPU, 2048 on CUDA: on an H200 the eval forward ran

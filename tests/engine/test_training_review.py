@@ -308,3 +308,65 @@ def test_head_runs_in_float32_under_bf16_autocast():
     loss, seen, _ = T.train_one_epoch(run, 0.01)
     assert seen == 20 and np.isfinite(loss)
     assert dtypes and all(d == torch.float32 for d in dtypes), dtypes
+
+
+@pytest.mark.parametrize("momentum,weight_decay,nesterov", [(0.9, 5e-4, True), (0.9, 5e-4, False),
+                                                            (0.9, 0.0, True), (0.0, 5e-4, False), (0.0, 0.0, False)])
+def test_sgd_step_with_a_tensor_rate_is_torch_sgd(momentum, weight_decay, nesterov):
+    """``sgd_step_`` (the update a CUDA graph captures, its rate a tensor) against
+    ``torch.optim.SGD.step`` on the same parameters and gradients, over steps at changing rates,
+    with the two taking turns on one optimizer's momentum buffers as the graphed trainer does."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(4, 3), (5,), (2, 3, 3, 3)]
+    ref = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    mine = [p.clone() for p in ref]
+    o_ref = torch.optim.SGD(ref, lr=0.1, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    o_mine = torch.optim.SGD(mine, lr=0.1, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    lr_t = torch.zeros((), dtype=torch.float64)
+    for step, lr in enumerate([0.1, 0.1, 0.05, 0.3, 0.01, 0.07]):
+        grads = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+        for p, q, gr in zip(ref, mine, grads):
+            p.grad, q.grad = gr.clone(), gr.clone()
+        for grp in o_ref.param_groups + o_mine.param_groups:
+            grp["lr"] = lr
+        o_ref.step()
+        if step == 3:
+            o_mine.step()  # torch's own step in between: the same buffers go on
+        else:
+            lr_t.fill_(lr)
+            T.sgd_step_(o_mine, lr_t)
+        for p, q in zip(ref, mine):
+            torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-14)
+        # the gradients are left as they were (the graph's gradient tensors are reused)
+        for q, gr in zip(mine, grads):
+            assert torch.equal(q.grad, gr)
+    if momentum:
+        for p, q in zip(ref, mine):
+            torch.testing.assert_close(o_mine.state[q]["momentum_buffer"], o_ref.state[p]["momentum_buffer"])
+
+
+def test_sgd_step_refuses_what_it_does_not_compute():
+    p = torch.zeros(3, requires_grad=True)
+    p.grad = torch.ones(3)
+    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9, dampening=0.1)
+    with pytest.raises(ValueError, match="dampening"):
+        T.sgd_step_(opt, torch.tensor(0.1))
+
+
+def test_multilabel_loss_checks_every_label_set_once():
+    """The PAL loss's per-batch check (a host sync a CUDA graph cannot hold) is made once, over the
+    whole labeled set, when the trainer's loss is built."""
+    y = torch.tensor([[1, 0, 1], [0, 0, 0], [0, 1, 0]], dtype=torch.float32)
+    with pytest.raises(ValueError, match="at least one label"):
+        T._Loss(y, 3, FAST, multilabel=True)
+    ok = T._Loss(y[[0, 2]], 3, FAST, multilabel=True)
+    z = torch.randn(2, 3)
+    assert torch.isfinite(ok(z, y[[0, 2]], None, torch.arange(2), None, None))
+
+
+def test_the_graphed_step_is_for_cuda_without_spa():
+    cuda = torch.device("cuda")
+    assert T.GraphedStep.eligible(EngineConfig(), cuda)
+    assert not T.GraphedStep.eligible(EngineConfig(), torch.device("cpu"))
+    assert not T.GraphedStep.eligible(EngineConfig(cuda_graph=False), cuda)
+    assert not T.GraphedStep.eligible(EngineConfig(spa="reg"), cuda)

@@ -5,13 +5,15 @@ import torch
 import torch.nn.functional as F
 
 
-def pal_loss(logits: torch.Tensor, targets: torch.Tensor, average: bool = False) -> torch.Tensor:
+def pal_loss(logits: torch.Tensor, targets: torch.Tensor, average: bool = False, check: bool = True) -> torch.Tensor:
     """Pick-all-labels loss (Li et al., arXiv 2310.15903): for a sample with label set S,
     sum_{k in S} CE(z, e_k) = sum_k y_k (logsumexp(z) - z_k); ``average`` divides by |S| (the
     soft-target form of the released code). logits [B, K], targets multi-hot [B, K]. Batch mean.
+    ``check=False`` leaves out the every-sample-has-a-label check (a host sync) for a caller that
+    checked its whole label set once (the trainer's loss, which a CUDA graph may capture).
     """
     targets = targets.to(logits.dtype)
-    if (targets.sum(1) < 1).any():
+    if check and (targets.sum(1) < 1).any():
         raise ValueError("every sample needs at least one label for the PAL loss")
     per = (targets * (torch.logsumexp(logits, 1, keepdim=True) - logits)).sum(1)  # [B]
     if average:

@@ -251,6 +251,8 @@ class _Loss:
         self.config, self.multilabel = config, multilabel
         self.log_prior = None
         if multilabel:
+            if (yl.sum(1) < 1).any():  # checked once here, so that the per-batch loss has no host sync
+                raise ValueError("every sample needs at least one label for the PAL loss")
             self.single = yl.sum(1) == 1  # SpA centres: from multiplicity-1 samples (their means form the ETF)
             self.y_single = yl.argmax(1)
             self.counts = yl.sum(0)  # label frequencies (the prior of logit adjustment)
@@ -264,7 +266,7 @@ class _Loss:
         if self.multilabel:
             if self.log_prior is not None:  # PAL on prior-adjusted logits
                 logits = logits + config.la_tau * self.log_prior[None, :]
-            loss = pal_loss(logits, yb, average=config.pal_average)
+            loss = pal_loss(logits, yb, average=config.pal_average, check=False)  # checked in __init__
         elif config.loss == "logit_adjusted":
             loss = logit_adjusted_ce(logits, yb, self.counts, config.la_tau)
         else:
@@ -299,22 +301,144 @@ class _Run:
     steps_total: int
     step: int = 0
     should_stop: Callable[[], bool] | None = None
+    graph: "GraphedStep | None" = None  # CUDA: the captured training step (``EngineConfig.cuda_graph``)
 
     def check_stop(self) -> None:
         if self.should_stop is not None and self.should_stop():
             raise Interrupted("training interrupted (the backend is stopping)")
 
 
-def _fit_hits(logits: torch.Tensor, yb: torch.Tensor, multilabel: bool, set_threshold: float) -> int:
+def _fit_hits_t(logits: torch.Tensor, yb: torch.Tensor, multilabel: bool, set_threshold: float) -> torch.Tensor:
     """How many of a batch's samples the train-mode logits get right (top-1; multi-label: exact
-    set match of the set rule, as ``multilabel.predict_sets``)."""
+    set match of the set rule, as ``multilabel.predict_sets``), as a 0-d tensor on their device."""
     with torch.no_grad():
         if not multilabel:
-            return int((logits.argmax(1) == yb).sum())
+            return (logits.argmax(1) == yb).sum()
         p = torch.softmax(logits, 1)
         sets = p >= set_threshold
         sets[torch.arange(len(p), device=p.device), p.argmax(1)] = True
-        return int((sets == (yb > 0.5)).all(1).sum())
+        return (sets == (yb > 0.5)).all(1).sum()
+
+
+def _fit_hits(logits: torch.Tensor, yb: torch.Tensor, multilabel: bool, set_threshold: float) -> int:
+    return int(_fit_hits_t(logits, yb, multilabel, set_threshold))
+
+
+def sgd_step_(opt: torch.optim.SGD, lr: torch.Tensor) -> None:
+    """``opt.step()`` of ``torch.optim.SGD`` (weight decay, momentum, Nesterov; dampening 0) with
+    the learning rate a 0-d tensor on the parameters' device instead of the group's float, so that
+    a CUDA graph that captures the update replays it at whatever rate the tensor holds (torch's own
+    step reads a float, which a graph would freeze at its capture). The momentum buffers are the
+    optimizer's own (``opt.state[p]['momentum_buffer']``), started as torch starts them (the
+    first step's gradient), so this and ``opt.step()`` can take turns. Checked against
+    ``opt.step()`` in tests/engine/test_training.py."""
+    with torch.no_grad():
+        for group in opt.param_groups:
+            if group.get("dampening", 0) or group.get("maximize", False):
+                raise ValueError("sgd_step_ supports dampening 0 and maximize False only")
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            wd, mom = group["weight_decay"], group["momentum"]
+            grads = [p.grad for p in params]
+            d = torch._foreach_add(grads, params, alpha=wd) if wd else [g.clone() for g in grads]
+            if mom:
+                bufs = [opt.state[p].get("momentum_buffer") for p in params]
+                if all(b is not None for b in bufs):
+                    torch._foreach_mul_(bufs, mom)
+                    torch._foreach_add_(bufs, d)
+                else:
+                    for i, p in enumerate(params):
+                        if bufs[i] is None:
+                            bufs[i] = opt.state[p]["momentum_buffer"] = d[i].detach().clone()
+                        else:
+                            bufs[i].mul_(mom).add_(d[i])
+                if group["nesterov"]:
+                    torch._foreach_add_(d, bufs, alpha=mom)
+                else:
+                    d = bufs
+            torch._foreach_sub_(params, torch._foreach_mul(d, lr))
+
+
+GRAPH_WARMUP_STEPS = 3  # eager steps (on a side stream, as CUDA graph capture asks) before the capture
+
+
+class GraphedStep:
+    """``EngineConfig.cuda_graph``: the training step of ``train_one_epoch`` for full batches
+    (forward under bf16 autocast, the fp32 head, the loss, backward and ``sgd_step_``) captured as
+    one CUDA graph and replayed. The first ``GRAPH_WARMUP_STEPS`` full batches of a run are trained
+    eagerly on a side stream, then the step is captured and replayed from that batch on; a batch
+    of another size (an epoch's last) trains eagerly with the same update into the same gradient
+    and momentum tensors. When the run's loss changes (``exclude_flagged`` builds a new one on the
+    remaining labels) the step is captured again. Capture records kernels without running them,
+    so every batch is trained exactly once."""
+
+    def __init__(self, run: "_Run"):
+        self.run = run
+        self.lr = torch.zeros((), device=run.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.loss_fn = None
+        self.warm = 0
+        self.captures = 0
+        self.replays = 0
+
+    @staticmethod
+    def eligible(config: EngineConfig, device: torch.device) -> bool:
+        return bool(config.cuda_graph and device.type == "cuda" and config.spa == "none")
+
+    def _forward_backward(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        run = self.run
+        # cache_enabled=False: autocast's cast cache must not outlive a capture (torch's CUDA graph notes)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=run.use_amp, cache_enabled=False):
+            h = run.model.features(xb)
+        h, logits = head_fp32(run.model, h)
+        loss = run.loss(logits, yb, h, None, None, None)
+        loss.backward()
+        sgd_step_(run.opt, self.lr)
+        return loss.detach(), logits.detach()
+
+    def _eager(self, xb, yb):
+        if self.graph is not None:
+            self.run.opt.zero_grad(set_to_none=False)  # the graph's gradient tensors, zeroed in place
+        else:
+            self.run.opt.zero_grad(set_to_none=True)
+        return self._forward_backward(xb, yb)
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train one batch at ``lr``; returns (loss, train-mode logits), detached."""
+        run = self.run
+        self.lr.fill_(lr)
+        full = len(xb) == run.config.batch_size
+        if self.graph is not None and self.loss_fn is not run.loss:
+            self.graph = None  # a new loss (fewer labels): capture again, after a fresh warm-up
+            self.warm = 0
+        if not full:
+            return self._eager(xb, yb)
+        if self.graph is None:
+            if self.warm < GRAPH_WARMUP_STEPS:
+                self.warm += 1
+                side = torch.cuda.Stream(device=run.device)
+                side.wait_stream(torch.cuda.current_stream(run.device))
+                with torch.cuda.stream(side):
+                    out = self._eager(xb, yb)
+                torch.cuda.current_stream(run.device).wait_stream(side)
+                return out
+            self.x = torch.empty_like(xb)
+            self.y = torch.empty_like(yb)
+            self.x.copy_(xb)
+            self.y.copy_(yb)
+            run.opt.zero_grad(set_to_none=True)  # backward in the capture puts the gradients in the graph's pool
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.out_loss, self.out_logits = self._forward_backward(self.x, self.y)
+            self.graph, self.loss_fn = graph, run.loss
+            self.captures += 1
+        else:
+            self.x.copy_(xb)
+            self.y.copy_(yb)
+        self.graph.replay()
+        self.replays += 1
+        return self.out_loss, self.out_logits
 
 
 def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
@@ -327,6 +451,9 @@ def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
     model.train()
     loss_sum, seen, hits = 0.0, 0, 0
     multilabel = run.yl.ndim == 2
+    if run.graph is not None:  # sums on the device: one host sync per epoch, not two per batch
+        loss_t = torch.zeros((), device=device)
+        hits_t = torch.zeros((), device=device, dtype=torch.long)
     for idx in _batches(len(run.xl), config.batch_size, run.gen):
         run.check_stop()
         idx = idx.to(device)
@@ -335,6 +462,13 @@ def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
             xb = _random_translate(xb, run.pad, run.gen)
         if run.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
+        if run.graph is not None:
+            loss, logits = run.graph(xb, yb, lr)
+            run.step += 1
+            loss_t += loss * len(idx)
+            hits_t += _fit_hits_t(logits.float(), yb, multilabel, config.set_threshold)
+            seen += len(idx)
+            continue
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=run.use_amp):
             h = model.features(xb)
         h, logits = head_fp32(model, h)  # the head in float32 (``head_fp32``)
@@ -350,6 +484,8 @@ def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
         loss_sum += float(loss.detach()) * len(idx)
         seen += len(idx)
         hits += _fit_hits(logits.detach().float(), yb, multilabel, config.set_threshold)
+    if run.graph is not None:
+        loss_sum, hits = float(loss_t), int(hits_t)
     return loss_sum / max(seen, 1), seen, hits / max(seen, 1)
 
 
@@ -661,6 +797,8 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
                channels_last=channels_last, pad=max(1, x_lab.shape[-1] // 8),
                steps_total=config.max_epochs * len(_batches(N, config.batch_size, torch.Generator())),
                should_stop=should_stop)
+    if GraphedStep.eligible(config, device):
+        run.graph = GraphedStep(run)
     phase = TerminalPhase(config)
     nc_rng = np.random.default_rng(config.seed)
     y_np = y_all.cpu().numpy()
@@ -734,6 +872,8 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
         pred_hist = np.zeros((0, M, (K + 7) // 8), np.uint8) if multilabel else np.zeros((0, M), np.int32)
     tpt = tpt_summary(phase, history, pred_epochs, epoch, multilabel)
     tpt["excluded"] = excluded
+    if run.graph is not None:
+        tpt["cuda_graph"] = {"captures": run.graph.captures, "replays": run.graph.replays}
     n_hold = 0 if trained is None else int((~trained).sum())
     tpt["served"] = (served.summary(epoch, n_hold) if trained is not None else
                      {"checkpoint": "final", "epoch": epoch, "holdout": 0})
