@@ -5,10 +5,12 @@ is ignored there), so a CPU run checks the plumbing only.
     python docs/bench/gpu/graph_probe.py --out DIR [--quick]
 
 Prints and saves DIR/graph_probe.json (each part saved as soon as it is done):
-  1. ``same``: the same model trained two epochs from the same weights on the same batches, eager
-     twice and graphed once: relative distance of the final weights eager-eager (the GPU's own
-     run-to-run spread) and eager-graphed, single-label and multi-label, and the graph's captures
-     and replays;
+  1. ``same``: the same model trained two epochs from the same weights on the same batches: eager
+     twice, the graphed trainer's eager step all through (never captured), and graphed: relative
+     distance of the final weights eager-eager (the GPU's own run-to-run spread), uncaptured-graph
+     (what capture and replay change: nothing, if the graph replays the step it captured) and
+     eager-graph (``sgd_step_`` rounds lr * d before subtracting where torch's step fuses them;
+     under bf16 autocast such differences grow over the steps), single-label and multi-label;
   2. ``epochs``: seconds per training epoch (median of the epochs, from ``progress``) at the
      product's training batch 64 and at the quality bench's 32, the variants alternating;
   3. ``cycles``: whole ``run_cycle`` calls, variants alternating: 5,000 labeled + 100,000 pool at
@@ -37,6 +39,7 @@ from cycle_probe import digits_rgb, sync  # noqa: E402
 from ncalr_backend.engine import run_cycle  # noqa: E402
 from ncalr_backend.engine.config import EngineConfig  # noqa: E402
 from ncalr_backend.engine.training import build_model, pick_device  # noqa: E402
+from ncalr_backend.engine.training import trainer as T  # noqa: E402
 from ncalr_backend.engine.training.trainer import train_to_tpt  # noqa: E402
 
 
@@ -46,7 +49,7 @@ def rel(a: dict, b: dict) -> float:
     return (num / den) ** 0.5
 
 
-def same(device, n, width, multilabel, seed=0) -> dict:
+def same(device, n, width, multilabel, seed=0, amp=True) -> dict:
     x, y = digits_rgb(n, 32, seed)
     K = 10
     if multilabel:  # a second label on a third of the images
@@ -60,12 +63,15 @@ def same(device, n, width, multilabel, seed=0) -> dict:
         yl = torch.from_numpy(y.astype(np.int64))
     torch.manual_seed(seed)
     base = build_model(K, 3, 32, width=width)
-    out = {"labeled": n, "multilabel": multilabel, "width": width}
+    out = {"labeled": n, "multilabel": multilabel, "width": width, "amp": amp}
     states, info = {}, {}
-    for name, graph in (("eager_a", False), ("eager_b", False), ("graph", True)):
+    warmup = T.GRAPH_WARMUP_STEPS
+    for name, graph in (("eager_a", False), ("eager_b", False), ("graph_uncaptured", True), ("graph", True)):
         m = copy.deepcopy(base)
+        # the graphed trainer's own eager step all through (never captured), then captured and replayed
+        T.GRAPH_WARMUP_STEPS = 10 ** 9 if name == "graph_uncaptured" else warmup
         cfg = EngineConfig(device=str(device.type), width=width, max_epochs=2, min_epochs=1, tpt_window=1,
-                           cuda_graph=graph, seed=seed, tpt_exclude_flagged=False)
+                           cuda_graph=graph, seed=seed, tpt_exclude_flagged=False, amp=amp)
         sync(device)
         t0 = time.perf_counter()
         res = train_to_tpt(m, torch.from_numpy(x), yl, torch.zeros((0, 3, 32, 32)), cfg, device)
@@ -74,7 +80,9 @@ def same(device, n, width, multilabel, seed=0) -> dict:
         info[name] = {"seconds": round(time.perf_counter() - t0, 3), "loss": [h["loss"] for h in res.history],
                       "train_acc": [h["train_acc"] for h in res.history],
                       "cuda_graph": res.tpt.get("cuda_graph")}
+    T.GRAPH_WARMUP_STEPS = warmup
     out["runs"] = info
+    out["rel_uncaptured_graph"] = rel(states["graph_uncaptured"], states["graph"])
     out["rel_eager_eager"] = rel(states["eager_a"], states["eager_b"])
     out["rel_eager_graph"] = rel(states["eager_a"], states["graph"])
     return out
@@ -145,7 +153,8 @@ def main() -> int:
     q = a.quick
     plan = {
         "same": [("single", lambda: same(device, 300 if q else 2000, 8 if q else 64, False)),
-                 ("multi", lambda: same(device, 300 if q else 2000, 8 if q else 64, True))],
+                 ("multi", lambda: same(device, 300 if q else 2000, 8 if q else 64, True)),
+                 ("single_fp32", lambda: same(device, 300 if q else 2000, 8 if q else 64, False, amp=False))],
         "epochs": [("batch64", lambda: epochs(device, 300 if q else 5000, 64, 8 if q else 64, 1 if q else 2, 3 if q else 6)),
                    ("batch32", lambda: epochs(device, 300 if q else 440, 32, 8 if q else 64, 1 if q else 2, 3 if q else 8))],
         "cycles": [("quality_size", lambda: cycles(device, 200 if q else 440, 300 if q else 820, 32, 8 if q else 64, 1 if q else 2)),
@@ -163,10 +172,11 @@ def main() -> int:
             print(part, name, json.dumps(res[part][name], default=str)[:1500], flush=True)
             (out_dir / "graph_probe.json").write_text(json.dumps(res, indent=1, default=str))
     print("summary:")
-    for name in ("single", "multi"):
+    for name in ("single", "multi", "single_fp32"):
         r = res.get("same", {}).get(name, {})
         if "rel_eager_graph" in r:
-            print(f"  same {name}: weights eager-eager {r['rel_eager_eager']:.2e}, eager-graph {r['rel_eager_graph']:.2e}")
+            print(f"  same {name}: weights eager-eager {r['rel_eager_eager']:.2e}, uncaptured-graph "
+                  f"{r['rel_uncaptured_graph']:.2e}, eager-graph {r['rel_eager_graph']:.2e}")
     for part in ("epochs", "cycles"):
         for name, r in res.get(part, {}).items():
             if "error" not in r:

@@ -360,24 +360,28 @@ def sgd_step_(opt: torch.optim.SGD, lr: torch.Tensor) -> None:
             torch._foreach_sub_(params, torch._foreach_mul(d, lr))
 
 
-GRAPH_WARMUP_STEPS = 3  # eager steps (on a side stream, as CUDA graph capture asks) before the capture
+GRAPH_WARMUP_STEPS = 3  # eager steps (on a side stream, as CUDA graph capture asks) before the first capture
+GRAPH_MAX_SIZES = 4  # graphs per run, one per batch size (an epoch's batches take at most two sizes)
 
 
 class GraphedStep:
-    """``EngineConfig.cuda_graph``: the training step of ``train_one_epoch`` for full batches
-    (forward under bf16 autocast, the fp32 head, the loss, backward and ``sgd_step_``) captured as
-    one CUDA graph and replayed. The first ``GRAPH_WARMUP_STEPS`` full batches of a run are trained
-    eagerly on a side stream, then the step is captured and replayed from that batch on; a batch
-    of another size (an epoch's last) trains eagerly with the same update into the same gradient
-    and momentum tensors. When the run's loss changes (``exclude_flagged`` builds a new one on the
-    remaining labels) the step is captured again. Capture records kernels without running them,
-    so every batch is trained exactly once."""
+    """``EngineConfig.cuda_graph``: the training step of ``train_one_epoch`` (zeroing the
+    gradients, forward under bf16 autocast, the fp32 head, the loss, backward and ``sgd_step_``)
+    captured as a CUDA graph per batch size and replayed. ``_batches`` splits an epoch into
+    batches of two sizes at most (5,000 labels at 64: 64 and 63), so a run captures one or two
+    graphs. The first ``GRAPH_WARMUP_STEPS`` batches of a run train eagerly on a side stream; then
+    each batch size is captured when it first comes. Every graph and every eager step use the same
+    parameter, gradient (zeroed in place, never freed) and momentum tensors, so they can take
+    turns. When the run's loss changes (``exclude_flagged`` builds a new one on the remaining
+    labels) the graphs are dropped and captured again. Capture records kernels without running
+    them, so every batch is trained exactly once (a replay follows each capture)."""
 
-    def __init__(self, run: "_Run"):
+    def __init__(self, run: "_Run", warmup: int | None = None):
         self.run = run
         self.lr = torch.zeros((), device=run.device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.loss_fn = None
+        self.graphs: dict[int, tuple] = {}  # batch size -> (graph, x, y, loss, logits)
+        self.loss_fn = run.loss
+        self.warmup = GRAPH_WARMUP_STEPS if warmup is None else warmup
         self.warm = 0
         self.captures = 0
         self.replays = 0
@@ -386,8 +390,9 @@ class GraphedStep:
     def eligible(config: EngineConfig, device: torch.device) -> bool:
         return bool(config.cuda_graph and device.type == "cuda" and config.spa == "none")
 
-    def _forward_backward(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         run = self.run
+        run.opt.zero_grad(set_to_none=False)  # in place: a graph holds these gradient tensors
         # cache_enabled=False: autocast's cast cache must not outlive a capture (torch's CUDA graph notes)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=run.use_amp, cache_enabled=False):
             h = run.model.features(xb)
@@ -397,48 +402,39 @@ class GraphedStep:
         sgd_step_(run.opt, self.lr)
         return loss.detach(), logits.detach()
 
-    def _eager(self, xb, yb):
-        if self.graph is not None:
-            self.run.opt.zero_grad(set_to_none=False)  # the graph's gradient tensors, zeroed in place
-        else:
-            self.run.opt.zero_grad(set_to_none=True)
-        return self._forward_backward(xb, yb)
-
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Train one batch at ``lr``; returns (loss, train-mode logits), detached."""
+        """Train one batch at ``lr``; returns (loss, train-mode logits), detached (a graph's
+        outputs: read them before the next call)."""
         run = self.run
         self.lr.fill_(lr)
-        full = len(xb) == run.config.batch_size
-        if self.graph is not None and self.loss_fn is not run.loss:
-            self.graph = None  # a new loss (fewer labels): capture again, after a fresh warm-up
-            self.warm = 0
-        if not full:
-            return self._eager(xb, yb)
-        if self.graph is None:
-            if self.warm < GRAPH_WARMUP_STEPS:
+        if self.loss_fn is not run.loss:  # a new loss (fewer labels): capture again, after a fresh warm-up
+            self.graphs.clear()
+            self.loss_fn, self.warm = run.loss, 0
+        g = self.graphs.get(len(xb))
+        if g is None:
+            if self.warm < self.warmup:
                 self.warm += 1
+                current = torch.cuda.current_stream(run.device)
                 side = torch.cuda.Stream(device=run.device)
-                side.wait_stream(torch.cuda.current_stream(run.device))
+                side.wait_stream(current)
                 with torch.cuda.stream(side):
-                    out = self._eager(xb, yb)
-                torch.cuda.current_stream(run.device).wait_stream(side)
+                    out = self._step(xb, yb)
+                current.wait_stream(side)
                 return out
-            self.x = torch.empty_like(xb)
-            self.y = torch.empty_like(yb)
-            self.x.copy_(xb)
-            self.y.copy_(yb)
-            run.opt.zero_grad(set_to_none=True)  # backward in the capture puts the gradients in the graph's pool
+            if len(self.graphs) >= GRAPH_MAX_SIZES:
+                return self._step(xb, yb)
+            x, y = torch.empty_like(xb), torch.empty_like(yb)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self.out_loss, self.out_logits = self._forward_backward(self.x, self.y)
-            self.graph, self.loss_fn = graph, run.loss
+                loss, logits = self._step(x, y)
+            g = self.graphs[len(xb)] = (graph, x, y, loss, logits)
             self.captures += 1
-        else:
-            self.x.copy_(xb)
-            self.y.copy_(yb)
-        self.graph.replay()
+        graph, x, y, loss, logits = g
+        x.copy_(xb)
+        y.copy_(yb)
+        graph.replay()
         self.replays += 1
-        return self.out_loss, self.out_logits
+        return loss, logits
 
 
 def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
