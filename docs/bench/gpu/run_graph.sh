@@ -25,5 +25,5 @@ for s in $SEEDS; do for g in true false; do echo "$s $g"; done; done > "$OUT/job
 # bash arrays do not export: the job reads Q from the environment string
 sed -i 's/^/ /' "$OUT/jobs.txt"
 xargs -P 6 -L 1 bash -c 'Q=($Q_STR); job $0 $1' < "$OUT/jobs.txt"
-for f in "$OUT"/q/*/run.log; do echo "== $f"; grep -E "^\| (ncalr|margin) " "$f" | tail -2; done
+for f in "$OUT"/q/*/run.log; do echo "== $f"; grep -m2 -E "^\| (ncalr|margin) " "$f"; done
 tar czf /tmp/q.tgz -C "$OUT" q && mv /tmp/q.tgz "$OUT/q.tgz"; rm -rf "$OUT/q"
