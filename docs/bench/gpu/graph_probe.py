@@ -88,6 +88,30 @@ def same(device, n, width, multilabel, seed=0, amp=True) -> dict:
     return out
 
 
+def rounding(device, n, width, amp=True, seed=0) -> dict:
+    """Torch's SGD step against ``sgd_step_`` in the plain eager trainer (no graph anywhere): what
+    the update's rounding alone (lr * d rounded before the subtraction) does to the weights after
+    two epochs on this device; on the CPU the same comparison the GPU's eager-graph one makes."""
+    x, y = digits_rgb(n, 32, seed)
+    torch.manual_seed(seed)
+    base = build_model(10, 3, 32, width=width)
+    states = {}
+    torch_step = torch.optim.SGD.step
+    for name in ("torch_step", "sgd_step_"):
+        m = copy.deepcopy(base)
+        if name == "sgd_step_":
+            torch.optim.SGD.step = lambda self, closure=None: T.sgd_step_(self, torch.tensor(self.param_groups[0]["lr"]))
+        try:
+            cfg = EngineConfig(device=str(device.type), width=width, max_epochs=2, min_epochs=1, tpt_window=1,
+                               cuda_graph=False, seed=seed, tpt_exclude_flagged=False, amp=amp)
+            train_to_tpt(m, torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), torch.zeros((0, 3, 32, 32)),
+                         cfg, device)
+        finally:
+            torch.optim.SGD.step = torch_step
+        states[name] = {k: v.detach().cpu() for k, v in m.state_dict().items()}
+    return {"labeled": n, "width": width, "rel_torch_step_sgd_step_": rel(states["torch_step"], states["sgd_step_"])}
+
+
 def epochs(device, n, batch, width, reps, n_epochs) -> dict:
     x, y = digits_rgb(n, 32, 1)
     rows = {"eager": [], "graph": []}
@@ -155,6 +179,7 @@ def main() -> int:
         "same": [("single", lambda: same(device, 300 if q else 2000, 8 if q else 64, False)),
                  ("multi", lambda: same(device, 300 if q else 2000, 8 if q else 64, True)),
                  ("single_fp32", lambda: same(device, 300 if q else 2000, 8 if q else 64, False, amp=False))],
+        "rounding": [("single", lambda: rounding(device, 300 if q else 2000, 8 if q else 64))],
         "epochs": [("batch64", lambda: epochs(device, 300 if q else 5000, 64, 8 if q else 64, 1 if q else 2, 3 if q else 6)),
                    ("batch32", lambda: epochs(device, 300 if q else 440, 32, 8 if q else 64, 1 if q else 2, 3 if q else 8))],
         "cycles": [("quality_size", lambda: cycles(device, 200 if q else 440, 300 if q else 820, 32, 8 if q else 64, 1 if q else 2)),
@@ -177,6 +202,9 @@ def main() -> int:
         if "rel_eager_graph" in r:
             print(f"  same {name}: weights eager-eager {r['rel_eager_eager']:.2e}, uncaptured-graph "
                   f"{r['rel_uncaptured_graph']:.2e}, eager-graph {r['rel_eager_graph']:.2e}")
+    r = res.get("rounding", {}).get("single", {})
+    if "rel_torch_step_sgd_step_" in r:
+        print(f"  rounding: weights torch step - sgd_step_ {r['rel_torch_step_sgd_step_']:.2e}")
     for part in ("epochs", "cycles"):
         for name, r in res.get(part, {}).items():
             if "error" not in r:
