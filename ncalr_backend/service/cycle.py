@@ -258,7 +258,7 @@ def tidy(client: LabelStudioClient, settings: Settings, run: CycleRun, previous:
                         run.project_id, run.cycle, exc)
     if relabel is not None:
         sent = list(relabel.pending)
-        if relabel.new or relabel.expired:
+        if relabel.new or relabel.expired or relabel.answered:
             try:
                 out = review.request_relabel(client, run.store, run.project_id, relabel)
                 sent += out["sent"]
@@ -425,7 +425,7 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         if relabel is not None:
             review.queue_first(preds, relabel)
             run.report["relabel"] = {"new": sorted(relabel.new), "waiting": relabel.pending,
-                                     "given_back": relabel.expired}
+                                     "given_back": relabel.expired, "answered": relabel.answered}
         head = settings.write_back_count(len(snap.pool_ids), snap.num_tasks)
         items = preds.head(head)  # the head of the order; /predict serves the rest (WRITE_BACK_TOP)
         run.report["written_ranks"] = {"ranked": len(snap.pool_ids), "written": head}

@@ -187,7 +187,8 @@ def _checked(d: dict, path) -> dict:
                         and all(_is_id(k) for k in e.get("probs", {}))
                         and all(_is_num(p) for p in e.get("probs", {}).values())
                         and (e.get("cycle") is None or _is_num(e["cycle"]))
-                        and (e.get("expired") is None or _is_num(e["expired"])))
+                        and (e.get("expired") is None or _is_num(e["expired"]))
+                        and (e.get("answered") is None or _is_num(e["answered"])))
     d["reviewed"] = keep("reviewed", lambda e: isinstance(e, str))
     d["reviewed_at"] = keep("reviewed_at", _is_num)
     view = d.get("view")
@@ -611,6 +612,7 @@ class RelabelPlan:
     items: List[dict]  # queue predictions (the model's suggestion), served before every ranked task
     expired: List[int] = field(default_factory=list)  # waited RELABEL_WAIT_CYCLES: given back
     cycle: Optional[int] = None  # the cycle that made the plan
+    answered: List[int] = field(default_factory=list)  # got their extra annotation: overlap set back
 
 
 def relabel_plan(settings, snap, res, entries: List[dict], store: ProjectStore, version: str,
@@ -626,11 +628,13 @@ def relabel_plan(settings, snap, res, entries: List[dict], store: ProjectStore, 
     st = ReviewState(store).read()
     sent = st.get("relabel") or {}
     k = int(round(share * settings.trigger_threshold(snap.num_tasks)))
-    pending, expired = [], []
+    pending, expired, answered = [], [], []
     for t, r in sent.items():
-        if r.get("expired") is not None or int(t) not in snap.annotation_counts \
-                or snap.annotation_counts[int(t)] > int(r["annotations"]):
-            continue  # given back earlier, deleted, or it got its extra annotation
+        if r.get("expired") is not None or r.get("answered") is not None or int(t) not in snap.annotation_counts:
+            continue  # given back or set back earlier, or deleted
+        if snap.annotation_counts[int(t)] > int(r["annotations"]):
+            answered.append(int(t))  # it got its extra annotation: its overlap goes back (request_relabel)
+            continue
         waited = None if cycle is None else int(cycle) - int(r.get("cycle") or 0)
         (expired if waited is not None and waited >= RELABEL_WAIT_CYCLES else pending).append(int(t))
     index = {int(t): i for i, t in enumerate(snap.lab_ids)}
@@ -652,7 +656,7 @@ def relabel_plan(settings, snap, res, entries: List[dict], store: ProjectStore, 
     by_task = {e["task"]: e for e in entries}
     items = [{"task": int(t), "result": [], "score": float(i), "model_version": version}
              for i, t in enumerate(queue) if t in by_task and t in index]
-    return RelabelPlan(new=new, pending=pending, items=items, expired=expired, cycle=cycle)
+    return RelabelPlan(new=new, pending=pending, items=items, expired=expired, cycle=cycle, answered=answered)
 
 
 def queue_first(preds, plan: RelabelPlan) -> None:
@@ -676,8 +680,11 @@ def queue_first(preds, plan: RelabelPlan) -> None:
 def request_relabel(client: LabelStudioClient, store: ProjectStore, project_id: int, plan: RelabelPlan) -> dict:
     """Make each new task need one more annotation (``overlap`` + 1, unlabeled again), so "Label
     All Tasks" serves it to an annotator who has not annotated it yet (Label Studio never serves a
-    task to its own annotator again), and remember the model's probabilities for the tie-break."""
-    done, back = [], []
+    task to its own annotator again), and remember the model's probabilities for the tie-break.
+    A task that got its extra annotation (``plan.answered``) has its ``overlap`` set back to what
+    it was (labeled: it has more annotations than that), so a task once re-annotated is not left
+    needing two annotations for good (one deleted later would send it back to the queue)."""
+    done, back, reset = [], [], []
     state = ReviewState(store)
     with state.locked() as st:
         rel = st.setdefault("relabel", {})
@@ -710,8 +717,21 @@ def request_relabel(client: LabelStudioClient, store: ProjectStore, project_id: 
                     continue
             r["expired"] = plan.cycle
             back.append(int(t))
+        for t in plan.answered:
+            r = rel.get(str(t))
+            if r is None:
+                continue
+            try:
+                client.request("PATCH", f"/api/tasks/{int(t)}/",
+                               json={"overlap": max(1, int(r["annotations"])), "is_labeled": True})
+            except LabelStudioError as exc:
+                if exc.status != 404:
+                    log.warning("project %s: cannot set task %s's overlap back: %s", project_id, t, exc)
+                    continue
+            r["answered"] = plan.cycle
+            reset.append(int(t))
     if done or plan.pending or back:
         log.info("project %s: %d task(s) sent for re-annotation, %d still waiting, %d given back after %d "
                  "cycles without another annotator%s", project_id, len(done), len(plan.pending), len(back),
                  RELABEL_WAIT_CYCLES, " (a project with one annotator cannot re-annotate)" if back else "")
-    return {"sent": done, "waiting": plan.pending, "given_back": back}
+    return {"sent": done, "waiting": plan.pending, "given_back": back, "answered": reset}

@@ -1,6 +1,7 @@
 """RELABEL_SHARE against the real Label Studio 1.23.2: the most suspect labeled tasks go back into
 the queue for another annotator (one more annotation needed, served before every ranked task, never
-to their own annotator), and when the second annotation disagrees the model breaks the tie."""
+to their own annotator), when the second annotation disagrees the model breaks the tie, and the
+task's overlap then goes back to 1."""
 
 from __future__ import annotations
 
@@ -87,3 +88,7 @@ def test_suspect_labels_go_back_to_the_queue_for_another_annotator(admin, backen
     label = dict(zip(got["labeled"], got["labels"]))[t]
     want = max((first_label, other), key=lambda c: rel["probs"][c])
     assert str(label) == want, (label, first_label, other, rel["probs"])
+    # answered: Label Studio's overlap goes back to 1, and the task stays labeled with both annotations
+    assert t in json.loads((latest / "report.json").read_text())["relabel"]["answered"]
+    task = next(x for x in admin.tasks(pid) if x["id"] == t)
+    assert (task["overlap"], task["is_labeled"], task["total_annotations"]) == (1, True, 2), task

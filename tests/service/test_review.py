@@ -134,10 +134,17 @@ def test_relabel_share_sends_the_most_suspect_back_and_the_model_breaks_ties(set
             {"from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": [choice]}}]})
     probs6 = rel["6"]["probs"]
     assert probs6["1"] > probs6["0"]  # the model's own view of task 6: "b"
-    run_project_cycle(s, 1, "t2", engine_config=TRAIN, client=ls)
+    rep2 = run_project_cycle(s, 1, "t2", engine_config=TRAIN, client=ls)
     tasks = json.loads((ProjectStore(s.model_dir, 1).latest()["path"] / "tasks.json").read_text())
     labels = dict(zip(tasks["labeled"], tasks["labels"]))
     assert labels[6] == 1 and labels[3] == 1
+    # answered: each task's overlap goes back to 1 (labeled, with its two annotations), once
+    assert sorted(rep2["relabel"]["answered"]) == [3, 6]
+    assert all((t["overlap"], t["is_labeled"]) == (1, True) for t in ls.tasks if t["id"] in (3, 6))
+    rel = review.ReviewState(ProjectStore(s.model_dir, 1)).read()["relabel"]
+    assert rel["3"]["answered"] == rel["6"]["answered"] == rep2["cycle"]
+    rep3 = run_project_cycle(s, 1, "t3", engine_config=TRAIN, client=ls)
+    assert rep3["relabel"]["answered"] == [] and not {3, 6} & set(rep3["relabel"]["waiting"] + rep3["relabel"]["new"])
     # an annotation the model disagrees with does not win just by coming last
     t3 = next(t for t in ls.tasks if t["id"] == 3)
     t3["annotations"][-1]["result"][0]["value"]["choices"] = ["a"]

@@ -112,6 +112,56 @@ def rounding(device, n, width, amp=True, seed=0) -> dict:
     return {"labeled": n, "width": width, "rel_torch_step_sgd_step_": rel(states["torch_step"], states["sgd_step_"])}
 
 
+@torch.no_grad()
+def _forward_all_per_batch_copy(model, x, device, batch_size, amp):
+    """``forward_all`` as it was before 2026-12-04 (logits only): each batch's output copied to the
+    host as it comes, which waits for that batch."""
+    model.eval()
+    out = []
+    cl = T.is_channels_last(model)
+    for s in range(0, len(x), batch_size):
+        xb = x[s:s + batch_size].to(device, non_blocking=True)
+        if cl:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            h = model.features(xb)
+        _, z = T.head_fp32(model, h)
+        out.append(z.float().cpu())
+    return torch.cat(out)
+
+
+def pool(device, n, width, reps) -> dict:
+    """One FF checkpoint's pass over the pool (logits only, eval batch of the engine), three ways:
+    the old per-batch copy to the host, ``forward_all`` from a host pool, and ``forward_all`` from
+    the pool moved to the GPU once (``trainer.on_device``), alternating; and the logits agree."""
+    x = torch.from_numpy(digits_rgb(n, 32, 3)[0])
+    torch.manual_seed(0)
+    cfg = EngineConfig(device=str(device.type), width=width)
+    m = build_model(10, 3, 32, width=width).to(device)
+    if cfg.channels_last and device.type == "cuda":
+        m = m.to(memory_format=torch.channels_last)
+    amp = bool(cfg.amp and device.type == "cuda")
+    bs = cfg.eval_batch(device)
+    x_dev = T.on_device(x, device)
+    ways = {"per_batch_copy": lambda: _forward_all_per_batch_copy(m, x, device, bs, amp),
+            "host_pool": lambda: T.forward_all(m, x, device, bs, amp, with_features=False)[1],
+            "pool_on_device": lambda: T.forward_all(m, x_dev, device, bs, amp, with_features=False)[1]}
+    times = {k: [] for k in ways}
+    outs = {}
+    for _ in range(reps + 1):  # the first round warms up
+        for k, f in ways.items():
+            sync(device)
+            t0 = time.perf_counter()
+            outs[k] = f()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v[1:]) for k, v in times.items()}
+    return {"pool": n, "width": width, "eval_batch": bs, "pool_moved": bool(x_dev.device == device and device.type == "cuda"),
+            "seconds": times, "images_per_s": {k: n / v for k, v in med.items()},
+            "speedup_vs_per_batch_copy": {k: med["per_batch_copy"] / v for k, v in med.items()},
+            "max_abs_diff_logits": {k: float((outs[k] - outs["per_batch_copy"]).abs().max()) for k in outs}}
+
+
 def epochs(device, n, batch, width, reps, n_epochs) -> dict:
     x, y = digits_rgb(n, 32, 1)
     rows = {"eager": [], "graph": []}
@@ -167,6 +217,7 @@ def main() -> int:
     ap.add_argument("--out", default="runs/graph_probe")
     ap.add_argument("--quick", action="store_true", help="small sizes (a CPU check of the script)")
     ap.add_argument("--parts", default="same,epochs,cycles")
+    ap.add_argument("--product-reps", type=int, default=2)
     a = ap.parse_args()
     device = pick_device(a.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -180,10 +231,11 @@ def main() -> int:
                  ("multi", lambda: same(device, 300 if q else 2000, 8 if q else 64, True)),
                  ("single_fp32", lambda: same(device, 300 if q else 2000, 8 if q else 64, False, amp=False))],
         "rounding": [("single", lambda: rounding(device, 300 if q else 2000, 8 if q else 64))],
+        "pool": [("pool", lambda: pool(device, 2000 if q else 100000, 8 if q else 64, 1 if q else 3))],
         "epochs": [("batch64", lambda: epochs(device, 300 if q else 5000, 64, 8 if q else 64, 1 if q else 2, 3 if q else 6)),
                    ("batch32", lambda: epochs(device, 300 if q else 440, 32, 8 if q else 64, 1 if q else 2, 3 if q else 8))],
         "cycles": [("quality_size", lambda: cycles(device, 200 if q else 440, 300 if q else 820, 32, 8 if q else 64, 1 if q else 2)),
-                   ("product_size", lambda: cycles(device, 300 if q else 5000, 500 if q else 100000, 64, 8 if q else 64, 1 if q else 2))],
+                   ("product_size", lambda: cycles(device, 300 if q else 5000, 500 if q else 100000, 64, 8 if q else 64, 1 if q else a.product_reps))],
     }
     for part in a.parts.split(","):
         res[part] = {}
@@ -205,6 +257,10 @@ def main() -> int:
     r = res.get("rounding", {}).get("single", {})
     if "rel_torch_step_sgd_step_" in r:
         print(f"  rounding: weights torch step - sgd_step_ {r['rel_torch_step_sgd_step_']:.2e}")
+    r = res.get("pool", {}).get("pool", {})
+    if "images_per_s" in r:
+        print("  pool pass images/s: " + ", ".join(f"{k} {v:,.0f}" for k, v in r["images_per_s"].items())
+              + f"; moved {r['pool_moved']}; logits max diff {max(r['max_abs_diff_logits'].values()):.1e}")
     for part in ("epochs", "cycles"):
         for name, r in res.get(part, {}).items():
             if "error" not in r:

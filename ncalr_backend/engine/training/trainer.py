@@ -171,6 +171,23 @@ def head_fp32(model: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Te
         return h, model.fc(h)
 
 
+EVAL_FLUSH_BYTES = 256 * 2 ** 20  # eval outputs held on the GPU before they are copied to the host
+POOL_ON_DEVICE_SHARE = 0.25  # a pool up to this share of the GPU's free memory is moved there once per run
+
+
+def on_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` moved to a CUDA ``device`` once, when it takes at most ``POOL_ON_DEVICE_SHARE`` of the
+    free memory there: the eval passes over it (every FF checkpoint, the final pass) then read it
+    there instead of copying each batch from the host again. Otherwise (the CPU, or too large)
+    ``x`` as it is; ``forward_all`` moves each batch."""
+    if device.type != "cuda" or x.device == device or len(x) == 0:
+        return x
+    free, _ = torch.cuda.mem_get_info(device)
+    if x.numel() * x.element_size() > POOL_ON_DEVICE_SHARE * free:
+        return x
+    return x.to(device)
+
+
 @torch.no_grad()
 def forward_all(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int,
                 amp: bool = False, with_features: bool = True,
@@ -183,6 +200,20 @@ def forward_all(model: nn.Module, x: torch.Tensor, device: torch.device, batch_s
     model.eval()
     feats, logits = [], []
     cl = is_channels_last(model)
+    # on a GPU the outputs stay there until ``EVAL_FLUSH_BYTES`` of them wait, then come to the host
+    # together: a copy to the host per batch waited for each batch (no overlap of copy and compute)
+    held: list[tuple[torch.Tensor | None, torch.Tensor]] = []
+    held_bytes = 0
+
+    def flush():
+        nonlocal held_bytes
+        if held:
+            if with_features:
+                feats.append(torch.cat([h for h, _ in held]).cpu())
+            logits.append(torch.cat([z for _, z in held]).cpu())
+            held.clear()
+            held_bytes = 0
+
     for s in range(0, len(x), batch_size):
         if check is not None:
             check()
@@ -192,9 +223,16 @@ def forward_all(model: nn.Module, x: torch.Tensor, device: torch.device, batch_s
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             h = model.features(xb)
         h, z = head_fp32(model, h)
-        if with_features:
-            feats.append(h.float().cpu())
-        logits.append(z.float().cpu())
+        if device.type != "cuda":
+            if with_features:
+                feats.append(h.float().cpu())
+            logits.append(z.float().cpu())
+            continue
+        held.append((h.float() if with_features else None, z.float()))
+        held_bytes += z.numel() * 4 + (h.numel() * 4 if with_features else 0)
+        if held_bytes >= EVAL_FLUSH_BYTES:
+            flush()
+    flush()
     K = model.fc.out_features
     d = model.fc.in_features
     lg = torch.cat(logits) if logits else torch.zeros(0, K)
@@ -795,6 +833,8 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
                should_stop=should_stop)
     if GraphedStep.eligible(config, device):
         run.graph = GraphedStep(run)
+    x_pool = on_device(x_pool, device)  # read by every FF checkpoint and the final pass
+    x_all = on_device(x_all, device)  # read by every epoch's eval pass
     phase = TerminalPhase(config)
     nc_rng = np.random.default_rng(config.seed)
     y_np = y_all.cpu().numpy()
