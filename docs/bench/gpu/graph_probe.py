@@ -156,7 +156,7 @@ def pool(device, n, width, reps) -> dict:
             sync(device)
             times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v[1:]) for k, v in times.items()}
-    return {"pool": n, "width": width, "eval_batch": bs, "pool_moved": bool(x_dev.device == device and device.type == "cuda"),
+    return {"pool": n, "width": width, "eval_batch": bs, "pool_moved": x_dev.device.type == "cuda",
             "seconds": times, "images_per_s": {k: n / v for k, v in med.items()},
             "speedup_vs_per_batch_copy": {k: med["per_batch_copy"] / v for k, v in med.items()},
             "max_abs_diff_logits": {k: float((outs[k] - outs["per_batch_copy"]).abs().max()) for k in outs}}

@@ -180,7 +180,7 @@ def on_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     free memory there: the eval passes over it (every FF checkpoint, the final pass) then read it
     there instead of copying each batch from the host again. Otherwise (the CPU, or too large)
     ``x`` as it is; ``forward_all`` moves each batch."""
-    if device.type != "cuda" or x.device == device or len(x) == 0:
+    if device.type != "cuda" or x.device.type == "cuda" or len(x) == 0:
         return x
     free, _ = torch.cuda.mem_get_info(device)
     if x.numel() * x.element_size() > POOL_ON_DEVICE_SHARE * free:
