@@ -250,13 +250,22 @@ class LSAdmin:
             body.update(auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
         return self.req("POST", "/api/ml/", json=body).json()
 
-    def annotate(self, task_id: int, label, from_name="digit", to_name="image", cancelled=False) -> dict:
-        """Annotate a task with one choice, or (a list) several choices of a multiple-choice config."""
+    def annotate(self, task_id: int, label, from_name="digit", to_name="image", cancelled=False,
+                 completed_by: Optional[int] = None) -> dict:
+        """Annotate a task with one choice, or (a list) several choices of a multiple-choice config;
+        ``completed_by``: as another user of the organisation (``create_user``), which Label Studio
+        1.23's annotation API accepts from an administrator."""
         choices = [str(x) for x in label] if isinstance(label, (list, tuple)) else [str(label)]
         result = [] if cancelled else [{"from_name": from_name, "to_name": to_name, "type": "choices",
                                         "value": {"choices": choices}}]
-        return self.req("POST", f"/api/tasks/{task_id}/annotations/",
-                        json={"result": result, "was_cancelled": cancelled}).json()
+        body = {"result": result, "was_cancelled": cancelled}
+        if completed_by is not None:
+            body["completed_by"] = int(completed_by)
+        return self.req("POST", f"/api/tasks/{task_id}/annotations/", json=body).json()
+
+    def create_user(self, email: str) -> int:
+        """A user of the administrator's organisation (a second annotator); returns its id."""
+        return int(self.req("POST", "/api/users/", json={"email": email, "username": email}).json()["id"])
 
     def delete_annotation(self, annotation_id: int) -> None:
         self.req("DELETE", f"/api/annotations/{annotation_id}/")

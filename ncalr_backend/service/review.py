@@ -704,32 +704,23 @@ def request_relabel(client: LabelStudioClient, store: ProjectStore, project_id: 
                 rel.pop(str(t), None)
                 continue
             done.append(int(t))
-        for t in plan.expired:  # labeled again with the annotations it has, and never sent again
-            r = rel.get(str(t))
-            if r is None:
-                continue
-            try:
-                client.request("PATCH", f"/api/tasks/{int(t)}/",
-                               json={"overlap": max(1, int(r["annotations"])), "is_labeled": True})
-            except LabelStudioError as exc:
-                if exc.status != 404:
-                    log.warning("project %s: cannot give task %s back: %s", project_id, t, exc)
+        # both set the overlap back to what it was, labeled: a task that waited RELABEL_WAIT_CYCLES
+        # for another annotator (given back, never sent again), and one that got its extra annotation
+        for tasks, key, out, what in ((plan.expired, "expired", back, "give task %s back"),
+                                      (plan.answered, "answered", reset, "set task %s's overlap back")):
+            for t in tasks:
+                r = rel.get(str(t))
+                if r is None:
                     continue
-            r["expired"] = plan.cycle
-            back.append(int(t))
-        for t in plan.answered:
-            r = rel.get(str(t))
-            if r is None:
-                continue
-            try:
-                client.request("PATCH", f"/api/tasks/{int(t)}/",
-                               json={"overlap": max(1, int(r["annotations"])), "is_labeled": True})
-            except LabelStudioError as exc:
-                if exc.status != 404:
-                    log.warning("project %s: cannot set task %s's overlap back: %s", project_id, t, exc)
-                    continue
-            r["answered"] = plan.cycle
-            reset.append(int(t))
+                try:
+                    client.request("PATCH", f"/api/tasks/{int(t)}/",
+                                   json={"overlap": max(1, int(r["annotations"])), "is_labeled": True})
+                except LabelStudioError as exc:
+                    if exc.status != 404:
+                        log.warning("project %s: cannot " + what + ": %s", project_id, t, exc)
+                        continue
+                r[key] = plan.cycle
+                out.append(int(t))
     if done or plan.pending or back:
         log.info("project %s: %d task(s) sent for re-annotation, %d still waiting, %d given back after %d "
                  "cycles without another annotator%s", project_id, len(done), len(plan.pending), len(back),

@@ -79,7 +79,9 @@ def test_suspect_labels_go_back_to_the_queue_for_another_annotator(admin, backen
     first_label = by_id[t]["annotations"][0]["result"][0]["value"]["choices"][0]
     rel = json.loads((backend.model_dir / "projects" / str(pid) / "review.json").read_text())["relabel"][str(t)]
     other = max((c for c in rel["probs"] if c != first_label), key=lambda c: rel["probs"][c])
-    admin.annotate(t, int(other))  # (through the API: in the UI it would be another annotator)
+    second = admin.create_user("second.annotator@example.com")
+    admin.annotate(t, int(other), completed_by=second)  # another annotator: Label Studio counts distinct ones
+    assert next(x for x in admin.tasks(pid) if x["id"] == t)["is_labeled"] is True  # 2 annotators, overlap 2
     m = backend.status(pid)["last_completed"]
     admin.start_training(ml["id"])
     backend.wait_cycle(pid, m + 1, timeout=400)
