@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: the CUDA-graph training step against the eager one (graph_probe.py), then the
-# quality bench at width 64 with cuda_graph on and off (same seeds, side by side, one process per
-# job): AULC must not move beyond the seeds' spread. Run from the repository root:
+# quality bench at width 64 with cuda_graph on and off (same seeds, one process per job, PAR at a
+# time, default 1: six side by side did not finish a cycle in 210 s on an H200): AULC must not
+# move beyond the seeds' spread. Run from the repository root:
 #   OUT=... bash docs/bench/gpu/run_graph.sh        (SMOKE=1: tiny sizes, runs on a CPU)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -24,6 +25,6 @@ Q_ARGS="${Q[*]}"
 for s in $SEEDS; do for g in true false; do echo "$s $g"; done; done > "$OUT/jobs.txt"
 # bash arrays do not export: the job reads Q from the environment string
 sed -i 's/^/ /' "$OUT/jobs.txt"
-xargs -P 6 -L 1 bash -c 'Q=($Q_STR); job $0 $1' < "$OUT/jobs.txt"
+xargs -P "${PAR:-1}" -L 1 bash -c 'Q=($Q_STR); job $0 $1' < "$OUT/jobs.txt"
 for f in "$OUT"/q/*/run.log; do echo "== $f"; grep -m2 -E "^\| (ncalr|margin) " "$f"; done
 tar czf /tmp/q.tgz -C "$OUT" q && mv /tmp/q.tgz "$OUT/q.tgz"; rm -rf "$OUT/q"
