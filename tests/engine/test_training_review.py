@@ -370,3 +370,28 @@ def test_the_graphed_step_is_for_cuda_without_spa():
     assert not T.GraphedStep.eligible(EngineConfig(), torch.device("cpu"))
     assert not T.GraphedStep.eligible(EngineConfig(cuda_graph=False), cuda)
     assert not T.GraphedStep.eligible(EngineConfig(spa="reg"), cuda)
+
+
+def test_forward_all_gives_the_same_outputs_whatever_it_holds_before_copying(monkeypatch):
+    """``forward_all`` holds the eval outputs where they are computed and copies them to the host
+    in chunks of ``EVAL_FLUSH_BYTES`` (one copy per batch waited for each batch on a GPU): a flush
+    after every batch, after every few and once at the end give the same features and logits, in
+    order, as the model run on the whole input at once."""
+    torch.manual_seed(0)
+    model = build_model(3, 1, 8, width=8).eval()
+    x = torch.rand(37, 1, 8, 8)
+    with torch.no_grad():
+        want_h = model.features(x)
+        want_z = model.fc(want_h)
+    got = []
+    for flush_bytes in (1, 3 * 5 * (3 + model.fc.in_features) * 4, 2 ** 40):
+        monkeypatch.setattr(T, "EVAL_FLUSH_BYTES", flush_bytes)
+        h, z = T.forward_all(model, x, torch.device("cpu"), 5)
+        assert h.shape == (37, model.fc.in_features) and z.shape == (37, 3) and h.device.type == "cpu"
+        torch.testing.assert_close(h, want_h, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(z, want_z, rtol=1e-5, atol=1e-5)
+        got.append((h, z))
+        _, z_only = T.forward_all(model, x, torch.device("cpu"), 5, with_features=False)
+        assert torch.equal(z_only, z)
+    assert all(torch.equal(h, got[0][0]) and torch.equal(z, got[0][1]) for h, z in got)
+    assert T.on_device(x, torch.device("cpu")) is x  # the CPU: nothing moves

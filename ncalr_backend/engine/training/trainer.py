@@ -200,8 +200,9 @@ def forward_all(model: nn.Module, x: torch.Tensor, device: torch.device, batch_s
     model.eval()
     feats, logits = [], []
     cl = is_channels_last(model)
-    # on a GPU the outputs stay there until ``EVAL_FLUSH_BYTES`` of them wait, then come to the host
-    # together: a copy to the host per batch waited for each batch (no overlap of copy and compute)
+    # the outputs stay where they are computed until ``EVAL_FLUSH_BYTES`` of them wait, then come to
+    # the host together: on a GPU a copy per batch waited for each batch (no overlap of copy and
+    # compute); on the CPU the "copy" is none and the concatenation the same values
     held: list[tuple[torch.Tensor | None, torch.Tensor]] = []
     held_bytes = 0
 
@@ -223,11 +224,6 @@ def forward_all(model: nn.Module, x: torch.Tensor, device: torch.device, batch_s
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             h = model.features(xb)
         h, z = head_fp32(model, h)
-        if device.type != "cuda":
-            if with_features:
-                feats.append(h.float().cpu())
-            logits.append(z.float().cpu())
-            continue
         held.append((h.float() if with_features else None, z.float()))
         held_bytes += z.numel() * 4 + (h.numel() * 4 if with_features else 0)
         if held_bytes >= EVAL_FLUSH_BYTES:
