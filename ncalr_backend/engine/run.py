@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from ncalr_backend.engine.geometry import finite_or_none, geometry_report
 from ncalr_backend.engine.label_errors import LabelReport, report as label_error_report
 from ncalr_backend.engine.multilabel import multilabel_geometry_report, predict_sets
 from ncalr_backend.engine.training import ResNet18Classifier, build_model, pick_device, train_to_tpt
+from ncalr_backend.engine.training import trainer as trainer_module
 from ncalr_backend.engine.training.trainer import Diverged, Interrupted, forward_all
 
 __all__ = ["EngineConfig", "CycleResult", "run_cycle", "rerank", "load_model", "predict_proba", "InputError",
@@ -215,7 +215,7 @@ def ff_histogram(ff: np.ndarray) -> dict:
     return {str(int(v)): int(c) for v, c in zip(*np.unique(np.floor(np.asarray(ff)), return_counts=True))}
 
 
-_PREDICT_LOCK = threading.Lock()
+_PREDICT_LOCK = trainer_module.SERVE_LOCK  # also held by a CUDA graph capture (``trainer.GraphedStep``)
 
 
 def _finite_or_diverged(tr) -> None:

@@ -395,3 +395,27 @@ def test_forward_all_gives_the_same_outputs_whatever_it_holds_before_copying(mon
         assert torch.equal(z_only, z)
     assert all(torch.equal(h, got[0][0]) and torch.equal(z, got[0][1]) for h, z in got)
     assert T.on_device(x, torch.device("cpu")) is x  # the CPU: nothing moves
+
+
+def test_serving_waits_while_a_cuda_graph_capture_holds_the_serve_lock():
+    """With no REDIS_URL a cycle trains in a thread of the web process while /predict runs the
+    served model on the same GPU: a capture (``GraphedStep``, inside ``trainer.SERVE_LOCK``) and
+    ``predict_proba`` take turns, since a capture refuses another thread's allocation and is then
+    invalidated. Here the lock is held as a capture holds it: the prediction waits, then runs."""
+    import threading
+    import time
+
+    from ncalr_backend.engine import predict_proba
+
+    torch.manual_seed(0)
+    model = build_model(3, 1, 8, width=8)
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    out = {}
+    with T.SERVE_LOCK:
+        th = threading.Thread(target=lambda: out.setdefault("p", predict_proba(model, x, device="cpu")))
+        th.start()
+        time.sleep(0.5)
+        assert th.is_alive() and "p" not in out  # waiting for the "capture"
+    th.join(timeout=30)
+    assert not th.is_alive() and out["p"].shape == (4, 3)
+    np.testing.assert_allclose(out["p"].sum(1), 1.0, rtol=1e-5)

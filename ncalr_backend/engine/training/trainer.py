@@ -38,6 +38,7 @@ imbalanced, the simplex ETF otherwise (``geometry.geometry_report``).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -394,6 +395,11 @@ def sgd_step_(opt: torch.optim.SGD, lr: torch.Tensor) -> None:
             torch._foreach_sub_(params, torch._foreach_mul(d, lr))
 
 
+# Serving (``run.predict_proba``) and a CUDA graph capture take turns: with no REDIS_URL a cycle
+# trains in a thread of the web process while /predict runs the served model on the same GPU in
+# others, and a capture (in CUDA's default, global mode) refuses another thread's allocation made
+# while it records, which fails that call and invalidates the capture. A capture takes tens of ms.
+SERVE_LOCK = threading.Lock()
 GRAPH_WARMUP_STEPS = 3  # eager steps (on a side stream, as CUDA graph capture asks) before the first capture
 GRAPH_MAX_SIZES = 4  # graphs per run, one per batch size (an epoch's batches take at most two sizes)
 
@@ -459,7 +465,7 @@ class GraphedStep:
                 return self._step(xb, yb)
             x, y = torch.empty_like(xb), torch.empty_like(yb)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with SERVE_LOCK, torch.cuda.graph(graph):  # no /predict on this GPU while it records
                 loss, logits = self._step(x, y)
             g = self.graphs[len(xb)] = (graph, x, y, loss, logits)
             self.captures += 1
