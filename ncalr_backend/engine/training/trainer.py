@@ -397,8 +397,9 @@ def sgd_step_(opt: torch.optim.SGD, lr: torch.Tensor) -> None:
 
 # Serving (``run.predict_proba``) and a CUDA graph capture take turns: with no REDIS_URL a cycle
 # trains in a thread of the web process while /predict runs the served model on the same GPU in
-# others, and a capture (in CUDA's default, global mode) refuses another thread's allocation made
-# while it records, which fails that call and invalidates the capture. A capture takes tens of ms.
+# others, and a capture (in CUDA's default, global mode) refuses another thread's potentially unsafe
+# calls (an allocation) while it records: that call fails, and the capture can be invalidated. A
+# capture takes tens of ms.
 SERVE_LOCK = threading.Lock()
 GRAPH_WARMUP_STEPS = 3  # eager steps (on a side stream, as CUDA graph capture asks) before the first capture
 GRAPH_MAX_SIZES = 4  # graphs per run, one per batch size (an epoch's batches take at most two sizes)
