@@ -355,8 +355,16 @@ def _fit_hits_t(logits: torch.Tensor, yb: torch.Tensor, multilabel: bool, set_th
         return (sets == (yb > 0.5)).all(1).sum()
 
 
-def _fit_hits(logits: torch.Tensor, yb: torch.Tensor, multilabel: bool, set_threshold: float) -> int:
-    return int(_fit_hits_t(logits, yb, multilabel, set_threshold))
+def _forward_loss(run: "_Run", xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor | None,
+                  cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A train-mode batch's (loss, logits): the backbone under bf16 autocast (``use_amp``), the
+    head in float32 (``head_fp32``), the run's loss (with the SpA centres when it has them).
+    ``cache=False`` for a CUDA graph capture: autocast's cast cache must not outlive it (torch's
+    CUDA graph notes)."""
+    with torch.autocast(device_type=run.device.type, dtype=torch.bfloat16, enabled=run.use_amp, cache_enabled=cache):
+        h = run.model.features(xb)
+    h, logits = head_fp32(run.model, h)
+    return run.loss(logits, yb, h, idx, run.centres, run.model.fc.weight), logits
 
 
 def sgd_step_(opt: torch.optim.SGD, lr: torch.Tensor) -> None:
@@ -434,11 +442,7 @@ class GraphedStep:
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         run = self.run
         run.opt.zero_grad(set_to_none=False)  # in place: a graph holds these gradient tensors
-        # cache_enabled=False: autocast's cast cache must not outlive a capture (torch's CUDA graph notes)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=run.use_amp, cache_enabled=False):
-            h = run.model.features(xb)
-        h, logits = head_fp32(run.model, h)
-        loss = run.loss(logits, yb, h, None, None, None)
+        loss, logits = _forward_loss(run, xb, yb, None, cache=False)  # no centres: spa='none' (``eligible``)
         loss.backward()
         sgd_step_(run.opt, self.lr)
         return loss.detach(), logits.detach()
@@ -486,11 +490,12 @@ def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
     for g in run.opt.param_groups:
         g["lr"] = lr
     model.train()
-    loss_sum, seen, hits = 0.0, 0, 0
+    seen = 0
     multilabel = run.yl.ndim == 2
-    if run.graph is not None:  # sums on the device: one host sync per epoch, not two per batch
-        loss_t = torch.zeros((), device=device)
-        hits_t = torch.zeros((), device=device, dtype=torch.long)
+    # sums on the device, read once per epoch (not two host syncs per batch); float64, as the
+    # Python float sum of float(loss) * n was, so the CPU's figures are the same to the last bit
+    loss_t = torch.zeros((), device=device, dtype=torch.float64)
+    hits_t = torch.zeros((), device=device, dtype=torch.long)
     for idx in _batches(len(run.xl), config.batch_size, run.gen):
         run.check_stop()
         idx = idx.to(device)
@@ -502,28 +507,20 @@ def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
         if run.graph is not None:
             loss, logits = run.graph(xb, yb, lr)
             run.step += 1
-            loss_t += loss * len(idx)
-            hits_t += _fit_hits_t(logits.float(), yb, multilabel, config.set_threshold)
-            seen += len(idx)
-            continue
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=run.use_amp):
-            h = model.features(xb)
-        h, logits = head_fp32(model, h)  # the head in float32 (``head_fp32``)
-        loss = run.loss(logits, yb, h, idx, run.centres, model.fc.weight)
-        run.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.spa == "proj":
-            spa_proj_(model.fc.weight.grad, model.fc.weight.detach(), run.centres, config.spa_gamma)
-        run.opt.step()
-        run.step += 1
-        if config.spa == "slerp":
-            spa_slerp_(model.fc.weight.data, run.centres, slerp_alpha(config.spa_alpha_max, run.step, run.steps_total))
-        loss_sum += float(loss.detach()) * len(idx)
+        else:
+            loss, logits = _forward_loss(run, xb, yb, idx)
+            run.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.spa == "proj":
+                spa_proj_(model.fc.weight.grad, model.fc.weight.detach(), run.centres, config.spa_gamma)
+            run.opt.step()
+            run.step += 1
+            if config.spa == "slerp":
+                spa_slerp_(model.fc.weight.data, run.centres, slerp_alpha(config.spa_alpha_max, run.step, run.steps_total))
+        loss_t += loss.detach().double() * len(idx)
+        hits_t += _fit_hits_t(logits.detach().float(), yb, multilabel, config.set_threshold)
         seen += len(idx)
-        hits += _fit_hits(logits.detach().float(), yb, multilabel, config.set_threshold)
-    if run.graph is not None:
-        loss_sum, hits = float(loss_t), int(hits_t)
-    return loss_sum / max(seen, 1), seen, hits / max(seen, 1)
+    return float(loss_t) / max(seen, 1), seen, int(hits_t) / max(seen, 1)
 
 
 def _accuracy(logits: torch.Tensor, y_np: np.ndarray, set_threshold: float) -> float:
