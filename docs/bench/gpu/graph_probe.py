@@ -49,6 +49,19 @@ def rel(a: dict, b: dict) -> float:
     return (num / den) ** 0.5
 
 
+def two_epochs(base, x: np.ndarray, yl: torch.Tensor, device, width, seed, amp, graph):
+    """``base`` copied and trained two epochs by ``train_to_tpt`` (no pool, every label kept):
+    (its final state on the CPU, the TrainResult, seconds)."""
+    m = copy.deepcopy(base)
+    cfg = EngineConfig(device=str(device.type), width=width, max_epochs=2, min_epochs=1, tpt_window=1,
+                       cuda_graph=graph, seed=seed, tpt_exclude_flagged=False, amp=amp)
+    sync(device)
+    t0 = time.perf_counter()
+    res = train_to_tpt(m, torch.from_numpy(x), yl, torch.zeros((0, 3, 32, 32)), cfg, device)
+    sync(device)
+    return {k: v.detach().cpu() for k, v in m.state_dict().items()}, res, time.perf_counter() - t0
+
+
 def same(device, n, width, multilabel, seed=0, amp=True) -> dict:
     x, y = digits_rgb(n, 32, seed)
     K = 10
@@ -67,17 +80,10 @@ def same(device, n, width, multilabel, seed=0, amp=True) -> dict:
     states, info = {}, {}
     warmup = T.GRAPH_WARMUP_STEPS
     for name, graph in (("eager_a", False), ("eager_b", False), ("graph_uncaptured", True), ("graph", True)):
-        m = copy.deepcopy(base)
         # the graphed trainer's own eager step all through (never captured), then captured and replayed
         T.GRAPH_WARMUP_STEPS = 10 ** 9 if name == "graph_uncaptured" else warmup
-        cfg = EngineConfig(device=str(device.type), width=width, max_epochs=2, min_epochs=1, tpt_window=1,
-                           cuda_graph=graph, seed=seed, tpt_exclude_flagged=False, amp=amp)
-        sync(device)
-        t0 = time.perf_counter()
-        res = train_to_tpt(m, torch.from_numpy(x), yl, torch.zeros((0, 3, 32, 32)), cfg, device)
-        sync(device)
-        states[name] = {k: v.detach().cpu() for k, v in m.state_dict().items()}
-        info[name] = {"seconds": round(time.perf_counter() - t0, 3), "loss": [h["loss"] for h in res.history],
+        states[name], res, secs = two_epochs(base, x, yl, device, width, seed, amp, graph)
+        info[name] = {"seconds": round(secs, 3), "loss": [h["loss"] for h in res.history],
                       "train_acc": [h["train_acc"] for h in res.history],
                       "cuda_graph": res.tpt.get("cuda_graph")}
     T.GRAPH_WARMUP_STEPS = warmup
@@ -98,17 +104,12 @@ def rounding(device, n, width, amp=True, seed=0) -> dict:
     states = {}
     torch_step = torch.optim.SGD.step
     for name in ("torch_step", "sgd_step_"):
-        m = copy.deepcopy(base)
         if name == "sgd_step_":
             torch.optim.SGD.step = lambda self, closure=None: T.sgd_step_(self, torch.tensor(self.param_groups[0]["lr"]))
         try:
-            cfg = EngineConfig(device=str(device.type), width=width, max_epochs=2, min_epochs=1, tpt_window=1,
-                               cuda_graph=False, seed=seed, tpt_exclude_flagged=False, amp=amp)
-            train_to_tpt(m, torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), torch.zeros((0, 3, 32, 32)),
-                         cfg, device)
+            states[name], _, _ = two_epochs(base, x, torch.from_numpy(y.astype(np.int64)), device, width, seed, amp, False)
         finally:
             torch.optim.SGD.step = torch_step
-        states[name] = {k: v.detach().cpu() for k, v in m.state_dict().items()}
     return {"labeled": n, "width": width, "rel_torch_step_sgd_step_": rel(states["torch_step"], states["sgd_step_"])}
 
 
