@@ -834,7 +834,9 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     if GraphedStep.eligible(config, device):
         run.graph = GraphedStep(run)
     x_pool = on_device(x_pool, device)  # read by every FF checkpoint and the final pass
-    x_all = on_device(x_all, device)  # read by every epoch's eval pass
+    # read by every epoch's eval pass: without a holdout the labeled set the run already holds on
+    # the device (``run.xl`` before ``exclude_flagged`` narrows it), not a second copy
+    x_all = run.xl if trained is None else on_device(x_all, device)
     phase = TerminalPhase(config)
     nc_rng = np.random.default_rng(config.seed)
     y_np = y_all.cpu().numpy()
