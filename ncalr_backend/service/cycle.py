@@ -188,6 +188,10 @@ def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress:
             raise CycleError(f"training diverged twice ({exc}; then at learning rate {retry.lr:g}: {exc2}); "
                              "nothing was written and the previous version stays live") from exc2
     wall = time.time() - t
+    fallback = (res.tpt.get("cuda_graph") or {}).get("fallback")
+    if fallback:  # the cycle trained on eagerly; the report's engine.tpt.cuda_graph has it too
+        log.warning("project %s cycle %s: the CUDA graph capture failed, trained with the eager step (%s); "
+                    "NCALR_CUDA_GRAPH=false skips the capture", run.project_id, run.cycle, fallback)
     run.report["warm_start"] = bool(res.meta.get("warm_started", False))  # what the engine did, not what was offered
     run.report["torch_threads"] = res.timings.get("threads")  # CPU threads used: part of what reproduces the cycle
     train_s = float(res.timings.get("train_s", wall))

@@ -372,6 +372,48 @@ def test_the_graphed_step_is_for_cuda_without_spa():
     assert not T.GraphedStep.eligible(EngineConfig(spa="reg"), cuda)
 
 
+def test_a_failed_capture_trains_on_eagerly_as_if_there_were_no_graph(monkeypatch):
+    """A CUDA graph capture can fail (an op a GPU, driver or torch version cannot capture; memory
+    for the graph's pool). The run then goes on with the eager step, the batch in hand included,
+    instead of failing every cycle on that machine. A capture records without running, so it
+    leaves the weights as they were, but a momentum buffer it creates is never filled: the fake
+    capture here leaves NaN ones behind, as that would. The run must end where a run without the
+    graph ends, bit for bit, and say why it fell back."""
+    x, y = separable(n_per=8)
+    px, _ = separable(n_per=3, seed=1)
+    # min_epochs = max_epochs: the window and T_i come at the same epochs either way
+    cfg = FAST.replace(max_epochs=4, min_epochs=4, tpt_window=2, width=4, momentum=0.9)
+    attempts = []
+
+    def failing_capture(self, xb, yb):
+        attempts.append(len(xb))
+        for group in self.run.opt.param_groups:
+            for p in group["params"]:
+                self.run.opt.state[p]["momentum_buffer"] = torch.full_like(p, float("nan"))
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(T.GraphedStep, "eligible", staticmethod(lambda config, device: config.cuda_graph))
+    monkeypatch.setattr(T.GraphedStep, "_capture", failing_capture)
+    monkeypatch.setattr(T, "GRAPH_WARMUP_STEPS", 0)  # the first batch is captured (the warm-up needs CUDA streams)
+    out = {}
+    for graph in (False, True):
+        torch.manual_seed(0)
+        model = build_model(4, 1, 8, "", 4)
+        res = T.train_to_tpt(model, torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(px),
+                             cfg.replace(cuda_graph=graph), torch.device("cpu"))
+        out[graph] = (model.state_dict(), res)
+    assert attempts == [16]  # one capture tried, then eager to the end
+    (plain, r0), (fell, r1) = out[False], out[True]
+    assert "cuda_graph" not in r0.tpt
+    assert r1.tpt["cuda_graph"]["captures"] == 0 and r1.tpt["cuda_graph"]["replays"] == 0
+    assert "operation not permitted when stream is capturing" in r1.tpt["cuda_graph"]["fallback"]
+    assert [h["loss"] for h in r1.history] == [h["loss"] for h in r0.history]
+    assert all(np.isfinite(h["loss"]) for h in r1.history)
+    for k in plain:
+        assert torch.equal(plain[k], fell[k]), k
+    np.testing.assert_array_equal(r1.pred_history, r0.pred_history)
+
+
 def test_forward_all_gives_the_same_outputs_whatever_it_holds_before_copying(monkeypatch):
     """``forward_all`` holds the eval outputs where they are computed and copies them to the host
     in chunks of ``EVAL_FLUSH_BYTES`` (one copy per batch waited for each batch on a GPU): a flush

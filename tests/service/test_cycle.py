@@ -555,6 +555,28 @@ def test_a_diverging_training_is_retried_at_a_lower_rate_and_never_ships(setting
     assert ProjectStore(settings.model_dir, 1).latest()["model_version"] == v1
 
 
+def test_a_cuda_graph_fallback_is_logged_and_the_cycle_goes_live(settings, monkeypatch, caplog):
+    """A failed CUDA graph capture (engine: trained on eagerly, ``tpt['cuda_graph']['fallback']``)
+    is said in the log, with the setting that skips the capture, and in the cycle's report."""
+    import logging
+
+    import ncalr_backend.engine as engine
+    real = engine.run_cycle
+
+    def fell_back(*a, **kw):
+        res = real(*a, **kw)
+        res.tpt["cuda_graph"] = {"captures": 0, "replays": 0, "fallback": "RuntimeError: CUDA error: not capturable"}
+        return res
+
+    monkeypatch.setattr(engine, "run_cycle", fell_back)
+    with caplog.at_level(logging.WARNING):
+        rep = run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=FakeLS())
+    assert rep["status"] == "completed"
+    assert rep["engine"]["tpt"]["cuda_graph"]["fallback"].endswith("not capturable")
+    said = [r.getMessage() for r in caplog.records if "CUDA graph capture failed" in r.getMessage()]
+    assert len(said) == 1 and "NCALR_CUDA_GRAPH=false" in said[0] and "not capturable" in said[0]
+
+
 def test_batch_diversity_diversifies_for_the_cycle_trigger(settings):
     """NCALR_DIVERSITY=clusters: the engine is told the cycle trigger as its batch (25 tasks: the floor
     of 10 labels), clusters the head of the ranking into that many groups, and Label Studio still

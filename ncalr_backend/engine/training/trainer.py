@@ -374,7 +374,7 @@ def sgd_step_(opt: torch.optim.SGD, lr: torch.Tensor) -> None:
     step reads a float, which a graph would freeze at its capture). The momentum buffers are the
     optimizer's own (``opt.state[p]['momentum_buffer']``), started as torch starts them (the
     first step's gradient), so this and ``opt.step()`` can take turns. Checked against
-    ``opt.step()`` in tests/engine/test_training.py."""
+    ``opt.step()`` in tests/engine/test_training_review.py."""
     with torch.no_grad():
         for group in opt.param_groups:
             if group.get("dampening", 0) or group.get("maximize", False):
@@ -423,7 +423,13 @@ class GraphedStep:
     parameter, gradient (zeroed in place, never freed) and momentum tensors, so they can take
     turns. When the run's loss changes (``exclude_flagged`` builds a new one on the remaining
     labels) the graphs are dropped and captured again. Capture records kernels without running
-    them, so every batch is trained exactly once (a replay follows each capture)."""
+    them, so every batch is trained exactly once (a replay follows each capture).
+
+    A capture that fails (an op this GPU, driver or torch cannot capture, or memory for the graph's
+    pool) does not fail the cycle: the optimizer's state is put back as it was before the capture
+    (momentum buffers it created hold values never computed), the call returns None, and the run
+    trains on with the eager step (``train_one_epoch``), the batch in hand included. ``failed``
+    says why; the cycle's ``tpt['cuda_graph']['fallback']`` reports it."""
 
     def __init__(self, run: "_Run", warmup: int | None = None):
         self.run = run
@@ -434,6 +440,7 @@ class GraphedStep:
         self.warm = 0
         self.captures = 0
         self.replays = 0
+        self.failed: str | None = None
 
     @staticmethod
     def eligible(config: EngineConfig, device: torch.device) -> bool:
@@ -447,9 +454,37 @@ class GraphedStep:
         sgd_step_(run.opt, self.lr)
         return loss.detach(), logits.detach()
 
-    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _capture(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple:
+        """Record the step for ``xb``'s batch size: (graph, x, y, loss, logits), the graph reading
+        ``x`` and ``y`` and writing ``loss`` and ``logits``."""
+        x, y = torch.empty_like(xb), torch.empty_like(yb)
+        graph = torch.cuda.CUDAGraph()
+        with SERVE_LOCK, torch.cuda.graph(graph):  # no /predict on this GPU while it records
+            loss, logits = self._step(x, y)
+        return graph, x, y, loss, logits
+
+    def _give_up(self, err: Exception, buffers: dict) -> None:
+        """After a failed capture: the optimizer's momentum buffers as they were before it (a
+        capture records without running, so their values are untouched and any buffer it created
+        was never filled), no graph from now on."""
+        opt = self.run.opt
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if buffers.get(p) is not None:
+                    opt.state[p]["momentum_buffer"] = buffers[p]
+                else:
+                    opt.state.get(p, {}).pop("momentum_buffer", None)
+        self.graphs.clear()
+        self.failed = f"{type(err).__name__}: {err}"[:500]
+        if self.run.device.type == "cuda":
+            torch.cuda.synchronize(self.run.device)
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Train one batch at ``lr``; returns (loss, train-mode logits), detached (a graph's
-        outputs: read them before the next call)."""
+        outputs: read them before the next call), or None, untrained, when the step cannot be
+        captured (``failed``): the caller trains the batch eagerly, and every batch after it."""
+        if self.failed is not None:
+            return None
         run = self.run
         self.lr.fill_(lr)
         if self.loss_fn is not run.loss:  # a new loss (fewer labels): capture again, after a fresh warm-up
@@ -468,11 +503,15 @@ class GraphedStep:
                 return out
             if len(self.graphs) >= GRAPH_MAX_SIZES:
                 return self._step(xb, yb)
-            x, y = torch.empty_like(xb), torch.empty_like(yb)
-            graph = torch.cuda.CUDAGraph()
-            with SERVE_LOCK, torch.cuda.graph(graph):  # no /predict on this GPU while it records
-                loss, logits = self._step(x, y)
-            g = self.graphs[len(xb)] = (graph, x, y, loss, logits)
+            buffers = {p: run.opt.state.get(p, {}).get("momentum_buffer")
+                       for group in run.opt.param_groups for p in group["params"]}
+            try:
+                g = self.graphs[len(xb)] = self._capture(xb, yb)
+            except (Interrupted, Diverged):
+                raise
+            except RuntimeError as err:  # torch's CUDA errors (AcceleratorError, OutOfMemoryError) among them
+                self._give_up(err, buffers)
+                return None
             self.captures += 1
         graph, x, y, loss, logits = g
         x.copy_(xb)
@@ -504,8 +543,9 @@ def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
             xb = _random_translate(xb, run.pad, run.gen)
         if run.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        if run.graph is not None:
-            loss, logits = run.graph(xb, yb, lr)
+        out = run.graph(xb, yb, lr) if run.graph is not None else None  # None: eager (no graph, or it failed)
+        if out is not None:
+            loss, logits = out
             run.step += 1
         else:
             loss, logits = _forward_loss(run, xb, yb, idx)
@@ -912,6 +952,8 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
     tpt["excluded"] = excluded
     if run.graph is not None:
         tpt["cuda_graph"] = {"captures": run.graph.captures, "replays": run.graph.replays}
+        if run.graph.failed is not None:
+            tpt["cuda_graph"]["fallback"] = run.graph.failed  # trained on eagerly after the failed capture
     n_hold = 0 if trained is None else int((~trained).sum())
     tpt["served"] = (served.summary(epoch, n_hold) if trained is not None else
                      {"checkpoint": "final", "epoch": epoch, "holdout": 0})
