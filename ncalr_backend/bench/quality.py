@@ -325,9 +325,9 @@ class Runner:
                    for s in specs}
         res, ranked, sel_s = qe.train_and_rank(x_lab, y_lab, pool.x_pool[cand], pool.num_classes, cfg_c,
                                                specs, scoring, init_state, verbose=args.verbose, x_skipped=x_skipped)
-        res.bench = {**evaluate(pool, res, qe.predict(res.model, pool.x_test)), "cand": cand, "n_lab": int(len(lab_idx))}
+        res.bench = {**evaluate(pool, res, qe.predict(res.model, pool.x_test, cfg.device)), "cand": cand, "n_lab": int(len(lab_idx))}
         if res.tpt_model is not None and res.tpt_model is not res.model:  # served != terminal-phase model
-            res.bench["acc_tpt"] = evaluate(pool, res, qe.predict(res.tpt_model, pool.x_test))["acc"]
+            res.bench["acc_tpt"] = evaluate(pool, res, qe.predict(res.tpt_model, pool.x_test, cfg.device))["acc"]
         else:
             res.bench["acc_tpt"] = res.bench["acc"]
         return res, ranked, sel_s

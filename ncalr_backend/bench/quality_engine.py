@@ -98,10 +98,13 @@ def _library_entry(spec, cfg, ranking, scores, extras, probs) -> dict:
     return entry
 
 
-def predict(model, x) -> np.ndarray:
+def predict(model, x, device: str = "cpu") -> np.ndarray:
+    """The test set's probabilities on the device the cycle trained on (``EngineConfig.device``:
+    'auto' is the GPU when there is one), in float32 as the service's ``predict_proba``."""
     from ncalr_backend.engine import predict_proba
+    from ncalr_backend.engine.training import pick_device
 
-    return predict_proba(model, x, device="cpu")
+    return predict_proba(model, x, device=pick_device(device))
 
 
 def selection_diagnostics(pool, picked: np.ndarray, ranked: dict, n_query: int) -> dict:
