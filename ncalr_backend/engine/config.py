@@ -53,6 +53,13 @@ class EngineConfig:
     classes of p(c | x) times the CMAP of adding x to class c, instead of adding it to its argmax
     class only. An item between two classes then also counts how the means would move under the
     label it might really have. Single-label projects; multi-label keeps the predicted set."""
+    cmap_span: bool = False
+    """CMAP of each candidate's feature projected onto the (affine) span of the labeled class means
+    (``geometry.project_to_span``). Adding a feature with a part outside that span to class c
+    lengthens c's centred mean without turning it toward any other class, which raises every
+    cosine of c toward 0 from the simplex's -1/(C-1): the paper's CMAP reads that as "pulls the
+    class means together", and items aligned with no class (out of distribution) rank high. In
+    the span only the move toward or away from the other class means counts."""
     cmap_sign: str = "pos"
     """Which CMAP change ranks first: 'pos' = largest increase of the mean inter-class cosine,
     'neg' = largest decrease (pushes class means apart), 'abs' = largest magnitude."""

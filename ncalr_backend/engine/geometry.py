@@ -193,6 +193,27 @@ def cmap_scores(geom: ClassGeometry, feats: np.ndarray, pred: np.ndarray, chunk:
     return out
 
 
+def span_basis(geom: ClassGeometry) -> np.ndarray | None:
+    """[d, r] orthonormal basis of span{mu_j - g} over the present classes (the raw means' span when
+    ``geom.center`` is 0); None when no class is present."""
+    mu = geom.means[geom.present] - geom.center
+    if len(mu) == 0:
+        return None
+    u, sv, _ = np.linalg.svd(mu.T, full_matrices=False)
+    return u[:, sv > sv.max() * 1e-9] if sv.max() > 0 else u[:, :0]
+
+
+def project_to_span(geom: ClassGeometry, feats: np.ndarray) -> np.ndarray:
+    """[n, d] float64: each feature's orthogonal projection onto the affine span of the present
+    class means about the centre, g + P (h - g) (``span_basis``). A feature that is a mix of class
+    means is its own projection; what lies outside the span is dropped. No class: unchanged."""
+    h = np.asarray(feats, dtype=np.float64) - geom.center
+    basis = span_basis(geom)
+    if basis is None:
+        return h + geom.center
+    return (h @ basis) @ basis.T + geom.center
+
+
 def cmap_expected(geom: ClassGeometry, feats: np.ndarray, probs: np.ndarray, min_prob: float = 1e-3,
                   moving_center: bool = False) -> np.ndarray:
     """Expected CMAP over the model's posterior: sum_c p(c | x) CMAP(x, c), with p renormalised over

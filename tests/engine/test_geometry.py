@@ -101,6 +101,29 @@ def test_expected_cmap_is_the_posterior_weighted_brute_force_cmap(seed, moving):
         cmap_expected(geom, cand, probs[:, :3])
 
 
+@pytest.mark.parametrize("centered", [True, False])
+def test_projection_onto_the_class_mean_span_is_least_squares(centered):
+    """``project_to_span``: g + the least-squares fit of h - g by the centred class means (numpy's
+    lstsq as the textbook reference); mixes of class means are their own projection."""
+    from ncalr_backend.engine.geometry import project_to_span
+
+    rng = np.random.default_rng(3)
+    d, C = 12, 5
+    y = np.repeat(np.arange(C), 6)
+    y = y[y != 2]  # class 2 absent
+    feats = rng.normal(size=(len(y), d)) + 3 * rng.normal(size=(C, d))[y]
+    geom = class_geometry(feats, y, C, centered=centered)
+    h = rng.normal(size=(7, d)) * 4
+    mu = (geom.means[geom.present] - geom.center).T  # [d, m]
+    coef, *_ = np.linalg.lstsq(mu, (h - geom.center).T, rcond=None)
+    want = (mu @ coef).T + geom.center
+    got = project_to_span(geom, h)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    mix = geom.center + 0.3 * (geom.means[0] - geom.center) - 0.7 * (geom.means[4] - geom.center)
+    np.testing.assert_allclose(project_to_span(geom, mix[None]), mix[None], atol=1e-9)
+    np.testing.assert_allclose(project_to_span(geom, got), got, atol=1e-9)  # idempotent
+
+
 def test_cmap_float32_product_close_to_bruteforce():
     rng = np.random.default_rng(3)
     feats = rng.normal(size=(30, 8)); y = rng.integers(0, 4, 30)

@@ -218,6 +218,38 @@ def test_two_classes_cmap_sees_the_boundary_with_raw_means_and_matches_brute_for
     np.testing.assert_allclose(_components(v3e)["cmap"], expected, rtol=1e-9, atol=1e-12)
 
 
+def test_cmap_in_the_span_ignores_what_lies_outside_the_class_means():
+    """``cmap_span``: an item aligned with no class (its centred feature orthogonal to every class
+    mean) lengthens its predicted class's mean and so raises every cosine of it toward 0: the
+    paper's CMAP ranks it above an item between two classes. In the span it scores 0 (its
+    projection is the centre: the mean only shrinks), and the in-between item keeps its CMAP, which
+    is the brute-force CMAP of the projected features."""
+    from ncalr_backend.engine.acquisition.ncalr import _components
+    from ncalr_backend.engine.geometry import project_to_span
+
+    C, d = 3, 6
+    etf = np.eye(C) - 1.0 / C  # a simplex ETF in the first three coordinates
+    means = np.zeros((C, d))
+    means[:, :C] = 4 * etf
+    y = np.repeat(np.arange(C), 8)
+    rng = np.random.default_rng(0)
+    feats_lab = means[y] + 0.05 * rng.normal(size=(len(y), d))
+    g = feats_lab.mean(0)
+    cand = np.stack([g + 0.5 * (means[0] - g) + 0.5 * (means[1] - g),  # between classes 0 and 1
+                     g + np.r_[0, 0, 0, 6.0, 0, 0],  # aligned with no class
+                     means[2]])  # a typical item of class 2
+    pred = np.array([0, 0, 2])
+    views = {span: PoolView(probs=_probs_for(pred, C), feats=cand, feats_lab=feats_lab, y_lab=y, num_classes=C,
+                            pred_history=np.zeros((3, 3), np.int32), config=EngineConfig(cmap_span=span))
+             for span in (False, True)}
+    paper, span = _components(views[False])["cmap"], _components(views[True])["cmap"]
+    assert paper[1] > paper[0] > 0  # the junk item first
+    geom = class_geometry(feats_lab, y, C)
+    np.testing.assert_allclose(span, cmap_bruteforce(geom, project_to_span(geom, cand), pred), rtol=1e-9, atol=1e-12)
+    assert span[0] > 0.5 * paper[0] and abs(span[1]) < 0.01 * span[0]  # the in-between item first
+    assert abs(span[2]) < 0.01 * span[0]
+
+
 def test_a_candidate_of_a_class_with_no_label_yet_does_not_squash_everyone_elses_cmap():
     """One item predicted as a class nobody labeled yet used to take z = 45 and leave the other
     candidates' z(CMAP) a spread of 0.02, so the fusion sorted by FF alone (found by review)."""

@@ -7,7 +7,8 @@ import numpy as np
 
 from ncalr_backend.engine.acquisition.base import PoolView, Strategy
 from ncalr_backend.engine.label_errors import keep_each_class
-from ncalr_backend.engine.geometry import class_geometry, cmap_expected, cmap_scores, flip_counts, fuse, pool_margin, signed_cmap
+from ncalr_backend.engine.geometry import (class_geometry, cmap_expected, cmap_scores, flip_counts, fuse, pool_margin,
+                                          project_to_span, signed_cmap, span_basis)
 from ncalr_backend.engine.multilabel import cmap_multilabel, set_flip_counts, single_label_geometry
 
 
@@ -64,17 +65,18 @@ def _components(view: PoolView) -> dict:
     geom, _ = labeled_geometry(view, trusted, centered)
     if centered and int(geom.present.sum()) == 2:
         geom, _ = labeled_geometry(view, trusted, False)
+    feats = project_to_span(geom, view.feats) if getattr(cfg, "cmap_span", False) else view.feats
     if view.multilabel:
         sets = np.asarray(view.pred_sets, dtype=bool)
-        cmap = cmap_multilabel(geom, view.feats, sets, getattr(cfg, "cmap_set_mass", "per_label"))
+        cmap = cmap_multilabel(geom, feats, sets, getattr(cfg, "cmap_set_mass", "per_label"))
         new = (sets & ~geom.present[None, :]).any(1)
     else:
         pred = view.probs.argmax(1)
         moving = bool(getattr(cfg, "cmap_center_moves", False))
         if getattr(cfg, "cmap_expected", False):
-            cmap = cmap_expected(geom, view.feats, view.probs, moving_center=moving)
+            cmap = cmap_expected(geom, feats, view.probs, moving_center=moving)
         else:
-            cmap = cmap_scores(geom, view.feats, pred, moving_center=moving)
+            cmap = cmap_scores(geom, feats, pred, moving_center=moving)
         new = ~geom.present[pred]
     signed = signed_cmap(cmap, sign)
     if new.any() and not new.all():
@@ -88,12 +90,10 @@ def span_alignment(geom, feats: np.ndarray) -> np.ndarray:
     class means, ||P (h - g)|| / ||h - g||. Under neural collapse in-distribution features lie in
     that span (an item between two classes too: it is a mix of their means); a feature mostly
     outside it is aligned with no class."""
-    mu = geom.means[geom.present] - geom.center
     h = np.asarray(feats, dtype=np.float64) - geom.center
-    if len(mu) == 0:
+    basis = span_basis(geom)
+    if basis is None:
         return np.ones(len(h))
-    u, sv, _ = np.linalg.svd(mu.T, full_matrices=False)
-    basis = u[:, sv > sv.max() * 1e-9]  # [d, r] orthonormal basis of the means' span
     inside = np.linalg.norm(h @ basis, axis=1)
     return inside / np.maximum(np.linalg.norm(h, axis=1), 1e-12)
 
