@@ -12,7 +12,7 @@ from typing import Callable, ClassVar
 import numpy as np
 import torch
 
-from ncalr_backend.engine.acquisition.diversity import cluster_round_robin
+from ncalr_backend.engine.acquisition.diversity import cluster_round_robin, softrank_order
 from ncalr_backend.engine.geometry import rank_desc
 
 
@@ -64,10 +64,14 @@ class Strategy:
         else:
             ranking = rank_desc(scores["score"], view.rng)
         cfg = view.config
-        if getattr(cfg, "diversity", "none") == "clusters" and getattr(cfg, "diversity_batch", 0) > 1:
+        mode = getattr(cfg, "diversity", "none")
+        if mode != "none" and getattr(cfg, "diversity_batch", 0) > 1:
             last = extras.pop("last", None)  # demoted items (OOD or skip guard): never pulled into the head
             limit = None if last is None else int(len(ranking) - np.count_nonzero(last))
-            ranking, groups = cluster_round_robin(ranking, view.feats, cfg.diversity_batch,
-                                                  cfg.diversity_candidates, seed=int(cfg.seed), limit=limit)
-            scores["diversity_group"] = groups
+            if mode == "clusters":
+                ranking, groups = cluster_round_robin(ranking, view.feats, cfg.diversity_batch,
+                                                      cfg.diversity_candidates, seed=int(cfg.seed), limit=limit)
+                scores["diversity_group"] = groups
+            else:  # 'softrank'
+                ranking = softrank_order(ranking, seed=int(cfg.seed), limit=limit)
         return ranking, {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}, extras

@@ -99,3 +99,18 @@ def cluster_round_robin(ranking: np.ndarray, feats: np.ndarray, batch: int, fact
     g = cluster_groups(np.asarray(feats)[cand], min(batch, n_cand, MAX_GROUPS), seed)
     groups[cand] = g
     return np.concatenate([cand[round_robin_order(g)], ranking[n_cand:]]), groups
+
+
+def softrank_order(ranking: np.ndarray, seed: int, beta: float = 1.0, limit: int | None = None) -> np.ndarray:
+    """Stochastic batch acquisition (Kirsch et al. 2023, "Stochastic Batch Acquisition: A Simple
+    Baseline for Deep Active Learning", softrank): the serve order is a sample without replacement
+    with P(item) proportional to rank^-beta, drawn by the Gumbel-top-k trick (sort by
+    -beta log(rank) + Gumbel noise). The head stays mostly the head, but a batch no longer takes
+    every near-copy at the top. ``limit``: only the first ``limit`` of the ranking are re-ordered
+    (a strategy's demoted tail stays the tail). Deterministic for a ``seed``."""
+    ranking = np.asarray(ranking, dtype=np.int64)
+    n = len(ranking) if limit is None else max(0, min(int(limit), len(ranking)))
+    if n < 2:
+        return ranking
+    keys = -beta * np.log(np.arange(1, n + 1, dtype=np.float64)) + np.random.default_rng(seed).gumbel(size=n)
+    return np.concatenate([ranking[:n][np.argsort(-keys, kind="stable")], ranking[n:]])
