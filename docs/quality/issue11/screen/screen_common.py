@@ -44,3 +44,55 @@ def write_summary(folder: Path, stem: str, text: str, payload: dict) -> None:
     print(text)
     (folder / f"{stem}.md").write_text(text if text.endswith("\n") else text + "\n")
     (folder / f"{stem}.json").write_text(json.dumps({"summary_git": state, **payload}, indent=1))
+
+
+def pair_with_ncalr_and_margin(folder: Path, variant: str, short: str) -> int:
+    """A candidate screened beside NCAL-R and margin in the same records (``folder/<setting>/s<seed>``,
+    every strategy of a record on one machine and one engine commit, so no cross-record check is
+    needed): per setting the mean AULC of the three and the paired differences, the wrongly
+    answered and OOD picks, and the pooled paired differences with a two-sided Wilcoxon test
+    (scipy). Writes ``pair.md`` and ``pair.json`` into ``folder``."""
+    from scipy.stats import wilcoxon
+
+    names = ("ncalr", variant, "margin")
+    rows, pooled_v_n, pooled_v_m, pooled_n_m = [], [], [], []
+    f = lambda d: f"{np.mean(d):+.2f} ± {sd(d):.2f} ({sum(x >= 0 for x in d)}/{len(d)})"
+    pct = lambda per, n, k: (f"{100 * np.mean([p[n][k] for p in per.values()]):.0f}%"
+                             if all(p[n][k] is not None for p in per.values()) else "")
+    md = [f"| setting | seeds | NCAL-R | {short} | margin | {short} - NCAL-R (paired) | {short} - margin | "
+          f"NCAL-R - margin | picked wrong: NCAL-R / {short} / margin | picked OOD: NCAL-R / {short} / margin |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for setting, label in LABELS.items():
+        per = {}
+        for run in sorted((folder / setting).glob("s*")):
+            c = cells(run)
+            if all(n in c for n in names):
+                per[run.name] = {n: c[n] for n in names}
+        if not per:
+            continue
+        d = lambda a, b: [p[a]["aulc"] - p[b]["aulc"] for p in per.values()]
+        vn, vm, nm = d(variant, "ncalr"), d(variant, "margin"), d("ncalr", "margin")
+        pooled_v_n += vn
+        pooled_v_m += vm
+        pooled_n_m += nm
+        rows.append({"setting": setting, "seeds": sorted(per),
+                     "aulc": {n: float(np.mean([p[n]["aulc"] for p in per.values()])) for n in names},
+                     "variant_minus_ncalr": vn, "variant_minus_margin": vm, "ncalr_minus_margin": nm, "per_seed": per})
+        a = rows[-1]["aulc"]
+        md.append(f"| {label} | {len(per)} | {a['ncalr']:.2f} | {a[variant]:.2f} | {a['margin']:.2f} | {f(vn)} | {f(vm)} | "
+                  f"{f(nm)} | " + " / ".join(pct(per, n, "picked_noisy") for n in names) + " | "
+                  + (" / ".join(pct(per, n, "picked_ood") for n in names) if setting == "ood02" else "") + " |")
+    pooled = {}
+    for name, d in ((f"{short} - NCAL-R", pooled_v_n), (f"{short} - margin", pooled_v_m), ("NCAL-R - margin", pooled_n_m)):
+        if len(d) > 1:
+            pooled[name] = {"pairs": len(d), "mean": float(np.mean(d)), "std": sd(d),
+                            "at_least_level": int(sum(x >= 0 for x in d)),
+                            "wilcoxon_p": float(wilcoxon(d).pvalue) if any(d) else 1.0}
+    md += ["", "Pooled over every setting and seed (paired; Wilcoxon signed-rank, two-sided, scipy):", "",
+           "| difference | pairs | mean ± std | pairs at least level | Wilcoxon p |", "|---|---|---|---|---|"]
+    md += [f"| {k} | {p['pairs']} | {p['mean']:+.2f} ± {p['std']:.2f} | {p['at_least_level']}/{p['pairs']} | {p['wilcoxon_p']:.3f} |"
+           for k, p in pooled.items()]
+    engines = sorted({c["engine"] for r in rows for p in r["per_seed"].values() for c in p.values() if c["engine"]})
+    text = "\n".join(md) + f"\n\nEngine commit(s): {', '.join(e[:10] for e in engines)}.\n"
+    write_summary(folder, "pair", text, {"variant": variant, "rows": rows, "pooled": pooled})
+    return 0
