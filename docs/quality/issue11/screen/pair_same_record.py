@@ -1,0 +1,31 @@
+"""Pair a candidate screened beside NCAL-R and margin in the same records (width 8, the issue-11
+protocol, one thread): ``screen_common.pair_with_ncalr_and_margin``. Writes pair.md and pair.json
+into the run's folder.
+
+    .venv/bin/python docs/quality/issue11/screen/pair_same_record.py FOLDER VARIANT SHORT
+
+The runs that use it:
+
+    # in-span CMAP (cmap_span)
+    OUT_ROOT=docs/quality/issue11/screen/span STRATS=ncalr,ncalr:cmap_span=true,margin SEEDS="10 11 12" \\
+      bash docs/quality/issue11/run.sh ood02 sym04 lt10 sym00 asym03 sym02 inst02 multilabel60
+    .venv/bin/python docs/quality/issue11/screen/pair_same_record.py span ncalr:cmap_span=true in-span
+    # the softrank serve order (diversity=softrank) instead of the k-means round robin
+    OUT_ROOT=docs/quality/issue11/screen/softrank STRATS=ncalr,ncalr:diversity=softrank,margin SEEDS="10 11 12" \\
+      bash docs/quality/issue11/run.sh sym04 ood02 lt10 sym00 asym03 sym02 inst02 multilabel60
+    .venv/bin/python docs/quality/issue11/screen/pair_same_record.py softrank ncalr:diversity=softrank softrank
+
+FOLDER is relative to this script's folder (``screen/``).
+"""
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[3]))
+sys.path.insert(0, str(HERE))
+from screen_common import pair_with_ncalr_and_margin  # noqa: E402
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        raise SystemExit(__doc__)
+    raise SystemExit(pair_with_ncalr_and_margin(HERE / sys.argv[1], sys.argv[2], sys.argv[3]))
