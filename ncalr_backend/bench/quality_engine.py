@@ -32,7 +32,7 @@ def make_config(settings: dict):
 # settings that change scoring only; everything else changes what is trained
 SCORING_FIELDS = {"strategy", "cmap_center", "cmap_center_moves", "cmap_expected", "cmap_span", "cmap_sign", "cmap_weight", "mc_samples", "mc_dropout",
                   "coreset_max_greedy", "nc_subsample", "eval_batch_size", "warm_start", "ff_mode", "cmap_trusted", "cmap_set_mass",
-                  "ood_mad", "skip_guard", "diversity", "diversity_batch", "diversity_candidates", "fusion",
+                  "ood_mad", "ood_ref", "skip_guard", "diversity", "diversity_batch", "diversity_candidates", "fusion",
                   "margin_weight", "uncertain_share"}
 
 

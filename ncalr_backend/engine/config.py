@@ -23,6 +23,7 @@ TPT_CAP_WINDOWS = ("constant", "anneal")
 SERVE = ("holdout", "swa", "tpt")
 FF_MODES = ("flips", "flips+margin", "margin")
 DIVERSITY = ("none", "clusters", "softrank")
+OOD_REFS = ("labeled", "pool")
 WARM_STARTS = ("auto", "on", "off")
 WARM_START_MAX_WIDTH = 8  # ``warm_start`` = auto: warm starts up to this width, every cycle from scratch above it
 BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
@@ -106,6 +107,12 @@ class EngineConfig:
     OOD items that kept their (random) label would drag a low quantile down with them. Under neural collapse in-distribution
     features lie in the span of the class means (an item between two classes too); a feature
     mostly outside it belongs to no class."""
+    ood_ref: str = "labeled"
+    """Whose span alignment the OOD guard's median and MAD come from: 'labeled' = the trusted
+    labeled samples (above); 'pool' = the pool items themselves, so that only the pool's own
+    outliers are demoted. The labeled samples are what the network trained on and sit closer to
+    their class means than any unlabeled item: referenced to them, k = 2 flagged 26-36% of a pool
+    without junk (docs/quality/issue11/screen/poolref)."""
     skip_guard: bool = True
     """What annotators skipped (Label Studio's Skip: a task whose annotations are all cancelled;
     junk, blank scans, the wrong kind of image) teaches the ranking what not to serve: a pool item
@@ -359,7 +366,7 @@ class EngineConfig:
         choices = {"strategy": sorted(STRATEGIES), "cmap_set_mass": SET_MASSES, "cmap_sign": CMAP_SIGNS,
                    "diversity": DIVERSITY, "fusion": FUSIONS, "ff_mode": FF_MODES, "lr_schedule": LR_SCHEDULES,
                    "loss": LOSSES, "spa": SPA_MODES, "classifier": CLASSIFIERS, "device": DEVICES, "serve": SERVE,
-                   "tpt_criterion": TPT_CRITERIA, "tpt_cap_window": TPT_CAP_WINDOWS}
+                   "tpt_criterion": TPT_CRITERIA, "tpt_cap_window": TPT_CAP_WINDOWS, "ood_ref": OOD_REFS}
         for name, allowed in choices.items():  # settings that take one of a list of words
             if getattr(self, name) not in allowed:
                 problems.append(f"{name}={getattr(self, name)!r}: choose one of {list(allowed)}")

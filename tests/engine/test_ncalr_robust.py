@@ -446,6 +446,32 @@ def test_N14_ood_judged_on_trusted_samples_only():
     assert not np.array_equal(want, span_alignment(gall, pool) < meda - 2.0 * 1.4826 * mada)
 
 
+def test_ood_ref_pool_takes_the_threshold_from_the_pool_itself():
+    """``ood_ref='pool'``: median and MAD of the pool's own span alignment (textbook formula,
+    computed here), not the labeled samples'. A pool of ordinary items, each less aligned than the
+    tightly collapsed labeled samples, is mostly flagged against the labeled reference and hardly at
+    all against its own; a handful of items orthogonal to the span are flagged either way."""
+    rng = np.random.default_rng(5)
+    feats_lab, y = _ood_view()
+    feats_lab = feats_lab * 0 + np.eye(3, 8)[y] * 5 + rng.normal(0, 0.2, (60, 8))  # collapsed labels
+    geom = class_geometry(feats_lab, y, 3, centered=True)
+    in_dist = np.eye(3, 8)[rng.integers(0, 3, 95)] * 5 + rng.normal(0, 1.0, (95, 8))  # looser than the labels
+    junk = geom.center + np.c_[np.zeros((5, 3)), rng.normal(0, 5, (5, 5))]  # outside the span
+    pool = np.vstack([in_dist, junk])
+    views = {ref: PoolView(probs=np.full((100, 3), 1 / 3, np.float32), feats=pool, feats_lab=feats_lab, y_lab=y,
+                           num_classes=3, trusted_lab=np.ones(60, bool), config=EngineConfig(ood_ref=ref))
+             for ref in ("labeled", "pool")}
+    a = span_alignment(geom, pool)
+    med = np.median(a)
+    want = a < med - 2.0 * 1.4826 * np.median(np.abs(a - med))
+    by_pool, by_lab = ood_suspects(views["pool"], 2.0), ood_suspects(views["labeled"], 2.0)
+    np.testing.assert_array_equal(by_pool, want)
+    assert by_pool[95:].all() and by_lab[95:].all()  # the junk either way
+    assert by_lab[:95].mean() > 0.5 and by_pool[:95].mean() < 0.1  # ordinary items: only the labeled reference
+    with pytest.raises(ConfigError, match="ood_ref"):
+        EngineConfig(ood_ref="test")
+
+
 def _skip_view(offset=0.0, cfg=None):
     feats_lab = np.array([[10.0, 0, 0], [10, 1, 0], [0, 10, 0], [1, 10, 0]]) + offset
     y = np.array([0, 0, 1, 1])

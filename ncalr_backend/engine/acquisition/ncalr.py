@@ -99,18 +99,19 @@ def span_alignment(geom, feats: np.ndarray) -> np.ndarray:
 
 
 def ood_suspects(view: PoolView, k: float) -> np.ndarray:
-    """[M] bool: pool items whose ``span_alignment`` is below the trusted labeled samples' median
-    minus k robust standard deviations (``EngineConfig.ood_mad``). Multi-label: the single-label samples' means."""
+    """[M] bool: pool items whose ``span_alignment`` is below the reference's median minus k robust
+    standard deviations (``EngineConfig.ood_mad``); the reference is the trusted labeled samples
+    or, with ``ood_ref='pool'``, the pool itself. Multi-label: the single-label samples' means."""
     geom, feats_lab = labeled_geometry(view, view.trusted_lab, centered=True)
     if geom.present.sum() < 2 or len(feats_lab) < 10:
         return np.zeros(view.size, dtype=bool)
-    lab = span_alignment(geom, feats_lab)
-    med = float(np.median(lab))
-    mad = float(np.median(np.abs(lab - med)))
+    pool = span_alignment(geom, view.feats)
+    ref = pool if getattr(view.config, "ood_ref", "labeled") == "pool" else span_alignment(geom, feats_lab)
+    med = float(np.median(ref))
+    mad = float(np.median(np.abs(ref - med)))
     if mad <= 1e-9:  # no spread to judge by (e.g. one labeled sample per class: all exactly aligned)
         return np.zeros(view.size, dtype=bool)
-    thr = med - k * 1.4826 * mad
-    return span_alignment(geom, view.feats) < thr
+    return pool < med - k * 1.4826 * mad
 
 
 def near_skipped(view: PoolView) -> np.ndarray:
