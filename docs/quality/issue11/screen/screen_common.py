@@ -46,12 +46,13 @@ def write_summary(folder: Path, stem: str, text: str, payload: dict) -> None:
     (folder / f"{stem}.json").write_text(json.dumps({"summary_git": state, **payload}, indent=1))
 
 
-def pair_with_ncalr_and_margin(folder: Path, variant: str, short: str) -> int:
+def pair_with_ncalr_and_margin(folder: Path, variant: str, short: str, stem: str = "pair") -> int:
     """A candidate screened beside NCAL-R and margin in the same records (``folder/<setting>/s<seed>``,
     every strategy of a record on one machine and one engine commit, so no cross-record check is
     needed): per setting the mean AULC of the three and the paired differences, the wrongly
     answered and OOD picks, and the pooled paired differences with a two-sided Wilcoxon test
-    (scipy). Writes ``pair.md`` and ``pair.json`` into ``folder``."""
+    (scipy). Writes ``<stem>.md`` and ``<stem>.json`` into ``folder`` (records holding several
+    variants: one stem each)."""
     from scipy.stats import wilcoxon
 
     names = ("ncalr", variant, "margin")
@@ -94,5 +95,5 @@ def pair_with_ncalr_and_margin(folder: Path, variant: str, short: str) -> int:
            for k, p in pooled.items()]
     engines = sorted({c["engine"] for r in rows for p in r["per_seed"].values() for c in p.values() if c["engine"]})
     text = "\n".join(md) + f"\n\nEngine commit(s): {', '.join(e[:10] for e in engines)}.\n"
-    write_summary(folder, "pair", text, {"variant": variant, "rows": rows, "pooled": pooled})
+    write_summary(folder, stem, text, {"variant": variant, "rows": rows, "pooled": pooled})
     return 0
