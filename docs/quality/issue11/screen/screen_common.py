@@ -97,3 +97,42 @@ def pair_with_ncalr_and_margin(folder: Path, variant: str, short: str, stem: str
     text = "\n".join(md) + f"\n\nEngine commit(s): {', '.join(e[:10] for e in engines)}.\n"
     write_summary(folder, stem, text, {"variant": variant, "rows": rows, "pooled": pooled})
     return 0
+
+
+def probe_cycles(width: int, extra: list, seeds=(10, 11), fracs=(0.1, 0.2)):
+    """The probes' one cycle: the quality bench's pool (20% symmetric noise plus ``extra`` bench
+    arguments, one thread) with a random ``frac`` of it labeled by the oracle (answers it skipped
+    left out), trained and ranked by ``run_cycle`` at the engine's defaults at ``width`` (40-epoch
+    cap, batch 32, no batch diversity). Yields (seed, frac, pool, cand: the pool items left
+    unlabeled, the CycleResult, its EngineConfig)."""
+    from ncalr_backend.bench import quality as q
+    from ncalr_backend.engine import run_cycle
+    from ncalr_backend.engine.config import EngineConfig
+
+    for seed in seeds:
+        args = q.parse_args(["--width", str(width), "--threads", "1", "--noise-type", "symmetric",
+                             "--noise-rate", "0.2"] + list(extra))
+        pool = q.make_pool(args, q.load_data(args), seed)
+        M = len(pool.x_pool)
+        rng = np.random.default_rng(seed)
+        for frac in fracs:
+            lab = rng.choice(M, size=int(frac * M), replace=False)
+            ans = pool.oracle.query(lab)
+            keep = ans >= 0
+            mask = np.ones(M, bool)
+            mask[lab] = False
+            cand = np.flatnonzero(mask)
+            cfg = EngineConfig(width=width, threads=1, max_epochs=40, batch_size=32, seed=seed, diversity="none")
+            yield seed, frac, pool, cand, run_cycle(pool.x_pool[lab[keep]], ans[keep], pool.x_pool[cand],
+                                                    pool.num_classes, cfg), cfg
+
+
+def run_probe(folder: Path, width: int, rows) -> int:
+    """Print each row of ``rows`` (an iterable of dicts) as it comes and write them all, after the
+    tree's git state, to ``folder/probe<width>.json``."""
+    out = {"git": git_state(), "width": width, "rows": []}
+    for row in rows:
+        print(json.dumps(row), flush=True)
+        out["rows"].append(row)
+    (folder / f"probe{width}.json").write_text(json.dumps(out, indent=1) + "\n")
+    return 0

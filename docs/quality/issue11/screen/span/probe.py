@@ -8,7 +8,6 @@ fused NCAL-R score with each CMAP, and the model's 1 - max probability.
 
 At width 64 the product's rate by width (lr = 0: 0.00625) and a cold start, as the width-64 grid.
 """
-import json
 import sys
 from pathlib import Path
 
@@ -17,51 +16,31 @@ from sklearn.metrics import roc_auc_score
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[4]))
-from ncalr_backend.bench import quality as q  # noqa: E402
-from ncalr_backend.bench.common import git_state  # noqa: E402
-from ncalr_backend.engine import run_cycle  # noqa: E402
+sys.path.insert(0, str(HERE.parent))
 from ncalr_backend.engine.acquisition.ncalr import _components  # noqa: E402
-from ncalr_backend.engine.config import EngineConfig  # noqa: E402
 from ncalr_backend.engine.geometry import fuse  # noqa: E402
+from screen_common import probe_cycles, run_probe  # noqa: E402
 
 
-def main() -> int:
-    width = int(sys.argv[1]) if len(sys.argv) > 1 else 8
-    out = {"git": git_state(), "width": width, "rows": []}
-    for seed in (10, 11):
-        args = q.parse_args(["--width", str(width), "--threads", "1", "--noise-type", "symmetric", "--noise-rate", "0.2",
-                             "--ood-fraction", "0.2"])
-        pool = q.make_pool(args, q.load_data(args), seed)
-        M = len(pool.x_pool)
-        rng = np.random.default_rng(seed)
-        for frac in (0.1, 0.2):
-            lab = rng.choice(M, size=int(frac * M), replace=False)
-            ans = pool.oracle.query(lab)
-            keep = ans >= 0
-            mask = np.ones(M, bool)
-            mask[lab] = False
-            cand = np.flatnonzero(mask)
-            cfg = EngineConfig(width=width, lr=0.0, threads=1, max_epochs=40, batch_size=32, seed=seed, diversity="none")
-            res = run_cycle(pool.x_pool[lab[keep]], ans[keep], pool.x_pool[cand], pool.num_classes, cfg)
-            ood = pool.is_ood[cand]
-            v = res.view
-            paper = _components(v)
-            v.config = cfg.replace(cmap_span=True)
-            span = _components(v)
-            scores = {"cmap": paper["cmap_signed"], "cmap_span": span["cmap_signed"], "ff": paper["ff"],
-                      "ncalr": fuse(paper["cmap_signed"], paper["ff"], 0.5),
-                      "ncalr_span": fuse(span["cmap_signed"], span["ff"], 0.5),
-                      "uncertainty": 1 - v.probs.max(1)}
-            top = int(0.05 * M)
-            row = {"seed": seed, "labeled": frac, "ood_in_pool": round(float(ood.mean()), 3)}
-            for k, s in scores.items():
-                head = np.argsort(-s, kind="stable")[:top]
-                row[k] = {"auroc_ood": round(float(roc_auc_score(ood, s)), 3), "ood_in_top": round(float(ood[head].mean()), 3)}
-            print(json.dumps(row), flush=True)
-            out["rows"].append(row)
-    (HERE / f"probe{width}.json").write_text(json.dumps(out, indent=1) + "\n")
-    return 0
+def rows(width: int):
+    for seed, frac, pool, cand, res, cfg in probe_cycles(width, ["--ood-fraction", "0.2"]):
+        ood = pool.is_ood[cand]
+        v = res.view
+        paper = _components(v)
+        v.config = cfg.replace(cmap_span=True)
+        span = _components(v)
+        scores = {"cmap": paper["cmap_signed"], "cmap_span": span["cmap_signed"], "ff": paper["ff"],
+                  "ncalr": fuse(paper["cmap_signed"], paper["ff"], 0.5),
+                  "ncalr_span": fuse(span["cmap_signed"], span["ff"], 0.5),
+                  "uncertainty": 1 - v.probs.max(1)}
+        top = int(0.05 * len(pool.x_pool))
+        row = {"seed": seed, "labeled": frac, "ood_in_pool": round(float(ood.mean()), 3)}
+        for k, s in scores.items():
+            head = np.argsort(-s, kind="stable")[:top]
+            row[k] = {"auroc_ood": round(float(roc_auc_score(ood, s)), 3), "ood_in_top": round(float(ood[head].mean()), 3)}
+        yield row
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    w = int(sys.argv[1]) if len(sys.argv) > 1 else 8
+    raise SystemExit(run_probe(HERE, w, rows(w)))
