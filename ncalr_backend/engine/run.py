@@ -22,8 +22,7 @@ from ncalr_backend.engine.geometry import finite_or_none, geometry_report
 from ncalr_backend.engine.label_errors import LabelReport, report as label_error_report
 from ncalr_backend.engine.multilabel import multilabel_geometry_report, predict_sets
 from ncalr_backend.engine.training import ResNet18Classifier, build_model, pick_device, train_to_tpt
-from ncalr_backend.engine.training import trainer as trainer_module
-from ncalr_backend.engine.training.trainer import Diverged, Interrupted, forward_all
+from ncalr_backend.engine.training.trainer import SERVE_LOCK, Diverged, Interrupted, forward_all
 
 __all__ = ["EngineConfig", "CycleResult", "run_cycle", "rerank", "load_model", "predict_proba", "InputError",
            "Interrupted", "Diverged"]
@@ -213,9 +212,6 @@ def ff_histogram(ff: np.ndarray) -> dict:
     """FF in bins of one: {"0": count, "1": ...} (whole flip counts; with ``ff_mode`` flips+margin
     or margin the fractional values of a bin are counted together, not written over each other)."""
     return {str(int(v)): int(c) for v, c in zip(*np.unique(np.floor(np.asarray(ff)), return_counts=True))}
-
-
-_PREDICT_LOCK = trainer_module.SERVE_LOCK  # also held by a CUDA graph capture (``trainer.GraphedStep``)
 
 
 def _finite_or_diverged(tr) -> None:
@@ -410,7 +406,7 @@ def predict_proba(model: ResNet18Classifier, x, device: str | torch.device | Non
     # one at a time: a served model is shared by the web threads (/predict, placement), and moving
     # its weights to the GPU and back while another thread runs it crashed the process (a review
     # reproduced a segmentation fault on an H200 with 8 threads)
-    with _PREDICT_LOCK:
+    with SERVE_LOCK:  # also held by a CUDA graph capture (``trainer.GraphedStep``)
         model = model.to(dev)
         try:
             _, logits = forward_all(model, x, dev, batch_size, amp=False, with_features=False)

@@ -467,13 +467,12 @@ class GraphedStep:
         """After a failed capture: the optimizer's momentum buffers as they were before it (a
         capture records without running, so their values are untouched and any buffer it created
         was never filled), no graph from now on."""
-        opt = self.run.opt
-        for group in opt.param_groups:
-            for p in group["params"]:
-                if buffers.get(p) is not None:
-                    opt.state[p]["momentum_buffer"] = buffers[p]
-                else:
-                    opt.state.get(p, {}).pop("momentum_buffer", None)
+        state = self.run.opt.state
+        for p, buf in buffers.items():
+            if buf is not None:
+                state[p]["momentum_buffer"] = buf
+            else:
+                state.get(p, {}).pop("momentum_buffer", None)
         self.graphs.clear()
         self.failed = f"{type(err).__name__}: {err}"[:500]
         if self.run.device.type == "cuda":
