@@ -203,15 +203,20 @@ def span_basis(geom: ClassGeometry) -> np.ndarray | None:
     return u[:, sv > sv.max() * 1e-9] if sv.max() > 0 else u[:, :0]
 
 
-def project_to_span(geom: ClassGeometry, feats: np.ndarray) -> np.ndarray:
-    """[n, d] float64: each feature's orthogonal projection onto the affine span of the present
-    class means about the centre, g + P (h - g) (``span_basis``). A feature that is a mix of class
-    means is its own projection; what lies outside the span is dropped. No class: unchanged."""
-    h = np.asarray(feats, dtype=np.float64) - geom.center
+def project_to_span(geom: ClassGeometry, feats: np.ndarray, chunk: int = 32768) -> np.ndarray:
+    """[n, d]: each feature's orthogonal projection onto the affine span of the present class means
+    about the centre, g + P (h - g) (``span_basis``). A feature that is a mix of class means is its
+    own projection; what lies outside the span is dropped. No class: unchanged. Float64 input gives
+    float64; anything else float32 (the pool's dtype: a million 512-d features stay 2 GB, not 4).
+    The arithmetic is float64, ``chunk`` rows at a time."""
+    feats = np.asarray(feats)
+    out = np.empty(feats.shape, dtype=np.float64 if feats.dtype == np.float64 else np.float32)
     basis = span_basis(geom)
-    if basis is None:
-        return h + geom.center
-    return (h @ basis) @ basis.T + geom.center
+    for s in range(0, len(feats), chunk):
+        h = np.asarray(feats[s:s + chunk], dtype=np.float64) - geom.center
+        out[s:s + chunk] = h if basis is None else (h @ basis) @ basis.T
+        out[s:s + chunk] += geom.center
+    return out
 
 
 def cmap_expected(geom: ClassGeometry, feats: np.ndarray, probs: np.ndarray, min_prob: float = 1e-3,

@@ -122,6 +122,11 @@ def test_projection_onto_the_class_mean_span_is_least_squares(centered):
     mix = geom.center + 0.3 * (geom.means[0] - geom.center) - 0.7 * (geom.means[4] - geom.center)
     np.testing.assert_allclose(project_to_span(geom, mix[None]), mix[None], atol=1e-9)
     np.testing.assert_allclose(project_to_span(geom, got), got, atol=1e-9)  # idempotent
+    # chunked (no float64 copy of a whole pool): the same rows, and a float32 pool stays float32
+    np.testing.assert_allclose(project_to_span(geom, h, chunk=3), got, rtol=1e-12, atol=1e-12)
+    got32 = project_to_span(geom, h.astype(np.float32), chunk=2)
+    assert got32.dtype == np.float32
+    np.testing.assert_allclose(got32, want, rtol=1e-5, atol=1e-5)
 
 
 def test_cmap_float32_product_close_to_bruteforce():

@@ -97,6 +97,7 @@ def test_span_alignment_brute_force():
         coef, *_ = np.linalg.lstsq(A, v, rcond=None)
         want.append(np.linalg.norm(A @ coef) / np.linalg.norm(v))
     np.testing.assert_allclose(span_alignment(geom, h), want, rtol=1e-8)
+    np.testing.assert_allclose(span_alignment(geom, h, chunk=4), span_alignment(geom, h), rtol=1e-12)  # chunks of a pool
     # a mix of two class means lies in the span
     mix = 0.5 * geom.means[0] + 0.5 * geom.means[2]
     np.testing.assert_allclose(span_alignment(geom, mix[None]), [1.0], atol=1e-9)

@@ -85,17 +85,20 @@ def _components(view: PoolView) -> dict:
     return {"cmap": cmap, "cmap_signed": signed, "ff": fluctuation(view), "new_class": new.astype(np.float64)}
 
 
-def span_alignment(geom, feats: np.ndarray) -> np.ndarray:
+def span_alignment(geom, feats: np.ndarray, chunk: int = 32768) -> np.ndarray:
     """[n] in [0, 1]: the share of a centred feature's length that lies in the span of the centred
     class means, ||P (h - g)|| / ||h - g||. Under neural collapse in-distribution features lie in
     that span (an item between two classes too: it is a mix of their means); a feature mostly
-    outside it is aligned with no class."""
-    h = np.asarray(feats, dtype=np.float64) - geom.center
+    outside it is aligned with no class. Float64, ``chunk`` rows at a time (no float64 copy of the
+    whole pool)."""
     basis = span_basis(geom)
     if basis is None:
-        return np.ones(len(h))
-    inside = np.linalg.norm(h @ basis, axis=1)
-    return inside / np.maximum(np.linalg.norm(h, axis=1), 1e-12)
+        return np.ones(len(feats))
+    out = np.empty(len(feats), dtype=np.float64)
+    for s in range(0, len(feats), chunk):
+        h = np.asarray(feats[s:s + chunk], dtype=np.float64) - geom.center
+        out[s:s + chunk] = np.linalg.norm(h @ basis, axis=1) / np.maximum(np.linalg.norm(h, axis=1), 1e-12)
+    return out
 
 
 def ood_suspects(view: PoolView, k: float) -> np.ndarray:
