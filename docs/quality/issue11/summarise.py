@@ -198,4 +198,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 2 or not ROOT.is_dir():  # e.g. --help, or a folder that is not there
+        sys.exit(f"usage: summarise.py [ROOT]: ROOT is a folder of <setting>/s<seed>/results.json "
+                 f"(default: {Path(__file__).resolve().parent}); {sys.argv[1:]} is not one folder")
     raise SystemExit(main())
