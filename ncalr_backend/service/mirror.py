@@ -130,9 +130,9 @@ class TaskMirror:
 
     # ------------------------------------------------------------------ storage
     @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
+    def _db(self, timeout: float = 30.0) -> Iterator[sqlite3.Connection]:
         self.root.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path, timeout=30.0, isolation_level=None)) as db:
+        with closing(sqlite3.connect(self.path, timeout=timeout, isolation_level=None)) as db:
             self._opened = _identity(self.path)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -197,13 +197,14 @@ class TaskMirror:
                        [(k, json.dumps(v)) for k, v in values.items()])
 
     @_heals
-    def mark(self, task_ids: Iterable[int]) -> int:
+    def mark(self, task_ids: Iterable[int], timeout: float = 30.0) -> int:
         """Webhook hints: these tasks changed (or appeared, or went). Only positive integers are
-        kept; returns how many."""
+        kept; returns how many. Waits at most ``timeout`` seconds for a writer (a sync) to finish
+        (``sqlite3.OperationalError`` after that)."""
         ids = sorted({int(i) for i in task_ids if isinstance(i, int) and not isinstance(i, bool) and i > 0})
         if not ids:
             return 0
-        with self._db() as db:
+        with self._db(timeout) as db:
             db.executemany("INSERT OR IGNORE INTO hints (id) VALUES (?)", [(i,) for i in ids])
         return len(ids)
 
