@@ -32,6 +32,15 @@ from ncalr_backend.service.store import ProjectStore
 log = logging.getLogger(__name__)
 
 
+def image_url(task: dict, key: str) -> Optional[str]:
+    """The task's image URL under the config's data key, or None where the task's ``data`` is not
+    an object or holds no string there (a /predict body is anyone's: one such task is that task's
+    failure, never the whole request's)."""
+    data = task.get("data")
+    url = data.get(key) if isinstance(data, dict) else None
+    return url if isinstance(url, str) else None
+
+
 def load_images(client: LabelStudioClient, cache: ImageCache, tasks: Sequence[dict], cfg: ImageClassConfig,
                 size: int, channels: int, workers: int = 8, progress=NO_PROGRESS,
                 direct: Optional["DirectReader"] = None):
@@ -65,8 +74,8 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
         where = {}
         for gi, g in enumerate(groups):
             for i, t in enumerate(g):
-                url = (t.get("data") or {}).get(cfg.data_key)
-                if isinstance(url, str) and isinstance(t.get("id"), int):
+                url = image_url(t, cfg.data_key)
+                if url is not None and isinstance(t.get("id"), int):
                     where[t["id"]] = (gi, i, url)
         done = set()
         nbytes = int(np.prod(shape))
@@ -86,10 +95,10 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
             stopped.append(job)
             return
         task = groups[gi][i]
-        url = (task.get("data") or {}).get(cfg.data_key)
+        url = image_url(task, cfg.data_key)
         cached = False
         try:
-            if not isinstance(url, str):
+            if url is None:
                 raise ImageRefused(f"task data has no {cfg.data_key!r} string")
             data = direct.read(url) if direct is not None else None
             if data is None:
@@ -228,7 +237,7 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
         skipped=[k for k, i in enumerate(pool_ok) if _skipped(split.pool[i])], marked=marked,
         unusable=split.unusable, image_failures=lab_failed + pool_failed,
         annotation_counts={i: counts.get(int(i), 0) for i in lab_ids},
-        urls={g[i]["id"]: (g[i].get("data") or {}).get(cfg.data_key)
+        urls={g[i]["id"]: image_url(g[i], cfg.data_key)
               for g, ok in ((split.pool, pool_ok), (split.labeled, lab_ok)) for i in ok},
         sync=sync.report(), local_files=direct.report() if direct is not None else {},
         timings={"fetch_tasks_s": fetch_tasks_s, "fetch_images_s": fetch_images_s,

@@ -219,3 +219,25 @@ def test_placement_skips_a_task_deleted_mid_batch_and_places_the_rest(tmp_path):
     out = placement.place_new_tasks(s, 1, new, client=ls)
     assert out["placed"] == 2
     assert sorted(it["task"] for it in ls.stored if it["model_version"] == v and it["task"] in new) == [500, 502]
+
+
+def test_a_task_whose_data_is_not_an_object_is_that_tasks_failure_only(tmp_path):
+    """Found by review: a /predict body (anyone's) with one task whose ``data`` was a list made
+    ``load_images`` raise AttributeError, and every task of the request lost its answer (a 500)."""
+    from ncalr_backend.data.images import ImageCache
+    from ncalr_backend.service.snapshot import image_url, load_images
+
+    class Client:
+        def download(self, url):
+            return _png(int(url.rsplit("/", 1)[1]))
+
+    cfg = parse_label_config(CFG)
+    key = cfg.data_key
+    tasks = [{"id": 1, "data": ["http://x/10"]}, {"id": 2, "data": {key: "http://x/90"}}, {"id": 3, "data": "http://x/5"},
+             {"id": 4, "data": {key: 7}}, {"id": 5}, {"id": 6, "data": None}]
+    x, ok, failures = load_images(Client(), ImageCache(tmp_path), tasks, cfg, 8, 1, 2)
+    assert ok == [1] and x.shape == (1, 1, 8, 8)
+    np.testing.assert_allclose(x[0], 90 / 255.0, atol=1e-6)
+    assert {f["task"] for f in failures} == {1, 3, 4, 5, 6}
+    assert all(f"no {key!r} string" in f["reason"] for f in failures)
+    assert [image_url(t, key) for t in tasks] == [None, "http://x/90", None, None, None, None]
