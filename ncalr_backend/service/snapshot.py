@@ -64,7 +64,12 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
     With ``decoded`` (the project's mirror), an image already decoded at this size for the same
     task and URL is copied from there, and newly decoded ones are added to it. With ``direct``
     (``LOCAL_FILES_DOCUMENT_ROOT``), Label Studio's Local Files are read from the shared disk
-    (not through the image cache: they are on disk already), the rest as before."""
+    (not through the image cache: they are on disk already), the rest as before.
+
+    Every URL passes the client's URL policy (``resolve_image_url``) before anything is read, from
+    the cache and the mirror too: a host taken out of ``ALLOWED_IMAGE_HOSTS`` stops feeding
+    training at once. The bytes behind a URL are taken to stay the same (Label Studio's uploads get
+    a new name each): docs/service.md says what to do after replacing files in place."""
     shape = (channels, size, size)
     arrays = [np.empty((len(g),) + shape, np.float32) for g in groups]
     errors: List[List[Optional[str]]] = [[None] * len(g) for g in groups]
@@ -79,9 +84,15 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
                     where[t["id"]] = (gi, i, url)
         done = set()
         nbytes = int(np.prod(shape))
+        refused = set()  # the URL policy decides before a copy too: ALLOWED_IMAGE_HOSTS may have shrunk
         for tid, url, blob in decoded.iter_pixels(shape):
             w = where.get(tid)
-            if w is not None and w[2] == url and len(blob) == nbytes:
+            if w is not None and w[2] == url and len(blob) == nbytes and url not in refused:
+                try:
+                    client.resolve_image_url(url)
+                except ImageRefused:  # read below, where it becomes this task's failure
+                    refused.add(url)
+                    continue
                 np.divide(np.frombuffer(blob, np.uint8).reshape(shape), 255.0, out=arrays[w[0]][w[1]],
                           dtype=np.float32)
                 done.add((w[0], w[1]))
@@ -100,6 +111,7 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
         try:
             if url is None:
                 raise ImageRefused(f"task data has no {cfg.data_key!r} string")
+            client.resolve_image_url(url)  # before the cache too: a host no longer allowed is refused
             data = direct.read(url) if direct is not None else None
             if data is None:
                 cached = True

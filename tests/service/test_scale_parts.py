@@ -38,6 +38,9 @@ def test_images_go_straight_into_their_arrays_and_failures_are_compacted_out(tmp
     from ncalr_backend.data.images import ImageCache
 
     class Client:
+        def resolve_image_url(self, url):  # every URL of these tests is allowed
+            return url, False
+
         def download(self, url):
             if "bad" in url:
                 return b"not an image"
@@ -104,6 +107,9 @@ def test_decoded_images_are_kept_and_reused_exactly_and_a_changed_url_is_decoded
     class Client:
         calls = 0
 
+        def resolve_image_url(self, url):  # every URL of these tests is allowed
+            return url, False
+
         def download(self, url):
             Client.calls += 1
             return _png(int(url.rsplit("/", 1)[1]))
@@ -140,6 +146,9 @@ def test_an_image_that_crashes_its_decoder_is_one_task_failure_and_leaves_the_ca
             decode_image(blob, 8, 3)
 
     class Client:
+        def resolve_image_url(self, url):  # every URL of these tests is allowed
+            return url, False
+
         def download(self, url):
             key = url.rsplit("/", 1)[1]
             return files[key] if key in files else _png(int(key))
@@ -228,6 +237,9 @@ def test_a_task_whose_data_is_not_an_object_is_that_tasks_failure_only(tmp_path)
     from ncalr_backend.service.snapshot import image_url, load_images
 
     class Client:
+        def resolve_image_url(self, url):  # every URL of these tests is allowed
+            return url, False
+
         def download(self, url):
             return _png(int(url.rsplit("/", 1)[1]))
 
@@ -241,3 +253,29 @@ def test_a_task_whose_data_is_not_an_object_is_that_tasks_failure_only(tmp_path)
     assert {f["task"] for f in failures} == {1, 3, 4, 5, 6}
     assert all(f"no {key!r} string" in f["reason"] for f in failures)
     assert [image_url(t, key) for t in tasks] == [None, "http://x/90", None, None, None, None]
+
+
+def test_a_host_taken_out_of_the_allow_list_stops_feeding_training_from_the_caches(tmp_path):
+    """Found by review: the mirror's decoded images and the file cache were used before any URL
+    check, so images of a host the operator took out of ALLOWED_IMAGE_HOSTS kept training the
+    model. The real client's policy now decides before every copy."""
+    from ncalr_backend.data.images import ImageCache
+    from ncalr_backend.service.labelstudio import LabelStudioClient
+    from ncalr_backend.service.mirror import TaskMirror
+
+    class Client(LabelStudioClient):
+        def download(self, url):  # the real URL policy, no network
+            self.resolve_image_url(url)
+            return _png(int(url.rsplit("/", 1)[1]))
+
+    cfg = parse_label_config(CFG)
+    tasks = [{"id": 1, "data": {"image": "http://img.test/30"}}, {"id": 2, "data": {"image": "http://ls.test/data/upload/1/60"}}]
+    mirror, cache = TaskMirror(tmp_path / "m"), ImageCache(tmp_path / "c")
+    before = Client("http://ls.test", "k", allowed_hosts=["img.test"])
+    (x, ok, failed), = load_image_groups(before, cache, [tasks], cfg, 8, 1, 2, decoded=mirror)
+    assert ok == [0, 1] and failed == []
+    after = Client("http://ls.test", "k")  # img.test no longer allowed; both caches still hold its image
+    for decoded in (mirror, None):
+        (x, ok, failed), = load_image_groups(after, cache, [tasks], cfg, 8, 1, 2, decoded=decoded)
+        assert ok == [1] and [f["task"] for f in failed] == [1] and "ALLOWED_IMAGE_HOSTS" in failed[0]["reason"]
+        np.testing.assert_allclose(x[0], 60 / 255.0, atol=1e-6)
