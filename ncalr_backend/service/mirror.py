@@ -253,6 +253,27 @@ class TaskMirror:
                 raise
 
     @_heals
+    def pixels_policy(self) -> Optional[str]:
+        """The image URL policy (``LabelStudioClient.url_policy``) every kept image was last checked
+        against; None when never."""
+        if not self.path.exists():
+            return None
+        with self._db() as db:
+            return self._meta(db, "pixels_policy")
+
+    @_heals
+    def set_pixels_policy(self, policy: str, shape: tuple, refused: Iterable[int]) -> None:
+        """The images kept at ``shape`` were checked against ``policy``: drop those of the task ids
+        ``refused`` and every image kept at another shape (not checked), and record ``policy``."""
+        key = "x".join(map(str, shape))
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM pixels WHERE shape != ?", (key,))
+            db.executemany("DELETE FROM pixels WHERE id = ?", [(int(i),) for i in refused])
+            self._set_meta(db, pixels_policy=policy)
+            db.execute("COMMIT")
+
+    @_heals
     def store_pixels(self, shape: tuple, rows: Iterable[tuple]) -> int:
         """Keep decoded images: ``rows`` of (task id, image URL, uint8 array of ``shape``)."""
         key = "x".join(map(str, shape))

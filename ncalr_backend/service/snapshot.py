@@ -67,8 +67,8 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
     (not through the image cache: they are on disk already), the rest as before.
 
     Every URL passes the client's URL policy (``resolve_image_url``) before anything is read, from
-    the cache and the mirror too: a host taken out of ``ALLOWED_IMAGE_HOSTS`` stops feeding
-    training at once. The bytes behind a URL are taken to stay the same (Label Studio's uploads get
+    the file cache and the mirror too (the mirror's images once per policy: ``url_policy``): a host
+    taken out of ``ALLOWED_IMAGE_HOSTS`` stops feeding training at once. The bytes behind a URL are taken to stay the same (Label Studio's uploads get
     a new name each): docs/service.md says what to do after replacing files in place."""
     shape = (channels, size, size)
     arrays = [np.empty((len(g),) + shape, np.float32) for g in groups]
@@ -84,18 +84,27 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
                     where[t["id"]] = (gi, i, url)
         done = set()
         nbytes = int(np.prod(shape))
-        refused = set()  # the URL policy decides before a copy too: ALLOWED_IMAGE_HOSTS may have shrunk
+        # the URL policy decides before a copy too (ALLOWED_IMAGE_HOSTS may have shrunk since an image
+        # was kept); every kept image passed the policy it was fetched under, so the URLs are checked
+        # again only when the policy changed (docs/bench/scale/mirror_policy.py: a check of each one
+        # every cycle would cost about 5x the copy itself)
+        policy = client.url_policy()
+        recheck = decoded.pixels_policy() != policy
+        refused = []  # task ids whose kept image is no longer allowed: dropped from the mirror
         for tid, url, blob in decoded.iter_pixels(shape):
-            w = where.get(tid)
-            if w is not None and w[2] == url and len(blob) == nbytes and url not in refused:
+            if recheck:
                 try:
                     client.resolve_image_url(url)
                 except ImageRefused:  # read below, where it becomes this task's failure
-                    refused.add(url)
+                    refused.append(tid)
                     continue
+            w = where.get(tid)
+            if w is not None and w[2] == url and len(blob) == nbytes:
                 np.divide(np.frombuffer(blob, np.uint8).reshape(shape), 255.0, out=arrays[w[0]][w[1]],
                           dtype=np.float32)
                 done.add((w[0], w[1]))
+        if recheck:
+            decoded.set_pixels_policy(policy, shape, refused)
         jobs = [j for j in jobs if j not in done]
 
     stopped = []

@@ -97,6 +97,9 @@ class FakeLS:
     def task_ids(self, pid, page_size=1000):
         return [t["id"] for t in self.tasks]
 
+    def url_policy(self):
+        return "Label Studio's origin; elsewhere.test refused"
+
     def resolve_image_url(self, url):  # the client's URL policy, reduced to the one host these tests refuse
         if "elsewhere" in url:
             from ncalr_backend.service.labelstudio import ImageRefused

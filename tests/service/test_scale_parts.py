@@ -38,6 +38,9 @@ def test_images_go_straight_into_their_arrays_and_failures_are_compacted_out(tmp
     from ncalr_backend.data.images import ImageCache
 
     class Client:
+        def url_policy(self):
+            return "every URL"
+
         def resolve_image_url(self, url):  # every URL of these tests is allowed
             return url, False
 
@@ -107,6 +110,9 @@ def test_decoded_images_are_kept_and_reused_exactly_and_a_changed_url_is_decoded
     class Client:
         calls = 0
 
+        def url_policy(self):
+            return "every URL"
+
         def resolve_image_url(self, url):  # every URL of these tests is allowed
             return url, False
 
@@ -146,6 +152,9 @@ def test_an_image_that_crashes_its_decoder_is_one_task_failure_and_leaves_the_ca
             decode_image(blob, 8, 3)
 
     class Client:
+        def url_policy(self):
+            return "every URL"
+
         def resolve_image_url(self, url):  # every URL of these tests is allowed
             return url, False
 
@@ -237,6 +246,9 @@ def test_a_task_whose_data_is_not_an_object_is_that_tasks_failure_only(tmp_path)
     from ncalr_backend.service.snapshot import image_url, load_images
 
     class Client:
+        def url_policy(self):
+            return "every URL"
+
         def resolve_image_url(self, url):  # every URL of these tests is allowed
             return url, False
 
@@ -274,8 +286,21 @@ def test_a_host_taken_out_of_the_allow_list_stops_feeding_training_from_the_cach
     before = Client("http://ls.test", "k", allowed_hosts=["img.test"])
     (x, ok, failed), = load_image_groups(before, cache, [tasks], cfg, 8, 1, 2, decoded=mirror)
     assert ok == [0, 1] and failed == []
+    assert sorted(t for t, _, _ in mirror.iter_pixels((1, 8, 8))) == [1, 2]
     after = Client("http://ls.test", "k")  # img.test no longer allowed; both caches still hold its image
-    for decoded in (mirror, None):
+    for decoded in (mirror, mirror, None):  # the mirror: when the policy changed, and once more under it
         (x, ok, failed), = load_image_groups(after, cache, [tasks], cfg, 8, 1, 2, decoded=decoded)
         assert ok == [1] and [f["task"] for f in failed] == [1] and "ALLOWED_IMAGE_HOSTS" in failed[0]["reason"]
         np.testing.assert_allclose(x[0], 60 / 255.0, atol=1e-6)
+    assert [t for t, _, _ in mirror.iter_pixels((1, 8, 8))] == [2]  # its kept image is dropped
+    assert mirror.pixels_policy() == after.url_policy() != before.url_policy()
+
+    class Counting(Client):
+        checks = 0
+
+        def resolve_image_url(self, url):
+            Counting.checks += 1
+            return super().resolve_image_url(url)
+
+    (x, ok, _), = load_image_groups(Counting("http://ls.test", "k"), cache, [tasks[1:]], cfg, 8, 1, 2, decoded=mirror)
+    assert ok == [0] and Counting.checks == 0  # the same policy: kept images are copied without a new check
