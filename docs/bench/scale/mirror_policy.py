@@ -50,13 +50,17 @@ def main(n: int) -> int:
     state = git_state()
     tmp = Path(tempfile.mkdtemp())
     tasks = [{"id": i, "data": {"image": f"/data/upload/1/{i:06d}.png"}} for i in range(1, n + 1)]
-    mirror, cache = TaskMirror(tmp / "m"), ImageCache(tmp / "c")
-    load_image_groups(Client("http://ls.test:8080", "k"), cache, [tasks], CFG, 32, 3, 2, decoded=mirror)  # keeps them
-    times = {"check every cycle": [], "check once per policy": []}
+    variants = {"check every cycle": EveryCycle, "check once per policy": Client}
+    mirrors = {name: TaskMirror(tmp / f"m{i}") for i, name in enumerate(variants)}  # one each: the policy is the mirror's
+    cache = ImageCache(tmp / "c")
+    for m in mirrors.values():  # keeps the images (and checks them once under Client's policy)
+        load_image_groups(Client("http://ls.test:8080", "k"), cache, [tasks], CFG, 32, 3, 2, decoded=m)
+    times = {name: [] for name in variants}
     for _ in range(3):
-        for name, cls in (("check every cycle", EveryCycle), ("check once per policy", Client)):
+        for name, cls in variants.items():
             t = time.perf_counter()
-            (_, ok, _), = load_image_groups(cls("http://ls.test:8080", "k"), cache, [tasks], CFG, 32, 3, 2, decoded=mirror)
+            (_, ok, _), = load_image_groups(cls("http://ls.test:8080", "k"), cache, [tasks], CFG, 32, 3, 2,
+                                            decoded=mirrors[name])
             times[name].append(time.perf_counter() - t)
             assert len(ok) == n
     med = {k: float(np.median(v)) for k, v in times.items()}
