@@ -34,16 +34,25 @@ def test_placement_index_matches_the_brute_force_neighbours(m):
     assert PlacementIndex({}).place(0.9) == pytest.approx(0.1)
 
 
+class AnyURL:
+    """A client for the image loader whose URL policy allows every URL (these tests are not about
+    it; test_a_host_taken_out_of_the_allow_list_... runs the real one): image ``http://x/<v>`` is a
+    uniform gray PNG of value v."""
+
+    def url_policy(self):
+        return "every URL"
+
+    def resolve_image_url(self, url):
+        return url, False
+
+    def download(self, url):
+        return _png(int(url.rsplit("/", 1)[1]))
+
+
 def test_images_go_straight_into_their_arrays_and_failures_are_compacted_out(tmp_path):
     from ncalr_backend.data.images import ImageCache
 
-    class Client:
-        def url_policy(self):
-            return "every URL"
-
-        def resolve_image_url(self, url):  # every URL of these tests is allowed
-            return url, False
-
+    class Client(AnyURL):
         def download(self, url):
             if "bad" in url:
                 return b"not an image"
@@ -107,14 +116,8 @@ def test_decoded_images_are_kept_and_reused_exactly_and_a_changed_url_is_decoded
     from ncalr_backend.data.images import ImageCache
     from ncalr_backend.service.mirror import TaskMirror
 
-    class Client:
+    class Client(AnyURL):
         calls = 0
-
-        def url_policy(self):
-            return "every URL"
-
-        def resolve_image_url(self, url):  # every URL of these tests is allowed
-            return url, False
 
         def download(self, url):
             Client.calls += 1
@@ -151,13 +154,7 @@ def test_an_image_that_crashes_its_decoder_is_one_task_failure_and_leaves_the_ca
         with pytest.raises(BrokenImage, match="not a readable image"):
             decode_image(blob, 8, 3)
 
-    class Client:
-        def url_policy(self):
-            return "every URL"
-
-        def resolve_image_url(self, url):  # every URL of these tests is allowed
-            return url, False
-
+    class Client(AnyURL):
         def download(self, url):
             key = url.rsplit("/", 1)[1]
             return files[key] if key in files else _png(int(key))
@@ -245,16 +242,7 @@ def test_a_task_whose_data_is_not_an_object_is_that_tasks_failure_only(tmp_path)
     from ncalr_backend.data.images import ImageCache
     from ncalr_backend.service.snapshot import image_url, load_images
 
-    class Client:
-        def url_policy(self):
-            return "every URL"
-
-        def resolve_image_url(self, url):  # every URL of these tests is allowed
-            return url, False
-
-        def download(self, url):
-            return _png(int(url.rsplit("/", 1)[1]))
-
+    Client = AnyURL
     cfg = parse_label_config(CFG)
     key = cfg.data_key
     tasks = [{"id": 1, "data": ["http://x/10"]}, {"id": 2, "data": {key: "http://x/90"}}, {"id": 3, "data": "http://x/5"},
