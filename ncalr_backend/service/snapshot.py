@@ -68,8 +68,9 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
 
     Every URL passes the client's URL policy (``resolve_image_url``) before anything is read, from
     the file cache and the mirror too (the mirror's images once per policy: ``url_policy``): a host
-    taken out of ``ALLOWED_IMAGE_HOSTS`` stops feeding training at once. The bytes behind a URL are taken to stay the same (Label Studio's uploads get
-    a new name each): docs/service.md says what to do after replacing files in place."""
+    taken out of ``ALLOWED_IMAGE_HOSTS`` stops feeding training at once. The bytes behind a URL are
+    taken to stay the same (Label Studio names each upload anew): docs/service.md says what to do
+    after replacing files in place."""
     shape = (channels, size, size)
     arrays = [np.empty((len(g),) + shape, np.float32) for g in groups]
     errors: List[List[Optional[str]]] = [[None] * len(g) for g in groups]
