@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageOps, JpegImagePlugin
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from ncalr_backend.atomic import atomic_write_bytes
 
@@ -32,14 +32,25 @@ class BrokenImage(ValueError):
     """The bytes are not an image PIL can decode."""
 
 
+# What a browser shows an annotator (TIFF: Safari, and microscopy / remote sensing uploads; MPO, a
+# 3D camera's JPEG, opens as JPEG). Pillow opens some 40 formats; the others are never what the
+# annotator saw, and some reach outside programs (EPS runs Ghostscript on the file) or rarely used
+# decoders.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")  # JPEG opens MPO too
+
+
 def open_image(data: bytes) -> "Image.Image":
     """``Image.open`` on the bytes, refusing (``BrokenImage``) an image whose header declares more
     than MAX_PIXELS pixels, before it is decoded: a 15 KB PNG can declare 11,000 x 11,000 pixels
     (a decompression bomb, 600 MB decoded; Pillow only warned between 64 and 128 million). The
-    caller closes it (a context manager) and calls ``load``."""
+    caller closes it (a context manager) and calls ``load``. Only ``IMAGE_FORMATS`` are opened."""
     with warnings.catch_warnings():  # Pillow warns on opening one between 1x and 2x its limit: refused below
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = Image.open(io.BytesIO(data))
+        try:
+            img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        except UnidentifiedImageError:
+            raise BrokenImage(f"not a readable image: corrupt, or not in a format a browser shows "
+                              f"({', '.join(IMAGE_FORMATS)}; convert it to PNG or JPEG)") from None
     w, h = img.size
     if w * h > MAX_PIXELS:
         img.close()

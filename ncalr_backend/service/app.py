@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -99,6 +100,7 @@ def _error(message: str, status: int):
     return jsonify({"error": message}), status
 
 
+HINT_WAIT_S = 2.0  # seconds a webhook waits to note its task hint while a sync writes the mirror
 SMALL_BODY = 1 << 20  # bytes: any body without a project's key (Start training, /setup, /train, /versions)
 BIG_BODY = 64 << 20  # a webhook with its key (TASKS_CREATED of a large import), /predict (Retrieve predictions)
 _big_parse = threading.Lock()  # bodies over SMALL_BODY are parsed one at a time: memory, and the GIL
@@ -336,8 +338,14 @@ class Backend:
         hints = hinted_task_ids(action, data)
         if hints and not self.settings.redis_url:
             # the next cycle re-reads these tasks (mirror.py). With RQ the mirror belongs to the
-            # workers, which may be other machines: they rely on updated_at and the count check alone
-            TaskMirror(ProjectStore(self.settings.model_dir, pid).root).mark(hints)
+            # workers, which may be other machines: they rely on updated_at and the count check alone.
+            # A hint only saves a read: when the mirror is busy (a long sync holds its write lock)
+            # or its disk refuses the write, the event is still counted, without waiting for it
+            try:
+                TaskMirror(ProjectStore(self.settings.model_dir, pid).root).mark(hints, timeout=HINT_WAIT_S)
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("project %s: %s's task hint was not recorded (%s); the next sync finds the "
+                            "change by Label Studio's updated_at and the task count", pid, action, exc)
         if action == "TASKS_DELETED":
             return jsonify({"status": "ok", "action": action, "project": pid, "hinted": len(hints)}), 201
         sched = self.scheduler()

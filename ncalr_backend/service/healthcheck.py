@@ -2,7 +2,8 @@
 HEALTHCHECK). Exit 0 when this machine's backend answers ``/health`` with ``{"status": "UP"}``
 within 5 s; otherwise exit 1 and say why on stderr (``docker inspect`` shows it). It reads the
 settings the app reads (``Settings.from_env``: ``BASIC_AUTH_USER`` / ``_PASS``), and ``PORT``
-(default 9090), and asks only 127.0.0.1, so the credentials never leave the container."""
+(default 9090), and asks only 127.0.0.1, never through a proxy (``http_proxy`` and the like are
+ignored), so the credentials never leave the container."""
 from __future__ import annotations
 
 import json
@@ -30,7 +31,8 @@ def check(env: Optional[Mapping[str, str]] = None, timeout: float = 5.0) -> Opti
     if settings.basic_auth_user:  # from_env sets both or neither
         req.add_header("Authorization", basic_header(settings))
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        # no proxy: urllib would send this loopback request, credentials and all, to an HTTP_PROXY
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=timeout) as resp:
             body = json.loads(resp.read(65536))
     except urllib.error.HTTPError as exc:
         return f"/health answered HTTP {exc.code}"

@@ -472,6 +472,12 @@ class LabelStudioClient:
             if isinstance(body, list) else []
 
     # ------------------------------------------------------------- images
+    def url_policy(self) -> str:
+        """What decides which image URLs are fetched, and with the key: Label Studio's origin and
+        path prefix and the ``ALLOWED_IMAGE_HOSTS`` rules. Images kept under one policy need no new
+        check until it changes (``snapshot.load_image_groups``)."""
+        return repr((self.origin, self.base_path, sorted(repr(r) for r in self.allowed)))
+
     def allowed_origin(self, safe: SafeURL) -> bool:
         return any(rule.matches(safe.origin) for rule in self.allowed)
 

@@ -130,9 +130,9 @@ class TaskMirror:
 
     # ------------------------------------------------------------------ storage
     @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
+    def _db(self, timeout: float = 30.0) -> Iterator[sqlite3.Connection]:
         self.root.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path, timeout=30.0, isolation_level=None)) as db:
+        with closing(sqlite3.connect(self.path, timeout=timeout, isolation_level=None)) as db:
             self._opened = _identity(self.path)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -197,13 +197,14 @@ class TaskMirror:
                        [(k, json.dumps(v)) for k, v in values.items()])
 
     @_heals
-    def mark(self, task_ids: Iterable[int]) -> int:
+    def mark(self, task_ids: Iterable[int], timeout: float = 30.0) -> int:
         """Webhook hints: these tasks changed (or appeared, or went). Only positive integers are
-        kept; returns how many."""
+        kept; returns how many. Waits at most ``timeout`` seconds for a writer (a sync) to finish
+        (``sqlite3.OperationalError`` after that)."""
         ids = sorted({int(i) for i in task_ids if isinstance(i, int) and not isinstance(i, bool) and i > 0})
         if not ids:
             return 0
-        with self._db() as db:
+        with self._db(timeout) as db:
             db.executemany("INSERT OR IGNORE INTO hints (id) VALUES (?)", [(i,) for i in ids])
         return len(ids)
 
@@ -250,6 +251,27 @@ class TaskMirror:
         except sqlite3.DatabaseError as exc:
             if not self.set_aside_if_damaged(exc):  # the images not yielded yet are decoded again: a cache miss
                 raise
+
+    @_heals
+    def pixels_policy(self) -> Optional[str]:
+        """The image URL policy (``LabelStudioClient.url_policy``) every kept image was last checked
+        against; None when never."""
+        if not self.path.exists():
+            return None
+        with self._db() as db:
+            return self._meta(db, "pixels_policy")
+
+    @_heals
+    def set_pixels_policy(self, policy: str, shape: tuple, refused: Iterable[int]) -> None:
+        """The images kept at ``shape`` were checked against ``policy``: drop those of the task ids
+        ``refused`` and every image kept at another shape (not checked), and record ``policy``."""
+        key = "x".join(map(str, shape))
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM pixels WHERE shape != ?", (key,))
+            db.executemany("DELETE FROM pixels WHERE id = ?", [(int(i),) for i in refused])
+            self._set_meta(db, pixels_policy=policy)
+            db.execute("COMMIT")
 
     @_heals
     def store_pixels(self, shape: tuple, rows: Iterable[tuple]) -> int:

@@ -32,6 +32,15 @@ from ncalr_backend.service.store import ProjectStore
 log = logging.getLogger(__name__)
 
 
+def image_url(task: dict, key: str) -> Optional[str]:
+    """The task's image URL under the config's data key, or None where the task's ``data`` is not
+    an object or holds no string there (a /predict body is anyone's: one such task is that task's
+    failure, never the whole request's)."""
+    data = task.get("data")
+    url = data.get(key) if isinstance(data, dict) else None
+    return url if isinstance(url, str) else None
+
+
 def load_images(client: LabelStudioClient, cache: ImageCache, tasks: Sequence[dict], cfg: ImageClassConfig,
                 size: int, channels: int, workers: int = 8, progress=NO_PROGRESS,
                 direct: Optional["DirectReader"] = None):
@@ -55,7 +64,13 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
     With ``decoded`` (the project's mirror), an image already decoded at this size for the same
     task and URL is copied from there, and newly decoded ones are added to it. With ``direct``
     (``LOCAL_FILES_DOCUMENT_ROOT``), Label Studio's Local Files are read from the shared disk
-    (not through the image cache: they are on disk already), the rest as before."""
+    (not through the image cache: they are on disk already), the rest as before.
+
+    Every URL passes the client's URL policy (``resolve_image_url``) before anything is read, from
+    the file cache and the mirror too (the mirror's images once per policy: ``url_policy``): a host
+    taken out of ``ALLOWED_IMAGE_HOSTS`` stops feeding training at once. The bytes behind a URL are
+    taken to stay the same (Label Studio names each upload anew): docs/service.md says what to do
+    after replacing files in place."""
     shape = (channels, size, size)
     arrays = [np.empty((len(g),) + shape, np.float32) for g in groups]
     errors: List[List[Optional[str]]] = [[None] * len(g) for g in groups]
@@ -65,17 +80,32 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
         where = {}
         for gi, g in enumerate(groups):
             for i, t in enumerate(g):
-                url = (t.get("data") or {}).get(cfg.data_key)
-                if isinstance(url, str) and isinstance(t.get("id"), int):
+                url = image_url(t, cfg.data_key)
+                if url is not None and isinstance(t.get("id"), int):
                     where[t["id"]] = (gi, i, url)
         done = set()
         nbytes = int(np.prod(shape))
+        # the URL policy decides before a copy too (ALLOWED_IMAGE_HOSTS may have shrunk since an image
+        # was kept); every kept image passed the policy it was fetched under, so the URLs are checked
+        # again only when the policy changed (docs/bench/scale/mirror_policy.py: a check of each one
+        # every cycle would cost about 5x the copy itself)
+        policy = client.url_policy()
+        recheck = decoded.pixels_policy() != policy
+        refused = []  # task ids whose kept image is no longer allowed: dropped from the mirror
         for tid, url, blob in decoded.iter_pixels(shape):
+            if recheck:
+                try:
+                    client.resolve_image_url(url)
+                except ImageRefused:  # read below, where it becomes this task's failure
+                    refused.append(tid)
+                    continue
             w = where.get(tid)
             if w is not None and w[2] == url and len(blob) == nbytes:
                 np.divide(np.frombuffer(blob, np.uint8).reshape(shape), 255.0, out=arrays[w[0]][w[1]],
                           dtype=np.float32)
                 done.add((w[0], w[1]))
+        if recheck:
+            decoded.set_pixels_policy(policy, shape, refused)
         jobs = [j for j in jobs if j not in done]
 
     stopped = []
@@ -86,11 +116,12 @@ def load_image_groups(client: LabelStudioClient, cache: ImageCache, groups: Sequ
             stopped.append(job)
             return
         task = groups[gi][i]
-        url = (task.get("data") or {}).get(cfg.data_key)
+        url = image_url(task, cfg.data_key)
         cached = False
         try:
-            if not isinstance(url, str):
+            if url is None:
                 raise ImageRefused(f"task data has no {cfg.data_key!r} string")
+            client.resolve_image_url(url)  # before the cache too: a host no longer allowed is refused
             data = direct.read(url) if direct is not None else None
             if data is None:
                 cached = True
@@ -228,7 +259,7 @@ def take_snapshot(client: LabelStudioClient, settings: Settings, project_id: int
         skipped=[k for k, i in enumerate(pool_ok) if _skipped(split.pool[i])], marked=marked,
         unusable=split.unusable, image_failures=lab_failed + pool_failed,
         annotation_counts={i: counts.get(int(i), 0) for i in lab_ids},
-        urls={g[i]["id"]: (g[i].get("data") or {}).get(cfg.data_key)
+        urls={g[i]["id"]: image_url(g[i], cfg.data_key)
               for g, ok in ((split.pool, pool_ok), (split.labeled, lab_ok)) for i in ok},
         sync=sync.report(), local_files=direct.report() if direct is not None else {},
         timings={"fetch_tasks_s": fetch_tasks_s, "fetch_images_s": fetch_images_s,

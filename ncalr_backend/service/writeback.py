@@ -34,6 +34,10 @@ from ncalr_backend.service.store import ProjectStore
 
 log = logging.getLogger(__name__)
 
+# a request that may have reached Label Studio without its answer reaching us: none (a timeout,
+# a reset), or a gateway's (502 / 503 / 504 from a reverse proxy in front of Label Studio)
+NO_ANSWER = (None, 502, 503, 504)
+
 
 @dataclass
 class WriteBack:
@@ -122,10 +126,11 @@ def write_back(client: LabelStudioClient, settings: Settings, project_id: int, v
         try:
             client.patch_project(project_id, patch)
         except LabelStudioError as exc:
-            # no answer (a timeout, a connection reset after the request was sent): the switch may have
+            # no answer (a timeout, a connection reset after the request was sent), or a gateway's
+            # 502 / 503 / 504 in its place (a reverse proxy that gave up waiting): the switch may have
             # gone through. Label Studio then serves this version, so the cycle must commit it (else
             # latest stays the old one while Label Studio serves the new: found by review)
-            if exc.status is not None or live_in_label_studio(client, project_id) != version:
+            if exc.status not in NO_ANSWER or live_in_label_studio(client, project_id) != version:
                 raise
             log.warning("project %s: the switch to %s got no answer (%s), but Label Studio now uses %s: "
                         "the switch went through", project_id, version, exc, version)

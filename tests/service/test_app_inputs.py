@@ -303,6 +303,40 @@ def test_task_ids_and_counts_of_a_webhook_are_database_integers(client):
     assert ProjectStore(client.model_dir, 13).state().get("num_tasks") in (None, 0)
 
 
+def test_a_webhook_is_counted_at_once_while_a_sync_holds_the_mirror(client, monkeypatch):
+    """Found by review: while a sync held the mirror's write lock (a full read of a large project),
+    a webhook waited up to 30 s to note its task hint, then answered 500 with the annotation
+    uncounted (Label Studio does not send it again). The hint only saves a read: the webhook now
+    waits ``HINT_WAIT_S`` at most and counts the annotation either way."""
+    import sqlite3
+    import time
+
+    from ncalr_backend.service import app as app_mod
+    from ncalr_backend.service.auth import SECRET_HEADER, project_key
+    from ncalr_backend.service.mirror import TaskMirror
+    from ncalr_backend.service.store import ProjectStore
+
+    monkeypatch.setattr(app_mod, "HINT_WAIT_S", 0.3)
+    st = ProjectStore(client.model_dir, 6)
+    TaskMirror(st.root).mark([1])  # the mirror exists
+    secret = project_key((client.model_dir / "webhook_key_secret").read_text().strip(), 6)
+    sync = sqlite3.connect(st.root / "mirror.sqlite", isolation_level=None)
+    sync.execute("BEGIN IMMEDIATE")  # what a sync holds while it writes
+    try:
+        t0 = time.monotonic()
+        r = client.post("/webhook", headers={SECRET_HEADER: secret},
+                        json={"action": "ANNOTATION_CREATED", "project": {"id": 6, "task_number": 100},
+                              "task": {"id": 5}, "annotation": {"id": 9, "task": 5, "result": []}})
+        waited = time.monotonic() - t0
+    finally:
+        sync.execute("ROLLBACK")
+        sync.close()
+    assert r.status_code == 201, r.get_json()
+    assert st.state()["new_annotations"] == 1
+    assert waited < 10  # not the 30 s of SQLite's default wait
+    assert TaskMirror(st.root).state()["hints"] == 1  # task 5's hint was dropped, the count was not
+
+
 def test_a_damaged_review_file_never_costs_an_annotation_its_count(client):
     """Found by review: review.json of the wrong shape made ANNOTATION_CREATED a 500 before it was
     counted (Label Studio does not send a webhook twice: the event was lost)."""

@@ -97,10 +97,17 @@ class FakeLS:
     def task_ids(self, pid, page_size=1000):
         return [t["id"] for t in self.tasks]
 
-    def download(self, url):
+    def url_policy(self):
+        return "Label Studio's origin; elsewhere.test refused"
+
+    def resolve_image_url(self, url):  # the client's URL policy, reduced to the one host these tests refuse
         if "elsewhere" in url:
             from ncalr_backend.service.labelstudio import ImageRefused
             raise ImageRefused("image host 'elsewhere.test' is not Label Studio's host")
+        return url, True
+
+    def download(self, url):
+        self.resolve_image_url(url)
         i = int(url.rsplit("/", 1)[1].split(".")[0])
         return self.images[i] if i in self.images else _png(40 if i % 2 else 220)
 

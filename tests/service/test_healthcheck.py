@@ -51,6 +51,41 @@ def test_wrong_credentials_are_unhealthy_and_say_so(served):
     assert out.returncode == 1 and "unhealthy: /health answered HTTP 401" in out.stderr
 
 
+def test_the_check_never_goes_through_a_proxy(served, monkeypatch):
+    """Found by review: urllib honoured ``http_proxy`` (Docker's client proxy settings put it into
+    containers), so the loopback request, basic-auth credentials and all, went to the proxy, and a
+    proxy's made-up {"status": "UP"} passed the check."""
+    seen = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            body = b'{"status": "UP"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    proxy = HTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        for var in ("http_proxy", "HTTP_PROXY", "all_proxy"):
+            monkeypatch.setenv(var, f"http://127.0.0.1:{proxy.server_port}")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        with socket.socket() as s:  # nothing listens here: only a proxy could make it look healthy
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        assert check({**served, "PORT": str(port)}).startswith("/health did not answer")
+        assert check(served) is None  # the real backend, asked directly
+        assert seen == []
+    finally:
+        proxy.shutdown()
+
+
 def test_nothing_listening_is_unhealthy(served):
     with socket.socket() as s:  # a port that was free a moment ago
         s.bind(("127.0.0.1", 0))

@@ -167,3 +167,24 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded():
     ok = io.BytesIO()
     Image.new("L", (64, 64), 128).save(ok, format="PNG")
     assert decode_image(ok.getvalue(), 8, 1).shape == (1, 8, 8)
+
+
+def test_only_formats_a_browser_shows_are_opened(monkeypatch):
+    """Found by review: every Pillow format was opened, EPS among them, whose decoder runs
+    Ghostscript on the file (a program outside the backend, on an upload anyone with a task import
+    controls). Formats the annotator's browser cannot show are refused with what to do, before any
+    decoder runs; the ones it shows still decode."""
+    from PIL import EpsImagePlugin
+
+    ran = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: ran.append(a))
+    for fmt in ("EPS", "TGA", "PPM", "PCX"):
+        blob = _encode(Image.new("RGB", (8, 8), (200, 10, 10)), fmt)
+        assert Image.open(io.BytesIO(blob)).format == fmt  # Pillow itself would open it
+        with pytest.raises(BrokenImage, match="not in a format a browser shows.*convert it to PNG or JPEG"):
+            decode_image(blob, 4, 3)
+    assert ran == []  # Ghostscript never started
+    for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"):
+        a = decode_image(_encode(Image.new("RGB", (8, 8), (200, 10, 10)), fmt), 4, 3)
+        assert abs(float(a[0].mean()) - 200 / 255) < 0.05, fmt
+

@@ -125,18 +125,26 @@ def test_an_unclassified_task_is_asked_for_again_and_placed(settings, monkeypatc
 # ---------------------------------------------------------------------------- 2: a switch whose answer was lost
 class LostSwitchLS(FakeLS):
     """The PATCH that switches the project goes through in Label Studio (``applied``) but its answer
-    never arrives: the client raises a LabelStudioError without a status, as on a read timeout."""
+    never arrives: the client raises a LabelStudioError without a status, as on a read timeout, or
+    (``status``) with the 502 / 504 a reverse proxy in front of Label Studio answers instead."""
 
     applied = True
+    status = None
 
     def patch_project(self, pid, data):
         if self.applied:
             super().patch_project(pid, data)
-        raise LabelStudioError("PATCH /api/projects/1/: Read timed out. (read timeout=30)", None)
+        if self.status is None:
+            raise LabelStudioError("PATCH /api/projects/1/: Read timed out. (read timeout=30)", None)
+        raise LabelStudioError(f"PATCH /api/projects/1/: HTTP {self.status}", self.status)
 
 
-def test_a_switch_that_went_through_without_an_answer_is_committed(settings):
+@pytest.mark.parametrize("status", [None, 502, 503, 504])
+def test_a_switch_that_went_through_without_an_answer_is_committed(settings, status):
+    """Found by review (the proxy's 502 / 504): only a missing answer was checked against Label
+    Studio, so a proxy's gateway error failed a cycle whose switch Label Studio had applied."""
     ls = LostSwitchLS()
+    ls.status = status
     rep = run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
     v = rep["model_version"]
     assert rep["status"] == "completed" and rep["live"]
@@ -144,11 +152,12 @@ def test_a_switch_that_went_through_without_an_answer_is_committed(settings):
     assert serving.current_version(settings, 1) == v and v not in ls.deleted  # /setup serves what Label Studio uses
 
 
-def test_a_switch_that_did_not_go_through_still_fails_the_cycle(settings):
+@pytest.mark.parametrize("status", [None, 504])
+def test_a_switch_that_did_not_go_through_still_fails_the_cycle(settings, status):
     from ncalr_backend.service.errors import CycleError
 
     ls = LostSwitchLS()
-    ls.applied = False
+    ls.applied, ls.status = False, status
     with pytest.raises(CycleError) as err:
         run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
     assert err.value.retryable and ls.model_version == "" and ProjectStore(settings.model_dir, 1).latest() is None

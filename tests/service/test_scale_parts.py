@@ -34,10 +34,25 @@ def test_placement_index_matches_the_brute_force_neighbours(m):
     assert PlacementIndex({}).place(0.9) == pytest.approx(0.1)
 
 
+class AnyURL:
+    """A client for the image loader whose URL policy allows every URL (these tests are not about
+    it; test_a_host_taken_out_of_the_allow_list_... runs the real one): image ``http://x/<v>`` is a
+    uniform gray PNG of value v."""
+
+    def url_policy(self):
+        return "every URL"
+
+    def resolve_image_url(self, url):
+        return url, False
+
+    def download(self, url):
+        return _png(int(url.rsplit("/", 1)[1]))
+
+
 def test_images_go_straight_into_their_arrays_and_failures_are_compacted_out(tmp_path):
     from ncalr_backend.data.images import ImageCache
 
-    class Client:
+    class Client(AnyURL):
         def download(self, url):
             if "bad" in url:
                 return b"not an image"
@@ -101,7 +116,7 @@ def test_decoded_images_are_kept_and_reused_exactly_and_a_changed_url_is_decoded
     from ncalr_backend.data.images import ImageCache
     from ncalr_backend.service.mirror import TaskMirror
 
-    class Client:
+    class Client(AnyURL):
         calls = 0
 
         def download(self, url):
@@ -122,7 +137,8 @@ def test_decoded_images_are_kept_and_reused_exactly_and_a_changed_url_is_decoded
 
 
 # Files a Pillow fuzz produced that make its decoders raise TypeError / NotImplementedError rather
-# than an image error (found by review, 2026-11-30): one such upload used to fail every cycle.
+# than an image error (found by review, 2026-11-30): one such upload used to fail every cycle. (DDS
+# is no longer opened at all: browsers do not show it, ``images.IMAGE_FORMATS``.)
 CRASH_TIFF = "SUkqAAgAAAAKAAABBAABAAAAEAAAAAEBBAABAAAAEAAAAAIBAwADAAAAhgAAAAMBAwABAAAAAQAAAAYBAwABAAAAAgAAABEBBwABAAAAjAAAABUBAwABAAAAAwAAABYBBAABAAAAEAAAABcBBAABAAAAAAMAABwBAwABAAAAAQAAAAAAAAAIAAgACAAKFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4tFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4KFB4="
 CRASH_DDS = "RERTIHwAAAAPEAAAEAAAABAAAAAwAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAARwAAAAAAAAAA4d4AAAAAAAAAAAAAIAAAAEAAAAAAAAAAGAAAAAAA/wAA/wAA/wAAAAAAAAAAEAAAAAAAAAAAAAAAAAAAAAAAAB4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCpoUCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4Ucx4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCi4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCnMUCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCh4UCg=="
 
@@ -138,7 +154,7 @@ def test_an_image_that_crashes_its_decoder_is_one_task_failure_and_leaves_the_ca
         with pytest.raises(BrokenImage, match="not a readable image"):
             decode_image(blob, 8, 3)
 
-    class Client:
+    class Client(AnyURL):
         def download(self, url):
             key = url.rsplit("/", 1)[1]
             return files[key] if key in files else _png(int(key))
@@ -162,7 +178,8 @@ def test_an_image_that_crashes_its_decoder_is_one_task_failure_and_leaves_the_ca
     np.testing.assert_allclose(xp[0], np.full((1, 8, 8), 40 / 255.0, np.float32), atol=1e-6)
     reasons = {f["task"]: f["reason"] for f in fp}
     assert sorted(reasons) == [1, 3, 4, 5]
-    assert "TypeError" in reasons[1] and "NotImplementedError" in reasons[3]
+    assert "TypeError" in reasons[1]
+    assert "not in a format a browser shows" in reasons[3]  # DDS: refused before its decoder (which raised NotImplementedError) runs
     assert "RuntimeError: decoder bug" in reasons[5]
     for url in ("http://x/tiff", "http://x/dds", "http://x/boom"):  # not kept to fail the next cycle
         assert not cache.path_for(url).exists()
@@ -217,3 +234,61 @@ def test_placement_skips_a_task_deleted_mid_batch_and_places_the_rest(tmp_path):
     out = placement.place_new_tasks(s, 1, new, client=ls)
     assert out["placed"] == 2
     assert sorted(it["task"] for it in ls.stored if it["model_version"] == v and it["task"] in new) == [500, 502]
+
+
+def test_a_task_whose_data_is_not_an_object_is_that_tasks_failure_only(tmp_path):
+    """Found by review: a /predict body (anyone's) with one task whose ``data`` was a list made
+    ``load_images`` raise AttributeError, and every task of the request lost its answer (a 500)."""
+    from ncalr_backend.data.images import ImageCache
+    from ncalr_backend.service.snapshot import image_url, load_images
+
+    Client = AnyURL
+    cfg = parse_label_config(CFG)
+    key = cfg.data_key
+    tasks = [{"id": 1, "data": ["http://x/10"]}, {"id": 2, "data": {key: "http://x/90"}}, {"id": 3, "data": "http://x/5"},
+             {"id": 4, "data": {key: 7}}, {"id": 5}, {"id": 6, "data": None}]
+    x, ok, failures = load_images(Client(), ImageCache(tmp_path), tasks, cfg, 8, 1, 2)
+    assert ok == [1] and x.shape == (1, 1, 8, 8)
+    np.testing.assert_allclose(x[0], 90 / 255.0, atol=1e-6)
+    assert {f["task"] for f in failures} == {1, 3, 4, 5, 6}
+    assert all(f"no {key!r} string" in f["reason"] for f in failures)
+    assert [image_url(t, key) for t in tasks] == [None, "http://x/90", None, None, None, None]
+
+
+def test_a_host_taken_out_of_the_allow_list_stops_feeding_training_from_the_caches(tmp_path):
+    """Found by review: the mirror's decoded images and the file cache were used before any URL
+    check, so images of a host the operator took out of ALLOWED_IMAGE_HOSTS kept training the
+    model. The real client's policy now decides before every copy."""
+    from ncalr_backend.data.images import ImageCache
+    from ncalr_backend.service.labelstudio import LabelStudioClient
+    from ncalr_backend.service.mirror import TaskMirror
+
+    class Client(LabelStudioClient):
+        def download(self, url):  # the real URL policy, no network
+            self.resolve_image_url(url)
+            return _png(int(url.rsplit("/", 1)[1]))
+
+    cfg = parse_label_config(CFG)
+    tasks = [{"id": 1, "data": {"image": "http://img.test/30"}}, {"id": 2, "data": {"image": "http://ls.test/data/upload/1/60"}}]
+    mirror, cache = TaskMirror(tmp_path / "m"), ImageCache(tmp_path / "c")
+    before = Client("http://ls.test", "k", allowed_hosts=["img.test"])
+    (x, ok, failed), = load_image_groups(before, cache, [tasks], cfg, 8, 1, 2, decoded=mirror)
+    assert ok == [0, 1] and failed == []
+    assert sorted(t for t, _, _ in mirror.iter_pixels((1, 8, 8))) == [1, 2]
+    after = Client("http://ls.test", "k")  # img.test no longer allowed; both caches still hold its image
+    for decoded in (mirror, mirror, None):  # the mirror: when the policy changed, and once more under it
+        (x, ok, failed), = load_image_groups(after, cache, [tasks], cfg, 8, 1, 2, decoded=decoded)
+        assert ok == [1] and [f["task"] for f in failed] == [1] and "ALLOWED_IMAGE_HOSTS" in failed[0]["reason"]
+        np.testing.assert_allclose(x[0], 60 / 255.0, atol=1e-6)
+    assert [t for t, _, _ in mirror.iter_pixels((1, 8, 8))] == [2]  # its kept image is dropped
+    assert mirror.pixels_policy() == after.url_policy() != before.url_policy()
+
+    class Counting(Client):
+        checks = 0
+
+        def resolve_image_url(self, url):
+            Counting.checks += 1
+            return super().resolve_image_url(url)
+
+    (x, ok, _), = load_image_groups(Counting("http://ls.test", "k"), cache, [tasks[1:]], cfg, 8, 1, 2, decoded=mirror)
+    assert ok == [0] and Counting.checks == 0  # the same policy: kept images are copied without a new check
