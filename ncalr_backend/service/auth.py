@@ -15,8 +15,9 @@
   header. Without basic auth such a request is checked against Label Studio itself (the project
   exists and has an ML backend at this backend's address) before a cycle is requested; at most
   CHECK_BUDGET such checks per CHECK_WINDOW_S, over all projects and addresses.
-* **The dashboard** (``/``, ``/dashboard/*``) shows task thumbnails, labels and errors: without basic
-  auth it answers only clients on this machine (``dashboard_ok``).
+* **The dashboard** (``/``, ``/dashboard/*``) and ``/status`` show task thumbnails, labels, suspected
+  label errors and file names: without basic auth they answer only clients on this machine
+  (``dashboard_ok``).
 See docs/security.md for the threat model.
 """
 
@@ -96,8 +97,8 @@ RESYNC_EVERY_S = 30.0  # at most one header repair (or connection check) per pro
 MAX_RESYNCS = 20  # ... and at most this many projects' repairs in that time
 CHECK_BUDGET = 20  # at most this many Label Studio checks of unauthenticated "Start training"s ...
 CHECK_WINDOW_S = 30.0  # ... in this time, over all projects and Host headers together
-DASHBOARD_CLOSED = ("the dashboard answers only this machine (loopback) while basic auth is off: set "
-                    "BASIC_AUTH_USER and BASIC_AUTH_PASS to open the dashboard to other machines")
+DASHBOARD_CLOSED = ("the dashboard and /status answer only this machine (loopback) while basic auth is off: set "
+                    "BASIC_AUTH_USER and BASIC_AUTH_PASS to open them to other machines")
 
 
 def is_loopback(addr: Optional[str]) -> bool:
@@ -218,9 +219,9 @@ class Auth:
                 and hmac.compare_digest((authorization.password or "").encode(), s.basic_auth_pass.encode()))
 
     def dashboard_ok(self, remote_addr: Optional[str]) -> bool:
-        """The dashboard (``/``, ``/dashboard/*``: task thumbnails, labels, errors) may answer this
-        client: with basic auth on, whoever passed it (``basic_ok``, checked before); without,
-        only this machine."""
+        """The dashboard (``/``, ``/dashboard/*``: task thumbnails, labels, errors) and ``/status``
+        may answer this client: with basic auth on, whoever passed it (``basic_ok``, checked
+        before); without, only this machine."""
         return bool(self.settings.basic_auth_user) or is_loopback(remote_addr)
 
     def webhook_ok(self, headers, project_id: Optional[int], action: str = "") -> bool:

@@ -665,7 +665,7 @@ def render_page(views: list, progress: dict, scheds: dict, now: float, mode: str
 
 
 # ---------------------------------------------------------------------------- Flask
-HOST_REFUSED = ("this request was addressed to {host}, not to this machine: while basic auth is off the dashboard "
+HOST_REFUSED = ("this request was addressed to {host}, not to this machine: while basic auth is off the dashboard and /status "
                 "answers only requests for localhost, 127.0.0.1 or [::1] (any port), or for PUBLIC_URL's host "
                 "(a page of another site can point its own name at 127.0.0.1: DNS rebinding). Open it as "
                 "http://localhost:<port>/, set PUBLIC_URL to the address you use, or set BASIC_AUTH_USER and "
@@ -783,8 +783,10 @@ def register(app, backend) -> None:
         """Without basic auth the dashboard answers only this machine (auth.py ``dashboard_ok``),
         and only requests addressed to it by a local name (``local_host``: a page of another site
         whose name an attacker points at 127.0.0.1, DNS rebinding, sends its own name as Host);
-        with basic auth, ``check_auth`` (registered before) has already asked for the credentials."""
-        if not (request.path == "/" or request.path.startswith("/dashboard/")):
+        with basic auth, ``check_auth`` (registered before) has already asked for the credentials.
+        ``/status`` shows the same (labels, suspected label errors, file names): the same rule
+        (found by review: it answered any machine)."""
+        if not (request.path in ("/", "/status") or request.path.startswith("/dashboard/")):
             return None
         if not backend.auth.dashboard_ok(request.remote_addr):
             return _closed(DASHBOARD_CLOSED)

@@ -279,9 +279,11 @@ def test_a_file_system_error_on_the_project_directory_is_no_such_project(tmp_pat
 
 # ---------------------------------------------------------------------------- 4. who may see the dashboard
 def test_without_basic_auth_the_dashboard_answers_only_this_machine(tmp_path):
+    """/status shows what the dashboard shows (labels, suspected label errors, image file names):
+    found by review, it answered any machine while the dashboard was closed to them."""
     c = make_app(tmp_path).test_client()
     healthy_project(tmp_path, 1)
-    for path in ("/", "/dashboard/progress?project=1", "/dashboard/thumb/1/7.png", "/dashboard/nothing"):
+    for path in ("/", "/dashboard/progress?project=1", "/dashboard/thumb/1/7.png", "/dashboard/nothing", "/status?project=1"):
         r = c.get(path, environ_base=REMOTE)
         assert r.status_code == 403, path
         assert "BASIC_AUTH_USER" in r.get_json()["error"] and "BASIC_AUTH_PASS" in r.get_json()["error"]
@@ -290,9 +292,11 @@ def test_without_basic_auth_the_dashboard_answers_only_this_machine(tmp_path):
     for addr in ("127.0.0.1", "::1", "::ffff:127.0.0.1", "127.0.0.2"):
         r = c.get("/", environ_base={"REMOTE_ADDR": addr})
         assert r.status_code == 200 and 'id="project-1"' in r.get_data(as_text=True), addr
-    # the other routes keep their rules: open (health, reading), or the webhook secret
+    assert c.get("/status?project=1", environ_base={"REMOTE_ADDR": "127.0.0.1"}).status_code == 200
+    r = c.get("/status?project=1", environ_base={"REMOTE_ADDR": "127.0.0.1"}, headers={"Host": "evil.example:9090"})
+    assert r.status_code == 403  # DNS rebinding: a page of another site pointing its name at 127.0.0.1
+    # the other routes keep their rules: open (health, versions), or the webhook secret
     assert c.get("/health", environ_base=REMOTE).status_code == 200
-    assert c.get("/status?project=1", environ_base=REMOTE).status_code == 200
     assert c.get("/versions?project=1", environ_base=REMOTE).get_json()["versions"] == ["v1"]
     assert c.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 1}, "annotation": {"id": 1}},
                   environ_base=REMOTE).status_code == 401
