@@ -219,11 +219,16 @@ class EmbeddedScheduler(BaseScheduler):
                 return {"queued": False, "coalesced": True, "running": self._running == pid}
             job["cycle"] = {"reason": reason, "triggered_at": now, "coalesced": 0, "attempt": attempt,
                             "not_before": time.time() + delay}
-            ProjectStore(self.settings.model_dir, pid).update_state(
-                pending={"reason": reason, "triggered_at": now, "attempt": attempt,
-                         "retry_at": job["cycle"]["not_before"] if delay else None}, new_annotations=0)
-            self._ensure_thread()
-            self._cv.notify_all()
+            try:  # what /status and a restart read; the job above is what runs
+                ProjectStore(self.settings.model_dir, pid).update_state(
+                    pending={"reason": reason, "triggered_at": now, "attempt": attempt,
+                             "retry_at": job["cycle"]["not_before"] if delay else None}, new_annotations=0)
+            except OSError as exc:  # a full or read-only disk: the request still runs (found by review: it
+                # stayed in memory unannounced to the worker, and every later request was folded into it)
+                log.warning("project %s: cannot note the cycle request in state.json (%s); it runs anyway", pid, exc)
+            finally:
+                self._ensure_thread()
+                self._cv.notify_all()
             return {"queued": True, "coalesced": False, "running": self._running == pid}
 
     def request_placement(self, project_id: int, tasks: Iterable) -> dict:
@@ -363,7 +368,11 @@ class EmbeddedScheduler(BaseScheduler):
         st = ProjectStore(self.settings.model_dir, pid)
         # the counter restarts when the cycle starts, not when it was queued: annotations made while
         # it waited are in its snapshot, and counting them again started a needless next cycle
-        st.update_state(pending=None, new_annotations=0)
+        try:
+            st.update_state(pending=None, new_annotations=0)
+        except OSError as exc:  # a full disk: the cycle runs, fails on its own writes and is retried
+            # (found by review: this write raised outside the cycle, and its retries ended silently)
+            log.warning("project %s: cannot note the cycle's start in state.json (%s)", pid, exc)
         log.info("project %s: cycle starts (%s; %d more requests folded in%s)", pid, c["reason"], c["coalesced"],
                  f"; attempt {c['attempt'] + 1}" if c.get("attempt") else "")
         try:

@@ -109,6 +109,43 @@ def test_a_failure_that_may_pass_is_retried_with_backoff_and_its_trigger_kept(tm
     assert st["cycles_run"] == 1 and st["cycles_failed"] == 2
 
 
+def test_a_full_disk_never_ends_the_retries_or_strands_a_request(tmp_path, monkeypatch):
+    """Found by review: on a full disk the retry's first write (state.json) raised outside the cycle
+    and the retries ended without a word; a request whose state write failed stayed in memory
+    without waking the worker, and every later request was folded into it. The cycle's own
+    failure on the full disk is retryable (cycle.py); the scheduler's notes are best effort."""
+    import errno
+
+    from ncalr_backend.service.errors import CycleError
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "CYCLE_RETRY_DELAYS": ",".join(["0.2"] * 10)})
+    full = {"on": True}
+    real = ProjectStore.update_state
+
+    def update_state(self, **kw):
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, **kw)
+
+    monkeypatch.setattr(ProjectStore, "update_state", update_state)
+    runs = []
+
+    def cycle(settings, pid, reason, t, **kw):
+        runs.append(reason)
+        if full["on"]:
+            raise CycleError("cannot write the cycle: No space left on device", retryable=True)
+
+    sch = EmbeddedScheduler(s, cycle_fn=cycle)
+    assert sch.request_cycle(5, "ten annotations")["queued"]  # its state write failed: it still runs
+    deadline = time.time() + 10
+    while len(runs) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    assert len(runs) >= 2  # tried, then retried, although every state write failed
+    full["on"] = False  # space freed
+    assert sch.wait_idle(10)
+    assert runs[-1] == "ten annotations" and sch.status(5)["cycles_run"] == 1
+    assert ProjectStore(s.model_dir, 5).state()["pending"] is None
+
+
 def test_a_failure_that_will_not_pass_is_not_retried(tmp_path):
     from ncalr_backend.service.errors import CycleError
     s = Settings.from_env({"MODEL_DIR": str(tmp_path), "CYCLE_RETRY_DELAYS": "0.05"})
