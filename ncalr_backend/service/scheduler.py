@@ -439,9 +439,13 @@ WORKERS_TTL_S = 1.0  # how long one count of the live RQ workers is used (a page
 ENQUEUE_GRACE_S = 30.0  # a queued-cycle key whose job is still CREATED (not enqueued yet) is not "lost" before this
 
 
-def _keys(pid: int) -> dict:
-    return {"queued": f"ncalr:{pid}:queued", "lock": f"ncalr:{pid}:running", "count": f"ncalr:{pid}:count",
-            "place_retry": f"ncalr:{pid}:place_retry"}
+def _keys(pid: int, queue: str) -> dict:
+    """This backend's Redis keys for a project, apart per ``RQ_QUEUE`` (found by review: two backends
+    on one Redis database with their own queues shared them, and one's cycle request or count
+    silently swallowed the other's). The default queue keeps the keys it always had."""
+    base = f"ncalr:{int(pid)}" if queue == "ncalr" else f"ncalr:{queue}:{int(pid)}"
+    return {"queued": f"{base}:queued", "lock": f"{base}:running", "count": f"{base}:count",
+            "place_retry": f"{base}:place_retry"}
 
 
 def keep_lock(lock, every: float, done: threading.Event, lost: threading.Event, project_id: int) -> None:
@@ -469,12 +473,12 @@ def keep_lock(lock, every: float, done: threading.Event, lost: threading.Event, 
 
 
 @contextmanager
-def project_lock(r, project_id: int, ttl: float):
+def project_lock(r, project_id: int, ttl: float, queue: str):
     """Hold the project's Redis lock (one cycle or placement at a time per project, as the embedded
     scheduler's single thread does), kept alive every ttl / 4 (``keep_lock``); yields the ``lost``
     event that tells the holder to stop."""
     # thread_local=False: the keep-alive thread must be able to extend the lock this thread took
-    lock = r.lock(_keys(int(project_id))["lock"], timeout=ttl, blocking_timeout=None, thread_local=False)
+    lock = r.lock(_keys(int(project_id), queue)["lock"], timeout=ttl, blocking_timeout=None, thread_local=False)
     lock.acquire()
     done, lost = threading.Event(), threading.Event()
     threading.Thread(target=keep_lock, args=(lock, ttl / 4, done, lost, project_id), daemon=True).start()
@@ -498,11 +502,11 @@ def rq_cycle_job(project_id: int):
     from redis import Redis
     settings = Settings.from_env()
     r = Redis.from_url(settings.redis_url)
-    k = _keys(int(project_id))
+    k = _keys(int(project_id), settings.rq_queue)
     st = ProjectStore(settings.model_dir, project_id)
     from rq import get_current_job
     me = get_current_job()
-    with project_lock(r, project_id, settings.rq_lock_ttl) as lost:
+    with project_lock(r, project_id, settings.rq_lock_ttl, settings.rq_queue) as lost:
         raw = r.getdel(k["queued"])  # from here on, new requests enqueue the (one) next job
         r.delete(k["count"])  # annotations made while this job waited are in its snapshot: not counted again
         info = json.loads(raw) if raw else {"reason": "queued", "triggered_at": time.time()}
@@ -540,12 +544,12 @@ def rq_place_job(project_id: int, tasks, attempt: int = 0):
     settings = Settings.from_env()
     r = Redis.from_url(settings.redis_url)
     pid = int(project_id)
-    with project_lock(r, pid, settings.rq_lock_ttl):
+    with project_lock(r, pid, settings.rq_lock_ttl, settings.rq_queue):
         out, again = _place_once(_default_place, settings, pid, list(tasks))
         if again:
             delay = _place_retry_delay(pid, out, again, int(attempt))
             if delay is not None:
-                key = _keys(pid)["place_retry"]
+                key = _keys(pid, settings.rq_queue)["place_retry"]
                 have = _retry_record(r.get(key))
                 r.set(key, json.dumps({"tasks": sorted(set(have.get("tasks", [])) | set(again)),
                                        "attempt": max(int(attempt) + 1, int(have.get("attempt", 0))),
@@ -579,16 +583,16 @@ class RQScheduler(BaseScheduler):
         self._stop = threading.Event()
 
     def is_running_elsewhere(self, project_id: int) -> bool:
-        return bool(self.redis.exists(_keys(int(project_id))["lock"]))
+        return bool(self.redis.exists(_keys(int(project_id), self.settings.rq_queue)["lock"]))
 
     def is_queued_elsewhere(self, project_id: int) -> bool:
-        key = _keys(int(project_id))["queued"]
+        key = _keys(int(project_id), self.settings.rq_queue)["queued"]
         return bool(self.redis.exists(key)) and not self._queued_job_lost(key)
 
     def count_annotations(self, project_id: int, n: int, num_tasks: Optional[int]) -> dict:
         pid = int(project_id)
         thr = self._threshold(pid, num_tasks)
-        k = _keys(pid)
+        k = _keys(pid, self.settings.rq_queue)
         count = int(self.redis.incrby(k["count"], int(n)))
         if count < thr or not self.redis.delete(k["count"]):  # only one caller wins the DEL
             return {"counted": n, "new_annotations": count, "threshold": thr, "cycle": None}
@@ -601,7 +605,7 @@ class RQScheduler(BaseScheduler):
         apart from ``attempt``, the cycle's own retries)."""
         pid = int(project_id)
         now = triggered_at or time.time()
-        k = _keys(pid)
+        k = _keys(pid, self.settings.rq_queue)
         from rq.job import JobStatus
         job_id = f"ncalr-cycle-{pid}-{uuid.uuid4().hex}"  # in the key, so the reaper can tell a lost job
         # the job exists (CREATED) before the key names it, so a reaper tick in between never finds the
@@ -804,7 +808,7 @@ class RQScheduler(BaseScheduler):
         """Enqueue a placement retry (``rq_place_job``'s ``place_retry``) whose time has come. The
         record is removed only if unchanged since it was read (a job may have merged more tasks
         into it meanwhile: those wait for the next tick)."""
-        key = _keys(pid)["place_retry"]
+        key = _keys(pid, self.settings.rq_queue)["place_retry"]
         raw = self.redis.get(key)
         d = _retry_record(raw)
         if raw is None or (d.get("tasks") and d["due"] > time.time()):
@@ -816,7 +820,7 @@ class RQScheduler(BaseScheduler):
         return bool(d.get("tasks"))
 
     def _reap_project(self, pid: int) -> Optional[str]:
-        k = _keys(pid)
+        k = _keys(pid, self.settings.rq_queue)
         if self.redis.exists(k["lock"]):
             return None
         if self.redis.exists(k["queued"]) and not self._queued_job_lost(k["queued"]):
@@ -885,7 +889,7 @@ class RQScheduler(BaseScheduler):
         return True
 
     def status(self, project_id: int) -> dict:
-        k = _keys(int(project_id))
+        k = _keys(int(project_id), self.settings.rq_queue)
         w = self.workers()
         return {"mode": "rq", "running": bool(self.redis.exists(k["lock"])),
                 "waiting": bool(self.redis.exists(k["queued"])),

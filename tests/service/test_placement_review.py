@@ -294,7 +294,7 @@ def test_an_rq_placement_retry_waits_in_redis_not_in_the_worker(tmp_path, monkey
         assert time.time() - t0 < 5 and out["placed"] == 0  # no sleep in the worker
         sch = scheduler.RQScheduler(Settings.from_env())
         ProjectStore(tmp_path, 8).update_state()  # a project the reaper lists
-        key = scheduler._keys(8)["place_retry"]
+        key = scheduler._keys(8, "ncalr-place-retry-test")["place_retry"]
         rec = json.loads(sch.redis.get(key))
         assert rec["tasks"] == [5, 6] and rec["attempt"] == 1 and rec["due"] > time.time() + 20
         assert sch.reap_once() == [] and Queue("ncalr-place-retry-test", connection=sch.redis).count == 0  # not due

@@ -31,7 +31,7 @@ def test_a_lost_queued_job_is_requested_again_and_a_waiting_one_is_not(redis_url
     assert sch.reap_once() == [] and len(sch.queue) == 1  # the job waits: nothing to do
     Job.fetch(first["job"], connection=sch.redis).delete()  # lost (its worker died holding it)
     assert sch.reap_once() == [(3, "lost job")]
-    k = _keys(3)
+    k = _keys(3, s.rq_queue)
     assert sch.redis.exists(k["queued"]) and len(sch.queue) == 1
     again = sch.queue.job_ids[0]
     assert again != first["job"] and ProjectStore(tmp_path, 3).state()["pending"]["reason"] == "12 new annotations"
@@ -85,7 +85,7 @@ def test_a_placement_waits_for_the_running_cycle_of_its_project(redis_url, tmp_p
     placed = []
     monkeypatch.setattr(scheduler, "_default_place", lambda s, pid, tasks: placed.append((time.time(), tasks)))
     r = redis.Redis.from_url(redis_url)
-    with scheduler.project_lock(r, 8, 5.0):  # a cycle of project 8 runs (on another worker)
+    with scheduler.project_lock(r, 8, 5.0, "ncalr"):  # a cycle of project 8 runs (on another worker)
         other = threading.Thread(target=scheduler.rq_place_job, args=(9, [1]))  # another project: at once
         other.start()
         other.join(5)
@@ -97,7 +97,7 @@ def test_a_placement_waits_for_the_running_cycle_of_its_project(redis_url, tmp_p
         released = time.time()
     job.join(10)
     assert len(placed) == 2 and placed[1][1] == [5, 6] and placed[1][0] >= released
-    assert not r.exists(_keys(8)["lock"])  # and it let the lock go
+    assert not r.exists(_keys(8, "ncalr")["lock"])  # and it let the lock go
 
 
 def test_a_job_that_keeps_failing_before_it_starts_is_given_up_not_requested_every_tick(redis_url, tmp_path):
@@ -460,3 +460,21 @@ def test_a_claim_left_by_a_process_that_died_is_placed_and_a_live_embedded_backe
     sch.recover()
     assert sorted(Job.fetch(j, connection=sch.redis).args for j in sch.queue.job_ids) == [(8, [4, 5]), (8, [6])]
     assert not list(st.root.glob("placing.json*"))
+
+
+def test_two_backends_on_one_redis_database_keep_their_projects_apart(redis_url, tmp_path):
+    """Found by review: two deployments on one Redis database, each with its own RQ_QUEUE and
+    MODEL_DIR, shared this backend's keys (``ncalr:<project>:...``): A's cycle request for its
+    project 1 deleted B's annotation count of B's project 1, and B's Start training was folded into
+    a request that queued nothing in B's queue."""
+    a = RQScheduler(Settings.from_env({"MODEL_DIR": str(tmp_path / "a"), "REDIS_URL": redis_url, "RQ_QUEUE": "team-a"}))
+    b = RQScheduler(Settings.from_env({"MODEL_DIR": str(tmp_path / "b"), "REDIS_URL": redis_url, "RQ_QUEUE": "team-b"}))
+    a.redis.flushdb()
+    assert b.count_annotations(1, 8, 1000)["new_annotations"] == 8
+    assert a.request_cycle(1, "START_TRAINING")["queued"]
+    assert b.count_annotations(1, 5, 1000)["new_annotations"] == 13  # A's request left B's count alone
+    out = b.request_cycle(1, "START_TRAINING")
+    assert out["queued"] and len(b.queue) == 1 and len(a.queue) == 1
+    assert b.status(1)["waiting"] and a.status(1)["new_annotations"] == 0
+    assert _keys(1, "ncalr") == {"queued": "ncalr:1:queued", "lock": "ncalr:1:running", "count": "ncalr:1:count",
+                                 "place_retry": "ncalr:1:place_retry"}  # the default queue's keys as before
