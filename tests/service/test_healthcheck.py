@@ -35,6 +35,33 @@ def served(tmp_path_factory):
     server.shutdown()
 
 
+def _free_port() -> int:
+    """A port that was free a moment ago (nothing listens on it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fake_http(body: bytes, seen=None) -> HTTPServer:
+    """A started server on 127.0.0.1 answering every GET with 200 and ``body``; ``seen`` (a list)
+    gets each request's (path, Authorization). The caller shuts it down."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if seen is not None:
+                seen.append((self.path, self.headers.get("Authorization")))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
 def test_healthy_backend_passes_with_the_apps_own_credentials(served):
     assert check(served) is None
     # the command Docker runs: exit status 0, nothing on stderr
@@ -57,29 +84,14 @@ def test_the_check_never_goes_through_a_proxy(served, monkeypatch):
     proxy's made-up {"status": "UP"} passed the check."""
     seen = []
 
-    class Proxy(BaseHTTPRequestHandler):
-        def do_GET(self):
-            seen.append((self.path, self.headers.get("Authorization")))
-            body = b'{"status": "UP"}'
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    proxy = HTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    proxy = _fake_http(b'{"status": "UP"}', seen)
     try:
         for var in ("http_proxy", "HTTP_PROXY", "all_proxy"):
             monkeypatch.setenv(var, f"http://127.0.0.1:{proxy.server_port}")
         monkeypatch.delenv("no_proxy", raising=False)
         monkeypatch.delenv("NO_PROXY", raising=False)
-        with socket.socket() as s:  # nothing listens here: only a proxy could make it look healthy
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        assert check({**served, "PORT": str(port)}).startswith("/health did not answer")
+        # nothing listens on a free port: only a proxy could make it look healthy
+        assert check({**served, "PORT": str(_free_port())}).startswith("/health did not answer")
         assert check(served) is None  # the real backend, asked directly
         assert seen == []
     finally:
@@ -87,31 +99,18 @@ def test_the_check_never_goes_through_a_proxy(served, monkeypatch):
 
 
 def test_nothing_listening_is_unhealthy(served):
-    with socket.socket() as s:  # a port that was free a moment ago
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    assert check({**served, "PORT": str(port)}).startswith("/health did not answer")
+    assert check({**served, "PORT": str(_free_port())}).startswith("/health did not answer")
 
 
 @pytest.mark.parametrize("body, why", [(b'{"status": "DOWN"}', "/health answered {'status': 'DOWN'}"),
                                        (b"<html>login</html>", "/health did not answer"),
                                        (b"[1]", "/health answered [1]")])
 def test_an_answer_that_is_not_up_is_unhealthy(served, body, why):
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    srv = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.handle_request, daemon=True).start()
+    srv = _fake_http(body)
     try:
         assert check({**served, "PORT": str(srv.server_port)}).startswith(why)
     finally:
-        srv.server_close()
+        srv.shutdown()
 
 
 @pytest.mark.parametrize("env, why", [({"PORT": "90x"}, "PORT='90x' is not a port number"),
