@@ -1,4 +1,4 @@
-"""Atomic file writes: write to a temporary file in the same directory, fsync, then rename."""
+"""Atomic file writes: write to a temporary file in the same directory, fsync, rename, fsync the directory."""
 from __future__ import annotations
 
 import io
@@ -47,6 +47,8 @@ def _atomic(path: str | os.PathLike, write: Callable, durable: bool = True) -> P
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+        if durable:  # the rename itself: without it a power loss can bring the old file back
+            _fsync_dir(path.parent)  # (found by review, 2026-12-05)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -54,6 +56,19 @@ def _atomic(path: str | os.PathLike, write: Callable, durable: bool = True) -> P
             pass
         raise
     return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a filesystem or platform without directory handles: the file itself is synced
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory (EINVAL); the rename stands
+        pass
+    finally:
+        os.close(fd)
 
 
 def json_default(o: Any) -> Any:

@@ -72,7 +72,10 @@ class CycleRun:
     pointer: Optional[dict] = None  # latest.json's entry for this version, once the snapshot says its labels
 
     @classmethod
-    def begin(cls, settings: Settings, project_id: int, reason: str, triggered_at: Optional[float]) -> "CycleRun":
+    def begin(cls, settings: Settings, project_id: int, reason: str, triggered_at: Optional[float],
+              request: Optional[str] = None) -> "CycleRun":
+        """The cycle's number, version, marker and work directory. ``request``: the scheduler's id of
+        the request it serves, cleared from ``pending`` in the marker's own write (``start_in_progress``)."""
         t0 = time.time()
         triggered_at = triggered_at or t0
         store = ProjectStore(settings.model_dir, project_id)
@@ -81,11 +84,24 @@ class CycleRun:
             abandon_in_progress(store, stale)  # its dirs and its version go
         cycle = store.next_cycle_number()
         version = model_version_name(project_id, cycle, t0)
-        store.update_state(in_progress={"cycle": cycle, "reason": reason, "started_at": t0, "model_version": version,
-                                        "triggered_at": triggered_at}, cycles_started=cycle)
+        marker = {"cycle": cycle, "reason": reason, "started_at": t0, "model_version": version,
+                  "triggered_at": triggered_at}
+        store.start_in_progress(marker, request, cycles_started=cycle)
         report = {"project": int(project_id), "cycle": cycle, "model_version": version, "reason": reason,
                   "triggered_at": triggered_at, "started_at": t0, "status": "running", "timings": {}}
-        return cls(int(project_id), store, cycle, version, store.new_workdir(cycle), report, t0, triggered_at)
+        try:
+            work = store.new_workdir(cycle)
+        except BaseException:
+            # nothing ran: the marker goes again, or the RQ reaper would take this failure for a dead
+            # worker and count it towards a crash loop (found by review, 2026-12-05: a full disk here
+            # ended as "killed: out of memory?" after three retries)
+            try:
+                store.finish_in_progress((cycle, version))
+            except Exception:  # noqa: BLE001 - the marker stays; the next cycle gives it up
+                log.exception("project %s cycle %s: its marker was not cleared after it could not start",
+                              project_id, cycle)
+            raise
+        return cls(int(project_id), store, cycle, version, work, report, t0, triggered_at)
 
     @property
     def timings(self) -> dict:
@@ -372,8 +388,9 @@ def refill_after_failure(settings: Settings, project_id: int, client: LabelStudi
 def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual",
                       triggered_at: Optional[float] = None, engine_config=None,
                       client: Optional[LabelStudioClient] = None, progress: Optional[Callable] = None,
-                      should_stop: Optional[Callable[[], bool]] = None) -> dict:
-    """Run one cycle for ``project_id``; returns its report. Raises CycleError on failure. A
+                      should_stop: Optional[Callable[[], bool]] = None, request: Optional[str] = None) -> dict:
+    """Run one cycle for ``project_id``; returns its report. Raises CycleError on failure.
+    ``request``: the scheduler's id of the pending request this cycle serves (``CycleRun.begin``). A
     project this backend is no longer connected to gets no cycle (``{"status": "skipped"}``, and
     ``skipped`` in state.json, so /status): its webhook outlives the backend it was made for."""
     client = client or make_client(settings)
@@ -388,7 +405,7 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
     if store.state().get("skipped"):
         store.update_state(skipped=None)
     try:
-        run = CycleRun.begin(settings, project_id, reason, triggered_at)
+        run = CycleRun.begin(settings, project_id, reason, triggered_at, request)
     except (OSError, sqlite3.OperationalError) as exc:  # e.g. a full disk: nothing started, it may pass
         raise CycleError(f"the cycle could not start: {exc.__class__.__name__}: {exc}", retryable=True) from exc
     prog = CycleProgress.begin(settings, run)  # progress.json, one log line per stage, /status

@@ -46,9 +46,11 @@ from ncalr_backend.service.store import ProjectStore, list_projects
 log = logging.getLogger(__name__)
 
 
-def _default_cycle(settings: Settings, project_id: int, reason: str, triggered_at: float, should_stop=None) -> dict:
+def _default_cycle(settings: Settings, project_id: int, reason: str, triggered_at: float, should_stop=None,
+                   request: Optional[str] = None) -> dict:
     from ncalr_backend.service.cycle import run_project_cycle
-    return run_project_cycle(settings, project_id, reason=reason, triggered_at=triggered_at, should_stop=should_stop)
+    return run_project_cycle(settings, project_id, reason=reason, triggered_at=triggered_at, should_stop=should_stop,
+                             request=request)
 
 
 def retryable(exc: BaseException) -> bool:
@@ -103,6 +105,18 @@ def _place_retry_delay(project_id: int, out, again: list, attempt: int) -> Optio
     log.warning("project %s: %d new task(s) not placed (%s); trying again in %.0f s (try %d of %d)", project_id,
                 len(again), why, PLACE_RETRY_DELAYS[attempt], attempt + 2, len(PLACE_RETRY_DELAYS) + 1)
     return PLACE_RETRY_DELAYS[attempt]
+
+
+def _served(st: ProjectStore, request: Optional[str]) -> None:
+    """After the cycle: its request is no longer pending, whatever became of it (the cycle cleared it
+    when it began; a project it skipped or a failure before its marker did not). Only a record that
+    names ``request``: a retry, an interruption or the next request writes its own. Best effort."""
+    if request is None:
+        return
+    try:
+        st.clear_pending(request, exact=True)
+    except OSError as exc:
+        log.warning("project %s: cannot clear the served cycle request in state.json: %s", st.project_id, exc)
 
 
 class BaseScheduler:
@@ -217,11 +231,12 @@ class EmbeddedScheduler(BaseScheduler):
             if "cycle" in job:
                 job["cycle"]["coalesced"] += 1
                 return {"queued": False, "coalesced": True, "running": self._running == pid}
+            # "job": the request's id in state.json, cleared by the cycle that serves it when it starts
             job["cycle"] = {"reason": reason, "triggered_at": now, "coalesced": 0, "attempt": attempt,
-                            "not_before": time.time() + delay}
+                            "not_before": time.time() + delay, "job": f"embedded-{uuid.uuid4().hex}"}
             try:  # what /status and a restart read; the job above is what runs
                 ProjectStore(self.settings.model_dir, pid).update_state(
-                    pending={"reason": reason, "triggered_at": now, "attempt": attempt,
+                    pending={"reason": reason, "triggered_at": now, "attempt": attempt, "job": job["cycle"]["job"],
                              "retry_at": job["cycle"]["not_before"] if delay else None}, new_annotations=0)
             except OSError as exc:  # a full or read-only disk: the request still runs (found by review: it
                 # stayed in memory unannounced to the worker, and every later request was folded into it)
@@ -367,9 +382,11 @@ class EmbeddedScheduler(BaseScheduler):
         """Run the cycle: True when it completed, False when a shutdown interrupted it; a failure raises."""
         st = ProjectStore(self.settings.model_dir, pid)
         # the counter restarts when the cycle starts, not when it was queued: annotations made while
-        # it waited are in its snapshot, and counting them again started a needless next cycle
+        # it waited are in its snapshot, and counting them again started a needless next cycle. The
+        # request stays pending until the cycle's marker exists (CycleRun.begin clears it in that write):
+        # a death before then leaves it for recovery
         try:
-            st.update_state(pending=None, new_annotations=0)
+            st.update_state(new_annotations=0)
         except OSError as exc:  # a full disk: the cycle runs, fails on its own writes and is retried
             # (found by review: this write raised outside the cycle, and its retries ended silently)
             log.warning("project %s: cannot note the cycle's start in state.json (%s)", pid, exc)
@@ -377,10 +394,13 @@ class EmbeddedScheduler(BaseScheduler):
                  f"; attempt {c['attempt'] + 1}" if c.get("attempt") else "")
         try:
             # new tasks created before this point are fetched and ranked by the cycle itself
-            self.cycle_fn(self.settings, pid, c["reason"], c["triggered_at"], should_stop=self._cancel.is_set)
+            self.cycle_fn(self.settings, pid, c["reason"], c["triggered_at"], should_stop=self._cancel.is_set,
+                          request=c.get("job"))
             self._counts["cycles_run"][pid] = self._counts["cycles_run"].get(pid, 0) + 1
+            _served(st, c.get("job"))
             return True
         except Exception as exc:
+            _served(st, c.get("job"))  # before a retry or an interruption writes its own record
             if interrupted(exc):
                 log.warning("project %s: cycle interrupted by shutdown; it runs again on the next start", pid)
                 st.update_state(pending={"reason": c["reason"], "triggered_at": c["triggered_at"],
@@ -511,12 +531,19 @@ def rq_cycle_job(project_id: int):
         r.delete(k["count"])  # annotations made while this job waited are in its snapshot: not counted again
         info = json.loads(raw) if raw else {"reason": "queued", "triggered_at": time.time()}
         attempt = int(info.get("attempt", 0))
-        # this job's request is served; one made since the GETDEL (the next job's) stays pending
-        st.clear_pending(me.id if me is not None else None)
+        token = me.id if me is not None else None
+        if token is None:  # called outside RQ: nothing names the request
+            st.clear_pending(None)
         try:
-            return _default_cycle(settings, int(project_id), info["reason"], info["triggered_at"],
-                                  should_stop=lost.is_set)
+            # the request stays pending until the cycle's marker exists (CycleRun.begin clears it in that
+            # write): a worker that dies before then leaves it for the reaper; one made since the GETDEL
+            # (the next job's) names its own job and stays
+            out = _default_cycle(settings, int(project_id), info["reason"], info["triggered_at"],
+                                 should_stop=lost.is_set, request=token)
+            _served(st, token)
+            return out
         except Exception as exc:
+            _served(st, token)  # before a retry writes its own record
             if getattr(exc, "superseded", False):  # its successor runs the project now: nothing to retry
                 return {"status": "superseded", "error": str(exc)}
             delays = settings.cycle_retry_delays

@@ -285,6 +285,22 @@ class ProjectStore:
         """``save_placing``'s ids (a damaged file: the ids that are ids, or none)."""
         return _placing_record(self.placing_path)[0]
 
+    def start_in_progress(self, marker: dict, request: Optional[str] = None, **changes) -> dict:
+        """A cycle begins: ``marker`` becomes ``in_progress`` and, in the same write, the pending
+        request it serves (``request``, the request's ``job``) is cleared. Until this write the request
+        stays pending, so a process that dies before the cycle has a marker leaves a request that
+        recovery or the RQ reaper runs again (found by review, 2026-12-05: the request was cleared
+        when the worker took it, before the cycle's connection check, and a death in between lost it
+        and the annotations it counted). A request that names another job (made since) stays."""
+        with self._state_locked():
+            s = self.state()
+            s.update(changes)
+            s["in_progress"] = marker
+            if request is not None and (s.get("pending") or {}).get("job") == request:
+                s["pending"] = None
+            atomic_write_json(self.state_path, s)
+            return s
+
     def mark_in_progress(self, owner: Optional[tuple] = None, **fields) -> Optional[dict]:
         """Add ``fields`` to the running cycle's ``in_progress`` marker (read and written under the
         state lock, so a concurrent update of another key is not lost). With ``owner`` (the cycle's
@@ -324,13 +340,17 @@ class ProjectStore:
             atomic_write_json(self.state_path, s)
             return s["orphan_versions"]
 
-    def clear_pending(self, job: Optional[str]) -> bool:
+    def clear_pending(self, job: Optional[str], exact: bool = False) -> bool:
         """The pending request is being served by ``job``: cleared, unless it names another job (a
         request made after this job took the queued key: the next job's, which must stay pending
-        until that one starts). Returns whether it was cleared."""
+        until that one starts). With ``exact``, only a request that names ``job`` itself (after the
+        cycle: a retry or an interruption has written its own record meanwhile). Returns whether it
+        was cleared."""
         with self._state_locked():
             s = self.state()
             named = (s.get("pending") or {}).get("job")
+            if exact and (job is None or named != job):
+                return False
             if named is not None and job is not None and named != job:
                 return False
             s["pending"] = None

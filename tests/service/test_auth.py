@@ -27,6 +27,32 @@ def test_the_secret_is_made_once_owner_only_and_shared_by_concurrent_starts(tmp_
     assert load_or_create_secret(tmp_path, override="from-env") == "from-env"
 
 
+def test_a_first_start_that_dies_while_writing_the_secret_leaves_no_empty_file(tmp_path, monkeypatch):
+    """Found by review, 2026-12-05: the file was created empty, then written; a process that died in
+    between left a file that every later start refused ("is empty"). The name now appears whole."""
+    real = os.fsync
+
+    def dies(fd):
+        raise KeyboardInterrupt  # the process ends here, before the value is on disk
+    monkeypatch.setattr(auth_mod.os, "fsync", dies)
+    with pytest.raises(KeyboardInterrupt):
+        load_or_create_secret(tmp_path)
+    assert not (tmp_path / "webhook_key_secret").exists()
+    monkeypatch.setattr(auth_mod.os, "fsync", real)
+    value = load_or_create_secret(tmp_path)
+    assert len(value) >= 40 and (tmp_path / "webhook_key_secret").read_text().strip() == value
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["webhook_key_secret"]  # no temporary file left
+
+
+def test_the_secret_is_made_on_a_filesystem_without_hard_links(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(auth_mod.os, "link", no_links)
+    value = load_or_create_secret(tmp_path)
+    assert (tmp_path / "webhook_key_secret").read_text().strip() == value
+    assert load_or_create_secret(tmp_path) == value
+
+
 def test_webhook_check_needs_the_projects_exact_key_unless_basic_auth_is_on(tmp_path):
     """Each project's webhook carries its own key, HMAC-SHA256(secret, "ncalr-webhook\\0" + id):
     the key of project 1 (readable by its members in Label Studio) does not authenticate a webhook

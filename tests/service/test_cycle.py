@@ -980,17 +980,20 @@ def test_every_state_write_is_synced_to_disk(tmp_path, monkeypatch):
     """state.json also holds the pending trigger, the crash marker and the orphan versions: the
     per-webhook counter and the stage marks used to rename an unsynced file over it, which a power
     loss can bring back empty on filesystems that do not order the two."""
+    import stat
+
     import ncalr_backend.atomic as atomic
     synced = []
     real = atomic.os.fsync
-    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(stat.S_ISDIR(os.fstat(fd).st_mode)), real(fd)))
     st = ProjectStore(tmp_path, 1)
     st.update_state(in_progress={"cycle": 1, "model_version": "v1"})
     for write in (lambda: st.add_annotations(1), lambda: st.mark_in_progress(owner=(1, "v1"), stage="train"),
                   lambda: st.finish_in_progress((1, "v1"), last_completed=1)):
         before = len(synced)
         write()
-        assert len(synced) == before + 1
+        # the file, then its directory (the rename: found by review, 2026-12-05)
+        assert synced[before:] == [False, True]
 
 
 @contextmanager

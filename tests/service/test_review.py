@@ -394,7 +394,7 @@ def test_review_json_is_synced_to_disk(tmp_path, monkeypatch):
     state = review.ReviewState(ProjectStore(tmp_path, 1))
     with state.locked() as st:
         st["reviewed"]["7"] = "fingerprint"
-    assert len(synced) == 1
+    assert len(synced) == 2  # the file, then its directory (the rename)
     assert json.loads(state.path.read_text())["reviewed"] == {"7": "fingerprint"}
 
 

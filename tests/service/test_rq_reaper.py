@@ -223,18 +223,52 @@ def test_a_request_made_as_a_job_starts_stays_pending_for_the_next_job(redis_url
     sch = RQScheduler(s)
     sch.redis.flushdb()
     ran, nxt = [], []
-    monkeypatch.setattr(scheduler, "_default_cycle", lambda *a, **kw: ran.append(a[1]) or {"status": "completed"})
-    real = ProjectStore.clear_pending
 
-    def request_in_between(self, job):
-        if not nxt:
-            nxt.append(sch.request_cycle(8, "an annotation as the job starts")["job"])
-        return real(self, job)
-    monkeypatch.setattr(ProjectStore, "clear_pending", request_in_between)
+    def cycle(settings, pid, reason, t, should_stop=None, request=None):
+        ran.append((pid, request))
+        nxt.append(sch.request_cycle(8, "an annotation as the job starts")["job"])  # the next job's request
+        return {"status": "completed"}
+    monkeypatch.setattr(scheduler, "_default_cycle", cycle)
     first = sch.request_cycle(8, "12 new annotations")["job"]
     SimpleWorker([sch.queue], connection=sch.redis).work(burst=True, max_jobs=1)
-    assert ran == [8] and nxt and nxt[0] != first
+    assert ran == [(8, first)] and nxt and nxt[0] != first
     assert ProjectStore(tmp_path, 8).state()["pending"]["job"] == nxt[0]
+
+
+def test_a_worker_that_dies_before_its_cycle_has_a_marker_leaves_the_request_to_the_reaper(redis_url, tmp_path,
+                                                                                          monkeypatch):
+    """Found by review, 2026-12-05: the job cleared ``pending`` (and the queued key and the count)
+    before the cycle's connection check, which asks Label Studio (up to a minute per try); a work
+    horse killed there left nothing for the reaper or recovery, and the annotations that triggered it
+    never ran a cycle. A real forking RQ worker whose work horse is SIGKILLed at that point."""
+    import os
+    import signal
+
+    from rq import Worker
+    from rq.job import Job
+
+    from ncalr_backend.service import scheduler
+
+    for k, v in {"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test",
+                 "LABEL_STUDIO_URL": "", "LABEL_STUDIO_API_KEY": ""}.items():
+        monkeypatch.setenv(k, v)
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test"})
+    sch = RQScheduler(s)
+    sch.redis.flushdb()
+
+    def dies(settings, pid, reason, t, should_stop=None, request=None):  # inside the connection check
+        os.kill(os.getpid(), signal.SIGKILL)
+    monkeypatch.setattr(scheduler, "_default_cycle", dies)
+    first = sch.request_cycle(9, "12 new annotations")["job"]
+    Worker([sch.queue], connection=sch.redis).work(burst=True, max_jobs=1)
+    assert Job.fetch(first, connection=sch.redis).get_status(refresh=True).value == "failed"
+    k = _keys(9, s.rq_queue)
+    assert not sch.redis.exists(k["queued"]) and not sch.redis.exists(k["count"])
+    assert ProjectStore(tmp_path, 9).state()["pending"]["job"] == first  # still requested
+    sch.redis.delete(k["lock"])  # the dead horse's lock expires (RQ_LOCK_TTL)
+    assert sch.reap_once() == [(9, "lost job")] and len(sch.queue) == 1
+    again = ProjectStore(tmp_path, 9).state()["pending"]
+    assert again["reason"] == "12 new annotations" and again["job"] == sch.queue.job_ids[0] != first
 
 
 def test_status_and_the_log_say_when_no_worker_would_run_the_queued_jobs(redis_url, tmp_path, caplog, monkeypatch):

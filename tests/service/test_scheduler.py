@@ -432,3 +432,81 @@ def test_new_tasks_whose_placement_ends_the_process_are_not_placed_again_at_ever
     with clean._cv:
         clean._cv.notify_all()
     assert clean.wait_idle(5) and st.placing() == [61] and st.placing_begun() == 0
+
+
+def test_a_backend_that_dies_before_its_cycle_has_a_marker_runs_the_request_on_the_next_start(tmp_path):
+    """Found by review, 2026-12-05: the worker cleared ``pending`` when it took the request, before the
+    cycle's connection check (Label Studio, up to a minute per try) wrote its marker; a death in
+    between (a kill, or a stop whose 20 s ran out) left neither, and nothing ran the annotations'
+    cycle. Now the request stays pending until CycleRun.begin clears it in the marker's own write."""
+    import shutil
+
+    from ncalr_backend.service.cycle import CycleRun
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path / "m")})
+    st = ProjectStore(s.model_dir, 4)
+    seen = {}
+
+    def cycle(settings, pid, reason, t, should_stop=None, request=None):
+        seen["pending"] = st.state()["pending"]  # the connection check: the process dies here
+        shutil.copytree(tmp_path / "m", tmp_path / "died")
+        run = CycleRun.begin(settings, pid, reason, t, request)
+        seen["after_begin"] = st.state()
+        st.finish_in_progress(run.owner)
+    sch = EmbeddedScheduler(s, cycle_fn=cycle)
+    sch.request_cycle(4, "12 new annotations")
+    assert sch.wait_idle(5)
+    assert seen["pending"]["reason"] == "12 new annotations" and seen["pending"]["job"]
+    assert seen["after_begin"]["pending"] is None and seen["after_begin"]["in_progress"]["cycle"] == 1
+    assert st.state()["pending"] is None
+    runs = []
+    again = EmbeddedScheduler(Settings.from_env({"MODEL_DIR": str(tmp_path / "died")}),
+                              cycle_fn=lambda settings, pid, reason, t, **kw: runs.append((pid, reason)))
+    assert again.recover() == [4] and again.wait_idle(5) and runs == [(4, "recovered")]
+
+
+def test_a_request_made_while_a_cycle_starts_stays_pending(tmp_path):
+    """The marker's write clears only the request the cycle serves: one made meanwhile is the next's."""
+    from ncalr_backend.service.cycle import CycleRun
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path)})
+    st = ProjectStore(s.model_dir, 4)
+    gate, started, seen = threading.Event(), threading.Event(), {}
+
+    def cycle(settings, pid, reason, t, should_stop=None, request=None):
+        if reason == "first":
+            started.set()
+            gate.wait(10)
+        run = CycleRun.begin(settings, pid, reason, t, request)
+        seen[reason] = st.state()["pending"]
+        st.finish_in_progress(run.owner)
+    sch = EmbeddedScheduler(s, cycle_fn=cycle)
+    sch.request_cycle(4, "first")
+    assert started.wait(5)
+    sch.request_cycle(4, "second")
+    gate.set()
+    assert sch.wait_idle(5)
+    assert seen["first"]["reason"] == "second" and seen["second"] is None and st.state()["pending"] is None
+
+
+def test_a_cycle_that_cannot_make_its_work_folder_leaves_no_marker(tmp_path, monkeypatch):
+    """Found by review, 2026-12-05: the marker was written, then the work folder failed (a full disk);
+    the marker stayed, so the RQ reaper took the retryable failure for a dead worker, re-ran it at
+    once and after three rounds called it a crash loop ("killed: out of memory?")."""
+    import errno
+
+    import pytest
+
+    from ncalr_backend.service.cycle import CycleRun
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path)})
+    st = ProjectStore(s.model_dir, 4)
+    st.update_state(pending={"reason": "x", "job": "j1"})
+
+    def full(self, cycle):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(ProjectStore, "new_workdir", full)
+    with pytest.raises(OSError):
+        CycleRun.begin(s, 4, "x", None, "j1")
+    state = st.state()
+    assert state["in_progress"] is None and not state.get("crashed_cycles") and state["cycles_started"] == 1
