@@ -646,9 +646,13 @@ class RQScheduler(BaseScheduler):
             job.delete()
             return {"queued": False, "coalesced": True}
         self.redis.delete(k["count"])
-        ProjectStore(self.settings.model_dir, pid).update_state(
-            pending={"reason": reason, "triggered_at": now, "attempt": attempt, "retry_at": None, "job": job_id,
-                     **({"lost": int(lost)} if lost else {})})
+        try:  # what /status and the reaper read; the job below is what runs
+            ProjectStore(self.settings.model_dir, pid).update_state(
+                pending={"reason": reason, "triggered_at": now, "attempt": attempt, "retry_at": None, "job": job_id,
+                         **({"lost": int(lost)} if lost else {})})
+        except OSError as exc:  # a full or read-only disk: the job still runs (found by review, 2026-12-05: it
+            # stayed CREATED, every request for 30 s was folded into it, then the reaper dropped it)
+            log.warning("project %s: cannot note the cycle request in state.json (%s); it runs anyway", pid, exc)
         self.queue.enqueue_job(job)
         self._warn_if_unserved(pid, f"a cycle ({reason})")
         return {"queued": True, "coalesced": False, "job": job.id}

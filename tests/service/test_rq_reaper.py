@@ -512,3 +512,25 @@ def test_two_backends_on_one_redis_database_keep_their_projects_apart(redis_url,
     assert b.status(1)["waiting"] and a.status(1)["new_annotations"] == 0
     assert _keys(1, "ncalr") == {"queued": "ncalr:1:queued", "lock": "ncalr:1:running", "count": "ncalr:1:count",
                                  "place_retry": "ncalr:1:place_retry"}  # the default queue's keys as before
+
+
+def test_a_request_whose_state_write_fails_is_still_queued(redis_url, tmp_path, monkeypatch):
+    """Found by review, 2026-12-05: under RQ a full disk on the request's ``pending`` write raised
+    after the queued key was set: the job stayed CREATED, every request for 30 s (Start training
+    too) was folded into it, and then the reaper dropped it with nothing pending. The embedded
+    scheduler already ran such a request anyway; now RQ does too."""
+    import errno
+
+    from rq.job import Job
+
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test"})
+    sch = RQScheduler(s)
+    sch.redis.flushdb()
+
+    def full(self, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(ProjectStore, "update_state", full)
+    out = sch.request_cycle(6, "12 new annotations")
+    assert out["queued"] and sch.queue.job_ids == [out["job"]]
+    assert Job.fetch(out["job"], connection=sch.redis).get_status(refresh=True).value == "queued"
+    assert sch.request_cycle(6, "Start training")["coalesced"] and len(sch.queue) == 1
