@@ -48,7 +48,7 @@ def _atomic(path: str | os.PathLike, write: Callable, durable: bool = True) -> P
                 os.fsync(f.fileno())
         os.replace(tmp, path)
         if durable:  # the rename itself: without it a power loss can bring the old file back
-            _fsync_dir(path.parent)  # (found by review, 2026-12-05)
+            fsync_dir(path.parent)  # (found by review, 2026-12-05)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -58,7 +58,8 @@ def _atomic(path: str | os.PathLike, write: Callable, durable: bool = True) -> P
     return path
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename (or a new entry) in ``directory`` durable; best effort."""
     try:
         fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:  # a filesystem or platform without directory handles: the file itself is synced

@@ -40,9 +40,10 @@ from ncalr_backend.service.predictions import PROBS_KEY, QueuePredictions, queue
 from ncalr_backend.service.progress import CycleProgress
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.snapshot import Snapshot, take_snapshot
-from ncalr_backend.service.store import ProjectStore
+from ncalr_backend.service.store import SWITCH_FILE, ProjectStore
 from ncalr_backend.service.recovery import abandon_in_progress
-from ncalr_backend.service.writeback import WriteBack, delete_version, drop_orphans, prune_versions, write_back
+from ncalr_backend.service.writeback import (WriteBack, delete_version, drop_orphans, live_in_label_studio,
+                                             prune_versions, write_back)
 
 log = logging.getLogger(__name__)
 DIVERGED_LR_FACTOR = 0.3
@@ -319,8 +320,12 @@ def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool, 
     err = _classify(exc, live)
     if not err.superseded and not run.holds():  # taken over: whatever stopped it, its state is not its own
         err = run.superseded(live)
-    if wrote and not live:
-        delete_version(client, run.store, run.project_id, run.version)
+    if wrote and not live and delete_version(client, run.store, run.project_id, run.version):
+        # Label Studio serves this version (its switch went through, its answer and the check after it
+        # were lost): it is committed as the latest, not filed under failed/ while Label Studio serves
+        # it (found by review, 2026-12-05); nothing is left to retry
+        live = err.live = True
+        err.retryable = False
     if err.superseded:  # nothing of the project's state is this cycle's any more, not even its folder
         shutil.rmtree(run.work, ignore_errors=True)
         log.warning("project %s: %s%s", run.project_id, err,
@@ -354,6 +359,10 @@ def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool, 
                 run.store.prune_failed(keep_failed)
     except Exception:  # noqa: BLE001
         log.exception("project %s cycle %s: keeping the failed cycle's files failed too", run.project_id, run.cycle)
+    if live and not committed:
+        # Label Studio serves this version and latest.json does not name it (a full disk): a retry's
+        # first step commits the folder (adopt_live; found by review, 2026-12-05: nothing did)
+        err.retryable = True
     changes = dict(last_failed=run.cycle, last_error=str(err), crashed_cycles=0)
     if live:
         changes["last_model_version"] = run.version
@@ -367,6 +376,39 @@ def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool, 
     log.error("project %s cycle %s failed: %s", run.project_id, run.cycle, err,
               exc_info=not isinstance(exc, (CycleError, LabelStudioError)))
     return err
+
+
+def adopt_live(client: LabelStudioClient, store: ProjectStore, project_id: int, current: int) -> Optional[str]:
+    """A cycle that asked Label Studio to switch and ended before it committed (a process killed
+    between the switch and the commit, a switch whose answer and check were lost, a full disk on
+    ``latest.json``) left its folder with ``SWITCH_FILE``. If Label Studio serves that version, the
+    folder is committed as the latest (what /predict, placement and the head refill serve), so the
+    backend and Label Studio agree again; work folders of versions it does not serve are removed
+    (their predictions are orphans, ``drop_orphans``). Asks Label Studio only when such a newer
+    folder exists; when it cannot say, everything stays for the next cycle. Returns the version
+    adopted, or None. ``current``: the running cycle's number (its own folder is not looked at)."""
+    import shutil
+    latest = store.latest() or {}
+    newest = latest.get("cycle") if isinstance(latest.get("cycle"), int) else 0
+    found = sorted((c for c in store.switched_dirs() if c[1] > newest and c[1] != current),
+                   key=lambda c: c[1], reverse=True)
+    if not found:
+        return None
+    in_use = live_in_label_studio(client, project_id)
+    if in_use is None:
+        return None
+    adopted = None
+    for folder, cycle, pointer in found:
+        if adopted is None and pointer["model_version"] == in_use:
+            store.commit(folder, cycle, {**pointer, "finished_at": time.time(), "live": True,
+                                         "adopted": "Label Studio served it; its cycle ended before its commit"})
+            store.update_state(last_completed=cycle, last_model_version=in_use, head=None)
+            adopted = in_use
+            log.warning("project %s: Label Studio serves %s, whose cycle %s ended after its switch and before its "
+                        "commit: committed as the latest now", project_id, in_use, cycle)
+        elif folder.name.startswith(".work-"):
+            shutil.rmtree(folder, ignore_errors=True)
+    return adopted
 
 
 def refill_after_failure(settings: Settings, project_id: int, client: LabelStudioClient,
@@ -409,6 +451,11 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
     except (OSError, sqlite3.OperationalError) as exc:  # e.g. a full disk: nothing started, it may pass
         raise CycleError(f"the cycle could not start: {exc.__class__.__name__}: {exc}", retryable=True) from exc
     prog = CycleProgress.begin(settings, run)  # progress.json, one log line per stage, /status
+    try:
+        adopt_live(client, run.store, project_id, run.cycle)
+    except Exception as exc:  # noqa: BLE001 - the cycle's own work goes on; the folders stay for the next
+        log.warning("project %s: cannot check for a version Label Studio serves that is not the latest: %s: %s",
+                    project_id, exc.__class__.__name__, exc)
     previous = (run.store.latest() or {}).get("model_version")
     wrote = live = False
 
@@ -458,7 +505,8 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
         record_cycle_extras(run, snap, res, preds, first)  # dashboard.json; report: previous cycle's accuracy
         wrote = bool(items)
         # asked before each chunk and right before the switch: read every time (a chunk is an HTTP request)
-        wb = write_back(client, settings, project_id, run.version, items, prog, run.stop_check(should_stop, every=0))
+        wb = write_back(client, settings, project_id, run.version, items, prog, run.stop_check(should_stop, every=0),
+                        before_switch=lambda: atomic_write_json(run.work / SWITCH_FILE, run.pointer))
         live = wb.live
         run.timings.update(write_s=wb.write_s, switch_s=wb.switch_s)
         run.report.update(wb.report())

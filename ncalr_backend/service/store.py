@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from ncalr_backend.atomic import atomic_write_bytes, atomic_write_json
+from ncalr_backend.atomic import atomic_write_bytes, atomic_write_json, fsync_dir
 
 _lock = threading.RLock()
 
@@ -86,6 +86,9 @@ def project_id_from(value) -> Optional[int]:
 
 # state.json's keys and their types: a damaged file (hand-edited, another version's) reads as the
 # defaults below, never as values the readers would trip over. Keys not listed are kept as they are.
+# in a cycle's folder from right before it asks Label Studio to switch to its version: that version's
+# latest.json entry (cycle.adopt_live commits the folder if Label Studio serves it after a crash)
+SWITCH_FILE = "switch.json"
 STATE_DEFAULTS = {"new_annotations": 0, "pending": None, "in_progress": None, "cycles_started": 0}
 STATE_TYPES = {"new_annotations": int, "pending": dict, "in_progress": dict, "cycles_started": int,
                "last_completed": int, "last_failed": int, "crashed_cycles": int, "num_tasks": int,
@@ -137,19 +140,6 @@ def read_json(path: Path, default=None):
         return default
     except (ValueError, OSError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return default
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 PLACING_CLAIM_STALE_S = 60.0  # a claim of placing.json older than this was left by a process that died
@@ -432,9 +422,10 @@ class ProjectStore:
 
     def commit(self, workdir: Path, cycle: int, pointer: dict) -> Path:
         """Move a finished cycle into place and switch ``latest.json`` to it. Called again after a
-        failure to write ``latest.json`` (the folder already moved), it only writes the pointer."""
+        failure to write ``latest.json`` (the folder already moved), or with the folder in place, it
+        only writes the pointer."""
         final = self.root / "cycles" / f"{cycle:04d}"
-        if workdir.exists() or not final.is_dir():
+        if workdir != final and (workdir.exists() or not final.is_dir()):
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():
                 shutil.rmtree(final)
@@ -478,15 +469,37 @@ class ProjectStore:
 
     def clean_workdirs(self, up_to: Optional[int] = None) -> int:
         """Remove ``.work-<cycle>-*`` folders; with ``up_to``, only those of cycles up to that number
-        (a cycle that began after the one given up keeps its folder: its number is higher)."""
+        (a cycle that began after the one given up keeps its folder: its number is higher). A folder
+        whose cycle asked Label Studio to switch (``SWITCH_FILE``) stays: Label Studio may serve its
+        version, and only the next cycle, which asks, can tell (``cycle.adopt_live``; found by review,
+        2026-12-05: recovery deleted the model of the version Label Studio served)."""
         n = 0
         for d in self.root.glob(".work-*"):
             num = d.name.split("-")[1] if d.name.count("-") >= 2 else ""
             if up_to is not None and (not num.isdigit() or int(num) > up_to):
                 continue
+            if (d / SWITCH_FILE).exists():
+                continue
             shutil.rmtree(d, ignore_errors=True)
             n += 1
         return n
+
+
+    def switched_dirs(self) -> list:
+        """``(folder, cycle, pointer)`` for every folder of this project whose cycle asked Label
+        Studio to switch to its version (``SWITCH_FILE``: that version's ``latest.json`` entry):
+        work folders, committed cycles and failed ones."""
+        out = []
+        dirs = [(d, d.name.split("-")[1] if d.name.count("-") >= 2 else "") for d in self.root.glob(".work-*")]
+        dirs += [(d, d.name) for d in (self.root / "cycles").glob("[0-9]*")]
+        dirs += [(d, d.name.partition("-")[0]) for d in (self.root / "failed").glob("[0-9]*")]
+        for d, num in dirs:
+            if not (num.isascii() and num.isdigit()):
+                continue
+            p = read_json(d / SWITCH_FILE)
+            if isinstance(p, dict) and isinstance(p.get("model_version"), str) and p["model_version"]:
+                out.append((d, int(num), p))
+        return out
 
 
 def list_projects(model_dir: Path):

@@ -96,10 +96,12 @@ def import_all(client: LabelStudioClient, project_id: int, items: List[dict], ch
 
 
 def write_back(client: LabelStudioClient, settings: Settings, project_id: int, version: str,
-               items: List[dict], progress=NO_PROGRESS, should_stop=None) -> WriteBack:
+               items: List[dict], progress=NO_PROGRESS, should_stop=None, before_switch=None) -> WriteBack:
     """Import ``items`` under ``version``, verify, switch the project (see the module docstring).
     ``should_stop`` is asked before each chunk and once more right before the switch (the backend is
-    stopping, or under RQ the project went to another worker: this cycle must not switch it then)."""
+    stopping, or under RQ the project went to another worker: this cycle must not switch it then).
+    ``before_switch`` is called right before the switch is asked for (the cycle notes in its folder
+    that Label Studio may serve it from then on: ``cycle.adopt_live``)."""
     t = time.time()
     progress.stage("write_back", n=len(items))
     created, sent, skipped = (import_all(client, project_id, items, settings.prediction_chunk_size,
@@ -120,6 +122,8 @@ def write_back(client: LabelStudioClient, settings: Settings, project_id: int, v
         if should_stop is not None and should_stop():
             from ncalr_backend.engine import Interrupted
             raise Interrupted("asked to stop before the switch; the project was NOT switched")
+        if before_switch is not None:
+            before_switch()
         patch = {"model_version": version}
         if settings.set_sampling:
             patch["sampling"] = "Uncertainty sampling"
@@ -172,15 +176,15 @@ def live_in_label_studio(client: LabelStudioClient, project_id: int) -> Optional
     return "" if v is None else str(v)
 
 
-def delete_version(client: LabelStudioClient, store: ProjectStore, project_id: int, version: str) -> None:
+def delete_version(client: LabelStudioClient, store: ProjectStore, project_id: int, version: str) -> bool:
     """Remove a failed version's predictions, unless Label Studio already uses it (a switch that
-    went through although its answer was lost); if Label Studio cannot say or cannot be reached,
-    remember it as an orphan for the next cycle."""
+    went through although its answer was lost: True is returned, the caller commits it); if Label
+    Studio cannot say or cannot be reached, remember it as an orphan for the next cycle."""
     current = live_in_label_studio(client, project_id)
     if current == version:
         log.warning("project %s: Label Studio already uses version %s (its switch went through): its "
-                    "predictions stay until a later version goes live", project_id, version)
-        return
+                    "predictions stay, and it is committed as the latest", project_id, version)
+        return True
     try:
         if current is None:
             raise LabelStudioError("the project's current model version is unknown", None)
@@ -188,6 +192,7 @@ def delete_version(client: LabelStudioClient, store: ProjectStore, project_id: i
     except Exception as exc:
         log.warning("could not delete the predictions of failed version %s: %s", version, exc)
         store.change_orphans(add=[version])
+    return False
 
 
 def drop_orphans(client: LabelStudioClient, store: ProjectStore, project_id: int,

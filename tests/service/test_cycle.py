@@ -1194,3 +1194,114 @@ def test_a_cycle_keeps_thumbnails_of_its_next_tasks_as_the_model_saw_them(settin
         assert img.size == (64, 64) and img.mode == "L"
         assert set(np.asarray(img).ravel().tolist()) == {40 if t % 2 else 220}
     assert rep["status"] == "completed"
+
+
+def test_a_switch_that_went_through_unconfirmed_is_committed_not_filed_as_failed(settings):
+    """Found by review, 2026-12-05: the switch's answer was lost and so was the check after it (Label
+    Studio restarting behind a proxy); the version went to failed/ while Label Studio served it, so
+    /predict, placement and the head refill used the version before until a later cycle went live."""
+    class LostSwitch(FakeLS):
+        blind = 0
+
+        def patch_project(self, pid, data):
+            super().patch_project(pid, data)  # applied ...
+            self.blind = 1  # ... and the next read fails too
+            raise LabelStudioError("PATCH /api/projects/1/: Label Studio not reachable (ReadTimeout)", None)
+
+        def get_project(self, pid):
+            if self.blind:
+                self.blind -= 1
+                raise LabelStudioError("GET /api/projects/1/: 502 Bad Gateway", 502)
+            return super().get_project(pid)
+
+    ls = LostSwitch()
+    with pytest.raises(CycleError) as e:
+        run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    v = ls.model_version
+    st = ProjectStore(settings.model_dir, 1)
+    assert v.startswith("ncalr-1-c0001-") and e.value.live and not e.value.retryable
+    assert st.latest()["model_version"] == v and (st.latest()["path"] / "model.pt").exists()
+    assert not list((st.root / "failed").glob("*")) and ls.deleted == []
+    assert st.state()["last_model_version"] == v and st.state()["in_progress"] is None
+
+
+def _killed_after_the_switch(settings, monkeypatch):
+    """Cycle 1 goes live; cycle 2 switches Label Studio and its process dies before the commit; the
+    backend's recovery runs. Returns (ls, store, v1, v2)."""
+    from ncalr_backend.service.recovery import abandon_in_progress
+
+    ls = FakeLS()
+    v1 = run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)["model_version"]
+    st = ProjectStore(settings.model_dir, 1)
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt  # stands for SIGKILL: nothing after this point runs
+    with monkeypatch.context() as m:
+        m.setattr(ProjectStore, "commit", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    v2 = ls.model_version
+    assert v2 != v1 and st.latest()["model_version"] == v1
+    abandon_in_progress(st, st.state(), rerun={"reason": "recovered"})  # the next start
+    return ls, st, v1, v2
+
+
+def test_a_cycle_killed_between_its_switch_and_its_commit_is_adopted_by_the_next(settings, monkeypatch):
+    """Found by review, 2026-12-05: recovery deleted the work folder of the version Label Studio
+    served (its model and predictions), so /predict and placement tagged new tasks with the version
+    before until a re-run went live, and for good if it failed. The folder now stays, and the next
+    cycle commits it first when Label Studio serves it."""
+    from ncalr_backend.service.cycle import adopt_live
+
+    ls, st, v1, v2 = _killed_after_the_switch(settings, monkeypatch)
+    work = list(st.root.glob(".work-0002-*"))
+    assert len(work) == 1 and (work[0] / "model.pt").exists()  # kept by recovery
+    assert adopt_live(ls, st, 1, 3) == v2
+    assert st.latest()["model_version"] == v2 and st.latest()["cycle"] == 2
+    assert (st.latest()["path"] / "model.pt").exists() and not list(st.root.glob(".work-*"))
+    assert st.state()["last_model_version"] == v2 and adopt_live(ls, st, 1, 3) is None  # once
+    v3 = run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)["model_version"]
+    assert st.latest()["cycle"] == 3 and ls.model_version == v3 and v2 not in ls.deleted  # the one before stays
+
+
+def test_the_next_cycle_adopts_the_killed_one_itself_and_drops_a_folder_never_served(settings, monkeypatch):
+    ls, st, v1, v2 = _killed_after_the_switch(settings, monkeypatch)
+    v3 = run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)["model_version"]
+    assert st.latest()["model_version"] == v3 and (st.root / "cycles" / "0002" / "model.pt").exists()
+    # a folder whose switch never reached Label Studio (killed right before the PATCH) goes
+    (st.root / ".work-0004-x").mkdir()
+    (st.root / ".work-0004-x" / "switch.json").write_text(json.dumps({"model_version": "ncalr-1-c0004-x"}))
+    st.clean_workdirs(up_to=4)
+    assert (st.root / ".work-0004-x").is_dir()  # recovery cannot tell: it stays
+    from ncalr_backend.service.cycle import adopt_live
+    assert adopt_live(ls, st, 1, 5) is None and not (st.root / ".work-0004-x").exists()
+    assert st.latest()["model_version"] == v3
+
+
+def test_a_full_disk_on_latest_json_after_the_switch_is_retried_and_repaired(settings, monkeypatch):
+    """Found by review, 2026-12-05: the folder moved into cycles/, latest.json hit the full disk, and
+    the failure was not retried (the version was live), so nothing re-pointed latest.json once the
+    disk had room. Now it is retryable, and the retry's first step commits the folder."""
+    import errno
+
+    import ncalr_backend.service.store as store_mod
+    from ncalr_backend.service.cycle import adopt_live
+
+    ls = FakeLS()
+    v1 = run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)["model_version"]
+    real = store_mod.atomic_write_json
+
+    def full(path, data, **kw):
+        if os.path.basename(str(path)) == "latest.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data, **kw)
+    monkeypatch.setattr(store_mod, "atomic_write_json", full)
+    with pytest.raises(CycleError) as e:
+        run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    monkeypatch.setattr(store_mod, "atomic_write_json", real)  # the disk has room again
+    st = ProjectStore(settings.model_dir, 1)
+    v2 = ls.model_version
+    assert e.value.live and e.value.retryable and v2 != v1
+    assert st.latest()["model_version"] == v1 and (st.root / "cycles" / "0002" / "model.pt").exists()
+    assert adopt_live(ls, st, 1, 3) == v2 and st.latest()["cycle"] == 2
+    assert (st.root / "cycles" / "0002" / "model.pt").exists()
