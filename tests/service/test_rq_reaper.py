@@ -4,6 +4,7 @@ the queued-cycle key outlived a job lost with its worker and blocked the project
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -534,3 +535,43 @@ def test_a_request_whose_state_write_fails_is_still_queued(redis_url, tmp_path, 
     assert out["queued"] and sch.queue.job_ids == [out["job"]]
     assert Job.fetch(out["job"], connection=sch.redis).get_status(refresh=True).value == "queued"
     assert sch.request_cycle(6, "Start training")["coalesced"] and len(sch.queue) == 1
+
+
+def test_the_compose_redis_keeps_the_counts_and_waiting_placements_through_a_kill(tmp_path):
+    """Found by review, 2026-12-05: the annotation count and the queued placements live in Redis
+    only, and the compose file's Redis kept periodic snapshots: killed, it came back without them
+    (9 annotations counted, then the 10th started no cycle; the new tasks stayed unplaced). The
+    compose file now runs it with an append-only file; checked here with its own options on a real
+    redis-server, killed with SIGKILL and started again on the same directory."""
+    import signal
+    import subprocess
+
+    import json
+    import re
+
+    import redis
+
+    from ncalr_backend.service.demo import free_port
+    from tests.redis_server import redis_server
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    compose = (root / "docker-compose.yml").read_text()  # its redis service's command (JSON-style list)
+    cmd = json.loads(re.search(r"\n  redis:\n(?:    .*\n)*?    command: (\[.*\])\n", compose).group(1))
+    assert cmd[0] == "redis-server"
+    port, data = free_port(), tmp_path / "data"
+    data.mkdir()
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                           "RQ_QUEUE": "ncalr-compose-test"})
+    with redis_server(args=cmd[1:], cwd=data, port=port) as url:
+        sch = RQScheduler(s)
+        for _ in range(9):
+            assert sch.count_annotations(4, 1, 100)["cycle"] is None
+        sch.request_placement(4, [31, 32])
+        pid = int(subprocess.check_output(["pgrep", "-f", f"redis-server.*:{port}"]).split()[0])
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+    with redis_server(args=cmd[1:], cwd=data, port=port) as url:
+        r = redis.Redis.from_url(url)
+        assert int(r.get(_keys(4, s.rq_queue)["count"])) == 9
+        assert len(RQScheduler(s).queue) == 1  # the placement job is still queued
+        assert RQScheduler(s).count_annotations(4, 1, 100)["cycle"]["queued"]  # the 10th starts the cycle
