@@ -18,6 +18,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -103,6 +104,10 @@ def _error(message: str, status: int):
 HINT_WAIT_S = 2.0  # seconds a webhook waits to note its task hint while a sync writes the mirror
 SMALL_BODY = 1 << 20  # bytes: any body without a project's key (Start training, /setup, /train, /versions)
 BIG_BODY = 64 << 20  # a webhook with its key (TASKS_CREATED of a large import), /predict (Retrieve predictions)
+# the shape of a project's webhook key (auth.project_key: HMAC-SHA256 in hex). The key itself is checked
+# after the body is parsed (the project id that names it is in the body); any other header value gets
+# SMALL_BODY (found by review, 2026-12-05: any value at all had raised the cap to 64 MB)
+KEY_SHAPE = re.compile(r"[0-9a-f]{64}")
 _big_parse = threading.Lock()  # bodies over SMALL_BODY are parsed one at a time: memory, and the GIL
 
 
@@ -304,7 +309,7 @@ class Backend:
 
     def webhook(self):
         """Validate, count or request, answer in milliseconds. Never trains in the request."""
-        data = _json_body(BIG_BODY if request.headers.get(SECRET_HEADER) else SMALL_BODY)
+        data = _json_body(BIG_BODY if KEY_SHAPE.fullmatch(request.headers.get(SECRET_HEADER) or "") else SMALL_BODY)
         action = data.get("action")
         if not isinstance(action, str) or not action:
             raise BadRequest("missing 'action' (e.g. ANNOTATION_CREATED, START_TRAINING)")
@@ -505,7 +510,7 @@ class Backend:
                 p["error"] = redact_urls(str(p["error"]))
             return p
 
-        out = {"project": pid, "scheduler": self.scheduler().status(pid),
+        out = {"project": pid, "scheduler": part("scheduler", lambda: self.scheduler().status(pid)),
                "new_annotations": s.get("new_annotations"), "pending": s.get("pending"),
                "in_progress": s.get("in_progress"), "last_error": redact_urls(s.get("last_error")),
                "last_failed": s.get("last_failed"), "last_completed": s.get("last_completed"),

@@ -400,14 +400,32 @@ def prepare_project(admin: "LSAdmin", work: Path, images: int, backend_url: str,
     return pid, ml, n, resumed
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The demo's options; the environment gives their defaults (LS_PORT, BACKEND_PORT, DEMO_DIR)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def env_port(name: str, default: int) -> int:
+        """A port from the environment; empty is unset (found by review, 2026-12-05: LS_PORT= was a
+        ValueError traceback), anything else must be a port number, said with the variable's name."""
+        raw = (os.environ.get(name) or "").strip()
+        if not raw:
+            return default
+        if not raw.isdigit() or not 0 < int(raw) < 65536:
+            ap.error(f"{name}={raw!r}: a port number (1-65535), or unset for {default}")
+        return int(raw)
+
     ap.add_argument("--images", type=int, default=500, help="digit images in the demo project")
-    ap.add_argument("--ls-port", type=int, default=int(os.environ.get("LS_PORT", 8080)))
-    ap.add_argument("--backend-port", type=int, default=int(os.environ.get("BACKEND_PORT", 9090)))
-    ap.add_argument("--workdir", default=os.environ.get("DEMO_DIR", str(ROOT / "runs" / "demo")))
+    ap.add_argument("--ls-port", type=int, default=env_port("LS_PORT", 8080))
+    ap.add_argument("--backend-port", type=int, default=env_port("BACKEND_PORT", 9090))
+    # empty is unset too: DEMO_DIR= had put the demo, its admin login and token, into the current
+    # directory (the repository root, where `git add -A` would commit them; found by review, 2026-12-05)
+    ap.add_argument("--workdir", default=(os.environ.get("DEMO_DIR") or "").strip() or str(ROOT / "runs" / "demo"))
     ap.add_argument("--no-wait", action="store_true", help="set up, print, stop (tests)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)

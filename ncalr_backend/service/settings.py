@@ -240,12 +240,58 @@ def _check_names(env: Mapping[str, str]) -> None:
 
 
 def _model_dir(raw: Optional[str]) -> Path:
-    path = Path(raw or "model_dir").expanduser().resolve()
+    try:
+        path = Path(raw or "model_dir").expanduser().resolve()
+    except (RuntimeError, OSError) as exc:  # "~nosuchuser/x"
+        raise SettingsError(f"MODEL_DIR={raw!r}: {exc}; give an absolute path") from None
     if path.exists() and not path.is_dir():
         raise SettingsError(f"MODEL_DIR={str(path)!r} is a file: give a directory (it is created if missing)")
     if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
         raise SettingsError(f"MODEL_DIR={str(path)!r} is not writable by this user")
+    if not path.exists():  # created here, as the backend would at start, so a path that cannot be is
+        # said now with the variable's name (found by review, 2026-12-05: /proc/x or a path under a file
+        # died later in label-studio-ml with a bare traceback)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(f"MODEL_DIR={str(path)!r} cannot be created ({exc.strerror or exc}): give a "
+                                "directory this user can write (it is created if missing)") from None
     return path
+
+
+def _redacted(url: str) -> str:
+    """A URL as an error message may show it: without its user info (a password)."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+def _redis_url(raw: Optional[str]) -> Optional[str]:
+    """REDIS_URL, checked as redis-py will read it (found by review, 2026-12-05: a named database
+    "/ncalr2" was ignored by redis-py, so two backends "apart" shared db 0 and its keys; an unknown
+    query argument or a bad port started fine and made every keyed request a 500)."""
+    if raw is None:
+        return None
+    shown = _redacted(raw)
+    try:
+        sp = urlsplit(raw)
+        sp.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise SettingsError(f"REDIS_URL={shown!r}: {exc}; expected redis://host:port/db") from None
+    if sp.scheme not in ("redis", "rediss", "unix") or (sp.scheme != "unix" and not sp.hostname):
+        raise SettingsError(f"REDIS_URL={shown!r}: expected redis://host:port/db")
+    if sp.scheme == "unix" and not sp.path:
+        raise SettingsError(f"REDIS_URL={shown!r}: a unix socket URL needs the socket's path: unix:///path/redis.sock")
+    if sp.scheme != "unix" and not re.fullmatch(r"/?|/[0-9]+", sp.path):
+        raise SettingsError(f"REDIS_URL={shown!r}: the database is a number (redis://host:6379/0); Redis has no "
+                            "named databases, and RQ_QUEUE keeps two backends on one database apart")
+    try:
+        import redis
+    except ImportError:  # the scheduler says so when it starts
+        return raw
+    try:  # redis-py's own reading of the URL, and the connection it would make (no I/O until used)
+        redis.ConnectionPool.from_url(raw).make_connection()
+    except (ValueError, TypeError) as exc:
+        raise SettingsError(f"REDIS_URL={shown!r}: redis-py cannot use it ({_redacted(str(exc))})") from None
+    return raw
 
 
 @dataclass(frozen=True)
@@ -292,10 +338,15 @@ class Settings:
         if user and ":" in user:
             raise SettingsError("BASIC_AUTH_USER: a user name cannot hold ':' (HTTP basic auth splits at the "
                                 "first colon, so no request could ever log in)")
-        redis_url = _get(env, "REDIS_URL")
-        if redis_url and (urlsplit(redis_url).scheme not in ("redis", "rediss", "unix")
-                          or (urlsplit(redis_url).scheme != "unix" and not urlsplit(redis_url).hostname)):
-            raise SettingsError(f"REDIS_URL={redis_url!r}: expected redis://host:port/db")
+        for name, value in (("BASIC_AUTH_USER", user), ("BASIC_AUTH_PASS", pw)):
+            if value and not all(" " <= ch <= "~" for ch in value):
+                # found by review, 2026-12-05: Label Studio sends basic auth encoded as latin-1 and the
+                # server reads UTF-8, so an 'ö' never logged Label Studio in, while this backend's own
+                # health check (UTF-8) passed
+                raise SettingsError(f"{name}: use printable ASCII characters only (letters, digits, punctuation, "
+                                    "space): Label Studio encodes basic auth as latin-1 and this backend reads "
+                                    "UTF-8, so any other character would never log Label Studio in")
+        redis_url = _redis_url(_get(env, "REDIS_URL"))
         secret, legacy = _get(env, "WEBHOOK_KEY_SECRET"), _get(env, "WEBHOOK_SECRET")
         if secret is not None and len(secret) < 16:
             raise SettingsError("WEBHOOK_KEY_SECRET: at least 16 characters (it is all that stands between anyone "

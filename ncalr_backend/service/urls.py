@@ -123,7 +123,11 @@ def resolve(base: str, ref: str, prefix: Optional[str] = None) -> SafeURL:
     such a path is taken from the origin, as a browser does; a path without the prefix (``/data/...``,
     as written at the root) is put under it. ``prefix``: ``base_path(base)``, when the caller keeps it."""
     prefix = base_path(base) if prefix is None else prefix
-    safe = parse_http_url(urljoin(base, ref))
+    try:
+        joined = urljoin(base, ref)
+    except ValueError as exc:  # "Invalid IPv6 URL" ('http://[::1/x'): refused like any bad URL, not an
+        raise URLRefused(f"{ref[:200]!r}: {exc}") from None  # unexpected error with a traceback (review, 2026-12-05)
+    safe = parse_http_url(joined)
     if prefix and ref.startswith("/") and not ref.startswith("//"):
         path = safe.target.partition("?")[0]  # canonical: '/a%7eb' and '/a%7Eb' are one prefix
         if path != prefix and not path.startswith(prefix + "/"):

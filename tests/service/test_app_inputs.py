@@ -261,7 +261,9 @@ def test_bodies_are_capped_before_anyone_is_authenticated(client):
     r = client.post("/webhook", data=big, content_type="application/json")
     assert r.status_code == 413 and "at most" in r.get_json()["error"]
     r = client.post("/webhook", data=big, content_type="application/json", headers={SECRET_HEADER: "wrong"})
-    assert r.status_code == 401  # parsed (a keyed webhook may be large), then refused by its key
+    assert r.status_code == 413  # any header value raised the cap to 64 MB (found by review, 2026-12-05)
+    r = client.post("/webhook", data=big, content_type="application/json", headers={SECRET_HEADER: "ab" * 32})
+    assert r.status_code == 401  # a key's shape: parsed (a keyed webhook may be large), then refused by its key
     for path in ("/webhook", "/setup"):
         r = client.post(path, data="[" * 100_000 + "]" * 100_000, content_type="application/json")
         assert r.status_code == 400 and "nested too deeply" in r.get_json()["error"], path

@@ -247,6 +247,24 @@ def test_status_answers_what_it_can_read_when_progress_is_damaged(tmp_path, monk
     assert body["unreadable"] == ["progress"]
 
 
+def test_status_answers_with_redis_away(tmp_path, monkeypatch):
+    """Found by review, 2026-12-05: with REDIS_URL set and Redis down, /status was a 500 (its
+    scheduler part was not guarded as the files are); the dashboard already answered."""
+    from ncalr_backend.service import app as app_mod
+    c = make_app(tmp_path).test_client()
+    healthy_project(tmp_path, 1)
+
+    class Away:
+        def status(self, pid):
+            import redis
+            raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+    monkeypatch.setattr(app_mod.Backend, "scheduler", lambda self: Away())
+    r = c.get("/status?project=1")
+    body = r.get_json()
+    assert r.status_code == 200 and body["model_version"] == "v1" and body["scheduler"] is None
+    assert body["unreadable"] == ["scheduler"]
+
+
 # ---------------------------------------------------------------------------- 3. long ids
 def test_project_ids_too_long_for_a_file_name_are_4xx_on_the_dashboard(tmp_path):
     c = make_app(tmp_path).test_client()

@@ -155,3 +155,50 @@ def test_log_level_is_checked_when_the_app_is_imported(level, ok):
     assert (proc.returncode == 0) == ok, proc.stderr[-2000:]
     if not ok:
         assert "LOG_LEVEL=" in proc.stderr and "expected DEBUG, INFO" in proc.stderr
+
+
+def test_redis_urls_basic_auth_and_model_dirs_that_failed_later_are_refused_at_start(tmp_path):
+    """Found by review, 2026-12-05, each reproduced: a named Redis database ("/ncalr2") was ignored
+    by redis-py (two backends "apart" shared db 0 and its keys); an unknown query argument or a port
+    that is not a number started, then every keyed request was a 500 or a bare traceback; a refused
+    REDIS_URL was echoed with its password; a basic-auth password with an 'ö' never logged Label
+    Studio in (it sends latin-1, the server reads UTF-8) while the health check passed; a MODEL_DIR
+    that cannot be created died later in label-studio-ml without the variable's name."""
+    base = {"MODEL_DIR": str(tmp_path)}
+    for env, says in (({"REDIS_URL": "redis://127.0.0.1:6379/ncalr2"}, "the database is a number"),
+                      ({"REDIS_URL": "redis://127.0.0.1:6379/0?foo=bar"}, "redis-py cannot use it.*'foo'"),
+                      ({"REDIS_URL": "redis://127.0.0.1:notaport/0"}, "Port could not be cast"),
+                      ({"REDIS_URL": "redis://127.0.0.1:6379/0?db=x"}, "Invalid value for 'db'"),
+                      ({"REDIS_URL": "unix://"}, "needs the socket's path"),
+                      ({"BASIC_AUTH_USER": "ncalr", "BASIC_AUTH_PASS": "Passw\u00f6rt1"}, "BASIC_AUTH_PASS: use printable ASCII"),
+                      ({"BASIC_AUTH_USER": "J\u00fcrgen", "BASIC_AUTH_PASS": "p"}, "BASIC_AUTH_USER: use printable ASCII"),
+                      ({"MODEL_DIR": "/proc/ncalr-model"}, "MODEL_DIR='/proc/ncalr-model' cannot be created"),
+                      ({"MODEL_DIR": str(tmp_path / "f" / "m")}, "cannot be created"),
+                      ({"MODEL_DIR": "~no-such-user-ncalr/m"}, "MODEL_DIR='~no-such-user-ncalr/m'")):
+        (tmp_path / "f").write_text("x")
+        with pytest.raises(SettingsError, match=says):
+            Settings.from_env({**base, **env})
+    with pytest.raises(SettingsError) as e:
+        Settings.from_env({**base, "REDIS_URL": "rediss//:hunter2@redis:6379/0"})
+    assert "hunter2" not in str(e.value) and "***@" in str(e.value)
+    for ok in ("redis://redis:6379/0", "redis://redis:6379", "redis://:pw@redis:6379/3?socket_timeout=2",
+               "rediss://redis:6380/0?ssl_cert_reqs=none", "unix:///run/redis.sock"):
+        assert Settings.from_env({**base, "REDIS_URL": ok}).redis_url == ok
+    made = tmp_path / "new" / "model"
+    assert Settings.from_env({"MODEL_DIR": str(made), "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "pass word!"}).model_dir == made
+    assert made.is_dir()
+
+
+def test_the_demos_empty_variables_are_unset_and_a_bad_port_is_said(monkeypatch, capsys):
+    """Found by review, 2026-12-05: DEMO_DIR= put the demo, its admin login and token, into the
+    current directory (the repository root, not ignored by git); LS_PORT= was a ValueError traceback."""
+    from ncalr_backend.service import demo
+
+    for k, v in {"DEMO_DIR": " ", "LS_PORT": "", "BACKEND_PORT": ""}.items():
+        monkeypatch.setenv(k, v)
+    args = demo.parse_args([])
+    assert args.workdir == str(demo.ROOT / "runs" / "demo") and (args.ls_port, args.backend_port) == (8080, 9090)
+    monkeypatch.setenv("LS_PORT", "80a")
+    with pytest.raises(SystemExit) as e:
+        demo.parse_args([])
+    assert e.value.code == 2 and "LS_PORT='80a': a port number" in capsys.readouterr().err

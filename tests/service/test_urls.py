@@ -217,3 +217,13 @@ def test_host_rules_and_settings():
     for bad in ("cdn.example/x y", "user@cdn.example", "127.1", "http://a\\b"):
         with pytest.raises(SettingsError, match="ALLOWED_IMAGE_HOSTS"):
             Settings.from_env({"ALLOWED_IMAGE_HOSTS": bad})
+
+
+def test_an_image_reference_urljoin_cannot_read_is_refused_not_an_unexpected_error():
+    """Found by review, 2026-12-05: urljoin raised ValueError("Invalid IPv6 URL") for a task image
+    such as 'http://[::1/x', logged as an unexpected error with a traceback (anyone who can import
+    tasks or post to /predict could fill the log)."""
+    from ncalr_backend.service.urls import URLRefused, resolve
+
+    with pytest.raises(URLRefused, match="Invalid IPv6 URL"):
+        resolve("http://ls.test:8080", "http://[::1/x")
