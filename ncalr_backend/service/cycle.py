@@ -390,8 +390,11 @@ def adopt_live(client: LabelStudioClient, store: ProjectStore, project_id: int, 
     import shutil
     latest = store.latest() or {}
     newest = latest.get("cycle") if isinstance(latest.get("cycle"), int) else 0
-    found = sorted((c for c in store.switched_dirs() if c[1] > newest and c[1] != current),
-                   key=lambda c: c[1], reverse=True)
+    switched = [c for c in store.switched_dirs() if c[1] != current]
+    for folder, cycle, _ in switched:  # older than the latest: never adopted (found by review, 2026-12-05: such
+        if cycle <= newest and folder.name.startswith(".work-"):  # folders piled up when a check failed)
+            shutil.rmtree(folder, ignore_errors=True)
+    found = sorted((c for c in switched if c[1] > newest), key=lambda c: c[1], reverse=True)
     if not found:
         return None
     in_use = live_in_label_studio(client, project_id)

@@ -60,8 +60,9 @@ from __future__ import annotations
 
 import hmac
 import math
-import re
 import os
+import re
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping, Optional
@@ -248,14 +249,19 @@ def _model_dir(raw: Optional[str]) -> Path:
         raise SettingsError(f"MODEL_DIR={str(path)!r} is a file: give a directory (it is created if missing)")
     if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
         raise SettingsError(f"MODEL_DIR={str(path)!r} is not writable by this user")
-    if not path.exists():  # created here, as the backend would at start, so a path that cannot be is
-        # said now with the variable's name (found by review, 2026-12-05: /proc/x or a path under a file
-        # died later in label-studio-ml with a bare traceback)
+    if raw and not path.exists():  # a path the operator gave, created at start: probed now, so one that cannot
+        # be is said with the variable's name (found by review, 2026-12-05: /proc/x or a path under a file died
+        # later in label-studio-ml with a bare traceback). Probed in its nearest existing parent, with a temporary
+        # directory removed again: reading settings creates nothing (bench and tests read them too)
+        parent = next(p for p in path.parents if p.exists())
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            if not parent.is_dir():
+                raise NotADirectoryError(20, "Not a directory")
+            os.rmdir(tempfile.mkdtemp(prefix=".ncalr-probe-", dir=parent))
         except OSError as exc:
-            raise SettingsError(f"MODEL_DIR={str(path)!r} cannot be created ({exc.strerror or exc}): give a "
-                                "directory this user can write (it is created if missing)") from None
+            raise SettingsError(f"MODEL_DIR={str(path)!r} cannot be created ({exc.strerror or exc} in "
+                                f"{str(parent)!r}): give a directory this user can write (it is created if "
+                                "missing)") from None
     return path
 
 

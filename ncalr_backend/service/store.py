@@ -281,12 +281,15 @@ class ProjectStore:
         stays pending, so a process that dies before the cycle has a marker leaves a request that
         recovery or the RQ reaper runs again (found by review, 2026-12-05: the request was cleared
         when the worker took it, before the cycle's connection check, and a death in between lost it
-        and the annotations it counted). A request that names another job (made since) stays."""
+        and the annotations it counted). A request that names another job (made since) stays; one that
+        names no job (a retry's or recovery's record, whose own request was folded into this one) is
+        served by this cycle too (found by review, 2026-12-05: it stayed, and the RQ reaper ran it again
+        after this cycle)."""
         with self._state_locked():
             s = self.state()
             s.update(changes)
             s["in_progress"] = marker
-            if request is not None and (s.get("pending") or {}).get("job") == request:
+            if request is not None and (s.get("pending") or {}).get("job") in (None, request):
                 s["pending"] = None
             atomic_write_json(self.state_path, s)
             return s

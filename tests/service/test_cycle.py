@@ -1305,3 +1305,26 @@ def test_a_full_disk_on_latest_json_after_the_switch_is_retried_and_repaired(set
     assert st.latest()["model_version"] == v1 and (st.root / "cycles" / "0002" / "model.pt").exists()
     assert adopt_live(ls, st, 1, 3) == v2 and st.latest()["cycle"] == 2
     assert (st.root / "cycles" / "0002" / "model.pt").exists()
+
+
+def test_a_switched_folder_older_than_the_latest_is_removed_without_asking(settings):
+    """Found by review, 2026-12-05: a killed cycle's folder whose adoption could not be checked (Label
+    Studio could not say) was never looked at again once a later cycle went live: a whole cycle's
+    files left on disk each time."""
+    from ncalr_backend.service.cycle import adopt_live
+
+    class Blind(FakeLS):
+        def get_project(self, pid):
+            raise LabelStudioError("GET /api/projects/1/: Label Studio not reachable (ConnectionError)", None)
+
+    ls = FakeLS()
+    run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)
+    st = ProjectStore(settings.model_dir, 1)
+    old = st.root / ".work-0002-killed"
+    old.mkdir()
+    (old / "switch.json").write_text(json.dumps({"model_version": "ncalr-1-c0002-killed"}))
+    assert adopt_live(Blind(), st, 1, 3) is None and old.is_dir()  # cannot tell: kept
+    st.update_state(cycles_started=2)
+    run_project_cycle(settings, 1, "t", engine_config=ENGINE, client=ls)  # cycle 3 goes live meanwhile
+    assert st.latest()["cycle"] == 3
+    assert adopt_live(Blind(), st, 1, 4) is None and not old.exists()

@@ -575,3 +575,75 @@ def test_the_compose_redis_keeps_the_counts_and_waiting_placements_through_a_kil
         assert int(r.get(_keys(4, s.rq_queue)["count"])) == 9
         assert len(RQScheduler(s).queue) == 1  # the placement job is still queued
         assert RQScheduler(s).count_annotations(4, 1, 100)["cycle"]["queued"]  # the 10th starts the cycle
+
+
+def test_a_retry_record_folded_into_the_next_job_is_served_by_it(redis_url, tmp_path, monkeypatch):
+    """Found by review, 2026-12-05: cycle A failed in a way that may pass while B was queued; A's
+    retry record (it names no job) stayed through B, and the reaper ran another cycle after B. The
+    next cycle that begins serves it."""
+    from rq import SimpleWorker
+
+    from ncalr_backend.service import scheduler
+    from ncalr_backend.service.cycle import CycleRun
+
+    for k, v in {"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test",
+                 "LABEL_STUDIO_URL": "", "LABEL_STUDIO_API_KEY": ""}.items():
+        monkeypatch.setenv(k, v)
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test"})
+    sch = RQScheduler(s)
+    sch.redis.flushdb()
+    st = ProjectStore(tmp_path, 11)
+
+    def cycle(settings, pid, reason, t, should_stop=None, request=None):
+        run = CycleRun.begin(settings, pid, reason, t, request)
+        st.finish_in_progress(run.owner, last_completed=run.cycle)
+        return {"status": "completed"}
+    monkeypatch.setattr(scheduler, "_default_cycle", cycle)
+    b = sch.request_cycle(11, "12 new annotations")["job"]  # B waits while A runs ...
+    st.update_state(pending={"reason": "A", "triggered_at": 1.0, "attempt": 1, "retry_at": time.time() - 1})  # ... A's retry
+    SimpleWorker([sch.queue], connection=sch.redis).work(burst=True, max_jobs=1)
+    assert st.state()["pending"] is None and st.state()["last_completed"] == 1
+    assert sch.reap_once() == [] and len(sch.queue) == 0
+    assert b
+
+
+def test_the_documented_switch_of_an_existing_redis_to_the_append_only_file_keeps_its_data(tmp_path):
+    """Redis 7 started with an append-only file over a volume that holds only a snapshot starts EMPTY
+    (redis/redis#12484; found by review, 2026-12-05, for deployments that pull the compose change).
+    The migration docker-compose.yml documents: `redis-cli config set appendonly yes` on the running
+    Redis, then the restart with the compose file's command. Checked on a real redis-server."""
+    import json
+    import re
+
+    import redis
+
+    from ncalr_backend.service.demo import free_port
+    from tests.redis_server import redis_server
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    compose = (root / "docker-compose.yml").read_text()
+    cmd = json.loads(re.search(r"\n  redis:\n(?:    .*\n)*?    command: (\[.*\])\n", compose).group(1))
+    assert "config set appendonly yes" in compose  # the migration is documented where the command is
+    port, data = free_port(), tmp_path / "data"
+    data.mkdir()
+    with redis_server(args=[], cwd=data, port=port) as url:  # the image's default: snapshots only
+        r = redis.Redis.from_url(url)
+        r.set("ncalr:4:count", 9)
+        r.save()
+        r.config_set("appendonly", "yes")  # the documented step
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            info = r.info("persistence")
+            if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"] and info["aof_enabled"]:
+                break
+            time.sleep(0.1)
+    with redis_server(args=cmd[1:], cwd=data, port=port) as url:
+        assert int(redis.Redis.from_url(url).get("ncalr:4:count")) == 9
+    # and without the step, the data would be gone: what the documentation warns of
+    other = tmp_path / "other"
+    other.mkdir()
+    with redis_server(args=[], cwd=other, port=port) as url:
+        redis.Redis.from_url(url).set("ncalr:4:count", 9)
+        redis.Redis.from_url(url).save()
+    with redis_server(args=cmd[1:], cwd=other, port=port) as url:
+        assert redis.Redis.from_url(url).get("ncalr:4:count") is None

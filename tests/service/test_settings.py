@@ -186,7 +186,7 @@ def test_redis_urls_basic_auth_and_model_dirs_that_failed_later_are_refused_at_s
         assert Settings.from_env({**base, "REDIS_URL": ok}).redis_url == ok
     made = tmp_path / "new" / "model"
     assert Settings.from_env({"MODEL_DIR": str(made), "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "pass word!"}).model_dir == made
-    assert made.is_dir()
+    assert not (tmp_path / "new").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # probed, not made
 
 
 def test_the_demos_empty_variables_are_unset_and_a_bad_port_is_said(monkeypatch, capsys):
