@@ -21,6 +21,18 @@ def redis_url(tmp_path_factory):
         yield url
 
 
+def _worker_env(redis_url, tmp_path, monkeypatch):
+    """(settings, scheduler) on a flushed test queue, with the environment an RQ job reads its
+    settings from (rq_cycle_job calls Settings.from_env())."""
+    for k, v in {"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test",
+                 "LABEL_STUDIO_URL": "", "LABEL_STUDIO_API_KEY": ""}.items():
+        monkeypatch.setenv(k, v)
+    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test"})
+    sch = RQScheduler(s)
+    sch.redis.flushdb()
+    return s, sch
+
+
 def test_a_lost_queued_job_is_requested_again_and_a_waiting_one_is_not(redis_url, tmp_path):
     from rq.job import Job
 
@@ -217,12 +229,7 @@ def test_a_request_made_as_a_job_starts_stays_pending_for_the_next_job(redis_url
 
     from ncalr_backend.service import scheduler
 
-    for k, v in {"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test",
-                 "LABEL_STUDIO_URL": "", "LABEL_STUDIO_API_KEY": ""}.items():
-        monkeypatch.setenv(k, v)
-    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test"})
-    sch = RQScheduler(s)
-    sch.redis.flushdb()
+    s, sch = _worker_env(redis_url, tmp_path, monkeypatch)
     ran, nxt = [], []
 
     def cycle(settings, pid, reason, t, should_stop=None, request=None):
@@ -250,12 +257,7 @@ def test_a_worker_that_dies_before_its_cycle_has_a_marker_leaves_the_request_to_
 
     from ncalr_backend.service import scheduler
 
-    for k, v in {"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test",
-                 "LABEL_STUDIO_URL": "", "LABEL_STUDIO_API_KEY": ""}.items():
-        monkeypatch.setenv(k, v)
-    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test"})
-    sch = RQScheduler(s)
-    sch.redis.flushdb()
+    s, sch = _worker_env(redis_url, tmp_path, monkeypatch)
 
     def dies(settings, pid, reason, t, should_stop=None, request=None):  # inside the connection check
         os.kill(os.getpid(), signal.SIGKILL)
@@ -586,12 +588,7 @@ def test_a_retry_record_folded_into_the_next_job_is_served_by_it(redis_url, tmp_
     from ncalr_backend.service import scheduler
     from ncalr_backend.service.cycle import CycleRun
 
-    for k, v in {"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test",
-                 "LABEL_STUDIO_URL": "", "LABEL_STUDIO_API_KEY": ""}.items():
-        monkeypatch.setenv(k, v)
-    s = Settings.from_env({"MODEL_DIR": str(tmp_path), "REDIS_URL": redis_url, "RQ_QUEUE": "ncalr-reaper-test"})
-    sch = RQScheduler(s)
-    sch.redis.flushdb()
+    s, sch = _worker_env(redis_url, tmp_path, monkeypatch)
     st = ProjectStore(tmp_path, 11)
 
     def cycle(settings, pid, reason, t, should_stop=None, request=None):
