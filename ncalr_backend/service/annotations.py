@@ -33,7 +33,7 @@ def winning_annotation(task: dict, cfg: Optional[ImageClassConfig] = None, prefe
                        ) -> Optional[dict]:
     """The annotation that labels ``task`` (see the module docstring), or None if unlabeled.
 
-    ``prefer`` ({class index: probability}, single-label): the task was sent for re-annotation
+    ``prefer`` ({choice value: probability}, single-label): the task was sent for re-annotation
     (``RELABEL_SHARE``); when its annotations disagree, the one whose label the model found more
     likely wins (a ground-truth annotation still wins over all)."""
     anns = [a for a in (task.get("annotations") or []) if isinstance(a, dict) and not a.get("was_cancelled")]
@@ -42,7 +42,7 @@ def winning_annotation(task: dict, cfg: Optional[ImageClassConfig] = None, prefe
     if prefer and cfg is not None and not cfg.multilabel and not any(a.get("ground_truth") for a in anns):
         def likely(a):
             k = annotation_label(a, cfg)
-            return (-1.0 if k is None else float(prefer.get(str(k), prefer.get(k, 0.0)))), _ts(a), int(a.get("id") or 0)
+            return (-1.0 if k is None else float(prefer.get(cfg.labels[k], 0.0))), _ts(a), int(a.get("id") or 0)
         return max(anns, key=likely)
     return max(anns, key=lambda a: (bool(a.get("ground_truth")), _ts(a), _id(a)))
 
@@ -126,7 +126,7 @@ class Split:
 
 
 def split_tasks(tasks: Sequence[dict], cfg: ImageClassConfig, prefer: Optional[dict] = None) -> Split:
-    """``prefer``: {str(task id): {class: probability}} for tasks sent for re-annotation."""
+    """``prefer``: {str(task id): {choice value: probability}} for tasks sent for re-annotation."""
     s = Split()
     prefer = prefer or {}
     for t in tasks:
@@ -143,15 +143,19 @@ def split_tasks(tasks: Sequence[dict], cfg: ImageClassConfig, prefer: Optional[d
             continue
         s.labeled.append(t)
         s.labels.append(y)
-        s.fingerprints.append(annotation_fingerprint(ann, y))
+        s.fingerprints.append(annotation_fingerprint(ann, y, cfg))
     return s
 
 
-def annotation_fingerprint(ann: dict, label) -> str:
+def annotation_fingerprint(ann: dict, label, cfg: ImageClassConfig) -> str:
     """What a task's label is, as a string that changes exactly when the label does: the winning
-    annotation's id and its label (class index or sorted index list). Re-submitting the same
-    choice keeps it; another choice, or another annotation winning, changes it."""
-    return f"{ann.get('id')}:{json.dumps(label)}"
+    annotation's id and its label, by value (the choice, or the sorted set of choices). Re-submitting
+    the same choice keeps it; another choice, or another annotation winning, changes it. By value,
+    not by class index: a choice inserted or the choices reordered in the config must not turn one
+    label into another (found by review, 2026-12-05: a reviewed "cat" read as "dog" after "ant" was
+    added first, and a changed label read as reviewed)."""
+    value = sorted(cfg.labels[k] for k in label) if cfg.multilabel else cfg.labels[label]
+    return f"{ann.get('id')}:{json.dumps(value)}"
 
 
 def task_fingerprint(task: dict, cfg: ImageClassConfig, prefer: Optional[dict] = None) -> Optional[str]:
@@ -162,7 +166,7 @@ def task_fingerprint(task: dict, cfg: ImageClassConfig, prefer: Optional[dict] =
     if ann is None:
         return None
     y = annotation_label_set(ann, cfg)[0] if cfg.multilabel else annotation_label(ann, cfg)
-    return None if y is None else annotation_fingerprint(ann, y)
+    return None if y is None else annotation_fingerprint(ann, y, cfg)
 
 
 def label_matrix(labels: Sequence, cfg: ImageClassConfig) -> np.ndarray:

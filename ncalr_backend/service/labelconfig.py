@@ -57,7 +57,20 @@ class ImageClassConfig:
 
 
 def _tag(el) -> str:
-    return el.tag if isinstance(el.tag, str) else ""
+    """The element's tag name, lower-cased: Label Studio's editor reads tag and attribute names
+    case-insensitively (``<choices>``, ``perregion``), so the backend must too (found by review,
+    2026-12-05: a lower-case ``<image>`` was "Found 0 <Image> tags", and ``PerRegion="true"`` or
+    ``Alias=`` were read as absent: per-region answers trained as the image's label)."""
+    return el.tag.lower() if isinstance(el.tag, str) else ""
+
+
+def _get(el, name: str) -> Optional[str]:
+    """Attribute ``name`` of ``el``, its name compared case-insensitively (see ``_tag``)."""
+    value = el.get(name)
+    if value is not None:
+        return value
+    low = name.lower()
+    return next((v for k, v in el.attrib.items() if isinstance(k, str) and k.lower() == low), None)
 
 
 _DECLARATION = re.compile(r"^\ufeff?\s*<\?xml\b[^>]*\?>", re.IGNORECASE)
@@ -68,6 +81,21 @@ def without_xml_declaration(xml):
     accepts one; label-studio-ml's own parser (lxml on a str) raises ValueError on an encoding
     declaration, so the backend hands every parser the config without it."""
     return _DECLARATION.sub("", xml, count=1) if isinstance(xml, str) else xml
+
+
+def _top_choices(ch) -> list:
+    """The ``<Choice>`` elements of ``ch`` in document order, not those inside another ``<Choice>``:
+    without allowNested the editor neither shows nor saves them (found by review, 2026-12-05)."""
+    out, stack = [], [iter(ch)]
+    while stack:
+        el = next(stack[-1], None)
+        if el is None:
+            stack.pop()
+        elif _tag(el) == "choice":
+            out.append(el)
+        else:
+            stack.append(iter(el))
+    return out
 
 
 def parse_label_config(xml: Optional[str]) -> ImageClassConfig:
@@ -89,48 +117,59 @@ def parse_label_config(xml: Optional[str]) -> ImageClassConfig:
         raise LabelConfigError("The labeling config has a <!DOCTYPE ...> (entity declarations); a labeling config "
                                "needs none: remove it")
 
-    images = [el for el in root.iter() if _tag(el) == "Image"]
-    choices = [el for el in root.iter() if _tag(el) == "Choices"]
+    images = [el for el in root.iter() if _tag(el) == "image"]
+    choices = [el for el in root.iter() if _tag(el) == "choices"]
     if len(images) != 1:
         raise LabelConfigError(f"Found {len(images)} <Image> tags, need exactly 1")
     image = images[0]
-    image_name = image.get("name")
-    value = (image.get("value") or "").strip()
-    if image.get("valueList") is not None:
+    image_name = _get(image, "name")
+    value = (_get(image, "value") or "").strip()
+    if _get(image, "valueList") is not None:
         raise LabelConfigError("<Image valueList=...> (several images per task) is not supported: one image "
                                "per task, value=\"$image\"")
-    if any(_tag(a) == "Repeater" for a in image.iterancestors()) or "{{" in value:
-        raise LabelConfigError("An <Image> inside a <Repeater> (several images per task) is not supported")
+    if any(_tag(a) == "repeater" for a in image.iterancestors()) or "{{" in value or "[" in value:
+        raise LabelConfigError("An <Image> inside a <Repeater> or on a list of images (several images per task) "
+                               "is not supported")
     if not image_name or not value.startswith("$") or len(value) < 2:
         raise LabelConfigError('The <Image> needs a name and a value like "$image"')
-    bound = [c for c in choices if image_name in [t.strip() for t in (c.get("toName") or "").split(",")]]
-    if len(choices) != 1 or len(bound) != 1:
+    # only the <Choices> bound to the image decides; others (say, about a <Text> beside it) are left to the
+    # annotators, as their answers are (annotations.py reads the image's from_name only; found by review,
+    # 2026-12-05: a second <Choices> about another object refused the whole project)
+    bound = [c for c in choices if image_name in [t.strip() for t in (_get(c, "toName") or "").split(",")]]
+    if len(bound) != 1:
         raise LabelConfigError(
             f"Found {len(choices)} <Choices> tags ({len(bound)} bound to the image {image_name!r}), "
             "need exactly 1 bound to it")
     ch = bound[0]
-    mode = (ch.get("choice") or "single").strip().lower()
+    mode = (_get(ch, "choice") or "single").strip().lower()
     if mode not in ("single", "single-radio", "multiple"):
         raise LabelConfigError(f'<Choices choice="{mode}"> is not supported; use choice="single" '
                                '(one class per image) or choice="multiple" (a set of labels per image)')
-    if not ch.get("name"):
+    if not _get(ch, "name"):
         raise LabelConfigError("The <Choices> needs a name")
-    if (ch.get("perRegion") or "").strip().lower() == "true" or \
-            (ch.get("visibleWhen") or "").strip().lower().startswith("region-selected"):
+    if (_get(ch, "perRegion") or "").strip().lower() == "true" or \
+            (_get(ch, "visibleWhen") or "").strip().lower().startswith("region-selected"):
         raise LabelConfigError("A per-region <Choices> (perRegion=\"true\" or visibleWhen=\"region-selected\") "
                                "classifies regions, not the image; this backend classifies whole images")
+    if (_get(ch, "allowNested") or "").strip().lower() == "true":
+        # the editor then saves a path per answer (["Animal", "Cat"]), not a class (found by review, 2026-12-05)
+        raise LabelConfigError('<Choices allowNested="true"> (a hierarchy of choices, saved as paths) is not '
+                               "supported: list the classes as flat <Choice> values")
     labels, seen = [], set()
-    for c in ch.iter():
-        if _tag(c) != "Choice":
-            continue
-        label = c.get("alias") or c.get("value")
+    for c in _top_choices(ch):
+        alias = _get(c, "alias")
+        if alias is not None and not alias.strip():
+            # the editor saves alias ?? value, so "" (the backend read it as the value: found by review, 2026-12-05)
+            raise LabelConfigError(f"The <Choice value={_get(c, 'value')!r}> has an empty alias: remove alias= "
+                                   "or give it a value")
+        label = alias or _get(c, "value")
         if not label:
             raise LabelConfigError("Every <Choice> needs a value")
-        if label in seen:
-            raise LabelConfigError(f"The choice {label!r} appears twice")
+        if label in seen:  # the same answer twice in the list: one class, as Label Studio's SDK merges them
+            continue  # (it was refused: found by review, 2026-12-05)
         seen.add(label)
         labels.append(label)
     if len(labels) < 2:
-        raise LabelConfigError(f"The <Choices> has {len(labels)} <Choice> values, need at least 2")
-    return ImageClassConfig(image_name=image_name, data_key=value[1:], choices_name=ch.get("name"),
+        raise LabelConfigError(f"The <Choices> has {len(labels)} distinct <Choice> values, need at least 2")
+    return ImageClassConfig(image_name=image_name, data_key=value[1:], choices_name=_get(ch, "name"),
                             labels=tuple(labels), multilabel=mode == "multiple")

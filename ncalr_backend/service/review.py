@@ -124,7 +124,7 @@ class ReviewState:
         cycle's publish. What is dropped is logged; a file that is not a JSON object at all is set
         aside by ``locked`` before it is written over (it holds reviewers' decisions)."""
         d = read_json(self.path, {})
-        return _checked(d if isinstance(d, dict) else {}, self.path)
+        return _by_value(_checked(d if isinstance(d, dict) else {}, self.path), self.store)
 
     def set_aside_if_damaged(self) -> None:
         """A review.json that is not a JSON object (truncated, not UTF-8) is renamed to
@@ -158,6 +158,38 @@ class ReviewState:
         return set(d["listed"]) | {str(t) for t in d["publishing"]}
 
 
+LABEL_FORMAT = "values"  # review.json names classes by their choice value (fingerprints, re-annotation probabilities)
+
+
+def _by_value(d: dict, store: ProjectStore) -> dict:
+    """A review.json written before 2026-12-05 named classes by their index in the config of its
+    time; translated here with the latest cycle's labels (the config it was written under, as far as
+    the backend knows), once: the next write saves it by value (``LABEL_FORMAT``)."""
+    if d.get("label_format") == LABEL_FORMAT:
+        return d
+    d["label_format"] = LABEL_FORMAT
+    labels = list((store.latest() or {}).get("labels") or [])
+
+    def value(k):
+        return labels[k] if isinstance(k, int) and not isinstance(k, bool) and 0 <= k < len(labels) else None
+
+    def fingerprint(fp):
+        ann, sep, raw = str(fp).partition(":")
+        try:
+            k = json.loads(raw)
+        except ValueError:
+            return fp
+        v = sorted(value(i) for i in k) if isinstance(k, list) and all(value(i) is not None for i in k) else value(k)
+        return f"{ann}{sep}{json.dumps(v)}" if v is not None and sep else fp
+    d["reviewed"] = {t: fingerprint(fp) for t, fp in d["reviewed"].items()}
+    d["listed"] = {t: {**e, "fingerprint": fingerprint(e["fingerprint"])} if e.get("fingerprint") else e
+                   for t, e in d["listed"].items()}
+    d["relabel"] = {t: {**e, "probs": {value(int(k)): p for k, p in (e.get("probs") or {}).items()
+                                       if _is_id(k) and value(int(k)) is not None}}
+                    for t, e in d["relabel"].items()}
+    return d
+
+
 def _is_id(k) -> bool:
     return isinstance(k, str) and k.isascii() and k.isdigit() and 0 < len(k) <= 18
 
@@ -184,7 +216,7 @@ def _checked(d: dict, path) -> dict:
                        and all(isinstance(e.get(k), (str, type(None))) for k in ("label", "suggested", "fingerprint")))
     d["relabel"] = keep("relabel", lambda e: isinstance(e, dict) and isinstance(e.get("annotations"), int)
                         and not isinstance(e.get("annotations"), bool) and isinstance(e.get("probs", {}), dict)
-                        and all(_is_id(k) for k in e.get("probs", {}))
+                        and all(isinstance(k, str) for k in e.get("probs", {}))
                         and all(_is_num(p) for p in e.get("probs", {}).values())
                         and (e.get("cycle") is None or _is_num(e["cycle"]))
                         and (e.get("expired") is None or _is_num(e["expired"]))
@@ -646,7 +678,7 @@ def relabel_plan(settings, snap, res, entries: List[dict], store: ProjectStore, 
         if str(t) in sent or st["reviewed"].get(str(t)) == e["fingerprint"] or t not in index:
             continue
         p = np.asarray(rep.prob_mean[index[t]], dtype=np.float64)
-        new[t] = {"probs": {str(c): round(float(v), 6) for c, v in enumerate(p)},
+        new[t] = {"probs": {snap.cfg.labels[c]: round(float(v), 6) for c, v in enumerate(p)},  # by value (as fingerprints)
                   "annotations": int(snap.annotation_counts.get(t, 1))}
     queue = pending + list(new)
     # each gets a queue prediction with an EMPTY result: it keeps the task's place in the queue, and

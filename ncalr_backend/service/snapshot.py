@@ -37,7 +37,15 @@ def image_url(task: dict, key: str) -> Optional[str]:
     an object or holds no string there (a /predict body is anyone's: one such task is that task's
     failure, never the whole request's)."""
     data = task.get("data")
-    url = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    if "." in key:  # "$image.url": a path into the data, as Label Studio reads it (tasks/validation.py
+        # check_data; found by review, 2026-12-05: the dotted key was looked up whole and no image was found)
+        url = data
+        for part in key.split("."):
+            url = url.get(part) if isinstance(url, dict) else None
+    else:
+        url = data.get(key)
     return url if isinstance(url, str) else None
 
 

@@ -106,8 +106,8 @@ def test_a_review_names_the_annotation_the_cycle_trains_on_for_a_re_annotated_ta
     ann = lambda i, ch, upd: {"id": i, "updated_at": upd, "result": [  # noqa: E731
         {"from_name": "cls", "to_name": "img", "type": "choices", "value": {"choices": [ch]}}]}
     t = {"id": 7, "annotations": [ann(1, "cat", "2024-01-02"), ann(2, "DOG", "2024-01-03")]}
-    prefer = {"0": 0.8, "1": 0.1}  # the model: cat
+    prefer = {"cat": 0.8, "DOG": 0.1}  # the model: cat (by choice value, as review.json keeps it)
     s = split_tasks([t], cfg, {"7": prefer})
-    assert s.fingerprints == ["1:0"]
+    assert s.fingerprints == ['1:"cat"']
     assert task_fingerprint(t, cfg, prefer) == s.fingerprints[0]
-    assert task_fingerprint(t, cfg) == split_tasks([t], cfg).fingerprints[0] == "2:1"  # no preference: the latest
+    assert task_fingerprint(t, cfg) == split_tasks([t], cfg).fingerprints[0] == '2:"DOG"'  # no preference: the latest

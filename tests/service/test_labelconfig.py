@@ -94,5 +94,46 @@ def test_a_config_with_ten_thousand_choices_indexes_every_value():
     cfg = parse_label_config(cfg_xml)
     assert cfg.num_classes == n and all(cfg.index(f"c{i}") == i for i in range(n))
     assert cfg.index("nope") is None and cfg.index(["c1"]) is None  # not a string: no class
-    with pytest.raises(LabelConfigError, match="'c7' appears twice"):
-        parse_label_config(cfg_xml.replace('value="c9999"', 'value="c7"'))
+    twice = parse_label_config(cfg_xml.replace('value="c9999"', 'value="c7"'))  # one class, as Label Studio's SDK
+    assert twice.num_classes == n - 1 and twice.index("c7") == 7 and twice.index("c9999") is None
+
+
+def test_what_label_studios_editor_accepts_is_read_as_the_editor_reads_it():
+    """Found by review, 2026-12-05, each against Label Studio 1.23's editor: it reads tag and
+    attribute names case-insensitively (a lower-case <image> was "Found 0 <Image> tags"; with
+    PerRegion= or Alias= the backend missed the per-region flag and the alias); a <Choice> inside
+    another <Choice> is neither shown nor saved without allowNested, and with it the editor saves
+    paths, not classes; alias="" is what the editor saves (the backend used the value)."""
+    base = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image"{attrs}>'
+            '{choices}</Choices></View>')
+    ab = '<Choice value="a"/><Choice value="b"/>'
+    low = parse_label_config('<view><image name="image" value="$image"/><choices name="label" toname="image" '
+                             'CHOICE="multiple"><choice value="a"/><choice VALUE="b" ALIAS="B"/></choices></view>')
+    assert (low.image_name, low.choices_name, low.labels, low.multilabel) == ("image", "label", ("a", "B"), True)
+    for attrs in (' perregion="true"', ' PerRegion="true"', ' VisibleWhen="region-selected"'):
+        with pytest.raises(LabelConfigError, match="per-region"):
+            parse_label_config(base.format(attrs=attrs, choices=ab))
+    with pytest.raises(LabelConfigError, match="allowNested"):
+        parse_label_config(base.format(attrs=' allowNested="true"', choices=ab))
+    nested = parse_label_config(base.format(attrs="", choices='<Choice value="Animal"><Choice value="Cat"/>'
+                                                             '<Choice value="Dog"/></Choice><Choice value="Plant"/>'))
+    assert nested.labels == ("Animal", "Plant")
+    with pytest.raises(LabelConfigError, match="empty alias"):
+        parse_label_config(base.format(attrs="", choices='<Choice value="a" alias=""/><Choice value="b"/>'))
+    for value in ("$images[0]", "$images[]"):
+        with pytest.raises(LabelConfigError, match="list of images"):
+            parse_label_config(base.format(attrs="", choices=ab).replace('"$image"', f'"{value}"'))
+    dotted = parse_label_config(base.format(attrs="", choices=ab).replace('"$image"', '"$image.url"'))
+    assert dotted.data_key == "image.url"
+
+
+def test_a_dotted_data_key_is_a_path_into_the_task_data_as_in_label_studio():
+    """Found by review, 2026-12-05: value="$image.url" (Label Studio reads it as data["image"]["url"],
+    tasks/validation.py) was looked up as one key, so no task's image was ever found."""
+    from ncalr_backend.service.snapshot import image_url
+
+    assert image_url({"data": {"image": {"url": "http://ls/x.png"}}}, "image.url") == "http://ls/x.png"
+    assert image_url({"data": {"a": {"b": {"c": "u"}}}}, "a.b.c") == "u"
+    for data in ({"image": "http://ls/x.png"}, {"image": {"url": 5}}, {"image": ["u"]}, {"image.url": "u"}, None, []):
+        assert image_url({"data": data}, "image.url") is None
+    assert image_url({"data": {"image": "http://ls/x.png"}}, "image") == "http://ls/x.png"

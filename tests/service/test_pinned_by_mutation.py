@@ -110,7 +110,7 @@ def test_A4_updated_at_counts_before_created_at():
 def test_A5_ground_truth_wins_over_the_models_preference_on_a_re_annotated_task():
     cfg = parse_label_config(CFG)
     t = {"id": 7, "annotations": [_ann(1, "cat", "2024-01-01", ground_truth=True), _ann(2, "DOG", "2024-02-01")]}
-    prefer = {"1": 0.95, "0": 0.01}  # the model finds DOG far likelier
+    prefer = {"DOG": 0.95, "cat": 0.01}  # the model finds DOG far likelier
     assert winning_annotation(t, cfg, prefer)["id"] == 1
     assert split_tasks([t], cfg, {"7": prefer}).labels == [0]
 
@@ -118,7 +118,7 @@ def test_A5_ground_truth_wins_over_the_models_preference_on_a_re_annotated_task(
 def test_A6_an_unusable_annotation_never_wins_by_the_models_preference():
     cfg = parse_label_config(CFG)
     t = {"id": 7, "annotations": [_ann(1, "zebra", "2024-09-01"), _ann(2, "cat", "2024-01-01")]}
-    prefer = {"0": 0.05, "1": 0.9, "2": 0.05}
+    prefer = {"cat": 0.05, "DOG": 0.9, "eel": 0.05}
     assert winning_annotation(t, cfg, prefer)["id"] == 2
     s = split_tasks([t], cfg, {"7": prefer})
     assert s.labels == [0] and s.unusable == []
@@ -143,12 +143,20 @@ def test_C3_an_image_inside_a_repeater_is_refused_even_with_a_plain_value():
         parse_label_config(cfg)
 
 
-def test_C4_a_second_choices_bound_to_another_control_is_refused():
+def test_C4_a_second_choices_bound_to_another_control_is_left_to_the_annotators():
+    """Refused until 2026-12-05; a review found Label Studio accepts it and the binding is plain: the
+    <Choices> bound to the image decides, answers to the other are not read (annotations.py)."""
     cfg = ('<View><Image name="image" value="$image"/><Text name="t" value="$text"/>'
            '<Choices name="label" toName="image"><Choice value="a"/><Choice value="b"/></Choices>'
            '<Choices name="mood" toName="t"><Choice value="x"/><Choice value="y"/></Choices></View>')
-    with pytest.raises(LabelConfigError, match="2 <Choices>"):
-        parse_label_config(cfg)
+    c = parse_label_config(cfg)
+    assert (c.choices_name, c.labels) == ("label", ("a", "b"))
+    t = {"id": 1, "annotations": [{"id": 5, "result": [
+        {"from_name": "mood", "to_name": "t", "type": "choices", "value": {"choices": ["x"]}},
+        {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["b"]}}]}]}
+    assert split_tasks([t], c).labels == [1]
+    with pytest.raises(LabelConfigError, match="2 <Choices>"):  # two bound to the image: still refused
+        parse_label_config(cfg.replace('toName="t"', 'toName="image"'))
 
 
 def test_C7_external_entities_are_never_read_from_the_disk(tmp_path):

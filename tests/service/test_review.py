@@ -133,7 +133,7 @@ def test_relabel_share_sends_the_most_suspect_back_and_the_model_breaks_ties(set
         t["annotations"].append({"id": 500 + tid, "was_cancelled": False, "updated_at": "2030", "result": [
             {"from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": [choice]}}]})
     probs6 = rel["6"]["probs"]
-    assert probs6["1"] > probs6["0"]  # the model's own view of task 6: "b"
+    assert probs6["b"] > probs6["a"]  # the model's own view of task 6: "b" (by choice value)
     rep2 = run_project_cycle(s, 1, "t2", engine_config=TRAIN, client=ls)
     tasks = json.loads((ProjectStore(s.model_dir, 1).latest()["path"] / "tasks.json").read_text())
     labels = dict(zip(tasks["labeled"], tasks["labels"]))
@@ -151,7 +151,7 @@ def test_relabel_share_sends_the_most_suspect_back_and_the_model_breaks_ties(set
     t3["annotations"][0]["updated_at"] = "2031"  # the first ("b") is now the newest
     run_project_cycle(s, 1, "t3", engine_config=TRAIN, client=ls)
     tasks = json.loads((ProjectStore(s.model_dir, 1).latest()["path"] / "tasks.json").read_text())
-    assert rel["3"]["probs"]["0"] > rel["3"]["probs"]["1"]  # the model saw task 3 as "a" (it is dark)
+    assert rel["3"]["probs"]["a"] > rel["3"]["probs"]["b"]  # the model saw task 3 as "a" (it is dark)
     assert dict(zip(tasks["labeled"], tasks["labels"]))[3] == 0  # "a" wins, though "b" is newer
 
 
@@ -163,10 +163,10 @@ def test_a_task_reviewed_while_a_cycle_ran_is_not_listed_again_with_its_old_labe
 
     ls = FakeLS(n=12, n_labeled=6)
     store = ProjectStore(settings.model_dir, 1)
-    entry = {"task": 3, "flagged": True, "score": 0.9, "suggested": "b", "label": "a", "fingerprint": "103:0"}
+    entry = {"task": 3, "flagged": True, "score": 0.9, "suggested": "b", "label": "a", "fingerprint": '103:"a"'}
     started = time.time()
     with review.ReviewState(store).locked() as st:  # the reviewer's correction, after the cycle began
-        st["reviewed"]["3"], st["reviewed_at"]["3"] = "555:1", started + 1.0
+        st["reviewed"]["3"], st["reviewed_at"]["3"] = '555:"b"', started + 1.0
     out = review.publish(ls, store, 1, [entry], since=started)
     assert out["listed"] == 0 and 3 not in _listed(ls)
     out = review.publish(ls, store, 1, [entry], since=started + 2.0)  # a later cycle flags it again
@@ -413,19 +413,19 @@ def test_a_task_relabeled_between_the_snapshot_and_the_publish_is_not_listed(tmp
     ls = FakeLS(n=12, n_labeled=6)
     store = ProjectStore(tmp_path, 1)
     cfg = parse_label_config(CFG)
-    review.publish(ls, store, 1, [_flag(4, "104:1")], cfg=cfg)  # listed before: its label is as scored
+    review.publish(ls, store, 1, [_flag(4, '104:"b"')], cfg=cfg)  # listed before: its label is as scored
     assert set(_listed(ls)) == {4}
     t3 = next(t for t in ls.tasks if t["id"] == 3)
     t3["annotations"][0]["result"][0]["value"]["choices"] = ["b"]  # corrected after the snapshot ("a" = 0)
     t4 = next(t for t in ls.tasks if t["id"] == 4)
     t4["annotations"].append({"id": 204, "was_cancelled": False, "updated_at": "2025", "result": [
         {"from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": ["a"]}}]})
-    out = review.publish(ls, store, 1, [_flag(3, "103:0"), _flag(4, "104:1", label="b", suggested="a",
+    out = review.publish(ls, store, 1, [_flag(3, '103:"a"'), _flag(4, '104:"b"', label="b", suggested="a",
                                                                      score=0.5)], cfg=cfg)
     assert out["relabeled_since_snapshot"] == [3, 4] and out["listed"] == 0
     assert _listed(ls) == {} and review.ReviewState(store).listed_tasks() == {}
     # unchanged tasks are listed as before
-    out = review.publish(ls, store, 1, [_flag(5, "105:0")], cfg=cfg)
+    out = review.publish(ls, store, 1, [_flag(5, '105:"a"')], cfg=cfg)
     assert out["listed"] == 1 and set(_listed(ls)) == {5}
 
 
@@ -442,7 +442,7 @@ def test_deleting_the_annotation_a_task_was_listed_for_is_no_review_of_the_one_l
     older = {"id": 50, "was_cancelled": False, "updated_at": "2023", "result": [
         {"from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": ["b"]}}]}
     t3["annotations"].append(older)  # 103 ("a", newer) wins; 50 ("b") is older
-    review.publish(ls, store, 1, [_flag(3, "103:0"), _flag(5, "105:0")], cfg=parse_label_config(CFG))
+    review.publish(ls, store, 1, [_flag(3, '103:"a"'), _flag(5, '105:"a"')], cfg=parse_label_config(CFG))
     t3["annotations"] = [older]  # the reviewer deletes 103: ANNOTATIONS_DELETED names it
     assert review.tasks_of_annotations(store, [103]) == [3]
     assert review.clear(ls, store, 1, {3: []}) == [3]
@@ -450,7 +450,7 @@ def test_deleting_the_annotation_a_task_was_listed_for_is_no_review_of_the_one_l
     assert "3" not in st["listed"] and "3" not in st["reviewed"] and "3" in st["reviewed_at"]
     # re-submitting the winning annotation as it is confirms it
     assert review.clear(ls, store, 1, {5: [105]}) == [5]
-    assert review.ReviewState(store).read()["reviewed"]["5"] == "105:0"
+    assert review.ReviewState(store).read()["reviewed"]["5"] == '105:"a"'
 
 
 def test_a_review_survives_a_failed_clear_and_a_restart(tmp_path, monkeypatch):
@@ -463,7 +463,7 @@ def test_a_review_survives_a_failed_clear_and_a_restart(tmp_path, monkeypatch):
     ls = FakeLS(n=12, n_labeled=6)
     settings = type("S", (), {"model_dir": tmp_path})()
     store = ProjectStore(tmp_path, 1)
-    review.publish(ls, store, 1, [_flag(3, "103:0"), _flag(5, "105:0")])
+    review.publish(ls, store, 1, [_flag(3, '103:"a"'), _flag(5, '105:"a"')])
     real, fails = ls.get_project, [2]
 
     def flaky(pid):
@@ -480,21 +480,21 @@ def test_a_review_survives_a_failed_clear_and_a_restart(tmp_path, monkeypatch):
     while review.ReviewTodo(store).read() and time.time() < deadline:
         time.sleep(0.05)
     assert fails == [0] and review.ReviewTodo(store).read() == {}  # failed twice, then applied
-    assert 3 not in _listed(ls) and review.ReviewState(store).read()["reviewed"]["3"] == "103:0"
+    assert 3 not in _listed(ls) and review.ReviewState(store).read()["reviewed"]["3"] == '103:"a"'
 
     # a "restart": the review is queued but no clearer runs; the next publish applies it first
     review.ReviewTodo(store).add({5: [105]})
-    out = review.publish(ls, store, 1, [_flag(5, "105:0")])
+    out = review.publish(ls, store, 1, [_flag(5, '105:"a"')])
     assert out["listed"] == 0 and 5 not in _listed(ls) and review.ReviewTodo(store).read() == {}
     # ... and with Label Studio away for that first step, the waiting task is not listed, and its
     # review is applied later although the publish took it off the tab meanwhile
-    review.publish(ls, store, 1, [_flag(6, "106:1")])
+    review.publish(ls, store, 1, [_flag(6, '106:"b"')])
     review.ReviewTodo(store).add({6: [106]})
     fails[0] = 1
-    out = review.publish(ls, store, 1, [_flag(6, "106:1")])
+    out = review.publish(ls, store, 1, [_flag(6, '106:"b"')])
     assert out["listed"] == 0 and 6 not in _listed(ls) and set(review.ReviewTodo(store).read()) == {"6"}
     assert review.clear_pending(ls, store, 1) == []  # off the tab already
-    assert review.ReviewState(store).read()["reviewed"]["6"] == "106:1" and review.ReviewTodo(store).read() == {}
+    assert review.ReviewState(store).read()["reviewed"]["6"] == '106:"b"' and review.ReviewTodo(store).read() == {}
 
 
 def test_a_damaged_review_file_is_set_aside_and_bad_entries_are_dropped(tmp_path):
@@ -556,7 +556,7 @@ def test_hostile_numbers_and_probabilities_in_the_review_files_are_dropped(tmp_p
     st = review.ReviewState(store).read()
     assert st["reviewed_at"] == {"4": 1.5} and st["listed"] == {} and set(st["relabel"]) == {"6"}
     assert set(review.ReviewTodo(store).read()) == {"6"}
-    review.publish(ls, store, 1, [_flag(5, "105:0"), _flag(6, "106:1")])
+    review.publish(ls, store, 1, [_flag(5, '105:"a"'), _flag(6, '106:"b"')])
     assert review.ReviewTodo(store).read() == {}  # task 6's review applied
 
 
@@ -574,7 +574,7 @@ def test_a_correction_made_while_a_publish_writes_is_queued(tmp_path):
             seen.append(review.ReviewState(store).watched_tasks())  # what a webhook would see now
         return real(method, path, json=json, **kw)
     ls.request = request
-    review.publish(ls, store, 1, [_flag(3, "103:0"), _flag(5, "105:0")])
+    review.publish(ls, store, 1, [_flag(3, '103:"a"'), _flag(5, '105:"a"')])
     assert seen and all(w == {"3", "5"} for w in seen)
     assert review.ReviewState(store).read()["publishing"] == []
     assert review.ReviewState(store).watched_tasks() == {"3", "5"}  # listed now
@@ -587,14 +587,14 @@ def test_queued_reviews_are_applied_after_a_restart_without_a_webhook(tmp_path):
 
     ls = FakeLS(n=12, n_labeled=6)
     store = ProjectStore(tmp_path, 1)
-    review.publish(ls, store, 1, [_flag(3, "103:0")])
+    review.publish(ls, store, 1, [_flag(3, '103:"a"')])
     review.ReviewTodo(store).add({3: [103]})
     clearer = review.ReviewClearer(type("S", (), {"model_dir": tmp_path})(), lambda: ls)
     assert clearer.resume() == 1
     deadline = time.time() + 10
     while review.ReviewTodo(store).read() and time.time() < deadline:
         time.sleep(0.05)
-    assert review.ReviewState(store).read()["reviewed"] == {"3": "103:0"} and 3 not in _listed(ls)
+    assert review.ReviewState(store).read()["reviewed"] == {"3": '103:"a"'} and 3 not in _listed(ls)
 
 
 def test_a_failed_read_is_no_damage_and_a_stale_task_whose_patch_failed_stays_listed(tmp_path, monkeypatch):
@@ -610,7 +610,7 @@ def test_a_failed_read_is_no_damage_and_a_stale_task_whose_patch_failed_stays_li
 
     ls = FakeLS(n=12, n_labeled=6)
     store = ProjectStore(tmp_path, 1)
-    review.publish(ls, store, 1, [_flag(3, "103:0")])
+    review.publish(ls, store, 1, [_flag(3, '103:"a"')])
     real_open = builtins.open
 
     def emfile(path, *a, **kw):
@@ -631,7 +631,7 @@ def test_a_failed_read_is_no_damage_and_a_stale_task_whose_patch_failed_stays_li
         raise review.LabelStudioError("PATCH: 503", 503)
     ls.request = fail
     with pytest.raises(review.LabelStudioError):
-        review.publish(ls, store, 1, [_flag(3, "103:0")], cfg=parse_label_config(CFG))
+        review.publish(ls, store, 1, [_flag(3, '103:"a"')], cfg=parse_label_config(CFG))
     assert set(review.ReviewState(store).listed_tasks()) == {"3"}  # still shown in Label Studio: still listed
 
 
@@ -653,3 +653,41 @@ def test_queue_first_scores_are_exact_so_they_stay_distinct_past_a_million_tasks
     assert got == {7: 0 / 7, 8: 1 / 7, 9: 2 / 7, 100: 3 / 7, 101: 4 / 7, 102: 5 / 7, 103: 6 / 7}
     assert got[8] != round(1 / 7, 6)  # what the rounding gave
     assert all(preds.entries[str(t)]["score"] == got[t] for t in (100, 101, 102, 103))
+
+
+def test_review_state_names_classes_by_value_so_a_config_change_keeps_its_meaning(tmp_path):
+    """Found by review, 2026-12-05: review.json kept class INDICES (reviewed fingerprints, the model's
+    view of a re-annotated task), so inserting "ant" before "cat" re-listed reviewed tasks, took a
+    changed label for reviewed, and let the wrong one of two annotations win. Now by choice value;
+    a file written before is translated once with the latest cycle's labels."""
+    from ncalr_backend.service.annotations import split_tasks, task_fingerprint
+    from ncalr_backend.service.labelconfig import parse_label_config
+
+    store = ProjectStore(tmp_path, 1)
+    work = store.new_workdir(1)
+    store.commit(work, 1, {"model_version": "v1", "labels": ["cat", "dog"], "num_classes": 2})
+    store.root.joinpath("review.json").write_text(json.dumps({  # as written before 2026-12-05
+        "reviewed": {"7": "11:0", "8": "12:[0, 1]"},
+        "listed": {"9": {"score": 0.9, "label": "dog", "suggested": "cat", "fingerprint": "13:1"}},
+        "relabel": {"10": {"probs": {"0": 0.9, "1": 0.1}, "annotations": 2}}}))
+    st = review.ReviewState(store).read()
+    assert st["reviewed"] == {"7": '11:"cat"', "8": '12:["cat", "dog"]'}
+    assert st["listed"]["9"]["fingerprint"] == '13:"dog"' and st["relabel"]["10"]["probs"] == {"cat": 0.9, "dog": 0.1}
+    with review.ReviewState(store).locked():
+        pass  # saved by value, and not translated again
+    assert json.loads(store.root.joinpath("review.json").read_text())["label_format"] == "values"
+    assert review.ReviewState(store).read()["reviewed"]["7"] == '11:"cat"'
+
+    ann = lambda i, ch, upd: {"id": i, "updated_at": upd, "result": [  # noqa: E731
+        {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [ch]}}]}
+    before = parse_label_config('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
+                                '<Choice value="cat"/><Choice value="dog"/></Choices></View>')
+    after = parse_label_config('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
+                               '<Choice value="ant"/><Choice value="cat"/><Choice value="dog"/></Choices></View>')
+    t7 = {"id": 7, "annotations": [ann(11, "cat", "2024")]}
+    assert task_fingerprint(t7, before) == task_fingerprint(t7, after) == st["reviewed"]["7"]  # still reviewed
+    t10 = {"id": 10, "annotations": [ann(20, "cat", "2024-01"), ann(21, "dog", "2024-02")]}
+    prefer = st["relabel"]["10"]["probs"]
+    for cfg in (before, after):  # the model's view (cat) picks annotation 20 under either order
+        s = split_tasks([t10], cfg, {"10": prefer})
+        assert cfg.labels[s.labels[0]] == "cat" and s.fingerprints == ['20:"cat"']
