@@ -102,7 +102,8 @@ def test_long_tail_options_train_and_take_effect():
     x, y = load_digits_images()
     idx = np.concatenate([np.flatnonzero(y == c)[: (12 if c < 2 else 3)] for c in range(4)])  # long-tailed
     xl, yl = x[idx], y[idx]
-    base = EngineConfig(max_epochs=3, tpt_window=1, augment=False, lr=0.05)  # the rate the margins below were set at
+    # the rate and the step count (3 epochs of one step) the margins below were set at
+    base = EngineConfig(max_epochs=3, tpt_window=1, augment=False, lr=0.05, min_steps_per_epoch=1)
     runs = {}
     for name, opts in {"none": {}, "slerp": dict(spa="slerp", spa_alpha_max=0.5),
                        "reg": dict(spa="reg", spa_lambda=20.0), "proj": dict(spa="proj"),

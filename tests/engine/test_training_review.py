@@ -96,7 +96,7 @@ def test_the_cap_window_anneals_when_the_terminal_phase_never_comes():
     x, y = separable(n_per=8)
     px, _ = separable(n_per=5, seed=1)
     cfg = FAST.replace(max_epochs=8, tpt_window=4, train_acc_threshold=1.0, tpt_criterion="accuracy", width=4,
-                       tpt_exclude_flagged=False)
+                       tpt_exclude_flagged=False, min_steps_per_epoch=1)  # the few steps that do not reach it
     const = run_cycle(x, y, px, 4, cfg.replace(tpt_cap_window="constant"))
     ann = run_cycle(x, y, px, 4, cfg.replace(tpt_cap_window="anneal"))
     if const.tpt["reached"] or ann.tpt["reached"]:
@@ -300,7 +300,7 @@ def test_head_runs_in_float32_under_bf16_autocast():
         assert torch.allclose(model.fc(feats), logits, atol=1e-6, rtol=0)
     # the training step too
     dtypes.clear()
-    cfg = EngineConfig(batch_size=8, augment=False, width=4)
+    cfg = EngineConfig(batch_size=8, augment=False, width=4, min_steps_per_epoch=1)  # one pass: 20 images
     y = torch.arange(20) % 3
     run = T._Run(model=model, opt=torch.optim.SGD(model.parameters(), lr=0.01), xl=x, yl=y,
                  loss=T._Loss(y, 3, cfg, False), centres=None, config=cfg, device=torch.device("cpu"),

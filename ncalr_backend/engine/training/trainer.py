@@ -237,11 +237,16 @@ def forward_all(model: nn.Module, x: torch.Tensor, device: torch.device, batch_s
     return ft, lg
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+def _batches(n: int, batch_size: int, gen: torch.Generator, min_steps: int = 1) -> list[torch.Tensor]:
     """A shuffled epoch in ceil(n / batch_size) batches of near-equal size (never a tail batch of
-    one or two that BatchNorm cannot normalise: 18 samples at batch size 16 give 9 + 9, not 16 + 2)."""
-    perm = torch.randperm(n, generator=gen)
-    return list(torch.tensor_split(perm, max(1, min(math.ceil(n / batch_size), n // 2))))
+    one or two that BatchNorm cannot normalise: 18 samples at batch size 16 give 9 + 9, not 16 + 2);
+    passed over again, shuffled anew, until it has at least ``min_steps`` batches
+    (``EngineConfig.min_steps_per_epoch``)."""
+    out: list[torch.Tensor] = []
+    while not out or len(out) < min_steps:
+        perm = torch.randperm(n, generator=gen)
+        out += list(torch.tensor_split(perm, max(1, min(math.ceil(n / batch_size), n // 2))))
+    return out
 
 
 def _plateaued(accs: list[float], patience: int, delta: float) -> bool:
@@ -534,7 +539,7 @@ def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
     # Python float sum of float(loss) * n was, so the CPU's figures are the same to the last bit
     loss_t = torch.zeros((), device=device, dtype=torch.float64)
     hits_t = torch.zeros((), device=device, dtype=torch.long)
-    for idx in _batches(len(run.xl), config.batch_size, run.gen):
+    for idx in _batches(len(run.xl), config.batch_size, run.gen, config.min_steps_per_epoch):
         run.check_stop()
         idx = idx.to(device)
         xb, yb = run.xl[idx], run.yl[idx]
@@ -868,7 +873,8 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
                         if config.spa != "none" else None),
                config=config, device=device, gen=torch.Generator().manual_seed(config.seed), use_amp=use_amp,
                channels_last=channels_last, pad=max(1, x_lab.shape[-1] // 8),
-               steps_total=config.max_epochs * len(_batches(N, config.batch_size, torch.Generator())),
+               steps_total=config.max_epochs * len(_batches(N, config.batch_size, torch.Generator(),
+                                                            config.min_steps_per_epoch)),
                should_stop=should_stop)
     if GraphedStep.eligible(config, device):
         run.graph = GraphedStep(run)
