@@ -287,7 +287,10 @@ def disagreement_flags(probs: np.ndarray, labels: np.ndarray, num_classes: int) 
     small = np.bincount(y, minlength=num_classes)[y] < MIN_OWN_THRESHOLD
     if small.any():
         conf = confident_labels(p, t)
-        flags |= small & (conf >= 0) & (conf != y)
+        # and, as everywhere, the most probable class is another: confident learning alone flagged a
+        # sample whose given label was still the most probable, and the review tab showed it with
+        # that same label as the suggestion (found in the demo, 2026-12-05)
+        flags |= small & (conf >= 0) & (conf != y) & (p.argmax(1) != y)
     return flags
 
 

@@ -356,3 +356,24 @@ def test_non_finite_logits_on_the_labeled_set_are_a_divergence():
     with pytest.raises(Diverged, match="non-finite logits"):
         evaluate_train(model, x, y, EngineConfig(width=4), torch.device("cpu"), False, np.random.default_rng(0),
                        dynamics=LabelDynamics.for_labels(y, 3, 0.3), epoch=4)
+
+
+def test_a_rare_class_sample_whose_label_is_still_the_most_probable_is_not_flagged():
+    """Found in the demo, 2026-12-05: in a class with fewer than 3 labels the textbook confident
+    rule alone decided, and flagged a sample whose own label was its most probable class (its
+    probability below the class mean, another class just over its low threshold); the review tab
+    then suggested the very label it was about. By hand: class 0 has samples A and B."""
+    p = np.array([[0.50, 0.30, 0.20],   # A, labeled 0: below t[0] = 0.70, and 0.30 >= t[1] = 0.25
+                  [0.90, 0.05, 0.05],   # B, labeled 0
+                  [0.10, 0.25, 0.65],   # labeled 1 (three of them: t[1] = 0.25)
+                  [0.10, 0.25, 0.65],
+                  [0.10, 0.25, 0.65],
+                  [0.05, 0.05, 0.90],   # labeled 2 (three: t[2] = 0.90)
+                  [0.05, 0.05, 0.90],
+                  [0.05, 0.05, 0.90]])
+    y = np.array([0, 0, 1, 1, 1, 2, 2, 2])
+    assert confident_labels(p, class_thresholds(p, y, 3))[0] == 1  # the textbook rule alone: "confidently 1"
+    assert not disagreement_flags(p, y, 3)[0]  # but 0 is still its most probable class: not flagged
+    q = p.copy()
+    q[0] = [0.30, 0.50, 0.20]  # now 1 is the most probable: flagged
+    assert disagreement_flags(q, y, 3)[0]

@@ -32,6 +32,7 @@ SETTINGS = {
 
 def main() -> int:
     torch.set_num_threads(1)
+    git = git_state()  # before anything runs: the code these figures come from
     x8, y = load_digits_images()
     rows = []
     for name, s in SETTINGS.items():
@@ -58,7 +59,7 @@ def main() -> int:
                 table[f"{name} n={n} steps={steps}"] = {"mean": round(float(np.mean(v)), 3), "min": min(v), "max": max(v)}
     for k, v in table.items():
         print(f"{k:28s} pool accuracy {v['mean']:.3f} ({v['min']:.3f}-{v['max']:.3f})")
-    (HERE / "probe.json").write_text(json.dumps({"git": git_state(), "rows": rows, "mean": table}, indent=1))
+    (HERE / "probe.json").write_text(json.dumps({"git": git, "rows": rows, "mean": table}, indent=1))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
