@@ -389,7 +389,9 @@ def epoch_plots(metrics: Optional[dict]) -> list:
 
 
 # ---------------------------------------------------------------------------- next tasks, label errors
-def next_tasks(pid: int, dash: Optional[dict], limit: int = 12) -> str:
+def next_tasks(pid: int, dash: Optional[dict], limit: int = 12, changed: frozenset = frozenset()) -> str:
+    """The latest cycle's queue head; ``changed``: tasks annotated or changed since that cycle read
+    the project (webhook hints), shown as done rather than as next."""
     items = obj(dash).get("next_tasks")
     # an entry without a task id has no thumbnail and nothing to serve: left out
     items = [t for t in items if isinstance(t, dict) and isinstance(t.get("task"), int)
@@ -414,8 +416,11 @@ def next_tasks(pid: int, dash: Optional[dict], limit: int = 12) -> str:
         group = num(t.get("diversity_group"))
         if group is not None and group >= 0:  # batch diversity: served round robin over groups
             why.append(f"group {int(group)}")
+        done = t.get("task") in changed
+        if done:
+            why.insert(0, "annotated or changed since this cycle")
         out.append(
-            f'<li class="next-task" data-task="{e(t.get("task"))}">'
+            f'<li class="next-task{" done" if done else ""}" data-task="{e(t.get("task"))}">'
             f'<img class="thumb" alt="task {e(t.get("task"))}" width="{THUMB}" height="{THUMB}" '
             f'src="dashboard/thumb/{int(pid)}/{int(t.get("task"))}.png">'
             f'<div><b>#{e(rank + 1 if rank is not None else "?")}</b> task {e(t.get("task"))}<br>'
@@ -511,7 +516,7 @@ table.stages td:first-child{width:110px}table.stages .pending{color:#aaa}table.s
 progress{width:160px}
 .plots{display:flex;flex-wrap:wrap;gap:10px}.plots svg{background:#fff;border:1px solid #e4e6ea;border-radius:4px}
 .note{font-size:12px;color:#555;max-width:900px}
-ol.next-tasks{display:flex;flex-wrap:wrap;gap:8px;list-style:none;padding:0}
+ol.next-tasks{display:flex;flex-wrap:wrap;gap:8px;list-style:none;padding:0}li.next-task.done{opacity:.45}
 li.next-task{display:flex;gap:6px;align-items:center;border:1px solid #e4e6ea;border-radius:4px;padding:4px;
 font-size:12px;width:260px}img.thumb{image-rendering:pixelated;background:#000;border-radius:3px}
 .why{color:#555}.legend{font-size:11px;margin:4px 0}.key{margin-right:10px}
@@ -613,10 +618,11 @@ def project_section(view: dict, p: Optional[dict], sched: Optional[dict], now: f
             + f'<h3>Now</h3>{now_block(pid, p, state, sched, now, progress_unreadable)}'
             f'<h3>Cycles</h3>{kept_note(keep) if view.get("history") else ""}{history_table(view.get("history") or [])}'
             f'<h3>Plots</h3><p class="note">{est_note}</p><div class="plots">{"".join(plots)}</div>'
-            f'<h3>Next in the queue</h3><p class="note">What "Label All Tasks" serves next and why: the fused '
+            f'<h3>Next in the queue</h3><p class="note">What "Label All Tasks" serves next, as the latest cycle '
+            f'ranked it (tasks annotated since are greyed out), and why: the fused '
             f'NCAL-R score (z-scored CMAP and FF; higher = served first), CMAP (how much labeling the task '
             f'would move the class means), FF ({ff_note(view.get("dashboard"))}).</p>'
-            f'{next_tasks(pid, view.get("dashboard"))}'
+            f'{next_tasks(pid, view.get("dashboard"), changed=frozenset(view.get("changed_since") or ()))}'
             f'{label_error_heading(view)}{label_error_table(view.get("label_errors"))}</section>')
 
 

@@ -32,6 +32,7 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from ncalr_backend.atomic import atomic_write_bytes, atomic_write_json
+from ncalr_backend.service.mirror import TaskMirror
 from ncalr_backend.service.store import ProjectStore, list_projects, read_json
 
 log = logging.getLogger(__name__)
@@ -317,6 +318,9 @@ def project_view(model_dir: Path, project_id: int) -> dict:
         out["metrics"] = _object(read_json(latest["path"] / "metrics.json"))
         out["dashboard"] = _object(read_json(latest["path"] / "dashboard.json"))
         out["label_errors"] = label_errors(latest["path"], rep)
+        # the queue is the latest cycle's: tasks annotated since are marked on the page (found in a
+        # walkthrough, 2026-12-05: labeled tasks were listed as "next")
+        out["changed_since"] = TaskMirror(st.root).hinted_ids()
     return out
 
 

@@ -208,6 +208,18 @@ class TaskMirror:
             db.executemany("INSERT OR IGNORE INTO hints (id) VALUES (?)", [(i,) for i in ids])
         return len(ids)
 
+    def hinted_ids(self, limit: int = MAX_HINTS) -> set:
+        """The tasks webhooks named since the last sync (annotated, changed, created or deleted
+        since the latest cycle read the project), for pages: read-only (nothing created, nothing set
+        aside), and empty when the mirror is absent, busy or cannot be read."""
+        if not self.path.exists():
+            return set()
+        try:
+            with closing(sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)) as db:
+                return {i for (i,) in db.execute("SELECT id FROM hints LIMIT ?", (int(limit),))}
+        except sqlite3.Error:
+            return set()
+
     @_heals
     def doubt(self, why: str) -> None:
         """The mirror may be wrong (e.g. a crash mid-sync): the next sync reads everything."""

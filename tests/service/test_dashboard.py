@@ -255,3 +255,26 @@ def test_a_window_the_cap_started_is_shown_as_not_reached():
     assert "cap window" in capped and "T_i" not in capped
     reached = "".join(epoch_plots({"history": hist, "summary": {"tpt": {"t_i": 4, "by": "plateau", "threshold": 0.99}}}))
     assert "T_i" in reached and "cap window" not in reached
+
+
+def test_queue_tasks_annotated_since_the_cycle_are_greyed_out_not_shown_as_next(tmp_path):
+    """Found in a walkthrough, 2026-12-05: after labeling seven tasks the page still listed them as
+    "Next in the queue". The webhooks' hints (tasks annotated since the latest cycle read the
+    project) now mark them; the page reads the mirror read-only and creates nothing."""
+    from ncalr_backend.service.insight import project_view
+    from ncalr_backend.service.mirror import TaskMirror
+
+    st = ProjectStore(tmp_path, 4)
+    work = st.new_workdir(1)
+    atomic_write_json(work / "dashboard.json", {"next_tasks": [{"task": 7, "rank": 0, "label": "a"},
+                                                               {"task": 8, "rank": 1, "label": "b"}]})
+    st.commit(work, 1, {"model_version": "v1", "labels": ["a", "b"]})
+    assert project_view(tmp_path, 4)["changed_since"] == set() and not (st.root / "mirror.sqlite").exists()
+    TaskMirror(st.root).mark([8, 99])  # ANNOTATION_CREATED for task 8 (and a task created since)
+    view = project_view(tmp_path, 4)
+    assert view["changed_since"] == {8, 99}
+    html = dashboard.next_tasks(4, view["dashboard"], changed=frozenset(view["changed_since"]))
+    items = re.findall(r'<li class="next-task( done)?" data-task="(\d+)">', html)
+    assert items == [("", "7"), (" done", "8")] and "annotated or changed since this cycle" in html
+    page = dashboard.project_section(view, None, None, 0.0)
+    assert 'class="next-task done" data-task="8"' in page and "tasks annotated since are greyed out" in page
