@@ -38,7 +38,9 @@ DEFAULT_LS_VENV = Path.home() / ".cache" / "ncalr-backend" / "label-studio-1.23.
 
 DIGITS_CONFIG = (
     '<View>\n  <Image name="image" value="$image" zoom="true"/>\n'
-    '  <Choices name="digit" toName="image" choice="single" showInLine="true">\n'
+    # required: without it Submit takes an empty choice (clicking the pre-selected one unticks it), the
+    # task counts as done in Label Studio and the cycle can only leave it out (found in a walkthrough, 2026-12-05)
+    '  <Choices name="digit" toName="image" choice="single" showInLine="true" required="true">\n'
     + "".join(f'    <Choice value="{d}"/>\n' for d in range(10))
     + "  </Choices>\n</View>"
 )
