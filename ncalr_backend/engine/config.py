@@ -161,17 +161,18 @@ class EngineConfig:
     ``max_epochs - tpt_window``, so every window is complete (refused unless
     ``max_epochs - tpt_window >= max(1, min_epochs)``)."""
     batch_size: int = 64
-    min_steps_per_epoch: int = 4
+    min_steps_per_epoch: int = 1
     """An epoch is at least this many SGD steps: a labeled set smaller than that many batches is
-    passed over again (each pass shuffled anew) until it is. A project's first cycles have 10-60
-    labels, one batch: one step per epoch left the network near chance after the whole schedule,
-    and plateau, FF and the terminal-phase window counted single steps as epochs (found in the demo,
-    2026-12-05: 30% correct pre-annotations at 43 labels). Digits, demo settings (8 px, width 8,
-    30-epoch cap, batch 64), 3 seeds, pool accuracy at 10 / 20 / 43 / 64 labels: 0.15 / 0.16 / 0.22 /
-    0.33 with one pass, 0.32 / 0.51 / 0.67 / 0.80 with 4 steps, 0.33 / 0.58 / 0.71 / 0.79 with 8
-    (``docs/quality/min-steps``). 4, not 8: the benchmark grids' first cycles (126-157 labels at batch
-    32) already take 4-5 steps, so they stay what the product runs (only imbalance 10's first two
-    cycles, 49 and 74 labels, took 2-3)."""
+    passed over again (each pass shuffled anew) until it is. 1 (the default): one pass, as always.
+    Found in the demo (2026-12-05): a first cycle of 10-60 labels is one batch, one step per epoch,
+    and at the demo's 30-epoch cap and width 8 it ended near chance. Digits, demo settings (8 px,
+    width 8, batch 64), 3 seeds, pool accuracy at 10 / 20 / 43 / 64 labels: 0.15 / 0.16 / 0.22 / 0.33
+    with one pass, 0.32 / 0.51 / 0.67 / 0.80 with 4 (``docs/quality/min-steps``); the demo sets 4. Not
+    the default because it blinds the label check: with more steps per epoch a small set is memorised
+    within a few epochs, wrong labels with it, and the early-learning signal goes (36 labels, 9 of them
+    wrong, 16 px, width 16, 5 seeds: 4.4 of the 9 caught with one pass, 1.0 with 4, while the pool
+    accuracy rose from 0.49 to 0.56; ``docs/quality/min-steps/label_check.py``). At the product's
+    width and cap a first cycle learns without it (20 labels, one pass: 0.56)."""
     lr: float = 0.0
     """SGD learning rate. 0 (the default) = chosen by ``width`` (``base_lr``): 0.05 up to width 8,
     0.05 x 8 / width above it (0.00625 at the product's width 64). The classifier head reads

@@ -444,6 +444,9 @@ def main(argv=None) -> int:
                           # 8x8 digits on a CPU: a narrow ResNet-18 (cycles of seconds, warm-started at
                           # 0.05), the width the live benchmark measures (bench/live.py DEMO_ENGINE)
                           NCALR_WIDTH=os.environ.get("NCALR_WIDTH", "8"),
+                          # a few labels at a 30-epoch cap: one pass of one batch per epoch left the first
+                          # cycles near chance (EngineConfig.min_steps_per_epoch; found in a walkthrough)
+                          NCALR_MIN_STEPS_PER_EPOCH=os.environ.get("NCALR_MIN_STEPS_PER_EPOCH", "4"),
                           PUBLIC_URL=f"http://127.0.0.1:{args.backend_port}",  # the URL connected below
                           # the demo runs its cycles in the backend: an exported REDIS_URL would send them
                           # to a queue no worker reads; the demo's secret lives in its own MODEL_DIR

@@ -38,8 +38,8 @@ def test_one_cycle_on_digits_reaches_terminal_phase(capsys):
 def test_a_first_cycle_on_a_few_labels_learns_them():
     """Found in the demo, 2026-12-05: a project's first cycles have 10-60 labels, one batch of 64,
     so one SGD step per epoch: after the whole 30-epoch schedule the network was near chance on its
-    own labels (train accuracy 0.1-0.6) and its pre-annotations were 15-33% right. An epoch is now
-    at least ``min_steps_per_epoch`` (4) steps. Demo settings (8 px, width 8), real digits."""
+    own labels (train accuracy 0.1-0.6) and its pre-annotations were 15-33% right. An epoch of at
+    least ``min_steps_per_epoch`` steps (the demo sets 4). Demo settings (8 px, width 8), real digits."""
     from ncalr_backend.engine.training.trainer import _batches
     import torch
 

@@ -295,8 +295,8 @@ def test_default_criterion_waits_out_a_transient_plateau():
     assert EngineConfig().tpt_criterion == "plateau"
     x, y = separable(n_per=8)
     px, py = separable(n_per=5, seed=1)
-    # two steps per epoch as they were before epochs had a floor of steps (min_steps_per_epoch, 4 by
-    # default since 2026-12-05, which itself shortens this lag): the guard is tested on the case it was made for
+    # two steps per epoch, the case the guard was made for (min_steps_per_epoch > 2 would pass over the
+    # set again and shorten the lag; pinned at 1 so that a later default cannot hide the case)
     two = FAST.replace(min_steps_per_epoch=1)
     res = run_cycle(x, y, px, 4, two)
     accs = [h["train_acc"] for h in res.history]

@@ -1,6 +1,6 @@
 """A project's first cycles: how well a cycle learns from a few labels, with an epoch of one pass
 (ceil(n / batch) SGD steps: one step for up to 64 labels at batch 64) against an epoch of at least
-4 or 8 steps (``EngineConfig.min_steps_per_epoch``; 4 is the default since 2026-12-05).
+4 or 8 steps (``EngineConfig.min_steps_per_epoch``; the demo sets 4, the default is 1).
 
 Real digits (scikit-learn), n labels drawn at random (seeds 0-2; the product's settings seed 0), one cycle, the rest of the set as
 the pool; the model's accuracy on that pool is what its pre-annotations would be. Two settings:
