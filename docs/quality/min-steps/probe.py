@@ -7,7 +7,7 @@ the pool; the model's accuracy on that pool is what its pre-annotations would be
 the demo's (8 px, width 8, 30-epoch cap, window 5) and the product's (images at 32 px, width 64,
 60-epoch cap, window 10), both at batch 64, one torch thread.
 
-    .venv/bin/python docs/quality/min-steps/probe.py    (writes probe.json and probe.png here, ~20 min)
+    .venv/bin/python docs/quality/min-steps/probe.py    (writes probe.json and probe.png here, ~25 min; --plot: the plot again)
 """
 import json
 import sys
@@ -33,6 +33,9 @@ SETTINGS = {
 
 
 def main() -> int:
+    if sys.argv[1:] == ["--plot"]:  # draw probe.png again from probe.json
+        plot(json.loads((HERE / "probe.json").read_text())["mean"])
+        return 0
     torch.set_num_threads(1)
     git = git_state()  # before anything runs: the code these figures come from
     x8, y = load_digits_images()
@@ -62,6 +65,11 @@ def main() -> int:
     for k, v in table.items():
         print(f"{k:28s} pool accuracy {v['mean']:.3f} ({v['min']:.3f}-{v['max']:.3f})")
     (HERE / "probe.json").write_text(json.dumps({"git": git, "rows": rows, "mean": table}, indent=1))
+    plot(table)
+    return 0
+
+
+def plot(table: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -69,7 +77,7 @@ def main() -> int:
     for ax, (name, s) in zip(axes, SETTINGS.items()):
         for steps in s["steps"]:
             m = [table[f"{name} n={n} steps={steps}"]["mean"] for n in s["ns"]]
-            ax.plot(s["ns"], m, marker="o", label=f"an epoch of at least {steps} step(s)" if steps > 1 else "one pass (before)")
+            ax.plot(s["ns"], m, marker="o", label=f"an epoch of at least {steps} steps" if steps > 1 else "one pass (the default)")
         ax.set_title(f"{name} settings ({s['size']} px): one cycle, mean of {len(s['seeds'])} seed(s)")
         ax.set_xlabel("labels")
         ax.set_ylabel("accuracy on the rest (the pre-annotations)")
@@ -78,7 +86,6 @@ def main() -> int:
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(HERE / "probe.png", dpi=110)
-    return 0
 
 
 if __name__ == "__main__":
