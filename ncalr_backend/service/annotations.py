@@ -154,8 +154,13 @@ def annotation_fingerprint(ann: dict, label, cfg: ImageClassConfig) -> str:
     not by class index: a choice inserted or the choices reordered in the config must not turn one
     label into another (found by review, 2026-12-05: a reviewed "cat" read as "dog" after "ant" was
     added first, and a changed label read as reviewed)."""
-    value = sorted(cfg.labels[k] for k in label) if cfg.multilabel else cfg.labels[label]
-    return f"{ann.get('id')}:{json.dumps(value)}"
+    return label_fingerprint(ann.get("id"), sorted(cfg.labels[k] for k in label) if cfg.multilabel
+                             else cfg.labels[label])
+
+
+def label_fingerprint(annotation_id, value) -> str:
+    """The fingerprint's text: the annotation's id and its label value(s) (``annotation_fingerprint``)."""
+    return f"{annotation_id}:{json.dumps(value)}"
 
 
 def task_fingerprint(task: dict, cfg: ImageClassConfig, prefer: Optional[dict] = None) -> Optional[str]:

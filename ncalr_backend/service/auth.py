@@ -129,11 +129,7 @@ def load_or_create_secret(model_dir: Path, override: Optional[str] = None) -> st
     # first start that links first wins for both
     fd, tmp = tempfile.mkstemp(prefix=f".{SECRET_FILE}.", dir=path.parent)  # mode 0600
     try:
-        value = secrets.token_urlsafe(32)
-        with os.fdopen(fd, "w") as f:
-            f.write(value + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        value = _write_secret(fd, secrets.token_urlsafe(32))
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -150,6 +146,11 @@ def _create_secret(path: Path, value: str) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return _read_secret(path)
+    return _write_secret(fd, value)
+
+
+def _write_secret(fd: int, value: str) -> str:
+    """``value`` and a newline into the open file ``fd``, synced to disk; closes it."""
     with os.fdopen(fd, "w") as f:
         f.write(value + "\n")
         f.flush()

@@ -23,6 +23,7 @@ Annotation rules: ``annotations.py``; what is stored where: ``store.py``.
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -316,7 +317,6 @@ def fail(run: CycleRun, exc: Exception, client: LabelStudioClient, wrote: bool, 
          keep_failed: Optional[int] = None) -> CycleError:
     """Leave no half-written version behind (never the live one); keep the report under failed/.
     An interrupted cycle (shutdown) stays marked in progress, so the next start runs it again."""
-    import shutil
     err = _classify(exc, live)
     if not err.superseded and not run.holds():  # taken over: whatever stopped it, its state is not its own
         err = run.superseded(live)
@@ -387,7 +387,6 @@ def adopt_live(client: LabelStudioClient, store: ProjectStore, project_id: int, 
     (their predictions are orphans, ``drop_orphans``). Asks Label Studio only when such a newer
     folder exists; when it cannot say, everything stays for the next cycle. Returns the version
     adopted, or None. ``current``: the running cycle's number (its own folder is not looked at)."""
-    import shutil
     latest = store.latest() or {}
     newest = latest.get("cycle") if isinstance(latest.get("cycle"), int) else 0
     switched = [c for c in store.switched_dirs() if c[1] != current]

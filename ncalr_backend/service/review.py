@@ -42,7 +42,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 import numpy as np
 
 from ncalr_backend.atomic import atomic_write_json
-from ncalr_backend.service.annotations import annotation_id, task_fingerprint, winning_annotation
+from ncalr_backend.service.annotations import annotation_id, label_fingerprint, task_fingerprint, winning_annotation
 from ncalr_backend.service.labelconfig import ImageClassConfig, parse_label_config
 from ncalr_backend.service.labelstudio import LabelStudioClient, LabelStudioError
 from ncalr_backend.service.store import ProjectStore, finite_num, list_projects, locked_file, read_json
@@ -180,7 +180,7 @@ def _by_value(d: dict, store: ProjectStore) -> dict:
         except ValueError:
             return fp
         v = sorted(value(i) for i in k) if isinstance(k, list) and all(value(i) is not None for i in k) else value(k)
-        return f"{ann}{sep}{json.dumps(v)}" if v is not None and sep else fp
+        return label_fingerprint(ann, v) if v is not None and sep else fp
     d["reviewed"] = {t: fingerprint(fp) for t, fp in d["reviewed"].items()}
     d["listed"] = {t: {**e, "fingerprint": fingerprint(e["fingerprint"])} if e.get("fingerprint") else e
                    for t, e in d["listed"].items()}

@@ -84,11 +84,11 @@ def project_id_from(value) -> Optional[int]:
     return db_id(pid)
 
 
-# state.json's keys and their types: a damaged file (hand-edited, another version's) reads as the
-# defaults below, never as values the readers would trip over. Keys not listed are kept as they are.
 # in a cycle's folder from right before it asks Label Studio to switch to its version: that version's
 # latest.json entry (cycle.adopt_live commits the folder if Label Studio serves it after a crash)
 SWITCH_FILE = "switch.json"
+# state.json's keys and their types: a damaged file (hand-edited, another version's) reads as the
+# defaults below, never as values the readers would trip over. Keys not listed are kept as they are.
 STATE_DEFAULTS = {"new_annotations": 0, "pending": None, "in_progress": None, "cycles_started": 0}
 STATE_TYPES = {"new_annotations": int, "pending": dict, "in_progress": dict, "cycles_started": int,
                "last_completed": int, "last_failed": int, "crashed_cycles": int, "num_tasks": int,
@@ -478,7 +478,7 @@ class ProjectStore:
         2026-12-05: recovery deleted the model of the version Label Studio served)."""
         n = 0
         for d in self.root.glob(".work-*"):
-            num = d.name.split("-")[1] if d.name.count("-") >= 2 else ""
+            num = _workdir_cycle(d)
             if up_to is not None and (not num.isdigit() or int(num) > up_to):
                 continue
             if (d / SWITCH_FILE).exists():
@@ -487,13 +487,12 @@ class ProjectStore:
             n += 1
         return n
 
-
     def switched_dirs(self) -> list:
         """``(folder, cycle, pointer)`` for every folder of this project whose cycle asked Label
         Studio to switch to its version (``SWITCH_FILE``: that version's ``latest.json`` entry):
         work folders, committed cycles and failed ones."""
         out = []
-        dirs = [(d, d.name.split("-")[1] if d.name.count("-") >= 2 else "") for d in self.root.glob(".work-*")]
+        dirs = [(d, _workdir_cycle(d)) for d in self.root.glob(".work-*")]
         dirs += [(d, d.name) for d in (self.root / "cycles").glob("[0-9]*")]
         dirs += [(d, d.name.partition("-")[0]) for d in (self.root / "failed").glob("[0-9]*")]
         for d, num in dirs:
@@ -503,6 +502,12 @@ class ProjectStore:
             if isinstance(p, dict) and isinstance(p.get("model_version"), str) and p["model_version"]:
                 out.append((d, int(num), p))
         return out
+
+
+def _workdir_cycle(d: Path) -> str:
+    """The cycle number in a work folder's name (``.work-<cycle>-<random>``, ``new_workdir``), as
+    written; "" when the name has none."""
+    return d.name.split("-")[1] if d.name.count("-") >= 2 else ""
 
 
 def list_projects(model_dir: Path):

@@ -243,7 +243,7 @@ def _batches(n: int, batch_size: int, gen: torch.Generator, min_steps: int = 1) 
     passed over again, shuffled anew, until it has at least ``min_steps`` batches
     (``EngineConfig.min_steps_per_epoch``)."""
     out: list[torch.Tensor] = []
-    while not out or len(out) < min_steps:
+    while len(out) < max(1, min_steps):
         perm = torch.randperm(n, generator=gen)
         out += list(torch.tensor_split(perm, max(1, min(math.ceil(n / batch_size), n // 2))))
     return out
