@@ -119,6 +119,10 @@ def _check(x_lab, y_lab, x_pool, num_classes) -> tuple[np.ndarray, np.ndarray, n
     else:
         if y_lab.shape != (len(x_lab),):
             raise InputError(f"y_lab must be [N] = [{len(x_lab)}] class ids, or multi-hot [N, K]; got {y_lab.shape}")
+        if y_lab.size and (not np.isfinite(y_lab).all() or (y_lab != np.round(y_lab)).any()):
+            bad = np.flatnonzero(~np.isfinite(y_lab) | (y_lab != np.round(y_lab)))
+            raise InputError(f"labels must be integer class ids; rows {bad[:10].tolist()} are not "
+                             f"(e.g. {y_lab[bad[0]]!r}): a fractional id was truncated to another class")
         if y_lab.min() < 0 or y_lab.max() >= num_classes:
             raise InputError(f"labels must be integers in 0..{num_classes - 1}; got range {y_lab.min()}..{y_lab.max()}")
         y_out = y_lab.astype(np.int64)

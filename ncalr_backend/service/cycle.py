@@ -194,7 +194,8 @@ def train_and_score(snap: Snapshot, run: CycleRun, engine_config=None, progress:
         # ... and from scratch: if the previous model's weights are what diverges, warm-starting from
         # them again would fail every later cycle the same way (found by review)
         cold = ecfg.at_start(False)  # the retry starts from scratch
-        retry = cold.replace(lr=cold.base_lr * DIVERGED_LR_FACTOR, seed=ecfg.seed + 1)
+        # another seed, inside the range EngineConfig takes (the largest seed wraps to 0)
+        retry = cold.replace(lr=cold.base_lr * DIVERGED_LR_FACTOR, seed=(ecfg.seed + 1) % 2 ** 63)
         log.warning("project %s cycle %s: %s; training again from scratch at learning rate %g", run.project_id,
                     run.cycle, exc, retry.lr)
         run.report["diverged"] = {"first": str(exc), "retried_with_lr": retry.lr, "retried_from_scratch": True}

@@ -171,3 +171,15 @@ def test_D4_one_group_per_batch_slot():
     feats = np.concatenate([c + rng.normal(scale=0.1, size=(2, 8)) for c in centres])  # blob b = items 2b, 2b+1
     new, _ = cluster_round_robin(np.arange(10), feats, batch=5, factor=2.0, seed=0)
     assert new[:5].tolist() == [0, 2, 4, 6, 8]
+
+
+def test_cluster_groups_take_any_seed_the_engine_takes():
+    """Found by review: EngineConfig takes seeds up to 2**63, scikit-learn's random_state only below
+    2**32, so NCALR_SEED as a millisecond timestamp failed every cycle after its training. Seeds
+    below 2**32 group as before."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(c, 0.05, size=(20, 3)) for c in np.eye(3) * 5])
+    for seed in (2 ** 32, 2 ** 63 - 1, 1_764_892_800_123):
+        g = cluster_groups(x, 3, seed=seed)
+        np.testing.assert_array_equal(g, cluster_groups(x, 3, seed=seed % 2 ** 32))
+        assert len(np.unique(g)) == 3

@@ -92,6 +92,9 @@ def test_rgb_and_empty_pool():
     (dict(x_lab=np.full((4, 1, 8, 8), 2.0)), r"\[0, 1\]"),
     (dict(x_pool=np.zeros((3, 1, 6, 6))), "like x_lab"),
     (dict(x_lab=np.zeros((1, 1, 8, 8)), y_lab=np.array([0])), "at least 2"),
+    # found by review: fractional ids were truncated to another class (1.9 trained as 1)
+    (dict(y_lab=np.array([0.0, 0.7, 1.9, 1.0])), r"integer class ids; rows \[1, 2\]"),
+    (dict(y_lab=np.array([0.0, np.nan, 1.0, 2.0])), r"integer class ids; rows \[1\]"),
 ])
 def test_bad_input_is_refused_with_a_clear_message(bad, match):
     args = dict(x_lab=np.zeros((4, 1, 8, 8), np.float32), y_lab=np.array([0, 1, 2, 3]),

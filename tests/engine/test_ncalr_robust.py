@@ -566,3 +566,24 @@ def test_uncertain_share_orders_the_least_sure_part_first_in_ncalr_order():
     for bad in (0.0, 1.5, -0.2):
         with pytest.raises(ConfigError, match="uncertain_share"):
             EngineConfig(uncertain_share=bad).validate()
+
+
+def test_uncertain_share_keeps_the_gated_part_behind_batch_diversity():
+    """Found by review: the k-means round robin of the serve order (``diversity='clusters'``) mixed
+    gated confident items into the head; the documented order is the least-sure share first, then
+    the rest."""
+    rng = np.random.default_rng(0)
+    M, K, d = 300, 5, 16
+    logits = rng.normal(size=(M, K)) * 3
+    probs = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    for div in ("none", "clusters"):
+        view = PoolView(probs=probs, feats=rng.normal(size=(M, d)).astype(np.float32),
+                        feats_lab=rng.normal(size=(50, d)).astype(np.float32), y_lab=np.arange(50) % K,
+                        num_classes=K, pred_history=rng.integers(0, K, (5, M)),
+                        config=EngineConfig(uncertain_share=0.1, diversity=div, diversity_batch=10, threads=1),
+                        rng=np.random.default_rng(1))
+        ranking, scores, _ = get_strategy("ncalr").rank(view)
+        confident = scores["gated_confident"] > 0
+        n_unc = int((~confident).sum())
+        assert n_unc == 30
+        assert not confident[ranking[:n_unc]].any(), div

@@ -508,6 +508,23 @@ def test_old_versions_and_cycle_dirs_are_pruned(settings):
     assert st.latest()["model_version"] == versions[-1]
 
 
+def test_the_retry_of_the_largest_seed_takes_a_seed_the_engine_takes(settings, monkeypatch):
+    """Found by review: the retry's seed + 1 left EngineConfig's range for the largest seed, and the
+    retry failed with a configuration error instead of training."""
+    import ncalr_backend.engine as engine
+    real, seeds = engine.run_cycle, []
+
+    def diverge_first(*a, **kw):
+        seeds.append(kw["config"].seed)
+        if len(seeds) == 1:
+            raise engine.Diverged("the training loss became nan at epoch 3")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(engine, "run_cycle", diverge_first)
+    rep = run_project_cycle(settings, 1, "t", engine_config=ENGINE.replace(seed=2 ** 63 - 1), client=FakeLS())
+    assert rep["status"] == "completed" and seeds == [2 ** 63 - 1, 0]
+
+
 def test_a_diverging_training_is_retried_at_a_lower_rate_and_never_ships(settings, monkeypatch):
     """First run diverges: trained again at 0.3 x the learning rate, and that model goes live.
     Both diverge: the cycle fails cleanly, nothing is written, the previous version stays live."""

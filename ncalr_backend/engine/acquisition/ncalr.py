@@ -177,6 +177,8 @@ class NCALR(Strategy):
             c["ood_suspect"] = ood_suspects(view, k).astype(np.float64)
             score = demote(score, c["ood_suspect"] > 0)
         last = np.zeros(view.size, dtype=bool)
+        if "gated_confident" in c:  # served after the uncertain part, as documented: batch diversity had
+            last |= c["gated_confident"] > 0  # mixed gated items into the head (found by review)
         if k > 0:
             last |= c["ood_suspect"] > 0
         if getattr(view.config, "skip_guard", True) and view.feats_skipped is not None and len(view.feats_skipped):
