@@ -155,7 +155,7 @@ def test_multilabel_exclusion_keeps_every_label(monkeypatch):
                  dtype=np.float32)  # label 3 only ever second to label 0
     flagged = np.array([0, 0, 1, 1, 0, 0], bool)  # both {0, 3} rows flagged
     monkeypatch.setattr(T, "label_report", lambda dyn: SimpleNamespace(flagged=flagged))
-    cfg = EngineConfig()
+    cfg = EngineConfig(tpt_exclude_min_per_class=1)  # no class is small here: keep_each_label alone decides
     yl = torch.from_numpy(y)
     run = SimpleNamespace(xl=torch.arange(6.0)[:, None], yl=yl, config=cfg, loss=None)
     T.exclude_flagged(run, None, None, 4, True)
@@ -167,6 +167,25 @@ def test_multilabel_exclusion_keeps_every_label(monkeypatch):
     run2 = SimpleNamespace(xl=torch.arange(6.0)[:, None], yl=yl, config=cfg, loss=None)
     assert T.exclude_flagged(run2, None, None, 4, True) == 2
     assert run2.xl[:, 0].tolist() == [1.0, 3.0, 4.0, 5.0]
+    # at the default minimum (5 positives) label 0's four positives are a small class: none goes
+    run3 = SimpleNamespace(xl=torch.arange(6.0)[:, None], yl=yl, config=EngineConfig(), loss=None)
+    assert T.exclude_flagged(run3, None, None, 4, True) == 0 and len(run3.xl) == 6
+
+
+def test_exclusion_leaves_the_samples_of_a_small_class_alone(monkeypatch):
+    """Found by review: a class learned late because it is rare looks like wrong labels to the
+    early-learning check; tpt_exclude_min_per_class guarded the average class size only, so half of a
+    two- to five-label class went out of the window and its test recall fell. A class with fewer
+    samples than the minimum now keeps all of them; larger classes lose their flagged ones as before."""
+    y = np.array([0] * 6 + [1] * 6 + [2] * 2)
+    flagged = np.array([1, 0, 0, 0, 0, 0] + [0, 1, 1, 0, 0, 0] + [1, 0], bool)
+    monkeypatch.setattr(T, "label_report", lambda dyn: SimpleNamespace(flagged=flagged))
+    run = SimpleNamespace(xl=torch.arange(14.0)[:, None], yl=torch.from_numpy(y), config=EngineConfig(), loss=None)
+    assert T.exclude_flagged(run, None, None, 3, False) == 3
+    assert run.xl[:, 0].tolist() == [1.0, 2, 3, 4, 5, 6, 9, 10, 11, 12, 13]
+    np.testing.assert_array_equal(T.in_small_class(y, 5), [False] * 12 + [True] * 2)
+    np.testing.assert_array_equal(T.in_small_class(y, 7), [True] * 14)
+    np.testing.assert_array_equal(T.in_small_class(np.array([[1, 0], [1, 1], [1, 0]]), 3), [False, True, False])
 
 
 # --- 4. the multi-label held-out slice never takes a label's last trained positive ------------------
