@@ -267,16 +267,32 @@ def binary_confident_flags(p: np.ndarray, present: np.ndarray) -> np.ndarray:
     return (conf >= 0) & (conf != a.astype(np.int64))
 
 
-MIN_OWN_THRESHOLD = 3  # a class with fewer labeled samples is judged by confident learning's own rule
+MIN_OWN_THRESHOLD = 3  # a class with fewer labeled samples is judged by confident learning's own rule ...
+SMALL_CLASS_SHARE = 0.5  # ... and so is one with fewer than this share of the median class's samples
+
+
+def small_classes(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """bool [K]: the classes whose own threshold the flag does not use: fewer than
+    ``MIN_OWN_THRESHOLD`` labeled samples, or fewer than ``SMALL_CLASS_SHARE`` x the median count of
+    the classes that have samples. Classes nobody labeled are small too (never used: no sample is
+    labeled with them)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    present = counts[counts > 0]
+    limit = max(float(MIN_OWN_THRESHOLD), SMALL_CLASS_SHARE * float(np.median(present)) if present.size else 0.0)
+    return counts < limit
 
 
 def disagreement_flags(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Flagged [N] bool: the most probable class is not the given one, and the given label's
-    probability is below its class's confident-learning threshold (``class_thresholds``). In a
-    class with fewer than ``MIN_OWN_THRESHOLD`` labeled samples that threshold is (almost) the
-    sample's own probability, so its samples could never be flagged (a lone wrong label of a rare
-    class, every label of a class in an early cycle): there the textbook rule decides (the sample is
-    confidently another class, ``confident_flags``)."""
+    """Flagged [N] bool. In a class with enough labeled samples: the most probable class is not the
+    given one, and the given label's probability is below its class's confident-learning threshold
+    (``class_thresholds``). In a small class (``small_classes``) that threshold says nothing: with
+    one or two samples it is (almost) the sample's own probability, so a lone wrong label of a rare
+    class could never be flagged; and a class that is rare is learned late, so its correct labels
+    look like wrong ones to the early-learning average (a third to a half of the correct labels of a
+    2-5 label class beside 30-label classes were flagged, 27 of 60 over 3 seeds; found by review;
+    docs/quality/label-errors/early). There the textbook rule
+    decides: the sample is confidently another class (``confident_flags``: that class's probability
+    reaches that class's threshold), and, as everywhere, that class is the most probable."""
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     t = class_thresholds(p, y, num_classes)
@@ -284,13 +300,13 @@ def disagreement_flags(probs: np.ndarray, labels: np.ndarray, num_classes: int) 
     # "below" beyond rounding: the mean of equal values may come out an ulp above them, and whether a
     # class of identical rows was flagged then depended on how many there were
     flags = (p.argmax(1) != y) & (self_conf < t[y] - 1e-9 * np.maximum(1.0, t[y]))
-    small = np.bincount(y, minlength=num_classes)[y] < MIN_OWN_THRESHOLD
+    small = small_classes(y, num_classes)[y]
     if small.any():
         conf = confident_labels(p, t)
         # and, as everywhere, the most probable class is another: confident learning alone flagged a
         # sample whose given label was still the most probable, and the review tab showed it with
         # that same label as the suggestion (found in the demo, 2026-12-05)
-        flags |= small & (conf >= 0) & (conf != y) & (p.argmax(1) != y)
+        flags = np.where(small, (conf >= 0) & (conf != y) & (p.argmax(1) != y), flags)
     return flags
 
 
