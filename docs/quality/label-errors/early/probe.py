@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 from ncalr_backend.bench.common import git_state
 from ncalr_backend.bench.label_errors import parse_args
 from ncalr_backend.bench.quality import load_data, make_pool
-from ncalr_backend.engine import run_cycle
+from ncalr_backend.engine import Diverged, run_cycle
 from ncalr_backend.engine.config import EngineConfig
 
 PROFILE = sys.argv[1]
@@ -49,7 +49,14 @@ for name, extra in SETTINGS.items():
             wrong = pool.oracle.corrupted(lab)
             cfg = EngineConfig(**{**ENGINE, "threads": 1, "seed": seed * 1000 + n})
             t0 = time.perf_counter()
-            res = run_cycle(pool.x_pool[lab], y, pool.x_pool[rest], pool.num_classes, cfg)
+            try:
+                res = run_cycle(pool.x_pool[lab], y, pool.x_pool[rest], pool.num_classes, cfg)
+            except Diverged as exc:  # the service trains again at 0.3 x the rate; here it is recorded
+                with out.open("a") as f:
+                    f.write(json.dumps({"setting": name, "labeled": n, "seed": seed, "profile": PROFILE,
+                                        "git": git["commit"], "diverged": str(exc)}) + "\n")
+                print(f"{name} n={n} seed={seed}: diverged: {exc}", flush=True)
+                continue
             rep = res.label_report
             pool_acc = float((np.asarray(res.pred) == pool.y_pool_true[rest]).mean())
             rec = {"setting": name, "labeled": n, "seed": seed, "profile": PROFILE, "git": git["commit"],
