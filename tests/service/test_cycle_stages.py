@@ -81,6 +81,46 @@ def test_write_back_switches_only_after_every_prediction_is_listed(settings):
     assert write_back(empty, settings, 1, "v9", []).live is False and empty.patches == []
 
 
+class _CascadingLS(FakeLS):
+    """Label Studio deletes a task's predictions with the task."""
+
+    def delete_task(self, tid):
+        super().delete_task(tid)
+        self.stored = [it for it in self.stored if it["task"] != tid]
+
+
+def test_a_task_deleted_right_after_its_prediction_went_in_is_skipped_not_fatal(settings):
+    """Found by review (2026-12-05): a task deleted in the Data Manager after its chunk was imported
+    took its prediction with it, the listing check came up one short and raised a non-retryable
+    CycleError, throwing the trained cycle away. The written tasks are read again: the deleted one is
+    skipped (reported), and only predictions of tasks that still exist are required."""
+    items = [{"task": i, "result": [], "score": 0.0, "model_version": "v9"} for i in range(1, 6)]
+    ls = _CascadingLS()
+    real = ls.import_prediction_chunk
+
+    def import_then_delete(pid, chunk):
+        n = real(pid, chunk)
+        ls.delete_task(2)
+        return n
+    ls.import_prediction_chunk = import_then_delete
+    wb = write_back(ls, settings, 1, "v9", items)
+    assert wb.live and wb.skipped_deleted == [2] and wb.report()["skipped_deleted_tasks"] == [2]
+    assert ls.patches == [{"model_version": "v9", "sampling": "Uncertainty sampling"}]
+    # a prediction of a task that still exists is missing as well: not switched, and the message says so
+    bad = _CascadingLS(silent_drop=1)
+    real_bad = bad.import_prediction_chunk
+
+    def drop_and_delete(pid, chunk):
+        n = real_bad(pid, chunk)
+        bad.delete_task(5)
+        return n
+    bad.import_prediction_chunk = drop_and_delete
+    with pytest.raises(CycleError, match=r"lists 3 predictions under v9, expected 5 \(1 of their tasks were "
+                                         r"deleted since, so 4 still expected\); the project was NOT switched"):
+        write_back(bad, settings, 1, "v9", items)
+    assert bad.patches == []
+
+
 def test_cycle_run_bookkeeping_numbers_and_marks_the_cycle(settings):
     run = CycleRun.begin(settings, 3, "test", triggered_at=123.0)
     st = ProjectStore(settings.model_dir, 3)
