@@ -22,6 +22,7 @@ serves it after them, as score 1.0 did.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -35,7 +36,7 @@ from ncalr_backend.service.predictions import (UNTRAINED_VERSION, PlacementIndex
                                                result_for_predict)
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.snapshot import load_images
-from ncalr_backend.service.store import ProjectStore, read_json
+from ncalr_backend.service.store import ProjectStore
 
 log = logging.getLogger(__name__)
 PREDICT_CHUNK = 256  # unranked tasks decoded and classified at a time: memory ~ CHUNK x C x S^2 x 4 bytes
@@ -43,6 +44,24 @@ MAX_LOGGED_FAILURES = 20  # per request; the rest are counted in one line
 PREDICT_DEADLINE_S = 75.0  # no new chunk after this: answer before Label Studio's 100 s ML_TIMEOUT_PREDICT
 
 __all__ = ["UNTRAINED_VERSION", "ServedCycle", "current_version", "predict_tasks"]
+
+
+def _read_predictions(path: Path) -> tuple:
+    """``(predictions.json as a dict, transient)``: a missing or damaged file reads as ``{}`` (it
+    stays so until the next cycle); a read that failed otherwise (too many open files, a network
+    filesystem's hiccup) as ``{}`` with ``transient`` True, so that it is not kept."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            preds = json.load(f)
+    except FileNotFoundError:
+        return {}, False
+    except (ValueError, RecursionError):
+        log.error("/predict: %s cannot be read as JSON: the tasks its cycle ranked are classified again", path)
+        return {}, False
+    except OSError as exc:
+        log.warning("/predict: %s could not be read (%s); tried again on the next request", path, exc)
+        return {}, True
+    return (preds if isinstance(preds, dict) else {}), False
 
 
 class ServedCycle:
@@ -55,8 +74,9 @@ class ServedCycle:
         self.path = path
         self.pointer = pointer
         self.version = pointer["model_version"]
-        preds = read_json(path / "predictions.json", {}) or {}
+        preds, self.transient = _read_predictions(path / "predictions.json")
         self.entries = preds.get("tasks", {})
+        self.entries = self.entries if isinstance(self.entries, dict) else {}
         self.labels = list(preds.get("labels") or pointer.get("labels") or [])
         self.multilabel = bool(preds.get("multilabel", pointer.get("multilabel", False)))
         self._model = None
@@ -69,11 +89,15 @@ class ServedCycle:
         latest = ProjectStore(model_dir, project_id).latest()
         if not latest:
             return None
+        key = (str(model_dir), project_id)
         with cls._cache_lock:
-            cur = cls._cache.get((str(model_dir), project_id))
+            cur = cls._cache.get(key)
             if cur is None or cur.path != latest["path"]:
                 cur = cls(latest["path"], latest)
-                cls._cache[(str(model_dir), project_id)] = cur
+                if cur.transient:  # this request degrades (its ranked tasks are classified again); the next reads again
+                    cls._cache.pop(key, None)
+                    return cur
+                cls._cache[key] = cur
             return cur
 
     def serves(self, cfg: ImageClassConfig) -> bool:

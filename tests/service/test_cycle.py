@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import io
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -794,6 +795,45 @@ def test_predict_reads_the_image_cache_and_never_writes_it(settings, monkeypatch
     assert all(r["result"] for r in out)
     assert sorted(p for p in cache.rglob("*") if p.is_file()) == before
     assert len(fetched) == 6 and not any(u.endswith("/12.png") for u in fetched)
+
+
+def _served_by_hand(settings, pid: int, version: str = "v1", tasks=None) -> Path:
+    """A completed live cycle of project ``pid`` made by hand (no training): its predictions.json
+    ranks ``tasks`` (task id -> entry); its folder is returned."""
+    st = ProjectStore(settings.model_dir, pid)
+    work = st.new_workdir(1)
+    tasks = {"9": {"label": "a", "confidence": 0.9, "score": 0.75, "rank": 6}} if tasks is None else tasks
+    (work / "predictions.json").write_text(json.dumps({"model_version": version, "labels": ["a", "b"],
+                                                       "multilabel": False, "tasks": tasks}))
+    return st.commit(work, 1, {"model_version": version, "num_classes": 2, "labels": ["a", "b"],
+                               "multilabel": False, "data_key": "image", "live": True})
+
+
+def test_a_transient_read_error_of_the_served_predictions_is_not_kept(settings, monkeypatch):
+    """Found by review (2026-12-05): one failed read of predictions.json (too many open files, a
+    network filesystem's hiccup) was kept as "no ranked task" until the next cycle, so every ranked
+    task lost its stored prediction. That request degrades as before; the next one reads again."""
+    from ncalr_backend.service import serving
+    from ncalr_backend.service.labelconfig import parse_label_config
+
+    folder = _served_by_hand(settings, 1)
+    good = (folder / "predictions.json").read_bytes()
+    (folder / "predictions.json").unlink()
+    (folder / "predictions.json").mkdir()  # open() fails with an OSError that is not "missing"
+    serving.ServedCycle._cache.clear()
+    monkeypatch.setattr(serving, "make_client", lambda s: (_ for _ in ()).throw(RuntimeError("no Label Studio")))
+    cfg, task = parse_label_config(CFG), [{"id": 9, "data": {"image": "/data/upload/1/9.png"}}]
+    first = serving.predict_tasks(settings, cfg, task, 1)[0]
+    assert first["result"] == [] and first["model_version"] == serving.UNTRAINED_VERSION  # degraded, no 500
+    (folder / "predictions.json").rmdir()
+    (folder / "predictions.json").write_bytes(good)
+    again = serving.predict_tasks(settings, cfg, task, 1)[0]
+    assert again["model_version"] == "v1" and again["score"] == 0.75 and again["result"]
+    # a file that is missing or damaged stays what it is until the next cycle: read once, kept
+    (folder / "predictions.json").write_text("{not json")
+    serving.ServedCycle._cache.clear()
+    kept = serving.ServedCycle.latest(settings.model_dir, 1)
+    assert kept.entries == {} and serving.ServedCycle.latest(settings.model_dir, 1) is kept
 
 
 def _answers(results, ids, ranked=(10, 11)):
