@@ -26,6 +26,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import List, Optional
 
@@ -44,6 +45,9 @@ MAX_LOGGED_FAILURES = 20  # per request; the rest are counted in one line
 PREDICT_DEADLINE_S = 75.0  # no new chunk after this: answer before Label Studio's 100 s ML_TIMEOUT_PREDICT
 
 __all__ = ["UNTRAINED_VERSION", "ServedCycle", "current_version", "predict_tasks"]
+
+
+SERVED_CACHED = 4  # projects whose served cycle (its predictions and, once used, its model) stay loaded
 
 
 def _read_predictions(path: Path) -> tuple:
@@ -65,9 +69,12 @@ def _read_predictions(path: Path) -> tuple:
 
 
 class ServedCycle:
-    """The latest completed cycle of one project, loaded once (reloaded when a new one completes)."""
+    """The latest completed cycle of one project, loaded once (reloaded when a new one completes).
+    The ``SERVED_CACHED`` projects asked for last keep theirs loaded (their predictions, and their
+    model once a task needed it: ~43 MB at width 64); another project's is read again on its next
+    request (found by review, 2026-12-05: every project's stayed loaded for the process's life)."""
 
-    _cache: dict = {}
+    _cache: "OrderedDict[tuple, ServedCycle]" = OrderedDict()
     _cache_lock = threading.Lock()
 
     def __init__(self, path: Path, pointer: dict):
@@ -92,13 +99,22 @@ class ServedCycle:
         key = (str(model_dir), project_id)
         with cls._cache_lock:
             cur = cls._cache.get(key)
-            if cur is None or cur.path != latest["path"]:
-                cur = cls(latest["path"], latest)
-                if cur.transient:  # this request degrades (its ranked tasks are classified again); the next reads again
-                    cls._cache.pop(key, None)
-                    return cur
-                cls._cache[key] = cur
+            if cur is not None and cur.path == latest["path"]:
+                cls._cache.move_to_end(key)
+                return cur
+        # read outside the lock: another project's request does not wait for this file
+        cur = cls(latest["path"], latest)
+        if cur.transient:  # this request degrades (its ranked tasks are classified again); the next reads again
             return cur
+        with cls._cache_lock:
+            had = cls._cache.get(key)
+            if had is not None and had.path == cur.path:
+                cur = had  # read meanwhile by another request: one copy (and one model) stays
+            cls._cache[key] = cur
+            cls._cache.move_to_end(key)
+            while len(cls._cache) > SERVED_CACHED:  # the least recently asked-for goes; a request
+                cls._cache.popitem(last=False)    # still using it keeps its own reference
+        return cur
 
     def serves(self, cfg: ImageClassConfig) -> bool:
         """Whether this cycle's model answers for ``cfg`` (same labels in the same order, same kind)."""

@@ -836,6 +836,45 @@ def test_a_transient_read_error_of_the_served_predictions_is_not_kept(settings, 
     assert kept.entries == {} and serving.ServedCycle.latest(settings.model_dir, 1) is kept
 
 
+def test_served_cycles_stay_loaded_for_the_last_few_projects_only(settings):
+    """Found by review (2026-12-05): every project's served cycle (its predictions, and its model of
+    ~43 MB at width 64 once a task needed it) stayed loaded for the process's life. The
+    ``SERVED_CACHED`` projects asked for last keep theirs; another one's is read again when asked for,
+    from any number of threads at once."""
+    import threading
+
+    from ncalr_backend.service import serving
+
+    serving.ServedCycle._cache.clear()
+    cached = getattr(serving, "SERVED_CACHED", 4)
+    n = cached + 3
+    for pid in range(1, n + 1):
+        _served_by_hand(settings, pid, version=f"v{pid}")
+    got = {pid: serving.ServedCycle.latest(settings.model_dir, pid) for pid in range(1, n + 1)}
+    assert len(serving.ServedCycle._cache) == cached
+    assert sorted(k[1] for k in serving.ServedCycle._cache) == list(range(n - cached + 1, n + 1))
+    assert serving.ServedCycle.latest(settings.model_dir, n) is got[n]  # kept: the same object
+    again = serving.ServedCycle.latest(settings.model_dir, 1)  # let go: read again, the same answers
+    assert again is not got[1] and again.version == "v1" and again.entries == got[1].entries
+    assert list(serving.ServedCycle._cache)[-1][1] == 1  # the most recently asked-for goes last
+    errors = []
+
+    def ask(k):
+        try:
+            for i in range(60):
+                c = serving.ServedCycle.latest(settings.model_dir, (i * 7 + k) % n + 1)
+                assert c.version == f"v{(i * 7 + k) % n + 1}"
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    threads = [threading.Thread(target=ask, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(serving.ServedCycle._cache) == cached
+    serving.ServedCycle._cache.clear()
+
+
 def _answers(results, ids, ranked=(10, 11)):
     """/predict answers compared across batch sizes: the same labels, confidences (4 digits) and
     versions; a ranked task's stored queue score exactly, a placed task's only as a score in [0, 1].
