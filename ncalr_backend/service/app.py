@@ -377,12 +377,12 @@ class Backend:
         switch (a cycle in progress, before its commit) is no drift; the next live cycle clears it."""
         try:
             store = ProjectStore(self.settings.model_dir, pid)
-            latest = store.latest()
-            if not latest or not isinstance(project, dict):
+            served = store.served()  # the version the backend switched Label Studio to last
+            if not served or not isinstance(project, dict):
                 return
             s = store.state()
             going = (s.get("in_progress") or {}).get("model_version")
-            live = going if going and project.get("model_version") == going else latest.get("model_version")
+            live = going if going and project.get("model_version") == going else served.get("model_version")
             msg = placement.serving_drift(project, str(live or ""), expect_sampling=self.settings.set_sampling)
             if msg != s.get("serving_drift"):
                 store.update_state(serving_drift=msg)
@@ -435,7 +435,8 @@ class Backend:
         return jsonify(self.scheduler().request_cycle(pid, "train")), 201
 
     def versions(self):
-        """GET or POST (gap 8): the project's completed model versions, newest last. Label Studio 1.23
+        """GET or POST (gap 8): the project's completed model versions that went live (a cycle with
+        nothing to rank wrote no prediction under its version), newest last. Label Studio 1.23
         asks with a GET whose project it drops (``MLApi.get_versions``): without a project the answer
         is 404, on which Label Studio shows the version /setup reported (``MLBackendVersionsAPI``);
         a 400 there was an error in its UI."""
@@ -451,7 +452,8 @@ class Backend:
         vers = []
         for d in sorted((st.root / "cycles").glob("[0-9]*")):
             rep = read_json(d / "report.json")
-            if isinstance(rep, dict) and isinstance(rep.get("model_version"), str) and rep["model_version"]:
+            if (isinstance(rep, dict) and isinstance(rep.get("model_version"), str) and rep["model_version"]
+                    and rep.get("live") is not False):  # a cycle with nothing to rank wrote no prediction
                 vers.append(rep["model_version"])  # a damaged report is skipped
         return jsonify({"versions": vers or [UNTRAINED_VERSION]})
 
@@ -483,6 +485,7 @@ class Backend:
 
         s = part("state", st.state) or {}
         latest = part("latest", st.latest)
+        served = part("served", st.served)  # the latest cycle, unless it had nothing to rank and never went live
         report = read_json(latest["path"] / "report.json") if latest else None
         report = report if isinstance(report, dict) and report else None
 
@@ -495,7 +498,7 @@ class Backend:
 
         def latest_report():
             out = {k: report.get(k) for k in (
-                "cycle", "model_version", "reason", "num_tasks", "num_labeled", "num_pool", "skipped",
+                "cycle", "model_version", "live", "reason", "num_tasks", "num_labeled", "num_pool", "skipped",
                 "predictions_created", "timings", "image_failures", "unusable_annotations",
                 "multilabel", "class_counts", "label_set_sizes", "predicted_set_sizes",
                 "triggered_at", "finished_at")}
@@ -518,9 +521,10 @@ class Backend:
                # a user's setting that turns the NCAL-R order off (PROJECT_UPDATED; the next live cycle clears it)
                "serving_drift": s.get("serving_drift") if isinstance(s.get("serving_drift"), str) else None,
                # the live version's written head as the last refill check found it (after a failed cycle)
-               "head": (s["head"] if s.get("head") and latest  # a dict or absent (STATE_TYPES)
-                        and s["head"].get("version") == latest.get("model_version") else None),
-               "model_version": latest.get("model_version") if latest else None,
+               "head": (s["head"] if s.get("head") and served  # a dict or absent (STATE_TYPES)
+                        and s["head"].get("version") == served.get("model_version") else None),
+               # the version Label Studio serves (what /setup reports and /predict tags with)
+               "model_version": served.get("model_version") if served else None,
                "webhooks_seen": self.webhooks_seen(pid),
                "label_errors": part("label_errors", label_errors) if report else None,
                "progress": part("progress", progress),

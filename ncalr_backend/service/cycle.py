@@ -16,7 +16,10 @@ report cannot be written) is reported, and the version stays live. ``CycleError.
 whether the scheduler should try again later; ``should_stop`` (the backend is stopping) ends the
 cycle between stages and between training batches, leaving it marked in progress for the next
 start. After a commit, older prediction versions in Label Studio and old cycle directories are
-pruned (``KEEP_CYCLES``, ``KEEP_FAILED``, ``CACHE_MAX_MB``).
+pruned (``KEEP_CYCLES``, ``KEEP_FAILED``, ``CACHE_MAX_MB``). A cycle with nothing to rank (every
+task labeled, or every unlabeled image failed) writes and switches nothing: it is committed as the
+latest (its model seeds the next cycle, its label check is published), and Label Studio keeps
+serving the version before, which stays the one the backend names and serves (``ProjectStore.served``).
 Annotation rules: ``annotations.py``; what is stored where: ``store.py``.
 """
 
@@ -251,10 +254,21 @@ def commit(run: CycleRun, snap: Snapshot, res, wb: WriteBack, settings: Settings
         # live in Label Studio: /predict and placement must serve this version, report or not
         log.error("project %s cycle %s: report.json not written (%s); the live version is committed without it",
                   run.project_id, run.cycle, exc)
+    # a cycle with nothing to rank (every task labeled, or every unlabeled image failed) wrote nothing
+    # and switched nothing: it is the latest (its model seeds the next cycle, its label check is
+    # published), and Label Studio keeps serving the version before (store.served), which /setup,
+    # /predict and placement go on naming (found by review, 2026-12-05: they named this one)
     run.store.commit(run.work, run.cycle, {**run.pointer, "finished_at": done, "live": wb.live})
-    if not run.store.finish_in_progress(run.owner, last_completed=run.cycle, last_model_version=run.version,
-                                        crashed_cycles=0, serving_drift=None,  # the switch set both again
-                                        head=None):  # the previous version's written head (refill_head)
+    changes = dict(last_completed=run.cycle, crashed_cycles=0)
+    if wb.live:
+        changes.update(last_model_version=run.version, serving_drift=None,  # the switch set both again
+                       head=None)  # the previous version's written head (refill_head)
+    else:
+        served = run.store.served()
+        log.warning("project %s cycle %s had nothing to rank (%d ranked): nothing was written and Label Studio "
+                    "keeps serving %s", run.project_id, run.cycle, len(snap.pool_ids),
+                    served["model_version"] if served else "no version of this backend")
+    if not run.store.finish_in_progress(run.owner, **changes):
         log.warning("project %s cycle %s completed after another cycle took the project over; that one's "
                     "marker is left as it is", run.project_id, run.cycle)
     log.info("project %s cycle %s (%s) completed: %d labeled, %d ranked, %.1fs trigger-to-live",
@@ -291,7 +305,8 @@ def tidy(client: LabelStudioClient, settings: Settings, run: CycleRun, previous:
         if latest and latest.get("model_version") == run.version:  # the dashboard lists what is served
             drop_unsent_relabels(latest["path"], sent)
     try:
-        prune_versions(client, run.project_id, keep=[v for v in (run.version, previous) if v])
+        if run.report.get("live"):  # a cycle that switched nothing leaves Label Studio's versions as they are
+            prune_versions(client, run.project_id, keep=[v for v in (run.version, previous) if v])
         run.store.prune(settings.keep_cycles, settings.keep_failed)
         from ncalr_backend.data.images import ImageCache
         ImageCache(settings.model_dir / "cache").prune(settings.cache_max_mb * 1024 * 1024)
@@ -459,7 +474,7 @@ def run_project_cycle(settings: Settings, project_id: int, reason: str = "manual
     except Exception as exc:  # noqa: BLE001 - the cycle's own work goes on; the folders stay for the next
         log.warning("project %s: cannot check for a version Label Studio serves that is not the latest: %s: %s",
                     project_id, exc.__class__.__name__, exc)
-    previous = (run.store.latest() or {}).get("model_version")
+    previous = (run.store.served() or {}).get("model_version")  # the version Label Studio serves now
     wrote = live = False
 
     def stage(name: str):

@@ -599,8 +599,13 @@ def project_section(view: dict, p: Optional[dict], sched: Optional[dict], now: f
     state = dict(view.get("state") or {})
     if threshold:
         state["threshold"] = threshold
+    # the version Label Studio serves: the latest cycle's, unless that one had nothing to rank
+    live = view["live_version"] if "live_version" in view else latest.get("model_version")
     sub = (f'{e(rep.get("num_tasks"))} tasks · {e(rep.get("num_labeled"))} labeled · live version '
-           f'<code>{e(latest.get("model_version"))}</code>' if latest else "no completed cycle yet")
+           + (f'<code>{e(live)}</code>' if live else "none yet")
+           + ("" if live == latest.get("model_version") else
+              f' (the latest cycle, <code>{e(latest.get("model_version"))}</code>, had nothing to rank)')
+           if latest else "no completed cycle yet")
     plots = [learning_curve(view.get("history") or [])] + score_plots(view.get("dashboard")) \
         + epoch_plots(view.get("metrics"))
     est_note = ('The learning curve is an <b>estimate</b>: for each cycle, the accuracy of its predictions '
@@ -614,7 +619,7 @@ def project_section(view: dict, p: Optional[dict], sched: Optional[dict], now: f
             + (f'<p class="muted">labels: {e(", ".join(map(str, labels)))}</p>' if labels else "")
             + (f'<p class="error drift">{e(state["serving_drift"])}</p>'
                if isinstance(state.get("serving_drift"), str) else "")
-            + head_note(state, latest.get("model_version"))
+            + head_note(state, live if latest else None)
             + f'<h3>Now</h3>{now_block(pid, p, state, sched, now, progress_unreadable)}'
             f'<h3>Cycles</h3>{kept_note(keep) if view.get("history") else ""}{history_table(view.get("history") or [])}'
             f'<h3>Plots</h3><p class="note">{est_note}</p><div class="plots">{"".join(plots)}</div>'

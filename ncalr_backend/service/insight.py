@@ -315,6 +315,8 @@ def project_view(model_dir: Path, project_id: int) -> dict:
     if latest:
         rep = _object(read_json(latest["path"] / "report.json")) or {}
         out["latest"] = {**{k: v for k, v in latest.items() if k != "path"}, "report": rep}
+        served = st.served()  # another cycle's when the latest had nothing to rank (never went live)
+        out["live_version"] = served.get("model_version") if served else None
         out["metrics"] = _object(read_json(latest["path"] / "metrics.json"))
         out["dashboard"] = _object(read_json(latest["path"] / "dashboard.json"))
         out["label_errors"] = label_errors(latest["path"], rep)

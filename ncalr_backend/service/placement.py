@@ -53,9 +53,9 @@ def place_new_tasks(settings: Settings, project_id: int, tasks: Sequence, client
     from ncalr_backend.engine import load_model
 
     store = ProjectStore(settings.model_dir, project_id)
-    latest = store.latest()
-    if not latest or not latest.get("live"):
-        return {"placed": 0, "reason": "no completed cycle yet: the next cycle ranks them"}
+    latest = store.served()  # the cycle whose version Label Studio serves
+    if not latest:
+        return {"placed": 0, "reason": "no cycle went live yet: the next cycle ranks them"}
     client = client or make_client(settings)
     known = (read_json(latest["path"] / "predictions.json", {}) or {}).get("tasks", {})
     ids = [int(t["id"]) if isinstance(t, dict) else int(t) for t in tasks]
@@ -162,8 +162,8 @@ def _refill(settings: Settings, project_id: int, client, should_stop) -> dict:
             raise _TimeUp(f"no time left {what} ({REFILL_DEADLINE_S:.0f} s)")
 
     store = ProjectStore(settings.model_dir, project_id)
-    latest = store.latest()
-    if not latest or not latest.get("live"):
+    latest = store.served()  # the cycle whose version Label Studio serves
+    if not latest:
         return {"refilled": 0, "reason": "no live cycle yet"}
     version = latest["model_version"]
     preds = read_json(latest["path"] / "predictions.json", {})

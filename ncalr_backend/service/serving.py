@@ -1,4 +1,5 @@
-"""``/predict``: pre-annotations from the latest COMPLETED cycle of a project.
+"""``/predict``: pre-annotations from the completed cycle of a project whose version Label Studio
+serves (``ProjectStore.served``: the latest cycle, unless that one had nothing to rank and never went live).
 
 A task the cycle ranked gets its stored prediction (label or label set, confidence) with its
 NCAL-R queue score, whether or not the cycle wrote it to Label Studio (a cycle writes the head of
@@ -69,8 +70,9 @@ def _read_predictions(path: Path) -> tuple:
 
 
 class ServedCycle:
-    """The latest completed cycle of one project, loaded once (reloaded when a new one completes).
-    The ``SERVED_CACHED`` projects asked for last keep theirs loaded (their predictions, and their
+    """The completed cycle of one project whose version Label Studio serves (``ProjectStore.served``:
+    the latest one, unless that had nothing to rank and never went live), loaded once (reloaded
+    when another goes live). The ``SERVED_CACHED`` projects asked for last keep theirs loaded (their predictions, and their
     model once a task needed it: ~43 MB at width 64); another project's is read again on its next
     request (found by review, 2026-12-05: every project's stayed loaded for the process's life)."""
 
@@ -93,7 +95,7 @@ class ServedCycle:
 
     @classmethod
     def latest(cls, model_dir: Path, project_id: int) -> Optional["ServedCycle"]:
-        latest = ProjectStore(model_dir, project_id).latest()
+        latest = ProjectStore(model_dir, project_id).served()
         if not latest:
             return None
         key = (str(model_dir), project_id)
@@ -137,8 +139,8 @@ class ServedCycle:
 def current_version(settings: Settings, project_id: Optional[int]) -> str:
     if project_id is None:
         return UNTRAINED_VERSION
-    latest = ProjectStore(settings.model_dir, project_id).latest()
-    return latest["model_version"] if latest else UNTRAINED_VERSION
+    served = ProjectStore(settings.model_dir, project_id).served()  # the version Label Studio serves
+    return served["model_version"] if served else UNTRAINED_VERSION
 
 
 def predict_tasks(settings: Settings, cfg: ImageClassConfig, tasks: List[dict], project_id: Optional[int]

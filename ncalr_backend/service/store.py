@@ -9,7 +9,10 @@ MODEL_DIR/
                                   used files go beyond CACHE_MAX_MB
   projects/<id>/
     state.json                    counters, pending flag, the cycle in progress (crash marker)
-    latest.json                   pointer to the latest COMPLETED cycle (replaced atomically)
+    latest.json                   pointer to the latest COMPLETED cycle (replaced atomically);
+                                  "live": false when it had nothing to rank and Label Studio
+                                  was not switched, then "served": the entry of the cycle
+                                  Label Studio serves (ProjectStore.served)
     mirror.sqlite                 the local task mirror and decoded images (mirror.py); a damaged
                                   one is set aside as mirror.sqlite.corrupt and built again
     cycles/0001/                  one completed cycle: model.pt, scores.npz, metrics.json (engine),
@@ -399,8 +402,35 @@ class ProjectStore:
 
     # --------------------------------------------------------------- cycles
     def latest(self) -> Optional[dict]:
-        """The latest completed cycle's pointer, or None."""
+        """The latest completed cycle's pointer, or None. Not necessarily the version Label Studio
+        serves: a cycle with nothing to rank completes without going live (``served``)."""
+        return self._resolve(read_json(self.root / "latest.json"))
+
+    def served(self) -> Optional[dict]:
+        """The pointer of the completed cycle whose version Label Studio serves: what ``/setup``
+        reports, ``/predict`` and placement tag their predictions with, the head refill tops up
+        and ``serving_drift`` compares with. The latest cycle when it went live; otherwise (it had
+        nothing to rank: every task labeled, or every unlabeled image failed, so nothing was
+        written and the project was not switched) the one ``latest.json`` names under ``served``,
+        and None when no cycle of the project went live. Found by review (2026-12-05): such a
+        cycle was served as the live version, which Label Studio never received."""
         p = read_json(self.root / "latest.json")
+        latest = self._resolve(p)
+        if latest is None or latest.get("live", True) is not False:  # an entry without "live": as always, served
+            return latest
+        if "served" in p:
+            return self._resolve(p["served"])
+        # written before "served" existed: the newest earlier committed cycle that switched Label Studio to it
+        now = latest.get("cycle") if isinstance(latest.get("cycle"), int) else 0
+        older = [c for c in self.switched_dirs() if c[0].parent.name == "cycles" and c[1] < now]
+        if not older:
+            return None
+        folder, cycle, pointer = max(older, key=lambda c: c[1])
+        return {**pointer, "live": True, "cycle": cycle, "dir": f"cycles/{folder.name}", "path": folder}
+
+    def _resolve(self, p) -> Optional[dict]:
+        """A ``latest.json`` entry with its folder as ``path``; None when it is damaged or its
+        folder is gone."""
         if not isinstance(p, dict) or not isinstance(p.get("dir"), str) or not p["dir"]:
             return None  # missing or damaged: as before the first cycle
         rel = Path(p["dir"])
@@ -411,7 +441,7 @@ class ProjectStore:
             ok = d.is_dir()
         except OSError:  # e.g. a name too long
             ok = False
-        return {**p, "path": d} if ok else None
+        return {**{k: v for k, v in p.items() if k != "served"}, "path": d} if ok else None
 
     def next_cycle_number(self) -> int:
         nums = [int(d.name) for d in (self.root / "cycles").glob("[0-9]*") if d.name.isdigit()]
@@ -426,15 +456,22 @@ class ProjectStore:
     def commit(self, workdir: Path, cycle: int, pointer: dict) -> Path:
         """Move a finished cycle into place and switch ``latest.json`` to it. Called again after a
         failure to write ``latest.json`` (the folder already moved), or with the folder in place, it
-        only writes the pointer."""
+        only writes the pointer. A cycle that did not go live (``pointer["live"]`` false) keeps the
+        served cycle's entry under ``served`` (``served``)."""
         final = self.root / "cycles" / f"{cycle:04d}"
+        live = pointer.get("live", True) is not False
+        served = None if live else self.served()
         if workdir != final and (workdir.exists() or not final.is_dir()):
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(workdir, final)
             fsync_dir(final.parent)
-        atomic_write_json(self.root / "latest.json", {**pointer, "cycle": cycle, "dir": f"cycles/{cycle:04d}"})
+        entry = {**pointer, "cycle": cycle, "dir": f"cycles/{cycle:04d}"}
+        if not live:
+            entry["served"] = ({k: v for k, v in served.items() if k != "path"}
+                               if served is not None and served.get("cycle") != cycle else None)
+        atomic_write_json(self.root / "latest.json", entry)
         return final
 
     def fail(self, workdir: Path, cycle: int, stamp: str) -> Path:
@@ -445,14 +482,12 @@ class ProjectStore:
 
     def prune(self, keep_cycles: int, keep_failed: int) -> int:
         """Delete all but the newest ``keep_cycles`` completed cycle directories (never the one
-        ``latest.json`` points to) and all but the newest ``keep_failed`` failed ones."""
-        latest = read_json(self.root / "latest.json")
-        latest = latest if isinstance(latest, dict) else {}
-        live = self.root / latest["dir"] if isinstance(latest.get("dir"), str) and latest["dir"] else None
+        ``latest.json`` points to, nor the served one) and all but the newest ``keep_failed`` failed ones."""
+        kept = {p["path"].resolve() for p in (self.latest(), self.served()) if p is not None}
         n = 0
         done = sorted((d for d in (self.root / "cycles").glob("[0-9]*") if d.name.isdigit()), key=lambda d: int(d.name))
         for d in done[:max(0, len(done) - keep_cycles)]:
-            if live is not None and d.resolve() == live.resolve():
+            if d.resolve() in kept:
                 continue
             shutil.rmtree(d, ignore_errors=True)
             n += 1

@@ -224,7 +224,7 @@ def drop_orphans(client: LabelStudioClient, store: ProjectStore, project_id: int
     orphans = list(store.state().get("orphan_versions") or [])
     if not orphans:
         return
-    current = current if current is not None else (store.latest() or {}).get("model_version")
+    current = current if current is not None else (store.served() or {}).get("model_version")
     in_use = live_in_label_studio(client, project_id)  # a crash right after the switch: that one is live
     if in_use is None:
         return  # cannot tell which version Label Studio serves: delete nothing now

@@ -343,6 +343,102 @@ def test_placement_warns_about_a_project_that_no_longer_serves_the_order_and_cha
     assert ls.patches == patches and (ls.model_version, ls.sampling) == ("", "Sequential sampling")
 
 
+# ---------------------------------------------------------------------------- 5: a cycle with nothing to rank
+def _label_everything(ls):
+    for t in ls.tasks:
+        if t["id"] != 999 and not t["annotations"]:  # 999's image is refused: never labeled, never ranked
+            t["annotations"] = [{"id": 500 + t["id"], "was_cancelled": False, "updated_at": "2025", "result": [
+                {"from_name": "digit", "to_name": "image", "type": "choices",
+                 "value": {"choices": ["a" if t["id"] % 2 else "b"]}}]}]
+
+
+def test_a_cycle_with_nothing_to_rank_leaves_the_served_version_what_the_backend_names(settings, monkeypatch):
+    """Found by review (2026-12-05): a cycle with nothing to rank (every task labeled, or every
+    unlabeled image failed) wrote nothing and switched nothing, yet became latest.json: /setup
+    reported its version, /predict tagged with it, and TASKS_CREATED placement refused ("not live"),
+    while Label Studio served the version before. That cycle stays the latest (its model seeds the
+    next cycle, its label check is published), and the version Label Studio serves stays the one the
+    backend names, tags and places under (ProjectStore.served), until a cycle goes live again."""
+    from ncalr_backend.service.app import create_app
+    from model import NCALRBackend
+
+    ls = PlacingLS(n=16, n_labeled=8)
+    v1 = run_project_cycle(settings, 1, "first", engine_config=ENGINE, client=ls)["model_version"]
+    ProjectStore(settings.model_dir, 1).update_state(serving_drift="a user's change")  # PROJECT_UPDATED saw one
+    _label_everything(ls)
+    rep = run_project_cycle(settings, 1, "all labeled", engine_config=ENGINE, client=ls)
+    v2 = rep["model_version"]
+    st = ProjectStore(settings.model_dir, 1)
+    assert rep["status"] == "completed" and rep["predictions_sent"] == 0 and rep["live"] is False
+    assert ls.model_version == v1 and not [it for it in ls.stored if it["model_version"] == v2]
+    assert st.latest()["model_version"] == v2 and st.latest()["live"] is False  # kept: its model, its label check
+    assert serving.current_version(settings, 1) == v1  # what /setup reports
+    assert st.served()["model_version"] == v1 and (st.served()["path"] / "model.pt").is_file()
+    assert st.state()["serving_drift"] == "a user's change"  # nothing was switched: the drift still holds
+    assert ls.deleted == []  # Label Studio's versions were left as they were
+    # /setup and /status through the app; /versions lists only versions Label Studio received
+    import importlib
+
+    import label_studio_ml.api
+
+    importlib.reload(label_studio_ml.api)  # a fresh module-global Flask app for this app
+    monkeypatch.setattr(serving, "make_client", lambda s: ls)
+    app = create_app(NCALRBackend, settings, autostart=False)
+    app.extensions["ncalr"].auth.resync_soon = lambda *a: None  # /setup: no webhook repair against ls.test
+    client = app.test_client()
+    assert client.post("/setup", json={"project": 1, "schema": CFG}).get_json()["model_version"] == v1
+    monkeypatch.setattr(EmbeddedScheduler, "status", lambda self, pid: {})
+    status = client.get("/status?project=1").get_json()
+    assert status["model_version"] == v1 and status["latest_report"]["model_version"] == v2
+    assert status["latest_report"]["live"] is False
+    assert client.get("/versions?project=1").get_json()["versions"] == [v1]
+    page = client.get("/").get_data(as_text=True)
+    assert f"live version <code>{v1}</code> (the latest cycle, <code>{v2}</code>, had nothing to rank)" in page
+    # a task imported now: placed, and answered by /predict, under the version Label Studio serves
+    serving.ServedCycle._cache.clear()
+    _new_task(ls)
+    out = placement.place_new_tasks(settings, 1, [500], client=ls)
+    assert out["placed"] == 1 and len(_live(ls, 500, v1)) == 1
+    _new_task(ls, 501)
+    ls.retrieve_predictions(settings, [501])
+    assert ls.asked[-1] == [501] and len(_live(ls, 501, v1)) == 1 and _live(ls, 501, v1)[0]["result"]
+    # the next cycle with something to rank goes live; the version before it stays in Label Studio
+    _new_task(ls, 502)
+    v3 = run_project_cycle(settings, 1, "more tasks", engine_config=ENGINE, client=ls)["model_version"]
+    assert ls.model_version == v3 and st.served()["model_version"] == v3 == st.latest()["model_version"]
+    assert v1 not in ls.deleted and serving.current_version(settings, 1) == v3
+
+
+def test_the_served_cycle_survives_pruning_and_a_pointer_written_before_it_was_recorded(settings):
+    """The served cycle's folder is never pruned while a newer cycle that never went live is the
+    latest; a latest.json written before ``served`` existed (a cycle with nothing to rank, committed
+    by an older backend) finds the cycle Label Studio serves by its ``switch.json``."""
+    import json as _json
+
+    st = ProjectStore(settings.model_dir, 1)
+
+    def cycle(n, live):
+        work = st.new_workdir(n)
+        pointer = {"model_version": f"v{n}", "labels": ["a", "b"], "multilabel": False}
+        if live:
+            (work / "switch.json").write_text(_json.dumps(pointer))
+        st.commit(work, n, {**pointer, "live": live})
+    cycle(1, True)
+    assert st.served()["model_version"] == "v1" and "served" not in _json.loads((st.root / "latest.json").read_text())
+    for n in (2, 3, 4):
+        cycle(n, False)
+        assert st.latest()["model_version"] == f"v{n}" and st.served()["model_version"] == "v1"
+    st.prune(keep_cycles=2, keep_failed=1)
+    assert sorted(d.name for d in (st.root / "cycles").iterdir()) == ["0001", "0003", "0004"]
+    assert st.served()["path"] == st.root / "cycles" / "0001"
+    legacy = _json.loads((st.root / "latest.json").read_text())
+    del legacy["served"]
+    (st.root / "latest.json").write_text(_json.dumps(legacy))
+    assert st.served()["model_version"] == "v1" and st.served()["path"] == st.root / "cycles" / "0001"
+    cycle(5, True)
+    assert st.served()["model_version"] == "v5" == st.latest()["model_version"]
+
+
 # ---------------------------------------------------------------------------- 6: queue scores not rounded
 def test_queue_scores_of_neighbouring_ranks_never_tie_past_a_million_tasks():
     cfg = parse_label_config(CFG)
