@@ -108,6 +108,17 @@ BIG_BODY = 64 << 20  # a webhook with its key (TASKS_CREATED of a large import),
 # after the body is parsed (the project id that names it is in the body); any other header value gets
 # SMALL_BODY (found by review, 2026-12-05: any value at all had raised the cap to 64 MB)
 KEY_SHAPE = re.compile(r"[0-9a-f]{64}")
+# /predict: Label Studio 1.23 sends every task selected for "Retrieve predictions" in one request
+# (data_manager/actions/basic.py -> ml/models.py predict_tasks, no batching), each task serialized
+# whole (TaskSimpleSerializer: id, data, meta, annotations, predictions, two timestamps, a dozen
+# counters and ids): about 460 bytes at the least (no annotation, no prediction, a 1-character
+# image value), never under 400. So a body within BIG_BODY holds at most BIG_BODY // 400 real
+# tasks, and no request from Label Studio is refused by this cap. Each task costs its answer (~300
+# bytes of objects and JSON) whatever it holds, so a body of empty objects ("{}," is 3 bytes) made
+# one request hold ~10 GB at 64 MB (found by review, 2026-12-05); this cap bounds that part to
+# ~50 MB. The parse itself stays bounded by BIG_BODY and _big_parse (docs/security.md).
+LS_TASK_MIN_BYTES = 400
+MAX_PREDICT_TASKS = BIG_BODY // LS_TASK_MIN_BYTES  # 167,772
 _big_parse = threading.Lock()  # bodies over SMALL_BODY are parsed one at a time: memory, and the GIL
 
 
@@ -293,7 +304,14 @@ class Backend:
     def predict(self):
         data = _json_body(BIG_BODY)  # Retrieve predictions sends every selected task
         tasks = data.get("tasks")
-        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+        if not isinstance(tasks, list):
+            raise BadRequest("'tasks' must be a list of task objects")
+        if len(tasks) > MAX_PREDICT_TASKS:  # before any work per task (see MAX_PREDICT_TASKS)
+            raise BadRequest(f"/predict takes at most {MAX_PREDICT_TASKS} tasks per request; this one has "
+                             f"{len(tasks)}. Select fewer tasks for \"Retrieve predictions\" (Label Studio sends every "
+                             "selected task in one request), or leave them to the next cycle, which ranks every "
+                             "unlabeled task", 413)
+        if not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("'tasks' must be a list of task objects")
         label_config = data.get("label_config")
         try:

@@ -272,6 +272,46 @@ def test_bodies_are_capped_before_anyone_is_authenticated(client):
     assert r.status_code == 400 and "label" in r.get_json()["error"].lower()  # read: its config is missing
 
 
+def test_predict_takes_at_most_as_many_tasks_as_label_studio_can_send(client, monkeypatch):
+    """Found by review (2026-12-05): /predict took any number of tasks within its 64 MB body, and each
+    costs its answer whatever it holds, so a body of empty objects ("{}," is 3 bytes) held ~10 GB.
+    It now takes at most MAX_PREDICT_TASKS, refused with a 413 that names the limit and what to do
+    before any task is looked at; the cap is above what Label Studio 1.23 can send within the body
+    cap (its smallest task, serialized as MLApi sends it, times the cap is over BIG_BODY). A task
+    without a usable id costs only its own answer."""
+    import json
+
+    from model import NCALRBackend
+    from ncalr_backend.service import app as app_module
+
+    cap = getattr(app_module, "MAX_PREDICT_TASKS", 167_772)
+    # Label Studio 1.23.2's smallest task as /predict gets it: TaskSimpleSerializer (every Task field
+    # but precomputed_agreement and allow_skip, with annotations and predictions), json= in requests
+    smallest = {"id": 1, "annotations": [], "predictions": [], "data": {"image": "x"}, "meta": {},
+                "created_at": "2025-01-01T00:00:00.000000Z", "updated_at": "2025-01-01T00:00:00.000000Z",
+                "is_labeled": False, "overlap": 1, "inner_id": 1, "total_annotations": 0, "cancelled_annotations": 0,
+                "total_predictions": 0, "comment_count": 0, "unresolved_comment_count": 0,
+                "last_comment_updated_at": None, "project": 1, "updated_by": None, "file_upload": None,
+                "comment_authors": []}
+    assert len(json.dumps(smallest)) * cap > app_module.BIG_BODY
+    asked = []
+    real = NCALRBackend.predict
+    monkeypatch.setattr(NCALRBackend, "predict", lambda self, tasks, **kw: asked.append(len(tasks)) or real(
+        self, tasks, **kw))
+    head = b'{"project": 1, "label_config": ' + json.dumps(CONFIG).encode() + b', "tasks": ['
+    r = client.post("/predict", data=head + b"{}," * cap + b"{}]}", content_type="application/json")
+    assert r.status_code == 413
+    err = r.get_json()["error"]
+    assert f"at most {cap} tasks" in err and f"has {cap + 1}" in err
+    assert "Retrieve predictions" in err and asked == []
+    r = client.post("/predict", data=head + b"{}," * (cap - 1) + b"{}]}", content_type="application/json")
+    assert r.status_code == 200 and len(r.get_json()["results"]) == cap and asked == [cap]
+    odd = [{}, {"id": None}, {"id": "x"}, {"id": [1]}, {"id": {"a": 1}}, {"id": True}, {"id": -1}, {"id": 1.5},
+           {"id": 10 ** 30}, {"id": 4, "data": None}, {"id": 5, "data": {"image": 7}}]
+    r = client.post("/predict", json={"project": 1, "label_config": CONFIG, "tasks": odd})
+    assert r.status_code == 200 and len(r.get_json()["results"]) == len(odd)
+
+
 def test_label_studios_own_versions_call_gets_the_answer_it_understands(client):
     """Found by review: Label Studio 1.23 asks GET /versions without the project (MLApi.get_versions
     drops it), and our 400 was an error in its UI; on 404 it shows the version /setup reported."""
