@@ -72,9 +72,10 @@ def _read_predictions(path: Path) -> tuple:
 class ServedCycle:
     """The completed cycle of one project whose version Label Studio serves (``ProjectStore.served``:
     the latest one, unless that had nothing to rank and never went live), loaded once (reloaded
-    when another goes live). The ``SERVED_CACHED`` projects asked for last keep theirs loaded (their predictions, and their
-    model once a task needed it: ~43 MB at width 64); another project's is read again on its next
-    request (found by review, 2026-12-05: every project's stayed loaded for the process's life)."""
+    when another goes live). The ``SERVED_CACHED`` projects asked for last keep theirs loaded
+    (their predictions, and their model once a task needed it: ~43 MB at width 64); another
+    project's is read again on its next request (found by review, 2026-12-05: every project's
+    stayed loaded for the process's life)."""
 
     _cache: "OrderedDict[tuple, ServedCycle]" = OrderedDict()
     _cache_lock = threading.Lock()
