@@ -53,6 +53,9 @@ PUBLIC_URL                     (unset: proof, /whoami)     This backend's URL as
                                                            (Model settings): which ML backend and
                                                            webhook of a project are this one
                                                            (``service/auth.py``; docs/security.md)
+LOG_LEVEL                      ``INFO``                    A Python logging level name (read by
+                                                           ``_wsgi.py``; listed here so a misspelt
+                                                           name is caught)
 =============================  ==========================  =========================================
 """
 
