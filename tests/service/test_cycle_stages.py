@@ -95,26 +95,22 @@ def test_a_task_deleted_right_after_its_prediction_went_in_is_skipped_not_fatal(
     CycleError, throwing the trained cycle away. The written tasks are read again: the deleted one is
     skipped (reported), and only predictions of tasks that still exist are required."""
     items = [{"task": i, "result": [], "score": 0.0, "model_version": "v9"} for i in range(1, 6)]
-    ls = _CascadingLS()
-    real = ls.import_prediction_chunk
+    def deleting(ls, task):  # each chunk's import, then the task deleted in Label Studio
+        real = ls.import_prediction_chunk
 
-    def import_then_delete(pid, chunk):
-        n = real(pid, chunk)
-        ls.delete_task(2)
-        return n
-    ls.import_prediction_chunk = import_then_delete
+        def import_then_delete(pid, chunk):
+            n = real(pid, chunk)
+            ls.delete_task(task)
+            return n
+        ls.import_prediction_chunk = import_then_delete
+        return ls
+
+    ls = deleting(_CascadingLS(), 2)
     wb = write_back(ls, settings, 1, "v9", items)
     assert wb.live and wb.skipped_deleted == [2] and wb.report()["skipped_deleted_tasks"] == [2]
     assert ls.patches == [{"model_version": "v9", "sampling": "Uncertainty sampling"}]
     # a prediction of a task that still exists is missing as well: not switched, and the message says so
-    bad = _CascadingLS(silent_drop=1)
-    real_bad = bad.import_prediction_chunk
-
-    def drop_and_delete(pid, chunk):
-        n = real_bad(pid, chunk)
-        bad.delete_task(5)
-        return n
-    bad.import_prediction_chunk = drop_and_delete
+    bad = deleting(_CascadingLS(silent_drop=1), 5)
     with pytest.raises(CycleError, match=r"lists 3 predictions under v9, expected 5 \(1 of their tasks were "
                                          r"deleted since, so 4 still expected\); the project was NOT switched"):
         write_back(bad, settings, 1, "v9", items)
