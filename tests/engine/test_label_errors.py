@@ -205,6 +205,33 @@ def test_multilabel_suspect_label_within_a_set():
     assert s["flagged"] == 1 and s["flagged_labels"] == 1 and s["missing_labels"] == 0
 
 
+def test_multilabel_flags_only_what_the_suggestion_changes():
+    """Found by review: a label the model has not learned (given on two tasks, probability near 0
+    everywhere) has a "present" threshold near 0, so binary confident learning took it as
+    confidently present on correctly labeled tasks that do not carry it, and the tab listed them
+    with the suggestion equal to their label. A flag now needs the suggested set to agree: a given
+    label flagged is not suggested, a missing label flagged is suggested. By brute force on the rule."""
+    rng = np.random.default_rng(1)
+    K, N = 4, 60
+    sets = np.zeros((N, K), bool)
+    sets[np.arange(N), np.arange(N) % 3] = True
+    sets[[0, 1], 3] = True  # label 3 given twice, not learned
+    logits = np.concatenate([np.where(sets[:, :3], 4.0, 0.0), np.zeros((N, 1))], 1) + rng.normal(0, 0.6, (N, K))
+    d = LabelDynamics.for_labels(sets.astype(np.float32), K)
+    for e in range(5):
+        d.observe(e, logits + rng.normal(0, 0.1, (N, K)))
+    r = report(d)
+    pbar = d.prob_mean
+    assert (np.stack([binary_confident_flags(pbar[:, k], sets[:, k]) for k in range(K)], 1) & ~sets)[:, 3].sum() >= 10
+    assert not r.missing_labels[:, 3].any()  # the old rule listed correct tasks as missing label 3
+    for i in np.flatnonzero(r.flagged):
+        assert (r.suggested[i] != sets[i]).any()  # every listed task has a suggestion that differs
+    for k in range(K):
+        f = binary_confident_flags(pbar[:, k], sets[:, k])
+        np.testing.assert_array_equal(r.flagged_labels[:, k], f & sets[:, k] & ~r.suggested[:, k])
+        np.testing.assert_array_equal(r.missing_labels[:, k], f & ~sets[:, k] & r.suggested[:, k])
+
+
 def tiny_images(n, seed=0):
     """Class k = a bright square in quadrant k (k = 0..2), plus noise."""
     rng = np.random.default_rng(seed)

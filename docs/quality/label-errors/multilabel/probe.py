@@ -10,6 +10,10 @@ Each rule reads the epoch-averaged probabilities the cycle's label check uses (`
 - ``pred_not_given``: the set rule on p_bar (p >= 0.3, the suggested set) holds a label not given;
 - ``ratio&pred``: both.
 
+The tab's task flags as the engine sets them (``tab_after``: since 2026-12-05 a flag needs the
+suggested set to agree) against the rule before (``tab_before``): tasks listed, and how many of them
+hold an error.
+
 And the ranking the review tab uses (``label_suspicion``, which scores the given labels: 1 - |S| x
 min p over them) against "any error in the set": average precision, alone and with a missing-label
 term (the most probable label not given, z-scored, the larger of the two).
@@ -76,6 +80,21 @@ def main(seeds):
                "ap_suspicion": round(float(average_precision_score(err, res.label_suspicion)), 4),
                "ap_suspicion_or_missing": round(float(average_precision_score(
                    err, np.maximum(z(res.label_suspicion), z(miss)))), 4)}
+        # the tab's flags (2026-12-05: a flag needs the suggested set to agree), against the rule before
+        rep = res.label_report
+        before = np.zeros_like(given)
+        for k in range(given.shape[1]):
+            before[:, k] = binary_confident_flags(p[:, k], given[:, k])
+        added = given & ~true
+        row["tab"] = {"errors": int(err.sum()), "added_wrong": int(added.sum()), "dropped": int(dropped.sum())}
+        for name, fl, miss_, extra in (("before", before.any(1), before & ~given, before & given),
+                                       ("after", rep.flagged, rep.missing_labels, rep.flagged_labels)):
+            row["tab"][name] = {"tasks": int(fl.sum()), "tasks_with_an_error": int((fl & err).sum()),
+                                "dropped_found": int((miss_ & dropped).sum()), "added_found": int((extra & added).sum())}
+            a = tot.setdefault("tab_" + name, {"tasks": 0, "tasks_with_an_error": 0, "errors": 0})
+            a["tasks"] += row["tab"][name]["tasks"]
+            a["tasks_with_an_error"] += row["tab"][name]["tasks_with_an_error"]
+            a["errors"] += int(err.sum())
         for name, m in rules(res.label_report.prob_mean, given).items():
             found, flags = int((m & dropped).sum()), int(m.sum())
             row["rules"][name] = {"found": found, "flags": flags}
@@ -85,7 +104,11 @@ def main(seeds):
             a["dropped"] += int(dropped.sum())
         print(json.dumps(row), flush=True)
         rows.append(row)
-    for a in tot.values():
+    for name, a in tot.items():
+        if name.startswith("tab_"):
+            a["precision"] = round(a["tasks_with_an_error"] / max(a["tasks"], 1), 3)
+            a["recall"] = round(a["tasks_with_an_error"] / max(a["errors"], 1), 3)
+            continue
         a["recall"] = round(a["found"] / max(a["dropped"], 1), 3)
         a["precision"] = round(a["found"] / max(a["flags"], 1), 3)
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -96,6 +119,10 @@ def main(seeds):
     out = {"engine": {"git_head": git, "engine_dirty": dirty}, "seeds": rows, "totals": tot, "ranking": ap}
     (Path(__file__).parent / "results.json").write_text(json.dumps(out, indent=1))
     for name, a in tot.items():
+        if name.startswith("tab_"):
+            print(f"{name:16s} tasks listed {a['tasks']}, with an error {a['tasks_with_an_error']} of {a['errors']}: "
+                  f"precision {a['precision']:.2f}, recall {a['recall']:.2f}")
+            continue
         print(f"{name:16s} found {a['found']}/{a['dropped']}  recall {a['recall']:.2f}  precision {a['precision']:.2f}"
               f"  ({a['flags']} flags)")
     print("ranking, any error in the set (average precision):", ap)
