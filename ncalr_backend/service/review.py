@@ -652,14 +652,18 @@ def relabel_plan(settings, snap, res, entries: List[dict], store: ProjectStore, 
     """The most suspect labels, up to ``RELABEL_SHARE`` x the trigger threshold at a time (those
     still waiting count), as measured in docs/quality/README.md (relabeling). Single-label only.
     A task still waiting ``RELABEL_WAIT_CYCLES`` cycles after it was sent is given back
-    (``expired``) and not sent again."""
+    (``expired``) and not sent again. With the feature off (``RELABEL_SHARE`` 0, or the project
+    now multi-label) nothing new is sent and every task still waiting is given back at once (found
+    by review, 2026-12-05: they were left needing a second annotator for good, so with one
+    annotator the project never completed); None when there is nothing to do."""
     share = float(getattr(settings, "relabel_share", 0.0) or 0.0)
     rep = getattr(res, "label_report", None)
-    if share <= 0 or snap.cfg.multilabel or rep is None or not entries:
-        return None
+    off = share <= 0 or snap.cfg.multilabel
     st = ReviewState(store).read()
     sent = st.get("relabel") or {}
-    k = int(round(share * settings.trigger_threshold(snap.num_tasks)))
+    if not sent and (off or rep is None or not entries):
+        return None
+    k = 0 if off else int(round(share * settings.trigger_threshold(snap.num_tasks)))
     pending, expired, answered = [], [], []
     for t, r in sent.items():
         if r.get("expired") is not None or r.get("answered") is not None or int(t) not in snap.annotation_counts:
@@ -668,10 +672,12 @@ def relabel_plan(settings, snap, res, entries: List[dict], store: ProjectStore, 
             answered.append(int(t))  # it got its extra annotation: its overlap goes back (request_relabel)
             continue
         waited = None if cycle is None else int(cycle) - int(r.get("cycle") or 0)
-        (expired if waited is not None and waited >= RELABEL_WAIT_CYCLES else pending).append(int(t))
+        (expired if off or (waited is not None and waited >= RELABEL_WAIT_CYCLES) else pending).append(int(t))
+    if (off or rep is None or not entries) and not (pending or expired or answered):
+        return None
     index = {int(t): i for i, t in enumerate(snap.lab_ids)}
     new = {}
-    for e in entries:
+    for e in ([] if rep is None else entries):
         if len(pending) + len(new) >= k:
             break
         t = e["task"]

@@ -249,6 +249,24 @@ def test_a_task_nobody_else_annotates_is_given_back_after_a_few_cycles(settings)
     assert all(rel[str(t)]["expired"] == first["cycle"] + review.RELABEL_WAIT_CYCLES for t in sent)
 
 
+def test_turning_relabeling_off_gives_the_waiting_tasks_back_at_once(settings):
+    """Found by review: with RELABEL_SHARE back at 0 (or the project switched to multiple choice) the
+    plan returned nothing before it looked at the tasks still waiting, so they kept needing a second
+    annotator for good (with one annotator the project never completed). The next cycle now gives
+    them back (labeled, overlap as it was) and sends nothing new."""
+    s = settings.__class__(**{**settings.__dict__, "relabel_share": 0.5, "train_trigger_min": 4})
+    ls = FakeLS(n=40, n_labeled=16, choices=truthful_except(WRONG))
+    sent = set(run_project_cycle(s, 1, "t", engine_config=TRAIN, client=ls)["relabel"]["new"])
+    by_id = {t["id"]: t for t in ls.tasks}
+    assert sent == WRONG and all((by_id[t]["overlap"], by_id[t]["is_labeled"]) == (2, False) for t in sent)
+    off = settings.__class__(**{**settings.__dict__, "relabel_share": 0.0, "train_trigger_min": 4})
+    rep = run_project_cycle(off, 1, "off", engine_config=TRAIN, client=ls)
+    assert set(rep["relabel"]["given_back"]) == sent and rep["relabel"]["new"] == [] and rep["relabel"]["waiting"] == []
+    assert all((by_id[t]["overlap"], by_id[t]["is_labeled"]) == (1, True) for t in sent)
+    rep = run_project_cycle(off, 1, "off2", engine_config=TRAIN, client=ls)
+    assert "relabel" not in rep  # nothing waits any more: nothing to do
+
+
 def test_a_listed_task_is_written_again_only_when_what_the_tab_shows_would_change(tmp_path):
     """Every cycle moves every score a little, and rewriting each listed task for that cost one
     PATCH per listed task per cycle (the tidy step that delays the next cycle grew with the labeled
