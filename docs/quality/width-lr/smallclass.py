@@ -1,0 +1,51 @@
+"""Imbalance 10 at width 64 before and after the label check's small-class rule (2026-12-05):
+NCAL-R and margin AULC (accuracy points) per seed from the grid's records (``al/lt10/lr0_warm_startfalse``) and the
+rerun (``al/lt10/lr0_warm_startfalse+smallclass``). Writes smallclass.md and smallclass.json here.
+
+    .venv/bin/python docs/quality/width-lr/smallclass.py
+"""
+import gzip, json
+from pathlib import Path
+import numpy as np
+HERE = Path(__file__).resolve().parent
+
+
+def aulc(run: str, seed: int) -> dict:
+    d = HERE / "al" / "lt10" / run / f"s{seed}"
+    p = d / "results.json"
+    r = json.load(gzip.open(d / "results.json.gz", "rt")) if not p.exists() else json.loads(p.read_text())
+    return {k: 100.0 * float(v["aulc_mean"]) for k, v in r["strategies"].items()} | {"_engine": r.get("engine", {})}
+
+
+def main():
+    rows, lines = [], ["| seed | NCAL-R before -> after | margin before -> after | NCAL-R - margin before -> after |",
+                       "|---|---|---|---|"]
+    for seed in range(5):
+        try:
+            b, a = aulc("lr0_warm_startfalse", seed), aulc("lr0_warm_startfalse+smallclass", seed)
+        except FileNotFoundError:
+            continue
+        rows.append({"seed": seed, "before": {k: b[k] for k in ("ncalr", "margin")},
+                     "after": {k: a[k] for k in ("ncalr", "margin")}, "after_engine": a["_engine"]})
+        lines.append(f"| {seed} | {b['ncalr']:.2f} -> {a['ncalr']:.2f} | {b['margin']:.2f} -> {a['margin']:.2f} | "
+                     f"{b['ncalr'] - b['margin']:+.2f} -> {a['ncalr'] - a['margin']:+.2f} |")
+    d = lambda when, k: np.array([r[when][k] for r in rows])  # noqa: E731
+    gain = d("after", "ncalr") - d("before", "ncalr")
+    gap_b, gap_a = d("before", "ncalr") - d("before", "margin"), d("after", "ncalr") - d("after", "margin")
+    sd = lambda v: float(v.std(ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
+    summary = {"seeds": len(rows), "ncalr_gain": [float(gain.mean()), sd(gain)],
+               "margin_gain": [float((d("after", "margin") - d("before", "margin")).mean()),
+                               sd(d("after", "margin") - d("before", "margin"))],
+               "ncalr_minus_margin_before": [float(gap_b.mean()), sd(gap_b), int((gap_b >= 0).sum())],
+               "ncalr_minus_margin_after": [float(gap_a.mean()), sd(gap_a), int((gap_a >= 0).sum())]}
+    lines += ["", f"Over {len(rows)} seeds: NCAL-R {summary['ncalr_gain'][0]:+.2f} ± {summary['ncalr_gain'][1]:.2f}, margin "
+              f"{summary['margin_gain'][0]:+.2f} ± {summary['margin_gain'][1]:.2f}; NCAL-R - margin "
+              f"{gap_b.mean():+.2f} ± {sd(gap_b):.2f} ({int((gap_b >= 0).sum())}/{len(rows)} at least level) before, "
+              f"{gap_a.mean():+.2f} ± {sd(gap_a):.2f} ({int((gap_a >= 0).sum())}/{len(rows)}) after."]
+    (HERE / "smallclass.md").write_text("\n".join(lines) + "\n")
+    (HERE / "smallclass.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
