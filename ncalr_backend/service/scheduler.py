@@ -457,6 +457,7 @@ class EmbeddedScheduler(BaseScheduler):
 # ---------------------------------------------------------------------------- RQ
 WORKERS_TTL_S = 1.0  # how long one count of the live RQ workers is used (a page asks once per project)
 ENQUEUE_GRACE_S = 30.0  # a queued-cycle key whose job is still CREATED (not enqueued yet) is not "lost" before this
+SHUTDOWN_POLL_S = 2.0  # how often a running job asks whether its RQ worker was asked to shut down
 
 
 def _keys(pid: int, queue: str) -> dict:
@@ -468,13 +469,32 @@ def _keys(pid: int, queue: str) -> dict:
             "place_retry": f"{base}:place_retry"}
 
 
-def keep_lock(lock, every: float, done: threading.Event, lost: threading.Event, project_id: int) -> None:
+def keep_lock(lock, every: float, done: threading.Event, lost: threading.Event, project_id: int,
+              stop_requested: Optional[Callable[[], bool]] = None, poll: float = None) -> None:
     """Extend a running cycle's lock every ``every`` seconds until ``done``. If it expired meanwhile
     (Redis away for longer than its TTL) it is taken again when free; when another worker holds it,
-    ``lost`` is set (the cycle stops at its next batch or stage) and the loop ends."""
+    ``lost`` is set (the cycle stops at its next batch or stage) and the loop ends.
+
+    ``stop_requested`` (asked every ``poll`` seconds, ``SHUTDOWN_POLL_S`` by default): the worker
+    running the job was asked to stop (``rq_stop_requested``); ``lost`` is set too, so the cycle
+    stops cleanly, but the lock is kept until ``done`` (the job still runs until it has stopped)."""
     from redis.exceptions import LockNotOwnedError
 
-    while not done.wait(every):
+    poll = SHUTDOWN_POLL_S if poll is None else poll
+    tick = min(every, poll) if stop_requested is not None else every
+    due = time.monotonic() + every
+    while not done.wait(tick):
+        if stop_requested is not None and not lost.is_set():
+            try:
+                if stop_requested():
+                    log.warning("project %s: the RQ worker was asked to shut down; stopping this job at its "
+                                "next batch or stage (it runs again)", project_id)
+                    lost.set()
+            except Exception as exc:  # noqa: BLE001 - Redis away for a moment: next tick
+                log.warning("could not read the shutdown request of the worker of project %s: %s", project_id, exc)
+        if time.monotonic() < due:
+            continue
+        due = time.monotonic() + every
         try:
             lock.reacquire()
         except LockNotOwnedError:
@@ -492,16 +512,33 @@ def keep_lock(lock, every: float, done: threading.Event, lost: threading.Event, 
             log.warning("could not extend the cycle lock of project %s: %s", project_id, exc)
 
 
+def rq_stop_requested(r, job) -> Optional[Callable[[], bool]]:
+    """For a job run by an RQ worker: whether that worker was asked to shut down. On SIGTERM (a
+    warm shutdown: ``docker stop``, ``rq``'s own stop) RQ waits for the running job and tells the
+    work horse nothing; it only sets ``shutdown_requested_date`` on the worker's hash
+    (``rq:worker:<name>``, ``BaseWorker.set_shutdown_requested_date``). Found by review: a cycle
+    never heard of the stop, was SIGKILLed after the grace period and counted as a crash. None
+    outside a worker."""
+    name = getattr(job, "worker_name", None) if job is not None else None
+    if not name:
+        return None
+    from rq.worker import Worker
+    key = Worker.redis_worker_namespace_prefix + name
+    return lambda: bool(r.hexists(key, "shutdown_requested_date"))
+
+
 @contextmanager
-def project_lock(r, project_id: int, ttl: float, queue: str):
+def project_lock(r, project_id: int, ttl: float, queue: str, stop_requested: Optional[Callable[[], bool]] = None):
     """Hold the project's Redis lock (one cycle or placement at a time per project, as the embedded
     scheduler's single thread does), kept alive every ttl / 4 (``keep_lock``); yields the ``lost``
-    event that tells the holder to stop."""
+    event that tells the holder to stop (the lock went to another worker, or ``stop_requested``:
+    the worker is shutting down)."""
     # thread_local=False: the keep-alive thread must be able to extend the lock this thread took
     lock = r.lock(_keys(int(project_id), queue)["lock"], timeout=ttl, blocking_timeout=None, thread_local=False)
     lock.acquire()
     done, lost = threading.Event(), threading.Event()
-    threading.Thread(target=keep_lock, args=(lock, ttl / 4, done, lost, project_id), daemon=True).start()
+    threading.Thread(target=keep_lock, args=(lock, ttl / 4, done, lost, project_id, stop_requested),
+                     daemon=True).start()
     try:
         yield lost
     finally:
@@ -520,13 +557,15 @@ def rq_cycle_job(project_id: int):
     cycle. A failure that may pass is not retried here: the job records when to try again
     (``pending.retry_at``) and the reaper requests it then (no RQ scheduler needed)."""
     from redis import Redis
+    from rq import get_current_job
     settings = Settings.from_env()
     r = Redis.from_url(settings.redis_url)
+    me = get_current_job()
     k = _keys(int(project_id), settings.rq_queue)
     st = ProjectStore(settings.model_dir, project_id)
-    from rq import get_current_job
-    me = get_current_job()
-    with project_lock(r, project_id, settings.rq_lock_ttl, settings.rq_queue) as lost:
+    # ``lost`` also when the worker is shutting down: the cycle stops at its next batch, stays marked
+    # in progress as interrupted (not a crash) and the reaper runs it again
+    with project_lock(r, project_id, settings.rq_lock_ttl, settings.rq_queue, rq_stop_requested(r, me)) as lost:
         raw = r.getdel(k["queued"])  # from here on, new requests enqueue the (one) next job
         r.delete(k["count"])  # annotations made while this job waited are in its snapshot: not counted again
         info = json.loads(raw) if raw else {"reason": "queued", "triggered_at": time.time()}
@@ -546,6 +585,10 @@ def rq_cycle_job(project_id: int):
             _served(st, token)  # before a retry writes its own record
             if getattr(exc, "superseded", False):  # its successor runs the project now: nothing to retry
                 return {"status": "superseded", "error": str(exc)}
+            if interrupted(exc):  # its worker is stopping: marked interrupted, the reaper runs it again
+                log.warning("project %s: cycle interrupted (its RQ worker is shutting down); the reaper runs it "
+                            "again", project_id)
+                return {"status": "interrupted", "error": str(exc)}
             delays = settings.cycle_retry_delays
             if retryable(exc) and attempt < len(delays):
                 retry_at = time.time() + delays[attempt]
@@ -862,7 +905,8 @@ class RQScheduler(BaseScheduler):
             return None
         ip, pending = s.get("in_progress"), s.get("pending") or {}
         if ip:
-            reason = f"re-run: the worker of cycle {ip.get('cycle')} died"
+            reason = (f"re-run: cycle {ip.get('cycle')} was interrupted (its worker was stopped)"
+                      if ip.get("interrupted") else f"re-run: the worker of cycle {ip.get('cycle')} died")
             rerun = {"reason": reason, "triggered_at": ip.get("triggered_at") or time.time(),
                      "attempt": int(pending.get("attempt", 0)), "retry_at": None}
             # the re-run is pending in the same write that gives the dead cycle up: if requesting it
@@ -872,10 +916,10 @@ class RQScheduler(BaseScheduler):
                 return None  # a cycle began meanwhile: it runs the project
             if crash_looping(st):
                 return "crash loop: not re-run"
-            log.warning("project %s: the worker running cycle %s died (%d partial dirs removed); running it again",
-                        pid, ip.get("cycle"), removed)
+            log.warning("project %s: the worker running cycle %s %s (%d partial dirs removed); running it again",
+                        pid, ip.get("cycle"), "was stopped" if ip.get("interrupted") else "died", removed)
             self.request_cycle(pid, reason, rerun["triggered_at"], attempt=rerun["attempt"])
-            return "dead worker"
+            return "interrupted cycle" if ip.get("interrupted") else "dead worker"
         if pending and not pending.get("retry_at") and not self.redis.exists(k["queued"]):
             # requested, but its job is gone (above) before it started: request it again, counted as an
             # attempt (a job that fails before it starts the cycle, a worker's bad settings say, would

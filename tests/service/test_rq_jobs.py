@@ -1,0 +1,127 @@
+"""RQ jobs run by real `rq worker` processes against a real redis-server: a worker stopped mid-cycle
+(its warm shutdown), the Redis keys of a job's own queue, a placement killed mid-job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ncalr_backend.service.scheduler import RQScheduler, _keys
+from ncalr_backend.service.settings import Settings
+from ncalr_backend.service.store import ProjectStore
+from tests.redis_server import redis_server
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# an `rq worker` whose cycle is a stand-in: the real CycleRun marker and stop check, FAKE_CYCLE_S
+# seconds of 0.1 s "batches" that honour should_stop as training does
+WORKER = '''
+import os, sys, time
+sys.path.insert(0, {root!r})
+from ncalr_backend.service import scheduler
+
+def fake_cycle(settings, project_id, reason, triggered_at, should_stop=None, request=None):
+    from ncalr_backend.service.cycle import CycleRun
+    from ncalr_backend.service.errors import CycleError
+    run = CycleRun.begin(settings, project_id, reason, triggered_at, request)
+    stop = run.stop_check(should_stop)
+    end = time.time() + float(os.environ["FAKE_CYCLE_S"])
+    while time.time() < end:
+        if stop():
+            run.store.mark_in_progress(owner=run.owner, interrupted=True)
+            raise CycleError("interrupted", interrupted=True)
+        time.sleep(0.1)
+    run.store.finish_in_progress(run.owner, last_completed=run.cycle, crashed_cycles=0)
+    return {{"cycle": run.cycle}}
+
+scheduler._default_cycle = fake_cycle
+from redis import Redis
+from rq import Queue, Worker
+r = Redis.from_url(os.environ["REDIS_URL"])
+Worker([Queue(sys.argv[1], connection=r)], connection=r).work(burst="--burst" in sys.argv)
+'''
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    with redis_server() as url:
+        yield url
+
+
+def _env(redis_url, tmp_path, monkeypatch, queue="ncalr-jobs-test", **extra):
+    env = {"MODEL_DIR": str(tmp_path / "md"), "REDIS_URL": redis_url, "RQ_QUEUE": queue, "LABEL_STUDIO_URL": "",
+           "LABEL_STUDIO_API_KEY": "", "RQ_LOCK_TTL": "4", **extra}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = Settings.from_env(env)
+    sch = RQScheduler(s)
+    sch.redis.flushdb()
+    return s, sch
+
+
+def _start_worker(tmp_path, queue, env, *args):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(root=str(ROOT)))
+    return subprocess.Popen([sys.executable, str(script), queue, *args], env=env, cwd=tmp_path,
+                            stdout=open(tmp_path / "worker.log", "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _kill_all(proc):
+    import psutil
+    try:
+        procs = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
+    except psutil.NoSuchProcess:
+        procs = []
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(10)
+
+
+def test_a_worker_stopped_mid_cycle_interrupts_it_cleanly_and_it_runs_again(redis_url, tmp_path, monkeypatch):
+    """Found by review: on SIGTERM (`docker stop`) RQ waits for the running job and tells its work
+    horse nothing; the cycle ran on until the grace period's SIGKILL, its marker was not
+    ``interrupted`` and the reaper counted a crash (three stops: "killed: out of memory?"). The job
+    now hears of the worker's shutdown request (polled with the lock), the cycle stops at its next
+    batch, stays marked interrupted, and the reaper runs it again without counting a crash."""
+    s, sch = _env(redis_url, tmp_path, monkeypatch)
+    sch.request_cycle(5, "12 new annotations")
+    w = _start_worker(tmp_path, s.rq_queue, {**os.environ, "FAKE_CYCLE_S": "60"})
+    try:
+        deadline = time.time() + 30
+        while not ProjectStore(s.model_dir, 5).state().get("in_progress"):
+            assert time.time() < deadline and w.poll() is None, (tmp_path / "worker.log").read_text()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        w.send_signal(signal.SIGTERM)  # docker stop: the warm shutdown
+        try:
+            w.wait(15)  # the grace period (60 s in docker-compose.yml; the cycle would take 60 s here)
+            stopped = True
+        except subprocess.TimeoutExpired:
+            stopped = False
+    finally:
+        _kill_all(w)  # then SIGKILL, as docker does
+    st = ProjectStore(s.model_dir, 5).state()
+    assert stopped, "the worker waited for the cycle: it never heard of the stop"
+    assert st["in_progress"]["interrupted"] is True and not st.get("crashed_cycles")
+    assert not sch.redis.exists(_keys(5, s.rq_queue)["lock"])  # the job let its lock go
+    assert sch.reap_once() == [(5, "interrupted cycle")]
+    st = ProjectStore(s.model_dir, 5).state()
+    assert st["in_progress"] is None and not st.get("crashed_cycles") and st["pending"]["reason"].startswith("re-run")
+    w = _start_worker(tmp_path, s.rq_queue, {**os.environ, "FAKE_CYCLE_S": "0.3"}, "--burst")
+    try:
+        w.wait(60)
+    finally:
+        _kill_all(w)
+    st = ProjectStore(s.model_dir, 5).state()
+    assert st["last_completed"] == 2 and st["in_progress"] is None and not st.get("crashed_cycles"), st
+    assert not st.get("pending") and not st.get("last_error")
