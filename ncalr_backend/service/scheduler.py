@@ -527,6 +527,15 @@ def rq_stop_requested(r, job) -> Optional[Callable[[], bool]]:
     return lambda: bool(r.hexists(key, "shutdown_requested_date"))
 
 
+def _job_queue(settings: Settings, job) -> str:
+    """The queue a job came from (``job.origin``): its Redis keys are that queue's, whatever this
+    worker's ``RQ_QUEUE`` says (found by review: ``rq worker <queue>`` started without ``RQ_QUEUE``
+    used the default keys, so requests made during its cycle were folded into it and lost, and the
+    web's reaper saw no lock). ``RQ_QUEUE`` outside a worker."""
+    origin = getattr(job, "origin", None) if job is not None else None
+    return origin if isinstance(origin, str) and origin else settings.rq_queue
+
+
 @contextmanager
 def project_lock(r, project_id: int, ttl: float, queue: str, stop_requested: Optional[Callable[[], bool]] = None):
     """Hold the project's Redis lock (one cycle or placement at a time per project, as the embedded
@@ -561,11 +570,12 @@ def rq_cycle_job(project_id: int):
     settings = Settings.from_env()
     r = Redis.from_url(settings.redis_url)
     me = get_current_job()
-    k = _keys(int(project_id), settings.rq_queue)
+    queue = _job_queue(settings, me)
+    k = _keys(int(project_id), queue)
     st = ProjectStore(settings.model_dir, project_id)
     # ``lost`` also when the worker is shutting down: the cycle stops at its next batch, stays marked
     # in progress as interrupted (not a crash) and the reaper runs it again
-    with project_lock(r, project_id, settings.rq_lock_ttl, settings.rq_queue, rq_stop_requested(r, me)) as lost:
+    with project_lock(r, project_id, settings.rq_lock_ttl, queue, rq_stop_requested(r, me)) as lost:
         raw = r.getdel(k["queued"])  # from here on, new requests enqueue the (one) next job
         r.delete(k["count"])  # annotations made while this job waited are in its snapshot: not counted again
         info = json.loads(raw) if raw else {"reason": "queued", "triggered_at": time.time()}
@@ -611,15 +621,17 @@ def rq_place_job(project_id: int, tasks, attempt: int = 0):
     waiting in the job kept a worker, the documented single one, from a queued cycle for minutes,
     and a warm shutdown waited it out)."""
     from redis import Redis
+    from rq import get_current_job
     settings = Settings.from_env()
     r = Redis.from_url(settings.redis_url)
     pid = int(project_id)
-    with project_lock(r, pid, settings.rq_lock_ttl, settings.rq_queue):
+    queue = _job_queue(settings, get_current_job())
+    with project_lock(r, pid, settings.rq_lock_ttl, queue):
         out, again = _place_once(_default_place, settings, pid, list(tasks))
         if again:
             delay = _place_retry_delay(pid, out, again, int(attempt))
             if delay is not None:
-                key = _keys(pid, settings.rq_queue)["place_retry"]
+                key = _keys(pid, queue)["place_retry"]
                 have = _retry_record(r.get(key))
                 r.set(key, json.dumps({"tasks": sorted(set(have.get("tasks", [])) | set(again)),
                                        "attempt": max(int(attempt) + 1, int(have.get("attempt", 0))),

@@ -125,3 +125,34 @@ def test_a_worker_stopped_mid_cycle_interrupts_it_cleanly_and_it_runs_again(redi
     st = ProjectStore(s.model_dir, 5).state()
     assert st["last_completed"] == 2 and st["in_progress"] is None and not st.get("crashed_cycles"), st
     assert not st.get("pending") and not st.get("last_error")
+
+
+def test_a_job_uses_the_keys_of_the_queue_it_came_from_not_the_workers_rq_queue(redis_url, tmp_path, monkeypatch):
+    """Found by review: rq_cycle_job and rq_place_job built their keys from the worker's own
+    ``RQ_QUEUE``; a worker started as ``rq worker teamA`` without ``RQ_QUEUE=teamA`` took the default
+    keys: its cycle ran under no lock the web could see, lost its request's reason, and a request
+    made during it was folded into the one it had already taken (never run)."""
+    from rq import SimpleWorker
+
+    from ncalr_backend.service import scheduler
+
+    s, sch = _env(redis_url, tmp_path, monkeypatch, queue="teamA")
+    monkeypatch.delenv("RQ_QUEUE")  # the worker's environment lacks it
+    seen = []
+
+    def cycle(settings, pid, reason, t, should_stop=None, request=None):
+        seen.append({"reason": reason, "locked": sch.is_running_elsewhere(pid),
+                     "during": sch.request_cycle(pid, "12 more annotations")})
+        return {}
+    monkeypatch.setattr(scheduler, "_default_cycle", cycle)
+    placed = []
+    monkeypatch.setattr(scheduler, "_default_place",
+                        lambda settings, pid, tasks: placed.append(sch.is_running_elsewhere(pid)) or {"placed": 1})
+    sch.request_cycle(5, "12 new annotations")
+    sch.request_placement(5, [7])
+    SimpleWorker([sch.queue], connection=sch.redis).work(burst=True, max_jobs=2)
+    assert seen[0]["reason"] == "12 new annotations" and seen[0]["locked"]
+    assert seen[0]["during"]["queued"], seen  # not folded into the running cycle
+    assert placed == [True]  # the placement held the project's lock too
+    assert sch.queue.count == 1 and sch.redis.exists(_keys(5, "teamA")["queued"])  # the follow-up waits
+    assert not sch.redis.keys("ncalr:5:*")  # nothing under the default queue's keys
