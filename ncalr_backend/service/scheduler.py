@@ -466,7 +466,7 @@ def _keys(pid: int, queue: str) -> dict:
     silently swallowed the other's). The default queue keeps the keys it always had."""
     base = f"ncalr:{int(pid)}" if queue == "ncalr" else f"ncalr:{queue}:{int(pid)}"
     return {"queued": f"{base}:queued", "lock": f"{base}:running", "count": f"{base}:count",
-            "place_retry": f"{base}:place_retry"}
+            "place_retry": f"{base}:place_retry", "placing": f"{base}:placing"}
 
 
 def keep_lock(lock, every: float, done: threading.Event, lost: threading.Event, project_id: int,
@@ -610,7 +610,7 @@ def rq_cycle_job(project_id: int):
             raise
 
 
-def rq_place_job(project_id: int, tasks, attempt: int = 0):
+def rq_place_job(project_id: int, tasks, attempt: int = 0, begun: int = 0):
     """RQ job: place new tasks under the live version. It holds the project's lock, so it never
     runs beside that project's cycle: placed meanwhile, the tasks would get a prediction of the
     version the cycle is replacing, and none of the one that goes live.
@@ -627,7 +627,25 @@ def rq_place_job(project_id: int, tasks, attempt: int = 0):
     pid = int(project_id)
     queue = _job_queue(settings, get_current_job())
     with project_lock(r, pid, settings.rq_lock_ttl, queue):
-        out, again = _place_once(_default_place, settings, pid, list(tasks))
+        # the tasks are recorded (``placing``) while they are placed, and the record removed after: a job
+        # killed in between leaves them to the reaper, which re-enqueues them (found by review: they
+        # were lost until the next cycle). ``begun``: jobs holding them that began and died before this
+        # one; a record left by a dead job not reaped yet is taken over here (we hold the lock)
+        pk = _keys(pid, queue)["placing"]
+        left = _placing_record(r.get(pk))
+        ids = [int(t) for t in tasks]
+        if left["tasks"] and left["begun"] >= MAX_PLACING_STARTS:
+            log.error("project %s: %d new task(s) being placed: the worker died in each of the last %d jobs "
+                      "that held them; left to the next cycle", pid, len(left["tasks"]), left["begun"])
+        elif left["tasks"]:
+            ids = sorted(set(ids) | set(left["tasks"]))
+        mine = json.dumps({"tasks": ids, "begun": max(int(begun), left["begun"] if left["tasks"] else 0) + 1})
+        r.set(pk, mine)
+        try:
+            out, again = _place_once(_default_place, settings, pid, ids)
+        finally:
+            r.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
+                   "else return 0 end", 1, pk, mine)
         if again:
             delay = _place_retry_delay(pid, out, again, int(attempt))
             if delay is not None:
@@ -637,6 +655,18 @@ def rq_place_job(project_id: int, tasks, attempt: int = 0):
                                        "attempt": max(int(attempt) + 1, int(have.get("attempt", 0))),
                                        "due": max(time.time() + delay, float(have.get("due", 0)))}))
     return out
+
+
+def _placing_record(raw) -> dict:
+    """A ``placing`` value from Redis (the tasks a placement job holds, and how many jobs holding
+    them began), checked: ``{"tasks": [...], "begun": n}`` (anything else reads as none)."""
+    d = _retry_record(raw)
+    try:
+        begun = json.loads(raw).get("begun") if d else None
+    except (ValueError, AttributeError):
+        begun = None
+    ok = isinstance(begun, int) and not isinstance(begun, bool)
+    return {"tasks": d.get("tasks", []), "begun": begun if ok else 0}
 
 
 def _retry_record(raw) -> dict:
@@ -894,6 +924,8 @@ class RQScheduler(BaseScheduler):
         """Enqueue a placement retry (``rq_place_job``'s ``place_retry``) whose time has come. The
         record is removed only if unchanged since it was read (a job may have merged more tasks
         into it meanwhile: those wait for the next tick)."""
+        if self._reap_placing(pid):
+            return True
         key = _keys(pid, self.settings.rq_queue)["place_retry"]
         raw = self.redis.get(key)
         d = _retry_record(raw)
@@ -904,6 +936,29 @@ class RQScheduler(BaseScheduler):
         self.redis.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
                         "else return 0 end", 1, key, raw)
         return bool(d.get("tasks"))
+
+    def _reap_placing(self, pid: int) -> bool:
+        """Re-enqueue the tasks of a placement job that died holding them (``placing`` recorded, no
+        lock before and after reading it: a live job holds the lock from before it records them until
+        after it removes the record), with its count of starts; after ``MAX_PLACING_STARTS`` jobs that
+        died holding them they are left to the next cycle."""
+        k = _keys(pid, self.settings.rq_queue)
+        if self.redis.exists(k["lock"]):
+            return False
+        raw = self.redis.get(k["placing"])
+        if raw is None or self.redis.exists(k["lock"]):
+            return False
+        d = _placing_record(raw)
+        again = bool(d["tasks"]) and d["begun"] < MAX_PLACING_STARTS
+        if again:
+            log.warning("project %s: the worker placing %d new task(s) died; placing them again", pid, len(d["tasks"]))
+            self.queue.enqueue(rq_place_job, pid, d["tasks"], 0, d["begun"], job_timeout=24 * 3600)
+        elif d["tasks"]:
+            log.error("project %s: %d new task(s) not placed: the worker died in each of the last %d jobs that "
+                      "held them; left to the next cycle", pid, len(d["tasks"]), d["begun"])
+        self.redis.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) "
+                        "else return 0 end", 1, k["placing"], raw)
+        return again
 
     def _reap_project(self, pid: int) -> Optional[str]:
         k = _keys(pid, self.settings.rq_queue)

@@ -156,3 +156,34 @@ def test_a_job_uses_the_keys_of_the_queue_it_came_from_not_the_workers_rq_queue(
     assert placed == [True]  # the placement held the project's lock too
     assert sch.queue.count == 1 and sch.redis.exists(_keys(5, "teamA")["queued"])  # the follow-up waits
     assert not sch.redis.keys("ncalr:5:*")  # nothing under the default queue's keys
+
+
+def test_a_placement_killed_mid_job_is_placed_again_a_bounded_number_of_times(redis_url, tmp_path, monkeypatch):
+    """Found by review: a placement job killed mid-job (OOM, docker stop's SIGKILL) lost its tasks
+    until the next cycle in RQ mode (embedded mode keeps placing.json). The job records them while it
+    places them; the reaper re-enqueues a dead job's, up to MAX_PLACING_STARTS jobs that died."""
+    from rq import SimpleWorker, Worker
+
+    from ncalr_backend.service import scheduler
+
+    s, sch = _env(redis_url, tmp_path, monkeypatch)
+    k = _keys(5, s.rq_queue)
+    ProjectStore(s.model_dir, 5).update_state(num_tasks=100)  # the project exists
+
+    def dies(settings, pid, tasks):
+        os.kill(os.getpid(), signal.SIGKILL)
+    monkeypatch.setattr(scheduler, "_default_place", dies)
+    sch.request_placement(5, [101, 102, 103])
+    for n in range(1, scheduler.MAX_PLACING_STARTS + 1):
+        Worker([sch.queue], connection=sch.redis).work(burst=True, max_jobs=1)  # its work horse is killed
+        assert scheduler._placing_record(sch.redis.get(k["placing"])) == {"tasks": [101, 102, 103], "begun": n}
+        sch.redis.delete(k["lock"])  # the dead horse's lock expires (RQ_LOCK_TTL)
+        if n < scheduler.MAX_PLACING_STARTS:
+            assert sch.reap_once() == [(5, "placement retry")]
+            assert [j.args for j in sch.queue.get_jobs()] == [(5, [101, 102, 103], 0, n)]
+    assert sch.reap_once() == [] and sch.queue.count == 0 and not sch.redis.exists(k["placing"])  # given up
+    placed = []
+    monkeypatch.setattr(scheduler, "_default_place", lambda settings, pid, tasks: placed.append(tasks) or {})
+    sch.request_placement(5, [104])
+    SimpleWorker([sch.queue], connection=sch.redis).work(burst=True, max_jobs=1)
+    assert placed == [[104]] and not sch.redis.exists(k["placing"]) and sch.reap_once() == []
