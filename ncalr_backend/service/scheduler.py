@@ -527,6 +527,20 @@ def rq_stop_requested(r, job) -> Optional[Callable[[], bool]]:
     return lambda: bool(r.hexists(key, "shutdown_requested_date"))
 
 
+JOB_RESULT_KEYS = ("project", "cycle", "model_version", "status", "live", "reason", "triggered_at", "started_at",
+                   "finished_at")
+
+
+def job_result(report) -> dict:
+    """What a cycle job leaves in Redis as its result (kept 7 days, ``result_ttl``): the cycle's
+    status and version, not its report. The report is on disk (``report.json``); in Redis it held a
+    line per failed image or unusable annotation, with its URL whole (a presigned URL's signature
+    that ``/status`` redacts), readable by anyone with Redis or rq-dashboard access, and growing
+    with the project (found by review, 2026-12-05)."""
+    rep = report if isinstance(report, dict) else {}
+    return {k: rep[k] for k in JOB_RESULT_KEYS if k in rep and isinstance(rep[k], (str, int, float, bool, type(None)))}
+
+
 def _job_queue(settings: Settings, job) -> str:
     """The queue a job came from (``job.origin``): its Redis keys are that queue's, whatever this
     worker's ``RQ_QUEUE`` says (found by review: ``rq worker <queue>`` started without ``RQ_QUEUE``
@@ -590,7 +604,7 @@ def rq_cycle_job(project_id: int):
             out = _default_cycle(settings, int(project_id), info["reason"], info["triggered_at"],
                                  should_stop=lost.is_set, request=token)
             _served(st, token)
-            return out
+            return job_result(out)
         except Exception as exc:
             _served(st, token)  # before a retry writes its own record
             if getattr(exc, "superseded", False):  # its successor runs the project now: nothing to retry

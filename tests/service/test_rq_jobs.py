@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -187,3 +188,19 @@ def test_a_placement_killed_mid_job_is_placed_again_a_bounded_number_of_times(re
     sch.request_placement(5, [104])
     SimpleWorker([sch.queue], connection=sch.redis).work(burst=True, max_jobs=1)
     assert placed == [[104]] and not sch.redis.exists(k["placing"]) and sch.reap_once() == []
+
+
+def test_a_cycle_jobs_result_in_redis_is_its_status_not_its_report():
+    """Found by review: the job's result (kept 7 days in Redis) was the whole cycle report, with a
+    line per failed image holding its URL whole (a presigned signature /status redacts) and growing
+    with the project. It is now the cycle's status and version only; the report stays on disk."""
+    from ncalr_backend.service.scheduler import JOB_RESULT_KEYS, job_result
+
+    url = "https://bucket.s3.example/img.png?X-Amz-Signature=secret"
+    report = {"project": 3, "cycle": 7, "model_version": "ncalr-3-c0007-x", "status": "completed", "reason": "12 new",
+              "triggered_at": 1.0, "started_at": 2.0, "image_failures": [{"task": i, "reason": url} for i in range(500)],
+              "engine": {"timings": {"train_s": 3.0}}, "label_errors": {"flagged": 4}}
+    out = job_result(report)
+    assert out == {k: report[k] for k in JOB_RESULT_KEYS if k in report}
+    assert "secret" not in json.dumps(out) and len(json.dumps(out)) < 300
+    assert job_result(None) == {} and job_result({"status": "completed", "cycle": [1]}) == {"status": "completed"}
