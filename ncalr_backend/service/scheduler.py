@@ -41,7 +41,7 @@ from typing import Callable, Iterable, Optional
 
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.recovery import abandon_in_progress, crash_looping
-from ncalr_backend.service.store import ProjectStore, list_projects
+from ncalr_backend.service.store import MODEL_DIR_ID_FILE, ProjectStore, list_projects, model_dir_id
 
 log = logging.getLogger(__name__)
 
@@ -466,7 +466,7 @@ def _keys(pid: int, queue: str) -> dict:
     silently swallowed the other's). The default queue keeps the keys it always had."""
     base = f"ncalr:{int(pid)}" if queue == "ncalr" else f"ncalr:{queue}:{int(pid)}"
     return {"queued": f"{base}:queued", "lock": f"{base}:running", "count": f"{base}:count",
-            "place_retry": f"{base}:place_retry", "placing": f"{base}:placing"}
+            "place_retry": f"{base}:place_retry", "placing": f"{base}:placing", "worker_error": f"{base}:worker_error"}
 
 
 def keep_lock(lock, every: float, done: threading.Event, lost: threading.Event, project_id: int,
@@ -593,6 +593,13 @@ def rq_cycle_job(project_id: int):
         raw = r.getdel(k["queued"])  # from here on, new requests enqueue the (one) next job
         r.delete(k["count"])  # annotations made while this job waited are in its snapshot: not counted again
         info = json.loads(raw) if raw else {"reason": "queued", "triggered_at": time.time()}
+        if info.get("model_dir") and info["model_dir"] != model_dir_id(settings.model_dir):
+            msg = (f"this RQ worker's MODEL_DIR ({settings.model_dir}) is not the web process's (another "
+                   f"{MODEL_DIR_ID_FILE}): mount the same folder at MODEL_DIR in the web processes and every "
+                   "worker; the cycle did not run")
+            log.error("project %s: %s", project_id, msg)
+            r.set(k["worker_error"], msg, ex=24 * 3600)  # the web's reaper reports it (its state.json is not ours)
+            return {"status": "refused", "error": msg}
         attempt = int(info.get("attempt", 0))
         token = me.id if me is not None else None
         if token is None:  # called outside RQ: nothing names the request
@@ -741,7 +748,8 @@ class RQScheduler(BaseScheduler):
                                     description=f"ncalr cycle project {pid}", status=JobStatus.CREATED)
         job.save()
         if not self.redis.set(k["queued"], json.dumps({"reason": reason, "triggered_at": now, "attempt": attempt,
-                                                       "job": job_id, "at": time.time()}), nx=True):
+                                                       "job": job_id, "at": time.time(),
+                                                       "model_dir": model_dir_id(self.settings.model_dir)}), nx=True):
             job.delete()
             return {"queued": False, "coalesced": True}
         self.redis.delete(k["count"])
@@ -1007,6 +1015,12 @@ class RQScheduler(BaseScheduler):
             # otherwise be requested again every tick for ever)
             lost = int(pending.get("lost", 0))
             delays = self.settings.cycle_retry_delays
+            refused = self.redis.getdel(k["worker_error"])
+            if refused:  # a worker said why it ran nothing (another MODEL_DIR): no retry can pass that
+                msg = refused.decode("utf-8", "replace") if isinstance(refused, bytes) else str(refused)
+                log.error("project %s: %s", pid, msg)
+                st.update_state(pending=None, last_error=msg)
+                return "refused by its worker"
             if lost > len(delays):
                 msg = (f"the cycle's job was lost or failed before it started {lost + 1} times; not requested "
                        "again (see the RQ workers' log); the next trigger or Start training requests it")

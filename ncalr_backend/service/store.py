@@ -539,6 +539,44 @@ class ProjectStore:
         return out
 
 
+MODEL_DIR_ID_FILE = ".model_dir_id"
+
+
+def model_dir_id(model_dir: Path) -> str:
+    """This MODEL_DIR's identity: a random id in ``MODEL_DIR/.model_dir_id``, made by whichever
+    process asks first (written to a temporary file and linked into place, so every process sharing
+    the folder reads the same id). The web process names it in each RQ cycle request; a worker whose
+    own MODEL_DIR holds another refuses the job (``scheduler.rq_cycle_job``): with separate folders
+    the worker ran each requested cycle up to 9 times while the web never saw one (found by review,
+    2026-12-05)."""
+    path = Path(model_dir) / MODEL_DIR_ID_FILE
+    for _ in range(50):
+        try:
+            value = path.read_text().strip()
+        except FileNotFoundError:
+            value = None
+        if value:
+            return value
+        if value is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".model_dir_id.")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(uuid.uuid4().hex + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                try:
+                    os.link(tmp, path)  # fails when another process made it first: then read theirs
+                    fsync_dir(path.parent)
+                except FileExistsError:
+                    pass
+            finally:
+                os.unlink(tmp)
+            continue
+        time.sleep(0.02)  # empty: cannot be ours (linked whole), so a damaged file; read it again
+    raise RuntimeError(f"{path} is empty: delete it (every process sharing MODEL_DIR makes a new one)")
+
+
 def _workdir_cycle(d: Path) -> str:
     """The cycle number in a work folder's name (``.work-<cycle>-<random>``, ``new_workdir``), as
     written; "" when the name has none."""

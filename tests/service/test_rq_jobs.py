@@ -204,3 +204,34 @@ def test_a_cycle_jobs_result_in_redis_is_its_status_not_its_report():
     assert out == {k: report[k] for k in JOB_RESULT_KEYS if k in report}
     assert "secret" not in json.dumps(out) and len(json.dumps(out)) < 300
     assert job_result(None) == {} and job_result({"status": "completed", "cycle": [1]}) == {"status": "completed"}
+
+
+def test_a_worker_with_another_model_dir_refuses_the_cycle_and_the_web_says_why(redis_url, tmp_path, monkeypatch):
+    """Found by review: a worker whose MODEL_DIR is not the web's (a volume mounted in one service
+    only) ran every requested cycle (writing predictions into Label Studio) while the web's pending
+    request stayed; the reaper took the job as lost and requested it again, up to 9 full cycles per
+    trigger, then blamed a lost job. The request names the web's MODEL_DIR (its id file); such a
+    worker runs nothing and the web's state says what to fix, at once."""
+    from rq import SimpleWorker
+
+    from ncalr_backend.service import scheduler
+    from ncalr_backend.service.store import model_dir_id
+
+    s, sch = _env(redis_url, tmp_path, monkeypatch)
+    ran = []
+    monkeypatch.setattr(scheduler, "_default_cycle", lambda *a, **kw: ran.append(a) or {"status": "completed"})
+    web_id = model_dir_id(s.model_dir)
+    assert web_id == model_dir_id(s.model_dir) and len(web_id) == 32  # made once, then read
+    sch.request_cycle(5, "12 new annotations")
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "the-workers-own"))  # the worker's environment
+    SimpleWorker([sch.queue], connection=sch.redis).work(burst=True, max_jobs=1)
+    assert ran == []
+    assert sch.reap_once() == [(5, "refused by its worker")]
+    st = ProjectStore(s.model_dir, 5).state()
+    assert not st.get("pending") and "MODEL_DIR" in st["last_error"] and "the-workers-own" in st["last_error"]
+    assert sch.reap_once() == [] and sch.queue.count == 0  # not requested again
+    # the same folder: the cycle runs
+    monkeypatch.setenv("MODEL_DIR", str(s.model_dir))
+    sch.request_cycle(5, "12 new annotations")
+    SimpleWorker([sch.queue], connection=sch.redis).work(burst=True, max_jobs=1)
+    assert len(ran) == 1

@@ -515,7 +515,7 @@ def test_two_backends_on_one_redis_database_keep_their_projects_apart(redis_url,
     assert b.status(1)["waiting"] and a.status(1)["new_annotations"] == 0
     assert _keys(1, "ncalr") == {"queued": "ncalr:1:queued", "lock": "ncalr:1:running", "count": "ncalr:1:count",
                                  "place_retry": "ncalr:1:place_retry",
-                                 "placing": "ncalr:1:placing"}  # the default queue's keys as before
+                                 "placing": "ncalr:1:placing", "worker_error": "ncalr:1:worker_error"}  # the default queue's keys as before
 
 
 def test_a_request_whose_state_write_fails_is_still_queued(redis_url, tmp_path, monkeypatch):
