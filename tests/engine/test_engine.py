@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from ncalr_backend.engine.config import ConfigError, EngineConfig
@@ -429,3 +430,20 @@ def test_scoring_only_settings_rank_the_same_on_the_shared_model(short_cycle, fi
     np.testing.assert_allclose(scores["score"], direct.scores["score"])
     # the setting changes the scores or the order here: not a vacuous check
     assert not (np.array_equal(ranking, res.ranking) and np.allclose(scores["score"], res.scores["score"]))
+
+
+def test_two_or_three_labels_train_without_blowing_up_batchnorm():
+    """Found by review: with two labeled 8 px images BatchNorm normalised each channel by the variance
+    of two values, zero where ReLU zeroed both at 1x1, and its running variance made the eval-mode
+    logits explode (width 8 seed 0, width 4 seed 2: "diverged"). Below BN_BATCH_MIN images BatchNorm
+    trains on its running statistics, which stay as they were."""
+    from ncalr_backend.data.digits import load_digits_images
+
+    x, y = load_digits_images()
+    for width, seed in ((8, 0), (4, 2)):
+        idx = np.concatenate([np.flatnonzero(y == c)[:1] for c in (0, 1)])
+        res = run_cycle(x[idx], y[idx], x[100:110], 2, EngineConfig(width=width, max_epochs=3, tpt_window=1, threads=1,
+                                                                   seed=seed))
+        assert np.isfinite(res.probs).all()
+        bns = [m for m in res.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert all(torch.equal(m.running_var, torch.ones_like(m.running_var)) for m in bns)  # never learned from 2

@@ -525,6 +525,21 @@ class GraphedStep:
         return loss, logits
 
 
+BN_BATCH_MIN = 4  # fewer labeled images than this: BatchNorm trains on its running statistics
+
+
+def frozen_batchnorm(model: nn.Module) -> None:
+    """BatchNorm layers in eval mode (their running statistics, not the batch's, and not updated)
+    inside a model in train mode. For a labeled set of 2-3 images: a batch that small normalises each
+    channel by a variance of two or three values, zero where ReLU zeroed them all at 1x1 (8 px
+    inputs), and the running variance that learns from it made the eval-mode logits explode (1e10
+    after one step, then non-finite: the cycle failed twice as "diverged"; found by review). Larger
+    sets train as before."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
     """One shuffled pass of SGD over the labeled set at ``lr``; returns (mean loss, images seen,
     fit accuracy: the share of the batches' samples the train-mode logits got right as they were
@@ -533,6 +548,8 @@ def train_one_epoch(run: _Run, lr: float) -> tuple[float, int, float]:
     for g in run.opt.param_groups:
         g["lr"] = lr
     model.train()
+    if len(run.xl) < BN_BATCH_MIN:
+        frozen_batchnorm(model)
     seen = 0
     multilabel = run.yl.ndim == 2
     # sums on the device, read once per epoch (not two host syncs per batch); float64, as the
@@ -894,7 +911,7 @@ def train_to_tpt(model: nn.Module, x_lab: torch.Tensor, y_lab: torch.Tensor, x_p
                steps_total=config.max_epochs * len(_batches(N, config.batch_size, torch.Generator(),
                                                             config.min_steps_per_epoch)),
                should_stop=should_stop)
-    if GraphedStep.eligible(config, device):
+    if GraphedStep.eligible(config, device) and N >= BN_BATCH_MIN:  # the graph holds train-mode BatchNorm
         run.graph = GraphedStep(run)
     x_pool = on_device(x_pool, device)  # read by every FF checkpoint and the final pass
     # read by every epoch's eval pass: without a holdout the labeled set the run already holds on
