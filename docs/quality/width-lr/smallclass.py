@@ -42,6 +42,23 @@ def main():
               f"{summary['margin_gain'][0]:+.2f} ± {summary['margin_gain'][1]:.2f}; NCAL-R - margin "
               f"{gap_b.mean():+.2f} ± {sd(gap_b):.2f} ({int((gap_b >= 0).sum())}/{len(rows)} at least level) before, "
               f"{gap_a.mean():+.2f} ± {sd(gap_a):.2f} ({int((gap_a >= 0).sum())}/{len(rows)}) after."]
+    # every baseline, for the seeds whose other baselines ran under the new rule too
+    every, lines2 = [], ["", "Against every baseline (random, entropy, margin, least confidence, core-set, BALD), seeds whose "
+                         "other baselines ran under the rule too (`+smallclass+baselines`):", "",
+                         "| seed | NCAL-R - best baseline before | after |", "|---|---|---|"]
+    for r in rows:
+        try:
+            bb, ab = aulc("lr0_warm_startfalse+baselines", r["seed"]), aulc("lr0_warm_startfalse+smallclass+baselines", r["seed"])
+        except FileNotFoundError:
+            continue
+        best = lambda base, own: max((v, k) for k, v in {**base, "margin": own["margin"]}.items()  # noqa: E731
+                                     if not k.startswith("_") and k != "ncalr")
+        (vb, kb), (va, ka) = best(bb, r["before"]), best(ab, r["after"])
+        every.append({"seed": r["seed"], "before": [r["before"]["ncalr"] - vb, kb], "after": [r["after"]["ncalr"] - va, ka]})
+        lines2.append(f"| {r['seed']} | {r['before']['ncalr'] - vb:+.2f} vs {kb} | {r['after']['ncalr'] - va:+.2f} vs {ka} |")
+    if every:
+        lines += lines2
+    summary["every_baseline"] = every
     (HERE / "smallclass.md").write_text("\n".join(lines) + "\n")
     (HERE / "smallclass.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
     print("\n".join(lines))
