@@ -5,6 +5,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -80,3 +81,50 @@ def json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def create_once(path: str | os.PathLike, make_value: Callable[[], str], empty_hint: str) -> str:
+    """The value in the one-line file ``path``, made once: a new value (``make_value``) is written
+    whole and synced to a private temporary file (mode 0600), then linked in place, so the name
+    appears with its value or not at all, and of concurrent first callers the one that links first
+    wins for all. A filesystem without hard links: created exclusively, then written. A file that
+    stays empty (a process died writing it there) raises, saying ``empty_hint``."""
+    path = Path(path)
+    if path.exists():
+        return _read_once(path, empty_hint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        value = _write_line(fd, make_value())
+        try:
+            os.link(tmp, path)
+            fsync_dir(path.parent)
+        except FileExistsError:
+            value = _read_once(path, empty_hint)
+        except OSError:  # no hard links here
+            try:
+                fd2 = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return _read_once(path, empty_hint)
+            value = _write_line(fd2, value)
+        return value
+    finally:
+        os.unlink(tmp)
+
+
+def _write_line(fd: int, value: str) -> str:
+    """``value`` and a newline into the open file ``fd``, synced to disk; closes it."""
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return value
+
+
+def _read_once(path: Path, empty_hint: str) -> str:
+    for _ in range(50):  # another process may be writing it right now (no hard links)
+        value = path.read_text().strip()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise RuntimeError(f"{path} is empty: {empty_hint}")

@@ -29,10 +29,8 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from collections import deque
@@ -43,6 +41,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from ncalr_backend.atomic import create_once
 from ncalr_backend.service.labelstudio import header_value, make_client, read_body, webhook_url
 from ncalr_backend.service.settings import Settings
 from ncalr_backend.service.urls import parse_http_url, redact_urls, same_url_key
@@ -119,52 +118,12 @@ def load_or_create_secret(model_dir: Path, override: Optional[str] = None) -> st
     readable by its members, and keys derived from it would be known too (found by review)."""
     if override:
         return override
-    path = Path(model_dir) / SECRET_FILE
-    if path.exists():
-        return _read_secret(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # written whole to a private temporary file, then linked in place: the name appears with its
-    # value or not at all (found by review, 2026-12-05: it was created empty, then written, and a
-    # process that died in between left a file every later start refused), and a concurrent
-    # first start that links first wins for both
-    fd, tmp = tempfile.mkstemp(prefix=f".{SECRET_FILE}.", dir=path.parent)  # mode 0600
-    try:
-        value = _write_secret(fd, secrets.token_urlsafe(32))
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            value = _read_secret(path)
-        except OSError:  # a filesystem without hard links: created exclusively, then written
-            value = _create_secret(path, value)
-        return value
-    finally:
-        os.unlink(tmp)
-
-
-def _create_secret(path: Path, value: str) -> str:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return _read_secret(path)
-    return _write_secret(fd, value)
-
-
-def _write_secret(fd: int, value: str) -> str:
-    """``value`` and a newline into the open file ``fd``, synced to disk; closes it."""
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return value
-
-
-def _read_secret(path: Path) -> str:
-    for _ in range(50):  # another process may be writing it right now (_create_secret)
-        value = path.read_text().strip()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise RuntimeError(f"{path} is empty: delete it and restart to generate a new webhook secret")
+    # written whole, then linked in place (atomic.create_once): the name appears with its value or not
+    # at all (found by review, 2026-12-05: it was created empty, then written, and a process that died
+    # in between left a file every later start refused), and a concurrent first start that links first
+    # wins for both
+    return create_once(Path(model_dir) / SECRET_FILE, lambda: secrets.token_urlsafe(32),
+                       "delete it and restart to generate a new webhook secret")
 
 
 def legacy_secret(settings: Settings) -> Optional[str]:

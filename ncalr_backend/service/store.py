@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from ncalr_backend.atomic import atomic_write_bytes, atomic_write_json, fsync_dir
+from ncalr_backend.atomic import atomic_write_bytes, atomic_write_json, create_once, fsync_dir
 
 _lock = threading.RLock()
 
@@ -549,32 +549,8 @@ def model_dir_id(model_dir: Path) -> str:
     own MODEL_DIR holds another refuses the job (``scheduler.rq_cycle_job``): with separate folders
     the worker ran each requested cycle up to 9 times while the web never saw one (found by review,
     2026-12-05)."""
-    path = Path(model_dir) / MODEL_DIR_ID_FILE
-    for _ in range(50):
-        try:
-            value = path.read_text().strip()
-        except FileNotFoundError:
-            value = None
-        if value:
-            return value
-        if value is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".model_dir_id.")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(uuid.uuid4().hex + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-                try:
-                    os.link(tmp, path)  # fails when another process made it first: then read theirs
-                    fsync_dir(path.parent)
-                except FileExistsError:
-                    pass
-            finally:
-                os.unlink(tmp)
-            continue
-        time.sleep(0.02)  # empty: cannot be ours (linked whole), so a damaged file; read it again
-    raise RuntimeError(f"{path} is empty: delete it (every process sharing MODEL_DIR makes a new one)")
+    return create_once(Path(model_dir) / MODEL_DIR_ID_FILE, lambda: uuid.uuid4().hex,
+                       "delete it (every process sharing MODEL_DIR makes a new one)")
 
 
 def _workdir_cycle(d: Path) -> str:

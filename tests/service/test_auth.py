@@ -9,6 +9,7 @@ import time
 import pytest
 from types import SimpleNamespace
 
+from ncalr_backend import atomic as atomic_mod  # the secret file is written by atomic.create_once
 from ncalr_backend.service import auth as auth_mod
 from ncalr_backend.service.auth import SECRET_HEADER, Auth, load_or_create_secret
 from ncalr_backend.service.settings import Settings, SettingsError
@@ -34,11 +35,11 @@ def test_a_first_start_that_dies_while_writing_the_secret_leaves_no_empty_file(t
 
     def dies(fd):
         raise KeyboardInterrupt  # the process ends here, before the value is on disk
-    monkeypatch.setattr(auth_mod.os, "fsync", dies)
+    monkeypatch.setattr(atomic_mod.os, "fsync", dies)
     with pytest.raises(KeyboardInterrupt):
         load_or_create_secret(tmp_path)
     assert not (tmp_path / "webhook_key_secret").exists()
-    monkeypatch.setattr(auth_mod.os, "fsync", real)
+    monkeypatch.setattr(atomic_mod.os, "fsync", real)
     value = load_or_create_secret(tmp_path)
     assert len(value) >= 40 and (tmp_path / "webhook_key_secret").read_text().strip() == value
     assert sorted(p.name for p in tmp_path.iterdir()) == ["webhook_key_secret"]  # no temporary file left
@@ -47,7 +48,7 @@ def test_a_first_start_that_dies_while_writing_the_secret_leaves_no_empty_file(t
 def test_the_secret_is_made_on_a_filesystem_without_hard_links(tmp_path, monkeypatch):
     def no_links(src, dst):
         raise PermissionError(1, "Operation not permitted")
-    monkeypatch.setattr(auth_mod.os, "link", no_links)
+    monkeypatch.setattr(atomic_mod.os, "link", no_links)
     value = load_or_create_secret(tmp_path)
     assert (tmp_path / "webhook_key_secret").read_text().strip() == value
     assert load_or_create_secret(tmp_path) == value
